@@ -1,0 +1,39 @@
+# Two commands do all set-up on a fresh machine: `make run` and `make test`.
+SHELL := /bin/bash
+UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
+VENDOR := src/vitalcast/static/vendor
+PORT ?= 8000
+
+.PHONY: run test lint bench install uv assets clean
+
+uv:
+	@command -v uv >/dev/null 2>&1 || [ -x "$(UV)" ] || python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
+
+install: uv assets
+	@$(UV) sync --frozen --quiet
+
+# uPlot and socket.io-client come from npm at set-up; nothing is vendored into git.
+assets: $(VENDOR)/.stamp
+$(VENDOR)/.stamp: package.json package-lock.json
+	npm ci --no-audit --no-fund --silent
+	mkdir -p $(VENDOR)
+	cp node_modules/uplot/dist/uPlot.iife.min.js node_modules/uplot/dist/uPlot.min.css $(VENDOR)/
+	cp node_modules/socket.io-client/dist/socket.io.min.js $(VENDOR)/
+	touch $@
+
+run: install
+	$(UV) run vitalcast db upgrade
+	$(UV) run vitalcast serve --demo --port $(PORT)
+
+lint: install
+	$(UV) run ruff check src tests bench
+	$(UV) run ruff format --check src tests bench
+
+test: lint
+	$(UV) run pytest
+
+bench: install
+	$(UV) run python bench/run_all.py
+
+clean:
+	rm -rf .venv node_modules $(VENDOR) .pytest_cache .ruff_cache

@@ -1,0 +1,3 @@
+from vitalcast.cli import main
+
+main()

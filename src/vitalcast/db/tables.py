@@ -1,0 +1,115 @@
+"""The one schema, as SQLAlchemy Core tables that run unchanged on SQLite and PostgreSQL.
+
+Times are integer epoch milliseconds (``*_ms``) so that bucketing is one portable integer division.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY, PostgreSQL wants BIGINT for 10^9+ samples.
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False, unique=True),
+    # Incremented once by every ingest transaction that changes anything for this user.
+    sa.Column("change_seq", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("created_at_ms", sa.BigInteger, nullable=False),
+)
+
+sessions = sa.Table(
+    "sessions",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("user_id", sa.String(36), sa.ForeignKey("users.id"), nullable=False),
+    sa.Column("client_session_id", sa.String(200), nullable=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("start_ms", sa.BigInteger, nullable=False),
+    sa.Column("end_ms", sa.BigInteger, nullable=True),
+    sa.Column("notes", sa.Text, nullable=True),
+    # The user's change_seq of the last change that touched this session's widest window.
+    sa.Column("source_watermark", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("created_at_ms", sa.BigInteger, nullable=False),
+    sa.Column("updated_at_ms", sa.BigInteger, nullable=False),
+    sa.UniqueConstraint("user_id", "client_session_id"),
+    sa.CheckConstraint("status in ('active', 'completed', 'cancelled')", name="status"),
+    sa.CheckConstraint("end_ms is null or end_ms >= start_ms", name="end_after_start"),
+)
+# Serves both the newest-first listing and the overlap lookup (start_ms <= changed_to + pad).
+sa.Index("ix_sessions_user_start", sessions.c.user_id, sessions.c.start_ms.desc(), sessions.c.id)
+
+health_samples = sa.Table(
+    "health_samples",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("user_id", sa.String(36), sa.ForeignKey("users.id"), nullable=False),
+    sa.Column("source", sa.String(64), nullable=False),
+    sa.Column("record_id", sa.String(200), nullable=False),
+    sa.Column("metric", sa.String(64), nullable=False),
+    sa.Column("value", sa.Float(precision=53), nullable=False),
+    sa.Column("unit", sa.String(32), nullable=False),
+    sa.Column("start_ms", sa.BigInteger, nullable=False),
+    sa.Column("end_ms", sa.BigInteger, nullable=False),
+    sa.Column("device", sa.String(200), nullable=True),
+    sa.Column("deleted", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("change_seq", sa.BigInteger, nullable=False),
+    sa.UniqueConstraint("user_id", "source", "record_id"),
+)
+# The telemetry aggregate scans exactly this range: one user, one metric, a time window.
+sa.Index(
+    "ix_health_samples_user_metric_start",
+    health_samples.c.user_id,
+    health_samples.c.metric,
+    health_samples.c.start_ms,
+)
+
+ingest_requests = sa.Table(
+    "ingest_requests",
+    metadata,
+    sa.Column("user_id", sa.String(36), sa.ForeignKey("users.id"), primary_key=True),
+    sa.Column("request_id", sa.String(200), primary_key=True),
+    sa.Column("body_sha256", sa.String(64), nullable=False),
+    sa.Column("status_code", sa.Integer, nullable=False),
+    sa.Column("response", sa.LargeBinary, nullable=False),
+    sa.Column("created_at_ms", sa.BigInteger, nullable=False),
+)
+
+telemetry_cache = sa.Table(
+    "telemetry_cache",
+    metadata,
+    sa.Column("session_id", sa.String(36), sa.ForeignKey("sessions.id"), primary_key=True),
+    sa.Column("window_minutes", sa.Integer, primary_key=True),
+    sa.Column("resolution", sa.String(8), primary_key=True),
+    sa.Column("compute_version", sa.Integer, primary_key=True),
+    sa.Column("user_id", sa.String(36), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    # The last good payload, encoded once; kept while a recompute runs so stale reads can serve it.
+    sa.Column("payload", sa.LargeBinary, nullable=True),
+    # The session watermark read before the samples of ``payload`` were aggregated.
+    sa.Column("source_watermark", sa.BigInteger, nullable=True),
+    sa.Column("computed_at_ms", sa.BigInteger, nullable=True),
+    sa.Column("compute_ms", sa.Integer, nullable=True),
+    sa.Column("raw_sample_count", sa.BigInteger, nullable=True),
+    sa.Column("lease_owner", sa.String(64), nullable=True),
+    sa.Column("lease_expires_ms", sa.BigInteger, nullable=True),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_attempt_ms", sa.BigInteger, nullable=True),
+    sa.Column("error_code", sa.String(64), nullable=True),
+    # When the first change after ``source_watermark`` arrived; feeds the freshness-lag metric.
+    sa.Column("stale_since_ms", sa.BigInteger, nullable=True),
+    sa.Column("updated_at_ms", sa.BigInteger, nullable=False),
+    sa.CheckConstraint("status in ('computing', 'ready', 'no_data', 'failed')", name="status"),
+)

@@ -1,0 +1,102 @@
+"""Structured logging and the Prometheus metrics, each defined once.
+
+Logs never carry sample values, tokens or request bodies: callers log ids and counts only, and a
+processor drops any event key named like a secret or a body as a second line of defence.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_FORBIDDEN_KEYS = frozenset(
+    {"token", "authorization", "auth", "secret", "body", "value", "values", "samples", "payload"}
+)
+
+
+def _drop_sensitive(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    for key in _FORBIDDEN_KEYS & event.keys():
+        event[key] = "[redacted]"
+    return event
+
+
+def configure_logging(level: str = "info") -> None:
+    """JSON lines on stderr; idempotent, so tests and the CLI may both call it."""
+    logging.basicConfig(format="%(message)s", stream=sys.stderr, level=level.upper(), force=True)
+    for noisy in ("uvicorn.access", "engineio.server", "socketio.server"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _drop_sensitive,
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(name: str) -> Any:
+    return structlog.get_logger(name)
+
+
+class Metrics:
+    """Every Prometheus series vitalcast exports, on a registry of its own (one per app)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.computes = Counter(
+            "vitalcast_computes", "Computes that ran, by outcome.", ["outcome"], registry=r
+        )
+        self.compute_seconds = Histogram(
+            "vitalcast_compute_seconds",
+            "Duration of one telemetry compute.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.freshness_lag_seconds = Histogram(
+            "vitalcast_freshness_lag_seconds",
+            "First change after the cached watermark until the new payload was saved.",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+            registry=r,
+        )
+        self.coordinator_inflight = Gauge(
+            "vitalcast_coordinator_inflight", "Computes running in this process.", registry=r
+        )
+        self.coordinator_pending = Gauge(
+            "vitalcast_coordinator_pending", "Computes waiting in this process.", registry=r
+        )
+        self.coordinator_shed = Counter(
+            "vitalcast_coordinator_shed", "Computes refused because the bound was full.", registry=r
+        )
+        self.telemetry_responses = Counter(
+            "vitalcast_telemetry_responses", "Telemetry answers by state.", ["state"], registry=r
+        )
+        self.ingest_samples = Counter(
+            "vitalcast_ingest_samples", "Samples by ingest outcome.", ["outcome"], registry=r
+        )
+        self.queue_jobs = Gauge(
+            "vitalcast_queue_jobs", "BullMQ jobs by state.", ["state"], registry=r
+        )
+        self.degraded = Gauge(
+            "vitalcast_degraded",
+            "1 while Redis is configured but unreachable (computes run in-process).",
+            registry=r,
+        )
+        self.socket_clients = Gauge(
+            "vitalcast_socketio_clients", "Connected Socket.IO clients on this node.", registry=r
+        )
+        self.events_emitted = Counter(
+            "vitalcast_events_emitted", "Realtime events emitted, by type.", ["type"], registry=r
+        )

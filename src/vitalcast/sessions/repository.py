@@ -1,0 +1,193 @@
+"""Core queries on users and sessions. Every function takes the caller's connection, so the caller
+decides the transaction; nothing here commits."""
+
+from __future__ import annotations
+
+import bisect
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from vitalcast.db.tables import sessions, users
+from vitalcast.sessions.models import WIDEST_PAD_MS, Session, SessionStatus
+
+
+async def get_or_create_user(conn: AsyncConnection, name: str, *, now_ms: int) -> str:
+    """The id of the user called ``name``, created on first use."""
+    existing = await conn.scalar(sa.select(users.c.id).where(users.c.name == name))
+    if existing is not None:
+        return str(existing)
+    user_id = str(uuid.uuid4())
+    await conn.execute(
+        sa.insert(users).values(id=user_id, name=name, change_seq=0, created_at_ms=now_ms)
+    )
+    return user_id
+
+
+async def user_exists(conn: AsyncConnection, user_id: str) -> bool:
+    return await conn.scalar(sa.select(users.c.id).where(users.c.id == user_id)) is not None
+
+
+async def next_change_seq(conn: AsyncConnection, user_id: str) -> int:
+    """Increment the user's change counter and return the new value (row-locks the user)."""
+    seq = await conn.scalar(
+        sa.update(users)
+        .where(users.c.id == user_id)
+        .values(change_seq=users.c.change_seq + 1)
+        .returning(users.c.change_seq)
+    )
+    if seq is None:
+        raise LookupError(user_id)
+    return int(seq)
+
+
+async def current_change_seq(conn: AsyncConnection, user_id: str) -> int:
+    return int(await conn.scalar(sa.select(users.c.change_seq).where(users.c.id == user_id)) or 0)
+
+
+async def get(conn: AsyncConnection, user_id: str, session_id: str) -> Session | None:
+    """The session if it exists and belongs to ``user_id``; None otherwise (no existence leak)."""
+    row = (
+        await conn.execute(
+            sa.select(sessions).where(sessions.c.id == session_id, sessions.c.user_id == user_id)
+        )
+    ).first()
+    return None if row is None else Session.from_row(row)
+
+
+async def get_by_client_id(
+    conn: AsyncConnection, user_id: str, client_session_id: str
+) -> Session | None:
+    row = (
+        await conn.execute(
+            sa.select(sessions).where(
+                sessions.c.user_id == user_id, sessions.c.client_session_id == client_session_id
+            )
+        )
+    ).first()
+    return None if row is None else Session.from_row(row)
+
+
+async def insert(
+    conn: AsyncConnection,
+    *,
+    user_id: str,
+    client_session_id: str | None,
+    start_ms: int,
+    notes: str | None,
+    now_ms: int,
+) -> Session:
+    session_id = str(uuid.uuid4())
+    watermark = await current_change_seq(conn, user_id)
+    await conn.execute(
+        sa.insert(sessions).values(
+            id=session_id,
+            user_id=user_id,
+            client_session_id=client_session_id,
+            status=SessionStatus.ACTIVE.value,
+            start_ms=start_ms,
+            end_ms=None,
+            notes=notes,
+            source_watermark=watermark,
+            created_at_ms=now_ms,
+            updated_at_ms=now_ms,
+        )
+    )
+    return Session(
+        id=session_id,
+        user_id=user_id,
+        client_session_id=client_session_id,
+        status=SessionStatus.ACTIVE,
+        start_ms=start_ms,
+        end_ms=None,
+        notes=notes,
+        source_watermark=watermark,
+    )
+
+
+async def close(
+    conn: AsyncConnection,
+    session: Session,
+    *,
+    status: SessionStatus,
+    end_ms: int,
+    now_ms: int,
+) -> Session:
+    """End or cancel ``session``; the change bumps the user's change_seq into its watermark."""
+    seq = await next_change_seq(conn, session.user_id)
+    await conn.execute(
+        sa.update(sessions)
+        .where(sessions.c.id == session.id)
+        .values(status=status.value, end_ms=end_ms, source_watermark=seq, updated_at_ms=now_ms)
+    )
+    return replace(session, status=status, end_ms=end_ms, source_watermark=seq)
+
+
+async def list_page(
+    conn: AsyncConnection,
+    user_id: str,
+    *,
+    status: SessionStatus | None,
+    limit: int,
+    after: tuple[int, str] | None,
+) -> list[Session]:
+    """Up to ``limit`` sessions, newest start first, strictly after the ``(start_ms, id)`` cursor."""
+    query = sa.select(sessions).where(sessions.c.user_id == user_id)
+    if status is not None:
+        query = query.where(sessions.c.status == status.value)
+    if after is not None:
+        start_ms, session_id = after
+        query = query.where(
+            sa.or_(
+                sessions.c.start_ms < start_ms,
+                sa.and_(sessions.c.start_ms == start_ms, sessions.c.id < session_id),
+            )
+        )
+    query = query.order_by(sessions.c.start_ms.desc(), sessions.c.id.desc()).limit(limit)
+    return [Session.from_row(row) for row in (await conn.execute(query))]
+
+
+async def bump_watermarks(
+    conn: AsyncConnection,
+    user_id: str,
+    *,
+    change_seq: int,
+    changed_times_ms: Iterable[int],
+    now_ms: int,
+) -> list[Session]:
+    """Set ``source_watermark = change_seq`` on every session of the user whose widest window holds
+    at least one of ``changed_times_ms`` (old and new sample times); return those sessions.
+
+    Precision is per time, not per batch range: two samples far apart do not stale every session
+    between them.
+    """
+    times: Sequence[int] = sorted(set(changed_times_ms))
+    if not times:
+        return []
+    lo, hi = times[0], times[-1]
+    candidates = (
+        await conn.execute(
+            sa.select(sessions).where(
+                sessions.c.user_id == user_id,
+                sessions.c.start_ms - WIDEST_PAD_MS <= hi,
+                sa.func.coalesce(sessions.c.end_ms, now_ms) + WIDEST_PAD_MS > lo,
+            )
+        )
+    ).all()
+    touched: list[Session] = []
+    for row in candidates:
+        session = Session.from_row(row)
+        window_lo, window_hi = session.widest_window(now_ms)
+        index = bisect.bisect_left(times, window_lo)
+        if index < len(times) and times[index] < window_hi:
+            touched.append(session)
+    if touched:
+        await conn.execute(
+            sa.update(sessions)
+            .where(sessions.c.id.in_([s.id for s in touched]))
+            .values(source_watermark=change_seq)
+        )
+    return [replace(s, source_watermark=change_seq) for s in touched]

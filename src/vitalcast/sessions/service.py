@@ -1,0 +1,113 @@
+"""Session lifecycle rules: idempotent create, ending twice changes nothing, never leak existence."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from vitalcast.clock import Clock
+from vitalcast.db.engine import Database
+from vitalcast.errors import Conflict, InvalidInput, NotFound
+from vitalcast.sessions import repository
+from vitalcast.sessions.models import Session, SessionStatus
+
+# Clocks of phones drift; an end this far ahead of the server's now is still accepted.
+FUTURE_TOLERANCE_MS = 5 * 60_000
+
+
+def encode_cursor(session: Session) -> str:
+    return base64.urlsafe_b64encode(f"{session.start_ms}|{session.id}".encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    try:
+        start, _, session_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
+        return int(start), session_id
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidInput("The cursor is not valid.", code="INVALID_CURSOR") from None
+
+
+class SessionService:
+    """Creates, lists and closes sessions; returns what changed so callers can trigger telemetry."""
+
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self._db = db
+        self._clock = clock
+
+    async def create(
+        self,
+        user_id: str,
+        *,
+        client_session_id: str | None,
+        start_ms: int | None,
+        notes: str | None,
+    ) -> tuple[Session, bool]:
+        """The new session and True, or the existing one with that client_session_id and False."""
+        now = self._clock.now_ms()
+        start = now if start_ms is None else start_ms
+        if start > now + FUTURE_TOLERANCE_MS:
+            raise InvalidInput("started_at is in the future.", code="FUTURE_TIMESTAMP")
+        async with self._db.write() as conn:
+            if client_session_id is not None:
+                existing = await repository.get_by_client_id(conn, user_id, client_session_id)
+                if existing is not None:
+                    return existing, False
+            session = await repository.insert(
+                conn,
+                user_id=user_id,
+                client_session_id=client_session_id,
+                start_ms=start,
+                notes=notes,
+                now_ms=now,
+            )
+            return session, True
+
+    async def get(self, user_id: str, session_id: str) -> Session:
+        async with self._db.read() as conn:
+            session = await repository.get(conn, user_id, session_id)
+        if session is None:
+            raise NotFound("Session not found.", code="SESSION_NOT_FOUND")
+        return session
+
+    async def list(
+        self, user_id: str, *, status: SessionStatus | None, limit: int, cursor: str | None
+    ) -> tuple[list[Session], str | None]:
+        after = decode_cursor(cursor) if cursor else None
+        async with self._db.read() as conn:
+            page = await repository.list_page(
+                conn, user_id, status=status, limit=limit + 1, after=after
+            )
+        next_cursor = encode_cursor(page[limit - 1]) if len(page) > limit else None
+        return page[:limit], next_cursor
+
+    async def end(
+        self, user_id: str, session_id: str, *, end_ms: int | None
+    ) -> tuple[Session, bool]:
+        """Complete the session; True when this call changed it (ending twice changes nothing)."""
+        return await self._close(user_id, session_id, SessionStatus.COMPLETED, end_ms)
+
+    async def cancel(self, user_id: str, session_id: str) -> tuple[Session, bool]:
+        """Cancel the session; True when this call changed it."""
+        return await self._close(user_id, session_id, SessionStatus.CANCELLED, None)
+
+    async def _close(
+        self, user_id: str, session_id: str, status: SessionStatus, end_ms: int | None
+    ) -> tuple[Session, bool]:
+        now = self._clock.now_ms()
+        async with self._db.write() as conn:
+            session = await repository.get(conn, user_id, session_id)
+            if session is None:
+                raise NotFound("Session not found.", code="SESSION_NOT_FOUND")
+            if session.status is status:
+                return session, False
+            if session.status is not SessionStatus.ACTIVE:
+                raise Conflict(
+                    f"The session is already {session.status.value}.", code="SESSION_NOT_ACTIVE"
+                )
+            end = now if end_ms is None else end_ms
+            if end < session.start_ms:
+                raise InvalidInput("ended_at is before the session start.", code="END_BEFORE_START")
+            if end > now + FUTURE_TOLERANCE_MS:
+                raise InvalidInput("ended_at is in the future.", code="FUTURE_TIMESTAMP")
+            closed = await repository.close(conn, session, status=status, end_ms=end, now_ms=now)
+            return closed, True

@@ -1,0 +1,92 @@
+"""Runtime configuration, read once from ``VITALCAST_*`` environment variables and passed down.
+
+Every knob has a safe default so that the embedded mode needs none. There is no module-level
+instance: the CLI (or a test) builds one ``Settings`` and hands it to ``create_app``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every setting of vitalcast; the README configuration table is generated from them."""
+
+    model_config = SettingsConfigDict(env_prefix="VITALCAST_", extra="ignore")
+
+    data_dir: Path = Field(
+        Path("./.vitalcast"), description="Folder for the SQLite database and the generated secret."
+    )
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy async URL; unset = SQLite file in the data dir. "
+        "Scaled out: postgresql+asyncpg://…",
+    )
+    redis_url: str | None = Field(
+        None, description="Redis URL; unset = embedded mode (in-process computes and fan-out)."
+    )
+    secret: str | None = Field(
+        None,
+        description="HS256 key for bearer tokens; unset = generated into the data dir (mode 0600).",
+    )
+    max_concurrent_computes: int = Field(
+        3, ge=1, le=64, description="Computes running at once per process (coordinator bound)."
+    )
+    max_pending_computes: int = Field(
+        50, ge=0, le=100_000, description="Computes waiting per process; beyond it they are shed."
+    )
+    lease_ms: int = Field(
+        30_000, ge=1_000, le=600_000, description="Compute lease; renewed while computing."
+    )
+    default_window_minutes: int = Field(
+        60, ge=15, le=180, description="Padding around a session when a request gives none."
+    )
+    queue_name: str = Field("session-telemetry", description="BullMQ queue name.")
+    queue_prefix: str = Field("bull", description="BullMQ Redis key prefix.")
+    max_queue_depth: int = Field(
+        10_000,
+        ge=1,
+        description="Waiting jobs beyond which GET answers computing, backfill waits.",
+    )
+    socketio_channel: str = Field("vitalcast-socketio", description="Redis channel for Socket.IO.")
+    rate_limit_ingest: str = Field(
+        "600/minute", description="Per-user ingest request limit (limits notation)."
+    )
+    rate_limit_telemetry: str = Field(
+        "1200/minute", description="Per-user telemetry GET limit (limits notation)."
+    )
+    rate_limit_socket_events: str = Field(
+        "20/second", description="Per-socket client event limit (limits notation)."
+    )
+    log_level: str = Field("info", description="Log level: debug, info, warning, error.")
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The configured database URL, or the embedded SQLite file inside the data dir."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'vitalcast.db').resolve()}"
+
+    @property
+    def embedded(self) -> bool:
+        """True when no Redis is configured: computes and fan-out stay in this process."""
+        return not self.redis_url
+
+    def resolved_secret(self) -> str:
+        """The token key: configured, or read from (and on first use written to) the data dir."""
+        if self.secret:
+            return self.secret
+        path = self.data_dir / "secret"
+        if path.exists():
+            return path.read_text().strip()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        value = secrets.token_urlsafe(48)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(value)
+        return value

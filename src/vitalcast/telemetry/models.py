@@ -1,0 +1,84 @@
+"""Telemetry keys, states and the scheduling seam shared by the coordinator and the queue."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Protocol
+
+# Bump when the payload's meaning changes: old cache rows are then simply never read again.
+COMPUTE_VERSION = 1
+SCHEMA_VERSION = 1
+MIN_WINDOW_MINUTES = 15
+MAX_WINDOW_MINUTES = 180
+# `auto` picks 1m up to this window span, 5m beyond it.
+AUTO_1M_MAX_SPAN_MS = 6 * 3_600_000
+
+
+class Resolution(enum.StrEnum):
+    """Bucket width of a payload."""
+
+    #: 60 000 ms buckets
+    ONE_MINUTE = "1m"
+    #: 300 000 ms buckets
+    FIVE_MINUTES = "5m"
+
+    @property
+    def bucket_ms(self) -> int:
+        return 60_000 if self is Resolution.ONE_MINUTE else 300_000
+
+
+class CacheState(enum.StrEnum):
+    """What a telemetry request answers (DESIGN.md, request states)."""
+
+    #: cache fresh: the payload matches the session's current watermark
+    READY = "ready"
+    #: the watermark moved; the last payload is served and a recompute is scheduled
+    STALE = "stale"
+    #: nothing cached yet; a compute is scheduled
+    COMPUTING = "computing"
+    #: the window holds no samples (fresh); the empty payload is served
+    NO_DATA = "no_data"
+    #: freshness unknown or the compute keeps failing; last payload (if any) and an error code
+    FAILED = "failed"
+
+
+class ScheduleReason(enum.StrEnum):
+    """Why a compute was asked for; carried into jobs and logs."""
+
+    #: a GET found nothing cached
+    CACHE_MISS = "cache_miss"
+    #: a GET found an older watermark
+    STALE_READ = "stale_read"
+    #: ingest touched an active session
+    LIVE_UPDATE = "live_update"
+    #: ingest touched an ended session
+    LATE_INGEST = "late_ingest"
+    #: the session ended; precompute the default window
+    SESSION_COMPLETED = "session_completed"
+    #: `vitalcast backfill`
+    BACKFILL = "backfill"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class TelemetryKey:
+    """Identity of one cache row. ``user_id`` rides along so a worker needs no extra lookup."""
+
+    session_id: str
+    window_minutes: int
+    resolution: Resolution
+    compute_version: int = COMPUTE_VERSION
+    user_id: str = ""
+
+    @property
+    def dedupe_id(self) -> str:
+        """Portable id of the key (BullMQ rejects ``:``)."""
+        return f"{self.session_id}_{self.window_minutes}_{self.resolution.value}_v{self.compute_version}"
+
+
+class Scheduler(Protocol):
+    """Where computes go: the in-process coordinator or the BullMQ queue."""
+
+    async def submit(self, key: TelemetryKey, *, watermark: int, reason: ScheduleReason) -> bool:
+        """Ask for a compute of ``key``; False when it was shed (the bound was full)."""
+        ...
