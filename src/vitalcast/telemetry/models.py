@@ -82,3 +82,24 @@ class Scheduler(Protocol):
     async def submit(self, key: TelemetryKey, *, watermark: int, reason: ScheduleReason) -> bool:
         """Ask for a compute of ``key``; False when it was shed (the bound was full)."""
         ...
+
+
+class TelemetryListener(Protocol):
+    """Told after every cache save (the WebSocketBroadcaster implements it).
+
+    Implementations must not raise into the compute path and never receive health values.
+    """
+
+    async def session_updated(
+        self,
+        *,
+        session_id: str,
+        source_watermark: int,
+        state: str,
+        window_minutes: int,
+        resolution: str,
+        computed_at_ms: int,
+        live: bool,
+        changed_from_ms: int | None,
+        changed_to_ms: int | None,
+    ) -> None: ...
