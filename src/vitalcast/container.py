@@ -9,6 +9,7 @@ from typing import Any
 
 from vitalcast.clock import Clock
 from vitalcast.db.engine import Database
+from vitalcast.ingest.service import IngestService
 from vitalcast.observability import Metrics, get_logger
 from vitalcast.sessions.models import Session
 from vitalcast.sessions.service import SessionService
@@ -27,6 +28,7 @@ class Container:
     metrics: Metrics
     secret: str
     sessions: SessionService
+    ingest: IngestService
     # Attached when the telemetry, realtime and queue parts start.
     telemetry: Any = None
     broadcaster: Any = None

@@ -27,8 +27,22 @@ def _drop_sensitive(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str
 def configure_logging(level: str = "info") -> None:
     """JSON lines on stderr; idempotent, so tests and the CLI may both call it."""
     logging.basicConfig(format="%(message)s", stream=sys.stderr, level=level.upper(), force=True)
-    for noisy in ("uvicorn.access", "engineio.server", "socketio.server"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # These print SQL parameters, payloads or handshakes (with tokens) at DEBUG/INFO: keep them
+    # at WARNING whatever our own level is, because their lines would carry health values.
+    for leaky in (
+        "aiosqlite",
+        "sqlalchemy.engine",
+        "asyncpg",
+        "uvicorn.access",
+        "engineio.server",
+        "engineio.client",
+        "socketio.server",
+        "socketio.client",
+        "httpx",
+        "httpcore",
+        "bullmq",
+    ):
+        logging.getLogger(leaky).setLevel(logging.WARNING)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

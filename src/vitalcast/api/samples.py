@@ -1,5 +1,56 @@
-"""POST /api/v1/samples (placeholder until ingest lands)."""
+"""POST /api/v1/samples: 200 when every sample was accepted, 207 with per-sample rejections."""
 
-from fastapi import APIRouter
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request, Response
+
+from vitalcast.api.deps import ContainerDep, CurrentUser
+from vitalcast.errors import InvalidInput, PayloadTooLarge
+from vitalcast.ingest.validation import MAX_BODY_BYTES
 
 router = APIRouter(prefix="/api/v1", tags=["samples"])
+
+
+async def _read_body(request: Request) -> bytes:
+    """The body, refusing more than MAX_BODY_BYTES before reading it all."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise PayloadTooLarge("The body is larger than 5 MB.", code="BODY_TOO_LARGE")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise PayloadTooLarge("The body is larger than 5 MB.", code="BODY_TOO_LARGE")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _decode(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
+    # Only the standard library reads NaN/Infinity/1e999, which must become NON_FINITE_VALUE
+    # rejections rather than a malformed request.
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInput("The body is not valid JSON.", code="MALFORMED_JSON") from None
+
+
+@router.post(
+    "/samples",
+    responses={207: {"description": "Some samples were rejected; the rest were stored."}},
+)
+async def ingest_samples(request: Request, user: CurrentUser, container: ContainerDep) -> Response:
+    """Store a batch of samples idempotently and move the watermarks of the sessions it touches."""
+    body = _decode(await _read_body(request))
+    outcome = await container.ingest.ingest(user.user_id, body)
+    if outcome.touched:
+        await container.after_ingest(outcome.touched)
+    return Response(outcome.body, status_code=outcome.status_code, media_type="application/json")

@@ -1,0 +1,206 @@
+"""Idempotent writes of samples in the caller's transaction.
+
+Identity is ``(user_id, source, record_id)``. The caller holds the user's row lock (see
+``lock_user``), so no two ingests of one user interleave and new rows can be bulk-inserted
+without conflicts; on PostgreSQL they go in with COPY.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from vitalcast.db.tables import health_samples, ingest_requests, telemetry_cache, users
+from vitalcast.ingest.validation import NormalizedSample
+
+# Keeps tuple-IN lookups under every backend's bound-parameter limit.
+_LOOKUP_CHUNK = 1_000
+_COLUMNS = ("metric", "value", "unit", "start_ms", "end_ms", "device")
+
+
+@dataclass
+class WriteResult:
+    """What one batch did; ``changed_times_ms`` holds old and new start times of every change."""
+
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    changed_times_ms: list[int] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.inserted or self.updated or self.deleted)
+
+
+async def lock_user(conn: AsyncConnection, user_id: str) -> int | None:
+    """Row-lock the user for this transaction (PostgreSQL; SQLite's writer lock already serialises)
+    and return its change_seq, or None if the user does not exist."""
+    return await conn.scalar(
+        sa.select(users.c.change_seq).where(users.c.id == user_id).with_for_update()
+    )
+
+
+async def find_replay(
+    conn: AsyncConnection, user_id: str, request_id: str
+) -> tuple[str, int, bytes] | None:
+    """(body hash, status, response) stored for an earlier request with this id."""
+    row = (
+        await conn.execute(
+            sa.select(
+                ingest_requests.c.body_sha256,
+                ingest_requests.c.status_code,
+                ingest_requests.c.response,
+            ).where(
+                ingest_requests.c.user_id == user_id, ingest_requests.c.request_id == request_id
+            )
+        )
+    ).first()
+    return None if row is None else (row.body_sha256, row.status_code, bytes(row.response))
+
+
+async def record_request(
+    conn: AsyncConnection,
+    *,
+    user_id: str,
+    request_id: str,
+    body_sha256: str,
+    status_code: int,
+    response: bytes,
+    now_ms: int,
+) -> None:
+    await conn.execute(
+        sa.insert(ingest_requests).values(
+            user_id=user_id,
+            request_id=request_id,
+            body_sha256=body_sha256,
+            status_code=status_code,
+            response=response,
+            created_at_ms=now_ms,
+        )
+    )
+
+
+async def _existing(
+    conn: AsyncConnection, user_id: str, identities: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], sa.Row]:
+    found: dict[tuple[str, str], sa.Row] = {}
+    for offset in range(0, len(identities), _LOOKUP_CHUNK):
+        chunk = identities[offset : offset + _LOOKUP_CHUNK]
+        rows = await conn.execute(
+            sa.select(health_samples).where(
+                health_samples.c.user_id == user_id,
+                sa.tuple_(health_samples.c.source, health_samples.c.record_id).in_(chunk),
+            )
+        )
+        for row in rows:
+            found[(row.source, row.record_id)] = row
+    return found
+
+
+def _same(row: sa.Row, sample: NormalizedSample) -> bool:
+    return not row.deleted and all(getattr(row, c) == getattr(sample, c) for c in _COLUMNS)
+
+
+async def write_samples(
+    conn: AsyncConnection,
+    user_id: str,
+    samples: Sequence[NormalizedSample],
+    deletions: Sequence[tuple[str, str]],
+    *,
+    change_seq: int,
+) -> WriteResult:
+    """Insert new samples, update changed ones, soft-delete ``deletions``; count each outcome.
+
+    ``change_seq`` is the value the user's counter will take if anything changes; rows written
+    carry it so a later reader can tell which ingest wrote them.
+    """
+    result = WriteResult()
+    existing = await _existing(
+        conn, user_id, [(s.source, s.record_id) for s in samples] + list(deletions)
+    )
+    new_rows: list[dict[str, object]] = []
+    updates: list[dict[str, object]] = []
+    for sample in samples:
+        row = existing.get((sample.source, sample.record_id))
+        if row is None:
+            new_rows.append(
+                {
+                    "user_id": user_id,
+                    "source": sample.source,
+                    "record_id": sample.record_id,
+                    "metric": sample.metric,
+                    "value": sample.value,
+                    "unit": sample.unit,
+                    "start_ms": sample.start_ms,
+                    "end_ms": sample.end_ms,
+                    "device": sample.device,
+                    "deleted": False,
+                    "change_seq": change_seq,
+                }
+            )
+            result.changed_times_ms.append(sample.start_ms)
+        elif _same(row, sample):
+            result.unchanged += 1
+        else:
+            updates.append({"row_id": row.id} | {c: getattr(sample, c) for c in _COLUMNS})
+            if not row.deleted:
+                result.changed_times_ms.append(row.start_ms)
+            result.changed_times_ms.append(sample.start_ms)
+    deleted_ids: list[int] = []
+    for identity in deletions:
+        row = existing.get(identity)
+        if row is not None and not row.deleted:
+            deleted_ids.append(row.id)
+            result.changed_times_ms.append(row.start_ms)
+    result.inserted = len(new_rows)
+    result.updated = len(updates)
+    result.deleted = len(deleted_ids)
+    if new_rows:
+        await _insert(conn, new_rows)
+    if updates:
+        await conn.execute(
+            sa.update(health_samples)
+            .where(health_samples.c.id == sa.bindparam("row_id"))
+            .values(**{c: sa.bindparam(c) for c in _COLUMNS}, deleted=False, change_seq=change_seq),
+            updates,
+        )
+    if deleted_ids:
+        await conn.execute(
+            sa.update(health_samples)
+            .where(health_samples.c.id.in_(deleted_ids))
+            .values(deleted=True, change_seq=change_seq)
+        )
+    return result
+
+
+async def _insert(conn: AsyncConnection, rows: list[dict[str, object]]) -> None:
+    if conn.dialect.name == "postgresql":
+        raw = await conn.get_raw_connection()
+        columns = list(rows[0])
+        await raw.driver_connection.copy_records_to_table(  # type: ignore[union-attr]
+            health_samples.name,
+            records=[tuple(r[c] for c in columns) for r in rows],
+            columns=columns,
+        )
+    else:
+        await conn.execute(sa.insert(health_samples), rows)
+
+
+async def set_change_seq(conn: AsyncConnection, user_id: str, change_seq: int) -> None:
+    await conn.execute(sa.update(users).where(users.c.id == user_id).values(change_seq=change_seq))
+
+
+async def mark_caches_stale(conn: AsyncConnection, session_ids: Sequence[str], now_ms: int) -> None:
+    """Remember when the first change after each cached payload arrived (freshness-lag metric)."""
+    await conn.execute(
+        sa.update(telemetry_cache)
+        .where(
+            telemetry_cache.c.session_id.in_(list(session_ids)),
+            telemetry_cache.c.stale_since_ms.is_(None),
+        )
+        .values(stale_since_ms=now_ms)
+    )

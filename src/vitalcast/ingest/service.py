@@ -1,0 +1,129 @@
+"""``IngestService.ingest``: validate, write in one transaction, bump watermarks, report.
+
+One request is one transaction: either everything valid in it is stored and every affected
+session's watermark moves, or nothing is (a 4xx/5xx leaves no partial state).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from vitalcast.clock import Clock
+from vitalcast.db.engine import Database
+from vitalcast.errors import Conflict, Unauthenticated
+from vitalcast.ingest import repository
+from vitalcast.ingest.validation import validate_batch
+from vitalcast.observability import Metrics, get_logger
+from vitalcast.sessions import repository as session_repository
+from vitalcast.sessions.models import Session
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class IngestOutcome:
+    """The HTTP answer (status + encoded body) and the sessions whose telemetry went stale."""
+
+    status_code: int
+    body: bytes
+    touched: list[Session]
+    replayed: bool
+
+
+def body_fingerprint(body: Any) -> str:
+    """Hash of the decoded body with sorted keys: key order or spacing is not "another body"."""
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+class IngestService:
+    def __init__(self, db: Database, clock: Clock, metrics: Metrics) -> None:
+        self._db = db
+        self._clock = clock
+        self._metrics = metrics
+
+    async def ingest(self, user_id: str, body: Any) -> IngestOutcome:
+        """Apply one decoded request body for ``user_id``. Raises for whole-request errors."""
+        now_ms = self._clock.now_ms()
+        batch = validate_batch(body, now_ms=now_ms)
+        fingerprint = body_fingerprint(body) if batch.request_id else ""
+        async with self._db.write() as conn:
+            seq = await repository.lock_user(conn, user_id)
+            if seq is None:
+                raise Unauthenticated("The token's user does not exist.", code="TOKEN_INVALID")
+            if batch.request_id is not None:
+                replay = await repository.find_replay(conn, user_id, batch.request_id)
+                if replay is not None:
+                    stored_hash, status, response = replay
+                    if stored_hash != fingerprint:
+                        raise Conflict(
+                            "This request_id was used with another body.",
+                            code="REQUEST_ID_REUSED",
+                        )
+                    log.info("ingest_replayed", user_id=user_id)
+                    return IngestOutcome(status, response, [], replayed=True)
+            written = await repository.write_samples(
+                conn, user_id, batch.samples, batch.deletions, change_seq=seq + 1
+            )
+            touched: list[Session] = []
+            if written.changed:
+                seq += 1
+                await repository.set_change_seq(conn, user_id, seq)
+                touched = await session_repository.bump_watermarks(
+                    conn,
+                    user_id,
+                    change_seq=seq,
+                    changed_times_ms=written.changed_times_ms,
+                    now_ms=now_ms,
+                )
+                if touched:
+                    await repository.mark_caches_stale(conn, [s.id for s in touched], now_ms)
+            status = 207 if batch.rejected else 200
+            response = orjson.dumps(
+                {
+                    "inserted": written.inserted,
+                    "updated": written.updated,
+                    "unchanged": written.unchanged,
+                    "deleted": written.deleted,
+                    "rejected": [r.as_dict() for r in batch.rejected],
+                    "change_seq": seq,
+                }
+            )
+            if batch.request_id is not None:
+                await repository.record_request(
+                    conn,
+                    user_id=user_id,
+                    request_id=batch.request_id,
+                    body_sha256=fingerprint,
+                    status_code=status,
+                    response=response,
+                    now_ms=now_ms,
+                )
+        self._count(written, len(batch.rejected))
+        log.info(
+            "ingest",
+            user_id=user_id,
+            inserted=written.inserted,
+            updated=written.updated,
+            unchanged=written.unchanged,
+            deleted=written.deleted,
+            rejected=len(batch.rejected),
+            sessions_touched=len(touched),
+            change_seq=seq,
+        )
+        return IngestOutcome(status, response, touched, replayed=False)
+
+    def _count(self, written: repository.WriteResult, rejected: int) -> None:
+        counter = self._metrics.ingest_samples
+        for outcome, n in (
+            ("inserted", written.inserted),
+            ("updated", written.updated),
+            ("unchanged", written.unchanged),
+            ("deleted", written.deleted),
+            ("rejected", rejected),
+        ):
+            if n:
+                counter.labels(outcome=outcome).inc(n)

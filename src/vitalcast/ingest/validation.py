@@ -1,0 +1,226 @@
+"""Pure validation of an ingest request body: raw JSON → normalised samples and per-sample
+rejections with stable codes. No I/O, so every rule is testable without a database.
+
+A structurally broken request (not an object, a sample that is not an object, a field of the wrong
+type, an unparseable timestamp) is a whole-request 422: nothing of it is applied. Content rules
+(unknown metric, unit, range, time) reject single samples; the rest of the batch is stored.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from vitalcast.catalog import BY_CODE
+from vitalcast.errors import InvalidInput, PayloadTooLarge
+
+MAX_SAMPLES = 5_000
+MAX_BODY_BYTES = 5 * 1024 * 1024
+FUTURE_TOLERANCE_MS = 5 * 60_000
+_MAX_TEXT = {"source": 64, "record_id": 200, "metric": 64, "unit": 32, "device": 200}
+_SAMPLE_FIELDS = frozenset(
+    {"source", "record_id", "metric", "value", "unit", "start", "end", "device"}
+)
+
+
+class RejectionCode(enum.StrEnum):
+    """Why one sample of a batch was not stored."""
+
+    #: the metric code is not in the catalog
+    UNKNOWN_METRIC = "UNKNOWN_METRIC"
+    #: the unit is neither canonical nor an accepted alias of the metric
+    UNIT_NOT_ACCEPTED = "UNIT_NOT_ACCEPTED"
+    #: NaN or ±infinity
+    NON_FINITE_VALUE = "NON_FINITE_VALUE"
+    #: outside the metric's plausible range (after unit conversion)
+    VALUE_OUT_OF_RANGE = "VALUE_OUT_OF_RANGE"
+    #: end before start
+    END_BEFORE_START = "END_BEFORE_START"
+    #: a timestamp without a UTC offset
+    NAIVE_TIMESTAMP = "NAIVE_TIMESTAMP"
+    #: start more than 5 minutes ahead of the server clock
+    FUTURE_TIMESTAMP = "FUTURE_TIMESTAMP"
+    #: the same (source, record_id) appeared earlier in this batch
+    DUPLICATE_IN_BATCH = "DUPLICATE_IN_BATCH"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    index: int
+    code: RejectionCode
+    message: str
+
+    def as_dict(self) -> dict[str, object]:
+        return {"index": self.index, "code": self.code.value, "message": self.message}
+
+
+@dataclass(frozen=True, slots=True)
+class NormalizedSample:
+    """A sample in canonical units and epoch milliseconds, ready to store."""
+
+    source: str
+    record_id: str
+    metric: str
+    value: float
+    unit: str
+    start_ms: int
+    end_ms: int
+    device: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ValidatedBatch:
+    request_id: str | None
+    samples: list[NormalizedSample]
+    deletions: list[tuple[str, str]]
+    rejected: list[Rejection]
+
+
+def _malformed(message: str) -> InvalidInput:
+    return InvalidInput(message, code="VALIDATION_ERROR")
+
+
+def _text(raw: dict[str, Any], name: str, where: str, *, required: bool) -> str | None:
+    value = raw.get(name)
+    if value is None:
+        if required:
+            raise _malformed(f"{where}.{name} is required.")
+        return None
+    if not isinstance(value, str) or not value or len(value) > _MAX_TEXT[name]:
+        raise _malformed(f"{where}.{name} must be a string of 1 to {_MAX_TEXT[name]} characters.")
+    return value
+
+
+def _timestamp(raw: dict[str, Any], name: str, where: str) -> datetime | None:
+    value = raw.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 64:
+        raise _malformed(f"{where}.{name} must be an ISO 8601 string.")
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise _malformed(f"{where}.{name} is not an ISO 8601 timestamp.") from None
+
+
+def _epoch_ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def _check_sample(index: int, raw: Any, now_ms: int) -> NormalizedSample | Rejection:
+    where = f"samples[{index}]"
+    if not isinstance(raw, dict):
+        raise _malformed(f"{where} must be an object.")
+    unknown = raw.keys() - _SAMPLE_FIELDS
+    if unknown:
+        raise _malformed(f"{where} has unknown fields: {', '.join(sorted(unknown))}.")
+    source = _text(raw, "source", where, required=True)
+    record_id = _text(raw, "record_id", where, required=True)
+    metric_code = _text(raw, "metric", where, required=True)
+    unit = _text(raw, "unit", where, required=False)
+    device = _text(raw, "device", where, required=False)
+    value = raw.get("value")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _malformed(f"{where}.value must be a number.")
+    start = _timestamp(raw, "start", where)
+    if start is None:
+        raise _malformed(f"{where}.start is required.")
+    end = _timestamp(raw, "end", where)
+    assert source is not None and record_id is not None and metric_code is not None
+
+    def reject(code: RejectionCode, message: str) -> Rejection:
+        return Rejection(index, code, message)
+
+    metric = BY_CODE.get(metric_code)
+    if metric is None:
+        return reject(RejectionCode.UNKNOWN_METRIC, "The metric is not in the catalog.")
+    if start.tzinfo is None or (end is not None and end.tzinfo is None):
+        return reject(RejectionCode.NAIVE_TIMESTAMP, "Timestamps need a UTC offset.")
+    if not math.isfinite(value):
+        return reject(RejectionCode.NON_FINITE_VALUE, "The value is not a finite number.")
+    canonical = metric.to_canonical(float(value), unit)
+    if canonical is None:
+        return reject(
+            RejectionCode.UNIT_NOT_ACCEPTED, f"Accepted units: {', '.join(metric.units)}."
+        )
+    if not (metric.min_value <= canonical <= metric.max_value):
+        return reject(
+            RejectionCode.VALUE_OUT_OF_RANGE,
+            f"Plausible range is {metric.min_value:g} to {metric.max_value:g} {metric.unit}.",
+        )
+    start_ms = _epoch_ms(start)
+    end_ms = start_ms if end is None else _epoch_ms(end)
+    if end_ms < start_ms:
+        return reject(RejectionCode.END_BEFORE_START, "end is before start.")
+    if start_ms > now_ms + FUTURE_TOLERANCE_MS:
+        return reject(RejectionCode.FUTURE_TIMESTAMP, "start is more than 5 minutes ahead.")
+    return NormalizedSample(
+        source=source,
+        record_id=record_id,
+        metric=metric.code,
+        value=canonical,
+        unit=metric.unit,
+        start_ms=start_ms,
+        end_ms=end_ms,
+        device=device,
+    )
+
+
+def _deletion(index: int, raw: Any) -> tuple[str, str]:
+    where = f"deleted[{index}]"
+    if not isinstance(raw, dict) or raw.keys() - {"source", "record_id"}:
+        raise _malformed(f"{where} must be an object with source and record_id.")
+    source = _text(raw, "source", where, required=True)
+    record_id = _text(raw, "record_id", where, required=True)
+    assert source is not None and record_id is not None
+    return source, record_id
+
+
+def validate_batch(body: Any, *, now_ms: int) -> ValidatedBatch:
+    """Check a decoded request body. Raises for whole-request errors (422/413); returns the
+    storable samples and the per-sample rejections otherwise."""
+    if not isinstance(body, dict):
+        raise _malformed("The body must be a JSON object.")
+    unknown = body.keys() - {"request_id", "samples", "deleted"}
+    if unknown:
+        raise _malformed(f"Unknown fields: {', '.join(sorted(unknown))}.")
+    request_id = body.get("request_id")
+    if request_id is not None and (
+        not isinstance(request_id, str) or not request_id or len(request_id) > 200
+    ):
+        raise _malformed("request_id must be a string of 1 to 200 characters.")
+    raw_samples = body.get("samples", [])
+    raw_deleted = body.get("deleted", [])
+    if not isinstance(raw_samples, list) or not isinstance(raw_deleted, list):
+        raise _malformed("samples and deleted must be arrays.")
+    if len(raw_samples) > MAX_SAMPLES or len(raw_deleted) > MAX_SAMPLES:
+        raise PayloadTooLarge(
+            f"At most {MAX_SAMPLES} samples and {MAX_SAMPLES} deletions per request.",
+            code="TOO_MANY_SAMPLES",
+        )
+    deletions = list(dict.fromkeys(_deletion(i, raw) for i, raw in enumerate(raw_deleted)))
+    to_delete = set(deletions)
+    samples: list[NormalizedSample] = []
+    rejected: list[Rejection] = []
+    seen: set[tuple[str, str]] = set()
+    for index, raw in enumerate(raw_samples):
+        checked = _check_sample(index, raw, now_ms)
+        if isinstance(checked, Rejection):
+            rejected.append(checked)
+            continue
+        identity = (checked.source, checked.record_id)
+        if identity in seen or identity in to_delete:
+            rejected.append(
+                Rejection(
+                    index,
+                    RejectionCode.DUPLICATE_IN_BATCH,
+                    "This source and record_id appear more than once in the batch.",
+                )
+            )
+            continue
+        seen.add(identity)
+        samples.append(checked)
+    return ValidatedBatch(request_id, samples, deletions, rejected)

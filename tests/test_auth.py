@@ -1,0 +1,65 @@
+"""Bearer tokens: missing, expired, forged or wrongly signed tokens are a 401 on every route."""
+
+from __future__ import annotations
+
+import time
+
+import jwt
+import pytest
+
+from tests.conftest import TEST_SECRET
+from vitalcast.auth import issue_token
+
+
+async def test_expired_and_forged_tokens_are_rejected(client, users):
+    """Expired → TOKEN_EXPIRED; another key or alg=none → TOKEN_INVALID; none → UNAUTHENTICATED."""
+    user_id, _token = await users.create()
+    now = int(time.time())
+    cases = {
+        "TOKEN_EXPIRED": issue_token(TEST_SECRET, user_id, now_s=now - 7200, ttl_s=3600),
+        "TOKEN_INVALID": issue_token(
+            "another-secret-of-enough-length-0123456789", user_id, now_s=now, ttl_s=3600
+        ),
+    }
+    cases["TOKEN_INVALID_NONE"] = jwt.encode(
+        {"sub": user_id, "exp": now + 60}, None, algorithm="none"
+    )
+    for expected, token in cases.items():
+        response = await client.get(
+            "/api/v1/sessions", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert response.status_code == 401
+        assert response.json()["code"] == expected.removesuffix("_NONE")
+        assert response.headers["www-authenticate"] == "Bearer"
+    response = await client.get("/api/v1/sessions")
+    assert response.status_code == 401 and response.json()["code"] == "UNAUTHENTICATED"
+
+
+@pytest.mark.parametrize("path", ["/api/v1/sessions", "/api/v1/catalog"])
+async def test_routes_need_a_token_but_health_does_not(client, path):
+    """/api/v1 routes require a token; /healthz and /readyz do not."""
+    assert (await client.get(path)).status_code == 401
+    assert (await client.get("/healthz")).status_code == 200
+    assert (await client.get("/readyz")).json()["checks"]["database"] == "ok"
+
+
+async def test_catalog_lists_every_metric(client, users):
+    """The catalog serves all seven metrics with units, ranges and LOINC codes."""
+    body = (await client.get("/api/v1/catalog", headers=await users.headers())).json()
+    codes = {m["code"]: m for m in body["metrics"]}
+    assert set(codes) == {
+        "heart_rate",
+        "heart_rate_variability",
+        "blood_oxygen",
+        "respiratory_rate",
+        "skin_temperature",
+        "steps",
+        "active_energy_burned",
+    }
+    assert codes["heart_rate"]["loinc"] == "8867-4" and codes["steps"]["kind"] == "cumulative"
+    assert body["default_metrics"] == [
+        "heart_rate",
+        "heart_rate_variability",
+        "blood_oxygen",
+        "respiratory_rate",
+    ]
