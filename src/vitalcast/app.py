@@ -15,6 +15,7 @@ from vitalcast.api import ops, samples, sessions
 from vitalcast.clock import Clock, SystemClock
 from vitalcast.container import Container
 from vitalcast.db.engine import Database, create_engine
+from vitalcast.ingest.service import IngestService
 from vitalcast.observability import Metrics, get_logger
 from vitalcast.sessions.service import SessionService
 from vitalcast.settings import Settings
@@ -26,13 +27,15 @@ def build_container(settings: Settings, *, clock: Clock | None = None) -> Contai
     """Everything a process needs before it serves or works: settings, database, clock, metrics."""
     clock = clock or SystemClock()
     db = Database(create_engine(settings.resolved_database_url))
+    metrics = Metrics()
     return Container(
         settings=settings,
         db=db,
         clock=clock,
-        metrics=Metrics(),
+        metrics=metrics,
         secret=settings.resolved_secret(),
         sessions=SessionService(db, clock),
+        ingest=IngestService(db, clock, metrics),
     )
 
 
