@@ -11,12 +11,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vitalcast.db.tables import health_samples, ingest_requests, telemetry_cache, users
 from vitalcast.ingest.validation import NormalizedSample
 
-# Keeps tuple-IN lookups under every backend's bound-parameter limit.
+# Keeps SQLite's IN lists well under its bound-parameter limit.
 _LOOKUP_CHUNK = 1_000
 _COLUMNS = ("metric", "value", "unit", "start_ms", "end_ms", "device")
 
@@ -87,16 +88,43 @@ async def record_request(
 async def _existing(
     conn: AsyncConnection, user_id: str, identities: Sequence[tuple[str, str]]
 ) -> dict[tuple[str, str], sa.Row]:
+    """Stored rows for these identities, by unique-index lookups.
+
+    PostgreSQL joins against ``unnest`` of two array parameters (its planner is slow on long
+    row-constructor IN lists); SQLite takes a chunked tuple IN.
+    """
     found: dict[tuple[str, str], sa.Row] = {}
-    for offset in range(0, len(identities), _LOOKUP_CHUNK):
-        chunk = identities[offset : offset + _LOOKUP_CHUNK]
-        rows = await conn.execute(
+    if not identities:
+        return found
+    if conn.dialect.name == "postgresql":
+        keys = (
+            sa.func.unnest(
+                sa.literal([s for s, _ in identities], ARRAY(sa.String)),
+                sa.literal([r for _, r in identities], ARRAY(sa.String)),
+            )
+            .table_valued("source", "record_id")
+            .render_derived()
+        )
+        query = sa.select(health_samples).join(
+            keys,
+            sa.and_(
+                health_samples.c.source == keys.c.source,
+                health_samples.c.record_id == keys.c.record_id,
+            ),
+        )
+        chunks = [query.where(health_samples.c.user_id == user_id)]
+    else:
+        chunks = [
             sa.select(health_samples).where(
                 health_samples.c.user_id == user_id,
-                sa.tuple_(health_samples.c.source, health_samples.c.record_id).in_(chunk),
+                sa.tuple_(health_samples.c.source, health_samples.c.record_id).in_(
+                    identities[offset : offset + _LOOKUP_CHUNK]
+                ),
             )
-        )
-        for row in rows:
+            for offset in range(0, len(identities), _LOOKUP_CHUNK)
+        ]
+    for query in chunks:
+        for row in await conn.execute(query):
             found[(row.source, row.record_id)] = row
     return found
 

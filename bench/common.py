@@ -1,0 +1,168 @@
+"""Shared plumbing of the benchmark scripts: databases, servers as subprocesses, tokens, figures.
+
+Every script measures a capability against a baseline in the same run and prints JSON; the
+README's table is produced from bench/results/*.json by bench/report.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+
+from vitalcast.auth import issue_token
+from vitalcast.db.engine import Database, create_engine
+from vitalcast.db.migrate import upgrade
+from vitalcast.sessions import repository as session_repository
+
+PG_ADMIN_URL = os.environ.get(
+    "VITALCAST_TEST_PG", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_URL = os.environ.get("VITALCAST_TEST_REDIS", "redis://127.0.0.1:6379/0")
+SECRET = "bench-secret-0123456789abcdef0123456789abcdef"
+RESULTS = Path(__file__).parent / "results"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def percentiles(values_ms: Sequence[float]) -> dict[str, float]:
+    """p50 / p99 / mean of a list of milliseconds, rounded for reading."""
+    ordered = sorted(values_ms)
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    return {
+        "p50_ms": round(statistics.median(ordered), 3),
+        "p99_ms": round(p99, 3),
+        "mean_ms": round(statistics.fmean(ordered), 3),
+        "n": len(ordered),
+    }
+
+
+async def _pg_admin(sql: str) -> None:
+    engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(sa.text(sql))
+    finally:
+        await engine.dispose()
+
+
+@contextlib.asynccontextmanager
+async def database(backend: str) -> AsyncIterator[str]:
+    """A fresh migrated database URL on ``backend`` (sqlite|postgres), removed afterwards."""
+    if backend == "sqlite":
+        with tempfile.TemporaryDirectory(prefix="vc-bench-") as folder:
+            url = f"sqlite+aiosqlite:///{folder}/bench.db"
+            await asyncio.to_thread(upgrade, url)
+            yield url
+        return
+    name = f"vc_bench_{uuid.uuid4().hex[:10]}"
+    await _pg_admin(f'CREATE DATABASE "{name}"')
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        await asyncio.to_thread(upgrade, url)
+        yield url
+    finally:
+        await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def create_user(url: str, name: str) -> tuple[str, str]:
+    """(user_id, bearer token) of a new user in the database at ``url``."""
+    db = Database(create_engine(url))
+    try:
+        async with db.write() as conn:
+            user_id = await session_repository.get_or_create_user(
+                conn, name, now_ms=int(time.time() * 1000)
+            )
+    finally:
+        await db.dispose()
+    return user_id, issue_token(SECRET, user_id, now_s=int(time.time()), ttl_s=86_400)
+
+
+def server_env(database_url: str, data_dir: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VITALCAST_")}
+    env |= {
+        "VITALCAST_DATABASE_URL": database_url,
+        "VITALCAST_DATA_DIR": data_dir,
+        "VITALCAST_SECRET": SECRET,
+        "VITALCAST_LOG_LEVEL": "warning",
+    }
+    return env | extra
+
+
+@contextlib.contextmanager
+def process(args: Sequence[str], env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    """A child process that is terminated (then killed) on exit."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vitalcast", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def server(database_url: str, **extra_env: str) -> AsyncIterator[str]:
+    """``vitalcast serve`` on a free loopback port; yields its base URL once /healthz answers."""
+    port = free_port()
+    with (
+        tempfile.TemporaryDirectory(prefix="vc-bench-data-") as data_dir,
+        process(
+            ["serve", "--host", "127.0.0.1", "--port", str(port)],
+            server_env(database_url, data_dir, **extra_env),
+        ) as proc,
+    ):
+        base = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient() as client:
+            for _ in range(300):
+                if proc.poll() is not None:
+                    raise RuntimeError("server exited during start-up")
+                with contextlib.suppress(httpx.TransportError):
+                    if (await client.get(f"{base}/healthz")).status_code == 200:
+                        break
+                await asyncio.sleep(0.1)
+            else:
+                raise RuntimeError("server did not start")
+        yield base
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process in MiB (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
+def emit(name: str, result: dict[str, Any]) -> None:
+    """Print the result as JSON and keep it in bench/results/<name>.json for the README table."""
+    text = json.dumps(result, indent=2, sort_keys=False)
+    print(text)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(text + "\n")
