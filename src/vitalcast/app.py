@@ -17,6 +17,7 @@ from vitalcast.container import Container
 from vitalcast.db.engine import Database, create_engine
 from vitalcast.ingest.service import IngestService
 from vitalcast.observability import Metrics, get_logger
+from vitalcast.realtime.server import SOCKETIO_PATH, RealtimeServer
 from vitalcast.sessions.service import SessionService
 from vitalcast.settings import Settings
 
@@ -42,6 +43,8 @@ def build_container(settings: Settings, *, clock: Clock | None = None) -> Contai
 def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     """The server app. Migrations are the caller's job (``vitalcast serve`` runs them first)."""
     container = build_container(settings, clock=clock)
+    realtime = RealtimeServer(container)
+    container.broadcaster = realtime.broadcaster
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -49,6 +52,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await realtime.close()
             await container.db.dispose()
             log.info("server_stopped")
 
@@ -63,6 +67,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     app.include_router(ops.router)
     app.include_router(sessions.router)
     app.include_router(samples.router)
+    app.mount(SOCKETIO_PATH, realtime.asgi_app())
 
     @app.middleware("http")
     async def access_log(

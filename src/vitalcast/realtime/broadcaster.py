@@ -1,0 +1,244 @@
+"""``WebSocketBroadcaster``: pushes ``session.updated`` and ``session.status`` hints to clients.
+
+Events are hints, never data: ids, watermarks, states and times, no health values (no PHI on the
+wire beyond the authorised GET). A client that receives ``session.updated`` re-GETs the payload
+with ``If-None-Match``.
+
+Rooms:
+
+- ``session:<id>``: sockets whose ``subscribe`` passed the ownership check;
+- ``user:<id>``: every socket of that user, joined on connect, so a session list also learns about
+  sessions it has not subscribed to (``session.status`` goes to both rooms).
+
+The same class runs inside a server (emitting through its ``AsyncServer``, which fans out through
+Redis when configured) and inside a worker, which is no server and emits through a write-only Redis
+manager (``WebSocketBroadcaster.for_worker``). Emitting never raises into the caller: a compute or
+a request must not fail because a push did; a failed emit is logged and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+import socketio
+
+from vitalcast.observability import Metrics, get_logger
+from vitalcast.sessions.models import Session
+from vitalcast.settings import Settings
+
+log = get_logger(__name__)
+
+EVENT_VERSION = 1
+SESSION_UPDATED = "session.updated"
+SESSION_STATUS = "session.status"
+NAMESPACE = "/"
+# A push is a hint; waiting longer than this for Redis would only delay the compute that emits it.
+EMIT_TIMEOUT_S = 2.0
+# One connection is held by the pub/sub listener; the rest serve concurrent publishes.
+REDIS_MAX_CONNECTIONS = 8
+# How long a publish waits for a free pooled connection before it gives up (and is logged).
+REDIS_POOL_WAIT_S = 2.0
+REDIS_CONNECT_TIMEOUT_S = 2.0
+
+
+def session_room(session_id: str) -> str:
+    return f"session:{session_id}"
+
+
+def user_room(user_id: str) -> str:
+    return f"user:{user_id}"
+
+
+def session_updated_event(
+    *,
+    session_id: str,
+    source_watermark: int,
+    state: str,
+    window_minutes: int,
+    resolution: str,
+    computed_at_ms: int,
+    live: bool,
+    changed_from_ms: int | None,
+    changed_to_ms: int | None,
+) -> dict[str, Any]:
+    """The ``session.updated`` envelope of DESIGN.md (v1). ``changed`` bounds are null when the
+    compute does not know which time range moved."""
+    return {
+        "v": EVENT_VERSION,
+        "type": SESSION_UPDATED,
+        "session_id": session_id,
+        "source_watermark": source_watermark,
+        "state": state,
+        "window_minutes": window_minutes,
+        "resolution": resolution,
+        "computed_at_ms": computed_at_ms,
+        "live": live,
+        "changed": {"from_ms": changed_from_ms, "to_ms": changed_to_ms},
+    }
+
+
+def session_status_event(session: Session) -> dict[str, Any]:
+    """The ``session.status`` envelope: a session started, ended or was cancelled."""
+    return {
+        "v": EVENT_VERSION,
+        "type": SESSION_STATUS,
+        "session_id": session.id,
+        "status": session.status.value,
+        "start_ms": session.start_ms,
+        "end_ms": session.end_ms,
+        "source_watermark": session.source_watermark,
+        "live": session.live,
+    }
+
+
+class Emitter(Protocol):
+    """What the broadcaster emits through: an ``AsyncServer`` or a write-only pub/sub manager."""
+
+    async def emit(self, event: str, data: Any, *, to: Any, namespace: str) -> Any: ...
+
+
+class BoundedRedisManager(socketio.AsyncRedisManager):
+    """``AsyncRedisManager`` on a bounded, blocking connection pool with no socket read timeout.
+
+    The stock manager's pool grows with concurrent publishes (or, when capped, fails them); this
+    one caps connections and lets a publish wait briefly for a free one. The read timeout is off
+    explicitly so the pub/sub listener never times out on an idle channel (a timed-out listener
+    re-subscribes after a pause and loses what was published meanwhile).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        channel: str,
+        write_only: bool = False,
+        max_connections: int = REDIS_MAX_CONNECTIONS,
+    ) -> None:
+        super().__init__(url, channel=channel, write_only=write_only)
+        self._max_connections = max_connections
+        self._retired: set[asyncio.Task[None]] = set()
+
+    def _redis_connect(self) -> None:
+        # Called again after a connection error: retire the previous client instead of leaking it.
+        previous = self.redis
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self.redis_url,
+            max_connections=self._max_connections,
+            timeout=REDIS_POOL_WAIT_S,
+            socket_timeout=None,
+            socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
+            socket_keepalive=True,
+        )
+        self.redis = aioredis.Redis.from_pool(pool)
+        self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        self.connected = True
+        if previous is not None:
+            task = asyncio.get_running_loop().create_task(_close_quietly(previous))
+            self._retired.add(task)
+            task.add_done_callback(self._retired.discard)
+
+    async def aclose(self) -> None:
+        """Stop listening and close the Redis connections (idempotent)."""
+        listener = getattr(self, "thread", None)
+        if isinstance(listener, asyncio.Task) and not listener.done():
+            listener.cancel()
+            await asyncio.gather(listener, return_exceptions=True)
+        if self.pubsub is not None:
+            await _close_quietly(self.pubsub)
+            self.pubsub = None
+        if self.redis is not None:
+            await _close_quietly(self.redis)
+            self.redis = None
+        self.connected = False
+
+
+async def _close_quietly(client: Any) -> None:
+    try:
+        await client.aclose()
+    except Exception:
+        log.debug("redis_close_failed")
+
+
+def redis_manager(settings: Settings, *, write_only: bool) -> BoundedRedisManager:
+    """The Socket.IO Redis manager of a server (``write_only=False``) or a worker."""
+    if not settings.redis_url:
+        raise ValueError("redis_url is required for a Socket.IO Redis manager")
+    return BoundedRedisManager(
+        settings.redis_url, channel=settings.socketio_channel, write_only=write_only
+    )
+
+
+class WebSocketBroadcaster:
+    """Emits realtime hints to rooms; implements ``TelemetryListener`` and ``session_status``."""
+
+    def __init__(
+        self,
+        emitter: Emitter,
+        *,
+        metrics: Metrics | None = None,
+        owned_manager: BoundedRedisManager | None = None,
+    ) -> None:
+        self._emitter = emitter
+        self._metrics = metrics
+        self._owned_manager = owned_manager
+
+    @classmethod
+    def for_worker(
+        cls, settings: Settings, *, metrics: Metrics | None = None
+    ) -> WebSocketBroadcaster:
+        """A broadcaster for a process that is not a server: emits through a write-only Redis
+        manager on ``settings.socketio_channel``; every server on that channel delivers."""
+        manager = redis_manager(settings, write_only=True)
+        return cls(manager, metrics=metrics, owned_manager=manager)
+
+    async def session_updated(
+        self,
+        *,
+        session_id: str,
+        source_watermark: int,
+        state: str,
+        window_minutes: int,
+        resolution: str,
+        computed_at_ms: int,
+        live: bool,
+        changed_from_ms: int | None,
+        changed_to_ms: int | None,
+    ) -> None:
+        """Tell the subscribers of ``session_id`` that a payload was saved (never raises)."""
+        event = session_updated_event(
+            session_id=session_id,
+            source_watermark=source_watermark,
+            state=state,
+            window_minutes=window_minutes,
+            resolution=resolution,
+            computed_at_ms=computed_at_ms,
+            live=live,
+            changed_from_ms=changed_from_ms,
+            changed_to_ms=changed_to_ms,
+        )
+        await self._emit(SESSION_UPDATED, event, session_room(session_id), session_id)
+
+    async def session_status(self, session: Session) -> None:
+        """Tell the session's subscribers and its owner's sockets that it started, ended or was
+        cancelled (never raises)."""
+        rooms = [session_room(session.id), user_room(session.user_id)]
+        await self._emit(SESSION_STATUS, session_status_event(session), rooms, session.id)
+
+    async def close(self) -> None:
+        """Release the write-only manager's Redis connections, if this broadcaster owns one."""
+        if self._owned_manager is not None:
+            await self._owned_manager.aclose()
+
+    async def _emit(self, event: str, data: dict[str, Any], to: Any, session_id: Any) -> None:
+        try:
+            async with asyncio.timeout(EMIT_TIMEOUT_S):
+                await self._emitter.emit(event, data, to=to, namespace=NAMESPACE)
+        except Exception as exc:
+            log.warning(
+                "realtime_emit_failed", type=event, session_id=session_id, error=type(exc).__name__
+            )
+            return
+        if self._metrics is not None:
+            self._metrics.events_emitted.labels(type=event).inc()

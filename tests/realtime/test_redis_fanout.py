@@ -1,0 +1,89 @@
+"""Fan-out through Redis: a write-only broadcaster (as in a worker) reaches clients of a server."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from tests.realtime.conftest import ClientFactory, serve_in_thread
+from tests.realtime.test_socket_server import create_session
+from vitalcast.realtime.broadcaster import WebSocketBroadcaster
+from vitalcast.settings import Settings
+
+pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+
+def updated(session_id: str, watermark: int) -> dict[str, Any]:
+    return {
+        "session_id": session_id,
+        "source_watermark": watermark,
+        "state": "ready",
+        "window_minutes": 60,
+        "resolution": "1m",
+        "computed_at_ms": 1_700_000_000_000,
+        "live": True,
+        "changed_from_ms": None,
+        "changed_to_ms": None,
+    }
+
+
+def _envelope(session_id: str, watermark: int) -> dict[str, Any]:
+    fields = updated(session_id, watermark)
+    changed = {"from_ms": fields.pop("changed_from_ms"), "to_ms": fields.pop("changed_to_ms")}
+    return {**fields, "changed": changed}
+
+
+@contextlib.asynccontextmanager
+async def worker_broadcaster(settings: Settings) -> AsyncIterator[WebSocketBroadcaster]:
+    broadcaster = WebSocketBroadcaster.for_worker(settings)
+    try:
+        yield broadcaster
+    finally:
+        await broadcaster.close()
+
+
+async def test_worker_broadcaster_reaches_server_clients(
+    settings: Settings,
+    redis_url: str,
+    unique_prefix: str,
+    users: Any,
+    socket_client: ClientFactory,
+) -> None:
+    """A write-only manager's emits reach the room on a server, in order; a server on another
+    channel delivers nothing."""
+    scaled = settings.model_copy(
+        update={"redis_url": redis_url, "socketio_channel": f"{unique_prefix}-sio"}
+    )
+    elsewhere = settings.model_copy(
+        update={"redis_url": redis_url, "socketio_channel": f"{unique_prefix}-other"}
+    )
+    _owner, token = await users.create()
+    with serve_in_thread(scaled) as node, serve_in_thread(elsewhere) as other_node:
+        session = await create_session(node.url, token)
+        client = await socket_client(node.url, token)
+        stranger_channel = await socket_client(other_node.url, token)
+        assert (await client.call("subscribe", {"session_id": session["id"]}))["ok"] is True
+        assert (await stranger_channel.call("subscribe", {"session_id": session["id"]}))["ok"]
+
+        async with worker_broadcaster(scaled) as broadcaster:
+            await broadcaster.session_updated(**updated(session["id"], 7))
+            await broadcaster.session_updated(**updated(session["id"], 8))
+            first = await client.next("session.updated", timeout_s=5)
+            second = await client.next("session.updated", timeout_s=5)
+            assert (first["source_watermark"], second["source_watermark"]) == (7, 8)
+            assert first == {"v": 1, "type": "session.updated", **_envelope(session["id"], 7)}
+        assert await stranger_channel.none_within("session.updated", 0.3)
+
+
+async def test_worker_broadcaster_never_raises_when_redis_is_down(
+    settings: Settings, unique_prefix: str
+) -> None:
+    """Emitting with Redis unreachable returns normally: a push must not fail a compute."""
+    unreachable = settings.model_copy(
+        update={"redis_url": "redis://127.0.0.1:1/0", "socketio_channel": unique_prefix}
+    )
+    async with worker_broadcaster(unreachable) as broadcaster:
+        await broadcaster.session_updated(**updated("00000000-0000-0000-0000-000000000000", 1))
