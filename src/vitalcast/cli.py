@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Annotated
 
 import typer
 import uvicorn
@@ -76,6 +77,79 @@ def serve(
 
         attach_demo(application, settings, host=host, port=port)
     uvicorn.run(application, host=host, port=port, log_config=None, access_log=False)
+
+
+@app.command()
+def simulate(
+    url: str = typer.Option("http://127.0.0.1:8000", help="Server to post to."),
+    token: Annotated[
+        list[str] | None,
+        typer.Option(help="Bearer token of a user to simulate (repeatable). Default: --users."),
+    ] = None,
+    users: int = typer.Option(1, min=1, max=100, help="Users to create locally when no --token."),
+    past: int = typer.Option(2, min=0, max=60, help="Past sessions per user, one per day."),
+    live: bool = typer.Option(True, help="Also run one live session per user."),
+    speed: float = typer.Option(1.0, min=1.0, max=3600.0, help="Live time acceleration."),
+    duration: int = typer.Option(45, min=1, max=720, help="Session length in minutes."),
+    elapsed: int = typer.Option(10, min=0, help="Minutes the live session already ran."),
+    padding: int = typer.Option(60, min=0, max=180, help="Minutes recorded before and after."),
+    sync: float = typer.Option(60.0, min=1.0, help="Simulated seconds between phone syncs (live)."),
+    dropouts: int = typer.Option(0, min=0, help="Watch-off periods per session (gaps)."),
+    dropout_minutes: int = typer.Option(12, min=1, help="Length of each dropout."),
+    outages: int = typer.Option(0, min=0, help="Phone-out-of-reach periods (late backfill)."),
+    outage_minutes: int = typer.Option(15, min=1, help="Length of each outage."),
+    seed: int = typer.Option(1, help="Same seed, same streams."),
+    end_on_exit: bool = typer.Option(True, help="End the live session on Ctrl-C."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines."),
+) -> None:
+    """Post realistic wearable streams through the HTTP API, synced in batches like a phone."""
+    from vitalcast.simulator import SimulationConfig, Tally
+    from vitalcast.simulator import simulate as run_simulation
+
+    if elapsed > duration:
+        raise typer.BadParameter("--elapsed cannot exceed --duration")
+    if token:
+        people = [(f"user-{i + 1}", value) for i, value in enumerate(token)]
+    else:
+        settings = Settings()
+        configure_logging("warning")
+        upgrade(settings.resolved_database_url)
+        now_s = int(time.time())
+        people = []
+        for i in range(users):
+            user_id = asyncio.run(_ensure_user(settings, f"sim-{i + 1}"))
+            secret = settings.resolved_secret()
+            people.append((f"sim-{i + 1}", issue_token(secret, user_id, now_s=now_s, ttl_s=86_400)))
+    config = SimulationConfig(
+        seed=seed,
+        past_sessions=past,
+        live=live,
+        speed=speed,
+        duration_min=duration,
+        elapsed_min=elapsed,
+        padding_min=padding,
+        sync_s=sync,
+        dropouts=dropouts,
+        dropout_min=dropout_minutes,
+        outages=outages,
+        outage_min=outage_minutes,
+        end_on_exit=end_on_exit,
+    )
+    progress = None if quiet else typer.echo
+    totals = Tally()
+    try:
+        tallies = asyncio.run(run_simulation(url, people, config, progress=progress))
+    except KeyboardInterrupt:
+        typer.echo("stopped")
+        raise typer.Exit(130) from None
+    for name, tally in tallies.items():
+        totals.add(tally)
+        typer.echo(
+            f"{name}: sent {tally.sent} samples in {tally.batches} batches "
+            f"(new {tally.inserted}, rejected {tally.rejected}, late {tally.late})"
+        )
+    if totals.rejected:
+        raise typer.Exit(1)
 
 
 def main() -> None:

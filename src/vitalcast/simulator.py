@@ -1,0 +1,620 @@
+"""Synthetic wearable streams posted through the public HTTP API, the way a phone syncs a watch.
+
+A :class:`SessionPlan` fixes one session's timeline: padding before, the session, padding after,
+dropouts (watch off the wrist: nothing is recorded, the charts show a gap) and outages (phone out
+of reach: the watch keeps recording and the phone sends it late, after the outage). :func:`generate`
+turns a plan and a :class:`Profile` into every sample the watch records, deterministically from
+the seed. :class:`SessionRunner` plays that timeline against a server through a :class:`Pace`:
+instantly for past sessions, in real time or accelerated for live ones; samples are never sent
+before the simulated clock has reached their end, so nothing lands in the future.
+
+Only ids and counts are reported, never sample values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+MINUTE_MS = 60_000
+MAX_BATCH = 2_000
+_TRANSIENT_STATUS = frozenset({429, 502, 503, 504})
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Interval:
+    """[start_ms, end_ms) in epoch milliseconds."""
+
+    start_ms: int
+    end_ms: int
+
+    def __contains__(self, ms: int) -> bool:
+        return self.start_ms <= ms < self.end_ms
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """One simulated person and their watch; drawn from the seed."""
+
+    resting_hr: float
+    hr_rise: float
+    hrv_ms: float
+    spo2: float
+    respiratory_rate: float
+    skin_temp_c: float
+    source: str
+    device: str
+
+    @classmethod
+    def draw(cls, rng: random.Random) -> Profile:
+        source, device = rng.choice(
+            [("healthkit", "Apple Watch Series 9"), ("health_connect", "Pixel Watch 2")]
+        )
+        return cls(
+            resting_hr=rng.uniform(58, 72),
+            hr_rise=rng.uniform(22, 38),
+            hrv_ms=rng.uniform(42, 70),
+            spo2=rng.uniform(96.8, 98.2),
+            respiratory_rate=rng.uniform(12.5, 15.5),
+            skin_temp_c=rng.uniform(33.2, 34.3),
+            source=source,
+            device=device,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SessionPlan:
+    """One session's timeline. ``key`` is the client_session_id and the record-id prefix."""
+
+    key: str
+    start_ms: int
+    duration_ms: int
+    pre_ms: int
+    post_ms: int
+    dropouts: tuple[Interval, ...] = ()
+    outages: tuple[Interval, ...] = ()
+    notes: str | None = None
+
+    @property
+    def begin_ms(self) -> int:
+        return self.start_ms - self.pre_ms
+
+    @property
+    def end_ms(self) -> int:
+        return self.start_ms + self.duration_ms
+
+    @property
+    def finish_ms(self) -> int:
+        return self.end_ms + self.post_ms
+
+    def effect(self, t_ms: int) -> float:
+        """Response to the session at ``t_ms``, 0…1: rises to a peak a third of the way in,
+        eases off during the rest, and recovers exponentially once the session ends."""
+        if t_ms < self.start_ms:
+            return 0.0
+        peak_ms = min(max(0.35 * self.duration_ms, 8 * MINUTE_MS), 40 * MINUTE_MS)
+        u = min(t_ms, self.end_ms) - self.start_ms
+        level = (u / peak_ms) * math.exp(1.0 - u / peak_ms)
+        if t_ms > self.end_ms:
+            level *= math.exp(-(t_ms - self.end_ms) / (12 * MINUTE_MS))
+        return level
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One recorded sample in canonical units; ``end_ms`` is when the watch has it."""
+
+    metric: str
+    record_id: str
+    value: float
+    unit: str
+    start_ms: int
+    end_ms: int
+
+    def wire(self, profile: Profile) -> dict[str, Any]:
+        return {
+            "source": profile.source,
+            "record_id": self.record_id,
+            "metric": self.metric,
+            "value": self.value,
+            "unit": self.unit,
+            "start": iso(self.start_ms),
+            "end": iso(self.end_ms),
+            "device": profile.device,
+        }
+
+
+def iso(ms: int) -> str:
+    """ISO 8601 with an explicit UTC offset, as the API requires."""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
+
+
+def place_intervals(
+    rng: random.Random, within: Interval, count: int, length_ms: int
+) -> tuple[Interval, ...]:
+    """``count`` non-overlapping intervals of ``length_ms`` at seeded places inside ``within``."""
+    if count <= 0 or length_ms <= 0:
+        return ()
+    slot = (within.end_ms - within.start_ms) // count
+    if slot <= length_ms:
+        return ()
+    placed = []
+    for i in range(count):
+        lo = within.start_ms + i * slot
+        start = lo + rng.randrange(0, slot - length_ms)
+        placed.append(Interval(start - start % 1000, start - start % 1000 + length_ms))
+    return tuple(placed)
+
+
+class _Walk:
+    """Mean-reverting noise (AR(1)) with a given stationary spread and correlation time."""
+
+    def __init__(self, rng: random.Random, spread: float, tau_ms: float) -> None:
+        self._rng = rng
+        self._spread = spread
+        self._tau_ms = tau_ms
+        self._level = rng.gauss(0.0, spread)
+
+    def step(self, dt_ms: float) -> float:
+        phi = math.exp(-dt_ms / self._tau_ms)
+        self._level = phi * self._level + self._rng.gauss(0.0, self._spread * math.sqrt(1 - phi**2))
+        return self._level
+
+
+def generate(
+    plan: SessionPlan, profile: Profile, *, seed: int, hr_interval_ms: int = 5_000
+) -> list[Sample]:
+    """Every sample the watch records over ``plan``, ordered by when it becomes available.
+
+    Deterministic: the same seed, plan and profile give the same samples, record ids included,
+    so re-sending a simulation is idempotent.
+    """
+    rng = random.Random(f"{seed}/{plan.key}")
+    span = Interval(plan.begin_ms, plan.finish_ms)
+    samples: list[Sample] = []
+    counters: dict[str, int] = {}
+
+    def worn(t_ms: int) -> bool:
+        return not any(t_ms in gap for gap in plan.dropouts)
+
+    def add(metric: str, value: float, unit: str, start_ms: int, end_ms: int) -> None:
+        n = counters.get(metric, 0)
+        counters[metric] = n + 1
+        record_id = f"{plan.key}-{metric}-{n:06d}"
+        samples.append(Sample(metric, record_id, value, unit, start_ms, end_ms))
+
+    # Steps and energy: 1-minute totals; the HR of a minute rises with its steps.
+    steps_by_minute: dict[int, int] = {}
+    walking = 0
+    for minute in range(span.start_ms, span.end_ms, MINUTE_MS):
+        during = plan.start_ms <= minute < plan.end_ms
+        if walking == 0 and rng.random() < (0.015 if during else 0.06):
+            walking = rng.randint(1, 4)
+        steps = (
+            rng.randint(55, 115) if walking else (rng.randint(1, 14) if rng.random() < 0.12 else 0)
+        )
+        walking = max(0, walking - 1)
+        if not worn(minute) or minute + MINUTE_MS > span.end_ms:
+            continue
+        steps_by_minute[minute] = steps
+        if steps:
+            add("steps", float(steps), "count", minute, minute + MINUTE_MS)
+        energy = 0.9 + 1.6 * plan.effect(minute) + 0.045 * steps + rng.uniform(-0.15, 0.15)
+        add("active_energy_burned", round(energy, 2), "kcal", minute, minute + MINUTE_MS)
+
+    hr_walk = _Walk(rng, 2.4, 70_000)
+    hr_unit = "count/min" if profile.source == "healthkit" else "bpm"
+    for t in range(span.start_ms, span.end_ms, hr_interval_ms):
+        wander = hr_walk.step(hr_interval_ms)
+        if not worn(t):
+            continue
+        activity = 0.16 * steps_by_minute.get(t - (t - span.start_ms) % MINUTE_MS, 0)
+        hr = profile.resting_hr + profile.hr_rise * plan.effect(t) + activity + wander
+        add("heart_rate", float(round(hr + rng.gauss(0, 1.2))), hr_unit, t, t)
+
+    def periodic(metric: str, every_ms: tuple[int, int], value: Callable[[int], float]) -> None:
+        t = span.start_ms + rng.randrange(0, every_ms[0])
+        while t < span.end_ms:
+            if worn(t):
+                unit = _UNITS[metric]
+                add(metric, value(t), unit, t, t)
+            t += rng.randrange(*every_ms)
+
+    hrv_walk = _Walk(rng, 4.0, 15 * MINUTE_MS)
+    periodic(
+        "heart_rate_variability",
+        (2 * MINUTE_MS, 5 * MINUTE_MS),
+        lambda t: round(
+            max(8.0, profile.hrv_ms * (1 - 0.45 * plan.effect(t)) + hrv_walk.step(3 * MINUTE_MS)),
+            1,
+        ),
+    )
+
+    def spo2(t: int) -> float:
+        if rng.random() < 0.03:
+            return float(rng.randint(91, 94))
+        return float(
+            min(100, max(95, round(profile.spo2 - 0.6 * plan.effect(t) + rng.gauss(0, 0.7))))
+        )
+
+    periodic("blood_oxygen", (3 * MINUTE_MS, 8 * MINUTE_MS), spo2)
+    periodic(
+        "respiratory_rate",
+        (2 * MINUTE_MS, 4 * MINUTE_MS),
+        lambda t: round(profile.respiratory_rate + 3.2 * plan.effect(t) + rng.gauss(0, 0.7), 1),
+    )
+    temp_walk = _Walk(rng, 0.15, 20 * MINUTE_MS)
+    periodic(
+        "skin_temperature",
+        (2 * MINUTE_MS, 5 * MINUTE_MS),
+        lambda t: round(
+            profile.skin_temp_c + 0.7 * plan.effect(t) + temp_walk.step(3 * MINUTE_MS), 2
+        ),
+    )
+    samples.sort(key=lambda s: (s.end_ms, s.metric, s.record_id))
+    return samples
+
+
+_UNITS = {
+    "heart_rate_variability": "ms",
+    "blood_oxygen": "%",
+    "respiratory_rate": "breaths/min",
+    "skin_temperature": "degC",
+}
+
+
+class Pace:
+    """Maps wall time onto simulated time. ``speed=None`` replays instantly (past sessions).
+
+    With a speed, simulated time starts at ``sim_origin_ms`` now and runs ``speed`` times faster
+    than the wall clock; callers place the plan so that it never overtakes the wall clock.
+    """
+
+    def __init__(self, speed: float | None, sim_origin_ms: int = 0) -> None:
+        self.speed = speed
+        self._sim_origin_ms = sim_origin_ms
+        self._wall_origin_s = time.monotonic()
+
+    def now_ms(self) -> int | None:
+        if self.speed is None:
+            return None
+        elapsed_s = time.monotonic() - self._wall_origin_s
+        return self._sim_origin_ms + int(elapsed_s * 1000 * self.speed)
+
+    async def reach(self, sim_ms: int) -> int:
+        """Wait until simulated time is ``sim_ms``; return the simulated time then (≥ sim_ms)."""
+        if self.speed is None:
+            return sim_ms
+        now = self.now_ms() or sim_ms
+        if now < sim_ms:
+            await asyncio.sleep((sim_ms - now) / 1000 / self.speed)
+        return max(sim_ms, self.now_ms() or sim_ms)
+
+
+def live_placement(
+    now_ms: int, *, pre_ms: int, elapsed_ms: int, duration_ms: int, post_ms: int, speed: float
+) -> tuple[int, int]:
+    """(session start, simulated origin) for a live session that already ran ``elapsed_ms``.
+
+    The backlog (padding before plus the elapsed part) is sent at once, like a phone that syncs
+    what the watch recorded; the rest plays at ``speed`` and ends exactly at the wall clock, so an
+    accelerated run never sends a sample from the future.
+    """
+    backlog_ms = pre_ms + elapsed_ms
+    rest_ms = duration_ms + post_ms - elapsed_ms
+    begin_ms = now_ms - backlog_ms - int(rest_ms * (1 - 1 / speed))
+    begin_ms -= begin_ms % 1000
+    return begin_ms + pre_ms, begin_ms + backlog_ms
+
+
+class ApiError(Exception):
+    """The server answered a simulator call with a non-retryable error."""
+
+    def __init__(self, status: int, code: str | None) -> None:
+        super().__init__(f"HTTP {status} {code or ''}".strip())
+        self.status = status
+        self.code = code
+
+
+class Api:
+    """The public endpoints the simulator uses, retrying transient failures with backoff."""
+
+    def __init__(self, http: httpx.AsyncClient, token: str, *, max_attempts: int = 8) -> None:
+        self._http = http
+        self._headers = {"Authorization": f"Bearer {token}"}
+        self._max_attempts = max_attempts
+
+    async def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        delay_s = 0.5
+        for attempt in range(1, self._max_attempts + 1):
+            try:
+                response = await self._http.request(method, path, headers=self._headers, **kwargs)
+            except httpx.TransportError:
+                if attempt == self._max_attempts:
+                    raise
+            else:
+                if response.status_code < 400:
+                    return response.json()
+                if response.status_code not in _TRANSIENT_STATUS or attempt == self._max_attempts:
+                    code = None
+                    if response.headers.get("content-type", "").endswith("json"):
+                        code = response.json().get("code")
+                    raise ApiError(response.status_code, code)
+                retry_after = response.headers.get("retry-after", "")
+                if retry_after.isdigit():
+                    delay_s = max(delay_s, float(retry_after))
+            await asyncio.sleep(min(delay_s, 30.0))
+            delay_s *= 2
+        raise AssertionError("unreachable")
+
+    async def create_session(self, plan: SessionPlan) -> dict[str, Any]:
+        body = {"client_session_id": plan.key, "started_at": iso(plan.start_ms)}
+        if plan.notes:
+            body["notes"] = plan.notes
+        result: dict[str, Any] = await self.call("POST", "/api/v1/sessions", json=body)
+        return result
+
+    async def end_session(self, session_id: str, ended_ms: int) -> dict[str, Any]:
+        result: dict[str, Any] = await self.call(
+            "POST", f"/api/v1/sessions/{session_id}/end", json={"ended_at": iso(ended_ms)}
+        )
+        return result
+
+    async def sessions(self, status: str | None = None) -> list[dict[str, Any]]:
+        params = {"limit": 200} | ({"status": status} if status else {})
+        page = await self.call("GET", "/api/v1/sessions", params=params)
+        items: list[dict[str, Any]] = page["items"]
+        return items
+
+    async def post_samples(self, request_id: str, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        body = {"request_id": request_id, "samples": samples}
+        result: dict[str, Any] = await self.call("POST", "/api/v1/samples", json=body)
+        return result
+
+
+@dataclass
+class Tally:
+    """Counts of what a runner sent and what the server did with it."""
+
+    batches: int = 0
+    sent: int = 0
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    rejected: int = 0
+    late: int = 0
+
+    def add(self, other: Tally) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+@dataclass
+class SessionRunner:
+    """Plays one plan against the server: create, sync every ``sync_ms``, end on time.
+
+    ``end_on_exit`` ends a still-active session at the simulated time when the run is cancelled
+    (Ctrl-C), so no session stays "live" forever.
+    """
+
+    api: Api
+    plan: SessionPlan
+    profile: Profile
+    pace: Pace
+    seed: int
+    sync_ms: int = 60_000
+    hr_interval_ms: int = 5_000
+    label: str = "sim"
+    progress: Progress | None = None
+    end_on_exit: bool = True
+    tally: Tally = field(default_factory=Tally)
+    session_id: str | None = None
+
+    async def run(self) -> Tally:
+        plan = self.plan
+        rng = random.Random(f"{self.seed}/{plan.key}/sync")
+        pending = generate(plan, self.profile, seed=self.seed, hr_interval_ms=self.hr_interval_ms)
+        held: list[Sample] = []
+        run_id = uuid.uuid4().hex[:8]
+        session = await self.api.create_session(plan)
+        self.session_id = session["id"]
+        ended = session["status"] != "active"
+        reached = plan.begin_ms
+        try:
+            while reached < plan.finish_ms:
+                jitter = rng.uniform(0.8, 1.2)
+                target = min(reached + int(self.sync_ms * jitter), plan.finish_ms)
+                reached = min(await self.pace.reach(target), plan.finish_ms)
+                cut = _first_after(pending, reached)
+                due, pending = pending[:cut], pending[cut:]
+                offline = [o for o in plan.outages if o.start_ms <= reached < o.end_ms]
+                if offline:
+                    held += due
+                    continue
+                late, held = held, []
+                await self._send(run_id, late + due, late=len(late))
+                if not ended and reached >= plan.end_ms:
+                    await self.api.end_session(self.session_id, plan.end_ms)
+                    ended = True
+                self._report(reached)
+            if held:
+                await self._send(run_id, held, late=len(held))
+        finally:
+            if not ended and self.end_on_exit:
+                await self._end_early(reached)
+        return self.tally
+
+    async def _end_early(self, reached_ms: int) -> None:
+        assert self.session_id is not None
+        stop_ms = min(self.pace.now_ms() or reached_ms, int(time.time() * 1000))
+        try:
+            await self.api.end_session(self.session_id, max(stop_ms, self.plan.start_ms))
+        except (ApiError, httpx.HTTPError):
+            if self.progress is not None:
+                self.progress(f"[{self.label}] could not end session {self.session_id[:8]}")
+
+    async def _send(self, run_id: str, samples: Sequence[Sample], *, late: int) -> None:
+        for i in range(0, len(samples), MAX_BATCH):
+            chunk = [s.wire(self.profile) for s in samples[i : i + MAX_BATCH]]
+            request_id = f"{self.plan.key}-{run_id}-{self.tally.batches}"
+            result = await self.api.post_samples(request_id, chunk)
+            self.tally.batches += 1
+            self.tally.sent += len(chunk)
+            self.tally.inserted += result.get("inserted", 0)
+            self.tally.updated += result.get("updated", 0)
+            self.tally.unchanged += result.get("unchanged", 0)
+            self.tally.rejected += len(result.get("rejected", ()))
+        self.tally.late += late
+
+    def _report(self, reached_ms: int) -> None:
+        plan, t = self.plan, self.tally
+        if self.progress is None or (self.pace.speed is None and reached_ms < plan.finish_ms):
+            return
+        done = (reached_ms - plan.begin_ms) / max(1, plan.finish_ms - plan.begin_ms)
+        phase = "before" if reached_ms < plan.start_ms else "during"
+        if reached_ms >= plan.end_ms:
+            phase = "after"
+        kind = "past" if self.pace.speed is None else "live"
+        clock = datetime.fromtimestamp(reached_ms / 1000).strftime("%d %b %H:%M:%S")
+        self.progress(
+            f"[{self.label}] {kind} {(self.session_id or '')[:8]} {clock} {phase:<6} {done:4.0%}  "
+            f"sent {t.sent} (new {t.inserted}, updated {t.updated}, rejected {t.rejected}, "
+            f"late {t.late}) in {t.batches} batches"
+        )
+
+
+def _first_after(samples: Sequence[Sample], reached_ms: int) -> int:
+    """Index of the first sample not yet available at ``reached_ms`` (samples are sorted)."""
+    lo, hi = 0, len(samples)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if samples[mid].end_ms <= reached_ms:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@dataclass(frozen=True, slots=True)
+class SimulationConfig:
+    """What ``vitalcast simulate`` runs for every user."""
+
+    seed: int = 1
+    past_sessions: int = 2
+    live: bool = True
+    speed: float = 1.0
+    duration_min: int = 45
+    elapsed_min: int = 10
+    padding_min: int = 60
+    sync_s: float = 60.0
+    history_sync_min: int = 10
+    hr_interval_s: float = 5.0
+    dropouts: int = 0
+    dropout_min: int = 12
+    outages: int = 0
+    outage_min: int = 15
+    end_on_exit: bool = True
+
+
+def make_plan(
+    key: str, start_ms: int, cfg: SimulationConfig, rng: random.Random, *, notes: str | None
+) -> SessionPlan:
+    """A plan of ``cfg``'s shape starting at ``start_ms``, with seeded dropouts and outages."""
+    duration_ms = cfg.duration_min * MINUTE_MS
+    session = Interval(start_ms, start_ms + duration_ms)
+    return SessionPlan(
+        key=key,
+        start_ms=start_ms,
+        duration_ms=duration_ms,
+        pre_ms=cfg.padding_min * MINUTE_MS,
+        post_ms=cfg.padding_min * MINUTE_MS,
+        dropouts=place_intervals(rng, session, cfg.dropouts, cfg.dropout_min * MINUTE_MS),
+        outages=place_intervals(rng, session, cfg.outages, cfg.outage_min * MINUTE_MS),
+        notes=notes,
+    )
+
+
+async def run_user(
+    http: httpx.AsyncClient,
+    name: str,
+    token: str,
+    cfg: SimulationConfig,
+    *,
+    progress: Progress | None = None,
+) -> Tally:
+    """Past sessions first (replayed instantly, one per earlier day), then the live one."""
+    api = Api(http, token)
+    rng = random.Random(f"{cfg.seed}/{name}")
+    profile = Profile.draw(rng)
+    tally = Tally()
+    now_ms = int(time.time() * 1000)
+    for day in range(cfg.past_sessions, 0, -1):
+        start_ms = now_ms - day * 86_400_000 - rng.randrange(60, 240) * MINUTE_MS
+        start_ms -= start_ms % MINUTE_MS
+        plan = make_plan(
+            f"sim-{cfg.seed}-{name}-{start_ms // 1000}", start_ms, cfg, rng, notes=None
+        )
+        runner = SessionRunner(
+            api,
+            plan,
+            profile,
+            Pace(None),
+            cfg.seed,
+            sync_ms=cfg.history_sync_min * MINUTE_MS,
+            hr_interval_ms=int(cfg.hr_interval_s * 1000),
+            label=name,
+            progress=progress,
+        )
+        tally.add(await runner.run())
+    if cfg.live:
+        start_ms, origin_ms = live_placement(
+            int(time.time() * 1000),
+            pre_ms=cfg.padding_min * MINUTE_MS,
+            elapsed_ms=cfg.elapsed_min * MINUTE_MS,
+            duration_ms=cfg.duration_min * MINUTE_MS,
+            post_ms=cfg.padding_min * MINUTE_MS,
+            speed=cfg.speed,
+        )
+        plan = make_plan(
+            f"sim-{cfg.seed}-{name}-{start_ms // 1000}", start_ms, cfg, rng, notes=None
+        )
+        runner = SessionRunner(
+            api,
+            plan,
+            profile,
+            Pace(cfg.speed, origin_ms),
+            cfg.seed,
+            sync_ms=int(cfg.sync_s * 1000),
+            hr_interval_ms=int(cfg.hr_interval_s * 1000),
+            label=name,
+            progress=progress,
+            end_on_exit=cfg.end_on_exit,
+        )
+        tally.add(await runner.run())
+    return tally
+
+
+async def simulate(
+    base_url: str,
+    users: Sequence[tuple[str, str]],
+    cfg: SimulationConfig,
+    *,
+    progress: Progress | None = None,
+) -> dict[str, Tally]:
+    """Run every (name, token) user concurrently against ``base_url``; totals per user."""
+    async with httpx.AsyncClient(base_url=base_url, timeout=30.0) as http:
+        tallies = await asyncio.gather(
+            *(run_user(http, name, token, cfg, progress=progress) for name, token in users)
+        )
+    return dict(zip((name for name, _ in users), tallies, strict=True))
