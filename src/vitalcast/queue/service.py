@@ -1,0 +1,204 @@
+"""``SessionTelemetryQueueService``: the scheduler of a scaled-out server. Computes become BullMQ
+jobs on Redis that any ``vitalcast worker`` consumes; while Redis is unreachable they run in this
+process (the fallback coordinator) and the service keeps probing until Redis is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import redis.asyncio as redis
+from bullmq import Queue
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import BusyLoadingError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from vitalcast.observability import Metrics, get_logger
+from vitalcast.queue.jobs import JOB_NAME, TelemetryJob, connection_options, job_options
+from vitalcast.settings import Settings
+from vitalcast.telemetry.models import Scheduler, ScheduleReason, TelemetryKey
+
+log = get_logger(__name__)
+
+#: errors that mean "Redis is not reachable" (as opposed to a bug or a script error)
+UNREACHABLE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    BusyLoadingError,
+    OSError,
+    TimeoutError,
+)
+# BullMQ's own client retries a refused connection for minutes; a request never waits that long.
+CALL_TIMEOUT_S = 1.0
+PROBE_INTERVAL_S = 1.0
+#: job states reported in /metrics
+COUNTED_STATES = ("waiting", "active", "delayed", "failed", "completed")
+
+
+class QueueUnavailable(Exception):
+    """Redis cannot be reached; the caller decides whether to wait or fall back."""
+
+
+class SessionTelemetryQueueService:
+    """Scheduler backed by the ``session-telemetry`` BullMQ queue, with in-process fallback.
+
+    ``submit`` never raises for an outage: it returns what the fallback returns and switches to
+    degraded mode (metric ``vitalcast_degraded`` = 1, ``ping`` False) until a background probe
+    reaches Redis again, after which jobs go to the queue again. Not safe to share across event
+    loops.
+    """
+
+    def __init__(self, settings: Settings, *, fallback: Scheduler, metrics: Metrics) -> None:
+        if not settings.redis_url:
+            raise ValueError("SessionTelemetryQueueService needs settings.redis_url")
+        self._settings = settings
+        self._fallback = fallback
+        self._metrics = metrics
+        self._connection = connection_options(settings.redis_url)
+        self._queue = self._new_queue()
+        self._probe_client = redis.Redis(
+            **{**self._connection, "socket_timeout": CALL_TIMEOUT_S},
+            retry=Retry(NoBackoff(), 0),
+        )
+        self._degraded = False
+        self._probe_task: asyncio.Task[None] | None = None
+        self._closed = False
+        metrics.degraded.set(0)
+
+    @property
+    def degraded(self) -> bool:
+        """True while Redis is unreachable and computes run in this process."""
+        return self._degraded
+
+    @property
+    def queue(self) -> Queue:
+        return self._queue
+
+    async def submit(self, key: TelemetryKey, *, watermark: int, reason: ScheduleReason) -> bool:
+        """Queue a compute of ``key``; False when the queue is deeper than ``max_queue_depth``.
+
+        Per key at most one job runs and one waits (see ``jobs.job_options``), so a burst of
+        submits for one session costs at most two computes.
+        """
+        if not self._degraded:
+            try:
+                return await self.enqueue(key, watermark=watermark, reason=reason)
+            except QueueUnavailable:
+                self._enter_degraded()
+        return await self._fallback.submit(key, watermark=watermark, reason=reason)
+
+    async def enqueue(self, key: TelemetryKey, *, watermark: int, reason: ScheduleReason) -> bool:
+        """Add the job, no fallback; False when the queue is full. Raises ``QueueUnavailable``."""
+        job = TelemetryJob(key=key, watermark=watermark, reason=reason)
+        try:
+            async with asyncio.timeout(CALL_TIMEOUT_S):
+                return await self._add(job)
+        except UNREACHABLE as exc:
+            raise QueueUnavailable(str(exc) or type(exc).__name__) from exc
+
+    async def _add(self, job: TelemetryJob) -> bool:
+        keys = self._queue.keys
+        async with self._queue.client.pipeline(transaction=False) as pipe:
+            pipe.llen(keys["wait"])
+            pipe.zscore(keys["completed"], job.id)
+            pipe.zscore(keys["failed"], job.id)
+            waiting, completed_at, failed_at = await pipe.execute()
+        if int(waiting) >= self._settings.max_queue_depth:
+            return False
+        if completed_at is not None or failed_at is not None:
+            # Same key and watermark asked again after its job finished (a lease that was busy,
+            # a failure whose backoff ran out): run it again instead of reporting the old job.
+            await self._queue.remove(job.id)
+        await self._queue.add(JOB_NAME, job.to_data(), job_options(job))
+        return True
+
+    async def depth(self) -> int:
+        """Jobs waiting to start. Raises ``QueueUnavailable``."""
+        try:
+            async with asyncio.timeout(CALL_TIMEOUT_S):
+                return int(await self._queue.client.llen(self._queue.keys["wait"]))
+        except UNREACHABLE as exc:
+            raise QueueUnavailable(str(exc) or type(exc).__name__) from exc
+
+    async def counts(self) -> dict[str, int]:
+        """Jobs per state (waiting, active, delayed, failed, completed). Raises
+        ``QueueUnavailable``."""
+        try:
+            async with asyncio.timeout(CALL_TIMEOUT_S):
+                counts = await self._queue.getJobCounts(*COUNTED_STATES)
+        except UNREACHABLE as exc:
+            raise QueueUnavailable(str(exc) or type(exc).__name__) from exc
+        return {state: int(counts.get(state, 0)) for state in COUNTED_STATES}
+
+    async def ping(self) -> bool:
+        """Redis answers now. A failed ping switches to degraded mode (used by /readyz)."""
+        if self._degraded:
+            return False
+        if await self._probe():
+            return True
+        self._enter_degraded()
+        return False
+
+    async def refresh_metrics(self) -> None:
+        """Update the queue gauges and the degraded flag (called before /metrics renders)."""
+        if not self._degraded:
+            try:
+                for state, count in (await self.counts()).items():
+                    self._metrics.queue_jobs.labels(state=state).set(count)
+            except QueueUnavailable:
+                self._enter_degraded()
+        self._metrics.degraded.set(1 if self._degraded else 0)
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe_task
+        await self._close_queue(self._queue)
+        with contextlib.suppress(*UNREACHABLE):
+            await self._probe_client.aclose()
+
+    def _new_queue(self) -> Queue:
+        return Queue(
+            self._settings.queue_name,
+            {"connection": dict(self._connection), "prefix": self._settings.queue_prefix},
+        )
+
+    @staticmethod
+    async def _close_queue(queue: Queue) -> None:
+        with contextlib.suppress(*UNREACHABLE):
+            async with asyncio.timeout(CALL_TIMEOUT_S):
+                await queue.close()
+
+    async def _probe(self) -> bool:
+        try:
+            async with asyncio.timeout(CALL_TIMEOUT_S):
+                return bool(await self._probe_client.ping())
+        except UNREACHABLE:
+            return False
+
+    def _enter_degraded(self) -> None:
+        if self._closed:
+            return
+        if not self._degraded:
+            self._degraded = True
+            self._metrics.degraded.set(1)
+            log.warning("queue_degraded", queue=self._settings.queue_name)
+        if self._probe_task is None or self._probe_task.done():
+            self._probe_task = asyncio.create_task(self._recover(), name="queue-recovery-probe")
+
+    async def _recover(self) -> None:
+        while True:
+            if await self._probe():
+                break
+            await asyncio.sleep(PROBE_INTERVAL_S)
+        # The old client may sit in BullMQ's reconnect backoff: start from a fresh one.
+        stale, self._queue = self._queue, self._new_queue()
+        self._degraded = False
+        self._metrics.degraded.set(0)
+        log.info("queue_recovered", queue=self._settings.queue_name)
+        await self._close_queue(stale)

@@ -1,0 +1,194 @@
+"""``TelemetryWorker``: the BullMQ consumer of ``session-telemetry`` behind ``vitalcast worker``.
+
+It decodes a job, hands it to a handler (in production: ``SessionTelemetryService.compute`` via
+``queue.handler``), and turns the handler's verdict into BullMQ's: return = completed, ``JobFailed``
+= retry with backoff (failed after the last attempt), ``JobDeferred`` = wait without using an
+attempt. Short lock and stalled intervals make a killed worker's job run elsewhere within seconds;
+``stop`` lets running jobs finish for a grace period and then puts them back in the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from bullmq import Worker
+from bullmq.abort_controller import AbortSignal
+from bullmq.custom_errors import DelayedError, UnrecoverableError
+
+from vitalcast.observability import get_logger
+from vitalcast.queue.jobs import TelemetryJob, connection_options
+from vitalcast.settings import Settings
+
+log = get_logger(__name__)
+
+# A SIGKILLed worker's lock lapses after LOCK_DURATION_MS; another worker's stalled check (every
+# STALLED_INTERVAL_MS, two passes) then moves the job back to wait: about 4 + 2 x 3 = 10 s worst
+# case. The lock is renewed every LOCK_DURATION_MS / 2 on the event loop, so a job must never
+# block the loop that long (computes await the database; payload building is short).
+LOCK_DURATION_MS = 4_000
+STALLED_INTERVAL_MS = 3_000
+# A job may be recovered from a dead worker twice before it is failed as "stalled".
+MAX_STALLED_COUNT = 2
+#: seconds ``stop`` lets running jobs finish before it releases them back to the queue
+SHUTDOWN_GRACE_S = 8.0
+#: TEST-ONLY: milliseconds every job is held (lease taken, before the aggregate) so a test can
+#: kill a worker in the middle of one. Never set in production.
+TEST_HOLD_ENV = "VITALCAST_TEST_JOB_HOLD_MS"
+
+
+class JobFailed(Exception):
+    """The compute failed; BullMQ retries the job with backoff and fails it after the last
+    attempt. ``code`` is the stable error code the cache row records."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+class JobDeferred(Exception):
+    """Not now (another holder's lease is live): run the job again at ``until_ms`` without using
+    one of its attempts."""
+
+    def __init__(self, until_ms: int) -> None:
+        super().__init__(f"deferred until {until_ms}")
+        self.until_ms = until_ms
+
+
+JobHandler = Callable[[TelemetryJob], Awaitable[str]]
+"""Runs one job; returns a short outcome label (stored as the job's return value)."""
+
+
+def test_hold_ms_from_env() -> int:
+    """The test-only job hold (``VITALCAST_TEST_JOB_HOLD_MS``), 0 when unset."""
+    return max(0, int(os.environ.get(TEST_HOLD_ENV, "0") or 0))
+
+
+class TelemetryWorker:
+    """One BullMQ worker process's consumer: ``concurrency`` jobs at once, at most.
+
+    ``start`` needs a running loop; ``stop`` is idempotent.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        handler: JobHandler,
+        *,
+        concurrency: int,
+        name: str | None = None,
+    ) -> None:
+        if not settings.redis_url:
+            raise ValueError("vitalcast worker needs VITALCAST_REDIS_URL")
+        self._settings = settings
+        self._handler = handler
+        self._concurrency = concurrency
+        self._name = name or f"vitalcast-{os.getpid()}"
+        self._worker: Worker | None = None
+        self._run_task: asyncio.Task[Any] | None = None
+        self._stopping: asyncio.Task[None] | None = None
+
+    @property
+    def active_jobs(self) -> int:
+        return 0 if self._worker is None else len(self._worker.jobs)
+
+    async def start(self) -> None:
+        """Connect and start consuming. The blocking connection learns the Redis version first:
+        without it BullMQ rounds delays and backoffs up to whole seconds."""
+        worker = Worker(
+            self._settings.queue_name,
+            self._process,
+            {
+                "connection": connection_options(self._settings.redis_url or ""),
+                "prefix": self._settings.queue_prefix,
+                "concurrency": self._concurrency,
+                "autorun": False,
+                "lockDuration": LOCK_DURATION_MS,
+                "stalledInterval": STALLED_INTERVAL_MS,
+                "maxStalledCount": MAX_STALLED_COUNT,
+                "name": self._name,
+            },
+        )
+        worker.on("error", _log_worker_error)
+        worker.on("stalled", lambda job_id, *_: log.warning("job_stalled", job_id=job_id))
+        await worker.blockingRedisConnection.getRedisVersion()
+        self._worker = worker
+        self._run_task = asyncio.create_task(worker.run(), name="bullmq-worker")
+        log.info(
+            "worker_started",
+            queue=self._settings.queue_name,
+            concurrency=self._concurrency,
+            worker=self._name,
+        )
+
+    async def stop(self, *, grace_s: float = SHUTDOWN_GRACE_S) -> None:
+        """Take no new jobs, let running ones finish for ``grace_s``, then release the rest back
+        to the queue (another worker starts them at once) and close the connections."""
+        if self._stopping is None:
+            self._stopping = asyncio.create_task(self._stop(grace_s))
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self, grace_s: float) -> None:
+        worker = self._worker
+        if worker is None:
+            return
+        closing = asyncio.create_task(worker.close())
+        done, _ = await asyncio.wait({closing}, timeout=grace_s)
+        if not done:
+            log.warning("worker_releasing_jobs", count=len(worker.jobs))
+            worker.cancelAllJobs("shutdown")
+            await closing
+        if self._run_task is not None:
+            with contextlib.suppress(Exception):
+                await self._run_task
+        log.info("worker_stopped", worker=self._name)
+
+    async def _process(self, job: Any, token: str, signal: AbortSignal) -> str:
+        try:
+            request = TelemetryJob.from_data(job.data)
+        except (KeyError, TypeError, ValueError) as exc:
+            log.error("job_malformed", job_id=job.id)
+            raise UnrecoverableError(f"malformed job: {type(exc).__name__}") from exc
+        started = time.perf_counter()
+        work = asyncio.ensure_future(self._handler(request))
+        aborted = asyncio.ensure_future(signal.wait())
+        try:
+            await asyncio.wait({work, aborted}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            aborted.cancel()
+        if not work.done():
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
+            await job.moveToDelayed(_now_ms(), token)
+            log.info("job_released", job_id=job.id)
+            raise DelayedError()
+        ms = round((time.perf_counter() - started) * 1000, 1)
+        try:
+            outcome = work.result()
+        except JobDeferred as deferred:
+            await job.moveToDelayed(deferred.until_ms, token)
+            log.info("job_deferred", job_id=job.id, until_ms=deferred.until_ms)
+            raise DelayedError() from None
+        except JobFailed as failed:
+            log.warning(
+                "job_failed",
+                job_id=job.id,
+                error_code=failed.code,
+                attempt=job.attemptsMade + 1,
+                ms=ms,
+            )
+            raise
+        log.info("job_done", job_id=job.id, reason=request.reason.value, outcome=outcome, ms=ms)
+        return outcome
+
+
+def _log_worker_error(error: Any, *_: Any) -> None:
+    log.warning("worker_error", error=type(error).__name__, detail=str(error)[:200])
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000

@@ -1,0 +1,336 @@
+"""SessionTelemetryQueueService and TelemetryWorker against real Redis and real BullMQ workers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from bullmq import Job
+
+from vitalcast.observability import Metrics
+from vitalcast.queue.jobs import JOB_ATTEMPTS, TelemetryJob, job_id
+from vitalcast.queue.service import SessionTelemetryQueueService
+from vitalcast.queue.worker import JobDeferred, JobFailed
+from vitalcast.settings import Settings
+from vitalcast.telemetry.models import Resolution, ScheduleReason, TelemetryKey
+
+
+class RecordingScheduler:
+    """The in-process side of the seam, recording what reached it (stands in for the
+    coordinator only where a test looks at routing, never at computes)."""
+
+    def __init__(self) -> None:
+        self.submitted: list[tuple[TelemetryKey, int, ScheduleReason]] = []
+
+    async def submit(self, key: TelemetryKey, *, watermark: int, reason: ScheduleReason) -> bool:
+        self.submitted.append((key, watermark, reason))
+        return True
+
+
+def make_key(session_id: str | None = None) -> TelemetryKey:
+    return TelemetryKey(
+        session_id=session_id or str(uuid.uuid4()),
+        window_minutes=60,
+        resolution=Resolution.ONE_MINUTE,
+        user_id=str(uuid.uuid4()),
+    )
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def service(queue_settings: Settings) -> Any:
+    svc = SessionTelemetryQueueService(
+        queue_settings, fallback=RecordingScheduler(), metrics=Metrics()
+    )
+    yield svc
+    await svc.close()
+
+
+async def test_job_carries_portable_id_data_and_retry_options(service: Any) -> None:
+    """A submit stores one job whose id is key + watermark joined by `_`, with the documented
+    data, three attempts and exponential backoff."""
+    key = make_key()
+    assert await service.submit(key, watermark=7, reason=ScheduleReason.CACHE_MISS) is True
+    job = await Job.fromId(service.queue, job_id(key, 7))
+    assert job is not None
+    assert job.id == f"{key.session_id}_60_1m_v1_w7"
+    assert ":" not in job.id
+    assert job.data == {
+        "session_id": key.session_id,
+        "user_id": key.user_id,
+        "window_minutes": 60,
+        "resolution": "1m",
+        "compute_version": 1,
+        "watermark": 7,
+        "reason": "cache_miss",
+    }
+    assert TelemetryJob.from_data(job.data) == TelemetryJob(key, 7, ScheduleReason.CACHE_MISS)
+    assert job.opts["attempts"] == JOB_ATTEMPTS
+    assert job.opts["backoff"] == {"type": "exponential", "delay": 1000}
+    assert await service.counts() == {
+        "waiting": 1,
+        "active": 0,
+        "delayed": 0,
+        "failed": 0,
+        "completed": 0,
+    }
+
+
+async def test_waiting_job_absorbs_later_submits_of_its_key(service: Any) -> None:
+    """While a key's job waits, newer watermarks add no job; other keys still get theirs."""
+    key, other = make_key(), make_key()
+    for watermark in range(1, 21):
+        assert await service.submit(key, watermark=watermark, reason=ScheduleReason.LIVE_UPDATE)
+    assert await service.submit(other, watermark=3, reason=ScheduleReason.LIVE_UPDATE)
+    assert (await service.counts())["waiting"] == 2
+    assert [j.id for j in await service.queue.getWaiting()] == [
+        job_id(key, 1),
+        job_id(other, 3),
+    ]
+
+
+async def test_active_job_keeps_exactly_one_successor_with_the_newest_watermark(
+    service: Any, queue_settings: Settings, start_worker: Any
+) -> None:
+    """While a key's job runs, any number of submits leave one job to run next, carrying the
+    newest watermark; the key never has more than one active and one waiting job."""
+    key = make_key()
+    ran: list[int] = []
+    running = asyncio.Event()
+    release = asyncio.Event()
+
+    async def handler(job: TelemetryJob) -> str:
+        ran.append(job.watermark)
+        running.set()
+        await release.wait()
+        return "ready"
+
+    await start_worker(queue_settings, handler, concurrency=4)
+    await service.submit(key, watermark=1, reason=ScheduleReason.CACHE_MISS)
+    await asyncio.wait_for(running.wait(), 10)
+    await asyncio.gather(
+        *(
+            service.submit(key, watermark=w, reason=ScheduleReason.LIVE_UPDATE)
+            for w in range(2, 102)
+        )
+    )
+    await service.submit(key, watermark=150, reason=ScheduleReason.LIVE_UPDATE)
+    counts = await service.counts()
+    assert counts["active"] == 1
+    assert counts["waiting"] + counts["active"] + counts["delayed"] == 1
+    release.set()
+
+    async def both_done() -> bool:
+        return (await service.counts())["completed"] == 2
+
+    await eventually(both_done)
+    assert ran == [1, 150]
+    # the successor became an ordinary job: later submits while it is finished add a new one
+    assert await service.submit(key, watermark=151, reason=ScheduleReason.LIVE_UPDATE)
+    await eventually(lambda: _completed(service, 3))
+    assert ran == [1, 150, 151]
+
+
+async def _completed(service: Any, n: int) -> bool:
+    return (await service.counts())["completed"] == n
+
+
+async def test_same_watermark_runs_again_after_its_job_finished(
+    service: Any, queue_settings: Settings, start_worker: Any
+) -> None:
+    """A kept, finished job does not swallow a new submit of the same key and watermark."""
+    key = make_key()
+    ran: list[int] = []
+
+    async def handler(job: TelemetryJob) -> str:
+        ran.append(job.watermark)
+        return "fresh"
+
+    await start_worker(queue_settings, handler)
+    await service.submit(key, watermark=4, reason=ScheduleReason.CACHE_MISS)
+    await eventually(lambda: _completed(service, 1))
+    await service.submit(key, watermark=4, reason=ScheduleReason.STALE_READ)
+    await eventually(lambda: _ran(ran, 2))
+    assert ran == [4, 4]
+
+
+async def _ran(ran: list[int], n: int) -> bool:
+    return len(ran) >= n
+
+
+async def test_submit_refuses_beyond_the_queue_depth_bound(queue_settings: Settings) -> None:
+    """With max_queue_depth waiting jobs, submit returns False and adds nothing; the fallback is
+    not used (the queue is reachable, just full)."""
+    fallback = RecordingScheduler()
+    settings = queue_settings.model_copy(update={"max_queue_depth": 3})
+    svc = SessionTelemetryQueueService(settings, fallback=fallback, metrics=Metrics())
+    try:
+        results = [
+            await svc.submit(make_key(), watermark=1, reason=ScheduleReason.BACKFILL)
+            for _ in range(5)
+        ]
+        assert results == [True, True, True, False, False]
+        assert await svc.depth() == 3
+        assert fallback.submitted == []
+    finally:
+        await svc.close()
+
+
+async def test_failing_job_is_retried_with_exponential_backoff_then_failed(
+    service: Any, queue_settings: Settings, start_worker: Any
+) -> None:
+    """A job whose compute fails runs three times, waiting about 1 s then 2 s between tries, and
+    ends in the failed set with the error code as its reason."""
+    key = make_key()
+    tries: list[float] = []
+
+    async def handler(job: TelemetryJob) -> str:
+        tries.append(time.monotonic())
+        raise JobFailed("COMPUTE_FAILED")
+
+    await start_worker(queue_settings, handler)
+    await service.submit(key, watermark=2, reason=ScheduleReason.CACHE_MISS)
+
+    async def failed() -> bool:
+        return (await service.counts())["failed"] == 1
+
+    await eventually(failed, timeout_s=15)
+    assert len(tries) == JOB_ATTEMPTS
+    assert tries[1] - tries[0] >= 0.9
+    assert tries[2] - tries[1] >= 1.9
+    job = await Job.fromId(service.queue, job_id(key, 2))
+    assert job is not None
+    assert job.failedReason == "COMPUTE_FAILED"
+    assert job.attemptsMade == JOB_ATTEMPTS
+
+
+async def test_deferred_job_waits_without_using_attempts(
+    service: Any, queue_settings: Settings, start_worker: Any
+) -> None:
+    """A job deferred (lease busy elsewhere) more times than it has attempts still completes."""
+    key = make_key()
+    calls: list[float] = []
+
+    async def handler(job: TelemetryJob) -> str:
+        calls.append(time.monotonic())
+        if len(calls) <= JOB_ATTEMPTS + 1:
+            raise JobDeferred(time.time_ns() // 1_000_000 + 50)
+        return "ready"
+
+    await start_worker(queue_settings, handler)
+    await service.submit(key, watermark=3, reason=ScheduleReason.CACHE_MISS)
+    await eventually(lambda: _completed(service, 1))
+    assert len(calls) == JOB_ATTEMPTS + 2
+    job = await Job.fromId(service.queue, job_id(key, 3))
+    assert job is not None
+    assert job.returnvalue == "ready"
+
+
+async def test_stop_releases_a_running_job_to_another_worker(
+    service: Any, queue_settings: Settings, start_worker: Any
+) -> None:
+    """A worker stopped mid-job puts the job back after its grace period; another worker runs
+    it at once and the job completes (nothing is lost, no stalled wait)."""
+    key = make_key()
+    started = asyncio.Event()
+    first_cancelled = asyncio.Event()
+
+    async def stuck(job: TelemetryJob) -> str:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            first_cancelled.set()
+            raise
+        return "never"
+
+    by_second: list[int] = []
+
+    async def quick(job: TelemetryJob) -> str:
+        by_second.append(job.watermark)
+        return "ready"
+
+    first = await start_worker(queue_settings, stuck)
+    await service.submit(key, watermark=9, reason=ScheduleReason.LIVE_UPDATE)
+    await asyncio.wait_for(started.wait(), 10)
+    await first.stop(grace_s=0.2)
+    assert first_cancelled.is_set()
+    assert await service.queue.getJobState(job_id(key, 9)) in ("delayed", "waiting")
+    await start_worker(queue_settings, quick)
+    await eventually(lambda: _completed(service, 1), timeout_s=5)
+    assert by_second == [9]
+
+
+async def test_idle_worker_picks_up_a_new_job_within_a_second(
+    service: Any, queue_settings: Settings, start_worker: Any
+) -> None:
+    """After 10 s without jobs (past redis-py's 5 s socket timeout and BullMQ's idle wait), a
+    worker starts a new job less than 1 s after it was added (per the job's own timestamps)."""
+    done = asyncio.Event()
+
+    async def handler(job: TelemetryJob) -> str:
+        done.set()
+        return "ready"
+
+    await start_worker(queue_settings, handler)
+    await asyncio.sleep(10.5)
+    key = make_key()
+    await service.submit(key, watermark=1, reason=ScheduleReason.CACHE_MISS)
+    await asyncio.wait_for(done.wait(), 5)
+    job = await Job.fromId(service.queue, job_id(key, 1))
+    assert job is not None
+    assert job.processedOn - job.timestamp < 1000
+
+
+async def test_unreachable_redis_routes_to_fallback_and_recovers(
+    private_redis: Any, tmp_path: Any
+) -> None:
+    """With Redis stopped, submit goes to the in-process scheduler and the service reports
+    degraded (ping, metric); once Redis is back, submits reach the queue again by themselves."""
+    fallback = RecordingScheduler()
+    metrics = Metrics()
+    settings = Settings(
+        data_dir=tmp_path / "data", redis_url=private_redis.url, queue_prefix="vtdeg"
+    )
+    svc = SessionTelemetryQueueService(settings, fallback=fallback, metrics=metrics)
+    try:
+        key = make_key()
+        assert await svc.submit(key, watermark=1, reason=ScheduleReason.CACHE_MISS)
+        assert await svc.ping() is True
+        assert fallback.submitted == []
+
+        private_redis.stop()
+        assert await svc.submit(key, watermark=2, reason=ScheduleReason.LIVE_UPDATE)
+        assert fallback.submitted == [(key, 2, ScheduleReason.LIVE_UPDATE)]
+        assert svc.degraded
+        assert await svc.ping() is False
+        await svc.refresh_metrics()
+        assert metrics.registry.get_sample_value("vitalcast_degraded") == 1
+        assert await svc.submit(key, watermark=3, reason=ScheduleReason.LIVE_UPDATE)
+        assert len(fallback.submitted) == 2
+
+        private_redis.start()
+
+        async def recovered() -> bool:
+            return not svc.degraded
+
+        await eventually(recovered, timeout_s=10)
+        await svc.refresh_metrics()
+        assert metrics.registry.get_sample_value("vitalcast_degraded") == 0
+        other = make_key()
+        assert await svc.submit(other, watermark=4, reason=ScheduleReason.CACHE_MISS)
+        assert len(fallback.submitted) == 2
+        assert await svc.queue.getJobState(job_id(other, 4)) == "waiting"
+    finally:
+        await svc.close()
