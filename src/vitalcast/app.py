@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request, Response
 from vitalcast import __version__
 from vitalcast.api import errors as api_errors
 from vitalcast.api import ops, samples, sessions
+from vitalcast.api import telemetry as telemetry_api
 from vitalcast.clock import Clock, SystemClock
 from vitalcast.container import Container
 from vitalcast.db.engine import Database, create_engine
@@ -20,6 +21,7 @@ from vitalcast.observability import Metrics, get_logger
 from vitalcast.realtime.server import SOCKETIO_PATH, RealtimeServer
 from vitalcast.sessions.service import SessionService
 from vitalcast.settings import Settings
+from vitalcast.telemetry.service import build_telemetry
 
 log = get_logger("vitalcast.http")
 
@@ -45,13 +47,22 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     container = build_container(settings, clock=clock)
     realtime = RealtimeServer(container)
     container.broadcaster = realtime.broadcaster
+    telemetry, coordinator = build_telemetry(
+        settings, container.db, container.clock, container.metrics
+    )
+    container.telemetry = telemetry
+    container.extras["coordinator"] = coordinator
+    container.extras["refresh_metrics"] = coordinator.refresh_metrics
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         log.info("server_starting", mode="embedded" if settings.embedded else "scaled_out")
+        await coordinator.start()
         try:
             yield
         finally:
+            await coordinator.stop()
+            await telemetry.close()
             await realtime.close()
             await container.db.dispose()
             log.info("server_stopped")
@@ -67,6 +78,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     app.include_router(ops.router)
     app.include_router(sessions.router)
     app.include_router(samples.router)
+    app.include_router(telemetry_api.router)
     app.mount(SOCKETIO_PATH, realtime.asgi_app())
 
     @app.middleware("http")

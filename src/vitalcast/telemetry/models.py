@@ -103,3 +103,59 @@ class TelemetryListener(Protocol):
         changed_from_ms: int | None,
         changed_to_ms: int | None,
     ) -> None: ...
+
+
+class ComputeOutcome(enum.StrEnum):
+    """What one call of ``SessionTelemetryService.compute`` did; only COMPUTED ran a compute."""
+
+    #: the payload was aggregated and saved under our lease (state ready or no_data)
+    COMPUTED = "computed"
+    #: after taking the lease the cache was already fresh: nothing aggregated, nothing counted
+    SKIPPED_FRESH = "skipped_fresh"
+    #: another holder's unexpired lease: it computes, we do nothing
+    LEASE_BUSY = "lease_busy"
+    #: the last compute failed and its backoff has not elapsed
+    BACKING_OFF = "backing_off"
+    #: our lease expired and was taken over mid-compute; our result was discarded
+    LEASE_LOST = "lease_lost"
+    #: the session no longer exists (or is not the key's user's)
+    SESSION_GONE = "session_gone"
+    #: the compute raised; the failure and its backoff were recorded on the row
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryWindow:
+    """The half-open time range ``[start_ms, end_ms)`` of one payload and the session inside it."""
+
+    start_ms: int
+    end_ms: int
+    session_start_ms: int
+    #: None while the session is live (its window ends at "now")
+    session_end_ms: int | None
+    window_minutes: int
+
+    @property
+    def live(self) -> bool:
+        return self.session_end_ms is None
+
+    @classmethod
+    def of(
+        cls, *, start_ms: int, end_ms: int | None, live: bool, window_minutes: int, now_ms: int
+    ) -> TelemetryWindow:
+        """The window of a session: padded both sides, or up to ``now_ms`` while it is live."""
+        pad_ms = window_minutes * 60_000
+        if live or end_ms is None:
+            return cls(start_ms - pad_ms, now_ms, start_ms, None, window_minutes)
+        return cls(start_ms - pad_ms, end_ms + pad_ms, start_ms, end_ms, window_minutes)
+
+
+def resolve_resolution(requested: str | None, window: TelemetryWindow) -> Resolution:
+    """``1m`` / ``5m`` as asked, or for ``auto`` (None) 1m up to a 6 h window span, else 5m.
+
+    The hot read in ``telemetry/reader.py`` repeats this rule in SQL; keep them in step.
+    """
+    if requested is not None and requested != "auto":
+        return Resolution(requested)
+    span_ms = window.end_ms - window.start_ms
+    return Resolution.ONE_MINUTE if span_ms <= AUTO_1M_MAX_SPAN_MS else Resolution.FIVE_MINUTES

@@ -1,0 +1,63 @@
+"""GET /api/v1/sessions/{id}/telemetry: the state mapping of DESIGN.md, ETag / If-None-Match.
+
+The body is joined from the stored payload bytes (``TelemetryAnswer.body``); nothing here decodes
+or validates it, so the route stays as cheap as the cache hit it serves.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response
+
+from vitalcast.api.deps import ContainerDep, CurrentUser
+
+router = APIRouter(prefix="/api/v1/sessions", tags=["telemetry"])
+
+_NO_STORE = "private, no-cache"
+
+
+@router.get(
+    "/{session_id}/telemetry",
+    responses={
+        200: {"description": "ready, stale, no_data or failed (see `state`)"},
+        202: {"description": "computing: nothing cached yet, retry after `Retry-After`"},
+        304: {"description": "ready and unchanged since `If-None-Match`"},
+        404: {"description": "no such session, or not the caller's"},
+        422: {"description": "unknown metric code, window or resolution out of range"},
+    },
+)
+async def get_telemetry(
+    session_id: str,
+    user: CurrentUser,
+    container: ContainerDep,
+    window_minutes: Annotated[int | None, Query(description="Padding, 15…180 minutes.")] = None,
+    resolution: Annotated[str, Query(description="1m, 5m or auto.")] = "auto",
+    metrics: Annotated[
+        str | None, Query(max_length=500, description="Comma list of metric codes, or all.")
+    ] = None,
+    if_none_match: Annotated[str | None, Header(max_length=1000)] = None,
+) -> Response:
+    """Session telemetry ``{state, retry_after_seconds?, error?, telemetry}``."""
+    service = container.telemetry
+    answer = await service.get(
+        user.user_id,
+        session_id,
+        window_minutes=service.default_window_minutes if window_minutes is None else window_minutes,
+        resolution=resolution,
+        metrics=None if metrics is None else metrics.split(","),
+        if_none_match=if_none_match,
+    )
+    headers = {"Cache-Control": _NO_STORE}
+    if answer.etag is not None:
+        headers["ETag"] = answer.etag
+    if answer.retry_after_s is not None:
+        headers["Retry-After"] = str(answer.retry_after_s)
+    if answer.not_modified:
+        return Response(status_code=304, headers=headers)
+    return Response(
+        answer.body(),
+        status_code=answer.http_status,
+        headers=headers,
+        media_type="application/json",
+    )
