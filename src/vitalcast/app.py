@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
 
-from vitalcast import __version__
+from vitalcast import __version__, ratelimit
 from vitalcast.api import errors as api_errors
 from vitalcast.api import ops, samples, sessions
 from vitalcast.api import telemetry as telemetry_api
@@ -64,6 +64,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
             await coordinator.stop()
             await telemetry.close()
             await realtime.close()
+            await ratelimit.close(container)
             await container.db.dispose()
             log.info("server_stopped")
 

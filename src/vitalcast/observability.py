@@ -111,6 +111,9 @@ class Metrics:
         self.socket_clients = Gauge(
             "vitalcast_socketio_clients", "Connected Socket.IO clients on this node.", registry=r
         )
+        self.rate_limited = Counter(
+            "vitalcast_rate_limited", "Requests refused with 429, by scope.", ["scope"], registry=r
+        )
         self.events_emitted = Counter(
             "vitalcast_events_emitted", "Realtime events emitted, by type.", ["type"], registry=r
         )

@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     rate_limit_socket_events: str = Field(
         "20/second", description="Per-socket client event limit (limits notation)."
     )
+    rate_limit_prefix: str = Field(
+        "vitalcast-ratelimit", description="Redis key prefix of the rate-limit counters."
+    )
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
 
     @property

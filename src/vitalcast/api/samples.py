@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request, Response
 from vitalcast.api.deps import ContainerDep, CurrentUser
 from vitalcast.errors import InvalidInput, PayloadTooLarge
 from vitalcast.ingest.validation import MAX_BODY_BYTES
+from vitalcast.ratelimit import IngestRateLimit
 
 router = APIRouter(prefix="/api/v1", tags=["samples"])
 
@@ -45,6 +46,7 @@ def _decode(raw: bytes) -> Any:
 
 @router.post(
     "/samples",
+    dependencies=[IngestRateLimit],
     responses={207: {"description": "Some samples were rejected; the rest were stored."}},
 )
 async def ingest_samples(request: Request, user: CurrentUser, container: ContainerDep) -> Response:

@@ -11,6 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Response
 
 from vitalcast.api.deps import ContainerDep, CurrentUser
+from vitalcast.ratelimit import TelemetryRateLimit
 
 router = APIRouter(prefix="/api/v1/sessions", tags=["telemetry"])
 
@@ -19,6 +20,7 @@ _NO_STORE = "private, no-cache"
 
 @router.get(
     "/{session_id}/telemetry",
+    dependencies=[TelemetryRateLimit],
     responses={
         200: {"description": "ready, stale, no_data or failed (see `state`)"},
         202: {"description": "computing: nothing cached yet, retry after `Retry-After`"},

@@ -1,0 +1,183 @@
+"""Per-user request budgets (the ``limits`` package, moving window) for ingest and telemetry reads.
+
+Embedded, the counters live in this process. With ``settings.redis_url`` they live in Redis, so
+every server node draws on one budget per user. A limiter outage must never become an outage of
+the API: when Redis cannot answer within ``REDIS_TIMEOUT_S`` the limiter counts in memory (a
+per-node budget) for ``fallback_s`` and then tries Redis again, one request at a time.
+
+A refusal is ``RateLimited`` (HTTP 429, code ``RATE_LIMITED``) whose ``retry_after_s`` is the
+moment the oldest counted request leaves the window, i.e. when a retry is admitted again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import limits
+from fastapi import Depends, Request
+from limits.aio.storage import MemoryStorage, RedisStorage
+from limits.aio.strategies import MovingWindowRateLimiter
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from vitalcast.api.deps import CurrentUser
+from vitalcast.errors import RateLimited
+from vitalcast.observability import get_logger
+from vitalcast.settings import Settings
+
+log = get_logger(__name__)
+
+EXTRAS_KEY = "rate_limiter"
+REDIS_TIMEOUT_S = 0.5
+FALLBACK_S = 5.0
+
+
+class Scope(StrEnum):
+    """What a budget is spent on; each has its own limit and counters."""
+
+    INGEST = "ingest"
+    TELEMETRY = "telemetry"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    retry_after_s: int
+    remaining: int
+
+
+class RateLimiter:
+    """Counts requests per (scope, user) and decides whether one more is allowed."""
+
+    def __init__(
+        self,
+        rates: dict[Scope, str],
+        *,
+        redis_url: str | None = None,
+        key_prefix: str = "vitalcast-ratelimit",
+        fallback_s: float = FALLBACK_S,
+    ) -> None:
+        self._items = {scope: limits.parse(rate) for scope, rate in rates.items()}
+        self._memory = MovingWindowRateLimiter(MemoryStorage())
+        self._redis_storage: RedisStorage | None = None
+        self._redis: MovingWindowRateLimiter | None = None
+        if redis_url:
+            self._redis_storage = RedisStorage(
+                "async+" + redis_url,
+                implementation="redispy",
+                key_prefix=key_prefix,
+                socket_connect_timeout=REDIS_TIMEOUT_S,
+                socket_timeout=REDIS_TIMEOUT_S,
+                retry=Retry(NoBackoff(), 0),
+            )
+            self._redis = MovingWindowRateLimiter(self._redis_storage)
+        self._fallback_s = fallback_s
+        self._redis_healthy = True
+        self._redis_down_until = 0.0
+        self._probing = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RateLimiter:
+        return cls(
+            {
+                Scope.INGEST: settings.rate_limit_ingest,
+                Scope.TELEMETRY: settings.rate_limit_telemetry,
+            },
+            redis_url=settings.redis_url,
+            key_prefix=settings.rate_limit_prefix,
+        )
+
+    @property
+    def backend(self) -> str:
+        """``redis`` while counters are shared through Redis, otherwise ``memory``."""
+        return "redis" if self._redis is not None and self._redis_healthy else "memory"
+
+    async def hit(self, scope: Scope, user_id: str) -> Decision:
+        """Count one request of ``user_id`` against ``scope`` unless its budget is spent."""
+        item = self._items[scope]
+        if self._redis is not None and self._try_redis():
+            try:
+                async with asyncio.timeout(REDIS_TIMEOUT_S * 2):
+                    decision = await self._decide(self._redis, item, user_id)
+            except Exception as exc:
+                self._redis_failed(exc)
+            else:
+                self._redis_recovered()
+                return decision
+            finally:
+                self._probing = False
+        return await self._decide(self._memory, item, user_id)
+
+    async def close(self) -> None:
+        if self._redis_storage is not None:
+            await self._redis_storage.bridge.storage.aclose()
+
+    def _try_redis(self) -> bool:
+        """Redis while healthy; while down, one probe per ``fallback_s`` and memory meanwhile."""
+        if self._redis_healthy:
+            return True
+        if self._probing or time.monotonic() < self._redis_down_until:
+            return False
+        self._probing = True
+        return True
+
+    def _redis_failed(self, exc: BaseException) -> None:
+        if self._redis_healthy:
+            log.warning("rate_limit_redis_unavailable", error=type(exc).__name__)
+        self._redis_healthy = False
+        self._redis_down_until = time.monotonic() + self._fallback_s
+
+    def _redis_recovered(self) -> None:
+        if not self._redis_healthy:
+            log.info("rate_limit_redis_recovered")
+        self._redis_healthy = True
+
+    @staticmethod
+    async def _decide(
+        limiter: MovingWindowRateLimiter, item: limits.RateLimitItem, user_id: str
+    ) -> Decision:
+        allowed = await limiter.hit(item, user_id)
+        stats = await limiter.get_window_stats(item, user_id)
+        retry_after = 0 if allowed else max(1, math.ceil(stats.reset_time - time.time()))
+        return Decision(allowed=allowed, retry_after_s=retry_after, remaining=stats.remaining)
+
+
+async def close(container: Any) -> None:
+    """Release the limiter's Redis connections, if the process created a limiter."""
+    limiter: RateLimiter | None = container.extras.pop(EXTRAS_KEY, None)
+    if limiter is not None:
+        await limiter.close()
+
+
+def limiter_of(container: Any) -> RateLimiter:
+    """The process's limiter, created on first use when the app did not attach one."""
+    limiter: RateLimiter | None = container.extras.get(EXTRAS_KEY)
+    if limiter is None:
+        limiter = RateLimiter.from_settings(container.settings)
+        container.extras[EXTRAS_KEY] = limiter
+    return limiter
+
+
+def _enforce(scope: Scope) -> Any:
+    async def enforce_rate_limit(request: Request, user: CurrentUser) -> None:
+        container = request.app.state.container
+        decision = await limiter_of(container).hit(scope, user.user_id)
+        if not decision.allowed:
+            container.metrics.rate_limited.labels(scope=scope.value).inc()
+            raise RateLimited(
+                f"Too many {scope.value} requests; retry in {decision.retry_after_s} s.",
+                retry_after_s=decision.retry_after_s,
+            )
+
+    return Depends(enforce_rate_limit)
+
+
+IngestRateLimit = _enforce(Scope.INGEST)
+"""Route dependency: spend one ingest request of the caller's budget or answer 429."""
+TelemetryRateLimit = _enforce(Scope.TELEMETRY)
+"""Route dependency: spend one telemetry read of the caller's budget or answer 429."""

@@ -1,0 +1,203 @@
+"""Hardening fixtures: private Redis and PostgreSQL instances on spare loopback ports, which the
+fault tests may stop, kill and restart without disturbing anyone else on this machine.
+
+PostgreSQL refuses to run as root, so its cluster is created and run as the ``postgres`` OS user
+in a temporary folder it owns, with trust auth on 127.0.0.1 and its socket inside that folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis.asyncio as redis
+
+from tests.conftest import in_thread
+from tests.realtime.conftest import free_port, socket_client  # noqa: F401  (fixture re-export)
+from vitalcast.db.migrate import upgrade
+
+PG_BIN = Path(os.environ.get("VITALCAST_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+START_TIMEOUT_S = 30.0
+
+
+def _wait(predicate: object, what: str, timeout_s: float = START_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not happen within {timeout_s} s")
+
+
+@dataclass
+class SpareRedis:
+    """A ``redis-server`` of our own (no persistence) that a test may stop and start again."""
+
+    port: int
+    folder: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.folder),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _wait(self._answers, "redis start")
+
+    def stop(self) -> None:
+        """Kill it (SIGKILL: an outage, not a shutdown) and wait until the port is closed."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self.process = None
+
+    def _answers(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError("redis-server exited")
+        try:
+            out = subprocess.run(
+                ["redis-cli", "-p", str(self.port), "ping"],
+                capture_output=True,
+                timeout=2,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            return False
+        return out.stdout.strip() == b"PONG"
+
+
+@pytest.fixture
+def spare_redis(tmp_path: Path) -> Iterator[SpareRedis]:
+    """A running private Redis on a free port; killed at teardown."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    instance = SpareRedis(port=free_port(), folder=tmp_path)
+    instance.start()
+    try:
+        yield instance
+    finally:
+        instance.stop()
+
+
+def _as_postgres(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        ["runuser", "-u", "postgres", "--", *args], capture_output=True, timeout=60, check=True
+    )
+
+
+@dataclass
+class SparePostgres:
+    """A PostgreSQL 15 cluster of our own, run by the ``postgres`` OS user."""
+
+    port: int
+    folder: Path
+
+    @property
+    def data(self) -> Path:
+        return self.folder / "data"
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def init(self) -> None:
+        _as_postgres(
+            str(PG_BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E",
+            "UTF8", "--no-sync",
+        )  # fmt: skip
+
+    def start(self) -> None:
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.folder}"
+        _as_postgres(
+            str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.folder / "log"),
+            "-o", options, "-w", "-t", "60", "start",
+        )  # fmt: skip
+
+    def stop(self, mode: str = "immediate") -> None:
+        """``immediate`` is a crash: no checkpoint, clients cut off, recovery from WAL on start."""
+        _as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def psql(self, sql: str, database: str = "postgres") -> str:
+        out = _as_postgres(
+            str(PG_BIN / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-d", database,
+            "-At", "-c", sql,
+        )  # fmt: skip
+        return out.stdout.decode().strip()
+
+
+@contextlib.contextmanager
+def spare_postgres_cluster() -> Iterator[SparePostgres]:
+    if not (PG_BIN / "initdb").exists() or shutil.which("runuser") is None:
+        pytest.skip("PostgreSQL 15 binaries or runuser are missing")
+    folder = Path(tempfile.mkdtemp(prefix="vc-pg-"))
+    shutil.chown(folder, "postgres", "postgres")
+    instance = SparePostgres(port=free_port(), folder=folder)
+    try:
+        instance.init()
+        instance.start()
+        yield instance
+    finally:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            instance.stop("fast")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def spare_postgres() -> Iterator[SparePostgres]:
+    """A running private PostgreSQL cluster on a free port for the tests of one module."""
+    with spare_postgres_cluster() as instance:
+        yield instance
+
+
+@pytest.fixture
+def spare_pg_url(spare_postgres: SparePostgres) -> str:
+    """A fresh, migrated database in the private cluster."""
+    name = f"vc_fault_{uuid.uuid4().hex[:10]}"
+    spare_postgres.psql(f'CREATE DATABASE "{name}"')
+    url = spare_postgres.url(name)
+    in_thread(upgrade, url)
+    return url
+
+
+async def delete_keys(url: str, pattern: str) -> int:
+    """Delete this test's keys (never a flush: the shared Redis serves other runs too)."""
+    client = redis.Redis.from_url(url)
+    try:
+        keys = [key async for key in client.scan_iter(match=pattern, count=500)]
+        if keys:
+            await client.delete(*keys)
+        return len(keys)
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def redis_keys_cleanup(redis_url: str, unique_prefix: str) -> AsyncIterator[str]:
+    """``unique_prefix``, with every shared-Redis key holding it deleted after the test."""
+    yield unique_prefix
+    await delete_keys(redis_url, f"*{unique_prefix}*")

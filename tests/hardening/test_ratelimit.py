@@ -1,0 +1,195 @@
+"""Per-user rate limits on ingest and telemetry reads: 429 problems, shared budgets through Redis,
+and a limiter that falls back to memory (never a 5xx) while its Redis is away."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis.asyncio as redis
+import sqlalchemy as sa
+
+from tests.conftest import TEST_SECRET
+from tests.hardening.conftest import SpareRedis, free_port
+from tests.ingest.helpers import MINUTE_MS, hr, now_ms
+from vitalcast.app import create_app
+from vitalcast.db.tables import health_samples
+from vitalcast.ratelimit import RateLimiter, Scope
+from vitalcast.settings import Settings
+
+
+@pytest.fixture
+def database_url(tmp_path: Path, sqlite_template: Path) -> str:
+    """The limiter does not touch storage: one backend (SQLite) is enough here."""
+    path = tmp_path / "vitalcast.db"
+    shutil.copy(sqlite_template, path)
+    return f"sqlite+aiosqlite:///{path}"
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        database_url=database_url,
+        secret=TEST_SECRET,
+        rate_limit_ingest="3/minute",
+        rate_limit_telemetry="2/minute",
+    )
+
+
+async def _post(client: httpx.AsyncClient, headers: dict[str, str], record_id: str) -> Any:
+    body = {"samples": [hr(record_id, now_ms() - MINUTE_MS)]}
+    return await client.post("/api/v1/samples", json=body, headers=headers)
+
+
+def _assert_rate_limited(response: httpx.Response) -> int:
+    assert response.status_code == 429
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert body["code"] == "RATE_LIMITED"
+    assert response.headers["Retry-After"] == str(body["retry_after_seconds"])
+    return int(body["retry_after_seconds"])
+
+
+async def test_ingest_beyond_budget_is_429_and_stores_nothing(client, users, db):
+    """The 4th ingest in a minute at 3/minute is a 429 problem whose Retry-After matches its body
+    and stores nothing; another user's budget is untouched and /metrics counts the refusal."""
+    alice = await users.headers()
+    bob = await users.headers()
+    for i in range(3):
+        assert (await _post(client, alice, f"a{i}")).status_code == 200
+    retry_after = _assert_rate_limited(await _post(client, alice, "a3"))
+    assert 1 <= retry_after <= 60
+    assert (await _post(client, bob, "b0")).status_code == 200
+    async with db.read() as conn:
+        stored = await conn.scalars(sa.select(health_samples.c.record_id))
+        assert sorted(stored) == ["a0", "a1", "a2", "b0"]
+    metrics = (await client.get("/metrics")).text
+    assert 'vitalcast_rate_limited_total{scope="ingest"} 1.0' in metrics
+
+
+async def test_unauthenticated_ingest_is_401_not_counted(client, users):
+    """Authentication is decided before the budget: bad tokens get 401 and spend nothing."""
+    alice = await users.headers()
+    for _ in range(5):
+        response = await client.post("/api/v1/samples", json={"samples": []})
+        assert response.status_code == 401
+    assert (await _post(client, alice, "a0")).status_code == 200
+
+
+async def test_telemetry_reads_have_their_own_budget(client, users):
+    """Telemetry GETs beyond 2/minute are 429 while the same user's ingest budget is unspent."""
+    headers = await users.headers()
+    session = (await client.post("/api/v1/sessions", json={}, headers=headers)).json()
+    url = f"/api/v1/sessions/{session['id']}/telemetry"
+    for _ in range(2):
+        assert (await client.get(url, headers=headers)).status_code in (200, 202)
+    _assert_rate_limited(await client.get(url, headers=headers))
+    assert (await _post(client, headers, "t0")).status_code == 200
+
+
+async def test_retry_after_is_when_a_retry_is_admitted(tmp_path, database_url, users):
+    """Waiting exactly Retry-After seconds after a 429 is enough for the next request to pass."""
+    settings = Settings(
+        data_dir=tmp_path / "d2",
+        database_url=database_url,
+        secret=TEST_SECRET,
+        rate_limit_ingest="2/second",
+    )
+    app = create_app(settings)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client,
+    ):
+        headers = await users.headers()
+        for i in range(2):
+            assert (await _post(client, headers, f"r{i}")).status_code == 200
+        retry_after = _assert_rate_limited(await _post(client, headers, "r2"))
+        assert retry_after == 1
+        await asyncio.sleep(retry_after)
+        assert (await _post(client, headers, "r2")).status_code == 200
+
+
+@pytest.fixture
+async def two_nodes(
+    settings: Settings, redis_url: str, redis_keys_cleanup: str
+) -> AsyncIterator[list[httpx.AsyncClient]]:
+    """Two server apps (as two nodes would be) configured with the same Redis."""
+    shared = settings.model_copy(
+        update={
+            "redis_url": redis_url,
+            "rate_limit_prefix": f"{redis_keys_cleanup}-rl",
+            "queue_prefix": redis_keys_cleanup,
+            "socketio_channel": f"{redis_keys_cleanup}-sio",
+        }
+    )
+    apps = [create_app(shared), create_app(shared)]
+    async with (
+        apps[0].router.lifespan_context(apps[0]),
+        apps[1].router.lifespan_context(apps[1]),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=apps[0]), base_url="http://a") as a,
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=apps[1]), base_url="http://b") as b,
+    ):
+        yield [a, b]
+
+
+async def test_nodes_share_one_budget_through_redis(
+    two_nodes, users, redis_url, redis_keys_cleanup
+):
+    """With Redis configured, requests on two nodes draw on one per-user budget kept in Redis."""
+    node_a, node_b = two_nodes
+    headers = await users.headers()
+    assert (await _post(node_a, headers, "n0")).status_code == 200
+    assert (await _post(node_b, headers, "n1")).status_code == 200
+    assert (await _post(node_a, headers, "n2")).status_code == 200
+    _assert_rate_limited(await _post(node_b, headers, "n3"))
+    _assert_rate_limited(await _post(node_a, headers, "n3"))
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = [k async for k in client.scan_iter(match=f"{redis_keys_cleanup}-rl*")]
+    finally:
+        await client.aclose()
+    assert len(keys) == 1
+
+
+async def test_unreachable_redis_falls_back_to_memory_and_recovers(tmp_path):
+    """Redis down: every hit is still answered and limited in memory; once Redis is back the
+    limiter counts in Redis again by itself."""
+    port = free_port()
+    limiter = RateLimiter(
+        {Scope.INGEST: "3/minute", Scope.TELEMETRY: "10/minute"},
+        redis_url=f"redis://127.0.0.1:{port}/0",
+        key_prefix="vc-fallback",
+        fallback_s=0.2,
+    )
+    try:
+        decisions = [await limiter.hit(Scope.INGEST, "u1") for _ in range(4)]
+        assert [d.allowed for d in decisions] == [True, True, True, False]
+        assert decisions[-1].retry_after_s >= 1
+        assert limiter.backend == "memory"
+
+        server = SpareRedis(port=port, folder=tmp_path)
+        server.start()
+        try:
+            await asyncio.sleep(0.3)
+            assert (await limiter.hit(Scope.INGEST, "u2")).allowed
+            assert limiter.backend == "redis"
+            client = redis.Redis.from_url(server.url)
+            try:
+                assert [k async for k in client.scan_iter(match="vc-fallback*")] != []
+            finally:
+                await client.aclose()
+            for _ in range(2):
+                assert (await limiter.hit(Scope.INGEST, "u2")).allowed
+            assert not (await limiter.hit(Scope.INGEST, "u2")).allowed
+        finally:
+            server.stop()
+        assert (await limiter.hit(Scope.INGEST, "u3")).allowed
+        assert limiter.backend == "memory"
+    finally:
+        await limiter.close()
