@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request, Response
 
 from vitalcast import __version__, ratelimit
 from vitalcast.api import errors as api_errors
-from vitalcast.api import ops, samples, sessions
+from vitalcast.api import dashboard, ops, samples, sessions
 from vitalcast.api import telemetry as telemetry_api
 from vitalcast.clock import Clock, SystemClock
 from vitalcast.container import Container
@@ -80,6 +80,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     app.include_router(sessions.router)
     app.include_router(samples.router)
     app.include_router(telemetry_api.router)
+    dashboard.install(app)
     app.mount(SOCKETIO_PATH, realtime.asgi_app())
 
     @app.middleware("http")
