@@ -242,8 +242,8 @@ def generate(
     )
 
     def spo2(t: int) -> float:
-        if rng.random() < 0.03:
-            return float(rng.randint(91, 94))
+        if rng.random() < 0.012:
+            return float(rng.randint(92, 94))
         return float(
             min(100, max(95, round(profile.spo2 - 0.6 * plan.effect(t) + rng.gauss(0, 0.7))))
         )
