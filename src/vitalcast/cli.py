@@ -103,7 +103,7 @@ def simulate(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines."),
 ) -> None:
     """Post realistic wearable streams through the HTTP API, synced in batches like a phone."""
-    from vitalcast.simulator import SimulationConfig, Tally
+    from vitalcast.simulator import SimulationConfig, Tally, until_terminated
     from vitalcast.simulator import simulate as run_simulation
 
     if elapsed > duration:
@@ -138,8 +138,10 @@ def simulate(
     progress = None if quiet else typer.echo
     totals = Tally()
     try:
-        tallies = asyncio.run(run_simulation(url, people, config, progress=progress))
-    except KeyboardInterrupt:
+        tallies = asyncio.run(
+            until_terminated(run_simulation(url, people, config, progress=progress))
+        )
+    except (KeyboardInterrupt, asyncio.CancelledError):
         typer.echo("stopped")
         raise typer.Exit(130) from None
     for name, tally in tallies.items():

@@ -16,12 +16,13 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import signal
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -30,6 +31,7 @@ MAX_BATCH = 2_000
 _TRANSIENT_STATUS = frozenset({429, 502, 503, 504})
 
 Progress = Callable[[str], None]
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -618,3 +620,11 @@ async def simulate(
             *(run_user(http, name, token, cfg, progress=progress) for name, token in users)
         )
     return dict(zip((name for name, _ in users), tallies, strict=True))
+
+
+async def until_terminated(work: Coroutine[Any, Any, _T]) -> _T:
+    """Await ``work``; SIGTERM cancels it the way Ctrl-C does, so live sessions end cleanly."""
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    return await work

@@ -1,0 +1,253 @@
+"""The wearable simulator: seeded streams at catalog cadences, and the runner that syncs them
+through the real HTTP API (dropouts, late backfill, accelerated live sessions, clean stop)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import statistics
+import time
+from collections import Counter
+
+import sqlalchemy as sa
+
+from vitalcast.catalog import BY_CODE, MetricKind
+from vitalcast.db import tables
+from vitalcast.simulator import (
+    MINUTE_MS,
+    Api,
+    Interval,
+    Pace,
+    Profile,
+    SessionPlan,
+    SessionRunner,
+    generate,
+    live_placement,
+)
+
+START_MS = 1_790_000_000_000 - 1_790_000_000_000 % MINUTE_MS
+
+
+def plan(**overrides) -> SessionPlan:
+    fields = {
+        "key": "t-1",
+        "start_ms": START_MS,
+        "duration_ms": 40 * MINUTE_MS,
+        "pre_ms": 60 * MINUTE_MS,
+        "post_ms": 60 * MINUTE_MS,
+    }
+    return SessionPlan(**(fields | overrides))
+
+
+def profile(seed: int = 3) -> Profile:
+    return Profile.draw(random.Random(seed))
+
+
+def mean_hr(samples, lo_ms: int, hi_ms: int) -> float:
+    return statistics.mean(
+        s.value for s in samples if s.metric == "heart_rate" and lo_ms <= s.start_ms < hi_ms
+    )
+
+
+def test_same_seed_same_streams_other_seed_other_values():
+    """Generation is deterministic in the seed, record ids included."""
+    first = generate(plan(), profile(), seed=5)
+    again = generate(plan(), profile(), seed=5)
+    other = generate(plan(), profile(), seed=6)
+    assert first == again
+    assert [s.value for s in first] != [s.value for s in other]
+    assert len({s.record_id for s in first}) == len(first)
+
+
+def test_cadences_units_and_ranges_follow_the_catalog():
+    """HR every 5 s; HRV, SpO2, respiration, temperature every few minutes; steps and energy as
+    1-minute totals; every value inside the catalog's plausible range after unit conversion."""
+    p = plan()
+    samples = generate(p, profile(), seed=1)
+    by_metric: dict[str, list] = {}
+    for s in samples:
+        by_metric.setdefault(s.metric, []).append(s)
+    assert set(by_metric) == set(BY_CODE)
+    span_min = (p.finish_ms - p.begin_ms) // MINUTE_MS
+    assert len(by_metric["heart_rate"]) == span_min * 12
+    for code, (lo, hi) in {
+        "heart_rate_variability": (2, 5),
+        "blood_oxygen": (3, 8),
+        "respiratory_rate": (2, 4),
+        "skin_temperature": (2, 5),
+    }.items():
+        starts = sorted(s.start_ms for s in by_metric[code])
+        steps = {b - a for a, b in itertools.pairwise(starts)}
+        assert lo * MINUTE_MS <= min(steps) and max(steps) < hi * MINUTE_MS, code
+    for code in ("steps", "active_energy_burned"):
+        assert BY_CODE[code].kind is MetricKind.CUMULATIVE
+        for s in by_metric[code]:
+            assert s.end_ms - s.start_ms == MINUTE_MS and s.start_ms % MINUTE_MS == 0
+    assert len(by_metric["active_energy_burned"]) == span_min
+    for s in samples:
+        metric = BY_CODE[s.metric]
+        value = metric.to_canonical(s.value, s.unit)
+        assert value is not None and metric.min_value <= value <= metric.max_value, s
+    spo2 = [s.value for s in by_metric["blood_oxygen"]]
+    assert sum(96 <= v <= 99 for v in spo2) / len(spo2) > 0.8
+
+
+def test_heart_rate_rises_during_and_recovers_after_hrv_falls():
+    """HR: baseline before, a peak during, back near baseline an hour after; HRV drops during."""
+    p = plan()
+    samples = generate(p, profile(), seed=2)
+    before = mean_hr(samples, p.begin_ms, p.start_ms)
+    peak = mean_hr(samples, p.start_ms + 8 * MINUTE_MS, p.start_ms + 24 * MINUTE_MS)
+    late_after = mean_hr(samples, p.end_ms + 40 * MINUTE_MS, p.finish_ms)
+    assert peak - before > 15
+    assert abs(late_after - before) < 6
+    hrv = [s for s in samples if s.metric == "heart_rate_variability"]
+    hrv_before = statistics.mean(s.value for s in hrv if s.start_ms < p.start_ms)
+    hrv_during = statistics.mean(
+        s.value for s in hrv if p.start_ms + 8 * MINUTE_MS <= s.start_ms < p.end_ms
+    )
+    assert hrv_during < 0.8 * hrv_before
+
+
+def test_dropouts_record_nothing():
+    """While the watch is off the wrist there are no samples at all (the charts show a gap)."""
+    gap = Interval(START_MS + 10 * MINUTE_MS, START_MS + 22 * MINUTE_MS)
+    samples = generate(plan(dropouts=(gap,)), profile(), seed=1)
+    assert not [s for s in samples if s.start_ms in gap]
+    assert [s for s in samples if gap.start_ms - 60_000 <= s.start_ms < gap.start_ms]
+
+
+def test_accelerated_live_placement_never_overtakes_the_wall_clock():
+    """At any speed the simulated clock ends exactly at wall time and is never ahead of it."""
+    now = START_MS
+    for speed in (1.0, 7.5, 60.0, 3600.0):
+        start, origin = live_placement(
+            now,
+            pre_ms=30 * MINUTE_MS,
+            elapsed_ms=5 * MINUTE_MS,
+            duration_ms=45 * MINUTE_MS,
+            post_ms=20 * MINUTE_MS,
+            speed=speed,
+        )
+        finish = start + 65 * MINUTE_MS
+        assert origin == start + 5 * MINUTE_MS
+        wall_needed_ms = (finish - origin) / speed
+        assert abs(origin + speed * wall_needed_ms - (now + wall_needed_ms)) <= 1000
+        for fraction in (0.0, 0.25, 0.5, 1.0):
+            wall = now + fraction * wall_needed_ms
+            assert origin + speed * (wall - now) <= wall + 1000
+
+
+async def count_samples(db, user_id: str) -> Counter:
+    async with db.read() as conn:
+        rows = await conn.execute(
+            sa.select(tables.health_samples.c.metric, sa.func.count())
+            .where(tables.health_samples.c.user_id == user_id)
+            .group_by(tables.health_samples.c.metric)
+        )
+        return Counter(dict(rows.all()))
+
+
+async def test_past_session_replay_with_late_backfill_is_complete_and_idempotent(client, users, db):
+    """A past session lands whole; samples recorded during a phone outage arrive only after it
+    ends (a later change_seq); replaying the same run changes nothing."""
+    user_id, token = await users.create()
+    outage = Interval(START_MS + 5 * MINUTE_MS, START_MS + 20 * MINUTE_MS)
+    p = plan(outages=(outage,))
+    expected = generate(p, profile(), seed=4)
+    runner = SessionRunner(Api(client, token), p, profile(), Pace(None), 4, sync_ms=5 * MINUTE_MS)
+    tally = await runner.run()
+
+    assert tally.rejected == 0 and tally.inserted == len(expected) == tally.sent
+    assert tally.late >= sum(1 for s in expected if outage.start_ms <= s.start_ms < outage.end_ms)
+    counts = await count_samples(db, user_id)
+    assert counts == Counter(s.metric for s in expected)
+    session = (
+        await client.get(f"/api/v1/sessions/{runner.session_id}", headers=auth(token))
+    ).json()
+    assert session["status"] == "completed" and session["end_ms"] == p.end_ms
+
+    seq = tables.health_samples.c
+    async with db.read() as conn:
+        rows = (
+            await conn.execute(
+                sa.select(seq.start_ms, seq.end_ms, seq.change_seq).where(seq.user_id == user_id)
+            )
+        ).all()
+    held = [r.change_seq for r in rows if outage.start_ms <= r.end_ms < outage.end_ms]
+    # Syncs are at most 6 minutes apart (5 ± 20 %): these were sent before the outage began.
+    before = [r.change_seq for r in rows if r.end_ms < outage.start_ms - 6 * MINUTE_MS]
+    after = {r.change_seq for r in rows if r.start_ms >= outage.end_ms}
+    assert min(held) > max(before)
+    assert set(held) <= after
+
+    again = await SessionRunner(
+        Api(client, token), p, profile(), Pace(None), 4, sync_ms=5 * MINUTE_MS
+    ).run()
+    assert again.unchanged == len(expected) and again.inserted == 0 and again.updated == 0
+
+
+async def test_accelerated_live_session_syncs_in_batches_and_ends_on_time(client, users, db):
+    """At 600× a 15-minute live timeline plays in ~1.5 s in many sync batches; no sample is ever
+    from the future (no rejections) and the session ends at its planned end."""
+    user_id, token = await users.create()
+    start, origin = live_placement(
+        int(time.time() * 1000),
+        pre_ms=5 * MINUTE_MS,
+        elapsed_ms=0,
+        duration_ms=5 * MINUTE_MS,
+        post_ms=5 * MINUTE_MS,
+        speed=600.0,
+    )
+    p = plan(start_ms=start, duration_ms=5 * MINUTE_MS, pre_ms=5 * MINUTE_MS, post_ms=5 * MINUTE_MS)
+    runner = SessionRunner(Api(client, token), p, profile(), Pace(600.0, origin), 8, sync_ms=60_000)
+    tally = await runner.run()
+    expected = generate(p, profile(), seed=8)
+    assert tally.rejected == 0 and tally.inserted == len(expected)
+    assert tally.batches >= 8
+    assert sum((await count_samples(db, user_id)).values()) == len(expected)
+    session = (
+        await client.get(f"/api/v1/sessions/{runner.session_id}", headers=auth(token))
+    ).json()
+    assert session["status"] == "completed" and session["end_ms"] == p.end_ms
+
+
+async def test_cancelled_live_run_ends_its_session(client, users):
+    """Stopping a real-time run (Ctrl-C cancels the task) ends the live session at the stop time
+    instead of leaving it live forever."""
+    _user_id, token = await users.create()
+    now_ms = int(time.time() * 1000)
+    start, origin = live_placement(
+        now_ms,
+        pre_ms=10 * MINUTE_MS,
+        elapsed_ms=5 * MINUTE_MS,
+        duration_ms=30 * MINUTE_MS,
+        post_ms=0,
+        speed=1.0,
+    )
+    p = plan(start_ms=start, duration_ms=30 * MINUTE_MS, pre_ms=10 * MINUTE_MS, post_ms=0)
+    synced = asyncio.Event()
+    runner = SessionRunner(
+        Api(client, token),
+        p,
+        profile(),
+        Pace(1.0, origin),
+        1,
+        sync_ms=60_000,
+        progress=lambda _line: synced.set(),
+    )
+    task = asyncio.create_task(runner.run())
+    await asyncio.wait_for(synced.wait(), 30)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert runner.tally.rejected == 0 and runner.tally.sent > 0
+    session = (
+        await client.get(f"/api/v1/sessions/{runner.session_id}", headers=auth(token))
+    ).json()
+    assert session["status"] == "completed"
+    assert start + 5 * MINUTE_MS <= session["end_ms"] <= int(time.time() * 1000)
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
