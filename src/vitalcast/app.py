@@ -51,6 +51,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
         settings, container.db, container.clock, container.metrics
     )
     container.telemetry = telemetry
+    telemetry.listener = realtime.broadcaster
     container.extras["coordinator"] = coordinator
     container.extras["refresh_metrics"] = coordinator.refresh_metrics
 

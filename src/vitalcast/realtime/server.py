@@ -294,13 +294,27 @@ class RealtimeServer:
         return str(state), watermark
 
     async def _catch_up(self, sid: str, session: Session, state: str, watermark: int) -> None:
+        """Send this socket the ``session.updated`` it missed: the default window's payload at
+        ``watermark``. What changed since the client's watermark is unknown, so ``changed`` is
+        null-bounded."""
+        telemetry = self._container.telemetry
+        key = telemetry.default_key(session)
+        try:
+            async with self._container.db.read() as conn:
+                row = await telemetry.cache.get(conn, key)
+        except Exception as exc:
+            log.warning("realtime_catch_up_failed", sid=sid, error=type(exc).__name__)
+            return
+        if row is None or row.source_watermark != watermark or row.computed_at_ms is None:
+            # Recomputed in between: that save's own event reaches the room.
+            return
         event = session_updated_event(
             session_id=session.id,
             source_watermark=watermark,
             state=state,
-            window_minutes=self._container.settings.default_window_minutes,
-            resolution="1m",
-            computed_at_ms=0,
+            window_minutes=key.window_minutes,
+            resolution=key.resolution.value,
+            computed_at_ms=row.computed_at_ms,
             live=session.live,
             changed_from_ms=None,
             changed_to_ms=None,
