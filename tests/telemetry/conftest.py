@@ -1,0 +1,126 @@
+"""Telemetry fixtures: the real app on a ManualClock (so live windows and leases are exact) and a
+small client that drives it through the public HTTP API (sessions, POST /samples, GET telemetry).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from vitalcast.app import create_app
+from vitalcast.clock import ManualClock
+from vitalcast.db.engine import Database
+from vitalcast.settings import Settings
+from vitalcast.telemetry.coordinator import BoundedComputeCoordinator
+
+# 2026-03-02T08:00:00Z: a fixed "now" that every telemetry test starts from
+T0_MS = 1_772_438_400_000
+MINUTE = 60_000
+
+
+def iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(T0_MS)
+
+
+@pytest.fixture
+async def tapp(settings: Settings, clock: ManualClock) -> AsyncIterator[Any]:
+    """The real app on the manual clock, lifespan running."""
+    application = create_app(settings, clock=clock)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+class TelemetryClient:
+    """Drives one app through its HTTP API the way a wearable app and a dashboard would."""
+
+    def __init__(self, app: Any, http: httpx.AsyncClient, clock: ManualClock) -> None:
+        self.app = app
+        self.http = http
+        self.clock = clock
+        self.container = app.state.container
+        self.db: Database = self.container.db
+
+    @property
+    def coordinator(self) -> BoundedComputeCoordinator:
+        return self.container.extras["coordinator"]
+
+    async def settle(self) -> None:
+        """Wait until every scheduled compute has run."""
+        await self.coordinator.wait_idle()
+
+    async def start_session(self, headers: dict[str, str], start_ms: int) -> str:
+        response = await self.http.post(
+            "/api/v1/sessions", json={"started_at": iso(start_ms)}, headers=headers
+        )
+        assert response.status_code == 201, response.text
+        return str(response.json()["id"])
+
+    async def end_session(self, headers: dict[str, str], session_id: str, end_ms: int) -> None:
+        response = await self.http.post(
+            f"/api/v1/sessions/{session_id}/end", json={"ended_at": iso(end_ms)}, headers=headers
+        )
+        assert response.status_code == 200, response.text
+
+    async def post_samples(
+        self,
+        headers: dict[str, str],
+        samples: Iterable[dict[str, Any]] = (),
+        deleted: Sequence[tuple[str, str]] = (),
+    ) -> dict[str, Any]:
+        body = {
+            "samples": [
+                {**s, "start": iso(s["start"])} if isinstance(s["start"], int) else s
+                for s in samples
+            ],
+            "deleted": [{"source": src, "record_id": rid} for src, rid in deleted],
+        }
+        response = await self.http.post("/api/v1/samples", json=body, headers=headers)
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    async def get(self, headers: dict[str, str], session_id: str, **params: Any) -> httpx.Response:
+        return await self.http.get(
+            f"/api/v1/sessions/{session_id}/telemetry", params=params, headers=headers
+        )
+
+    async def computes(self) -> dict[str, float]:
+        """vitalcast_computes_total by outcome, read from /metrics."""
+        text = (await self.http.get("/metrics")).text
+        counts: dict[str, float] = {}
+        for line in text.splitlines():
+            if line.startswith("vitalcast_computes_total{"):
+                label = line.split('outcome="', 1)[1].split('"', 1)[0]
+                counts[label] = float(line.rsplit(" ", 1)[1])
+        return counts
+
+    async def exec(self, sql: str, **params: Any) -> None:
+        async with self.db.write() as conn:
+            await conn.execute(sa.text(sql), params)
+
+
+@pytest.fixture
+async def tc(tapp: Any, clock: ManualClock) -> AsyncIterator[TelemetryClient]:
+    transport = httpx.ASGITransport(app=tapp)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        yield TelemetryClient(tapp, http, clock)
+
+
+def hr(record_id: str, start_ms: int, value: float, *, source: str = "polar") -> dict[str, Any]:
+    """A heart-rate sample for POST /samples."""
+    return {
+        "source": source,
+        "record_id": record_id,
+        "metric": "heart_rate",
+        "value": value,
+        "start": start_ms,
+    }
