@@ -18,6 +18,7 @@ from vitalcast.container import Container
 from vitalcast.db.engine import Database, create_engine
 from vitalcast.ingest.service import IngestService
 from vitalcast.observability import Metrics, get_logger
+from vitalcast.queue.service import SessionTelemetryQueueService
 from vitalcast.realtime.server import SOCKETIO_PATH, RealtimeServer
 from vitalcast.sessions.service import SessionService
 from vitalcast.settings import Settings
@@ -59,9 +60,20 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         log.info("server_starting", mode="embedded" if settings.embedded else "scaled_out")
         await coordinator.start()
+        queue = None
+        if settings.redis_url:
+            # Computes become queue jobs; the coordinator only runs them while Redis is down.
+            queue = SessionTelemetryQueueService(
+                settings, fallback=coordinator, metrics=container.metrics
+            )
+            container.queue = queue
+            telemetry.scheduler = queue
+            container.extras["refresh_metrics"] = queue.refresh_metrics
         try:
             yield
         finally:
+            if queue is not None:
+                await queue.close()
             await coordinator.stop()
             await telemetry.close()
             await realtime.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
@@ -152,6 +153,76 @@ def simulate(
         )
     if totals.rejected:
         raise typer.Exit(1)
+
+
+@app.command()
+def worker(
+    concurrency: int | None = typer.Option(
+        None, min=1, max=64, help="Jobs at once (default: VITALCAST_MAX_CONCURRENT_COMPUTES)."
+    ),
+    metrics_port: int | None = typer.Option(
+        None, help="Serve Prometheus /metrics on this port (off when unset)."
+    ),
+    metrics_host: str = typer.Option("127.0.0.1", help="Interface of the metrics port."),
+) -> None:
+    """Consume telemetry computes from the Redis queue until SIGTERM (needs VITALCAST_REDIS_URL;
+    the database must be migrated: `vitalcast db upgrade`)."""
+    from vitalcast.queue.runner import run_worker
+
+    settings = Settings()
+    configure_logging(settings.log_level)
+    if not settings.redis_url:
+        raise typer.BadParameter("VITALCAST_REDIS_URL is not set: there is no queue to consume")
+    asyncio.run(
+        run_worker(
+            settings,
+            concurrency=concurrency or settings.max_concurrent_computes,
+            metrics_host=metrics_host,
+            metrics_port=metrics_port,
+        )
+    )
+
+
+@app.command()
+def backfill(
+    since: str | None = typer.Option(
+        None, help="Only sessions starting at or after this ISO date/time (naive = UTC)."
+    ),
+    user: str | None = typer.Option(None, help="Only the sessions of the user with this name."),
+) -> None:
+    """Schedule a compute for every session whose default cache is missing or stale: queued
+    for the workers when Redis is configured, else computed here."""
+    from vitalcast.queue.backfill import BackfillFilter, BackfillProgress, backfill_command
+    from vitalcast.queue.service import QueueUnavailable
+
+    settings = Settings()
+    configure_logging("warning")
+    since_ms = None
+    if since is not None:
+        try:
+            moment = datetime.fromisoformat(since)
+        except ValueError:
+            raise typer.BadParameter(f"--since is not an ISO date or date-time: {since}") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        since_ms = int(moment.timestamp() * 1000)
+
+    def show(progress: BackfillProgress) -> None:
+        typer.echo(
+            f"backfill: {progress.checked}/{progress.total} sessions checked, "
+            f"{progress.scheduled} computes scheduled, {progress.up_to_date} up to date"
+            + (f", waited for the queue {progress.waits}x" if progress.waits else ""),
+            err=True,
+        )
+
+    try:
+        done = asyncio.run(
+            backfill_command(settings, BackfillFilter(since_ms=since_ms, user_name=user), show)
+        )
+    except QueueUnavailable as exc:
+        typer.echo(f"backfill: Redis is unreachable ({exc})", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{done.scheduled} computes scheduled for {done.checked} sessions")
 
 
 def main() -> None:

@@ -51,7 +51,7 @@ class SessionTelemetryQueueService:
     loops.
     """
 
-    def __init__(self, settings: Settings, *, fallback: Scheduler, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, *, fallback: Scheduler | None, metrics: Metrics) -> None:
         if not settings.redis_url:
             raise ValueError("SessionTelemetryQueueService needs settings.redis_url")
         self._settings = settings
@@ -78,7 +78,8 @@ class SessionTelemetryQueueService:
         return self._queue
 
     async def submit(self, key: TelemetryKey, *, watermark: int, reason: ScheduleReason) -> bool:
-        """Queue a compute of ``key``; False when the queue is deeper than ``max_queue_depth``.
+        """Queue a compute of ``key``; False when the queue is deeper than ``max_queue_depth``
+        (or Redis is unreachable and there is no fallback).
 
         Per key at most one job runs and one waits (see ``jobs.job_options``), so a burst of
         submits for one session costs at most two computes.
@@ -88,6 +89,8 @@ class SessionTelemetryQueueService:
                 return await self.enqueue(key, watermark=watermark, reason=reason)
             except QueueUnavailable:
                 self._enter_degraded()
+        if self._fallback is None:
+            return False
         return await self._fallback.submit(key, watermark=watermark, reason=reason)
 
     async def enqueue(self, key: TelemetryKey, *, watermark: int, reason: ScheduleReason) -> bool:
@@ -143,7 +146,11 @@ class SessionTelemetryQueueService:
         return False
 
     async def refresh_metrics(self) -> None:
-        """Update the queue gauges and the degraded flag (called before /metrics renders)."""
+        """Update the queue gauges, the degraded flag and the fallback's own gauges (called
+        before /metrics renders)."""
+        refresh_fallback = getattr(self._fallback, "refresh_metrics", None)
+        if refresh_fallback is not None:
+            await refresh_fallback()
         if not self._degraded:
             try:
                 for state, count in (await self.counts()).items():

@@ -34,6 +34,9 @@ LOCK_DURATION_MS = 4_000
 STALLED_INTERVAL_MS = 3_000
 # A job may be recovered from a dead worker twice before it is failed as "stalled".
 MAX_STALLED_COUNT = 2
+# After a connection error the worker asks for the next job again this soon (BullMQ: 15 s), so it
+# resumes about a second after Redis is back.
+RUN_RETRY_DELAY_MS = 1_000
 #: seconds ``stop`` lets running jobs finish before it releases them back to the queue
 SHUTDOWN_GRACE_S = 8.0
 #: TEST-ONLY: milliseconds every job is held (lease taken, before the aggregate) so a test can
@@ -110,6 +113,7 @@ class TelemetryWorker:
                 "lockDuration": LOCK_DURATION_MS,
                 "stalledInterval": STALLED_INTERVAL_MS,
                 "maxStalledCount": MAX_STALLED_COUNT,
+                "runRetryDelay": RUN_RETRY_DELAY_MS,
                 "name": self._name,
             },
         )

@@ -1,0 +1,70 @@
+"""``ComputeJobHandler``: runs a telemetry job through ``SessionTelemetryService.compute`` and
+turns the compute's outcome into the job's fate.
+
+| outcome | job |
+|---|---|
+| computed, skipped_fresh, lease_lost, session_gone | completed (its return value is the outcome) |
+| failed | ``JobFailed``: retried with backoff, failed after the last attempt |
+| lease_busy | deferred ~1 s (the holder is probably finishing; a dead one's lease runs out) |
+| backing_off | deferred until the row's ``next_attempt_ms`` |
+
+Deferring uses no attempt, so a busy lease never fails a job.
+"""
+
+from __future__ import annotations
+
+from vitalcast.clock import Clock
+from vitalcast.db.engine import Database
+from vitalcast.queue.jobs import TelemetryJob
+from vitalcast.queue.worker import JobDeferred, JobFailed
+from vitalcast.telemetry.models import ComputeOutcome
+from vitalcast.telemetry.service import COMPUTE_FAILED, SessionTelemetryService
+
+#: how long a job waits when another holder's lease is live
+LEASE_BUSY_DEFER_MS = 1_000
+# A deferral is never shorter than this (clock skew between processes, rounding).
+MIN_DEFER_MS = 50
+
+_COMPLETED = frozenset(
+    {
+        ComputeOutcome.COMPUTED,
+        ComputeOutcome.SKIPPED_FRESH,
+        ComputeOutcome.LEASE_LOST,
+        ComputeOutcome.SESSION_GONE,
+    }
+)
+
+
+class ComputeJobHandler:
+    """A ``JobHandler`` over the telemetry service of a worker process."""
+
+    def __init__(self, service: SessionTelemetryService, db: Database, clock: Clock) -> None:
+        self._service = service
+        self._db = db
+        self._clock = clock
+
+    async def __call__(self, job: TelemetryJob) -> str:
+        outcome = await self._service.compute(job.key, reason=job.reason)
+        if outcome in _COMPLETED:
+            return outcome.value
+        now_ms = self._clock.now_ms()
+        if outcome is ComputeOutcome.LEASE_BUSY:
+            raise JobDeferred(now_ms + LEASE_BUSY_DEFER_MS)
+        if outcome is ComputeOutcome.BACKING_OFF:
+            raise JobDeferred(max(await self._next_attempt_ms(job), now_ms + MIN_DEFER_MS))
+        raise JobFailed(await self._error_code(job))
+
+    async def _next_attempt_ms(self, job: TelemetryJob) -> int:
+        async with self._db.read() as conn:
+            row = await self._service.cache.get(conn, job.key)
+        if row is None or row.next_attempt_ms is None:
+            return 0
+        return int(row.next_attempt_ms)
+
+    async def _error_code(self, job: TelemetryJob) -> str:
+        try:
+            async with self._db.read() as conn:
+                row = await self._service.cache.get(conn, job.key)
+        except Exception:
+            return COMPUTE_FAILED
+        return (row.error_code if row is not None else None) or COMPUTE_FAILED

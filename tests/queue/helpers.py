@@ -1,0 +1,155 @@
+"""HTTP, metrics and process helpers for the scaled-out queue tests (servers and workers run as
+real ``python -m vitalcast`` subprocesses)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.conftest import TEST_SECRET
+from tests.ingest.helpers import now_ms
+from tests.realtime.conftest import START_TIMEOUT_S, free_port, spawn
+from vitalcast.auth import issue_token
+from vitalcast.db.engine import Database, create_engine
+from vitalcast.sessions import repository as session_repository
+
+
+async def new_user(database_url: str) -> tuple[str, str]:
+    """(user_id, token) of a new user in the database the processes share."""
+    db = Database(create_engine(database_url))
+    try:
+        async with db.write() as conn:
+            user_id = await session_repository.get_or_create_user(
+                conn, f"q-{uuid.uuid4().hex[:8]}", now_ms=now_ms()
+            )
+    finally:
+        await db.dispose()
+    return user_id, issue_token(TEST_SECRET, user_id, now_s=int(time.time()), ttl_s=3600)
+
+
+class Api:
+    """The public HTTP API of one server, as one user."""
+
+    def __init__(self, url: str, token: str) -> None:
+        self.url = url
+        self._headers = {"Authorization": f"Bearer {token}"}
+
+    async def create_session(self, **body: Any) -> dict[str, Any]:
+        async with httpx.AsyncClient(base_url=self.url) as http:
+            response = await http.post("/api/v1/sessions", json=body, headers=self._headers)
+        assert response.status_code == 201, response.text
+        return dict(response.json())
+
+    async def end_session(self, session_id: str, **body: Any) -> dict[str, Any]:
+        async with httpx.AsyncClient(base_url=self.url) as http:
+            response = await http.post(
+                f"/api/v1/sessions/{session_id}/end", json=body, headers=self._headers
+            )
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    async def ingest(
+        self, samples: list[dict[str, Any]], http: httpx.AsyncClient | None = None
+    ) -> int:
+        """POST the samples; the user's change_seq after it."""
+        async with contextlib.AsyncExitStack() as stack:
+            client = http or await stack.enter_async_context(httpx.AsyncClient(base_url=self.url))
+            response = await client.post(
+                f"{self.url}/api/v1/samples", json={"samples": samples}, headers=self._headers
+            )
+        assert response.status_code == 200, response.text
+        return int(response.json()["change_seq"])
+
+    async def telemetry(self, session_id: str, **params: Any) -> httpx.Response:
+        async with httpx.AsyncClient(base_url=self.url) as http:
+            return await http.get(
+                f"/api/v1/sessions/{session_id}/telemetry", params=params, headers=self._headers
+            )
+
+    async def wait_state(
+        self,
+        session_id: str,
+        state: str,
+        *,
+        watermark: int | None = None,
+        timeout_s: float = 20,
+        **params: Any,
+    ) -> dict[str, Any]:
+        """Poll the telemetry GET until it answers ``state`` (at ``watermark`` when given)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            response = await self.telemetry(session_id, **params)
+            assert response.status_code < 500, response.text
+            body = dict(response.json())
+            payload = body.get("telemetry") or {}
+            if body["state"] == state and (
+                watermark is None or payload.get("source_watermark") == watermark
+            ):
+                return body
+            assert time.monotonic() < deadline, body
+            await asyncio.sleep(0.1)
+
+
+def metric_sum(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` in Prometheus text whose labels include ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name) or line.startswith("#"):
+            continue
+        series, _, value = line.rpartition(" ")
+        metric, _, label_text = series.partition("{")
+        if metric != name:
+            continue
+        if all(f'{k}="{v}"' in label_text for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
+async def scrape(url: str) -> str:
+    async with httpx.AsyncClient() as http:
+        return (await http.get(f"{url}/metrics")).text
+
+
+async def computes(url: str) -> float:
+    """Computes that ran in the process behind ``url`` (every outcome)."""
+    return metric_sum(await scrape(url), "vitalcast_computes_total")
+
+
+@dataclass
+class WorkerProcess:
+    """One ``vitalcast worker`` subprocess with its /metrics port."""
+
+    process: subprocess.Popen[bytes]
+    metrics_url: str
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+
+@contextlib.contextmanager
+def worker_subprocess(env: dict[str, str], log_path: Path, *args: str) -> Iterator[WorkerProcess]:
+    """``vitalcast worker`` consuming the env's queue, started (``worker_started`` logged)."""
+    port = free_port()
+    with spawn(["worker", "--metrics-port", str(port), *args], env, log_path) as process:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while "worker_started" not in log_path.read_text(errors="replace"):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"worker did not start:\n{log_path.read_text(errors='replace')}")
+            time.sleep(0.05)
+        yield WorkerProcess(process, f"http://127.0.0.1:{port}", log_path)

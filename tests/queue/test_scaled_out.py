@@ -1,0 +1,331 @@
+"""Issue 4 acceptance: `vitalcast serve` and `vitalcast worker` as real subprocesses on PostgreSQL
+and Redis, each test on its own queue prefix and Socket.IO channel."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from bullmq import Job, Queue
+
+from tests.conftest import service_missing
+from tests.ingest.helpers import MINUTE_MS, hr, iso, now_ms
+from tests.queue.conftest import RedisProcess, delete_prefix
+from tests.queue.helpers import Api, computes, metric_sum, new_user, scrape, worker_subprocess
+from tests.realtime.conftest import serve_subprocess, subprocess_env
+from vitalcast.db.engine import Database, create_engine
+from vitalcast.db.tables import telemetry_cache
+from vitalcast.queue.jobs import connection_options, job_id
+from vitalcast.telemetry.models import Resolution, TelemetryKey
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def pg_url(pg_database_url: str | None) -> str:
+    if pg_database_url is None:
+        service_missing("PostgreSQL")
+    assert pg_database_url is not None
+    return pg_database_url
+
+
+@pytest.fixture
+async def env(
+    pg_url: str, redis_url: str, unique_prefix: str, tmp_path: Path
+) -> AsyncIterator[dict[str, str]]:
+    """Environment of the subprocesses: shared PostgreSQL and Redis, this test's queue prefix."""
+    yield subprocess_env(
+        tmp_path,
+        database_url=pg_url,
+        redis_url=redis_url,
+        queue_prefix=unique_prefix,
+        socketio_channel=f"{unique_prefix}-sio",
+    )
+    await delete_prefix(redis_url, unique_prefix)
+
+
+@pytest.fixture
+async def queue(redis_url: str, unique_prefix: str) -> AsyncIterator[Queue]:
+    """A read-side handle on the test's queue, for looking at jobs."""
+    handle = Queue(
+        "session-telemetry", {"connection": connection_options(redis_url), "prefix": unique_prefix}
+    )
+    yield handle
+    await handle.close()
+
+
+async def ended_session_with_samples(api: Api) -> tuple[dict[str, Any], int]:
+    """A completed session (90 → 30 min ago) with heart-rate samples; its final watermark."""
+    start = now_ms() - 90 * MINUTE_MS
+    session = await api.create_session(started_at=iso(start))
+    await api.ingest([hr(f"e{i}", start + i * MINUTE_MS, 60 + i % 20) for i in range(60)])
+    ended = await api.end_session(session["id"], ended_at=iso(start + 60 * MINUTE_MS))
+    return ended, int(ended["source_watermark"])
+
+
+async def test_idle_worker_computes_a_get_miss_and_the_server_computes_nothing(
+    env: dict[str, str], pg_url: str, queue: Queue, tmp_path: Path
+) -> None:
+    """After 10 s idle a worker starts a GET miss's job within 1 s; the next GET is ready and
+    every compute ran in the worker, none in the server."""
+    user_id, token = await new_user(pg_url)
+    with (
+        serve_subprocess(env, tmp_path / "server.log") as server,
+        worker_subprocess(env, tmp_path / "worker.log") as worker,
+    ):
+        api = Api(server.url, token)
+        session, watermark = await ended_session_with_samples(api)
+        # session end precomputes the default window through the queue
+        await api.wait_state(session["id"], "ready", watermark=watermark, resolution="1m")
+        await asyncio.sleep(10.5)
+
+        params = {"window_minutes": 30, "resolution": "1m"}
+        first = await api.telemetry(session["id"], **params)
+        assert first.status_code == 202
+        assert first.json()["state"] == "computing"
+        assert first.headers["Retry-After"] == str(first.json()["retry_after_seconds"])
+        body = await api.wait_state(session["id"], "ready", watermark=watermark, **params)
+        assert body["telemetry"]["window"]["window_minutes"] == 30
+
+        key = TelemetryKey(session["id"], 30, Resolution.ONE_MINUTE, user_id=user_id)
+        job = await Job.fromId(queue, job_id(key, watermark))
+        assert job is not None
+        assert job.processedOn - job.timestamp < 1000
+        assert job.returnvalue == "computed"
+
+        assert await computes(server.url) == 0
+        worker_metrics = await scrape(worker.metrics_url)
+        assert metric_sum(worker_metrics, "vitalcast_computes_total", outcome="ready") >= 3
+        assert worker.process.poll() is None, worker.log()
+
+
+async def test_a_burst_of_ingests_into_a_live_session_costs_at_most_two_computes(
+    env: dict[str, str], pg_url: str, queue: Queue, tmp_path: Path
+) -> None:
+    """100 concurrent ingest batches into one live session run at most 2 computes (the rest
+    coalesce into the one waiting job or find the cache fresh); the final payload carries the
+    final watermark. The worker holds each compute 3 s so the whole burst lands during one."""
+    _user, token = await new_user(pg_url)
+    held = env | {"VITALCAST_TEST_JOB_HOLD_MS": "3000"}
+    with (
+        serve_subprocess(env, tmp_path / "server.log") as server,
+        worker_subprocess(held, tmp_path / "worker.log") as worker,
+    ):
+        api = Api(server.url, token)
+        start = now_ms() - 20 * MINUTE_MS
+        session = await api.create_session(started_at=iso(start))
+        limits = httpx.Limits(max_connections=100)
+        async with httpx.AsyncClient(base_url=server.url, limits=limits, timeout=30) as http:
+            seqs = await asyncio.gather(
+                *(
+                    api.ingest([hr(f"b{i}", start + i * 10_000, 60 + i % 30)], http)
+                    for i in range(100)
+                )
+            )
+        final = max(seqs)
+        assert sorted(seqs) == list(range(final - 99, final + 1))
+        body = await api.wait_state(session["id"], "ready", watermark=final, timeout_s=30)
+        assert body["telemetry"]["live"] is True
+        assert body["telemetry"]["metrics"]["heart_rate"]["stats"]["count"] == 100
+
+        worker_computes = await computes(worker.metrics_url)
+        assert 1 <= worker_computes <= 2
+        assert await computes(server.url) == 0
+        counts = await queue.getJobCounts("completed", "waiting", "active", "delayed", "failed")
+        assert counts["completed"] <= 2
+        assert counts["waiting"] + counts["active"] + counts["delayed"] + counts["failed"] == 0
+
+
+async def live_leases(pg_url: str, session_id: str) -> list[Any]:
+    """Cache rows of the session whose lease has not expired."""
+    db = Database(create_engine(pg_url))
+    try:
+        async with db.read() as conn:
+            c = telemetry_cache.c
+            rows = await conn.execute(
+                sa.select(c.resolution, c.lease_owner, c.lease_expires_ms).where(
+                    c.session_id == session_id,
+                    c.lease_owner.is_not(None),
+                    c.lease_expires_ms > now_ms(),
+                )
+            )
+            return list(rows)
+    finally:
+        await db.dispose()
+
+
+async def test_a_killed_workers_job_completes_on_another_worker(
+    env: dict[str, str], pg_url: str, queue: Queue, tmp_path: Path
+) -> None:
+    """SIGKILL a worker in the middle of a compute (lease held): another worker completes the
+    job within 15 s, the cache ends ready and no row keeps a live lease."""
+    user_id, token = await new_user(pg_url)
+    holding = env | {"VITALCAST_TEST_JOB_HOLD_MS": "120000"}
+    with serve_subprocess(env, tmp_path / "server.log") as server:
+        api = Api(server.url, token)
+        start = now_ms() - 20 * MINUTE_MS
+        session = await api.create_session(started_at=iso(start))
+        with worker_subprocess(holding, tmp_path / "doomed.log", "--concurrency", "1") as doomed:
+            seq = await api.ingest([hr(f"k{i}", start + i * MINUTE_MS) for i in range(10)])
+            key = TelemetryKey(session["id"], 60, Resolution.ONE_MINUTE, user_id=user_id)
+            deadline = time.monotonic() + 20
+            while not await live_leases(pg_url, session["id"]):
+                assert time.monotonic() < deadline, doomed.log()
+                await asyncio.sleep(0.05)
+            assert await queue.getJobState(job_id(key, seq)) == "active"
+            with worker_subprocess(env, tmp_path / "rescuer.log") as rescuer:
+                doomed.kill()
+                killed_at = time.monotonic()
+                await api.wait_state(session["id"], "ready", watermark=seq, timeout_s=30)
+                recovered_s = time.monotonic() - killed_at
+                assert recovered_s < 15, recovered_s
+                assert await live_leases(pg_url, session["id"]) == []
+                job = await Job.fromId(queue, job_id(key, seq))
+                assert job is not None
+                assert await queue.getJobState(job.id) == "completed"
+                assert job.returnvalue == "computed"
+                assert await computes(rescuer.metrics_url) >= 1
+        assert await computes(server.url) == 0
+
+
+async def test_redis_outage_degrades_to_in_process_computes_and_recovers(
+    pg_url: str, unique_prefix: str, private_redis: RedisProcess, tmp_path: Path
+) -> None:
+    """With the server's Redis stopped, cached GETs stay 200, a miss is computed in the server,
+    ingest works, /readyz and /metrics say degraded, nothing answers 5xx; with Redis back, a
+    miss is a queue job computed by the worker again."""
+    env = subprocess_env(
+        tmp_path,
+        database_url=pg_url,
+        redis_url=private_redis.url,
+        queue_prefix=unique_prefix,
+        socketio_channel=f"{unique_prefix}-sio",
+    )
+    user_id, token = await new_user(pg_url)
+    with (
+        serve_subprocess(env, tmp_path / "server.log") as server,
+        worker_subprocess(env, tmp_path / "worker.log") as worker,
+    ):
+        api = Api(server.url, token)
+        session, watermark = await ended_session_with_samples(api)
+        await api.wait_state(session["id"], "ready", watermark=watermark, resolution="1m")
+        assert await computes(server.url) == 0
+
+        private_redis.stop()
+        for _ in range(3):
+            cached = await api.telemetry(session["id"], resolution="1m")
+            assert cached.status_code == 200
+            assert cached.json()["state"] == "ready"
+        miss = await api.telemetry(session["id"], window_minutes=30, resolution="1m")
+        assert miss.status_code == 202
+        await api.wait_state(
+            session["id"], "ready", watermark=watermark, window_minutes=30, resolution="1m"
+        )
+        assert await computes(server.url) >= 1
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            ready = await http.get("/readyz")
+            assert ready.status_code == 200
+            assert ready.json()["mode"] == "degraded"
+            assert ready.json()["checks"]["redis"] == "unavailable"
+            assert metric_sum((await http.get("/metrics")).text, "vitalcast_degraded") == 1
+        late = await api.ingest([hr("late", session["start_ms"] + 5 * MINUTE_MS, 99)])
+        await api.wait_state(session["id"], "ready", watermark=late, resolution="1m")
+
+        private_redis.start()
+        deadline = time.monotonic() + 15
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            while (await http.get("/readyz")).json()["mode"] != "scaled_out":
+                assert time.monotonic() < deadline, server.log()
+                await asyncio.sleep(0.2)
+            assert metric_sum((await http.get("/metrics")).text, "vitalcast_degraded") == 0
+        in_server = await computes(server.url)
+        params = {"window_minutes": 45, "resolution": "1m"}
+        assert (await api.telemetry(session["id"], **params)).status_code == 202
+        await api.wait_state(session["id"], "ready", watermark=late, timeout_s=60, **params)
+        assert await computes(server.url) == in_server
+        key = TelemetryKey(session["id"], 45, Resolution.ONE_MINUTE, user_id=user_id)
+        handle = Queue(
+            "session-telemetry",
+            {"connection": connection_options(private_redis.url), "prefix": unique_prefix},
+        )
+        try:
+            job = await Job.fromId(handle, job_id(key, late))
+            assert job is not None
+            assert job.returnvalue == "computed"
+        finally:
+            await handle.close()
+        assert worker.process.poll() is None, worker.log()
+
+
+@pytest.fixture
+async def no_samples_url(pg_url: str) -> AsyncIterator[str]:
+    """The test database as a role that may do everything except read health samples: its
+    computes fail for real (permission denied) while everything else works."""
+    role = f"vc_nosamples_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    try:
+        async with admin.connect() as conn:
+            await conn.execute(sa.text(f'CREATE ROLE "{role}" LOGIN'))
+            await conn.execute(sa.text(f'GRANT USAGE ON SCHEMA public TO "{role}"'))
+            await conn.execute(
+                sa.text(
+                    "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public "
+                    f'TO "{role}"'
+                )
+            )
+            await conn.execute(sa.text(f'REVOKE SELECT ON health_samples FROM "{role}"'))
+        yield sa.make_url(pg_url).set(username=role).render_as_string(hide_password=False)
+    finally:
+        async with admin.connect() as conn:
+            await conn.execute(sa.text(f'DROP OWNED BY "{role}"'))
+            await conn.execute(sa.text(f'DROP ROLE IF EXISTS "{role}"'))
+        await admin.dispose()
+
+
+async def test_a_compute_that_keeps_failing_ends_failed_while_the_last_payload_is_served(
+    env: dict[str, str], pg_url: str, no_samples_url: str, queue: Queue, tmp_path: Path
+) -> None:
+    """A job whose compute keeps failing is tried 3 times with exponential backoff and ends in
+    BullMQ's failed set; the GET answers failed with COMPUTE_FAILED and the last good payload."""
+    user_id, token = await new_user(pg_url)
+    with serve_subprocess(env, tmp_path / "server.log") as server:
+        api = Api(server.url, token)
+        start = now_ms() - 20 * MINUTE_MS
+        session = await api.create_session(started_at=iso(start))
+        with worker_subprocess(env, tmp_path / "good.log"):
+            good = await api.ingest([hr(f"g{i}", start + i * MINUTE_MS) for i in range(5)])
+            await api.wait_state(session["id"], "ready", watermark=good)
+        broken = env | {"VITALCAST_DATABASE_URL": no_samples_url}
+        with worker_subprocess(broken, tmp_path / "broken.log") as worker:
+            bad = await api.ingest([hr("b", start + 6 * MINUTE_MS)])
+            key = TelemetryKey(session["id"], 60, Resolution.ONE_MINUTE, user_id=user_id)
+            deadline = time.monotonic() + 30
+            while await queue.getJobState(job_id(key, bad)) != "failed":
+                assert time.monotonic() < deadline, worker.log()
+                await asyncio.sleep(0.1)
+            job = await Job.fromId(queue, job_id(key, bad))
+            assert job is not None
+            assert job.failedReason == "COMPUTE_FAILED"
+            assert job.attemptsMade == 3
+            assert job.finishedOn - job.timestamp >= 3000  # waited 1 s, then 2 s
+            assert (
+                metric_sum(
+                    await scrape(worker.metrics_url), "vitalcast_computes_total", outcome="failed"
+                )
+                == 3
+            )
+
+            response = await api.telemetry(session["id"])
+            assert response.status_code == 200
+            body = response.json()
+            assert body["state"] == "failed"
+            assert body["error"]["code"] == "COMPUTE_FAILED"
+            assert body["telemetry"]["source_watermark"] == good
+            assert response.headers["Retry-After"] == str(body["retry_after_seconds"])
