@@ -152,13 +152,20 @@ def spawn(
 
 
 @contextlib.contextmanager
-def serve_subprocess(env: dict[str, str], log_path: Path) -> Iterator[ServerProcess]:
-    """``vitalcast serve`` on a free loopback port, healthy before the block starts."""
-    port = free_port()
-    with spawn(["serve", "--host", "127.0.0.1", "--port", str(port)], env, log_path) as process:
-        url = f"http://127.0.0.1:{port}"
-        wait_healthy(url, process, log_path)
-        yield ServerProcess(url=url, process=process, log_path=log_path)
+def serve_subprocesses(env: dict[str, str], log_paths: list[Path]) -> Iterator[list[ServerProcess]]:
+    """One ``vitalcast serve`` per log path, each on a free loopback port, started together and
+    all healthy before the block starts."""
+    with contextlib.ExitStack() as stack:
+        servers = []
+        for log_path in log_paths:
+            port = free_port()
+            process = stack.enter_context(
+                spawn(["serve", "--host", "127.0.0.1", "--port", str(port)], env, log_path)
+            )
+            servers.append(ServerProcess(f"http://127.0.0.1:{port}", process, log_path))
+        for server in servers:
+            wait_healthy(server.url, server.process, server.log_path)
+        yield servers
 
 
 @dataclass

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 
 from tests.conftest import TEST_SECRET, service_missing
 from tests.ingest.helpers import MINUTE_MS, hr, now_ms
-from tests.realtime.conftest import ClientFactory, serve_subprocess, spawn, subprocess_env
+from tests.realtime.conftest import ClientFactory, serve_subprocesses, spawn, subprocess_env
 from tests.realtime.test_end_to_end import ingest, next_update_at, wait_ready
 from tests.realtime.test_socket_server import create_session
 from vitalcast.auth import issue_token
@@ -85,9 +85,8 @@ async def test_client_on_a_receives_update_for_ingest_via_b_computed_by_worker(
     token = await pg_user(pg_database_url)
     async with redis_keys_removed(redis_url, unique_prefix):
         with (
-            serve_subprocess(env, tmp_path / "a.log") as node_a,
-            serve_subprocess(env, tmp_path / "b.log") as node_b,
             spawn(["worker"], env, tmp_path / "worker.log") as worker,
+            serve_subprocesses(env, [tmp_path / "a.log", tmp_path / "b.log"]) as (node_a, node_b),
         ):
             session = await create_session(node_b.url, token)
             client = await socket_client(node_a.url, token)
