@@ -134,10 +134,6 @@ class RealtimeServer:
         """The Engine.IO endpoint, for mounting at ``SOCKETIO_PATH`` (it takes all traffic there)."""
         return socketio.ASGIApp(self.sio, socketio_path=None)
 
-    @property
-    def connected_clients(self) -> int:
-        return len(self._clients)
-
     async def close(self) -> None:
         """Disconnect clients, stop timers and background tasks, release Redis."""
         for client in self._clients.values():
