@@ -1,0 +1,98 @@
+"""Thundering herds: many clients asking at once never stampede the database."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.telemetry.conftest import MINUTE, hr
+from vitalcast.settings import Settings
+
+HOUR = 60 * MINUTE
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """Default coordinator bounds (3 running, 50 waiting); rate limits out of the way."""
+    return settings.model_copy(
+        update={
+            "max_concurrent_computes": 3,
+            "max_pending_computes": 50,
+            "rate_limit_telemetry": "1000000/minute",
+            "rate_limit_ingest": "1000000/minute",
+        }
+    )
+
+
+async def test_a_thousand_concurrent_gets_on_one_cold_session_compute_once(tc, users):
+    """1,000 simultaneous GETs of one cold view: exactly one compute, every answer 202 or 200,
+    and the next GET is ready."""
+    headers = await users.headers()
+    start = tc.clock.now_ms() - 5 * HOUR
+    session_id = await tc.start_session(headers, start)
+    await tc.post_samples(headers, [hr(f"hr-{i}", start + i * 20_000, 65.0) for i in range(360)])
+    await tc.end_session(headers, session_id, start + 2 * HOUR)
+    await tc.settle()
+    completed = tc.coordinator.stats.completed
+    computes = sum((await tc.computes()).values())
+
+    params = {"window_minutes": 90, "resolution": "1m"}
+    answers = await asyncio.gather(*(tc.get(headers, session_id, **params) for _ in range(1000)))
+    await tc.settle()
+
+    assert {a.status_code for a in answers} <= {200, 202}
+    assert any(a.status_code == 202 for a in answers)
+    assert tc.coordinator.stats.completed == completed + 1
+    assert sum((await tc.computes()).values()) == computes + 1
+    assert tc.coordinator.stats.peak_inflight <= 3
+    after = await tc.get(headers, session_id, **params)
+    assert after.status_code == 200 and after.json()["state"] == "ready"
+
+
+async def test_two_hundred_cold_sessions_stay_within_the_bound(tc, users):
+    """200 cold sessions asked at once: never more than 3 computes in flight, the excess shed,
+    and every session ready once the clients follow Retry-After."""
+    user_id, token = await users.create()
+    headers = {"Authorization": f"Bearer {token}"}
+    now = tc.clock.now_ms()
+    session_ids = []
+    samples = []
+    sessions = tc.container.sessions
+    for index in range(200):
+        start = now - (index + 2) * 8 * HOUR
+        session, _created = await sessions.create(
+            user_id, client_session_id=None, start_ms=start, notes=None
+        )
+        await sessions.end(user_id, session.id, end_ms=start + 20 * MINUTE)
+        session_ids.append(session.id)
+        samples += [hr(f"s{index}-{i}", start + i * MINUTE, 60.0 + index % 40) for i in range(20)]
+    await tc.post_samples(headers, samples)
+    await tc.settle()
+    stats = tc.coordinator.stats
+    computes = sum((await tc.computes()).values())
+
+    params = {"window_minutes": 45, "resolution": "1m"}
+    first = await asyncio.gather(*(tc.get(headers, sid, **params) for sid in session_ids))
+    assert {r.status_code for r in first} == {202}
+    for response in first:
+        assert response.headers["retry-after"] == str(response.json()["retry_after_seconds"])
+    after_burst = tc.coordinator.stats
+    shed = after_burst.shed - stats.shed
+    assert 0 < shed <= 200 - 3 - 50
+    assert after_burst.pending <= 50 and after_burst.inflight <= 3
+
+    waiting = dict(zip(session_ids, first, strict=True))
+    rounds = 0
+    while waiting:
+        rounds += 1
+        assert rounds <= 30, f"{len(waiting)} sessions never became ready"
+        await asyncio.sleep(max(int(r.headers["retry-after"]) for r in waiting.values()))
+        answers = await asyncio.gather(*(tc.get(headers, sid, **params) for sid in waiting))
+        waiting = {
+            sid: answer
+            for sid, answer in zip(list(waiting), answers, strict=True)
+            if answer.json()["state"] != "ready"
+        }
+    assert tc.coordinator.stats.peak_inflight <= 3
+    assert sum((await tc.computes()).values()) == computes + 200
