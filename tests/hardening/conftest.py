@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -18,15 +20,87 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 import redis.asyncio as redis
 
-from tests.conftest import in_thread
-from tests.realtime.conftest import free_port, socket_client  # noqa: F401  (fixture re-export)
+from tests.conftest import TEST_SECRET, in_thread
 from vitalcast.db.migrate import upgrade
 
 PG_BIN = Path(os.environ.get("VITALCAST_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
 START_TIMEOUT_S = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def vitalcast_env(data_dir: Path, **settings: str) -> dict[str, str]:
+    """The environment of a ``vitalcast`` subprocess: ``VITALCAST_<KEY>`` for each setting."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VITALCAST_")}
+    env |= {
+        "VITALCAST_SECRET": TEST_SECRET,
+        "VITALCAST_DATA_DIR": str(data_dir),
+        "VITALCAST_LOG_LEVEL": "warning",
+    }
+    return env | {f"VITALCAST_{key.upper()}": value for key, value in settings.items()}
+
+
+@dataclass
+class Child:
+    """One ``python -m vitalcast …`` subprocess with its output in a log file."""
+
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    url: str = ""
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def vitalcast_process(args: list[str], env: dict[str, str], log_path: Path) -> Iterator[Child]:
+    """Run ``python -m vitalcast ARGS``; terminated (then killed) when the block exits."""
+    with log_path.open("ab") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "vitalcast", *args],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    child = Child(process, log_path)
+    try:
+        yield child
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
+
+
+@contextlib.contextmanager
+def vitalcast_server(env: dict[str, str], log_path: Path) -> Iterator[Child]:
+    """``vitalcast serve`` on a free loopback port, answering /healthz before the block runs."""
+    port = free_port()
+    args = ["serve", "--host", "127.0.0.1", "--port", str(port)]
+    with vitalcast_process(args, env, log_path) as child:
+        child.url = f"http://127.0.0.1:{port}"
+
+        def healthy() -> bool:
+            if child.process.poll() is not None:
+                raise RuntimeError(f"server exited:\n{child.log()[-3000:]}")
+            try:
+                return httpx.get(f"{child.url}/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        _wait(healthy, "server start")
+        yield child
 
 
 def _wait(predicate: object, what: str, timeout_s: float = START_TIMEOUT_S) -> None:

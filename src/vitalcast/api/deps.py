@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 
 from vitalcast.auth import Principal, bearer_from_header, verify_token
 from vitalcast.container import Container
@@ -25,3 +25,12 @@ def get_principal(request: Request) -> Principal:
 
 ContainerDep = Annotated[Container, Depends(get_container)]
 CurrentUser = Annotated[Principal, Depends(get_principal)]
+# Session ids are UUIDs; anything else is refused before it reaches a query (PostgreSQL rejects
+# e.g. NUL bytes in text with an error, not an empty result).
+SessionId = Annotated[
+    str,
+    Path(
+        pattern=r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
+        description="Session id (UUID).",
+    ),
+]

@@ -7,8 +7,10 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 from vitalcast.errors import (
     Conflict,
@@ -49,6 +51,50 @@ _CODE_BY_STATUS = {
 }
 
 
+class Problem(BaseModel):
+    """The body of every error answer (RFC 9457 problem details plus a stable ``code``)."""
+
+    type: str
+    title: str
+    status: int
+    code: str
+    detail: str
+    retry_after_seconds: int | None = None
+    errors: list[dict[str, Any]] | None = None
+
+
+_PROBLEM_DESCRIPTIONS = {
+    401: "No valid bearer token (UNAUTHENTICATED, TOKEN_EXPIRED, TOKEN_INVALID).",
+    404: "No such session, or not the caller's (SESSION_NOT_FOUND).",
+    409: "Conflicts with earlier state (REQUEST_ID_REUSED, SESSION_NOT_ACTIVE).",
+    413: "Too large (TOO_MANY_SAMPLES, BODY_TOO_LARGE); nothing was applied.",
+    422: "Malformed or unacceptable input (VALIDATION_ERROR and more precise codes).",
+    429: "Rate limited (RATE_LIMITED); retry after Retry-After seconds.",
+    503: "A dependency is down (DATABASE_UNAVAILABLE); retry after Retry-After seconds.",
+}
+_RETRY_AFTER_HEADER = {
+    "Retry-After": {
+        "description": "Seconds to wait; equals the body's retry_after_seconds.",
+        "schema": {"type": "integer", "minimum": 0},
+    }
+}
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries documenting these statuses as problem+json answers."""
+    schema = Problem.model_json_schema()
+    documented: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        entry: dict[str, Any] = {
+            "description": _PROBLEM_DESCRIPTIONS[status],
+            "content": {PROBLEM_JSON: {"schema": schema}},
+        }
+        if status in (429, 503):
+            entry["headers"] = _RETRY_AFTER_HEADER
+        documented[status] = entry
+    return documented
+
+
 def problem(
     status: int,
     code: str,
@@ -56,6 +102,7 @@ def problem(
     *,
     retry_after_s: int | None = None,
     extra: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Response:
     """A problem+json response; ``Retry-After`` and the body's ``retry_after_seconds`` agree."""
     body: dict[str, Any] = {
@@ -65,7 +112,7 @@ def problem(
         "code": code,
         "detail": detail,
     }
-    headers: dict[str, str] = {}
+    headers = dict(headers or {})
     if retry_after_s is not None:
         body["retry_after_seconds"] = retry_after_s
         headers["Retry-After"] = str(retry_after_s)
@@ -104,9 +151,12 @@ def install(app: FastAPI) -> None:
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> Response:
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         code = _CODE_BY_STATUS.get(exc.status_code, "HTTP_ERROR")
-        return problem(exc.status_code, code, str(exc.detail))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = _allowed_methods(request)
+        return problem(exc.status_code, code, str(exc.detail), headers=headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> Response:
@@ -116,6 +166,21 @@ def install(app: FastAPI) -> None:
                 503, "DATABASE_UNAVAILABLE", "The database is unavailable.", retry_after_s=2
             )
         return problem(500, "INTERNAL_ERROR", "An unexpected error occurred.")
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route answers on this path (Starlette names only the first route's)."""
+    routes = request.app.router.routes
+    return ", ".join(
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    )
 
 
 def _is_database_outage(exc: Exception) -> bool:

@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from vitalcast import catalog
 from vitalcast.api.deps import ContainerDep, CurrentUser
+from vitalcast.api.errors import problem_responses
 
 router = APIRouter()
 
@@ -42,7 +43,12 @@ async def readyz(container: ContainerDep, response: Response) -> dict[str, Any]:
     return {"status": "ok" if ready else "unavailable", "mode": mode, "checks": checks}
 
 
-@router.get("/metrics", tags=["ops"])
+@router.get(
+    "/metrics",
+    tags=["ops"],
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}},
+)
 async def metrics(container: ContainerDep) -> Response:
     """Prometheus text format."""
     refresh = container.extras.get("refresh_metrics")
@@ -51,7 +57,7 @@ async def metrics(container: ContainerDep) -> Response:
     return Response(generate_latest(container.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/api/v1/catalog", tags=["catalog"])
+@router.get("/api/v1/catalog", tags=["catalog"], responses=problem_responses(401))
 async def get_catalog(_user: CurrentUser) -> dict[str, Any]:
     """The metric catalog: units, accepted aliases, ranges, gap thresholds, LOINC."""
     return {

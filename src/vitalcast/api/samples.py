@@ -9,6 +9,8 @@ import orjson
 from fastapi import APIRouter, Request, Response
 
 from vitalcast.api.deps import ContainerDep, CurrentUser
+from vitalcast.api.errors import problem_responses
+from vitalcast.api.schemas import IngestRequest, inline_json_schema
 from vitalcast.errors import InvalidInput, PayloadTooLarge
 from vitalcast.ingest.validation import MAX_BODY_BYTES
 from vitalcast.ratelimit import IngestRateLimit
@@ -40,14 +42,23 @@ def _decode(raw: bytes) -> Any:
     # rejections rather than a malformed request.
     try:
         return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise InvalidInput("The body is not valid JSON.", code="MALFORMED_JSON") from None
 
 
 @router.post(
     "/samples",
     dependencies=[IngestRateLimit],
-    responses={207: {"description": "Some samples were rejected; the rest were stored."}},
+    responses={
+        207: {"description": "Some samples were rejected; the rest were stored."},
+        **problem_responses(401, 409, 413, 422, 429, 503),
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": inline_json_schema(IngestRequest)}},
+        }
+    },
 )
 async def ingest_samples(request: Request, user: CurrentUser, container: ContainerDep) -> Response:
     """Store a batch of samples idempotently and move the watermarks of the sessions it touches."""

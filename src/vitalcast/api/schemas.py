@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 
 from vitalcast.sessions.models import Session
 
@@ -23,14 +24,80 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# Text that both databases store: PostgreSQL refuses NUL characters in text with an error.
+NO_NUL = r"^[^\x00]*$"
+# Session times render as ISO strings, which datetime cannot do before year 1; nothing a wearable
+# records predates the epoch. An ISO string, as documented: not a number of seconds.
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _iso_only(value: Any) -> Any:
+    if isinstance(value, int | float):
+        raise ValueError("must be an ISO 8601 string with an offset, not a number")
+    return value
+
+
+Moment = Annotated[
+    AwareDatetime,
+    BeforeValidator(_iso_only),
+    Field(ge=EPOCH, json_schema_extra={"pattern": r"^(19[7-9][0-9]|[2-9][0-9]{3})-"}),
+]
+
+
 class SessionCreate(StrictModel):
-    client_session_id: str | None = Field(None, min_length=1, max_length=200)
-    started_at: AwareDatetime | None = None
-    notes: str | None = Field(None, max_length=10_000)
+    client_session_id: str | None = Field(None, min_length=1, max_length=200, pattern=NO_NUL)
+    started_at: Moment | None = None
+    notes: str | None = Field(None, max_length=10_000, pattern=NO_NUL)
 
 
 class SessionEnd(StrictModel):
-    ended_at: AwareDatetime | None = None
+    ended_at: Moment | None = None
+
+
+class SampleIn(StrictModel):
+    """One sample of ``POST /samples``. Documentation only: the ingest validator is the authority
+    (it reads the raw body so that content errors reject single samples, not the request)."""
+
+    source: str = Field(min_length=1, max_length=64, pattern=NO_NUL, examples=["healthkit"])
+    record_id: str = Field(min_length=1, max_length=200, pattern=NO_NUL)
+    metric: str = Field(min_length=1, max_length=64, pattern=NO_NUL, examples=["heart_rate"])
+    value: float = Field(description="Finite, within the metric's plausible range.")
+    unit: str | None = Field(None, min_length=1, max_length=32, pattern=NO_NUL)
+    start: datetime = Field(description="ISO 8601 with a UTC offset.")
+    end: datetime | None = None
+    device: str | None = Field(None, min_length=1, max_length=200, pattern=NO_NUL)
+
+
+class DeletionIn(StrictModel):
+    source: str = Field(min_length=1, max_length=64, pattern=NO_NUL)
+    record_id: str = Field(min_length=1, max_length=200, pattern=NO_NUL)
+
+
+class IngestRequest(StrictModel):
+    """Body of ``POST /samples`` (at most 5,000 samples and 5,000 deletions, 5 MB)."""
+
+    request_id: str | None = Field(None, min_length=1, max_length=200, pattern=NO_NUL)
+    samples: list[SampleIn] = Field(default_factory=list, max_length=5_000)
+    deleted: list[DeletionIn] = Field(default_factory=list, max_length=5_000)
+
+
+def inline_json_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON schema with its ``$defs`` inlined, for ``openapi_extra`` (where a local
+    ``#/$defs`` reference would point at the root of the OpenAPI document)."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        return node
+
+    return resolve(schema)  # type: ignore[no-any-return]
 
 
 class SessionOut(BaseModel):

@@ -6,14 +6,25 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, Response
 
-from vitalcast.api.deps import ContainerDep, CurrentUser
+from vitalcast.api.deps import ContainerDep, CurrentUser, SessionId
+from vitalcast.api.errors import problem_responses
 from vitalcast.api.schemas import SessionCreate, SessionEnd, SessionOut, SessionPage, to_ms
 from vitalcast.sessions.models import SessionStatus
 
-router = APIRouter(prefix="/api/v1/sessions", tags=["sessions"])
+router = APIRouter(
+    prefix="/api/v1/sessions", tags=["sessions"], responses=problem_responses(401, 422, 503)
+)
+_NOT_FOUND = problem_responses(404)
 
 
-@router.post("", response_model=SessionOut, status_code=201)
+@router.post(
+    "",
+    response_model=SessionOut,
+    status_code=201,
+    responses={
+        200: {"model": SessionOut, "description": "Created before (same client_session_id)."}
+    },
+)
 async def create_session(
     body: SessionCreate, user: CurrentUser, container: ContainerDep, response: Response
 ) -> SessionOut:
@@ -46,14 +57,16 @@ async def list_sessions(
     return SessionPage(items=[SessionOut.of(s) for s in items], next_cursor=next_cursor)
 
 
-@router.get("/{session_id}", response_model=SessionOut)
-async def get_session(session_id: str, user: CurrentUser, container: ContainerDep) -> SessionOut:
+@router.get("/{session_id}", response_model=SessionOut, responses=_NOT_FOUND)
+async def get_session(
+    session_id: SessionId, user: CurrentUser, container: ContainerDep
+) -> SessionOut:
     return SessionOut.of(await container.sessions.get(user.user_id, session_id))
 
 
-@router.post("/{session_id}/end", response_model=SessionOut)
+@router.post("/{session_id}/end", response_model=SessionOut, responses=problem_responses(404, 409))
 async def end_session(
-    session_id: str,
+    session_id: SessionId,
     user: CurrentUser,
     container: ContainerDep,
     body: Annotated[SessionEnd | None, Body()] = None,
@@ -68,8 +81,12 @@ async def end_session(
     return SessionOut.of(session)
 
 
-@router.post("/{session_id}/cancel", response_model=SessionOut)
-async def cancel_session(session_id: str, user: CurrentUser, container: ContainerDep) -> SessionOut:
+@router.post(
+    "/{session_id}/cancel", response_model=SessionOut, responses=problem_responses(404, 409)
+)
+async def cancel_session(
+    session_id: SessionId, user: CurrentUser, container: ContainerDep
+) -> SessionOut:
     session, changed = await container.sessions.cancel(user.user_id, session_id)
     if changed:
         await container.after_session_change(session)

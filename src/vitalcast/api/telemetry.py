@@ -10,12 +10,21 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
 
-from vitalcast.api.deps import ContainerDep, CurrentUser
+from vitalcast import catalog
+from vitalcast.api.deps import ContainerDep, CurrentUser, SessionId
+from vitalcast.api.errors import problem_responses
 from vitalcast.ratelimit import TelemetryRateLimit
+from vitalcast.telemetry.models import MAX_WINDOW_MINUTES, MIN_WINDOW_MINUTES
 
 router = APIRouter(prefix="/api/v1/sessions", tags=["telemetry"])
 
 _NO_STORE = "private, no-cache"
+# Documented bounds only: the service checks them itself and answers with precise codes
+# (WINDOW_OUT_OF_RANGE, INVALID_RESOLUTION, UNKNOWN_METRIC).
+_WINDOW = {"minimum": MIN_WINDOW_MINUTES, "maximum": MAX_WINDOW_MINUTES}
+_RESOLUTION = {"enum": ["1m", "5m", "auto"]}
+_CODES = "|".join(catalog.ALL_CODES)
+_METRICS = {"pattern": f"^(all|({_CODES})(,({_CODES}))*)?$"}
 
 
 @router.get(
@@ -25,18 +34,26 @@ _NO_STORE = "private, no-cache"
         200: {"description": "ready, stale, no_data or failed (see `state`)"},
         202: {"description": "computing: nothing cached yet, retry after `Retry-After`"},
         304: {"description": "ready and unchanged since `If-None-Match`"},
-        404: {"description": "no such session, or not the caller's"},
-        422: {"description": "unknown metric code, window or resolution out of range"},
+        **problem_responses(401, 404, 422, 429, 503),
     },
 )
 async def get_telemetry(
-    session_id: str,
+    session_id: SessionId,
     user: CurrentUser,
     container: ContainerDep,
-    window_minutes: Annotated[int | None, Query(description="Padding, 15…180 minutes.")] = None,
-    resolution: Annotated[str, Query(description="1m, 5m or auto.")] = "auto",
+    window_minutes: Annotated[
+        int | None, Query(description="Padding, 15…180 minutes.", json_schema_extra=_WINDOW)
+    ] = None,
+    resolution: Annotated[
+        str, Query(description="1m, 5m or auto.", json_schema_extra=_RESOLUTION)
+    ] = "auto",
     metrics: Annotated[
-        str | None, Query(max_length=500, description="Comma list of metric codes, or all.")
+        str | None,
+        Query(
+            max_length=500,
+            description="Comma list of metric codes, or all.",
+            json_schema_extra=_METRICS,
+        ),
     ] = None,
     if_none_match: Annotated[str | None, Header(max_length=1000)] = None,
 ) -> Response:

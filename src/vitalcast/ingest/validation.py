@@ -83,6 +83,20 @@ def _malformed(message: str) -> InvalidInput:
     return InvalidInput(message, code="VALIDATION_ERROR")
 
 
+def storable(text: str) -> bool:
+    """True when both databases can store ``text``: no NUL (PostgreSQL refuses it) and no lone
+    surrogate (the standard-library JSON fallback lets ``\\ud800`` through; UTF-8 cannot encode it)."""
+    if "\x00" in text:
+        return False
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _text(raw: dict[str, Any], name: str, where: str, *, required: bool) -> str | None:
     value = raw.get(name)
     if value is None:
@@ -91,6 +105,8 @@ def _text(raw: dict[str, Any], name: str, where: str, *, required: bool) -> str 
         return None
     if not isinstance(value, str) or not value or len(value) > _MAX_TEXT[name]:
         raise _malformed(f"{where}.{name} must be a string of 1 to {_MAX_TEXT[name]} characters.")
+    if not storable(value):
+        raise _malformed(f"{where}.{name} holds a NUL or an unpaired surrogate.")
     return value
 
 
@@ -139,9 +155,14 @@ def _check_sample(index: int, raw: Any, now_ms: int) -> NormalizedSample | Rejec
         return reject(RejectionCode.UNKNOWN_METRIC, "The metric is not in the catalog.")
     if start.tzinfo is None or (end is not None and end.tzinfo is None):
         return reject(RejectionCode.NAIVE_TIMESTAMP, "Timestamps need a UTC offset.")
-    if not math.isfinite(value):
+    try:
+        number = float(value)
+    except OverflowError:
+        # An integer literal beyond float range: finite, but far outside every plausible range.
+        return reject(RejectionCode.VALUE_OUT_OF_RANGE, "The value is out of range.")
+    if not math.isfinite(number):
         return reject(RejectionCode.NON_FINITE_VALUE, "The value is not a finite number.")
-    canonical = metric.to_canonical(float(value), unit)
+    canonical = metric.to_canonical(number, unit)
     if canonical is None:
         return reject(
             RejectionCode.UNIT_NOT_ACCEPTED, f"Accepted units: {', '.join(metric.units)}."
@@ -189,7 +210,10 @@ def validate_batch(body: Any, *, now_ms: int) -> ValidatedBatch:
         raise _malformed(f"Unknown fields: {', '.join(sorted(unknown))}.")
     request_id = body.get("request_id")
     if request_id is not None and (
-        not isinstance(request_id, str) or not request_id or len(request_id) > 200
+        not isinstance(request_id, str)
+        or not request_id
+        or len(request_id) > 200
+        or not storable(request_id)
     ):
         raise _malformed("request_id must be a string of 1 to 200 characters.")
     raw_samples = body.get("samples", [])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import uuid
 
 from vitalcast.clock import Clock
 from vitalcast.db.engine import Database
@@ -22,7 +23,11 @@ def encode_cursor(session: Session) -> str:
 def decode_cursor(cursor: str) -> tuple[int, str]:
     try:
         start, _, session_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
-        return int(start), session_id
+        start_ms = int(start)
+        # Both halves go into a query: keep them to what the columns hold (BIGINT, UUID text).
+        if not -(2**63) <= start_ms < 2**63 or str(uuid.UUID(session_id)) != session_id:
+            raise ValueError(cursor)
+        return start_ms, session_id
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise InvalidInput("The cursor is not valid.", code="INVALID_CURSOR") from None
 

@@ -1,0 +1,175 @@
+"""Schemathesis fuzzing of every operation in the served OpenAPI schema, with a valid token, against
+a running ``vitalcast serve`` on PostgreSQL (the stricter backend: its text type refuses NUL
+bytes, its integers overflow at 2^63).
+
+The run is the ``schemathesis run`` command as a user would type it: examples, coverage (boundary
+and type-violating values) and fuzzing phases, every built-in check plus the error contract of
+``fuzz_hooks.py``, and a fixed seed so that a CI failure reproduces. Path ids are drawn from the
+caller's real sessions (active, ended, with samples), another user's session and random UUIDs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import PG_ADMIN_URL, TEST_SECRET, _pg_admin_sync, in_thread
+from tests.hardening.conftest import vitalcast_env, vitalcast_server
+from tests.ingest.helpers import MINUTE_MS, hr, iso, now_ms
+from vitalcast.auth import issue_token
+from vitalcast.db.engine import Database, create_engine
+from vitalcast.db.migrate import upgrade
+from vitalcast.sessions import repository as session_repository
+
+MAX_EXAMPLES = 30
+SEED = 7
+# A 4xx that a schema-violating request may rightly get (413: more than 5,000 samples).
+REJECTIONS = [400, 401, 404, 405, 406, 409, 413, 415, 422, 428, 429]
+
+CONFIG = """
+[dictionaries.sessions]
+values = [{ids}]
+
+[parameters]
+"path.session_id" = {{ dictionary = "sessions", probability = 0.8 }}
+
+[checks.negative_data_rejection]
+expected-statuses = {rejections}
+
+# Rules no static schema can state, so a schema-valid request may still be a 422: a cursor is
+# opaque (only the ones the server issued are valid) and a session time may not lie in the
+# future of the server's clock (FUTURE_TIMESTAMP).
+[[operations]]
+include-name = "GET /api/v1/sessions"
+checks.positive_data_acceptance.expected-statuses = [200, 422]
+
+[[operations]]
+include-name = "POST /api/v1/sessions"
+checks.positive_data_acceptance.expected-statuses = [200, 201, 422]
+
+[[operations]]
+include-name = "POST /api/v1/sessions/{{session_id}}/end"
+checks.positive_data_acceptance.expected-statuses = [200, 404, 409, 422]
+"""
+
+
+async def _users(url: str) -> list[str]:
+    db = Database(create_engine(url))
+    try:
+        async with db.write() as conn:
+            return [
+                await session_repository.get_or_create_user(conn, name, now_ms=0)
+                for name in ("fuzzer", "stranger")
+            ]
+    finally:
+        await db.dispose()
+
+
+def _seed(base: str, owner: dict[str, str], stranger: dict[str, str]) -> list[str]:
+    """The owner's sessions (live, ended with samples) and one of the stranger's."""
+    with httpx.Client(base_url=base, timeout=10) as client:
+        t0 = now_ms() - 3 * 60 * MINUTE_MS
+        ended = client.post("/api/v1/sessions", json={"started_at": iso(t0)}, headers=owner)
+        ended_id = ended.json()["id"]
+        samples = [hr(f"f{i}", t0 + i * MINUTE_MS, value=60 + i % 30) for i in range(120)]
+        assert client.post("/api/v1/samples", json={"samples": samples}, headers=owner).is_success
+        end = client.post(
+            f"/api/v1/sessions/{ended_id}/end",
+            json={"ended_at": iso(t0 + 90 * MINUTE_MS)},
+            headers=owner,
+        )
+        assert end.status_code == 200
+        live_id = client.post("/api/v1/sessions", json={}, headers=owner).json()["id"]
+        theirs = client.post("/api/v1/sessions", json={}, headers=stranger).json()["id"]
+    return [ended_id, live_id, theirs]
+
+
+@pytest.fixture
+def fuzz_database() -> Iterator[str]:
+    """A fresh migrated PostgreSQL database of this test, dropped afterwards."""
+    name = f"vc_fuzz_{uuid.uuid4().hex[:10]}"
+    try:
+        in_thread(_pg_admin_sync, f'CREATE DATABASE "{name}"')
+    except Exception:
+        pytest.skip("PostgreSQL unreachable")
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        in_thread(upgrade, url)
+        yield url
+    finally:
+        in_thread(_pg_admin_sync, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.mark.slow
+def test_schemathesis_finds_no_server_error_and_only_problem_errors(fuzz_database, tmp_path):
+    """Every operation, fuzzed with valid and invalid inputs and a valid token: no 5xx, every
+    4xx a problem+json with a stable code, statuses/types/schemas as documented, and another
+    user's session never answered with anything but 404."""
+    now_s = int(time.time())
+    owner_id, stranger_id = in_thread(asyncio.run, _users(fuzz_database))
+    token = issue_token(TEST_SECRET, owner_id, now_s=now_s, ttl_s=3600)
+    owner = {"Authorization": f"Bearer {token}"}
+    stranger = {
+        "Authorization": f"Bearer {issue_token(TEST_SECRET, stranger_id, now_s=now_s, ttl_s=3600)}"
+    }
+    env = vitalcast_env(
+        tmp_path / "data",
+        database_url=fuzz_database,
+        rate_limit_ingest="100000/minute",
+        rate_limit_telemetry="100000/minute",
+    )
+    with vitalcast_server(env, tmp_path / "server.log") as server:
+        ids = _seed(server.url, owner, stranger)
+        config = tmp_path / "schemathesis.toml"
+        config.write_text(
+            CONFIG.format(ids=", ".join(f'"{i}"' for i in ids), rejections=REJECTIONS)
+        )
+        run = subprocess.run(
+            [
+                str(Path(sys.executable).with_name("schemathesis")),
+                "--config-file",
+                str(config),
+                "run",
+                f"{server.url}/openapi.json",
+                "--header",
+                f"Authorization: Bearer {token}",
+                "--checks",
+                "all",
+                "--phases",
+                "examples,coverage,fuzzing",
+                "--max-examples",
+                str(MAX_EXAMPLES),
+                "--seed",
+                str(SEED),
+                "--workers",
+                "1",
+                "--generation-database",
+                "none",
+                "--no-color",
+            ],
+            env=os.environ
+            | {
+                "SCHEMATHESIS_HOOKS": "tests.hardening.fuzz_hooks",
+                "VITALCAST_FUZZ_STRANGER_SESSION": ids[-1],
+            },
+            cwd=Path(__file__).parents[2],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        server_log = server.log()
+    report = run.stdout[-20_000:] + run.stderr[-5_000:]
+    assert run.returncode == 0, report + "\n--- server log ---\n" + server_log[-5_000:]
+    summary = run.stdout[run.stdout.rfind("SUMMARY") :]
+    assert "Tested: 11" in summary or "Tested:" in summary
+    assert "Traceback" not in server_log
