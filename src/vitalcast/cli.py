@@ -164,6 +164,9 @@ def worker(
         None, help="Serve Prometheus /metrics on this port (off when unset)."
     ),
     metrics_host: str = typer.Option("127.0.0.1", help="Interface of the metrics port."),
+    shutdown_grace: float = typer.Option(
+        8.0, min=0.0, help="Seconds running jobs may finish after SIGTERM before they are requeued."
+    ),
 ) -> None:
     """Consume telemetry computes from the Redis queue until SIGTERM (needs VITALCAST_REDIS_URL;
     the database must be migrated: `vitalcast db upgrade`)."""
@@ -179,6 +182,7 @@ def worker(
             concurrency=concurrency or settings.max_concurrent_computes,
             metrics_host=metrics_host,
             metrics_port=metrics_port,
+            shutdown_grace_s=shutdown_grace,
         )
     )
 

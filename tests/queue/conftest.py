@@ -16,14 +16,9 @@ import pytest
 import redis.asyncio as redis
 
 from tests.conftest import TEST_SECRET, service_missing
+from tests.queue.helpers import free_port
 from vitalcast.queue.worker import JobHandler, TelemetryWorker
 from vitalcast.settings import Settings
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def delete_prefix(url: str, prefix: str) -> None:

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
+import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,10 +21,87 @@ import httpx
 
 from tests.conftest import TEST_SECRET
 from tests.ingest.helpers import now_ms
-from tests.realtime.conftest import START_TIMEOUT_S, free_port, spawn
 from vitalcast.auth import issue_token
 from vitalcast.db.engine import Database, create_engine
 from vitalcast.sessions import repository as session_repository
+
+START_TIMEOUT_S = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def subprocess_env(tmp_path: Path, **settings: str) -> dict[str, str]:
+    """The environment of a ``vitalcast`` subprocess: VITALCAST_<KEY> for each setting."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VITALCAST_")}
+    env["VITALCAST_SECRET"] = TEST_SECRET
+    env["VITALCAST_DATA_DIR"] = str(tmp_path / "data")
+    env["VITALCAST_LOG_LEVEL"] = "info"
+    for key, value in settings.items():
+        env[f"VITALCAST_{key.upper()}"] = value
+    return env
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+@contextlib.contextmanager
+def spawn(
+    args: list[str], env: dict[str, str], log_path: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``python -m vitalcast ARGS`` with its output in ``log_path``; SIGTERMed on exit."""
+    with log_path.open("ab") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "vitalcast", *args],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            yield process
+        finally:
+            stop_process(process)
+
+
+@dataclass
+class ServerProcess:
+    """One ``vitalcast serve`` subprocess."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def serve_subprocess(env: dict[str, str], log_path: Path) -> Iterator[ServerProcess]:
+    """``vitalcast serve`` on a free loopback port, answering /healthz before the block runs."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with spawn(["serve", "--host", "127.0.0.1", "--port", str(port)], env, log_path) as process:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start:\n{log_path.read_text(errors='replace')}")
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        yield ServerProcess(url, process, log_path)
 
 
 async def new_user(database_url: str) -> tuple[str, str]:
@@ -153,3 +233,16 @@ def worker_subprocess(env: dict[str, str], log_path: Path, *args: str) -> Iterat
                 raise RuntimeError(f"worker did not start:\n{log_path.read_text(errors='replace')}")
             time.sleep(0.05)
         yield WorkerProcess(process, f"http://127.0.0.1:{port}", log_path)
+
+
+def redis_answers(url: str) -> bool:
+    """The Redis at ``url`` answers PING (synchronous, for module-scoped set-up)."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()

@@ -8,10 +8,14 @@ turns the compute's outcome into the job's fate.
 | lease_busy | deferred ~1 s (the holder is probably finishing; a dead one's lease runs out) |
 | backing_off | deferred until the row's ``next_attempt_ms`` |
 
-Deferring uses no attempt, so a busy lease never fails a job.
+Deferring uses no attempt, so a busy lease never fails a job. A job cancelled by a shutting-down
+worker gives its lease back, so the worker that takes the job over can start at once.
 """
 
 from __future__ import annotations
+
+import asyncio
+import contextlib
 
 from vitalcast.clock import Clock
 from vitalcast.db.engine import Database
@@ -22,6 +26,7 @@ from vitalcast.telemetry.service import COMPUTE_FAILED, SessionTelemetryService
 
 #: how long a job waits when another holder's lease is live
 LEASE_BUSY_DEFER_MS = 1_000
+RELEASE_TIMEOUT_S = 2.0
 # A deferral is never shorter than this (clock skew between processes, rounding).
 MIN_DEFER_MS = 50
 
@@ -44,7 +49,13 @@ class ComputeJobHandler:
         self._clock = clock
 
     async def __call__(self, job: TelemetryJob) -> str:
-        outcome = await self._service.compute(job.key, reason=job.reason)
+        try:
+            outcome = await self._service.compute(job.key, reason=job.reason)
+        except asyncio.CancelledError:
+            # The job is being released (worker shutdown): free the key for whoever runs it next
+            # instead of making them wait for the lease to lapse.
+            await self._release(job)
+            raise
         if outcome in _COMPLETED:
             return outcome.value
         now_ms = self._clock.now_ms()
@@ -53,6 +64,13 @@ class ComputeJobHandler:
         if outcome is ComputeOutcome.BACKING_OFF:
             raise JobDeferred(max(await self._next_attempt_ms(job), now_ms + MIN_DEFER_MS))
         raise JobFailed(await self._error_code(job))
+
+    async def _release(self, job: TelemetryJob) -> None:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(RELEASE_TIMEOUT_S), self._db.write() as conn:
+                await self._service.cache.release(
+                    conn, job.key, owner=self._service.owner_id, now_ms=self._clock.now_ms()
+                )
 
     async def _next_attempt_ms(self, job: TelemetryJob) -> int:
         async with self._db.read() as conn:

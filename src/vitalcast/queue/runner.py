@@ -14,7 +14,7 @@ from prometheus_client import start_http_server
 from vitalcast.app import build_container
 from vitalcast.observability import get_logger
 from vitalcast.queue.handler import ComputeJobHandler
-from vitalcast.queue.worker import TelemetryWorker, test_hold_ms_from_env
+from vitalcast.queue.worker import SHUTDOWN_GRACE_S, TelemetryWorker, test_hold_ms_from_env
 from vitalcast.realtime.broadcaster import WebSocketBroadcaster
 from vitalcast.settings import Settings
 from vitalcast.telemetry.compute import Aggregator, compute_telemetry
@@ -45,6 +45,7 @@ async def run_worker(
     concurrency: int,
     metrics_host: str = "127.0.0.1",
     metrics_port: int | None = None,
+    shutdown_grace_s: float = SHUTDOWN_GRACE_S,
 ) -> None:
     """Consume ``settings.queue_name`` until SIGTERM/SIGINT; then finish or release running jobs."""
     container = build_container(settings)
@@ -92,7 +93,7 @@ async def run_worker(
             await asyncio.gather(starting, return_exceptions=True)
         log.info("worker_stopping")
     finally:
-        await worker.stop()
+        await worker.stop(grace_s=shutdown_grace_s)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
         await broadcaster.close()
