@@ -1,0 +1,199 @@
+"""BoundedComputeCoordinator: bound, FIFO, per-key coalescing, shedding, stats and metrics.
+
+The runner here is a purpose-built async function that records calls and waits on gates, so
+every interleaving is explicit; no sleeps decide an outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+from prometheus_client import generate_latest
+
+from vitalcast.observability import Metrics
+from vitalcast.telemetry.coordinator import BoundedComputeCoordinator
+from vitalcast.telemetry.models import ComputeOutcome, Resolution, ScheduleReason, TelemetryKey
+
+MISS = ScheduleReason.CACHE_MISS
+
+
+def key(n: int, window: int = 60, resolution: Resolution = Resolution.ONE_MINUTE) -> TelemetryKey:
+    return TelemetryKey(f"session-{n}", window, resolution)
+
+
+class GatedRunner:
+    """Records each run and holds it until ``release(key)``; returns the outcome it is told."""
+
+    def __init__(self) -> None:
+        self.started: list[TelemetryKey] = []
+        self.running = 0
+        self.peak = 0
+        self._gates: dict[TelemetryKey, asyncio.Event] = {}
+        self.outcome = ComputeOutcome.COMPUTED
+        self.fail_with: Exception | None = None
+        self._changed = asyncio.Condition()
+
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        """Wait (at most 5 s) until ``predicate`` holds after a run started."""
+        async with asyncio.timeout(5), self._changed:
+            await self._changed.wait_for(predicate)
+
+    def gate(self, k: TelemetryKey) -> asyncio.Event:
+        return self._gates.setdefault(k, asyncio.Event())
+
+    async def __call__(self, k: TelemetryKey, *, reason: ScheduleReason) -> ComputeOutcome:
+        self.started.append(k)
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        async with self._changed:
+            self._changed.notify_all()
+        try:
+            await self.gate(k).wait()
+            self.gate(k).clear()
+            if self.fail_with is not None:
+                raise self.fail_with
+            return self.outcome
+        finally:
+            self.running -= 1
+
+    def release(self, k: TelemetryKey) -> None:
+        self.gate(k).set()
+
+    def release_all(self) -> None:
+        for gate in self._gates.values():
+            gate.set()
+
+
+async def test_never_more_than_max_concurrency_run_and_waiting_ones_start_fifo():
+    """With 2 slots and 6 keys: 2 run, 4 wait, and they start in submission order."""
+    runner = GatedRunner()
+    coordinator = BoundedComputeCoordinator(runner, max_concurrency=2, max_pending=10)
+    keys = [key(n) for n in range(6)]
+    for k in keys:
+        assert await coordinator.submit(k, watermark=1, reason=MISS) is True
+    await runner.wait_for(lambda: len(runner.started) == 2)
+    assert (coordinator.stats.inflight, coordinator.stats.pending) == (2, 4)
+    for k in keys:
+        runner.release(k)
+    await coordinator.wait_idle()
+    assert runner.started == keys
+    assert runner.peak == 2 and coordinator.stats.peak_inflight == 2
+    assert coordinator.stats.completed == 6
+
+
+async def test_same_key_coalesces_to_one_running_and_one_waiting():
+    """Submits of a waiting key dedupe; a submit while it runs queues exactly one rerun."""
+    runner = GatedRunner()
+    coordinator = BoundedComputeCoordinator(runner, max_concurrency=1, max_pending=10)
+    blocker, target = key(0), key(1)
+    await coordinator.submit(blocker, watermark=1, reason=MISS)
+    for watermark in (1, 2, 3):
+        await coordinator.submit(target, watermark=watermark, reason=MISS)
+    assert coordinator.stats.deduped == 2
+    runner.release(blocker)
+    await runner.wait_for(lambda: runner.started == [blocker, target])
+    for watermark in (4, 5, 6):
+        assert await coordinator.submit(target, watermark=watermark, reason=MISS) is True
+    assert (coordinator.stats.inflight, coordinator.stats.pending) == (1, 1)
+    assert coordinator._pending[target].watermark == 6
+    runner.release(target)
+    await runner.wait_for(lambda: runner.started.count(target) == 2)
+    runner.release(target)
+    await coordinator.wait_idle()
+    assert runner.started == [blocker, target, target]
+    assert coordinator.stats.deduped == 4
+
+
+async def test_keys_differing_only_in_window_or_resolution_are_distinct():
+    """Dedupe uses the whole key: another window or resolution of one session is its own compute."""
+    runner = GatedRunner()
+    coordinator = BoundedComputeCoordinator(runner, max_concurrency=3, max_pending=10)
+    variants = [key(0), key(0, window=90), key(0, resolution=Resolution.FIVE_MINUTES)]
+    for k in variants:
+        await coordinator.submit(k, watermark=1, reason=MISS)
+    await runner.wait_for(lambda: len(runner.started) == 3)
+    assert coordinator.stats.deduped == 0
+    runner.release_all()
+    await coordinator.wait_idle()
+
+
+async def test_beyond_max_pending_is_shed_as_a_value_and_counted():
+    """The submit past the bound returns False, counts as shed and reaches the Prometheus counter."""
+    metrics = Metrics()
+    runner = GatedRunner()
+    coordinator = BoundedComputeCoordinator(
+        runner, max_concurrency=1, max_pending=2, metrics=metrics
+    )
+    results = [await coordinator.submit(key(n), watermark=1, reason=MISS) for n in range(5)]
+    assert results == [True, True, True, False, False]
+    assert coordinator.stats.shed == 2
+    text = generate_latest(metrics.registry).decode()
+    assert "vitalcast_coordinator_shed_total 2.0" in text
+    assert "vitalcast_coordinator_inflight 1.0" in text
+    assert "vitalcast_coordinator_pending 2.0" in text
+    for n in range(3):
+        runner.release(key(n))
+    await coordinator.wait_idle()
+    assert runner.started == [key(0), key(1), key(2)]
+    await coordinator.refresh_metrics()
+    text = generate_latest(metrics.registry).decode()
+    assert "vitalcast_coordinator_inflight 0.0" in text
+    assert "vitalcast_coordinator_pending 0.0" in text
+
+
+async def test_outcomes_failures_and_latencies_are_counted():
+    """Computed runs record enqueue→saved latency; failures (returned or raised) count as failed;
+    runs that had nothing to do count by outcome only."""
+    runner = GatedRunner()
+    coordinator = BoundedComputeCoordinator(runner, max_concurrency=1, max_pending=10)
+    await coordinator.submit(key(0), watermark=1, reason=MISS)
+    runner.release(key(0))
+    await coordinator.wait_idle()
+    runner.outcome = ComputeOutcome.SKIPPED_FRESH
+    await coordinator.submit(key(1), watermark=1, reason=MISS)
+    runner.release(key(1))
+    await coordinator.wait_idle()
+    runner.fail_with = RuntimeError("boom")
+    await coordinator.submit(key(2), watermark=1, reason=MISS)
+    runner.release(key(2))
+    await coordinator.wait_idle()
+    stats = coordinator.stats
+    assert (stats.completed, stats.failed) == (1, 1)
+    assert stats.outcomes == {"computed": 1, "skipped_fresh": 1, "failed": 1}
+    assert len(stats.latencies_ms) == 1 and stats.latencies_ms[0] > 0
+    assert stats.latency_percentile_ms(0.5) == stats.latencies_ms[0]
+    # the coordinator keeps working after a runner raised
+    runner.fail_with = None
+    runner.outcome = ComputeOutcome.COMPUTED
+    await coordinator.submit(key(3), watermark=1, reason=MISS)
+    runner.release(key(3))
+    await coordinator.wait_idle()
+    assert coordinator.stats.completed == 2
+
+
+async def test_stop_drops_waiting_cancels_stragglers_and_refuses_new_work():
+    """stop() drops what waits, cancels runs that outlive the grace period, refuses submits."""
+    runner = GatedRunner()
+    coordinator = BoundedComputeCoordinator(runner, max_concurrency=1, max_pending=10)
+    await coordinator.submit(key(0), watermark=1, reason=MISS)
+    await coordinator.submit(key(1), watermark=1, reason=MISS)
+    await runner.wait_for(lambda: runner.started == [key(0)])
+    await coordinator.stop(timeout_s=0.05)
+    assert (coordinator.stats.inflight, coordinator.stats.pending) == (0, 0)
+    assert await coordinator.submit(key(2), watermark=1, reason=MISS) is False
+    assert runner.started == [key(0)]
+    await coordinator.start()
+    assert await coordinator.submit(key(3), watermark=1, reason=MISS) is True
+    runner.release(key(3))
+    await coordinator.wait_idle()
+    assert runner.started == [key(0), key(3)]
+
+
+def test_bounds_are_validated():
+    """A coordinator needs at least one slot and a non-negative queue."""
+    with pytest.raises(ValueError):
+        BoundedComputeCoordinator(GatedRunner(), max_concurrency=0, max_pending=1)
+    with pytest.raises(ValueError):
+        BoundedComputeCoordinator(GatedRunner(), max_concurrency=1, max_pending=-1)

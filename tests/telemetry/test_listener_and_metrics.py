@@ -1,0 +1,96 @@
+"""After every save the listener hears about it (and cannot break the compute); /metrics shows
+computes, responses by state and the coordinator."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.telemetry.conftest import MINUTE, hr
+
+
+class RecordingListener:
+    """A TelemetryListener that keeps what it was told."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    async def session_updated(self, **event: Any) -> None:
+        self.events.append(event)
+
+
+class BrokenListener:
+    async def session_updated(self, **_event: Any) -> None:
+        raise RuntimeError("the realtime layer is down")
+
+
+async def test_listener_hears_ready_and_no_data_saves_without_values(tc, users):
+    """Each save (ready or no_data) reaches the listener with ids, watermark, state and window
+    bounds, and no health values."""
+    recorder = RecordingListener()
+    tc.container.telemetry.listener = recorder
+    headers = await users.headers()
+    now = tc.clock.now_ms()
+    live_id = await tc.start_session(headers, now - 20 * MINUTE)
+    await tc.post_samples(
+        headers, [hr(f"a{i}", now - 20 * MINUTE + i * MINUTE, 81.0) for i in range(20)]
+    )
+    await tc.settle()
+    empty_id = await tc.start_session(headers, now - 600 * MINUTE)
+    await tc.end_session(headers, empty_id, now - 590 * MINUTE)
+    await tc.settle()
+
+    live = [e for e in recorder.events if e["session_id"] == live_id]
+    assert live and live[0]["state"] == "ready" and live[0]["live"] is True
+    assert live[0]["window_minutes"] == 60 and live[0]["resolution"] == "1m"
+    assert live[0]["changed_from_ms"] == now - 80 * MINUTE and live[0]["changed_to_ms"] == now
+    empty = [e for e in recorder.events if e["session_id"] == empty_id]
+    assert {e["resolution"] for e in empty} == {"1m", "5m"}
+    assert {e["state"] for e in empty} == {"no_data"} and not empty[0]["live"]
+    for event in recorder.events:
+        assert set(event) == {
+            "session_id",
+            "source_watermark",
+            "state",
+            "window_minutes",
+            "resolution",
+            "computed_at_ms",
+            "live",
+            "changed_from_ms",
+            "changed_to_ms",
+        }
+
+
+async def test_a_failing_listener_never_breaks_the_compute(tc, users):
+    """A listener that raises is logged; the payload is saved and served as ready."""
+    tc.container.telemetry.listener = BrokenListener()
+    headers = await users.headers()
+    start = tc.clock.now_ms() - 10 * MINUTE
+    session_id = await tc.start_session(headers, start)
+    await tc.post_samples(headers, [hr("x", start + MINUTE, 70.0)])
+    await tc.settle()
+    assert tc.coordinator.stats.completed >= 1 and tc.coordinator.stats.failed == 0
+    assert (await tc.get(headers, session_id)).json()["state"] == "ready"
+
+
+async def test_metrics_expose_computes_responses_and_the_coordinator(tc, users):
+    """/metrics carries computes by outcome, the compute histogram, responses by state and the
+    coordinator gauges and shed counter."""
+    headers = await users.headers()
+    start = tc.clock.now_ms() - 10 * MINUTE
+    session_id = await tc.start_session(headers, start)
+    await tc.post_samples(headers, [hr("x", start + MINUTE, 70.0)])
+    await tc.get(headers, session_id, window_minutes=20)
+    await tc.settle()
+    await tc.get(headers, session_id, window_minutes=20)
+    text = (await tc.http.get("/metrics")).text
+    for line in (
+        'vitalcast_computes_total{outcome="ready"}',
+        "vitalcast_compute_seconds_count",
+        'vitalcast_telemetry_responses_total{state="computing"} 1.0',
+        'vitalcast_telemetry_responses_total{state="ready"} 1.0',
+        "vitalcast_coordinator_inflight 0.0",
+        "vitalcast_coordinator_pending 0.0",
+        "vitalcast_coordinator_shed_total 0.0",
+        "vitalcast_freshness_lag_seconds_bucket",
+    ):
+        assert line in text, line
