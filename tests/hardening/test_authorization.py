@@ -1,0 +1,191 @@
+"""The authorization matrix: every HTTP route and every Socket.IO event, as the owner of a session,
+another user, no token, an expired token and a forged one, against a real server process on each
+database. The table is the contract; the test fails on any cell that differs, and on any route
+the server has that the table does not list."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import socketio
+
+from tests.conftest import TEST_SECRET
+from tests.hardening.conftest import vitalcast_env, vitalcast_server
+from tests.ingest.helpers import MINUTE_MS, hr, iso, now_ms
+from vitalcast.auth import issue_token
+
+OWNER, OTHER, NONE, EXPIRED, FORGED = "owner", "other", "no token", "expired", "forged"
+PRINCIPALS = (OWNER, OTHER, NONE, EXPIRED, FORGED)
+REFUSED = {NONE: "UNAUTHENTICATED", EXPIRED: "TOKEN_EXPIRED", FORGED: "TOKEN_INVALID"}
+
+# (method, path) → expected (status, code or None) for owner and other; the three refused
+# principals get 401 with their REFUSED code on every authenticated route.
+PUBLIC = {"GET /", "GET /healthz", "GET /readyz", "GET /metrics", "GET /openapi.json"}
+HTTP_MATRIX: dict[str, dict[str, tuple[int, str | None]]] = {
+    "GET /api/v1/catalog": {OWNER: (200, None), OTHER: (200, None)},
+    "POST /api/v1/sessions": {OWNER: (201, None), OTHER: (201, None)},
+    "GET /api/v1/sessions": {OWNER: (200, None), OTHER: (200, None)},
+    "GET /api/v1/sessions/{session_id}": {OWNER: (200, None), OTHER: (404, "SESSION_NOT_FOUND")},
+    "POST /api/v1/sessions/{session_id}/end": {
+        OWNER: (200, None),
+        OTHER: (404, "SESSION_NOT_FOUND"),
+    },
+    "POST /api/v1/sessions/{session_id}/cancel": {
+        OWNER: (200, None),
+        OTHER: (404, "SESSION_NOT_FOUND"),
+    },
+    "POST /api/v1/samples": {OWNER: (200, None), OTHER: (200, None)},
+    "GET /api/v1/sessions/{session_id}/telemetry": {
+        OWNER: (200, None),
+        OTHER: (404, "SESSION_NOT_FOUND"),
+    },
+}
+# Socket.IO: the refused principals never get a socket, so their events cannot be sent at all.
+SOCKET_MATRIX: dict[str, dict[str, Any]] = {
+    "connect": {
+        OWNER: "connected",
+        OTHER: "connected",
+        NONE: "refused UNAUTHENTICATED",
+        EXPIRED: "refused TOKEN_EXPIRED",
+        FORGED: "refused TOKEN_INVALID",
+    },
+    "subscribe": {OWNER: "ok", OTHER: "SESSION_NOT_FOUND"},
+    "unsubscribe": {OWNER: "ok", OTHER: "ok"},
+}
+
+
+@dataclass
+class World:
+    base: str
+    tokens: dict[str, str | None]
+    shared_session: str | None = None
+
+    def headers(self, who: str) -> dict[str, str]:
+        token = self.tokens[who]
+        return {} if token is None else {"Authorization": f"Bearer {token}"}
+
+
+def _tokens(owner_id: str, other_id: str) -> dict[str, str | None]:
+    now_s = int(time.time())
+    return {
+        OWNER: issue_token(TEST_SECRET, owner_id, now_s=now_s, ttl_s=3600),
+        OTHER: issue_token(TEST_SECRET, other_id, now_s=now_s, ttl_s=3600),
+        NONE: None,
+        EXPIRED: issue_token(TEST_SECRET, owner_id, now_s=now_s - 7200, ttl_s=3600),
+        FORGED: issue_token(
+            "another-secret-of-the-same-length-0123456789ab", owner_id, now_s=now_s, ttl_s=3600
+        ),
+    }
+
+
+async def _owner_session(client: httpx.AsyncClient, world: World) -> str:
+    """A fresh session of the owner's, started an hour ago, with a sample in it."""
+    start = now_ms() - 60 * MINUTE_MS
+    created = await client.post(
+        "/api/v1/sessions", json={"started_at": iso(start)}, headers=world.headers(OWNER)
+    )
+    assert created.status_code == 201
+    sample = {"samples": [hr(f"s{start}", start + MINUTE_MS)]}
+    assert (
+        await client.post("/api/v1/samples", json=sample, headers=world.headers(OWNER))
+    ).is_success
+    return str(created.json()["id"])
+
+
+async def _call(client: httpx.AsyncClient, world: World, route: str, who: str) -> httpx.Response:
+    method, path = route.split(" ", 1)
+    if world.shared_session is None:
+        world.shared_session = await _owner_session(client, world)
+    # The owner's end and cancel change their session: give each its own.
+    changes = who == OWNER and route.endswith(("/end", "/cancel"))
+    session_id = await _owner_session(client, world) if changes else world.shared_session
+    url = path.replace("{session_id}", session_id)
+    body: Any = None
+    if route == "POST /api/v1/samples":
+        body = {"samples": [hr(f"{who}-r", now_ms() - MINUTE_MS)]}
+    elif method == "POST":
+        body = {}
+    response = await client.request(method, url, json=body, headers=world.headers(who))
+    if who != OWNER:
+        # Nothing another caller did may have touched the owner's session.
+        mine = await client.get(f"/api/v1/sessions/{session_id}", headers=world.headers(OWNER))
+        assert mine.json()["status"] == "active", route
+    if route == "GET /api/v1/sessions" and response.status_code == 200:
+        ids = {item["id"] for item in response.json()["items"]}
+        assert (session_id in ids) is (who == OWNER), "a list shows exactly the caller's sessions"
+    return response
+
+
+def _cell(response: httpx.Response) -> tuple[int, str | None]:
+    if response.status_code >= 400:
+        assert response.headers["content-type"] == "application/problem+json"
+        return response.status_code, response.json()["code"]
+    if response.status_code == 202:
+        return 200, None  # a cold telemetry view is "computing": served, not refused
+    return response.status_code, None
+
+
+async def _socket_cells(world: World) -> dict[str, dict[str, Any]]:
+    async with httpx.AsyncClient(base_url=world.base) as client:
+        session_id = await _owner_session(client, world)
+    cells: dict[str, dict[str, Any]] = {event: {} for event in SOCKET_MATRIX}
+    for who in PRINCIPALS:
+        refusals: list[Any] = []
+        sio = socketio.AsyncClient(reconnection=False)
+        sio.on("connect_error", refusals.append)
+        token = world.tokens[who]
+        try:
+            await sio.connect(
+                world.base,
+                auth=None if token is None else {"token": token},
+                transports=["websocket"],
+                wait_timeout=10,
+            )
+        except socketio.exceptions.ConnectionError:
+            reason = refusals[0].get("message") if refusals else "without a reason"
+            cells["connect"][who] = f"refused {reason}"
+            continue
+        try:
+            cells["connect"][who] = "connected"
+            for event in ("subscribe", "unsubscribe"):
+                ack = await sio.call(event, {"session_id": session_id}, timeout=10)
+                cells[event][who] = "ok" if ack.get("ok") else ack.get("code")
+        finally:
+            await sio.disconnect()
+    return cells
+
+
+async def test_authorization_matrix(database_url: str, users, tmp_path: Path) -> None:
+    """Every route and Socket.IO event answers each principal exactly as the table says:
+    another user's session is 404 / SESSION_NOT_FOUND (never 403), missing, expired and forged
+    tokens are 401 with their own code or a refused connection, public endpoints stay public."""
+    owner_id, _ = await users.create("owner")
+    other_id, _ = await users.create("other")
+    env = vitalcast_env(tmp_path / "data", database_url=database_url)
+    with vitalcast_server(env, tmp_path / "server.log") as server:
+        world = World(server.url, _tokens(owner_id, other_id))
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            schema = (await client.get("/openapi.json")).json()
+            served = {f"{m.upper()} {p}" for p, ops in schema["paths"].items() for m in ops}
+            assert served == set(HTTP_MATRIX) | (PUBLIC - {"GET /", "GET /openapi.json"})
+
+            expected: dict[str, dict[str, tuple[int, str | None]]] = {}
+            actual: dict[str, dict[str, tuple[int, str | None]]] = {}
+            for route in sorted(HTTP_MATRIX.keys() | PUBLIC):
+                expected[route], actual[route] = {}, {}
+                for who in PRINCIPALS:
+                    if route in PUBLIC:
+                        expected[route][who] = (200, None)
+                    elif who in REFUSED:
+                        expected[route][who] = (401, REFUSED[who])
+                    else:
+                        expected[route][who] = HTTP_MATRIX[route][who]
+                    actual[route][who] = _cell(await _call(client, world, route, who))
+        socket_cells = await asyncio.wait_for(_socket_cells(world), 60)
+    assert actual == expected
+    assert socket_cells == SOCKET_MATRIX
