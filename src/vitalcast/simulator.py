@@ -201,7 +201,7 @@ def generate(
     walking = 0
     for minute in range(span.start_ms, span.end_ms, MINUTE_MS):
         during = plan.start_ms <= minute < plan.end_ms
-        if walking == 0 and rng.random() < (0.015 if during else 0.06):
+        if walking == 0 and rng.random() < (0.01 if during else 0.035):
             walking = rng.randint(1, 4)
         steps = (
             rng.randint(55, 115) if walking else (rng.randint(1, 14) if rng.random() < 0.12 else 0)

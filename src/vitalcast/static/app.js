@@ -57,6 +57,7 @@
     connectionShown: 'connecting',
     reconnectAttempt: 0,
     renders: 0,
+    updatesReceived: 0,
   };
   // Metric code → {u: uPlot, card, kind}. Exposed (with state) for devtools and the browser test.
   const charts = new Map();
@@ -392,7 +393,7 @@
     const base = {
       width: chartWidth(body),
       height: chartHeight(),
-      padding: [10, 10, 0, 2],
+      padding: [10, 18, 0, 2],
       legend: { show: false },
       cursor: { drag: { x: false, y: false }, points: { size: 7 } },
       axes,
@@ -501,7 +502,7 @@
 
   function summary(code, metric) {
     const during = metric.phases && metric.phases.during;
-    if (!during || !during.count) return [el('span', { text: `${metric.stats.count} samples` })];
+    if (!during || !during.count) return [el('span', { text: plural(metric.stats.count, 'sample') })];
     if (metric.kind === 'cumulative') {
       return [el('strong', { text: fmtValue(code, during.sum) }), ' during'];
     }
@@ -534,7 +535,7 @@
       el('span', { style: `width:${coverage}%` }));
     if (metric.kind === 'cumulative') {
       return el('td', {}, el('span', { class: 'value', text: fmtValue(code, stats.sum) }),
-        el('div', { class: 'range', text: `${stats.count} samples · ${coverage}% covered` }), bar);
+        el('div', { class: 'range', text: `${plural(stats.count, 'sample')} · ${coverage}% covered` }), bar);
     }
     return el('td', {},
       el('span', { class: 'value', text: fmtValue(code, stats.mean) }),
@@ -629,6 +630,7 @@
       if (event && AUTH_CODES.has(event.code)) signOut('The token has expired.');
     });
     socket.on('session.updated', (event) => {
+      state.updatesReceived += 1;
       const cur = state.current;
       if (cur && event.session_id === cur.id) loadTelemetry();
     });
@@ -709,6 +711,10 @@
     const hm = fmtHourMinute;
     if (s.end_ms == null) return `since ${hm(s.start_ms)} · ${fmtMinutes(Date.now() - s.start_ms)} so far`;
     return `${hm(s.start_ms)}–${hm(s.end_ms)} · ${fmtMinutes(s.end_ms - s.start_ms)}`;
+  }
+
+  function plural(count, noun) {
+    return `${count.toLocaleString()} ${noun}${count === 1 ? '' : 's'}`;
   }
 
   function withAlpha(hex, alpha) {

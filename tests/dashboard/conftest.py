@@ -1,0 +1,295 @@
+"""Dashboard fixtures: a real ``vitalcast serve`` subprocess on a free loopback port with a temp
+SQLite data dir, users made by the real CLI, data loaded through the HTTP API, and Debian's
+headless Chromium driven by Playwright (never ``playwright install``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.async_api import Browser, Page, async_playwright
+
+from tests.conftest import TEST_SECRET, service_missing
+from vitalcast.simulator import (
+    MINUTE_MS,
+    Api,
+    Interval,
+    Pace,
+    Profile,
+    SessionPlan,
+    SessionRunner,
+    generate,
+)
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+REPO = Path(__file__).resolve().parents[2]
+SEED = 11
+
+
+START_TIMEOUT_S = 60.0
+_LISTENING = re.compile(rb"Uvicorn running on (http://127\.0\.0\.1:\d+)")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def server_env(data_dir: Path) -> dict[str, str]:
+    """An embedded-mode environment: SQLite in ``data_dir``, no Redis, the test secret."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VITALCAST_")}
+    env |= {
+        "VITALCAST_DATA_DIR": str(data_dir),
+        "VITALCAST_SECRET": TEST_SECRET,
+        "VITALCAST_LOG_LEVEL": "info",
+    }
+    return env
+
+
+def token_for(env: dict[str, str], name: str) -> str:
+    """A bearer token from the real ``vitalcast token create`` (which also creates the user)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "vitalcast", "token", "create", name],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+@dataclass
+class Server:
+    """One ``vitalcast serve`` subprocess with its stdout and stderr (logs) in files."""
+
+    url: str
+    env: dict[str, str]
+    process: subprocess.Popen[bytes]
+    stdout_path: Path
+    stderr_path: Path
+
+    def token(self, name: str) -> str:
+        return token_for(self.env, name)
+
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
+    def logs(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        """SIGTERM (a graceful shutdown), then SIGKILL if it hangs."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+@contextlib.contextmanager
+def run_server(
+    env: dict[str, str], logs: Path, *, port: int = 0, demo: bool = False
+) -> Iterator[Server]:
+    """``vitalcast serve`` on 127.0.0.1 (port 0 = the OS picks one, read back from the log),
+    healthy before the block starts and stopped after it."""
+    logs.mkdir(parents=True, exist_ok=True)
+    stem = f"serve-{time.monotonic_ns()}"
+    out, err = logs / f"{stem}.out", logs / f"{stem}.err"
+    args = ["serve", "--host", "127.0.0.1", "--port", str(port), *(["--demo"] if demo else [])]
+    with out.open("wb") as out_file, err.open("wb") as err_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "vitalcast", *args], env=env, stdout=out_file, stderr=err_file
+        )
+    server = Server("", env, process, out, err)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not (found := _LISTENING.search(err.read_bytes())):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"vitalcast serve did not start:\n{server.logs()[-3000:]}")
+            time.sleep(0.05)
+        server.url = found.group(1).decode()
+        while httpx.get(f"{server.url}/healthz", timeout=5.0).status_code != 200:
+            time.sleep(0.05)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One embedded server per test module; tests isolate themselves with their own users."""
+    tmp = tmp_path_factory.mktemp("dashboard")
+    with run_server(server_env(tmp / "data"), tmp / "logs") as server:
+        yield server
+
+
+# What a live-redraw test compares: heart-rate buckets drawn, the payload watermark, events
+# received, and whether the document is still the one the test marked.
+CHART_STATE = """() => {
+  const u = window.vitalcast.charts.get('heart_rate').u;
+  const xs = u.data[0].filter((x, i) => u.data[3][i] != null);
+  return {
+    points: xs.length,
+    last_x: xs[xs.length - 1],
+    watermark: window.vitalcast.state.current.payload.source_watermark,
+    updates: window.vitalcast.state.updatesReceived,
+    same_document: window.__sameDocument === true,
+    charts: window.vitalcast.charts.size,
+  };
+}"""
+
+
+@dataclass
+class Tab:
+    """A page in a fresh browser context, with the uncaught errors, console errors and request
+    URLs (HTTP and WebSocket) it produced."""
+
+    page: Page
+    errors: list[str] = field(default_factory=list)
+    console_errors: list[str] = field(default_factory=list)
+    urls: list[str] = field(default_factory=list)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Path:
+    """Debian's chromium (``.ci/run`` installs it); Playwright's own download is never used."""
+    if not CHROMIUM.exists():
+        service_missing(f"chromium ({CHROMIUM})")
+    return CHROMIUM
+
+
+@pytest.fixture
+async def browser(chromium: Path) -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        instance = await playwright.chromium.launch(
+            executable_path=str(chromium), args=CHROMIUM_ARGS
+        )
+        try:
+            yield instance
+        finally:
+            await instance.close()
+
+
+async def open_tab(browser: Browser, *, width: int = 1440, height: int = 900) -> Tab:
+    context = await browser.new_context(
+        viewport={"width": width, "height": height}, locale="en-US", timezone_id="UTC"
+    )
+    page = await context.new_page()
+    tab = Tab(page)
+    page.on("pageerror", lambda error: tab.errors.append(str(error)))
+    page.on(
+        "console",
+        lambda message: (
+            tab.console_errors.append(message.text) if message.type == "error" else None
+        ),
+    )
+    page.on("request", lambda request: tab.urls.append(request.url))
+    page.on("websocket", lambda socket: tab.urls.append(socket.url))
+    return tab
+
+
+def profile() -> Profile:
+    return Profile.draw(random.Random(f"{SEED}/profile"))
+
+
+def past_plan(key: str, start_ms: int, *, minutes: int, dropout_at_min: int | None) -> SessionPlan:
+    dropouts = ()
+    if dropout_at_min is not None:
+        begin = start_ms + dropout_at_min * MINUTE_MS
+        dropouts = (Interval(begin, begin + 12 * MINUTE_MS),)
+    return SessionPlan(
+        key=key,
+        start_ms=start_ms,
+        duration_ms=minutes * MINUTE_MS,
+        pre_ms=60 * MINUTE_MS,
+        post_ms=60 * MINUTE_MS,
+        dropouts=dropouts,
+        notes="Watch off the wrist for 12 minutes" if dropouts else None,
+    )
+
+
+async def replay(base_url: str, token: str, plan: SessionPlan) -> str:
+    """Post a whole past session through the HTTP API, synced every 10 minutes; its id."""
+    async with httpx.AsyncClient(base_url=base_url, timeout=30.0) as http:
+        runner = SessionRunner(
+            Api(http, token), plan, profile(), Pace(None), SEED, sync_ms=10 * MINUTE_MS
+        )
+        tally = await runner.run()
+    assert tally.rejected == 0 and tally.inserted == tally.sent > 0
+    assert runner.session_id is not None
+    return runner.session_id
+
+
+@dataclass
+class LiveSession:
+    """A live session whose samples up to ``sent_until_ms`` are in; ``held`` are the rest."""
+
+    id: str
+    plan: SessionPlan
+    held: list[dict[str, Any]]
+
+
+async def start_live(base_url: str, token: str, *, hold_back_ms: int) -> LiveSession:
+    """A session started 10 minutes ago, with 30 minutes before it; everything recorded until
+    now except the last ``hold_back_ms`` is posted, the rest is returned for a later sync."""
+    now_ms = int(time.time() * 1000)
+    start_ms = now_ms - now_ms % 1000 - 10 * MINUTE_MS
+    plan = SessionPlan(
+        key=f"live-{start_ms}",
+        start_ms=start_ms,
+        duration_ms=60 * MINUTE_MS,
+        pre_ms=30 * MINUTE_MS,
+        post_ms=0,
+    )
+    p = profile()
+    recorded = [s for s in generate(plan, p, seed=SEED) if s.end_ms <= now_ms]
+    cut = now_ms - hold_back_ms
+    async with httpx.AsyncClient(base_url=base_url, timeout=30.0) as http:
+        api = Api(http, token)
+        session = await api.create_session(plan)
+        sent = await api.post_samples(
+            f"{plan.key}-0", [s.wire(p) for s in recorded if s.end_ms < cut]
+        )
+    assert not sent["rejected"]
+    held = [s.wire(p) for s in recorded if s.end_ms >= cut]
+    return LiveSession(session["id"], plan, held)
+
+
+async def post(base_url: str, token: str, request_id: str, samples: list[dict[str, Any]]) -> None:
+    async with httpx.AsyncClient(base_url=base_url, timeout=30.0) as http:
+        result = await Api(http, token).post_samples(request_id, samples)
+    assert not result["rejected"] and result["inserted"] == len(samples)
+
+
+async def wait_ready(base_url: str, token: str, session_id: str, timeout_s: float = 30.0) -> None:
+    """Until the default telemetry (what the page asks for) is computed and fresh."""
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient(base_url=base_url, timeout=10.0) as http:
+        while time.monotonic() < deadline:
+            response = await http.get(
+                f"/api/v1/sessions/{session_id}/telemetry",
+                params={"metrics": "all"},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            if response.status_code == 200 and response.json()["state"] == "ready":
+                return
+            await asyncio.sleep(0.2)
+    raise AssertionError("telemetry did not become ready")

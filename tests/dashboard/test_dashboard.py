@@ -1,0 +1,245 @@
+"""The dashboard in headless Chromium against a real server: charts drawn, gaps as breaks, live
+redraw on ingest, reconnect after a server restart, phone-sized layout, token handling."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.dashboard.conftest import (
+    CHART_STATE,
+    MINUTE_MS,
+    REPO,
+    open_tab,
+    past_plan,
+    post,
+    replay,
+    run_server,
+    server_env,
+    start_live,
+    wait_ready,
+)
+
+pytestmark = pytest.mark.slow
+
+DAY_MS = 86_400_000
+HOUR_MS = 3_600_000
+HEART_RATE_RGB = (229, 72, 77)
+
+# Pixels of one colour inside the plot area, per time range [from_ms, to_ms).
+COUNT_PIXELS = """([code, rgb, ranges]) => {
+  const u = window.vitalcast.charts.get(code).u;
+  const { width, height } = u.ctx.canvas;
+  const data = u.ctx.getImageData(0, 0, width, height).data;
+  const top = Math.ceil(u.bbox.top), bottom = Math.floor(u.bbox.top + u.bbox.height);
+  const near = (i) => Math.abs(data[i] - rgb[0]) < 30 && Math.abs(data[i + 1] - rgb[1]) < 40
+    && Math.abs(data[i + 2] - rgb[2]) < 40 && data[i + 3] > 200;
+  return ranges.map(([from, to]) => {
+    const x0 = Math.ceil(u.valToPos(from / 1000, 'x', true));
+    const x1 = Math.floor(u.valToPos(to / 1000, 'x', true));
+    let count = 0;
+    for (let y = top; y < bottom; y++)
+      for (let x = x0; x < x1; x++) if (near((y * width + x) * 4)) count++;
+    return count;
+  });
+}"""
+
+CANVAS_DIGEST = """(code) => {
+  const u = window.vitalcast.charts.get(code).u;
+  const { width, height } = u.ctx.canvas;
+  const data = u.ctx.getImageData(0, 0, width, height).data;
+  let h = 0;
+  for (let i = 0; i < data.length; i += 4) h = (h * 31 + data[i] + data[i + 1] * 7) >>> 0;
+  return h;
+}"""
+
+
+async def test_past_session_is_drawn_with_its_gap_as_a_break(served, browser):
+    """A past session's seven charts are drawn (non-blank canvas pixels); its 12-minute dropout
+    is a null row in the data handed to uPlot and an empty stretch of the heart-rate line; the
+    list marks the live session; the token leaves the fragment and is never in a URL.
+    Saves docs/dashboard.png, the README's screenshot."""
+    token = served.token("dash-past")
+    today = int(time.time() * 1000) // DAY_MS * DAY_MS
+    await replay(
+        served.url,
+        token,
+        past_plan("older", today - 4 * DAY_MS + 19 * HOUR_MS, minutes=40, dropout_at_min=None),
+    )
+    plan = past_plan("viewed", today - 2 * DAY_MS + 20 * HOUR_MS, minutes=50, dropout_at_min=18)
+    viewed = await replay(served.url, token, plan)
+    live = await start_live(served.url, token, hold_back_ms=0)
+    await wait_ready(served.url, token, viewed)
+
+    tab = await open_tab(browser)
+    page = tab.page
+    await page.goto(f"{served.url}/#token={token}")
+    await page.wait_for_selector(f'a[data-session-id="{live.id}"] .status.live')
+    assert token not in page.url
+    assert await page.evaluate("() => sessionStorage.getItem('vitalcast.token')") == token
+    assert await page.locator("#session-list a").count() == 3
+
+    await page.locator(f'a[data-session-id="{viewed}"]').click()
+    await page.wait_for_function(
+        "() => window.vitalcast.charts.size === 7"
+        " && document.getElementById('freshness').dataset.kind === 'asof'"
+    )
+    assert (await page.text_content("#freshness")).startswith("as of ")
+    for code in ("heart_rate", "blood_oxygen", "steps"):
+        digest = await page.evaluate(CANVAS_DIGEST, code)
+        assert digest != 0, code
+
+    gap = plan.dropouts[0]
+    hr_data = await page.evaluate(
+        "() => { const d = window.vitalcast.charts.get('heart_rate').u.data;"
+        " return d[0].map((x, i) => [x, d[3][i]]); }"
+    )
+    in_gap = [value for x, value in hr_data if gap.start_ms / 1000 < x < gap.end_ms / 1000]
+    assert in_gap and all(value is None for value in in_gap)
+    assert sum(value is not None for _x, value in hr_data) > 100
+
+    inside_gap = (gap.start_ms + 2 * MINUTE_MS, gap.end_ms - 2 * MINUTE_MS)
+    same_width_before = (plan.start_ms + MINUTE_MS, plan.start_ms + 9 * MINUTE_MS)
+    whole_window = (plan.begin_ms, plan.finish_ms)
+    in_gap_px, before_px, total_px = await page.evaluate(
+        COUNT_PIXELS,
+        ["heart_rate", HEART_RATE_RGB, [inside_gap, same_width_before, whole_window]],
+    )
+    assert in_gap_px == 0
+    assert before_px > 20 and total_px > 300
+
+    rows = page.locator("#phase-table tbody tr")
+    assert await rows.count() == 7
+    after_cell = await rows.first.locator("td").nth(2).text_content()
+    assert "covered" in after_cell
+
+    assert tab.errors == [] and tab.console_errors == []
+    assert not [url for url in tab.urls if token in url]
+    shot = REPO / "docs" / "dashboard.png"
+    shot.parent.mkdir(exist_ok=True)
+    await page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 50_000
+
+
+async def test_live_session_redraws_after_ingest_without_reload(served, browser):
+    """With a live session open, a new sync of samples reaches the chart through session.updated
+    and a conditional GET: new buckets appear, the canvas changes, the page is not reloaded."""
+    token = served.token("dash-live")
+    live = await start_live(served.url, token, hold_back_ms=3 * MINUTE_MS)
+    await wait_ready(served.url, token, live.id)
+
+    tab = await open_tab(browser)
+    page = tab.page
+    await page.goto(f"{served.url}/#token={token}&session={live.id}")
+    await page.wait_for_function(
+        "() => window.vitalcast.charts.has('heart_rate')"
+        " && document.getElementById('freshness').dataset.kind === 'live'"
+        " && window.vitalcast.state.connection === 'online'"
+    )
+    await page.evaluate("() => { window.__sameDocument = true; }")
+    before = await page.evaluate(CHART_STATE)
+    digest_before = await page.evaluate(CANVAS_DIGEST, "heart_rate")
+
+    await post(served.url, token, f"{live.plan.key}-1", live.held)
+    await page.wait_for_function(
+        "(wm) => window.vitalcast.state.current.payload.source_watermark > wm",
+        arg=before["watermark"],
+        timeout=20_000,
+    )
+    after = await page.evaluate(CHART_STATE)
+    assert after["same_document"]
+    assert after["updates"] > before["updates"]
+    assert after["points"] > before["points"]
+    assert after["last_x"] >= before["last_x"] + 120
+    assert await page.evaluate(CANVAS_DIGEST, "heart_rate") != digest_before
+    assert (await page.text_content("#freshness")).startswith("live")
+    assert tab.errors == [] and tab.console_errors == []
+
+
+async def test_reconnects_after_a_server_restart_and_catches_up(tmp_path, browser):
+    """When the server goes away the page keeps its charts and calmly says "reconnecting";
+    when it is back (same port, same data) the page reconnects by itself, resubscribes with its
+    watermark and shows what was ingested meanwhile, without a reload."""
+    env = server_env(tmp_path / "data")
+    with run_server(env, tmp_path / "logs") as first:
+        url = first.url
+        token = first.token("dash-reconnect")
+        live = await start_live(url, token, hold_back_ms=3 * MINUTE_MS)
+        await wait_ready(url, token, live.id)
+        tab = await open_tab(browser)
+        page = tab.page
+        await page.goto(f"{url}/#token={token}&session={live.id}")
+        await page.wait_for_function(
+            "() => window.vitalcast.charts.size > 0"
+            " && window.vitalcast.state.connection === 'online'"
+        )
+        await page.evaluate("() => { window.__sameDocument = true; }")
+        before = await page.evaluate(CHART_STATE)
+        first.stop()
+
+    await page.wait_for_function(
+        "() => document.getElementById('connection').dataset.state === 'reconnecting'",
+        timeout=15_000,
+    )
+    assert await page.get_attribute("#freshness", "data-kind") == "reconnecting"
+    assert await page.evaluate("() => window.vitalcast.charts.size") == before["charts"]
+
+    with run_server(env, tmp_path / "logs", port=int(url.rsplit(":", 1)[1])):
+        await post(url, token, f"{live.plan.key}-1", live.held)
+        await page.wait_for_function(
+            "(wm) => window.vitalcast.state.connection === 'online'"
+            " && window.vitalcast.state.current.payload.source_watermark > wm",
+            arg=before["watermark"],
+            timeout=60_000,
+        )
+        after = await page.evaluate(CHART_STATE)
+        assert after["same_document"]
+        assert after["last_x"] >= before["last_x"] + 120
+        assert await page.get_attribute("#freshness", "data-kind") == "live"
+    assert tab.errors == []
+
+
+async def test_phone_sized_screen_shows_one_column_without_sideways_scroll(served, browser):
+    """At 390 px the list and the session are separate screens, charts fit the width, and the
+    page never scrolls sideways."""
+    token = served.token("dash-phone")
+    today = int(time.time() * 1000) // DAY_MS * DAY_MS
+    plan = past_plan("phone", today - DAY_MS + 9 * HOUR_MS, minutes=30, dropout_at_min=None)
+    session_id = await replay(served.url, token, plan)
+    await wait_ready(served.url, token, session_id)
+
+    tab = await open_tab(browser, width=390, height=844)
+    page = tab.page
+    await page.goto(f"{served.url}/#token={token}")
+    await page.locator(f'a[data-session-id="{session_id}"]').click()
+    await page.wait_for_function("() => window.vitalcast.charts.size === 7")
+    assert not await page.locator(".sidebar").is_visible()
+    assert await page.locator("#back").is_visible()
+    widths = await page.evaluate(
+        "() => [document.documentElement.scrollWidth,"
+        " ...[...document.querySelectorAll('.chart-card canvas')].map(c => c.getBoundingClientRect().right)]"
+    )
+    assert widths[0] <= 390 and max(widths[1:]) <= 390
+    await page.locator("#back").click()
+    await page.wait_for_function("() => window.vitalcast.state.current === null")
+    assert await page.locator(".sidebar").is_visible()
+    assert tab.errors == [] and tab.console_errors == []
+
+
+async def test_without_a_valid_token_the_page_asks_for_one(served, browser):
+    """No token: a sign-in panel and no API call. A refused token: the same panel with the
+    reason, and the token is dropped from the tab's storage."""
+    tab = await open_tab(browser)
+    page = tab.page
+    await page.goto(f"{served.url}/")
+    await page.wait_for_selector("#signin:not([hidden])")
+    assert not [url for url in tab.urls if "/api/" in url]
+
+    await page.fill("#signin-token", "not-a-token")
+    await page.click("#signin-form button")
+    await page.wait_for_function(
+        "() => document.getElementById('signin-reason').textContent.includes('refused')"
+    )
+    assert await page.evaluate("() => sessionStorage.getItem('vitalcast.token')") is None
+    assert tab.errors == []
