@@ -16,7 +16,11 @@ def is_sqlite(engine: AsyncEngine) -> bool:
 
 
 def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
-    """An async engine for ``url``. SQLite files are created with their folder when missing."""
+    """An async engine for ``url``. SQLite files are created with their folder when missing.
+
+    Statement parameters are kept out of error messages: they hold health values, and an error's
+    text can reach a log through any traceback."""
+    kwargs.setdefault("hide_parameters", True)
     parsed = sa.make_url(url)
     if parsed.get_backend_name() == "sqlite":
         from pathlib import Path
