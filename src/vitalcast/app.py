@@ -10,8 +10,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request, Response
 
 from vitalcast import __version__, ratelimit
-from vitalcast.api import errors as api_errors
 from vitalcast.api import dashboard, ops, samples, sessions
+from vitalcast.api import errors as api_errors
 from vitalcast.api import telemetry as telemetry_api
 from vitalcast.clock import Clock, SystemClock
 from vitalcast.container import Container
