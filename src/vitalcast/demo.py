@@ -24,16 +24,8 @@ from vitalcast.container import Container
 from vitalcast.observability import get_logger
 from vitalcast.sessions import repository as session_repository
 from vitalcast.settings import Settings
-from vitalcast.simulator import (
-    MINUTE_MS,
-    Api,
-    Interval,
-    Pace,
-    Profile,
-    SessionPlan,
-    SessionRunner,
-    live_placement,
-)
+from vitalcast.simulator import Api, Pace, SessionRunner, live_placement
+from vitalcast.wearable import MINUTE_MS, Interval, Profile, SessionPlan
 
 log = get_logger(__name__)
 

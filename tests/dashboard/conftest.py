@@ -23,16 +23,8 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
 from tests.conftest import TEST_SECRET, service_missing
-from vitalcast.simulator import (
-    MINUTE_MS,
-    Api,
-    Interval,
-    Pace,
-    Profile,
-    SessionPlan,
-    SessionRunner,
-    generate,
-)
+from vitalcast.simulator import Api, Pace, SessionRunner
+from vitalcast.wearable import MINUTE_MS, Interval, Profile, SessionPlan, generate
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
