@@ -1,0 +1,407 @@
+"""Realtime: ingest-to-client latency and Socket.IO fan-out, measured on real processes.
+
+1. Ingest → ``session.updated``: one live session, ``--batches`` sequential ingests; latency is
+   from the ingest's HTTP response received to the event carrying its watermark received. The
+   baseline in the same run is the ingest HTTP round trip itself. Embedded (one ``vitalcast
+   serve`` on SQLite) and scaled out (two servers + one worker on PostgreSQL + Redis; ingest
+   through B, client on A).
+2. Fan-out: ``--clients`` sockets from a separate load process over ``--sessions`` live sessions
+   (one per user) on an embedded server; ``--rounds`` rounds each ingest once into every session.
+   Per delivered event: compute started (``computed_at_ms``) → received, ingest response →
+   received, and received → the first receipt of the same event in its room (fan-out spread);
+   server RSS idle (the baseline) and with every client connected.
+
+    uv run python -m bench.realtime [--batches 300] [--clients 1000] [--sessions 100] [--rounds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis.asyncio as aioredis
+import socketio
+
+from bench.common import (
+    REDIS_URL,
+    create_user,
+    database,
+    emit,
+    free_port,
+    percentiles,
+    process,
+    rss_mb,
+    server_env,
+)
+
+TARGET_P99_EMBEDDED_MS = 250
+TARGET_P99_SCALED_MS = 500
+LOAD_CONNECT_CONCURRENCY = 50
+INGEST_CONCURRENCY = 10
+
+
+def iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat()
+
+
+def wall_ms() -> float:
+    return time.time() * 1000
+
+
+def sample(record_id: str, at_ms: int) -> dict[str, Any]:
+    return {
+        "source": "healthkit",
+        "record_id": record_id,
+        "metric": "heart_rate",
+        "value": 60.0 + (hash(record_id) % 40),
+        "unit": "bpm",
+        "start": iso(at_ms),
+    }
+
+
+@contextlib.asynccontextmanager
+async def serve(env: dict[str, str]) -> AsyncIterator[tuple[str, int]]:
+    """``vitalcast serve`` on a free port: (base URL, pid) once /healthz answers."""
+    port = free_port()
+    with process(["serve", "--host", "127.0.0.1", "--port", str(port)], env) as proc:
+        base = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient() as client:
+            for _ in range(300):
+                if proc.poll() is not None:
+                    raise RuntimeError("server exited during start-up")
+                with contextlib.suppress(httpx.TransportError):
+                    if (await client.get(f"{base}/healthz")).status_code == 200:
+                        break
+                await asyncio.sleep(0.1)
+            else:
+                raise RuntimeError("server did not start")
+        yield base, proc.pid
+
+
+async def start_session(http: httpx.AsyncClient, token: str) -> str:
+    response = await http.post(
+        "/api/v1/sessions",
+        json={"started_at": iso(int(wall_ms()) - 10 * 60_000)},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    response.raise_for_status()
+    return str(response.json()["id"])
+
+
+async def ingest_one(http: httpx.AsyncClient, token: str, record_id: str) -> int:
+    response = await http.post(
+        "/api/v1/samples",
+        json={"samples": [sample(record_id, int(wall_ms()) - 1_000)]},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    response.raise_for_status()
+    return int(response.json()["change_seq"])
+
+
+class Listener:
+    """A socket client that timestamps every session.updated on arrival."""
+
+    def __init__(self) -> None:
+        self.sio = socketio.AsyncClient(reconnection=False)
+        self.events: asyncio.Queue[tuple[float, dict[str, Any]]] = asyncio.Queue()
+        self.sio.on("session.updated", self._on_updated)
+
+    async def _on_updated(self, data: dict[str, Any]) -> None:
+        self.events.put_nowait((time.perf_counter(), data))
+
+    async def until(self, watermark: int, timeout_s: float) -> float | None:
+        """perf_counter time of the first event at ``watermark`` or newer; None on timeout."""
+        deadline = time.perf_counter() + timeout_s
+        while (left := deadline - time.perf_counter()) > 0:
+            try:
+                received, data = await asyncio.wait_for(self.events.get(), left)
+            except TimeoutError:
+                return None
+            if data["source_watermark"] >= watermark:
+                return received
+        return None
+
+
+async def ingest_to_client(
+    ingest_url: str, socket_url: str, token: str, batches: int
+) -> dict[str, Any]:
+    """Sequential ingests into one live session; each waits for its event before the next."""
+    latencies: list[float] = []
+    round_trips: list[float] = []
+    early = missed = 0
+    listener = Listener()
+    async with httpx.AsyncClient(base_url=ingest_url, timeout=30) as http:
+        session_id = await start_session(http, token)
+        await listener.sio.connect(socket_url, auth={"token": token}, transports=["websocket"])
+        ack = await listener.sio.call("subscribe", {"session_id": session_id}, timeout=10)
+        assert ack["ok"], ack
+        warm = await ingest_one(http, token, "warm-up")
+        await listener.until(warm, 30)
+        for n in range(batches):
+            sent = time.perf_counter()
+            seq = await ingest_one(http, token, f"b{n}-{uuid.uuid4().hex[:6]}")
+            answered = time.perf_counter()
+            received = await listener.until(seq, 10)
+            round_trips.append((answered - sent) * 1000)
+            if received is None:
+                missed += 1
+                continue
+            if received < answered:
+                early += 1
+            latencies.append(max(0.0, received - answered) * 1000)
+    await listener.sio.disconnect()
+    return {
+        "ingest_to_client": percentiles(latencies),
+        "baseline_ingest_http_round_trip": percentiles(round_trips),
+        "events_before_http_response": early,
+        "missed": missed,
+    }
+
+
+async def embedded(batches: int) -> dict[str, Any]:
+    async with database("sqlite") as url:
+        _user, token = await create_user(url, "rt-embedded")
+        with tempfile.TemporaryDirectory(prefix="vc-bench-data-") as data_dir:
+            async with serve(server_env(url, data_dir)) as (base, _pid):
+                result = await ingest_to_client(base, base, token, batches)
+    result["target_p99_ms"] = TARGET_P99_EMBEDDED_MS
+    result["target_met"] = result["ingest_to_client"]["p99_ms"] < TARGET_P99_EMBEDDED_MS
+    return result
+
+
+async def delete_keys(prefix: str) -> None:
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        async for key in client.scan_iter(match=f"{prefix}*", count=500):
+            await client.delete(key)
+    finally:
+        await client.aclose()
+
+
+async def scaled_out(batches: int) -> dict[str, Any]:
+    prefix = f"vcb{uuid.uuid4().hex[:8]}"
+    async with database("postgres") as url:
+        _user, token = await create_user(url, "rt-scaled")
+        with tempfile.TemporaryDirectory(prefix="vc-bench-data-") as data_dir:
+            env = server_env(
+                url,
+                data_dir,
+                VITALCAST_REDIS_URL=REDIS_URL,
+                VITALCAST_SOCKETIO_CHANNEL=f"{prefix}-sio",
+                VITALCAST_QUEUE_PREFIX=prefix,
+            )
+            try:
+                async with (
+                    serve(env) as (node_a, _pid_a),
+                    serve(env) as (node_b, _pid_b),
+                ):
+                    with process(["worker"], env):
+                        result = await ingest_to_client(node_b, node_a, token, batches)
+            finally:
+                await delete_keys(prefix)
+    result["target_p99_ms"] = TARGET_P99_SCALED_MS
+    result["target_met"] = result["ingest_to_client"]["p99_ms"] < TARGET_P99_SCALED_MS
+    return result
+
+
+async def fan_out(clients: int, sessions: int, rounds: int) -> dict[str, Any]:
+    async with database("sqlite") as url:
+        people = [await create_user(url, f"rt-fan-{i}") for i in range(sessions)]
+        with tempfile.TemporaryDirectory(prefix="vc-bench-data-") as data_dir:
+            async with (
+                serve(server_env(url, data_dir)) as (base, pid),
+                httpx.AsyncClient(base_url=base, timeout=60) as http,
+            ):
+                plan = [
+                    {"token": token, "session_id": await start_session(http, token)}
+                    for _user, token in people
+                ]
+                for entry in plan:
+                    await ingest_one(http, entry["token"], f"warm-{entry['session_id']}")
+                await computes_drained(http)
+                rss_idle = rss_mb(pid)
+                return await _drive_load(base, pid, http, plan, clients, rounds, rss_idle)
+
+
+async def server_metrics(http: httpx.AsyncClient) -> dict[str, float]:
+    """The server's Prometheus samples, by series name with labels."""
+    text = (await http.get("/metrics")).text
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+async def computes_drained(http: httpx.AsyncClient, timeout_s: float = 120) -> None:
+    """Wait until the server's coordinator has nothing running or waiting."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        samples = await server_metrics(http)
+        if (
+            samples.get("vitalcast_coordinator_inflight", 0) == 0
+            and samples.get("vitalcast_coordinator_pending", 0) == 0
+        ):
+            return
+        await asyncio.sleep(0.1)
+    raise RuntimeError("computes did not drain")
+
+
+async def _drive_load(
+    base: str,
+    pid: int,
+    http: httpx.AsyncClient,
+    plan: list[dict[str, str]],
+    clients: int,
+    rounds: int,
+    rss_idle: float,
+) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="vc-bench-load-") as folder:
+        plan_path, out_path = Path(folder) / "plan.json", Path(folder) / "receipts.json"
+        await asyncio.to_thread(plan_path.write_text, json.dumps(plan))
+        load = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bench.realtime",
+            "--load",
+            base,
+            str(plan_path),
+            str(out_path),
+            str(clients),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert load.stdout is not None and load.stdin is not None
+        ready = (await asyncio.wait_for(load.stdout.readline(), 300)).decode().strip()
+        assert ready.startswith("ready"), ready
+        await computes_drained(http)
+        warm_emitted = (await server_metrics(http)).get(
+            'vitalcast_events_emitted_total{type="session.updated"}', 0.0
+        )
+        await asyncio.sleep(1)
+        rss_connected = rss_mb(pid)
+        answered: dict[tuple[str, int], float] = {}
+        gate = asyncio.Semaphore(INGEST_CONCURRENCY)
+
+        async def one(entry: dict[str, str], r: int) -> None:
+            async with gate:
+                seq = await ingest_one(http, entry["token"], f"r{r}-{entry['session_id']}")
+                answered[(entry["session_id"], seq)] = wall_ms()
+
+        for r in range(rounds):
+            await asyncio.gather(*(one(entry, r) for entry in plan))
+            await computes_drained(http)
+        await asyncio.sleep(2)
+        rss_after = rss_mb(pid)
+        server = await server_metrics(http)
+        load.stdin.write(b"stop\n")
+        await load.stdin.drain()
+        await asyncio.wait_for(load.wait(), 120)
+        receipts = json.loads(await asyncio.to_thread(out_path.read_text))
+    delivery, ingest_to_client, spread = [], [], []
+    first_in_room: dict[tuple[str, int], float] = {}
+    for session_id, watermark, _computed_at_ms, received_ms in receipts["events"]:
+        event = (session_id, watermark)
+        first_in_room[event] = min(received_ms, first_in_room.get(event, received_ms))
+    for session_id, watermark, computed_at_ms, received_ms in receipts["events"]:
+        if (session_id, watermark) not in answered:
+            continue
+        delivery.append(max(0.0, received_ms - computed_at_ms))
+        ingest_to_client.append(max(0.0, received_ms - answered[(session_id, watermark)]))
+        spread.append(received_ms - first_in_room[(session_id, watermark)])
+    per_room = receipts["connected"] / len(plan)
+    emitted = server.get('vitalcast_events_emitted_total{type="session.updated"}', 0.0)
+    return {
+        "clients": clients,
+        "sessions": len(plan),
+        "rounds": rounds,
+        "clients_connected": receipts["connected"],
+        "ingests": len(answered),
+        "coordinator_shed": server.get("vitalcast_coordinator_shed_total", 0.0),
+        "session_updated_emitted": emitted - warm_emitted,
+        "expected_deliveries": round((emitted - warm_emitted) * per_room),
+        "received": len(receipts["events"]),
+        "received_for_an_ingest_of_the_rounds": len(delivery),
+        "delivery_compute_start_to_client": percentiles(delivery),
+        "delivery_ingest_response_to_client": percentiles(ingest_to_client),
+        "delivery_spread_within_room": percentiles(spread),
+        "server_rss_mb": {
+            "baseline_idle": rss_idle,
+            "clients_connected": rss_connected,
+            "after_rounds": rss_after,
+            "per_client_kb": round((rss_connected - rss_idle) * 1024 / max(1, clients), 1),
+        },
+    }
+
+
+async def load_process(base: str, plan: list[dict[str, str]], clients: int) -> dict[str, Any]:
+    """The separate load process: connect, subscribe, record events until stdin says stop."""
+    events: list[tuple[str, int, int, float]] = []
+    sockets: list[socketio.AsyncClient] = []
+    gate = asyncio.Semaphore(LOAD_CONNECT_CONCURRENCY)
+
+    async def connect(n: int) -> None:
+        entry = plan[n % len(plan)]
+        sio = socketio.AsyncClient(reconnection=False)
+
+        async def on_updated(data: dict[str, Any]) -> None:
+            events.append(
+                (data["session_id"], data["source_watermark"], data["computed_at_ms"], wall_ms())
+            )
+
+        sio.on("session.updated", on_updated)
+        async with gate:
+            await sio.connect(
+                base, auth={"token": entry["token"]}, transports=["websocket"], wait_timeout=30
+            )
+            ack = await sio.call("subscribe", {"session_id": entry["session_id"]}, timeout=30)
+        if ack.get("ok"):
+            sockets.append(sio)
+
+    await asyncio.gather(*(connect(n) for n in range(clients)))
+    print(f"ready {len(sockets)}", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    await asyncio.gather(*(s.disconnect() for s in sockets), return_exceptions=True)
+    return {"connected": len(sockets), "events": events}
+
+
+async def main(argv: Sequence[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--batches", type=int, default=300)
+    parser.add_argument("--clients", type=int, default=1000)
+    parser.add_argument("--sessions", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--parts", default="embedded,scaled_out,fan_out")
+    parser.add_argument("--load", nargs=4, metavar=("URL", "PLAN", "OUT", "CLIENTS"))
+    args = parser.parse_args(argv)
+    if args.load:
+        url, plan_path, out_path, clients = args.load
+        plan = json.loads(await asyncio.to_thread(Path(plan_path).read_text))
+        receipts = await load_process(url, plan, int(clients))
+        await asyncio.to_thread(Path(out_path).write_text, json.dumps(receipts))
+        return
+    parts = args.parts.split(",")
+    result: dict[str, Any] = {"benchmark": "realtime", "batches": args.batches}
+    if "embedded" in parts:
+        result["embedded"] = await embedded(args.batches)
+    if "scaled_out" in parts:
+        result["scaled_out"] = await scaled_out(args.batches)
+    if "fan_out" in parts:
+        result["fan_out"] = await fan_out(args.clients, args.sessions, args.rounds)
+    emit("realtime", result)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1:]))
