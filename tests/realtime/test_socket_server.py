@@ -50,6 +50,16 @@ async def connected_gauge(url: str) -> float:
     return float(line.split()[1])
 
 
+async def gauge_settles_at(url: str, expected: float, timeout_s: float = 5.0) -> bool:
+    """True once the connected-clients gauge reads ``expected`` (a disconnect is asynchronous)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while (value := await connected_gauge(url)) != expected:
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return value == expected
+
+
 @sqlite_only
 async def test_connect_refuses_missing_bad_and_expired_tokens(
     live: LiveServer, users: Any, socket_client: ClientFactory
@@ -79,11 +89,9 @@ async def test_connected_clients_gauge_follows_connects_and_disconnects(
     second = await socket_client(live.url, token)
     assert await connected_gauge(live.url) == 2
     await first.sio.disconnect()
-    await asyncio.sleep(0.2)
-    assert await connected_gauge(live.url) == 1
+    assert await gauge_settles_at(live.url, 1)
     await second.sio.disconnect()
-    await asyncio.sleep(0.2)
-    assert await connected_gauge(live.url) == 0
+    assert await gauge_settles_at(live.url, 0)
 
 
 async def test_owner_subscribes_and_others_are_refused(
@@ -308,5 +316,4 @@ async def test_socket_is_disconnected_when_its_token_expires(
     await asyncio.wait_for(expiring.disconnected.wait(), 5)
     assert not expiring.sio.connected
     assert lasting.sio.connected
-    await asyncio.sleep(0.2)
-    assert await connected_gauge(live.url) == 1
+    assert await gauge_settles_at(live.url, 1)
