@@ -104,13 +104,13 @@ def serve_subprocess(env: dict[str, str], log_path: Path) -> Iterator[ServerProc
         yield ServerProcess(url, process, log_path)
 
 
-async def new_user(database_url: str) -> tuple[str, str]:
+async def new_user(database_url: str, name: str | None = None) -> tuple[str, str]:
     """(user_id, token) of a new user in the database the processes share."""
     db = Database(create_engine(database_url))
     try:
         async with db.write() as conn:
             user_id = await session_repository.get_or_create_user(
-                conn, f"q-{uuid.uuid4().hex[:8]}", now_ms=now_ms()
+                conn, name or f"q-{uuid.uuid4().hex[:8]}", now_ms=now_ms()
             )
     finally:
         await db.dispose()
@@ -246,3 +246,20 @@ def redis_answers(url: str) -> bool:
         return False
     finally:
         client.close()
+
+
+async def run_cli(
+    args: list[str], env: dict[str, str], timeout_s: float = 120
+) -> tuple[int, str, str]:
+    """``python -m vitalcast ARGS`` to completion: (exit code, stdout, stderr)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "vitalcast",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout_s)
+    return int(process.returncode or 0), out.decode(), err.decode()

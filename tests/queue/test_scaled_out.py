@@ -30,6 +30,7 @@ from tests.queue.helpers import (
     metric_sum,
     new_user,
     redis_answers,
+    run_cli,
     scrape,
     serve_subprocess,
     subprocess_env,
@@ -104,11 +105,14 @@ def jobs_done(worker: WorkerProcess, session_id: str, outcome: str | None = None
     return done
 
 
-async def ended_session_with_samples(api: Api) -> tuple[dict[str, Any], int]:
-    """A completed session (90 → 30 min ago) with heart-rate samples; its final watermark."""
-    start = now_ms() - 90 * MINUTE_MS
+async def ended_session_with_samples(api: Api, hours_ago: int = 0) -> tuple[dict[str, Any], int]:
+    """A completed hour-long session that ended 30 min (+ ``hours_ago``) ago, with heart-rate
+    samples; its final watermark."""
+    start = now_ms() - 90 * MINUTE_MS - hours_ago * 60 * MINUTE_MS
     session = await api.create_session(started_at=iso(start))
-    await api.ingest([hr(f"e{i}", start + i * MINUTE_MS, 60 + i % 20) for i in range(60)])
+    await api.ingest(
+        [hr(f"e{hours_ago}-{i}", start + i * MINUTE_MS, 60 + i % 20) for i in range(60)]
+    )
     ended = await api.end_session(session["id"], ended_at=iso(start + 60 * MINUTE_MS))
     return ended, int(ended["source_watermark"])
 
@@ -420,3 +424,29 @@ async def test_redis_outage_degrades_to_in_process_computes_and_recovers(
         finally:
             await handle.close()
         assert worker.process.poll() is None, worker.log()
+
+
+async def test_backfill_cli_queues_missing_caches_for_the_workers(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """`vitalcast backfill --user NAME` queues the user's missing default caches (showing
+    progress), a worker computes them, and a second run finds every cache up to date."""
+    name = f"bf-{uuid.uuid4().hex[:8]}"
+    _user, token = await new_user(cluster.pg_url, name)
+    api = Api(cluster.server.url, token)
+    # 8 h apart, so one session's samples and end leave the other's watermark alone
+    ended = [await ended_session_with_samples(api, hours_ago) for hours_ago in (0, 8)]
+    command = ["backfill", "--user", name]
+    code, _out, err = await run_cli(command, cluster.env)
+    assert code == 0, err
+    assert "backfill: 2/2 sessions checked, 4 computes scheduled, 0 up to date" in err
+    with worker_subprocess(cluster.env, tmp_path / "worker.log"):
+        for session, watermark in ended:
+            for resolution in ("1m", "5m"):
+                await api.wait_state(
+                    session["id"], "ready", watermark=watermark, resolution=resolution
+                )
+    code, out, err = await run_cli(command, cluster.env)
+    assert code == 0, err
+    assert out.strip() == "0 computes scheduled for 2 sessions"
+    assert "4 up to date" in err
