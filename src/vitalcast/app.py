@@ -4,10 +4,11 @@ server process, started and stopped by the ASGI lifespan."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vitalcast import __version__, ratelimit
 from vitalcast.api import dashboard, ops, samples, sessions
@@ -25,6 +26,40 @@ from vitalcast.settings import Settings
 from vitalcast.telemetry.service import build_telemetry
 
 log = get_logger("vitalcast.http")
+
+
+class AccessLog:
+    """Logs method, route, status and duration of each HTTP request, never the query's values,
+    headers or body. Plain ASGI: Starlette's BaseHTTPMiddleware costs ~0.1 ms per request, a
+    tenth of a cached telemetry answer."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            log.debug(
+                "request",
+                method=scope["method"],
+                route=getattr(scope.get("route"), "path", "?"),
+                status=status,
+                ms=round((time.perf_counter() - started) * 1000, 2),
+                user_id=scope.get("state", {}).get("user_id"),
+            )
 
 
 def build_container(settings: Settings, *, clock: Clock | None = None) -> Container:
@@ -96,22 +131,6 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     dashboard.install(app)
     app.mount(SOCKETIO_PATH, realtime.asgi_app())
 
-    @app.middleware("http")
-    async def access_log(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        # Method, route and status only: never the query's values, headers or the body.
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        log.debug(
-            "request",
-            method=request.method,
-            route=getattr(route, "path", "?"),
-            status=response.status_code,
-            ms=round((time.perf_counter() - started) * 1000, 2),
-            user_id=getattr(request.state, "user_id", None),
-        )
-        return response
+    app.add_middleware(AccessLog)
 
     return app
