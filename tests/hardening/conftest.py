@@ -241,9 +241,10 @@ def spare_postgres_cluster() -> Iterator[SparePostgres]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def spare_postgres() -> Iterator[SparePostgres]:
-    """A running private PostgreSQL cluster on a free port for the tests of one module."""
+    """A private PostgreSQL cluster on a free port for this test run. Tests may crash and restart
+    it; each test gets its own database in it (``spare_pg_url``)."""
     with spare_postgres_cluster() as instance:
         yield instance
 
