@@ -1,0 +1,400 @@
+"""Queue against in-process, one run on PostgreSQL + Redis.
+
+- Freshness of a live session: from an ingest's commit until the cache row holds the payload at
+  the new watermark (the saving process's timestamp), batch after batch (10 heart-rate samples
+  each, like a phone sync). Through the BullMQ queue and one ``vitalcast worker`` subprocess,
+  and through the in-process ``BoundedComputeCoordinator`` (the embedded mode's path, the
+  baseline); the same ingest and scheduling code runs in both.
+- Backfill throughput: every ended session's default cache (1m and 5m) computed from scratch,
+  in-process (coordinator, 3 at once: the baseline) and through the queue with 1, 2 and 4
+  worker subprocesses (3 jobs at once each). Sessions/s from the first enqueue until the last
+  row is fresh.
+
+The database is created for the run and dropped after it; the queue lives under a unique prefix
+on the shared Redis and its keys are deleted at the end.
+
+    uv run python -m bench.queue [--batches 300] [--sessions 200] [--workers 1,2,4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as redis
+import sqlalchemy as sa
+
+from bench.common import REDIS_URL, SECRET, database, emit, percentiles
+from vitalcast.clock import SystemClock
+from vitalcast.db.engine import Database, create_engine
+from vitalcast.db.tables import telemetry_cache
+from vitalcast.ingest.service import IngestService
+from vitalcast.observability import Metrics, configure_logging
+from vitalcast.queue.backfill import BackfillFilter, run_backfill
+from vitalcast.queue.service import SessionTelemetryQueueService
+from vitalcast.sessions import repository as session_repository
+from vitalcast.sessions.models import Session, SessionStatus
+from vitalcast.settings import Settings
+from vitalcast.telemetry.models import CacheState, ScheduleReason, TelemetryKey
+from vitalcast.telemetry.service import SessionTelemetryService, build_telemetry
+
+MINUTE_MS = 60_000
+HOUR_MS = 60 * MINUTE_MS
+SYNC_SAMPLES = 10
+# How often the queue run looks for the saved row; the figure itself is the saving process's
+# timestamp, so this only bounds the load the looking adds (2 cores are shared).
+POLL_S = 0.02
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat()
+
+
+def _hr(record_id: str, at_ms: int, value: float) -> dict[str, Any]:
+    return {
+        "source": "healthkit",
+        "record_id": record_id,
+        "metric": "heart_rate",
+        "value": value,
+        "unit": "bpm",
+        "start": _iso(at_ms),
+    }
+
+
+@contextlib.contextmanager
+def workers(
+    count: int, env: dict[str, str], folder: Path
+) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """``count`` ``vitalcast worker`` subprocesses, each started (``worker_started`` logged)."""
+    procs: list[subprocess.Popen[bytes]] = []
+    logs = [folder / f"worker-{uuid.uuid4().hex[:6]}.log" for _ in range(count)]
+    try:
+        for log in logs:
+            with log.open("wb") as handle:
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "vitalcast", "worker"],
+                        env=env,
+                        stdout=handle,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
+        deadline = time.monotonic() + 120
+        for proc, log in zip(procs, logs, strict=True):
+            while "worker_started" not in log.read_text(errors="replace"):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"worker did not start:\n{log.read_text(errors='replace')}")
+                time.sleep(0.05)
+        yield procs
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+class Bench:
+    """The database, settings and services of one run."""
+
+    def __init__(self, url: str, prefix: str, folder: Path) -> None:
+        self.settings = Settings(
+            data_dir=folder / "data",
+            database_url=url,
+            redis_url=REDIS_URL,
+            queue_prefix=prefix,
+            socketio_channel=f"{prefix}-sio",
+            secret=SECRET,
+        )
+        self.db = Database(create_engine(url))
+        self.clock = SystemClock()
+        self.metrics = Metrics()
+        self.ingest = IngestService(self.db, self.clock, self.metrics)
+        self.folder = folder
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VITALCAST_")}
+        self.env = env | {
+            "VITALCAST_DATABASE_URL": url,
+            "VITALCAST_REDIS_URL": REDIS_URL,
+            "VITALCAST_QUEUE_PREFIX": prefix,
+            "VITALCAST_SOCKETIO_CHANNEL": f"{prefix}-sio",
+            "VITALCAST_SECRET": SECRET,
+            "VITALCAST_DATA_DIR": str(folder / "data"),
+            "VITALCAST_LOG_LEVEL": "info",
+        }
+
+    async def user(self, name: str) -> str:
+        async with self.db.write() as conn:
+            return await session_repository.get_or_create_user(
+                conn, name, now_ms=self.clock.now_ms()
+            )
+
+    async def session(self, user_id: str, start_ms: int, end_ms: int | None = None) -> Session:
+        async with self.db.write() as conn:
+            session = await session_repository.insert(
+                conn,
+                user_id=user_id,
+                client_session_id=None,
+                start_ms=start_ms,
+                notes=None,
+                now_ms=self.clock.now_ms(),
+            )
+            if end_ms is not None:
+                session = await session_repository.close(
+                    conn,
+                    session,
+                    status=SessionStatus.COMPLETED,
+                    end_ms=end_ms,
+                    now_ms=self.clock.now_ms(),
+                )
+        return session
+
+    async def saved_at(self, key: TelemetryKey, watermark: int) -> int | None:
+        """When the row of ``key`` was saved at ``watermark`` or later (None: not yet)."""
+        c = telemetry_cache.c
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(c.source_watermark, c.status, c.updated_at_ms).where(
+                        c.session_id == key.session_id,
+                        c.window_minutes == key.window_minutes,
+                        c.resolution == key.resolution.value,
+                        c.compute_version == key.compute_version,
+                    )
+                )
+            ).first()
+        if row is None or row[0] is None or row[0] < watermark or row[1] != CacheState.READY:
+            return None
+        return int(row[2])
+
+    async def fresh_rows(self) -> int:
+        c = telemetry_cache.c
+        async with self.db.read() as conn:
+            return int(
+                await conn.scalar(
+                    sa.select(sa.func.count()).where(
+                        c.status.in_([CacheState.READY.value, CacheState.NO_DATA.value])
+                    )
+                )
+                or 0
+            )
+
+    async def clear_cache(self) -> None:
+        async with self.db.write() as conn:
+            await conn.execute(sa.delete(telemetry_cache))
+
+
+async def live_freshness(
+    bench: Bench, telemetry: SessionTelemetryService, batches: int, *, in_process: Any = None
+) -> list[float]:
+    """Commit → saved (ms) of each of ``batches`` sequential syncs into a new live session.
+    ``in_process``: the coordinator to wait on; else poll the row (a worker saves it)."""
+    user_id = await bench.user(f"live-{uuid.uuid4().hex[:8]}")
+    start = bench.clock.now_ms() - HOUR_MS
+    session = await bench.session(user_id, start)
+    key = telemetry.default_key(session)
+    latencies = []
+    for b in range(batches):
+        samples = [
+            _hr(f"s{b}-{i}", start + (b * SYNC_SAMPLES + i) * 1_000, 60 + (b + i) % 40)
+            for i in range(SYNC_SAMPLES)
+        ]
+        outcome = await bench.ingest.ingest(user_id, {"samples": samples})
+        committed_ms = bench.clock.now_ms()
+        await telemetry.on_sessions_changed(outcome.touched)
+        watermark = outcome.touched[0].source_watermark
+        if in_process is not None:
+            await in_process.wait_idle()
+        deadline = time.monotonic() + 30
+        while (saved := await bench.saved_at(key, watermark)) is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"batch {b} never became ready")
+            await asyncio.sleep(POLL_S)
+        latencies.append(float(saved - committed_ms))
+    return latencies
+
+
+async def ended_sessions(bench: Bench, count: int) -> BackfillFilter:
+    """``count`` ended one-hour sessions of a new user, 3 h apart, heart rate every 10 s around
+    and during each; the filter that selects them."""
+    name = f"backfill-{uuid.uuid4().hex[:8]}"
+    user_id = await bench.user(name)
+    base = bench.clock.now_ms() - (count + 2) * 3 * HOUR_MS
+    for n in range(count):
+        start = base + n * 3 * HOUR_MS
+        await bench.session(user_id, start, start + HOUR_MS)
+        samples = [
+            _hr(f"b{n}-{i}", start - HOUR_MS + i * 10_000, 55 + i % 50) for i in range(3 * 360)
+        ]
+        await bench.ingest.ingest(user_id, {"samples": samples})
+    return BackfillFilter(user_name=name)
+
+
+async def backfill_in_process(
+    bench: Bench, sessions: int, selection: BackfillFilter
+) -> dict[str, float]:
+    await bench.clear_cache()
+    telemetry, coordinator = build_telemetry(bench.settings, bench.db, bench.clock, Metrics())
+    try:
+
+        async def submit(key: TelemetryKey, watermark: int) -> bool:
+            return await coordinator.submit(
+                key, watermark=watermark, reason=ScheduleReason.BACKFILL
+            )
+
+        began = time.perf_counter()
+        progress = await run_backfill(
+            bench.db,
+            submit,
+            window_minutes=bench.settings.default_window_minutes,
+            now_ms=bench.clock.now_ms,
+            selection=selection,
+        )
+        await coordinator.wait_idle()
+        elapsed = time.perf_counter() - began
+    finally:
+        await coordinator.stop()
+        await telemetry.close()
+    assert await bench.fresh_rows() == progress.scheduled == 2 * sessions
+    return _rate(sessions, elapsed)
+
+
+async def backfill_queue(
+    bench: Bench, sessions: int, selection: BackfillFilter, count: int
+) -> dict[str, float]:
+    await bench.clear_cache()
+    queue = SessionTelemetryQueueService(bench.settings, fallback=None, metrics=Metrics())
+    try:
+        with workers(count, bench.env, bench.folder):
+
+            async def enqueue(key: TelemetryKey, watermark: int) -> bool:
+                return await queue.enqueue(key, watermark=watermark, reason=ScheduleReason.BACKFILL)
+
+            began = time.perf_counter()
+            progress = await run_backfill(
+                bench.db,
+                enqueue,
+                window_minutes=bench.settings.default_window_minutes,
+                now_ms=bench.clock.now_ms,
+                selection=selection,
+            )
+            while await bench.fresh_rows() < progress.scheduled:
+                if time.perf_counter() - began > 600:
+                    raise RuntimeError("backfill did not finish")
+                await asyncio.sleep(0.02)
+            elapsed = time.perf_counter() - began
+    finally:
+        await queue.close()
+    return _rate(sessions, elapsed)
+
+
+def _rate(sessions: int, elapsed_s: float) -> dict[str, float]:
+    return {
+        "sessions": sessions,
+        "computes": 2 * sessions,
+        "seconds": round(elapsed_s, 3),
+        "sessions_per_s": round(sessions / elapsed_s, 1),
+    }
+
+
+@contextlib.asynccontextmanager
+async def queue_keys_removed(prefix: str) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        client = redis.Redis.from_url(REDIS_URL)
+        try:
+            keys = [k async for k in client.scan_iter(match=f"{prefix}:*", count=1000)]
+            for i in range(0, len(keys), 500):
+                await client.delete(*keys[i : i + 500])
+        finally:
+            await client.aclose()
+
+
+async def main(batches: int, sessions: int, worker_counts: list[int]) -> dict[str, Any]:
+    prefix = f"vcbench{uuid.uuid4().hex[:8]}"
+    with tempfile.TemporaryDirectory(prefix="vc-bench-queue-") as tmp:
+        folder = Path(tmp)
+        async with database("postgres") as url, queue_keys_removed(prefix):
+            bench = Bench(url, prefix, folder)
+            try:
+                # baseline: the in-process coordinator
+                local, coordinator = build_telemetry(
+                    bench.settings, bench.db, bench.clock, Metrics()
+                )
+                try:
+                    in_process = await live_freshness(bench, local, batches, in_process=coordinator)
+                finally:
+                    await coordinator.stop()
+                    await local.close()
+                # the queue: this process schedules like a server, one worker computes
+                server_side, fallback = build_telemetry(
+                    bench.settings, bench.db, bench.clock, Metrics()
+                )
+                queue = SessionTelemetryQueueService(
+                    bench.settings, fallback=None, metrics=Metrics()
+                )
+                server_side.scheduler = queue
+                try:
+                    with workers(1, bench.env, folder):
+                        queued = await live_freshness(bench, server_side, batches)
+                finally:
+                    await queue.close()
+                    await fallback.stop()
+                    await server_side.close()
+
+                selection = await ended_sessions(bench, sessions)
+                backfill = {
+                    "in_process_coordinator": await backfill_in_process(bench, sessions, selection)
+                }
+                for count in worker_counts:
+                    backfill[f"queue_{count}_workers"] = await backfill_queue(
+                        bench, sessions, selection, count
+                    )
+            finally:
+                await bench.db.dispose()
+    local_p = percentiles(in_process)
+    queue_p = percentiles(queued)
+    return {
+        "benchmark": "queue",
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "database": "postgresql",
+        "live_freshness_commit_to_ready": {
+            "batches": batches,
+            "samples_per_batch": SYNC_SAMPLES,
+            "in_process_coordinator": local_p,
+            "queue_and_worker": queue_p,
+            "queue_overhead_p50_ms": round(queue_p["p50_ms"] - local_p["p50_ms"], 3),
+            "queue_overhead_p99_ms": round(queue_p["p99_ms"] - local_p["p99_ms"], 3),
+        },
+        "backfill": {
+            "samples_per_session_window": 3 * 360,
+            "jobs_at_once_per_worker": Settings().max_concurrent_computes,
+            **backfill,
+        },
+    }
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, default=300)
+    parser.add_argument("--sessions", type=int, default=200)
+    parser.add_argument("--workers", default="1,2,4")
+    args = parser.parse_args()
+    configure_logging("warning")
+    counts = [int(n) for n in args.workers.split(",") if n]
+    emit("queue", asyncio.run(main(args.batches, args.sessions, counts)))
