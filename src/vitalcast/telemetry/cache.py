@@ -101,22 +101,24 @@ class SessionTelemetryCacheRepository:
     async def take_lease(
         self, conn: AsyncConnection, key: TelemetryKey, *, owner: str, now_ms: int, lease_ms: int
     ) -> Lease | LeaseRefusal:
-        """Create the row if missing, then take the lease with one conditional UPDATE: only when
-        it is free or expired and any failure backoff has elapsed."""
-        await self._insert_missing(conn, key, now_ms)
+        """Take the lease with one conditional UPDATE: only when it is free or expired and any
+        failure backoff has elapsed. A missing row is created first (then the UPDATE again)."""
         expires = now_ms + lease_ms
-        row = (
-            await conn.execute(
-                sa.update(telemetry_cache)
-                .where(
-                    _key(key),
-                    sa.or_(c.lease_owner.is_(None), c.lease_expires_ms <= now_ms),
-                    sa.or_(c.next_attempt_ms.is_(None), c.next_attempt_ms <= now_ms),
-                )
-                .values(lease_owner=owner, lease_expires_ms=expires, updated_at_ms=now_ms)
-                .returning(c.status, c.payload.is_not(None), c.source_watermark, c.attempts)
+        take = (
+            sa.update(telemetry_cache)
+            .where(
+                _key(key),
+                sa.or_(c.lease_owner.is_(None), c.lease_expires_ms <= now_ms),
+                sa.or_(c.next_attempt_ms.is_(None), c.next_attempt_ms <= now_ms),
             )
-        ).first()
+            .values(lease_owner=owner, lease_expires_ms=expires, updated_at_ms=now_ms)
+            .returning(c.status, c.payload.is_not(None), c.source_watermark, c.attempts)
+        )
+        row = (await conn.execute(take)).first()
+        if row is None:
+            # Missing (or just inserted by another node, or held): make sure it exists, try again.
+            await self._insert_missing(conn, key, now_ms)
+            row = (await conn.execute(take)).first()
         if row is not None:
             return Lease(owner, expires, CacheState(row[0]), bool(row[1]), row[2], row[3])
         refusal = (
