@@ -1,0 +1,511 @@
+"""Telemetry read and compute cost on SQLite and PostgreSQL, each against its baseline, one run.
+
+- A 4-hour ended session (heart rate at 1 Hz, the other metrics at their catalog cadences, worn
+  for 16 hours around it: ≈ 61k samples stored): the cached GET next to compute-on-request (the
+  same auth and the same aggregate run on every GET, as an uncached service would), in-process
+  (httpx ASGITransport) and over HTTP on loopback (a server subprocess), p50 / p99 and ratios.
+- The compute (session read, GROUP BY, assembly, packing) next to the bare GROUP BY of the same
+  rows, the floor; and the full leased compute (lease, compute, conditional save) beside it.
+- A 24-hour session with five streams at 1 Hz (≈ 470k samples in its window): the compute next
+  to fetching the rows and aggregating them with pandas.
+
+Rows are bulk-loaded straight into the table (asyncpg COPY, sqlite3 executemany); the database
+is created for the run and dropped after it.
+
+    uv run python -m bench.telemetry [--backends sqlite,postgres] [--gets 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import platform
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+from fastapi import FastAPI, Response
+
+from bench.common import SECRET, database, emit, free_port, percentiles, server_env
+from vitalcast import catalog
+from vitalcast.api.deps import ContainerDep, CurrentUser
+from vitalcast.app import create_app
+from vitalcast.auth import issue_token
+from vitalcast.clock import SystemClock
+from vitalcast.db.engine import Database, create_engine
+from vitalcast.errors import NotFound
+from vitalcast.observability import Metrics, configure_logging
+from vitalcast.ratelimit import TelemetryRateLimit
+from vitalcast.settings import Settings
+from vitalcast.telemetry.compute import AGGREGATE_SQL, compute_telemetry, load_session
+from vitalcast.telemetry.models import (
+    ComputeOutcome,
+    Resolution,
+    ScheduleReason,
+    TelemetryKey,
+    TelemetryWindow,
+)
+from vitalcast.telemetry.payload import answer_json, unpack
+from vitalcast.telemetry.service import SessionTelemetryService
+
+MINUTE = 60_000
+HOUR = 60 * MINUTE
+COLUMNS = (
+    "user_id",
+    "source",
+    "record_id",
+    "metric",
+    "value",
+    "unit",
+    "start_ms",
+    "end_ms",
+    "device",
+    "deleted",
+    "change_seq",
+)
+# every-n-minutes cadences within reference/metrics.md's typical ranges
+CADENCE_MS = {
+    "heart_rate": 1_000,
+    "heart_rate_variability": 5 * MINUTE,
+    "blood_oxygen": 5 * MINUTE,
+    "respiratory_rate": MINUTE,
+    "skin_temperature": 5 * MINUTE,
+    "steps": MINUTE,
+    "active_energy_burned": MINUTE,
+}
+DAY_STREAMS = ("heart_rate", "blood_oxygen", "respiratory_rate", "skin_temperature", "steps")
+NO_LIMIT = "100000000/minute"
+
+
+def _value(metric: str, i: int) -> float:
+    low = catalog.BY_CODE[metric].min_value
+    return low + 10 + (i * 7919 % 400) / 10
+
+
+def rows_for(user_id: str, metric: str, lo_ms: int, hi_ms: int, step_ms: int) -> list[tuple]:
+    unit = catalog.BY_CODE[metric].unit
+    return [
+        (user_id, "bench", f"{metric}-{t}", metric, _value(metric, i), unit, t, t, None, False, 1)
+        for i, t in enumerate(range(lo_ms, hi_ms, step_ms))
+    ]
+
+
+async def bulk_load(url: str, rows: list[tuple]) -> None:
+    """Rows straight into health_samples: COPY on PostgreSQL, executemany on SQLite."""
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        conn = sqlite3.connect(parsed.database or "")
+        with conn:
+            conn.executemany(
+                f"INSERT INTO health_samples ({', '.join(COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(COLUMNS))})",
+                rows,
+            )
+        conn.execute("ANALYZE")
+        conn.close()
+        return
+    import asyncpg
+
+    conn = await asyncpg.connect(parsed.set(drivername="postgresql").render_as_string(False))
+    try:
+        await conn.copy_records_to_table("health_samples", records=rows, columns=COLUMNS)
+        await conn.execute("ANALYZE")
+    finally:
+        await conn.close()
+
+
+async def make_session(db: Database, name: str, start_ms: int, end_ms: int) -> tuple[str, str]:
+    """A user (change_seq 1) with one completed session at watermark 1: (user_id, session_id)."""
+    user_id, session_id = str(uuid.uuid4()), str(uuid.uuid4())
+    now = SystemClock().now_ms()
+    async with db.write() as conn:
+        await conn.execute(
+            sa.text(
+                "INSERT INTO users (id, name, change_seq, created_at_ms) VALUES (:id, :n, 1, :now)"
+            ),
+            {"id": user_id, "n": name, "now": now},
+        )
+        await conn.execute(
+            sa.text(
+                "INSERT INTO sessions (id, user_id, status, start_ms, end_ms, source_watermark,"
+                " created_at_ms, updated_at_ms)"
+                " VALUES (:id, :u, 'completed', :s, :e, 1, :now, :now)"
+            ),
+            {"id": session_id, "u": user_id, "s": start_ms, "e": end_ms, "now": now},
+        )
+    return user_id, session_id
+
+
+def add_compute_on_request_route(app: FastAPI) -> None:
+    """The baseline: the same auth and rate limit, then the whole compute on every GET."""
+
+    @app.get("/bench/compute-on-request/{session_id}", dependencies=[TelemetryRateLimit])
+    async def compute_on_request(
+        session_id: str, user: CurrentUser, container: ContainerDep
+    ) -> Response:
+        key = TelemetryKey(session_id, 60, Resolution.ONE_MINUTE, user_id=user.user_id)
+        async with container.db.read() as conn:
+            session = await load_session(conn, key)
+            if session is None:
+                raise NotFound("Session not found.", code="SESSION_NOT_FOUND")
+            computed = await compute_telemetry(conn, session, key, container.clock.now_ms())
+        body = unpack(computed.blob).json(catalog.DEFAULT_CODES)
+        return Response(answer_json("ready", telemetry=body), media_type="application/json")
+
+
+def bench_app(settings: Settings) -> FastAPI:
+    app = create_app(settings)
+    add_compute_on_request_route(app)
+    return app
+
+
+async def timed(call: Callable[[], Awaitable[Any]], n: int, *, warmup: int = 5) -> list[float]:
+    for _ in range(warmup):
+        await call()
+    samples = []
+    for _ in range(n):
+        started = time.perf_counter()
+        await call()
+        samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
+def compare(cached: list[float], baseline: list[float]) -> dict[str, Any]:
+    c, b = percentiles(cached), percentiles(baseline)
+    return {
+        "cached_get": c,
+        "compute_on_request": b,
+        "ratio_p50": round(b["p50_ms"] / c["p50_ms"], 1),
+        "ratio_p99": round(b["p99_ms"] / c["p99_ms"], 1),
+    }
+
+
+async def get_pair(
+    client: httpx.AsyncClient, session_id: str, headers: dict[str, str], gets: int, computes: int
+) -> dict[str, Any]:
+    cached_url = f"/api/v1/sessions/{session_id}/telemetry?resolution=1m"
+    first = await client.get(cached_url, headers=headers)
+    for _ in range(200):
+        if first.status_code == 200 and first.json()["state"] == "ready":
+            break
+        await asyncio.sleep(0.05)
+        first = await client.get(cached_url, headers=headers)
+    else:
+        raise RuntimeError(f"never ready: {first.status_code} {first.text[:200]}")
+    baseline_url = f"/bench/compute-on-request/{session_id}"
+    same = await client.get(baseline_url, headers=headers)
+    assert same.json()["telemetry"]["metrics"] == first.json()["telemetry"]["metrics"]
+
+    async def cached() -> None:
+        response = await client.get(cached_url, headers=headers)
+        assert response.status_code == 200
+
+    async def baseline() -> None:
+        response = await client.get(baseline_url, headers=headers)
+        assert response.status_code == 200
+
+    result = compare(await timed(cached, gets, warmup=100), await timed(baseline, computes))
+    result["payload_bytes"] = len(first.content)
+    return result
+
+
+@contextlib.contextmanager
+def serve_process(url: str, port: int, data_dir: str) -> Iterator[subprocess.Popen[bytes]]:
+    """``python -m bench.telemetry serve`` on ``port``, terminated (then killed) on exit."""
+    env = server_env(url, data_dir, VITALCAST_RATE_LIMIT_TELEMETRY=NO_LIMIT, PYTHONPATH=os.getcwd())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.telemetry", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def bench_server(url: str) -> AsyncIterator[str]:
+    """The real app plus the baseline route as a loopback subprocess; yields its base URL."""
+    port = free_port()
+    with (
+        tempfile.TemporaryDirectory(prefix="vc-bench-data-") as data_dir,
+        serve_process(url, port, data_dir) as proc,
+    ):
+        base = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient() as client:
+            for _ in range(300):
+                if proc.poll() is not None:
+                    raise RuntimeError("bench server exited during start-up")
+                with contextlib.suppress(httpx.TransportError):
+                    if (await client.get(f"{base}/healthz")).status_code == 200:
+                        break
+                await asyncio.sleep(0.1)
+        yield base
+
+
+async def compute_floor(
+    url: str, user_id: str, session_id: str, start_ms: int, end_ms: int, runs: int
+) -> dict[str, Any]:
+    """The compute next to the bare GROUP BY of the same rows, and the full leased compute."""
+    db = Database(create_engine(url))
+    key = TelemetryKey(session_id, 60, Resolution.ONE_MINUTE, user_id=user_id)
+    window = TelemetryWindow.of(
+        start_ms=start_ms, end_ms=end_ms, live=False, window_minutes=60, now_ms=0
+    )
+    params = {
+        "window_start": window.start_ms,
+        "window_end": window.end_ms,
+        "bucket_ms": MINUTE,
+        "session_start": start_ms,
+        "session_end": end_ms,
+        "user_id": user_id,
+        "metrics": list(catalog.ALL_CODES),
+    }
+    service = SessionTelemetryService(
+        db,
+        SystemClock(),
+        Metrics(),
+        lease_ms=30_000,
+        owner_id="bench",
+        default_window_minutes=60,
+    )
+    try:
+
+        async def bare() -> None:
+            async with db.read() as conn:
+                (await conn.execute(AGGREGATE_SQL, params)).all()
+
+        async def compute() -> None:
+            async with db.read() as conn:
+                session = await load_session(conn, key)
+                assert session is not None
+                await compute_telemetry(conn, session, key, SystemClock().now_ms())
+
+        bare_ms = await timed(bare, runs)
+        compute_ms = await timed(compute, runs)
+        leased_ms = []
+        for _ in range(runs):
+            async with db.write() as conn:
+                await conn.execute(
+                    sa.text(
+                        "UPDATE sessions SET source_watermark = source_watermark + 1 WHERE id = :id"
+                    ),
+                    {"id": session_id},
+                )
+            started = time.perf_counter()
+            outcome = await service.compute(key, reason=ScheduleReason.BACKFILL)
+            leased_ms.append((time.perf_counter() - started) * 1000)
+            assert outcome is ComputeOutcome.COMPUTED, outcome
+    finally:
+        await service.close()
+        await db.dispose()
+    bare_p50 = statistics.median(bare_ms)
+    return {
+        "bare_group_by_ms": round(bare_p50, 2),
+        "compute_ms": round(statistics.median(compute_ms), 2),
+        "compute_over_bare": round(statistics.median(compute_ms) / bare_p50, 2),
+        "leased_compute_ms": round(statistics.median(leased_ms), 2),
+        "leased_compute_over_bare": round(statistics.median(leased_ms) / bare_p50, 2),
+        "runs": runs,
+    }
+
+
+def pandas_aggregate(rows: list[Any], window: TelemetryWindow, bucket_ms: int) -> Any:
+    """What one would write without the GROUP BY: fetched rows → buckets, phases and gaps."""
+    import numpy as np
+    import pandas as pd
+
+    frame = pd.DataFrame(rows, columns=["metric", "start_ms", "value"])
+    frame["bucket"] = (frame["start_ms"] - window.start_ms) // bucket_ms
+    end = window.session_end_ms if window.session_end_ms is not None else window.end_ms
+    frame["phase"] = np.select(
+        [frame["start_ms"] < window.session_start_ms, frame["start_ms"] < end], [0, 1], 2
+    )
+    buckets = frame.groupby(["metric", "bucket"]).agg(
+        count=("value", "size"),
+        mean=("value", "mean"),
+        total=("value", "sum"),
+        low=("value", "min"),
+        high=("value", "max"),
+    )
+    phases = frame.groupby(["metric", "phase"])["value"].agg(["size", "mean", "min", "max"])
+    ordered = frame.sort_values(["metric", "start_ms"])
+    step = ordered.groupby("metric")["start_ms"].diff()
+    gaps = ordered[step > 2 * bucket_ms]
+    return buckets, phases, gaps
+
+
+async def day_session(url: str, user_id: str, session_id: str, start_ms: int, runs: int) -> dict:
+    """24 h session: the compute next to fetch-and-pandas over the same window."""
+    db = Database(create_engine(url))
+    key = TelemetryKey(session_id, 60, Resolution.FIVE_MINUTES, user_id=user_id)
+    end_ms = start_ms + 24 * HOUR
+    window = TelemetryWindow.of(
+        start_ms=start_ms, end_ms=end_ms, live=False, window_minutes=60, now_ms=0
+    )
+    fetch = sa.text(
+        "SELECT metric, start_ms, value FROM health_samples WHERE user_id = :u"
+        " AND metric IN :metrics AND start_ms >= :lo AND start_ms < :hi AND NOT deleted"
+    ).bindparams(sa.bindparam("metrics", expanding=True))
+    fetch_params = {
+        "u": user_id,
+        "metrics": list(catalog.ALL_CODES),
+        "lo": window.start_ms,
+        "hi": window.end_ms,
+    }
+    try:
+        async with db.read() as conn:
+            in_window = (await conn.execute(sa.text(
+                "SELECT COUNT(*) FROM health_samples WHERE user_id = :u"
+                " AND start_ms >= :lo AND start_ms < :hi"),
+                {"u": user_id, "lo": window.start_ms, "hi": window.end_ms},
+            )).scalar_one()  # fmt: skip
+
+        async def compute() -> None:
+            async with db.read() as conn:
+                session = await load_session(conn, key)
+                assert session is not None
+                await compute_telemetry(conn, session, key, SystemClock().now_ms())
+
+        fetched: list[Any] = []
+
+        async def fetch_rows() -> None:
+            async with db.read() as conn:
+                fetched[:] = (await conn.execute(fetch, fetch_params)).all()
+
+        async def fetch_and_pandas() -> None:
+            await fetch_rows()
+            pandas_aggregate(fetched, window, key.resolution.bucket_ms)
+
+        compute_ms = await timed(compute, runs, warmup=1)
+        fetch_ms = await timed(fetch_rows, runs, warmup=1)
+        pandas_ms = await timed(fetch_and_pandas, runs, warmup=0)
+    finally:
+        await db.dispose()
+    return {
+        "samples_in_window": in_window,
+        "streams_at_1hz": list(DAY_STREAMS),
+        "resolution": key.resolution.value,
+        "compute_ms": round(statistics.median(compute_ms), 1),
+        "fetch_rows_ms": round(statistics.median(fetch_ms), 1),
+        "fetch_and_pandas_ms": round(statistics.median(pandas_ms), 1),
+        "pandas_over_compute": round(
+            statistics.median(pandas_ms) / statistics.median(compute_ms), 1
+        ),
+        "runs": runs,
+    }
+
+
+async def run_backend(backend: str, gets: int, computes: int, runs: int) -> dict[str, Any]:
+    async with database(backend) as url:
+        setup = Database(create_engine(url))
+        start = (SystemClock().now_ms() // HOUR - 72) * HOUR
+        end = start + 4 * HOUR
+        user_id, session_id = await make_session(setup, "bench-4h", start, end)
+        rows: list[tuple] = []
+        for metric, step in CADENCE_MS.items():
+            rows += rows_for(user_id, metric, start - 6 * HOUR, end + 6 * HOUR, step)
+        day_start = start - 40 * HOUR
+        day_user, day_session_id = await make_session(
+            setup, "bench-24h", day_start, day_start + 24 * HOUR
+        )
+        for metric in DAY_STREAMS:
+            rows += rows_for(day_user, metric, day_start - HOUR, day_start + 25 * HOUR, 1_000)
+        await setup.dispose()
+        load_started = time.perf_counter()
+        await bulk_load(url, rows)
+        load_s = time.perf_counter() - load_started
+        stored_4h = sum(1 for r in rows if r[0] == user_id)
+        in_window_4h = sum(1 for r in rows if r[0] == user_id and start - HOUR <= r[6] < end + HOUR)
+        del rows
+        token = issue_token(SECRET, user_id, now_s=int(time.time()), ttl_s=86_400)
+        headers = {"Authorization": f"Bearer {token}"}
+
+        settings = Settings(
+            database_url=url,
+            secret=SECRET,
+            data_dir=tempfile.mkdtemp(prefix="vc-bench-data-"),
+            rate_limit_telemetry=NO_LIMIT,
+        )
+        app = bench_app(settings)
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
+                in_process = await get_pair(client, session_id, headers, gets, computes)
+        async with (
+            bench_server(url) as base,
+            httpx.AsyncClient(base_url=base, timeout=60) as client,
+        ):
+            over_http = await get_pair(client, session_id, headers, gets // 2, computes)
+        floor = await compute_floor(url, user_id, session_id, start, end, runs)
+        day = await day_session(url, day_user, day_session_id, day_start, max(3, runs // 4))
+    return {
+        "session_4h": {
+            "samples_stored": stored_4h,
+            "samples_in_window": in_window_4h,
+            "window": "60 min padding, 1m buckets, default metrics",
+            "in_process": in_process,
+            "http_loopback": over_http,
+            "compute_vs_bare_group_by": floor,
+        },
+        "session_24h": day,
+        "bulk_load_s": round(load_s, 1),
+    }
+
+
+async def main(backends: list[str], gets: int, computes: int, runs: int) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "targets": {
+            "cached_in_process_p50_ms": "< 1",
+            "cached_vs_compute_on_request": ">= 100x",
+            "compute_over_bare_group_by": "<= 1.5",
+        },
+    }
+    for backend in backends:
+        result[backend] = await run_backend(backend, gets, computes, runs)
+    return result
+
+
+def serve(port: int) -> None:
+    """Subprocess mode: the real app plus the baseline route, on loopback."""
+    import uvicorn
+
+    settings = Settings()
+    configure_logging(settings.log_level)
+    uvicorn.run(bench_app(settings), host="127.0.0.1", port=port, log_config=None, access_log=False)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="mode")
+    serve_parser = sub.add_parser("serve")
+    serve_parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--backends", default="sqlite,postgres")
+    parser.add_argument("--gets", type=int, default=2000)
+    parser.add_argument("--computes", type=int, default=40)
+    parser.add_argument("--runs", type=int, default=15)
+    args = parser.parse_args()
+    if args.mode == "serve":
+        serve(args.port)
+    else:
+        configure_logging("warning")
+        figures = asyncio.run(main(args.backends.split(","), args.gets, args.computes, args.runs))
+        emit("telemetry", figures)
