@@ -7,6 +7,7 @@ in a temporary folder it owns, with trust auth on 127.0.0.1 and its socket insid
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -19,10 +20,12 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import redis.asyncio as redis
+import socketio
 
 from tests.conftest import TEST_SECRET, in_thread
 from vitalcast.db.migrate import upgrade
@@ -276,3 +279,42 @@ async def redis_keys_cleanup(redis_url: str, unique_prefix: str) -> AsyncIterato
     """``unique_prefix``, with every shared-Redis key holding it deleted after the test."""
     yield unique_prefix
     await delete_keys(redis_url, f"*{unique_prefix}*")
+
+
+@dataclass
+class Subscriber:
+    """A real python-socketio client that keeps every ``session.updated`` it receives."""
+
+    sio: socketio.AsyncClient
+    updates: asyncio.Queue[dict[str, Any]]
+
+    async def subscribe(self, session_id: str) -> dict[str, Any]:
+        ack: dict[str, Any] = await self.sio.call(
+            "subscribe", {"session_id": session_id}, timeout=10
+        )
+        return ack
+
+    async def update_reaching(self, watermark: int, timeout_s: float) -> dict[str, Any]:
+        """The first ``session.updated`` at ``watermark`` or later (earlier ones are skipped)."""
+        async with asyncio.timeout(timeout_s):
+            while True:
+                event = await self.updates.get()
+                if event["source_watermark"] >= watermark:
+                    return event
+
+
+@contextlib.asynccontextmanager
+async def subscriber(url: str, token: str) -> AsyncIterator[Subscriber]:
+    """A connected Socket.IO client of the server at ``url`` (disconnected on exit)."""
+    sio = socketio.AsyncClient(reconnection=False)
+    client = Subscriber(sio, asyncio.Queue())
+
+    @sio.on("session.updated")
+    async def _updated(data: dict[str, Any]) -> None:
+        client.updates.put_nowait(data)
+
+    await sio.connect(url, auth={"token": token}, transports=["websocket"], wait_timeout=10)
+    try:
+        yield client
+    finally:
+        await sio.disconnect()

@@ -1,0 +1,116 @@
+"""Redis dies during a live session in the scaled-out mode (server + worker subprocesses on
+PostgreSQL and a private Redis): the server's subscribed clients keep getting ``session.updated``
+from in-process computes, nothing answers 5xx, and when Redis returns the queue, the worker and
+the Redis fan-out carry the updates again without any restart."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import TEST_SECRET
+from tests.hardening.conftest import (
+    SpareRedis,
+    Subscriber,
+    subscriber,
+    vitalcast_env,
+    vitalcast_process,
+    vitalcast_server,
+)
+from tests.ingest.helpers import hr, now_ms
+from vitalcast.auth import issue_token
+from vitalcast.db.engine import Database, create_engine
+from vitalcast.sessions import repository as session_repository
+
+pytestmark = pytest.mark.slow
+
+UPDATE_TIMEOUT_S = 15.0
+OUTAGE_INGESTS = 3
+
+
+def computes(metrics_text: str) -> float:
+    """How many computes this process ran (``vitalcast_computes_total``, all outcomes)."""
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics_text.splitlines()
+        if line.startswith("vitalcast_computes_total{")
+    )
+
+
+async def _user(url: str) -> str:
+    db = Database(create_engine(url))
+    try:
+        async with db.write() as conn:
+            return await session_repository.get_or_create_user(conn, "live", now_ms=0)
+    finally:
+        await db.dispose()
+
+
+async def _ingest(api: httpx.AsyncClient, n: int) -> int:
+    """One heart-rate sample of a minute ago into the live session; the new watermark."""
+    response = await api.post(
+        "/api/v1/samples", json={"samples": [hr(f"live-{n}", now_ms() - 60_000, value=70 + n)]}
+    )
+    assert response.status_code == 200, response.text
+    return int(response.json()["change_seq"])
+
+
+async def _wait_mode(api: httpx.AsyncClient, mode: str, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while (await api.get("/readyz")).json()["mode"] != mode:
+        assert time.monotonic() < deadline, f"/readyz never said {mode}"
+        await asyncio.sleep(0.2)
+
+
+async def _no_server_errors(api: httpx.AsyncClient, session_id: str) -> None:
+    for path in (f"/api/v1/sessions/{session_id}/telemetry", f"/api/v1/sessions/{session_id}"):
+        assert (await api.get(path)).status_code < 500
+
+
+async def _expect_update(client: Subscriber, watermark: int) -> None:
+    event = await client.update_reaching(watermark, UPDATE_TIMEOUT_S)
+    assert event["state"] == "ready" and event["live"] is True
+
+
+async def test_redis_outage_keeps_local_subscribers_updated_and_recovers(
+    spare_pg_url: str, spare_redis: SpareRedis, tmp_path: Path
+) -> None:
+    """Redis killed mid-session: 3 ingests still reach the server's subscriber (computed in the
+    server), GETs stay below 500, /readyz says degraded; Redis restarted: the next ingest is
+    computed by the worker and reaches the subscriber through the Redis fan-out."""
+    user_id = await _user(spare_pg_url)
+    token = issue_token(TEST_SECRET, user_id, now_s=int(time.time()), ttl_s=3600)
+    env = vitalcast_env(tmp_path / "data", database_url=spare_pg_url, redis_url=spare_redis.url)
+    with (
+        vitalcast_server(env, tmp_path / "server.log") as server,
+        vitalcast_process(["worker"], env, tmp_path / "worker.log") as worker,
+    ):
+        async with httpx.AsyncClient(
+            base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=10
+        ) as api:
+            session = (await api.post("/api/v1/sessions", json={})).json()
+            async with subscriber(server.url, token) as client:
+                assert (await client.subscribe(session["id"]))["ok"] is True
+                await _expect_update(client, await _ingest(api, 0))
+                assert computes((await api.get("/metrics")).text) == 0, "the worker computes"
+
+                spare_redis.stop()
+                for n in range(1, 1 + OUTAGE_INGESTS):
+                    await _expect_update(client, await _ingest(api, n))
+                    await _no_server_errors(api, session["id"])
+                ready = (await api.get("/readyz")).json()
+                assert ready["mode"] == "degraded"
+                in_server = computes((await api.get("/metrics")).text)
+                assert in_server >= OUTAGE_INGESTS
+
+                spare_redis.start()
+                await _wait_mode(api, "scaled_out")
+                await _expect_update(client, await _ingest(api, 99))
+                await _no_server_errors(api, session["id"])
+                assert computes((await api.get("/metrics")).text) == in_server
+        assert worker.process.poll() is None, worker.log()[-2000:]
+        assert "Traceback" not in server.log(), server.log()[-3000:]
