@@ -144,10 +144,16 @@ async def test_idle_worker_computes_a_get_miss_and_the_server_computes_nothing(
         assert job.processedOn - job.timestamp < 1000
         assert job.returnvalue == "computed"
 
-        assert await computes(cluster.server.url) == 0
+        server_metrics = await scrape(cluster.server.url)
+        assert metric_sum(server_metrics, "vitalcast_computes_total") == 0
         worker_metrics = await scrape(worker.metrics_url)
         assert metric_sum(worker_metrics, "vitalcast_computes_total", outcome="ready") >= 3
         assert worker.process.poll() is None, worker.log()
+        # the server reports the queue: completed jobs (3 at least: 1m, 5m, the miss), none stuck
+        for state in ("waiting", "active", "delayed", "failed", "completed"):
+            assert f'vitalcast_queue_jobs{{state="{state}"}}' in server_metrics
+        assert metric_sum(server_metrics, "vitalcast_queue_jobs", state="completed") >= 3
+        assert metric_sum(server_metrics, "vitalcast_degraded") == 0
 
 
 async def test_a_burst_of_ingests_into_a_live_session_costs_at_most_two_computes(
