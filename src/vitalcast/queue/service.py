@@ -81,8 +81,8 @@ class SessionTelemetryQueueService:
         """Queue a compute of ``key``; False when the queue is deeper than ``max_queue_depth``
         (or Redis is unreachable and there is no fallback).
 
-        Per key at most one job runs and one waits (see ``jobs.job_options``), so a burst of
-        submits for one session costs at most two computes.
+        Per key at most one job runs and one waits (see ``jobs.job_options``): submits that
+        arrive while a key's compute runs cost one more compute in total, at the newest watermark.
         """
         if not self._degraded:
             try:
