@@ -89,7 +89,7 @@ def test_bucket_straddling_the_session_end_merges_for_series_and_splits_for_phas
         row("heart_rate", bucket, 1, [60.0, 62.0], [end - 2_000, end - 1]),
         row("heart_rate", bucket, 2, [90.0], [end]),
     ]
-    metrics, count = build_metrics(rows, window, 5 * MIN)
+    metrics, count = build_metrics(rows[::-1], window, 5 * MIN)  # rows come in any order
     series = metrics["heart_rate"]
     assert count == 3
     assert series["t"] == [WS + bucket * 5 * MIN]

@@ -1,7 +1,7 @@
 """Pure assembly of the payload's metric series from the rows of the one GROUP BY; no I/O.
 
 Input rows are ``(metric, bucket, phase, count, sum, min, max, first_ms, last_ms)``, one per
-(metric, bucket, phase) that holds at least one sample, sorted by metric, bucket, phase. A bucket
+(metric, bucket, phase) that holds at least one sample, in any order. A bucket
 that straddles the session start or end arrives as two or three rows: merged by bucket they give
 the series, merged by phase they give exact phase statistics.
 
@@ -26,6 +26,7 @@ PHASE_NAMES = ("before", "during", "after")
 
 # (metric, bucket, phase, count, sum, min, max, first_ms, last_ms)
 Row = tuple[str, int, int, int, float, float, float, int, int]
+_ORDER = itemgetter(0, 1, 2)
 
 
 def gap_threshold_ms(metric_gap_ms: int | None, bucket_ms: int) -> int:
@@ -61,7 +62,7 @@ def build_metrics(
     ]
     metrics: dict[str, dict[str, Any]] = {}
     total = 0
-    for code, metric_rows in groupby(rows, key=itemgetter(0)):
+    for code, metric_rows in groupby(sorted(rows, key=_ORDER), key=itemgetter(0)):
         metric = BY_CODE.get(code)
         if metric is None:
             continue
