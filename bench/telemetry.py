@@ -4,6 +4,7 @@
   for 16 hours around it: ≈ 61k samples stored): the cached GET next to compute-on-request (the
   same auth and the same aggregate run on every GET, as an uncached service would), in-process
   (httpx ASGITransport) and over HTTP on loopback (a server subprocess), p50 / p99 and ratios.
+- The same pair without HTTP (the service's answer vs the compute), to show the framework's share.
 - The compute (session read, GROUP BY, assembly, packing) next to the bare GROUP BY of the same
   rows, the floor; and the full leased compute (lease, compute, conditional save) beside it.
 - A 24-hour session with five streams at 1 Hz (≈ 470k samples in its window): the compute next
@@ -217,6 +218,32 @@ async def get_pair(
     result = compare(await timed(cached, gets, warmup=100), await timed(baseline, computes))
     result["payload_bytes"] = len(first.content)
     return result
+
+
+async def answer_pair(
+    app: FastAPI, user_id: str, session_id: str, gets: int, computes: int
+) -> dict[str, Any]:
+    """The same pair below HTTP: ``SessionTelemetryService.get`` and its body from the cache,
+    next to the compute and its body, so the framework's share of the figures above shows."""
+    container = app.state.container
+    service = container.telemetry
+    key = TelemetryKey(session_id, 60, Resolution.ONE_MINUTE, user_id=user_id)
+
+    async def cached() -> None:
+        answer = await service.get(
+            user_id, session_id, window_minutes=60, resolution="1m", metrics=None
+        )
+        assert answer.state.value == "ready"
+        answer.body()
+
+    async def computed() -> None:
+        async with container.db.read() as conn:
+            session = await load_session(conn, key)
+            assert session is not None
+            result = await compute_telemetry(conn, session, key, container.clock.now_ms())
+        answer_json("ready", telemetry=unpack(result.blob).json(catalog.DEFAULT_CODES))
+
+    return compare(await timed(cached, gets, warmup=100), await timed(computed, computes))
 
 
 @contextlib.contextmanager
@@ -449,6 +476,7 @@ async def run_backend(backend: str, gets: int, computes: int, runs: int) -> dict
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
                 in_process = await get_pair(client, session_id, headers, gets, computes)
+            service_level = await answer_pair(app, user_id, session_id, gets, computes)
         async with (
             bench_server(url) as base,
             httpx.AsyncClient(base_url=base, timeout=60) as client,
@@ -462,6 +490,7 @@ async def run_backend(backend: str, gets: int, computes: int, runs: int) -> dict
             "samples_in_window": in_window_4h,
             "window": "60 min padding, 1m buckets, default metrics",
             "in_process": in_process,
+            "service_answer_without_http": service_level,
             "http_loopback": over_http,
             "compute_vs_bare_group_by": floor,
         },
