@@ -130,6 +130,13 @@ def process(args: Sequence[str], env: dict[str, str]) -> Iterator[subprocess.Pop
 @contextlib.asynccontextmanager
 async def server(database_url: str, **extra_env: str) -> AsyncIterator[str]:
     """``vitalcast serve`` on a free loopback port; yields its base URL once /healthz answers."""
+    async with server_with_pid(database_url, **extra_env) as (base, _pid):
+        yield base
+
+
+@contextlib.asynccontextmanager
+async def server_with_pid(database_url: str, **extra_env: str) -> AsyncIterator[tuple[str, int]]:
+    """Like ``server``, yielding (base URL, pid) for scripts that watch the process (RSS)."""
     port = free_port()
     with (
         tempfile.TemporaryDirectory(prefix="vc-bench-data-") as data_dir,
@@ -149,7 +156,7 @@ async def server(database_url: str, **extra_env: str) -> AsyncIterator[str]:
                 await asyncio.sleep(0.1)
             else:
                 raise RuntimeError("server did not start")
-        yield base
+        yield base, proc.pid
 
 
 def rss_mb(pid: int) -> float:
