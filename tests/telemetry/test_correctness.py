@@ -218,7 +218,7 @@ def assert_close(actual: Any, expected: Any, path: str = "") -> None:
 
 
 @settings(
-    max_examples=18,
+    max_examples=30,
     deadline=None,
     database=None,
     suppress_health_check=[
