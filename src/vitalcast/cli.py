@@ -104,7 +104,9 @@ def simulate(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines."),
 ) -> None:
     """Post realistic wearable streams through the HTTP API, synced in batches like a phone."""
-    from vitalcast.simulator import SimulationConfig, Tally, until_terminated
+    import httpx
+
+    from vitalcast.simulator import ApiError, SimulationConfig, Tally, until_terminated
     from vitalcast.simulator import simulate as run_simulation
 
     if elapsed > duration:
@@ -145,6 +147,12 @@ def simulate(
     except (KeyboardInterrupt, asyncio.CancelledError):
         typer.echo("stopped")
         raise typer.Exit(130) from None
+    except ApiError as exc:
+        typer.echo(f"the server refused the simulation: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except httpx.TransportError as exc:
+        typer.echo(f"cannot reach {url}: {type(exc).__name__}", err=True)
+        raise typer.Exit(1) from None
     for name, tally in tallies.items():
         totals.add(tally)
         typer.echo(

@@ -76,3 +76,13 @@ def test_creates_its_own_users_when_given_no_token(served, tmp_path):
     for name in ("sim-1", "sim-2"):
         summary = next(line for line in text.splitlines() if line.startswith(f"{name}: sent "))
         assert int(summary.split()[2]) > 300 and "rejected 0" in summary
+
+
+def test_a_refused_token_is_a_short_error_not_a_traceback(served, tmp_path):
+    """A token the server refuses ends simulate with exit 1 and the reason, without a traceback."""
+    output = tmp_path / "simulate.out"
+    process = simulate(served, "--token", "not-a-token", "--no-live", "--past", "1", output=output)
+    assert process.wait(60) == 1
+    text = output.read_text()
+    assert "the server refused the simulation: HTTP 401 TOKEN_INVALID" in text
+    assert "Traceback" not in text
