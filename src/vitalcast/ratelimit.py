@@ -47,8 +47,8 @@ class Scope(StrEnum):
 @dataclass(frozen=True, slots=True)
 class Decision:
     allowed: bool
+    #: 0 when allowed
     retry_after_s: int
-    remaining: int
 
 
 class RateLimiter:
@@ -141,10 +141,12 @@ class RateLimiter:
     async def _decide(
         limiter: MovingWindowRateLimiter, item: limits.RateLimitItem, user_id: str
     ) -> Decision:
-        allowed = await limiter.hit(item, user_id)
+        if await limiter.hit(item, user_id):
+            return Decision(allowed=True, retry_after_s=0)
         stats = await limiter.get_window_stats(item, user_id)
-        retry_after = 0 if allowed else max(1, math.ceil(stats.reset_time - time.time()))
-        return Decision(allowed=allowed, retry_after_s=retry_after, remaining=stats.remaining)
+        return Decision(
+            allowed=False, retry_after_s=max(1, math.ceil(stats.reset_time - time.time()))
+        )
 
 
 async def close(container: Any) -> None:
@@ -155,7 +157,7 @@ async def close(container: Any) -> None:
 
 
 def limiter_of(container: Any) -> RateLimiter:
-    """The process's limiter, created on first use when the app did not attach one."""
+    """The process's limiter, created on first use (``close`` releases it at shutdown)."""
     limiter: RateLimiter | None = container.extras.get(EXTRAS_KEY)
     if limiter is None:
         limiter = RateLimiter.from_settings(container.settings)
