@@ -4,7 +4,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 VENDOR := src/vitalcast/static/vendor
 PORT ?= 8000
 
-.PHONY: run test lint bench install uv assets clean
+.PHONY: run test lint bench screenshot install uv assets clean
 
 uv:
 	@command -v uv >/dev/null 2>&1 || [ -x "$(UV)" ] || python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
@@ -33,7 +33,12 @@ test: lint
 	$(UV) run pytest
 
 bench: install
-	$(UV) run python bench/run_all.py
+	$(UV) run python -m bench.run_all
+	$(UV) run python scripts/readme.py
+
+# Re-take the README's screenshot from the browser test (the page exactly as the test saw it).
+screenshot: install
+	VITALCAST_UPDATE_SCREENSHOT=1 $(UV) run pytest tests/dashboard -q -k past_session
 
 clean:
 	rm -rf .venv node_modules $(VENDOR) .pytest_cache .ruff_cache
