@@ -18,8 +18,12 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vitalcast import catalog
 from vitalcast.clock import Clock
@@ -68,6 +72,7 @@ _ERROR_MESSAGES = {
     DATABASE_UNAVAILABLE: "Freshness is unknown: the database could not be read.",
 }
 _RESOLUTIONS = ("1m", "5m", "auto")
+_ASYNC_COMMIT = sa.text("SET LOCAL synchronous_commit TO OFF")
 _METRIC_BIT = {code: 1 << index for index, code in enumerate(catalog.ALL_CODES)}
 
 
@@ -191,6 +196,16 @@ class SessionTelemetryService:
 
     async def close(self) -> None:
         await self._reader.close()
+
+    @asynccontextmanager
+    async def _cache_write(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction for cache rows. On PostgreSQL its commit does not wait for the WAL
+        flush: the rows are derived data, and one lost to a server crash is recomputed on the
+        next read (a lost lease only makes its holder's conditional save fail)."""
+        async with self._db.write() as conn:
+            if not self._db.sqlite:
+                await conn.execute(_ASYNC_COMMIT)
+            yield conn
 
     # -- the request path ---------------------------------------------------------------------
 
@@ -418,7 +433,7 @@ class SessionTelemetryService:
         """Run one compute of ``key`` under its lease; see ``ComputeOutcome``. Never raises."""
         now = self._clock.now_ms()
         try:
-            async with self._db.write() as conn:
+            async with self._cache_write() as conn:
                 lease = await self.cache.take_lease(
                     conn, key, owner=self.owner_id, now_ms=now, lease_ms=self._lease_ms
                 )
@@ -457,14 +472,14 @@ class SessionTelemetryService:
                 if session is not None and not fresh:
                     computed = await self._aggregate(conn, session, key, read_started_ms)
             if computed is None:
-                async with self._db.write() as conn:
+                async with self._cache_write() as conn:
                     await self.cache.release(
                         conn, key, owner=self.owner_id, now_ms=self._clock.now_ms()
                     )
                 return ComputeOutcome.SKIPPED_FRESH if fresh else ComputeOutcome.SESSION_GONE
             compute_ms = int((time.perf_counter() - started) * 1000)
             saved_at = self._clock.now_ms()
-            async with self._db.write() as conn:
+            async with self._cache_write() as conn:
                 result = await self.cache.save(
                     conn,
                     key,
@@ -500,7 +515,7 @@ class SessionTelemetryService:
             error_type=type(exc).__name__,
         )
         try:
-            async with self._db.write() as conn:
+            async with self._cache_write() as conn:
                 await self.cache.fail(
                     conn,
                     key,
@@ -522,7 +537,7 @@ class SessionTelemetryService:
         while True:
             await asyncio.sleep(interval_s)
             try:
-                async with self._db.write() as conn:
+                async with self._cache_write() as conn:
                     held = await self.cache.renew(
                         conn,
                         key,
