@@ -325,10 +325,7 @@ async def compute_floor(
                 assert session is not None
                 await compute_telemetry(conn, session, key, SystemClock().now_ms())
 
-        bare_ms = await timed(bare, runs)
-        compute_ms = await timed(compute, runs)
-        leased_ms = []
-        for _ in range(runs):
+        async def leased() -> None:
             async with db.write() as conn:
                 await conn.execute(
                     sa.text(
@@ -340,6 +337,17 @@ async def compute_floor(
             outcome = await service.compute(key, reason=ScheduleReason.BACKFILL)
             leased_ms.append((time.perf_counter() - started) * 1000)
             assert outcome is ComputeOutcome.COMPUTED, outcome
+
+        # Interleaved, so that all three see the same load on a shared machine.
+        bare_ms: list[float] = []
+        compute_ms: list[float] = []
+        leased_ms: list[float] = []
+        await bare()
+        await compute()
+        for _ in range(runs):
+            bare_ms += await timed(bare, 1, warmup=0)
+            compute_ms += await timed(compute, 1, warmup=0)
+            await leased()
     finally:
         await service.close()
         await db.dispose()
@@ -421,9 +429,15 @@ async def day_session(url: str, user_id: str, session_id: str, start_ms: int, ru
             await fetch_rows()
             pandas_aggregate(fetched, window, key.resolution.bucket_ms)
 
-        compute_ms = await timed(compute, runs, warmup=1)
-        fetch_ms = await timed(fetch_rows, runs, warmup=1)
-        pandas_ms = await timed(fetch_and_pandas, runs, warmup=0)
+        await compute()
+        await fetch_rows()
+        compute_ms: list[float] = []
+        fetch_ms: list[float] = []
+        pandas_ms: list[float] = []
+        for _ in range(runs):  # interleaved, as above
+            compute_ms += await timed(compute, 1, warmup=0)
+            fetch_ms += await timed(fetch_rows, 1, warmup=0)
+            pandas_ms += await timed(fetch_and_pandas, 1, warmup=0)
     finally:
         await db.dispose()
     return {
