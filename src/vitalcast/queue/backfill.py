@@ -24,6 +24,7 @@ from vitalcast.observability import Metrics
 from vitalcast.queue.service import SessionTelemetryQueueService
 from vitalcast.sessions.models import Session
 from vitalcast.settings import Settings
+from vitalcast.telemetry.coordinator import BoundedComputeCoordinator
 from vitalcast.telemetry.models import (
     COMPUTE_VERSION,
     CacheState,
@@ -38,6 +39,8 @@ from vitalcast.telemetry.service import build_telemetry
 PAGE_SIZE = 500
 #: seconds between retries of a submit the scheduler refused (queue full)
 FULL_WAIT_S = 0.25
+# How often an in-process backfill looks for room in the coordinator.
+ROOM_POLL_S = 0.005
 
 Submit = Callable[[TelemetryKey, int], Awaitable[bool]]
 """Schedule one key at a watermark; False when the scheduler is full (retried after a wait)."""
@@ -61,6 +64,21 @@ class BackfillFilter:
     since_ms: int | None = None
     #: only the sessions of the user with this name
     user_name: str | None = None
+
+
+def coordinator_submit(coordinator: BoundedComputeCoordinator) -> Submit:
+    """Submit to an in-process coordinator, first waiting until it has room: a backfill fills
+    the pending bound without being shed (and logged) over and over."""
+
+    async def submit(key: TelemetryKey, watermark: int) -> bool:
+        while True:
+            if coordinator.stats.pending < coordinator.max_pending:
+                return await coordinator.submit(
+                    key, watermark=watermark, reason=ScheduleReason.BACKFILL
+                )
+            await asyncio.sleep(ROOM_POLL_S)
+
+    return submit
 
 
 def default_keys(session: Session, *, window_minutes: int, now_ms: int) -> list[TelemetryKey]:
@@ -200,15 +218,9 @@ async def backfill_command(
                 await queue.close()
         service, coordinator = build_telemetry(settings, db, clock, metrics)
         try:
-
-            async def submit(key: TelemetryKey, watermark: int) -> bool:
-                return await coordinator.submit(
-                    key, watermark=watermark, reason=ScheduleReason.BACKFILL
-                )
-
             progress = await run_backfill(
                 db,
-                submit,
+                coordinator_submit(coordinator),
                 window_minutes=settings.default_window_minutes,
                 now_ms=clock.now_ms,
                 selection=selection,
