@@ -8,12 +8,13 @@
 - Backfill throughput: every ended session's default cache (1m and 5m) computed from scratch,
   in-process (coordinator, 3 at once, as `vitalcast backfill` runs embedded: the baseline) and
   through the queue with 1, 2 and 4 worker subprocesses (3 jobs at once each). Sessions/s from
-  the first enqueue until the last row is fresh.
+  the first enqueue until the last row is fresh; each configuration runs ``--repeat`` times
+  (workers started once) and reports the median and range, since the machine is shared.
 
 The database is created for the run and dropped after it; the queue lives under a unique prefix
 on the shared Redis and its keys are deleted at the end.
 
-    uv run python -m bench.queue [--batches 300] [--sessions 200] [--workers 1,2,4]
+    uv run python -m bench.queue [--batches 300] [--sessions 200] [--workers 1,2,4] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import asyncio
 import contextlib
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -281,63 +283,73 @@ async def ended_sessions(bench: Bench, url: str, count: int) -> BackfillFilter:
 
 
 async def backfill_in_process(
-    bench: Bench, sessions: int, selection: BackfillFilter
-) -> dict[str, float]:
-    await bench.clear_cache()
+    bench: Bench, sessions: int, selection: BackfillFilter, repeat: int
+) -> dict[str, Any]:
+    """Embedded backfill (coordinator in this process), ``repeat`` times from an empty cache."""
     telemetry, coordinator = build_telemetry(bench.settings, bench.db, bench.clock, Metrics())
+    runs = []
     try:
-        began = time.perf_counter()
-        progress = await run_backfill(
-            bench.db,
-            coordinator_submit(coordinator),
-            window_minutes=bench.settings.default_window_minutes,
-            now_ms=bench.clock.now_ms,
-            selection=selection,
-        )
-        await coordinator.wait_idle()
-        elapsed = time.perf_counter() - began
-    finally:
-        await coordinator.stop()
-        await telemetry.close()
-    assert await bench.fresh_rows() == progress.scheduled == 2 * sessions
-    return _rate(sessions, elapsed)
-
-
-async def backfill_queue(
-    bench: Bench, sessions: int, selection: BackfillFilter, count: int
-) -> dict[str, float]:
-    await bench.clear_cache()
-    queue = SessionTelemetryQueueService(bench.settings, fallback=None, metrics=Metrics())
-    try:
-        with workers(count, bench.env, bench.folder):
-
-            async def enqueue(key: TelemetryKey, watermark: int) -> bool:
-                return await queue.enqueue(key, watermark=watermark, reason=ScheduleReason.BACKFILL)
-
+        for _ in range(repeat):
+            await bench.clear_cache()
             began = time.perf_counter()
             progress = await run_backfill(
                 bench.db,
-                enqueue,
+                coordinator_submit(coordinator),
                 window_minutes=bench.settings.default_window_minutes,
                 now_ms=bench.clock.now_ms,
                 selection=selection,
             )
-            while await bench.fresh_rows() < progress.scheduled:
-                if time.perf_counter() - began > 600:
-                    raise RuntimeError("backfill did not finish")
-                await asyncio.sleep(0.02)
-            elapsed = time.perf_counter() - began
+            await coordinator.wait_idle()
+            runs.append(time.perf_counter() - began)
+            assert await bench.fresh_rows() == progress.scheduled == 2 * sessions
+    finally:
+        await coordinator.stop()
+        await telemetry.close()
+    return _rates(sessions, runs)
+
+
+async def backfill_queue(
+    bench: Bench, sessions: int, selection: BackfillFilter, count: int, repeat: int
+) -> dict[str, Any]:
+    """Backfill through the queue with ``count`` workers (started once), ``repeat`` times from an
+    empty cache: first enqueue → last row fresh."""
+    queue = SessionTelemetryQueueService(bench.settings, fallback=None, metrics=Metrics())
+
+    async def enqueue(key: TelemetryKey, watermark: int) -> bool:
+        return await queue.enqueue(key, watermark=watermark, reason=ScheduleReason.BACKFILL)
+
+    runs = []
+    try:
+        with workers(count, bench.env, bench.folder):
+            for _ in range(repeat):
+                await bench.clear_cache()
+                began = time.perf_counter()
+                progress = await run_backfill(
+                    bench.db,
+                    enqueue,
+                    window_minutes=bench.settings.default_window_minutes,
+                    now_ms=bench.clock.now_ms,
+                    selection=selection,
+                )
+                while await bench.fresh_rows() < progress.scheduled:
+                    if time.perf_counter() - began > 600:
+                        raise RuntimeError("backfill did not finish")
+                    await asyncio.sleep(0.02)
+                runs.append(time.perf_counter() - began)
     finally:
         await queue.close()
-    return _rate(sessions, elapsed)
+    return _rates(sessions, runs)
 
 
-def _rate(sessions: int, elapsed_s: float) -> dict[str, float]:
+def _rates(sessions: int, runs_s: list[float]) -> dict[str, Any]:
+    rates = sorted(sessions / elapsed for elapsed in runs_s)
     return {
         "sessions": sessions,
         "computes": 2 * sessions,
-        "seconds": round(elapsed_s, 3),
-        "sessions_per_s": round(sessions / elapsed_s, 1),
+        "runs": len(runs_s),
+        "sessions_per_s_median": round(statistics.median(rates), 1),
+        "sessions_per_s_min": round(rates[0], 1),
+        "sessions_per_s_max": round(rates[-1], 1),
     }
 
 
@@ -355,7 +367,9 @@ async def queue_keys_removed(prefix: str) -> AsyncIterator[None]:
             await client.aclose()
 
 
-async def main(batches: int, sessions: int, worker_counts: list[int]) -> dict[str, Any]:
+async def main(
+    batches: int, sessions: int, worker_counts: list[int], repeat: int
+) -> dict[str, Any]:
     prefix = f"vcbench{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory(prefix="vc-bench-queue-") as tmp:
         folder = Path(tmp)
@@ -389,11 +403,13 @@ async def main(batches: int, sessions: int, worker_counts: list[int]) -> dict[st
 
                 selection = await ended_sessions(bench, url, sessions)
                 backfill = {
-                    "in_process_coordinator": await backfill_in_process(bench, sessions, selection)
+                    "in_process_coordinator": await backfill_in_process(
+                        bench, sessions, selection, repeat
+                    )
                 }
                 for count in worker_counts:
                     backfill[f"queue_{count}_workers"] = await backfill_queue(
-                        bench, sessions, selection, count
+                        bench, sessions, selection, count, repeat
                     )
             finally:
                 await bench.db.dispose()
@@ -425,7 +441,8 @@ if __name__ == "__main__":
     parser.add_argument("--batches", type=int, default=300)
     parser.add_argument("--sessions", type=int, default=200)
     parser.add_argument("--workers", default="1,2,4")
+    parser.add_argument("--repeat", type=int, default=3, help="Backfill runs per configuration.")
     args = parser.parse_args()
     configure_logging("warning")
     counts = [int(n) for n in args.workers.split(",") if n]
-    emit("queue", asyncio.run(main(args.batches, args.sessions, counts)))
+    emit("queue", asyncio.run(main(args.batches, args.sessions, counts, args.repeat)))
