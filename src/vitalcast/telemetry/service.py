@@ -13,25 +13,33 @@
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from vitalcast import catalog
 from vitalcast.clock import Clock
 from vitalcast.db.engine import Database
 from vitalcast.errors import InvalidInput, NotFound
 from vitalcast.observability import Metrics, get_logger
 from vitalcast.sessions.models import Session
 from vitalcast.settings import Settings
+from vitalcast.telemetry.answer import (
+    COMPUTE_FAILED,
+    DATABASE_UNAVAILABLE,
+    RETRY_READ_FAILED_S,
+    RETRY_SHED_S,
+    TelemetryAnswer,
+    decide,
+    etag_matches,
+    make_etag,
+    select_metrics,
+)
 from vitalcast.telemetry.cache import Lease, LeaseRefusal, SessionTelemetryCacheRepository
 from vitalcast.telemetry.compute import (
     Aggregator,
@@ -54,100 +62,13 @@ from vitalcast.telemetry.models import (
     TelemetryWindow,
     resolve_resolution,
 )
-from vitalcast.telemetry.payload import PackedPayload, answer_json, unpack
+from vitalcast.telemetry.payload import unpack
 from vitalcast.telemetry.reader import CacheReader, HotRow, open_reader
 
 log = get_logger(__name__)
 
-#: seconds a client should wait before asking again
-RETRY_COMPUTING_S = 1
-RETRY_SHED_S = 2
-RETRY_STALE_S = 1
-RETRY_READ_FAILED_S = 5
-
-COMPUTE_FAILED = "COMPUTE_FAILED"
-DATABASE_UNAVAILABLE = "DATABASE_UNAVAILABLE"
-_ERROR_MESSAGES = {
-    COMPUTE_FAILED: "The last compute failed; it is retried with backoff.",
-    DATABASE_UNAVAILABLE: "Freshness is unknown: the database could not be read.",
-}
 _RESOLUTIONS = ("1m", "5m", "auto")
 _ASYNC_COMMIT = sa.text("SET LOCAL synchronous_commit TO OFF")
-_METRIC_BIT = {code: 1 << index for index, code in enumerate(catalog.ALL_CODES)}
-
-
-@dataclass(frozen=True, slots=True)
-class TelemetryAnswer:
-    """What a telemetry GET answers; the route only renders it."""
-
-    state: CacheState
-    #: the metric codes asked for, in catalog order
-    codes: tuple[str, ...]
-    payload: PackedPayload | None = None
-    retry_after_s: int | None = None
-    error_code: str | None = None
-    etag: str | None = None
-    not_modified: bool = False
-
-    @property
-    def http_status(self) -> int:
-        if self.not_modified:
-            return 304
-        return 202 if self.state is CacheState.COMPUTING else 200
-
-    def body(self) -> bytes:
-        """The JSON body, joined from the stored bytes (nothing is re-encoded)."""
-        error = None
-        if self.error_code is not None:
-            error = {"code": self.error_code, "message": _ERROR_MESSAGES[self.error_code]}
-        return answer_json(
-            self.state.value,
-            telemetry=None if self.payload is None else self.payload.json(self.codes),
-            retry_after_s=self.retry_after_s,
-            error=error,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class _Decision:
-    state: CacheState
-    reason: ScheduleReason | None
-    retry_after_s: int | None = None
-    error_code: str | None = None
-
-
-def select_metrics(requested: Sequence[str] | None) -> tuple[str, ...]:
-    """Catalog-ordered codes of a request: None → the defaults, ``all`` → every metric."""
-    if not requested:
-        return catalog.DEFAULT_CODES
-    wanted = {code.strip().lower() for code in requested if code.strip()}
-    if not wanted:
-        return catalog.DEFAULT_CODES
-    if "all" in wanted:
-        return catalog.ALL_CODES
-    unknown = sorted(wanted - catalog.BY_CODE.keys())
-    if unknown:
-        raise InvalidInput(f"Unknown metric code: {', '.join(unknown)}.", code="UNKNOWN_METRIC")
-    return tuple(code for code in catalog.ALL_CODES if code in wanted)
-
-
-def make_etag(key: TelemetryKey, watermark: int, codes: Sequence[str]) -> str:
-    """Strong ETag of (session, watermark, window, resolution, compute version, metric set)."""
-    mask = sum(_METRIC_BIT[code] for code in codes)
-    return (
-        f'"{key.session_id}.{watermark}.{key.window_minutes}.{key.resolution.value}'
-        f'.v{key.compute_version}.{mask:x}"'
-    )
-
-
-def etag_matches(if_none_match: str | None, etag: str) -> bool:
-    if not if_none_match:
-        return False
-    for candidate in if_none_match.split(","):
-        tag = candidate.strip()
-        if tag == "*" or tag.removeprefix("W/") == etag:
-            return True
-    return False
 
 
 def default_owner_id() -> str:
@@ -257,7 +178,7 @@ class SessionTelemetryService:
             if row is None:
                 raise NotFound("Session not found.", code="SESSION_NOT_FOUND")
             key = self._key_of(row, user_id, session_id, window_minutes, requested, now)
-            decision = self._decide(row, now)
+            decision = decide(row, now)
             fresh = decision.state in (CacheState.READY, CacheState.NO_DATA)
             etag = None
             if fresh:
@@ -315,28 +236,6 @@ class SessionTelemetryService:
             resolution = resolve_resolution(requested, window)
         return TelemetryKey(session_id, window_minutes, resolution, COMPUTE_VERSION, user_id)
 
-    @staticmethod
-    def _decide(row: HotRow, now_ms: int) -> _Decision:
-        """The request state of a hot row, and whether (and why) a compute must be scheduled."""
-        backing_off = row.next_attempt_ms is not None and row.next_attempt_ms > now_ms
-        retry_failed = (
-            max(1, math.ceil((row.next_attempt_ms - now_ms) / 1000))
-            if backing_off and row.next_attempt_ms is not None
-            else RETRY_COMPUTING_S
-        )
-        if row.status is None or row.status == CacheState.COMPUTING:
-            return _Decision(CacheState.COMPUTING, ScheduleReason.CACHE_MISS, RETRY_COMPUTING_S)
-        if row.status == CacheState.FAILED:
-            reason = None if backing_off else ScheduleReason.CACHE_MISS
-            return _Decision(CacheState.FAILED, reason, retry_failed, row.error_code)
-        if row.source_watermark == row.session_watermark:
-            state = CacheState.NO_DATA if row.status == CacheState.NO_DATA else CacheState.READY
-            return _Decision(state, None)
-        if row.error_code is not None:
-            reason = None if backing_off else ScheduleReason.STALE_READ
-            return _Decision(CacheState.FAILED, reason, retry_failed, row.error_code)
-        return _Decision(CacheState.STALE, ScheduleReason.STALE_READ, RETRY_STALE_S)
-
     async def subscription_state(self, session: Session) -> tuple[str, int | None]:
         """(state the default-window GET would answer, watermark of the cached payload or None);
         schedules nothing."""
@@ -357,7 +256,7 @@ class SessionTelemetryService:
             return CacheState.FAILED.value, None
         if row is None:
             raise NotFound("Session not found.", code="SESSION_NOT_FOUND")
-        decision = self._decide(row, now)
+        decision = decide(row, now)
         has_payload = row.status in (CacheState.READY, CacheState.NO_DATA)
         return decision.state.value, row.source_watermark if has_payload else None
 
