@@ -11,6 +11,7 @@ import typer
 import uvicorn
 
 from vitalcast.auth import issue_token
+from vitalcast.clock import epoch_ms
 from vitalcast.db.engine import Database, create_engine
 from vitalcast.db.migrate import upgrade
 from vitalcast.observability import configure_logging
@@ -217,7 +218,7 @@ def backfill(
             raise typer.BadParameter(f"--since is not an ISO date or date-time: {since}") from None
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
-        since_ms = int(moment.timestamp() * 1000)
+        since_ms = epoch_ms(moment)
 
     def show(progress: BackfillProgress) -> None:
         typer.echo(

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MS = timedelta(milliseconds=1)
 
 
 class Clock(Protocol):
@@ -30,3 +34,12 @@ class ManualClock:
 
     def advance(self, ms: int) -> None:
         self._now_ms += ms
+
+
+def epoch_ms(moment: datetime) -> int:
+    """Epoch milliseconds of an aware datetime, exactly (floor of sub-millisecond parts).
+
+    ``int(moment.timestamp() * 1000)`` goes through a float and can land one millisecond early,
+    which would move a sample across a bucket edge.
+    """
+    return (moment - _EPOCH) // _ONE_MS

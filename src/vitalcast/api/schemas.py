@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 
+from vitalcast.clock import epoch_ms
 from vitalcast.sessions.models import Session
 
 
@@ -17,7 +18,7 @@ def iso(ms: int | None) -> str | None:
 
 
 def to_ms(value: datetime) -> int:
-    return int(value.timestamp() * 1000)
+    return epoch_ms(value)
 
 
 class StrictModel(BaseModel):

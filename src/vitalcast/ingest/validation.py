@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from vitalcast.catalog import BY_CODE
+from vitalcast.clock import epoch_ms
 from vitalcast.errors import InvalidInput, PayloadTooLarge
 
 MAX_SAMPLES = 5_000
@@ -123,7 +124,7 @@ def _timestamp(raw: dict[str, Any], name: str, where: str) -> datetime | None:
 
 
 def _epoch_ms(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000)
+    return epoch_ms(moment)
 
 
 def _check_sample(index: int, raw: Any, now_ms: int) -> NormalizedSample | Rejection:
