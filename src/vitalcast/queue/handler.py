@@ -21,8 +21,9 @@ from vitalcast.clock import Clock
 from vitalcast.db.engine import Database
 from vitalcast.queue.jobs import TelemetryJob
 from vitalcast.queue.worker import JobDeferred, JobFailed
+from vitalcast.telemetry.answer import COMPUTE_FAILED
 from vitalcast.telemetry.models import ComputeOutcome
-from vitalcast.telemetry.service import COMPUTE_FAILED, SessionTelemetryService
+from vitalcast.telemetry.service import SessionTelemetryService
 
 #: how long a job waits when another holder's lease is live
 LEASE_BUSY_DEFER_MS = 1_000
