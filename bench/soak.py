@@ -284,7 +284,7 @@ def main() -> None:
     args = parser.parse_args()
     backend = "postgres" if args.scaled else args.backend
     result = asyncio.run(soak(args.minutes, args.sessions, args.clients, backend, args.scaled))
-    emit("soak", result)
+    emit("soak-scaled-out" if args.scaled else "soak", result)
 
 
 if __name__ == "__main__":
