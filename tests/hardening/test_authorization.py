@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import socketio
 
 from tests.conftest import TEST_SECRET
@@ -160,6 +161,7 @@ async def _socket_cells(world: World) -> dict[str, dict[str, Any]]:
     return cells
 
 
+@pytest.mark.slow
 async def test_authorization_matrix(database_url: str, users, tmp_path: Path) -> None:
     """Every route and Socket.IO event answers each principal exactly as the table says:
     another user's session is 404 / SESSION_NOT_FOUND (never 403), missing, expired and forged
