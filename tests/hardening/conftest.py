@@ -74,6 +74,7 @@ def vitalcast_process(args: list[str], env: dict[str, str], log_path: Path) -> I
             stderr=subprocess.STDOUT,
         )
     child = Child(process, log_path)
+    reaper = reap_when_gone("kill", "-9", str(process.pid))
     try:
         yield child
     finally:
@@ -84,6 +85,8 @@ def vitalcast_process(args: list[str], env: dict[str, str], log_path: Path) -> I
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(5)
+        reaper.kill()
+        reaper.wait(5)
 
 
 @contextlib.contextmanager
@@ -106,6 +109,19 @@ def vitalcast_server(env: dict[str, str], log_path: Path) -> Iterator[Child]:
         yield child
 
 
+def reap_when_gone(*cleanup: str) -> subprocess.Popen[bytes]:
+    """A watchdog that runs ``cleanup`` once this test process is gone, killed included (a
+    killed pytest runs no fixture teardown, and a daemon like PostgreSQL outlives its parent).
+    Kill the watchdog after a normal teardown."""
+    script = 'while kill -0 "$0" 2>/dev/null; do sleep 1; done; exec "$@"'
+    return subprocess.Popen(
+        ["sh", "-c", script, str(os.getpid()), *cleanup],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
 def _wait(predicate: object, what: str, timeout_s: float = START_TIMEOUT_S) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -122,6 +138,7 @@ class SpareRedis:
     port: int
     folder: Path
     process: subprocess.Popen[bytes] | None = None
+    reaper: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -145,6 +162,7 @@ class SpareRedis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        self.reaper = reap_when_gone("kill", "-9", str(self.process.pid))
         _wait(self._answers, "redis start")
 
     def stop(self) -> None:
@@ -152,7 +170,10 @@ class SpareRedis:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
-        self.process = None
+        if self.reaper is not None:
+            self.reaper.kill()
+            self.reaper.wait(5)
+        self.process = self.reaper = None
 
     def _answers(self) -> bool:
         if self.process is not None and self.process.poll() is not None:
@@ -234,14 +255,21 @@ def spare_postgres_cluster() -> Iterator[SparePostgres]:
     folder = Path(tempfile.mkdtemp(prefix="vc-pg-"))
     shutil.chown(folder, "postgres", "postgres")
     instance = SparePostgres(port=free_port(), folder=folder)
+    pg_ctl = str(PG_BIN / "pg_ctl")
+    reaper = reap_when_gone(
+        "sh", "-c", f"runuser -u postgres -- {pg_ctl} -D {instance.data} -m immediate stop; "
+        f"rm -rf {folder}",
+    )  # fmt: skip
     try:
         instance.init()
         instance.start()
         yield instance
     finally:
-        with contextlib.suppress(subprocess.CalledProcessError):
+        with contextlib.suppress(subprocess.SubprocessError):
             instance.stop("fast")
         shutil.rmtree(folder, ignore_errors=True)
+        reaper.kill()
+        reaper.wait(5)
 
 
 @pytest.fixture(scope="session")
