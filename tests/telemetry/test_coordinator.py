@@ -197,3 +197,34 @@ def test_bounds_are_validated():
         BoundedComputeCoordinator(GatedRunner(), max_concurrency=0, max_pending=1)
     with pytest.raises(ValueError):
         BoundedComputeCoordinator(GatedRunner(), max_concurrency=1, max_pending=-1)
+
+
+async def test_background_triggers_beyond_the_bound_are_parked_not_lost():
+    """Ingest triggers past the bound wait as dirty keys (newest watermark kept) and all run;
+    request-path submits past the bound are still shed."""
+    runner = GatedRunner()
+    coordinator = BoundedComputeCoordinator(runner, max_concurrency=1, max_pending=1)
+    live = ScheduleReason.LIVE_UPDATE
+    accepted = [await coordinator.submit(key(n), watermark=1, reason=live) for n in range(5)]
+    assert accepted == [True] * 5
+    assert await coordinator.submit(key(3), watermark=7, reason=live) is True
+    assert await coordinator.submit(key(9), watermark=1, reason=MISS) is False
+    stats = coordinator.stats
+    assert (stats.inflight, stats.pending, stats.deferred, stats.shed) == (1, 1, 3, 1)
+    for n in range(5):
+        await runner.wait_for(lambda n=n: len(runner.started) == n + 1)
+        runner.release(key(n))
+    await coordinator.wait_idle()
+    assert runner.started == [key(n) for n in range(5)]
+    assert coordinator.stats.deferred == 0 and coordinator.stats.completed == 5
+
+
+async def test_no_pending_slots_still_runs_when_a_slot_is_free():
+    """max_pending=0 means nothing waits, not that nothing runs."""
+    runner = GatedRunner()
+    coordinator = BoundedComputeCoordinator(runner, max_concurrency=1, max_pending=0)
+    assert await coordinator.submit(key(0), watermark=1, reason=MISS) is True
+    assert await coordinator.submit(key(1), watermark=1, reason=MISS) is False
+    runner.release(key(0))
+    await coordinator.wait_idle()
+    assert runner.started == [key(0)]

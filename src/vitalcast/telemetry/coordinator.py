@@ -3,9 +3,12 @@
 At most ``max_concurrency`` computes run at once and at most ``max_pending`` wait, in FIFO order.
 Requests coalesce per key (the full ``TelemetryKey``: session, window, resolution, version): a
 key has at most one compute running and one waiting, and the waiting one takes the newest
-watermark. A submit beyond the bound is shed and says so by returning False; nobody waits on it,
-the client sees ``computing`` and retries. Nothing here is durable: after a restart the cache rows'
-leases and the next read or ingest trigger the compute again.
+watermark. A request-path submit (cache miss, stale read) beyond the bound is shed and says so by
+returning False; nobody waits on it, the client sees ``computing`` and retries. A background
+trigger (ingest, session end, backfill) has no client to retry it, so beyond the bound its key is
+parked in a set of dirty keys (bounded, coalesced per key) that refills the queue as it drains:
+a burst delays a live session's update but never loses it. Nothing here is durable: after a
+restart the cache rows' leases and the next read or ingest trigger the compute again.
 """
 
 from __future__ import annotations
@@ -23,6 +26,10 @@ log = get_logger(__name__)
 
 #: how many enqueue → saved latencies ``stats`` keeps for its percentiles
 LATENCY_WINDOW = 1_000
+#: dirty keys parked beyond the bound, per pending slot; past that even triggers are shed
+DEFERRED_PER_PENDING_SLOT = 100
+#: reasons that have a client who retries on ``computing``; every other reason is parked instead
+REQUEST_REASONS = frozenset({ScheduleReason.CACHE_MISS, ScheduleReason.STALE_READ})
 
 
 class ComputeRunner(Protocol):
@@ -52,6 +59,8 @@ class CoordinatorStats:
     submitted: int
     deduped: int
     shed: int
+    #: background triggers parked beyond the bound, waiting for a pending slot
+    deferred: int
     #: computes that saved a payload (outcome computed)
     completed: int
     #: computes that failed (outcome failed, or the runner raised)
@@ -87,6 +96,8 @@ class BoundedComputeCoordinator:
         self.max_pending = max_pending
         self._metrics = metrics
         self._pending: OrderedDict[TelemetryKey, _Entry] = OrderedDict()
+        self._deferred: OrderedDict[TelemetryKey, _Entry] = OrderedDict()
+        self._max_deferred = max(1, max_pending) * DEFERRED_PER_PENDING_SLOT
         self._running: dict[TelemetryKey, asyncio.Task[None]] = {}
         self._closed = False
         self._idle = asyncio.Event()
@@ -109,6 +120,7 @@ class BoundedComputeCoordinator:
         cancel the rest (their leases expire and the computes are retried elsewhere)."""
         self._closed = True
         self._pending.clear()
+        self._deferred.clear()
         running = list(self._running.values())
         if running:
             _done, late = await asyncio.wait(running, timeout=timeout_s)
@@ -127,7 +139,10 @@ class BoundedComputeCoordinator:
             self._deduped += 1
             waiting.watermark = max(waiting.watermark, watermark)
             return True
-        if len(self._pending) >= self.max_pending:
+        slot_free = len(self._running) < self.max_concurrency and key not in self._running
+        if len(self._pending) >= self.max_pending and not slot_free:
+            if reason not in REQUEST_REASONS and self._defer(key, watermark, reason):
+                return True
             self._shed += 1
             if self._metrics is not None:
                 self._metrics.coordinator_shed.inc()
@@ -144,6 +159,28 @@ class BoundedComputeCoordinator:
         self._drain()
         return True
 
+    def _defer(self, key: TelemetryKey, watermark: int, reason: ScheduleReason) -> bool:
+        parked = self._deferred.get(key)
+        if parked is not None:
+            self._deduped += 1
+            parked.watermark = max(parked.watermark, watermark)
+            return True
+        if len(self._deferred) >= self._max_deferred:
+            return False
+        self._deferred[key] = _Entry(key, reason, watermark)
+        self._idle.clear()
+        return True
+
+    def _refill(self) -> None:
+        """Move parked keys into free pending slots, oldest first."""
+        while self._deferred and len(self._pending) < self.max_pending:
+            key, entry = self._deferred.popitem(last=False)
+            waiting = self._pending.get(key)
+            if waiting is not None:
+                waiting.watermark = max(waiting.watermark, entry.watermark)
+            else:
+                self._pending[key] = entry
+
     async def wait_idle(self) -> None:
         """Return once nothing runs and nothing waits."""
         await self._idle.wait()
@@ -159,6 +196,7 @@ class BoundedComputeCoordinator:
             submitted=self._submitted,
             deduped=self._deduped,
             shed=self._shed,
+            deferred=len(self._deferred),
             completed=self._completed,
             failed=self._failed,
             outcomes=dict(self._outcomes),
@@ -172,15 +210,20 @@ class BoundedComputeCoordinator:
     def _drain(self) -> None:
         while len(self._running) < self.max_concurrency:
             entry = next((e for k, e in self._pending.items() if k not in self._running), None)
-            if entry is None:
-                break
-            del self._pending[entry.key]
+            if entry is not None:
+                del self._pending[entry.key]
+            else:
+                entry = next((e for k, e in self._deferred.items() if k not in self._running), None)
+                if entry is None:
+                    break
+                del self._deferred[entry.key]
             self._running[entry.key] = asyncio.create_task(
                 self._execute(entry), name=f"telemetry-compute-{entry.key.dedupe_id}"
             )
             self._peak = max(self._peak, len(self._running))
+        self._refill()
         self._update_gauges()
-        if not self._running and not self._pending:
+        if not self._running and not self._pending and not self._deferred:
             self._idle.set()
 
     async def _execute(self, entry: _Entry) -> None:
