@@ -88,44 +88,33 @@ async def record_request(
 async def _existing(
     conn: AsyncConnection, user_id: str, identities: Sequence[tuple[str, str]]
 ) -> dict[tuple[str, str], sa.Row]:
-    """Stored rows for these identities, by unique-index lookups.
+    """Stored rows for these identities, as lookups on the (user_id, source, record_id) index,
+    one query per source (a batch usually has one).
 
-    PostgreSQL joins against ``unnest`` of two array parameters (its planner is slow on long
-    row-constructor IN lists); SQLite takes a chunked tuple IN.
+    PostgreSQL takes the record ids as one array parameter (its planner is slow on long IN lists
+    and row-constructor lists); SQLite takes chunked IN lists under its parameter limit. A table
+    PostgreSQL has no statistics for yet (just bulk-loaded, before autovacuum's ANALYZE) may be
+    filtered instead of probed: run ANALYZE after bulk loads.
     """
+    by_source: dict[str, list[str]] = {}
+    for source, record_id in identities:
+        by_source.setdefault(source, []).append(record_id)
+    postgres = conn.dialect.name == "postgresql"
     found: dict[tuple[str, str], sa.Row] = {}
-    if not identities:
-        return found
-    if conn.dialect.name == "postgresql":
-        keys = (
-            sa.func.unnest(
-                sa.literal([s for s, _ in identities], ARRAY(sa.String)),
-                sa.literal([r for _, r in identities], ARRAY(sa.String)),
+    for source, record_ids in by_source.items():
+        step = len(record_ids) if postgres else _LOOKUP_CHUNK
+        for offset in range(0, len(record_ids), step):
+            chunk = record_ids[offset : offset + step]
+            match = (
+                health_samples.c.record_id == sa.any_(sa.literal(chunk, ARRAY(sa.String)))
+                if postgres
+                else health_samples.c.record_id.in_(chunk)
             )
-            .table_valued("source", "record_id")
-            .render_derived()
-        )
-        query = sa.select(health_samples).join(
-            keys,
-            sa.and_(
-                health_samples.c.source == keys.c.source,
-                health_samples.c.record_id == keys.c.record_id,
-            ),
-        )
-        chunks = [query.where(health_samples.c.user_id == user_id)]
-    else:
-        chunks = [
-            sa.select(health_samples).where(
-                health_samples.c.user_id == user_id,
-                sa.tuple_(health_samples.c.source, health_samples.c.record_id).in_(
-                    identities[offset : offset + _LOOKUP_CHUNK]
-                ),
+            query = sa.select(health_samples).where(
+                health_samples.c.user_id == user_id, health_samples.c.source == source, match
             )
-            for offset in range(0, len(identities), _LOOKUP_CHUNK)
-        ]
-    for query in chunks:
-        for row in await conn.execute(query):
-            found[(row.source, row.record_id)] = row
+            for row in await conn.execute(query):
+                found[(row.source, row.record_id)] = row
     return found
 
 
