@@ -26,15 +26,15 @@ run: install
 	$(UV) run vitalcast serve --demo --port $(PORT)
 
 lint: install
-	$(UV) run ruff check src tests bench
-	$(UV) run ruff format --check src tests bench
+	$(UV) run ruff check src tests bench scripts
+	$(UV) run ruff format --check src tests bench scripts
 
 test: lint
 	$(UV) run pytest
 
 bench: install
 	$(UV) run python -m bench.run_all
-	$(UV) run python scripts/readme.py
+	$(UV) run python -m scripts.readme
 
 # Re-take the README's screenshot from the browser test (the page exactly as the test saw it).
 screenshot: install

@@ -20,8 +20,10 @@ from typing import Any
 
 import limits
 from fastapi import Depends, Request
-from limits.aio.storage import MemoryStorage, RedisStorage
+from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter as LocalMovingWindowRateLimiter
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -63,7 +65,9 @@ class RateLimiter:
         fallback_s: float = FALLBACK_S,
     ) -> None:
         self._items = {scope: limits.parse(rate) for scope, rate in rates.items()}
-        self._memory = MovingWindowRateLimiter(MemoryStorage())
+        # The in-process counters use the synchronous strategy: it never leaves the loop, where
+        # the async memory storage hands its expiry sweep to a thread after every request.
+        self._memory = LocalMovingWindowRateLimiter(MemoryStorage())
         self._redis_storage: RedisStorage | None = None
         self._redis: MovingWindowRateLimiter | None = None
         if redis_url:
@@ -103,15 +107,18 @@ class RateLimiter:
         if self._redis is not None and self._try_redis():
             try:
                 async with asyncio.timeout(REDIS_TIMEOUT_S * 2):
-                    decision = await self._decide(self._redis, item, user_id)
+                    allowed = await self._redis.hit(item, user_id)
+                    stats = None if allowed else await self._redis.get_window_stats(item, user_id)
             except Exception as exc:
                 self._redis_failed(exc)
             else:
                 self._redis_recovered()
-                return decision
+                return _ALLOWED if stats is None else _refusal(stats)
             finally:
                 self._probing = False
-        return await self._decide(self._memory, item, user_id)
+        if self._memory.hit(item, user_id):
+            return _ALLOWED
+        return _refusal(self._memory.get_window_stats(item, user_id))
 
     async def close(self) -> None:
         if self._redis_storage is not None:
@@ -137,16 +144,13 @@ class RateLimiter:
             log.info("rate_limit_redis_recovered")
         self._redis_healthy = True
 
-    @staticmethod
-    async def _decide(
-        limiter: MovingWindowRateLimiter, item: limits.RateLimitItem, user_id: str
-    ) -> Decision:
-        if await limiter.hit(item, user_id):
-            return Decision(allowed=True, retry_after_s=0)
-        stats = await limiter.get_window_stats(item, user_id)
-        return Decision(
-            allowed=False, retry_after_s=max(1, math.ceil(stats.reset_time - time.time()))
-        )
+
+_ALLOWED = Decision(allowed=True, retry_after_s=0)
+
+
+def _refusal(stats: limits.WindowStats) -> Decision:
+    """A refusal whose Retry-After is when the oldest counted request leaves the window."""
+    return Decision(allowed=False, retry_after_s=max(1, math.ceil(stats.reset_time - time.time())))
 
 
 async def close(container: Any) -> None:
