@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -21,7 +22,9 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
+import redis.asyncio as aioredis
 import sqlalchemy as sa
 
 from vitalcast.auth import issue_token
@@ -35,6 +38,20 @@ PG_ADMIN_URL = os.environ.get(
 REDIS_URL = os.environ.get("VITALCAST_TEST_REDIS", "redis://127.0.0.1:6379/0")
 SECRET = "bench-secret-0123456789abcdef0123456789abcdef"
 RESULTS = Path(__file__).parent / "results"
+#: health_samples columns in the order of ``bulk_load``'s row tuples
+HEALTH_SAMPLE_COLUMNS = (
+    "user_id",
+    "source",
+    "record_id",
+    "metric",
+    "value",
+    "unit",
+    "start_ms",
+    "end_ms",
+    "device",
+    "deleted",
+    "change_seq",
+)
 
 
 def free_port() -> int:
@@ -96,6 +113,30 @@ async def create_user(url: str, name: str) -> tuple[str, str]:
     return user_id, issue_token(SECRET, user_id, now_s=int(time.time()), ttl_s=86_400)
 
 
+async def bulk_load(url: str, rows: list[tuple]) -> None:
+    """Rows straight into health_samples: COPY on PostgreSQL, executemany on SQLite."""
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        conn = sqlite3.connect(parsed.database or "")
+        with conn:
+            conn.executemany(
+                f"INSERT INTO health_samples ({', '.join(HEALTH_SAMPLE_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(HEALTH_SAMPLE_COLUMNS))})",
+                rows,
+            )
+        conn.execute("ANALYZE")
+        conn.close()
+        return
+    conn = await asyncpg.connect(parsed.set(drivername="postgresql").render_as_string(False))
+    try:
+        await conn.copy_records_to_table(
+            "health_samples", records=rows, columns=HEALTH_SAMPLE_COLUMNS
+        )
+        await conn.execute("ANALYZE")
+    finally:
+        await conn.close()
+
+
 def server_env(database_url: str, data_dir: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VITALCAST_")}
     env |= {
@@ -108,10 +149,12 @@ def server_env(database_url: str, data_dir: str, **extra: str) -> dict[str, str]
 
 
 @contextlib.contextmanager
-def process(args: Sequence[str], env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    """A child process that is terminated (then killed) on exit."""
+def process(
+    args: Sequence[str], env: dict[str, str], *, module: str = "vitalcast"
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``python -m MODULE ARGS``, terminated (then killed after 10 s) on exit."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vitalcast", *args],
+        [sys.executable, "-m", module, *args],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -128,6 +171,28 @@ def process(args: Sequence[str], env: dict[str, str]) -> Iterator[subprocess.Pop
 
 
 @contextlib.asynccontextmanager
+async def serving(
+    env: dict[str, str], *, module: str = "vitalcast"
+) -> AsyncIterator[tuple[str, int]]:
+    """``python -m MODULE serve`` on a free loopback port: (base URL, pid) once /healthz answers
+    (RuntimeError if it exits or does not answer within 30 s)."""
+    port = free_port()
+    with process(["serve", "--host", "127.0.0.1", "--port", str(port)], env, module=module) as proc:
+        base = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient() as client:
+            for _ in range(300):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{module} serve exited during start-up")
+                with contextlib.suppress(httpx.TransportError):
+                    if (await client.get(f"{base}/healthz")).status_code == 200:
+                        break
+                await asyncio.sleep(0.1)
+            else:
+                raise RuntimeError(f"{module} serve did not start")
+        yield base, proc.pid
+
+
+@contextlib.asynccontextmanager
 async def server(database_url: str, **extra_env: str) -> AsyncIterator[str]:
     """``vitalcast serve`` on a free loopback port; yields its base URL once /healthz answers."""
     async with server_with_pid(database_url, **extra_env) as (base, _pid):
@@ -137,26 +202,20 @@ async def server(database_url: str, **extra_env: str) -> AsyncIterator[str]:
 @contextlib.asynccontextmanager
 async def server_with_pid(database_url: str, **extra_env: str) -> AsyncIterator[tuple[str, int]]:
     """Like ``server``, yielding (base URL, pid) for scripts that watch the process (RSS)."""
-    port = free_port()
-    with (
-        tempfile.TemporaryDirectory(prefix="vc-bench-data-") as data_dir,
-        process(
-            ["serve", "--host", "127.0.0.1", "--port", str(port)],
-            server_env(database_url, data_dir, **extra_env),
-        ) as proc,
-    ):
-        base = f"http://127.0.0.1:{port}"
-        async with httpx.AsyncClient() as client:
-            for _ in range(300):
-                if proc.poll() is not None:
-                    raise RuntimeError("server exited during start-up")
-                with contextlib.suppress(httpx.TransportError):
-                    if (await client.get(f"{base}/healthz")).status_code == 200:
-                        break
-                await asyncio.sleep(0.1)
-            else:
-                raise RuntimeError("server did not start")
-        yield base, proc.pid
+    with tempfile.TemporaryDirectory(prefix="vc-bench-data-") as data_dir:
+        async with serving(server_env(database_url, data_dir, **extra_env)) as (base, pid):
+            yield base, pid
+
+
+async def delete_keys(pattern: str) -> None:
+    """Delete the run's keys matching ``pattern`` on the shared Redis (never a flush)."""
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        keys = [key async for key in client.scan_iter(match=pattern, count=1000)]
+        for start in range(0, len(keys), 500):
+            await client.delete(*keys[start : start + 500])
+    finally:
+        await client.aclose()
 
 
 def rss_mb(pid: int) -> float:

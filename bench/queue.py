@@ -35,11 +35,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import redis.asyncio as redis
 import sqlalchemy as sa
 
-from bench.common import REDIS_URL, SECRET, database, emit, percentiles
+from bench.common import (
+    REDIS_URL,
+    SECRET,
+    bulk_load,
+    database,
+    delete_keys,
+    emit,
+    percentiles,
+)
 from vitalcast.clock import SystemClock
 from vitalcast.db.engine import Database, create_engine
 from vitalcast.db.tables import telemetry_cache
@@ -60,19 +67,6 @@ SYNC_SAMPLES = 10
 WARMUP_BATCHES = 10
 #: heart-rate samples in one backfill session's default window (every 10 s over 3 h)
 SAMPLES_PER_WINDOW = 3 * 360
-COPY_COLUMNS = (
-    "user_id",
-    "source",
-    "record_id",
-    "metric",
-    "value",
-    "unit",
-    "start_ms",
-    "end_ms",
-    "device",
-    "deleted",
-    "change_seq",
-)
 
 
 def _iso(ms: int) -> str:
@@ -271,14 +265,7 @@ async def ended_sessions(bench: Bench, url: str, count: int) -> BackfillFilter:
             rows.append(
                 (user_id, "bench", f"b{n}-{i}", "heart_rate", value, "bpm", at, at, None, False, 1)
             )
-    conn = await asyncpg.connect(
-        sa.make_url(url).set(drivername="postgresql").render_as_string(False)
-    )
-    try:
-        await conn.copy_records_to_table("health_samples", records=rows, columns=COPY_COLUMNS)
-        await conn.execute("ANALYZE")
-    finally:
-        await conn.close()
+    await bulk_load(url, rows)
     return BackfillFilter(user_name=name)
 
 
@@ -355,16 +342,11 @@ def _rates(sessions: int, runs_s: list[float]) -> dict[str, Any]:
 
 @contextlib.asynccontextmanager
 async def queue_keys_removed(prefix: str) -> AsyncIterator[None]:
+    """The run's BullMQ keys under ``prefix`` are deleted after the block."""
     try:
         yield
     finally:
-        client = redis.Redis.from_url(REDIS_URL)
-        try:
-            keys = [k async for k in client.scan_iter(match=f"{prefix}:*", count=1000)]
-            for i in range(0, len(keys), 500):
-                await client.delete(*keys[i : i + 500])
-        finally:
-            await client.aclose()
+        await delete_keys(f"{prefix}:*")
 
 
 async def main(

@@ -18,31 +18,31 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
-import redis.asyncio as aioredis
 import socketio
 
 from bench.common import (
     REDIS_URL,
     create_user,
     database,
+    delete_keys,
     emit,
-    free_port,
     percentiles,
     process,
     rss_mb,
     server_env,
+    server_with_pid,
+    serving,
 )
 
 TARGET_P99_EMBEDDED_MS = 250
@@ -68,25 +68,6 @@ def sample(record_id: str, at_ms: int) -> dict[str, Any]:
         "unit": "bpm",
         "start": iso(at_ms),
     }
-
-
-@contextlib.asynccontextmanager
-async def serve(env: dict[str, str]) -> AsyncIterator[tuple[str, int]]:
-    """``vitalcast serve`` on a free port: (base URL, pid) once /healthz answers."""
-    port = free_port()
-    with process(["serve", "--host", "127.0.0.1", "--port", str(port)], env) as proc:
-        base = f"http://127.0.0.1:{port}"
-        async with httpx.AsyncClient() as client:
-            for _ in range(300):
-                if proc.poll() is not None:
-                    raise RuntimeError("server exited during start-up")
-                with contextlib.suppress(httpx.TransportError):
-                    if (await client.get(f"{base}/healthz")).status_code == 200:
-                        break
-                await asyncio.sleep(0.1)
-            else:
-                raise RuntimeError("server did not start")
-        yield base, proc.pid
 
 
 async def start_session(http: httpx.AsyncClient, token: str) -> str:
@@ -172,21 +153,11 @@ async def ingest_to_client(
 async def embedded(batches: int) -> dict[str, Any]:
     async with database("sqlite") as url:
         _user, token = await create_user(url, "rt-embedded")
-        with tempfile.TemporaryDirectory(prefix="vc-bench-data-") as data_dir:
-            async with serve(server_env(url, data_dir)) as (base, _pid):
-                result = await ingest_to_client(base, base, token, batches)
+        async with server_with_pid(url) as (base, _pid):
+            result = await ingest_to_client(base, base, token, batches)
     result["target_p99_ms"] = TARGET_P99_EMBEDDED_MS
     result["target_met"] = result["ingest_to_client"]["p99_ms"] < TARGET_P99_EMBEDDED_MS
     return result
-
-
-async def delete_keys(prefix: str) -> None:
-    client = aioredis.Redis.from_url(REDIS_URL)
-    try:
-        async for key in client.scan_iter(match=f"{prefix}*", count=500):
-            await client.delete(key)
-    finally:
-        await client.aclose()
 
 
 async def scaled_out(batches: int) -> dict[str, Any]:
@@ -203,13 +174,13 @@ async def scaled_out(batches: int) -> dict[str, Any]:
             )
             try:
                 async with (
-                    serve(env) as (node_a, _pid_a),
-                    serve(env) as (node_b, _pid_b),
+                    serving(env) as (node_a, _pid_a),
+                    serving(env) as (node_b, _pid_b),
                 ):
                     with process(["worker"], env):
                         result = await ingest_to_client(node_b, node_a, token, batches)
             finally:
-                await delete_keys(prefix)
+                await delete_keys(f"{prefix}*")
     result["target_p99_ms"] = TARGET_P99_SCALED_MS
     result["target_met"] = result["ingest_to_client"]["p99_ms"] < TARGET_P99_SCALED_MS
     return result
@@ -218,20 +189,19 @@ async def scaled_out(batches: int) -> dict[str, Any]:
 async def fan_out(clients: int, sessions: int, rounds: int) -> dict[str, Any]:
     async with database("sqlite") as url:
         people = [await create_user(url, f"rt-fan-{i}") for i in range(sessions)]
-        with tempfile.TemporaryDirectory(prefix="vc-bench-data-") as data_dir:
-            async with (
-                serve(server_env(url, data_dir)) as (base, pid),
-                httpx.AsyncClient(base_url=base, timeout=60) as http,
-            ):
-                plan = [
-                    {"token": token, "session_id": await start_session(http, token)}
-                    for _user, token in people
-                ]
-                for entry in plan:
-                    await ingest_one(http, entry["token"], f"warm-{entry['session_id']}")
-                await computes_drained(http)
-                rss_idle = rss_mb(pid)
-                return await _drive_load(base, pid, http, plan, clients, rounds, rss_idle)
+        async with (
+            server_with_pid(url) as (base, pid),
+            httpx.AsyncClient(base_url=base, timeout=60) as http,
+        ):
+            plan = [
+                {"token": token, "session_id": await start_session(http, token)}
+                for _user, token in people
+            ]
+            for entry in plan:
+                await ingest_one(http, entry["token"], f"warm-{entry['session_id']}")
+            await computes_drained(http)
+            rss_idle = rss_mb(pid)
+            return await _drive_load(base, pid, http, plan, clients, rounds, rss_idle)
 
 
 async def server_metrics(http: httpx.AsyncClient) -> dict[str, float]:

@@ -28,13 +28,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-import redis.asyncio as aioredis
 import socketio
 
 from bench.common import (
     REDIS_URL,
     create_user,
     database,
+    delete_keys,
     emit,
     percentiles,
     process,
@@ -191,10 +191,7 @@ async def stack(backend: str, scaled: bool) -> AsyncIterator[tuple[str, str, dic
                     yield url, base, pids
         finally:
             if scaled:
-                client = aioredis.Redis.from_url(REDIS_URL)
-                async for key in client.scan_iter(match=f"{prefix}*", count=500):
-                    await client.delete(key)
-                await client.aclose()
+                await delete_keys(f"{prefix}*")
 
 
 async def soak(minutes: float, sessions: int, clients: int, backend: str, scaled: bool) -> dict:

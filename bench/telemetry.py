@@ -23,21 +23,26 @@ import asyncio
 import contextlib
 import os
 import platform
-import sqlite3
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
 import sqlalchemy as sa
 from fastapi import FastAPI, Response
 
-from bench.common import SECRET, database, emit, free_port, percentiles, server_env
+from bench.common import (
+    SECRET,
+    bulk_load,
+    database,
+    emit,
+    percentiles,
+    server_env,
+    serving,
+)
 from vitalcast import catalog
 from vitalcast.api.deps import ContainerDep, CurrentUser
 from vitalcast.app import create_app
@@ -61,19 +66,6 @@ from vitalcast.telemetry.service import SessionTelemetryService
 
 MINUTE = 60_000
 HOUR = 60 * MINUTE
-COLUMNS = (
-    "user_id",
-    "source",
-    "record_id",
-    "metric",
-    "value",
-    "unit",
-    "start_ms",
-    "end_ms",
-    "device",
-    "deleted",
-    "change_seq",
-)
 # every-n-minutes cadences within reference/metrics.md's typical ranges
 CADENCE_MS = {
     "heart_rate": 1_000,
@@ -99,30 +91,6 @@ def rows_for(user_id: str, metric: str, lo_ms: int, hi_ms: int, step_ms: int) ->
         (user_id, "bench", f"{metric}-{t}", metric, _value(metric, i), unit, t, t, None, False, 1)
         for i, t in enumerate(range(lo_ms, hi_ms, step_ms))
     ]
-
-
-async def bulk_load(url: str, rows: list[tuple]) -> None:
-    """Rows straight into health_samples: COPY on PostgreSQL, executemany on SQLite."""
-    parsed = sa.make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        conn = sqlite3.connect(parsed.database or "")
-        with conn:
-            conn.executemany(
-                f"INSERT INTO health_samples ({', '.join(COLUMNS)}) "
-                f"VALUES ({', '.join('?' * len(COLUMNS))})",
-                rows,
-            )
-        conn.execute("ANALYZE")
-        conn.close()
-        return
-    import asyncpg
-
-    conn = await asyncpg.connect(parsed.set(drivername="postgresql").render_as_string(False))
-    try:
-        await conn.copy_records_to_table("health_samples", records=rows, columns=COLUMNS)
-        await conn.execute("ANALYZE")
-    finally:
-        await conn.close()
 
 
 async def make_session(db: Database, name: str, start_ms: int, end_ms: int) -> tuple[str, str]:
@@ -246,45 +214,15 @@ async def answer_pair(
     return compare(await timed(cached, gets, warmup=100), await timed(computed, computes))
 
 
-@contextlib.contextmanager
-def serve_process(url: str, port: int, data_dir: str) -> Iterator[subprocess.Popen[bytes]]:
-    """``python -m bench.telemetry serve`` on ``port``, terminated (then killed) on exit."""
-    env = server_env(url, data_dir, VITALCAST_RATE_LIMIT_TELEMETRY=NO_LIMIT, PYTHONPATH=os.getcwd())
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.telemetry", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @contextlib.asynccontextmanager
 async def bench_server(url: str) -> AsyncIterator[str]:
     """The real app plus the baseline route as a loopback subprocess; yields its base URL."""
-    port = free_port()
-    with (
-        tempfile.TemporaryDirectory(prefix="vc-bench-data-") as data_dir,
-        serve_process(url, port, data_dir) as proc,
-    ):
-        base = f"http://127.0.0.1:{port}"
-        async with httpx.AsyncClient() as client:
-            for _ in range(300):
-                if proc.poll() is not None:
-                    raise RuntimeError("bench server exited during start-up")
-                with contextlib.suppress(httpx.TransportError):
-                    if (await client.get(f"{base}/healthz")).status_code == 200:
-                        break
-                await asyncio.sleep(0.1)
-        yield base
+    with tempfile.TemporaryDirectory(prefix="vc-bench-data-") as data_dir:
+        env = server_env(
+            url, data_dir, VITALCAST_RATE_LIMIT_TELEMETRY=NO_LIMIT, PYTHONPATH=os.getcwd()
+        )
+        async with serving(env, module="bench.telemetry") as (base, _pid):
+            yield base
 
 
 async def compute_floor(
@@ -527,19 +465,20 @@ async def main(backends: list[str], gets: int, computes: int, runs: int) -> dict
     return result
 
 
-def serve(port: int) -> None:
-    """Subprocess mode: the real app plus the baseline route, on loopback."""
+def serve(host: str, port: int) -> None:
+    """Subprocess mode: the real app plus the baseline route (``bench_server`` binds loopback)."""
     import uvicorn
 
     settings = Settings()
     configure_logging(settings.log_level)
-    uvicorn.run(bench_app(settings), host="127.0.0.1", port=port, log_config=None, access_log=False)
+    uvicorn.run(bench_app(settings), host=host, port=port, log_config=None, access_log=False)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="mode")
     serve_parser = sub.add_parser("serve")
+    serve_parser.add_argument("--host", default="127.0.0.1")
     serve_parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--backends", default="sqlite,postgres")
     parser.add_argument("--gets", type=int, default=2000)
@@ -547,7 +486,7 @@ if __name__ == "__main__":
     parser.add_argument("--runs", type=int, default=15)
     args = parser.parse_args()
     if args.mode == "serve":
-        serve(args.port)
+        serve(args.host, args.port)
     else:
         configure_logging("warning")
         figures = asyncio.run(main(args.backends.split(","), args.gets, args.computes, args.runs))

@@ -4,32 +4,15 @@ replays, late backfill after an outage, accelerated live sessions, a clean stop.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections import Counter
 
 import sqlalchemy as sa
 
+from tests.wearable_plans import START_MS, plan, profile
 from vitalcast.db import tables
 from vitalcast.simulator import Api, Pace, SessionRunner, live_placement
-from vitalcast.wearable import MINUTE_MS, Interval, Profile, SessionPlan, generate
-
-START_MS = 1_790_000_000_000 - 1_790_000_000_000 % MINUTE_MS
-
-
-def plan(**overrides) -> SessionPlan:
-    fields = {
-        "key": "t-1",
-        "start_ms": START_MS,
-        "duration_ms": 40 * MINUTE_MS,
-        "pre_ms": 60 * MINUTE_MS,
-        "post_ms": 60 * MINUTE_MS,
-    }
-    return SessionPlan(**(fields | overrides))
-
-
-def profile(seed: int = 3) -> Profile:
-    return Profile.draw(random.Random(seed))
+from vitalcast.wearable import MINUTE_MS, Interval, generate
 
 
 def test_accelerated_live_placement_never_overtakes_the_wall_clock():

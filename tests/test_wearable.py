@@ -4,28 +4,11 @@ with a session's physiological response and dropouts that record nothing."""
 from __future__ import annotations
 
 import itertools
-import random
 import statistics
 
+from tests.wearable_plans import START_MS, plan, profile
 from vitalcast.catalog import BY_CODE, MetricKind
-from vitalcast.wearable import MINUTE_MS, Interval, Profile, SessionPlan, generate
-
-START_MS = 1_790_000_000_000 - 1_790_000_000_000 % MINUTE_MS
-
-
-def plan(**overrides) -> SessionPlan:
-    fields = {
-        "key": "t-1",
-        "start_ms": START_MS,
-        "duration_ms": 40 * MINUTE_MS,
-        "pre_ms": 60 * MINUTE_MS,
-        "post_ms": 60 * MINUTE_MS,
-    }
-    return SessionPlan(**(fields | overrides))
-
-
-def profile(seed: int = 3) -> Profile:
-    return Profile.draw(random.Random(seed))
+from vitalcast.wearable import MINUTE_MS, Interval, generate
 
 
 def mean_hr(samples, lo_ms: int, hi_ms: int) -> float:

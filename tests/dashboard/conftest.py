@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +20,8 @@ import httpx
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
-from tests.conftest import TEST_SECRET, service_missing
+from tests.conftest import service_missing
+from tests.processes import run_cli, stop_process, vitalcast_env
 from vitalcast.simulator import Api, Pace, SessionRunner
 from vitalcast.wearable import MINUTE_MS, Interval, Profile, SessionPlan, generate
 
@@ -36,33 +35,10 @@ START_TIMEOUT_S = 60.0
 _LISTENING = re.compile(rb"Uvicorn running on (http://127\.0\.0\.1:\d+)")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def server_env(data_dir: Path) -> dict[str, str]:
-    """An embedded-mode environment: SQLite in ``data_dir``, no Redis, the test secret."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VITALCAST_")}
-    env |= {
-        "VITALCAST_DATA_DIR": str(data_dir),
-        "VITALCAST_SECRET": TEST_SECRET,
-        "VITALCAST_LOG_LEVEL": "info",
-    }
-    return env
-
-
 def token_for(env: dict[str, str], name: str) -> str:
     """A bearer token from the real ``vitalcast token create`` (which also creates the user)."""
-    done = subprocess.run(
-        [sys.executable, "-m", "vitalcast", "token", "create", name],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    done = run_cli(["token", "create", name], env, timeout_s=60)
+    done.check_returncode()
     return done.stdout.strip()
 
 
@@ -86,14 +62,8 @@ class Server:
         return self.stderr_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        """SIGTERM (a graceful shutdown), then SIGKILL if it hangs."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        """SIGTERM (a graceful shutdown), then SIGKILL if it hangs for 20 s."""
+        stop_process(self.process, 20)
 
 
 @contextlib.contextmanager
@@ -129,7 +99,7 @@ def run_server(
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One embedded server per test module; tests isolate themselves with their own users."""
     tmp = tmp_path_factory.mktemp("dashboard")
-    with run_server(server_env(tmp / "data"), tmp / "logs") as server:
+    with run_server(vitalcast_env(tmp / "data"), tmp / "logs") as server:
         yield server
 
 

@@ -17,10 +17,10 @@ from tests.dashboard.conftest import (
     post,
     replay,
     run_server,
-    server_env,
     start_live,
     wait_ready,
 )
+from tests.processes import vitalcast_env
 
 pytestmark = pytest.mark.slow
 
@@ -165,7 +165,7 @@ async def test_reconnects_after_a_server_restart_and_catches_up(tmp_path, browse
     """When the server goes away the page keeps its charts and calmly says "reconnecting";
     when it is back (same port, same data) the page reconnects by itself, resubscribes with its
     watermark and shows what was ingested meanwhile, without a reload."""
-    env = server_env(tmp_path / "data")
+    env = vitalcast_env(tmp_path / "data")
     with run_server(env, tmp_path / "logs") as first:
         url = first.url
         token = first.token("dash-reconnect")

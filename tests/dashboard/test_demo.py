@@ -9,13 +9,8 @@ import time
 import httpx
 import pytest
 
-from tests.dashboard.conftest import (
-    CHART_STATE,
-    free_port,
-    open_tab,
-    run_server,
-    server_env,
-)
+from tests.dashboard.conftest import CHART_STATE, open_tab, run_server
+from tests.processes import free_port, vitalcast_env
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +21,7 @@ async def test_demo_prints_a_link_to_live_charts_that_move(tmp_path, browser):
     """The demo prints a dashboard link with the token in the fragment (and never in its logs);
     the page lists three past sessions and a live one whose charts are drawn and then move by
     themselves as the simulated phone syncs; stopping the server ends the live session."""
-    env = server_env(tmp_path / "data")
+    env = vitalcast_env(tmp_path / "data")
     with run_server(env, tmp_path / "logs", port=free_port(), demo=True) as server:
         deadline = time.monotonic() + 60
         while not (found := LINK.search(server.stdout())):

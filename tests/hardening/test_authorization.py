@@ -16,8 +16,8 @@ import pytest
 import socketio
 
 from tests.conftest import TEST_SECRET
-from tests.hardening.conftest import vitalcast_env, vitalcast_server
 from tests.ingest.helpers import MINUTE_MS, hr, iso, now_ms
+from tests.processes import serve_subprocess, vitalcast_env
 from vitalcast.auth import issue_token
 
 OWNER, OTHER, NONE, EXPIRED, FORGED = "owner", "other", "no token", "expired", "forged"
@@ -168,8 +168,8 @@ async def test_authorization_matrix(database_url: str, users, tmp_path: Path) ->
     tokens are 401 with their own code or a refused connection, public endpoints stay public."""
     owner_id, _ = await users.create("owner")
     other_id, _ = await users.create("other")
-    env = vitalcast_env(tmp_path / "data", database_url=database_url)
-    with vitalcast_server(env, tmp_path / "server.log") as server:
+    env = vitalcast_env(tmp_path / "data", log_level="warning", database_url=database_url)
+    with serve_subprocess(env, tmp_path / "server.log") as server:
         world = World(server.url, _tokens(owner_id, other_id))
         async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
             schema = (await client.get("/openapi.json")).json()

@@ -5,7 +5,6 @@ Retry-After that agrees with the body, and the same requests succeed when retrie
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -13,13 +12,12 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import TEST_SECRET
-from tests.hardening.conftest import SparePostgres, vitalcast_env, vitalcast_server
+from tests.accounts import new_user
+from tests.hardening.conftest import SparePostgres
 from tests.ingest.helpers import MINUTE_MS, hr, now_ms
-from vitalcast.auth import issue_token
+from tests.processes import serve_subprocess, vitalcast_env
 from vitalcast.db.engine import Database, create_engine
 from vitalcast.db.tables import health_samples
-from vitalcast.sessions import repository as session_repository
 
 pytestmark = pytest.mark.slow
 
@@ -80,29 +78,20 @@ async def _stored_ids(url: str) -> set[str]:
         await db.dispose()
 
 
-async def _user(url: str) -> str:
-    db = Database(create_engine(url))
-    try:
-        async with db.write() as conn:
-            return await session_repository.get_or_create_user(conn, "loader", now_ms=0)
-    finally:
-        await db.dispose()
-
-
 async def test_postgres_crash_during_ingest_loses_nothing_acknowledged(
     spare_postgres: SparePostgres, spare_pg_url: str, tmp_path
 ) -> None:
     """Crash PostgreSQL (immediate stop: no checkpoint) while 4 clients ingest, restart it after
     2 s: every acknowledged sample is stored, the outage answered only 503 problems with
     Retry-After, and every batch was acknowledged on retry."""
-    user_id = await _user(spare_pg_url)
-    token = issue_token(TEST_SECRET, user_id, now_s=int(time.time()), ttl_s=3600)
+    _user_id, token = await new_user(spare_pg_url, "loader")
     env = vitalcast_env(
         tmp_path / "data",
+        log_level="warning",
         database_url=spare_pg_url,
         rate_limit_ingest="100000/minute",
     )
-    with vitalcast_server(env, tmp_path / "server.log") as server:
+    with serve_subprocess(env, tmp_path / "server.log") as server:
         tally = Tally()
         started = asyncio.Event()
         load = asyncio.gather(

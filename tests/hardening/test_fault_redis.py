@@ -12,19 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import TEST_SECRET
-from tests.hardening.conftest import (
-    SpareRedis,
-    Subscriber,
-    subscriber,
-    vitalcast_env,
-    vitalcast_process,
-    vitalcast_server,
-)
+from tests.accounts import new_user
+from tests.hardening.conftest import Subscriber, subscriber
 from tests.ingest.helpers import hr, now_ms
-from vitalcast.auth import issue_token
-from vitalcast.db.engine import Database, create_engine
-from vitalcast.sessions import repository as session_repository
+from tests.processes import RedisServer, serve_subprocess, spawn, vitalcast_env
 
 pytestmark = pytest.mark.slow
 
@@ -41,15 +32,6 @@ def computes(metrics_text: str) -> float:
         for line in metrics_text.splitlines()
         if line.startswith("vitalcast_computes_total{")
     )
-
-
-async def _user(url: str) -> str:
-    db = Database(create_engine(url))
-    try:
-        async with db.write() as conn:
-            return await session_repository.get_or_create_user(conn, "live", now_ms=0)
-    finally:
-        await db.dispose()
 
 
 async def _ingest(api: httpx.AsyncClient, n: int) -> int:
@@ -81,17 +63,21 @@ async def _expect_update(
 
 
 async def test_redis_outage_keeps_local_subscribers_updated_and_recovers(
-    spare_pg_url: str, spare_redis: SpareRedis, tmp_path: Path
+    spare_pg_url: str, spare_redis: RedisServer, tmp_path: Path
 ) -> None:
     """Redis killed mid-session: 3 ingests still reach the server's subscriber (computed in the
     server), GETs stay below 500, /readyz says degraded; Redis restarted: the next ingest is
     computed by the worker and reaches the subscriber through the Redis fan-out."""
-    user_id = await _user(spare_pg_url)
-    token = issue_token(TEST_SECRET, user_id, now_s=int(time.time()), ttl_s=3600)
-    env = vitalcast_env(tmp_path / "data", database_url=spare_pg_url, redis_url=spare_redis.url)
+    _user_id, token = await new_user(spare_pg_url, "live")
+    env = vitalcast_env(
+        tmp_path / "data",
+        log_level="warning",
+        database_url=spare_pg_url,
+        redis_url=spare_redis.url,
+    )
     with (
-        vitalcast_server(env, tmp_path / "server.log") as server,
-        vitalcast_process(["worker"], env, tmp_path / "worker.log") as worker,
+        serve_subprocess(env, tmp_path / "server.log") as server,
+        spawn(["worker"], env, tmp_path / "worker.log") as worker,
     ):
         async with httpx.AsyncClient(
             base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=10
@@ -102,7 +88,7 @@ async def test_redis_outage_keeps_local_subscribers_updated_and_recovers(
                 await _expect_update(client, await _ingest(api, 0))
                 assert computes((await api.get("/metrics")).text) == 0, "the worker computes"
 
-                spare_redis.stop()
+                spare_redis.kill()
                 for n in range(1, 1 + OUTAGE_INGESTS):
                     await _expect_update(client, await _ingest(api, n))
                     await _no_server_errors(api, session["id"])

@@ -11,16 +11,14 @@ import asyncio
 import contextlib
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from tests.hardening.conftest import Child, SpareRedis, vitalcast_env, vitalcast_process
 from tests.ingest.helpers import MINUTE_MS, hr, now_ms
+from tests.processes import Child, RedisServer, run_cli, spawn, vitalcast_env
 from vitalcast.clock import SystemClock
 from vitalcast.db.engine import Database, create_engine
 from vitalcast.db.tables import sessions as sessions_table
@@ -100,39 +98,32 @@ def _lease_holder(rows: list[sa.Row], workers: list[Child]) -> Child | None:
 
 
 async def test_sigkilled_workers_during_backfill_leave_every_session_ready(
-    spare_pg_url: str, spare_redis: SpareRedis, tmp_path: Path
+    spare_pg_url: str, spare_redis: RedisServer, tmp_path: Path
 ) -> None:
     """Backfill 16 ended sessions (32 computes) while 3 times a worker holding a compute lease is
     SIGKILLed and replaced: all 32 caches end ready at the session watermark, none stays leased."""
     await _seed(spare_pg_url)
-    env = vitalcast_env(tmp_path / "data", database_url=spare_pg_url, redis_url=spare_redis.url)
+    env = vitalcast_env(
+        tmp_path / "data",
+        log_level="warning",
+        database_url=spare_pg_url,
+        redis_url=spare_redis.url,
+    )
     worker_env = env | {"VITALCAST_TEST_JOB_HOLD_MS": str(HOLD_MS)}
     logs = tmp_path / "logs"
     logs.mkdir()
     spawned = 0
 
-    def spawn() -> Child:
+    def start_worker() -> Child:
         nonlocal spawned
         spawned += 1
         return stack.enter_context(
-            vitalcast_process(
-                ["worker", "--concurrency", "2"], worker_env, logs / f"w{spawned}.log"
-            )
+            spawn(["worker", "--concurrency", "2"], worker_env, logs / f"w{spawned}.log")
         )
 
     with contextlib.ExitStack() as stack:
-        workers = [spawn() for _ in range(WORKERS)]
-        backfill_run = asyncio.create_task(
-            asyncio.to_thread(
-                subprocess.run,
-                [sys.executable, "-m", "vitalcast", "backfill"],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=False,
-            )
-        )
+        workers = [start_worker() for _ in range(WORKERS)]
+        backfill_run = asyncio.create_task(asyncio.to_thread(run_cli, ["backfill"], env, 60))
 
         killed = 0
         deadline = time.monotonic() + DEADLINE_S
@@ -145,7 +136,7 @@ async def test_sigkilled_workers_during_backfill_leave_every_session_ready(
             os.kill(victim.process.pid, signal.SIGKILL)
             victim.process.wait(10)
             workers.remove(victim)
-            workers.append(spawn())
+            workers.append(start_worker())
             killed += 1
             await asyncio.sleep(KILL_GAP_S)
         assert killed == KILLS, "too few kills landed in the middle of a compute"

@@ -24,8 +24,8 @@ import httpx
 import pytest
 
 from tests.conftest import PG_ADMIN_URL, TEST_SECRET, _pg_admin_sync, in_thread
-from tests.hardening.conftest import vitalcast_env, vitalcast_server
 from tests.ingest.helpers import MINUTE_MS, hr, iso, now_ms
+from tests.processes import serve_subprocess, vitalcast_env
 from vitalcast.auth import issue_token
 from vitalcast.db.engine import Database, create_engine
 from vitalcast.db.migrate import upgrade
@@ -124,11 +124,12 @@ def test_schemathesis_finds_no_server_error_and_only_problem_errors(fuzz_databas
     }
     env = vitalcast_env(
         tmp_path / "data",
+        log_level="warning",
         database_url=fuzz_database,
         rate_limit_ingest="100000/minute",
         rate_limit_telemetry="100000/minute",
     )
-    with vitalcast_server(env, tmp_path / "server.log") as server:
+    with serve_subprocess(env, tmp_path / "server.log") as server:
         ids = _seed(server.url, owner, stranger)
         config = tmp_path / "schemathesis.toml"
         config.write_text(

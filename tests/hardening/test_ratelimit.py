@@ -15,8 +15,8 @@ import redis.asyncio as redis
 import sqlalchemy as sa
 
 from tests.conftest import TEST_SECRET
-from tests.hardening.conftest import SpareRedis, free_port
 from tests.ingest.helpers import MINUTE_MS, hr, now_ms
+from tests.processes import RedisServer, free_port
 from vitalcast.app import create_app
 from vitalcast.db.tables import health_samples
 from vitalcast.ratelimit import RateLimiter, Scope
@@ -173,7 +173,7 @@ async def test_unreachable_redis_falls_back_to_memory_and_recovers(tmp_path):
         assert decisions[-1].retry_after_s >= 1
         assert limiter.backend == "memory"
 
-        server = SpareRedis(port=port, folder=tmp_path)
+        server = RedisServer(tmp_path, port=port)
         server.start()
         try:
             await asyncio.sleep(0.3)
@@ -188,7 +188,7 @@ async def test_unreachable_redis_falls_back_to_memory_and_recovers(tmp_path):
                 assert (await limiter.hit(Scope.INGEST, "u2")).allowed
             assert not (await limiter.hit(Scope.INGEST, "u2")).allowed
         finally:
-            server.stop()
+            server.kill()
         assert (await limiter.hit(Scope.INGEST, "u3")).allowed
         assert limiter.backend == "memory"
     finally:

@@ -5,30 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
-import subprocess
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis.asyncio as redis
 
 from tests.conftest import TEST_SECRET, service_missing
-from tests.queue.helpers import free_port
+from tests.processes import RedisServer
+from tests.redis_keys import delete_keys
 from vitalcast.queue.worker import JobHandler, TelemetryWorker
 from vitalcast.settings import Settings
 
 
 async def delete_prefix(url: str, prefix: str) -> None:
-    client = redis.Redis.from_url(url)
-    try:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
-        for start in range(0, len(keys), 500):
-            await client.delete(*keys[start : start + 500])
-    finally:
-        await client.aclose()
+    """Delete the BullMQ keys under ``prefix`` on the Redis at ``url``."""
+    await delete_keys(url, f"{prefix}:*")
 
 
 @pytest.fixture
@@ -47,54 +39,12 @@ async def queue_settings(
     await delete_prefix(redis_url, unique_prefix)
 
 
-class RedisProcess:
-    """A redis-server of the test's own on a spare loopback port; never the shared one."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self._directory = directory
-        self._process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            service_missing("redis-server binary")
-        self._process = subprocess.Popen(
-            [
-                str(binary),
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self._directory),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self._process is not None:
-            self._process.terminate()
-            self._process.wait(timeout=10)
-            self._process = None
-
-
 @pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[RedisProcess]:
-    server = RedisProcess(tmp_path)
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private redis-server that the test may ``stop`` and ``start``; stopped at teardown."""
+    if shutil.which("redis-server") is None:
+        service_missing("redis-server binary")
+    server = RedisServer(tmp_path, start_timeout_s=10.0)
     server.start()
     yield server
     server.stop()

@@ -1,17 +1,12 @@
-"""HTTP, metrics and process helpers for the scaled-out queue tests (servers and workers run as
-real ``python -m vitalcast`` subprocesses)."""
+"""HTTP, metrics and worker-process helpers for the scaled-out queue tests (servers and workers
+run as real ``python -m vitalcast`` subprocesses, see ``tests.processes``)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,102 +14,12 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import TEST_SECRET
-from tests.ingest.helpers import now_ms
-from vitalcast.auth import issue_token
-from vitalcast.db.engine import Database, create_engine
-from vitalcast.sessions import repository as session_repository
+from tests.processes import Child, free_port, spawn
 
+#: the start and stop bounds of the queue's servers and workers (longer than the defaults of
+#: ``tests.processes``; these tests were written against them)
 START_TIMEOUT_S = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def subprocess_env(tmp_path: Path, **settings: str) -> dict[str, str]:
-    """The environment of a ``vitalcast`` subprocess: VITALCAST_<KEY> for each setting."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VITALCAST_")}
-    env["VITALCAST_SECRET"] = TEST_SECRET
-    env["VITALCAST_DATA_DIR"] = str(tmp_path / "data")
-    env["VITALCAST_LOG_LEVEL"] = "info"
-    for key, value in settings.items():
-        env[f"VITALCAST_{key.upper()}"] = value
-    return env
-
-
-def stop_process(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-
-
-@contextlib.contextmanager
-def spawn(
-    args: list[str], env: dict[str, str], log_path: Path
-) -> Iterator[subprocess.Popen[bytes]]:
-    """``python -m vitalcast ARGS`` with its output in ``log_path``; SIGTERMed on exit."""
-    with log_path.open("ab") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "vitalcast", *args],
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            yield process
-        finally:
-            stop_process(process)
-
-
-@dataclass
-class ServerProcess:
-    """One ``vitalcast serve`` subprocess."""
-
-    url: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
-@contextlib.contextmanager
-def serve_subprocess(env: dict[str, str], log_path: Path) -> Iterator[ServerProcess]:
-    """``vitalcast serve`` on a free loopback port, answering /healthz before the block runs."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with spawn(["serve", "--host", "127.0.0.1", "--port", str(port)], env, log_path) as process:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start:\n{log_path.read_text(errors='replace')}")
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        yield ServerProcess(url, process, log_path)
-
-
-async def new_user(database_url: str, name: str | None = None) -> tuple[str, str]:
-    """(user_id, token) of a new user in the database the processes share."""
-    db = Database(create_engine(database_url))
-    try:
-        async with db.write() as conn:
-            user_id = await session_repository.get_or_create_user(
-                conn, name or f"q-{uuid.uuid4().hex[:8]}", now_ms=now_ms()
-            )
-    finally:
-        await db.dispose()
-    return user_id, issue_token(TEST_SECRET, user_id, now_s=int(time.time()), ttl_s=3600)
+STOP_TIMEOUT_S = 20.0
 
 
 class Api:
@@ -206,15 +111,10 @@ async def computes(url: str) -> float:
 
 
 @dataclass
-class WorkerProcess:
+class WorkerProcess(Child):
     """One ``vitalcast worker`` subprocess with its /metrics port."""
 
-    process: subprocess.Popen[bytes]
-    metrics_url: str
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+    metrics_url: str = ""
 
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs."""
@@ -226,40 +126,12 @@ class WorkerProcess:
 def worker_subprocess(env: dict[str, str], log_path: Path, *args: str) -> Iterator[WorkerProcess]:
     """``vitalcast worker`` consuming the env's queue, started (``worker_started`` logged)."""
     port = free_port()
-    with spawn(["worker", "--metrics-port", str(port), *args], env, log_path) as process:
+    worker_args = ["worker", "--metrics-port", str(port), *args]
+    with spawn(worker_args, env, log_path, stop_timeout_s=STOP_TIMEOUT_S) as child:
+        worker = WorkerProcess(child.process, log_path, f"http://127.0.0.1:{port}")
         deadline = time.monotonic() + START_TIMEOUT_S
-        while "worker_started" not in log_path.read_text(errors="replace"):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"worker did not start:\n{log_path.read_text(errors='replace')}")
+        while "worker_started" not in worker.log():
+            if worker.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"worker did not start:\n{worker.log()}")
             time.sleep(0.05)
-        yield WorkerProcess(process, f"http://127.0.0.1:{port}", log_path)
-
-
-def redis_answers(url: str) -> bool:
-    """The Redis at ``url`` answers PING (synchronous, for module-scoped set-up)."""
-    import redis
-
-    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
-    finally:
-        client.close()
-
-
-async def run_cli(
-    args: list[str], env: dict[str, str], timeout_s: float = 120
-) -> tuple[int, str, str]:
-    """``python -m vitalcast ARGS`` to completion: (exit code, stdout, stderr)."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "vitalcast",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout_s)
-    return int(process.returncode or 0), out.decode(), err.decode()
+        yield worker

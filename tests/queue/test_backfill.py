@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,8 +11,8 @@ from typing import Any
 import pytest
 
 from tests.ingest.helpers import MINUTE_MS, hr, now_ms
+from tests.processes import run_cli, vitalcast_env
 from tests.queue.conftest import delete_prefix
-from tests.queue.helpers import subprocess_env
 from vitalcast.clock import SystemClock
 from vitalcast.db.engine import Database
 from vitalcast.ingest.service import IngestService
@@ -207,24 +205,12 @@ def test_backfill_cli_computes_in_process_without_redis(
     shutil.copy(sqlite_template, database)
     url = f"sqlite+aiosqlite:///{database}"
     asyncio.run(_ended_sessions(url, count=3))
-    env = subprocess_env(tmp_path, database_url=url)
-    first = subprocess.run(
-        [sys.executable, "-m", "vitalcast", "backfill"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    env = vitalcast_env(tmp_path / "data", database_url=url)
+    first = run_cli(["backfill"], env)
     assert first.returncode == 0, first.stderr
     assert "backfill: 3/3 sessions checked, 6 computes scheduled" in first.stderr
     assert first.stdout.strip() == "6 computes scheduled for 3 sessions"
-    second = subprocess.run(
-        [sys.executable, "-m", "vitalcast", "backfill"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    second = run_cli(["backfill"], env)
     assert second.returncode == 0, second.stderr
     assert second.stdout.strip() == "0 computes scheduled for 3 sessions"
     assert "6 up to date" in second.stderr

@@ -19,21 +19,26 @@ import pytest
 import sqlalchemy as sa
 from bullmq import Job, Queue
 
+from tests.accounts import new_user
 from tests.conftest import REDIS_URL, in_thread, service_missing
 from tests.ingest.helpers import MINUTE_MS, hr, iso, now_ms
-from tests.queue.conftest import RedisProcess, delete_prefix
-from tests.queue.helpers import (
-    Api,
+from tests.processes import (
+    RedisServer,
     ServerProcess,
+    redis_answers,
+    run_cli,
+    serve_subprocess,
+    vitalcast_env,
+)
+from tests.queue.conftest import delete_prefix
+from tests.queue.helpers import (
+    START_TIMEOUT_S,
+    STOP_TIMEOUT_S,
+    Api,
     WorkerProcess,
     computes,
     metric_sum,
-    new_user,
-    redis_answers,
-    run_cli,
     scrape,
-    serve_subprocess,
-    subprocess_env,
     worker_subprocess,
 )
 from vitalcast.db.engine import Database, create_engine
@@ -68,15 +73,20 @@ def cluster(
         service_missing("Redis")
     prefix = f"vt{uuid.uuid4().hex[:10]}"
     folder = tmp_path_factory.mktemp("queue-cluster")
-    env = subprocess_env(
-        folder,
+    env = vitalcast_env(
+        folder / "data",
         database_url=pg_database_url,
         redis_url=REDIS_URL,
         queue_prefix=prefix,
         socketio_channel=f"{prefix}-sio",
     )
     try:
-        with serve_subprocess(env, folder / "server.log") as server:
+        with serve_subprocess(
+            env,
+            folder / "server.log",
+            start_timeout_s=START_TIMEOUT_S,
+            stop_timeout_s=STOP_TIMEOUT_S,
+        ) as server:
             yield Cluster(env, server, prefix, pg_database_url, REDIS_URL)
     finally:
         in_thread(asyncio.run, delete_prefix(REDIS_URL, prefix))
@@ -360,7 +370,7 @@ async def test_a_compute_that_keeps_failing_ends_failed_while_the_last_payload_i
 
 
 async def test_redis_outage_degrades_to_in_process_computes_and_recovers(
-    pg_database_url: str | None, unique_prefix: str, private_redis: RedisProcess, tmp_path: Path
+    pg_database_url: str | None, unique_prefix: str, private_redis: RedisServer, tmp_path: Path
 ) -> None:
     """With the server's Redis stopped, cached GETs stay 200, a miss is computed in the server,
     ingest works, /readyz and /metrics say degraded, nothing answers 5xx; with Redis back, a
@@ -369,8 +379,8 @@ async def test_redis_outage_degrades_to_in_process_computes_and_recovers(
         service_missing("PostgreSQL")
     assert pg_database_url is not None
     pg_url = pg_database_url
-    env = subprocess_env(
-        tmp_path,
+    env = vitalcast_env(
+        tmp_path / "data",
         database_url=pg_url,
         redis_url=private_redis.url,
         queue_prefix=unique_prefix,
@@ -378,7 +388,12 @@ async def test_redis_outage_degrades_to_in_process_computes_and_recovers(
     )
     user_id, token = await new_user(pg_url)
     with (
-        serve_subprocess(env, tmp_path / "server.log") as server,
+        serve_subprocess(
+            env,
+            tmp_path / "server.log",
+            start_timeout_s=START_TIMEOUT_S,
+            stop_timeout_s=STOP_TIMEOUT_S,
+        ) as server,
         worker_subprocess(env, tmp_path / "worker.log") as worker,
     ):
         api = Api(server.url, token)
@@ -443,16 +458,16 @@ async def test_backfill_cli_queues_missing_caches_for_the_workers(
     # 8 h apart, so one session's samples and end leave the other's watermark alone
     ended = [await ended_session_with_samples(api, hours_ago) for hours_ago in (0, 8)]
     command = ["backfill", "--user", name]
-    code, _out, err = await run_cli(command, cluster.env)
-    assert code == 0, err
-    assert "backfill: 2/2 sessions checked, 4 computes scheduled, 0 up to date" in err
+    first = await asyncio.to_thread(run_cli, command, cluster.env)
+    assert first.returncode == 0, first.stderr
+    assert "backfill: 2/2 sessions checked, 4 computes scheduled, 0 up to date" in first.stderr
     with worker_subprocess(cluster.env, tmp_path / "worker.log"):
         for session, watermark in ended:
             for resolution in ("1m", "5m"):
                 await api.wait_state(
                     session["id"], "ready", watermark=watermark, resolution=resolution
                 )
-    code, out, err = await run_cli(command, cluster.env)
-    assert code == 0, err
-    assert out.strip() == "0 computes scheduled for 2 sessions"
-    assert "4 up to date" in err
+    second = await asyncio.to_thread(run_cli, command, cluster.env)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.strip() == "0 computes scheduled for 2 sessions"
+    assert "4 up to date" in second.stderr

@@ -1,39 +1,28 @@
-"""Realtime fixtures: the real app served by uvicorn on a free loopback port (in a thread of this
-process, or as ``vitalcast serve`` subprocesses) and real python-socketio clients."""
+"""Realtime fixtures: the real app served by uvicorn on a free loopback port in a thread of this
+process (``vitalcast serve`` subprocesses come from ``tests.processes``) and real python-socketio
+clients."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import socketio
 import uvicorn
 
-from tests.conftest import TEST_SECRET
 from vitalcast.app import create_app
 from vitalcast.settings import Settings
 
 START_TIMEOUT_S = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -86,86 +75,26 @@ def serve_in_thread(settings: Settings) -> Iterator[LiveServer]:
         sock.close()
 
 
-@dataclass
-class ServerProcess:
-    """One ``vitalcast serve`` subprocess."""
-
-    url: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+@pytest.fixture
+def live(settings: Settings) -> Iterator[LiveServer]:
+    """The app on the test's settings, served in a thread for the whole test."""
+    with serve_in_thread(settings) as server:
+        yield server
 
 
-def wait_healthy(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"process exited early:\n{log_path.read_text(errors='replace')}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} did not become healthy:\n{log_path.read_text(errors='replace')}")
-
-
-def stop_process(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-
-
-def subprocess_env(tmp_path: Path, **settings: str) -> dict[str, str]:
-    """The environment of a ``vitalcast`` subprocess: VITALCAST_<KEY> for each setting."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VITALCAST_")}
-    env["VITALCAST_SECRET"] = TEST_SECRET
-    env["VITALCAST_DATA_DIR"] = str(tmp_path / "data")
-    env["VITALCAST_LOG_LEVEL"] = "info"
-    for key, value in settings.items():
-        env[f"VITALCAST_{key.upper()}"] = value
-    return env
-
-
-@contextlib.contextmanager
-def spawn(
-    args: list[str], env: dict[str, str], log_path: Path
-) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``python -m vitalcast ARGS`` with its output in ``log_path``; stopped on exit."""
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "vitalcast", *args],
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            yield process
-        finally:
-            stop_process(process)
-
-
-@contextlib.contextmanager
-def serve_subprocesses(env: dict[str, str], log_paths: list[Path]) -> Iterator[list[ServerProcess]]:
-    """One ``vitalcast serve`` per log path, each on a free loopback port, started together and
-    all healthy before the block starts."""
-    with contextlib.ExitStack() as stack:
-        servers = []
-        for log_path in log_paths:
-            port = free_port()
-            process = stack.enter_context(
-                spawn(["serve", "--host", "127.0.0.1", "--port", str(port)], env, log_path)
-            )
-            servers.append(ServerProcess(f"http://127.0.0.1:{port}", process, log_path))
-        for server in servers:
-            wait_healthy(server.url, server.process, server.log_path)
-        yield servers
+def updated_fields(session_id: str, source_watermark: int, **changes: Any) -> dict[str, Any]:
+    """Keyword arguments of ``broadcaster.session_updated`` for a ready live 1 m answer."""
+    return {
+        "session_id": session_id,
+        "source_watermark": source_watermark,
+        "state": "ready",
+        "window_minutes": 60,
+        "resolution": "1m",
+        "computed_at_ms": 1_700_000_000_000,
+        "live": True,
+        "changed_from_ms": None,
+        "changed_to_ms": None,
+    } | changes
 
 
 @dataclass

@@ -4,22 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.ingest.helpers import MINUTE_MS, hr, now_ms
-from tests.realtime.conftest import ClientFactory, LiveServer, SocketClient, serve_in_thread
+from tests.realtime.conftest import ClientFactory, LiveServer, SocketClient
 from tests.realtime.test_socket_server import create_session
-from vitalcast.settings import Settings
-
-
-@pytest.fixture
-def live(settings: Settings) -> Iterator[LiveServer]:
-    with serve_in_thread(settings) as server:
-        yield server
 
 
 async def ingest(url: str, token: str, samples: list[dict[str, Any]]) -> int:

@@ -2,54 +2,22 @@
 
 from __future__ import annotations
 
-import contextlib
-import time
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import redis.asyncio as aioredis
 
-from tests.conftest import TEST_SECRET, service_missing
+from tests.accounts import new_user
+from tests.conftest import service_missing
 from tests.ingest.helpers import MINUTE_MS, hr, now_ms
-from tests.realtime.conftest import ClientFactory, serve_subprocesses, spawn, subprocess_env
+from tests.processes import serve_subprocesses, spawn, vitalcast_env
+from tests.realtime.conftest import ClientFactory
 from tests.realtime.test_end_to_end import ingest, next_update_at, wait_ready
 from tests.realtime.test_socket_server import create_session
-from vitalcast.auth import issue_token
-from vitalcast.db.engine import Database, create_engine
-from vitalcast.sessions import repository as session_repository
+from tests.redis_keys import keys_deleted_after
 
 pytestmark = pytest.mark.slow
-
-
-async def pg_user(url: str) -> str:
-    """A token for a new user in the PostgreSQL database the processes share."""
-    db = Database(create_engine(url))
-    try:
-        async with db.write() as conn:
-            user_id = await session_repository.get_or_create_user(
-                conn, f"mn-{uuid.uuid4().hex[:8]}", now_ms=now_ms()
-            )
-    finally:
-        await db.dispose()
-    return issue_token(TEST_SECRET, user_id, now_s=int(time.time()), ttl_s=3600)
-
-
-@contextlib.asynccontextmanager
-async def redis_keys_removed(url: str, prefix: str) -> AsyncIterator[None]:
-    """Delete this test's BullMQ keys afterwards (never FLUSHDB the shared Redis)."""
-    try:
-        yield
-    finally:
-        client = aioredis.Redis.from_url(url)
-        try:
-            async for key in client.scan_iter(match=f"{prefix}*", count=500):
-                await client.delete(key)
-        finally:
-            await client.aclose()
 
 
 async def server_computes(url: str) -> float:
@@ -75,15 +43,15 @@ async def test_client_on_a_receives_update_for_ingest_via_b_computed_by_worker(
     if pg_database_url is None:
         service_missing("PostgreSQL")
     assert pg_database_url is not None
-    env = subprocess_env(
-        tmp_path,
+    env = vitalcast_env(
+        tmp_path / "data",
         database_url=pg_database_url,
         redis_url=redis_url,
         socketio_channel=f"{unique_prefix}-sio",
         queue_prefix=unique_prefix,
     )
-    token = await pg_user(pg_database_url)
-    async with redis_keys_removed(redis_url, unique_prefix):
+    _user_id, token = await new_user(pg_database_url)
+    async with keys_deleted_after(redis_url, f"{unique_prefix}*"):
         with (
             spawn(["worker"], env, tmp_path / "worker.log") as worker,
             serve_subprocesses(env, [tmp_path / "a.log", tmp_path / "b.log"]) as (node_a, node_b),
@@ -101,6 +69,6 @@ async def test_client_on_a_receives_update_for_ingest_via_b_computed_by_worker(
             body: dict[str, Any] = await wait_ready(node_a.url, token, session["id"], seq)
             assert body["telemetry"]["source_watermark"] == seq
 
-            assert worker.poll() is None, (tmp_path / "worker.log").read_text()
+            assert worker.process.poll() is None, worker.log()
             assert await server_computes(node_a.url) == 0
             assert await server_computes(node_b.url) == 0

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.realtime.conftest import ClientFactory, serve_in_thread
+from tests.realtime.conftest import ClientFactory, serve_in_thread, updated_fields
 from tests.realtime.test_socket_server import create_session
 from vitalcast.realtime.broadcaster import WebSocketBroadcaster
 from vitalcast.settings import Settings
@@ -16,22 +16,8 @@ from vitalcast.settings import Settings
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
-def updated(session_id: str, watermark: int) -> dict[str, Any]:
-    return {
-        "session_id": session_id,
-        "source_watermark": watermark,
-        "state": "ready",
-        "window_minutes": 60,
-        "resolution": "1m",
-        "computed_at_ms": 1_700_000_000_000,
-        "live": True,
-        "changed_from_ms": None,
-        "changed_to_ms": None,
-    }
-
-
 def _envelope(session_id: str, watermark: int) -> dict[str, Any]:
-    fields = updated(session_id, watermark)
+    fields = updated_fields(session_id, watermark)
     changed = {"from_ms": fields.pop("changed_from_ms"), "to_ms": fields.pop("changed_to_ms")}
     return {**fields, "changed": changed}
 
@@ -69,8 +55,8 @@ async def test_worker_broadcaster_reaches_server_clients(
         assert (await stranger_channel.call("subscribe", {"session_id": session["id"]}))["ok"]
 
         async with worker_broadcaster(scaled) as broadcaster:
-            await broadcaster.session_updated(**updated(session["id"], 7))
-            await broadcaster.session_updated(**updated(session["id"], 8))
+            await broadcaster.session_updated(**updated_fields(session["id"], 7))
+            await broadcaster.session_updated(**updated_fields(session["id"], 8))
             first = await client.next("session.updated", timeout_s=5)
             second = await client.next("session.updated", timeout_s=5)
             assert (first["source_watermark"], second["source_watermark"]) == (7, 8)
@@ -86,4 +72,6 @@ async def test_worker_broadcaster_never_raises_when_redis_is_down(
         update={"redis_url": "redis://127.0.0.1:1/0", "socketio_channel": unique_prefix}
     )
     async with worker_broadcaster(unreachable) as broadcaster:
-        await broadcaster.session_updated(**updated("00000000-0000-0000-0000-000000000000", 1))
+        await broadcaster.session_updated(
+            **updated_fields("00000000-0000-0000-0000-000000000000", 1)
+        )

@@ -4,23 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 import socketio
 
-from tests.realtime.conftest import ClientFactory, LiveServer, serve_in_thread
+from tests.realtime.conftest import ClientFactory, LiveServer, serve_in_thread, updated_fields
 from vitalcast.settings import Settings
 
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-
-
-@pytest.fixture
-def live(settings: Settings) -> Iterator[LiveServer]:
-    with serve_in_thread(settings) as server:
-        yield server
 
 
 async def create_session(url: str, token: str) -> dict[str, Any]:
@@ -41,6 +34,14 @@ async def end_session(url: str, token: str, session_id: str) -> dict[str, Any]:
         )
     assert response.status_code == 200, response.text
     return dict(response.json())
+
+
+def broadcast_updated(
+    live: LiveServer, session_id: str, source_watermark: int, **changes: Any
+) -> None:
+    """session.updated through the server's own broadcaster, as a finished compute sends it."""
+    fields = updated_fields(session_id, source_watermark, **changes)
+    live.run(live.container.broadcaster.session_updated(**fields))
 
 
 async def connected_gauge(url: str) -> float:
@@ -165,18 +166,8 @@ async def test_session_updated_envelope_reaches_only_the_room(
     assert (await subscriber.call("subscribe", {"session_id": first["id"]}))["ok"] is True
     assert (await other.call("subscribe", {"session_id": second["id"]}))["ok"] is True
 
-    live.run(
-        live.container.broadcaster.session_updated(
-            session_id=first["id"],
-            source_watermark=43,
-            state="ready",
-            window_minutes=60,
-            resolution="1m",
-            computed_at_ms=1_700_000_000_000,
-            live=True,
-            changed_from_ms=1_699_999_000_000,
-            changed_to_ms=1_699_999_060_000,
-        )
+    broadcast_updated(
+        live, first["id"], 43, changed_from_ms=1_699_999_000_000, changed_to_ms=1_699_999_060_000
     )
     event = await subscriber.next("session.updated")
     assert event == {
@@ -207,19 +198,7 @@ async def test_unsubscribe_stops_events(
         "ok": True,
         "session_id": session["id"],
     }
-    live.run(
-        live.container.broadcaster.session_updated(
-            session_id=session["id"],
-            source_watermark=1,
-            state="ready",
-            window_minutes=60,
-            resolution="1m",
-            computed_at_ms=0,
-            live=True,
-            changed_from_ms=None,
-            changed_to_ms=None,
-        )
-    )
+    broadcast_updated(live, session["id"], 1)
     assert await client.none_within("session.updated", 0.5)
 
 
@@ -282,19 +261,7 @@ async def test_flooding_socket_is_rate_limited_and_others_are_served(
         )
 
         assert (await bystander.call("subscribe", {"session_id": session["id"]}))["ok"] is True
-        live.run(
-            live.container.broadcaster.session_updated(
-                session_id=session["id"],
-                source_watermark=5,
-                state="ready",
-                window_minutes=60,
-                resolution="1m",
-                computed_at_ms=0,
-                live=True,
-                changed_from_ms=None,
-                changed_to_ms=None,
-            )
-        )
+        broadcast_updated(live, session["id"], 5)
         assert (await bystander.next("session.updated"))["source_watermark"] == 5
         assert (await flooder.next("session.updated"))["source_watermark"] == 5
         assert flooder.sio.connected

@@ -8,13 +8,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tests.telemetry.conftest import MINUTE, hr
 from vitalcast.clock import ManualClock
 from vitalcast.db.engine import Database, create_engine
 from vitalcast.observability import Metrics
+from vitalcast.sessions.models import Session
 from vitalcast.settings import Settings
-from vitalcast.telemetry.compute import Aggregator, compute_telemetry
+from vitalcast.telemetry.compute import Aggregator, ComputedTelemetry, compute_telemetry
 from vitalcast.telemetry.models import ComputeOutcome, Resolution, ScheduleReason, TelemetryKey
 from vitalcast.telemetry.service import SessionTelemetryService
 
@@ -62,6 +64,23 @@ async def _row(tc, key: TelemetryKey):
         return await tc.container.telemetry.cache.get(conn, key)
 
 
+class StalledCompute:
+    """An aggregator for a node that stalls mid-compute: it aggregates, sets ``aggregated``, then
+    holds its result until ``wake_up`` is set."""
+
+    def __init__(self) -> None:
+        self.aggregated = asyncio.Event()
+        self.wake_up = asyncio.Event()
+
+    async def __call__(
+        self, conn: AsyncConnection, session: Session, key: TelemetryKey, now_ms: int
+    ) -> ComputedTelemetry:
+        computed = await compute_telemetry(conn, session, key, now_ms)
+        self.aggregated.set()
+        await self.wake_up.wait()
+        return computed
+
+
 async def test_dead_holders_lease_is_taken_over_once_it_expires(tc, users):
     """A lease left by a crashed node blocks computes until it expires, then the next GET's
     compute takes it over and the answer becomes ready."""
@@ -100,21 +119,14 @@ async def test_slow_compute_whose_lease_was_taken_over_cannot_overwrite(tc, user
     headers = {"Authorization": f"Bearer {token}"}
     session_id, start = await _ended_session(tc, headers)
     key = TelemetryKey(session_id, 30, Resolution.ONE_MINUTE, user_id=user_id)
-    aggregated = asyncio.Event()
-    wake_up = asyncio.Event()
-
-    async def stalling(conn, session, k, now_ms):
-        computed = await compute_telemetry(conn, session, k, now_ms)
-        aggregated.set()
-        await wake_up.wait()
-        return computed
+    stalling = StalledCompute()
 
     async with (
         node(settings, tc.clock, "node-a", aggregator=stalling) as node_a,
         node(settings, tc.clock, "node-b") as node_b,
     ):
         slow = asyncio.create_task(node_a.compute(key, reason=ScheduleReason.CACHE_MISS))
-        await aggregated.wait()
+        await stalling.aggregated.wait()
         assert (await _row(tc, key)).lease_owner == "node-a"
         await tc.post_samples(headers, [hr("new", start + 10 * MINUTE, 155.0)])
         await tc.settle()
@@ -123,7 +135,7 @@ async def test_slow_compute_whose_lease_was_taken_over_cannot_overwrite(tc, user
             ComputeOutcome.COMPUTED
         )
         newer = await _row(tc, key)
-        wake_up.set()
+        stalling.wake_up.set()
         assert await slow is ComputeOutcome.LEASE_LOST
 
     row = await _row(tc, key)
@@ -142,21 +154,14 @@ async def test_lease_is_renewed_while_computing(tc, users, settings):
     headers = {"Authorization": f"Bearer {token}"}
     session_id, _start = await _ended_session(tc, headers)
     key = TelemetryKey(session_id, 30, Resolution.ONE_MINUTE, user_id=user_id)
-    aggregated = asyncio.Event()
-    wake_up = asyncio.Event()
-
-    async def stalling(conn, session, k, now_ms):
-        computed = await compute_telemetry(conn, session, k, now_ms)
-        aggregated.set()
-        await wake_up.wait()
-        return computed
+    stalling = StalledCompute()
 
     async with (
         node(settings, tc.clock, "node-a", lease_ms=300, aggregator=stalling) as node_a,
         node(settings, tc.clock, "node-b", lease_ms=300) as node_b,
     ):
         slow = asyncio.create_task(node_a.compute(key, reason=ScheduleReason.CACHE_MISS))
-        await aggregated.wait()
+        await stalling.aggregated.wait()
         first_expiry = (await _row(tc, key)).lease_expires_ms
         for _ in range(3):
             tc.clock.advance(250)
@@ -165,7 +170,7 @@ async def test_lease_is_renewed_while_computing(tc, users, settings):
                 ComputeOutcome.LEASE_BUSY
             )
         assert (await _row(tc, key)).lease_expires_ms > first_expiry + 500
-        wake_up.set()
+        stalling.wake_up.set()
         assert await slow is ComputeOutcome.COMPUTED
     assert (await _row(tc, key)).lease_owner is None
 

@@ -1,0 +1,263 @@
+"""Real subprocesses for tests: ``python -m vitalcast`` children and a private ``redis-server``.
+
+Every child binds 127.0.0.1 on a free port, is stopped when its block exits and, through a
+watchdog, is SIGKILLed even when the test process itself dies without running any teardown.
+Timeouts are parameters so that each caller keeps the bounds its tests were written against.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import redis
+
+from tests.conftest import TEST_SECRET
+
+START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 15.0
+
+
+def free_port() -> int:
+    """A TCP port that is free on 127.0.0.1 now (the OS's pick; bind it soon after)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def vitalcast_env(data_dir: Path, **settings: str) -> dict[str, str]:
+    """The environment of a ``vitalcast`` subprocess: this one minus every ``VITALCAST_*``, the
+    test secret, ``data_dir`` and log level info, then ``VITALCAST_<KEY>`` for each setting
+    (``log_level="warning"`` overrides the level)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VITALCAST_")}
+    env |= {
+        "VITALCAST_SECRET": TEST_SECRET,
+        "VITALCAST_DATA_DIR": str(data_dir),
+        "VITALCAST_LOG_LEVEL": "info",
+    }
+    return env | {f"VITALCAST_{key.upper()}": value for key, value in settings.items()}
+
+
+def reap_when_gone(*cleanup: str) -> subprocess.Popen[bytes]:
+    """A watchdog that runs ``cleanup`` once this test process is gone, killed included (a
+    killed pytest runs no fixture teardown, and a daemon like PostgreSQL outlives its parent).
+    Kill the watchdog after a normal teardown."""
+    script = 'while kill -0 "$0" 2>/dev/null; do sleep 1; done; exec "$@"'
+    return subprocess.Popen(
+        ["sh", "-c", script, str(os.getpid()), *cleanup],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def _wait_until(
+    predicate: Callable[[], bool], what: str, timeout_s: float = START_TIMEOUT_S
+) -> None:
+    """Poll ``predicate`` every 50 ms; RuntimeError naming ``what`` after ``timeout_s``. The
+    predicate may raise to give up early (a child that exited)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not happen within {timeout_s} s")
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEOUT_S) -> None:
+    """SIGTERM (a graceful shutdown), then SIGKILL if it is still running after ``timeout_s``."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+@dataclass
+class Child:
+    """One ``python -m vitalcast …`` subprocess with its stdout and stderr in a log file."""
+
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def spawn(
+    args: list[str], env: dict[str, str], log_path: Path, *, stop_timeout_s: float = STOP_TIMEOUT_S
+) -> Iterator[Child]:
+    """Run ``python -m vitalcast ARGS`` with its output appended to ``log_path``; on exit it is
+    stopped with ``stop_process(…, stop_timeout_s)``."""
+    with log_path.open("ab") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "vitalcast", *args],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    reaper = reap_when_gone("kill", "-9", str(process.pid))
+    try:
+        yield Child(process, log_path)
+    finally:
+        stop_process(process, stop_timeout_s)
+        reaper.kill()
+        reaper.wait(5)
+
+
+@dataclass
+class ServerProcess(Child):
+    """One ``vitalcast serve`` subprocess and its base URL."""
+
+    url: str = ""
+
+
+def wait_healthy(server: ServerProcess, timeout_s: float = START_TIMEOUT_S) -> None:
+    """Until ``GET /healthz`` answers 200; RuntimeError with the log if the server exits first
+    or does not answer within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"server exited during start-up:\n{server.log()}")
+        try:
+            if httpx.get(f"{server.url}/healthz", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{server.url} did not become healthy:\n{server.log()}")
+
+
+@contextlib.contextmanager
+def serve_subprocesses(
+    env: dict[str, str],
+    log_paths: list[Path],
+    *,
+    start_timeout_s: float = START_TIMEOUT_S,
+    stop_timeout_s: float = STOP_TIMEOUT_S,
+) -> Iterator[list[ServerProcess]]:
+    """One ``vitalcast serve`` per log path, each on a free loopback port, started together;
+    every one answers /healthz (each within ``start_timeout_s``) before the block runs."""
+    with contextlib.ExitStack() as stack:
+        servers = []
+        for log_path in log_paths:
+            port = free_port()
+            args = ["serve", "--host", "127.0.0.1", "--port", str(port)]
+            child = stack.enter_context(spawn(args, env, log_path, stop_timeout_s=stop_timeout_s))
+            servers.append(ServerProcess(child.process, log_path, f"http://127.0.0.1:{port}"))
+        for server in servers:
+            wait_healthy(server, start_timeout_s)
+        yield servers
+
+
+@contextlib.contextmanager
+def serve_subprocess(
+    env: dict[str, str],
+    log_path: Path,
+    *,
+    start_timeout_s: float = START_TIMEOUT_S,
+    stop_timeout_s: float = STOP_TIMEOUT_S,
+) -> Iterator[ServerProcess]:
+    """``vitalcast serve`` on a free loopback port, answering /healthz before the block runs."""
+    with serve_subprocesses(
+        env, [log_path], start_timeout_s=start_timeout_s, stop_timeout_s=stop_timeout_s
+    ) as (server,):
+        yield server
+
+
+def run_cli(
+    args: list[str], env: dict[str, str], timeout_s: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``python -m vitalcast ARGS`` to completion, output captured as text; the exit code is
+    the caller's to check (killed and TimeoutExpired after ``timeout_s``)."""
+    return subprocess.run(
+        [sys.executable, "-m", "vitalcast", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
+def redis_answers(url: str) -> bool:
+    """The Redis at ``url`` answers PING (synchronous, for set-up outside an event loop)."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+class RedisServer:
+    """A ``redis-server`` of the test's own (no persistence) on a spare loopback port, never the
+    shared one. A test may ``stop`` it (SIGTERM, a shutdown) or ``kill`` it (SIGKILL, an outage)
+    and ``start`` it again on the same port and URL."""
+
+    def __init__(
+        self, folder: Path, *, port: int | None = None, start_timeout_s: float = START_TIMEOUT_S
+    ) -> None:
+        self.port = port if port is not None else free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._folder = folder
+        self._start_timeout_s = start_timeout_s
+        self._process: subprocess.Popen[bytes] | None = None
+        self._reaper: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Run it; returns once it answers PING (RuntimeError after the start timeout)."""
+        self._process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self._folder),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self._reaper = reap_when_gone("kill", "-9", str(self._process.pid))
+        _wait_until(self._answers, "redis-server start", self._start_timeout_s)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM and wait up to ``timeout_s`` for it to exit (TimeoutExpired if it hangs)."""
+        self._end(signal.SIGTERM, timeout_s)
+
+    def kill(self) -> None:
+        """SIGKILL: an outage, not a shutdown; returns once the process is gone."""
+        self._end(signal.SIGKILL, 10.0)
+
+    def _end(self, signum: int, timeout_s: float) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signum)
+            self._process.wait(timeout_s)
+        if self._reaper is not None:
+            self._reaper.kill()
+            self._reaper.wait(5)
+        self._process = self._reaper = None
+
+    def _answers(self) -> bool:
+        if self._process is not None and self._process.poll() is not None:
+            raise RuntimeError("redis-server exited during start-up")
+        return redis_answers(self.url)
