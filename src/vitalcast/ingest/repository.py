@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vitalcast.db.tables import health_samples, ingest_requests, telemetry_cache, users
@@ -85,34 +84,45 @@ async def record_request(
     )
 
 
+# One probe of the unique index per record id, whatever the table statistics say. Without
+# statistics (a new or just bulk-loaded table, before autovacuum's ANALYZE) PostgreSQL otherwise
+# matches ``record_id = ANY(...)`` by filtering every row of the user and source, which made
+# ingest O(table) per batch. ``OFFSET 0`` keeps the LATERAL subquery from being flattened, so its
+# three equalities stay one index condition.
+_PG_LOOKUP = sa.text(
+    """
+    SELECT hs.* FROM unnest(CAST(:record_ids AS text[])) AS k(record_id)
+    CROSS JOIN LATERAL (
+        SELECT * FROM health_samples
+        WHERE user_id = :user_id AND source = :source AND record_id = k.record_id
+        OFFSET 0
+    ) AS hs
+    """
+).columns(*health_samples.c)
+
+
 async def _existing(
     conn: AsyncConnection, user_id: str, identities: Sequence[tuple[str, str]]
 ) -> dict[tuple[str, str], sa.Row]:
-    """Stored rows for these identities, as lookups on the (user_id, source, record_id) index,
-    one query per source (a batch usually has one).
-
-    PostgreSQL takes the record ids as one array parameter (its planner is slow on long IN lists
-    and row-constructor lists); SQLite takes chunked IN lists under its parameter limit. A table
-    PostgreSQL has no statistics for yet (just bulk-loaded, before autovacuum's ANALYZE) may be
-    filtered instead of probed: run ANALYZE after bulk loads.
-    """
+    """Stored rows for these identities, as unique-index lookups, one query per source (a batch
+    usually has one); SQLite takes chunked IN lists, well under its bound-parameter limit."""
     by_source: dict[str, list[str]] = {}
     for source, record_id in identities:
         by_source.setdefault(source, []).append(record_id)
-    postgres = conn.dialect.name == "postgresql"
     found: dict[tuple[str, str], sa.Row] = {}
     for source, record_ids in by_source.items():
-        step = len(record_ids) if postgres else _LOOKUP_CHUNK
-        for offset in range(0, len(record_ids), step):
-            chunk = record_ids[offset : offset + step]
-            match = (
-                health_samples.c.record_id == sa.any_(sa.literal(chunk, ARRAY(sa.String)))
-                if postgres
-                else health_samples.c.record_id.in_(chunk)
-            )
-            query = sa.select(health_samples).where(
-                health_samples.c.user_id == user_id, health_samples.c.source == source, match
-            )
+        if conn.dialect.name == "postgresql":
+            queries = [_PG_LOOKUP.bindparams(record_ids=record_ids, user_id=user_id, source=source)]
+        else:
+            queries = [
+                sa.select(health_samples).where(
+                    health_samples.c.user_id == user_id,
+                    health_samples.c.source == source,
+                    health_samples.c.record_id.in_(record_ids[offset : offset + _LOOKUP_CHUNK]),
+                )
+                for offset in range(0, len(record_ids), _LOOKUP_CHUNK)
+            ]
+        for query in queries:
             for row in await conn.execute(query):
                 found[(row.source, row.record_id)] = row
     return found
