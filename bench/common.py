@@ -28,6 +28,7 @@ import redis.asyncio as aioredis
 import sqlalchemy as sa
 
 from vitalcast.auth import issue_token
+from vitalcast.clock import now_ms
 from vitalcast.db.engine import Database, create_engine
 from vitalcast.db.migrate import upgrade
 from vitalcast.sessions import repository as session_repository
@@ -105,9 +106,7 @@ async def create_user(url: str, name: str) -> tuple[str, str]:
     db = Database(create_engine(url))
     try:
         async with db.write() as conn:
-            user_id = await session_repository.get_or_create_user(
-                conn, name, now_ms=int(time.time() * 1000)
-            )
+            user_id = await session_repository.get_or_create_user(conn, name, now_ms=now_ms())
     finally:
         await db.dispose()
     return user_id, issue_token(SECRET, user_id, now_s=int(time.time()), ttl_s=86_400)

@@ -10,21 +10,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import sqlalchemy as sa
 
 from bench.common import create_user, database, emit, server
+from vitalcast.clock import iso_ms, now_ms
 from vitalcast.db.engine import create_engine
 from vitalcast.db.tables import health_samples
 
 BATCH = 1_000
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat()
 
 
 def batches(prefix: str, count: int, start_ms: int) -> list[dict[str, Any]]:
@@ -38,7 +34,7 @@ def batches(prefix: str, count: int, start_ms: int) -> list[dict[str, Any]]:
                 "metric": "heart_rate",
                 "value": 60.0 + (i % 50),
                 "unit": "bpm",
-                "start": _iso(start_ms + (b * BATCH + i) * 1000),
+                "start": iso_ms(start_ms + (b * BATCH + i) * 1000),
                 "device": "Watch7,1",
             }
             for i in range(BATCH)
@@ -49,7 +45,7 @@ def batches(prefix: str, count: int, start_ms: int) -> list[dict[str, Any]]:
 
 async def http_rate(base: str, tokens: list[str], count: int) -> dict[str, float]:
     """Samples/s with one sequential client per token (each a different user, as phones are)."""
-    start_ms = int(time.time() * 1000) - 30 * 86_400_000
+    start_ms = now_ms() - 30 * 86_400_000
     per_client = [batches(f"c{c}", count // len(tokens), start_ms) for c in range(len(tokens))]
 
     async def run(token: str, bodies: list[dict[str, Any]]) -> None:
@@ -68,7 +64,7 @@ async def http_rate(base: str, tokens: list[str], count: int) -> dict[str, float
 
 async def raw_rate(url: str, user_id: str, count: int) -> dict[str, float]:
     """The floor: the same rows loaded straight into health_samples, no HTTP, no checks."""
-    start_ms = int(time.time() * 1000) - 60 * 86_400_000
+    start_ms = now_ms() - 60 * 86_400_000
     rows = [
         {
             "user_id": user_id,

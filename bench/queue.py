@@ -31,7 +31,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +46,7 @@ from bench.common import (
     emit,
     percentiles,
 )
-from vitalcast.clock import SystemClock
+from vitalcast.clock import SystemClock, iso_ms
 from vitalcast.db.engine import Database, create_engine
 from vitalcast.db.tables import telemetry_cache
 from vitalcast.ingest.service import IngestService
@@ -69,10 +68,6 @@ WARMUP_BATCHES = 10
 SAMPLES_PER_WINDOW = 3 * 360
 
 
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat()
-
-
 def _hr(record_id: str, at_ms: int, value: float) -> dict[str, Any]:
     return {
         "source": "healthkit",
@@ -80,7 +75,7 @@ def _hr(record_id: str, at_ms: int, value: float) -> dict[str, Any]:
         "metric": "heart_rate",
         "value": value,
         "unit": "bpm",
-        "start": _iso(at_ms),
+        "start": iso_ms(at_ms),
     }
 
 

@@ -24,7 +24,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,15 +43,12 @@ from bench.common import (
     server_with_pid,
     serving,
 )
+from vitalcast.clock import iso_ms
 
 TARGET_P99_EMBEDDED_MS = 250
 TARGET_P99_SCALED_MS = 500
 LOAD_CONNECT_CONCURRENCY = 50
 INGEST_CONCURRENCY = 10
-
-
-def iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat()
 
 
 def wall_ms() -> float:
@@ -66,14 +62,14 @@ def sample(record_id: str, at_ms: int) -> dict[str, Any]:
         "metric": "heart_rate",
         "value": 60.0 + (hash(record_id) % 40),
         "unit": "bpm",
-        "start": iso(at_ms),
+        "start": iso_ms(at_ms),
     }
 
 
 async def start_session(http: httpx.AsyncClient, token: str) -> str:
     response = await http.post(
         "/api/v1/sessions",
-        json={"started_at": iso(int(wall_ms()) - 10 * 60_000)},
+        json={"started_at": iso_ms(int(wall_ms()) - 10 * 60_000)},
         headers={"Authorization": f"Bearer {token}"},
     )
     response.raise_for_status()

@@ -24,7 +24,6 @@ import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -42,16 +41,13 @@ from bench.common import (
     server_env,
     server_with_pid,
 )
+from vitalcast.clock import iso_ms, now_ms
 
 WARM_UP_S = 30.0
 RSS_EVERY_S = 10.0
 #: an ingest not heard of by a subscriber this long after its response counts as missed
 DELIVERY_GRACE_S = 10.0
 CONNECT_CONCURRENCY = 25
-
-
-def iso(ms: float) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat()
 
 
 @dataclass
@@ -129,7 +125,7 @@ async def ingest_loop(
                     "metric": "heart_rate",
                     "value": 60 + n % 40,
                     "unit": "bpm",
-                    "start": iso(time.time() * 1000 - 500),
+                    "start": iso_ms(now_ms() - 500),
                 }
             ]
         }
@@ -207,7 +203,7 @@ async def soak(minutes: float, sessions: int, clients: int, backend: str, scaled
             _user, token = await create_user(url, f"soak-{n}")
             created = await http.post(
                 "/api/v1/sessions",
-                json={"started_at": iso(time.time() * 1000 - 5 * 60_000)},
+                json={"started_at": iso_ms(now_ms() - 5 * 60_000)},
                 headers={"Authorization": f"Bearer {token}"},
             )
             created.raise_for_status()

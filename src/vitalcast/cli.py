@@ -11,7 +11,7 @@ import typer
 import uvicorn
 
 from vitalcast.auth import issue_token
-from vitalcast.clock import epoch_ms
+from vitalcast.clock import epoch_ms, now_ms
 from vitalcast.db.engine import Database, create_engine
 from vitalcast.db.migrate import upgrade
 from vitalcast.observability import configure_logging
@@ -54,9 +54,7 @@ async def _ensure_user(settings: Settings, name: str) -> str:
     db = Database(create_engine(settings.resolved_database_url))
     try:
         async with db.write() as conn:
-            return await session_repository.get_or_create_user(
-                conn, name, now_ms=int(time.time() * 1000)
-            )
+            return await session_repository.get_or_create_user(conn, name, now_ms=now_ms())
     finally:
         await db.dispose()
 

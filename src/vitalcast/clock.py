@@ -16,11 +16,16 @@ class Clock(Protocol):
     def now_ms(self) -> int: ...
 
 
+def now_ms() -> int:
+    """The current wall-clock time in epoch milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
 class SystemClock:
     """The real clock."""
 
     def now_ms(self) -> int:
-        return time.time_ns() // 1_000_000
+        return now_ms()
 
 
 class ManualClock:
@@ -43,3 +48,9 @@ def epoch_ms(moment: datetime) -> int:
     which would move a sample across a bucket edge.
     """
     return (moment - _EPOCH) // _ONE_MS
+
+
+def iso_ms(ms: int) -> str:
+    """ISO 8601 with milliseconds and an explicit UTC offset (what the API accepts); the exact
+    inverse of ``epoch_ms`` for whole milliseconds."""
+    return (_EPOCH + ms * _ONE_MS).isoformat(timespec="milliseconds")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import random
 import sys
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 
+from vitalcast import clock
 from vitalcast.auth import issue_token
 from vitalcast.container import Container
 from vitalcast.observability import get_logger
@@ -124,7 +124,7 @@ class _Demo:
         pre_ms, elapsed_ms = 60 * MINUTE_MS, 12 * MINUTE_MS
         while True:
             start_ms, origin_ms = live_placement(
-                int(time.time() * 1000),
+                clock.now_ms(),
                 pre_ms=pre_ms,
                 elapsed_ms=elapsed_ms,
                 duration_ms=LIVE_MINUTES * MINUTE_MS,
@@ -181,7 +181,7 @@ def _profile() -> Profile:
 
 async def _seed(api: Api) -> None:
     """End live sessions of an earlier run; seed the past sessions once per data dir."""
-    now_ms = int(time.time() * 1000)
+    now_ms = clock.now_ms()
     for stale in await api.sessions("active"):
         # Left by a run that was killed: end it where its plan ended, or now.
         end_ms = min(now_ms, stale["start_ms"] + LIVE_MINUTES * MINUTE_MS)

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from vitalcast import clock
 from vitalcast.wearable import (
     MINUTE_MS,
     Interval,
@@ -30,7 +31,6 @@ from vitalcast.wearable import (
     Sample,
     SessionPlan,
     generate,
-    iso,
     place_intervals,
 )
 
@@ -126,7 +126,7 @@ class Api:
         raise AssertionError("unreachable")
 
     async def create_session(self, plan: SessionPlan) -> dict[str, Any]:
-        body = {"client_session_id": plan.key, "started_at": iso(plan.start_ms)}
+        body = {"client_session_id": plan.key, "started_at": clock.iso_ms(plan.start_ms)}
         if plan.notes:
             body["notes"] = plan.notes
         result: dict[str, Any] = await self.call("POST", "/api/v1/sessions", json=body)
@@ -134,7 +134,7 @@ class Api:
 
     async def end_session(self, session_id: str, ended_ms: int) -> dict[str, Any]:
         result: dict[str, Any] = await self.call(
-            "POST", f"/api/v1/sessions/{session_id}/end", json={"ended_at": iso(ended_ms)}
+            "POST", f"/api/v1/sessions/{session_id}/end", json={"ended_at": clock.iso_ms(ended_ms)}
         )
         return result
 
@@ -224,7 +224,7 @@ class SessionRunner:
 
     async def _end_early(self, reached_ms: int) -> None:
         assert self.session_id is not None
-        stop_ms = min(self.pace.now_ms() or reached_ms, int(time.time() * 1000))
+        stop_ms = min(self.pace.now_ms() or reached_ms, clock.now_ms())
         try:
             await self.api.end_session(self.session_id, max(stop_ms, self.plan.start_ms))
         except (ApiError, httpx.HTTPError):
@@ -253,9 +253,9 @@ class SessionRunner:
         if reached_ms >= plan.end_ms:
             phase = "after"
         kind = "past" if self.pace.speed is None else "live"
-        clock = datetime.fromtimestamp(reached_ms / 1000).strftime("%d %b %H:%M:%S")
+        shown = datetime.fromtimestamp(reached_ms / 1000).strftime("%d %b %H:%M:%S")
         self.progress(
-            f"[{self.label}] {kind} {(self.session_id or '')[:8]} {clock} {phase:<6} {done:4.0%}  "
+            f"[{self.label}] {kind} {(self.session_id or '')[:8]} {shown} {phase:<6} {done:4.0%}  "
             f"sent {t.sent} (new {t.inserted}, updated {t.updated}, rejected {t.rejected}, "
             f"late {t.late}) in {t.batches} batches"
         )
@@ -325,10 +325,8 @@ async def run_user(
     rng = random.Random(f"{cfg.seed}/{name}")
     profile = Profile.draw(rng)
     tally = Tally()
-    now_ms = int(time.time() * 1000)
-    for day in range(cfg.past_sessions, 0, -1):
-        start_ms = now_ms - day * 86_400_000 - rng.randrange(60, 240) * MINUTE_MS
-        start_ms -= start_ms % MINUTE_MS
+
+    async def play(start_ms: int, pace: Pace, sync_ms: int, *, end_on_exit: bool = True) -> None:
         plan = make_plan(
             f"sim-{cfg.seed}-{name}-{start_ms // 1000}", start_ms, cfg, rng, notes=None
         )
@@ -336,39 +334,36 @@ async def run_user(
             api,
             plan,
             profile,
-            Pace(None),
+            pace,
             cfg.seed,
-            sync_ms=cfg.history_sync_min * MINUTE_MS,
+            sync_ms=sync_ms,
             hr_interval_ms=int(cfg.hr_interval_s * 1000),
             label=name,
             progress=progress,
+            end_on_exit=end_on_exit,
         )
         tally.add(await runner.run())
+
+    now_ms = clock.now_ms()
+    for day in range(cfg.past_sessions, 0, -1):
+        start_ms = now_ms - day * 86_400_000 - rng.randrange(60, 240) * MINUTE_MS
+        start_ms -= start_ms % MINUTE_MS
+        await play(start_ms, Pace(None), cfg.history_sync_min * MINUTE_MS)
     if cfg.live:
         start_ms, origin_ms = live_placement(
-            int(time.time() * 1000),
+            clock.now_ms(),
             pre_ms=cfg.padding_min * MINUTE_MS,
             elapsed_ms=cfg.elapsed_min * MINUTE_MS,
             duration_ms=cfg.duration_min * MINUTE_MS,
             post_ms=cfg.padding_min * MINUTE_MS,
             speed=cfg.speed,
         )
-        plan = make_plan(
-            f"sim-{cfg.seed}-{name}-{start_ms // 1000}", start_ms, cfg, rng, notes=None
-        )
-        runner = SessionRunner(
-            api,
-            plan,
-            profile,
+        await play(
+            start_ms,
             Pace(cfg.speed, origin_ms),
-            cfg.seed,
-            sync_ms=int(cfg.sync_s * 1000),
-            hr_interval_ms=int(cfg.hr_interval_s * 1000),
-            label=name,
-            progress=progress,
+            int(cfg.sync_s * 1000),
             end_on_exit=cfg.end_on_exit,
         )
-        tally.add(await runner.run())
     return tally
 
 

@@ -13,8 +13,9 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
+
+from vitalcast.clock import iso_ms
 
 MINUTE_MS = 60_000
 
@@ -116,15 +117,10 @@ class Sample:
             "metric": self.metric,
             "value": self.value,
             "unit": self.unit,
-            "start": iso(self.start_ms),
-            "end": iso(self.end_ms),
+            "start": iso_ms(self.start_ms),
+            "end": iso_ms(self.end_ms),
             "device": profile.device,
         }
-
-
-def iso(ms: int) -> str:
-    """ISO 8601 with an explicit UTC offset, as the API requires."""
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
 
 
 def place_intervals(

@@ -5,7 +5,6 @@ small client that drives it through the public HTTP API (sessions, POST /samples
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -14,6 +13,7 @@ import sqlalchemy as sa
 
 from vitalcast.app import create_app
 from vitalcast.clock import ManualClock
+from vitalcast.clock import iso_ms as iso
 from vitalcast.db.engine import Database
 from vitalcast.settings import Settings
 from vitalcast.telemetry.coordinator import BoundedComputeCoordinator
@@ -21,10 +21,6 @@ from vitalcast.telemetry.coordinator import BoundedComputeCoordinator
 # 2026-03-02T08:00:00Z: a fixed "now" that every telemetry test starts from
 T0_MS = 1_772_438_400_000
 MINUTE = 60_000
-
-
-def iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from bullmq import Worker
 from bullmq.abort_controller import AbortSignal
 from bullmq.custom_errors import DelayedError, UnrecoverableError
 
+from vitalcast.clock import now_ms
 from vitalcast.observability import get_logger
 from vitalcast.queue.jobs import TelemetryJob, connection_options
 from vitalcast.settings import Settings
@@ -167,7 +168,7 @@ class TelemetryWorker:
         if not work.done():
             work.cancel()
             await asyncio.gather(work, return_exceptions=True)
-            await job.moveToDelayed(_now_ms(), token)
+            await job.moveToDelayed(now_ms(), token)
             log.info("job_released", job_id=job.id)
             raise DelayedError()
         ms = round((time.perf_counter() - started) * 1000, 1)
@@ -192,7 +193,3 @@ class TelemetryWorker:
 
 def _log_worker_error(error: Any, *_: Any) -> None:
     log.warning("worker_error", error=type(error).__name__, detail=str(error)[:200])
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
