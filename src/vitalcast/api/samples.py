@@ -8,12 +8,12 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request, Response
 
-from vitalcast.api.deps import ContainerDep, CurrentUser
+from vitalcast.api.deps import CurrentUser, Parts
 from vitalcast.api.errors import problem_responses
+from vitalcast.api.ratelimits import IngestRateLimit
 from vitalcast.api.schemas import IngestRequest, inline_json_schema
 from vitalcast.errors import InvalidInput, PayloadTooLarge
 from vitalcast.ingest.validation import MAX_BODY_BYTES
-from vitalcast.ratelimit import IngestRateLimit
 
 router = APIRouter(prefix="/api/v1", tags=["samples"])
 
@@ -60,10 +60,8 @@ def _decode(raw: bytes) -> Any:
         }
     },
 )
-async def ingest_samples(request: Request, user: CurrentUser, container: ContainerDep) -> Response:
+async def ingest_samples(request: Request, user: CurrentUser, parts: Parts) -> Response:
     """Store a batch of samples idempotently and move the watermarks of the sessions it touches."""
     body = _decode(await _read_body(request))
-    outcome = await container.ingest.ingest(user.user_id, body)
-    if outcome.touched:
-        await container.after_ingest(outcome.touched)
+    outcome = await parts.ingest.ingest(user.user_id, body)
     return Response(outcome.body, status_code=outcome.status_code, media_type="application/json")

@@ -6,14 +6,12 @@ import base64
 import binascii
 import uuid
 
-from vitalcast.clock import Clock
+from vitalcast.clock import FUTURE_TOLERANCE_MS, Clock
 from vitalcast.db.engine import Database
 from vitalcast.errors import Conflict, InvalidInput, NotFound
 from vitalcast.sessions import repository
+from vitalcast.sessions.changes import ChangeListener
 from vitalcast.sessions.models import Session, SessionStatus
-
-# Clocks of phones drift; an end this far ahead of the server's now is still accepted.
-FUTURE_TOLERANCE_MS = 5 * 60_000
 
 
 def encode_cursor(session: Session) -> str:
@@ -33,11 +31,13 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
 
 
 class SessionService:
-    """Creates, lists and closes sessions; returns what changed so callers can trigger telemetry."""
+    """Creates, lists and closes sessions, and tells ``listener`` (after commit) when a session
+    started, ended or was cancelled."""
 
-    def __init__(self, db: Database, clock: Clock) -> None:
+    def __init__(self, db: Database, clock: Clock, listener: ChangeListener) -> None:
         self._db = db
         self._clock = clock
+        self._listener = listener
 
     async def create(
         self,
@@ -65,7 +65,8 @@ class SessionService:
                 notes=notes,
                 now_ms=now,
             )
-            return session, True
+        await self._listener.session_status(session)
+        return session, True
 
     async def get(self, user_id: str, session_id: str) -> Session:
         async with self._db.read() as conn:
@@ -115,4 +116,5 @@ class SessionService:
             if end > now + FUTURE_TOLERANCE_MS:
                 raise InvalidInput("ended_at is in the future.", code="FUTURE_TIMESTAMP")
             closed = await repository.close(conn, session, status=status, end_ms=end, now_ms=now)
-            return closed, True
+        await self._listener.session_status(closed)
+        return closed, True
