@@ -46,7 +46,7 @@ from bench.common import (
     emit,
     percentiles,
 )
-from vitalcast.clock import SystemClock, iso_ms
+from vitalcast.clock import SystemClock
 from vitalcast.db.engine import Database, create_engine
 from vitalcast.db.tables import telemetry_cache
 from vitalcast.ingest.service import IngestService
@@ -61,6 +61,7 @@ from vitalcast.telemetry.coordinator import BoundedComputeCoordinator
 from vitalcast.telemetry.models import CacheState, ScheduleReason, TelemetryKey
 from vitalcast.telemetry.scheduling import Scheduler
 from vitalcast.telemetry.triggers import TelemetryTriggers
+from vitalcast.testing import ensure_user, hr_sample
 from vitalcast.wiring import build_local_computes
 
 MINUTE_MS = 60_000
@@ -70,17 +71,6 @@ SYNC_SAMPLES = 10
 WARMUP_BATCHES = 10
 #: heart-rate samples in one backfill session's default window (every 10 s over 3 h)
 SAMPLES_PER_WINDOW = 3 * 360
-
-
-def _hr(record_id: str, at_ms: int, value: float) -> dict[str, Any]:
-    return {
-        "source": "healthkit",
-        "record_id": record_id,
-        "metric": "heart_rate",
-        "value": value,
-        "unit": "bpm",
-        "start": iso_ms(at_ms),
-    }
 
 
 @contextlib.contextmanager
@@ -147,10 +137,7 @@ class Bench:
         }
 
     async def user(self, name: str) -> str:
-        async with self.db.write() as conn:
-            return await session_repository.get_or_create_user(
-                conn, name, now_ms=self.clock.now_ms()
-            )
+        return await ensure_user(self.db, name)
 
     async def session(self, user_id: str, start_ms: int, end_ms: int | None = None) -> Session:
         async with self.db.write() as conn:
@@ -249,7 +236,7 @@ async def live_freshness(
     try:
         for b in range(WARMUP_BATCHES + batches):
             samples = [
-                _hr(f"s{b}-{i}", start + (b * SYNC_SAMPLES + i) * 1_000, 60 + (b + i) % 40)
+                hr_sample(f"s{b}-{i}", start + (b * SYNC_SAMPLES + i) * 1_000, 60 + (b + i) % 40)
                 for i in range(SYNC_SAMPLES)
             ]
             outcome = await ingest.ingest(user_id, {"samples": samples})

@@ -150,6 +150,26 @@ def _database(settings: Settings) -> Database:
     return Database(create_engine(settings.resolved_database_url))
 
 
+def _computer(
+    settings: Settings,
+    db: Database,
+    clock: Clock,
+    metrics: Metrics,
+    listener: TelemetryListener,
+    seams: Seams,
+    *,
+    lease_ms: int,
+) -> TelemetryComputer:
+    return TelemetryComputer(
+        db,
+        clock,
+        metrics,
+        seams.telemetry_listener or listener,
+        lease_ms=lease_ms,
+        aggregator=seams.aggregator or compute_telemetry,
+    )
+
+
 def _coordinator(
     settings: Settings, computer: TelemetryComputer, metrics: Metrics
 ) -> BoundedComputeCoordinator:
@@ -168,13 +188,8 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
     metrics = Metrics()
     sio, manager = socketio_server(settings)
     broadcaster = WebSocketBroadcaster.for_server(sio, manager, metrics=metrics)
-    computer = TelemetryComputer(
-        db,
-        clock,
-        metrics,
-        seams.telemetry_listener or broadcaster,
-        lease_ms=settings.lease_ms,
-        aggregator=seams.aggregator or compute_telemetry,
+    computer = _computer(
+        settings, db, clock, metrics, broadcaster, seams, lease_ms=settings.lease_ms
     )
     coordinator = _coordinator(settings, computer, metrics)
     queue = (
@@ -221,14 +236,8 @@ def build_worker(settings: Settings, seams: Seams = NO_SEAMS) -> WorkerParts:
     db = _database(settings)
     metrics = Metrics()
     broadcaster = WebSocketBroadcaster.for_worker(settings, metrics=metrics)
-    computer = TelemetryComputer(
-        db,
-        clock,
-        metrics,
-        seams.telemetry_listener or broadcaster,
-        lease_ms=min(settings.lease_ms, WORKER_LEASE_MS),
-        aggregator=seams.aggregator or compute_telemetry,
-    )
+    lease_ms = min(settings.lease_ms, WORKER_LEASE_MS)
+    computer = _computer(settings, db, clock, metrics, broadcaster, seams, lease_ms=lease_ms)
     return WorkerParts(settings, db, clock, metrics, broadcaster, computer)
 
 
@@ -237,12 +246,5 @@ def build_local_computes(settings: Settings, seams: Seams = NO_SEAMS) -> LocalCo
     clock = seams.clock or SystemClock()
     db = _database(settings)
     metrics = Metrics()
-    computer = TelemetryComputer(
-        db,
-        clock,
-        metrics,
-        seams.telemetry_listener or _Silent(),
-        lease_ms=settings.lease_ms,
-        aggregator=seams.aggregator or compute_telemetry,
-    )
+    computer = _computer(settings, db, clock, metrics, _Silent(), seams, lease_ms=settings.lease_ms)
     return LocalComputes(db, clock, computer, _coordinator(settings, computer, metrics))

@@ -27,6 +27,7 @@ from vitalcast.sessions.models import Session, SessionStatus
 from vitalcast.settings import Settings
 from vitalcast.telemetry.computer import TelemetryComputer
 from vitalcast.telemetry.models import ScheduleReason, TelemetryKey
+from vitalcast.testing import ensure_user
 from vitalcast.wiring import build_local_computes
 
 HOUR_MS = 60 * MINUTE_MS
@@ -42,8 +43,7 @@ class World:
     queue: SessionTelemetryQueueService
 
     async def user(self, name: str) -> str:
-        async with self.db.write() as conn:
-            return await session_repository.get_or_create_user(conn, name, now_ms=now_ms())
+        return await ensure_user(self.db, name)
 
     async def session(self, user_id: str, *, start_ms: int, end_ms: int | None) -> Session:
         async with self.db.write() as conn:

@@ -39,6 +39,18 @@ class RecordingScheduler:
         return taken
 
 
+async def hold_default_lease(tc: TelemetryClient, session_id: str, user_id: str) -> None:
+    """Another node takes (and keeps for a minute) the lease of the default view."""
+    async with tc.db.write() as conn:
+        await SessionTelemetryCacheRepository().take_lease(
+            conn,
+            TelemetryKey(session_id, 60, Resolution.ONE_MINUTE, user_id=user_id),
+            owner="other-node",
+            now_ms=tc.clock.now_ms(),
+            lease_ms=60_000,
+        )
+
+
 @pytest.fixture
 def recorder() -> RecordingScheduler:
     return RecordingScheduler()
@@ -84,14 +96,7 @@ async def test_ingest_schedules_live_update_then_late_ingest_for_every_cached_vi
     }
     await tc.settle()
     # Another node holds the default view's lease, so that view stays stale after this ingest.
-    async with tc.db.write() as conn:
-        await SessionTelemetryCacheRepository().take_lease(
-            conn,
-            TelemetryKey(session_id, 60, Resolution.ONE_MINUTE, user_id=user_id),
-            owner="other-node",
-            now_ms=tc.clock.now_ms(),
-            lease_ms=60_000,
-        )
+    await hold_default_lease(tc, session_id, user_id)
     await tc.post_samples(headers, [hr("c", start + 3 * MINUTE, 72.0)])
     await tc.settle()
     assert recorder.take() == {
@@ -137,14 +142,7 @@ async def test_subscription_state_reports_without_scheduling(
     ready_watermark = (await tc.get(headers, session_id)).json()["telemetry"]["source_watermark"]
     assert await state() == ("ready", ready_watermark)
 
-    async with tc.db.write() as conn:
-        await SessionTelemetryCacheRepository().take_lease(
-            conn,
-            TelemetryKey(session_id, 60, Resolution.ONE_MINUTE, user_id=user_id),
-            owner="other-node",
-            now_ms=tc.clock.now_ms(),
-            lease_ms=60_000,
-        )
+    await hold_default_lease(tc, session_id, user_id)
     await tc.post_samples(headers, [hr("b", start + 2 * MINUTE, 71.0)])
     await tc.settle()
     assert await state() == ("stale", ready_watermark)

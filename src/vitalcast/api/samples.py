@@ -18,17 +18,20 @@ from vitalcast.ingest.validation import MAX_BODY_BYTES
 router = APIRouter(prefix="/api/v1", tags=["samples"])
 
 
+_TOO_LARGE = f"The body is larger than {MAX_BODY_BYTES // (1024 * 1024)} MB."
+
+
 async def _read_body(request: Request) -> bytes:
     """The body, refusing more than MAX_BODY_BYTES before reading it all."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise PayloadTooLarge("The body is larger than 5 MB.", code="BODY_TOO_LARGE")
+        raise PayloadTooLarge(_TOO_LARGE, code="BODY_TOO_LARGE")
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > MAX_BODY_BYTES:
-            raise PayloadTooLarge("The body is larger than 5 MB.", code="BODY_TOO_LARGE")
+            raise PayloadTooLarge(_TOO_LARGE, code="BODY_TOO_LARGE")
         chunks.append(chunk)
     return b"".join(chunks)
 

@@ -69,7 +69,7 @@ async def end_session(
 ) -> SessionOut:
     """Complete the session; ending twice changes nothing."""
     ended_at = body.ended_at if body is not None else None
-    session, _changed = await parts.sessions.end(
+    session = await parts.sessions.end(
         user.user_id, session_id, end_ms=None if ended_at is None else to_ms(ended_at)
     )
     return SessionOut.of(session)
@@ -79,5 +79,5 @@ async def end_session(
     "/{session_id}/cancel", response_model=SessionOut, responses=problem_responses(404, 409)
 )
 async def cancel_session(session_id: SessionId, user: CurrentUser, parts: Parts) -> SessionOut:
-    session, _changed = await parts.sessions.cancel(user.user_id, session_id)
+    session = await parts.sessions.cancel(user.user_id, session_id)
     return SessionOut.of(session)

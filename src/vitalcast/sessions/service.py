@@ -86,26 +86,24 @@ class SessionService:
         next_cursor = encode_cursor(page[limit - 1]) if len(page) > limit else None
         return page[:limit], next_cursor
 
-    async def end(
-        self, user_id: str, session_id: str, *, end_ms: int | None
-    ) -> tuple[Session, bool]:
-        """Complete the session; True when this call changed it (ending twice changes nothing)."""
+    async def end(self, user_id: str, session_id: str, *, end_ms: int | None) -> Session:
+        """Complete the session (ending twice changes nothing and tells nobody)."""
         return await self._close(user_id, session_id, SessionStatus.COMPLETED, end_ms)
 
-    async def cancel(self, user_id: str, session_id: str) -> tuple[Session, bool]:
-        """Cancel the session; True when this call changed it."""
+    async def cancel(self, user_id: str, session_id: str) -> Session:
+        """Cancel the session (cancelling twice changes nothing and tells nobody)."""
         return await self._close(user_id, session_id, SessionStatus.CANCELLED, None)
 
     async def _close(
         self, user_id: str, session_id: str, status: SessionStatus, end_ms: int | None
-    ) -> tuple[Session, bool]:
+    ) -> Session:
         now = self._clock.now_ms()
         async with self._db.write() as conn:
             session = await repository.get(conn, user_id, session_id)
             if session is None:
                 raise NotFound("Session not found.", code="SESSION_NOT_FOUND")
             if session.status is status:
-                return session, False
+                return session
             if session.status is not SessionStatus.ACTIVE:
                 raise Conflict(
                     f"The session is already {session.status.value}.", code="SESSION_NOT_ACTIVE"
@@ -117,4 +115,4 @@ class SessionService:
                 raise InvalidInput("ended_at is in the future.", code="FUTURE_TIMESTAMP")
             closed = await repository.close(conn, session, status=status, end_ms=end, now_ms=now)
         await self._listener.session_status(closed)
-        return closed, True
+        return closed
