@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.routing import Match
 
-from vitalcast.db.errors import DATABASE_ERRORS, is_outage, sqlstate
+from vitalcast.db.errors import DATABASE_ERRORS, DATABASE_RETRY_AFTER_S, is_outage, sqlstate
 from vitalcast.errors import (
     Conflict,
     DependencyUnavailable,
@@ -166,7 +166,10 @@ def install(app: FastAPI) -> None:
                 "database_unavailable", error_type=type(exc).__name__, sqlstate=sqlstate(exc)
             )
             return problem(
-                503, "DATABASE_UNAVAILABLE", "The database is unavailable.", retry_after_s=2
+                503,
+                "DATABASE_UNAVAILABLE",
+                "The database is unavailable.",
+                retry_after_s=DATABASE_RETRY_AFTER_S,
             )
         log.error("unhandled_error", error_type=type(exc).__name__, sqlstate=sqlstate(exc))
         return problem(500, "INTERNAL_ERROR", "An unexpected error occurred.")

@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from vitalcast import catalog
 from vitalcast.api.deps import CurrentUser, Parts
 from vitalcast.api.errors import problem_responses
+from vitalcast.db.errors import DATABASE_RETRY_AFTER_S
 
 router = APIRouter()
 
@@ -39,7 +40,7 @@ async def readyz(parts: Parts, response: Response) -> dict[str, Any]:
     ready = checks["database"] == "ok"
     if not ready:
         response.status_code = 503
-        response.headers["Retry-After"] = "2"
+        response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER_S)
     return {"status": "ok" if ready else "unavailable", "mode": mode, "checks": checks}
 
 

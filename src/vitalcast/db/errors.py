@@ -14,6 +14,8 @@ DATABASE_ERRORS: tuple[type[Exception], ...] = (DBAPIError, asyncpg.PostgresErro
 # 08 connection exception, 53 insufficient resources, 57P operator intervention (admin or crash
 # shutdown, "the database system is starting up").
 _OUTAGE_SQLSTATES = ("08", "53", "57P")
+#: seconds a client should wait before retrying after an outage
+DATABASE_RETRY_AFTER_S = 2
 
 
 def sqlstate(exc: BaseException) -> str | None:

@@ -1,6 +1,6 @@
 """``TelemetryWorker``: the BullMQ consumer of ``session-telemetry`` behind ``vitalcast worker``.
 
-It decodes a job, hands it to a handler (in production: ``SessionTelemetryService.compute`` via
+It decodes a job, hands it to a handler (in production: ``TelemetryComputer.compute`` via
 ``queue.handler``), and turns the handler's verdict into BullMQ's: return = completed, ``JobFailed``
 = retry with backoff (failed after the last attempt), ``JobDeferred`` = wait without using an
 attempt. Short lock and stalled intervals make a killed worker's job run elsewhere within seconds;

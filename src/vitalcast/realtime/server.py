@@ -15,7 +15,8 @@ an ``error {code: "TOKEN_EXPIRED"}`` event). Client events, each answered throug
 
 Failures answer ``{ok: false, code, message}``: ``VALIDATION_ERROR``, ``RATE_LIMITED`` (per socket,
 ``settings.rate_limit_socket_events``; other sockets are unaffected), ``SESSION_NOT_FOUND`` (absent
-or someone else's: existence never leaks), ``TOO_MANY_SUBSCRIPTIONS``, ``DATABASE_UNAVAILABLE``.
+or someone else's: existence never leaks), ``TOO_MANY_SUBSCRIPTIONS``, ``DATABASE_UNAVAILABLE``,
+``INTERNAL_ERROR`` — the same codes HTTP answers with.
 
 The room is joined before the cache state is read: a save racing a subscribe may reach the socket
 twice with one watermark (events are idempotent hints), but it is never missed.
@@ -35,6 +36,7 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from vitalcast.auth import verify_token
+from vitalcast.db.errors import DATABASE_RETRY_AFTER_S, is_outage
 from vitalcast.errors import NotFound, Unauthenticated
 from vitalcast.observability import get_logger
 from vitalcast.ratelimit import retry_after_s
@@ -82,6 +84,20 @@ class _Client:
 
 def _error(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"ok": False, "code": code, "message": message, **extra}
+
+
+def _failure(sid: str, exc: Exception) -> dict[str, Any]:
+    """The ack for an unexpected failure, with the code HTTP would answer (api/errors.py): a
+    database outage is DATABASE_UNAVAILABLE with a retry hint, anything else INTERNAL_ERROR."""
+    if is_outage(exc):
+        log.warning("realtime_database_unavailable", sid=sid, error_type=type(exc).__name__)
+        return _error(
+            "DATABASE_UNAVAILABLE",
+            "The database is unavailable.",
+            retry_after_seconds=DATABASE_RETRY_AFTER_S,
+        )
+    log.error("realtime_unhandled_error", sid=sid, error_type=type(exc).__name__)
+    return _error("INTERNAL_ERROR", "An unexpected error occurred.")
 
 
 def _validation_message(exc: ValidationError) -> str:
@@ -212,8 +228,7 @@ class RealtimeServer:
         except NotFound as exc:
             return _error(exc.code, exc.message)
         except Exception as exc:
-            log.warning("realtime_subscribe_db_failed", sid=sid, error=type(exc).__name__)
-            return _error("DATABASE_UNAVAILABLE", "Try again shortly.", retry_after_seconds=2)
+            return _failure(sid, exc)
         await self.sio.enter_room(sid, session_room(session_id))
         client.sessions.add(session_id)
         state, cached_watermark = await self._subscription_state(session)

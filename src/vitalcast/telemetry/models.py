@@ -131,7 +131,7 @@ class TelemetryListener(Protocol):
 
 
 class ComputeOutcome(enum.StrEnum):
-    """What one call of ``SessionTelemetryService.compute`` did; only COMPUTED ran a compute."""
+    """What one call of ``TelemetryComputer.compute`` did; only COMPUTED ran a compute."""
 
     #: the payload was aggregated and saved under our lease (state ready or no_data)
     COMPUTED = "computed"
