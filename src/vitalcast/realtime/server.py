@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import limits
 import socketio
@@ -71,6 +71,9 @@ class UnsubscribeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     session_id: uuid.UUID
+
+
+RequestT = TypeVar("RequestT", bound=BaseModel)
 
 
 @dataclass(slots=True)
@@ -206,14 +209,23 @@ class RealtimeServer:
             )
         return client, None
 
-    async def _on_subscribe(self, sid: str, data: Any = None, *_extra: Any) -> dict[str, Any]:
+    async def _admit_request(
+        self, sid: str, model: type[RequestT], data: Any
+    ) -> tuple[_Client, RequestT] | dict[str, Any]:
+        """The socket's client record and its validated request, or the error ack."""
         client, refusal = await self._admit(sid)
         if client is None:
             return refusal or {}
         try:
-            request = SubscribeRequest.model_validate(data)
+            return client, model.model_validate(data)
         except ValidationError as exc:
             return _error("VALIDATION_ERROR", _validation_message(exc))
+
+    async def _on_subscribe(self, sid: str, data: Any = None, *_extra: Any) -> dict[str, Any]:
+        admitted = await self._admit_request(sid, SubscribeRequest, data)
+        if isinstance(admitted, dict):
+            return admitted
+        client, request = admitted
         session_id = str(request.session_id)
         if (
             session_id not in client.sessions
@@ -249,13 +261,10 @@ class RealtimeServer:
         }
 
     async def _on_unsubscribe(self, sid: str, data: Any = None, *_extra: Any) -> dict[str, Any]:
-        client, refusal = await self._admit(sid)
-        if client is None:
-            return refusal or {}
-        try:
-            request = UnsubscribeRequest.model_validate(data)
-        except ValidationError as exc:
-            return _error("VALIDATION_ERROR", _validation_message(exc))
+        admitted = await self._admit_request(sid, UnsubscribeRequest, data)
+        if isinstance(admitted, dict):
+            return admitted
+        client, request = admitted
         session_id = str(request.session_id)
         await self.sio.leave_room(sid, session_room(session_id))
         client.sessions.discard(session_id)
