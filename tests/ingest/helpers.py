@@ -1,17 +1,11 @@
-"""Small builders for ingest requests in tests."""
+"""Small builders for ingest requests in tests (the shared ones live in ``vitalcast.testing``)."""
 
 from __future__ import annotations
 
-import time
+from vitalcast.clock import iso_ms as iso
+from vitalcast.clock import now_ms
+from vitalcast.testing import hr_sample as hr
 
-from vitalcast.testing import hr_sample
+__all__ = ["MINUTE_MS", "hr", "iso", "now_ms"]
 
 MINUTE_MS = 60_000
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-hr = hr_sample
-"""A heart-rate sample from the watch."""
