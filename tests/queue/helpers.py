@@ -18,8 +18,12 @@ from tests.processes import Child, free_port, spawn
 
 #: the start and stop bounds of the queue's servers and workers (longer than the defaults of
 #: ``tests.processes``; these tests were written against them)
-START_TIMEOUT_S = 60.0
+START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 20.0
+#: how soon an idle worker must start a new job (job added → processing). The bug this guards
+#: against left an idle worker deaf until a 5 s socket timeout or for minutes; below 5 s it is
+#: caught, and a loaded CI machine still gets seconds, not the sub-second of a quiet one.
+IDLE_PICKUP_BOUND_MS = 4_000
 
 
 class Api:
@@ -67,7 +71,7 @@ class Api:
         state: str,
         *,
         watermark: int | None = None,
-        timeout_s: float = 20,
+        timeout_s: float = 60,
         **params: Any,
     ) -> dict[str, Any]:
         """Poll the telemetry GET until it answers ``state`` (at ``watermark`` when given)."""

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tests.doubles import RecordingListener
 from tests.telemetry.conftest import MINUTE, hr
+from tests.waits import eventually
 from vitalcast.clock import ManualClock
 from vitalcast.db.engine import Database, create_engine
 from vitalcast.observability import Metrics
@@ -156,7 +157,9 @@ async def test_slow_compute_whose_lease_was_taken_over_cannot_overwrite(tc, user
 
 
 async def test_lease_is_renewed_while_computing(tc, users, settings):
-    """A long compute keeps extending its lease, so nobody takes it over while it works."""
+    """A long compute keeps extending its lease, so nobody takes it over while it works. After
+    each step of the manual clock the test waits until the holder has renewed at the new time
+    (the renewal runs on a real-time timer), then checks another node is still refused."""
     user_id, token = await users.create()
     headers = {"Authorization": f"Bearer {token}"}
     session_id, _start = await _ended_session(tc, headers)
@@ -172,11 +175,16 @@ async def test_lease_is_renewed_while_computing(tc, users, settings):
         first_expiry = (await _row(tc, key)).lease_expires_ms
         for _ in range(3):
             tc.clock.advance(250)
-            await asyncio.sleep(0.25)  # > lease / 3: at least one renewal ran
+            renewed_until = tc.clock.now_ms() + 300
+
+            async def renewed(until: int = renewed_until) -> bool:
+                return (await _row(tc, key)).lease_expires_ms == until
+
+            await eventually(renewed, what="node A renewed its lease at the new time")
             assert await node_b.compute(key, reason=ScheduleReason.CACHE_MISS) is (
                 ComputeOutcome.LEASE_BUSY
             )
-        assert (await _row(tc, key)).lease_expires_ms > first_expiry + 500
+        assert (await _row(tc, key)).lease_expires_ms == first_expiry + 750
         stalling.wake_up.set()
         assert await slow is ComputeOutcome.COMPUTED
     assert (await _row(tc, key)).lease_owner is None
