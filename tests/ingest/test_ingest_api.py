@@ -115,13 +115,33 @@ async def test_three_bad_seven_good_stores_exactly_seven(client, users, db):
     assert stored == {f"g{i}" for i in range(7)}
 
 
+def problem(status: int, code: str, title: str, detail: str) -> dict[str, object]:
+    """An RFC 9457 problem body as the API documents it, written out in full."""
+    return {"type": "about:blank", "title": title, "status": status, "code": code, "detail": detail}
+
+
+def assert_problem(response, expected: dict[str, object]) -> None:
+    assert response.status_code == expected["status"]
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json() == expected
+
+
 async def test_over_limits_store_nothing(client, users, db):
-    """More than 5,000 samples or more than 5 MB is a 413 and stores nothing."""
+    """More than 5,000 samples or more than 5 MB is a 413 problem (every field of it) and
+    stores nothing."""
     headers = await users.headers()
     at = now_ms() - 60 * MINUTE_MS
     too_many = [hr(f"r{i}", at + i) for i in range(5_001)]
     response = await client.post("/api/v1/samples", json={"samples": too_many}, headers=headers)
-    assert response.status_code == 413 and response.json()["code"] == "TOO_MANY_SAMPLES"
+    assert_problem(
+        response,
+        problem(
+            413,
+            "TOO_MANY_SAMPLES",
+            "Too many samples",
+            "At most 5000 samples and 5000 deletions per request.",
+        ),
+    )
     big = [hr(f"r{i}", at + i, device="x" * 190) for i in range(4_000)]
     payload = json.dumps(
         {
@@ -134,7 +154,10 @@ async def test_over_limits_store_nothing(client, users, db):
     response = await client.post(
         "/api/v1/samples", content=payload, headers=headers | {"content-type": "application/json"}
     )
-    assert response.status_code == 413 and response.json()["code"] == "BODY_TOO_LARGE"
+    assert_problem(
+        response,
+        problem(413, "BODY_TOO_LARGE", "Body too large", "The body is larger than 5 MB."),
+    )
     assert await _count_samples(db) == 0
 
 
@@ -181,7 +204,8 @@ async def test_malformed_requests_are_422_problem_json(client, users, db):
 
 
 async def test_replayed_request_id_returns_first_response(client, users, db):
-    """A replayed request_id returns the identical response and changes no row; another body is 409."""
+    """A replayed request_id returns the identical response and changes no row; another body is
+    a 409 problem (every field of it) that changes nothing either."""
     headers = await users.headers()
     at = now_ms() - MINUTE_MS
     body = {"request_id": "sync-1", "samples": [hr("a", at), hr("b", at, value=400)]}
@@ -197,7 +221,15 @@ async def test_replayed_request_id_returns_first_response(client, users, db):
     other = await client.post(
         "/api/v1/samples", json={"request_id": "sync-1", "samples": [hr("c", at)]}, headers=headers
     )
-    assert other.status_code == 409 and other.json()["code"] == "REQUEST_ID_REUSED"
+    assert_problem(
+        other,
+        problem(
+            409,
+            "REQUEST_ID_REUSED",
+            "Request id reused",
+            "This request_id was used with another body.",
+        ),
+    )
     assert await _count_samples(db) == 1
 
 

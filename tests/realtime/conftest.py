@@ -20,9 +20,8 @@ import socketio
 import uvicorn
 
 from vitalcast.app import create_app
-from vitalcast.clock import Clock
 from vitalcast.settings import Settings
-from vitalcast.wiring import ServerParts
+from vitalcast.wiring import NO_SEAMS, Seams, ServerParts
 
 START_TIMEOUT_S = 60.0
 
@@ -46,10 +45,9 @@ class LiveServer:
 
 
 @contextlib.contextmanager
-def serve_in_thread(settings: Settings, *, clock: Clock | None = None) -> Iterator[LiveServer]:
-    """Serve ``create_app(settings, clock=clock)`` on 127.0.0.1:<free port> until the block
-    exits."""
-    app = create_app(settings, clock=clock)
+def serve_in_thread(settings: Settings, seams: Seams = NO_SEAMS) -> Iterator[LiveServer]:
+    """Serve ``create_app(settings, seams)`` on 127.0.0.1:<free port> until the block exits."""
+    app = create_app(settings, seams)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]

@@ -15,6 +15,7 @@ from tests.realtime.conftest import ClientFactory, LiveServer, serve_in_thread, 
 from vitalcast.clock import ManualClock
 from vitalcast.settings import Settings
 from vitalcast.telemetry.models import TelemetryUpdate
+from vitalcast.wiring import Seams
 
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
@@ -332,7 +333,7 @@ async def test_socket_is_disconnected_when_its_token_expires(
     _owner, short = await users.create(ttl_s=3600)
     _owner2, long = await users.create(ttl_s=24 * 3600)
     expires_ms = jwt.decode(short, options={"verify_signature": False})["exp"] * 1000
-    with serve_in_thread(settings, clock=ManualClock(expires_ms - 1000)) as live:
+    with serve_in_thread(settings, Seams(clock=ManualClock(expires_ms - 1000))) as live:
         expiring = await socket_client(live.url, short)
         lasting = await socket_client(live.url, long)
         assert (await expiring.next("error")) == {
