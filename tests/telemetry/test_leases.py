@@ -134,7 +134,7 @@ async def test_slow_compute_whose_lease_was_taken_over_cannot_overwrite(tc, user
         node(settings, tc.clock, "node-b") as node_b,
     ):
         slow = asyncio.create_task(node_a.compute(key, reason=ScheduleReason.CACHE_MISS))
-        await stalling.aggregated.wait()
+        await asyncio.wait_for(stalling.aggregated.wait(), 30)
         assert (await _row(tc, key)).lease_owner == "node-a"
         await tc.post_samples(headers, [hr("new", start + 10 * MINUTE, 155.0)])
         await tc.settle()
@@ -171,7 +171,7 @@ async def test_lease_is_renewed_while_computing(tc, users, settings):
         node(settings, tc.clock, "node-b", lease_ms=300) as node_b,
     ):
         slow = asyncio.create_task(node_a.compute(key, reason=ScheduleReason.CACHE_MISS))
-        await stalling.aggregated.wait()
+        await asyncio.wait_for(stalling.aggregated.wait(), 30)
         first_expiry = (await _row(tc, key)).lease_expires_ms
         for _ in range(3):
             tc.clock.advance(250)
