@@ -128,16 +128,22 @@ class WorkerProcess(Child):
 
 @contextlib.contextmanager
 def worker_subprocess(
-    env: dict[str, str], log_path: Path, *args: str, hold_ms: int | None = None
+    env: dict[str, str],
+    log_path: Path,
+    *args: str,
+    hold_ms: int | None = None,
+    hold_until: Path | None = None,
 ) -> Iterator[WorkerProcess]:
     """``vitalcast worker`` consuming the env's queue, started (``worker_started`` logged); with
-    ``hold_ms`` every compute first holds its lease that long (``tests.held_worker``)."""
+    ``hold_ms`` every compute first holds its lease that long, with ``hold_until`` until that
+    file exists (``tests.held_worker``)."""
     port = free_port()
     options = ["--metrics-port", str(port), *args]
-    if hold_ms is None:
+    if hold_ms is None and hold_until is None:
         command, module = ["worker", *options], "vitalcast"
     else:
-        command, module = [str(hold_ms), *options], "tests.held_worker"
+        gate = [] if hold_until is None else ["--until", str(hold_until)]
+        command, module = [str(hold_ms or 0), *gate, *options], "tests.held_worker"
     with spawn(command, env, log_path, stop_timeout_s=STOP_TIMEOUT_S, module=module) as child:
         worker = WorkerProcess(child.process, log_path, f"http://127.0.0.1:{port}")
         deadline = time.monotonic() + START_TIMEOUT_S
