@@ -3,6 +3,8 @@ SHELL := /bin/bash
 UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 VENDOR := src/vitalcast/static/vendor
 PORT ?= 8000
+# Extra pytest arguments, e.g. `make test PYTEST_ARGS="-x tests/ingest"` (.ci/run adds a report).
+PYTEST_ARGS ?=
 
 .PHONY: run test lint bench screenshot install uv assets clean
 
@@ -32,7 +34,7 @@ lint: install
 	$(UV) run lint-imports --no-cache
 
 test: lint
-	$(UV) run pytest
+	$(UV) run pytest $(PYTEST_ARGS)
 
 bench: install
 	$(UV) run python -m bench.run_all

@@ -1,6 +1,6 @@
 """Regenerate the README's generated sections: the configuration table (from ``Settings``) and the
-benchmark table (from ``bench/results/*.json``). ``make bench`` runs it; a test checks the
-configuration table has not drifted.
+benchmark table (from every ``bench/results/*.json``). ``make bench`` runs it; tests check that
+neither table has drifted from what this renders.
 
     uv run python -m scripts.readme
 """

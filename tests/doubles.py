@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from tests.waits import eventually
 from vitalcast.sessions.models import Session
 from vitalcast.telemetry.compute import Aggregator, compute_telemetry
 from vitalcast.telemetry.models import ComputedTelemetry, TelemetryKey, TelemetryUpdate
@@ -42,3 +44,19 @@ def held_aggregator(hold_ms: int, aggregate: Aggregator = compute_telemetry) -> 
         return await aggregate(conn, session, key, now_ms)
 
     return held
+
+
+def gated_aggregator(gate: Path, aggregate: Aggregator = compute_telemetry) -> Aggregator:
+    """``aggregate`` that first waits, lease held, until the file ``gate`` exists: the test lets
+    computes finish when it is ready, however slow the machine, instead of guessing a hold."""
+
+    async def gated(
+        conn: AsyncConnection, session: Session, key: TelemetryKey, now_ms: int
+    ) -> ComputedTelemetry:
+        async def opened() -> bool:
+            return await asyncio.to_thread(gate.exists)
+
+        await eventually(opened, what=f"the test created {gate}", timeout_s=300)
+        return await aggregate(conn, session, key, now_ms)
+
+    return gated

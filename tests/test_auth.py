@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import time
 
 import jwt
 import pytest
 
 from tests.conftest import TEST_SECRET
+from tests.processes import run_cli, vitalcast_env
 from vitalcast.auth import issue_token
 
 
@@ -63,3 +66,26 @@ async def test_catalog_lists_every_metric(client, users):
         "blood_oxygen",
         "respiratory_rate",
     ]
+
+
+def test_generated_secret_is_owner_only_and_reused(tmp_path):
+    """Without VITALCAST_SECRET the first command writes a fresh signing key into the data dir,
+    readable and writable by its owner only (0600, even under a permissive umask); the tokens it
+    prints verify with that key, and a later command reuses it rather than making another."""
+    env = vitalcast_env(tmp_path / "data")
+    del env["VITALCAST_SECRET"]
+    previous = os.umask(0o022)
+    try:
+        first = run_cli(["token", "create", "alice"], env)
+        second = run_cli(["token", "create", "bob"], env)
+    finally:
+        os.umask(previous)
+    assert first.returncode == 0, first.stderr
+    assert second.returncode == 0, second.stderr
+    secret = tmp_path / "data" / "secret"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    key = secret.read_text().strip()
+    assert len(key) >= 32
+    for done in (first, second):
+        claims = jwt.decode(done.stdout.strip(), key, algorithms=["HS256"])
+        assert claims["sub"] and claims["exp"] > time.time()

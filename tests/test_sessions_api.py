@@ -45,7 +45,15 @@ async def test_end_twice_changes_nothing_and_bumps_watermark_once(client, users)
     assert ended["source_watermark"] > created["source_watermark"]
     assert again == ended
     cancel = await client.post(f"/api/v1/sessions/{created['id']}/cancel", headers=headers)
-    assert cancel.status_code == 409 and cancel.json()["code"] == "SESSION_NOT_ACTIVE"
+    assert cancel.status_code == 409
+    assert cancel.headers["content-type"] == "application/problem+json"
+    assert cancel.json() == {
+        "type": "about:blank",
+        "title": "Session not active",
+        "status": 409,
+        "code": "SESSION_NOT_ACTIVE",
+        "detail": "The session is already completed.",
+    }
 
 
 async def test_end_before_start_is_rejected(client, users):

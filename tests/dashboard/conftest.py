@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 SEED = 11
 
 
-START_TIMEOUT_S = 60.0
+START_TIMEOUT_S = 120.0
 _LISTENING = re.compile(rb"Uvicorn running on (http://127\.0\.0\.1:\d+)")
 
 
@@ -71,7 +71,7 @@ def run_server(
     env: dict[str, str], logs: Path, *, port: int = 0, demo: bool = False
 ) -> Iterator[Server]:
     """``vitalcast serve`` on 127.0.0.1 (port 0 = the OS picks one, read back from the log),
-    healthy before the block starts and stopped after it."""
+    healthy before the block starts (both within START_TIMEOUT_S) and stopped after it."""
     logs.mkdir(parents=True, exist_ok=True)
     stem = f"serve-{time.monotonic_ns()}"
     out, err = logs / f"{stem}.out", logs / f"{stem}.err"
@@ -88,11 +88,20 @@ def run_server(
                 raise RuntimeError(f"vitalcast serve did not start:\n{server.logs()[-3000:]}")
             time.sleep(0.05)
         server.url = found.group(1).decode()
-        while httpx.get(f"{server.url}/healthz", timeout=5.0).status_code != 200:
+        while not _healthy(server.url):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"vitalcast serve is not healthy:\n{server.logs()[-3000:]}")
             time.sleep(0.05)
         yield server
     finally:
         server.stop()
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=5.0).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 @pytest.fixture(scope="module")

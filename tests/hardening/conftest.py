@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
+import pwd
 import shutil
 import subprocess
 import tempfile
@@ -22,20 +22,16 @@ from typing import Any
 import pytest
 import socketio
 
-from tests.conftest import in_thread
+from tests.conftest import executable, in_thread, postgres_bin_dir, service_missing
 from tests.processes import RedisServer, free_port, reap_when_gone
 from tests.redis_keys import delete_keys
 from vitalcast.db.migrate import upgrade
-
-PG_BIN = Path(os.environ.get("VITALCAST_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
 
 
 @pytest.fixture
 def spare_redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A running private Redis on a free port that a test may ``kill`` and ``start``; killed at
     teardown."""
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
     instance = RedisServer(tmp_path)
     instance.start()
     try:
@@ -52,10 +48,12 @@ def _as_postgres(*args: str) -> subprocess.CompletedProcess[bytes]:
 
 @dataclass
 class SparePostgres:
-    """A PostgreSQL 15 cluster of our own, run by the ``postgres`` OS user."""
+    """A PostgreSQL cluster of our own (the installed version's programs in ``bin``), run by the
+    ``postgres`` OS user."""
 
     port: int
     folder: Path
+    bin: Path
 
     @property
     def data(self) -> Path:
@@ -66,24 +64,24 @@ class SparePostgres:
 
     def init(self) -> None:
         _as_postgres(
-            str(PG_BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E",
+            str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E",
             "UTF8", "--no-sync",
         )  # fmt: skip
 
     def start(self) -> None:
         options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.folder}"
         _as_postgres(
-            str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.folder / "log"),
+            str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.folder / "log"),
             "-o", options, "-w", "-t", "60", "start",
         )  # fmt: skip
 
     def stop(self, mode: str = "immediate") -> None:
         """``immediate`` is a crash: no checkpoint, clients cut off, recovery from WAL on start."""
-        _as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
+        _as_postgres(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
 
     def psql(self, sql: str, database: str = "postgres") -> str:
         out = _as_postgres(
-            str(PG_BIN / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-d", database,
+            str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-d", database,
             "-At", "-c", sql,
         )  # fmt: skip
         return out.stdout.decode().strip()
@@ -91,12 +89,16 @@ class SparePostgres:
 
 @contextlib.contextmanager
 def spare_postgres_cluster() -> Iterator[SparePostgres]:
-    if not (PG_BIN / "initdb").exists() or shutil.which("runuser") is None:
-        pytest.skip("PostgreSQL 15 binaries or runuser are missing")
+    bin_dir = postgres_bin_dir()
+    executable("runuser")
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        service_missing("the postgres OS user (it runs the private cluster)")
     folder = Path(tempfile.mkdtemp(prefix="vc-pg-"))
     shutil.chown(folder, "postgres", "postgres")
-    instance = SparePostgres(port=free_port(), folder=folder)
-    pg_ctl = str(PG_BIN / "pg_ctl")
+    instance = SparePostgres(port=free_port(), folder=folder, bin=bin_dir)
+    pg_ctl = str(bin_dir / "pg_ctl")
     reaper = reap_when_gone(
         "sh", "-c", f"runuser -u postgres -- {pg_ctl} -D {instance.data} -m immediate stop; "
         f"rm -rf {folder}",

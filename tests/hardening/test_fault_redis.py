@@ -15,13 +15,13 @@ import pytest
 from tests.accounts import new_user
 from tests.hardening.conftest import Subscriber, subscriber
 from tests.ingest.helpers import hr, now_ms
-from tests.processes import RedisServer, serve_subprocess, spawn, vitalcast_env
+from tests.processes import START_TIMEOUT_S, RedisServer, serve_subprocess, spawn, vitalcast_env
 
 pytestmark = pytest.mark.slow
 
-UPDATE_TIMEOUT_S = 15.0
+UPDATE_TIMEOUT_S = 30.0
 # After Redis returns, the server's pub/sub listener resubscribes on its own backoff (1, 2, 4 … s).
-RECOVERY_TIMEOUT_S = 30.0
+RECOVERY_TIMEOUT_S = 60.0
 OUTAGE_INGESTS = 3
 
 
@@ -85,7 +85,8 @@ async def test_redis_outage_keeps_local_subscribers_updated_and_recovers(
             session = (await api.post("/api/v1/sessions", json={})).json()
             async with subscriber(server.url, token) as client:
                 assert (await client.subscribe(session["id"]))["ok"] is True
-                await _expect_update(client, await _ingest(api, 0))
+                # the worker was only spawned: its start-up is part of this first wait
+                await _expect_update(client, await _ingest(api, 0), START_TIMEOUT_S)
                 assert computes((await api.get("/metrics")).text) == 0, "the worker computes"
 
                 spare_redis.kill()

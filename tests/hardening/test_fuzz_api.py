@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import PG_ADMIN_URL, TEST_SECRET, _pg_admin_sync, in_thread
+from tests.conftest import PG_ADMIN_URL, TEST_SECRET, _pg_admin_sync, in_thread, service_missing
 from tests.ingest.helpers import MINUTE_MS, hr, iso, now_ms
 from tests.processes import serve_subprocess, vitalcast_env
 from vitalcast.auth import issue_token
@@ -101,7 +101,7 @@ def fuzz_database() -> Iterator[str]:
     try:
         in_thread(_pg_admin_sync, f'CREATE DATABASE "{name}"')
     except Exception:
-        pytest.skip("PostgreSQL unreachable")
+        service_missing("PostgreSQL")
     url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
     try:
         in_thread(upgrade, url)

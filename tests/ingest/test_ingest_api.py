@@ -19,22 +19,25 @@ async def _count_samples(db) -> int:
 
 
 @pytest.mark.parametrize(
-    ("sample", "code"),
+    ("overrides", "code"),
     [
-        (hr("a", 0, metric="blood_sugar"), "UNKNOWN_METRIC"),
-        (hr("a", 0, unit="mmHg"), "UNIT_NOT_ACCEPTED"),
-        (hr("a", 0, value=1e999), "NON_FINITE_VALUE"),
-        (hr("a", 0, value=400), "VALUE_OUT_OF_RANGE"),
-        (hr("a", 0, end="1970-01-01T00:00:00+00:00"), "END_BEFORE_START"),
-        (hr("a", 0, start="2026-01-01T10:00:00"), "NAIVE_TIMESTAMP"),
-        (hr("a", 0, start=iso(now_ms() + 10 * MINUTE_MS)), "FUTURE_TIMESTAMP"),
+        ({"metric": "blood_sugar"}, "UNKNOWN_METRIC"),
+        ({"unit": "mmHg"}, "UNIT_NOT_ACCEPTED"),
+        ({"value": 1e999}, "NON_FINITE_VALUE"),
+        ({"value": 400}, "VALUE_OUT_OF_RANGE"),
+        ({"end": "1970-01-01T00:00:00+00:00"}, "END_BEFORE_START"),
+        ({"start": "2026-01-01T10:00:00"}, "NAIVE_TIMESTAMP"),
+        ({"start_in_ms": 10 * MINUTE_MS}, "FUTURE_TIMESTAMP"),
     ],
 )
-async def test_each_rejection_code(client, users, db, sample, code):
-    """Every per-sample rule rejects with its exact code and stores nothing of that sample."""
+async def test_each_rejection_code(client, users, db, overrides, code):
+    """Every per-sample rule rejects with its exact code and stores nothing of that sample.
+    Times are taken when the test runs (``start_in_ms`` from now), never at collection: a
+    suite slower than the 5-minute tolerance must not turn "the future" into the past."""
     headers = await users.headers()
-    if sample["start"] == iso(0):
-        sample["start"] = iso(now_ms() - MINUTE_MS)
+    overrides = dict(overrides)
+    start_ms = now_ms() + overrides.pop("start_in_ms", -MINUTE_MS)
+    sample = hr("a", start_ms, **overrides)
     # json.dumps writes Infinity for 1e999, which a phone's encoder may do too.
     response = await client.post(
         "/api/v1/samples",
@@ -112,13 +115,33 @@ async def test_three_bad_seven_good_stores_exactly_seven(client, users, db):
     assert stored == {f"g{i}" for i in range(7)}
 
 
+def problem(status: int, code: str, title: str, detail: str) -> dict[str, object]:
+    """An RFC 9457 problem body as the API documents it, written out in full."""
+    return {"type": "about:blank", "title": title, "status": status, "code": code, "detail": detail}
+
+
+def assert_problem(response, expected: dict[str, object]) -> None:
+    assert response.status_code == expected["status"]
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json() == expected
+
+
 async def test_over_limits_store_nothing(client, users, db):
-    """More than 5,000 samples or more than 5 MB is a 413 and stores nothing."""
+    """More than 5,000 samples or more than 5 MB is a 413 problem (every field of it) and
+    stores nothing."""
     headers = await users.headers()
     at = now_ms() - 60 * MINUTE_MS
     too_many = [hr(f"r{i}", at + i) for i in range(5_001)]
     response = await client.post("/api/v1/samples", json={"samples": too_many}, headers=headers)
-    assert response.status_code == 413 and response.json()["code"] == "TOO_MANY_SAMPLES"
+    assert_problem(
+        response,
+        problem(
+            413,
+            "TOO_MANY_SAMPLES",
+            "Too many samples",
+            "At most 5000 samples and 5000 deletions per request.",
+        ),
+    )
     big = [hr(f"r{i}", at + i, device="x" * 190) for i in range(4_000)]
     payload = json.dumps(
         {
@@ -131,7 +154,10 @@ async def test_over_limits_store_nothing(client, users, db):
     response = await client.post(
         "/api/v1/samples", content=payload, headers=headers | {"content-type": "application/json"}
     )
-    assert response.status_code == 413 and response.json()["code"] == "BODY_TOO_LARGE"
+    assert_problem(
+        response,
+        problem(413, "BODY_TOO_LARGE", "Body too large", "The body is larger than 5 MB."),
+    )
     assert await _count_samples(db) == 0
 
 
@@ -178,7 +204,8 @@ async def test_malformed_requests_are_422_problem_json(client, users, db):
 
 
 async def test_replayed_request_id_returns_first_response(client, users, db):
-    """A replayed request_id returns the identical response and changes no row; another body is 409."""
+    """A replayed request_id returns the identical response and changes no row; another body is
+    a 409 problem (every field of it) that changes nothing either."""
     headers = await users.headers()
     at = now_ms() - MINUTE_MS
     body = {"request_id": "sync-1", "samples": [hr("a", at), hr("b", at, value=400)]}
@@ -194,7 +221,15 @@ async def test_replayed_request_id_returns_first_response(client, users, db):
     other = await client.post(
         "/api/v1/samples", json={"request_id": "sync-1", "samples": [hr("c", at)]}, headers=headers
     )
-    assert other.status_code == 409 and other.json()["code"] == "REQUEST_ID_REUSED"
+    assert_problem(
+        other,
+        problem(
+            409,
+            "REQUEST_ID_REUSED",
+            "Request id reused",
+            "This request_id was used with another body.",
+        ),
+    )
     assert await _count_samples(db) == 1
 
 

@@ -4,14 +4,13 @@ redis-server that a test may stop and start, and a real TelemetryWorker factory.
 from __future__ import annotations
 
 import asyncio
-import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import TEST_SECRET, service_missing
+from tests.conftest import TEST_SECRET
 from tests.processes import RedisServer
 from tests.redis_keys import delete_keys
 from vitalcast.queue.worker import JobHandler, TelemetryWorker
@@ -42,8 +41,6 @@ async def queue_settings(
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A private redis-server that the test may ``stop`` and ``start``; stopped at teardown."""
-    if shutil.which("redis-server") is None:
-        service_missing("redis-server binary")
     server = RedisServer(tmp_path, start_timeout_s=10.0)
     server.start()
     yield server

@@ -18,8 +18,12 @@ from tests.processes import Child, free_port, spawn
 
 #: the start and stop bounds of the queue's servers and workers (longer than the defaults of
 #: ``tests.processes``; these tests were written against them)
-START_TIMEOUT_S = 60.0
+START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 20.0
+#: how soon an idle worker must start a new job (job added → processing). The bug this guards
+#: against left an idle worker deaf until a 5 s socket timeout or for minutes; below 5 s it is
+#: caught, and a loaded CI machine still gets seconds, not the sub-second of a quiet one.
+IDLE_PICKUP_BOUND_MS = 4_000
 
 
 class Api:
@@ -67,7 +71,7 @@ class Api:
         state: str,
         *,
         watermark: int | None = None,
-        timeout_s: float = 20,
+        timeout_s: float = 60,
         **params: Any,
     ) -> dict[str, Any]:
         """Poll the telemetry GET until it answers ``state`` (at ``watermark`` when given)."""
@@ -124,16 +128,22 @@ class WorkerProcess(Child):
 
 @contextlib.contextmanager
 def worker_subprocess(
-    env: dict[str, str], log_path: Path, *args: str, hold_ms: int | None = None
+    env: dict[str, str],
+    log_path: Path,
+    *args: str,
+    hold_ms: int | None = None,
+    hold_until: Path | None = None,
 ) -> Iterator[WorkerProcess]:
     """``vitalcast worker`` consuming the env's queue, started (``worker_started`` logged); with
-    ``hold_ms`` every compute first holds its lease that long (``tests.held_worker``)."""
+    ``hold_ms`` every compute first holds its lease that long, with ``hold_until`` until that
+    file exists (``tests.held_worker``)."""
     port = free_port()
     options = ["--metrics-port", str(port), *args]
-    if hold_ms is None:
+    if hold_ms is None and hold_until is None:
         command, module = ["worker", *options], "vitalcast"
     else:
-        command, module = [str(hold_ms), *options], "tests.held_worker"
+        gate = [] if hold_until is None else ["--until", str(hold_until)]
+        command, module = [str(hold_ms or 0), *gate, *options], "tests.held_worker"
     with spawn(command, env, log_path, stop_timeout_s=STOP_TIMEOUT_S, module=module) as child:
         worker = WorkerProcess(child.process, log_path, f"http://127.0.0.1:{port}")
         deadline = time.monotonic() + START_TIMEOUT_S

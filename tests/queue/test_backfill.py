@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ import pytest
 from tests.ingest.helpers import MINUTE_MS, hr, now_ms
 from tests.processes import run_cli, vitalcast_env
 from tests.queue.conftest import delete_prefix
+from tests.waits import eventually
 from vitalcast.clock import SystemClock
 from vitalcast.db.engine import Database
 from vitalcast.ingest.service import IngestService
@@ -41,6 +42,8 @@ class World:
     db: Database
     computer: TelemetryComputer
     queue: SessionTelemetryQueueService
+    #: set when the queue first refused a backfill submit (it was at max_queue_depth)
+    queue_full: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def user(self, name: str) -> str:
         return await ensure_user(self.db, name)
@@ -73,9 +76,12 @@ class World:
 
     async def backfill(self, selection: BackfillFilter | None = None) -> BackfillProgress:
         async def enqueue(key: TelemetryKey, watermark: int) -> bool:
-            return await self.queue.enqueue(
+            added = await self.queue.enqueue(
                 key, watermark=watermark, reason=ScheduleReason.BACKFILL
             )
+            if not added:
+                self.queue_full.set()
+            return added
 
         return await run_backfill(
             self.db,
@@ -173,7 +179,7 @@ async def test_backfill_waits_while_the_queue_is_full_and_finishes_as_workers_dr
         await world.session(alice, start_ms=start, end_ms=start + HOUR_MS)
 
     backfill = asyncio.create_task(world.backfill())
-    await asyncio.sleep(1.0)
+    await asyncio.wait_for(world.queue_full.wait(), 60)
     assert not backfill.done()
     assert await world.queue.depth() == 2
 
@@ -187,10 +193,7 @@ async def test_backfill_waits_while_the_queue_is_full_and_finishes_as_workers_dr
         counts = await world.queue.counts()
         return counts["waiting"] + counts["active"] + counts["delayed"] == 0
 
-    for _ in range(300):
-        if await drained():
-            break
-        await asyncio.sleep(0.05)
+    await eventually(drained, what="the worker drained the queue")
     again = await world.backfill()
     assert (again.scheduled, again.up_to_date) == (0, 8)
 

@@ -21,9 +21,9 @@ import uvicorn
 
 from vitalcast.app import create_app
 from vitalcast.settings import Settings
-from vitalcast.wiring import ServerParts
+from vitalcast.wiring import NO_SEAMS, Seams, ServerParts
 
-START_TIMEOUT_S = 30.0
+START_TIMEOUT_S = 60.0
 
 
 @dataclass
@@ -45,9 +45,9 @@ class LiveServer:
 
 
 @contextlib.contextmanager
-def serve_in_thread(settings: Settings) -> Iterator[LiveServer]:
-    """Serve ``create_app(settings)`` on 127.0.0.1:<free port> until the block exits."""
-    app = create_app(settings)
+def serve_in_thread(settings: Settings, seams: Seams = NO_SEAMS) -> Iterator[LiveServer]:
+    """Serve ``create_app(settings, seams)`` on 127.0.0.1:<free port> until the block exits."""
+    app = create_app(settings, seams)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -112,17 +112,22 @@ class SocketClient:
     async def call(self, event: str, data: Any = None, timeout_s: float = 10.0) -> Any:
         return await self.sio.call(event, data, timeout=timeout_s)
 
-    async def next(self, event: str, timeout_s: float = 10.0) -> Any:
+    async def next(self, event: str, timeout_s: float = 30.0) -> Any:
         """The next ``event`` received (waits up to ``timeout_s``)."""
         return await asyncio.wait_for(self.events[event].get(), timeout_s)
 
-    async def none_within(self, event: str, window_s: float) -> bool:
-        """True when no ``event`` arrives during ``window_s`` seconds."""
-        try:
-            await asyncio.wait_for(self.events[event].get(), window_s)
-        except TimeoutError:
-            return True
-        return False
+    async def before(
+        self, event: str, marker: Callable[[Any], bool], timeout_s: float = 30.0
+    ) -> list[Any]:
+        """Every ``event`` received before the first one ``marker`` accepts, waiting for that one
+        up to ``timeout_s``. How a test shows that something did *not* arrive: it causes a later
+        event that must arrive on the same socket, then checks what came before it (one server
+        sends to one socket in order), instead of sleeping and hoping nothing was still coming."""
+        earlier = []
+        async with asyncio.timeout(timeout_s):
+            while not marker(data := await self.events[event].get()):
+                earlier.append(data)
+        return earlier
 
     def drain(self, event: str) -> list[Any]:
         queue = self.events[event]

@@ -10,6 +10,7 @@ import pytest
 
 from tests.realtime.conftest import ClientFactory, serve_in_thread, updated_fields
 from tests.realtime.test_socket_server import create_session
+from vitalcast.observability import Metrics
 from vitalcast.realtime.broadcaster import WebSocketBroadcaster
 from vitalcast.settings import Settings
 from vitalcast.telemetry.models import TelemetryUpdate
@@ -24,8 +25,10 @@ def _envelope(session_id: str, watermark: int) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def worker_broadcaster(settings: Settings) -> AsyncIterator[WebSocketBroadcaster]:
-    broadcaster = WebSocketBroadcaster.for_worker(settings)
+async def worker_broadcaster(
+    settings: Settings, metrics: Metrics | None = None
+) -> AsyncIterator[WebSocketBroadcaster]:
+    broadcaster = WebSocketBroadcaster.for_worker(settings, metrics=metrics)
     try:
         yield broadcaster
     finally:
@@ -40,7 +43,7 @@ async def test_worker_broadcaster_reaches_server_clients(
     socket_client: ClientFactory,
 ) -> None:
     """A write-only manager's emits reach the room on a server, in order; a server on another
-    channel delivers nothing."""
+    channel delivers nothing of them (only what is published on its own channel afterwards)."""
     scaled = settings.model_copy(
         update={"redis_url": redis_url, "socketio_channel": f"{unique_prefix}-sio"}
     )
@@ -62,17 +65,29 @@ async def test_worker_broadcaster_reaches_server_clients(
             second = await client.next("session.updated", timeout_s=5)
             assert (first["source_watermark"], second["source_watermark"]) == (7, 8)
             assert first == {"v": 1, "type": "session.updated", **_envelope(session["id"], 7)}
-        assert await stranger_channel.none_within("session.updated", 0.3)
+        async with worker_broadcaster(elsewhere) as marker:
+            await marker.session_updated(TelemetryUpdate(**updated_fields(session["id"], 9)))
+        arrived_first = await stranger_channel.before(
+            "session.updated", lambda e: e["source_watermark"] == 9
+        )
+        assert arrived_first == []
 
 
 async def test_worker_broadcaster_never_raises_when_redis_is_down(
-    settings: Settings, unique_prefix: str
+    settings: Settings, redis_url: str, unique_prefix: str
 ) -> None:
-    """Emitting with Redis unreachable returns normally: a push must not fail a compute."""
-    unreachable = settings.model_copy(
-        update={"redis_url": "redis://127.0.0.1:1/0", "socketio_channel": unique_prefix}
-    )
-    async with worker_broadcaster(unreachable) as broadcaster:
-        await broadcaster.session_updated(
-            TelemetryUpdate(**updated_fields("00000000-0000-0000-0000-000000000000", 1))
+    """Emitting with Redis unreachable returns normally (a push must not fail a compute) and is
+    not counted as emitted; the same emit through a reachable Redis is counted."""
+    for url, counted in (("redis://127.0.0.1:1/0", 0.0), (redis_url, 1.0)):
+        metrics = Metrics()
+        configured = settings.model_copy(
+            update={"redis_url": url, "socketio_channel": unique_prefix}
         )
+        async with worker_broadcaster(configured, metrics) as broadcaster:
+            await broadcaster.session_updated(
+                TelemetryUpdate(**updated_fields("00000000-0000-0000-0000-000000000000", 1))
+            )
+        emitted = metrics.registry.get_sample_value(
+            "vitalcast_events_emitted_total", {"type": "session.updated"}
+        )
+        assert (emitted or 0.0) == counted, url

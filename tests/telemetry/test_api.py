@@ -3,14 +3,16 @@ If-None-Match, metric selection, input errors and ownership."""
 
 from __future__ import annotations
 
+import json
 import uuid
 
+import pytest
 import sqlalchemy as sa
 
 from tests.telemetry.conftest import MINUTE, hr
+from vitalcast.db.tables import telemetry_cache
 from vitalcast.telemetry.cache import SessionTelemetryCacheRepository
 from vitalcast.telemetry.models import Resolution, TelemetryKey
-from vitalcast.telemetry.payload import unpack
 
 HOUR = 60 * MINUTE
 
@@ -101,6 +103,46 @@ async def test_ready_has_etag_and_if_none_match_gives_304(tc, users):
         headers={**headers, "If-None-Match": etag},
     )
     assert mismatch.status_code == 200 and mismatch.content == every.content
+
+
+async def test_etag_follows_the_watermark_and_an_old_one_never_gets_304(tc, users):
+    """Once a sample moves the watermark, the old ETag gets no 304: not while the answer is stale
+    (200 with the previous payload and no ETag), not once it is ready again (200, the new body,
+    a new ETag); the new ETag gets the 304."""
+    user_id, token = await users.create()
+    headers = {"Authorization": f"Bearer {token}"}
+    session_id, start = await _ended_session(tc, headers)
+    first = await tc.get(headers, session_id)
+    old_etag = first.headers["etag"]
+    key = TelemetryKey(session_id, 60, Resolution.ONE_MINUTE, user_id=user_id)
+    async with tc.db.write() as conn:
+        await SessionTelemetryCacheRepository().take_lease(
+            conn, key, owner="other-node", now_ms=tc.clock.now_ms(), lease_ms=30_000
+        )
+    await tc.post_samples(headers, [hr("late", start + 7 * MINUTE, 120.0)])
+    await tc.settle()
+
+    def revalidate(etag: str):
+        return tc.http.get(
+            f"/api/v1/sessions/{session_id}/telemetry", headers={**headers, "If-None-Match": etag}
+        )
+
+    stale = await revalidate(old_etag)
+    assert stale.status_code == 200 and stale.json()["state"] == "stale"
+    assert "etag" not in stale.headers
+
+    tc.clock.advance(30_001)  # the other node's lease lapses; the next GET recomputes
+    await tc.get(headers, session_id)
+    await tc.settle()
+    fresh = await revalidate(old_etag)
+    body = fresh.json()
+    assert fresh.status_code == 200 and body["state"] == "ready"
+    assert body["telemetry"]["source_watermark"] > first.json()["telemetry"]["source_watermark"]
+    assert body["telemetry"]["metrics"]["heart_rate"]["stats"]["max"] == 120.0
+    new_etag = fresh.headers["etag"]
+    assert new_etag != old_etag
+    again = await revalidate(new_etag)
+    assert again.status_code == 304 and again.headers["etag"] == new_etag
 
 
 async def test_stale_is_200_with_retry_after_and_the_previous_payload(tc, users):
@@ -199,24 +241,31 @@ async def test_metric_selection_default_all_and_list(tc, users):
 
 
 async def test_cache_hit_is_the_stored_bytes_joined(tc, users):
-    """A filtered cache hit is the stored head and metric fragments joined, byte for byte."""
+    """A filtered cache hit is the stored head and metric fragments joined, byte for byte: each
+    piece of the answer stands verbatim in the stored row, and the answer parses to the full
+    payload restricted to the chosen metrics (read with json, not with the packing code)."""
     user_id, token = await users.create()
     headers = {"Authorization": f"Bearer {token}"}
     session_id, _start = await _ended_session(tc, headers)
+    every = json.loads((await tc.get(headers, session_id, metrics="all")).content)
     response = await tc.get(headers, session_id, metrics="steps,heart_rate")
     async with tc.db.read() as conn:
         row = await SessionTelemetryCacheRepository().get(
             conn, TelemetryKey(session_id, 60, Resolution.ONE_MINUTE, user_id=user_id)
         )
-    stored = unpack(row.payload)
-    assert response.content == (
-        b'{"state":"ready","telemetry":'
-        + stored.head
-        + stored.fragments["heart_rate"]
-        + b","
-        + stored.fragments["steps"]
-        + b"}}}"
-    )
+
+    metrics = every["telemetry"]["metrics"]
+    assert json.loads(response.content) == {
+        "state": "ready",
+        "telemetry": every["telemetry"]
+        | {"metrics": {"heart_rate": metrics["heart_rate"], "steps": metrics["steps"]}},
+    }
+    prefix, suffix = b'{"state":"ready","telemetry":', b"}}}"
+    assert response.content.startswith(prefix) and response.content.endswith(suffix)
+    head, marker, fragments = response.content[len(prefix) : -len(suffix)].partition(b'"metrics":{')
+    heart_rate, comma, steps = fragments.partition(b',"steps":')
+    for piece in (head + marker, heart_rate, comma[1:] + steps):
+        assert piece in row.payload, piece[:80]
 
 
 async def test_input_errors_are_422_problems(tc, users):
@@ -247,3 +296,52 @@ async def test_someone_elses_or_unknown_session_is_404(tc, users):
         assert response.headers["content-type"] == "application/problem+json"
         assert response.json()["code"] == "SESSION_NOT_FOUND"
     assert (await tc.http.get(f"/api/v1/sessions/{session_id}/telemetry")).status_code == 401
+
+
+async def _cached_resolutions(tc, session_id: str) -> set[str]:
+    async with tc.db.read() as conn:
+        rows = await conn.execute(
+            sa.select(telemetry_cache.c.resolution).where(
+                telemetry_cache.c.session_id == session_id,
+                telemetry_cache.c.window_minutes == 60,
+                telemetry_cache.c.payload.is_not(None),
+            )
+        )
+        return {row[0] for row in rows}
+
+
+@pytest.mark.parametrize(
+    ("span_ms", "expected", "bucket_ms"),
+    [(6 * HOUR, "1m", MINUTE), (6 * HOUR + 1, "5m", 5 * MINUTE)],
+    ids=["exactly-6h", "6h-and-1ms"],
+)
+async def test_auto_resolution_is_1m_up_to_a_six_hour_window(
+    tc, users, span_ms, expected, bucket_ms
+):
+    """resolution=auto answers 1m for a window of exactly 6 h and 5m one millisecond beyond, for
+    an ended session (window = duration + 2 × 60 min) and a live one (window = now − start +
+    60 min). Both places that apply the rule agree: the live trigger's compute (Python) and the
+    cached read (SQL), which must pick the right one of two cached rows."""
+    headers = await users.headers()
+    now = tc.clock.now_ms()
+    ended_start = now - 12 * HOUR
+    ended = await tc.start_session(headers, ended_start)
+    await tc.post_samples(headers, [hr(f"e{i}", ended_start + i * MINUTE, 70.0) for i in range(30)])
+    await tc.end_session(headers, ended, ended_start + span_ms - 2 * HOUR)
+    live_start = now - (span_ms - HOUR)
+    live = await tc.start_session(headers, live_start)
+    await tc.post_samples(headers, [hr(f"l{i}", live_start + i * MINUTE, 80.0) for i in range(30)])
+    await tc.settle()
+    assert await _cached_resolutions(tc, live) == {expected}
+
+    for session_id in (ended, live):
+        for resolution in ("1m", "5m"):
+            await tc.get(headers, session_id, resolution=resolution)
+        await tc.settle()
+        assert await _cached_resolutions(tc, session_id) == {"1m", "5m"}
+        answer = await tc.get(headers, session_id, resolution="auto")
+        assert answer.status_code == 200 and answer.json()["state"] == "ready"
+        payload = answer.json()["telemetry"]
+        assert (payload["resolution"], payload["bucket_ms"]) == (expected, bucket_ms)
+        assert payload["window"]["end_ms"] - payload["window"]["start_ms"] == span_ms
+        assert (await tc.get(headers, session_id)).content == answer.content

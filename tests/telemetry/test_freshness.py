@@ -158,3 +158,44 @@ async def test_ending_a_session_turns_the_live_payload_historical(tc, users):
     assert payload["window"]["end_ms"] == end + 60 * MINUTE
     assert payload["metrics"]["heart_rate"]["phases"]["after"]["count"] == 1
     assert payload["metrics"]["heart_rate"]["phases"]["during"]["count"] == 30
+
+
+async def test_ending_a_session_alone_makes_its_cache_stale(tc, users):
+    """Ending a session, with no sample sent, moves its watermark: the cached live payload is
+    answered stale (the previous payload, no ETag) until the recompute, whose payload is the
+    ended session's."""
+    user_id, token = await users.create()
+    headers = {"Authorization": f"Bearer {token}"}
+    start = tc.clock.now_ms() - 30 * MINUTE
+    session_id = await tc.start_session(headers, start)
+    await tc.post_samples(headers, [hr(f"live-{i}", start + i * MINUTE, 80.0) for i in range(30)])
+    await tc.settle()
+    live = await tc.get(headers, session_id)
+    assert live.json()["state"] == "ready" and live.json()["telemetry"]["live"] is True
+    # Another node holds the lease of the default view, so its recompute cannot finish yet.
+    key = TelemetryKey(session_id, 60, Resolution.ONE_MINUTE, user_id=user_id)
+    async with tc.db.write() as conn:
+        await SessionTelemetryCacheRepository().take_lease(
+            conn, key, owner="other-node", now_ms=tc.clock.now_ms(), lease_ms=30_000
+        )
+
+    end = tc.clock.now_ms()
+    await tc.end_session(headers, session_id, end)
+    await tc.settle()
+    stale = await tc.get(headers, session_id)
+    body = stale.json()
+    assert stale.status_code == 200 and body["state"] == "stale"
+    assert body["telemetry"] == live.json()["telemetry"]
+    assert stale.headers["retry-after"] == str(body["retry_after_seconds"])
+    assert "etag" not in stale.headers
+    session = (await tc.http.get(f"/api/v1/sessions/{session_id}", headers=headers)).json()
+    assert session["source_watermark"] > live.json()["telemetry"]["source_watermark"]
+
+    tc.clock.advance(30_001)
+    await tc.get(headers, session_id)
+    await tc.settle()
+    ready = (await tc.get(headers, session_id)).json()
+    assert ready["state"] == "ready"
+    assert ready["telemetry"]["source_watermark"] == session["source_watermark"]
+    assert ready["telemetry"]["live"] is False
+    assert ready["telemetry"]["window"]["session_end_ms"] == end

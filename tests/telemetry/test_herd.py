@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -83,10 +84,9 @@ async def test_two_hundred_cold_sessions_stay_within_the_bound(tc, users):
     assert after_burst.pending <= 50 and after_burst.inflight <= 3
 
     waiting = dict(zip(session_ids, first, strict=True))
-    rounds = 0
+    deadline = time.monotonic() + 120
     while waiting:
-        rounds += 1
-        assert rounds <= 30, f"{len(waiting)} sessions never became ready"
+        assert time.monotonic() < deadline, f"{len(waiting)} sessions never became ready"
         await asyncio.sleep(max(int(r.headers["retry-after"]) for r in waiting.values()))
         answers = await asyncio.gather(*(tc.get(headers, sid, **params) for sid in waiting))
         waiting = {

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tests.doubles import RecordingListener
 from tests.telemetry.conftest import MINUTE, hr
+from tests.waits import eventually
 from vitalcast.clock import ManualClock
 from vitalcast.db.engine import Database, create_engine
 from vitalcast.observability import Metrics
@@ -133,7 +134,7 @@ async def test_slow_compute_whose_lease_was_taken_over_cannot_overwrite(tc, user
         node(settings, tc.clock, "node-b") as node_b,
     ):
         slow = asyncio.create_task(node_a.compute(key, reason=ScheduleReason.CACHE_MISS))
-        await stalling.aggregated.wait()
+        await asyncio.wait_for(stalling.aggregated.wait(), 30)
         assert (await _row(tc, key)).lease_owner == "node-a"
         await tc.post_samples(headers, [hr("new", start + 10 * MINUTE, 155.0)])
         await tc.settle()
@@ -156,7 +157,9 @@ async def test_slow_compute_whose_lease_was_taken_over_cannot_overwrite(tc, user
 
 
 async def test_lease_is_renewed_while_computing(tc, users, settings):
-    """A long compute keeps extending its lease, so nobody takes it over while it works."""
+    """A long compute keeps extending its lease, so nobody takes it over while it works. After
+    each step of the manual clock the test waits until the holder has renewed at the new time
+    (the renewal runs on a real-time timer), then checks another node is still refused."""
     user_id, token = await users.create()
     headers = {"Authorization": f"Bearer {token}"}
     session_id, _start = await _ended_session(tc, headers)
@@ -168,15 +171,20 @@ async def test_lease_is_renewed_while_computing(tc, users, settings):
         node(settings, tc.clock, "node-b", lease_ms=300) as node_b,
     ):
         slow = asyncio.create_task(node_a.compute(key, reason=ScheduleReason.CACHE_MISS))
-        await stalling.aggregated.wait()
+        await asyncio.wait_for(stalling.aggregated.wait(), 30)
         first_expiry = (await _row(tc, key)).lease_expires_ms
         for _ in range(3):
             tc.clock.advance(250)
-            await asyncio.sleep(0.25)  # > lease / 3: at least one renewal ran
+            renewed_until = tc.clock.now_ms() + 300
+
+            async def renewed(until: int = renewed_until) -> bool:
+                return (await _row(tc, key)).lease_expires_ms == until
+
+            await eventually(renewed, what="node A renewed its lease at the new time")
             assert await node_b.compute(key, reason=ScheduleReason.CACHE_MISS) is (
                 ComputeOutcome.LEASE_BUSY
             )
-        assert (await _row(tc, key)).lease_expires_ms > first_expiry + 500
+        assert (await _row(tc, key)).lease_expires_ms == first_expiry + 750
         stalling.wake_up.set()
         assert await slow is ComputeOutcome.COMPUTED
     assert (await _row(tc, key)).lease_owner is None

@@ -197,9 +197,11 @@ class SessionTelemetryQueueService:
             if await self._probe():
                 break
             await asyncio.sleep(PROBE_INTERVAL_S)
-        # The old client may sit in BullMQ's reconnect backoff: start from a fresh one.
+        # The old client may sit in BullMQ's reconnect backoff: start from a fresh one. Close the
+        # old one while still degraded: a failure seen after the flag drops must find this probe
+        # finished, or _enter_degraded would start none and degraded mode would never end.
         stale, self._queue = self._queue, self._new_queue()
+        await self._close_queue(stale)
         self._degraded = False
         self._metrics.degraded.set(0)
         log.info("queue_recovered", queue=self._settings.queue_name)
-        await self._close_queue(stale)

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import redis.asyncio as aioredis
 import socketio
 from redis.asyncio.client import PubSub
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from vitalcast.observability import Metrics, get_logger
 from vitalcast.redis_connections import PUBSUB_MAX_CONNECTIONS, pubsub_client
@@ -122,6 +123,15 @@ class BoundedRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
             task = asyncio.get_running_loop().create_task(_close_quietly(previous))
             self._retired.add(task)
             task.add_done_callback(self._retired.discard)
+
+    async def _publish(self, data: Any) -> Any:
+        # The stock publish logs and returns None when Redis stays unreachable after one retry.
+        # A write-only manager (a worker) delivers through Redis alone, so that means nobody got
+        # the event: raise, and the broadcaster logs it as failed instead of counting it emitted.
+        sent = await super()._publish(data)
+        if sent is None and self.write_only:
+            raise RedisConnectionError("publish to Redis failed")
+        return sent
 
     async def aclose(self) -> None:
         """Stop listening and close the Redis connections (idempotent)."""

@@ -70,13 +70,6 @@ class CoordinatorStats:
     #: enqueue → saved of completed computes, most recent last (milliseconds)
     latencies_ms: tuple[float, ...]
 
-    def latency_percentile_ms(self, q: float) -> float | None:
-        """The ``q`` quantile (0..1) of the kept enqueue → saved latencies."""
-        if not self.latencies_ms:
-            return None
-        ordered = sorted(self.latencies_ms)
-        return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
-
 
 class BoundedComputeCoordinator:
     """N running, M waiting, one per key; implements the ``Scheduler`` protocol."""

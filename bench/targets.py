@@ -1,0 +1,23 @@
+"""Every performance target the benchmarks are judged against, with the issue that set it.
+
+``bench/report.py`` puts each figure next to its target and says whether it was met; scripts that
+print a verdict of their own take the number from here, so there is one value per target.
+"""
+
+from __future__ import annotations
+
+#: #2: ingest over HTTP on PostgreSQL, as a share of the raw COPY rate of the same rows
+INGEST_SHARE_OF_RAW_MIN = 0.25
+#: #3: a cached telemetry GET served in-process (ASGI), p50
+CACHED_GET_IN_PROCESS_P50_MAX_MS = 1.0
+#: #3: cached GET against compute-on-request on the same route, ratio of the p50s
+CACHED_OVER_COMPUTE_MIN = 100.0
+#: #3: one compute against the bare SQL GROUP BY of the same rows (the floor)
+COMPUTE_OVER_BARE_GROUP_BY_MAX = 1.5
+#: #5: ingest sent → ``session.updated`` received, p99, by deployment (no event may be missed)
+INGEST_TO_CLIENT_P99_MAX_MS = {"embedded": 250.0, "scaled_out": 500.0}
+#: #7: a soak ends with no error (non-2xx ingest, transport failure, dropped socket, missed event)
+SOAK_ERRORS_MAX = 0
+#: DESIGN.md ("pushes session.updated to every subscribed client"): in the fan-out run, the share
+#: of (ingest sent, client subscribed to its session) pairs whose client heard of that ingest
+FAN_OUT_DELIVERED_SHARE_MIN = 1.0
