@@ -13,14 +13,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from vitalcast import __version__, ratelimit
 from vitalcast.api import dashboard, ops, samples, sessions
 from vitalcast.api import errors as api_errors
+from vitalcast.api.guard import RequestGuard
 from vitalcast.api import telemetry as telemetry_api
+from vitalcast.auth import Authenticator
 from vitalcast.clock import Clock, SystemClock
 from vitalcast.container import Container
 from vitalcast.db.engine import Database, create_engine
 from vitalcast.ingest.service import IngestService
 from vitalcast.observability import Metrics, get_logger
 from vitalcast.queue.service import SessionTelemetryQueueService
-from vitalcast.realtime.server import SOCKETIO_PATH, RealtimeServer
+from vitalcast.realtime.frames import SOCKETIO_PATH
+from vitalcast.realtime.server import RealtimeServer
 from vitalcast.sessions.service import SessionService
 from vitalcast.settings import Settings
 from vitalcast.telemetry.service import build_telemetry
@@ -67,12 +70,14 @@ def build_container(settings: Settings, *, clock: Clock | None = None) -> Contai
     clock = clock or SystemClock()
     db = Database(create_engine(settings.resolved_database_url))
     metrics = Metrics()
+    secret = settings.resolved_secret()
     return Container(
         settings=settings,
         db=db,
         clock=clock,
         metrics=metrics,
-        secret=settings.resolved_secret(),
+        secret=secret,
+        authenticator=Authenticator(secret, db),
         sessions=SessionService(db, clock),
         ingest=IngestService(db, clock, metrics),
     )
@@ -131,6 +136,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     dashboard.install(app)
     app.mount(SOCKETIO_PATH, realtime.asgi_app())
 
+    app.add_middleware(RequestGuard, authenticator=container.authenticator)
     app.add_middleware(AccessLog)
 
     return app

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from vitalcast.auth import Authenticator
 from vitalcast.clock import Clock
 from vitalcast.db.engine import Database
 from vitalcast.ingest.service import IngestService
@@ -27,6 +28,7 @@ class Container:
     clock: Clock
     metrics: Metrics
     secret: str
+    authenticator: Authenticator
     sessions: SessionService
     ingest: IngestService
     # Attached when the telemetry, realtime and queue parts start.
