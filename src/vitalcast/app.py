@@ -13,8 +13,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from vitalcast import __version__, ratelimit
 from vitalcast.api import dashboard, ops, samples, sessions
 from vitalcast.api import errors as api_errors
-from vitalcast.api.guard import RequestGuard
 from vitalcast.api import telemetry as telemetry_api
+from vitalcast.api.guard import RequestGuard
 from vitalcast.auth import Authenticator
 from vitalcast.clock import Clock, SystemClock
 from vitalcast.container import Container
