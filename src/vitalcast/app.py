@@ -126,6 +126,9 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
         version=__version__,
         summary="Real-time session telemetry for wearable health samples.",
         lifespan=lifespan,
+        # FastAPI's /docs and /redoc load their scripts from a CDN; api.dashboard serves /docs.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.container = container
     api_errors.install(app)

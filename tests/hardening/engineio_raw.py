@@ -5,6 +5,7 @@ it reads, so it stays connected for as long as a test needs it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -21,15 +22,27 @@ class Closed(Exception):
 
 class RawSocket:
     """One Engine.IO connection over a WebSocket, with the Socket.IO namespace ``/`` optionally
-    joined. Every text frame received is kept in ``received`` (pings excepted)."""
+    joined; a context manager. Every text frame received is kept in ``received`` (pings
+    excepted)."""
 
     def __init__(self, base_url: str, *, max_size: int | None = 2**24) -> None:
-        ws_url = base_url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket"
-        self.ws: ClientConnection = connect(ws_url, max_size=max_size, open_timeout=10)
+        self._url = base_url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket"
+        self._max_size = max_size
+        self._stack = contextlib.ExitStack()
         self.received: list[str] = []
+        self.handshake: dict[str, Any] = {}
+
+    def __enter__(self) -> RawSocket:
+        self.ws: ClientConnection = self._stack.enter_context(
+            connect(self._url, max_size=self._max_size, open_timeout=10)
+        )
         opening = self.ws.recv(timeout=10)
         assert isinstance(opening, str) and opening.startswith("0"), opening
-        self.handshake: dict[str, Any] = json.loads(opening[1:])
+        self.handshake = json.loads(opening[1:])
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stack.close()
 
     def join(self, token: str) -> str:
         """Connect the namespace ``/`` with ``token``; the Socket.IO sid."""
@@ -78,9 +91,6 @@ class RawSocket:
                 if event[0] == name:
                     found.append(event[1] if len(event) > 1 else None)
         return found
-
-    def close(self) -> None:
-        self.ws.close()
 
 
 class RawPolling:
