@@ -52,7 +52,11 @@ class RawSocket:
         return str(json.loads(answer[2:])["sid"])
 
     def send(self, frame: str | bytes) -> None:
-        self.ws.send(frame)
+        """Send one frame; ``Closed`` when the server has closed the WebSocket already."""
+        try:
+            self.ws.send(frame)
+        except ConnectionClosed:
+            raise Closed from None
 
     def call(self, ack_id: int, event: str, data: Any, timeout_s: float = 10) -> Any:
         """Emit ``event`` with an acknowledgement id and return the server's answer."""

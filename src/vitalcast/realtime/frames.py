@@ -21,13 +21,21 @@ Rules (``check_packet``):
   a polling POST is answered 400 ``MALFORMED_PACKET`` and nothing of it is delivered, a
   WebSocket is closed.
 
+Two more rules keep client input off the library's failure paths: a polling POST is only
+delivered to an open Engine.IO session still on polling (others are answered 400
+``UNKNOWN_SESSION``; python-engineio raised an unhandled error for a closed one), and nothing a
+client sends after its own Engine.IO close is delivered (the library would run it on a closed
+session and fail).
+
 Oversize polling bodies never get here: ``api.guard`` answers them 413 while they stream in.
 """
 
 from __future__ import annotations
 
 import enum
+import urllib.parse
 
+import engineio
 from engineio import packet as eio_packet
 from engineio.payload import Payload
 from socketio import packet as sio_packet
@@ -109,8 +117,9 @@ class FrameGate:
     keeps it open until the peer closes or a ping times out, which a hostile client can delay.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, engine: engineio.AsyncServer) -> None:
         self.app = app
+        self._engine = engine
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
@@ -121,6 +130,10 @@ class FrameGate:
             await self.app(scope, receive, send)
 
     async def _post(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self._polling_session_open(scope):
+            answer = problem(400, "UNKNOWN_SESSION", "No open polling session with this sid.")
+            await answer(scope, receive, send)
+            return
         body = bytearray()
         while True:
             message = await receive()
@@ -149,15 +162,27 @@ class FrameGate:
 
         await self.app({**scope, "headers": headers}, replay, send)
 
+    def _polling_session_open(self, scope: Scope) -> bool:
+        query = urllib.parse.parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        sid = query.get("sid", [""])[0]
+        socket = self._engine.sockets.get(sid)
+        return socket is not None and socket.connected and not socket.closed and not socket.upgraded
+
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        client_closed = False
+
         async def receive_checked() -> Message:
+            nonlocal client_closed
             while True:
+                if client_closed:
+                    return {"type": "websocket.disconnect", "code": 1000}
                 message = await receive()
                 if message["type"] != "websocket.receive":
                     return message
                 text = message.get("text")
                 verdict = Verdict.REFUSE if text is None else check_packet(text, WEBSOCKET_TYPES)
                 if verdict is Verdict.ACCEPT:
+                    client_closed = text[:1] == _CLOSE
                     return message
                 if verdict is Verdict.REFUSE:
                     log.info("realtime_frame_refused", transport="websocket")
@@ -191,4 +216,6 @@ def _polling_packets(body: bytes) -> list[str] | None:
             return None
         if verdict is Verdict.ACCEPT:
             kept.append(encoded)
+            if encoded[:1] == _CLOSE:
+                break
     return kept
