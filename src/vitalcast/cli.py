@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 import uvicorn
@@ -17,6 +18,9 @@ from vitalcast.db.migrate import upgrade
 from vitalcast.observability import configure_logging
 from vitalcast.sessions import repository as session_repository
 from vitalcast.settings import Settings
+
+if TYPE_CHECKING:
+    from vitalcast.queue.backfill import BackfillFilter, BackfillProgress
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
@@ -70,7 +74,7 @@ def serve(
 ) -> None:
     """Run the HTTP + Socket.IO server (applies migrations first)."""
     from vitalcast.app import create_app
-    from vitalcast.realtime.frames import MAX_PACKET_BYTES
+    from vitalcast.realtime.broadcaster import MAX_MESSAGE_BYTES
 
     settings = Settings()
     configure_logging(settings.log_level)
@@ -87,7 +91,7 @@ def serve(
         log_config=None,
         access_log=False,
         # A WebSocket frame larger than one Engine.IO packet is refused before it is buffered.
-        ws_max_size=MAX_PACKET_BYTES,
+        ws_max_size=MAX_MESSAGE_BYTES,
         timeout_graceful_shutdown=shutdown_grace,
     )
 
@@ -216,7 +220,7 @@ def backfill(
 ) -> None:
     """Schedule a compute for every session whose default cache is missing or stale: queued
     for the workers when Redis is configured, else computed here."""
-    from vitalcast.queue.backfill import BackfillFilter, BackfillProgress, backfill_command
+    from vitalcast.queue.backfill import BackfillFilter
     from vitalcast.queue.service import QueueUnavailable
 
     settings = Settings()
@@ -241,12 +245,60 @@ def backfill(
 
     try:
         done = asyncio.run(
-            backfill_command(settings, BackfillFilter(since_ms=since_ms, user_name=user), show)
+            _backfill(settings, BackfillFilter(since_ms=since_ms, user_name=user), show)
         )
     except QueueUnavailable as exc:
         typer.echo(f"backfill: Redis is unreachable ({exc})", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"{done.scheduled} computes scheduled for {done.checked} sessions")
+
+
+async def _backfill(
+    settings: Settings,
+    selection: BackfillFilter,
+    on_progress: Callable[[BackfillProgress], None],
+) -> BackfillProgress:
+    """``vitalcast backfill``: through the queue when Redis is configured (workers compute),
+    else through an in-process coordinator, waiting until every compute has run."""
+    from vitalcast.observability import Metrics
+    from vitalcast.queue.backfill import coordinator_submit, run_backfill
+    from vitalcast.queue.service import SessionTelemetryQueueService
+    from vitalcast.telemetry.models import ScheduleReason, TelemetryKey
+    from vitalcast.wiring import build_local_computes
+
+    local = build_local_computes(settings)
+    try:
+        if settings.redis_url:
+            queue = SessionTelemetryQueueService(settings, fallback=None, metrics=Metrics())
+            try:
+
+                async def enqueue(key: TelemetryKey, watermark: int) -> bool:
+                    return await queue.enqueue(
+                        key, watermark=watermark, reason=ScheduleReason.BACKFILL
+                    )
+
+                return await run_backfill(
+                    local.db,
+                    enqueue,
+                    window_minutes=settings.default_window_minutes,
+                    now_ms=local.clock.now_ms,
+                    selection=selection,
+                    on_progress=on_progress,
+                )
+            finally:
+                await queue.close()
+        progress = await run_backfill(
+            local.db,
+            coordinator_submit(local.coordinator),
+            window_minutes=settings.default_window_minutes,
+            now_ms=local.clock.now_ms,
+            selection=selection,
+            on_progress=on_progress,
+        )
+        await local.coordinator.wait_idle()
+        return progress
+    finally:
+        await local.close()
 
 
 def main() -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 EARLIEST_MS = 0
+# Clocks of phones and watches drift: a sample, session start or end this far ahead of the
+# server's now is still accepted; anything later is FUTURE_TIMESTAMP.
 FUTURE_TOLERANCE_MS = 5 * 60_000
 
 #: before 1970-01-01T00:00:00Z

@@ -14,7 +14,7 @@ import pytest
 
 from tests.hardening.engineio_raw import RawPolling
 from tests.processes import ServerProcess, free_port, spawn, vitalcast_env, wait_healthy
-from vitalcast.realtime.frames import MAX_PACKET_BYTES
+from vitalcast.realtime.broadcaster import MAX_MESSAGE_BYTES
 
 GRACE_S = 5
 # An answer must come within this; python-engineio never answered at all.
@@ -35,7 +35,7 @@ def test_oversize_and_unexpected_polling_posts_are_answered_and_sigterm_stops_th
         server = ServerProcess(child.process, child.log_path, f"http://127.0.0.1:{port}")
         wait_healthy(server)
         sockets = [RawPolling(server.url, timeout_s=ANSWER_TIMEOUT_S) for _ in range(5)]
-        bodies = [b"4" + b"x" * (MAX_PACKET_BYTES + 600)] * 45 + [b"4" + b"x" * 3_000_000] * 5
+        bodies = [b"4" + b"x" * (MAX_MESSAGE_BYTES + 600)] * 45 + [b"4" + b"x" * 3_000_000] * 5
 
         def post(index: int) -> httpx.Response:
             return sockets[index % len(sockets)].post(bodies[index])

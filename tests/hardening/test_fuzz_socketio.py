@@ -21,7 +21,8 @@ from tests.conftest import in_thread
 from tests.hardening.engineio_raw import Closed, RawPolling, RawSocket
 from tests.ingest.helpers import MINUTE_MS, hr, iso, now_ms
 from tests.processes import serve_subprocess, vitalcast_env
-from vitalcast.realtime.frames import MAX_PACKET_BYTES, RESERVED_EVENTS
+from vitalcast.realtime.broadcaster import MAX_MESSAGE_BYTES
+from vitalcast.realtime.frames import RESERVED_EVENTS
 
 WEBSOCKET_FRAMES = 300
 POLLING_BODIES = 200
@@ -44,7 +45,7 @@ _SOCKETIO_DATA = st.one_of(
     ),
     st.integers(1, 5000).map(lambda depth: "[" * depth + "]" * depth),
     st.integers(4300, 6000).map(lambda digits: "[" + "9" * digits + "]"),
-    st.just(json.dumps(["subscribe", "x" * (MAX_PACKET_BYTES + 10)])),
+    st.just(json.dumps(["subscribe", "x" * (MAX_MESSAGE_BYTES + 10)])),
 )
 # A Socket.IO packet: type, attachment count, namespace, ack id and data, each often broken.
 _SOCKETIO_PACKETS = st.tuples(
@@ -65,7 +66,7 @@ _FRAMES = st.one_of(_PACKETS, st.binary(max_size=40))
 _BODIES = st.one_of(
     st.lists(_PACKETS, min_size=1, max_size=20).map(lambda packets: "\x1e".join(packets).encode()),
     st.binary(max_size=60),
-    st.integers(MAX_PACKET_BYTES - 10, MAX_PACKET_BYTES + 10).map(lambda n: b"4" * n),
+    st.integers(MAX_MESSAGE_BYTES - 10, MAX_MESSAGE_BYTES + 10).map(lambda n: b"4" * n),
 )
 _FUZZ = settings(
     database=None, deadline=None, derandomize=False, suppress_health_check=list(HealthCheck)

@@ -26,7 +26,8 @@ from vitalcast.auth import Authenticator, bearer_from_header
 from vitalcast.errors import VitalcastError
 from vitalcast.ingest.validation import MAX_BODY_BYTES as INGEST_MAX_BODY_BYTES
 from vitalcast.observability import get_logger
-from vitalcast.realtime.frames import MAX_PACKET_BYTES, SOCKETIO_PATH
+from vitalcast.realtime.broadcaster import MAX_MESSAGE_BYTES
+from vitalcast.realtime.frames import SOCKETIO_PATH
 
 log = get_logger("vitalcast.http")
 
@@ -36,7 +37,7 @@ DEFAULT_MAX_BODY_BYTES = 64 * 1024
 # The routes whose limit is not the default, by path or path prefix (ending in "/").
 _BODY_LIMITS = {
     "/api/v1/samples": INGEST_MAX_BODY_BYTES,
-    f"{SOCKETIO_PATH}/": MAX_PACKET_BYTES,
+    f"{SOCKETIO_PATH}/": MAX_MESSAGE_BYTES,
 }
 _NOSNIFF = (b"x-content-type-options", b"nosniff")
 

@@ -8,11 +8,11 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request, Response
 
-from vitalcast.api.deps import ContainerDep, CurrentUser
+from vitalcast.api.deps import CurrentUser, Parts
 from vitalcast.api.errors import problem_responses
+from vitalcast.api.ratelimits import IngestRateLimit
 from vitalcast.api.schemas import IngestRequest, inline_json_schema
 from vitalcast.errors import InvalidInput
-from vitalcast.ratelimit import IngestRateLimit
 
 router = APIRouter(prefix="/api/v1", tags=["samples"])
 
@@ -44,11 +44,9 @@ def _decode(raw: bytes) -> Any:
         }
     },
 )
-async def ingest_samples(request: Request, user: CurrentUser, container: ContainerDep) -> Response:
+async def ingest_samples(request: Request, user: CurrentUser, parts: Parts) -> Response:
     """Store a batch of samples idempotently and move the watermarks of the sessions it touches."""
     # api.guard has authenticated the caller and bounds the body (5 MB) while it streams in.
     body = _decode(await request.body())
-    outcome = await container.ingest.ingest(user.user_id, body)
-    if outcome.touched:
-        await container.after_ingest(outcome.touched)
+    outcome = await parts.ingest.ingest(user.user_id, body)
     return Response(outcome.body, status_code=outcome.status_code, media_type="application/json")

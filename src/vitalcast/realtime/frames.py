@@ -13,7 +13,7 @@ Rules (``check_packet``):
 
 - Engine.IO: text packets only (vitalcast takes no binary), of the types a client sends on
   that transport (polling: close, pong, message; WebSocket also ping and upgrade for the
-  upgrade handshake), at most ``MAX_PACKET_BYTES`` each and the library's packet count per
+  upgrade handshake), at most ``MAX_MESSAGE_BYTES`` each and the library's packet count per
   polling payload.
 - Socket.IO: a connect with an object or nothing, a disconnect, or an event whose first element
   is its name. Reserved names (``RESERVED_EVENTS``) and acknowledgements (the server never asks
@@ -43,13 +43,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vitalcast.api.errors import problem
 from vitalcast.observability import get_logger
+from vitalcast.realtime.broadcaster import MAX_MESSAGE_BYTES
 
 log = get_logger(__name__)
 
 SOCKETIO_PATH = "/socket.io"
-# Client events are a few hundred bytes; anything near this is abuse. The Engine.IO limit per
-# packet (its maxPayload) and per polling body (api.guard), and the WebSocket frame limit.
-MAX_PACKET_BYTES = 16_384
 # Socket.IO's own event names (socket.io-parser's list): a client may not send them.
 RESERVED_EVENTS = frozenset(
     {"connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"}
@@ -73,7 +71,7 @@ class Verdict(enum.Enum):
 
 def check_packet(encoded: str, allowed_types: frozenset[int]) -> Verdict:
     """The verdict on one encoded Engine.IO packet sent by a client."""
-    if not encoded or encoded[0] == "b" or len(encoded.encode()) > MAX_PACKET_BYTES:
+    if not encoded or encoded[0] == "b" or len(encoded.encode()) > MAX_MESSAGE_BYTES:
         return Verdict.REFUSE
     try:
         decoded = eio_packet.Packet(encoded_packet=encoded)
