@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import jwt
 
 from vitalcast.db.engine import Database
+from vitalcast.db.errors import DATABASE_RETRY_AFTER_S, is_outage
 from vitalcast.errors import DependencyUnavailable, Unauthenticated
 from vitalcast.observability import get_logger
 from vitalcast.sessions import repository as session_repository
@@ -98,9 +99,13 @@ class Authenticator:
             async with self._db.read() as conn:
                 exists = await session_repository.user_exists(conn, user_id)
         except Exception as exc:
+            if not is_outage(exc):
+                raise
             log.warning("auth_user_lookup_failed", error_type=type(exc).__name__)
             raise DependencyUnavailable(
-                "The database is unavailable.", code="DATABASE_UNAVAILABLE", retry_after_s=2
+                "The database is unavailable.",
+                code="DATABASE_UNAVAILABLE",
+                retry_after_s=DATABASE_RETRY_AFTER_S,
             ) from None
         if not exists:
             raise Unauthenticated("The token is not valid.", code="TOKEN_INVALID")

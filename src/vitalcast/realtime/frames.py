@@ -178,7 +178,9 @@ class FrameGate:
                 if message["type"] != "websocket.receive":
                     return message
                 text = message.get("text")
-                verdict = Verdict.REFUSE if text is None else check_packet(text, WEBSOCKET_TYPES)
+                if not isinstance(text, str):  # a binary frame
+                    text = ""
+                verdict = check_packet(text, WEBSOCKET_TYPES)
                 if verdict is Verdict.ACCEPT:
                     client_closed = text[:1] == _CLOSE
                     return message
