@@ -54,7 +54,7 @@ RESERVED_EVENTS = frozenset(
 )
 POLLING_TYPES = frozenset({eio_packet.CLOSE, eio_packet.PONG, eio_packet.MESSAGE})
 WEBSOCKET_TYPES = POLLING_TYPES | {eio_packet.PING, eio_packet.UPGRADE}
-# An Engine.IO CLOSE packet as the server sends it.
+# An Engine.IO CLOSE packet without data, as clients and the server send it.
 _CLOSE = str(eio_packet.CLOSE)
 
 
