@@ -14,13 +14,16 @@ uv:
 install: uv assets
 	@$(UV) sync --frozen --quiet
 
-# uPlot and socket.io-client come from npm at set-up; nothing is vendored into git.
+# uPlot, socket.io-client and Swagger UI come from npm at set-up; nothing is vendored into git.
+# --ignore-scripts: no package needs an install script (swagger-ui-dist's only dependency has
+# an analytics one).
 assets: $(VENDOR)/.stamp
 $(VENDOR)/.stamp: package.json package-lock.json
-	npm ci --no-audit --no-fund --silent
+	npm ci --no-audit --no-fund --silent --ignore-scripts
 	mkdir -p $(VENDOR)
 	cp node_modules/uplot/dist/uPlot.iife.min.js node_modules/uplot/dist/uPlot.min.css $(VENDOR)/
 	cp node_modules/socket.io-client/dist/socket.io.min.js $(VENDOR)/
+	cp node_modules/swagger-ui-dist/swagger-ui-bundle.js node_modules/swagger-ui-dist/swagger-ui.css $(VENDOR)/
 	touch $@
 
 run: install

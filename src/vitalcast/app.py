@@ -14,8 +14,10 @@ from vitalcast import __version__
 from vitalcast.api import dashboard, ops, samples, sessions
 from vitalcast.api import errors as api_errors
 from vitalcast.api import telemetry as telemetry_api
+from vitalcast.api.guard import RequestGuard
 from vitalcast.observability import get_logger
-from vitalcast.realtime.server import SOCKETIO_PATH, RealtimeServer
+from vitalcast.realtime.frames import SOCKETIO_PATH
+from vitalcast.realtime.server import RealtimeServer
 from vitalcast.settings import Settings
 from vitalcast.wiring import NO_SEAMS, Seams, build_server
 
@@ -77,6 +79,9 @@ def create_app(settings: Settings, seams: Seams = NO_SEAMS) -> FastAPI:
         version=__version__,
         summary="Real-time session telemetry for wearable health samples.",
         lifespan=lifespan,
+        # FastAPI's /docs and /redoc load their scripts from a CDN; api.dashboard serves /docs.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.parts = parts
     api_errors.install(app)
@@ -87,6 +92,7 @@ def create_app(settings: Settings, seams: Seams = NO_SEAMS) -> FastAPI:
     dashboard.install(app)
     app.mount(SOCKETIO_PATH, realtime.asgi_app())
 
+    app.add_middleware(RequestGuard, authenticator=parts.authenticator)
     app.add_middleware(AccessLog)
 
     return app

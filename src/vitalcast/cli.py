@@ -68,9 +68,13 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
     port: int = typer.Option(8000, help="TCP port."),
     demo: bool = typer.Option(False, help="Also create a demo user and simulate sessions."),
+    shutdown_grace: int = typer.Option(
+        10, min=1, help="Seconds requests in flight may take after SIGTERM before they are cut."
+    ),
 ) -> None:
     """Run the HTTP + Socket.IO server (applies migrations first)."""
     from vitalcast.app import create_app
+    from vitalcast.realtime.broadcaster import MAX_MESSAGE_BYTES
 
     settings = Settings()
     configure_logging(settings.log_level)
@@ -80,7 +84,16 @@ def serve(
         from vitalcast.demo import attach_demo
 
         attach_demo(application, settings, host=host, port=port)
-    uvicorn.run(application, host=host, port=port, log_config=None, access_log=False)
+    uvicorn.run(
+        application,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        # A WebSocket frame larger than one Engine.IO packet is refused before it is buffered.
+        ws_max_size=MAX_MESSAGE_BYTES,
+        timeout_graceful_shutdown=shutdown_grace,
+    )
 
 
 @app.command()

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import socketio
 
+from vitalcast.auth import Authenticator
 from vitalcast.clock import Clock, SystemClock
 from vitalcast.db.engine import Database, create_engine
 from vitalcast.ingest.service import IngestService
@@ -76,6 +77,8 @@ class ServerParts:
     metrics: Metrics
     #: the HS256 key of bearer tokens
     secret: str
+    #: who a caller is (token and user), for HTTP and Socket.IO alike
+    authenticator: Authenticator
     sio: socketio.AsyncServer
     broadcaster: WebSocketBroadcaster
     computer: TelemetryComputer
@@ -204,12 +207,14 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
         db, clock, scheduler, default_window_minutes=settings.default_window_minutes
     )
     changes = ChangeFanout(triggers, broadcaster)
+    secret = settings.resolved_secret()
     return ServerParts(
         settings=settings,
         db=db,
         clock=clock,
         metrics=metrics,
-        secret=settings.resolved_secret(),
+        secret=secret,
+        authenticator=Authenticator(secret, db),
         sio=sio,
         broadcaster=broadcaster,
         computer=computer,

@@ -13,6 +13,8 @@ import schemathesis
 CODE = re.compile(r"^[A-Z][A-Z0-9_]*[A-Z0-9]$")
 # A session of another user, put among the fuzzed path values by the test's config file.
 STRANGER_SESSION = os.environ.get("VITALCAST_FUZZ_STRANGER_SESSION", "")
+# Set when the run's token must be refused: the code every /api answer must carry.
+REFUSED_WITH = os.environ.get("VITALCAST_FUZZ_REFUSED_WITH", "")
 
 
 @schemathesis.check
@@ -43,4 +45,26 @@ def strangers_session_is_not_found(ctx: Any, response: Any, case: Any) -> bool |
         return None
     if response.status_code not in (404, 422, 429):
         raise AssertionError(f"another user's session answered {response.status_code}")
+    return True
+
+
+@schemathesis.check
+def nosniff_on_every_answer(ctx: Any, response: Any, case: Any) -> bool | None:
+    """Every answer, error or not, tells browsers not to sniff its content type."""
+    if response.headers.get("x-content-type-options") != ["nosniff"]:
+        raise AssertionError("no X-Content-Type-Options: nosniff")
+    return True
+
+
+@schemathesis.check
+def refused_before_anything_else(ctx: Any, response: Any, case: Any) -> bool | None:
+    """With a token the server must refuse, every /api request is that 401, whatever its body,
+    parameters or size: authentication comes before validation and before the body."""
+    if not REFUSED_WITH or not case.path.startswith("/api/"):
+        return None
+    if response.status_code != 401:
+        raise AssertionError(f"answered {response.status_code} instead of 401")
+    code = json.loads(response.content).get("code")
+    if code != REFUSED_WITH:
+        raise AssertionError(f"401 with {code!r} instead of {REFUSED_WITH!r}")
     return True

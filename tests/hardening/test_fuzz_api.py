@@ -110,11 +110,68 @@ def fuzz_database() -> Iterator[str]:
         in_thread(_pg_admin_sync, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def _schemathesis(
+    base: str, token: str, config: Path, hook_env: dict[str, str], *, exclude_checks: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """``schemathesis run`` on the server's schema with this token, as a user would type it:
+    every check (the hooks' custom ones run only with ``all``) but ``exclude_checks``."""
+    return subprocess.run(
+        [
+            str(Path(sys.executable).with_name("schemathesis")),
+            "--config-file",
+            str(config),
+            "run",
+            f"{base}/openapi.json",
+            "--header",
+            f"Authorization: Bearer {token}",
+            "--checks",
+            "all",
+            *(["--exclude-checks", exclude_checks] if exclude_checks else []),
+            "--phases",
+            "examples,coverage,fuzzing",
+            "--max-examples",
+            str(MAX_EXAMPLES),
+            "--seed",
+            str(SEED),
+            "--workers",
+            "1",
+            "--generation-database",
+            "none",
+            "--no-color",
+        ],
+        env=os.environ | {"SCHEMATHESIS_HOOKS": "tests.hardening.fuzz_hooks"} | hook_env,
+        cwd=Path(__file__).parents[2],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+def _assert_every_operation_passed(run: subprocess.CompletedProcess[str], server_log: str) -> None:
+    report = run.stdout[-20_000:] + run.stderr[-5_000:]
+    assert run.returncode == 0, report + "\n--- server log ---\n" + server_log[-5_000:]
+    selected = re.search(r"Selected: (\d+)/(\d+)\s+Tested: (\d+)", run.stdout)
+    assert selected is not None, report
+    assert selected.group(1) == selected.group(2) == selected.group(3), "every operation fuzzed"
+    assert "Traceback" not in server_log
+
+
+def _fuzz_env(tmp_path: Path, database_url: str) -> dict[str, str]:
+    return vitalcast_env(
+        tmp_path / "data",
+        log_level="warning",
+        database_url=database_url,
+        rate_limit_ingest="100000/minute",
+        rate_limit_telemetry="100000/minute",
+    )
+
+
 @pytest.mark.slow
 def test_schemathesis_finds_no_server_error_and_only_problem_errors(fuzz_database, tmp_path):
     """Every operation, fuzzed with valid and invalid inputs and a valid token: no 5xx, every
-    4xx a problem+json with a stable code, statuses/types/schemas as documented, and another
-    user's session never answered with anything but 404."""
+    4xx a problem+json with a stable code, statuses/types/schemas as documented, nosniff on
+    every answer, and another user's session never answered with anything but 404."""
     now_s = int(time.time())
     owner_id, stranger_id = in_thread(asyncio.run, _users(fuzz_database))
     token = issue_token(TEST_SECRET, owner_id, now_s=now_s, ttl_s=3600)
@@ -122,57 +179,35 @@ def test_schemathesis_finds_no_server_error_and_only_problem_errors(fuzz_databas
     stranger = {
         "Authorization": f"Bearer {issue_token(TEST_SECRET, stranger_id, now_s=now_s, ttl_s=3600)}"
     }
-    env = vitalcast_env(
-        tmp_path / "data",
-        log_level="warning",
-        database_url=fuzz_database,
-        rate_limit_ingest="100000/minute",
-        rate_limit_telemetry="100000/minute",
-    )
-    with serve_subprocess(env, tmp_path / "server.log") as server:
+    with serve_subprocess(_fuzz_env(tmp_path, fuzz_database), tmp_path / "server.log") as server:
         ids = _seed(server.url, owner, stranger)
         config = tmp_path / "schemathesis.toml"
         config.write_text(
             CONFIG.format(ids=", ".join(f'"{i}"' for i in ids), rejections=REJECTIONS)
         )
-        run = subprocess.run(
-            [
-                str(Path(sys.executable).with_name("schemathesis")),
-                "--config-file",
-                str(config),
-                "run",
-                f"{server.url}/openapi.json",
-                "--header",
-                f"Authorization: Bearer {token}",
-                "--checks",
-                "all",
-                "--phases",
-                "examples,coverage,fuzzing",
-                "--max-examples",
-                str(MAX_EXAMPLES),
-                "--seed",
-                str(SEED),
-                "--workers",
-                "1",
-                "--generation-database",
-                "none",
-                "--no-color",
-            ],
-            env=os.environ
-            | {
-                "SCHEMATHESIS_HOOKS": "tests.hardening.fuzz_hooks",
-                "VITALCAST_FUZZ_STRANGER_SESSION": ids[-1],
-            },
-            cwd=Path(__file__).parents[2],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
+        run = _schemathesis(server.url, token, config, {"VITALCAST_FUZZ_STRANGER_SESSION": ids[-1]})
+        server_log = server.log()
+    _assert_every_operation_passed(run, server_log)
+
+
+@pytest.mark.slow
+def test_schemathesis_with_an_unknown_users_token_gets_401_everywhere(fuzz_database, tmp_path):
+    """A well-signed token of a user the database does not hold, on every operation with valid
+    and invalid inputs: every /api answer is 401 TOKEN_INVALID (never a 422 from a body read
+    before authentication, never a 500), every answer carries nosniff and is problem+json."""
+    now_s = int(time.time())
+    unknown = issue_token(TEST_SECRET, str(uuid.uuid4()), now_s=now_s, ttl_s=3600)
+    with serve_subprocess(_fuzz_env(tmp_path, fuzz_database), tmp_path / "server.log") as server:
+        config = tmp_path / "schemathesis.toml"
+        config.write_text(CONFIG.format(ids=f'"{uuid.uuid4()}"', rejections=REJECTIONS))
+        # An undeclared method is a 401 too, not the 405 that would tell a stranger the path
+        # exists; and nothing is ever accepted.
+        run = _schemathesis(
+            server.url,
+            unknown,
+            config,
+            {"VITALCAST_FUZZ_REFUSED_WITH": "TOKEN_INVALID"},
+            exclude_checks="unsupported_method,positive_data_acceptance",
         )
         server_log = server.log()
-    report = run.stdout[-20_000:] + run.stderr[-5_000:]
-    assert run.returncode == 0, report + "\n--- server log ---\n" + server_log[-5_000:]
-    selected = re.search(r"Selected: (\d+)/(\d+)\s+Tested: (\d+)", run.stdout)
-    assert selected is not None, report
-    assert selected.group(1) == selected.group(2) == selected.group(3), "every operation fuzzed"
-    assert "Traceback" not in server_log
+    _assert_every_operation_passed(run, server_log)

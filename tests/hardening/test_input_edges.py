@@ -87,23 +87,22 @@ async def test_deeply_nested_json_is_malformed_not_a_crash(client, users):
 
 
 @pytest.mark.parametrize(
-    "body",
+    ("body", "code"),
     [
-        {"notes": "a\x00b"},
-        {"client_session_id": "c\x00"},
-        {"started_at": "0001-01-01T00:00:00+14:00"},
-        {"started_at": "1969-12-31T23:59:59Z"},
-        {"started_at": 0},
+        ({"notes": "a\x00b"}, "VALIDATION_ERROR"),
+        ({"client_session_id": "c\x00"}, "VALIDATION_ERROR"),
+        ({"started_at": "0001-01-01T00:00:00+14:00"}, "BEFORE_EPOCH"),
+        ({"started_at": "1969-12-31T23:59:59Z"}, "BEFORE_EPOCH"),
+        ({"started_at": "9999-12-31T23:59:59-14:00"}, "FUTURE_TIMESTAMP"),
+        ({"started_at": 0}, "VALIDATION_ERROR"),
     ],
-    ids=["nul-notes", "nul-client-id", "before-year-1-utc", "before-epoch", "number"],
+    ids=["nul-notes", "nul-client-id", "before-year-1-utc", "before-epoch", "year-10000", "number"],
 )
-async def test_bad_session_fields_are_422_and_leave_the_list_readable(client, users, body):
-    """Unstorable text or an unrenderable start is a VALIDATION_ERROR; nothing is created, so the
-    caller's session list keeps answering (a stored year-0 start made it a 500 for good)."""
+async def test_bad_session_fields_are_422_and_leave_the_list_readable(client, users, body, code):
+    """Unstorable text or a start outside 1970 … now is a 422 with its code; nothing is created,
+    so the caller's session list keeps answering (a stored year-0 start made it a 500 for good)."""
     headers = await users.headers()
-    _problem(
-        await client.post("/api/v1/sessions", json=body, headers=headers), 422, "VALIDATION_ERROR"
-    )
+    _problem(await client.post("/api/v1/sessions", json=body, headers=headers), 422, code)
     listed = await client.get("/api/v1/sessions", headers=headers)
     assert listed.status_code == 200
     assert listed.json()["items"] == []

@@ -12,7 +12,7 @@ from vitalcast.api.schemas import SessionCreate, SessionEnd, SessionOut, Session
 from vitalcast.sessions.models import SessionStatus
 
 router = APIRouter(
-    prefix="/api/v1/sessions", tags=["sessions"], responses=problem_responses(401, 422, 503)
+    prefix="/api/v1/sessions", tags=["sessions"], responses=problem_responses(401, 413, 422, 503)
 )
 _NOT_FOUND = problem_responses(404)
 

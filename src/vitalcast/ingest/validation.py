@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from vitalcast import timerange
 from vitalcast.catalog import BY_CODE
-from vitalcast.clock import FUTURE_TOLERANCE_MS, epoch_ms
+from vitalcast.clock import epoch_ms
 from vitalcast.errors import InvalidInput, PayloadTooLarge
 
 MAX_SAMPLES = 5_000
@@ -41,8 +42,10 @@ class RejectionCode(enum.StrEnum):
     END_BEFORE_START = "END_BEFORE_START"
     #: a timestamp without a UTC offset
     NAIVE_TIMESTAMP = "NAIVE_TIMESTAMP"
-    #: start more than 5 minutes ahead of the server clock
-    FUTURE_TIMESTAMP = "FUTURE_TIMESTAMP"
+    #: start or end more than 5 minutes ahead of the server clock
+    FUTURE_TIMESTAMP = timerange.FUTURE_TIMESTAMP
+    #: start or end before 1970
+    BEFORE_EPOCH = timerange.BEFORE_EPOCH
     #: the same (source, record_id) appeared earlier in this batch
     DUPLICATE_IN_BATCH = "DUPLICATE_IN_BATCH"
 
@@ -174,10 +177,12 @@ def _check_sample(index: int, raw: Any, now_ms: int) -> NormalizedSample | Rejec
         )
     start_ms = _epoch_ms(start)
     end_ms = start_ms if end is None else _epoch_ms(end)
+    for name, moment_ms in (("start", start_ms), ("end", end_ms)):
+        out_of_range = timerange.check(name, moment_ms, now_ms=now_ms)
+        if out_of_range is not None:
+            return reject(RejectionCode(out_of_range.code), out_of_range.message)
     if end_ms < start_ms:
         return reject(RejectionCode.END_BEFORE_START, "end is before start.")
-    if start_ms > now_ms + FUTURE_TOLERANCE_MS:
-        return reject(RejectionCode.FUTURE_TIMESTAMP, "start is more than 5 minutes ahead.")
     return NormalizedSample(
         source=source,
         record_id=record_id,

@@ -1,8 +1,11 @@
 """The Socket.IO surface of one server process, mounted at ``/socket.io/``.
 
-Connect with ``auth: {token}`` (the HTTP bearer token); a missing, bad or expired token is refused
-with its code as the reason, and a connected socket is disconnected when its token expires (after
-an ``error {code: "TOKEN_EXPIRED"}`` event). Client events, each answered through its ack:
+Connect with ``auth: {token}`` (the HTTP bearer token); a missing, bad or expired token, or one
+whose user does not exist, is refused with its code as the reason, and a connected socket is
+disconnected when its token expires (after an ``error {code: "TOKEN_EXPIRED"}`` event), its
+Engine.IO connection closed too. Every client frame passes ``frames.FrameGate`` first, which
+drops client events named like Socket.IO's own (``disconnect`` …). Client events, each answered
+through its ack:
 
 - ``subscribe {session_id, since_watermark?}`` → ``{ok: true, session_id, state,
   source_watermark, session_watermark, live}``. Joins room ``session:<id>`` only for the owner.
@@ -35,9 +38,8 @@ from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
-from vitalcast.auth import verify_token
 from vitalcast.db.errors import DATABASE_RETRY_AFTER_S, is_outage
-from vitalcast.errors import NotFound, Unauthenticated
+from vitalcast.errors import DependencyUnavailable, NotFound, Unauthenticated
 from vitalcast.observability import get_logger
 from vitalcast.ratelimit import retry_after_s
 from vitalcast.realtime.broadcaster import (
@@ -46,14 +48,18 @@ from vitalcast.realtime.broadcaster import (
     session_updated_event,
     user_room,
 )
+from vitalcast.realtime.frames import FrameGate
 from vitalcast.sessions.models import Session
 from vitalcast.telemetry.models import CacheState
 from vitalcast.wiring import ServerParts
 
 log = get_logger(__name__)
 
-SOCKETIO_PATH = "/socket.io"
 MAX_SUBSCRIPTIONS_PER_SOCKET = 100
+NAMESPACE = "/"
+# How long closing an expired socket's Engine.IO connection may wait for a polling client's
+# next request (the close packet travels in its answer); WebSockets close at once.
+ENGINE_CLOSE_TIMEOUT_S = 5.0
 
 
 class SubscribeRequest(BaseModel):
@@ -81,7 +87,7 @@ class _Client:
     """What this node knows about one connected socket."""
 
     user_id: str
-    expiry: asyncio.TimerHandle | None = None
+    expires_at_ms: int
     sessions: set[str] = field(default_factory=set)
 
 
@@ -120,6 +126,8 @@ class RealtimeServer:
         self._limit = limits.parse(parts.settings.rate_limit_socket_events)
         self._limiter = MovingWindowRateLimiter(MemoryStorage())
         self._clients: dict[str, _Client] = {}
+        # Kept apart from ``_clients``: expiry must hold even if a client's record is gone.
+        self._expiries: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.sio.on("connect", self._on_connect)
         self.sio.on("disconnect", self._on_disconnect)
@@ -127,16 +135,17 @@ class RealtimeServer:
         self.sio.on("unsubscribe", self._on_unsubscribe)
         self.sio.on("*", self._on_unknown)
 
-    def asgi_app(self) -> socketio.ASGIApp:
-        """The Engine.IO endpoint, for mounting at ``SOCKETIO_PATH`` (it takes all traffic there)."""
-        return socketio.ASGIApp(self.sio, socketio_path=None)
+    def asgi_app(self) -> FrameGate:
+        """The Engine.IO endpoint behind its frame gate, for mounting at ``SOCKETIO_PATH`` (it
+        takes all traffic there)."""
+        return FrameGate(socketio.ASGIApp(self.sio, socketio_path=None), self.sio.eio)
 
     async def close(self) -> None:
         """Disconnect clients, stop timers and background tasks (the broadcaster releases
         Redis)."""
-        for client in self._clients.values():
-            if client.expiry is not None:
-                client.expiry.cancel()
+        for timer in self._expiries.values():
+            timer.cancel()
+        self._expiries.clear()
         for sid in list(self._clients):
             try:
                 await self.sio.disconnect(sid, ignore_queue=True)
@@ -147,43 +156,62 @@ class RealtimeServer:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.sio.shutdown()
 
+    def _genuine(self, sid: str, event: str) -> bool:
+        """True when the library raised ``event`` itself. It calls the connect and disconnect
+        handlers while the socket is half-way in or out; a client event of the same name (which
+        ``FrameGate`` drops before it gets here) would find it fully connected."""
+        if self.sio.manager.is_connected(sid, NAMESPACE):
+            log.info("realtime_reserved_event_ignored", sid=sid, event_name=event)
+            return False
+        return True
+
     async def _on_connect(self, sid: str, _environ: dict[str, Any], auth: Any) -> None:
+        if not self._genuine(sid, "connect"):
+            return
         token = auth.get("token") if isinstance(auth, dict) else None
         try:
-            principal = verify_token(self._parts.secret, token if isinstance(token, str) else None)
-        except Unauthenticated as exc:
+            principal = await self._parts.authenticator.authenticate(
+                token if isinstance(token, str) else None
+            )
+        except (Unauthenticated, DependencyUnavailable) as exc:
             log.info("realtime_connect_refused", code=exc.code)
             raise socketio.exceptions.ConnectionRefusedError(
                 exc.code, {"code": exc.code, "message": exc.message}
             ) from None
-        client = _Client(user_id=principal.user_id)
-        delay_s = max(0.0, principal.expires_at_s - self._parts.clock.now_ms() / 1000)
-        client.expiry = asyncio.get_running_loop().call_later(delay_s, self._expire, sid)
-        self._clients[sid] = client
+        expires_at_ms = principal.expires_at_s * 1000
+        delay_s = max(0.0, (expires_at_ms - self._parts.clock.now_ms()) / 1000)
+        self._expiries[sid] = asyncio.get_running_loop().call_later(delay_s, self._expire, sid)
+        self._clients[sid] = _Client(user_id=principal.user_id, expires_at_ms=expires_at_ms)
         await self.sio.enter_room(sid, user_room(principal.user_id))
         self._parts.metrics.socket_clients.set(len(self._clients))
         log.debug("realtime_connected", sid=sid, user_id=principal.user_id)
 
     async def _on_disconnect(self, sid: str, *_reason: Any) -> None:
+        if not self._genuine(sid, "disconnect"):
+            return
+        timer = self._expiries.pop(sid, None)
+        if timer is not None:
+            timer.cancel()
         client = self._clients.pop(sid, None)
         if client is None:
             return
-        if client.expiry is not None:
-            client.expiry.cancel()
         await self._limiter.clear(self._limit, sid)
         self._parts.metrics.socket_clients.set(len(self._clients))
         log.debug("realtime_disconnected", sid=sid, user_id=client.user_id)
 
     def _expire(self, sid: str) -> None:
+        self._expiries.pop(sid, None)
         task = asyncio.get_running_loop().create_task(self._disconnect_expired(sid))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _disconnect_expired(self, sid: str) -> None:
-        client = self._clients.get(sid)
-        if client is None:
+        """Tell the socket, leave every room, close its Engine.IO connection. Decided by the
+        library's view of the socket, not by ``_clients``."""
+        eio_sid = self.sio.manager.eio_sid_from_sid(sid, NAMESPACE)
+        if eio_sid is None or not self.sio.manager.is_connected(sid, NAMESPACE):
             return
-        log.info("realtime_token_expired", sid=sid, user_id=client.user_id)
+        log.info("realtime_token_expired", sid=sid)
         try:
             await self.sio.emit(
                 "error",
@@ -192,6 +220,10 @@ class RealtimeServer:
                 ignore_queue=True,
             )
             await self.sio.disconnect(sid, ignore_queue=True)
+            async with asyncio.timeout(ENGINE_CLOSE_TIMEOUT_S):
+                await self.sio.eio.disconnect(eio_sid)
+        except TimeoutError:
+            log.info("realtime_engine_close_pending", sid=sid)
         except Exception:
             log.warning("realtime_expire_failed", sid=sid)
 
@@ -200,6 +232,9 @@ class RealtimeServer:
         client = self._clients.get(sid)
         if client is None:
             return None, _error("UNAUTHENTICATED", "The socket is not connected.")
+        if client.expires_at_ms <= self._parts.clock.now_ms():
+            self._expire(sid)
+            return None, _error("TOKEN_EXPIRED", "The token has expired.")
         if not await self._limiter.hit(self._limit, sid):
             stats = await self._limiter.get_window_stats(self._limit, sid)
             return None, _error(

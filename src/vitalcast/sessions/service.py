@@ -6,7 +6,8 @@ import base64
 import binascii
 import uuid
 
-from vitalcast.clock import FUTURE_TOLERANCE_MS, Clock
+from vitalcast import timerange
+from vitalcast.clock import Clock
 from vitalcast.db.engine import Database
 from vitalcast.errors import Conflict, InvalidInput, NotFound
 from vitalcast.sessions import repository
@@ -30,6 +31,12 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
         raise InvalidInput("The cursor is not valid.", code="INVALID_CURSOR") from None
 
 
+def _check_moment(field: str, moment_ms: int, *, now_ms: int) -> None:
+    out_of_range = timerange.check(field, moment_ms, now_ms=now_ms)
+    if out_of_range is not None:
+        raise InvalidInput(out_of_range.message, code=out_of_range.code)
+
+
 class SessionService:
     """Creates, lists and closes sessions, and tells ``listener`` (after commit) when a session
     started, ended or was cancelled."""
@@ -50,8 +57,7 @@ class SessionService:
         """The new session and True, or the existing one with that client_session_id and False."""
         now = self._clock.now_ms()
         start = now if start_ms is None else start_ms
-        if start > now + FUTURE_TOLERANCE_MS:
-            raise InvalidInput("started_at is in the future.", code="FUTURE_TIMESTAMP")
+        _check_moment("started_at", start, now_ms=now)
         async with self._db.write() as conn:
             if client_session_id is not None:
                 existing = await repository.get_by_client_id(conn, user_id, client_session_id)
@@ -109,10 +115,9 @@ class SessionService:
                     f"The session is already {session.status.value}.", code="SESSION_NOT_ACTIVE"
                 )
             end = now if end_ms is None else end_ms
+            _check_moment("ended_at", end, now_ms=now)
             if end < session.start_ms:
                 raise InvalidInput("ended_at is before the session start.", code="END_BEFORE_START")
-            if end > now + FUTURE_TOLERANCE_MS:
-                raise InvalidInput("ended_at is in the future.", code="FUTURE_TIMESTAMP")
             closed = await repository.close(conn, session, status=status, end_ms=end, now_ms=now)
         await self._listener.session_status(closed)
         return closed
