@@ -151,8 +151,7 @@ def run_import(export: Path, url: str, data_dir: str) -> dict[str, Any]:
     env = server_env(url, data_dir)
     began = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vitalcast", "import", "apple-health", str(export)]
-        + ["--user", "bench-import"],
+        [sys.executable, "-m", "vitalcast", "import", "apple-health", str(export), "--user", "b"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
