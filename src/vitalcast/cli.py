@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 import uvicorn
+from sqlalchemy.exc import DBAPIError
 
 from vitalcast.auth import issue_token
 from vitalcast.clock import epoch_ms, now_ms
@@ -103,6 +104,10 @@ def import_apple_health(
     upgrade(settings.resolved_database_url)
     try:
         summary = asyncio.run(_import(settings, path, user, since_ms, workouts_as_sessions))
+    except (DBAPIError, OSError) as exc:
+        # The type only: a driver error's text may quote statement parameters (health values).
+        typer.echo(f"import failed: the database is unavailable ({type(exc).__name__})", err=True)
+        raise typer.Exit(1) from None
     except ImportFailed as exc:
         stored = exc.summary
         typer.echo(

@@ -4,6 +4,7 @@ Pure parsing, no database."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -70,8 +71,6 @@ def test_record_ids_survive_a_re_export_in_another_time_zone(tmp_path):
     """Apple writes dates in the phone's current zone: the same instant written at UTC+2 keeps
     its id, because the id hashes the instant, not the text."""
     record = Rec(HR, "count/min", "70", MORNING)
-    from datetime import timedelta, timezone
-
     moved = Rec(HR, "count/min", "71", MORNING.astimezone(timezone(timedelta(hours=2))))
     (a,) = batches(write_export(tmp_path / "a.xml", [record]))
     (b,) = batches(write_export(tmp_path / "b.xml", [moved]))
@@ -164,7 +163,5 @@ def test_a_missing_file_is_a_one_line_error(tmp_path):
 
 def test_offsets_other_than_utc_land_on_the_right_instant(tmp_path):
     (batch,) = batches(write_export(tmp_path / "e.xml", [Rec(HR, "count/min", "70", MORNING)]))
-    from datetime import datetime
-
     assert datetime.fromisoformat(batch.samples[0]["start"]) == MORNING
     assert MORNING.tzinfo == PACIFIC

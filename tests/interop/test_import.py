@@ -3,6 +3,10 @@ values, identity, watermarks, batches stored whole, and the CLI's summary and er
 
 from __future__ import annotations
 
+import os
+import pty
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +159,18 @@ async def test_a_cut_file_stores_only_whole_batches(container, tmp_path):
     assert [r.value for r in rows] == [60.0, 61.0, 62.0, 63.0, 64.0, 65.0]
 
 
+async def test_a_batch_the_ingest_service_refuses_whole_stops_the_import(container, tmp_path):
+    """A unit longer than the API accepts makes its batch a whole-request 422: the batches
+    before it stay stored, that batch and the rest are not, and the error names it."""
+    records = [Rec(HR, "count/min", str(60 + i), at(i)) for i in range(6)]
+    records[4] = Rec(HR, "count/min" + "!" * 40, "64", at(4))
+    user_id = await user_id_of(container)
+    path = write_export(tmp_path / "export.xml", records)
+    with pytest.raises(ImportFailed, match=r"batch 3 was refused \(VALIDATION_ERROR: "):
+        await run_import(container, user_id, path, batch_size=2)
+    assert [r.value for r in await stored(container)] == [60.0, 61.0, 62.0, 63.0]
+
+
 async def test_workouts_become_completed_sessions_once(container, tmp_path):
     """With sessions on, each Workout is a completed session over its span; importing again
     finds it by its client_session_id instead of creating another."""
@@ -195,6 +211,36 @@ def test_cli_imports_a_zip_and_prints_the_summary(tmp_path, database_url):
     assert again.returncode == 0, again.stderr
     assert "imported: 0 (inserted 0, updated 0)" in again.stdout
     assert f"unchanged: {len(records)}" in again.stdout
+
+
+def test_cli_draws_a_progress_bar_on_a_terminal(tmp_path, database_url):
+    """On a terminal (stderr a pty) the import shows a progress bar; the summary still goes to
+    stdout."""
+    records = [Rec(HR, "count/min", str(60 + i % 40), at(i / 6)) for i in range(3_000)]
+    path = write_export(tmp_path / "export.xml", records)
+    master, replica = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vitalcast", "import", "apple-health", str(path), "--user", "tty"],
+        env=cli_env(tmp_path, database_url) | {"COLUMNS": "120", "TERM": "xterm"},
+        stdout=subprocess.PIPE,
+        stderr=replica,
+    )
+    os.close(replica)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        screen += chunk
+    stdout, _ = process.communicate(timeout=120)
+    os.close(master)
+    assert process.returncode == 0
+    assert "━".encode() in screen
+    assert b"export.xml" in screen
+    assert b"records read: 3,000" in stdout
 
 
 def test_cli_cut_file_is_a_one_line_error_and_exit_1(tmp_path, database_url):

@@ -202,9 +202,10 @@ class _Handler(ContentHandler):
         source_name = attrs.get("sourceName") or ""
         start = self._instant(attrs.get("startDate"))
         end = self._instant(attrs.get("endDate") or attrs.get("startDate"))
+        text = attrs.get("value")
         try:
-            value = float(attrs.get("value"))
-        except (TypeError, ValueError):
+            value = None if text is None else float(text)
+        except ValueError:
             value = None
         if start is None or end is None or value is None:
             batch.malformed += 1

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from vitalcast.clock import now_ms
+from vitalcast.errors import VitalcastError
 from vitalcast.ingest.service import IngestService
 from vitalcast.ingest.validation import MAX_SAMPLES
 from vitalcast.interop.apple_health import (
@@ -157,7 +158,15 @@ async def import_export(
                 raise ImportFailed(str(exc), summary) from None
             if batch is None:
                 break
-            outcome = await ingest.ingest(user_id, {"samples": batch.samples})
+            try:
+                outcome = await ingest.ingest(user_id, {"samples": batch.samples})
+            except VitalcastError as exc:
+                # A whole-request refusal (e.g. a field longer than the API allows): nothing of
+                # this batch was stored, as with a 4xx over HTTP.
+                raise ImportFailed(
+                    f"batch {summary.batches + 1} was refused ({exc.code}: {exc.message})",
+                    summary,
+                ) from None
             summary.add(batch, orjson.loads(outcome.body))
             if sessions is not None and batch.workouts:
                 await _sessions_from_workouts(sessions, user_id, batch.workouts, summary)
