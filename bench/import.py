@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import create_user, database, emit, server_env
-from vitalcast.app import build_container
 from vitalcast.clock import now_ms
 from vitalcast.ingest.validation import MAX_SAMPLES
 from vitalcast.interop.apple_health import open_export, read_batches
 from vitalcast.observability import configure_logging
 from vitalcast.settings import Settings
+from vitalcast.wiring import build_importer
 
 TARGET_RATIO = 0.5
 TARGET_RSS_MB = 250
@@ -216,9 +216,7 @@ async def ingest_rate(export: Path, url: str) -> dict[str, Any]:
     """The ingest service alone: the export's batches parsed untimed, each ``ingest`` timed."""
     user_id, _ = await create_user(url, "bench-ingest")
     with tempfile.TemporaryDirectory(prefix="vc-bench-data-") as data_dir:
-        container = build_container(
-            Settings(database_url=url, data_dir=Path(data_dir), secret="b" * 40)
-        )
+        parts = build_importer(Settings(database_url=url, data_dir=Path(data_dir), secret="b" * 40))
         spent = 0.0
         samples = 0
         try:
@@ -226,11 +224,11 @@ async def ingest_rate(export: Path, url: str) -> dict[str, Any]:
                 for batch in read_batches(stream, batch_size=MAX_SAMPLES):
                     body = {"samples": batch.samples}
                     began = time.perf_counter()
-                    await container.ingest.ingest(user_id, body)
+                    await parts.ingest.ingest(user_id, body)
                     spent += time.perf_counter() - began
                     samples += len(batch.samples)
         finally:
-            await container.db.dispose()
+            await parts.close()
     return {"samples": samples, "seconds": round(spent, 2), "samples_per_s": round(samples / spent)}
 
 

@@ -97,13 +97,19 @@ class Child:
 
 @contextlib.contextmanager
 def spawn(
-    args: list[str], env: dict[str, str], log_path: Path, *, stop_timeout_s: float = STOP_TIMEOUT_S
+    args: list[str],
+    env: dict[str, str],
+    log_path: Path,
+    *,
+    stop_timeout_s: float = STOP_TIMEOUT_S,
+    module: str = "vitalcast",
 ) -> Iterator[Child]:
-    """Run ``python -m vitalcast ARGS`` with its output appended to ``log_path``; on exit it is
-    stopped with ``stop_process(…, stop_timeout_s)``."""
+    """Run ``python -m MODULE ARGS`` (the ``vitalcast`` CLI unless a test entry point is named)
+    with its output appended to ``log_path``; on exit it is stopped with
+    ``stop_process(…, stop_timeout_s)``."""
     with log_path.open("ab") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "vitalcast", *args],
+            [sys.executable, "-m", module, *args],
             env=env,
             stdout=log_file,
             stderr=subprocess.STDOUT,

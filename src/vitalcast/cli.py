@@ -26,6 +26,7 @@ from vitalcast.settings import Settings
 
 if TYPE_CHECKING:
     from vitalcast.interop.importer import ImportSummary
+    from vitalcast.queue.backfill import BackfillFilter, BackfillProgress
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
@@ -123,23 +124,23 @@ def import_apple_health(
 async def _import(
     settings: Settings, path: Path, user: str, since_ms: int | None, workouts: bool
 ) -> ImportSummary:
-    from vitalcast.app import build_container
     from vitalcast.interop.importer import import_export
+    from vitalcast.wiring import build_importer
 
-    container = build_container(settings)
+    parts = build_importer(settings)
     try:
-        user_id = await _user_id(container.db, user)
+        user_id = await _user_id(parts.db, user)
         with _import_progress(path.name) as progress:
             return await import_export(
-                container.ingest,
+                parts.ingest,
                 user_id,
                 path,
                 since_ms=since_ms,
-                sessions=container.sessions if workouts else None,
+                sessions=parts.sessions if workouts else None,
                 on_progress=progress,
             )
     finally:
-        await container.db.dispose()
+        await parts.close()
 
 
 @contextmanager
@@ -322,7 +323,7 @@ def backfill(
 ) -> None:
     """Schedule a compute for every session whose default cache is missing or stale: queued
     for the workers when Redis is configured, else computed here."""
-    from vitalcast.queue.backfill import BackfillFilter, BackfillProgress, backfill_command
+    from vitalcast.queue.backfill import BackfillFilter
     from vitalcast.queue.service import QueueUnavailable
 
     settings = Settings()
@@ -347,12 +348,60 @@ def backfill(
 
     try:
         done = asyncio.run(
-            backfill_command(settings, BackfillFilter(since_ms=since_ms, user_name=user), show)
+            _backfill(settings, BackfillFilter(since_ms=since_ms, user_name=user), show)
         )
     except QueueUnavailable as exc:
         typer.echo(f"backfill: Redis is unreachable ({exc})", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"{done.scheduled} computes scheduled for {done.checked} sessions")
+
+
+async def _backfill(
+    settings: Settings,
+    selection: BackfillFilter,
+    on_progress: Callable[[BackfillProgress], None],
+) -> BackfillProgress:
+    """``vitalcast backfill``: through the queue when Redis is configured (workers compute),
+    else through an in-process coordinator, waiting until every compute has run."""
+    from vitalcast.observability import Metrics
+    from vitalcast.queue.backfill import coordinator_submit, run_backfill
+    from vitalcast.queue.service import SessionTelemetryQueueService
+    from vitalcast.telemetry.models import ScheduleReason, TelemetryKey
+    from vitalcast.wiring import build_local_computes
+
+    local = build_local_computes(settings)
+    try:
+        if settings.redis_url:
+            queue = SessionTelemetryQueueService(settings, fallback=None, metrics=Metrics())
+            try:
+
+                async def enqueue(key: TelemetryKey, watermark: int) -> bool:
+                    return await queue.enqueue(
+                        key, watermark=watermark, reason=ScheduleReason.BACKFILL
+                    )
+
+                return await run_backfill(
+                    local.db,
+                    enqueue,
+                    window_minutes=settings.default_window_minutes,
+                    now_ms=local.clock.now_ms,
+                    selection=selection,
+                    on_progress=on_progress,
+                )
+            finally:
+                await queue.close()
+        progress = await run_backfill(
+            local.db,
+            coordinator_submit(local.coordinator),
+            window_minutes=settings.default_window_minutes,
+            now_ms=local.clock.now_ms,
+            selection=selection,
+            on_progress=on_progress,
+        )
+        await local.coordinator.wait_idle()
+        return progress
+    finally:
+        await local.close()
 
 
 def main() -> None:

@@ -154,7 +154,7 @@ async def test_buckets_csv_follows_the_telemetry_states(scenario, app):
     assert first.status_code == 202
     assert first.json() == {"state": "computing", "retry_after_seconds": 1, "telemetry": None}
     assert first.headers["Retry-After"] == "1"
-    await app.state.container.extras["coordinator"].wait_idle()
+    await app.state.parts.coordinator.wait_idle()
     telemetry = await scenario.client.get(
         scenario.url("telemetry"),
         params={"window_minutes": 30, "metrics": "all"},

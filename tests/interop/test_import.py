@@ -28,57 +28,56 @@ from tests.interop.health_exports import (
     write_zip,
 )
 from tests.processes import run_cli, run_cli_measured, vitalcast_env
-from vitalcast.app import build_container
 from vitalcast.clock import epoch_ms
-from vitalcast.container import Container
 from vitalcast.db.tables import health_samples, sessions, users
 from vitalcast.interop.importer import ImportFailed, ImportSummary, import_export
 from vitalcast.sessions import repository as session_repository
 from vitalcast.settings import Settings
+from vitalcast.wiring import ImporterParts, build_importer
 
 
 @pytest.fixture
-async def container(settings: Settings) -> Any:
-    """The services built exactly as the server builds them."""
-    built = build_container(settings)
+async def parts(settings: Settings) -> Any:
+    """The ingest and session services as ``vitalcast import`` builds them."""
+    built = build_importer(settings)
     yield built
-    await built.db.dispose()
+    await built.close()
 
 
-async def user_id_of(container: Container, name: str = "alice") -> str:
-    async with container.db.write() as conn:
+async def user_id_of(parts: ImporterParts, name: str = "alice") -> str:
+    async with parts.db.write() as conn:
         return await session_repository.get_or_create_user(conn, name, now_ms=0)
 
 
-async def stored(container: Container) -> list[Any]:
-    async with container.db.read() as conn:
+async def stored(parts: ImporterParts) -> list[Any]:
+    async with parts.db.read() as conn:
         query = sa.select(health_samples).order_by(
             health_samples.c.start_ms, health_samples.c.metric, health_samples.c.device
         )
         return list(await conn.execute(query))
 
 
-async def watermarks(container: Container) -> tuple[int, list[int]]:
-    async with container.db.read() as conn:
+async def watermarks(parts: ImporterParts) -> tuple[int, list[int]]:
+    async with parts.db.read() as conn:
         seq = await conn.scalar(sa.select(users.c.change_seq))
         marks = await conn.scalars(sa.select(sessions.c.source_watermark).order_by(sessions.c.id))
         return int(seq or 0), list(marks)
 
 
 async def run_import(
-    container: Container, user_id: str, path: Path, **kwargs: Any
+    parts: ImporterParts, user_id: str, path: Path, **kwargs: Any
 ) -> ImportSummary:
-    return await import_export(container.ingest, user_id, path, **kwargs)
+    return await import_export(parts.ingest, user_id, path, **kwargs)
 
 
-async def test_every_catalog_type_lands_with_its_canonical_value(container, tmp_path):
+async def test_every_catalog_type_lands_with_its_canonical_value(parts, tmp_path):
     """SpO₂ 0.97 → 97 %, degF → degC, kJ → kcal, local times with offsets → UTC instants, the
     same instant from watch and phone kept apart, device labels kept."""
     records, expected = catalog_fixture()
-    user_id = await user_id_of(container)
-    summary = await run_import(container, user_id, write_export(tmp_path / "export.xml", records))
+    user_id = await user_id_of(parts)
+    summary = await run_import(parts, user_id, write_export(tmp_path / "export.xml", records))
     assert (summary.records, summary.inserted, summary.unchanged) == (len(records), len(records), 0)
-    rows = await stored(container)
+    rows = await stored(parts)
     got = sorted(
         (r.start_ms, r.metric, r.device, r.value, r.unit, r.end_ms, r.source) for r in rows
     )
@@ -93,9 +92,9 @@ async def test_every_catalog_type_lands_with_its_canonical_value(container, tmp_
     assert {r.value for r in rows if r.metric == "blood_oxygen"} == {97.0}
 
 
-async def test_summary_counts_rejections_by_code_and_skips_by_type(container, tmp_path):
-    user_id = await user_id_of(container)
-    summary = await run_import(container, user_id, full_export(tmp_path / "export.xml"))
+async def test_summary_counts_rejections_by_code_and_skips_by_type(parts, tmp_path):
+    user_id = await user_id_of(parts)
+    summary = await run_import(parts, user_id, full_export(tmp_path / "export.xml"))
     records, _ = catalog_fixture()
     assert summary.inserted == len(records)
     assert summary.rejected == {
@@ -109,41 +108,41 @@ async def test_summary_counts_rejections_by_code_and_skips_by_type(container, tm
     }
     # catalog + unknown + rejected + the systolic record at top level (not its correlation copy)
     assert summary.records == len(records) + len(UNKNOWN_TYPES) + len(REJECTED) + 1
-    assert len(await stored(container)) == len(records)
+    assert len(await stored(parts)) == len(records)
 
 
-async def test_a_second_import_changes_nothing_and_moves_no_watermark(container, tmp_path):
+async def test_a_second_import_changes_nothing_and_moves_no_watermark(parts, tmp_path):
     """Re-importing the same file: everything unchanged, the user's change_seq and every
     session's watermark stay where the first import left them."""
-    user_id = await user_id_of(container)
-    session, _ = await container.sessions.create(
+    user_id = await user_id_of(parts)
+    session, _ = await parts.sessions.create(
         user_id, client_session_id="morning", start_ms=epoch_ms(at(-10)), notes=None
     )
-    await container.sessions.end(user_id, session.id, end_ms=epoch_ms(at(20)))
+    await parts.sessions.end(user_id, session.id, end_ms=epoch_ms(at(20)))
     path = full_export(tmp_path / "export.xml")
-    first = await run_import(container, user_id, path, batch_size=4)
-    before = await watermarks(container)
+    first = await run_import(parts, user_id, path, batch_size=4)
+    before = await watermarks(parts)
     assert before[1][0] > 0
-    second = await run_import(container, user_id, path, batch_size=4)
+    second = await run_import(parts, user_id, path, batch_size=4)
     assert (second.inserted, second.updated) == (0, 0)
     assert second.unchanged == first.inserted
     assert second.rejected == first.rejected
-    assert await watermarks(container) == before
+    assert await watermarks(parts) == before
 
 
-async def test_a_corrected_value_in_a_later_export_updates_the_sample(container, tmp_path):
-    user_id = await user_id_of(container)
+async def test_a_corrected_value_in_a_later_export_updates_the_sample(parts, tmp_path):
+    user_id = await user_id_of(parts)
     await run_import(
-        container, user_id, write_export(tmp_path / "a.xml", [Rec(HR, "count/min", "70", at(0))])
+        parts, user_id, write_export(tmp_path / "a.xml", [Rec(HR, "count/min", "70", at(0))])
     )
     summary = await run_import(
-        container, user_id, write_export(tmp_path / "b.xml", [Rec(HR, "count/min", "71", at(0))])
+        parts, user_id, write_export(tmp_path / "b.xml", [Rec(HR, "count/min", "71", at(0))])
     )
     assert (summary.inserted, summary.updated) == (0, 1)
-    assert [r.value for r in await stored(container)] == [71.0]
+    assert [r.value for r in await stored(parts)] == [71.0]
 
 
-async def test_a_cut_file_stores_only_whole_batches(container, tmp_path):
+async def test_a_cut_file_stores_only_whole_batches(parts, tmp_path):
     """A file cut inside the 8th record: the three complete batches of 2 are stored, the 7th
     record's batch (incomplete when the file ended) is not, and the error says where."""
     records = [Rec(HR, "count/min", str(60 + i), at(i), children="metadata") for i in range(10)]
@@ -151,37 +150,37 @@ async def test_a_cut_file_stores_only_whole_batches(container, tmp_path):
     cut = text.index("<MetadataEntry", text.index('value="67"'))
     path = tmp_path / "export.xml"
     path.write_text(text[:cut], encoding="utf-8")
-    user_id = await user_id_of(container)
+    user_id = await user_id_of(parts)
     with pytest.raises(ImportFailed, match="broken or incomplete") as failed:
-        await run_import(container, user_id, path, batch_size=2)
+        await run_import(parts, user_id, path, batch_size=2)
     assert failed.value.summary.batches == 3
-    rows = await stored(container)
+    rows = await stored(parts)
     assert [r.value for r in rows] == [60.0, 61.0, 62.0, 63.0, 64.0, 65.0]
 
 
-async def test_a_batch_the_ingest_service_refuses_whole_stops_the_import(container, tmp_path):
+async def test_a_batch_the_ingest_service_refuses_whole_stops_the_import(parts, tmp_path):
     """A unit longer than the API accepts makes its batch a whole-request 422: the batches
     before it stay stored, that batch and the rest are not, and the error names it."""
     records = [Rec(HR, "count/min", str(60 + i), at(i)) for i in range(6)]
     records[4] = Rec(HR, "count/min" + "!" * 40, "64", at(4))
-    user_id = await user_id_of(container)
+    user_id = await user_id_of(parts)
     path = write_export(tmp_path / "export.xml", records)
     with pytest.raises(ImportFailed, match=r"batch 3 was refused \(VALIDATION_ERROR: "):
-        await run_import(container, user_id, path, batch_size=2)
-    assert [r.value for r in await stored(container)] == [60.0, 61.0, 62.0, 63.0]
+        await run_import(parts, user_id, path, batch_size=2)
+    assert [r.value for r in await stored(parts)] == [60.0, 61.0, 62.0, 63.0]
 
 
-async def test_workouts_become_completed_sessions_once(container, tmp_path):
+async def test_workouts_become_completed_sessions_once(parts, tmp_path):
     """With sessions on, each Workout is a completed session over its span; importing again
     finds it by its client_session_id instead of creating another."""
-    user_id = await user_id_of(container)
+    user_id = await user_id_of(parts)
     path = write_export(
         tmp_path / "export.xml", [Rec(HR, "count/min", "70", at(0))], [workout(at(-30), 45)]
     )
-    first = await run_import(container, user_id, path, sessions=container.sessions)
-    second = await run_import(container, user_id, path, sessions=container.sessions)
+    first = await run_import(parts, user_id, path, sessions=parts.sessions)
+    second = await run_import(parts, user_id, path, sessions=parts.sessions)
     assert (first.sessions_created, second.sessions_created, second.sessions_existing) == (1, 0, 1)
-    listed, _ = await container.sessions.list(user_id, status=None, limit=10, cursor=None)
+    listed, _ = await parts.sessions.list(user_id, status=None, limit=10, cursor=None)
     assert [(s.status.value, s.start_ms, s.end_ms) for s in listed] == [
         ("completed", epoch_ms(at(-30)), epoch_ms(at(15)))
     ]

@@ -123,11 +123,18 @@ class WorkerProcess(Child):
 
 
 @contextlib.contextmanager
-def worker_subprocess(env: dict[str, str], log_path: Path, *args: str) -> Iterator[WorkerProcess]:
-    """``vitalcast worker`` consuming the env's queue, started (``worker_started`` logged)."""
+def worker_subprocess(
+    env: dict[str, str], log_path: Path, *args: str, hold_ms: int | None = None
+) -> Iterator[WorkerProcess]:
+    """``vitalcast worker`` consuming the env's queue, started (``worker_started`` logged); with
+    ``hold_ms`` every compute first holds its lease that long (``tests.held_worker``)."""
     port = free_port()
-    worker_args = ["worker", "--metrics-port", str(port), *args]
-    with spawn(worker_args, env, log_path, stop_timeout_s=STOP_TIMEOUT_S) as child:
+    options = ["--metrics-port", str(port), *args]
+    if hold_ms is None:
+        command, module = ["worker", *options], "vitalcast"
+    else:
+        command, module = [str(hold_ms), *options], "tests.held_worker"
+    with spawn(command, env, log_path, stop_timeout_s=STOP_TIMEOUT_S, module=module) as child:
         worker = WorkerProcess(child.process, log_path, f"http://127.0.0.1:{port}")
         deadline = time.monotonic() + START_TIMEOUT_S
         while "worker_started" not in worker.log():

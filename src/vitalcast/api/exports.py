@@ -13,13 +13,13 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import StreamingResponse
 
-from vitalcast.api.deps import ContainerDep, CurrentUser, SessionId
+from vitalcast.api.deps import CurrentUser, Parts, SessionId
 from vitalcast.api.errors import problem_responses
+from vitalcast.api.ratelimits import TelemetryRateLimit
 from vitalcast.errors import DependencyUnavailable
 from vitalcast.interop import fhir_export
 from vitalcast.interop.csv_export import buckets_csv, samples_csv
 from vitalcast.interop.raw_samples import stream_samples, window_of
-from vitalcast.ratelimit import TelemetryRateLimit
 from vitalcast.telemetry.answer import ERROR_MESSAGES
 from vitalcast.telemetry.models import MAX_WINDOW_MINUTES, MIN_WINDOW_MINUTES, CacheState
 
@@ -55,7 +55,7 @@ def _attachment(session_id: str, name: str) -> dict[str, str]:
 async def export_csv(
     session_id: SessionId,
     user: CurrentUser,
-    container: ContainerDep,
+    parts: Parts,
     kind: Annotated[
         Literal["samples", "buckets"], Query(description="Raw samples or the payload's buckets.")
     ] = "samples",
@@ -65,24 +65,22 @@ async def export_csv(
     ] = "auto",
 ) -> Response:
     """The session's window as CSV, with ISO times and units."""
-    minutes = (
-        container.settings.default_window_minutes if window_minutes is None else window_minutes
-    )
+    minutes = parts.settings.default_window_minutes if window_minutes is None else window_minutes
     if kind == "buckets":
-        return await _buckets_csv(session_id, user.user_id, container, minutes, resolution)
-    session = await container.sessions.get(user.user_id, session_id)
-    window = window_of(session, minutes, container.clock.now_ms())
+        return await _buckets_csv(session_id, user.user_id, parts, minutes, resolution)
+    session = await parts.sessions.get(user.user_id, session_id)
+    window = window_of(session, minutes, parts.clock.now_ms())
     return StreamingResponse(
-        samples_csv(stream_samples(container.db, user.user_id, window)),
+        samples_csv(stream_samples(parts.db, user.user_id, window)),
         media_type=CSV,
         headers=_attachment(session_id, "samples.csv"),
     )
 
 
 async def _buckets_csv(
-    session_id: str, user_id: str, container: ContainerDep, minutes: int, resolution: str
+    session_id: str, user_id: str, parts: Parts, minutes: int, resolution: str
 ) -> Response:
-    answer = await container.telemetry.get(
+    answer = await parts.telemetry.get(
         user_id, session_id, window_minutes=minutes, resolution=resolution, metrics=["all"]
     )
     headers = {"Cache-Control": _NO_STORE}
@@ -120,19 +118,17 @@ async def _buckets_csv(
 async def export_fhir(
     session_id: SessionId,
     user: CurrentUser,
-    container: ContainerDep,
+    parts: Parts,
     window_minutes: WindowMinutes = None,
 ) -> Response:
     """The session's samples as a FHIR R4 Bundle, streamed."""
-    minutes = (
-        container.settings.default_window_minutes if window_minutes is None else window_minutes
-    )
-    session = await container.sessions.get(user.user_id, session_id)
-    now = container.clock.now_ms()
+    minutes = parts.settings.default_window_minutes if window_minutes is None else window_minutes
+    session = await parts.sessions.get(user.user_id, session_id)
+    now = parts.clock.now_ms()
     window = window_of(session, minutes, now)
     return StreamingResponse(
         fhir_export.bundle_json(
-            session, stream_samples(container.db, user.user_id, window), now_ms=now
+            session, stream_samples(parts.db, user.user_id, window), now_ms=now
         ),
         media_type=fhir_export.MEDIA_TYPE,
         headers=_attachment(session_id, "fhir.json"),

@@ -9,9 +9,8 @@ from dataclasses import dataclass
 
 from vitalcast import catalog
 from vitalcast.errors import InvalidInput
-from vitalcast.telemetry.models import CacheState, ScheduleReason, TelemetryKey
+from vitalcast.telemetry.models import CacheState, HotRow, ScheduleReason, TelemetryKey
 from vitalcast.telemetry.payload import PackedPayload, answer_json
-from vitalcast.telemetry.reader import HotRow
 
 #: seconds a client should wait before asking again
 RETRY_COMPUTING_S = 1

@@ -22,8 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vitalcast.db.tables import sessions, telemetry_cache
-from vitalcast.telemetry.compute import ComputedTelemetry
-from vitalcast.telemetry.models import CacheState, Resolution, TelemetryKey
+from vitalcast.telemetry.models import CacheState, ComputedTelemetry, Resolution, TelemetryKey
 
 #: first retry delay after a failed compute; doubles per attempt up to BACKOFF_MAX_MS
 BACKOFF_BASE_MS = 1_000
@@ -34,7 +33,7 @@ c = telemetry_cache.c
 
 def backoff_ms(attempts: int) -> int:
     """Delay before the next attempt after ``attempts`` consecutive failures (exponential)."""
-    return min(BACKOFF_BASE_MS * 2 ** max(attempts - 1, 0), BACKOFF_MAX_MS)
+    return min(BACKOFF_BASE_MS << max(attempts - 1, 0), BACKOFF_MAX_MS)
 
 
 class LeaseRefusal(enum.StrEnum):
@@ -307,4 +306,4 @@ class SessionTelemetryCacheRepository:
         ).first()
         if row is None:
             return None
-        return CacheRow(CacheState(row[0]), *row[1:])
+        return CacheRow(**{**row._asdict(), "status": CacheState(row.status)})

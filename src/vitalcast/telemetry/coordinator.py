@@ -33,7 +33,7 @@ REQUEST_REASONS = frozenset({ScheduleReason.CACHE_MISS, ScheduleReason.STALE_REA
 
 
 class ComputeRunner(Protocol):
-    """What the coordinator runs: ``SessionTelemetryService.compute``."""
+    """What the coordinator runs: ``TelemetryComputer.compute``."""
 
     async def __call__(self, key: TelemetryKey, *, reason: ScheduleReason) -> ComputeOutcome: ...
 
