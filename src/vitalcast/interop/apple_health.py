@@ -256,10 +256,12 @@ class _Handler(ContentHandler):
 @contextlib.contextmanager
 def open_export(path: Path) -> Iterator[tuple[IO[bytes], int]]:
     """The export's XML as a binary stream and its size in bytes: ``path`` itself, or the
-    ``export.xml`` inside an ``export.zip`` (decompressed as it is read)."""
-    try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as archive:
+    ``export.xml`` inside an ``export.zip`` (decompressed as it is read). Only opening is
+    guarded here; errors of the caller's block pass through unchanged."""
+    with contextlib.ExitStack() as stack:
+        try:
+            if zipfile.is_zipfile(path):
+                archive = stack.enter_context(zipfile.ZipFile(path))
                 members = [
                     info
                     for info in archive.infolist()
@@ -267,13 +269,14 @@ def open_export(path: Path) -> Iterator[tuple[IO[bytes], int]]:
                 ]
                 if not members:
                     raise ExportError(f"{path.name} holds no export.xml")
-                with archive.open(members[0]) as stream:
-                    yield stream, members[0].file_size
-            return
-        with path.open("rb") as stream:
-            yield stream, path.stat().st_size
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise ExportError(f"cannot read {path.name}: {exc}") from None
+                stream: IO[bytes] = stack.enter_context(archive.open(members[0]))
+                size = members[0].file_size
+            else:
+                stream = stack.enter_context(path.open("rb"))
+                size = path.stat().st_size
+        except (OSError, zipfile.BadZipFile) as exc:
+            raise ExportError(f"cannot read {path.name}: {exc}") from None
+        yield stream, size
 
 
 def read_batches(
