@@ -173,8 +173,27 @@ def _soak(r: dict[str, Any]) -> Iterator[Row]:
     )
 
 
+def _import(r: dict[str, Any]) -> Iterator[Row]:
+    for backend in ("postgres", "sqlite"):
+        b = r.get(backend)
+        if not b:
+            continue
+        imported, ingest = b["import"], b["ingest_service"]
+        yield (
+            f"Apple Health import, {backend}, {r['records']:,}-record export.xml "
+            f"({r['export_mb']:,.0f} MB)",
+            f"{imported['samples_per_s']:,} samples/s · peak RSS {imported['peak_rss_mb']:.0f} MB",
+            f"ingest service on the same samples: {ingest['within_the_import_samples_per_s']:,}"
+            f" samples/s in the import, {ingest['alone_before_samples_per_s']:,} alone",
+            f"{b['ratio_import_to_ingest']:.0%} of ingest (target ≥ 50%), "
+            f"{b['ratio_import_to_ingest_alone']:.0%} of alone; RSS target < "
+            f"{r['targets']['peak_rss_mb']} MB",
+        )
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], Iterator[Row]]] = {
     "ingest": _ingest,
+    "import": _import,
     "telemetry": _telemetry,
     "queue": _queue,
     "realtime": _realtime,

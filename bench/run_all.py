@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHMARKS = ("ingest", "telemetry", "queue", "realtime")
+BENCHMARKS = ("ingest", "import", "telemetry", "queue", "realtime")
 
 if __name__ == "__main__":
     for name in BENCHMARKS:

@@ -200,6 +200,37 @@ def run_cli(
     )
 
 
+def run_cli_measured(
+    args: list[str], env: dict[str, str], output_dir: Path, timeout_s: float = 120
+) -> tuple[subprocess.CompletedProcess[str], float]:
+    """``run_cli`` plus the child's peak resident memory in MiB (its own ``ru_maxrss``, read
+    when it is reaped); stdout and stderr go through files in ``output_dir``."""
+    out_path, err_path = output_dir / "cli.stdout", output_dir / "cli.stderr"
+    with out_path.open("wb") as out, err_path.open("wb") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "vitalcast", *args], env=env, stdout=out, stderr=err
+        )
+    reaper = reap_when_gone("kill", "-9", str(process.pid))
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                process.kill()
+                raise subprocess.TimeoutExpired(args, timeout_s)
+            time.sleep(0.05)
+    finally:
+        reaper.kill()
+        reaper.wait(5)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    done = subprocess.CompletedProcess(
+        args, process.returncode, out_path.read_text(), err_path.read_text()
+    )
+    return done, usage.ru_maxrss / 1024
+
+
 def redis_answers(url: str) -> bool:
     """The Redis at ``url`` answers PING (synchronous, for set-up outside an event loop)."""
     client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)

@@ -1,15 +1,20 @@
-"""The ``vitalcast`` command: serve, worker, db upgrade, token create, simulate, backfill."""
+"""The ``vitalcast`` command: serve, worker, db upgrade, token create, simulate, backfill,
+import apple-health."""
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 import uvicorn
+from sqlalchemy.exc import DBAPIError
 
 from vitalcast.auth import issue_token
 from vitalcast.clock import epoch_ms, now_ms
@@ -20,13 +25,16 @@ from vitalcast.sessions import repository as session_repository
 from vitalcast.settings import Settings
 
 if TYPE_CHECKING:
+    from vitalcast.interop.importer import ImportSummary
     from vitalcast.queue.backfill import BackfillFilter, BackfillProgress
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 token_app = typer.Typer(no_args_is_help=True, help="Bearer tokens.")
+import_app = typer.Typer(no_args_is_help=True, help="Load data exported by other systems.")
 app.add_typer(db_app, name="db")
 app.add_typer(token_app, name="token")
+app.add_typer(import_app, name="import")
 
 
 @db_app.command("upgrade")
@@ -57,10 +65,118 @@ def token_create(
 async def _ensure_user(settings: Settings, name: str) -> str:
     db = Database(create_engine(settings.resolved_database_url))
     try:
-        async with db.write() as conn:
-            return await session_repository.get_or_create_user(conn, name, now_ms=now_ms())
+        return await _user_id(db, name)
     finally:
         await db.dispose()
+
+
+async def _user_id(db: Database, name: str) -> str:
+    """The id of the user ``name``, created on first use."""
+    async with db.write() as conn:
+        return await session_repository.get_or_create_user(conn, name, now_ms=now_ms())
+
+
+@import_app.command("apple-health")
+def import_apple_health(
+    path: Annotated[Path, typer.Argument(help="export.zip, or the export.xml inside it.")],
+    user: str = typer.Option(..., help="Name of the user to import for (created if needed)."),
+    since: str | None = typer.Option(
+        None, help="Only records starting at or after this ISO date/time (naive = UTC)."
+    ),
+    workouts_as_sessions: bool = typer.Option(
+        False, help="Also make each Workout a completed session (found again on re-import)."
+    ),
+) -> None:
+    """Import an Apple Health export through the ingest service: the catalog's HealthKit types,
+    in batches, with the HTTP API's validation, identity and watermarks. Importing the same
+    file twice changes nothing. A broken file stops the import (exit 1) after the complete
+    batches before the fault."""
+    from vitalcast.interop.apple_health import since_ms_of
+    from vitalcast.interop.importer import ImportFailed
+
+    since_ms = None
+    if since is not None:
+        try:
+            since_ms = since_ms_of(since)
+        except ValueError:
+            raise typer.BadParameter(f"--since is not an ISO date or date-time: {since}") from None
+    settings = Settings()
+    configure_logging("warning")
+    upgrade(settings.resolved_database_url)
+    try:
+        summary = asyncio.run(_import(settings, path, user, since_ms, workouts_as_sessions))
+    except (DBAPIError, OSError) as exc:
+        # The type only: a driver error's text may quote statement parameters (health values).
+        typer.echo(f"import failed: the database is unavailable ({type(exc).__name__})", err=True)
+        raise typer.Exit(1) from None
+    except ImportFailed as exc:
+        stored = exc.summary
+        typer.echo(
+            f"import failed: {exc} ({stored.batches} complete batches with "
+            f"{stored.imported:,} new or updated samples were stored before it)",
+            err=True,
+        )
+        raise typer.Exit(1) from None
+    for line in summary.lines():
+        typer.echo(line)
+
+
+async def _import(
+    settings: Settings, path: Path, user: str, since_ms: int | None, workouts: bool
+) -> ImportSummary:
+    from vitalcast.interop.importer import import_export
+    from vitalcast.wiring import build_importer
+
+    parts = build_importer(settings)
+    try:
+        user_id = await _user_id(parts.db, user)
+        with _import_progress(path.name) as progress:
+            return await import_export(
+                parts.ingest,
+                user_id,
+                path,
+                since_ms=since_ms,
+                sessions=parts.sessions if workouts else None,
+                on_progress=progress,
+            )
+    finally:
+        await parts.close()
+
+
+@contextmanager
+def _import_progress(name: str) -> Iterator[Callable[[ImportSummary], None]]:
+    """A progress bar over the export's bytes on a terminal (stderr); nothing otherwise."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TextColumn("{task.fields[records]} records"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not sys.stderr.isatty(),
+        transient=True,
+    ) as bar:
+        task = bar.add_task(name, total=None, records="0")
+
+        def show(summary: ImportSummary) -> None:
+            bar.update(
+                task,
+                completed=summary.bytes_read,
+                total=summary.bytes_total or None,
+                records=f"{summary.records:,}",
+            )
+
+        yield show
 
 
 @app.command()

@@ -12,6 +12,8 @@ Server (``build_server``)::
 
 Worker (``build_worker``): a computer that emits through a write-only Socket.IO manager.
 Command-line jobs (``build_local_computes``): a computer and a coordinator, no push.
+Imports (``build_importer``): ingest and session services whose changes reach the workers and
+the servers' subscribers when scaled out, and nobody when embedded.
 
 Tests stand in for the clock, the aggregate or the listener of saves through ``Seams``.
 """
@@ -31,7 +33,7 @@ from vitalcast.observability import Metrics
 from vitalcast.queue.service import SessionTelemetryQueueService
 from vitalcast.ratelimit import RateLimiter
 from vitalcast.realtime.broadcaster import WebSocketBroadcaster, socketio_server
-from vitalcast.sessions.changes import ChangeFanout
+from vitalcast.sessions.changes import NO_LISTENER, ChangeFanout, ChangeListener
 from vitalcast.sessions.service import SessionService
 from vitalcast.settings import Settings
 from vitalcast.telemetry.compute import Aggregator, compute_telemetry
@@ -142,6 +144,26 @@ class LocalComputes:
         await self.db.dispose()
 
 
+@dataclass(frozen=True, slots=True)
+class ImporterParts:
+    """What ``vitalcast import`` runs, built by ``build_importer``."""
+
+    db: Database
+    clock: Clock
+    ingest: IngestService
+    sessions: SessionService
+    #: scaled out only: where the import's recomputes and ``session.status`` pushes go
+    queue: SessionTelemetryQueueService | None
+    broadcaster: WebSocketBroadcaster | None
+
+    async def close(self) -> None:
+        if self.queue is not None:
+            await self.queue.close()
+        if self.broadcaster is not None:
+            await self.broadcaster.close()
+        await self.db.dispose()
+
+
 class _Silent:
     """The listener of saves in a process with nobody subscribed."""
 
@@ -244,6 +266,34 @@ def build_worker(settings: Settings, seams: Seams = NO_SEAMS) -> WorkerParts:
     lease_ms = min(settings.lease_ms, WORKER_LEASE_MS)
     computer = _computer(settings, db, clock, metrics, broadcaster, seams, lease_ms=lease_ms)
     return WorkerParts(settings, db, clock, metrics, broadcaster, computer)
+
+
+def build_importer(settings: Settings, seams: Seams = NO_SEAMS) -> ImporterParts:
+    """The ingest and session services of a command-line import. Scaled out, their changes have
+    the effects an HTTP ingest's have: recomputes go to the workers through the queue and
+    ``session.status`` to the servers' subscribers through Redis. Embedded, no other part runs
+    in this process: the server finds the touched sessions stale by their watermarks on the
+    next read and recomputes them then."""
+    clock = seams.clock or SystemClock()
+    db = _database(settings)
+    metrics = Metrics()
+    queue = broadcaster = None
+    changes: ChangeListener = NO_LISTENER
+    if settings.redis_url:
+        queue = SessionTelemetryQueueService(settings, fallback=None, metrics=metrics)
+        broadcaster = WebSocketBroadcaster.for_worker(settings, metrics=metrics)
+        triggers = TelemetryTriggers(
+            db, clock, queue, default_window_minutes=settings.default_window_minutes
+        )
+        changes = ChangeFanout(triggers, broadcaster)
+    return ImporterParts(
+        db,
+        clock,
+        IngestService(db, clock, metrics, changes),
+        SessionService(db, clock, changes),
+        queue,
+        broadcaster,
+    )
 
 
 def build_local_computes(settings: Settings, seams: Seams = NO_SEAMS) -> LocalComputes:

@@ -3,9 +3,12 @@ redraw on ingest, reconnect after a server restart, phone-sized layout, token ha
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
+from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.dashboard.conftest import (
@@ -247,3 +250,39 @@ async def test_without_a_valid_token_the_page_asks_for_one(served, browser):
     )
     assert await page.evaluate("() => sessionStorage.getItem('vitalcast.token')") is None
     assert tab.errors == []
+
+
+async def test_csv_button_downloads_the_windows_samples(served, browser):
+    """The CSV button fetches the export with the bearer header (the page's CSP stays strict)
+    and hands it to the browser as a download: the same bytes as the API's CSV of the window
+    shown, one row per sample, and the token never in a URL."""
+    token = served.token("dash-csv")
+    today = int(time.time() * 1000) // DAY_MS * DAY_MS
+    plan = past_plan("csv", today - DAY_MS + 9 * HOUR_MS, minutes=20, dropout_at_min=None)
+    session_id = await replay(served.url, token, plan)
+    await wait_ready(served.url, token, session_id)
+
+    tab = await open_tab(browser)
+    page = tab.page
+    await page.goto(f"{served.url}/#token={token}&session={session_id}")
+    await page.wait_for_function("() => window.vitalcast.charts.size > 0")
+    await page.select_option("#window", "30")
+    async with page.expect_download() as download_info:
+        await page.locator("#export-csv").click()
+    download = await download_info.value
+    assert download.suggested_filename == f"vitalcast-session-{session_id}-samples.csv"
+    downloaded = await asyncio.to_thread(Path(await download.path()).read_bytes)
+    await page.wait_for_function("() => window.vitalcast.state.exports === 1")
+
+    async with httpx.AsyncClient(base_url=served.url, timeout=30.0) as http:
+        direct = await http.get(
+            f"/api/v1/sessions/{session_id}/export.csv",
+            params={"window_minutes": 30},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    assert downloaded == direct.content
+    lines = downloaded.decode().splitlines()
+    assert lines[0].startswith("start,end,start_ms,end_ms,metric,value,unit")
+    assert len(lines) > 100
+    assert tab.errors == [] and tab.console_errors == []
+    assert not [url for url in tab.urls if token in url]

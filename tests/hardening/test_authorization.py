@@ -55,6 +55,14 @@ HTTP_MATRIX: dict[str, dict[str, tuple[int, str | None]]] = {
         OWNER: (200, None),
         OTHER: (404, "SESSION_NOT_FOUND"),
     },
+    "GET /api/v1/sessions/{session_id}/export.csv": {
+        OWNER: (200, None),
+        OTHER: (404, "SESSION_NOT_FOUND"),
+    },
+    "GET /api/v1/sessions/{session_id}/fhir": {
+        OWNER: (200, None),
+        OTHER: (404, "SESSION_NOT_FOUND"),
+    },
 }
 # Socket.IO: the refused principals never get a socket, so their events cannot be sent at all.
 SOCKET_MATRIX: dict[str, dict[str, Any]] = {

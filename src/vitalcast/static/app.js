@@ -29,6 +29,7 @@ const state = {
   reconnectAttempt: 0,
   renders: 0,
   updatesReceived: 0,
+  exports: 0,
 };
 // Metric code → {u: uPlot, card, kind}. Exposed (with state) for devtools and the browser test.
 const charts = new Map();
@@ -319,6 +320,39 @@ function render(payload) {
   state.renders += 1;
 }
 
+// ---- export --------------------------------------------------------------------------
+
+// The page's CSP allows no navigation to the API with a token, so the CSV is fetched with the
+// bearer header and handed to the browser as a blob URL behind a download link.
+async function downloadCsv() {
+  const cur = state.current;
+  if (!cur) return;
+  const button = $('export-csv');
+  button.disabled = true;
+  try {
+    const query = new URLSearchParams({ kind: 'samples', window_minutes: String(state.windowMinutes) });
+    const response = await api(`/api/v1/sessions/${encodeURIComponent(cur.id)}/export.csv?${query}`, { Accept: 'text/csv' });
+    if (!response.ok) {
+      const body = await response.json().catch(() => null);
+      setNotice(response.status === 429
+        ? `Too many requests; export again in ${Math.round(retryAfterMs(response, body) / 1000)} s.`
+        : `The export failed (${(body && body.code) || `HTTP ${response.status}`}).`);
+      return;
+    }
+    const url = URL.createObjectURL(await response.blob());
+    const link = el('a', { href: url, download: `vitalcast-session-${cur.id}-samples.csv`, hidden: '' });
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60000);
+    state.exports += 1;
+  } catch (error) {
+    if (!(error instanceof AuthError)) setNotice('The export failed; try again.');
+  } finally {
+    button.disabled = false;
+  }
+}
+
 // ---- freshness and connection ----------------------------------------------------------
 
 function paintFreshness() {
@@ -494,6 +528,7 @@ $('window').addEventListener('change', (event) => {
   paintFreshness();
   loadTelemetry();
 });
+$('export-csv').addEventListener('click', () => downloadCsv());
 $('refresh').addEventListener('click', () => loadSessions().catch(quiet));
 $('more').addEventListener('click', () => loadSessions({ append: true }).catch(quiet));
 $('back').addEventListener('click', () => { location.hash = ''; });

@@ -1,0 +1,103 @@
+"""CSV renderings of a session: one row per raw sample, or one row per bucket of its payload.
+
+Times are ISO 8601 in UTC with milliseconds, next to the epoch milliseconds the API uses; values
+are in the catalog's canonical unit, written exactly (``repr`` of the float).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import AsyncIterable, AsyncIterator, Iterator, Sequence
+from typing import Any
+
+import orjson
+
+from vitalcast.catalog import BY_CODE, MetricKind
+from vitalcast.clock import iso_ms
+from vitalcast.interop.raw_samples import RawSample
+from vitalcast.telemetry.payload import PackedPayload
+
+SAMPLE_COLUMNS = (
+    "start",
+    "end",
+    "start_ms",
+    "end_ms",
+    "metric",
+    "value",
+    "unit",
+    "source",
+    "record_id",
+    "device",
+)
+BUCKET_COLUMNS = (
+    "bucket_start",
+    "bucket_start_ms",
+    "bucket_ms",
+    "metric",
+    "unit",
+    "kind",
+    "count",
+    "mean",
+    "min",
+    "max",
+    "sum",
+)
+
+
+def _rows_csv(rows: Iterator[Sequence[Any]] | Sequence[Sequence[Any]]) -> bytes:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\r\n").writerows(rows)
+    return buffer.getvalue().encode()
+
+
+async def samples_csv(partitions: AsyncIterable[Sequence[RawSample]]) -> AsyncIterator[bytes]:
+    """The header, then one encoded chunk per partition of samples."""
+    yield _rows_csv([SAMPLE_COLUMNS])
+    async for partition in partitions:
+        yield _rows_csv(
+            (
+                iso_ms(s.start_ms),
+                iso_ms(s.end_ms),
+                s.start_ms,
+                s.end_ms,
+                s.metric,
+                repr(s.value),
+                s.unit,
+                s.source,
+                s.record_id,
+                s.device or "",
+            )
+            for s in partition
+        )
+
+
+def buckets_csv(payload: PackedPayload) -> bytes:
+    """Every bucket of every metric in the payload, metrics in catalog order."""
+    head = orjson.loads(payload.head + b"}}")
+    bucket_ms = head["bucket_ms"]
+    rows: list[Sequence[Any]] = [BUCKET_COLUMNS]
+    for code in BY_CODE:
+        fragment = payload.fragments.get(code)
+        if fragment is None:
+            continue
+        series = orjson.loads(b"{" + fragment + b"}")[code]
+        metric = BY_CODE[code]
+        scalar = metric.kind is MetricKind.SCALAR
+        for i, t in enumerate(series["t"]):
+            rows.append(
+                (
+                    iso_ms(t),
+                    t,
+                    bucket_ms,
+                    code,
+                    metric.unit,
+                    metric.kind.value,
+                    series["count"][i],
+                    repr(float(series["mean"][i])) if scalar else "",
+                    repr(float(series["min"][i])) if scalar else "",
+                    repr(float(series["max"][i])) if scalar else "",
+                    "" if scalar else repr(float(series["sum"][i])),
+                )
+            )
+    return _rows_csv(rows)
