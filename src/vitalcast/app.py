@@ -23,6 +23,7 @@ from vitalcast.queue.service import SessionTelemetryQueueService
 from vitalcast.realtime.server import SOCKETIO_PATH, RealtimeServer
 from vitalcast.sessions.service import SessionService
 from vitalcast.settings import Settings
+from vitalcast.telemetry.live_ticks import LiveTicker
 from vitalcast.telemetry.service import build_telemetry
 
 log = get_logger("vitalcast.http")
@@ -84,7 +85,15 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     realtime = RealtimeServer(container)
     container.broadcaster = realtime.broadcaster
     telemetry, coordinator = build_telemetry(
-        settings, container.db, container.clock, container.metrics
+        settings, container.db, container.clock, container.metrics, subscriptions=realtime
+    )
+    ticker = LiveTicker(
+        container.db,
+        container.clock,
+        realtime,
+        telemetry.schedule,
+        container.metrics,
+        telemetry.cache,
     )
     container.telemetry = telemetry
     telemetry.listener = realtime.broadcaster
@@ -104,9 +113,11 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
             container.queue = queue
             telemetry.scheduler = queue
             container.extras["refresh_metrics"] = queue.refresh_metrics
+        await ticker.start()
         try:
             yield
         finally:
+            await ticker.stop()
             if queue is not None:
                 await queue.close()
             await coordinator.stop()

@@ -31,7 +31,6 @@ from vitalcast.telemetry.models import (
     Resolution,
     ScheduleReason,
     TelemetryKey,
-    TelemetryWindow,
     resolve_resolution,
 )
 from vitalcast.telemetry.service import build_telemetry
@@ -84,14 +83,16 @@ def coordinator_submit(coordinator: BoundedComputeCoordinator) -> Submit:
 def default_keys(session: Session, *, window_minutes: int, now_ms: int) -> list[TelemetryKey]:
     """The cache keys a session's default view needs (see module docstring)."""
     if session.live:
-        window = TelemetryWindow.of(
-            start_ms=session.start_ms,
-            end_ms=session.end_ms,
-            live=True,
-            window_minutes=window_minutes,
-            now_ms=now_ms,
-        )
-        resolutions = [resolve_resolution(None, window)]
+        resolutions = [
+            resolve_resolution(
+                None,
+                start_ms=session.start_ms,
+                end_ms=session.end_ms,
+                live=True,
+                window_minutes=window_minutes,
+                now_ms=now_ms,
+            )
+        ]
     else:
         resolutions = [Resolution.ONE_MINUTE, Resolution.FIVE_MINUTES]
     return [

@@ -27,6 +27,8 @@ import asyncio
 import math
 import time
 import uuid
+from collections import Counter
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -123,12 +125,24 @@ class RealtimeServer:
         self._limit = limits.parse(settings.rate_limit_socket_events)
         self._limiter = MovingWindowRateLimiter(MemoryStorage())
         self._clients: dict[str, _Client] = {}
+        #: session id → sockets of this node subscribed to it (only ids with at least one)
+        self._subscribers: Counter[str] = Counter()
         self._tasks: set[asyncio.Task[None]] = set()
         self.sio.on("connect", self._on_connect)
         self.sio.on("disconnect", self._on_disconnect)
         self.sio.on("subscribe", self._on_subscribe)
         self.sio.on("unsubscribe", self._on_unsubscribe)
         self.sio.on("*", self._on_unknown)
+
+    def subscribed_sessions(self) -> Collection[str]:
+        """Sessions with at least one subscribed socket on this node (``Subscriptions``)."""
+        return self._subscribers.keys()
+
+    def _unsubscribed(self, session_ids: Iterable[str]) -> None:
+        for session_id in session_ids:
+            self._subscribers[session_id] -= 1
+            if self._subscribers[session_id] <= 0:
+                del self._subscribers[session_id]
 
     def asgi_app(self) -> socketio.ASGIApp:
         """The Engine.IO endpoint, for mounting at ``SOCKETIO_PATH`` (it takes all traffic there)."""
@@ -176,6 +190,7 @@ class RealtimeServer:
             return
         if client.expiry is not None:
             client.expiry.cancel()
+        self._unsubscribed(client.sessions)
         await self._limiter.clear(self._limit, sid)
         self._container.metrics.socket_clients.set(len(self._clients))
         log.debug("realtime_disconnected", sid=sid, user_id=client.user_id)
@@ -241,7 +256,9 @@ class RealtimeServer:
         if session is None:
             return _error("SESSION_NOT_FOUND", "Session not found.")
         await self.sio.enter_room(sid, session_room(session_id))
-        client.sessions.add(session_id)
+        if session_id not in client.sessions:
+            client.sessions.add(session_id)
+            self._subscribers[session_id] += 1
         state, cached_watermark = await self._subscription_state(session)
         if (
             request.since_watermark is not None
@@ -269,7 +286,9 @@ class RealtimeServer:
             return _error("VALIDATION_ERROR", _validation_message(exc))
         session_id = str(request.session_id)
         await self.sio.leave_room(sid, session_room(session_id))
-        client.sessions.discard(session_id)
+        if session_id in client.sessions:
+            client.sessions.discard(session_id)
+            self._unsubscribed([session_id])
         return {"ok": True, "session_id": session_id}
 
     async def _on_unknown(self, event: str, sid: str, *_args: Any) -> dict[str, Any]:

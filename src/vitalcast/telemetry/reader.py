@@ -24,11 +24,13 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 
+from vitalcast.sessions.models import SessionStatus
 from vitalcast.telemetry.models import AUTO_1M_MAX_SPAN_MS, COMPUTE_VERSION
 
 _SQL = """
 SELECT s.status, s.start_ms, s.end_ms, s.source_watermark,
-       c.resolution, c.status, c.source_watermark, c.error_code, c.next_attempt_ms, {payload}
+       c.resolution, c.status, c.source_watermark, c.computed_at_ms, c.error_code,
+       c.next_attempt_ms, {payload}
 FROM sessions s
 LEFT JOIN telemetry_cache c
   ON c.session_id = s.id
@@ -56,10 +58,16 @@ class HotRow:
     resolution: str | None
     status: str | None
     source_watermark: int | None
+    #: when the cached payload was computed; a live payload's live edge is its bucket
+    computed_at_ms: int | None
     error_code: str | None
     next_attempt_ms: int | None
     #: None when there is none, or when it was not asked for
     payload: bytes | None
+
+    @property
+    def live(self) -> bool:
+        return self.session_status == SessionStatus.ACTIVE
 
 
 class CacheReader(Protocol):

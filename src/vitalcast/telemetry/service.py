@@ -57,13 +57,15 @@ from vitalcast.telemetry.models import (
     Resolution,
     Scheduler,
     ScheduleReason,
+    Subscriptions,
     TelemetryKey,
     TelemetryListener,
-    TelemetryWindow,
+    payload_current,
     resolve_resolution,
 )
 from vitalcast.telemetry.payload import unpack
 from vitalcast.telemetry.reader import CacheReader, HotRow, open_reader
+from vitalcast.telemetry.retries import RetryDelays
 
 log = get_logger(__name__)
 
@@ -109,7 +111,8 @@ class SessionTelemetryService:
         self.listener = listener
         self.scheduler = _NotWired()
         self.cache = SessionTelemetryCacheRepository()
-        self._aggregate = aggregator or compute_telemetry
+        #: the compute seam (tests put a failing one in front of the real aggregate)
+        self.aggregator: Aggregator = aggregator or compute_telemetry
         self._reader = reader or open_reader(db.engine.url.render_as_string(hide_password=False))
         self._responses = {
             state: metrics.telemetry_responses.labels(state.value) for state in CacheState
@@ -182,7 +185,8 @@ class SessionTelemetryService:
             fresh = decision.state in (CacheState.READY, CacheState.NO_DATA)
             etag = None
             if fresh:
-                etag = make_etag(key, row.source_watermark or 0, codes)
+                live_at = row.computed_at_ms if row.live else None
+                etag = make_etag(key, row.source_watermark or 0, codes, live_at_ms=live_at)
                 if etag_matches(if_none_match, etag):
                     return self._count(
                         TelemetryAnswer(decision.state, codes, etag=etag, not_modified=True)
@@ -226,14 +230,14 @@ class SessionTelemetryService:
         if row.resolution is not None:
             resolution = Resolution(row.resolution)
         else:
-            window = TelemetryWindow.of(
+            resolution = resolve_resolution(
+                requested,
                 start_ms=row.session_start_ms,
                 end_ms=row.session_end_ms,
-                live=row.session_status == "active",
+                live=row.live,
                 window_minutes=window_minutes,
                 now_ms=now_ms,
             )
-            resolution = resolve_resolution(requested, window)
         return TelemetryKey(session_id, window_minutes, resolution, COMPUTE_VERSION, user_id)
 
     async def subscription_state(self, session: Session) -> tuple[str, int | None]:
@@ -277,14 +281,14 @@ class SessionTelemetryService:
 
     def default_key(self, session: Session, resolution: Resolution | None = None) -> TelemetryKey:
         """The key of the default window (auto resolution unless given) of ``session`` now."""
-        window = TelemetryWindow.of(
+        chosen = resolution or resolve_resolution(
+            None,
             start_ms=session.start_ms,
             end_ms=session.end_ms,
             live=session.live,
             window_minutes=self.default_window_minutes,
             now_ms=self._clock.now_ms(),
         )
-        chosen = resolution or resolve_resolution(None, window)
         return TelemetryKey(
             session.id, self.default_window_minutes, chosen, COMPUTE_VERSION, session.user_id
         )
@@ -362,14 +366,12 @@ class SessionTelemetryService:
         try:
             async with self._db.read() as conn:
                 session = await load_session(conn, key)
-                fresh = (
-                    session is not None
-                    and lease.has_payload
-                    and lease.source_watermark == session.source_watermark
+                fresh = session is not None and self._lease_current(
+                    lease, session, key, read_started_ms
                 )
                 computed = None
                 if session is not None and not fresh:
-                    computed = await self._aggregate(conn, session, key, read_started_ms)
+                    computed = await self.aggregator(conn, session, key, read_started_ms)
             if computed is None:
                 async with self._cache_write() as conn:
                     await self.cache.release(
@@ -394,17 +396,32 @@ class SessionTelemetryService:
         if not result.saved:
             log.warning("telemetry_lease_lost", session_id=key.session_id, reason=reason.value)
             return ComputeOutcome.LEASE_LOST
-        self._metrics.computes.labels(computed.state.value).inc()
-        self._metrics.compute_seconds.observe(time.perf_counter() - started)
+        self._metrics.computes.labels(computed.state.value, reason.value).inc()
+        self._metrics.compute_seconds.labels(reason.value).observe(time.perf_counter() - started)
         if result.lag_ms is not None:
             self._metrics.freshness_lag_seconds.observe(max(result.lag_ms, 0) / 1000)
         await self._notify(key, computed)
         return ComputeOutcome.COMPUTED
 
+    @staticmethod
+    def _lease_current(lease: Lease, session: Session, key: TelemetryKey, now_ms: int) -> bool:
+        """The payload under our lease already answers for ``session`` now (same watermark and,
+        while live, the same live edge): a second trigger of one change or one bucket, on this
+        process or another, then costs no compute."""
+        return lease.has_payload and payload_current(
+            payload_watermark=lease.source_watermark,
+            session_watermark=session.source_watermark,
+            live=session.live,
+            session_start_ms=session.start_ms,
+            bucket_ms=key.resolution.bucket_ms,
+            computed_at_ms=lease.computed_at_ms,
+            now_ms=now_ms,
+        )
+
     async def _record_failure(
         self, key: TelemetryKey, lease: Lease, exc: Exception, reason: ScheduleReason
     ) -> None:
-        self._metrics.computes.labels(CacheState.FAILED.value).inc()
+        self._metrics.computes.labels(CacheState.FAILED.value, reason.value).inc()
         attempts = lease.attempts + 1
         log.error(
             "telemetry_compute_failed",
@@ -486,8 +503,11 @@ def build_telemetry(
     metrics: Metrics,
     *,
     owner_id: str | None = None,
+    subscriptions: Subscriptions | None = None,
 ) -> tuple[SessionTelemetryService, BoundedComputeCoordinator]:
-    """The service with its in-process coordinator wired as its scheduler."""
+    """The service with its in-process coordinator wired as its scheduler; the coordinator
+    retries failed or blocked computes while a trigger, a recent GET or a subscriber of
+    ``subscriptions`` still needs them."""
     service = SessionTelemetryService(
         db,
         clock,
@@ -501,6 +521,8 @@ def build_telemetry(
         max_concurrency=settings.max_concurrent_computes,
         max_pending=settings.max_pending_computes,
         metrics=metrics,
+        retry_delay=RetryDelays(db, clock, service.cache),
+        subscriptions=subscriptions,
     )
     service.scheduler = coordinator
     return service, coordinator
