@@ -131,6 +131,7 @@ class BoundedComputeCoordinator:
         metrics: Metrics | None = None,
         retry_delay: RetryDelay | None = None,
         subscriptions: Subscriptions | None = None,
+        recent_read_s: float = RECENT_READ_S,
     ) -> None:
         if max_concurrency < 1 or max_pending < 0:
             raise ValueError("max_concurrency must be ≥ 1 and max_pending ≥ 0")
@@ -144,6 +145,7 @@ class BoundedComputeCoordinator:
         self._running: dict[TelemetryKey, asyncio.Task[None]] = {}
         self._retry_delay = retry_delay
         self._subscriptions = subscriptions
+        self._recent_read_s = recent_read_s
         #: per key the compute that waits to be retried, and the task that waits for it
         self._retrying: dict[TelemetryKey, tuple[_Entry, asyncio.Task[None]]] = {}
         #: key → monotonic time of its last GET-path submit, oldest first
@@ -175,6 +177,7 @@ class BoundedComputeCoordinator:
         for task in retrying:
             task.cancel()
         await asyncio.gather(*retrying, return_exceptions=True)
+        self._retrying.clear()
         running = list(self._running.values())
         if running:
             _done, late = await asyncio.wait(running, timeout=timeout_s)
@@ -240,7 +243,7 @@ class BoundedComputeCoordinator:
         self._read_at.move_to_end(key)
         while self._read_at:
             oldest_key, at = next(iter(self._read_at.items()))
-            if now - at <= RECENT_READ_S:
+            if now - at <= self._recent_read_s:
                 break
             del self._read_at[oldest_key]
 
@@ -254,7 +257,7 @@ class BoundedComputeCoordinator:
         ):
             return True
         read_at = self._read_at.get(entry.key)
-        return read_at is not None and time.monotonic() - read_at <= RECENT_READ_S
+        return read_at is not None and time.monotonic() - read_at <= self._recent_read_s
 
     def _plan_retry(self, entry: _Entry) -> None:
         if self._retry_delay is None or self._closed:
@@ -278,7 +281,9 @@ class BoundedComputeCoordinator:
                 return
             await asyncio.sleep(max(delay_ms, MIN_RETRY_MS) / 1000)
         finally:
-            entry = self._retrying.pop(key)[0]
+            planned = self._retrying.pop(key, None)
+            if planned is not None:
+                entry = planned[0]
         if self._closed or not self._wanted(entry):
             log.info(
                 "telemetry_retry_dropped",
