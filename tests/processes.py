@@ -25,6 +25,7 @@ from tests.conftest import TEST_SECRET
 
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
+REPO = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -95,18 +96,33 @@ class Child:
         return self.log_path.read_text(errors="replace")
 
 
+def vitalcast_command(args: list[str], clock_file: Path | None = None) -> list[str]:
+    """``python -m vitalcast ARGS``, or with ``clock_file`` the same command (serve or worker)
+    on the test-moved clock of ``tests.shifted_clock``."""
+    if clock_file is None:
+        return [sys.executable, "-m", "vitalcast", *args]
+    return [sys.executable, "-m", "tests.shifted_clock", str(clock_file), *args]
+
+
 @contextlib.contextmanager
 def spawn(
-    args: list[str], env: dict[str, str], log_path: Path, *, stop_timeout_s: float = STOP_TIMEOUT_S
+    args: list[str],
+    env: dict[str, str],
+    log_path: Path,
+    *,
+    stop_timeout_s: float = STOP_TIMEOUT_S,
+    clock_file: Path | None = None,
 ) -> Iterator[Child]:
-    """Run ``python -m vitalcast ARGS`` with its output appended to ``log_path``; on exit it is
-    stopped with ``stop_process(…, stop_timeout_s)``."""
+    """Run ``python -m vitalcast ARGS`` (on the clock of ``clock_file`` when given) with its
+    output appended to ``log_path``; on exit it is stopped with ``stop_process(…,
+    stop_timeout_s)``."""
     with log_path.open("ab") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "vitalcast", *args],
+            vitalcast_command(args, clock_file),
             env=env,
             stdout=log_file,
             stderr=subprocess.STDOUT,
+            cwd=REPO,
         )
     reaper = reap_when_gone("kill", "-9", str(process.pid))
     try:
@@ -147,15 +163,19 @@ def serve_subprocesses(
     *,
     start_timeout_s: float = START_TIMEOUT_S,
     stop_timeout_s: float = STOP_TIMEOUT_S,
+    clock_file: Path | None = None,
 ) -> Iterator[list[ServerProcess]]:
-    """One ``vitalcast serve`` per log path, each on a free loopback port, started together;
-    every one answers /healthz (each within ``start_timeout_s``) before the block runs."""
+    """One ``vitalcast serve`` per log path (on the clock of ``clock_file`` when given), each
+    on a free loopback port, started together; every one answers /healthz (each within
+    ``start_timeout_s``) before the block runs."""
     with contextlib.ExitStack() as stack:
         servers = []
         for log_path in log_paths:
             port = free_port()
             args = ["serve", "--host", "127.0.0.1", "--port", str(port)]
-            child = stack.enter_context(spawn(args, env, log_path, stop_timeout_s=stop_timeout_s))
+            child = stack.enter_context(
+                spawn(args, env, log_path, stop_timeout_s=stop_timeout_s, clock_file=clock_file)
+            )
             servers.append(ServerProcess(child.process, log_path, f"http://127.0.0.1:{port}"))
         for server in servers:
             wait_healthy(server, start_timeout_s)
@@ -169,10 +189,15 @@ def serve_subprocess(
     *,
     start_timeout_s: float = START_TIMEOUT_S,
     stop_timeout_s: float = STOP_TIMEOUT_S,
+    clock_file: Path | None = None,
 ) -> Iterator[ServerProcess]:
     """``vitalcast serve`` on a free loopback port, answering /healthz before the block runs."""
     with serve_subprocesses(
-        env, [log_path], start_timeout_s=start_timeout_s, stop_timeout_s=stop_timeout_s
+        env,
+        [log_path],
+        start_timeout_s=start_timeout_s,
+        stop_timeout_s=stop_timeout_s,
+        clock_file=clock_file,
     ) as (server,):
         yield server
 

@@ -11,7 +11,7 @@ import typer
 import uvicorn
 
 from vitalcast.auth import issue_token
-from vitalcast.clock import epoch_ms, now_ms
+from vitalcast.clock import Clock, epoch_ms, now_ms
 from vitalcast.db.engine import Database, create_engine
 from vitalcast.db.migrate import upgrade
 from vitalcast.observability import configure_logging
@@ -66,12 +66,18 @@ def serve(
     demo: bool = typer.Option(False, help="Also create a demo user and simulate sessions."),
 ) -> None:
     """Run the HTTP + Socket.IO server (applies migrations first)."""
+    run_server(host=host, port=port, demo=demo)
+
+
+def run_server(*, host: str, port: int, demo: bool = False, clock: Clock | None = None) -> None:
+    """``vitalcast serve``: settings from the environment, migrations, then the app on ``clock``
+    (the system clock unless given) until SIGTERM/SIGINT."""
     from vitalcast.app import create_app
 
     settings = Settings()
     configure_logging(settings.log_level)
     upgrade(settings.resolved_database_url)
-    application = create_app(settings)
+    application = create_app(settings, clock=clock)
     if demo:
         from vitalcast.demo import attach_demo
 

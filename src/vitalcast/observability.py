@@ -85,8 +85,9 @@ class Metrics:
         )
         self.live_ticks = Counter(
             "vitalcast_live_ticks",
-            "Views of subscribed live sessions this process asked to recompute because their "
-            "live edge crossed a bucket boundary.",
+            "Looks at a subscribed live view at a bucket boundary: scheduled (a live_tick "
+            "recompute asked for) or current (already on the current live edge).",
+            ["outcome"],
             registry=r,
         )
         self.freshness_lag_seconds = Histogram(

@@ -123,11 +123,16 @@ class WorkerProcess(Child):
 
 
 @contextlib.contextmanager
-def worker_subprocess(env: dict[str, str], log_path: Path, *args: str) -> Iterator[WorkerProcess]:
-    """``vitalcast worker`` consuming the env's queue, started (``worker_started`` logged)."""
+def worker_subprocess(
+    env: dict[str, str], log_path: Path, *args: str, clock_file: Path | None = None
+) -> Iterator[WorkerProcess]:
+    """``vitalcast worker`` consuming the env's queue (on the clock of ``clock_file`` when
+    given), started (``worker_started`` logged)."""
     port = free_port()
     worker_args = ["worker", "--metrics-port", str(port), *args]
-    with spawn(worker_args, env, log_path, stop_timeout_s=STOP_TIMEOUT_S) as child:
+    with spawn(
+        worker_args, env, log_path, stop_timeout_s=STOP_TIMEOUT_S, clock_file=clock_file
+    ) as child:
         worker = WorkerProcess(child.process, log_path, f"http://127.0.0.1:{port}")
         deadline = time.monotonic() + START_TIMEOUT_S
         while "worker_started" not in worker.log():

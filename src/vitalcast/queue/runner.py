@@ -12,6 +12,7 @@ from typing import Any
 from prometheus_client import start_http_server
 
 from vitalcast.app import build_container
+from vitalcast.clock import Clock
 from vitalcast.observability import get_logger
 from vitalcast.queue.handler import ComputeJobHandler
 from vitalcast.queue.worker import SHUTDOWN_GRACE_S, TelemetryWorker, test_hold_ms_from_env
@@ -46,9 +47,11 @@ async def run_worker(
     metrics_host: str = "127.0.0.1",
     metrics_port: int | None = None,
     shutdown_grace_s: float = SHUTDOWN_GRACE_S,
+    clock: Clock | None = None,
 ) -> None:
-    """Consume ``settings.queue_name`` until SIGTERM/SIGINT; then finish or release running jobs."""
-    container = build_container(settings)
+    """Consume ``settings.queue_name`` until SIGTERM/SIGINT; then finish or release running jobs.
+    Computes run on ``clock`` (the system clock unless given)."""
+    container = build_container(settings, clock=clock)
     broadcaster = WebSocketBroadcaster.for_worker(settings, metrics=container.metrics)
     hold_ms = test_hold_ms_from_env()
     if hold_ms:

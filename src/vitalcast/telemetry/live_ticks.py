@@ -71,11 +71,12 @@ class LiveTicker:
         self._clock = clock
         self._subscriptions = subscriptions
         self._schedule = schedule
-        self._metrics = metrics
         self._cache = cache
         #: session id → when to look at its views next (its next 1-minute boundary)
         self._next_check: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
+        self._scheduled = metrics.live_ticks.labels(outcome="scheduled")
+        self._current = metrics.live_ticks.labels(outcome="current")
 
     async def start(self) -> None:
         if self._task is None:
@@ -123,12 +124,15 @@ class LiveTicker:
             )
             if view.resolution is None or view.window_minutes is None:
                 continue
+            if view.computed_at_ms is None:
+                continue  # nothing cached yet: the compute on its way is on the current edge
             if not live_edge_moved(
                 session_start_ms=view.session_start_ms,
                 bucket_ms=view.resolution.bucket_ms,
                 computed_at_ms=view.computed_at_ms,
                 now_ms=now,
             ):
+                self._current.inc()
                 continue
             key = TelemetryKey(
                 view.session_id,
@@ -140,6 +144,6 @@ class LiveTicker:
             await self._schedule(
                 key, watermark=view.session_watermark, reason=ScheduleReason.LIVE_TICK
             )
-            self._metrics.live_ticks.inc()
+            self._scheduled.inc()
             asked += 1
         return asked

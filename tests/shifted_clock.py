@@ -1,0 +1,81 @@
+"""TEST-ONLY entry point: ``vitalcast serve`` and ``vitalcast worker`` on a clock the test moves.
+
+    python -m tests.shifted_clock CLOCK_FILE serve --host H --port P
+    python -m tests.shifted_clock CLOCK_FILE worker [--metrics-port P] [--concurrency N]
+
+Every process started this way runs on the wall clock plus the offset (milliseconds) written in
+CLOCK_FILE, read on every call. A test moves all of them across a bucket boundary at once with
+``shift_to``, so a live window that moves with time is tested in seconds, not minutes. Production
+code only sees an injected ``Clock``; nothing here is reachable from ``vitalcast`` itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from vitalcast.clock import now_ms
+
+
+class ShiftedClock:
+    """The wall clock plus the offset in ``path`` (0 while the file is missing or empty)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+
+    def now_ms(self) -> int:
+        return now_ms() + self.offset_ms()
+
+    def offset_ms(self) -> int:
+        try:
+            return int(self._path.read_text() or 0)
+        except (FileNotFoundError, ValueError):
+            return 0
+
+
+def shift_to(path: Path, at_ms: int) -> None:
+    """Move every process on ``path`` so that its "now" is ``at_ms`` at this instant (and runs
+    on from there). Written atomically: a reader sees the old or the new offset."""
+    staged = path.with_suffix(".next")
+    staged.write_text(str(at_ms - now_ms()))
+    os.replace(staged, path)
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tests.shifted_clock")
+    parser.add_argument("clock_file", type=Path)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    worker = commands.add_parser("worker")
+    worker.add_argument("--metrics-port", type=int, default=None)
+    worker.add_argument("--concurrency", type=int, default=None)
+    args = parser.parse_args(argv)
+    clock = ShiftedClock(args.clock_file)
+    if args.command == "serve":
+        from vitalcast.cli import run_server
+
+        run_server(host=args.host, port=args.port, clock=clock)
+        return
+    from vitalcast.observability import configure_logging
+    from vitalcast.queue.runner import run_worker
+    from vitalcast.settings import Settings
+
+    settings = Settings()
+    configure_logging(settings.log_level)
+    asyncio.run(
+        run_worker(
+            settings,
+            concurrency=args.concurrency or settings.max_concurrent_computes,
+            metrics_port=args.metrics_port,
+            clock=clock,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
