@@ -28,6 +28,8 @@ run: install
 lint: install
 	$(UV) run ruff check src tests bench scripts
 	$(UV) run ruff format --check src tests bench scripts
+	$(UV) run mypy
+	$(UV) run lint-imports --no-cache
 
 test: lint
 	$(UV) run pytest

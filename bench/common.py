@@ -16,7 +16,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
@@ -27,11 +26,9 @@ import httpx
 import redis.asyncio as aioredis
 import sqlalchemy as sa
 
-from vitalcast.auth import issue_token
-from vitalcast.clock import now_ms
-from vitalcast.db.engine import Database, create_engine
+from vitalcast.db.engine import create_engine
 from vitalcast.db.migrate import upgrade
-from vitalcast.sessions import repository as session_repository
+from vitalcast.testing import user_with_token
 
 PG_ADMIN_URL = os.environ.get(
     "VITALCAST_TEST_PG", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
@@ -102,14 +99,8 @@ async def database(backend: str) -> AsyncIterator[str]:
 
 
 async def create_user(url: str, name: str) -> tuple[str, str]:
-    """(user_id, bearer token) of a new user in the database at ``url``."""
-    db = Database(create_engine(url))
-    try:
-        async with db.write() as conn:
-            user_id = await session_repository.get_or_create_user(conn, name, now_ms=now_ms())
-    finally:
-        await db.dispose()
-    return user_id, issue_token(SECRET, user_id, now_s=int(time.time()), ttl_s=86_400)
+    """(user_id, bearer token valid a day) of a new user in the database at ``url``."""
+    return await user_with_token(url, SECRET, name, ttl_s=86_400)
 
 
 async def bulk_load(url: str, rows: list[tuple]) -> None:

@@ -16,9 +16,10 @@ import httpx
 import sqlalchemy as sa
 
 from bench.common import create_user, database, emit, server
-from vitalcast.clock import iso_ms, now_ms
+from vitalcast.clock import now_ms
 from vitalcast.db.engine import create_engine
 from vitalcast.db.tables import health_samples
+from vitalcast.testing import hr_sample
 
 BATCH = 1_000
 
@@ -28,15 +29,12 @@ def batches(prefix: str, count: int, start_ms: int) -> list[dict[str, Any]]:
     bodies = []
     for b in range(count):
         samples = [
-            {
-                "source": "healthkit",
-                "record_id": f"{prefix}-{b}-{i}",
-                "metric": "heart_rate",
-                "value": 60.0 + (i % 50),
-                "unit": "bpm",
-                "start": iso_ms(start_ms + (b * BATCH + i) * 1000),
-                "device": "Watch7,1",
-            }
+            hr_sample(
+                f"{prefix}-{b}-{i}",
+                start_ms + (b * BATCH + i) * 1000,
+                60.0 + (i % 50),
+                device="Watch7,1",
+            )
             for i in range(BATCH)
         ]
         bodies.append({"samples": samples})

@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ from bench.common import (
     emit,
     percentiles,
 )
-from vitalcast.clock import SystemClock, iso_ms
+from vitalcast.clock import SystemClock
 from vitalcast.db.engine import Database, create_engine
 from vitalcast.db.tables import telemetry_cache
 from vitalcast.ingest.service import IngestService
@@ -54,10 +54,15 @@ from vitalcast.observability import Metrics, configure_logging
 from vitalcast.queue.backfill import BackfillFilter, coordinator_submit, run_backfill
 from vitalcast.queue.service import SessionTelemetryQueueService
 from vitalcast.sessions import repository as session_repository
+from vitalcast.sessions.changes import ChangeFanout
 from vitalcast.sessions.models import Session, SessionStatus
 from vitalcast.settings import Settings
+from vitalcast.telemetry.coordinator import BoundedComputeCoordinator
 from vitalcast.telemetry.models import CacheState, ScheduleReason, TelemetryKey
-from vitalcast.telemetry.service import SessionTelemetryService, build_telemetry
+from vitalcast.telemetry.scheduling import Scheduler
+from vitalcast.telemetry.triggers import TelemetryTriggers
+from vitalcast.testing import ensure_user, hr_sample
+from vitalcast.wiring import build_local_computes
 
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
@@ -66,17 +71,6 @@ SYNC_SAMPLES = 10
 WARMUP_BATCHES = 10
 #: heart-rate samples in one backfill session's default window (every 10 s over 3 h)
 SAMPLES_PER_WINDOW = 3 * 360
-
-
-def _hr(record_id: str, at_ms: int, value: float) -> dict[str, Any]:
-    return {
-        "source": "healthkit",
-        "record_id": record_id,
-        "metric": "heart_rate",
-        "value": value,
-        "unit": "bpm",
-        "start": iso_ms(at_ms),
-    }
 
 
 @contextlib.contextmanager
@@ -130,7 +124,6 @@ class Bench:
         self.db = Database(create_engine(url))
         self.clock = SystemClock()
         self.metrics = Metrics()
-        self.ingest = IngestService(self.db, self.clock, self.metrics)
         self.folder = folder
         env = {k: v for k, v in os.environ.items() if not k.startswith("VITALCAST_")}
         self.env = env | {
@@ -144,10 +137,7 @@ class Bench:
         }
 
     async def user(self, name: str) -> str:
-        async with self.db.write() as conn:
-            return await session_repository.get_or_create_user(
-                conn, name, now_ms=self.clock.now_ms()
-            )
+        return await ensure_user(self.db, name)
 
     async def session(self, user_id: str, start_ms: int, end_ms: int | None = None) -> Session:
         async with self.db.write() as conn:
@@ -204,8 +194,26 @@ class Bench:
             await conn.execute(sa.delete(telemetry_cache))
 
 
+class CommitClock:
+    """A change listener that notes when the ingest transaction committed (it is told first)."""
+
+    def __init__(self, clock: SystemClock) -> None:
+        self._clock = clock
+        self.committed_ms = 0
+
+    async def sessions_changed(self, sessions: Sequence[Session]) -> None:
+        self.committed_ms = self._clock.now_ms()
+
+    async def session_status(self, session: Session) -> None:
+        return None
+
+
 async def live_freshness(
-    bench: Bench, telemetry: SessionTelemetryService, batches: int, *, in_process: Any = None
+    bench: Bench,
+    scheduler: Scheduler,
+    batches: int,
+    *,
+    in_process: BoundedComputeCoordinator | None = None,
 ) -> list[float]:
     """Commit → saved (ms) of each of ``batches`` sequential syncs into a new live session
     (after ``WARMUP_BATCHES`` uncounted ones). ``in_process``: the coordinator to wait on; else a
@@ -214,7 +222,13 @@ async def live_freshness(
     user_id = await bench.user(f"live-{uuid.uuid4().hex[:8]}")
     start = bench.clock.now_ms() - HOUR_MS
     session = await bench.session(user_id, start)
-    key = telemetry.default_key(session)
+    window_minutes = bench.settings.default_window_minutes
+    key = TelemetryKey.default_for(session, window_minutes=window_minutes, now_ms=start)
+    commits = CommitClock(bench.clock)
+    triggers = TelemetryTriggers(
+        bench.db, bench.clock, scheduler, default_window_minutes=window_minutes
+    )
+    ingest = IngestService(bench.db, bench.clock, bench.metrics, ChangeFanout(commits, triggers))
     client = redis.Redis.from_url(REDIS_URL, socket_timeout=None)
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     await pubsub.subscribe(bench.settings.socketio_channel)
@@ -222,12 +236,11 @@ async def live_freshness(
     try:
         for b in range(WARMUP_BATCHES + batches):
             samples = [
-                _hr(f"s{b}-{i}", start + (b * SYNC_SAMPLES + i) * 1_000, 60 + (b + i) % 40)
+                hr_sample(f"s{b}-{i}", start + (b * SYNC_SAMPLES + i) * 1_000, 60 + (b + i) % 40)
                 for i in range(SYNC_SAMPLES)
             ]
-            outcome = await bench.ingest.ingest(user_id, {"samples": samples})
-            committed_ms = bench.clock.now_ms()
-            await telemetry.on_sessions_changed(outcome.touched)
+            outcome = await ingest.ingest(user_id, {"samples": samples})
+            committed_ms = commits.committed_ms
             watermark = outcome.touched[0].source_watermark
             if in_process is not None:
                 await in_process.wait_idle()
@@ -268,7 +281,8 @@ async def backfill_in_process(
     bench: Bench, sessions: int, selection: BackfillFilter, repeat: int
 ) -> dict[str, Any]:
     """Embedded backfill (coordinator in this process), ``repeat`` times from an empty cache."""
-    telemetry, coordinator = build_telemetry(bench.settings, bench.db, bench.clock, Metrics())
+    local = build_local_computes(bench.settings)
+    coordinator = local.coordinator
     runs = []
     try:
         for _ in range(repeat):
@@ -285,8 +299,7 @@ async def backfill_in_process(
             runs.append(time.perf_counter() - began)
             assert await bench.fresh_rows() == progress.scheduled == 2 * sessions
     finally:
-        await coordinator.stop()
-        await telemetry.close()
+        await local.close()
     return _rates(sessions, runs)
 
 
@@ -354,29 +367,22 @@ async def main(
             bench = Bench(url, prefix, folder)
             try:
                 # baseline: the in-process coordinator
-                local, coordinator = build_telemetry(
-                    bench.settings, bench.db, bench.clock, Metrics()
-                )
+                local = build_local_computes(bench.settings)
                 try:
-                    in_process = await live_freshness(bench, local, batches, in_process=coordinator)
+                    in_process = await live_freshness(
+                        bench, local.coordinator, batches, in_process=local.coordinator
+                    )
                 finally:
-                    await coordinator.stop()
                     await local.close()
                 # the queue: this process schedules like a server, one worker computes
-                server_side, fallback = build_telemetry(
-                    bench.settings, bench.db, bench.clock, Metrics()
-                )
                 queue = SessionTelemetryQueueService(
                     bench.settings, fallback=None, metrics=Metrics()
                 )
-                server_side.scheduler = queue
                 try:
                     with workers(1, bench.env, folder):
-                        queued = await live_freshness(bench, server_side, batches)
+                        queued = await live_freshness(bench, queue, batches)
                 finally:
                     await queue.close()
-                    await fallback.stop()
-                    await server_side.close()
 
                 selection = await ended_sessions(bench, url, sessions)
                 backfill = {

@@ -44,6 +44,7 @@ from bench.common import (
     serving,
 )
 from vitalcast.clock import iso_ms
+from vitalcast.testing import hr_sample
 
 TARGET_P99_EMBEDDED_MS = 250
 TARGET_P99_SCALED_MS = 500
@@ -56,14 +57,7 @@ def wall_ms() -> float:
 
 
 def sample(record_id: str, at_ms: int) -> dict[str, Any]:
-    return {
-        "source": "healthkit",
-        "record_id": record_id,
-        "metric": "heart_rate",
-        "value": 60.0 + (hash(record_id) % 40),
-        "unit": "bpm",
-        "start": iso_ms(at_ms),
-    }
+    return hr_sample(record_id, at_ms, 60.0 + (hash(record_id) % 40))
 
 
 async def start_session(http: httpx.AsyncClient, token: str) -> str:

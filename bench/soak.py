@@ -49,6 +49,7 @@ from bench.common import (
     server_with_pid,
 )
 from vitalcast.clock import iso_ms, now_ms
+from vitalcast.testing import hr_sample
 
 WARM_UP_S = 30.0
 RSS_EVERY_S = 10.0
@@ -126,14 +127,7 @@ async def ingest_loop(
         n += 1
         body = {
             "samples": [
-                {
-                    "source": "soak",
-                    "record_id": f"{live.session_id[:8]}-{n}",
-                    "metric": "heart_rate",
-                    "value": 60 + n % 40,
-                    "unit": "bpm",
-                    "start": iso_ms(now_ms() - 500),
-                }
+                hr_sample(f"{live.session_id[:8]}-{n}", now_ms() - 500, 60 + n % 40, source="soak")
             ]
         }
         try:

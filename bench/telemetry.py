@@ -44,16 +44,17 @@ from bench.common import (
     serving,
 )
 from vitalcast import catalog
-from vitalcast.api.deps import ContainerDep, CurrentUser
+from vitalcast.api.deps import CurrentUser, Parts
+from vitalcast.api.ratelimits import TelemetryRateLimit
 from vitalcast.app import create_app
 from vitalcast.auth import issue_token
 from vitalcast.clock import SystemClock
 from vitalcast.db.engine import Database, create_engine
 from vitalcast.errors import NotFound
-from vitalcast.observability import Metrics, configure_logging
-from vitalcast.ratelimit import TelemetryRateLimit
+from vitalcast.observability import configure_logging
 from vitalcast.settings import Settings
 from vitalcast.telemetry.compute import AGGREGATE_SQL, compute_telemetry, load_session
+from vitalcast.telemetry.computer import TelemetryComputer
 from vitalcast.telemetry.models import (
     ComputeOutcome,
     Resolution,
@@ -62,7 +63,7 @@ from vitalcast.telemetry.models import (
     TelemetryWindow,
 )
 from vitalcast.telemetry.payload import answer_json, unpack
-from vitalcast.telemetry.service import SessionTelemetryService
+from vitalcast.wiring import build_local_computes
 
 MINUTE = 60_000
 HOUR = 60 * MINUTE
@@ -119,15 +120,13 @@ def add_compute_on_request_route(app: FastAPI) -> None:
     """The baseline: the same auth and rate limit, then the whole compute on every GET."""
 
     @app.get("/bench/compute-on-request/{session_id}", dependencies=[TelemetryRateLimit])
-    async def compute_on_request(
-        session_id: str, user: CurrentUser, container: ContainerDep
-    ) -> Response:
+    async def compute_on_request(session_id: str, user: CurrentUser, parts: Parts) -> Response:
         key = TelemetryKey(session_id, 60, Resolution.ONE_MINUTE, user_id=user.user_id)
-        async with container.db.read() as conn:
+        async with parts.db.read() as conn:
             session = await load_session(conn, key)
             if session is None:
                 raise NotFound("Session not found.", code="SESSION_NOT_FOUND")
-            computed = await compute_telemetry(conn, session, key, container.clock.now_ms())
+            computed = await compute_telemetry(conn, session, key, parts.clock.now_ms())
         body = unpack(computed.blob).json(catalog.DEFAULT_CODES)
         return Response(answer_json("ready", telemetry=body), media_type="application/json")
 
@@ -193,8 +192,8 @@ async def answer_pair(
 ) -> dict[str, Any]:
     """The same pair below HTTP: ``SessionTelemetryService.get`` and its body from the cache,
     next to the compute and its body, so the framework's share of the figures above shows."""
-    container = app.state.container
-    service = container.telemetry
+    parts = app.state.parts
+    service = parts.telemetry
     key = TelemetryKey(session_id, 60, Resolution.ONE_MINUTE, user_id=user_id)
 
     async def cached() -> None:
@@ -205,10 +204,10 @@ async def answer_pair(
         answer.body()
 
     async def computed() -> None:
-        async with container.db.read() as conn:
+        async with parts.db.read() as conn:
             session = await load_session(conn, key)
             assert session is not None
-            result = await compute_telemetry(conn, session, key, container.clock.now_ms())
+            result = await compute_telemetry(conn, session, key, parts.clock.now_ms())
         answer_json("ready", telemetry=unpack(result.blob).json(catalog.DEFAULT_CODES))
 
     return compare(await timed(cached, gets, warmup=100), await timed(computed, computes))
@@ -243,14 +242,8 @@ async def compute_floor(
         "user_id": user_id,
         "metrics": list(catalog.ALL_CODES),
     }
-    service = SessionTelemetryService(
-        db,
-        SystemClock(),
-        Metrics(),
-        lease_ms=30_000,
-        owner_id="bench",
-        default_window_minutes=60,
-    )
+    local = build_local_computes(Settings(database_url=url, secret="bench"))
+    computer: TelemetryComputer = local.computer
     try:
 
         async def bare() -> None:
@@ -272,7 +265,7 @@ async def compute_floor(
                     {"id": session_id},
                 )
             started = time.perf_counter()
-            outcome = await service.compute(key, reason=ScheduleReason.BACKFILL)
+            outcome = await computer.compute(key, reason=ScheduleReason.BACKFILL)
             leased_ms.append((time.perf_counter() - started) * 1000)
             assert outcome is ComputeOutcome.COMPUTED, outcome
 
@@ -287,7 +280,7 @@ async def compute_floor(
             compute_ms += await timed(compute, 1, warmup=0)
             await leased()
     finally:
-        await service.close()
+        await local.close()
         await db.dispose()
     bare_p50 = statistics.median(bare_ms)
     return {

@@ -22,12 +22,12 @@ import sqlalchemy as sa
 
 from vitalcast.app import create_app
 from vitalcast.auth import issue_token
-from vitalcast.clock import SystemClock
+from vitalcast.clock import now_ms
 from vitalcast.db.engine import Database, create_engine
 from vitalcast.db.migrate import upgrade
 from vitalcast.db.tables import metadata
-from vitalcast.sessions import repository as session_repository
 from vitalcast.settings import Settings
+from vitalcast.testing import ensure_user
 
 PG_ADMIN_URL = os.environ.get(
     "VITALCAST_TEST_PG", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
@@ -146,12 +146,8 @@ class Users:
 
     async def create(self, name: str | None = None, *, ttl_s: int = 3600) -> tuple[str, str]:
         """(user_id, token) of a new user."""
-        now_ms = SystemClock().now_ms()
-        async with self._db.write() as conn:
-            user_id = await session_repository.get_or_create_user(
-                conn, name or f"user-{uuid.uuid4().hex[:8]}", now_ms=now_ms
-            )
-        return user_id, issue_token(TEST_SECRET, user_id, now_s=now_ms // 1000, ttl_s=ttl_s)
+        user_id = await ensure_user(self._db, name or f"user-{uuid.uuid4().hex[:8]}")
+        return user_id, issue_token(TEST_SECRET, user_id, now_s=now_ms() // 1000, ttl_s=ttl_s)
 
     async def headers(self, name: str | None = None) -> dict[str, str]:
         _user_id, token = await self.create(name)

@@ -25,7 +25,6 @@ from tests.conftest import TEST_SECRET
 
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
-REPO = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -96,12 +95,12 @@ class Child:
         return self.log_path.read_text(errors="replace")
 
 
-def vitalcast_command(args: list[str], clock_file: Path | None = None) -> list[str]:
-    """``python -m vitalcast ARGS``, or with ``clock_file`` the same command (serve or worker)
-    on the test-moved clock of ``tests.shifted_clock``."""
+def entry_point(args: list[str], clock_file: Path | None) -> tuple[list[str], str]:
+    """(arguments, module) of ``vitalcast ARGS``, or with ``clock_file`` of the same command
+    (serve or worker) on the test-moved clock of ``tests.shifted_clock``."""
     if clock_file is None:
-        return [sys.executable, "-m", "vitalcast", *args]
-    return [sys.executable, "-m", "tests.shifted_clock", str(clock_file), *args]
+        return args, "vitalcast"
+    return [str(clock_file), *args], "tests.shifted_clock"
 
 
 @contextlib.contextmanager
@@ -111,18 +110,17 @@ def spawn(
     log_path: Path,
     *,
     stop_timeout_s: float = STOP_TIMEOUT_S,
-    clock_file: Path | None = None,
+    module: str = "vitalcast",
 ) -> Iterator[Child]:
-    """Run ``python -m vitalcast ARGS`` (on the clock of ``clock_file`` when given) with its
-    output appended to ``log_path``; on exit it is stopped with ``stop_process(…,
-    stop_timeout_s)``."""
+    """Run ``python -m MODULE ARGS`` (the ``vitalcast`` CLI unless a test entry point is named)
+    with its output appended to ``log_path``; on exit it is stopped with
+    ``stop_process(…, stop_timeout_s)``."""
     with log_path.open("ab") as log_file:
         process = subprocess.Popen(
-            vitalcast_command(args, clock_file),
+            [sys.executable, "-m", module, *args],
             env=env,
             stdout=log_file,
             stderr=subprocess.STDOUT,
-            cwd=REPO,
         )
     reaper = reap_when_gone("kill", "-9", str(process.pid))
     try:
@@ -172,9 +170,11 @@ def serve_subprocesses(
         servers = []
         for log_path in log_paths:
             port = free_port()
-            args = ["serve", "--host", "127.0.0.1", "--port", str(port)]
+            args, module = entry_point(
+                ["serve", "--host", "127.0.0.1", "--port", str(port)], clock_file
+            )
             child = stack.enter_context(
-                spawn(args, env, log_path, stop_timeout_s=stop_timeout_s, clock_file=clock_file)
+                spawn(args, env, log_path, stop_timeout_s=stop_timeout_s, module=module)
             )
             servers.append(ServerProcess(child.process, log_path, f"http://127.0.0.1:{port}"))
         for server in servers:
@@ -189,15 +189,10 @@ def serve_subprocess(
     *,
     start_timeout_s: float = START_TIMEOUT_S,
     stop_timeout_s: float = STOP_TIMEOUT_S,
-    clock_file: Path | None = None,
 ) -> Iterator[ServerProcess]:
     """``vitalcast serve`` on a free loopback port, answering /healthz before the block runs."""
     with serve_subprocesses(
-        env,
-        [log_path],
-        start_timeout_s=start_timeout_s,
-        stop_timeout_s=stop_timeout_s,
-        clock_file=clock_file,
+        env, [log_path], start_timeout_s=start_timeout_s, stop_timeout_s=stop_timeout_s
     ) as (server,):
         yield server
 

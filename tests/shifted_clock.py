@@ -6,7 +6,7 @@
 Every process started this way runs on the wall clock plus the offset (milliseconds) written in
 CLOCK_FILE, read on every call. A test moves all of them across a bucket boundary at once with
 ``shift_to``, so a live window that moves with time is tested in seconds, not minutes. Production
-code only sees an injected ``Clock``; nothing here is reachable from ``vitalcast`` itself.
+code only sees the clock of ``Seams``; nothing here is reachable from ``vitalcast`` itself.
 """
 
 from __future__ import annotations
@@ -17,7 +17,12 @@ import os
 import sys
 from pathlib import Path
 
+from vitalcast.cli import run_server
 from vitalcast.clock import now_ms
+from vitalcast.observability import configure_logging
+from vitalcast.queue.runner import run_worker
+from vitalcast.settings import Settings
+from vitalcast.wiring import Seams
 
 
 class ShiftedClock:
@@ -55,16 +60,10 @@ def main(argv: list[str]) -> None:
     worker.add_argument("--metrics-port", type=int, default=None)
     worker.add_argument("--concurrency", type=int, default=None)
     args = parser.parse_args(argv)
-    clock = ShiftedClock(args.clock_file)
+    seams = Seams(clock=ShiftedClock(args.clock_file))
     if args.command == "serve":
-        from vitalcast.cli import run_server
-
-        run_server(host=args.host, port=args.port, clock=clock)
+        run_server(host=args.host, port=args.port, seams=seams)
         return
-    from vitalcast.observability import configure_logging
-    from vitalcast.queue.runner import run_worker
-    from vitalcast.settings import Settings
-
     settings = Settings()
     configure_logging(settings.log_level)
     asyncio.run(
@@ -72,7 +71,7 @@ def main(argv: list[str]) -> None:
             settings,
             concurrency=args.concurrency or settings.max_concurrent_computes,
             metrics_port=args.metrics_port,
-            clock=clock,
+            seams=seams,
         )
     )
 

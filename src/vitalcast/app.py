@@ -1,5 +1,5 @@
-"""``create_app(settings)``: the database, the services and the HTTP (+ Socket.IO) surface of one
-server process, started and stopped by the ASGI lifespan."""
+"""``create_app(settings)``: the HTTP (+ Socket.IO) surface of one server process over the parts
+``wiring.build_server`` assembles, started and stopped by the ASGI lifespan."""
 
 from __future__ import annotations
 
@@ -10,21 +10,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from vitalcast import __version__, ratelimit
+from vitalcast import __version__
 from vitalcast.api import dashboard, ops, samples, sessions
 from vitalcast.api import errors as api_errors
 from vitalcast.api import telemetry as telemetry_api
-from vitalcast.clock import Clock, SystemClock
-from vitalcast.container import Container
-from vitalcast.db.engine import Database, create_engine
-from vitalcast.ingest.service import IngestService
-from vitalcast.observability import Metrics, get_logger
-from vitalcast.queue.service import SessionTelemetryQueueService
+from vitalcast.observability import get_logger
 from vitalcast.realtime.server import SOCKETIO_PATH, RealtimeServer
-from vitalcast.sessions.service import SessionService
 from vitalcast.settings import Settings
-from vitalcast.telemetry.live_ticks import LiveTicker
-from vitalcast.telemetry.service import build_telemetry
+from vitalcast.wiring import NO_SEAMS, Seams, build_server
 
 log = get_logger("vitalcast.http")
 
@@ -63,68 +56,20 @@ class AccessLog:
             )
 
 
-def build_container(settings: Settings, *, clock: Clock | None = None) -> Container:
-    """Everything a process needs before it serves or works: settings, database, clock, metrics."""
-    clock = clock or SystemClock()
-    db = Database(create_engine(settings.resolved_database_url))
-    metrics = Metrics()
-    return Container(
-        settings=settings,
-        db=db,
-        clock=clock,
-        metrics=metrics,
-        secret=settings.resolved_secret(),
-        sessions=SessionService(db, clock),
-        ingest=IngestService(db, clock, metrics),
-    )
-
-
-def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
+def create_app(settings: Settings, seams: Seams = NO_SEAMS) -> FastAPI:
     """The server app. Migrations are the caller's job (``vitalcast serve`` runs them first)."""
-    container = build_container(settings, clock=clock)
-    realtime = RealtimeServer(container)
-    container.broadcaster = realtime.broadcaster
-    telemetry, coordinator = build_telemetry(
-        settings, container.db, container.clock, container.metrics, subscriptions=realtime
-    )
-    ticker = LiveTicker(
-        container.db,
-        container.clock,
-        realtime,
-        telemetry.schedule,
-        container.metrics,
-        telemetry.cache,
-    )
-    container.telemetry = telemetry
-    telemetry.listener = realtime.broadcaster
-    container.extras["coordinator"] = coordinator
-    container.extras["refresh_metrics"] = coordinator.refresh_metrics
+    parts = build_server(settings, seams)
+    realtime = RealtimeServer(parts.sio, parts)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         log.info("server_starting", mode="embedded" if settings.embedded else "scaled_out")
-        await coordinator.start()
-        queue = None
-        if settings.redis_url:
-            # Computes become queue jobs; the coordinator only runs them while Redis is down.
-            queue = SessionTelemetryQueueService(
-                settings, fallback=coordinator, metrics=container.metrics
-            )
-            container.queue = queue
-            telemetry.scheduler = queue
-            container.extras["refresh_metrics"] = queue.refresh_metrics
-        await ticker.start()
+        await parts.start()
         try:
             yield
         finally:
-            await ticker.stop()
-            if queue is not None:
-                await queue.close()
-            await coordinator.stop()
-            await telemetry.close()
             await realtime.close()
-            await ratelimit.close(container)
-            await container.db.dispose()
+            await parts.close()
             log.info("server_stopped")
 
     app = FastAPI(
@@ -133,7 +78,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
         summary="Real-time session telemetry for wearable health samples.",
         lifespan=lifespan,
     )
-    app.state.container = container
+    app.state.parts = parts
     api_errors.install(app)
     app.include_router(ops.router)
     app.include_router(sessions.router)

@@ -7,7 +7,7 @@ every stored value is canonical and a chart never mixes units.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -88,7 +88,7 @@ def _metric(
     gap_minutes: int | None,
     loinc: str,
     ucum: str,
-    units: dict[str, Callable[[float], float]],
+    units: Mapping[str, Callable[[float], float]],
     *,
     default: bool,
 ) -> Metric:

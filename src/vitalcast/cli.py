@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 import uvicorn
 
 from vitalcast.auth import issue_token
-from vitalcast.clock import Clock, epoch_ms, now_ms
+from vitalcast.clock import epoch_ms, now_ms
 from vitalcast.db.engine import Database, create_engine
 from vitalcast.db.migrate import upgrade
 from vitalcast.observability import configure_logging
 from vitalcast.sessions import repository as session_repository
 from vitalcast.settings import Settings
+
+if TYPE_CHECKING:
+    from vitalcast.queue.backfill import BackfillFilter, BackfillProgress
+    from vitalcast.wiring import Seams
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
@@ -69,15 +74,16 @@ def serve(
     run_server(host=host, port=port, demo=demo)
 
 
-def run_server(*, host: str, port: int, demo: bool = False, clock: Clock | None = None) -> None:
-    """``vitalcast serve``: settings from the environment, migrations, then the app on ``clock``
-    (the system clock unless given) until SIGTERM/SIGINT."""
+def run_server(*, host: str, port: int, demo: bool = False, seams: Seams | None = None) -> None:
+    """``vitalcast serve``: settings from the environment, migrations, then the app (with the
+    stand-ins of ``seams`` for a test entry point) until SIGTERM/SIGINT."""
     from vitalcast.app import create_app
+    from vitalcast.wiring import NO_SEAMS
 
     settings = Settings()
     configure_logging(settings.log_level)
     upgrade(settings.resolved_database_url)
-    application = create_app(settings, clock=clock)
+    application = create_app(settings, seams or NO_SEAMS)
     if demo:
         from vitalcast.demo import attach_demo
 
@@ -209,7 +215,7 @@ def backfill(
 ) -> None:
     """Schedule a compute for every session whose default cache is missing or stale: queued
     for the workers when Redis is configured, else computed here."""
-    from vitalcast.queue.backfill import BackfillFilter, BackfillProgress, backfill_command
+    from vitalcast.queue.backfill import BackfillFilter
     from vitalcast.queue.service import QueueUnavailable
 
     settings = Settings()
@@ -234,12 +240,60 @@ def backfill(
 
     try:
         done = asyncio.run(
-            backfill_command(settings, BackfillFilter(since_ms=since_ms, user_name=user), show)
+            _backfill(settings, BackfillFilter(since_ms=since_ms, user_name=user), show)
         )
     except QueueUnavailable as exc:
         typer.echo(f"backfill: Redis is unreachable ({exc})", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"{done.scheduled} computes scheduled for {done.checked} sessions")
+
+
+async def _backfill(
+    settings: Settings,
+    selection: BackfillFilter,
+    on_progress: Callable[[BackfillProgress], None],
+) -> BackfillProgress:
+    """``vitalcast backfill``: through the queue when Redis is configured (workers compute),
+    else through an in-process coordinator, waiting until every compute has run."""
+    from vitalcast.observability import Metrics
+    from vitalcast.queue.backfill import coordinator_submit, run_backfill
+    from vitalcast.queue.service import SessionTelemetryQueueService
+    from vitalcast.telemetry.models import ScheduleReason, TelemetryKey
+    from vitalcast.wiring import build_local_computes
+
+    local = build_local_computes(settings)
+    try:
+        if settings.redis_url:
+            queue = SessionTelemetryQueueService(settings, fallback=None, metrics=Metrics())
+            try:
+
+                async def enqueue(key: TelemetryKey, watermark: int) -> bool:
+                    return await queue.enqueue(
+                        key, watermark=watermark, reason=ScheduleReason.BACKFILL
+                    )
+
+                return await run_backfill(
+                    local.db,
+                    enqueue,
+                    window_minutes=settings.default_window_minutes,
+                    now_ms=local.clock.now_ms,
+                    selection=selection,
+                    on_progress=on_progress,
+                )
+            finally:
+                await queue.close()
+        progress = await run_backfill(
+            local.db,
+            coordinator_submit(local.coordinator),
+            window_minutes=settings.default_window_minutes,
+            now_ms=local.clock.now_ms,
+            selection=selection,
+            on_progress=on_progress,
+        )
+        await local.coordinator.wait_idle()
+        return progress
+    finally:
+        await local.close()
 
 
 def main() -> None:

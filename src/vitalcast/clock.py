@@ -6,6 +6,10 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
+# Clocks of phones and watches drift: a sample, session start or end this far ahead of the
+# server's now is still accepted; anything later is FUTURE_TIMESTAMP.
+FUTURE_TOLERANCE_MS = 5 * 60_000
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
 

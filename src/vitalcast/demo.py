@@ -20,12 +20,12 @@ from fastapi import FastAPI
 
 from vitalcast import clock
 from vitalcast.auth import issue_token
-from vitalcast.container import Container
 from vitalcast.observability import get_logger
 from vitalcast.sessions import repository as session_repository
 from vitalcast.settings import Settings
 from vitalcast.simulator import Api, Pace, SessionRunner, live_placement
 from vitalcast.wearable import MINUTE_MS, Interval, Profile, SessionPlan
+from vitalcast.wiring import ServerParts
 
 log = get_logger(__name__)
 
@@ -51,7 +51,7 @@ def attach_demo(application: Any, settings: Settings, *, host: str, port: int) -
     @asynccontextmanager
     async def lifespan(app_: FastAPI) -> AsyncIterator[Any]:
         async with inner(app_) as state:
-            demo = _Demo(app_.state.container, _base_url(host, port))
+            demo = _Demo(app_.state.parts, _base_url(host, port))
             task = asyncio.create_task(demo.run())
             try:
                 yield state
@@ -85,8 +85,8 @@ def _base_url(host: str, port: int) -> str:
 class _Demo:
     """The demo's background work inside one server process."""
 
-    def __init__(self, container: Container, base_url: str) -> None:
-        self._container = container
+    def __init__(self, parts: ServerParts, base_url: str) -> None:
+        self._parts = parts
         self._base_url = base_url
         self._live: SessionRunner | None = None
         self._user_id = ""
@@ -110,13 +110,13 @@ class _Demo:
                 delay_s = min(delay_s * 2, 60.0)
 
     async def _token(self) -> str:
-        now_ms = self._container.clock.now_ms()
-        async with self._container.db.write() as conn:
+        now_ms = self._parts.clock.now_ms()
+        async with self._parts.db.write() as conn:
             self._user_id = await session_repository.get_or_create_user(
                 conn, DEMO_USER, now_ms=now_ms
             )
         return issue_token(
-            self._container.secret, self._user_id, now_s=now_ms // 1000, ttl_s=TOKEN_TTL_S
+            self._parts.secret, self._user_id, now_s=now_ms // 1000, ttl_s=TOKEN_TTL_S
         )
 
     async def _live_forever(self, api: Api) -> None:
@@ -140,7 +140,8 @@ class _Demo:
                 notes="Live demo session, synced every 10 seconds",
             )
             # The server is stopping when this task is cancelled, so the session is ended
-            # through the service (end_live_session), not over HTTP.
+            # through the service (end_live_session), not over HTTP; the service precomputes
+            # its views and tells its subscribers all the same.
             self._live = SessionRunner(
                 api,
                 plan,
@@ -159,9 +160,9 @@ class _Demo:
         live = self._live
         if live is None or live.session_id is None:
             return
-        end_ms = max(live.plan.start_ms, min(self._container.clock.now_ms(), live.plan.end_ms))
+        end_ms = max(live.plan.start_ms, min(self._parts.clock.now_ms(), live.plan.end_ms))
         try:
-            await self._container.sessions.end(self._user_id, live.session_id, end_ms=end_ms)
+            await self._parts.sessions.end(self._user_id, live.session_id, end_ms=end_ms)
         except Exception as exc:
             log.warning("demo_end_failed", session_id=live.session_id, error=type(exc).__name__)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -18,7 +19,9 @@ _FORBIDDEN_KEYS = frozenset(
 )
 
 
-def _drop_sensitive(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+def _drop_sensitive(
+    _logger: Any, _name: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     for key in _FORBIDDEN_KEYS & event.keys():
         event[key] = "[redacted]"
     return event

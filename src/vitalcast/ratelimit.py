@@ -2,11 +2,11 @@
 
 Embedded, the counters live in this process. With ``settings.redis_url`` they live in Redis, so
 every server node draws on one budget per user. A limiter outage must never become an outage of
-the API: when Redis cannot answer within ``REDIS_TIMEOUT_S`` the limiter counts in memory (a
+the API: when Redis cannot answer within ``RATE_LIMIT_TIMEOUT_S`` the limiter counts in memory (a
 per-node budget) for ``fallback_s`` and then tries Redis again, one request at a time.
 
-A refusal is ``RateLimited`` (HTTP 429, code ``RATE_LIMITED``) whose ``retry_after_s`` is the
-moment the oldest counted request leaves the window, i.e. when a retry is admitted again.
+A refusal's ``retry_after_s`` is the moment the oldest counted request leaves the window, i.e.
+when a retry is admitted again; the HTTP layer turns it into a 429 with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -16,26 +16,22 @@ import math
 import time
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 import limits
-from fastapi import Depends, Request
 from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter as LocalMovingWindowRateLimiter
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.asyncio import ConnectionPool
 
-from vitalcast.api.deps import CurrentUser
-from vitalcast.errors import RateLimited
 from vitalcast.observability import get_logger
+from vitalcast.redis_connections import RATE_LIMIT_TIMEOUT_S, short_call_pool
 from vitalcast.settings import Settings
 
 log = get_logger(__name__)
 
-EXTRAS_KEY = "rate_limiter"
-REDIS_TIMEOUT_S = 0.5
+#: seconds the limiter counts in memory after Redis failed, before it tries Redis again
 FALLBACK_S = 5.0
 
 
@@ -68,18 +64,19 @@ class RateLimiter:
         # The in-process counters use the synchronous strategy: it never leaves the loop, where
         # the async memory storage hands its expiry sweep to a thread after every request.
         self._memory = LocalMovingWindowRateLimiter(MemoryStorage())
-        self._redis_storage: RedisStorage | None = None
+        self._redis_pool: ConnectionPool | None = None
         self._redis: MovingWindowRateLimiter | None = None
         if redis_url:
-            self._redis_storage = RedisStorage(
+            self._redis_pool = short_call_pool(redis_url, RATE_LIMIT_TIMEOUT_S)
+            storage = RedisStorage(
                 "async+" + redis_url,
                 implementation="redispy",
                 key_prefix=key_prefix,
-                socket_connect_timeout=REDIS_TIMEOUT_S,
-                socket_timeout=REDIS_TIMEOUT_S,
-                retry=Retry(NoBackoff(), 0),
+                # limits takes a pool (its own option types leave it out), so ours, with the
+                # short-call timeouts, is the one it uses and the one ``close`` releases.
+                connection_pool=cast(Any, self._redis_pool),
             )
-            self._redis = MovingWindowRateLimiter(self._redis_storage)
+            self._redis = MovingWindowRateLimiter(storage)
         self._fallback_s = fallback_s
         self._redis_healthy = True
         self._redis_down_until = 0.0
@@ -106,7 +103,7 @@ class RateLimiter:
         item = self._items[scope]
         if self._redis is not None and self._try_redis():
             try:
-                async with asyncio.timeout(REDIS_TIMEOUT_S * 2):
+                async with asyncio.timeout(RATE_LIMIT_TIMEOUT_S * 2):
                     allowed = await self._redis.hit(item, user_id)
                     stats = None if allowed else await self._redis.get_window_stats(item, user_id)
             except Exception as exc:
@@ -121,8 +118,8 @@ class RateLimiter:
         return _refusal(self._memory.get_window_stats(item, user_id))
 
     async def close(self) -> None:
-        if self._redis_storage is not None:
-            await self._redis_storage.bridge.storage.aclose()
+        if self._redis_pool is not None:
+            await self._redis_pool.aclose()
 
     def _try_redis(self) -> bool:
         """Redis while healthy; while down, one probe per ``fallback_s`` and memory meanwhile."""
@@ -148,42 +145,10 @@ class RateLimiter:
 _ALLOWED = Decision(allowed=True, retry_after_s=0)
 
 
+def retry_after_s(stats: limits.WindowStats) -> int:
+    """Whole seconds until the oldest counted hit leaves the window (at least 1)."""
+    return max(1, math.ceil(stats.reset_time - time.time()))
+
+
 def _refusal(stats: limits.WindowStats) -> Decision:
-    """A refusal whose Retry-After is when the oldest counted request leaves the window."""
-    return Decision(allowed=False, retry_after_s=max(1, math.ceil(stats.reset_time - time.time())))
-
-
-async def close(container: Any) -> None:
-    """Release the limiter's Redis connections, if the process created a limiter."""
-    limiter: RateLimiter | None = container.extras.pop(EXTRAS_KEY, None)
-    if limiter is not None:
-        await limiter.close()
-
-
-def limiter_of(container: Any) -> RateLimiter:
-    """The process's limiter, created on first use (``close`` releases it at shutdown)."""
-    limiter: RateLimiter | None = container.extras.get(EXTRAS_KEY)
-    if limiter is None:
-        limiter = RateLimiter.from_settings(container.settings)
-        container.extras[EXTRAS_KEY] = limiter
-    return limiter
-
-
-def _enforce(scope: Scope) -> Any:
-    async def enforce_rate_limit(request: Request, user: CurrentUser) -> None:
-        container = request.app.state.container
-        decision = await limiter_of(container).hit(scope, user.user_id)
-        if not decision.allowed:
-            container.metrics.rate_limited.labels(scope=scope.value).inc()
-            raise RateLimited(
-                f"Too many {scope.value} requests; retry in {decision.retry_after_s} s.",
-                retry_after_s=decision.retry_after_s,
-            )
-
-    return Depends(enforce_rate_limit)
-
-
-IngestRateLimit = _enforce(Scope.INGEST)
-"""Route dependency: spend one ingest request of the caller's budget or answer 429."""
-TelemetryRateLimit = _enforce(Scope.TELEMETRY)
-"""Route dependency: spend one telemetry read of the caller's budget or answer 429."""
+    return Decision(allowed=False, retry_after_s=retry_after_s(stats))

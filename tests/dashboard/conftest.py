@@ -9,6 +9,7 @@ import contextlib
 import random
 import re
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
 from tests.conftest import service_missing
-from tests.processes import run_cli, stop_process, vitalcast_command, vitalcast_env
+from tests.processes import entry_point, run_cli, stop_process, vitalcast_env
 from vitalcast.simulator import Api, Pace, SessionRunner
 from vitalcast.wearable import MINUTE_MS, Interval, Profile, SessionPlan, generate
 
@@ -82,12 +83,9 @@ def run_server(
     out, err = logs / f"{stem}.out", logs / f"{stem}.err"
     args = ["serve", "--host", "127.0.0.1", "--port", str(port), *(["--demo"] if demo else [])]
     with out.open("wb") as out_file, err.open("wb") as err_file:
+        command, module = entry_point(args, clock_file)
         process = subprocess.Popen(
-            vitalcast_command(args, clock_file),
-            env=env,
-            stdout=out_file,
-            stderr=err_file,
-            cwd=REPO,
+            [sys.executable, "-m", module, *command], env=env, stdout=out_file, stderr=err_file
         )
     server = Server("", env, process, out, err)
     try:

@@ -20,7 +20,8 @@ LINK = re.compile(r"(http://127\.0\.0\.1:\d+/#token=([\w.-]+))")
 async def test_demo_prints_a_link_to_live_charts_that_move(tmp_path, browser):
     """The demo prints a dashboard link with the token in the fragment (and never in its logs);
     the page lists three past sessions and a live one whose charts are drawn and then move by
-    themselves as the simulated phone syncs; stopping the server ends the live session."""
+    themselves as the simulated phone syncs; stopping the server ends the live session, which
+    (ended through the session service, not a route) precomputes its views at 1m and 5m."""
     env = vitalcast_env(tmp_path / "data")
     with run_server(env, tmp_path / "logs", port=free_port(), demo=True) as server:
         deadline = time.monotonic() + 60
@@ -55,9 +56,21 @@ async def test_demo_prints_a_link_to_live_charts_that_move(tmp_path, browser):
         assert tab.errors == [] and tab.console_errors == []
 
     assert token not in server.logs()
+    headers = {"Authorization": f"Bearer {token}"}
     with run_server(env, tmp_path / "logs") as again:
         async with httpx.AsyncClient(base_url=again.url) as http:
-            response = await http.get(
-                f"/api/v1/sessions/{live_id}", headers={"Authorization": f"Bearer {token}"}
-            )
+            response = await http.get(f"/api/v1/sessions/{live_id}", headers=headers)
+            views = [
+                await http.get(
+                    f"/api/v1/sessions/{live_id}/telemetry",
+                    params={"resolution": resolution},
+                    headers=headers,
+                )
+                for resolution in ("1m", "5m")
+            ]
     assert response.json()["status"] == "completed"
+    watermark = response.json()["source_watermark"]
+    for view in views:
+        body = view.json()
+        assert (view.status_code, body["state"]) == (200, "ready"), body["state"]
+        assert body["telemetry"]["source_watermark"] == watermark

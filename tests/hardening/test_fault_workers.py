@@ -26,6 +26,7 @@ from vitalcast.db.tables import telemetry_cache
 from vitalcast.ingest.service import IngestService
 from vitalcast.observability import Metrics
 from vitalcast.sessions import repository as session_repository
+from vitalcast.sessions.changes import NO_LISTENER
 from vitalcast.sessions.service import SessionService
 
 pytestmark = pytest.mark.slow
@@ -45,8 +46,9 @@ async def _seed(url: str) -> None:
     try:
         async with db.write() as conn:
             user_id = await session_repository.get_or_create_user(conn, "backfilled", now_ms=0)
-        sessions = SessionService(db, clock)
-        ingest = IngestService(db, clock, Metrics())
+        # Nothing listens: the backfill under test is what computes these sessions.
+        sessions = SessionService(db, clock, NO_LISTENER)
+        ingest = IngestService(db, clock, Metrics(), NO_LISTENER)
         base = now_ms() - 2 * SESSIONS * 60 * MINUTE_MS
         for n in range(SESSIONS):
             start = base + n * 2 * 60 * MINUTE_MS
@@ -109,7 +111,6 @@ async def test_sigkilled_workers_during_backfill_leave_every_session_ready(
         database_url=spare_pg_url,
         redis_url=spare_redis.url,
     )
-    worker_env = env | {"VITALCAST_TEST_JOB_HOLD_MS": str(HOLD_MS)}
     logs = tmp_path / "logs"
     logs.mkdir()
     spawned = 0
@@ -118,7 +119,12 @@ async def test_sigkilled_workers_during_backfill_leave_every_session_ready(
         nonlocal spawned
         spawned += 1
         return stack.enter_context(
-            spawn(["worker", "--concurrency", "2"], worker_env, logs / f"w{spawned}.log")
+            spawn(
+                [str(HOLD_MS), "--concurrency", "2"],
+                env,
+                logs / f"w{spawned}.log",
+                module="tests.held_worker",
+            )
         )
 
     with contextlib.ExitStack() as stack:

@@ -1,26 +1,11 @@
-"""Small builders for ingest requests in tests."""
+"""Small builders for ingest requests in tests (the shared ones live in ``vitalcast.testing``)."""
 
 from __future__ import annotations
 
-import time
-from typing import Any
-
 from vitalcast.clock import iso_ms as iso
+from vitalcast.clock import now_ms
+from vitalcast.testing import hr_sample as hr
+
+__all__ = ["MINUTE_MS", "hr", "iso", "now_ms"]
 
 MINUTE_MS = 60_000
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def hr(record_id: str, at_ms: int, value: float = 72.0, **extra: Any) -> dict[str, Any]:
-    """A heart-rate sample from the watch."""
-    return {
-        "source": "healthkit",
-        "record_id": record_id,
-        "metric": "heart_rate",
-        "value": value,
-        "unit": "bpm",
-        "start": iso(at_ms),
-    } | extra

@@ -17,6 +17,7 @@ from vitalcast.db.engine import Database, create_engine
 from vitalcast.ingest import repository as ingest_repository
 from vitalcast.ingest.validation import NormalizedSample
 from vitalcast.sessions import repository as session_repository
+from vitalcast.sessions.changes import NO_LISTENER
 from vitalcast.sessions.service import SessionService
 
 LOCK_WAIT_TIMEOUT_S = 10.0
@@ -68,7 +69,7 @@ async def test_session_created_during_an_ingest_waits_for_it_and_takes_its_water
             )
             assert touched == []  # the session does not exist yet
             creating = asyncio.create_task(
-                SessionService(create_db, SystemClock()).create(
+                SessionService(create_db, SystemClock(), NO_LISTENER).create(
                     user_id, client_session_id=None, start_ms=now - 10 * MINUTE_MS, notes=None
                 )
             )

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from tests.processes import Child, free_port, spawn
+from tests.processes import Child, entry_point, free_port, spawn
 
 #: the start and stop bounds of the queue's servers and workers (longer than the defaults of
 #: ``tests.processes``; these tests were written against them)
@@ -124,15 +124,22 @@ class WorkerProcess(Child):
 
 @contextlib.contextmanager
 def worker_subprocess(
-    env: dict[str, str], log_path: Path, *args: str, clock_file: Path | None = None
+    env: dict[str, str],
+    log_path: Path,
+    *args: str,
+    hold_ms: int | None = None,
+    clock_file: Path | None = None,
 ) -> Iterator[WorkerProcess]:
-    """``vitalcast worker`` consuming the env's queue (on the clock of ``clock_file`` when
-    given), started (``worker_started`` logged)."""
+    """``vitalcast worker`` consuming the env's queue, started (``worker_started`` logged); with
+    ``hold_ms`` every compute first holds its lease that long (``tests.held_worker``), with
+    ``clock_file`` it runs on the test-moved clock (``tests.shifted_clock``)."""
     port = free_port()
-    worker_args = ["worker", "--metrics-port", str(port), *args]
-    with spawn(
-        worker_args, env, log_path, stop_timeout_s=STOP_TIMEOUT_S, clock_file=clock_file
-    ) as child:
+    options = ["--metrics-port", str(port), *args]
+    if hold_ms is None:
+        command, module = entry_point(["worker", *options], clock_file)
+    else:
+        command, module = [str(hold_ms), *options], "tests.held_worker"
+    with spawn(command, env, log_path, stop_timeout_s=STOP_TIMEOUT_S, module=module) as child:
         worker = WorkerProcess(child.process, log_path, f"http://127.0.0.1:{port}")
         deadline = time.monotonic() + START_TIMEOUT_S
         while "worker_started" not in worker.log():

@@ -22,26 +22,28 @@ from vitalcast.queue.handler import ComputeJobHandler
 from vitalcast.queue.jobs import TelemetryJob
 from vitalcast.queue.service import SessionTelemetryQueueService
 from vitalcast.sessions import repository as session_repository
+from vitalcast.sessions.changes import NO_LISTENER
 from vitalcast.sessions.models import Session, SessionStatus
 from vitalcast.settings import Settings
+from vitalcast.telemetry.computer import TelemetryComputer
 from vitalcast.telemetry.models import ScheduleReason, TelemetryKey
-from vitalcast.telemetry.service import SessionTelemetryService, build_telemetry
+from vitalcast.testing import ensure_user
+from vitalcast.wiring import build_local_computes
 
 HOUR_MS = 60 * MINUTE_MS
 
 
 @dataclass
 class World:
-    """A database with sessions, the telemetry service and the queue of one test."""
+    """A database with sessions, a telemetry computer and the queue of one test."""
 
     settings: Settings
     db: Database
-    telemetry: SessionTelemetryService
+    computer: TelemetryComputer
     queue: SessionTelemetryQueueService
 
     async def user(self, name: str) -> str:
-        async with self.db.write() as conn:
-            return await session_repository.get_or_create_user(conn, name, now_ms=now_ms())
+        return await ensure_user(self.db, name)
 
     async def session(self, user_id: str, *, start_ms: int, end_ms: int | None) -> Session:
         async with self.db.write() as conn:
@@ -62,7 +64,7 @@ class World:
     async def compute(self, session: Session, *, only: str | None = None) -> None:
         for key in self.keys(session):
             if only is None or key.resolution.value == only:
-                await self.telemetry.compute(key, reason=ScheduleReason.CACHE_MISS)
+                await self.computer.compute(key, reason=ScheduleReason.CACHE_MISS)
 
     def keys(self, session: Session) -> list[TelemetryKey]:
         return default_keys(
@@ -94,13 +96,12 @@ async def world(
     settings: Settings, db: Database, redis_url: str, unique_prefix: str
 ) -> AsyncIterator[World]:
     configured = settings.model_copy(update={"redis_url": redis_url, "queue_prefix": unique_prefix})
-    telemetry, coordinator = build_telemetry(configured, db, SystemClock(), Metrics())
+    local = build_local_computes(configured)
     queue = SessionTelemetryQueueService(configured, fallback=None, metrics=Metrics())
-    world = World(configured, db, telemetry, queue)
+    world = World(configured, db, local.computer, queue)
     yield world
     await world.queue.close()
-    await coordinator.stop()
-    await telemetry.close()
+    await local.close()
     await delete_prefix(redis_url, unique_prefix)
 
 
@@ -119,7 +120,7 @@ async def test_backfill_schedules_exactly_the_missing_and_stale_default_caches(
     await world.compute(fresh)
     await world.compute(half, only="1m")
     await world.compute(stale)
-    ingest = IngestService(world.db, SystemClock(), Metrics())
+    ingest = IngestService(world.db, SystemClock(), Metrics(), NO_LISTENER)
     await ingest.ingest(alice, {"samples": [hr("late", stale.start_ms + MINUTE_MS)]})
     async with world.db.read() as conn:
         stale_now = await session_repository.get(conn, alice, stale.id)
@@ -177,7 +178,7 @@ async def test_backfill_waits_while_the_queue_is_full_and_finishes_as_workers_dr
     assert await world.queue.depth() == 2
 
     clock = SystemClock()
-    await start_worker(world.settings, ComputeJobHandler(world.telemetry, world.db, clock))
+    await start_worker(world.settings, ComputeJobHandler(world.computer, clock))
     progress = await asyncio.wait_for(backfill, 60)
     assert progress.scheduled == 8
     assert progress.waits > 0

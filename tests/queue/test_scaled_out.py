@@ -43,7 +43,8 @@ from tests.queue.helpers import (
 )
 from vitalcast.db.engine import Database, create_engine
 from vitalcast.db.tables import telemetry_cache
-from vitalcast.queue.jobs import connection_options, job_id
+from vitalcast.queue.jobs import job_id
+from vitalcast.redis_connections import blocking_options
 from vitalcast.telemetry.models import Resolution, TelemetryKey
 
 pytestmark = pytest.mark.slow
@@ -97,7 +98,7 @@ async def queue(cluster: Cluster) -> AsyncIterator[Queue]:
     """A read-side handle on the cluster's queue, for looking at jobs."""
     handle = Queue(
         "session-telemetry",
-        {"connection": connection_options(cluster.redis_url), "prefix": cluster.prefix},
+        {"connection": blocking_options(cluster.redis_url), "prefix": cluster.prefix},
     )
     yield handle
     await handle.close()
@@ -174,8 +175,7 @@ async def test_a_burst_of_ingests_into_a_live_session_costs_at_most_two_computes
     final watermark. The worker holds each compute 3 s so the whole burst lands during one."""
     _user, token = await new_user(cluster.pg_url)
     api = Api(cluster.server.url, token)
-    held = cluster.env | {"VITALCAST_TEST_JOB_HOLD_MS": "3000"}
-    with worker_subprocess(held, tmp_path / "worker.log") as worker:
+    with worker_subprocess(cluster.env, tmp_path / "worker.log", hold_ms=3000) as worker:
         start = now_ms() - 20 * MINUTE_MS
         session = await api.create_session(started_at=iso(start))
         limits = httpx.Limits(max_connections=100)
@@ -238,8 +238,9 @@ async def test_a_killed_workers_job_completes_on_another_worker(
     job within 15 s, the cache ends ready and no row keeps a live lease."""
     user_id, token = await new_user(cluster.pg_url)
     api = Api(cluster.server.url, token)
-    holding = cluster.env | {"VITALCAST_TEST_JOB_HOLD_MS": "120000"}
-    with worker_subprocess(holding, tmp_path / "doomed.log", "--concurrency", "1") as doomed:
+    with worker_subprocess(
+        cluster.env, tmp_path / "doomed.log", "--concurrency", "1", hold_ms=120_000
+    ) as doomed:
         session, seq = await start_held_compute(api, cluster.pg_url, doomed)
         key = TelemetryKey(session["id"], 60, Resolution.ONE_MINUTE, user_id=user_id)
         assert await queue.getJobState(job_id(key, seq)) == "active"
@@ -265,8 +266,7 @@ async def test_sigterm_lets_a_running_job_finish(
     exits cleanly (code 0)."""
     user_id, token = await new_user(cluster.pg_url)
     api = Api(cluster.server.url, token)
-    held = cluster.env | {"VITALCAST_TEST_JOB_HOLD_MS": "2000"}
-    with worker_subprocess(held, tmp_path / "worker.log") as worker:
+    with worker_subprocess(cluster.env, tmp_path / "worker.log", hold_ms=2000) as worker:
         session, seq = await start_held_compute(api, cluster.pg_url, worker)
         worker.process.send_signal(signal.SIGTERM)
         assert worker.process.wait(15) == 0, worker.log()
@@ -286,9 +286,10 @@ async def test_sigterm_releases_a_long_job_to_another_worker(
     attempt used."""
     user_id, token = await new_user(cluster.pg_url)
     api = Api(cluster.server.url, token)
-    held = cluster.env | {"VITALCAST_TEST_JOB_HOLD_MS": "120000"}
     grace = ("--concurrency", "1", "--shutdown-grace", "1")
-    with worker_subprocess(held, tmp_path / "stopping.log", *grace) as stopping:
+    with worker_subprocess(
+        cluster.env, tmp_path / "stopping.log", *grace, hold_ms=120_000
+    ) as stopping:
         session, seq = await start_held_compute(api, cluster.pg_url, stopping)
         with worker_subprocess(cluster.env, tmp_path / "taker.log") as taker:
             stopping.process.send_signal(signal.SIGTERM)
@@ -436,7 +437,7 @@ async def test_redis_outage_degrades_to_in_process_computes_and_recovers(
         key = TelemetryKey(session["id"], 45, Resolution.ONE_MINUTE, user_id=user_id)
         handle = Queue(
             "session-telemetry",
-            {"connection": connection_options(private_redis.url), "prefix": unique_prefix},
+            {"connection": blocking_options(private_redis.url), "prefix": unique_prefix},
         )
         try:
             job = await Job.fromId(handle, job_id(key, late))

@@ -21,6 +21,7 @@ import uvicorn
 
 from vitalcast.app import create_app
 from vitalcast.settings import Settings
+from vitalcast.wiring import NO_SEAMS, Seams, ServerParts
 
 START_TIMEOUT_S = 30.0
 
@@ -34,8 +35,8 @@ class LiveServer:
     loop: asyncio.AbstractEventLoop
 
     @property
-    def container(self) -> Any:
-        return self.app.state.container
+    def parts(self) -> ServerParts:
+        return self.app.state.parts
 
     def run(self, coro: Awaitable[Any], timeout_s: float = 10.0) -> Any:
         """Run ``coro`` on the server's loop (the server's objects live there)."""
@@ -44,9 +45,9 @@ class LiveServer:
 
 
 @contextlib.contextmanager
-def serve_in_thread(settings: Settings) -> Iterator[LiveServer]:
-    """Serve ``create_app(settings)`` on 127.0.0.1:<free port> until the block exits."""
-    app = create_app(settings)
+def serve_in_thread(settings: Settings, seams: Seams = NO_SEAMS) -> Iterator[LiveServer]:
+    """Serve ``create_app(settings, seams)`` on 127.0.0.1:<free port> until the block exits."""
+    app = create_app(settings, seams)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -83,7 +84,7 @@ def live(settings: Settings) -> Iterator[LiveServer]:
 
 
 def updated_fields(session_id: str, source_watermark: int, **changes: Any) -> dict[str, Any]:
-    """Keyword arguments of ``broadcaster.session_updated`` for a ready live 1 m answer."""
+    """The fields of a ``TelemetryUpdate`` for a ready live 1 m answer."""
     return {
         "session_id": session_id,
         "source_watermark": source_watermark,

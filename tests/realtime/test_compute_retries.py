@@ -6,33 +6,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
+from tests.doubles import FailingFirst
 from tests.ingest.helpers import MINUTE_MS, hr, now_ms
-from tests.realtime.conftest import ClientFactory, LiveServer
+from tests.realtime.conftest import ClientFactory, LiveServer, serve_in_thread
 from tests.realtime.test_end_to_end import ingest, next_update_at, telemetry
 from tests.realtime.test_socket_server import create_session
-from vitalcast.sessions.models import Session
+from vitalcast.settings import Settings
 from vitalcast.telemetry.cache import Lease, SessionTelemetryCacheRepository
-from vitalcast.telemetry.compute import Aggregator, ComputedTelemetry
 from vitalcast.telemetry.models import Resolution, TelemetryKey
-
-
-class FailingFirst:
-    """The real aggregate behind a seam that raises on its first ``failures`` calls."""
-
-    def __init__(self, aggregate: Aggregator, failures: int) -> None:
-        self._aggregate = aggregate
-        self.failures = failures
-        self.calls = 0
-
-    async def __call__(
-        self, conn: AsyncConnection, session: Session, key: TelemetryKey, now: int
-    ) -> ComputedTelemetry:
-        self.calls += 1
-        if self.calls <= self.failures:
-            raise RuntimeError("injected compute failure")
-        return await self._aggregate(conn, session, key, now)
+from vitalcast.wiring import Seams
 
 
 async def subscribed_session(live: LiveServer, users: Any, socket_client: ClientFactory) -> Any:
@@ -44,24 +26,23 @@ async def subscribed_session(live: LiveServer, users: Any, socket_client: Client
 
 
 async def test_compute_failing_twice_ends_ready_and_the_subscriber_hears(
-    live: LiveServer, users: Any, socket_client: ClientFactory
+    settings: Settings, users: Any, socket_client: ClientFactory
 ) -> None:
-    """The ingest's compute fails twice; the coordinator retries after each backoff (1 s, 2 s)
-    and the third run saves: the subscriber gets session.updated (ready) and a GET afterwards
-    is ready at that watermark."""
-    service = live.container.telemetry
-    seam = FailingFirst(service.aggregator, failures=2)
-    service.aggregator = seam
-    _user_id, token, session, client = await subscribed_session(live, users, socket_client)
-
-    seq = await ingest(live.url, token, [hr(f"r{i}", now_ms() - i * MINUTE_MS) for i in range(5)])
-    event = await next_update_at(client, seq, timeout_s=20)
-    assert event["state"] == "ready" and event["source_watermark"] == seq
-    assert seam.calls == 3
-    stats = live.container.extras["coordinator"].stats
-    assert stats.retries == 2 and stats.outcomes["failed"] == 2
-    body = await telemetry(live.url, token, session["id"])
-    assert body["state"] == "ready" and body["telemetry"]["source_watermark"] == seq
+    """The ingest's compute fails twice (the aggregator seam raises); the coordinator retries
+    after each backoff (1 s, 2 s) and the third run saves: the subscriber gets session.updated
+    (ready) and a GET afterwards is ready at that watermark."""
+    seam = FailingFirst(failures=2)
+    with serve_in_thread(settings, Seams(aggregator=seam)) as live:
+        _user_id, token, session, client = await subscribed_session(live, users, socket_client)
+        samples = [hr(f"r{i}", now_ms() - i * MINUTE_MS) for i in range(5)]
+        seq = await ingest(live.url, token, samples)
+        event = await next_update_at(client, seq, timeout_s=20)
+        assert event["state"] == "ready" and event["source_watermark"] == seq
+        assert seam.calls == 3
+        stats = live.parts.coordinator.stats
+        assert stats.retries == 2 and stats.outcomes["failed"] == 2
+        body = await telemetry(live.url, token, session["id"])
+        assert body["state"] == "ready" and body["telemetry"]["source_watermark"] == seq
 
 
 async def test_lease_of_a_crashed_holder_delays_the_compute_but_does_not_drop_it(
@@ -80,5 +61,5 @@ async def test_lease_of_a_crashed_holder_delays_the_compute_but_does_not_drop_it
     seq = await ingest(live.url, token, [hr("r1", now_ms() - MINUTE_MS)])
     event = await next_update_at(client, seq, timeout_s=20)
     assert event["state"] == "ready"
-    stats = live.container.extras["coordinator"].stats
+    stats = live.parts.coordinator.stats
     assert stats.outcomes["lease_busy"] >= 1 and stats.retries >= 1

@@ -123,3 +123,38 @@ async def test_resume_sends_exactly_one_update_with_the_latest_watermark(
     ack = await current.call("subscribe", {"session_id": session["id"], "since_watermark": latest})
     assert ack["ok"] is True
     assert await current.none_within("session.updated", 0.5)
+
+
+async def test_a_session_ended_through_the_service_precomputes_and_tells_subscribers(
+    live: LiveServer, users: Any, socket_client: ClientFactory
+) -> None:
+    """Ending a session through ``SessionService.end`` (what the demo does when the server stops,
+    with no HTTP route involved) emits ``session.status`` and precomputes the default window at
+    1m and 5m, each announced by ``session.updated``."""
+    user_id, token = await users.create()
+    session = await create_session(live.url, token)
+    client = await socket_client(live.url, token)
+    assert (await client.call("subscribe", {"session_id": session["id"]}))["ok"] is True
+    start = now_ms()
+    await ingest(live.url, token, [hr(f"e{i}", start - i * MINUTE_MS, 70 + i) for i in range(5)])
+
+    ended = live.run(live.parts.sessions.end(user_id, session["id"], end_ms=None))
+    status = await client.next("session.status")
+    while status["status"] != "completed":
+        status = await client.next("session.status")
+    assert (status["session_id"], status["live"]) == (session["id"], False)
+    assert status["end_ms"] == ended.end_ms
+
+    precomputed = set()
+    while precomputed != {"1m", "5m"}:
+        event = await next_update_at(client, ended.source_watermark)
+        if event["live"] is False and event["window_minutes"] == 60:
+            precomputed.add(event["resolution"])
+    async with httpx.AsyncClient(base_url=live.url) as http:
+        for resolution in ("1m", "5m"):
+            response = await http.get(
+                f"/api/v1/sessions/{session['id']}/telemetry",
+                params={"resolution": resolution},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            assert response.json()["state"] == "ready", resolution

@@ -12,6 +12,7 @@ import socketio
 
 from tests.realtime.conftest import ClientFactory, LiveServer, serve_in_thread, updated_fields
 from vitalcast.settings import Settings
+from vitalcast.telemetry.models import TelemetryUpdate
 
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
@@ -41,7 +42,7 @@ def broadcast_updated(
 ) -> None:
     """session.updated through the server's own broadcaster, as a finished compute sends it."""
     fields = updated_fields(session_id, source_watermark, **changes)
-    live.run(live.container.broadcaster.session_updated(**fields))
+    live.run(live.parts.broadcaster.session_updated(TelemetryUpdate(**fields)))
 
 
 async def connected_gauge(url: str) -> float:

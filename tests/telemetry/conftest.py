@@ -5,6 +5,7 @@ small client that drives it through the public HTTP API (sessions, POST /samples
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -17,6 +18,7 @@ from vitalcast.clock import iso_ms as iso
 from vitalcast.db.engine import Database
 from vitalcast.settings import Settings
 from vitalcast.telemetry.coordinator import BoundedComputeCoordinator
+from vitalcast.wiring import Seams, ServerParts
 
 # 2026-03-02T08:00:00Z: a fixed "now" that every telemetry test starts from
 T0_MS = 1_772_438_400_000
@@ -28,11 +30,18 @@ def clock() -> ManualClock:
     return ManualClock(T0_MS)
 
 
+@asynccontextmanager
+async def serving(settings: Settings, seams: Seams) -> AsyncIterator[Any]:
+    """The real app with ``seams``, lifespan running."""
+    application = create_app(settings, seams)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
 @pytest.fixture
 async def tapp(settings: Settings, clock: ManualClock) -> AsyncIterator[Any]:
     """The real app on the manual clock, lifespan running."""
-    application = create_app(settings, clock=clock)
-    async with application.router.lifespan_context(application):
+    async with serving(settings, Seams(clock=clock)) as application:
         yield application
 
 
@@ -43,12 +52,12 @@ class TelemetryClient:
         self.app = app
         self.http = http
         self.clock = clock
-        self.container = app.state.container
-        self.db: Database = self.container.db
+        self.parts: ServerParts = app.state.parts
+        self.db: Database = self.parts.db
 
     @property
     def coordinator(self) -> BoundedComputeCoordinator:
-        return self.container.extras["coordinator"]
+        return self.parts.coordinator
 
     async def settle(self) -> None:
         """Wait until every scheduled compute has run."""
@@ -108,11 +117,26 @@ class TelemetryClient:
             await conn.execute(sa.text(sql), params)
 
 
+@asynccontextmanager
+async def client_of(app: Any, clock: ManualClock) -> AsyncIterator[TelemetryClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        yield TelemetryClient(app, http, clock)
+
+
 @pytest.fixture
 async def tc(tapp: Any, clock: ManualClock) -> AsyncIterator[TelemetryClient]:
-    transport = httpx.ASGITransport(app=tapp)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-        yield TelemetryClient(tapp, http, clock)
+    async with client_of(tapp, clock) as client:
+        yield client
+
+
+@asynccontextmanager
+async def telemetry_client(
+    settings: Settings, clock: ManualClock, seams: Seams
+) -> AsyncIterator[TelemetryClient]:
+    """A ``TelemetryClient`` on an app with other seams than the ``tc`` fixture's."""
+    async with serving(settings, seams) as app, client_of(app, clock) as client:
+        yield client
 
 
 def hr(record_id: str, start_ms: int, value: float, *, source: str = "polar") -> dict[str, Any]:

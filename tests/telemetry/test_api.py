@@ -8,6 +8,7 @@ import uuid
 import sqlalchemy as sa
 
 from tests.telemetry.conftest import MINUTE, hr
+from vitalcast.telemetry.cache import SessionTelemetryCacheRepository
 from vitalcast.telemetry.models import Resolution, TelemetryKey
 from vitalcast.telemetry.payload import unpack
 
@@ -110,7 +111,7 @@ async def test_stale_is_200_with_retry_after_and_the_previous_payload(tc, users)
     before = (await tc.get(headers, session_id)).json()
     key = TelemetryKey(session_id, 60, Resolution.ONE_MINUTE, user_id=user_id)
     async with tc.db.write() as conn:
-        await tc.container.telemetry.cache.take_lease(
+        await SessionTelemetryCacheRepository().take_lease(
             conn, key, owner="other-node", now_ms=tc.clock.now_ms(), lease_ms=60_000
         )
     await tc.post_samples(headers, [hr("extra", start + 5 * MINUTE, 99.0)])
@@ -204,7 +205,7 @@ async def test_cache_hit_is_the_stored_bytes_joined(tc, users):
     session_id, _start = await _ended_session(tc, headers)
     response = await tc.get(headers, session_id, metrics="steps,heart_rate")
     async with tc.db.read() as conn:
-        row = await tc.container.telemetry.cache.get(
+        row = await SessionTelemetryCacheRepository().get(
             conn, TelemetryKey(session_id, 60, Resolution.ONE_MINUTE, user_id=user_id)
         )
     stored = unpack(row.payload)

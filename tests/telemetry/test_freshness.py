@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tests.telemetry.conftest import MINUTE, hr
+from vitalcast.telemetry.cache import SessionTelemetryCacheRepository
 from vitalcast.telemetry.models import Resolution, TelemetryKey
 
 HOUR = 60 * MINUTE
@@ -56,7 +57,7 @@ async def test_new_sample_in_window_is_stale_then_ready(tc, users):
     # Another node holds the lease of the default view, so its recompute cannot finish yet.
     key = TelemetryKey(session_id, 60, Resolution.ONE_MINUTE, user_id=user_id)
     async with tc.db.write() as conn:
-        await tc.container.telemetry.cache.take_lease(
+        await SessionTelemetryCacheRepository().take_lease(
             conn, key, owner="other-node", now_ms=tc.clock.now_ms(), lease_ms=30_000
         )
     metrics_before = (await tc.http.get("/metrics")).text
@@ -86,7 +87,7 @@ async def test_new_sample_in_window_is_stale_then_ready(tc, users):
     assert hr_after["stats"]["max"] == 150.0
 
     async with tc.db.read() as conn:
-        row = await tc.container.telemetry.cache.get(conn, key)
+        row = await SessionTelemetryCacheRepository().get(conn, key)
     assert row is not None and row.stale_since_ms is None and row.lease_owner is None
     text = (await tc.http.get("/metrics")).text
 

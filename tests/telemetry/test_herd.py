@@ -58,7 +58,7 @@ async def test_two_hundred_cold_sessions_stay_within_the_bound(tc, users):
     now = tc.clock.now_ms()
     session_ids = []
     samples = []
-    sessions = tc.container.sessions
+    sessions = tc.parts.sessions
     for index in range(200):
         start = now - (index + 2) * 8 * HOUR
         session, _created = await sessions.create(

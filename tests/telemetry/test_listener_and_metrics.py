@@ -3,31 +3,21 @@ computes, responses by state and the coordinator."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from tests.telemetry.conftest import MINUTE, hr
-
-
-class RecordingListener:
-    """A TelemetryListener that keeps what it was told."""
-
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-
-    async def session_updated(self, **event: Any) -> None:
-        self.events.append(event)
+from tests.doubles import BrokenListener, RecordingListener
+from tests.telemetry.conftest import MINUTE, hr, telemetry_client
+from vitalcast.wiring import Seams
 
 
-class BrokenListener:
-    async def session_updated(self, **_event: Any) -> None:
-        raise RuntimeError("the realtime layer is down")
-
-
-async def test_listener_hears_ready_and_no_data_saves_without_values(tc, users):
+async def test_listener_hears_ready_and_no_data_saves_without_values(settings, clock, users):
     """Each save (ready or no_data) reaches the listener with ids, watermark, state and window
     bounds, and no health values."""
     recorder = RecordingListener()
-    tc.container.telemetry.listener = recorder
+    seams = Seams(clock=clock, telemetry_listener=recorder)
+    async with telemetry_client(settings, clock, seams) as tc:
+        await _live_and_empty_sessions(tc, users, recorder)
+
+
+async def _live_and_empty_sessions(tc, users, recorder: RecordingListener) -> None:
     headers = await users.headers()
     now = tc.clock.now_ms()
     live_id = await tc.start_session(headers, now - 20 * MINUTE)
@@ -60,16 +50,17 @@ async def test_listener_hears_ready_and_no_data_saves_without_values(tc, users):
         }
 
 
-async def test_a_failing_listener_never_breaks_the_compute(tc, users):
+async def test_a_failing_listener_never_breaks_the_compute(settings, clock, users):
     """A listener that raises is logged; the payload is saved and served as ready."""
-    tc.container.telemetry.listener = BrokenListener()
-    headers = await users.headers()
-    start = tc.clock.now_ms() - 10 * MINUTE
-    session_id = await tc.start_session(headers, start)
-    await tc.post_samples(headers, [hr("x", start + MINUTE, 70.0)])
-    await tc.settle()
-    assert tc.coordinator.stats.completed >= 1 and tc.coordinator.stats.failed == 0
-    assert (await tc.get(headers, session_id)).json()["state"] == "ready"
+    seams = Seams(clock=clock, telemetry_listener=BrokenListener())
+    async with telemetry_client(settings, clock, seams) as tc:
+        headers = await users.headers()
+        start = tc.clock.now_ms() - 10 * MINUTE
+        session_id = await tc.start_session(headers, start)
+        await tc.post_samples(headers, [hr("x", start + MINUTE, 70.0)])
+        await tc.settle()
+        assert tc.coordinator.stats.completed >= 1 and tc.coordinator.stats.failed == 0
+        assert (await tc.get(headers, session_id)).json()["state"] == "ready"
 
 
 async def test_metrics_expose_computes_responses_and_the_coordinator(tc, users):

@@ -22,8 +22,8 @@ class Subscribed:
 
 
 def ticker(tc, subscribed: Subscribed) -> LiveTicker:
-    telemetry = tc.container.telemetry
-    return LiveTicker(tc.db, tc.clock, subscribed, telemetry.schedule, Metrics(), telemetry.cache)
+    """A ticker of its own (another server's, so to say) on the app's database and scheduler."""
+    return LiveTicker(tc.db, tc.clock, subscribed, tc.coordinator, Metrics())
 
 
 async def live_session(tc, headers) -> tuple[str, int]:

@@ -1,4 +1,4 @@
-"""Dependency aliases for routes: the process container and the authenticated caller."""
+"""Dependency aliases for routes: the server's parts and the authenticated caller."""
 
 from __future__ import annotations
 
@@ -7,25 +7,25 @@ from typing import Annotated
 from fastapi import Depends, Path, Request
 
 from vitalcast.auth import Principal, bearer_from_header, verify_token
-from vitalcast.container import Container
+from vitalcast.wiring import ServerParts
 
 
 # Both are ``async`` although they never await: FastAPI runs a plain ``def`` dependency in its
 # thread pool, and that hop costs more than the work (a cached telemetry GET doubled with it).
-async def get_container(request: Request) -> Container:
-    container: Container = request.app.state.container
-    return container
+async def get_parts(request: Request) -> ServerParts:
+    parts: ServerParts = request.app.state.parts
+    return parts
 
 
 async def get_principal(request: Request) -> Principal:
-    container: Container = request.app.state.container
+    parts: ServerParts = request.app.state.parts
     token = bearer_from_header(request.headers.get("authorization"))
-    principal = verify_token(container.secret, token)
+    principal = verify_token(parts.secret, token)
     request.state.user_id = principal.user_id
     return principal
 
 
-ContainerDep = Annotated[Container, Depends(get_container)]
+Parts = Annotated[ServerParts, Depends(get_parts)]
 CurrentUser = Annotated[Principal, Depends(get_principal)]
 # Session ids are UUIDs; anything else is refused before it reaches a query (PostgreSQL rejects
 # e.g. NUL bytes in text with an error, not an empty result).

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import asyncpg
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
-from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.routing import Match
 
+from vitalcast.db.errors import DATABASE_ERRORS, DATABASE_RETRY_AFTER_S, is_outage, sqlstate
 from vitalcast.errors import (
     Conflict,
     DependencyUnavailable,
@@ -130,7 +129,7 @@ def problem(
 def status_of(error: VitalcastError) -> int:
     for cls in type(error).__mro__:
         if cls in STATUS_BY_ERROR:
-            return STATUS_BY_ERROR[cls]  # type: ignore[index]
+            return STATUS_BY_ERROR[cls]
     return 500
 
 
@@ -162,20 +161,23 @@ def install(app: FastAPI) -> None:
 
     async def _unexpected(_request: Request, exc: Exception) -> Response:
         # Type and SQLSTATE only: a driver error's text may quote statement parameters.
-        if _is_database_outage(exc):
+        if is_outage(exc):
             log.warning(
-                "database_unavailable", error_type=type(exc).__name__, sqlstate=_sqlstate(exc)
+                "database_unavailable", error_type=type(exc).__name__, sqlstate=sqlstate(exc)
             )
             return problem(
-                503, "DATABASE_UNAVAILABLE", "The database is unavailable.", retry_after_s=2
+                503,
+                "DATABASE_UNAVAILABLE",
+                "The database is unavailable.",
+                retry_after_s=DATABASE_RETRY_AFTER_S,
             )
-        log.error("unhandled_error", error_type=type(exc).__name__, sqlstate=_sqlstate(exc))
+        log.error("unhandled_error", error_type=type(exc).__name__, sqlstate=sqlstate(exc))
         return problem(500, "INTERNAL_ERROR", "An unexpected error occurred.")
 
     # Database and network errors are answered here (not only by the catch-all below, which
     # Starlette re-raises after answering, printing the error's text to the server log).
-    for error_type in (DBAPIError, OSError, asyncpg.PostgresError, Exception):
-        app.add_exception_handler(error_type, _unexpected)  # type: ignore[arg-type]
+    for error_type in (*DATABASE_ERRORS, OSError, Exception):
+        app.add_exception_handler(error_type, _unexpected)
 
 
 _METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
@@ -191,32 +193,3 @@ def _allowed_methods(request: Request) -> str:
             route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
         )
     )
-
-
-# SQLSTATE classes of a database that is down, restarting or full, rather than of a bad query:
-# 08 connection exception, 53 insufficient resources, 57P operator intervention (admin or crash
-# shutdown, "the database system is starting up").
-_OUTAGE_SQLSTATES = ("08", "53", "57P")
-
-
-def _sqlstate(exc: BaseException) -> str | None:
-    """The SQLSTATE of a PostgreSQL error, raw (asyncpg) or wrapped (SQLAlchemy), if any."""
-    seen: BaseException | None = exc
-    for _ in range(4):
-        if seen is None:
-            return None
-        code = getattr(seen, "sqlstate", None)
-        if isinstance(code, str):
-            return code
-        seen = getattr(seen, "orig", None) or seen.__cause__
-    return None
-
-
-def _is_database_outage(exc: Exception) -> bool:
-    if isinstance(exc, OperationalError):
-        return True
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
-    if (_sqlstate(exc) or "").startswith(_OUTAGE_SQLSTATES):
-        return True
-    return isinstance(exc, (ConnectionError, OSError, TimeoutError))

@@ -9,8 +9,9 @@ from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from vitalcast import catalog
-from vitalcast.api.deps import ContainerDep, CurrentUser
+from vitalcast.api.deps import CurrentUser, Parts
 from vitalcast.api.errors import problem_responses
+from vitalcast.db.errors import DATABASE_RETRY_AFTER_S
 
 router = APIRouter()
 
@@ -22,24 +23,24 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", tags=["ops"])
-async def readyz(container: ContainerDep, response: Response) -> dict[str, Any]:
+async def readyz(parts: Parts, response: Response) -> dict[str, Any]:
     """Dependencies: the database, and Redis when configured (degraded = computes in-process)."""
     checks: dict[str, str] = {}
     try:
-        async with container.db.read() as conn:
+        async with parts.db.read() as conn:
             await conn.execute(sa.text("SELECT 1"))
         checks["database"] = "ok"
     except Exception:
         checks["database"] = "unavailable"
-    mode = "embedded" if container.settings.embedded else "scaled_out"
-    if container.queue is not None:
-        checks["redis"] = "ok" if await container.queue.ping() else "unavailable"
+    mode = "embedded" if parts.settings.embedded else "scaled_out"
+    if parts.queue is not None:
+        checks["redis"] = "ok" if await parts.queue.ping() else "unavailable"
         if checks["redis"] != "ok":
             mode = "degraded"
     ready = checks["database"] == "ok"
     if not ready:
         response.status_code = 503
-        response.headers["Retry-After"] = "2"
+        response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER_S)
     return {"status": "ok" if ready else "unavailable", "mode": mode, "checks": checks}
 
 
@@ -49,12 +50,10 @@ async def readyz(container: ContainerDep, response: Response) -> dict[str, Any]:
     response_class=Response,
     responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}},
 )
-async def metrics(container: ContainerDep) -> Response:
+async def metrics(parts: Parts) -> Response:
     """Prometheus text format."""
-    refresh = container.extras.get("refresh_metrics")
-    if refresh is not None:
-        await refresh()
-    return Response(generate_latest(container.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    await parts.refresh_metrics()
+    return Response(generate_latest(parts.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/api/v1/catalog", tags=["catalog"], responses=problem_responses(401))

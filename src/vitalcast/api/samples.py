@@ -8,27 +8,30 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request, Response
 
-from vitalcast.api.deps import ContainerDep, CurrentUser
+from vitalcast.api.deps import CurrentUser, Parts
 from vitalcast.api.errors import problem_responses
+from vitalcast.api.ratelimits import IngestRateLimit
 from vitalcast.api.schemas import IngestRequest, inline_json_schema
 from vitalcast.errors import InvalidInput, PayloadTooLarge
 from vitalcast.ingest.validation import MAX_BODY_BYTES
-from vitalcast.ratelimit import IngestRateLimit
 
 router = APIRouter(prefix="/api/v1", tags=["samples"])
+
+
+_TOO_LARGE = f"The body is larger than {MAX_BODY_BYTES // (1024 * 1024)} MB."
 
 
 async def _read_body(request: Request) -> bytes:
     """The body, refusing more than MAX_BODY_BYTES before reading it all."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise PayloadTooLarge("The body is larger than 5 MB.", code="BODY_TOO_LARGE")
+        raise PayloadTooLarge(_TOO_LARGE, code="BODY_TOO_LARGE")
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > MAX_BODY_BYTES:
-            raise PayloadTooLarge("The body is larger than 5 MB.", code="BODY_TOO_LARGE")
+            raise PayloadTooLarge(_TOO_LARGE, code="BODY_TOO_LARGE")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -60,10 +63,8 @@ def _decode(raw: bytes) -> Any:
         }
     },
 )
-async def ingest_samples(request: Request, user: CurrentUser, container: ContainerDep) -> Response:
+async def ingest_samples(request: Request, user: CurrentUser, parts: Parts) -> Response:
     """Store a batch of samples idempotently and move the watermarks of the sessions it touches."""
     body = _decode(await _read_body(request))
-    outcome = await container.ingest.ingest(user.user_id, body)
-    if outcome.touched:
-        await container.after_ingest(outcome.touched)
+    outcome = await parts.ingest.ingest(user.user_id, body)
     return Response(outcome.body, status_code=outcome.status_code, media_type="application/json")

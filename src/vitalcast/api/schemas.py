@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 
 from vitalcast.clock import epoch_ms
+from vitalcast.ingest.validation import MAX_SAMPLES
 from vitalcast.sessions.models import Session
 
 
@@ -75,11 +76,12 @@ class DeletionIn(StrictModel):
 
 
 class IngestRequest(StrictModel):
-    """Body of ``POST /samples`` (at most 5,000 samples and 5,000 deletions, 5 MB)."""
+    """Body of ``POST /samples`` (documentation only: ``ingest.validation`` enforces the limits,
+    ``MAX_SAMPLES`` samples and as many deletions in at most ``MAX_BODY_BYTES``)."""
 
     request_id: str | None = Field(None, min_length=1, max_length=200, pattern=NO_NUL)
-    samples: list[SampleIn] = Field(default_factory=list, max_length=5_000)
-    deleted: list[DeletionIn] = Field(default_factory=list, max_length=5_000)
+    samples: list[SampleIn] = Field(default_factory=list, max_length=MAX_SAMPLES)
+    deleted: list[DeletionIn] = Field(default_factory=list, max_length=MAX_SAMPLES)
 
 
 def inline_json_schema(model: type[BaseModel]) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, Response
 
-from vitalcast.api.deps import ContainerDep, CurrentUser, SessionId
+from vitalcast.api.deps import CurrentUser, Parts, SessionId
 from vitalcast.api.errors import problem_responses
 from vitalcast.api.schemas import SessionCreate, SessionEnd, SessionOut, SessionPage, to_ms
 from vitalcast.sessions.models import SessionStatus
@@ -26,18 +26,16 @@ _NOT_FOUND = problem_responses(404)
     },
 )
 async def create_session(
-    body: SessionCreate, user: CurrentUser, container: ContainerDep, response: Response
+    body: SessionCreate, user: CurrentUser, parts: Parts, response: Response
 ) -> SessionOut:
     """Start a session; 200 with the first one when ``client_session_id`` was seen before."""
-    session, created = await container.sessions.create(
+    session, created = await parts.sessions.create(
         user.user_id,
         client_session_id=body.client_session_id,
         start_ms=None if body.started_at is None else to_ms(body.started_at),
         notes=body.notes,
     )
-    if created:
-        await container.after_session_change(session)
-    else:
+    if not created:
         response.status_code = 200
     return SessionOut.of(session)
 
@@ -45,49 +43,41 @@ async def create_session(
 @router.get("", response_model=SessionPage)
 async def list_sessions(
     user: CurrentUser,
-    container: ContainerDep,
+    parts: Parts,
     status: SessionStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> SessionPage:
     """The caller's sessions, newest first."""
-    items, next_cursor = await container.sessions.list(
+    items, next_cursor = await parts.sessions.list(
         user.user_id, status=status, limit=limit, cursor=cursor
     )
     return SessionPage(items=[SessionOut.of(s) for s in items], next_cursor=next_cursor)
 
 
 @router.get("/{session_id}", response_model=SessionOut, responses=_NOT_FOUND)
-async def get_session(
-    session_id: SessionId, user: CurrentUser, container: ContainerDep
-) -> SessionOut:
-    return SessionOut.of(await container.sessions.get(user.user_id, session_id))
+async def get_session(session_id: SessionId, user: CurrentUser, parts: Parts) -> SessionOut:
+    return SessionOut.of(await parts.sessions.get(user.user_id, session_id))
 
 
 @router.post("/{session_id}/end", response_model=SessionOut, responses=problem_responses(404, 409))
 async def end_session(
     session_id: SessionId,
     user: CurrentUser,
-    container: ContainerDep,
+    parts: Parts,
     body: Annotated[SessionEnd | None, Body()] = None,
 ) -> SessionOut:
     """Complete the session; ending twice changes nothing."""
     ended_at = body.ended_at if body is not None else None
-    session, changed = await container.sessions.end(
+    session = await parts.sessions.end(
         user.user_id, session_id, end_ms=None if ended_at is None else to_ms(ended_at)
     )
-    if changed:
-        await container.after_session_change(session)
     return SessionOut.of(session)
 
 
 @router.post(
     "/{session_id}/cancel", response_model=SessionOut, responses=problem_responses(404, 409)
 )
-async def cancel_session(
-    session_id: SessionId, user: CurrentUser, container: ContainerDep
-) -> SessionOut:
-    session, changed = await container.sessions.cancel(user.user_id, session_id)
-    if changed:
-        await container.after_session_change(session)
+async def cancel_session(session_id: SessionId, user: CurrentUser, parts: Parts) -> SessionOut:
+    session = await parts.sessions.cancel(user.user_id, session_id)
     return SessionOut.of(session)

@@ -11,9 +11,9 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Response
 
 from vitalcast import catalog
-from vitalcast.api.deps import ContainerDep, CurrentUser, SessionId
+from vitalcast.api.deps import CurrentUser, Parts, SessionId
 from vitalcast.api.errors import problem_responses
-from vitalcast.ratelimit import TelemetryRateLimit
+from vitalcast.api.ratelimits import TelemetryRateLimit
 from vitalcast.telemetry.models import MAX_WINDOW_MINUTES, MIN_WINDOW_MINUTES
 
 router = APIRouter(prefix="/api/v1/sessions", tags=["telemetry"])
@@ -40,7 +40,7 @@ _METRICS = {"pattern": f"^(all|({_CODES})(,({_CODES}))*)?$"}
 async def get_telemetry(
     session_id: SessionId,
     user: CurrentUser,
-    container: ContainerDep,
+    parts: Parts,
     window_minutes: Annotated[
         int | None, Query(description="Padding, 15…180 minutes.", json_schema_extra=_WINDOW)
     ] = None,
@@ -58,7 +58,7 @@ async def get_telemetry(
     if_none_match: Annotated[str | None, Header(max_length=1000)] = None,
 ) -> Response:
     """Session telemetry ``{state, retry_after_seconds?, error?, telemetry}``."""
-    service = container.telemetry
+    service = parts.telemetry
     answer = await service.get(
         user.user_id,
         session_id,

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 WRITE_OPTION = "vitalcast_write"
+_ASYNC_COMMIT = sa.text("SET LOCAL synchronous_commit TO OFF")
 
 
 def is_sqlite(engine: AsyncEngine) -> bool:
@@ -80,6 +83,16 @@ class Database:
     def write(self) -> Any:
         """``async with db.write() as conn``: a read-write transaction, committed on exit."""
         return self._writer.begin()
+
+    @asynccontextmanager
+    async def derived_write(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction for derived data (telemetry cache rows). On PostgreSQL its commit
+        does not wait for the WAL flush: a row lost to a server crash is recomputed on the next
+        read, and a lost lease only makes its holder's conditional save fail."""
+        async with self.write() as conn:
+            if not self.sqlite:
+                await conn.execute(_ASYNC_COMMIT)
+            yield conn
 
     async def dispose(self) -> None:
         await self.engine.dispose()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -103,14 +104,15 @@ _PG_LOOKUP = sa.text(
 
 async def _existing(
     conn: AsyncConnection, user_id: str, identities: Sequence[tuple[str, str]]
-) -> dict[tuple[str, str], sa.Row]:
+) -> dict[tuple[str, str], sa.Row[Any]]:
     """Stored rows for these identities, as unique-index lookups, one query per source (a batch
     usually has one); SQLite takes chunked IN lists, well under its bound-parameter limit."""
     by_source: dict[str, list[str]] = {}
     for source, record_id in identities:
         by_source.setdefault(source, []).append(record_id)
-    found: dict[tuple[str, str], sa.Row] = {}
+    found: dict[tuple[str, str], sa.Row[Any]] = {}
     for source, record_ids in by_source.items():
+        queries: list[sa.Executable]
         if conn.dialect.name == "postgresql":
             queries = [_PG_LOOKUP.bindparams(record_ids=record_ids, user_id=user_id, source=source)]
         else:
@@ -128,7 +130,7 @@ async def _existing(
     return found
 
 
-def _same(row: sa.Row, sample: NormalizedSample) -> bool:
+def _same(row: sa.Row[Any], sample: NormalizedSample) -> bool:
     return not row.deleted and all(getattr(row, c) == getattr(sample, c) for c in _COLUMNS)
 
 

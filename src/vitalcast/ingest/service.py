@@ -19,6 +19,7 @@ from vitalcast.ingest import repository
 from vitalcast.ingest.validation import validate_batch
 from vitalcast.observability import Metrics, get_logger
 from vitalcast.sessions import repository as session_repository
+from vitalcast.sessions.changes import ChangeListener
 from vitalcast.sessions.models import Session
 
 log = get_logger(__name__)
@@ -31,7 +32,6 @@ class IngestOutcome:
     status_code: int
     body: bytes
     touched: list[Session]
-    replayed: bool
 
 
 def body_fingerprint(body: Any) -> str:
@@ -40,10 +40,16 @@ def body_fingerprint(body: Any) -> str:
 
 
 class IngestService:
-    def __init__(self, db: Database, clock: Clock, metrics: Metrics) -> None:
+    """Applies ingest requests and tells ``listener`` (after commit) which sessions they touched,
+    so every caller (route, simulator, importer) triggers the same recomputes."""
+
+    def __init__(
+        self, db: Database, clock: Clock, metrics: Metrics, listener: ChangeListener
+    ) -> None:
         self._db = db
         self._clock = clock
         self._metrics = metrics
+        self._listener = listener
 
     async def ingest(self, user_id: str, body: Any) -> IngestOutcome:
         """Apply one decoded request body for ``user_id``. Raises for whole-request errors."""
@@ -64,7 +70,7 @@ class IngestService:
                             code="REQUEST_ID_REUSED",
                         )
                     log.info("ingest_replayed", user_id=user_id)
-                    return IngestOutcome(status, response, [], replayed=True)
+                    return IngestOutcome(status, response, [])
             written = await repository.write_samples(
                 conn, user_id, batch.samples, batch.deletions, change_seq=seq + 1
             )
@@ -114,7 +120,8 @@ class IngestService:
             sessions_touched=len(touched),
             change_seq=seq,
         )
-        return IngestOutcome(status, response, touched, replayed=False)
+        await self._listener.sessions_changed(touched)
+        return IngestOutcome(status, response, touched)
 
     def _count(self, written: repository.WriteResult, rejected: int) -> None:
         counter = self._metrics.ingest_samples

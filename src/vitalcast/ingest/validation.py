@@ -15,12 +15,11 @@ from datetime import datetime
 from typing import Any
 
 from vitalcast.catalog import BY_CODE
-from vitalcast.clock import epoch_ms
+from vitalcast.clock import FUTURE_TOLERANCE_MS, epoch_ms
 from vitalcast.errors import InvalidInput, PayloadTooLarge
 
 MAX_SAMPLES = 5_000
 MAX_BODY_BYTES = 5 * 1024 * 1024
-FUTURE_TOLERANCE_MS = 5 * 60_000
 _MAX_TEXT = {"source": 64, "record_id": 200, "metric": 64, "unit": 32, "device": 200}
 _SAMPLE_FIELDS = frozenset(
     {"source", "record_id", "metric", "value", "unit", "start", "end", "device"}

@@ -17,13 +17,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from vitalcast.clock import SystemClock
-from vitalcast.db.engine import Database, create_engine
+from vitalcast.db.engine import Database
 from vitalcast.db.tables import sessions, telemetry_cache, users
-from vitalcast.observability import Metrics
-from vitalcast.queue.service import SessionTelemetryQueueService
 from vitalcast.sessions.models import Session
-from vitalcast.settings import Settings
 from vitalcast.telemetry.coordinator import BoundedComputeCoordinator
 from vitalcast.telemetry.models import (
     COMPUTE_VERSION,
@@ -31,9 +27,7 @@ from vitalcast.telemetry.models import (
     Resolution,
     ScheduleReason,
     TelemetryKey,
-    resolve_resolution,
 )
-from vitalcast.telemetry.service import build_telemetry
 
 PAGE_SIZE = 500
 #: seconds between retries of a submit the scheduler refused (queue full)
@@ -82,21 +76,11 @@ def coordinator_submit(coordinator: BoundedComputeCoordinator) -> Submit:
 
 def default_keys(session: Session, *, window_minutes: int, now_ms: int) -> list[TelemetryKey]:
     """The cache keys a session's default view needs (see module docstring)."""
-    if session.live:
-        resolutions = [
-            resolve_resolution(
-                None,
-                start_ms=session.start_ms,
-                end_ms=session.end_ms,
-                live=True,
-                window_minutes=window_minutes,
-                now_ms=now_ms,
-            )
-        ]
-    else:
-        resolutions = [Resolution.ONE_MINUTE, Resolution.FIVE_MINUTES]
+    resolutions: list[Resolution | None] = [None] if session.live else list(Resolution)
     return [
-        TelemetryKey(session.id, window_minutes, resolution, COMPUTE_VERSION, session.user_id)
+        TelemetryKey.default_for(
+            session, window_minutes=window_minutes, now_ms=now_ms, resolution=resolution
+        )
         for resolution in resolutions
     ]
 
@@ -180,57 +164,8 @@ async def _fresh_keys(
             c.session_id.in_(session_ids),
             c.window_minutes == window_minutes,
             c.compute_version == COMPUTE_VERSION,
-            c.status.in_([CacheState.READY.value, CacheState.NO_DATA.value]),
+            c.status.in_([state.value for state in CacheState if state.has_payload]),
             c.source_watermark.is_not(None),
         )
     )
     return {(row[0], Resolution(row[1]), int(row[2])) for row in rows}
-
-
-async def backfill_command(
-    settings: Settings,
-    selection: BackfillFilter,
-    on_progress: Callable[[BackfillProgress], None],
-) -> BackfillProgress:
-    """``vitalcast backfill``: through the queue when Redis is configured (workers compute),
-    else through an in-process coordinator, waiting until every compute has run."""
-    clock = SystemClock()
-    metrics = Metrics()
-    db = Database(create_engine(settings.resolved_database_url))
-    try:
-        if settings.redis_url:
-            queue = SessionTelemetryQueueService(settings, fallback=None, metrics=metrics)
-            try:
-
-                async def enqueue(key: TelemetryKey, watermark: int) -> bool:
-                    return await queue.enqueue(
-                        key, watermark=watermark, reason=ScheduleReason.BACKFILL
-                    )
-
-                return await run_backfill(
-                    db,
-                    enqueue,
-                    window_minutes=settings.default_window_minutes,
-                    now_ms=clock.now_ms,
-                    selection=selection,
-                    on_progress=on_progress,
-                )
-            finally:
-                await queue.close()
-        service, coordinator = build_telemetry(settings, db, clock, metrics)
-        try:
-            progress = await run_backfill(
-                db,
-                coordinator_submit(coordinator),
-                window_minutes=settings.default_window_minutes,
-                now_ms=clock.now_ms,
-                selection=selection,
-                on_progress=on_progress,
-            )
-            await coordinator.wait_idle()
-            return progress
-        finally:
-            await coordinator.stop()
-            await service.close()
-    finally:
-        await db.dispose()

@@ -1,4 +1,4 @@
-"""``ComputeJobHandler``: runs a telemetry job through ``SessionTelemetryService.compute`` and
+"""``ComputeJobHandler``: runs a telemetry job through ``TelemetryComputer.compute`` and
 turns the compute's outcome into the job's fate.
 
 | outcome | job |
@@ -18,12 +18,11 @@ import asyncio
 import contextlib
 
 from vitalcast.clock import Clock
-from vitalcast.db.engine import Database
 from vitalcast.queue.jobs import TelemetryJob
 from vitalcast.queue.worker import JobDeferred, JobFailed
 from vitalcast.telemetry.answer import COMPUTE_FAILED
+from vitalcast.telemetry.computer import TelemetryComputer
 from vitalcast.telemetry.models import ComputeOutcome
-from vitalcast.telemetry.service import SessionTelemetryService
 
 #: how long a job waits when another holder's lease is live
 LEASE_BUSY_DEFER_MS = 1_000
@@ -42,16 +41,15 @@ _COMPLETED = frozenset(
 
 
 class ComputeJobHandler:
-    """A ``JobHandler`` over the telemetry service of a worker process."""
+    """A ``JobHandler`` over the telemetry computer of a worker process."""
 
-    def __init__(self, service: SessionTelemetryService, db: Database, clock: Clock) -> None:
-        self._service = service
-        self._db = db
+    def __init__(self, computer: TelemetryComputer, clock: Clock) -> None:
+        self._computer = computer
         self._clock = clock
 
     async def __call__(self, job: TelemetryJob) -> str:
         try:
-            outcome = await self._service.compute(job.key, reason=job.reason)
+            outcome = await self._computer.compute(job.key, reason=job.reason)
         except asyncio.CancelledError:
             # The job is being released (worker shutdown): free the key for whoever runs it next
             # instead of making them wait for the lease to lapse.
@@ -68,22 +66,18 @@ class ComputeJobHandler:
 
     async def _release(self, job: TelemetryJob) -> None:
         with contextlib.suppress(Exception):
-            async with asyncio.timeout(RELEASE_TIMEOUT_S), self._db.write() as conn:
-                await self._service.cache.release(
-                    conn, job.key, owner=self._service.owner_id, now_ms=self._clock.now_ms()
-                )
+            async with asyncio.timeout(RELEASE_TIMEOUT_S):
+                await self._computer.release(job.key)
 
     async def _next_attempt_ms(self, job: TelemetryJob) -> int:
-        async with self._db.read() as conn:
-            row = await self._service.cache.get(conn, job.key)
+        row = await self._computer.row(job.key)
         if row is None or row.next_attempt_ms is None:
             return 0
         return int(row.next_attempt_ms)
 
     async def _error_code(self, job: TelemetryJob) -> str:
         try:
-            async with self._db.read() as conn:
-                row = await self._service.cache.get(conn, job.key)
+            row = await self._computer.row(job.key)
         except Exception:
             return COMPUTE_FAILED
         return (row.error_code if row is not None else None) or COMPUTE_FAILED

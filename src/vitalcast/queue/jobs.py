@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio.connection import parse_url
-
 from vitalcast.telemetry.models import Resolution, ScheduleReason, TelemetryKey
 
 JOB_NAME = "compute"
@@ -21,22 +19,6 @@ JOB_BACKOFF_MS = 1_000
 # Finished jobs stay visible (queue metrics, inspection) for a while, bounded in count.
 KEEP_COMPLETED = {"age": 3_600, "count": 1_000}
 KEEP_FAILED = {"age": 7 * 86_400, "count": 1_000}
-# redis-py's connect timeout; commands themselves wait without a socket timeout (see below).
-CONNECT_TIMEOUT_S = 2.0
-
-
-def connection_options(redis_url: str) -> dict[str, Any]:
-    """BullMQ connection options for ``redis_url``, as a dict with ``socket_timeout=None``.
-
-    redis-py 8 applies a 5 s default socket timeout, which is also BullMQ's idle blocking wait: a
-    URL connection was seen leaving an idle worker deaf to new jobs for minutes. Passing the
-    parsed options with the timeout disabled avoids it.
-    """
-    return {
-        **parse_url(redis_url),
-        "socket_timeout": None,
-        "socket_connect_timeout": CONNECT_TIMEOUT_S,
-    }
 
 
 def job_id(key: TelemetryKey, watermark: int) -> str:

@@ -8,18 +8,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-import redis.asyncio as redis
 from bullmq import Queue
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import BusyLoadingError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from vitalcast.observability import Metrics, get_logger
-from vitalcast.queue.jobs import JOB_NAME, TelemetryJob, connection_options, job_options
+from vitalcast.queue.jobs import JOB_NAME, TelemetryJob, job_options
+from vitalcast.redis_connections import CALL_TIMEOUT_S, blocking_options, short_call_client
 from vitalcast.settings import Settings
-from vitalcast.telemetry.models import Scheduler, ScheduleReason, TelemetryKey
+from vitalcast.telemetry.models import ScheduleReason, TelemetryKey
+from vitalcast.telemetry.scheduling import Scheduler
 
 log = get_logger(__name__)
 
@@ -31,8 +30,6 @@ UNREACHABLE = (
     OSError,
     TimeoutError,
 )
-# BullMQ's own client retries a refused connection for minutes; a request never waits that long.
-CALL_TIMEOUT_S = 1.0
 PROBE_INTERVAL_S = 1.0
 #: job states reported in /metrics
 COUNTED_STATES = ("waiting", "active", "delayed", "failed", "completed")
@@ -57,12 +54,9 @@ class SessionTelemetryQueueService:
         self._settings = settings
         self._fallback = fallback
         self._metrics = metrics
-        self._connection = connection_options(settings.redis_url)
+        self._connection = blocking_options(settings.redis_url)
         self._queue = self._new_queue()
-        self._probe_client = redis.Redis(
-            **{**self._connection, "socket_timeout": CALL_TIMEOUT_S},
-            retry=Retry(NoBackoff(), 0),
-        )
+        self._probe_client = short_call_client(settings.redis_url)
         self._degraded = False
         self._probe_task: asyncio.Task[None] | None = None
         self._closed = False

@@ -1,6 +1,6 @@
 """``TelemetryWorker``: the BullMQ consumer of ``session-telemetry`` behind ``vitalcast worker``.
 
-It decodes a job, hands it to a handler (in production: ``SessionTelemetryService.compute`` via
+It decodes a job, hands it to a handler (in production: ``TelemetryComputer.compute`` via
 ``queue.handler``), and turns the handler's verdict into BullMQ's: return = completed, ``JobFailed``
 = retry with backoff (failed after the last attempt), ``JobDeferred`` = wait without using an
 attempt. Short lock and stalled intervals make a killed worker's job run elsewhere within seconds;
@@ -22,7 +22,8 @@ from bullmq.custom_errors import DelayedError, UnrecoverableError
 
 from vitalcast.clock import now_ms
 from vitalcast.observability import get_logger
-from vitalcast.queue.jobs import TelemetryJob, connection_options
+from vitalcast.queue.jobs import TelemetryJob
+from vitalcast.redis_connections import blocking_options
 from vitalcast.settings import Settings
 
 log = get_logger(__name__)
@@ -40,9 +41,6 @@ MAX_STALLED_COUNT = 2
 RUN_RETRY_DELAY_MS = 1_000
 #: seconds ``stop`` lets running jobs finish before it releases them back to the queue
 SHUTDOWN_GRACE_S = 8.0
-#: TEST-ONLY: milliseconds every job is held (lease taken, before the aggregate) so a test can
-#: kill a worker in the middle of one. Never set in production.
-TEST_HOLD_ENV = "VITALCAST_TEST_JOB_HOLD_MS"
 
 
 class JobFailed(Exception):
@@ -65,11 +63,6 @@ class JobDeferred(Exception):
 
 JobHandler = Callable[[TelemetryJob], Awaitable[str]]
 """Runs one job; returns a short outcome label (stored as the job's return value)."""
-
-
-def test_hold_ms_from_env() -> int:
-    """The test-only job hold (``VITALCAST_TEST_JOB_HOLD_MS``), 0 when unset."""
-    return max(0, int(os.environ.get(TEST_HOLD_ENV, "0") or 0))
 
 
 class TelemetryWorker:
@@ -96,10 +89,6 @@ class TelemetryWorker:
         self._run_task: asyncio.Task[Any] | None = None
         self._stopping: asyncio.Task[None] | None = None
 
-    @property
-    def active_jobs(self) -> int:
-        return 0 if self._worker is None else len(self._worker.jobs)
-
     async def start(self) -> None:
         """Connect and start consuming. The blocking connection learns the Redis version first:
         without it BullMQ rounds delays and backoffs up to whole seconds."""
@@ -107,7 +96,7 @@ class TelemetryWorker:
             self._settings.queue_name,
             self._process,
             {
-                "connection": connection_options(self._settings.redis_url or ""),
+                "connection": blocking_options(self._settings.redis_url or ""),
                 "prefix": self._settings.queue_prefix,
                 "concurrency": self._concurrency,
                 "autorun": False,

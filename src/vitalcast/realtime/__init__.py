@@ -1,6 +1,2 @@
-"""Realtime push: the Socket.IO server of a server process and the broadcaster every process uses."""
-
-from vitalcast.realtime.broadcaster import WebSocketBroadcaster
-from vitalcast.realtime.server import RealtimeServer
-
-__all__ = ["RealtimeServer", "WebSocketBroadcaster"]
+"""Realtime push: the broadcaster every process emits through (``broadcaster``) and the Socket.IO
+handlers of a server process (``server``)."""

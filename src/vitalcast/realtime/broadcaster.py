@@ -19,14 +19,18 @@ a request must not fail because a push did; a failed emit is logged and counted.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 import socketio
+from redis.asyncio.client import PubSub
 
 from vitalcast.observability import Metrics, get_logger
+from vitalcast.redis_connections import PUBSUB_MAX_CONNECTIONS, pubsub_client
 from vitalcast.sessions.models import Session
 from vitalcast.settings import Settings
+from vitalcast.telemetry.models import TelemetryUpdate
 
 log = get_logger(__name__)
 
@@ -34,13 +38,10 @@ EVENT_VERSION = 1
 SESSION_UPDATED = "session.updated"
 SESSION_STATUS = "session.status"
 NAMESPACE = "/"
+# Client events are a few hundred bytes; anything near this is abuse.
+MAX_MESSAGE_BYTES = 16_384
 # A push is a hint; waiting longer than this for Redis would only delay the compute that emits it.
 EMIT_TIMEOUT_S = 2.0
-# One connection is held by the pub/sub listener; the rest serve concurrent publishes.
-REDIS_MAX_CONNECTIONS = 8
-# How long a publish waits for a free pooled connection before it gives up (and is logged).
-REDIS_POOL_WAIT_S = 2.0
-REDIS_CONNECT_TIMEOUT_S = 2.0
 
 
 def session_room(session_id: str) -> str:
@@ -51,31 +52,20 @@ def user_room(user_id: str) -> str:
     return f"user:{user_id}"
 
 
-def session_updated_event(
-    *,
-    session_id: str,
-    source_watermark: int,
-    state: str,
-    window_minutes: int,
-    resolution: str,
-    computed_at_ms: int,
-    live: bool,
-    changed_from_ms: int | None,
-    changed_to_ms: int | None,
-) -> dict[str, Any]:
+def session_updated_event(update: TelemetryUpdate) -> dict[str, Any]:
     """The ``session.updated`` envelope of DESIGN.md (v1). ``changed`` bounds are null when the
     compute does not know which time range moved."""
     return {
         "v": EVENT_VERSION,
         "type": SESSION_UPDATED,
-        "session_id": session_id,
-        "source_watermark": source_watermark,
-        "state": state,
-        "window_minutes": window_minutes,
-        "resolution": resolution,
-        "computed_at_ms": computed_at_ms,
-        "live": live,
-        "changed": {"from_ms": changed_from_ms, "to_ms": changed_to_ms},
+        "session_id": update.session_id,
+        "source_watermark": update.source_watermark,
+        "state": update.state,
+        "window_minutes": update.window_minutes,
+        "resolution": update.resolution,
+        "computed_at_ms": update.computed_at_ms,
+        "live": update.live,
+        "changed": {"from_ms": update.changed_from_ms, "to_ms": update.changed_to_ms},
     }
 
 
@@ -99,7 +89,7 @@ class Emitter(Protocol):
     async def emit(self, event: str, data: Any, *, to: Any, namespace: str) -> Any: ...
 
 
-class BoundedRedisManager(socketio.AsyncRedisManager):
+class BoundedRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
     """``AsyncRedisManager`` on a bounded, blocking connection pool with no socket read timeout.
 
     The stock manager's pool grows with concurrent publishes (or, when capped, fails them); this
@@ -114,24 +104,18 @@ class BoundedRedisManager(socketio.AsyncRedisManager):
         *,
         channel: str,
         write_only: bool = False,
-        max_connections: int = REDIS_MAX_CONNECTIONS,
+        max_connections: int = PUBSUB_MAX_CONNECTIONS,
     ) -> None:
-        super().__init__(url, channel=channel, write_only=write_only)
+        self.redis: aioredis.Redis | None = None
+        self.pubsub: PubSub | None = None
         self._max_connections = max_connections
+        super().__init__(url, channel=channel, write_only=write_only)
         self._retired: set[asyncio.Task[None]] = set()
 
     def _redis_connect(self) -> None:
         # Called again after a connection error: retire the previous client instead of leaking it.
         previous = self.redis
-        pool = aioredis.BlockingConnectionPool.from_url(
-            self.redis_url,
-            max_connections=self._max_connections,
-            timeout=REDIS_POOL_WAIT_S,
-            socket_timeout=None,
-            socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
-            socket_keepalive=True,
-        )
-        self.redis = aioredis.Redis.from_pool(pool)
+        self.redis = pubsub_client(self.redis_url, max_connections=self._max_connections)
         self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
         self.connected = True
         if previous is not None:
@@ -170,6 +154,21 @@ def redis_manager(settings: Settings, *, write_only: bool) -> BoundedRedisManage
     )
 
 
+def socketio_server(settings: Settings) -> tuple[socketio.AsyncServer, BoundedRedisManager | None]:
+    """The Socket.IO server of one server process and, when Redis is configured, the client
+    manager through which its emits reach every node. Handlers are registered by
+    ``realtime.server.RealtimeServer``; the broadcaster only emits through it."""
+    manager = redis_manager(settings, write_only=False) if settings.redis_url else None
+    sio = socketio.AsyncServer(
+        async_mode="asgi",
+        client_manager=manager,
+        max_http_buffer_size=MAX_MESSAGE_BYTES,
+        logger=False,
+        engineio_logger=False,
+    )
+    return sio, manager
+
+
 class WebSocketBroadcaster:
     """Emits realtime hints to rooms; implements ``TelemetryListener`` and ``session_status``."""
 
@@ -185,6 +184,18 @@ class WebSocketBroadcaster:
         self._owned_manager = owned_manager
 
     @classmethod
+    def for_server(
+        cls,
+        sio: socketio.AsyncServer,
+        manager: BoundedRedisManager | None,
+        *,
+        metrics: Metrics | None = None,
+    ) -> WebSocketBroadcaster:
+        """A broadcaster emitting through the server's own Socket.IO server (and its Redis
+        manager, which it closes on ``close``)."""
+        return cls(sio, metrics=metrics, owned_manager=manager)
+
+    @classmethod
     def for_worker(
         cls, settings: Settings, *, metrics: Metrics | None = None
     ) -> WebSocketBroadcaster:
@@ -193,32 +204,13 @@ class WebSocketBroadcaster:
         manager = redis_manager(settings, write_only=True)
         return cls(manager, metrics=metrics, owned_manager=manager)
 
-    async def session_updated(
-        self,
-        *,
-        session_id: str,
-        source_watermark: int,
-        state: str,
-        window_minutes: int,
-        resolution: str,
-        computed_at_ms: int,
-        live: bool,
-        changed_from_ms: int | None,
-        changed_to_ms: int | None,
-    ) -> None:
-        """Tell the subscribers of ``session_id`` that a payload was saved (never raises)."""
-        event = session_updated_event(
-            session_id=session_id,
-            source_watermark=source_watermark,
-            state=state,
-            window_minutes=window_minutes,
-            resolution=resolution,
-            computed_at_ms=computed_at_ms,
-            live=live,
-            changed_from_ms=changed_from_ms,
-            changed_to_ms=changed_to_ms,
-        )
-        await self._emit(SESSION_UPDATED, event, session_room(session_id), session_id)
+    async def session_updated(self, update: TelemetryUpdate) -> None:
+        """Tell the subscribers of the session that a payload was saved (never raises)."""
+        event = session_updated_event(update)
+        await self._emit(SESSION_UPDATED, event, session_room(update.session_id), update.session_id)
+
+    async def sessions_changed(self, sessions: Sequence[Session]) -> None:
+        """Nothing to push yet: the recompute that ingest scheduled emits ``session.updated``."""
 
     async def session_status(self, session: Session) -> None:
         """Tell the session's subscribers and its owner's sockets that it started, ended or was

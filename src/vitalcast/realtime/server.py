@@ -15,7 +15,8 @@ an ``error {code: "TOKEN_EXPIRED"}`` event). Client events, each answered throug
 
 Failures answer ``{ok: false, code, message}``: ``VALIDATION_ERROR``, ``RATE_LIMITED`` (per socket,
 ``settings.rate_limit_socket_events``; other sockets are unaffected), ``SESSION_NOT_FOUND`` (absent
-or someone else's: existence never leaks), ``TOO_MANY_SUBSCRIPTIONS``, ``DATABASE_UNAVAILABLE``.
+or someone else's: existence never leaks), ``TOO_MANY_SUBSCRIPTIONS``, ``DATABASE_UNAVAILABLE``,
+``INTERNAL_ERROR`` — the same codes HTTP answers with.
 
 The room is joined before the cache state is read: a save racing a subscribe may reach the socket
 twice with one watermark (events are idempotent hints), but it is never missed.
@@ -24,13 +25,9 @@ twice with one watermark (events are idempotent hints), but it is never missed.
 from __future__ import annotations
 
 import asyncio
-import math
-import time
 import uuid
-from collections import Counter
-from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import limits
 import socketio
@@ -39,29 +36,24 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from vitalcast.auth import verify_token
-from vitalcast.container import Container
-from vitalcast.errors import Unauthenticated
+from vitalcast.db.errors import DATABASE_RETRY_AFTER_S, is_outage
+from vitalcast.errors import NotFound, Unauthenticated
 from vitalcast.observability import get_logger
+from vitalcast.ratelimit import retry_after_s
 from vitalcast.realtime.broadcaster import (
     SESSION_UPDATED,
-    BoundedRedisManager,
-    WebSocketBroadcaster,
-    redis_manager,
     session_room,
     session_updated_event,
     user_room,
 )
-from vitalcast.sessions import repository as session_repository
 from vitalcast.sessions.models import Session
+from vitalcast.telemetry.models import CacheState
+from vitalcast.wiring import ServerParts
 
 log = get_logger(__name__)
 
 SOCKETIO_PATH = "/socket.io"
-# Client events are a few hundred bytes; anything near this is abuse.
-MAX_MESSAGE_BYTES = 16_384
 MAX_SUBSCRIPTIONS_PER_SOCKET = 100
-# Cache states whose payload matches the session's current watermark.
-FRESH_STATES = frozenset({"ready", "no_data"})
 
 
 class SubscribeRequest(BaseModel):
@@ -81,6 +73,9 @@ class UnsubscribeRequest(BaseModel):
     session_id: uuid.UUID
 
 
+RequestT = TypeVar("RequestT", bound=BaseModel)
+
+
 @dataclass(slots=True)
 class _Client:
     """What this node knows about one connected socket."""
@@ -94,6 +89,20 @@ def _error(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"ok": False, "code": code, "message": message, **extra}
 
 
+def _failure(sid: str, exc: Exception) -> dict[str, Any]:
+    """The ack for an unexpected failure, with the code HTTP would answer (api/errors.py): a
+    database outage is DATABASE_UNAVAILABLE with a retry hint, anything else INTERNAL_ERROR."""
+    if is_outage(exc):
+        log.warning("realtime_database_unavailable", sid=sid, error_type=type(exc).__name__)
+        return _error(
+            "DATABASE_UNAVAILABLE",
+            "The database is unavailable.",
+            retry_after_seconds=DATABASE_RETRY_AFTER_S,
+        )
+    log.error("realtime_unhandled_error", sid=sid, error_type=type(exc).__name__)
+    return _error("INTERNAL_ERROR", "An unexpected error occurred.")
+
+
 def _validation_message(exc: ValidationError) -> str:
     first = exc.errors(include_url=False, include_input=False)[0]
     where = ".".join(str(part) for part in first["loc"]) or "payload"
@@ -101,32 +110,16 @@ def _validation_message(exc: ValidationError) -> str:
 
 
 class RealtimeServer:
-    """Socket.IO server, its handlers and the broadcaster that emits through it.
+    """The Socket.IO handlers of one server process, on the ``sio`` the broadcaster emits through
+    (built by ``wiring.socketio_server``: with Redis, an emit from any node or worker reaches
+    every node)."""
 
-    With ``settings.redis_url`` the server uses a Redis client manager on
-    ``settings.socketio_channel``, so an emit from any node or worker reaches every node;
-    otherwise fan-out stays in this process.
-    """
-
-    def __init__(self, container: Container) -> None:
-        self._container = container
-        settings = container.settings
-        self._manager: BoundedRedisManager | None = (
-            redis_manager(settings, write_only=False) if settings.redis_url else None
-        )
-        self.sio = socketio.AsyncServer(
-            async_mode="asgi",
-            client_manager=self._manager,
-            max_http_buffer_size=MAX_MESSAGE_BYTES,
-            logger=False,
-            engineio_logger=False,
-        )
-        self.broadcaster = WebSocketBroadcaster(self.sio, metrics=container.metrics)
-        self._limit = limits.parse(settings.rate_limit_socket_events)
+    def __init__(self, sio: socketio.AsyncServer, parts: ServerParts) -> None:
+        self.sio = sio
+        self._parts = parts
+        self._limit = limits.parse(parts.settings.rate_limit_socket_events)
         self._limiter = MovingWindowRateLimiter(MemoryStorage())
         self._clients: dict[str, _Client] = {}
-        #: session id → sockets of this node subscribed to it (only ids with at least one)
-        self._subscribers: Counter[str] = Counter()
         self._tasks: set[asyncio.Task[None]] = set()
         self.sio.on("connect", self._on_connect)
         self.sio.on("disconnect", self._on_disconnect)
@@ -134,22 +127,13 @@ class RealtimeServer:
         self.sio.on("unsubscribe", self._on_unsubscribe)
         self.sio.on("*", self._on_unknown)
 
-    def subscribed_sessions(self) -> Collection[str]:
-        """Sessions with at least one subscribed socket on this node (``Subscriptions``)."""
-        return self._subscribers.keys()
-
-    def _unsubscribed(self, session_ids: Iterable[str]) -> None:
-        for session_id in session_ids:
-            self._subscribers[session_id] -= 1
-            if self._subscribers[session_id] <= 0:
-                del self._subscribers[session_id]
-
     def asgi_app(self) -> socketio.ASGIApp:
         """The Engine.IO endpoint, for mounting at ``SOCKETIO_PATH`` (it takes all traffic there)."""
         return socketio.ASGIApp(self.sio, socketio_path=None)
 
     async def close(self) -> None:
-        """Disconnect clients, stop timers and background tasks, release Redis."""
+        """Disconnect clients, stop timers and background tasks (the broadcaster releases
+        Redis)."""
         for client in self._clients.values():
             if client.expiry is not None:
                 client.expiry.cancel()
@@ -162,26 +146,22 @@ class RealtimeServer:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.sio.shutdown()
-        if self._manager is not None:
-            await self._manager.aclose()
 
     async def _on_connect(self, sid: str, _environ: dict[str, Any], auth: Any) -> None:
         token = auth.get("token") if isinstance(auth, dict) else None
         try:
-            principal = verify_token(
-                self._container.secret, token if isinstance(token, str) else None
-            )
+            principal = verify_token(self._parts.secret, token if isinstance(token, str) else None)
         except Unauthenticated as exc:
             log.info("realtime_connect_refused", code=exc.code)
             raise socketio.exceptions.ConnectionRefusedError(
                 exc.code, {"code": exc.code, "message": exc.message}
             ) from None
         client = _Client(user_id=principal.user_id)
-        delay_s = max(0.0, principal.expires_at_s - self._container.clock.now_ms() / 1000)
+        delay_s = max(0.0, principal.expires_at_s - self._parts.clock.now_ms() / 1000)
         client.expiry = asyncio.get_running_loop().call_later(delay_s, self._expire, sid)
         self._clients[sid] = client
         await self.sio.enter_room(sid, user_room(principal.user_id))
-        self._container.metrics.socket_clients.set(len(self._clients))
+        self._parts.metrics.socket_clients.set(len(self._clients))
         log.debug("realtime_connected", sid=sid, user_id=principal.user_id)
 
     async def _on_disconnect(self, sid: str, *_reason: Any) -> None:
@@ -190,9 +170,9 @@ class RealtimeServer:
             return
         if client.expiry is not None:
             client.expiry.cancel()
-        self._unsubscribed(client.sessions)
+        self._parts.subscriptions.removed(client.sessions)
         await self._limiter.clear(self._limit, sid)
-        self._container.metrics.socket_clients.set(len(self._clients))
+        self._parts.metrics.socket_clients.set(len(self._clients))
         log.debug("realtime_disconnected", sid=sid, user_id=client.user_id)
 
     def _expire(self, sid: str) -> None:
@@ -226,18 +206,27 @@ class RealtimeServer:
             return None, _error(
                 "RATE_LIMITED",
                 f"Too many events; the limit is {self._limit}.",
-                retry_after_seconds=max(1, math.ceil(stats.reset_time - time.time())),
+                retry_after_seconds=retry_after_s(stats),
             )
         return client, None
 
-    async def _on_subscribe(self, sid: str, data: Any = None, *_extra: Any) -> dict[str, Any]:
+    async def _admit_request(
+        self, sid: str, model: type[RequestT], data: Any
+    ) -> tuple[_Client, RequestT] | dict[str, Any]:
+        """The socket's client record and its validated request, or the error ack."""
         client, refusal = await self._admit(sid)
         if client is None:
             return refusal or {}
         try:
-            request = SubscribeRequest.model_validate(data)
+            return client, model.model_validate(data)
         except ValidationError as exc:
             return _error("VALIDATION_ERROR", _validation_message(exc))
+
+    async def _on_subscribe(self, sid: str, data: Any = None, *_extra: Any) -> dict[str, Any]:
+        admitted = await self._admit_request(sid, SubscribeRequest, data)
+        if isinstance(admitted, dict):
+            return admitted
+        client, request = admitted
         session_id = str(request.session_id)
         if (
             session_id not in client.sessions
@@ -248,25 +237,23 @@ class RealtimeServer:
                 f"A socket may subscribe to at most {MAX_SUBSCRIPTIONS_PER_SOCKET} sessions.",
             )
         try:
-            async with self._container.db.read() as conn:
-                session = await session_repository.get(conn, client.user_id, session_id)
+            session = await self._parts.sessions.get(client.user_id, session_id)
+        except NotFound as exc:
+            return _error(exc.code, exc.message)
         except Exception as exc:
-            log.warning("realtime_subscribe_db_failed", sid=sid, error=type(exc).__name__)
-            return _error("DATABASE_UNAVAILABLE", "Try again shortly.", retry_after_seconds=2)
-        if session is None:
-            return _error("SESSION_NOT_FOUND", "Session not found.")
+            return _failure(sid, exc)
         await self.sio.enter_room(sid, session_room(session_id))
         if session_id not in client.sessions:
             client.sessions.add(session_id)
-            self._subscribers[session_id] += 1
+            self._parts.subscriptions.added(session_id)
         state, cached_watermark = await self._subscription_state(session)
         if (
             request.since_watermark is not None
             and cached_watermark is not None
-            and state in FRESH_STATES
+            and CacheState(state).has_payload
             and cached_watermark > request.since_watermark
         ):
-            await self._catch_up(sid, session, state, cached_watermark)
+            await self._catch_up(sid, session, cached_watermark)
         return {
             "ok": True,
             "session_id": session_id,
@@ -277,18 +264,15 @@ class RealtimeServer:
         }
 
     async def _on_unsubscribe(self, sid: str, data: Any = None, *_extra: Any) -> dict[str, Any]:
-        client, refusal = await self._admit(sid)
-        if client is None:
-            return refusal or {}
-        try:
-            request = UnsubscribeRequest.model_validate(data)
-        except ValidationError as exc:
-            return _error("VALIDATION_ERROR", _validation_message(exc))
+        admitted = await self._admit_request(sid, UnsubscribeRequest, data)
+        if isinstance(admitted, dict):
+            return admitted
+        client, request = admitted
         session_id = str(request.session_id)
         await self.sio.leave_room(sid, session_room(session_id))
         if session_id in client.sessions:
             client.sessions.discard(session_id)
-            self._unsubscribed([session_id])
+            self._parts.subscriptions.removed([session_id])
         return {"ok": True, "session_id": session_id}
 
     async def _on_unknown(self, event: str, sid: str, *_args: Any) -> dict[str, Any]:
@@ -298,43 +282,19 @@ class RealtimeServer:
         return _error("UNKNOWN_EVENT", "Known events: subscribe, unsubscribe.")
 
     async def _subscription_state(self, session: Session) -> tuple[str, int | None]:
-        telemetry = self._container.telemetry
-        if telemetry is None:
-            return "computing", None
         try:
-            state, watermark = await telemetry.subscription_state(session)
+            return await self._parts.telemetry.subscription_state(session)
         except Exception as exc:
             log.warning("realtime_state_failed", session_id=session.id, error=type(exc).__name__)
-            return "failed", None
-        return str(state), watermark
+            return CacheState.FAILED.value, None
 
-    async def _catch_up(self, sid: str, session: Session, state: str, watermark: int) -> None:
-        """Send this socket the ``session.updated`` it missed: the default window's payload at
-        ``watermark``. What changed since the client's watermark is unknown, so ``changed`` is
-        null-bounded."""
-        telemetry = self._container.telemetry
-        key = telemetry.default_key(session)
+    async def _catch_up(self, sid: str, session: Session, watermark: int) -> None:
+        """Send this socket the ``session.updated`` of the default view it missed."""
         try:
-            async with self._container.db.read() as conn:
-                row = await telemetry.cache.get(conn, key)
+            update = await self._parts.telemetry.catch_up(session, watermark)
+            if update is not None:
+                await self.sio.emit(
+                    SESSION_UPDATED, session_updated_event(update), to=sid, ignore_queue=True
+                )
         except Exception as exc:
             log.warning("realtime_catch_up_failed", sid=sid, error=type(exc).__name__)
-            return
-        if row is None or row.source_watermark != watermark or row.computed_at_ms is None:
-            # Recomputed in between: that save's own event reaches the room.
-            return
-        event = session_updated_event(
-            session_id=session.id,
-            source_watermark=watermark,
-            state=state,
-            window_minutes=key.window_minutes,
-            resolution=key.resolution.value,
-            computed_at_ms=row.computed_at_ms,
-            live=session.live,
-            changed_from_ms=None,
-            changed_to_ms=None,
-        )
-        try:
-            await self.sio.emit(SESSION_UPDATED, event, to=sid, ignore_queue=True)
-        except Exception:
-            log.warning("realtime_catch_up_failed", sid=sid, session_id=session.id)

@@ -27,10 +27,6 @@ async def get_or_create_user(conn: AsyncConnection, name: str, *, now_ms: int) -
     return user_id
 
 
-async def user_exists(conn: AsyncConnection, user_id: str) -> bool:
-    return await conn.scalar(sa.select(users.c.id).where(users.c.id == user_id)) is not None
-
-
 async def next_change_seq(conn: AsyncConnection, user_id: str) -> int:
     """Increment the user's change counter and return the new value (row-locks the user)."""
     seq = await conn.scalar(

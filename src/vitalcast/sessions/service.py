@@ -6,14 +6,12 @@ import base64
 import binascii
 import uuid
 
-from vitalcast.clock import Clock
+from vitalcast.clock import FUTURE_TOLERANCE_MS, Clock
 from vitalcast.db.engine import Database
 from vitalcast.errors import Conflict, InvalidInput, NotFound
 from vitalcast.sessions import repository
+from vitalcast.sessions.changes import ChangeListener
 from vitalcast.sessions.models import Session, SessionStatus
-
-# Clocks of phones drift; an end this far ahead of the server's now is still accepted.
-FUTURE_TOLERANCE_MS = 5 * 60_000
 
 
 def encode_cursor(session: Session) -> str:
@@ -33,11 +31,13 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
 
 
 class SessionService:
-    """Creates, lists and closes sessions; returns what changed so callers can trigger telemetry."""
+    """Creates, lists and closes sessions, and tells ``listener`` (after commit) when a session
+    started, ended or was cancelled."""
 
-    def __init__(self, db: Database, clock: Clock) -> None:
+    def __init__(self, db: Database, clock: Clock, listener: ChangeListener) -> None:
         self._db = db
         self._clock = clock
+        self._listener = listener
 
     async def create(
         self,
@@ -65,7 +65,8 @@ class SessionService:
                 notes=notes,
                 now_ms=now,
             )
-            return session, True
+        await self._listener.session_status(session)
+        return session, True
 
     async def get(self, user_id: str, session_id: str) -> Session:
         async with self._db.read() as conn:
@@ -85,26 +86,24 @@ class SessionService:
         next_cursor = encode_cursor(page[limit - 1]) if len(page) > limit else None
         return page[:limit], next_cursor
 
-    async def end(
-        self, user_id: str, session_id: str, *, end_ms: int | None
-    ) -> tuple[Session, bool]:
-        """Complete the session; True when this call changed it (ending twice changes nothing)."""
+    async def end(self, user_id: str, session_id: str, *, end_ms: int | None) -> Session:
+        """Complete the session (ending twice changes nothing and tells nobody)."""
         return await self._close(user_id, session_id, SessionStatus.COMPLETED, end_ms)
 
-    async def cancel(self, user_id: str, session_id: str) -> tuple[Session, bool]:
-        """Cancel the session; True when this call changed it."""
+    async def cancel(self, user_id: str, session_id: str) -> Session:
+        """Cancel the session (cancelling twice changes nothing and tells nobody)."""
         return await self._close(user_id, session_id, SessionStatus.CANCELLED, None)
 
     async def _close(
         self, user_id: str, session_id: str, status: SessionStatus, end_ms: int | None
-    ) -> tuple[Session, bool]:
+    ) -> Session:
         now = self._clock.now_ms()
         async with self._db.write() as conn:
             session = await repository.get(conn, user_id, session_id)
             if session is None:
                 raise NotFound("Session not found.", code="SESSION_NOT_FOUND")
             if session.status is status:
-                return session, False
+                return session
             if session.status is not SessionStatus.ACTIVE:
                 raise Conflict(
                     f"The session is already {session.status.value}.", code="SESSION_NOT_ACTIVE"
@@ -115,4 +114,5 @@ class SessionService:
             if end > now + FUTURE_TOLERANCE_MS:
                 raise InvalidInput("ended_at is in the future.", code="FUTURE_TIMESTAMP")
             closed = await repository.close(conn, session, status=status, end_ms=end, now_ms=now)
-            return closed, True
+        await self._listener.session_status(closed)
+        return closed

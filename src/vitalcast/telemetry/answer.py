@@ -11,13 +11,13 @@ from vitalcast import catalog
 from vitalcast.errors import InvalidInput
 from vitalcast.telemetry.models import (
     CacheState,
+    HotRow,
     Resolution,
     ScheduleReason,
     TelemetryKey,
     payload_current,
 )
 from vitalcast.telemetry.payload import PackedPayload, answer_json
-from vitalcast.telemetry.reader import HotRow
 
 #: seconds a client should wait before asking again
 RETRY_COMPUTING_S = 1

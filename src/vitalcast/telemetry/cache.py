@@ -23,8 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vitalcast.db.tables import sessions, telemetry_cache
 from vitalcast.sessions.models import SessionStatus
-from vitalcast.telemetry.compute import ComputedTelemetry
-from vitalcast.telemetry.models import CacheState, Resolution, TelemetryKey
+from vitalcast.telemetry.models import CacheState, ComputedTelemetry, Resolution, TelemetryKey
 
 #: first retry delay after a failed compute; doubles per attempt up to BACKOFF_MAX_MS
 BACKOFF_BASE_MS = 1_000
@@ -35,7 +34,7 @@ c = telemetry_cache.c
 
 def backoff_ms(attempts: int) -> int:
     """Delay before the next attempt after ``attempts`` consecutive failures (exponential)."""
-    return min(BACKOFF_BASE_MS * 2 ** max(attempts - 1, 0), BACKOFF_MAX_MS)
+    return min(BACKOFF_BASE_MS << max(attempts - 1, 0), BACKOFF_MAX_MS)
 
 
 class LeaseRefusal(enum.StrEnum):
@@ -87,15 +86,6 @@ class CacheRow:
     next_attempt_ms: int | None
     error_code: str | None
     stale_since_ms: int | None
-
-    def blocked_until_ms(self, now_ms: int) -> int | None:
-        """Until when nobody may start a compute of this row: its failure backoff, or another
-        holder's unexpired lease (None when nothing blocks it now)."""
-        blocks = [self.next_attempt_ms or 0]
-        if self.lease_owner is not None:
-            blocks.append(self.lease_expires_ms or 0)
-        until = max(blocks)
-        return until if until > now_ms else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,4 +366,4 @@ class SessionTelemetryCacheRepository:
         ).first()
         if row is None:
             return None
-        return CacheRow(CacheState(row[0]), *row[1:])
+        return CacheRow(**{**row._asdict(), "status": CacheState(row.status)})

@@ -9,7 +9,6 @@ recent per metric). Nothing is fetched row by row; the database returns one row 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -22,6 +21,7 @@ from vitalcast.telemetry.downsample import Row, build_metrics
 from vitalcast.telemetry.models import (
     SCHEMA_VERSION,
     CacheState,
+    ComputedTelemetry,
     TelemetryKey,
     TelemetryWindow,
 )
@@ -48,18 +48,6 @@ AGGREGATE_SQL = sa.text(
     GROUP BY 1, 2, 3
     """
 ).bindparams(sa.bindparam("metrics", expanding=True))
-
-
-@dataclass(frozen=True, slots=True)
-class ComputedTelemetry:
-    """A finished compute, ready to be saved under the lease."""
-
-    state: CacheState
-    blob: bytes
-    source_watermark: int
-    computed_at_ms: int
-    raw_sample_count: int
-    window: TelemetryWindow
 
 
 #: the compute seam: (connection, session read before aggregating, key, now) → result
@@ -97,7 +85,7 @@ async def aggregate_rows(
             "metrics": list(metrics),
         },
     )
-    return [tuple(row) for row in result]  # type: ignore[misc]
+    return [tuple(row) for row in result]
 
 
 async def compute_telemetry(

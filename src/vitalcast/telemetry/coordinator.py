@@ -53,7 +53,7 @@ MAX_FALLBACK_RETRY_MS = 60_000
 
 
 class ComputeRunner(Protocol):
-    """What the coordinator runs: ``SessionTelemetryService.compute``."""
+    """What the coordinator runs: ``TelemetryComputer.compute``."""
 
     async def __call__(self, key: TelemetryKey, *, reason: ScheduleReason) -> ComputeOutcome: ...
 
@@ -260,23 +260,25 @@ class BoundedComputeCoordinator:
         return read_at is not None and time.monotonic() - read_at <= self._recent_read_s
 
     def _plan_retry(self, entry: _Entry) -> None:
-        if self._retry_delay is None or self._closed:
+        retry_delay = self._retry_delay
+        if retry_delay is None or self._closed:
             return
         planned = self._retrying.get(entry.key)
         if planned is not None:
             planned[0].absorb(entry)
             return
         task = asyncio.create_task(
-            self._retry_later(entry.key), name=f"telemetry-retry-{entry.key.dedupe_id}"
+            self._retry_later(retry_delay, entry.key),
+            name=f"telemetry-retry-{entry.key.dedupe_id}",
         )
         self._retrying[entry.key] = (entry, task)
 
-    async def _retry_later(self, key: TelemetryKey) -> None:
+    async def _retry_later(self, retry_delay: RetryDelay, key: TelemetryKey) -> None:
         """Wait out the backoff or lease that stopped the key's compute, then submit it again
         if it is still wanted."""
         entry = self._retrying[key][0]
         try:
-            delay_ms = await self._delay_of(entry)
+            delay_ms = await self._delay_of(retry_delay, entry)
             if delay_ms is None:
                 return
             await asyncio.sleep(max(delay_ms, MIN_RETRY_MS) / 1000)
@@ -304,17 +306,16 @@ class BoundedComputeCoordinator:
         retry = _Entry(entry.key, entry.reason, entry.watermark, entry.triggered, entry.retries + 1)
         self._admit(retry, parkable=True)
 
-    async def _delay_of(self, entry: _Entry) -> int | None:
-        assert self._retry_delay is not None
+    async def _delay_of(self, retry_delay: RetryDelay, entry: _Entry) -> int | None:
         try:
-            return await self._retry_delay(entry.key)
+            return await retry_delay(entry.key)
         except Exception as exc:
             log.warning(
                 "telemetry_retry_delay_failed",
                 session_id=entry.key.session_id,
                 error_type=type(exc).__name__,
             )
-            return min(FALLBACK_RETRY_MS * 2**entry.retries, MAX_FALLBACK_RETRY_MS)
+            return min(FALLBACK_RETRY_MS << min(entry.retries, 16), MAX_FALLBACK_RETRY_MS)
 
     def _refill(self) -> None:
         """Move parked keys into free pending slots, oldest first."""

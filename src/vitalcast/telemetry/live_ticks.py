@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from typing import Protocol
 
 from vitalcast.clock import Clock
 from vitalcast.db.engine import Database
@@ -34,6 +33,7 @@ from vitalcast.telemetry.models import (
     live_edge_moved,
     next_boundary_ms,
 )
+from vitalcast.telemetry.scheduling import Scheduler, schedule
 
 log = get_logger(__name__)
 
@@ -47,14 +47,6 @@ MIN_SLEEP_MS = 5
 _NEVER = sys.maxsize
 
 
-class TickScheduler(Protocol):
-    """Where ticks go: ``SessionTelemetryService.schedule`` (coordinator or queue)."""
-
-    async def __call__(
-        self, key: TelemetryKey, *, watermark: int, reason: ScheduleReason
-    ) -> bool: ...
-
-
 class LiveTicker:
     """Recomputes the subscribed live views of this process at each bucket boundary."""
 
@@ -63,15 +55,14 @@ class LiveTicker:
         db: Database,
         clock: Clock,
         subscriptions: Subscriptions,
-        schedule: TickScheduler,
+        scheduler: Scheduler,
         metrics: Metrics,
-        cache: SessionTelemetryCacheRepository,
     ) -> None:
         self._db = db
         self._clock = clock
         self._subscriptions = subscriptions
-        self._schedule = schedule
-        self._cache = cache
+        self._scheduler = scheduler
+        self._cache = SessionTelemetryCacheRepository()
         #: session id → when to look at its views next (its next 1-minute boundary)
         self._next_check: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
@@ -141,8 +132,11 @@ class LiveTicker:
                 COMPUTE_VERSION,
                 view.user_id,
             )
-            await self._schedule(
-                key, watermark=view.session_watermark, reason=ScheduleReason.LIVE_TICK
+            await schedule(
+                self._scheduler,
+                key,
+                watermark=view.session_watermark,
+                reason=ScheduleReason.LIVE_TICK,
             )
             self._scheduled.inc()
             asked += 1

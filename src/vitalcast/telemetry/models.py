@@ -1,4 +1,4 @@
-"""Telemetry keys, states and the scheduling seam shared by the coordinator and the queue."""
+"""Telemetry keys, states, the window grid and the values shared by the telemetry modules."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Protocol
 
+from vitalcast.sessions.models import WIDEST_PAD_MS, Session, SessionStatus
+
 # Bump when the payload's meaning changes: old cache rows are then simply never read again.
 # 2: the grid anchored at the session start, live windows fresh per bucket, coverage as time.
 COMPUTE_VERSION = 2
 SCHEMA_VERSION = 2
 MIN_WINDOW_MINUTES = 15
-MAX_WINDOW_MINUTES = 180
+MAX_WINDOW_MINUTES = WIDEST_PAD_MS // 60_000
 # `auto` picks 1m up to this window span, 5m beyond it.
 AUTO_1M_MAX_SPAN_MS = 6 * 3_600_000
 
@@ -44,6 +46,11 @@ class CacheState(enum.StrEnum):
     #: freshness unknown or the compute keeps failing; last payload (if any) and an error code
     FAILED = "failed"
 
+    @property
+    def has_payload(self) -> bool:
+        """A row in this state holds a payload that was current at its watermark."""
+        return self in (CacheState.READY, CacheState.NO_DATA)
+
 
 class ScheduleReason(enum.StrEnum):
     """Why a compute was asked for; carried into jobs and logs."""
@@ -74,18 +81,48 @@ class TelemetryKey:
     compute_version: int = COMPUTE_VERSION
     user_id: str = ""
 
+    @classmethod
+    def default_for(
+        cls,
+        session: Session,
+        *,
+        window_minutes: int,
+        now_ms: int,
+        resolution: Resolution | None = None,
+    ) -> TelemetryKey:
+        """The key of ``session``'s default view: ``window_minutes`` at ``resolution``, or at the
+        resolution ``auto`` picks for its window now."""
+        if resolution is None:
+            resolution = resolve_resolution(
+                None,
+                start_ms=session.start_ms,
+                end_ms=session.end_ms,
+                live=session.live,
+                window_minutes=window_minutes,
+                now_ms=now_ms,
+            )
+        return cls(session.id, window_minutes, resolution, COMPUTE_VERSION, session.user_id)
+
     @property
     def dedupe_id(self) -> str:
         """Portable id of the key (BullMQ rejects ``:``)."""
         return f"{self.session_id}_{self.window_minutes}_{self.resolution.value}_v{self.compute_version}"
 
 
-class Scheduler(Protocol):
-    """Where computes go: the in-process coordinator or the BullMQ queue."""
+@dataclass(frozen=True, slots=True)
+class TelemetryUpdate:
+    """What a save tells the listeners (``session.updated``): ids, watermark, state and times,
+    never a health value. ``changed_*`` bound the time range that moved (None: unknown)."""
 
-    async def submit(self, key: TelemetryKey, *, watermark: int, reason: ScheduleReason) -> bool:
-        """Ask for a compute of ``key``; False when it was shed (the bound was full)."""
-        ...
+    session_id: str
+    source_watermark: int
+    state: str
+    window_minutes: int
+    resolution: str
+    computed_at_ms: int
+    live: bool
+    changed_from_ms: int | None
+    changed_to_ms: int | None
 
 
 class Subscriptions(Protocol):
@@ -97,26 +134,14 @@ class Subscriptions(Protocol):
 class TelemetryListener(Protocol):
     """Told after every cache save (the WebSocketBroadcaster implements it).
 
-    Implementations must not raise into the compute path and never receive health values.
+    Implementations must not raise into the compute path.
     """
 
-    async def session_updated(
-        self,
-        *,
-        session_id: str,
-        source_watermark: int,
-        state: str,
-        window_minutes: int,
-        resolution: str,
-        computed_at_ms: int,
-        live: bool,
-        changed_from_ms: int | None,
-        changed_to_ms: int | None,
-    ) -> None: ...
+    async def session_updated(self, update: TelemetryUpdate) -> None: ...
 
 
 class ComputeOutcome(enum.StrEnum):
-    """What one call of ``SessionTelemetryService.compute`` did; only COMPUTED ran a compute."""
+    """What one call of ``TelemetryComputer.compute`` did; only COMPUTED ran a compute."""
 
     #: the payload was aggregated and saved under our lease (state ready or no_data)
     COMPUTED = "computed"
@@ -248,3 +273,39 @@ def resolve_resolution(
     )
     span_ms = window.end_ms - window.start_ms
     return Resolution.ONE_MINUTE if span_ms <= AUTO_1M_MAX_SPAN_MS else Resolution.FIVE_MINUTES
+
+
+@dataclass(frozen=True, slots=True)
+class ComputedTelemetry:
+    """A finished compute, ready to be saved under the lease."""
+
+    state: CacheState
+    blob: bytes
+    source_watermark: int
+    computed_at_ms: int
+    raw_sample_count: int
+    window: TelemetryWindow
+
+
+@dataclass(frozen=True, slots=True)
+class HotRow:
+    """The session (owned by the caller) and, when there is one, the matching cache row."""
+
+    session_status: str
+    session_start_ms: int
+    session_end_ms: int | None
+    session_watermark: int
+    #: None when no cache row exists for the key
+    resolution: str | None
+    status: str | None
+    source_watermark: int | None
+    #: when the cached payload was computed; a live payload's live edge is its bucket
+    computed_at_ms: int | None
+    error_code: str | None
+    next_attempt_ms: int | None
+    #: None when there is none, or when it was not asked for
+    payload: bytes | None
+
+    @property
+    def live(self) -> bool:
+        return self.session_status == SessionStatus.ACTIVE

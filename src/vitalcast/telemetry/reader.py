@@ -19,13 +19,11 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import sqlalchemy as sa
 
-from vitalcast.sessions.models import SessionStatus
-from vitalcast.telemetry.models import AUTO_1M_MAX_SPAN_MS, COMPUTE_VERSION
+from vitalcast.telemetry.models import AUTO_1M_MAX_SPAN_MS, COMPUTE_VERSION, HotRow
 
 _SQL = """
 SELECT s.status, s.start_ms, s.end_ms, s.source_watermark,
@@ -44,30 +42,6 @@ LEFT JOIN telemetry_cache c
             THEN '1m' ELSE '5m' END)
 WHERE s.id = :session_id AND s.user_id = :user_id
 """
-
-
-@dataclass(frozen=True, slots=True)
-class HotRow:
-    """The session (owned by the caller) and, when there is one, the matching cache row."""
-
-    session_status: str
-    session_start_ms: int
-    session_end_ms: int | None
-    session_watermark: int
-    #: None when no cache row exists for the key
-    resolution: str | None
-    status: str | None
-    source_watermark: int | None
-    #: when the cached payload was computed; a live payload's live edge is its bucket
-    computed_at_ms: int | None
-    error_code: str | None
-    next_attempt_ms: int | None
-    #: None when there is none, or when it was not asked for
-    payload: bytes | None
-
-    @property
-    def live(self) -> bool:
-        return self.session_status == SessionStatus.ACTIVE
 
 
 class CacheReader(Protocol):

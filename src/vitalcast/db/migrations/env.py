@@ -3,6 +3,7 @@
 import asyncio
 
 from alembic import context
+from sqlalchemy.engine import Connection
 
 from vitalcast.db.engine import create_engine
 from vitalcast.db.tables import metadata
@@ -10,7 +11,7 @@ from vitalcast.db.tables import metadata
 config = context.config
 
 
-def _run(connection):
+def _run(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=metadata,
@@ -20,7 +21,7 @@ def _run(connection):
         context.run_migrations()
 
 
-async def _main():
+async def _main() -> None:
     engine = create_engine(config.attributes["database_url"])
     try:
         async with engine.connect() as connection:

@@ -1,0 +1,42 @@
+"""How a database error is told apart: an outage (down, restarting, full) that a client should
+retry, or a bug. Backend specifics (SQLSTATE classes, driver exception types) stay here."""
+
+from __future__ import annotations
+
+import asyncpg
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+#: what the database layer raises: SQLAlchemy's wrapped errors and raw asyncpg ones (the hot read
+#: uses asyncpg directly)
+DATABASE_ERRORS: tuple[type[Exception], ...] = (DBAPIError, asyncpg.PostgresError)
+
+# SQLSTATE classes of a database that is down, restarting or full, rather than of a bad query:
+# 08 connection exception, 53 insufficient resources, 57P operator intervention (admin or crash
+# shutdown, "the database system is starting up").
+_OUTAGE_SQLSTATES = ("08", "53", "57P")
+#: seconds a client should wait before retrying after an outage
+DATABASE_RETRY_AFTER_S = 2
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a PostgreSQL error, raw (asyncpg) or wrapped (SQLAlchemy), if any."""
+    seen: BaseException | None = exc
+    for _ in range(4):
+        if seen is None:
+            return None
+        code = getattr(seen, "sqlstate", None)
+        if isinstance(code, str):
+            return code
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return None
+
+
+def is_outage(exc: Exception) -> bool:
+    """The database (or the network to it) is unavailable, as opposed to a bad query."""
+    if isinstance(exc, OperationalError):
+        return True
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    if (sqlstate(exc) or "").startswith(_OUTAGE_SQLSTATES):
+        return True
+    return isinstance(exc, (ConnectionError, OSError, TimeoutError))

@@ -1,0 +1,73 @@
+"""Every Redis connection vitalcast opens is configured here, from the one ``VITALCAST_REDIS_URL``,
+with its timeouts in one place. Four kinds of use, three shapes of connection:
+
+- **Blocking consumers** (BullMQ's queue and worker): no socket read timeout. redis-py 8 sets a
+  5 s default, which is also BullMQ's idle blocking wait; with it an idle worker was seen deaf to
+  new jobs for minutes (stack-notes).
+- **Pub/sub** (the Socket.IO Redis manager): a bounded, blocking pool and no read timeout, so the
+  listener never times out on an idle channel (a timed-out listener re-subscribes after a pause and
+  loses what was published meanwhile) and concurrent publishes wait briefly for a connection.
+- **Short calls** (queue probe and depth, rate-limit counters): a read timeout and no retries, so an
+  outage is noticed at once and the caller degrades instead of hanging.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.connection import parse_url
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+#: how long any connection attempt may take
+CONNECT_TIMEOUT_S = 2.0
+#: a queue probe, depth or count; a request never waits longer than this for Redis
+CALL_TIMEOUT_S = 1.0
+#: one rate-limit hit; the limiter falls back to in-process counters beyond it
+RATE_LIMIT_TIMEOUT_S = 0.5
+#: pub/sub pool: one connection listens, the rest serve concurrent publishes
+PUBSUB_MAX_CONNECTIONS = 8
+#: how long a publish waits for a free pooled connection before it gives up (and is logged)
+PUBSUB_POOL_WAIT_S = 2.0
+
+
+def blocking_options(url: str) -> dict[str, Any]:
+    """Connection options (a dict, as BullMQ takes them) for a consumer that blocks on Redis."""
+    return {
+        **parse_url(url),
+        "socket_timeout": None,
+        "socket_connect_timeout": CONNECT_TIMEOUT_S,
+    }
+
+
+def short_call_options(timeout_s: float = CALL_TIMEOUT_S) -> dict[str, Any]:
+    """redis-py keyword options for a client whose calls must fail fast rather than retry."""
+    return {
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": min(CONNECT_TIMEOUT_S, timeout_s),
+        "retry": Retry(NoBackoff(), 0),
+    }
+
+
+def short_call_pool(url: str, timeout_s: float = CALL_TIMEOUT_S) -> aioredis.ConnectionPool:
+    """A connection pool for short calls (for libraries that take a pool, like ``limits``)."""
+    return aioredis.ConnectionPool.from_url(url, **short_call_options(timeout_s))
+
+
+def short_call_client(url: str) -> aioredis.Redis:
+    """A client for probes and counts: ``CALL_TIMEOUT_S`` per call, no retries."""
+    return aioredis.Redis(**{**parse_url(url), **short_call_options()})
+
+
+def pubsub_client(url: str, *, max_connections: int = PUBSUB_MAX_CONNECTIONS) -> aioredis.Redis:
+    """A client on a bounded, blocking pool with no read timeout (pub/sub listen and publish)."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=PUBSUB_POOL_WAIT_S,
+        socket_timeout=None,
+        socket_connect_timeout=CONNECT_TIMEOUT_S,
+        socket_keepalive=True,
+    )
+    return aioredis.Redis.from_pool(pool)

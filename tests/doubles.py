@@ -1,0 +1,61 @@
+"""Stand-ins the tests hand to the wiring through ``Seams``: listeners of saves that record or
+fail, and aggregates that hold the lease or fail. Real components everywhere else."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from vitalcast.sessions.models import Session
+from vitalcast.telemetry.compute import Aggregator, compute_telemetry
+from vitalcast.telemetry.models import ComputedTelemetry, TelemetryKey, TelemetryUpdate
+
+
+class RecordingListener:
+    """A TelemetryListener that keeps what it was told, as plain dicts."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    async def session_updated(self, update: TelemetryUpdate) -> None:
+        self.events.append(dataclasses.asdict(update))
+
+
+class BrokenListener:
+    """A TelemetryListener whose every call fails, like a realtime layer that is down."""
+
+    async def session_updated(self, update: TelemetryUpdate) -> None:
+        raise RuntimeError("the realtime layer is down")
+
+
+def held_aggregator(hold_ms: int, aggregate: Aggregator = compute_telemetry) -> Aggregator:
+    """``aggregate`` that first sleeps ``hold_ms`` while the lease is held, so a test can kill a
+    worker in the middle of a compute."""
+
+    async def held(
+        conn: AsyncConnection, session: Session, key: TelemetryKey, now_ms: int
+    ) -> ComputedTelemetry:
+        await asyncio.sleep(hold_ms / 1000)
+        return await aggregate(conn, session, key, now_ms)
+
+    return held
+
+
+class FailingFirst:
+    """An aggregate that raises on its first ``failures`` calls, then is ``aggregate``."""
+
+    def __init__(self, failures: int, aggregate: Aggregator = compute_telemetry) -> None:
+        self._aggregate = aggregate
+        self.failures = failures
+        self.calls = 0
+
+    async def __call__(
+        self, conn: AsyncConnection, session: Session, key: TelemetryKey, now_ms: int
+    ) -> ComputedTelemetry:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise RuntimeError("injected compute failure")
+        return await self._aggregate(conn, session, key, now_ms)
