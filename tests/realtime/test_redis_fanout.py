@@ -12,6 +12,7 @@ from tests.realtime.conftest import ClientFactory, serve_in_thread, updated_fiel
 from tests.realtime.test_socket_server import create_session
 from vitalcast.realtime.broadcaster import WebSocketBroadcaster
 from vitalcast.settings import Settings
+from vitalcast.telemetry.models import TelemetryUpdate
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
@@ -55,8 +56,8 @@ async def test_worker_broadcaster_reaches_server_clients(
         assert (await stranger_channel.call("subscribe", {"session_id": session["id"]}))["ok"]
 
         async with worker_broadcaster(scaled) as broadcaster:
-            await broadcaster.session_updated(**updated_fields(session["id"], 7))
-            await broadcaster.session_updated(**updated_fields(session["id"], 8))
+            await broadcaster.session_updated(TelemetryUpdate(**updated_fields(session["id"], 7)))
+            await broadcaster.session_updated(TelemetryUpdate(**updated_fields(session["id"], 8)))
             first = await client.next("session.updated", timeout_s=5)
             second = await client.next("session.updated", timeout_s=5)
             assert (first["source_watermark"], second["source_watermark"]) == (7, 8)
@@ -73,5 +74,5 @@ async def test_worker_broadcaster_never_raises_when_redis_is_down(
     )
     async with worker_broadcaster(unreachable) as broadcaster:
         await broadcaster.session_updated(
-            **updated_fields("00000000-0000-0000-0000-000000000000", 1)
+            TelemetryUpdate(**updated_fields("00000000-0000-0000-0000-000000000000", 1))
         )
