@@ -97,10 +97,10 @@ class Child:
 
 def entry_point(args: list[str], clock_file: Path | None) -> tuple[list[str], str]:
     """(arguments, module) of ``vitalcast ARGS``, or with ``clock_file`` of the same command
-    (serve or worker) on the test-moved clock of ``tests.shifted_clock``."""
+    (serve or worker) on the test-set clock of ``tests.stepped_clock``."""
     if clock_file is None:
         return args, "vitalcast"
-    return [str(clock_file), *args], "tests.shifted_clock"
+    return [str(clock_file), *args], "tests.stepped_clock"
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ from tests.dashboard.conftest import (
     wait_ready,
 )
 from tests.processes import vitalcast_env
-from tests.shifted_clock import shift_to
+from tests.stepped_clock import set_time
 from vitalcast.clock import iso_ms
 
 pytestmark = pytest.mark.slow
@@ -271,16 +271,17 @@ async def test_live_session_opens_by_default_and_its_trailing_gap_grows_without_
     tmp_path, browser
 ):
     """A newcomer lands on the live session, not on "Pick a session". The watch then stops
-    sending: with the server's and the page's clocks moved two buckets on, the server's live
+    sending: with the server's and the page's clocks set two buckets on, the server's live
     tick pushes session.updated and the chart shows the trailing gap up to the new edge; between
     events the time axis keeps following the clock. No reload, no ingest."""
     clock_file = tmp_path / "clock"
+    edge = int(time.time() * 1000)
+    set_time(clock_file, edge)
     with run_server(
         vitalcast_env(tmp_path / "data"), tmp_path / "logs", clock_file=clock_file
     ) as server:
         token = server.token("dash-ticks")
         headers = {"Authorization": f"Bearer {token}"}
-        edge = int(time.time() * 1000)
         start = edge - 20 * MINUTE_MS
         last = edge - 30_000
         async with httpx.AsyncClient(base_url=server.url, timeout=30.0) as http:
@@ -300,7 +301,7 @@ async def test_live_session_opens_by_default_and_its_trailing_gap_grows_without_
 
         tab = await open_tab(browser)
         page = tab.page
-        await page.clock.install()  # runs on with real time; the test moves it with the server's
+        await page.clock.install(time=edge / 1000)  # runs on from the server's (standing) time
         await page.goto(f"{server.url}/#token={token}")
         await page.wait_for_function(
             "(id) => window.vitalcast.state.current && window.vitalcast.state.current.id === id"
@@ -315,7 +316,7 @@ async def test_live_session_opens_by_default_and_its_trailing_gap_grows_without_
         assert before["trailing"] == [] and before["drawn_after_last"] == 0
 
         moved = edge + 2 * MINUTE_MS + 300
-        shift_to(clock_file, moved)
+        set_time(clock_file, moved)
         await page.clock.set_system_time(moved / 1000)
         await page.wait_for_function(
             "(t) => window.vitalcast.state.current.payload.computed_at_ms >= t",

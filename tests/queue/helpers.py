@@ -132,7 +132,7 @@ def worker_subprocess(
 ) -> Iterator[WorkerProcess]:
     """``vitalcast worker`` consuming the env's queue, started (``worker_started`` logged); with
     ``hold_ms`` every compute first holds its lease that long (``tests.held_worker``), with
-    ``clock_file`` it runs on the test-moved clock (``tests.shifted_clock``)."""
+    ``clock_file`` it runs on the test-set clock (``tests.stepped_clock``)."""
     port = free_port()
     options = ["--metrics-port", str(port), *args]
     if hold_ms is None:

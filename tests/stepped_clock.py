@@ -1,12 +1,14 @@
-"""TEST-ONLY entry point: ``vitalcast serve`` and ``vitalcast worker`` on a clock the test moves.
+"""TEST-ONLY entry point: ``vitalcast serve`` and ``vitalcast worker`` on a clock the test sets.
 
-    python -m tests.shifted_clock CLOCK_FILE serve --host H --port P
-    python -m tests.shifted_clock CLOCK_FILE worker [--metrics-port P] [--concurrency N]
+    python -m tests.stepped_clock CLOCK_FILE serve --host H --port P
+    python -m tests.stepped_clock CLOCK_FILE worker [--metrics-port P] [--concurrency N]
 
-Every process started this way runs on the wall clock plus the offset (milliseconds) written in
-CLOCK_FILE, read on every call. A test moves all of them across a bucket boundary at once with
-``shift_to``, so a live window that moves with time is tested in seconds, not minutes. Production
-code only sees the clock of ``Seams``; nothing here is reachable from ``vitalcast`` itself.
+Every process started this way reads "now" from CLOCK_FILE (epoch milliseconds, read on every
+call), or the wall clock while the file does not exist. The time stands still until the test
+writes another one with ``set_time``, so all processes cross a bucket boundary together, exactly
+when the test says and never on their own however slow the machine: a live window that moves
+with time is tested in seconds, not minutes. Production code only sees the clock of ``Seams``;
+nothing here is reachable from ``vitalcast`` itself.
 """
 
 from __future__ import annotations
@@ -25,32 +27,29 @@ from vitalcast.settings import Settings
 from vitalcast.wiring import Seams
 
 
-class ShiftedClock:
-    """The wall clock plus the offset in ``path`` (0 while the file is missing or empty)."""
+class SteppedClock:
+    """The time in ``path`` (the wall clock until the file exists)."""
 
     def __init__(self, path: Path) -> None:
         self._path = path
 
     def now_ms(self) -> int:
-        return now_ms() + self.offset_ms()
-
-    def offset_ms(self) -> int:
         try:
-            return int(self._path.read_text() or 0)
+            return int(self._path.read_text())
         except (FileNotFoundError, ValueError):
-            return 0
+            return now_ms()
 
 
-def shift_to(path: Path, at_ms: int) -> None:
-    """Move every process on ``path`` so that its "now" is ``at_ms`` at this instant (and runs
-    on from there). Written atomically: a reader sees the old or the new offset."""
+def set_time(path: Path, at_ms: int) -> None:
+    """Make "now" ``at_ms`` for every process on ``path`` until the next ``set_time``. Written
+    atomically: a reader sees the old time or the new one."""
     staged = path.with_suffix(".next")
-    staged.write_text(str(at_ms - now_ms()))
+    staged.write_text(str(at_ms))
     os.replace(staged, path)
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tests.shifted_clock")
+    parser = argparse.ArgumentParser(prog="python -m tests.stepped_clock")
     parser.add_argument("clock_file", type=Path)
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve")
@@ -60,7 +59,7 @@ def main(argv: list[str]) -> None:
     worker.add_argument("--metrics-port", type=int, default=None)
     worker.add_argument("--concurrency", type=int, default=None)
     args = parser.parse_args(argv)
-    seams = Seams(clock=ShiftedClock(args.clock_file))
+    seams = Seams(clock=SteppedClock(args.clock_file))
     if args.command == "serve":
         run_server(host=args.host, port=args.port, seams=seams)
         return
