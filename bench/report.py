@@ -171,6 +171,17 @@ def _soak(r: dict[str, Any]) -> Iterator[Row]:
             Check(f"p99 < {ceiling:g} ms", p99 < ceiling),
         ),
     )
+    computes = r.get("computes_by_reason", {})
+    tick, ingest = computes.get("live_tick"), computes.get("live_update")
+    if tick and ingest:
+        total = sum(c["compute_seconds_per_minute"] for c in computes.values())
+        yield (
+            f"Live ticks during the soak ({r['live_sessions']} subscribed live sessions)",
+            f"`live_tick` computes: {tick['per_minute']:g}/min, mean {tick['mean_ms']:.1f} ms",
+            f"ingest-driven `live_update`: {ingest['per_minute']:g}/min, "
+            f"mean {ingest['mean_ms']:.1f} ms",
+            f"ticks = {tick['compute_seconds_per_minute'] / total:.1%} of compute time",
+        )
 
 
 def _import(r: dict[str, Any]) -> Iterator[Row]:

@@ -9,6 +9,11 @@ transport failure, a refused or dropped socket, an ingest some subscriber never 
 The baseline is the run itself: the first minute after warm-up against the last minute (latency
 p99, server RSS), so that slow leaks and creeping latency show up as a ratio, not a guess.
 
+Computes are read from the computing process's /metrics (the server, or the worker when scaled
+out) at the end of warm-up and at the end, by reason: the ``live_tick`` recomputes of the live
+ticker (once per subscribed view per bucket, also while samples flow) next to the ingest-driven
+``live_update`` ones, per minute and by their mean cost.
+
     uv run python -m bench.soak [--minutes 10] [--sessions 50] [--clients 200]
                                 [--backend sqlite|postgres] [--scaled]
 """
@@ -28,6 +33,7 @@ from typing import Any
 
 import httpx
 import socketio
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import (
     REDIS_URL,
@@ -35,6 +41,7 @@ from bench.common import (
     database,
     delete_keys,
     emit,
+    free_port,
     percentiles,
     process,
     rss_mb,
@@ -150,14 +157,59 @@ async def watch_rss(pids: dict[str, int], stats: Stats, until: float) -> None:
         await asyncio.sleep(RSS_EVERY_S)
 
 
+async def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of ``url``/metrics, keyed by (sample name, sorted labels)."""
+    async with httpx.AsyncClient(timeout=30) as http:
+        text = (await http.get(f"{url}/metrics")).text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def by_label(
+    scraped: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, label: str
+) -> dict[str, float]:
+    """``name`` summed per value of ``label``."""
+    sums: dict[str, float] = defaultdict(float)
+    for (sample, labels), value in scraped.items():
+        if sample == name:
+            sums[dict(labels).get(label, "")] += value
+    return dict(sums)
+
+
+def compute_figures(
+    before: dict[tuple[str, tuple[tuple[str, str], ...]], float],
+    after: dict[tuple[str, tuple[tuple[str, str], ...]], float],
+    minutes: float,
+) -> dict[str, dict[str, float]]:
+    """Per reason: computes per minute, their mean cost and compute-seconds per minute."""
+    figures: dict[str, dict[str, float]] = {}
+    counts = [by_label(x, "vitalcast_computes_total", "reason") for x in (before, after)]
+    costs = [by_label(x, "vitalcast_compute_seconds_sum", "reason") for x in (before, after)]
+    for reason in sorted(counts[1]):
+        n = counts[1][reason] - counts[0].get(reason, 0.0)
+        seconds = costs[1].get(reason, 0.0) - costs[0].get(reason, 0.0)
+        if n <= 0:
+            continue
+        figures[reason] = {
+            "per_minute": round(n / minutes, 1),
+            "mean_ms": round(1000 * seconds / n, 2),
+            "compute_seconds_per_minute": round(seconds / minutes, 3),
+        }
+    return figures
+
+
 def window(stats: Stats, start_s: float, end_s: float) -> dict[str, float]:
     chosen = [ms for at, ms in stats.latencies if start_s <= at < end_s]
     return percentiles(chosen) if chosen else {"n": 0}
 
 
 @contextlib.asynccontextmanager
-async def stack(backend: str, scaled: bool) -> AsyncIterator[tuple[str, str, dict[str, int]]]:
-    """(database URL, server base URL, pids to watch) for the chosen deployment."""
+async def stack(backend: str, scaled: bool) -> AsyncIterator[tuple[str, str, str, dict[str, int]]]:
+    """(database URL, server base URL, URL of the computing process's /metrics, pids to
+    watch) for the chosen deployment."""
     prefix = f"vcsoak{uuid.uuid4().hex[:8]}"
     extra: dict[str, str] = {}
     if scaled:
@@ -171,14 +223,18 @@ async def stack(backend: str, scaled: bool) -> AsyncIterator[tuple[str, str, dic
             async with server_with_pid(url, **extra) as (base, pid):
                 pids = {"server": pid}
                 if not scaled:
-                    yield url, base, pids
+                    yield url, base, base, pids
                     return
+                port = free_port()
                 with (
                     tempfile.TemporaryDirectory(prefix="vc-soak-") as data_dir,
-                    process(["worker"], server_env(url, data_dir, **extra)) as worker,
+                    process(
+                        ["worker", "--metrics-port", str(port)],
+                        server_env(url, data_dir, **extra),
+                    ) as worker,
                 ):
                     pids["worker"] = worker.pid
-                    yield url, base, pids
+                    yield url, base, f"http://127.0.0.1:{port}", pids
         finally:
             if scaled:
                 await delete_keys(f"{prefix}*")
@@ -187,7 +243,7 @@ async def stack(backend: str, scaled: bool) -> AsyncIterator[tuple[str, str, dic
 async def soak(minutes: float, sessions: int, clients: int, backend: str, scaled: bool) -> dict:
     stats = Stats()
     async with (
-        stack(backend, scaled) as (url, base, pids),
+        stack(backend, scaled) as (url, base, metrics_url, pids),
         httpx.AsyncClient(
             base_url=base, timeout=30, limits=httpx.Limits(max_connections=100)
         ) as http,
@@ -217,7 +273,22 @@ async def soak(minutes: float, sessions: int, clients: int, backend: str, scaled
         await asyncio.gather(*(start(s) for s in subscribers))
         stats.started = time.perf_counter()
         until = stats.started + WARM_UP_S + minutes * 60
+        scraped: dict[str, Any] = {}
+
+        async def scrape_measured_period() -> None:
+            await asyncio.sleep(WARM_UP_S)
+            scraped["before"], scraped["server_before"] = (
+                await scrape(metrics_url),
+                await scrape(base),
+            )
+            await asyncio.sleep(max(0.0, until - time.perf_counter()))
+            scraped["after"], scraped["server_after"] = (
+                await scrape(metrics_url),
+                await scrape(base),
+            )
+
         await asyncio.gather(
+            scrape_measured_period(),
             watch_rss(pids, stats, until),
             *(
                 ingest_loop(http, live, stats, until, offset_s=n / sessions)
@@ -234,6 +305,11 @@ async def soak(minutes: float, sessions: int, clients: int, backend: str, scaled
     rss_after_warm_up = next((mb for at, mb in stats.rss if at >= measured_from), rss_end)
     first = window(stats, measured_from, measured_from + 60)
     last = window(stats, end_s - 60, end_s)
+    computes = compute_figures(scraped["before"], scraped["after"], minutes)
+    looks = [
+        by_label(scraped[k], "vitalcast_live_ticks_total", "outcome")
+        for k in ("server_before", "server_after")
+    ]
     return {
         "benchmark": "soak",
         "deployment": f"{'scaled_out' if scaled else 'embedded'} on {backend}",
@@ -251,6 +327,11 @@ async def soak(minutes: float, sessions: int, clients: int, backend: str, scaled
         "p99_last_vs_first": round(last.get("p99_ms", 0) / first["p99_ms"], 2)
         if first.get("p99_ms")
         else None,
+        "computes_by_reason": computes,
+        "live_tick_looks_per_minute": {
+            outcome: round((looks[1][outcome] - looks[0].get(outcome, 0.0)) / minutes, 1)
+            for outcome in sorted(looks[1])
+        },
         "rss_mb": {
             "after_warm_up": rss_after_warm_up,
             "end": rss_end,

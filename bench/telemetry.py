@@ -232,7 +232,7 @@ async def compute_floor(
     db = Database(create_engine(url))
     key = TelemetryKey(session_id, 60, Resolution.ONE_MINUTE, user_id=user_id)
     window = TelemetryWindow.of(
-        start_ms=start_ms, end_ms=end_ms, live=False, window_minutes=60, now_ms=0
+        start_ms=start_ms, end_ms=end_ms, live=False, window_minutes=60, bucket_ms=MINUTE, now_ms=0
     )
     params = {
         "window_start": window.start_ms,
@@ -325,7 +325,12 @@ async def day_session(url: str, user_id: str, session_id: str, start_ms: int, ru
     key = TelemetryKey(session_id, 60, Resolution.FIVE_MINUTES, user_id=user_id)
     end_ms = start_ms + 24 * HOUR
     window = TelemetryWindow.of(
-        start_ms=start_ms, end_ms=end_ms, live=False, window_minutes=60, now_ms=0
+        start_ms=start_ms,
+        end_ms=end_ms,
+        live=False,
+        window_minutes=60,
+        bucket_ms=key.resolution.bucket_ms,
+        now_ms=0,
     )
     fetch = sa.text(
         "SELECT metric, start_ms, value FROM health_samples WHERE user_id = :u"

@@ -60,3 +60,20 @@ def gated_aggregator(gate: Path, aggregate: Aggregator = compute_telemetry) -> A
         return await aggregate(conn, session, key, now_ms)
 
     return gated
+
+
+class FailingFirst:
+    """An aggregate that raises on its first ``failures`` calls, then is ``aggregate``."""
+
+    def __init__(self, failures: int, aggregate: Aggregator = compute_telemetry) -> None:
+        self._aggregate = aggregate
+        self.failures = failures
+        self.calls = 0
+
+    async def __call__(
+        self, conn: AsyncConnection, session: Session, key: TelemetryKey, now_ms: int
+    ) -> ComputedTelemetry:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise RuntimeError("injected compute failure")
+        return await self._aggregate(conn, session, key, now_ms)

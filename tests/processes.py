@@ -97,6 +97,14 @@ class Child:
         return self.log_path.read_text(errors="replace")
 
 
+def entry_point(args: list[str], clock_file: Path | None) -> tuple[list[str], str]:
+    """(arguments, module) of ``vitalcast ARGS``, or with ``clock_file`` of the same command
+    (serve or worker) on the test-set clock of ``tests.stepped_clock``."""
+    if clock_file is None:
+        return args, "vitalcast"
+    return [str(clock_file), *args], "tests.stepped_clock"
+
+
 @contextlib.contextmanager
 def spawn(
     args: list[str],
@@ -155,15 +163,21 @@ def serve_subprocesses(
     *,
     start_timeout_s: float = START_TIMEOUT_S,
     stop_timeout_s: float = STOP_TIMEOUT_S,
+    clock_file: Path | None = None,
 ) -> Iterator[list[ServerProcess]]:
-    """One ``vitalcast serve`` per log path, each on a free loopback port, started together;
-    every one answers /healthz (each within ``start_timeout_s``) before the block runs."""
+    """One ``vitalcast serve`` per log path (on the clock of ``clock_file`` when given), each
+    on a free loopback port, started together; every one answers /healthz (each within
+    ``start_timeout_s``) before the block runs."""
     with contextlib.ExitStack() as stack:
         servers = []
         for log_path in log_paths:
             port = free_port()
-            args = ["serve", "--host", "127.0.0.1", "--port", str(port)]
-            child = stack.enter_context(spawn(args, env, log_path, stop_timeout_s=stop_timeout_s))
+            args, module = entry_point(
+                ["serve", "--host", "127.0.0.1", "--port", str(port)], clock_file
+            )
+            child = stack.enter_context(
+                spawn(args, env, log_path, stop_timeout_s=stop_timeout_s, module=module)
+            )
             servers.append(ServerProcess(child.process, log_path, f"http://127.0.0.1:{port}"))
         for server in servers:
             wait_healthy(server, start_timeout_s)

@@ -27,6 +27,7 @@ from vitalcast.settings import Settings
 if TYPE_CHECKING:
     from vitalcast.interop.importer import ImportSummary
     from vitalcast.queue.backfill import BackfillFilter, BackfillProgress
+    from vitalcast.wiring import Seams
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
@@ -189,13 +190,27 @@ def serve(
     ),
 ) -> None:
     """Run the HTTP + Socket.IO server (applies migrations first)."""
+    run_server(host=host, port=port, demo=demo, shutdown_grace_s=shutdown_grace)
+
+
+def run_server(
+    *,
+    host: str,
+    port: int,
+    demo: bool = False,
+    shutdown_grace_s: int = 10,
+    seams: Seams | None = None,
+) -> None:
+    """``vitalcast serve``: settings from the environment, migrations, then the app (with the
+    stand-ins of ``seams`` for a test entry point) until SIGTERM/SIGINT."""
     from vitalcast.app import create_app
     from vitalcast.realtime.broadcaster import MAX_MESSAGE_BYTES
+    from vitalcast.wiring import NO_SEAMS
 
     settings = Settings()
     configure_logging(settings.log_level)
     upgrade(settings.resolved_database_url)
-    application = create_app(settings)
+    application = create_app(settings, seams or NO_SEAMS)
     if demo:
         from vitalcast.demo import attach_demo
 
@@ -208,7 +223,7 @@ def serve(
         access_log=False,
         # A WebSocket frame larger than one Engine.IO packet is refused before it is buffered.
         ws_max_size=MAX_MESSAGE_BYTES,
-        timeout_graceful_shutdown=shutdown_grace,
+        timeout_graceful_shutdown=shutdown_grace_s,
     )
 
 

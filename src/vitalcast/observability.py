@@ -74,12 +74,23 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.computes = Counter(
-            "vitalcast_computes", "Computes that ran, by outcome.", ["outcome"], registry=r
+            "vitalcast_computes",
+            "Computes that ran, by outcome and by the reason they were scheduled for.",
+            ["outcome", "reason"],
+            registry=r,
         )
         self.compute_seconds = Histogram(
             "vitalcast_compute_seconds",
-            "Duration of one telemetry compute.",
+            "Duration of one telemetry compute, by the reason it was scheduled for.",
+            ["reason"],
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.live_ticks = Counter(
+            "vitalcast_live_ticks",
+            "Looks at a subscribed live view at a bucket boundary: scheduled (a live_tick "
+            "recompute asked for) or current (already on the current live edge).",
+            ["outcome"],
             registry=r,
         )
         self.freshness_lag_seconds = Histogram(
@@ -96,6 +107,12 @@ class Metrics:
         )
         self.coordinator_shed = Counter(
             "vitalcast_coordinator_shed", "Computes refused because the bound was full.", registry=r
+        )
+        self.coordinator_retries = Counter(
+            "vitalcast_coordinator_retries",
+            "Failed or lease-blocked computes submitted again once their backoff or the "
+            "blocking lease ran out.",
+            registry=r,
         )
         self.telemetry_responses = Counter(
             "vitalcast_telemetry_responses", "Telemetry answers by state.", ["state"], registry=r

@@ -4,9 +4,10 @@ in dependency order, into a frozen dataclass of concrete types. Nothing is assig
 Server (``build_server``)::
 
     Socket.IO server ─▶ WebSocketBroadcaster ─▶ TelemetryComputer ─▶ BoundedComputeCoordinator
-                                                                          │ (fallback)
+    SubscriptionRegistry (written by the Socket.IO handlers) ───────────────┤ (retries, fallback)
                              scheduler = SessionTelemetryQueueService (Redis) or the coordinator
                                   ├─▶ SessionTelemetryService (answers requests)
+                                  ├─▶ LiveTicker (subscribed live views, once per bucket)
                                   └─▶ TelemetryTriggers ─┐
                         ChangeFanout(triggers, broadcaster) ─▶ IngestService, SessionService
 
@@ -33,13 +34,15 @@ from vitalcast.observability import Metrics
 from vitalcast.queue.service import SessionTelemetryQueueService
 from vitalcast.ratelimit import RateLimiter
 from vitalcast.realtime.broadcaster import WebSocketBroadcaster, socketio_server
+from vitalcast.realtime.subscriptions import SubscriptionRegistry
 from vitalcast.sessions.changes import NO_LISTENER, ChangeFanout, ChangeListener
 from vitalcast.sessions.service import SessionService
 from vitalcast.settings import Settings
 from vitalcast.telemetry.compute import Aggregator, compute_telemetry
 from vitalcast.telemetry.computer import TelemetryComputer
 from vitalcast.telemetry.coordinator import BoundedComputeCoordinator
-from vitalcast.telemetry.models import TelemetryListener
+from vitalcast.telemetry.live_ticks import LiveTicker
+from vitalcast.telemetry.models import Subscriptions, TelemetryListener
 from vitalcast.telemetry.reader import open_reader
 from vitalcast.telemetry.scheduling import Scheduler
 from vitalcast.telemetry.service import SessionTelemetryService
@@ -83,18 +86,22 @@ class ServerParts:
     authenticator: Authenticator
     sio: socketio.AsyncServer
     broadcaster: WebSocketBroadcaster
+    #: sessions with subscribed sockets on this process (the Socket.IO handlers keep it)
+    subscriptions: SubscriptionRegistry
     computer: TelemetryComputer
     coordinator: BoundedComputeCoordinator
     #: None in the embedded mode
     queue: SessionTelemetryQueueService | None
     telemetry: SessionTelemetryService
     triggers: TelemetryTriggers
+    ticker: LiveTicker
     sessions: SessionService
     ingest: IngestService
     limiter: RateLimiter
 
     async def start(self) -> None:
         await self.coordinator.start()
+        await self.ticker.start()
 
     async def refresh_metrics(self) -> None:
         """Update the gauges that are read rather than counted (before /metrics renders)."""
@@ -105,6 +112,7 @@ class ServerParts:
 
     async def close(self) -> None:
         """Stop computing and release every connection (the realtime server closes first)."""
+        await self.ticker.stop()
         if self.queue is not None:
             await self.queue.close()
         await self.coordinator.stop()
@@ -196,13 +204,18 @@ def _computer(
 
 
 def _coordinator(
-    settings: Settings, computer: TelemetryComputer, metrics: Metrics
+    settings: Settings,
+    computer: TelemetryComputer,
+    metrics: Metrics,
+    subscriptions: Subscriptions | None = None,
 ) -> BoundedComputeCoordinator:
     return BoundedComputeCoordinator(
         computer.compute,
         max_concurrency=settings.max_concurrent_computes,
         max_pending=settings.max_pending_computes,
         metrics=metrics,
+        retry_delay=computer.retry_delay_ms,
+        subscriptions=subscriptions,
     )
 
 
@@ -213,10 +226,11 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
     metrics = Metrics()
     sio, manager = socketio_server(settings)
     broadcaster = WebSocketBroadcaster.for_server(sio, manager, metrics=metrics)
+    subscriptions = SubscriptionRegistry()
     computer = _computer(
         settings, db, clock, metrics, broadcaster, seams, lease_ms=settings.lease_ms
     )
-    coordinator = _coordinator(settings, computer, metrics)
+    coordinator = _coordinator(settings, computer, metrics, subscriptions)
     queue = (
         SessionTelemetryQueueService(settings, fallback=coordinator, metrics=metrics)
         if settings.redis_url
@@ -239,6 +253,7 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
         authenticator=Authenticator(secret, db),
         sio=sio,
         broadcaster=broadcaster,
+        subscriptions=subscriptions,
         computer=computer,
         coordinator=coordinator,
         queue=queue,
@@ -251,6 +266,7 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
             default_window_minutes=settings.default_window_minutes,
         ),
         triggers=triggers,
+        ticker=LiveTicker(db, clock, subscriptions, scheduler, metrics),
         sessions=SessionService(db, clock, changes),
         ingest=IngestService(db, clock, metrics, changes),
         limiter=RateLimiter.from_settings(settings),

@@ -21,7 +21,7 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
 from tests.conftest import service_missing
-from tests.processes import run_cli, stop_process, vitalcast_env
+from tests.processes import entry_point, run_cli, stop_process, vitalcast_env
 from vitalcast.simulator import Api, Pace, SessionRunner
 from vitalcast.wearable import MINUTE_MS, Interval, Profile, SessionPlan, generate
 
@@ -68,17 +68,24 @@ class Server:
 
 @contextlib.contextmanager
 def run_server(
-    env: dict[str, str], logs: Path, *, port: int = 0, demo: bool = False
+    env: dict[str, str],
+    logs: Path,
+    *,
+    port: int = 0,
+    demo: bool = False,
+    clock_file: Path | None = None,
 ) -> Iterator[Server]:
     """``vitalcast serve`` on 127.0.0.1 (port 0 = the OS picks one, read back from the log),
-    healthy before the block starts (both within START_TIMEOUT_S) and stopped after it."""
+    on the test-moved clock of ``clock_file`` when given, healthy before the block starts (both
+    within START_TIMEOUT_S) and stopped after it."""
     logs.mkdir(parents=True, exist_ok=True)
     stem = f"serve-{time.monotonic_ns()}"
     out, err = logs / f"{stem}.out", logs / f"{stem}.err"
     args = ["serve", "--host", "127.0.0.1", "--port", str(port), *(["--demo"] if demo else [])]
     with out.open("wb") as out_file, err.open("wb") as err_file:
+        command, module = entry_point(args, clock_file)
         process = subprocess.Popen(
-            [sys.executable, "-m", "vitalcast", *args], env=env, stdout=out_file, stderr=err_file
+            [sys.executable, "-m", module, *command], env=env, stdout=out_file, stderr=err_file
         )
     server = Server("", env, process, out, err)
     try:

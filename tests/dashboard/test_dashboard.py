@@ -24,6 +24,8 @@ from tests.dashboard.conftest import (
     wait_ready,
 )
 from tests.processes import vitalcast_env
+from tests.stepped_clock import set_time
+from vitalcast.clock import iso_ms
 
 pytestmark = pytest.mark.slow
 
@@ -286,3 +288,90 @@ async def test_csv_button_downloads_the_windows_samples(served, browser):
     assert len(lines) > 100
     assert tab.errors == [] and tab.console_errors == []
     assert not [url for url in tab.urls if token in url]
+
+
+HR_TRAILING = """(last) => {
+  const cur = window.vitalcast.state.current;
+  const hr = cur.payload.metrics.heart_rate;
+  const u = window.vitalcast.charts.get('heart_rate').u;
+  return {
+    computed_at: cur.payload.computed_at_ms,
+    window_end: cur.payload.window.end_ms,
+    trailing: hr.gaps.filter((g) => g.start_ms === last),
+    drawn_after_last: u.data[0].filter((x, i) => x * 1000 > last && u.data[3][i] != null).length,
+    axis_max_ms: u.scales.x.max * 1000,
+    same_document: window.__sameDocument === true,
+  };
+}"""
+
+
+async def test_live_session_opens_by_default_and_its_trailing_gap_grows_without_reload(
+    tmp_path, browser
+):
+    """A newcomer lands on the live session, not on "Pick a session". The watch then stops
+    sending: with the server's and the page's clocks set two buckets on, the server's live
+    tick pushes session.updated and the chart shows the trailing gap up to the new edge; between
+    events the time axis keeps following the clock. No reload, no ingest."""
+    clock_file = tmp_path / "clock"
+    edge = int(time.time() * 1000)
+    set_time(clock_file, edge)
+    with run_server(
+        vitalcast_env(tmp_path / "data"), tmp_path / "logs", clock_file=clock_file
+    ) as server:
+        token = server.token("dash-ticks")
+        headers = {"Authorization": f"Bearer {token}"}
+        start = edge - 20 * MINUTE_MS
+        last = edge - 30_000
+        async with httpx.AsyncClient(base_url=server.url, timeout=30.0) as http:
+            created = await http.post(
+                "/api/v1/sessions", json={"started_at": iso_ms(start)}, headers=headers
+            )
+            session_id = created.json()["id"]
+            samples = [
+                {"source": "watch", "record_id": f"h{k}", "metric": "heart_rate",
+                 "value": 70.0 + k % 5, "start": iso_ms(last - k * 20_000)}
+                for k in range(60)
+            ]  # fmt: skip
+            assert (
+                await http.post("/api/v1/samples", json={"samples": samples}, headers=headers)
+            ).status_code == 200
+        await wait_ready(server.url, token, session_id)
+
+        tab = await open_tab(browser)
+        page = tab.page
+        await page.clock.install(time=edge / 1000)  # runs on from the server's (standing) time
+        await page.goto(f"{server.url}/#token={token}")
+        await page.wait_for_function(
+            "(id) => window.vitalcast.state.current && window.vitalcast.state.current.id === id"
+            " && window.vitalcast.charts.has('heart_rate')"
+            " && window.vitalcast.state.connection === 'online'",
+            arg=session_id,
+        )
+        assert f"session={session_id}" in page.url and token not in page.url
+        assert await page.locator("#placeholder").is_hidden()
+        await page.evaluate("() => { window.__sameDocument = true; }")
+        before = await page.evaluate(HR_TRAILING, last)
+        assert before["trailing"] == [] and before["drawn_after_last"] == 0
+
+        moved = edge + 2 * MINUTE_MS + 300
+        set_time(clock_file, moved)
+        await page.clock.set_system_time(moved / 1000)
+        await page.wait_for_function(
+            "(t) => window.vitalcast.state.current.payload.computed_at_ms >= t",
+            arg=edge + 2 * MINUTE_MS,
+            timeout=20_000,
+        )
+        after = await page.evaluate(HR_TRAILING, last)
+        assert after["same_document"]
+        assert after["trailing"] == [{"start_ms": last, "end_ms": after["window_end"]}]
+        assert after["drawn_after_last"] == 0 and after["axis_max_ms"] >= after["window_end"]
+
+        # no event within the bucket, yet the axis follows the page's clock
+        await page.clock.set_system_time((moved + 40_000) / 1000)
+        await page.wait_for_function(
+            "(t) => window.vitalcast.charts.get('heart_rate').u.scales.x.max * 1000 >= t",
+            arg=moved + 40_000,
+            timeout=15_000,
+        )
+        assert (await page.text_content("#freshness")).startswith("live")
+        assert tab.errors == [] and tab.console_errors == []

@@ -70,6 +70,27 @@ async def test_nan_literal_and_duplicate_in_batch(client, users, db):
     assert await _count_samples(db) == 1
 
 
+async def test_a_rejected_sample_still_makes_a_later_one_of_its_identity_a_duplicate(
+    client, users, db
+):
+    """[d1 at 1000 bpm, d1 at 70 bpm]: the first is out of range, the second a duplicate of it
+    (not stored in its place); a third identity of the batch is stored, and nothing of d1 is."""
+    headers = await users.headers()
+    at = now_ms() - MINUTE_MS
+    samples = [hr("d1", at, value=1000), hr("d1", at, value=70), hr("ok", at, value=71)]
+    response = await client.post("/api/v1/samples", json={"samples": samples}, headers=headers)
+    assert response.status_code == 207
+    body = response.json()
+    assert [(r["index"], r["code"]) for r in body["rejected"]] == [
+        (0, "VALUE_OUT_OF_RANGE"),
+        (1, "DUPLICATE_IN_BATCH"),
+    ]
+    assert body["inserted"] == 1
+    async with db.read() as conn:
+        stored = [r.record_id for r in await conn.execute(sa.select(health_samples))]
+    assert stored == ["ok"]
+
+
 async def test_units_convert_to_canonical(client, users, db):
     """Accepted aliases are converted: seconds of HRV to ms, °F to °C, a fraction to percent."""
     headers = await users.headers()

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from tests.processes import Child, free_port, spawn
+from tests.processes import Child, entry_point, free_port, spawn
 
 #: the start and stop bounds of the queue's servers and workers (longer than the defaults of
 #: ``tests.processes``; these tests were written against them)
@@ -133,14 +133,16 @@ def worker_subprocess(
     *args: str,
     hold_ms: int | None = None,
     hold_until: Path | None = None,
+    clock_file: Path | None = None,
 ) -> Iterator[WorkerProcess]:
     """``vitalcast worker`` consuming the env's queue, started (``worker_started`` logged); with
     ``hold_ms`` every compute first holds its lease that long, with ``hold_until`` until that
-    file exists (``tests.held_worker``)."""
+    file exists (``tests.held_worker``); with ``clock_file`` it runs on the test-set clock
+    (``tests.stepped_clock``)."""
     port = free_port()
     options = ["--metrics-port", str(port), *args]
     if hold_ms is None and hold_until is None:
-        command, module = ["worker", *options], "vitalcast"
+        command, module = entry_point(["worker", *options], clock_file)
     else:
         gate = [] if hold_until is None else ["--until", str(hold_until)]
         command, module = [str(hold_ms or 0), *gate, *options], "tests.held_worker"

@@ -98,14 +98,18 @@ class TelemetryClient:
             f"/api/v1/sessions/{session_id}/telemetry", params=params, headers=headers
         )
 
-    async def computes(self) -> dict[str, float]:
-        """vitalcast_computes_total by outcome, read from /metrics."""
+    async def computes(self, reason: str | None = None) -> dict[str, float]:
+        """vitalcast_computes_total by outcome (summed over reasons, or of ``reason`` only),
+        read from /metrics."""
         text = (await self.http.get("/metrics")).text
         counts: dict[str, float] = {}
         for line in text.splitlines():
-            if line.startswith("vitalcast_computes_total{"):
-                label = line.split('outcome="', 1)[1].split('"', 1)[0]
-                counts[label] = float(line.rsplit(" ", 1)[1])
+            if not line.startswith("vitalcast_computes_total{"):
+                continue
+            if reason is not None and f'reason="{reason}"' not in line:
+                continue
+            label = line.split('outcome="', 1)[1].split('"', 1)[0]
+            counts[label] = counts.get(label, 0.0) + float(line.rsplit(" ", 1)[1])
         return counts
 
     async def exec(self, sql: str, **params: Any) -> None:

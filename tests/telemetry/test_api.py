@@ -82,7 +82,7 @@ async def test_ready_has_etag_and_if_none_match_gives_304(tc, users):
         "window",
         "metrics",
     }
-    assert payload["session_id"] == session_id and payload["schema_version"] == 1
+    assert payload["session_id"] == session_id and payload["schema_version"] == 2
 
     cached = await tc.http.get(
         f"/api/v1/sessions/{session_id}/telemetry", headers={**headers, "If-None-Match": etag}

@@ -1,8 +1,9 @@
 """Telemetry numbers, checked against a plain-Python recomputation from the raw samples.
 
 Nothing here imports the implementation's downsampling, window or catalog code: the expected
-buckets, gaps, stats and phases are recomputed from the definitions in DESIGN.md, sample by
-sample, so a shared mistake cannot hide. Samples go in through the real POST /api/v1/samples
+window (the grid anchored at the session start, the pad rounded up to whole buckets), buckets,
+gaps, stats and phases (coverage as the share of time outside gaps) are recomputed from the
+definitions in DESIGN.md, sample by sample, so a shared mistake cannot hide. Samples go in through the real POST /api/v1/samples
 (inserts, identical re-sends, updates of value and time, deletions) and the answer comes back
 through the real GET on SQLite and PostgreSQL.
 """
@@ -56,12 +57,15 @@ class Scenario:
 
 @st.composite
 def scenarios(draw: st.DrawFn) -> Scenario:
-    window_minutes = draw(st.sampled_from([15, 17, 60, 180]))
+    # every window 15…180 on both grids: the edges, windows that are no multiple of 5, any
+    window_minutes = draw(
+        st.one_of(st.sampled_from([15, 17, 59, 61, 178, 180]), st.integers(15, 180))
+    )
     resolution = draw(st.sampled_from(["1m", "5m"]))
     bucket = MINUTE if resolution == "1m" else 5 * MINUTE
     live = draw(st.booleans())
     duration = draw(st.one_of(st.just(0), st.integers(0, 150 * MINUTE)))
-    pad = window_minutes * MINUTE
+    pad = -(-window_minutes * MINUTE // bucket) * bucket
     lo, hi = -pad, duration if live else duration + pad
     # window and session edges, bucket edges and their neighbours
     edges = [lo, lo + 1, hi - 1, hi, 0, -1, 1, duration, duration - 1, duration + 1]
@@ -149,7 +153,6 @@ def expected_metrics(
         "during": (session_start, window_end if session_end is None else session_end),
         "after": (window_end if session_end is None else session_end, window_end),
     }
-    n_buckets = -(-(window_end - window_start) // bucket)
     result: dict[str, Any] = {}
     for metric in METRIC_CODES:
         mine = sorted(
@@ -186,18 +189,24 @@ def expected_metrics(
         phase_out: dict[str, Any] = {}
         for name, (lo, hi) in phases.items():
             inside = [(t, v) for t, v in mine if lo <= t < hi]
-            touching = [
-                i
-                for i in range(n_buckets)
-                if max(window_start + i * bucket, lo) < min(window_start + (i + 1) * bucket, hi)
-            ]
-            holding = {math.floor((t - window_start) / bucket) for t, _v in inside}
             phase = _stats([v for _t, v in inside], cumulative)
-            phase["coverage"] = len(holding) / len(touching) if touching else 0.0
+            if not cumulative:
+                phase["coverage"] = _time_outside(lo, hi, gaps)
             phase_out[name] = phase
         series["phases"] = phase_out
         result[metric] = series
     return result
+
+
+def _time_outside(lo: int, hi: int, gaps: list[dict[str, int]]) -> float | None:
+    """Share of [lo, hi) outside every gap, millisecond by millisecond in spirit: the gaps are
+    disjoint, so the uncovered time is the sum of their clipped lengths."""
+    if hi <= lo:
+        return None
+    uncovered = 0
+    for gap in gaps:
+        uncovered += max(0, min(gap["end_ms"], hi) - max(gap["start_ms"], lo))
+    return (hi - lo - uncovered) / (hi - lo)
 
 
 def assert_close(actual: Any, expected: Any, path: str = "") -> None:
@@ -234,7 +243,8 @@ async def test_payload_matches_independent_recomputation(tc, users, scenario: Sc
     headers = {"Authorization": f"Bearer {token}"}
     tc.clock.advance(24 * 3_600_000)
     now = tc.clock.now_ms()
-    pad = scenario.window_minutes * MINUTE
+    bucket = MINUTE if scenario.resolution == "1m" else 5 * MINUTE
+    pad = -(-scenario.window_minutes * MINUTE // bucket) * bucket
     if scenario.live:
         start = now - scenario.duration_ms - scenario.start_jitter_ms
         end = None
@@ -268,7 +278,6 @@ async def test_payload_matches_independent_recomputation(tc, users, scenario: Sc
     body = response.json()
     session = (await tc.http.get(f"/api/v1/sessions/{session_id}", headers=headers)).json()
 
-    bucket = MINUTE if scenario.resolution == "1m" else 5 * MINUTE
     window_start = start - pad
     window_end = now if end is None else end + pad
     expected = expected_metrics(
@@ -301,3 +310,12 @@ async def test_payload_matches_independent_recomputation(tc, users, scenario: Sc
     )
     for code, metric in payload["metrics"].items():
         assert metric["kind"] == ("cumulative" if code in CUMULATIVE else "scalar")
+        # the session start is a bucket edge, so no bucket mixes samples from before and after it
+        assert all((t - start) % bucket == 0 for t in metric["t"])
+        for t in metric["t"]:
+            sides = {
+                at >= start
+                for m, at, _v in final.values()
+                if m == code and t <= at < t + bucket and window_start <= at < window_end
+            }
+            assert len(sides) == 1, (code, t)

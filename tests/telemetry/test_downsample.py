@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from vitalcast.telemetry.downsample import buckets_in, build_metrics
+from vitalcast.telemetry.downsample import build_metrics, coverage
 from vitalcast.telemetry.models import TelemetryWindow
 from vitalcast.telemetry.payload import answer_json, pack, unpack
 
@@ -65,8 +65,13 @@ def test_live_window_ends_at_now_and_the_future_is_no_gap():
         "max": None,
         "mean": None,
         "count": 0,
-        "coverage": 0.0,
+        "coverage": None,
     }
+    # a live phase lasts until now: the trailing gap uncovers it, a recent sample covers it
+    assert metrics["heart_rate"]["phases"]["during"]["coverage"] == 0.0
+    every_minute = [WS + 60 * MIN + k * MIN for k in range(30)]
+    metrics, _ = build_metrics(hr_rows(every_minute, window=live), live, MIN)
+    assert metrics["heart_rate"]["phases"]["during"]["coverage"] == 1.0
 
 
 def test_metric_threshold_wins_over_twice_the_bucket():
@@ -97,9 +102,10 @@ def test_bucket_straddling_the_session_end_merges_for_series_and_splits_for_phas
     assert (series["min"], series["max"]) == ([60.0], [90.0])
     assert series["phases"]["during"]["mean"] == 61.0
     assert series["phases"]["after"]["max"] == 90.0
-    # the straddling bucket counts in both phases: after touches buckets 24…36
-    assert series["phases"]["after"]["coverage"] == pytest.approx(1 / 13)
-    assert series["phases"]["during"]["coverage"] == pytest.approx(1 / 13)
+    # coverage is time outside gaps: during is covered only from its first sample on (the
+    # leading gap ends there), after not at all (the trailing gap starts at its only sample)
+    assert series["phases"]["during"]["coverage"] == pytest.approx(2_000 / (end - WS - 60 * MIN))
+    assert series["phases"]["after"]["coverage"] == 0.0
 
 
 def test_cumulative_metrics_sum_without_gaps_or_extremes():
@@ -111,15 +117,35 @@ def test_cumulative_metrics_sum_without_gaps_or_extremes():
     assert steps["sum"] == [25.0, 5.0] and steps["count"] == [2, 1]
     assert steps["gaps"] == [] and "min" not in steps and "mean" not in steps
     assert steps["stats"] == {"sum": 30.0, "count": 3}
-    assert steps["phases"]["after"] == {"sum": 5.0, "count": 1, "coverage": 1 / 60}
+    assert steps["phases"]["after"] == {"sum": 5.0, "count": 1}
 
 
-def test_buckets_in_counts_partial_buckets():
-    """A range touching part of a bucket counts that bucket; an empty range counts none."""
-    assert buckets_in(0, 60_000, 0, 60_000) == 1
-    assert buckets_in(0, 60_001, 0, 60_000) == 2
-    assert buckets_in(59_999, 60_001, 0, 60_000) == 2
-    assert buckets_in(5, 5, 0, 60_000) == 0
+def test_coverage_is_the_share_of_the_phase_outside_every_gap():
+    """Overlaps are clipped to the phase; an empty phase has no coverage."""
+    gaps = [{"start_ms": 0, "end_ms": 30}, {"start_ms": 80, "end_ms": 200}]
+    assert coverage(10, 110, gaps) == pytest.approx((110 - 10 - 20 - 30) / 100)
+    assert coverage(30, 80, gaps) == 1.0
+    assert coverage(100, 150, gaps) == 0.0
+    assert coverage(5, 5, gaps) is None
+
+
+def spo2_rows(times: list[int], window: TelemetryWindow) -> list:
+    return [row("blood_oxygen", (t - window.start_ms) // MIN, 1, [97.0], [t]) for t in times]
+
+
+def test_spo2_every_five_minutes_is_fully_covered_at_one_minute():
+    """SpO2 at its 5-minute cadence (10-minute threshold): 4 of 5 buckets are empty, coverage
+    is 1.0; a 30-minute dropout in the 60-minute phase halves it (± one sample interval)."""
+    start, end = WS + 60 * MIN, WS + 120 * MIN
+    window = TelemetryWindow(start - 5 * MIN, end + 5 * MIN, start, end, 5)
+    cadence = [start - 5 * MIN + k * 5 * MIN for k in range(14)]
+    metrics, _ = build_metrics(spo2_rows(cadence, window), window, MIN)
+    phases = metrics["blood_oxygen"]["phases"]
+    assert [phases[p]["coverage"] for p in ("before", "during", "after")] == [1.0, 1.0, 1.0]
+    dropout = [t for t in cadence if not start + 15 * MIN < t < start + 45 * MIN]
+    metrics, _ = build_metrics(spo2_rows(dropout, window), window, MIN)
+    during = metrics["blood_oxygen"]["phases"]["during"]["coverage"]
+    assert during == pytest.approx(0.5, abs=5 / 60)
 
 
 def test_packed_payload_joins_to_the_encoded_filtered_document():

@@ -227,7 +227,9 @@ async def test_failing_compute_backs_off_and_serves_the_last_payload(tc, users):
         tc.clock.advance(1_000)
         await tc.get(headers, session_id)
         await tc.settle()
-        assert (await tc.computes())["failed"] == computes["failed"] + 1
+        # the GET's recompute ran and failed again (the 5m view's own retry may have run too:
+        # the coordinator retries a failed trigger once its backoff has elapsed)
+        assert (await tc.computes())["failed"] > computes["failed"]
         second = await tc.get(headers, session_id)
         assert second.json()["state"] == "failed"
         assert second.headers["retry-after"] == "2"

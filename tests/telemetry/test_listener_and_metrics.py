@@ -75,7 +75,7 @@ async def test_metrics_expose_computes_responses_and_the_coordinator(tc, users):
     await tc.get(headers, session_id, window_minutes=20)
     text = (await tc.http.get("/metrics")).text
     for line in (
-        'vitalcast_computes_total{outcome="ready"}',
+        'vitalcast_computes_total{outcome="ready",reason="cache_miss"} 1.0',
         "vitalcast_compute_seconds_count",
         'vitalcast_telemetry_responses_total{state="computing"} 1.0',
         'vitalcast_telemetry_responses_total{state="ready"} 1.0',

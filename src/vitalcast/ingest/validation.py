@@ -234,13 +234,13 @@ def validate_batch(body: Any, *, now_ms: int) -> ValidatedBatch:
     to_delete = set(deletions)
     samples: list[NormalizedSample] = []
     rejected: list[Rejection] = []
+    # Every sample's identity counts, rejected or not: a later one with an identity seen earlier
+    # is a duplicate even when the earlier one was rejected (for its own reason), so nothing of
+    # that identity is stored from this batch.
     seen: set[tuple[str, str]] = set()
     for index, raw in enumerate(raw_samples):
         checked = _check_sample(index, raw, now_ms)
-        if isinstance(checked, Rejection):
-            rejected.append(checked)
-            continue
-        identity = (checked.source, checked.record_id)
+        identity = (raw["source"], raw["record_id"])
         if identity in seen or identity in to_delete:
             rejected.append(
                 Rejection(
@@ -249,7 +249,9 @@ def validate_batch(body: Any, *, now_ms: int) -> ValidatedBatch:
                     "This source and record_id appear more than once in the batch.",
                 )
             )
-            continue
+        elif isinstance(checked, Rejection):
+            rejected.append(checked)
+        else:
+            samples.append(checked)
         seen.add(identity)
-        samples.append(checked)
     return ValidatedBatch(request_id, samples, deletions, rejected)

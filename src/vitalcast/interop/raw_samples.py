@@ -13,7 +13,12 @@ from vitalcast.db.engine import Database
 from vitalcast.db.tables import health_samples
 from vitalcast.errors import InvalidInput
 from vitalcast.sessions.models import Session
-from vitalcast.telemetry.models import MAX_WINDOW_MINUTES, MIN_WINDOW_MINUTES, TelemetryWindow
+from vitalcast.telemetry.models import (
+    MAX_WINDOW_MINUTES,
+    MIN_WINDOW_MINUTES,
+    TelemetryWindow,
+    resolve_resolution,
+)
 
 PARTITION_ROWS = 2_000
 
@@ -33,17 +38,27 @@ class RawSample:
 
 
 def window_of(session: Session, window_minutes: int, now_ms: int) -> TelemetryWindow:
-    """The window a telemetry GET with ``window_minutes`` shows for ``session`` now."""
+    """The window a telemetry GET with ``window_minutes`` (and ``auto`` resolution) shows for
+    ``session`` now: the pad is rounded up to that resolution's grid."""
     if not MIN_WINDOW_MINUTES <= window_minutes <= MAX_WINDOW_MINUTES:
         raise InvalidInput(
             f"window_minutes must be {MIN_WINDOW_MINUTES}…{MAX_WINDOW_MINUTES}.",
             code="WINDOW_OUT_OF_RANGE",
         )
+    resolution = resolve_resolution(
+        None,
+        start_ms=session.start_ms,
+        end_ms=session.end_ms,
+        live=session.live,
+        window_minutes=window_minutes,
+        now_ms=now_ms,
+    )
     return TelemetryWindow.of(
         start_ms=session.start_ms,
         end_ms=session.end_ms,
         live=session.live,
         window_minutes=window_minutes,
+        bucket_ms=resolution.bucket_ms,
         now_ms=now_ms,
     )
 

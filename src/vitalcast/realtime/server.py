@@ -195,6 +195,7 @@ class RealtimeServer:
         client = self._clients.pop(sid, None)
         if client is None:
             return
+        self._parts.subscriptions.removed(client.sessions)
         await self._limiter.clear(self._limit, sid)
         self._parts.metrics.socket_clients.set(len(self._clients))
         log.debug("realtime_disconnected", sid=sid, user_id=client.user_id)
@@ -277,7 +278,9 @@ class RealtimeServer:
         except Exception as exc:
             return _failure(sid, exc)
         await self.sio.enter_room(sid, session_room(session_id))
-        client.sessions.add(session_id)
+        if session_id not in client.sessions:
+            client.sessions.add(session_id)
+            self._parts.subscriptions.added(session_id)
         state, cached_watermark = await self._subscription_state(session)
         if (
             request.since_watermark is not None
@@ -302,7 +305,9 @@ class RealtimeServer:
         client, request = admitted
         session_id = str(request.session_id)
         await self.sio.leave_room(sid, session_room(session_id))
-        client.sessions.discard(session_id)
+        if session_id in client.sessions:
+            client.sessions.discard(session_id)
+            self._parts.subscriptions.removed([session_id])
         return {"ok": True, "session_id": session_id}
 
     async def _on_unknown(self, event: str, sid: str, *_args: Any) -> dict[str, Any]:

@@ -44,8 +44,14 @@ async def next_change_seq(conn: AsyncConnection, user_id: str) -> int:
     return int(seq)
 
 
-async def current_change_seq(conn: AsyncConnection, user_id: str) -> int:
-    return int(await conn.scalar(sa.select(users.c.change_seq).where(users.c.id == user_id)) or 0)
+async def locked_change_seq(conn: AsyncConnection, user_id: str) -> int:
+    """The user's change counter, read under the user's row lock (PostgreSQL; SQLite's write
+    transaction already serialises): an ingest of this user that has not committed yet is waited
+    for, and one that starts later waits for us and then sees what we wrote."""
+    seq = await conn.scalar(
+        sa.select(users.c.change_seq).where(users.c.id == user_id).with_for_update()
+    )
+    return int(seq or 0)
 
 
 async def get(conn: AsyncConnection, user_id: str, session_id: str) -> Session | None:
@@ -81,7 +87,10 @@ async def insert(
     now_ms: int,
 ) -> Session:
     session_id = str(uuid.uuid4())
-    watermark = await current_change_seq(conn, user_id)
+    # Under the user's lock, like an ingest: reading change_seq without it could take N while an
+    # ingest that committed N+1 afterwards did not see this session to bump its watermark, and
+    # a payload cached at N would then miss that ingest's samples for good.
+    watermark = await locked_change_seq(conn, user_id)
     await conn.execute(
         sa.insert(sessions).values(
             id=session_id,

@@ -5,7 +5,7 @@
 // Socket.IO auth packet. Socket.IO events are hints: on session.updated the page re-GETs the
 // telemetry with If-None-Match, so an unchanged payload costs a 304.
 import {
-  METRIC_ORDER, chartData, chartHeight, chartWidth, createChart, renderPhaseTable, summary,
+  METRIC_ORDER, chartData, chartHeight, chartWidth, createChart, followNow, renderPhaseTable, summary,
 } from './charts.js';
 import { el, fmtClock, fmtDay, sessionSpan } from './format.js';
 
@@ -13,6 +13,8 @@ const TOKEN_KEY = 'vitalcast.token';
 const AUTH_CODES = new Set(['UNAUTHENTICATED', 'TOKEN_INVALID', 'TOKEN_EXPIRED']);
 const RECONNECT_GRACE_MS = 2000;
 const POLL_WHILE_OFFLINE_MS = 15000;
+// A live chart's time axis moves on to now this often between two session.updated events.
+const FOLLOW_NOW_MS = 5000;
 
 const $ = (id) => document.getElementById(id);
 
@@ -59,6 +61,16 @@ function route() {
   const id = hashParams().get('session');
   if (id) openSession(id);
   else closeSession();
+}
+
+/** On arrival without a session in the URL, open the newest live one (if there is one): that
+ * is the chart a newcomer came for. Later visits to the list stay on the list. */
+function openLiveByDefault() {
+  if (hashParams().get('session') || state.current) return;
+  const live = state.order.find((id) => state.sessions.get(id).live);
+  if (!live) return;
+  history.replaceState(null, '', `${location.pathname}${location.search}#session=${encodeURIComponent(live)}`);
+  route();
 }
 
 function signOut(reason) {
@@ -505,7 +517,7 @@ function start() {
   }
   document.body.classList.remove('signed-out');
   $('signin').hidden = true;
-  loadSessions().catch(quiet);
+  loadSessions().then(openLiveByDefault).catch(quiet);
   connect();
   route();
 }
@@ -548,6 +560,10 @@ setInterval(() => {
   const cur = state.current;
   if (cur && state.connection !== 'online' && cur.session && cur.session.live) loadTelemetry();
 }, POLL_WHILE_OFFLINE_MS);
+// A live chart's axis follows the clock, so silence since the last payload shows as it grows.
+setInterval(() => {
+  for (const chart of charts.values()) followNow(chart);
+}, FOLLOW_NOW_MS);
 // Live sessions' "so far" durations.
 setInterval(() => {
   if (state.current && state.current.session && state.current.session.live) renderSessionHead();

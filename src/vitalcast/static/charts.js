@@ -110,9 +110,22 @@ export function createChart(container, code, metric, payload) {
   return chart;
 }
 
+/** End of the time axis: the window's end, or for a live window the later of it and now, so a
+ * trailing silence keeps growing between two session.updated events. */
+export function axisEndMs(payload) {
+  const end = payload.window.end_ms;
+  return payload.live ? Math.max(end, Date.now()) : end;
+}
+
 function xRange(payload) {
-  const w = payload.window;
-  return [w.start_ms / 1000, w.end_ms / 1000];
+  return [payload.window.start_ms / 1000, axisEndMs(payload) / 1000];
+}
+
+/** Move a live chart's time axis on to now (nothing to do for an ended session). */
+export function followNow(chart) {
+  if (!chart.payload || !chart.payload.live) return;
+  const [min, max] = xRange(chart.payload);
+  chart.u.setScale('x', { min, max });
 }
 
 /** Before / during / after shading and the session edges, drawn under the series. */
@@ -122,11 +135,12 @@ function drawPhases(u, payload) {
   const { ctx } = u;
   const { left, top, width, height } = u.bbox;
   const x = (ms) => Math.min(left + width, Math.max(left, u.valToPos(ms / 1000, 'x', true)));
-  const sessionEnd = w.session_end_ms == null ? w.end_ms : w.session_end_ms;
+  const end = axisEndMs(payload);
+  const sessionEnd = w.session_end_ms == null ? end : w.session_end_ms;
   const spans = [
     ['before', w.start_ms, w.session_start_ms],
     ['during', w.session_start_ms, sessionEnd],
-    ['after', sessionEnd, w.end_ms],
+    ['after', sessionEnd, end],
   ];
   const ratio = window.devicePixelRatio || 1;
   ctx.save();
@@ -206,13 +220,14 @@ export function renderPhaseTable(table, payload, codes) {
 
 function phaseCell(code, metric, stats) {
   if (!stats || !stats.count) return el('td', { class: 'range', text: '—' });
-  const coverage = Math.round((stats.coverage || 0) * 100);
-  const bar = el('span', { class: 'coverage', title: `${coverage}% of buckets have samples` },
-    el('span', { style: `width:${coverage}%` }));
   if (metric.kind === 'cumulative') {
+    // Totals have no gaps, so no coverage.
     return el('td', {}, el('span', { class: 'value', text: fmtValue(code, stats.sum) }),
-      el('div', { class: 'range', text: `${plural(stats.count, 'sample')} · ${coverage}% covered` }), bar);
+      el('div', { class: 'range', text: plural(stats.count, 'sample') }));
   }
+  const coverage = Math.round((stats.coverage || 0) * 100);
+  const bar = el('span', { class: 'coverage', title: `${coverage}% of this phase's time lies outside gaps` },
+    el('span', { style: `width:${coverage}%` }));
   return el('td', {},
     el('span', { class: 'value', text: fmtValue(code, stats.mean) }),
     el('div', { class: 'range', text: `${fmtValue(code, stats.min)}–${fmtValue(code, stats.max)} · ${coverage}% covered` }),

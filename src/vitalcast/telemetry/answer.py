@@ -9,7 +9,14 @@ from dataclasses import dataclass
 
 from vitalcast import catalog
 from vitalcast.errors import InvalidInput
-from vitalcast.telemetry.models import CacheState, HotRow, ScheduleReason, TelemetryKey
+from vitalcast.telemetry.models import (
+    CacheState,
+    HotRow,
+    Resolution,
+    ScheduleReason,
+    TelemetryKey,
+    payload_current,
+)
 from vitalcast.telemetry.payload import PackedPayload, answer_json
 
 #: seconds a client should wait before asking again
@@ -84,12 +91,16 @@ def select_metrics(requested: Sequence[str] | None) -> tuple[str, ...]:
     return tuple(code for code in catalog.ALL_CODES if code in wanted)
 
 
-def make_etag(key: TelemetryKey, watermark: int, codes: Sequence[str]) -> str:
-    """Strong ETag of (session, watermark, window, resolution, compute version, metric set)."""
+def make_etag(
+    key: TelemetryKey, watermark: int, codes: Sequence[str], *, live_at_ms: int | None = None
+) -> str:
+    """Strong ETag of (session, watermark, window, resolution, compute version, metric set) and,
+    for a live payload, its compute time: a live window moves with time at one watermark."""
     mask = sum(_METRIC_BIT[code] for code in codes)
+    live = "" if live_at_ms is None else f".t{live_at_ms}"
     return (
         f'"{key.session_id}.{watermark}.{key.window_minutes}.{key.resolution.value}'
-        f'.v{key.compute_version}.{mask:x}"'
+        f'.v{key.compute_version}.{mask:x}{live}"'
     )
 
 
@@ -102,6 +113,19 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
         if tag == "*" or tag.removeprefix("W/") == etag:
             return True
     return False
+
+
+def is_current(row: HotRow, now_ms: int) -> bool:
+    """The hot row's payload answers for its session now (``models.payload_current``)."""
+    return row.resolution is not None and payload_current(
+        payload_watermark=row.source_watermark,
+        session_watermark=row.session_watermark,
+        live=row.live,
+        session_start_ms=row.session_start_ms,
+        bucket_ms=Resolution(row.resolution).bucket_ms,
+        computed_at_ms=row.computed_at_ms,
+        now_ms=now_ms,
+    )
 
 
 def decide(row: HotRow, now_ms: int) -> Decision:
@@ -117,7 +141,7 @@ def decide(row: HotRow, now_ms: int) -> Decision:
     if row.status == CacheState.FAILED:
         reason = None if backing_off else ScheduleReason.CACHE_MISS
         return Decision(CacheState.FAILED, reason, retry_failed, row.error_code)
-    if row.source_watermark == row.session_watermark:
+    if is_current(row, now_ms):
         state = CacheState.NO_DATA if row.status == CacheState.NO_DATA else CacheState.READY
         return Decision(state, None)
     if row.error_code is not None:

@@ -22,6 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vitalcast.db.tables import sessions, telemetry_cache
+from vitalcast.sessions.models import SessionStatus
 from vitalcast.telemetry.models import CacheState, ComputedTelemetry, Resolution, TelemetryKey
 
 #: first retry delay after a failed compute; doubles per attempt up to BACKOFF_MAX_MS
@@ -56,6 +57,8 @@ class Lease:
     status: CacheState
     has_payload: bool
     source_watermark: int | None
+    #: when the payload we may replace was computed (its live edge, for a live session)
+    computed_at_ms: int | None
     attempts: int
 
 
@@ -85,6 +88,20 @@ class CacheRow:
     stale_since_ms: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class LiveView:
+    """A live session and, when it has one, a cached view of it (what the live ticker needs)."""
+
+    session_id: str
+    user_id: str
+    session_start_ms: int
+    session_watermark: int
+    #: None for a session without any cached view at this compute version
+    window_minutes: int | None
+    resolution: Resolution | None
+    computed_at_ms: int | None
+
+
 def _key(key: TelemetryKey) -> Any:
     return sa.and_(
         c.session_id == key.session_id,
@@ -111,7 +128,9 @@ class SessionTelemetryCacheRepository:
                 sa.or_(c.next_attempt_ms.is_(None), c.next_attempt_ms <= now_ms),
             )
             .values(lease_owner=owner, lease_expires_ms=expires, updated_at_ms=now_ms)
-            .returning(c.status, c.payload.is_not(None), c.source_watermark, c.attempts)
+            .returning(
+                c.status, c.payload.is_not(None), c.source_watermark, c.computed_at_ms, c.attempts
+            )
         )
         row = (await conn.execute(take)).first()
         if row is None:
@@ -119,7 +138,7 @@ class SessionTelemetryCacheRepository:
             await self._insert_missing(conn, key, now_ms)
             row = (await conn.execute(take)).first()
         if row is not None:
-            return Lease(owner, expires, CacheState(row[0]), bool(row[1]), row[2], row[3])
+            return Lease(owner, expires, CacheState(row[0]), bool(row[1]), row[2], row[3], row[4])
         refusal = (
             await conn.execute(
                 sa.select(c.lease_owner, c.lease_expires_ms, c.next_attempt_ms).where(_key(key))
@@ -284,6 +303,47 @@ class SessionTelemetryCacheRepository:
             )
         )
         return [(row[0], row[1], Resolution(row[2])) for row in rows]
+
+    async def live_views(
+        self, conn: AsyncConnection, session_ids: Sequence[str], *, compute_version: int
+    ) -> list[LiveView]:
+        """Every cached view (at ``compute_version``) of those of ``session_ids`` that are live,
+        and one row without a view for a live session that has none."""
+        if not session_ids:
+            return []
+        query = (
+            sa.select(
+                sessions.c.id,
+                sessions.c.user_id,
+                sessions.c.start_ms,
+                sessions.c.source_watermark,
+                c.window_minutes,
+                c.resolution,
+                c.computed_at_ms,
+            )
+            .select_from(
+                sessions.outerjoin(
+                    telemetry_cache,
+                    sa.and_(c.session_id == sessions.c.id, c.compute_version == compute_version),
+                )
+            )
+            .where(
+                sessions.c.id.in_(list(session_ids)),
+                sessions.c.status == SessionStatus.ACTIVE.value,
+            )
+        )
+        return [
+            LiveView(
+                session_id=row[0],
+                user_id=row[1],
+                session_start_ms=row[2],
+                session_watermark=row[3],
+                window_minutes=row[4],
+                resolution=None if row[5] is None else Resolution(row[5]),
+                computed_at_ms=row[6],
+            )
+            for row in await conn.execute(query)
+        ]
 
     async def get(self, conn: AsyncConnection, key: TelemetryKey) -> CacheRow | None:
         row = (

@@ -97,6 +97,7 @@ async def compute_telemetry(
         end_ms=session.end_ms,
         live=session.live,
         window_minutes=key.window_minutes,
+        bucket_ms=key.resolution.bucket_ms,
         now_ms=now_ms,
     )
     bucket_ms = key.resolution.bucket_ms

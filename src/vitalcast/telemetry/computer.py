@@ -17,6 +17,7 @@ import uuid
 from vitalcast.clock import Clock
 from vitalcast.db.engine import Database
 from vitalcast.observability import Metrics, get_logger
+from vitalcast.sessions.models import Session
 from vitalcast.telemetry.answer import COMPUTE_FAILED
 from vitalcast.telemetry.cache import (
     CacheRow,
@@ -33,15 +34,35 @@ from vitalcast.telemetry.models import (
     TelemetryKey,
     TelemetryListener,
     TelemetryUpdate,
+    payload_current,
 )
 
 log = get_logger(__name__)
+
+#: a live holder usually finishes long before its lease runs out (its save releases it): a
+#: retry blocked by one looks again at least this often instead of waiting out the whole lease
+LEASE_POLL_MS = 1_000
 
 _REFUSALS = {
     LeaseRefusal.BUSY: ComputeOutcome.LEASE_BUSY,
     LeaseRefusal.BACKING_OFF: ComputeOutcome.BACKING_OFF,
     LeaseRefusal.NO_SESSION: ComputeOutcome.SESSION_GONE,
 }
+
+
+def _lease_current(lease: Lease, session: Session, key: TelemetryKey, now_ms: int) -> bool:
+    """The payload under our lease already answers for ``session`` now (same watermark and,
+    while live, the same live edge): a second trigger of one change or one bucket, on this
+    process or another, then costs no compute."""
+    return lease.has_payload and payload_current(
+        payload_watermark=lease.source_watermark,
+        session_watermark=session.source_watermark,
+        live=session.live,
+        session_start_ms=session.start_ms,
+        bucket_ms=key.resolution.bucket_ms,
+        computed_at_ms=lease.computed_at_ms,
+        now_ms=now_ms,
+    )
 
 
 def default_owner_id() -> str:
@@ -109,6 +130,21 @@ class TelemetryComputer:
         async with self._db.read() as conn:
             return await self._cache.get(conn, key)
 
+    async def retry_delay_ms(self, key: TelemetryKey) -> int | None:
+        """Milliseconds until ``key`` may be computed again (the coordinator's ``RetryDelay``):
+        until its failure backoff has elapsed and no other holder's lease blocks it, looking
+        again at least every ``LEASE_POLL_MS`` while a lease does (0: nothing blocks it; None:
+        the row is gone)."""
+        row = await self.row(key)
+        if row is None:
+            return None
+        now = self._clock.now_ms()
+        backoff = (row.next_attempt_ms or now) - now
+        lease = 0
+        if row.lease_owner is not None and row.lease_expires_ms is not None:
+            lease = min(row.lease_expires_ms - now, LEASE_POLL_MS)
+        return max(backoff, lease, 0)
+
     async def _compute_leased(
         self, key: TelemetryKey, lease: Lease, reason: ScheduleReason
     ) -> ComputeOutcome:
@@ -117,11 +153,7 @@ class TelemetryComputer:
         try:
             async with self._db.read() as conn:
                 session = await load_session(conn, key)
-                fresh = (
-                    session is not None
-                    and lease.has_payload
-                    and lease.source_watermark == session.source_watermark
-                )
+                fresh = session is not None and _lease_current(lease, session, key, read_started_ms)
                 computed = None
                 if session is not None and not fresh:
                     computed = await self._aggregate(conn, session, key, read_started_ms)
@@ -145,8 +177,8 @@ class TelemetryComputer:
         if not result.saved:
             log.warning("telemetry_lease_lost", session_id=key.session_id, reason=reason.value)
             return ComputeOutcome.LEASE_LOST
-        self._metrics.computes.labels(computed.state.value).inc()
-        self._metrics.compute_seconds.observe(time.perf_counter() - started)
+        self._metrics.computes.labels(computed.state.value, reason.value).inc()
+        self._metrics.compute_seconds.labels(reason.value).observe(time.perf_counter() - started)
         if result.lag_ms is not None:
             self._metrics.freshness_lag_seconds.observe(max(result.lag_ms, 0) / 1000)
         await self._notify(key, computed)
@@ -155,7 +187,7 @@ class TelemetryComputer:
     async def _record_failure(
         self, key: TelemetryKey, lease: Lease, exc: Exception, reason: ScheduleReason
     ) -> None:
-        self._metrics.computes.labels(CacheState.FAILED.value).inc()
+        self._metrics.computes.labels(CacheState.FAILED.value, reason.value).inc()
         attempts = lease.attempts + 1
         log.error(
             "telemetry_compute_failed",

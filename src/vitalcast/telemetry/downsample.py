@@ -8,6 +8,11 @@ the series, merged by phase they give exact phase statistics.
 Gaps are exact without the raw timestamps: two consecutive samples inside one bucket are less
 than ``bucket_ms`` apart and the threshold is at least twice that, so a gap can only lie between
 the last sample of a non-empty bucket and the first sample of the next non-empty one.
+
+A scalar phase's coverage is time, not buckets: the share of the phase's duration that lies
+outside every gap. A metric sampled every 5 minutes with a 10-minute threshold and no dropout is
+fully covered although four of five 1-minute buckets are empty. Cumulative metrics have no gaps
+and so no coverage.
 """
 
 from __future__ import annotations
@@ -46,20 +51,19 @@ def phase_bounds(window: TelemetryWindow) -> tuple[tuple[int, int], ...]:
     )
 
 
-def buckets_in(lo: int, hi: int, origin_ms: int, bucket_ms: int) -> int:
-    """How many buckets (aligned to ``origin_ms``) intersect ``[lo, hi)``."""
+def coverage(lo: int, hi: int, gaps: Sequence[dict[str, int]]) -> float | None:
+    """Share of ``[lo, hi)`` outside every gap; None for an empty phase (no time to cover)."""
     if hi <= lo:
-        return 0
-    return (hi - 1 - origin_ms) // bucket_ms - (lo - origin_ms) // bucket_ms + 1
+        return None
+    uncovered = sum(max(0, min(gap["end_ms"], hi) - max(gap["start_ms"], lo)) for gap in gaps)
+    return (hi - lo - uncovered) / (hi - lo)
 
 
 def build_metrics(
     rows: Iterable[Row], window: TelemetryWindow, bucket_ms: int
 ) -> tuple[dict[str, dict[str, Any]], int]:
     """The payload's ``metrics`` map (only metrics with samples) and the raw sample count."""
-    phase_buckets = [
-        buckets_in(lo, hi, window.start_ms, bucket_ms) for lo, hi in phase_bounds(window)
-    ]
+    phases = phase_bounds(window)
     metrics: dict[str, dict[str, Any]] = {}
     total = 0
     for code, metric_rows in groupby(sorted(rows, key=_ORDER), key=itemgetter(0)):
@@ -72,7 +76,7 @@ def build_metrics(
             window=window,
             bucket_ms=bucket_ms,
             threshold_ms=gap_threshold_ms(metric.gap_threshold_ms, bucket_ms),
-            phase_buckets=phase_buckets,
+            phases=phases,
         )
         total += series["stats"]["count"]
         metrics[code] = {
@@ -91,7 +95,7 @@ def _metric_series(
     window: TelemetryWindow,
     bucket_ms: int,
     threshold_ms: int,
-    phase_buckets: Sequence[int],
+    phases: Sequence[tuple[int, int]],
 ) -> dict[str, Any]:
     t: list[int] = []
     counts: list[int] = []
@@ -100,12 +104,11 @@ def _metric_series(
     highs: list[float] = []
     firsts: list[int] = []
     lasts: list[int] = []
-    # per phase: count, sum, min, max, buckets holding a sample
+    # per phase: count, sum, min, max
     p_count = [0, 0, 0]
     p_sum = [0.0, 0.0, 0.0]
     p_low: list[float | None] = [None, None, None]
     p_high: list[float | None] = [None, None, None]
-    p_buckets = [0, 0, 0]
     previous_bucket = -1
     for _code, bucket, phase, count, total, low, high, first, last in rows:
         total = float(total)
@@ -113,7 +116,6 @@ def _metric_series(
         high = float(high)
         p_count[phase] += count
         p_sum[phase] += total
-        p_buckets[phase] += 1
         plow, phigh = p_low[phase], p_high[phase]
         p_low[phase] = low if plow is None or low < plow else plow
         p_high[phase] = high if phigh is None or high > phigh else phigh
@@ -136,21 +138,6 @@ def _metric_series(
 
     count_all = sum(p_count)
     sum_all = sum(p_sum)
-    phases: dict[str, dict[str, Any]] = {}
-    for index, name in enumerate(PHASE_NAMES):
-        n_buckets = phase_buckets[index]
-        coverage = p_buckets[index] / n_buckets if n_buckets else 0.0
-        n = p_count[index]
-        if cumulative:
-            phases[name] = {"sum": p_sum[index], "count": n, "coverage": coverage}
-        else:
-            phases[name] = {
-                "min": p_low[index],
-                "max": p_high[index],
-                "mean": p_sum[index] / n if n else None,
-                "count": n,
-                "coverage": coverage,
-            }
     if cumulative:
         return {
             "t": t,
@@ -158,22 +145,35 @@ def _metric_series(
             "count": counts,
             "gaps": [],
             "stats": {"sum": sum_all, "count": count_all},
-            "phases": phases,
+            "phases": {
+                name: {"sum": p_sum[index], "count": p_count[index]}
+                for index, name in enumerate(PHASE_NAMES)
+            },
         }
+    gaps = _gaps(firsts, lasts, window, threshold_ms)
     return {
         "t": t,
         "mean": [s / c for s, c in zip(sums, counts, strict=True)],
         "min": lows,
         "max": highs,
         "count": counts,
-        "gaps": _gaps(firsts, lasts, window, threshold_ms),
+        "gaps": gaps,
         "stats": {
             "min": min(lows),
             "max": max(highs),
             "mean": sum_all / count_all,
             "count": count_all,
         },
-        "phases": phases,
+        "phases": {
+            name: {
+                "min": p_low[index],
+                "max": p_high[index],
+                "mean": p_sum[index] / p_count[index] if p_count[index] else None,
+                "count": p_count[index],
+                "coverage": coverage(*phases[index], gaps),
+            }
+            for index, name in enumerate(PHASE_NAMES)
+        },
     }
 
 

@@ -1,16 +1,18 @@
-"""Telemetry keys, states and the scheduling seam shared by the coordinator and the queue."""
+"""Telemetry keys, states, the window grid and the values shared by the telemetry modules."""
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Protocol
 
-from vitalcast.sessions.models import WIDEST_PAD_MS, Session
+from vitalcast.sessions.models import WIDEST_PAD_MS, Session, SessionStatus
 
 # Bump when the payload's meaning changes: old cache rows are then simply never read again.
-COMPUTE_VERSION = 1
-SCHEMA_VERSION = 1
+# 2: the grid anchored at the session start, live windows fresh per bucket, coverage as time.
+COMPUTE_VERSION = 2
+SCHEMA_VERSION = 2
 MIN_WINDOW_MINUTES = 15
 MAX_WINDOW_MINUTES = WIDEST_PAD_MS // 60_000
 # `auto` picks 1m up to this window span, 5m beyond it.
@@ -65,6 +67,8 @@ class ScheduleReason(enum.StrEnum):
     SESSION_COMPLETED = "session_completed"
     #: `vitalcast backfill`
     BACKFILL = "backfill"
+    #: the live edge of a subscribed live session crossed a bucket boundary
+    LIVE_TICK = "live_tick"
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -89,14 +93,14 @@ class TelemetryKey:
         """The key of ``session``'s default view: ``window_minutes`` at ``resolution``, or at the
         resolution ``auto`` picks for its window now."""
         if resolution is None:
-            window = TelemetryWindow.of(
+            resolution = resolve_resolution(
+                None,
                 start_ms=session.start_ms,
                 end_ms=session.end_ms,
                 live=session.live,
                 window_minutes=window_minutes,
                 now_ms=now_ms,
             )
-            resolution = resolve_resolution(None, window)
         return cls(session.id, window_minutes, resolution, COMPUTE_VERSION, session.user_id)
 
     @property
@@ -119,6 +123,12 @@ class TelemetryUpdate:
     live: bool
     changed_from_ms: int | None
     changed_to_ms: int | None
+
+
+class Subscriptions(Protocol):
+    """Which sessions have subscribed clients on this process (the realtime server knows)."""
+
+    def subscribed_sessions(self) -> Collection[str]: ...
 
 
 class TelemetryListener(Protocol):
@@ -149,6 +159,60 @@ class ComputeOutcome(enum.StrEnum):
     FAILED = "failed"
 
 
+def grid_pad_ms(window_minutes: int, bucket_ms: int) -> int:
+    """The window's padding: ``window_minutes`` rounded *up* to whole buckets, so the session
+    start is a bucket edge whatever the window and resolution."""
+    return -(-window_minutes * 60_000 // bucket_ms) * bucket_ms
+
+
+def live_edge_ms(session_start_ms: int, bucket_ms: int, at_ms: int) -> int:
+    """Start of the grid bucket that holds ``at_ms`` (the grid is anchored at the session start):
+    the live edge of a payload computed at ``at_ms``."""
+    return at_ms - (at_ms - session_start_ms) % bucket_ms
+
+
+def next_boundary_ms(session_start_ms: int, bucket_ms: int, after_ms: int) -> int:
+    """The first bucket boundary of the session's grid strictly after ``after_ms``."""
+    return live_edge_ms(session_start_ms, bucket_ms, after_ms) + bucket_ms
+
+
+def live_edge_moved(
+    *, session_start_ms: int, bucket_ms: int, computed_at_ms: int | None, now_ms: int
+) -> bool:
+    """True when a live payload computed at ``computed_at_ms`` is no longer on the current live
+    edge: time moved it out of its bucket, so the window it shows ends too early."""
+    if computed_at_ms is None:
+        return False
+    return live_edge_ms(session_start_ms, bucket_ms, computed_at_ms) != live_edge_ms(
+        session_start_ms, bucket_ms, now_ms
+    )
+
+
+def payload_current(
+    *,
+    payload_watermark: int | None,
+    session_watermark: int,
+    live: bool,
+    session_start_ms: int,
+    bucket_ms: int,
+    computed_at_ms: int | None,
+    now_ms: int,
+) -> bool:
+    """A cached payload answers for its session now: it was computed at the session's current
+    watermark and, while the session is live, on the current live edge."""
+    if payload_watermark != session_watermark:
+        return False
+    return not (
+        live
+        and live_edge_moved(
+            session_start_ms=session_start_ms,
+            bucket_ms=bucket_ms,
+            computed_at_ms=computed_at_ms,
+            now_ms=now_ms,
+        )
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class TelemetryWindow:
     """The half-open time range ``[start_ms, end_ms)`` of one payload and the session inside it."""
@@ -166,22 +230,47 @@ class TelemetryWindow:
 
     @classmethod
     def of(
-        cls, *, start_ms: int, end_ms: int | None, live: bool, window_minutes: int, now_ms: int
+        cls,
+        *,
+        start_ms: int,
+        end_ms: int | None,
+        live: bool,
+        window_minutes: int,
+        bucket_ms: int,
+        now_ms: int,
     ) -> TelemetryWindow:
-        """The window of a session: padded both sides, or up to ``now_ms`` while it is live."""
-        pad_ms = window_minutes * 60_000
+        """The window of a session on the grid of ``bucket_ms``: ``[start − P, end + P)``, or
+        ``[start − P, now)`` while it is live, with the pad ``P`` of ``grid_pad_ms``."""
+        pad_ms = grid_pad_ms(window_minutes, bucket_ms)
         if live or end_ms is None:
             return cls(start_ms - pad_ms, now_ms, start_ms, None, window_minutes)
         return cls(start_ms - pad_ms, end_ms + pad_ms, start_ms, end_ms, window_minutes)
 
 
-def resolve_resolution(requested: str | None, window: TelemetryWindow) -> Resolution:
+def resolve_resolution(
+    requested: str | None,
+    *,
+    start_ms: int,
+    end_ms: int | None,
+    live: bool,
+    window_minutes: int,
+    now_ms: int,
+) -> Resolution:
     """``1m`` / ``5m`` as asked, or for ``auto`` (None) 1m up to a 6 h window span, else 5m.
 
-    The hot read in ``telemetry/reader.py`` repeats this rule in SQL; keep them in step.
+    ``auto`` decides on the window of the 1m grid (whose pad is exactly ``window_minutes``). The
+    hot read in ``telemetry/reader.py`` repeats this rule in SQL; keep them in step.
     """
     if requested is not None and requested != "auto":
         return Resolution(requested)
+    window = TelemetryWindow.of(
+        start_ms=start_ms,
+        end_ms=end_ms,
+        live=live,
+        window_minutes=window_minutes,
+        bucket_ms=Resolution.ONE_MINUTE.bucket_ms,
+        now_ms=now_ms,
+    )
     span_ms = window.end_ms - window.start_ms
     return Resolution.ONE_MINUTE if span_ms <= AUTO_1M_MAX_SPAN_MS else Resolution.FIVE_MINUTES
 
@@ -210,7 +299,13 @@ class HotRow:
     resolution: str | None
     status: str | None
     source_watermark: int | None
+    #: when the cached payload was computed; a live payload's live edge is its bucket
+    computed_at_ms: int | None
     error_code: str | None
     next_attempt_ms: int | None
     #: None when there is none, or when it was not asked for
     payload: bytes | None
+
+    @property
+    def live(self) -> bool:
+        return self.session_status == SessionStatus.ACTIVE

@@ -27,7 +27,8 @@ from vitalcast.telemetry.models import AUTO_1M_MAX_SPAN_MS, COMPUTE_VERSION, Hot
 
 _SQL = """
 SELECT s.status, s.start_ms, s.end_ms, s.source_watermark,
-       c.resolution, c.status, c.source_watermark, c.error_code, c.next_attempt_ms, {payload}
+       c.resolution, c.status, c.source_watermark, c.computed_at_ms, c.error_code,
+       c.next_attempt_ms, {payload}
 FROM sessions s
 LEFT JOIN telemetry_cache c
   ON c.session_id = s.id

@@ -36,7 +36,6 @@ from vitalcast.telemetry.models import (
     Resolution,
     TelemetryKey,
     TelemetryUpdate,
-    TelemetryWindow,
     resolve_resolution,
 )
 from vitalcast.telemetry.payload import unpack
@@ -127,7 +126,8 @@ class SessionTelemetryService:
             decision = decide(row, now)
             etag = None
             if decision.state.has_payload:
-                etag = make_etag(key, row.source_watermark or 0, codes)
+                live_at = row.computed_at_ms if row.live else None
+                etag = make_etag(key, row.source_watermark or 0, codes, live_at_ms=live_at)
                 if etag_matches(if_none_match, etag):
                     return self._count(
                         TelemetryAnswer(decision.state, codes, etag=etag, not_modified=True)
@@ -170,14 +170,14 @@ class SessionTelemetryService:
         if row.resolution is not None:
             resolution = Resolution(row.resolution)
         else:
-            window = TelemetryWindow.of(
+            resolution = resolve_resolution(
+                requested,
                 start_ms=row.session_start_ms,
                 end_ms=row.session_end_ms,
-                live=row.session_status == "active",
+                live=row.live,
                 window_minutes=window_minutes,
                 now_ms=now_ms,
             )
-            resolution = resolve_resolution(requested, window)
         return TelemetryKey(session_id, window_minutes, resolution, COMPUTE_VERSION, user_id)
 
     async def subscription_state(self, session: Session) -> tuple[str, int | None]:

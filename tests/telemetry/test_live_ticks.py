@@ -1,0 +1,79 @@
+"""LiveTicker on the real app and database, on a manual clock: which views it recomputes, when,
+and that two tickers (two servers) of one view cost one compute per bucket."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from tests.telemetry.conftest import MINUTE, hr
+from tests.telemetry.test_live_windows import ready_payload, to_next_bucket
+from vitalcast.observability import Metrics
+from vitalcast.telemetry.live_ticks import LiveTicker
+
+
+class Subscribed:
+    """The sessions a realtime server would report as subscribed (a plain set)."""
+
+    def __init__(self, *session_ids: str) -> None:
+        self.ids = set(session_ids)
+
+    def subscribed_sessions(self) -> Collection[str]:
+        return self.ids
+
+
+def ticker(tc, subscribed: Subscribed) -> LiveTicker:
+    """A ticker of its own (another server's, so to say) on the app's database and scheduler."""
+    return LiveTicker(tc.db, tc.clock, subscribed, tc.coordinator, Metrics())
+
+
+async def live_session(tc, headers) -> tuple[str, int]:
+    start = tc.clock.now_ms() - 30 * MINUTE
+    session_id = await tc.start_session(headers, start)
+    await tc.post_samples(headers, [hr(f"h{i}", start + i * 30_000, 70.0) for i in range(60)])
+    return session_id, start
+
+
+async def test_ticks_recompute_each_cached_view_once_per_boundary(tc, users):
+    """Nothing while the edge has not moved; at a boundary one live_tick compute per cached
+    view (1m and 5m at a 5-minute boundary, the 1m view only at the others); a second ticker
+    (another server) at the same boundary costs no compute."""
+    headers = await users.headers()
+    session_id, start = await live_session(tc, headers)
+    await ready_payload(tc, headers, session_id, resolution="1m")
+    await ready_payload(tc, headers, session_id, resolution="5m")
+    one, two = ticker(tc, Subscribed(session_id)), ticker(tc, Subscribed(session_id))
+    assert await one.tick() == 0
+
+    to_next_bucket(tc, start, bucket_ms=5 * MINUTE)
+    assert await one.tick() == 2
+    await tc.settle()
+    assert await two.tick() == 0  # the views are on the new edge already
+    assert await one.tick() == 0  # and this ticker waits for the next boundary anyway
+    assert (await tc.computes("live_tick"))["ready"] == 2
+
+    to_next_bucket(tc, start)
+    assert await one.tick() == 1 and await two.tick() == 1
+    await tc.settle()
+    assert (await tc.computes("live_tick"))["ready"] == 3
+    assert tc.coordinator.stats.outcomes["skipped_fresh"] >= 1
+    for resolution in ("1m", "5m"):
+        assert (await tc.get(headers, session_id, resolution=resolution)).json()["state"] == "ready"
+
+
+async def test_no_ticks_without_subscribers_or_for_ended_sessions(tc, users):
+    """Only subscribed sessions tick, and only while they are live."""
+    headers = await users.headers()
+    quiet_id, start = await live_session(tc, headers)
+    await ready_payload(tc, headers, quiet_id)
+    ended_id, _ = await live_session(tc, headers)
+    await ready_payload(tc, headers, ended_id)
+    await tc.end_session(headers, ended_id, tc.clock.now_ms())
+    await tc.settle()
+    watching = ticker(tc, Subscribed(ended_id))
+    computes = await tc.computes()
+    for _ in range(3):
+        to_next_bucket(tc, start)
+        assert await watching.tick() == 0
+    await tc.settle()
+    assert await tc.computes() == computes
+    assert "ready" not in await tc.computes("live_tick")
