@@ -25,15 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import create_user, database, emit, server_env
+from bench.targets import IMPORT_PEAK_RSS_MAX_MB as TARGET_RSS_MB
+from bench.targets import IMPORT_SHARE_OF_INGEST_MIN as TARGET_RATIO
 from vitalcast.clock import now_ms
 from vitalcast.ingest.validation import MAX_SAMPLES
 from vitalcast.interop.apple_health import open_export, read_batches
 from vitalcast.observability import configure_logging
 from vitalcast.settings import Settings
 from vitalcast.wiring import build_importer
-
-TARGET_RATIO = 0.5
-TARGET_RSS_MB = 250
 
 _HEADER = """<?xml version="1.0" encoding="UTF-8"?>
 <!DOCTYPE HealthData [

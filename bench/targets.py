@@ -21,3 +21,7 @@ SOAK_ERRORS_MAX = 0
 #: DESIGN.md ("pushes session.updated to every subscribed client"): in the fan-out run, the share
 #: of (ingest sent, client subscribed to its session) pairs whose client heard of that ingest
 FAN_OUT_DELIVERED_SHARE_MIN = 1.0
+#: #14: Apple Health import, as a share of the ingest service's own rate on the same samples
+IMPORT_SHARE_OF_INGEST_MIN = 0.5
+#: #14: peak resident memory of the import process
+IMPORT_PEAK_RSS_MAX_MB = 250.0
