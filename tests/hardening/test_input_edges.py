@@ -109,6 +109,28 @@ async def test_bad_session_fields_are_422_and_leave_the_list_readable(client, us
 
 
 @pytest.mark.parametrize(
+    ("times", "code"),
+    [
+        ({"start": "1969-12-31T23:59:59Z"}, "BEFORE_EPOCH"),
+        ({"start": "0001-01-01T00:00:00+14:00"}, "BEFORE_EPOCH"),
+        ({"start": "9999-12-31T23:59:59-14:00"}, "FUTURE_TIMESTAMP"),
+        ({"end": "9999-12-31T23:59:59Z"}, "FUTURE_TIMESTAMP"),
+    ],
+    ids=["start-1969", "start-year-1", "start-year-10000", "end-year-9999"],
+)
+async def test_samples_keep_to_the_sessions_time_range(client, users, db, times, code):
+    """A sample dated before 1970 or far ahead (start or end) is rejected with the code a
+    session time gets (vitalcast.timerange); the sample beside it is stored."""
+    headers = await users.headers()
+    good = hr("good", now_ms() - MINUTE_MS)
+    bad = hr("bad", now_ms() - MINUTE_MS) | times
+    response = await client.post("/api/v1/samples", json={"samples": [bad, good]}, headers=headers)
+    assert response.status_code == 207, response.text
+    assert [r["code"] for r in response.json()["rejected"]] == [code]
+    assert await _stored(db) == 1
+
+
+@pytest.mark.parametrize(
     "path",
     ["/api/v1/sessions/%00", "/api/v1/sessions/not-a-uuid", "/api/v1/sessions/a%00b/telemetry"],
 )
