@@ -59,7 +59,7 @@ class BodyTooLarge(HTTPException):
     answers it; the guard answers it itself when it escapes a mounted app."""
 
     def __init__(self, limit: int) -> None:
-        super().__init__(413, f"The body is larger than {limit} bytes.")
+        super().__init__(413, too_large_detail(limit))
 
 
 class RequestGuard:
@@ -141,5 +141,13 @@ def _headers(scope: Scope) -> tuple[str | None, int | None]:
     return authorization, declared
 
 
+def too_large_detail(limit: int) -> str:
+    """ "The body is larger than 5 MB." (or KiB, or bytes): the limit as a person reads it."""
+    for unit, size in (("MB", 1024 * 1024), ("KiB", 1024)):
+        if limit % size == 0:
+            return f"The body is larger than {limit // size} {unit}."
+    return f"The body is larger than {limit} bytes."
+
+
 def _too_large(limit: int) -> ASGIApp:
-    return problem(413, "BODY_TOO_LARGE", f"The body is larger than {limit} bytes.")
+    return problem(413, "BODY_TOO_LARGE", too_large_detail(limit))
