@@ -214,35 +214,50 @@ def run_cli(
     )
 
 
+#: ``python -c _MEASURED FILE PROGRAM…`` runs PROGRAM and writes its peak RSS (``ru_maxrss``,
+#: KiB) to FILE. The program is forked from this small process rather than from pytest because a
+#: child's ``ru_maxrss`` includes the memory it shared with its parent before ``exec``: a child of
+#: a large pytest process would report pytest's size, not its own.
+_MEASURED = """
+import os, subprocess, sys
+child = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(child.pid, 0)
+with open(sys.argv[1], "w") as report:
+    report.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def run_cli_measured(
     args: list[str], env: dict[str, str], output_dir: Path, timeout_s: float = 120
 ) -> tuple[subprocess.CompletedProcess[str], float]:
-    """``run_cli`` plus the child's peak resident memory in MiB (its own ``ru_maxrss``, read
-    when it is reaped); stdout and stderr go through files in ``output_dir``."""
+    """``run_cli`` plus the child's own peak resident memory in MiB (see ``_MEASURED``);
+    stdout and stderr go through files in ``output_dir``."""
     out_path, err_path = output_dir / "cli.stdout", output_dir / "cli.stderr"
+    rss_path = output_dir / "cli.maxrss"
+    command = [sys.executable, "-m", "vitalcast", *args]
     with out_path.open("wb") as out, err_path.open("wb") as err:
         process = subprocess.Popen(
-            [sys.executable, "-m", "vitalcast", *args], env=env, stdout=out, stderr=err
+            [sys.executable, "-c", _MEASURED, str(rss_path), *command],
+            env=env,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
         )
-    reaper = reap_when_gone("kill", "-9", str(process.pid))
+    reaper = reap_when_gone("kill", "-9", "--", f"-{process.pid}")
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                process.kill()
-                raise subprocess.TimeoutExpired(args, timeout_s)
-            time.sleep(0.05)
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        raise
     finally:
         reaper.kill()
         reaper.wait(5)
-    process.returncode = os.waitstatus_to_exitcode(status)
     done = subprocess.CompletedProcess(
         args, process.returncode, out_path.read_text(), err_path.read_text()
     )
-    return done, usage.ru_maxrss / 1024
+    return done, int(rss_path.read_text()) / 1024
 
 
 def redis_answers(url: str) -> bool:
