@@ -65,7 +65,6 @@ ROLLING_MS = 300_000
 HOLD_MS = 300_000
 #: below this coverage of its phase, the before mean is no baseline
 MIN_BASELINE_COVERAGE = 0.5
-_EMPTY: Part = (0, 0.0)
 
 
 class BaselineReason(enum.StrEnum):
@@ -162,10 +161,10 @@ def _peak(
 ) -> dict[str, Any] | None:
     if delta is None or not during:
         return None
-    buckets = sorted(during)
-    means = [during[bucket][1] / during[bucket][0] for bucket in buckets]
+    parts = sorted(during.items())
+    means = [total / count for _bucket, (count, total) in parts]
     best = max(means) if delta >= 0 else min(means)
-    at_ms = max(window.start_ms + buckets[means.index(best)] * bucket_ms, session_start_ms)
+    at_ms = max(window.start_ms + parts[means.index(best)][0] * bucket_ms, session_start_ms)
     return {"value": best, "at_ms": at_ms, "after_start_ms": at_ms - session_start_ms}
 
 
@@ -190,24 +189,25 @@ def _recovery(
     # bucket numbers whose end τ satisfies session end < τ ≤ window end
     first = (session_end_ms - origin) // bucket_ms
     last = (window_end_ms - origin) // bucket_ms - 1
-    # the after parts of buckets first - span + 1 … last: bucket k's rolling mean is over the
-    # span of them ending at k (summed directly, as the definition reads)
-    parts = [after.get(bucket, _EMPTY) for bucket in range(first - span + 1, last + 1)]
-    # within[k - first]: whether the rolling mean at the end of bucket k is within tolerance,
-    # None when no sample is in its 5 minutes
-    within: list[bool | None] = []
-    for offset in range(last - first + 1):
-        count, total = 0, 0.0
-        for part in parts[offset : offset + span]:
-            count += part[0]
-            total += part[1]
-        within.append(None if count == 0 else abs(total / count - baseline) <= tolerance)
-    for k in range(first, last - hold + 1):
-        if within[k - first] is not True:
+    # the after parts of buckets first - span + 1 … last, as counts and totals
+    counts: list[int] = []
+    totals: list[float] = []
+    for bucket in range(first - span + 1, last + 1):
+        part = after.get(bucket)
+        counts.append(0 if part is None else part[0])
+        totals.append(0.0 if part is None else part[1])
+    # within[offset]: the rolling mean at the end of bucket first + offset (its span of buckets,
+    # summed directly as defined) is within tolerance; None when no sample is in its 5 minutes
+    within = [
+        None
+        if (count := sum(counts[offset : offset + span])) == 0
+        else abs(sum(totals[offset : offset + span]) / count - baseline) <= tolerance
+        for offset in range(last - first + 1)
+    ]
+    for offset in range(last - first - hold + 1):
+        if within[offset] is not True or False in within[offset + 1 : offset + hold + 1]:
             continue
-        if False in within[k - first + 1 : k - first + hold + 1]:
-            continue
-        tau = origin + (k + 1) * bucket_ms
+        tau = origin + (first + offset + 1) * bucket_ms
         if any(g["start_ms"] < tau + HOLD_MS and g["end_ms"] > tau for g in gaps):
             continue
         return tau - session_end_ms, None
@@ -232,26 +232,24 @@ def _episodes(
     episodes: list[dict[str, Any]] = []
     for rule in rules:
         values: Sequence[float] = series["max"] if rule.high else series["min"]
-        runs: list[tuple[int, int]] = []  # first and last position in the series
-        first = previous = -2
-        for index in rule.hits(values):
-            if index != previous + 1 or t[index] in after_gap:
-                if first >= 0:
-                    runs.append((first, previous))
-                first = index
-            previous = index
-        if first >= 0:
-            runs.append((first, previous))
-        name, level, extreme = rule.rule, rule.level.value, max if rule.high else min
-        episodes += [
-            {
-                "rule": name,
-                "level": level,
-                "start_ms": t[a],
-                "end_ms": min(t[b] + bucket_ms, window.end_ms),
-                "extreme": extreme(values[a : b + 1]),
-            }
-            for a, b in runs
+        hits = rule.hits(values)
+        if not hits:
+            continue
+        # positions in ``hits`` where a run starts: after a bucket that does not cross, or a gap
+        starts = [0] + [
+            j for j in range(1, len(hits)) if hits[j] != hits[j - 1] + 1 or t[hits[j]] in after_gap
         ]
+        name, level, extreme = rule.rule, rule.level.value, max if rule.high else min
+        for first, after_last in zip(starts, [*starts[1:], len(hits)], strict=True):
+            a, b = hits[first], hits[after_last - 1]
+            episodes.append(
+                {
+                    "rule": name,
+                    "level": level,
+                    "start_ms": t[a],
+                    "end_ms": min(t[b] + bucket_ms, window.end_ms),
+                    "extreme": extreme(values[a : b + 1]),
+                }
+            )
     episodes.sort(key=lambda episode: episode["start_ms"])
     return episodes
