@@ -51,6 +51,7 @@ after phase of a live session).
 from __future__ import annotations
 
 import enum
+from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -225,10 +226,14 @@ def _episodes(
         return []
     origin = window.start_ms
     t: Sequence[int] = series["t"]
-    # A gap ends at the first sample after it, so the bucket holding that sample starts a run.
-    after_gap = {
-        origin + (gap["end_ms"] - origin) // bucket_ms * bucket_ms for gap in series["gaps"]
-    }
+    # A gap ends at the first sample after it, so the series position of the bucket holding
+    # that sample starts a new run.
+    after_gap: set[int] = set()
+    for gap in series["gaps"]:
+        bucket_start = origin + (gap["end_ms"] - origin) // bucket_ms * bucket_ms
+        position = bisect_left(t, bucket_start)
+        if position < len(t) and t[position] == bucket_start:
+            after_gap.add(position)
     episodes: list[dict[str, Any]] = []
     for rule in rules:
         values: Sequence[float] = series["max"] if rule.high else series["min"]
@@ -236,9 +241,14 @@ def _episodes(
         if not hits:
             continue
         # positions in ``hits`` where a run starts: after a bucket that does not cross, or a gap
-        starts = [0] + [
-            j for j in range(1, len(hits)) if hits[j] != hits[j - 1] + 1 or t[hits[j]] in after_gap
-        ]
+        if hits[-1] - hits[0] + 1 == len(hits) and not any(
+            hits[0] < position <= hits[-1] for position in after_gap
+        ):
+            starts = [0]  # one unbroken run
+        else:
+            starts = [0] + [
+                j for j in range(1, len(hits)) if hits[j] != hits[j - 1] + 1 or hits[j] in after_gap
+            ]
         name, level, extreme = rule.rule, rule.level.value, max if rule.high else min
         for first, after_last in zip(starts, [*starts[1:], len(hits)], strict=True):
             a, b = hits[first], hits[after_last - 1]
