@@ -104,6 +104,27 @@ def _telemetry(r: dict[str, Any]) -> Iterator[Row]:
         )
 
 
+def _telemetry_insights(r: dict[str, Any]) -> Iterator[Row]:
+    ceiling = targets.COMPUTE_WITH_OVER_WITHOUT_INSIGHTS_MAX
+    for backend in ("sqlite", "postgres"):
+        b = r.get(backend)
+        if not b:
+            continue
+        for label, i in (("4 h", b["session_4h"]), ("24 h", b["session_24h"])):
+            yield Row(
+                f"Compute with insights, {backend}, {label} session ({i['resolution']} buckets)",
+                f"{i['compute_with_insights_ms']:.1f} ms (event loop CPU"
+                f" {i['loop_cpu_with_insights_ms']:.2f} ms; assembly alone"
+                f" {i['assembly_with_insights_ms']:.2f} ms)",
+                f"without insights: {i['compute_without_insights_ms']:.1f} ms (event loop CPU"
+                f" {i['loop_cpu_without_insights_ms']:.2f} ms; assembly alone"
+                f" {i['assembly_without_insights_ms']:.2f} ms)",
+                f"{i['ratio']:.2f}× (median of {i['pairs']} pairs, each the fastest of "
+                f"{i['tries_per_pair']} runs a side)",
+                (Check(f"≤ {ceiling:g}×", i["ratio"] <= ceiling),),
+            )
+
+
 def _queue(r: dict[str, Any]) -> Iterator[Row]:
     live = r["live_freshness_commit_to_ready"]
     yield Row(
@@ -210,6 +231,7 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], Iterator[Row]]] = {
     "ingest": _ingest,
     "import": _import,
     "telemetry": _telemetry,
+    "telemetry_insights": _telemetry_insights,
     "queue": _queue,
     "realtime": _realtime,
     "soak": _soak,

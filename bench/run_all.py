@@ -6,9 +6,17 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHMARKS = ("ingest", "import", "telemetry", "queue", "realtime")
+#: module and arguments of each run
+BENCHMARKS = (
+    ("ingest",),
+    ("import",),
+    ("telemetry",),
+    ("telemetry", "insights"),
+    ("queue",),
+    ("realtime",),
+)
 
 if __name__ == "__main__":
-    for name in BENCHMARKS:
-        print(f"== bench.{name}", flush=True)
-        subprocess.run([sys.executable, "-m", f"bench.{name}"], check=True)
+    for name, *args in BENCHMARKS:
+        print(f"== bench.{name} {' '.join(args)}", flush=True)
+        subprocess.run([sys.executable, "-m", f"bench.{name}", *args], check=True)

@@ -14,6 +14,8 @@ CACHED_GET_IN_PROCESS_P50_MAX_MS = 1.0
 CACHED_OVER_COMPUTE_MIN = 100.0
 #: #3: one compute against the bare SQL GROUP BY of the same rows (the floor)
 COMPUTE_OVER_BARE_GROUP_BY_MAX = 1.5
+#: #13: the compute with insights against the same compute without them (same rows, same run)
+COMPUTE_WITH_OVER_WITHOUT_INSIGHTS_MAX = 1.1
 #: #5: ingest sent → ``session.updated`` received, p99, by deployment (no event may be missed)
 INGEST_TO_CLIENT_P99_MAX_MS = {"embedded": 250.0, "scaled_out": 500.0}
 #: #7: a soak ends with no error (non-2xx ingest, transport failure, dropped socket, missed event)

@@ -9,11 +9,15 @@
   rows, the floor; and the full leased compute (lease, compute, conditional save) beside it.
 - A 24-hour session with five streams at 1 Hz (≈ 470k samples in its window): the compute next
   to fetching the rows and aggregating them with pandas.
+- ``insights``: what insights cost, on its own (bench/results/telemetry_insights.json): the
+  compute with insights next to the same compute without them on both sessions (target ≤ 1.1×),
+  and the pure assembly of the same rows with and without them.
 
 Rows are bulk-loaded straight into the table (asyncpg COPY, sqlite3 executemany); the database
 is created for the run and dropped after it.
 
     uv run python -m bench.telemetry [--backends sqlite,postgres] [--gets 2000]
+    uv run python -m bench.telemetry [--backends …] [--runs 15] insights
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -54,8 +59,14 @@ from vitalcast.db.engine import Database, create_engine
 from vitalcast.errors import NotFound
 from vitalcast.observability import configure_logging
 from vitalcast.settings import Settings
-from vitalcast.telemetry.compute import AGGREGATE_SQL, compute_telemetry, load_session
+from vitalcast.telemetry.compute import (
+    AGGREGATE_SQL,
+    aggregate_rows,
+    compute_telemetry,
+    load_session,
+)
 from vitalcast.telemetry.computer import TelemetryComputer
+from vitalcast.telemetry.downsample import build_metrics
 from vitalcast.telemetry.models import (
     ComputeOutcome,
     Resolution,
@@ -391,28 +402,142 @@ async def day_session(url: str, user_id: str, session_id: str, start_ms: int, ru
     }
 
 
+async def insights_cost(
+    url: str, user_id: str, session_id: str, resolution: Resolution, pairs: int, *, tries: int
+) -> dict[str, Any]:
+    """The compute with insights next to the same compute without them on the same rows.
+
+    Each of ``pairs`` pairs runs both ``tries`` times, alternating, and keeps each one's fastest
+    run (a shared machine only ever adds time); the ratio is the median of the pairs' ratios, so
+    a load that drifts during the run moves both sides of a pair alike. Beside the wall time, the
+    CPU time of the event loop's thread (where insights run) is kept, which other processes'
+    load hardly moves; and the pure assembly of one fetch of those rows is timed both ways, at
+    its fastest of many interleaved runs."""
+    db = Database(create_engine(url))
+    key = TelemetryKey(session_id, 60, resolution, user_id=user_id)
+    try:
+        async with db.read() as conn:
+            session = await load_session(conn, key)
+            assert session is not None
+            window = TelemetryWindow.of(
+                start_ms=session.start_ms,
+                end_ms=session.end_ms,
+                live=False,
+                window_minutes=60,
+                bucket_ms=resolution.bucket_ms,
+                now_ms=0,
+            )
+            rows = await aggregate_rows(conn, user_id, window, resolution.bucket_ms)
+
+        async def compute(with_insights: bool) -> tuple[float, float]:
+            """Wall time, and CPU time of this (the event loop's) thread, in ms."""
+            started, cpu_started = time.perf_counter(), time.thread_time()
+            async with db.read() as conn:
+                await compute_telemetry(
+                    conn, session, key, SystemClock().now_ms(), with_insights=with_insights
+                )
+            return (
+                (time.perf_counter() - started) * 1000,
+                (time.thread_time() - cpu_started) * 1000,
+            )
+
+        with_ms: list[float] = []
+        without_ms: list[float] = []
+        loop_cpu: dict[bool, list[float]] = {True: [], False: []}
+        await compute(True)
+        await compute(False)
+        for _ in range(pairs):
+            runs: dict[bool, list[float]] = {True: [], False: []}
+            for attempt in range(tries):
+                for flag in (True, False) if attempt % 2 == 0 else (False, True):
+                    wall, cpu = await compute(flag)
+                    runs[flag].append(wall)
+                    loop_cpu[flag].append(cpu)
+            with_ms.append(min(runs[True]))
+            without_ms.append(min(runs[False]))
+    finally:
+        await db.dispose()
+
+    def assemble(with_insights: bool) -> float:
+        started = time.perf_counter()
+        build_metrics(rows, window, resolution.bucket_ms, with_insights=with_insights)
+        return (time.perf_counter() - started) * 1000
+
+    assembly_with: list[float] = []
+    assembly_without: list[float] = []
+    for _ in range(200):  # interleaved too
+        assembly_with.append(assemble(True))
+        assembly_without.append(assemble(False))
+    ratios = [w / wo for w, wo in zip(with_ms, without_ms, strict=True)]
+    return {
+        "resolution": resolution.value,
+        "bucket_rows": len(rows),
+        "compute_with_insights_ms": round(statistics.median(with_ms), 2),
+        "compute_without_insights_ms": round(statistics.median(without_ms), 2),
+        "ratio": round(statistics.median(ratios), 3),
+        # the event loop's share: assembly, packing and the driver's work in this process
+        "loop_cpu_with_insights_ms": round(statistics.median(loop_cpu[True]), 2),
+        "loop_cpu_without_insights_ms": round(statistics.median(loop_cpu[False]), 2),
+        "assembly_with_insights_ms": round(min(assembly_with), 3),
+        "assembly_without_insights_ms": round(min(assembly_without), 3),
+        "pairs": pairs,
+        "tries_per_pair": tries,
+    }
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """The two benchmark sessions, bulk-loaded into a fresh database."""
+
+    user_id: str
+    session_id: str
+    start_ms: int
+    end_ms: int
+    day_user: str
+    day_session_id: str
+    day_start_ms: int
+    stored_4h: int
+    in_window_4h: int
+    load_s: float
+
+
+async def load_sessions(url: str) -> Loaded:
+    """The 4-hour session (every metric at its cadence, worn 16 hours around it) and the 24-hour
+    one (five streams at 1 Hz), each its own user's, rows copied straight into the table."""
+    setup = Database(create_engine(url))
+    start = (SystemClock().now_ms() // HOUR - 72) * HOUR
+    end = start + 4 * HOUR
+    user_id, session_id = await make_session(setup, "bench-4h", start, end)
+    rows: list[tuple] = []
+    for metric, step in CADENCE_MS.items():
+        rows += rows_for(user_id, metric, start - 6 * HOUR, end + 6 * HOUR, step)
+    day_start = start - 40 * HOUR
+    day_user, day_session_id = await make_session(
+        setup, "bench-24h", day_start, day_start + 24 * HOUR
+    )
+    for metric in DAY_STREAMS:
+        rows += rows_for(day_user, metric, day_start - HOUR, day_start + 25 * HOUR, 1_000)
+    await setup.dispose()
+    load_started = time.perf_counter()
+    await bulk_load(url, rows)
+    return Loaded(
+        user_id=user_id,
+        session_id=session_id,
+        start_ms=start,
+        end_ms=end,
+        day_user=day_user,
+        day_session_id=day_session_id,
+        day_start_ms=day_start,
+        stored_4h=sum(1 for r in rows if r[0] == user_id),
+        in_window_4h=sum(1 for r in rows if r[0] == user_id and start - HOUR <= r[6] < end + HOUR),
+        load_s=time.perf_counter() - load_started,
+    )
+
+
 async def run_backend(backend: str, gets: int, computes: int, runs: int) -> dict[str, Any]:
     async with database(backend) as url:
-        setup = Database(create_engine(url))
-        start = (SystemClock().now_ms() // HOUR - 72) * HOUR
-        end = start + 4 * HOUR
-        user_id, session_id = await make_session(setup, "bench-4h", start, end)
-        rows: list[tuple] = []
-        for metric, step in CADENCE_MS.items():
-            rows += rows_for(user_id, metric, start - 6 * HOUR, end + 6 * HOUR, step)
-        day_start = start - 40 * HOUR
-        day_user, day_session_id = await make_session(
-            setup, "bench-24h", day_start, day_start + 24 * HOUR
-        )
-        for metric in DAY_STREAMS:
-            rows += rows_for(day_user, metric, day_start - HOUR, day_start + 25 * HOUR, 1_000)
-        await setup.dispose()
-        load_started = time.perf_counter()
-        await bulk_load(url, rows)
-        load_s = time.perf_counter() - load_started
-        stored_4h = sum(1 for r in rows if r[0] == user_id)
-        in_window_4h = sum(1 for r in rows if r[0] == user_id and start - HOUR <= r[6] < end + HOUR)
-        del rows
+        loaded = await load_sessions(url)
+        user_id, session_id = loaded.user_id, loaded.session_id
         token = issue_token(SECRET, user_id, now_s=int(time.time()), ttl_s=86_400)
         headers = {"Authorization": f"Bearer {token}"}
 
@@ -433,12 +558,14 @@ async def run_backend(backend: str, gets: int, computes: int, runs: int) -> dict
             httpx.AsyncClient(base_url=base, timeout=60) as client,
         ):
             over_http = await get_pair(client, session_id, headers, gets // 2, computes)
-        floor = await compute_floor(url, user_id, session_id, start, end, runs)
-        day = await day_session(url, day_user, day_session_id, day_start, max(3, runs // 4))
+        floor = await compute_floor(url, user_id, session_id, loaded.start_ms, loaded.end_ms, runs)
+        day = await day_session(
+            url, loaded.day_user, loaded.day_session_id, loaded.day_start_ms, max(3, runs // 4)
+        )
     return {
         "session_4h": {
-            "samples_stored": stored_4h,
-            "samples_in_window": in_window_4h,
+            "samples_stored": loaded.stored_4h,
+            "samples_in_window": loaded.in_window_4h,
             "window": "60 min padding, 1m buckets, default metrics",
             "in_process": in_process,
             "service_answer_without_http": service_level,
@@ -446,14 +573,45 @@ async def run_backend(backend: str, gets: int, computes: int, runs: int) -> dict
             "compute_vs_bare_group_by": floor,
         },
         "session_24h": day,
-        "bulk_load_s": round(load_s, 1),
+        "bulk_load_s": round(loaded.load_s, 1),
     }
+
+
+async def insights_backend(backend: str, runs: int) -> dict[str, Any]:
+    """The cost of insights on both sessions of one backend."""
+    async with database(backend) as url:
+        loaded = await load_sessions(url)
+        return {
+            "session_4h": {
+                "samples_in_window": loaded.in_window_4h,
+                **await insights_cost(
+                    url,
+                    loaded.user_id,
+                    loaded.session_id,
+                    Resolution.ONE_MINUTE,
+                    max(20, runs),
+                    tries=5,
+                ),
+            },
+            "session_24h": await insights_cost(
+                url,
+                loaded.day_user,
+                loaded.day_session_id,
+                Resolution.FIVE_MINUTES,
+                max(7, runs // 2),
+                tries=2,
+            ),
+        }
+
+
+def _machine() -> dict[str, Any]:
+    return {"cpus": os.cpu_count(), "python": platform.python_version()}
 
 
 async def main(backends: list[str], gets: int, computes: int, runs: int) -> dict[str, Any]:
     result: dict[str, Any] = {
         "benchmark": "telemetry",
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": _machine(),
         "targets": {
             "cached_in_process_p50_ms": f"< {targets.CACHED_GET_IN_PROCESS_P50_MAX_MS:g}",
             "cached_vs_compute_on_request": f">= {targets.CACHED_OVER_COMPUTE_MIN:g}x",
@@ -462,6 +620,23 @@ async def main(backends: list[str], gets: int, computes: int, runs: int) -> dict
     }
     for backend in backends:
         result[backend] = await run_backend(backend, gets, computes, runs)
+    return result
+
+
+async def main_insights(backends: list[str], runs: int) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "benchmark": "telemetry_insights",
+        "machine": _machine(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "targets": {
+            "compute_with_over_without_insights": (
+                f"<= {targets.COMPUTE_WITH_OVER_WITHOUT_INSIGHTS_MAX:g}"
+            )
+        },
+    }
+    for backend in backends:
+        result[backend] = await insights_backend(backend, runs)
+    result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     return result
 
 
@@ -480,6 +655,7 @@ if __name__ == "__main__":
     serve_parser = sub.add_parser("serve")
     serve_parser.add_argument("--host", default="127.0.0.1")
     serve_parser.add_argument("--port", type=int, required=True)
+    sub.add_parser("insights", help="only the compute with insights against without them")
     parser.add_argument("--backends", default="sqlite,postgres")
     parser.add_argument("--gets", type=int, default=2000)
     parser.add_argument("--computes", type=int, default=40)
@@ -487,6 +663,10 @@ if __name__ == "__main__":
     args = parser.parse_args()
     if args.mode == "serve":
         serve(args.host, args.port)
+    elif args.mode == "insights":
+        configure_logging("warning")
+        figures = asyncio.run(main_insights(args.backends.split(","), args.runs))
+        emit("telemetry_insights", figures)
     else:
         configure_logging("warning")
         figures = asyncio.run(main(args.backends.split(","), args.gets, args.computes, args.runs))

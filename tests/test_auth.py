@@ -89,3 +89,36 @@ def test_generated_secret_is_owner_only_and_reused(tmp_path):
     for done in (first, second):
         claims = jwt.decode(done.stdout.strip(), key, algorithms=["HS256"])
         assert claims["sub"] and claims["exp"] > time.time()
+
+
+async def test_catalog_shows_recovery_tolerances_and_alert_rules(client, users):
+    """Each scalar metric's recovery tolerance and its NEWS2-based alert rules (metrics.md)."""
+    body = (await client.get("/api/v1/catalog", headers=await users.headers())).json()
+    codes = {m["code"]: m for m in body["metrics"]}
+    assert {code: m["recovery_tolerance"] for code, m in codes.items()} == {
+        "heart_rate": 5.0,
+        "heart_rate_variability": 5.0,
+        "blood_oxygen": 1.0,
+        "respiratory_rate": 1.0,
+        "skin_temperature": 0.2,
+        "steps": None,
+        "active_energy_burned": None,
+    }
+    rules = {
+        code: [(r["rule"], r["direction"], r["threshold"], r["level"]) for r in m["alert_rules"]]
+        for code, m in codes.items()
+        if m["alert_rules"]
+    }
+    assert rules == {
+        "heart_rate": [
+            (">=111", "high", 111, "elevated"),
+            (">=131", "high", 131, "critical"),
+            ("<=40", "low", 40, "critical"),
+        ],
+        "blood_oxygen": [("<95", "low", 95, "low"), ("<90", "low", 90, "critical")],
+        "respiratory_rate": [
+            (">=21", "high", 21, "elevated"),
+            (">=25", "high", 25, "critical"),
+            ("<=8", "low", 8, "critical"),
+        ],
+    }

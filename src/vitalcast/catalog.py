@@ -1,15 +1,20 @@
-"""The metric catalog as frozen data: codes, units, conversions, kinds, ranges, gaps, LOINC.
+"""The metric catalog as frozen data: codes, units, conversions, kinds, ranges, gaps, LOINC, and
+the insight facts (recovery tolerance, alert rules).
 
 Source: shared/reference/metrics.md. Unit aliases convert on ingest into the canonical unit, so
-every stored value is canonical and a chart never mixes units.
+every stored value is canonical and a chart never mixes units. Alert thresholds follow the
+National Early Warning Score 2 (NEWS2) bands for heart rate and respiratory rate, and the original
+system's SpO₂ rules (below 95 low, below 90 critical).
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+import operator
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Literal
 
 
 class MetricKind(enum.StrEnum):
@@ -19,6 +24,75 @@ class MetricKind(enum.StrEnum):
     SCALAR = "scalar"
     #: a per-interval quantity (steps, energy); a bucket is the sum
     CUMULATIVE = "cumulative"
+
+
+Comparison = Literal[">=", ">", "<=", "<"]
+
+
+class AlertLevel(enum.StrEnum):
+    """How serious a crossed alert threshold is."""
+
+    #: above the normal band (NEWS2 score 1–2)
+    ELEVATED = "elevated"
+    #: below the normal band (SpO₂ under 95 %)
+    LOW = "low"
+    #: needs attention now (NEWS2 score 3, SpO₂ under 90 %)
+    CRITICAL = "critical"
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRule:
+    """One threshold of a scalar metric. A bucket crosses a high rule when its **max** does and a
+    low rule when its **min** does, so one extreme sample inside a bucket is enough."""
+
+    #: ``>=`` or ``>`` (high rules), ``<=`` or ``<`` (low rules)
+    operator: Comparison
+    threshold: float
+    level: AlertLevel
+
+    @property
+    def high(self) -> bool:
+        """True for a rule on high values (judged on a bucket's max)."""
+        return self.operator.startswith(">")
+
+    @property
+    def rule(self) -> str:
+        """The rule's stable name, unique within its metric: operator and threshold, ``>=111``."""
+        return f"{self.operator}{self.threshold:g}"
+
+    def crossed_by(self, value: float) -> bool:
+        return _OPERATORS[self.operator](value, self.threshold)
+
+    def hits(self, values: Sequence[float]) -> list[int]:
+        """Positions of the ``values`` that cross the threshold (one comparison each: this runs
+        over every bucket of every compute)."""
+        limit = self.threshold
+        match self.operator:
+            case ">=":
+                return [i for i, value in enumerate(values) if value >= limit]
+            case ">":
+                return [i for i, value in enumerate(values) if value > limit]
+            case "<=":
+                return [i for i, value in enumerate(values) if value <= limit]
+            case "<":
+                return [i for i, value in enumerate(values) if value < limit]
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "rule": self.rule,
+            "direction": "high" if self.high else "low",
+            "operator": self.operator,
+            "threshold": self.threshold,
+            "level": self.level.value,
+        }
+
+
+_OPERATORS: dict[Comparison, Callable[[float, float], bool]] = {
+    ">=": operator.ge,
+    ">": operator.gt,
+    "<=": operator.le,
+    "<": operator.lt,
+}
 
 
 def _identity(value: float) -> float:
@@ -56,6 +130,16 @@ class Metric:
     ucum: str
     units: MappingProxyType[str, Callable[[float], float]] = field(repr=False)
     default: bool
+    #: ± this much around the baseline counts as recovered (scalar metrics; None: cumulative)
+    recovery_tolerance: float | None = None
+    #: the alert thresholds whose crossings become episodes, mildest first per direction
+    alert_rules: tuple[AlertRule, ...] = ()
+
+    def __post_init__(self) -> None:
+        if (self.kind is MetricKind.SCALAR) != (self.recovery_tolerance is not None):
+            raise ValueError(f"{self.code}: every scalar metric, and only those, has a tolerance")
+        if self.alert_rules and self.kind is not MetricKind.SCALAR:
+            raise ValueError(f"{self.code}: alert rules judge bucket min and max (scalar only)")
 
     def to_canonical(self, value: float, unit: str | None) -> float | None:
         """Convert ``value`` given in ``unit`` (None = canonical) or return None if not accepted."""
@@ -76,6 +160,8 @@ class Metric:
             "loinc": self.loinc,
             "ucum": self.ucum,
             "default": self.default,
+            "recovery_tolerance": self.recovery_tolerance,
+            "alert_rules": [rule.describe() for rule in self.alert_rules],
         }
 
 
@@ -91,6 +177,8 @@ def _metric(
     units: Mapping[str, Callable[[float], float]],
     *,
     default: bool,
+    tolerance: float | None = None,
+    rules: tuple[AlertRule, ...] = (),
 ) -> Metric:
     return Metric(
         code=code,
@@ -104,6 +192,8 @@ def _metric(
         ucum=ucum,
         units=MappingProxyType(units),
         default=default,
+        recovery_tolerance=tolerance,
+        alert_rules=rules,
     )
 
 
@@ -121,6 +211,12 @@ METRICS: tuple[Metric, ...] = (
         "/min",
         _PER_MINUTE,
         default=True,
+        tolerance=5.0,
+        rules=(
+            AlertRule(">=", 111.0, AlertLevel.ELEVATED),
+            AlertRule(">=", 131.0, AlertLevel.CRITICAL),
+            AlertRule("<=", 40.0, AlertLevel.CRITICAL),
+        ),
     ),
     _metric(
         "heart_rate_variability",
@@ -133,6 +229,7 @@ METRICS: tuple[Metric, ...] = (
         "ms",
         {"ms": _identity, "s": _times(1000.0)},
         default=True,
+        tolerance=5.0,
     ),
     _metric(
         "blood_oxygen",
@@ -145,6 +242,8 @@ METRICS: tuple[Metric, ...] = (
         "%",
         {"%": _identity, "percent": _identity, "fraction": _fraction_to_percent},
         default=True,
+        tolerance=1.0,
+        rules=(AlertRule("<", 95.0, AlertLevel.LOW), AlertRule("<", 90.0, AlertLevel.CRITICAL)),
     ),
     _metric(
         "respiratory_rate",
@@ -157,6 +256,12 @@ METRICS: tuple[Metric, ...] = (
         "/min",
         {"breaths/min": _identity, "count/min": _identity, "/min": _identity},
         default=True,
+        tolerance=1.0,
+        rules=(
+            AlertRule(">=", 21.0, AlertLevel.ELEVATED),
+            AlertRule(">=", 25.0, AlertLevel.CRITICAL),
+            AlertRule("<=", 8.0, AlertLevel.CRITICAL),
+        ),
     ),
     _metric(
         "skin_temperature",
@@ -169,6 +274,7 @@ METRICS: tuple[Metric, ...] = (
         "Cel",
         {"degC": _identity, "Cel": _identity, "°C": _identity, "degF": _fahrenheit_to_celsius},
         default=False,
+        tolerance=0.2,
     ),
     _metric(
         "steps",

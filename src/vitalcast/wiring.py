@@ -8,6 +8,7 @@ Server (``build_server``)::
                              scheduler = SessionTelemetryQueueService (Redis) or the coordinator
                                   ├─▶ SessionTelemetryService (answers requests)
                                   ├─▶ LiveTicker (subscribed live views, once per bucket)
+                                  ├─▶ InsightsService (compares sessions, schedules misses)
                                   └─▶ TelemetryTriggers ─┐
                         ChangeFanout(triggers, broadcaster) ─▶ IngestService, SessionService
 
@@ -41,6 +42,7 @@ from vitalcast.settings import Settings
 from vitalcast.telemetry.compute import Aggregator, compute_telemetry
 from vitalcast.telemetry.computer import TelemetryComputer
 from vitalcast.telemetry.coordinator import BoundedComputeCoordinator
+from vitalcast.telemetry.insights_service import InsightsService
 from vitalcast.telemetry.live_ticks import LiveTicker
 from vitalcast.telemetry.models import Subscriptions, TelemetryListener
 from vitalcast.telemetry.reader import open_reader
@@ -93,6 +95,7 @@ class ServerParts:
     #: None in the embedded mode
     queue: SessionTelemetryQueueService | None
     telemetry: SessionTelemetryService
+    insights: InsightsService
     triggers: TelemetryTriggers
     ticker: LiveTicker
     sessions: SessionService
@@ -264,6 +267,9 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
             scheduler,
             open_reader(settings.resolved_database_url),
             default_window_minutes=settings.default_window_minutes,
+        ),
+        insights=InsightsService(
+            db, clock, scheduler, default_window_minutes=settings.default_window_minutes
         ),
         triggers=triggers,
         ticker=LiveTicker(db, clock, subscriptions, scheduler, metrics),

@@ -4,6 +4,7 @@ redraw on ingest, reconnect after a server restart, phone-sized layout, token ha
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 from pathlib import Path
@@ -375,3 +376,160 @@ async def test_live_session_opens_by_default_and_its_trailing_gap_grows_without_
         )
         assert (await page.text_content("#freshness")).startswith("live")
         assert tab.errors == [] and tab.console_errors == []
+
+
+STRIP = """(code) => [...document.querySelectorAll(
+  `.chart-card[data-metric="${code}"] .insight-strip .num`)].map(
+  (n) => [n.dataset.field, JSON.parse(n.dataset.value), n.textContent])"""
+# Pixels of one colour in the top rows of the plot (where episodes are drawn), per time range.
+TOP_PIXELS = """([code, rgb, ranges]) => {
+  const u = window.vitalcast.charts.get(code).u;
+  const { width } = u.ctx.canvas;
+  const top = Math.ceil(u.bbox.top);
+  const data = u.ctx.getImageData(0, top, width, 3).data;
+  const near = (i) => Math.abs(data[i] - rgb[0]) < 12 && Math.abs(data[i + 1] - rgb[1]) < 12
+    && Math.abs(data[i + 2] - rgb[2]) < 12 && data[i + 3] > 200;
+  return ranges.map(([from, to]) => {
+    const x0 = Math.max(0, Math.ceil(u.valToPos(from / 1000, 'x', true)));
+    const x1 = Math.min(width, Math.floor(u.valToPos(to / 1000, 'x', true)));
+    let count = 0;
+    for (let y = 0; y < 3; y++) for (let x = x0; x < x1; x++) if (near((y * width + x) * 4)) count++;
+    return count;
+  });
+}"""
+CRITICAL_RGB = (217, 45, 32)
+DECIMALS = {"heart_rate": 0, "blood_oxygen": 1, "skin_temperature": 2, "steps": 0}
+
+
+def _lookup(insights: dict, field: str):
+    value = insights
+    for part in field.split("."):
+        value = value[part]
+    return value
+
+
+def _shown_number(text: str) -> float:
+    """The number a strip item shows: "+1,234.5", "−3", "90.3 %"."""
+    cleaned = text.replace(",", "").replace("−", "-").replace("±", "").replace("%", "")
+    return float(cleaned.split()[0])
+
+
+def _shown_minutes(text: str) -> int:
+    """Minutes shown as "12 min" or "1 h 30 min"."""
+    words = text.split()
+    return int(words[0]) * 60 + int(words[2]) if "h" in words else int(words[0])
+
+
+async def test_insight_strips_equal_the_api(served, browser):
+    """Each chart's insight strip carries exactly the payload's insights (and shows them rounded
+    for reading); alert episodes are drawn along the top of the chart within their time and
+    nowhere else; the small chart of the last sessions holds the figures GET /insights answers,
+    with the viewed session highlighted."""
+    token = served.token("dash-insights")
+    today = int(time.time() * 1000) // DAY_MS * DAY_MS
+    for day in (5, 4, 3):
+        await replay(
+            served.url,
+            token,
+            past_plan(
+                f"before-{day}",
+                today - day * DAY_MS + 18 * HOUR_MS,
+                minutes=40,
+                dropout_at_min=None,
+            ),
+        )
+    plan = past_plan("insights", today - DAY_MS + 19 * HOUR_MS, minutes=45, dropout_at_min=None)
+    viewed = await replay(served.url, token, plan)
+    # a desaturation 20–25 minutes into the session: SpO2 below 90
+    dip = [
+        {"source": "manual", "record_id": f"dip-{m}", "metric": "blood_oxygen", "value": 88.0,
+         "unit": "%", "start": iso_ms(plan.start_ms + m * MINUTE_MS + 15_000)}
+        for m in range(20, 25)
+    ]  # fmt: skip
+    await post(served.url, token, "dip", dip)
+    await wait_ready(served.url, token, viewed)
+
+    async with httpx.AsyncClient(base_url=served.url, timeout=30.0) as http:
+        auth = {"Authorization": f"Bearer {token}"}
+        payload = (
+            await http.get(
+                f"/api/v1/sessions/{viewed}/telemetry",
+                params={"window_minutes": 60, "resolution": "auto", "metrics": "all"},
+                headers=auth,
+            )
+        ).json()["telemetry"]
+        histories = {}
+        for code in ("heart_rate", "blood_oxygen", "steps"):
+            while True:
+                answer = (
+                    await http.get(
+                        "/api/v1/insights",
+                        params={"metric": code, "last": 20, "window_minutes": 60},
+                        headers=auth,
+                    )
+                ).json()
+                if answer["complete"]:
+                    break
+                await asyncio.sleep(answer["retry_after_seconds"])
+            histories[code] = answer
+
+    tab = await open_tab(browser)
+    page = tab.page
+    await page.goto(f"{served.url}/#token={token}&session={viewed}")
+    await page.wait_for_function(
+        "() => { const { charts, state } = window.vitalcast;"
+        " return charts.size === 7 && [...charts.keys()].every((code) =>"
+        "   state.current.histories.get(code) && state.current.histories.get(code).complete); }"
+    )
+    for code, metric in payload["metrics"].items():
+        insights = metric["insights"]
+        shown = await page.evaluate(STRIP, code)
+        assert shown, code
+        for field, value, text in shown:
+            expected = (
+                _lookup(insights, field) if field != "episodes" else len(insights["episodes"])
+            )
+            if field in ("baseline", "recovery_ms") and expected is None:
+                assert value is None, (code, field)
+                continue
+            assert value == expected, (code, field, value, expected)
+            if field.endswith("_ms"):
+                assert _shown_minutes(text) == math.floor(expected / 60_000 + 0.5), (code, text)
+            elif field != "episodes":
+                digits = DECIMALS.get(code, 1) if field != "delta_pct" else 1
+                assert abs(_shown_number(text) - expected) <= 0.5 * 10**-digits + 1e-9, (code, text)
+        fields = {field for field, _value, _text in shown}
+        if metric["kind"] == "scalar":
+            assert {"baseline", "recovery_ms"} <= fields
+            assert ("delta" in fields) is (insights["delta"] is not None)
+            assert ("peak.value" in fields) is (insights["peak"] is not None)
+            assert ("episodes" in fields) is bool(insights["episodes"])
+        else:
+            assert fields == {"during_total", "rate_per_min.before", "rate_per_min.during",
+                              "rate_per_min.after"}  # fmt: skip
+
+    episodes = payload["metrics"]["blood_oxygen"]["insights"]["episodes"]
+    critical = [(e["start_ms"], e["end_ms"]) for e in episodes if e["level"] == "critical"]
+    assert critical, episodes
+    calm = (payload["window"]["start_ms"], min(e["start_ms"] for e in episodes))
+    inside, outside = await page.evaluate(
+        TOP_PIXELS, ["blood_oxygen", CRITICAL_RGB, [critical[0], calm]]
+    )
+    assert inside > 0 and outside == 0
+
+    for code, answer in histories.items():
+        drawn = await page.evaluate(
+            "(code) => { const h = window.vitalcast.charts.get(code).history;"
+            " return h && {data: h.u.data, current: h.current}; }",
+            code,
+        )
+        oldest_first = answer["sessions"][::-1]
+        if all(line["value"] is None for line in oldest_first):
+            assert drawn is None, code  # nothing to compare: the caption says so
+            continue
+        values = [line["value"] for line in oldest_first]
+        current = [line["session_id"] for line in oldest_first].index(viewed)
+        assert drawn["current"] == current == len(values) - 1
+        assert drawn["data"][1] == [None if i == current else v for i, v in enumerate(values)]
+        assert drawn["data"][2] == [v if i == current else None for i, v in enumerate(values)]
+    assert tab.errors == [] and tab.console_errors == []

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,8 @@ HTTP_MATRIX: dict[str, dict[str, tuple[int, str | None]]] = {
         OWNER: (200, None),
         OTHER: (404, "SESSION_NOT_FOUND"),
     },
+    # the caller's own completed sessions, whoever calls
+    "GET /api/v1/insights": {OWNER: (200, None), OTHER: (200, None)},
 }
 # Socket.IO: the refused principals never get a socket, so their events cannot be sent at all.
 SOCKET_MATRIX: dict[str, dict[str, Any]] = {
@@ -84,6 +86,7 @@ class World:
     base: str
     tokens: dict[str, str | None]
     shared_session: str | None = None
+    owner_sessions: set[str] = field(default_factory=set)
 
     def headers(self, who: str) -> dict[str, str]:
         token = self.tokens[who]
@@ -115,6 +118,7 @@ async def _owner_session(client: httpx.AsyncClient, world: World) -> str:
     assert (
         await client.post("/api/v1/samples", json=sample, headers=world.headers(OWNER))
     ).is_success
+    world.owner_sessions.add(created.json()["id"])
     return str(created.json()["id"])
 
 
@@ -139,6 +143,9 @@ async def _call(client: httpx.AsyncClient, world: World, route: str, who: str) -
     if route == "GET /api/v1/sessions" and response.status_code == 200:
         ids = {item["id"] for item in response.json()["items"]}
         assert (session_id in ids) is (who == OWNER), "a list shows exactly the caller's sessions"
+    if route == "GET /api/v1/insights" and response.status_code == 200 and who != OWNER:
+        listed = {line["session_id"] for line in response.json()["sessions"]}
+        assert not listed & world.owner_sessions, "insights list only the caller's sessions"
     return response
 
 

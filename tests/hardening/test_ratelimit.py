@@ -93,6 +93,17 @@ async def test_telemetry_reads_have_their_own_budget(client, users):
     assert (await _post(client, headers, "t0")).status_code == 200
 
 
+async def test_insights_spend_the_telemetry_budget(client, users):
+    """GET /insights draws on the telemetry read budget: a telemetry GET and an insights GET
+    spend 2/minute, the next of either is a 429."""
+    headers = await users.headers()
+    session = (await client.post("/api/v1/sessions", json={}, headers=headers)).json()
+    telemetry = await client.get(f"/api/v1/sessions/{session['id']}/telemetry", headers=headers)
+    assert telemetry.status_code in (200, 202)
+    assert (await client.get("/api/v1/insights", headers=headers)).status_code == 200
+    _assert_rate_limited(await client.get("/api/v1/insights", headers=headers))
+
+
 async def test_retry_after_is_when_a_retry_is_admitted(tmp_path, database_url, users):
     """Waiting exactly Retry-After seconds after a 429 is enough for the next request to pass."""
     settings = Settings(

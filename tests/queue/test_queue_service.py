@@ -17,7 +17,7 @@ from vitalcast.queue.jobs import JOB_ATTEMPTS, TelemetryJob, job_id
 from vitalcast.queue.service import SessionTelemetryQueueService
 from vitalcast.queue.worker import JobDeferred, JobFailed
 from vitalcast.settings import Settings
-from vitalcast.telemetry.models import Resolution, ScheduleReason, TelemetryKey
+from vitalcast.telemetry.models import COMPUTE_VERSION, Resolution, ScheduleReason, TelemetryKey
 
 
 class RecordingScheduler:
@@ -57,14 +57,14 @@ async def test_job_carries_portable_id_data_and_retry_options(service: Any) -> N
     assert await service.submit(key, watermark=7, reason=ScheduleReason.CACHE_MISS) is True
     job = await Job.fromId(service.queue, job_id(key, 7))
     assert job is not None
-    assert job.id == f"{key.session_id}_60_1m_v2_w7"
+    assert job.id == f"{key.session_id}_60_1m_v{COMPUTE_VERSION}_w7"
     assert ":" not in job.id
     assert job.data == {
         "session_id": key.session_id,
         "user_id": key.user_id,
         "window_minutes": 60,
         "resolution": "1m",
-        "compute_version": 2,
+        "compute_version": COMPUTE_VERSION,
         "watermark": 7,
         "reason": "cache_miss",
     }

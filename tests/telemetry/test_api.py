@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from tests.telemetry.conftest import MINUTE, hr
 from vitalcast.db.tables import telemetry_cache
 from vitalcast.telemetry.cache import SessionTelemetryCacheRepository
-from vitalcast.telemetry.models import Resolution, TelemetryKey
+from vitalcast.telemetry.models import SCHEMA_VERSION, Resolution, TelemetryKey
 
 HOUR = 60 * MINUTE
 
@@ -82,7 +82,7 @@ async def test_ready_has_etag_and_if_none_match_gives_304(tc, users):
         "window",
         "metrics",
     }
-    assert payload["session_id"] == session_id and payload["schema_version"] == 2
+    assert payload["session_id"] == session_id and payload["schema_version"] == SCHEMA_VERSION
 
     cached = await tc.http.get(
         f"/api/v1/sessions/{session_id}/telemetry", headers={**headers, "If-None-Match": etag}

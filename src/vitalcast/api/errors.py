@@ -65,6 +65,7 @@ class Problem(BaseModel):
 
 
 _PROBLEM_DESCRIPTIONS = {
+    400: "The body could not be read as JSON text, e.g. invalid UTF-8 (BAD_REQUEST).",
     401: "No valid bearer token (UNAUTHENTICATED, TOKEN_EXPIRED, TOKEN_INVALID).",
     404: "No such session, or not the caller's (SESSION_NOT_FOUND).",
     409: "Conflicts with earlier state (REQUEST_ID_REUSED, SESSION_NOT_ACTIVE).",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 
@@ -134,3 +134,44 @@ class SessionOut(BaseModel):
 class SessionPage(BaseModel):
     items: list[SessionOut]
     next_cursor: str | None
+
+
+class SessionInsightsOut(BaseModel):
+    """One session of ``GET /insights``."""
+
+    session_id: str
+    start_ms: int
+    end_ms: int | None
+    state: Literal["ready", "stale", "computing", "no_data", "failed"] = Field(
+        description="As a telemetry GET of the session's view would answer."
+    )
+    value: float | None = Field(description="The figure compared (see `compared`).")
+    insights: dict[str, Any] | None = Field(
+        description="The metric's insights in the cached payload (DESIGN.md, Insights)."
+    )
+
+
+class PlaceOut(BaseModel):
+    """Where the newest session falls among the others."""
+
+    session_id: str
+    value: float
+    median: float | None = Field(description="Median of the other sessions' values.")
+    percentile: float | None = Field(
+        description="Share of the others below the newest, ties counted half, × 100."
+    )
+    compared_with: int
+
+
+class InsightsPage(BaseModel):
+    """``GET /insights``: a metric across the caller's last completed sessions."""
+
+    metric: str
+    kind: Literal["scalar", "cumulative"]
+    unit: str
+    window_minutes: int
+    compared: Literal["delta", "during_total"]
+    complete: bool = Field(description="Every session's payload is current.")
+    retry_after_seconds: int | None
+    sessions: list[SessionInsightsOut] = Field(description="Newest first.")
+    place: PlaceOut | None

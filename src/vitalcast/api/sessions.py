@@ -17,12 +17,16 @@ router = APIRouter(
 _NOT_FOUND = problem_responses(404)
 
 
+_UNREADABLE_BODY = problem_responses(400)
+
+
 @router.post(
     "",
     response_model=SessionOut,
     status_code=201,
     responses={
-        200: {"model": SessionOut, "description": "Created before (same client_session_id)."}
+        200: {"model": SessionOut, "description": "Created before (same client_session_id)."},
+        **_UNREADABLE_BODY,
     },
 )
 async def create_session(
@@ -60,7 +64,9 @@ async def get_session(session_id: SessionId, user: CurrentUser, parts: Parts) ->
     return SessionOut.of(await parts.sessions.get(user.user_id, session_id))
 
 
-@router.post("/{session_id}/end", response_model=SessionOut, responses=problem_responses(404, 409))
+@router.post(
+    "/{session_id}/end", response_model=SessionOut, responses=problem_responses(400, 404, 409)
+)
 async def end_session(
     session_id: SessionId,
     user: CurrentUser,

@@ -1,13 +1,15 @@
-// vitalcast dashboard: sessions list, one uPlot chart per metric, phase statistics, live redraw.
+// vitalcast dashboard: sessions list, one uPlot chart per metric with its insights, phase
+// statistics, how this session compares with the last ones, live redraw.
 //
 // The bearer token comes from the URL fragment (#token=…, never sent to a server), is kept in
 // sessionStorage (this tab only) and travels only in the Authorization header and in the
 // Socket.IO auth packet. Socket.IO events are hints: on session.updated the page re-GETs the
 // telemetry with If-None-Match, so an unchanged payload costs a 304.
 import {
-  METRIC_ORDER, chartData, chartHeight, chartWidth, createChart, followNow, renderPhaseTable, summary,
+  COLORS, METRIC_ORDER, chartData, chartHeight, chartWidth, createChart, followNow, renderPhaseTable, summary,
 } from './charts.js';
 import { el, fmtClock, fmtDay, sessionSpan } from './format.js';
+import { comparedValue, renderHistory, renderStrip } from './insights.js';
 
 const TOKEN_KEY = 'vitalcast.token';
 const AUTH_CODES = new Set(['UNAUTHENTICATED', 'TOKEN_INVALID', 'TOKEN_EXPIRED']);
@@ -15,6 +17,8 @@ const RECONNECT_GRACE_MS = 2000;
 const POLL_WHILE_OFFLINE_MS = 15000;
 // A live chart's time axis moves on to now this often between two session.updated events.
 const FOLLOW_NOW_MS = 5000;
+const HISTORY_SESSIONS = 20;
+const HISTORY_ATTEMPTS = 10;
 
 const $ = (id) => document.getElementById(id);
 
@@ -175,6 +179,9 @@ function openSession(id) {
     again: false,
     retryTimer: null,
     failures: 0,
+    // metric code → the last GET /insights answer (null while the first is on its way)
+    histories: new Map(),
+    historyTimers: new Set(),
   };
   document.body.classList.add('has-session');
   $('placeholder').hidden = true;
@@ -194,12 +201,13 @@ function closeSession() {
   const cur = state.current;
   if (cur) {
     clearTimeout(cur.retryTimer);
+    resetHistories(cur);
     if (state.socket && state.socket.connected) {
       state.socket.emit('unsubscribe', { session_id: cur.id });
     }
   }
   state.current = null;
-  for (const chart of charts.values()) chart.u.destroy();
+  for (const chart of charts.values()) destroyChart(chart);
   charts.clear();
   document.body.classList.remove('has-session');
   $('session-view').hidden = true;
@@ -308,7 +316,7 @@ function render(payload) {
   const codes = METRIC_ORDER.filter((code) => payload.metrics[code]);
   for (const [code, chart] of charts) {
     if (!codes.includes(code)) {
-      chart.u.destroy();
+      destroyChart(chart);
       chart.card.remove();
       charts.delete(code);
     }
@@ -325,10 +333,15 @@ function render(payload) {
     chart.payload = payload;
     chart.u.setData(chartData(metric), true);
     chart.summary.replaceChildren(...summary(code, metric));
+    renderStrip(chart.strip, code, metric);
   });
   renderPhaseTable($('phase-table'), payload, codes);
   $('phases').hidden = codes.length === 0;
   renderSessionHead();
+  for (const code of codes) {
+    if (cur.histories.get(code)) drawHistory(code);
+    else loadHistory(code);
+  }
   state.renders += 1;
 }
 
@@ -363,6 +376,68 @@ async function downloadCsv() {
   } finally {
     button.disabled = false;
   }
+}
+
+function destroyChart(chart) {
+  chart.u.destroy();
+  if (chart.history) chart.history.u.destroy();
+}
+
+// ---- the last sessions -----------------------------------------------------------------
+
+function resetHistories(cur) {
+  for (const timer of cur.historyTimers) clearTimeout(timer);
+  cur.historyTimers.clear();
+  cur.histories.clear();
+}
+
+/** Once per metric and opened view: the metric across the last completed sessions, asked again
+ * (after Retry-After, a few times) while some of their payloads are still computing. */
+async function loadHistory(code, attempt = 0) {
+  const cur = state.current;
+  if (!cur || (attempt === 0 && cur.histories.has(code))) return;
+  if (!cur.histories.has(code)) cur.histories.set(code, null);
+  let retryMs = null;
+  try {
+    const query = new URLSearchParams({
+      metric: code, last: String(HISTORY_SESSIONS), window_minutes: String(state.windowMinutes),
+    });
+    const response = await api(`/api/v1/insights?${query}`);
+    if (cur !== state.current) return;
+    const body = await response.json().catch(() => null);
+    if (response.ok && body) {
+      cur.histories.set(code, body);
+      drawHistory(code);
+      if (!body.complete) retryMs = retryAfterMs(response, body);
+    } else if (response.status === 429 || response.status >= 500) {
+      retryMs = retryAfterMs(response, body);
+    }
+  } catch (error) {
+    if (error instanceof AuthError) return;
+    retryMs = 5000;
+  }
+  if (retryMs != null && attempt + 1 < HISTORY_ATTEMPTS) {
+    const timer = setTimeout(() => {
+      cur.historyTimers.delete(timer);
+      if (cur === state.current) loadHistory(code, attempt + 1);
+    }, retryMs);
+    cur.historyTimers.add(timer);
+  }
+}
+
+/** The small chart of `code` from the last answer, with this session's current figure. */
+function drawHistory(code) {
+  const cur = state.current;
+  const answer = cur && cur.histories.get(code);
+  const chart = charts.get(code);
+  if (!answer || !chart) return;
+  const metric = cur.payload && cur.payload.metrics[code];
+  const session = {
+    id: cur.id,
+    live: Boolean(cur.payload && cur.payload.live),
+    value: comparedValue(answer, metric && metric.insights),
+  };
+  renderHistory(chart, code, answer, session, COLORS[code] || '#475467');
 }
 
 // ---- freshness and connection ----------------------------------------------------------
@@ -467,6 +542,7 @@ function connect() {
     if (state.current && state.current.id === event.session_id) {
       renderSessionHead();
       loadSession(event.session_id).catch(quiet);
+      resetHistories(state.current);
       loadTelemetry();
     }
   });
@@ -537,6 +613,7 @@ $('window').addEventListener('change', (event) => {
   cur.etag = null;
   cur.payload = null;
   cur.state = 'computing';
+  resetHistories(cur);
   paintFreshness();
   loadTelemetry();
 });

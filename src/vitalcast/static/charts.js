@@ -1,6 +1,8 @@
 // One uPlot chart per metric: mean line with a min–max band (a bar per bucket for cumulative
-// metrics), gaps as breaks, before / during / after shading; and the phase statistics table.
+// metrics), gaps as breaks, before / during / after shading, alert episodes along the top, the
+// insight strip above it; and the phase statistics table.
 import { el, fmtHourMinute, fmtValue, plural, unitLabel } from './format.js';
+import { drawEpisodes } from './insights.js';
 
 export const METRIC_ORDER = [
   'heart_rate', 'heart_rate_variability', 'blood_oxygen', 'respiratory_rate',
@@ -46,20 +48,26 @@ export function chartData(metric) {
   return [xs, hi, lo, mean];
 }
 
-/** A chart card for `metric`, appended to `container`: {card, body, summary, kind, payload, u}. */
+/** A chart card for `metric`, appended to `container`:
+ * {card, body, summary, strip, historyNode, history, kind, payload, u}. */
 export function createChart(container, code, metric, payload) {
   const color = COLORS[code] || '#475467';
   const unit = unitLabel(metric);
   const summaryNode = el('div', { class: 'summary' });
   const body = el('div', { class: 'chart-body' });
+  const strip = el('div', { class: 'insight-strip', 'data-metric': code });
+  const historyNode = el('div', { class: 'history-slot' });
   const card = el('article', { class: 'chart-card', 'data-metric': code },
     el('div', { class: 'chart-head' },
       el('h2', {}, el('span', { class: 'dot', style: `background:${color}` }),
         metric.display_name, el('span', { class: 'unit', text: unit })),
       summaryNode),
+    el('div', { class: 'insight-row' }, strip, historyNode),
     body);
   container.append(card);
-  const chart = { card, body, summary: summaryNode, kind: metric.kind, payload, u: null };
+  const chart = {
+    card, body, summary: summaryNode, strip, historyNode, history: null, kind: metric.kind, payload, u: null,
+  };
   const fmt = (u, v) => (v == null ? '–' : fmtValue(code, v));
   const axes = [
     {
@@ -77,6 +85,7 @@ export function createChart(container, code, metric, payload) {
     axes,
     hooks: {
       drawClear: [(u) => drawPhases(u, chart.payload)],
+      draw: [(u) => drawEpisodes(u, chart.payload && chart.payload.metrics[code])],
       setCursor: [(u) => showReadout(code, chart, u)],
     },
   };

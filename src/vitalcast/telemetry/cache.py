@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -100,6 +100,27 @@ class LiveView:
     window_minutes: int | None
     resolution: Resolution | None
     computed_at_ms: int | None
+
+
+_ROW_COLUMNS = (
+    c.status,
+    c.payload,
+    c.source_watermark,
+    c.computed_at_ms,
+    c.compute_ms,
+    c.raw_sample_count,
+    c.lease_owner,
+    c.lease_expires_ms,
+    c.attempts,
+    c.next_attempt_ms,
+    c.error_code,
+    c.stale_since_ms,
+)
+
+
+def _cache_row(values: Sequence[Any]) -> CacheRow:
+    row = CacheRow(*values)
+    return replace(row, status=CacheState(row.status))
 
 
 def _key(key: TelemetryKey) -> Any:
@@ -346,24 +367,34 @@ class SessionTelemetryCacheRepository:
         ]
 
     async def get(self, conn: AsyncConnection, key: TelemetryKey) -> CacheRow | None:
-        row = (
-            await conn.execute(
-                sa.select(
-                    c.status,
-                    c.payload,
-                    c.source_watermark,
-                    c.computed_at_ms,
-                    c.compute_ms,
-                    c.raw_sample_count,
-                    c.lease_owner,
-                    c.lease_expires_ms,
-                    c.attempts,
-                    c.next_attempt_ms,
-                    c.error_code,
-                    c.stale_since_ms,
-                ).where(_key(key))
+        row = (await conn.execute(sa.select(*_ROW_COLUMNS).where(_key(key)))).first()
+        return None if row is None else _cache_row(row)
+
+    async def get_many(
+        self, conn: AsyncConnection, keys: Sequence[TelemetryKey]
+    ) -> dict[TelemetryKey, CacheRow]:
+        """The rows of ``keys`` that exist, in one read (a list of views, e.g. across sessions)."""
+        if not keys:
+            return {}
+        wanted = {
+            (k.session_id, k.window_minutes, k.resolution.value, k.compute_version): k for k in keys
+        }
+        rows = await conn.execute(
+            sa.select(
+                c.session_id,
+                c.window_minutes,
+                c.resolution,
+                c.compute_version,
+                *_ROW_COLUMNS,
+            ).where(
+                c.session_id.in_(sorted({k.session_id for k in keys})),
+                c.window_minutes.in_(sorted({k.window_minutes for k in keys})),
+                c.compute_version.in_(sorted({k.compute_version for k in keys})),
             )
-        ).first()
-        if row is None:
-            return None
-        return CacheRow(**{**row._asdict(), "status": CacheState(row.status)})
+        )
+        found: dict[TelemetryKey, CacheRow] = {}
+        for row in rows:
+            key = wanted.get((row[0], row[1], row[2], row[3]))
+            if key is not None:
+                found[key] = _cache_row(row[4:])
+        return found

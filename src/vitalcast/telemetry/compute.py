@@ -89,9 +89,15 @@ async def aggregate_rows(
 
 
 async def compute_telemetry(
-    conn: AsyncConnection, session: Session, key: TelemetryKey, now_ms: int
+    conn: AsyncConnection,
+    session: Session,
+    key: TelemetryKey,
+    now_ms: int,
+    *,
+    with_insights: bool = True,
 ) -> ComputedTelemetry:
-    """Aggregate and pack the payload of ``key`` for ``session`` (whose watermark was read first)."""
+    """Aggregate and pack the payload of ``key`` for ``session`` (whose watermark was read first).
+    ``with_insights=False`` only serves the benchmark that measures what insights cost."""
     window = TelemetryWindow.of(
         start_ms=session.start_ms,
         end_ms=session.end_ms,
@@ -102,7 +108,7 @@ async def compute_telemetry(
     )
     bucket_ms = key.resolution.bucket_ms
     rows = await aggregate_rows(conn, session.user_id, window, bucket_ms)
-    metrics, raw_count = build_metrics(rows, window, bucket_ms)
+    metrics, raw_count = build_metrics(rows, window, bucket_ms, with_insights=with_insights)
     document = {
         "session_id": session.id,
         "schema_version": SCHEMA_VERSION,

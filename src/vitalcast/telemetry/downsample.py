@@ -13,6 +13,9 @@ A scalar phase's coverage is time, not buckets: the share of the phase's duratio
 outside every gap. A metric sampled every 5 minutes with a 10-minute threshold and no dropout is
 fully covered although four of five 1-minute buckets are empty. Cumulative metrics have no gaps
 and so no coverage.
+
+Each metric also carries its ``insights`` (``telemetry/insights.py``), computed here from the same
+rows, so whoever assembles a payload from these rows gets them too.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from itertools import groupby
 from operator import itemgetter
 from typing import Any
 
-from vitalcast.catalog import BY_CODE, MetricKind
+from vitalcast.catalog import BY_CODE, Metric, MetricKind
+from vitalcast.telemetry.insights import Part, cumulative_insights, scalar_insights
 from vitalcast.telemetry.models import TelemetryWindow
 
 #: phase numbers as the aggregate query computes them
@@ -60,9 +64,12 @@ def coverage(lo: int, hi: int, gaps: Sequence[dict[str, int]]) -> float | None:
 
 
 def build_metrics(
-    rows: Iterable[Row], window: TelemetryWindow, bucket_ms: int
+    rows: Iterable[Row], window: TelemetryWindow, bucket_ms: int, *, with_insights: bool = True
 ) -> tuple[dict[str, dict[str, Any]], int]:
-    """The payload's ``metrics`` map (only metrics with samples) and the raw sample count."""
+    """The payload's ``metrics`` map (only metrics with samples) and the raw sample count.
+
+    ``with_insights=False`` leaves each metric's ``insights`` out; only the benchmark does, to
+    measure what they cost (bench/telemetry.py)."""
     phases = phase_bounds(window)
     metrics: dict[str, dict[str, Any]] = {}
     total = 0
@@ -70,14 +77,17 @@ def build_metrics(
         metric = BY_CODE.get(code)
         if metric is None:
             continue
+        mine = list(metric_rows)
         series = _metric_series(
-            list(metric_rows),
+            mine,
             cumulative=metric.kind is MetricKind.CUMULATIVE,
             window=window,
             bucket_ms=bucket_ms,
             threshold_ms=gap_threshold_ms(metric.gap_threshold_ms, bucket_ms),
             phases=phases,
         )
+        if with_insights:
+            series["insights"] = _insights(metric, mine, series, phases, window, bucket_ms)
         total += series["stats"]["count"]
         metrics[code] = {
             "display_name": metric.display_name,
@@ -175,6 +185,32 @@ def _metric_series(
             for index, name in enumerate(PHASE_NAMES)
         },
     }
+
+
+def _insights(
+    metric: Metric,
+    rows: Sequence[Row],
+    series: dict[str, Any],
+    phases: Sequence[tuple[int, int]],
+    window: TelemetryWindow,
+    bucket_ms: int,
+) -> dict[str, Any]:
+    if metric.kind is MetricKind.CUMULATIVE:
+        return cumulative_insights(series, phases=phases)
+    # bucket number → (count, sum) of the bucket's samples in each phase (before: not needed)
+    parts: tuple[dict[int, Part], ...] = ({}, {}, {})
+    for row in rows:
+        if row[2] != BEFORE:
+            parts[row[2]][row[1]] = (row[3], float(row[4]))
+    return scalar_insights(
+        metric,
+        series,
+        during=parts[DURING],
+        after=parts[AFTER],
+        phases=phases,
+        window=window,
+        bucket_ms=bucket_ms,
+    )
 
 
 def _gaps(

@@ -11,8 +11,9 @@ from vitalcast.sessions.models import WIDEST_PAD_MS, Session, SessionStatus
 
 # Bump when the payload's meaning changes: old cache rows are then simply never read again.
 # 2: the grid anchored at the session start, live windows fresh per bucket, coverage as time.
-COMPUTE_VERSION = 2
-SCHEMA_VERSION = 2
+# 3: every metric carries its insights.
+COMPUTE_VERSION = 3
+SCHEMA_VERSION = 3
 MIN_WINDOW_MINUTES = 15
 MAX_WINDOW_MINUTES = WIDEST_PAD_MS // 60_000
 # `auto` picks 1m up to this window span, 5m beyond it.

@@ -37,6 +37,14 @@ class PackedPayload:
         selected = [fragments[code] for code in codes if code in fragments]
         return b"".join((self.head, b",".join(selected), b"}}"))
 
+    def metric(self, code: str) -> dict[str, Any] | None:
+        """One metric of the payload, decoded (None when it has no samples of ``code``)."""
+        fragment = self.fragments.get(code)
+        if fragment is None:
+            return None
+        decoded: dict[str, Any] = orjson.loads(b"{" + fragment + b"}")[code]
+        return decoded
+
     @property
     def is_empty(self) -> bool:
         """True for a no_data payload (no metric had a sample)."""
