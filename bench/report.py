@@ -125,6 +125,45 @@ def _telemetry_insights(r: dict[str, Any]) -> Iterator[Row]:
             )
 
 
+def _incremental(r: dict[str, Any]) -> Iterator[Row]:
+    share_max = targets.DELTA_OVER_FULL_BYTES_MAX
+    flat_max = targets.INCREMENTAL_DAY_OVER_HOUR_MAX
+    cheaper_min = targets.FULL_OVER_INCREMENTAL_AT_DAY_MIN
+    for backend in ("sqlite", "postgres"):
+        b = r.get(backend)
+        if not b:
+            continue
+        for hours in (1, 4, 24):
+            s = b[f"session_{hours}h"]
+            yield Row(
+                f"Live update, {backend}, {hours} h session ({s['resolution']}), "
+                "incremental compute",
+                _ms(s["incremental_compute"]),
+                f"full recompute: {_ms(s['full_compute'])}",
+                f"{s['full_over_incremental_p50']:.1f}× cheaper at p50",
+            )
+            share = s["delta_over_full_p50"]
+            yield Row(
+                f"Live update, {backend}, {hours} h session, delta bytes",
+                f"p50 {s['delta_bytes']['p50']:,.0f} B (max {s['delta_bytes']['max']:,} B)",
+                f"full payload: {s['full_payload_bytes']['p50']:,.0f} B",
+                f"{share:.1%} of full",
+                (Check(f"≤ {share_max:.0%} of full", share <= share_max),),
+            )
+        t = b["targets"]
+        flat, cheaper = t["day_over_hour_incremental_p50"], t["full_over_incremental_at_24h_p50"]
+        yield Row(
+            f"Live update, {backend}, 24 h vs 1 h session",
+            f"incremental p50 at 24 h: ×{flat:.2f} the 1 h one",
+            f"full at 24 h: ×{cheaper:.1f} the incremental",
+            f"×{flat:.2f} / ×{cheaper:.1f}",
+            (
+                Check(f"≤ {flat_max:g}× the 1 h cost", flat <= flat_max),
+                Check(f"≥ {cheaper_min:g}× cheaper than full", cheaper >= cheaper_min),
+            ),
+        )
+
+
 def _queue(r: dict[str, Any]) -> Iterator[Row]:
     live = r["live_freshness_commit_to_ready"]
     yield Row(
@@ -232,6 +271,7 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], Iterator[Row]]] = {
     "import": _import,
     "telemetry": _telemetry,
     "telemetry_insights": _telemetry_insights,
+    "incremental": _incremental,
     "queue": _queue,
     "realtime": _realtime,
     "soak": _soak,

@@ -12,6 +12,7 @@ BENCHMARKS = (
     ("import",),
     ("telemetry",),
     ("telemetry", "insights"),
+    ("incremental",),
     ("queue",),
     ("realtime",),
 )

@@ -3,7 +3,8 @@ reads; computing lives in ``computer``, triggers in ``triggers``).
 
 ``get`` answers a request from the cache with one hot read (ownership, session watermark and
 cache row together) and decides the state of DESIGN.md "Request states"; a miss or a stale read
-schedules a compute and never waits for it. ``subscription_state`` and ``catch_up`` serve the
+schedules a compute and never waits for it. A fresh answer to a client that says which payload it
+holds (``since_watermark``) is a delta when the view's save history can express one. ``subscription_state`` and ``catch_up`` serve the
 realtime server's subscribe.
 """
 
@@ -16,6 +17,7 @@ from vitalcast.db.engine import Database
 from vitalcast.errors import InvalidInput, NotFound
 from vitalcast.observability import Metrics, get_logger
 from vitalcast.sessions.models import Session
+from vitalcast.telemetry import history
 from vitalcast.telemetry.answer import (
     DATABASE_UNAVAILABLE,
     RETRY_READ_FAILED_S,
@@ -84,9 +86,11 @@ class SessionTelemetryService:
         resolution: str,
         metrics: Sequence[str] | None,
         if_none_match: str | None = None,
+        since_watermark: int | None = None,
     ) -> TelemetryAnswer:
         """The answer for one GET; raises NotFound for a session that is not the caller's and
-        InvalidInput for a bad window, resolution or metric code."""
+        InvalidInput for a bad window, resolution or metric code. With ``since_watermark`` (the
+        watermark of the payload the client holds) a ready answer is a delta when it can be."""
         codes = select_metrics(metrics)
         if not MIN_WINDOW_MINUTES <= window_minutes <= MAX_WINDOW_MINUTES:
             raise InvalidInput(
@@ -97,7 +101,7 @@ class SessionTelemetryService:
             raise InvalidInput("resolution must be 1m, 5m or auto.", code="INVALID_RESOLUTION")
         requested = None if resolution == "auto" else resolution
         now = self._clock.now_ms()
-        with_payload = not if_none_match
+        with_payload = not if_none_match and since_watermark is None
         while True:
             try:
                 row = await self._reader.read(
@@ -132,6 +136,10 @@ class SessionTelemetryService:
                     return self._count(
                         TelemetryAnswer(decision.state, codes, etag=etag, not_modified=True)
                     )
+            if since_watermark is not None and decision.state is CacheState.READY:
+                delta = await self._delta(key, since_watermark, codes, live=row.live)
+                if delta is not None:
+                    return self._count(delta)
             if _holds_payload(row) and row.payload is None:
                 with_payload = True
                 continue
@@ -152,6 +160,40 @@ class SessionTelemetryService:
                 error_code=decision.error_code,
                 etag=etag,
             )
+        )
+
+    async def _delta(
+        self, key: TelemetryKey, since_watermark: int, codes: tuple[str, ...], *, live: bool
+    ) -> TelemetryAnswer | None:
+        """The ready answer as a delta from ``since_watermark``, or None when the history of the
+        view's payload (read together with it) does not reach back that far."""
+        try:
+            async with self._db.read() as conn:
+                row = await self._cache.with_history(conn, key)
+        except Exception as exc:
+            log.warning(
+                "telemetry_read_failed", session_id=key.session_id, error_type=type(exc).__name__
+            )
+            return None
+        if (
+            row is None
+            or row.status is not CacheState.READY
+            or row.payload is None
+            or row.source_watermark is None
+        ):
+            return None
+        try:
+            changes = history.since(history.decode(row.history), since_watermark)
+        except ValueError:
+            return None
+        if changes is None:
+            return None
+        live_at = row.computed_at_ms if live else None
+        return TelemetryAnswer(
+            CacheState.READY,
+            codes,
+            etag=make_etag(key, row.source_watermark, codes, live_at_ms=live_at),
+            delta=history.build_delta(unpack(row.payload), changes, since_watermark, codes),
         )
 
     def _count(self, answer: TelemetryAnswer) -> TelemetryAnswer:
