@@ -15,6 +15,7 @@ BENCHMARKS = (
     ("incremental",),
     ("queue",),
     ("realtime",),
+    ("realtime", "--burst"),
 )
 
 if __name__ == "__main__":
