@@ -499,6 +499,32 @@ async def test_a_delta_carries_only_what_changed_and_rebuilds_the_payload(tc, us
     assert current.status_code == 304
 
 
+async def test_clients_at_one_watermark_share_a_delta_and_the_next_save_gets_its_own(tc, users):
+    """Every client watching a session asks for the same delta after an update: each gets the
+    same bytes. After another save, a client at the first watermark gets the delta to the new
+    payload (never the one kept for the save before), and it still rebuilds the payload."""
+    _user_id, session_id, headers, start = await _live_session(tc, users)
+    await tc.settle()
+    params = {"window_minutes": 60, "resolution": "1m", "metrics": "all"}
+    base = (await tc.get(headers, session_id, **params)).json()["telemetry"]
+    since = base["source_watermark"]
+    await tc.post_samples(headers, [hr("a", start + 7 * MINUTE + 10_000, 99.0)])
+    await tc.settle()
+    answers = [await tc.get(headers, session_id, since_watermark=since, **params) for _ in range(3)]
+    assert len({a.content for a in answers}) == 1
+    first = answers[0].json()["delta"]
+    assert set(first["metrics"]["heart_rate"]["t"]) == {start + 7 * MINUTE}
+
+    await tc.post_samples(headers, [hr("b", start + 9 * MINUTE + 10_000, 120.0)])
+    await tc.settle()
+    later = (await tc.get(headers, session_id, since_watermark=since, **params)).json()["delta"]
+    assert later["source_watermark"] > first["source_watermark"]
+    entry = later["metrics"]["heart_rate"]
+    assert (entry["from_t"], entry["to_t"]) == (start + 7 * MINUTE, start + 10 * MINUTE)
+    full = (await tc.get(headers, session_id, **params)).json()["telemetry"]
+    assert apply_delta(base, later) == full
+
+
 async def test_since_watermark_must_be_a_watermark(tc, users):
     """A negative or non-numeric since_watermark is a 422 problem, not a full answer."""
     _user_id, session_id, headers, _start = await _live_session(tc, users)

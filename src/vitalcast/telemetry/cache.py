@@ -95,17 +95,6 @@ class CacheRow:
 
 
 @dataclass(frozen=True, slots=True)
-class WithHistory:
-    """A cache row's payload with the save history stored beside it (what a delta needs)."""
-
-    status: CacheState
-    source_watermark: int | None
-    computed_at_ms: int | None
-    payload: bytes | None
-    history: bytes | None
-
-
-@dataclass(frozen=True, slots=True)
 class LiveView:
     """A live session and, when it has one, a cached view of it (what the live ticker needs)."""
 
@@ -434,18 +423,6 @@ class SessionTelemetryCacheRepository:
             )
         ).first()
         return None if row is None else StoredView(row[0], row[1], row[2])
-
-    async def with_history(self, conn: AsyncConnection, key: TelemetryKey) -> WithHistory | None:
-        """The payload of ``key`` and its save history in one read, so that a delta is built
-        from the history of the very payload it leads to."""
-        row = (
-            await conn.execute(
-                sa.select(c.status, c.source_watermark, c.computed_at_ms, c.payload, p.history)
-                .select_from(telemetry_cache.outerjoin(telemetry_partials, _same_view()))
-                .where(_key(key))
-            )
-        ).first()
-        return None if row is None else WithHistory(CacheState(row[0]), *row[1:])
 
     @staticmethod
     def views_floor(session_id: str, *, compute_version: int) -> sa.ScalarSelect[Any]:

@@ -345,6 +345,8 @@ class HotRow:
     next_attempt_ms: int | None
     #: None when there is none, or when it was not asked for
     payload: bytes | None
+    #: the payload's save history (``history``); None unless asked for (or none is kept)
+    history: bytes | None = None
 
     @property
     def live(self) -> bool:
