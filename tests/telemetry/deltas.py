@@ -8,6 +8,8 @@ import bisect
 from typing import Any
 
 COLUMNS = ("t", "mean", "sum", "min", "max", "count")
+#: merged field by field, not replaced
+MERGED = ("phases", "insights")
 
 
 def apply_delta(base: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
@@ -35,7 +37,7 @@ def apply_delta(base: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
         for key, value in entry.items():
             if key in ("from_t", "to_t") or key in COLUMNS:
                 continue
-            metric[key] = {**old["phases"], **value} if key == "phases" else value
+            metric[key] = {**old[key], **value} if key in MERGED else value
         metrics[code] = metric
     out["metrics"] = metrics
     return out

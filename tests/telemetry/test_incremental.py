@@ -484,6 +484,8 @@ async def test_a_delta_carries_only_what_changed_and_rebuilds_the_payload(tc, us
     assert entry["t"] == [start + 7 * MINUTE] and entry["count"] == [2]
     assert "display_name" not in entry and "gaps" not in entry
     full = (await tc.get(headers, session_id, **params)).json()["telemetry"]
+    # insights travel one by one: the during mean moved, the baseline (before phase) did not
+    assert "during_mean" in entry["insights"] and "baseline" not in entry["insights"]
     assert apply_delta(base, delta) == full
     assert len(response.content) < len(orjson.dumps(full))
 

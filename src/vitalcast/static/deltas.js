@@ -3,9 +3,12 @@
 //
 // A delta carries the changed head fields, and per metric either null (the metric is gone),
 // {replace: true, …} (the whole metric), or an entry whose columns replace the buckets in
-// [from_t, to_t) and whose other fields replace the metric's, `phases` merged by phase name.
+// [from_t, to_t) and whose other fields replace the metric's, `phases` and `insights` merged
+// by name.
 
 const COLUMNS = ['t', 'mean', 'sum', 'min', 'max', 'count'];
+// Fields merged by name (a phase, an insight) instead of replaced.
+const MERGED = ['phases', 'insights'];
 
 function lowerBound(sorted, value) {
   let lo = 0;
@@ -50,7 +53,7 @@ export function applyDelta(base, delta) {
     }
     for (const [key, value] of Object.entries(entry)) {
       if (key === 'from_t' || key === 'to_t' || COLUMNS.includes(key)) continue;
-      metric[key] = key === 'phases' ? { ...old.phases, ...value } : value;
+      metric[key] = MERGED.includes(key) ? { ...old[key], ...value } : value;
     }
     next.metrics[code] = metric;
   }

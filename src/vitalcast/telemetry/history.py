@@ -10,11 +10,12 @@ client holds; and it is only served when the save before that one is known too (
 no payload before it, ``NO_PAYLOAD``), which proves no earlier save at ``N`` is missing.
 
 A delta (``GET …/telemetry?since_watermark=N``) is ``{base_watermark, source_watermark,
-resolution, <changed head fields>, metrics: {code: entry | null}}``. An entry replaces the series columns of the
-buckets in ``[from_t, to_t)`` with its own columns (absent: no column changed), replaces the
-metric fields it carries, except ``phases``, which it merges by phase name; ``{"replace": true,
-…}`` is the whole metric, ``null`` a metric that is gone. Applying every delta in order to a
-payload gives, field for field, the payload the server holds.
+resolution, <changed head fields>, metrics: {code: entry | null}}``. An entry replaces the series
+columns of the buckets in ``[from_t, to_t)`` with its own columns (absent: no column changed),
+replaces the metric fields it carries, except ``phases`` and ``insights``, which it merges by
+phase and by insight name (a change in which phases or insights a metric has makes it a whole
+metric); ``{"replace": true, …}`` is the whole metric, ``null`` a metric that is gone. Applying
+every delta in order to a payload gives, field for field, the payload the server holds.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ from vitalcast.telemetry.payload import PackedPayload
 
 #: a metric's per-bucket series; everything else of a metric is a "part"
 COLUMNS = ("t", "mean", "sum", "min", "max", "count")
-#: the one metric field a delta merges (by phase) instead of replacing
-MERGED = "phases"
+#: the metric fields a delta merges (by phase, by insight) instead of replacing: a live update
+#: moves the during phase and a few insights, and the others stay where the client has them
+MERGED = ("phases", "insights")
 #: records kept per view: a client further behind gets the full payload
 MAX_SAVES = 64
 
@@ -45,7 +47,7 @@ class MetricChange:
     #: [from_ms, to_ms) of the buckets whose columns changed; empty when from_ms == to_ms
     from_ms: int
     to_ms: int
-    #: changed parts: metric fields, or ``phases.<name>`` for one phase
+    #: changed parts: metric fields, or ``phases.<name>`` / ``insights.<name>`` for one of them
     parts: frozenset[str]
     #: the metric appeared, went, or changed shape: send it whole
     replace: bool
@@ -123,16 +125,17 @@ def _parts(metric: Mapping[str, Any]) -> dict[str, Any]:
     for name, value in metric.items():
         if name in COLUMNS:
             continue
-        if name == MERGED:
-            for phase, stats in value.items():
-                parts[f"{MERGED}.{phase}"] = stats
+        if name in MERGED and isinstance(value, dict):
+            for field, inner in value.items():
+                parts[f"{name}.{field}"] = inner
         else:
             parts[name] = value
     return parts
 
 
 def _shape(metric: Mapping[str, Any]) -> str:
-    return ",".join(metric) + ";" + ",".join(metric.get(MERGED, {}))
+    merged = (metric.get(name) for name in MERGED)
+    return ";".join([",".join(metric), *(",".join(m) if isinstance(m, dict) else "" for m in merged)])
 
 
 def part_digests(
@@ -202,7 +205,7 @@ def record_save(
             changes[code] = MetricChange(lo, hi, frozenset(), True)
             continue
         parts = frozenset(
-            name for name, value in new["parts"].items() if old["parts"][name] != value
+            name for name, value in new["parts"].items() if old["parts"].get(name) != value
         )
         if parts or lo != hi:
             changes[code] = MetricChange(lo, hi, parts, False)
