@@ -12,10 +12,8 @@ BENCHMARKS = (
     ("import",),
     ("telemetry",),
     ("telemetry", "insights"),
-    ("incremental",),
     ("queue",),
     ("realtime",),
-    ("realtime", "--burst"),
 )
 
 if __name__ == "__main__":

@@ -1,9 +1,7 @@
 """Pure assembly of the payload's metric series from the rows of the one GROUP BY; no I/O.
 
 Input rows are ``(metric, bucket, phase, count, sum, min, max, first_ms, last_ms)``, one per
-(metric, bucket, phase) that holds at least one sample, in any order; ``sum`` is an exact integer
-of micro-units (``SUM_SCALE``), so every sum and mean below is exact until its one final,
-correctly rounded division, whatever order rows and samples came in. A bucket
+(metric, bucket, phase) that holds at least one sample, in any order. A bucket
 that straddles the session start or end arrives as two or three rows: merged by bucket they give
 the series, merged by phase they give exact phase statistics.
 
@@ -34,14 +32,9 @@ from vitalcast.telemetry.models import TelemetryWindow
 #: phase numbers as the aggregate query computes them
 BEFORE, DURING, AFTER = 0, 1, 2
 PHASE_NAMES = ("before", "during", "after")
-#: the "phase" of samples at or after a live window's end: kept with the partials, never shown
-AHEAD = 3
-#: row sums are integers of values rounded to micro-units, far below any sensor's precision; a
-#: (metric, bucket, phase) holds at most 9.2 × 10^12 units (2^63 micro-units)
-SUM_SCALE = 1_000_000
 
-# (metric, bucket, phase, count, sum in micro-units, min, max, first_ms, last_ms)
-Row = tuple[str, int, int, int, int, float, float, int, int]
+# (metric, bucket, phase, count, sum, min, max, first_ms, last_ms)
+Row = tuple[str, int, int, int, float, float, float, int, int]
 _ORDER = itemgetter(0, 1, 2)
 
 
@@ -116,19 +109,19 @@ def _metric_series(
 ) -> dict[str, Any]:
     t: list[int] = []
     counts: list[int] = []
-    sums: list[int] = []
+    sums: list[float] = []
     lows: list[float] = []
     highs: list[float] = []
     firsts: list[int] = []
     lasts: list[int] = []
     # per phase: count, sum, min, max
     p_count = [0, 0, 0]
-    p_sum = [0, 0, 0]
+    p_sum = [0.0, 0.0, 0.0]
     p_low: list[float | None] = [None, None, None]
     p_high: list[float | None] = [None, None, None]
     previous_bucket = -1
     for _code, bucket, phase, count, total, low, high, first, last in rows:
-        total = int(total)
+        total = float(total)
         low = float(low)
         high = float(high)
         p_count[phase] += count
@@ -158,19 +151,19 @@ def _metric_series(
     if cumulative:
         return {
             "t": t,
-            "sum": [s / SUM_SCALE for s in sums],
+            "sum": sums,
             "count": counts,
             "gaps": [],
-            "stats": {"sum": sum_all / SUM_SCALE, "count": count_all},
+            "stats": {"sum": sum_all, "count": count_all},
             "phases": {
-                name: {"sum": p_sum[index] / SUM_SCALE, "count": p_count[index]}
+                name: {"sum": p_sum[index], "count": p_count[index]}
                 for index, name in enumerate(PHASE_NAMES)
             },
         }
     gaps = _gaps(firsts, lasts, window, threshold_ms)
     return {
         "t": t,
-        "mean": [s / (c * SUM_SCALE) for s, c in zip(sums, counts, strict=True)],
+        "mean": [s / c for s, c in zip(sums, counts, strict=True)],
         "min": lows,
         "max": highs,
         "count": counts,
@@ -178,14 +171,14 @@ def _metric_series(
         "stats": {
             "min": min(lows),
             "max": max(highs),
-            "mean": sum_all / (count_all * SUM_SCALE),
+            "mean": sum_all / count_all,
             "count": count_all,
         },
         "phases": {
             name: {
                 "min": p_low[index],
                 "max": p_high[index],
-                "mean": p_sum[index] / (p_count[index] * SUM_SCALE) if p_count[index] else None,
+                "mean": p_sum[index] / p_count[index] if p_count[index] else None,
                 "count": p_count[index],
                 "coverage": coverage(*phases[index], gaps),
             }
@@ -204,12 +197,11 @@ def _insights(
 ) -> dict[str, Any]:
     if metric.kind is MetricKind.CUMULATIVE:
         return cumulative_insights(series, phases=phases)
-    # bucket number → (count, sum) of the bucket's samples in each phase (before: not needed);
-    # the sum back in the metric's unit from the row's exact micro-units
+    # bucket number → (count, sum) of the bucket's samples in each phase (before: not needed)
     parts: tuple[dict[int, Part], ...] = ({}, {}, {})
     for row in rows:
         if row[2] != BEFORE:
-            parts[row[2]][row[1]] = (row[3], row[4] / SUM_SCALE)
+            parts[row[2]][row[1]] = (row[3], float(row[4]))
     return scalar_insights(
         metric,
         series,
