@@ -8,7 +8,7 @@ from collections.abc import Collection
 from tests.telemetry.conftest import MINUTE, hr
 from tests.telemetry.test_live_windows import ready_payload, to_next_bucket
 from vitalcast.observability import Metrics
-from vitalcast.telemetry.live_ticks import LiveTicker
+from vitalcast.telemetry.live_ticks import TICK_GRACE_MS, LiveTicker
 
 
 class Subscribed:
@@ -51,13 +51,37 @@ async def test_ticks_recompute_each_cached_view_once_per_boundary(tc, users):
     assert await one.tick() == 0  # and this ticker waits for the next boundary anyway
     assert (await tc.computes("live_tick"))["ready"] == 2
 
-    to_next_bucket(tc, start)
+    to_next_bucket(tc, start, past_ms=TICK_GRACE_MS + 250)
     assert await one.tick() == 1 and await two.tick() == 1
     await tc.settle()
     assert (await tc.computes("live_tick"))["ready"] == 3
     assert tc.coordinator.stats.outcomes["skipped_fresh"] >= 1
     for resolution in ("1m", "5m"):
         assert (await tc.get(headers, session_id, resolution=resolution)).json()["state"] == "ready"
+
+
+async def test_an_ingest_within_the_grace_after_a_boundary_makes_the_tick_needless(tc, users):
+    """The ticker looks TICK_GRACE_MS after a boundary: a sample that arrived in between moved
+    the view to the new edge, so nothing is ticked; at the next boundary, with no sample, the
+    view is ticked once."""
+    headers = await users.headers()
+    session_id, start = await live_session(tc, headers)
+    await ready_payload(tc, headers, session_id, resolution="1m")
+    watching = ticker(tc, Subscribed(session_id))
+    assert await watching.tick() == 0
+    to_next_bucket(tc, start)
+    assert await watching.tick() == 0  # not yet looked at: the grace runs
+    await tc.post_samples(headers, [hr("in-grace", tc.clock.now_ms() - 1_000, 71.0)])
+    await tc.settle()
+    tc.clock.advance(TICK_GRACE_MS)
+    assert await watching.tick() == 0
+    await tc.settle()
+    assert "ready" not in await tc.computes("live_tick")
+
+    to_next_bucket(tc, start, past_ms=TICK_GRACE_MS + 250)
+    assert await watching.tick() == 1
+    await tc.settle()
+    assert (await tc.computes("live_tick"))["ready"] == 1
 
 
 async def test_no_ticks_without_subscribers_or_for_ended_sessions(tc, users):
@@ -72,7 +96,7 @@ async def test_no_ticks_without_subscribers_or_for_ended_sessions(tc, users):
     watching = ticker(tc, Subscribed(ended_id))
     computes = await tc.computes()
     for _ in range(3):
-        to_next_bucket(tc, start)
+        to_next_bucket(tc, start, past_ms=TICK_GRACE_MS + 250)
         assert await watching.tick() == 0
     await tc.settle()
     assert await tc.computes() == computes

@@ -2,10 +2,15 @@
 
 A live payload is fresh only while "now" is in the bucket it was computed in (its live edge).
 While a live session has subscribers on this process, the ticker asks for a recompute (reason
-``live_tick``) of each of its cached views as soon as the live edge crosses a bucket boundary;
+``live_tick``) of each of its cached views once the live edge has crossed a bucket boundary;
 the save pushes ``session.updated``. So a watch that stops sending shows as a trailing gap that
 grows within one bucket after the gap threshold, and a sample sent ahead of its time appears
 once its time has come, without anyone calling GET.
+
+The ticker looks ``TICK_GRACE_MS`` after the boundary, not at it: while samples flow, the next
+ingest recomputes the view on the new edge anyway, and a view already on the current edge is
+not ticked. Ticking at the boundary itself recomputed every subscribed view at the same instant,
+in front of the ingests that would have done it a moment later (the soak's p99 doubled).
 
 At most one compute per view per bucket across the cluster: each process asks once per boundary
 and only for views whose payload is on an older edge; the scheduler coalesces per key (the
@@ -39,6 +44,8 @@ log = get_logger(__name__)
 
 #: every resolution's boundaries are boundaries of the session's 1-minute grid
 GRID_MS = Resolution.ONE_MINUTE.bucket_ms
+#: how long after a boundary the ticker looks: an ingest in this time makes the tick needless
+TICK_GRACE_MS = 10_000
 #: the ticker looks at the clock at least this often (milliseconds), so a clock that is stepped
 #: (NTP) or a session subscribed meanwhile is noticed soon
 MAX_SLEEP_MS = 1_000
@@ -110,8 +117,8 @@ class LiveTicker:
             self._next_check[session_id] = _NEVER
         asked = 0
         for view in views:
-            self._next_check[view.session_id] = next_boundary_ms(
-                view.session_start_ms, GRID_MS, now
+            self._next_check[view.session_id] = (
+                next_boundary_ms(view.session_start_ms, GRID_MS, now) + TICK_GRACE_MS
             )
             if view.resolution is None or view.window_minutes is None:
                 continue
