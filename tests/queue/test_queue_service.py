@@ -230,11 +230,14 @@ async def test_deferred_job_waits_without_using_attempts(
     assert job.returnvalue == "ready"
 
 
+@pytest.mark.parametrize("concurrency", [1, 4])
 async def test_stop_releases_a_running_job_to_another_worker(
-    service: Any, queue_settings: Settings, start_worker: Any
+    service: Any, queue_settings: Settings, start_worker: Any, concurrency: int
 ) -> None:
     """A worker stopped mid-job puts the job back after its grace period; another worker runs
-    it at once and the job completes (nothing is lost, no stalled wait)."""
+    it at once and the job completes (nothing is lost, no stalled wait). With free slots
+    (concurrency 4), BullMQ's run loop ends on close and forgets its running jobs: a stop that
+    relied on BullMQ's abort signals waited for the stuck job forever."""
     key = make_key()
     started = asyncio.Event()
     first_cancelled = asyncio.Event()
@@ -254,7 +257,7 @@ async def test_stop_releases_a_running_job_to_another_worker(
         by_second.append(job.watermark)
         return "ready"
 
-    first = await start_worker(queue_settings, stuck)
+    first = await start_worker(queue_settings, stuck, concurrency=concurrency)
     await service.submit(key, watermark=9, reason=ScheduleReason.LIVE_UPDATE)
     await asyncio.wait_for(started.wait(), 10)
     await first.stop(grace_s=0.2)

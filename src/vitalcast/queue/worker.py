@@ -17,7 +17,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bullmq import Worker
-from bullmq.abort_controller import AbortSignal
 from bullmq.custom_errors import DelayedError, UnrecoverableError
 
 from vitalcast.clock import now_ms
@@ -88,6 +87,10 @@ class TelemetryWorker:
         self._worker: Worker | None = None
         self._run_task: asyncio.Task[Any] | None = None
         self._stopping: asyncio.Task[None] | None = None
+        # Set when the grace has passed: running jobs go back to the queue. Ours, not BullMQ's
+        # cancelAllJobs: once closing, BullMQ's run loop ends and clears its tracked jobs while
+        # they still run (bullmq 3.4.4), so their abort signals can no longer be reached.
+        self._release = asyncio.Event()
 
     async def start(self) -> None:
         """Connect and start consuming. The blocking connection learns the Redis version first:
@@ -134,14 +137,14 @@ class TelemetryWorker:
         done, _ = await asyncio.wait({closing}, timeout=grace_s)
         if not done:
             log.warning("worker_releasing_jobs", count=len(worker.jobs))
-            worker.cancelAllJobs("shutdown")
+            self._release.set()
             await closing
         if self._run_task is not None:
             with contextlib.suppress(Exception):
                 await self._run_task
         log.info("worker_stopped", worker=self._name)
 
-    async def _process(self, job: Any, token: str, signal: AbortSignal) -> str:
+    async def _process(self, job: Any, token: str) -> str:
         try:
             request = TelemetryJob.from_data(job.data)
         except (KeyError, TypeError, ValueError) as exc:
@@ -149,11 +152,11 @@ class TelemetryWorker:
             raise UnrecoverableError(f"malformed job: {type(exc).__name__}") from exc
         started = time.perf_counter()
         work = asyncio.ensure_future(self._handler(request))
-        aborted = asyncio.ensure_future(signal.wait())
+        released = asyncio.ensure_future(self._release.wait())
         try:
-            await asyncio.wait({work, aborted}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({work, released}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            aborted.cancel()
+            released.cancel()
         if not work.done():
             work.cancel()
             await asyncio.gather(work, return_exceptions=True)
