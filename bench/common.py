@@ -220,6 +220,13 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def cpu_ms(pid: int) -> float:
+    """CPU time (user + system) a process has used so far, in ms (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    # after the command: state is field 3, utime and stime are fields 14 and 15
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
 def emit(name: str, result: dict[str, Any]) -> None:
     """Print the result as JSON and keep it in bench/results/<name>.json for the README table."""
     text = json.dumps(result, indent=2, sort_keys=False)

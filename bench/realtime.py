@@ -17,8 +17,13 @@ response is measured, not clamped to zero.
    ingest sent → received, compute started (``computed_at_ms``) → received, and the spread after
    the first receipt of the same event in its room; server RSS idle (the baseline) and with every
    client connected.
+3. Fan-out with a fetch per update (``fan_out_fetch``): the same, over sessions live for an
+   hour of 1 Hz heart rate, with every client fetching the telemetry after each update as the
+   dashboard does; first fetching full payloads (the baseline), then only deltas. Per mode: the
+   server process's CPU time per update and per fetch, and the bytes of a fetch.
 
     uv run python -m bench.realtime [--batches 300] [--clients 1000] [--sessions 100] [--rounds 10]
+        [--parts embedded,scaled_out,fan_out,fan_out_fetch] [--burst]
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -39,6 +45,7 @@ import socketio
 
 from bench.common import (
     REDIS_URL,
+    cpu_ms,
     create_user,
     database,
     delete_keys,
@@ -56,6 +63,10 @@ from vitalcast.testing import hr_sample
 
 LOAD_CONNECT_CONCURRENCY = 50
 INGEST_CONCURRENCY = 10
+#: the fetching fan-out: how long each session has been live (heart rate at 1 Hz), and the load
+#: process's HTTP connections to the server
+FETCH_HISTORY_MIN = 60
+FETCH_CONNECTIONS = 100
 
 
 def wall_ms() -> float:
@@ -66,10 +77,10 @@ def sample(record_id: str, at_ms: int) -> dict[str, Any]:
     return hr_sample(record_id, at_ms, 60.0 + (hash(record_id) % 40))
 
 
-async def start_session(http: httpx.AsyncClient, token: str) -> str:
+async def start_session(http: httpx.AsyncClient, token: str, *, minutes_ago: int = 10) -> str:
     response = await http.post(
         "/api/v1/sessions",
-        json={"started_at": iso_ms(int(wall_ms()) - 10 * 60_000)},
+        json={"started_at": iso_ms(int(wall_ms()) - minutes_ago * 60_000)},
         headers={"Authorization": f"Bearer {token}"},
     )
     response.raise_for_status()
@@ -204,6 +215,55 @@ async def fan_out(clients: int, sessions: int, rounds: int) -> dict[str, Any]:
             return await _drive_load(base, pid, http, plan, clients, rounds, rss_idle)
 
 
+async def seed_history(http: httpx.AsyncClient, token: str, minutes: int) -> None:
+    """Heart rate at 1 Hz over the last ``minutes`` (the session has been live that long)."""
+    now = int(wall_ms())
+    times = range(now - minutes * 60_000, now - 2_000, 1_000)
+    batch: list[dict[str, Any]] = []
+    for at in times:
+        batch.append(hr_sample(f"seed-{at}", at, 60.0 + (at // 1000) % 40))
+        if len(batch) == 5_000 or at == times[-1]:
+            response = await http.post(
+                "/api/v1/samples",
+                json={"samples": batch},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            response.raise_for_status()
+            batch = []
+
+
+async def fan_out_fetch(clients: int, sessions: int, rounds: int) -> dict[str, Any]:
+    """Fan-out where every client fetches the telemetry after each update, as the dashboard does:
+    on one server, the same rounds first with clients fetching the full payload, then with
+    clients fetching only what changed (``since_watermark``). Per mode: the server's CPU time per
+    update and per fetch, and the bytes of a fetch."""
+    async with database("sqlite") as url:
+        people = [await create_user(url, f"rt-fetch-{i}") for i in range(sessions)]
+        async with (
+            server_with_pid(url) as (base, pid),
+            httpx.AsyncClient(base_url=base, timeout=60) as http,
+        ):
+            plan = []
+            for _user, token in people:
+                session_id = await start_session(http, token, minutes_ago=FETCH_HISTORY_MIN + 5)
+                await seed_history(http, token, FETCH_HISTORY_MIN)
+                plan.append({"token": token, "session_id": session_id})
+            await computes_drained(http)
+            result: dict[str, Any] = {
+                "clients": clients,
+                "sessions": sessions,
+                "rounds": rounds,
+                "history_minutes": FETCH_HISTORY_MIN,
+            }
+            for mode in ("full", "delta"):
+                result[mode] = await _drive_load(
+                    base, pid, http, plan, clients, rounds, rss_mb(pid), fetch=mode
+                )
+    full, delta = result["full"]["server_cpu_ms"], result["delta"]["server_cpu_ms"]
+    result["cpu_per_update_delta_over_full"] = round(delta["per_update"] / full["per_update"], 3)
+    return result
+
+
 async def server_metrics(http: httpx.AsyncClient) -> dict[str, float]:
     """The server's Prometheus samples, by series name with labels."""
     text = (await http.get("/metrics")).text
@@ -237,10 +297,12 @@ async def _drive_load(
     clients: int,
     rounds: int,
     rss_idle: float,
+    *,
+    fetch: str | None = None,
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="vc-bench-load-") as folder:
         plan_path, out_path = Path(folder) / "plan.json", Path(folder) / "receipts.json"
-        await asyncio.to_thread(plan_path.write_text, json.dumps(plan))
+        await asyncio.to_thread(plan_path.write_text, json.dumps({"entries": plan, "fetch": fetch}))
         load = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -262,6 +324,7 @@ async def _drive_load(
         )
         await asyncio.sleep(1)
         rss_connected = rss_mb(pid)
+        cpu_before = cpu_ms(pid)
         #: (session id, sent at wall ms, change_seq; None when the ingest itself failed)
         sent: list[tuple[str, float, int | None]] = []
         gate = asyncio.Semaphore(INGEST_CONCURRENCY)
@@ -281,6 +344,12 @@ async def _drive_load(
             await asyncio.gather(*(one(entry, r) for entry in plan))
             await computes_drained(http)
         await asyncio.sleep(2)
+        # every fetch the updates caused is answered before the server's CPU is read
+        load.stdin.write(b"drain\n")
+        await load.stdin.drain()
+        drained = (await asyncio.wait_for(load.stdout.readline(), 300)).decode().strip()
+        assert drained == "drained", drained
+        cpu_used = cpu_ms(pid) - cpu_before
         rss_after = rss_mb(pid)
         server = await server_metrics(http)
         load.stdin.write(b"stop\n")
@@ -289,6 +358,21 @@ async def _drive_load(
         receipts = json.loads(await asyncio.to_thread(out_path.read_text))
     deliveries = count_deliveries(plan, clients, sent, receipts["events"])
     emitted = server.get('vitalcast_events_emitted_total{type="session.updated"}', 0.0)
+    fetches = receipts["fetches"]
+    extra: dict[str, Any] = {}
+    if fetch is not None:
+        extra["fetches"] = {
+            "count": len(fetches),
+            "answers": {
+                kind: sum(1 for f in fetches if f[0] == kind)
+                for kind in sorted({f[0] for f in fetches})
+            },
+            "bytes": {
+                "p50": statistics.median(f[1] for f in fetches),
+                "mean": round(statistics.fmean(f[1] for f in fetches)),
+                "max": max(f[1] for f in fetches),
+            },
+        }
     return {
         "clients": clients,
         "sessions": len(plan),
@@ -306,6 +390,12 @@ async def _drive_load(
         "delivery_ingest_sent_to_client": percentiles(deliveries["from_send"]),
         "delivery_compute_start_to_client": percentiles(deliveries["from_compute"]),
         "delivery_spread_within_room": percentiles(deliveries["spread"]),
+        "server_cpu_ms": {
+            "total": round(cpu_used, 1),
+            "per_update": round(cpu_used / max(1, len(sent)), 3),
+            "per_fetch": round(cpu_used / len(fetches), 3) if fetches else None,
+        },
+        **extra,
         "server_rss_mb": {
             "baseline_idle": rss_idle,
             "clients_connected": rss_connected,
@@ -365,21 +455,63 @@ def count_deliveries(
     }
 
 
-async def load_process(base: str, plan: list[dict[str, str]], clients: int) -> dict[str, Any]:
+async def load_process(
+    base: str, plan: list[dict[str, str]], clients: int, fetch: str | None
+) -> dict[str, Any]:
     """The separate load process: connect, subscribe, record events until stdin says stop.
-    Client ``n`` subscribes to ``plan[n % len(plan)]``; each receipt names its client."""
+    Client ``n`` subscribes to ``plan[n % len(plan)]``; each receipt names its client. With
+    ``fetch`` ("full" or "delta") each client also fetches the telemetry after every update, one
+    fetch at a time (an update during a fetch is caught by one more), as the dashboard does.
+    "drain" on stdin waits until no fetch is running and answers "drained"."""
     events: list[tuple[int, str, int, int, float]] = []
+    #: (answer kind: "delta", "full" or the state, bytes) of every fetch
+    fetches: list[tuple[str, int]] = []
     sockets: list[socketio.AsyncClient] = []
     gate = asyncio.Semaphore(LOAD_CONNECT_CONCURRENCY)
+    http = httpx.AsyncClient(
+        base_url=base, timeout=60, limits=httpx.Limits(max_connections=FETCH_CONNECTIONS)
+    )
+    running: set[asyncio.Task[None]] = set()
 
     async def connect(n: int) -> None:
         entry = plan[n % len(plan)]
         sio = socketio.AsyncClient(reconnection=False)
+        held: dict[str, Any] = {"watermark": None, "busy": False, "again": False}
+
+        async def fetch_telemetry() -> None:
+            query = {"window_minutes": "60", "resolution": "auto", "metrics": "all"}
+            while True:
+                held["again"] = False
+                if fetch == "delta" and held["watermark"] is not None:
+                    query["since_watermark"] = str(held["watermark"])
+                response = await http.get(
+                    f"/api/v1/sessions/{entry['session_id']}/telemetry",
+                    params=query,
+                    headers={"Authorization": f"Bearer {entry['token']}"},
+                )
+                body = response.json()
+                answer = body.get("delta") or body.get("telemetry")
+                kind = "delta" if "delta" in body else "full" if answer else body["state"]
+                fetches.append((kind, len(response.content)))
+                if answer and body["state"] == "ready":
+                    held["watermark"] = answer["source_watermark"]
+                if not held["again"]:
+                    held["busy"] = False
+                    return
 
         async def on_updated(data: dict[str, Any]) -> None:
             received_ms = wall_ms()
             watermark, computed_at_ms = data["source_watermark"], data["computed_at_ms"]
             events.append((n, data["session_id"], watermark, computed_at_ms, received_ms))
+            if fetch is None:
+                return
+            if held["busy"]:
+                held["again"] = True
+                return
+            held["busy"] = True
+            task = asyncio.create_task(fetch_telemetry())
+            running.add(task)
+            task.add_done_callback(running.discard)
 
         sio.on("session.updated", on_updated)
         async with gate:
@@ -392,9 +524,19 @@ async def load_process(base: str, plan: list[dict[str, str]], clients: int) -> d
 
     await asyncio.gather(*(connect(n) for n in range(clients)))
     print(f"ready {len(sockets)}", flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    loop = asyncio.get_running_loop()
+    while (line := (await loop.run_in_executor(None, sys.stdin.readline)).strip()) != "stop":
+        if line == "drain":
+            while running:
+                await asyncio.gather(*running)
+            print("drained", flush=True)
     await asyncio.gather(*(s.disconnect() for s in sockets), return_exceptions=True)
-    return {"connected": len(sockets), "events": events}
+    await http.aclose()
+    return {"connected": len(sockets), "events": events, "fetches": fetches}
+
+
+#: the burst of issue 12: 200 sessions updated at once, each watched by 20 clients
+BURST_CLIENTS, BURST_SESSIONS, BURST_ROUNDS = 4000, 200, 5
 
 
 async def main(argv: Sequence[str]) -> None:
@@ -403,14 +545,24 @@ async def main(argv: Sequence[str]) -> None:
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--sessions", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--parts", default="embedded,scaled_out,fan_out")
+    parser.add_argument("--parts", default="embedded,scaled_out,fan_out,fan_out_fetch")
+    parser.add_argument(
+        "--burst",
+        action="store_true",
+        help="only the burst of issue 12: fan-out with 4,000 clients over 200 sessions, 5 rounds "
+        "(every session's compute at once), kept as bench/results/realtime_burst.json",
+    )
     parser.add_argument("--load", nargs=4, metavar=("URL", "PLAN", "OUT", "CLIENTS"))
     args = parser.parse_args(argv)
     if args.load:
         url, plan_path, out_path, clients = args.load
         plan = json.loads(await asyncio.to_thread(Path(plan_path).read_text))
-        receipts = await load_process(url, plan, int(clients))
+        receipts = await load_process(url, plan["entries"], int(clients), plan["fetch"])
         await asyncio.to_thread(Path(out_path).write_text, json.dumps(receipts))
+        return
+    if args.burst:
+        burst = await fan_out(BURST_CLIENTS, BURST_SESSIONS, BURST_ROUNDS)
+        emit("realtime_burst", {"benchmark": "realtime_burst", "fan_out": burst})
         return
     parts = args.parts.split(",")
     result: dict[str, Any] = {"benchmark": "realtime", "batches": args.batches}
@@ -420,6 +572,8 @@ async def main(argv: Sequence[str]) -> None:
         result["scaled_out"] = await scaled_out(args.batches)
     if "fan_out" in parts:
         result["fan_out"] = await fan_out(args.clients, args.sessions, args.rounds)
+    if "fan_out_fetch" in parts:
+        result["fan_out_fetch"] = await fan_out_fetch(args.clients, args.sessions, args.rounds)
     emit("realtime", result)
 
 

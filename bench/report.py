@@ -125,6 +125,45 @@ def _telemetry_insights(r: dict[str, Any]) -> Iterator[Row]:
             )
 
 
+def _incremental(r: dict[str, Any]) -> Iterator[Row]:
+    share_max = targets.DELTA_OVER_FULL_BYTES_MAX
+    flat_max = targets.INCREMENTAL_DAY_OVER_HOUR_MAX
+    cheaper_min = targets.FULL_OVER_INCREMENTAL_AT_DAY_MIN
+    for backend in ("sqlite", "postgres"):
+        b = r.get(backend)
+        if not b:
+            continue
+        for hours in (1, 4, 24):
+            s = b[f"session_{hours}h"]
+            yield Row(
+                f"Live update, {backend}, {hours} h session ({s['resolution']}), "
+                "incremental compute",
+                _ms(s["incremental_compute"]),
+                f"full recompute: {_ms(s['full_compute'])}",
+                f"{s['full_over_incremental_p50']:.1f}× cheaper at p50",
+            )
+            share = s["delta_over_full_p50"]
+            yield Row(
+                f"Live update, {backend}, {hours} h session, delta bytes",
+                f"p50 {s['delta_bytes']['p50']:,.0f} B (max {s['delta_bytes']['max']:,} B)",
+                f"full payload: {s['full_payload_bytes']['p50']:,.0f} B",
+                f"{share:.1%} of full",
+                (Check(f"≤ {share_max:.0%} of full", share <= share_max),),
+            )
+        t = b["targets"]
+        flat, cheaper = t["day_over_hour_incremental_p50"], t["full_over_incremental_at_24h_p50"]
+        yield Row(
+            f"Live update, {backend}, 24 h vs 1 h session",
+            f"incremental p50 at 24 h: ×{flat:.2f} the 1 h one",
+            f"full at 24 h: ×{cheaper:.1f} the incremental",
+            f"×{flat:.2f} / ×{cheaper:.1f}",
+            (
+                Check(f"≤ {flat_max:g}× the 1 h cost", flat <= flat_max),
+                Check(f"≥ {cheaper_min:g}× cheaper than full", cheaper >= cheaper_min),
+            ),
+        )
+
+
 def _queue(r: dict[str, Any]) -> Iterator[Row]:
     live = r["live_freshness_commit_to_ready"]
     yield Row(
@@ -158,12 +197,40 @@ def _realtime(r: dict[str, Any]) -> Iterator[Row]:
             f"{m['ingest_to_client']['p50_ms'] - base['p50_ms']:+.2f} ms at p50",
             (Check(f"p99 < {ceiling:g} ms, none missed", p99 < ceiling and m["missed"] == 0),),
         )
+    yield _fan_out(r["fan_out"], "Fan-out")
+    if "fan_out_fetch" in r:
+        yield _fan_out_fetch(r["fan_out_fetch"])
+
+
+def _fan_out_fetch(f: dict[str, Any]) -> Row:
+    full, delta = f["full"], f["delta"]
+    ratio = f["cpu_per_update_delta_over_full"]
+    ceiling = targets.FETCH_CPU_PER_UPDATE_DELTA_OVER_FULL_MAX
+    return Row(
+        f"Fan-out with a fetch per update, {f['clients']:,} clients over {f['sessions']} "
+        f"sessions live for {f['history_minutes']} min: server CPU per update, deltas",
+        f"{delta['server_cpu_ms']['per_update']:.1f} ms ({delta['fetches']['count']:,} fetches,"
+        f" p50 {delta['fetches']['bytes']['p50']:,.0f} B)",
+        f"full payloads: {full['server_cpu_ms']['per_update']:.1f} ms"
+        f" ({full['fetches']['count']:,} fetches, p50 {full['fetches']['bytes']['p50']:,.0f} B)",
+        f"{ratio:.2f}×",
+        (Check(f"< {ceiling:g}× (must drop)", ratio < ceiling),),
+    )
+
+
+def _realtime_burst(r: dict[str, Any]) -> Iterator[Row]:
     f = r["fan_out"]
+    ceiling = targets.BURST_INGEST_TO_CLIENT_P99_MAX_MS
+    p99 = f["delivery_ingest_sent_to_client"]["p99_ms"]
+    yield _fan_out(f, "Burst", Check(f"p99 < {ceiling:g} ms", p99 < ceiling))
+
+
+def _fan_out(f: dict[str, Any], label: str, *checks: Check) -> Row:
     rss = f["server_rss_mb"]
     share = f["delivered"] / f["expected_deliveries"]
-    yield Row(
-        f"Fan-out, {f['clients']:,} clients over {f['sessions']} sessions, "
-        f"{f['ingests_sent']:,} ingests",
+    return Row(
+        f"{label}, {f['clients']:,} clients over {f['sessions']} sessions, "
+        f"{f['ingests_sent']:,} ingests (embedded)",
         f"ingest sent → client: {_ms(f['delivery_ingest_sent_to_client'])}; "
         f"spread in a room p99 {f['delivery_spread_within_room']['p99_ms']:.2f} ms",
         f"server RSS idle {rss['baseline_idle']} MB, {rss['clients_connected']} MB connected "
@@ -173,6 +240,7 @@ def _realtime(r: dict[str, Any]) -> Iterator[Row]:
             Check(
                 "every subscriber hears every ingest", share >= targets.FAN_OUT_DELIVERED_SHARE_MIN
             ),
+            *checks,
         ),
     )
 
@@ -232,8 +300,10 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], Iterator[Row]]] = {
     "import": _import,
     "telemetry": _telemetry,
     "telemetry_insights": _telemetry_insights,
+    "incremental": _incremental,
     "queue": _queue,
     "realtime": _realtime,
+    "realtime_burst": _realtime_burst,
     "soak": _soak,
 }
 

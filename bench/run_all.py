@@ -12,8 +12,10 @@ BENCHMARKS = (
     ("import",),
     ("telemetry",),
     ("telemetry", "insights"),
+    ("incremental",),
     ("queue",),
     ("realtime",),
+    ("realtime", "--burst"),
 )
 
 if __name__ == "__main__":

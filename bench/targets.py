@@ -16,8 +16,20 @@ CACHED_OVER_COMPUTE_MIN = 100.0
 COMPUTE_OVER_BARE_GROUP_BY_MAX = 1.5
 #: #13: the compute with insights against the same compute without them (same rows, same run)
 COMPUTE_WITH_OVER_WITHOUT_INSIGHTS_MAX = 1.1
+#: #12: a live update's delta, as a share of the full payload's bytes (p50)
+DELTA_OVER_FULL_BYTES_MAX = 0.05
+#: #12: the incremental compute of a 24 h live session against that of a 1 h one (p50): flat
+INCREMENTAL_DAY_OVER_HOUR_MAX = 2.0
+#: #12: the full recompute of a 24 h live session against the incremental one (p50)
+FULL_OVER_INCREMENTAL_AT_DAY_MIN = 20.0
 #: #5: ingest sent → ``session.updated`` received, p99, by deployment (no event may be missed)
 INGEST_TO_CLIENT_P99_MAX_MS = {"embedded": 250.0, "scaled_out": 500.0}
+#: #12: the burst (4,000 clients over 200 sessions, each session's compute at once): ingest sent
+#: → ``session.updated`` at every client, p99
+BURST_INGEST_TO_CLIENT_P99_MAX_MS = 250.0
+#: #12: with a fetch per update at every client, the server's CPU per update with deltas against
+#: the same run with full payloads: it must drop
+FETCH_CPU_PER_UPDATE_DELTA_OVER_FULL_MAX = 1.0
 #: #7: a soak ends with no error (non-2xx ingest, transport failure, dropped socket, missed event)
 SOAK_ERRORS_MAX = 0
 #: DESIGN.md ("pushes session.updated to every subscribed client"): in the fan-out run, the share

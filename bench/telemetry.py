@@ -59,14 +59,11 @@ from vitalcast.db.engine import Database, create_engine
 from vitalcast.errors import NotFound
 from vitalcast.observability import configure_logging
 from vitalcast.settings import Settings
-from vitalcast.telemetry.compute import (
-    AGGREGATE_SQL,
-    aggregate_rows,
-    compute_telemetry,
-    load_session,
-)
+from vitalcast.telemetry import payload as packing
+from vitalcast.telemetry.compute import aggregate_rows, assemble, load_session
 from vitalcast.telemetry.computer import TelemetryComputer
-from vitalcast.telemetry.downsample import build_metrics
+from vitalcast.telemetry.downsample import build_metrics, columns_of
+from vitalcast.telemetry.incremental import compute_view
 from vitalcast.telemetry.models import (
     ComputeOutcome,
     Resolution,
@@ -138,7 +135,7 @@ def add_compute_on_request_route(app: FastAPI) -> None:
             session = await load_session(conn, key)
             if session is None:
                 raise NotFound("Session not found.", code="SESSION_NOT_FOUND")
-            computed = await compute_telemetry(conn, session, key, parts.clock.now_ms())
+            computed = await compute_view(conn, session, key, parts.clock.now_ms(), None)
         body = unpack(computed.blob).json(catalog.DEFAULT_CODES)
         return Response(answer_json("ready", telemetry=body), media_type="application/json")
 
@@ -219,7 +216,7 @@ async def answer_pair(
         async with parts.db.read() as conn:
             session = await load_session(conn, key)
             assert session is not None
-            result = await compute_telemetry(conn, session, key, parts.clock.now_ms())
+            result = await compute_view(conn, session, key, parts.clock.now_ms(), None)
         answer_json("ready", telemetry=unpack(result.blob).json(catalog.DEFAULT_CODES))
 
     return compare(await timed(cached, gets, warmup=100), await timed(computed, computes))
@@ -245,28 +242,19 @@ async def compute_floor(
     window = TelemetryWindow.of(
         start_ms=start_ms, end_ms=end_ms, live=False, window_minutes=60, bucket_ms=MINUTE, now_ms=0
     )
-    params = {
-        "window_start": window.start_ms,
-        "window_end": window.end_ms,
-        "bucket_ms": MINUTE,
-        "session_start": start_ms,
-        "session_end": end_ms,
-        "user_id": user_id,
-        "metrics": list(catalog.ALL_CODES),
-    }
     local = build_local_computes(Settings(database_url=url, secret="bench"))
     computer: TelemetryComputer = local.computer
     try:
 
         async def bare() -> None:
             async with db.read() as conn:
-                (await conn.execute(AGGREGATE_SQL, params)).all()
+                await aggregate_rows(conn, user_id, window, MINUTE)
 
         async def compute() -> None:
             async with db.read() as conn:
                 session = await load_session(conn, key)
                 assert session is not None
-                await compute_telemetry(conn, session, key, SystemClock().now_ms())
+                await compute_view(conn, session, key, SystemClock().now_ms(), None)
 
         async def leased() -> None:
             async with db.write() as conn:
@@ -365,7 +353,7 @@ async def day_session(url: str, user_id: str, session_id: str, start_ms: int, ru
             async with db.read() as conn:
                 session = await load_session(conn, key)
                 assert session is not None
-                await compute_telemetry(conn, session, key, SystemClock().now_ms())
+                await compute_view(conn, session, key, SystemClock().now_ms(), None)
 
         fetched: list[Any] = []
 
@@ -433,9 +421,17 @@ async def insights_cost(
             """Wall time, and CPU time of this (the event loop's) thread, in ms."""
             started, cpu_started = time.perf_counter(), time.thread_time()
             async with db.read() as conn:
-                await compute_telemetry(
-                    conn, session, key, SystemClock().now_ms(), with_insights=with_insights
+                # a full compute: the GROUP BY, the assembly and the packing (no partials kept)
+                fresh = await aggregate_rows(conn, user_id, window, resolution.bucket_ms)
+                assembled = assemble(
+                    session,
+                    key,
+                    window,
+                    columns_of(fresh),
+                    SystemClock().now_ms(),
+                    with_insights=with_insights,
                 )
+                packing.pack(assembled.document, assembled.metrics)
             return (
                 (time.perf_counter() - started) * 1000,
                 (time.thread_time() - cpu_started) * 1000,
@@ -458,7 +454,7 @@ async def insights_cost(
     finally:
         await db.dispose()
 
-    def assemble(with_insights: bool) -> float:
+    def assembly(with_insights: bool) -> float:
         started = time.perf_counter()
         build_metrics(rows, window, resolution.bucket_ms, with_insights=with_insights)
         return (time.perf_counter() - started) * 1000
@@ -466,8 +462,8 @@ async def insights_cost(
     assembly_with: list[float] = []
     assembly_without: list[float] = []
     for _ in range(200):  # interleaved too
-        assembly_with.append(assemble(True))
-        assembly_without.append(assemble(False))
+        assembly_with.append(assembly(True))
+        assembly_without.append(assembly(False))
     ratios = [w / wo for w, wo in zip(with_ms, without_ms, strict=True)]
     return {
         "resolution": resolution.value,

@@ -12,8 +12,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tests.waits import eventually
 from vitalcast.sessions.models import Session
-from vitalcast.telemetry.compute import Aggregator, compute_telemetry
-from vitalcast.telemetry.models import ComputedTelemetry, TelemetryKey, TelemetryUpdate
+from vitalcast.telemetry.compute import Aggregator
+from vitalcast.telemetry.incremental import compute_view
+from vitalcast.telemetry.models import (
+    ComputedTelemetry,
+    StoredView,
+    TelemetryKey,
+    TelemetryUpdate,
+)
 
 
 class RecordingListener:
@@ -33,31 +39,39 @@ class BrokenListener:
         raise RuntimeError("the realtime layer is down")
 
 
-def held_aggregator(hold_ms: int, aggregate: Aggregator = compute_telemetry) -> Aggregator:
+def held_aggregator(hold_ms: int, aggregate: Aggregator = compute_view) -> Aggregator:
     """``aggregate`` that first sleeps ``hold_ms`` while the lease is held, so a test can kill a
     worker in the middle of a compute."""
 
     async def held(
-        conn: AsyncConnection, session: Session, key: TelemetryKey, now_ms: int
+        conn: AsyncConnection,
+        session: Session,
+        key: TelemetryKey,
+        now_ms: int,
+        stored: StoredView | None,
     ) -> ComputedTelemetry:
         await asyncio.sleep(hold_ms / 1000)
-        return await aggregate(conn, session, key, now_ms)
+        return await aggregate(conn, session, key, now_ms, stored)
 
     return held
 
 
-def gated_aggregator(gate: Path, aggregate: Aggregator = compute_telemetry) -> Aggregator:
+def gated_aggregator(gate: Path, aggregate: Aggregator = compute_view) -> Aggregator:
     """``aggregate`` that first waits, lease held, until the file ``gate`` exists: the test lets
     computes finish when it is ready, however slow the machine, instead of guessing a hold."""
 
     async def gated(
-        conn: AsyncConnection, session: Session, key: TelemetryKey, now_ms: int
+        conn: AsyncConnection,
+        session: Session,
+        key: TelemetryKey,
+        now_ms: int,
+        stored: StoredView | None,
     ) -> ComputedTelemetry:
         async def opened() -> bool:
             return await asyncio.to_thread(gate.exists)
 
         await eventually(opened, what=f"the test created {gate}", timeout_s=300)
-        return await aggregate(conn, session, key, now_ms)
+        return await aggregate(conn, session, key, now_ms, stored)
 
     return gated
 
@@ -65,15 +79,20 @@ def gated_aggregator(gate: Path, aggregate: Aggregator = compute_telemetry) -> A
 class FailingFirst:
     """An aggregate that raises on its first ``failures`` calls, then is ``aggregate``."""
 
-    def __init__(self, failures: int, aggregate: Aggregator = compute_telemetry) -> None:
+    def __init__(self, failures: int, aggregate: Aggregator = compute_view) -> None:
         self._aggregate = aggregate
         self.failures = failures
         self.calls = 0
 
     async def __call__(
-        self, conn: AsyncConnection, session: Session, key: TelemetryKey, now_ms: int
+        self,
+        conn: AsyncConnection,
+        session: Session,
+        key: TelemetryKey,
+        now_ms: int,
+        stored: StoredView | None,
     ) -> ComputedTelemetry:
         self.calls += 1
         if self.calls <= self.failures:
             raise RuntimeError("injected compute failure")
-        return await self._aggregate(conn, session, key, now_ms)
+        return await self._aggregate(conn, session, key, now_ms, stored)

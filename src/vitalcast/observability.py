@@ -79,6 +79,12 @@ class Metrics:
             ["outcome", "reason"],
             registry=r,
         )
+        self.compute_paths = Counter(
+            "vitalcast_compute_paths",
+            "Saved computes by how they got their rows: incremental, or full and why.",
+            ["path"],
+            registry=r,
+        )
         self.compute_seconds = Histogram(
             "vitalcast_compute_seconds",
             "Duration of one telemetry compute, by the reason it was scheduled for.",

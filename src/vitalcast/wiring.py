@@ -39,9 +39,10 @@ from vitalcast.realtime.subscriptions import SubscriptionRegistry
 from vitalcast.sessions.changes import NO_LISTENER, ChangeFanout, ChangeListener
 from vitalcast.sessions.service import SessionService
 from vitalcast.settings import Settings
-from vitalcast.telemetry.compute import Aggregator, compute_telemetry
+from vitalcast.telemetry.compute import Aggregator
 from vitalcast.telemetry.computer import TelemetryComputer
 from vitalcast.telemetry.coordinator import BoundedComputeCoordinator
+from vitalcast.telemetry.incremental import compute_view
 from vitalcast.telemetry.insights_service import InsightsService
 from vitalcast.telemetry.live_ticks import LiveTicker
 from vitalcast.telemetry.models import Subscriptions, TelemetryListener
@@ -202,7 +203,7 @@ def _computer(
         metrics,
         seams.telemetry_listener or listener,
         lease_ms=lease_ms,
-        aggregator=seams.aggregator or compute_telemetry,
+        aggregator=seams.aggregator or compute_view,
     )
 
 

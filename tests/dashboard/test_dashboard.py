@@ -134,7 +134,8 @@ async def test_past_session_is_drawn_with_its_gap_as_a_break(served, browser, tm
 
 async def test_live_session_redraws_after_ingest_without_reload(served, browser):
     """With a live session open, a new sync of samples reaches the chart through session.updated
-    and a conditional GET: new buckets appear, the canvas changes, the page is not reloaded."""
+    and a delta GET: new buckets appear, the canvas changes, the page is not reloaded, and the
+    payload the page rebuilt from the delta is the one the server holds."""
     token = served.token("dash-live")
     live = await start_live(served.url, token, hold_back_ms=3 * MINUTE_MS)
     await wait_ready(served.url, token, live.id)
@@ -164,6 +165,16 @@ async def test_live_session_redraws_after_ingest_without_reload(served, browser)
     assert after["last_x"] >= before["last_x"] + 120
     assert await page.evaluate(CANVAS_DIGEST, "heart_rate") != digest_before
     assert (await page.text_content("#freshness")).startswith("live")
+    assert await page.evaluate("() => window.vitalcast.state.deltasApplied") >= 1
+    drawn = await page.evaluate("() => window.vitalcast.state.current.payload")
+    async with httpx.AsyncClient(base_url=served.url, timeout=10.0) as http:
+        held = await http.get(
+            f"/api/v1/sessions/{live.id}/telemetry",
+            params={"window_minutes": 60, "resolution": "auto", "metrics": "all"},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    assert held.json()["telemetry"]["source_watermark"] == drawn["source_watermark"]
+    assert drawn == held.json()["telemetry"]
     assert tab.errors == [] and tab.console_errors == []
 
 

@@ -95,6 +95,7 @@ def updated_fields(session_id: str, source_watermark: int, **changes: Any) -> di
         "live": True,
         "changed_from_ms": None,
         "changed_to_ms": None,
+        "base_watermark": None,
     } | changes
 
 

@@ -86,6 +86,7 @@ async def test_ingest_pushes_session_updated_and_get_is_ready(
         "computed_at_ms",
         "live",
         "changed",
+        "base_watermark",
     }
     body = await telemetry(live.url, token, session["id"])
     assert body["state"] == "ready"

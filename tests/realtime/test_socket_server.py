@@ -230,6 +230,7 @@ async def test_session_updated_envelope_reaches_only_the_room(
         "computed_at_ms": 1_700_000_000_000,
         "live": True,
         "changed": {"from_ms": 1_699_999_000_000, "to_ms": 1_699_999_060_000},
+        "base_watermark": None,
     }
     broadcast_updated(live, second["id"], 44)
     assert await other.before("session.updated", lambda e: e["session_id"] == second["id"]) == []

@@ -125,15 +125,21 @@ def scenarios(draw: st.DrawFn) -> Scenario:
     )
 
 
+def _total(values: list[float]) -> float:
+    """Sums and means count every value in micro-units, floor(v × 10^6 + 0.5): exact and the same
+    in any order, so that an incremental compute can equal a full one byte for byte."""
+    return sum(math.floor(v * 1_000_000 + 0.5) for v in values) / 1_000_000
+
+
 def _stats(values: list[float], cumulative: bool) -> dict[str, Any]:
     if cumulative:
-        return {"sum": sum(values), "count": len(values)}
+        return {"sum": _total(values), "count": len(values)}
     if not values:
         return {"min": None, "max": None, "mean": None, "count": 0}
     return {
         "min": min(values),
         "max": max(values),
-        "mean": sum(values) / len(values),
+        "mean": _total(values) / len(values),
         "count": len(values),
     }
 
@@ -167,9 +173,9 @@ def expected_metrics(
         indexes = sorted(buckets)
         series: dict[str, Any] = {"t": [window_start + i * bucket for i in indexes]}
         if cumulative:
-            series["sum"] = [sum(buckets[i]) for i in indexes]
+            series["sum"] = [_total(buckets[i]) for i in indexes]
         else:
-            series["mean"] = [sum(buckets[i]) / len(buckets[i]) for i in indexes]
+            series["mean"] = [_total(buckets[i]) / len(buckets[i]) for i in indexes]
             series["min"] = [min(buckets[i]) for i in indexes]
             series["max"] = [max(buckets[i]) for i in indexes]
         series["count"] = [len(buckets[i]) for i in indexes]

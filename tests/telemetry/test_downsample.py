@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import orjson
 import pytest
 
@@ -16,8 +18,9 @@ ENDED = TelemetryWindow(WS, WS + 180 * MIN, WS + 60 * MIN, WS + 120 * MIN, 60)
 
 
 def row(metric: str, bucket: int, phase: int, values: list[float], times: list[int]):
-    """One GROUP BY row built from the samples it stands for."""
-    return (metric, bucket, phase, len(values), sum(values), min(values), max(values),
+    """One GROUP BY row built from the samples it stands for (the sum in micro-units)."""
+    micro = sum(math.floor(v * 1_000_000 + 0.5) for v in values)
+    return (metric, bucket, phase, len(values), micro, min(values), max(values),
             min(times), max(times))  # fmt: skip
 
 

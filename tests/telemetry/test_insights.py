@@ -4,6 +4,8 @@ sparse metric does. test_insights_reference checks every insight end to end."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from vitalcast.catalog import BY_CODE, METRICS, MetricKind
@@ -18,7 +20,7 @@ WINDOW = TelemetryWindow(WS, WS + 160 * MIN, WS + 60 * MIN, WS + 100 * MIN, 60)
 
 def rows_of(metric: str, samples: list[tuple[int, float]], window: TelemetryWindow = WINDOW):
     """The GROUP BY rows (1-minute buckets) of ``samples`` given as (minute from the window
-    start, value), each sample 10 s into its minute."""
+    start, value), each sample 10 s into its minute; sums in micro-units, as the SQL gives them."""
     groups: dict[tuple[int, int], list[tuple[int, float]]] = {}
     end = window.end_ms if window.session_end_ms is None else window.session_end_ms
     for minute, value in samples:
@@ -26,7 +28,8 @@ def rows_of(metric: str, samples: list[tuple[int, float]], window: TelemetryWind
         phase = 0 if t < window.session_start_ms else 1 if t < end else 2
         groups.setdefault(((t - window.start_ms) // MIN, phase), []).append((t, value))
     return [
-        (metric, bucket, phase, len(g), sum(v for _t, v in g), min(v for _t, v in g),
+        (metric, bucket, phase, len(g), sum(math.floor(v * 1_000_000 + 0.5) for _t, v in g),
+         min(v for _t, v in g),
          max(v for _t, v in g), min(t for t, _v in g), max(t for t, _v in g))
         for (bucket, phase), g in sorted(groups.items())
     ]  # fmt: skip

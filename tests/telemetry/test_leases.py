@@ -19,13 +19,15 @@ from vitalcast.observability import Metrics
 from vitalcast.sessions.models import Session
 from vitalcast.settings import Settings
 from vitalcast.telemetry.cache import SessionTelemetryCacheRepository
-from vitalcast.telemetry.compute import Aggregator, compute_telemetry
+from vitalcast.telemetry.compute import Aggregator
 from vitalcast.telemetry.computer import TelemetryComputer
+from vitalcast.telemetry.incremental import compute_view
 from vitalcast.telemetry.models import (
     ComputedTelemetry,
     ComputeOutcome,
     Resolution,
     ScheduleReason,
+    StoredView,
     TelemetryKey,
 )
 
@@ -39,7 +41,7 @@ async def node(
     owner_id: str,
     *,
     lease_ms: int = 30_000,
-    aggregator: Aggregator = compute_telemetry,
+    aggregator: Aggregator = compute_view,
 ) -> AsyncIterator[TelemetryComputer]:
     """Another process's telemetry computer on the same database (it tells nobody)."""
     db = Database(create_engine(settings.resolved_database_url))
@@ -81,9 +83,14 @@ class StalledCompute:
         self.wake_up = asyncio.Event()
 
     async def __call__(
-        self, conn: AsyncConnection, session: Session, key: TelemetryKey, now_ms: int
+        self,
+        conn: AsyncConnection,
+        session: Session,
+        key: TelemetryKey,
+        now_ms: int,
+        stored: StoredView | None,
     ) -> ComputedTelemetry:
-        computed = await compute_telemetry(conn, session, key, now_ms)
+        computed = await compute_view(conn, session, key, now_ms, stored)
         self.aggregated.set()
         await self.wake_up.wait()
         return computed

@@ -47,6 +47,7 @@ async def _live_and_empty_sessions(tc, users, recorder: RecordingListener) -> No
             "live",
             "changed_from_ms",
             "changed_to_ms",
+            "base_watermark",
         }
 
 

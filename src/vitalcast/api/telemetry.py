@@ -55,9 +55,19 @@ async def get_telemetry(
             json_schema_extra=_METRICS,
         ),
     ] = None,
+    since_watermark: Annotated[
+        int | None,
+        Query(
+            ge=0,
+            le=2**63 - 1,
+            description="Watermark of the payload the client holds: a ready answer is then "
+            "`{state, delta}` when the server can express the change, else the full payload.",
+        ),
+    ] = None,
     if_none_match: Annotated[str | None, Header(max_length=1000)] = None,
 ) -> Response:
-    """Session telemetry ``{state, retry_after_seconds?, error?, telemetry}``."""
+    """Session telemetry ``{state, retry_after_seconds?, error?, telemetry}``, or ``{state,
+    delta}`` for a client that sent ``since_watermark``."""
     service = parts.telemetry
     answer = await service.get(
         user.user_id,
@@ -66,6 +76,7 @@ async def get_telemetry(
         resolution=resolution,
         metrics=None if metrics is None else metrics.split(","),
         if_none_match=if_none_match,
+        since_watermark=since_watermark,
     )
     headers = {"Cache-Control": _NO_STORE}
     if answer.etag is not None:

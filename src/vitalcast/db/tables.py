@@ -113,3 +113,35 @@ telemetry_cache = sa.Table(
     sa.Column("updated_at_ms", sa.BigInteger, nullable=False),
     sa.CheckConstraint("status in ('computing', 'ready', 'no_data', 'failed')", name="status"),
 )
+
+# Beside each cached payload, saved in the same transaction: what the next compute of the view
+# starts from and what a delta is built from. A table of its own so that the frequent small
+# updates of a cache row (leases) never rewrite these blobs (SQLite rewrites a whole record).
+telemetry_partials = sa.Table(
+    "telemetry_partials",
+    metadata,
+    sa.Column("session_id", sa.String(36), sa.ForeignKey("sessions.id"), primary_key=True),
+    sa.Column("window_minutes", sa.Integer, primary_key=True),
+    sa.Column("resolution", sa.String(8), primary_key=True),
+    sa.Column("compute_version", sa.Integer, primary_key=True),
+    # The GROUP BY rows behind the payload (telemetry/partials.py).
+    sa.Column("partials", sa.LargeBinary, nullable=False),
+    # The view's saves and what each changed (telemetry/history.py).
+    sa.Column("history", sa.LargeBinary, nullable=False),
+)
+
+# The invalidation log: per session and change, the sample times it changed. Every move of a
+# session's watermark writes its entry in the same transaction, chained to the watermark before
+# it, so a compute can prove it has seen every change between two watermarks (or see a hole).
+session_changes = sa.Table(
+    "session_changes",
+    metadata,
+    sa.Column("session_id", sa.String(36), sa.ForeignKey("sessions.id"), primary_key=True),
+    # The session's new watermark (the user's change_seq of the change).
+    sa.Column("change_seq", sa.BigInteger, primary_key=True),
+    # The session's watermark before this change: the link of the chain.
+    sa.Column("prev_seq", sa.BigInteger, nullable=False),
+    # Packed [lo, hi) ranges of changed sample times (sessions/changelog.py); NULL: the whole
+    # session changed (end, cancel, edit).
+    sa.Column("ranges", sa.LargeBinary, nullable=True),
+)

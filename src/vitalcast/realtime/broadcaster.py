@@ -54,8 +54,10 @@ def user_room(user_id: str) -> str:
 
 
 def session_updated_event(update: TelemetryUpdate) -> dict[str, Any]:
-    """The ``session.updated`` envelope of DESIGN.md (v1). ``changed`` bounds are null when the
-    compute does not know which time range moved."""
+    """The ``session.updated`` envelope of DESIGN.md (v1): ``changed`` is the range of buckets
+    whose series changed since the view's previous save (null bounds: unknown), and
+    ``base_watermark`` that save's watermark (null: none), so a client holding it can ask for a
+    delta (``GET …/telemetry?since_watermark=``)."""
     return {
         "v": EVENT_VERSION,
         "type": SESSION_UPDATED,
@@ -67,6 +69,7 @@ def session_updated_event(update: TelemetryUpdate) -> dict[str, Any]:
         "computed_at_ms": update.computed_at_ms,
         "live": update.live,
         "changed": {"from_ms": update.changed_from_ms, "to_ms": update.changed_to_ms},
+        "base_watermark": update.base_watermark,
     }
 
 

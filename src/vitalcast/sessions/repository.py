@@ -1,9 +1,12 @@
 """Core queries on users and sessions. Every function takes the caller's connection, so the caller
-decides the transaction; nothing here commits."""
+decides the transaction; nothing here commits.
+
+Wherever a session's watermark moves, its change-log entry is written here too (``changelog``),
+so no caller can move one without the other.
+"""
 
 from __future__ import annotations
 
-import bisect
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
@@ -12,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vitalcast.db.tables import sessions, users
+from vitalcast.sessions import changelog
 from vitalcast.sessions.models import WIDEST_PAD_MS, Session, SessionStatus
 
 
@@ -125,8 +129,16 @@ async def close(
     end_ms: int,
     now_ms: int,
 ) -> Session:
-    """End or cancel ``session``; the change bumps the user's change_seq into its watermark."""
+    """End or cancel ``session``; the change bumps the user's change_seq into its watermark and
+    logs the whole session as changed."""
     seq = await next_change_seq(conn, session.user_id)
+    # Read under the user's row lock (taken by next_change_seq), which every watermark move holds.
+    previous = await conn.scalar(
+        sa.select(sessions.c.source_watermark).where(sessions.c.id == session.id)
+    )
+    await changelog.record(
+        conn, [changelog.LogEntry(session.id, seq, int(previous or 0), ranges=None)]
+    )
     await conn.execute(
         sa.update(sessions)
         .where(sessions.c.id == session.id)
@@ -168,10 +180,12 @@ async def bump_watermarks(
     now_ms: int,
 ) -> list[Session]:
     """Set ``source_watermark = change_seq`` on every session of the user whose widest window holds
-    at least one of ``changed_times_ms`` (old and new sample times); return those sessions.
+    at least one of ``changed_times_ms`` (old and new sample times), log the times each one got
+    (one multi-row insert), and return those sessions.
 
     Precision is per time, not per batch range: two samples far apart do not stale every session
-    between them.
+    between them. The caller holds the user's row lock, so the watermarks read here are the ones
+    being replaced.
     """
     times: Sequence[int] = sorted(set(changed_times_ms))
     if not times:
@@ -187,16 +201,20 @@ async def bump_watermarks(
         )
     ).all()
     touched: list[Session] = []
+    entries: list[changelog.LogEntry] = []
     for row in candidates:
         session = Session.from_row(row)
-        window_lo, window_hi = session.widest_window(now_ms)
-        index = bisect.bisect_left(times, window_lo)
-        if index < len(times) and times[index] < window_hi:
+        ranges = changelog.ranges_of(times, *session.widest_window(now_ms))
+        if ranges:
             touched.append(session)
+            entries.append(
+                changelog.LogEntry(session.id, change_seq, session.source_watermark, ranges)
+            )
     if touched:
         await conn.execute(
             sa.update(sessions)
             .where(sessions.c.id.in_([s.id for s in touched]))
             .values(source_watermark=change_seq)
         )
+        await changelog.record(conn, entries)
     return [replace(s, source_watermark=change_seq) for s in touched]

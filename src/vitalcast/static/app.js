@@ -4,10 +4,12 @@
 // The bearer token comes from the URL fragment (#token=…, never sent to a server), is kept in
 // sessionStorage (this tab only) and travels only in the Authorization header and in the
 // Socket.IO auth packet. Socket.IO events are hints: on session.updated the page re-GETs the
-// telemetry with If-None-Match, so an unchanged payload costs a 304.
+// telemetry with If-None-Match (an unchanged payload costs a 304) and the watermark of the
+// payload it holds, so the server can answer with a delta (deltas.js) instead of the payload.
 import {
   COLORS, METRIC_ORDER, chartData, chartHeight, chartWidth, createChart, followNow, renderPhaseTable, summary,
 } from './charts.js';
+import { applyDelta } from './deltas.js';
 import { el, fmtClock, fmtDay, sessionSpan } from './format.js';
 import { comparedValue, renderHistory, renderStrip } from './insights.js';
 
@@ -35,6 +37,7 @@ const state = {
   reconnectAttempt: 0,
   renders: 0,
   updatesReceived: 0,
+  deltasApplied: 0,
   exports: 0,
 };
 // Metric code → {u: uPlot, card, kind}. Exposed (with state) for devtools and the browser test.
@@ -260,6 +263,10 @@ async function loadTelemetry() {
     const query = new URLSearchParams({
       window_minutes: String(state.windowMinutes), resolution: 'auto', metrics: 'all',
     });
+    // The payload a delta would apply to: the one drawn, if it is a ready one of this window.
+    const base = cur.state === 'ready' && cur.payload
+      && cur.payload.window.window_minutes === state.windowMinutes ? cur.payload : null;
+    if (base) query.set('since_watermark', String(base.source_watermark));
     const headers = cur.etag ? { 'If-None-Match': cur.etag } : {};
     const response = await api(`/api/v1/sessions/${encodeURIComponent(cur.id)}/telemetry?${query}`, headers);
     if (cur !== state.current) return;
@@ -278,9 +285,18 @@ async function loadTelemetry() {
       retryMs = retryAfterMs(response, body);
     } else if (response.ok) {
       const body = await response.json();
+      const payload = body.delta ? applyDelta(base, body.delta) : body.telemetry;
+      if (body.delta && (!payload || cur.payload !== base)) {
+        // Not a delta for what is drawn: ask for the whole payload.
+        cur.etag = null;
+        cur.payload = null;
+        cur.again = true;
+        return;
+      }
       cur.state = body.state;
       cur.etag = body.state === 'ready' || body.state === 'no_data' ? response.headers.get('ETag') : null;
-      if (body.telemetry) render(body.telemetry);
+      if (body.delta) state.deltasApplied += 1;
+      if (payload) render(payload);
       if (body.state === 'no_data') setNotice('No samples in this window yet.');
       else if (body.state === 'failed' && body.error) setNotice(`Telemetry is delayed (${body.error.code}); retrying.`);
       else setNotice(null);

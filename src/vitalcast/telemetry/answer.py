@@ -7,6 +7,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import orjson
+
 from vitalcast import catalog
 from vitalcast.errors import InvalidInput
 from vitalcast.telemetry.models import (
@@ -46,6 +48,9 @@ class TelemetryAnswer:
     error_code: str | None = None
     etag: str | None = None
     not_modified: bool = False
+    #: the JSON delta from the client's watermark to the current payload (``history``); when
+    #: set, the body carries it instead of the payload
+    delta: bytes | None = None
 
     @property
     def http_status(self) -> int:
@@ -55,6 +60,10 @@ class TelemetryAnswer:
 
     def body(self) -> bytes:
         """The JSON body, joined from the stored bytes (nothing is re-encoded)."""
+        if self.delta is not None:
+            return b"".join(
+                (b'{"state":', orjson.dumps(self.state.value), b',"delta":', self.delta, b"}")
+            )
         error = None
         if self.error_code is not None:
             error = {"code": self.error_code, "message": ERROR_MESSAGES[self.error_code]}

@@ -21,9 +21,15 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from vitalcast.db.tables import sessions, telemetry_cache
+from vitalcast.db.tables import sessions, telemetry_cache, telemetry_partials
 from vitalcast.sessions.models import SessionStatus
-from vitalcast.telemetry.models import CacheState, ComputedTelemetry, Resolution, TelemetryKey
+from vitalcast.telemetry.models import (
+    CacheState,
+    ComputedTelemetry,
+    Resolution,
+    StoredView,
+    TelemetryKey,
+)
 
 #: first retry delay after a failed compute; doubles per attempt up to BACKOFF_MAX_MS
 BACKOFF_BASE_MS = 1_000
@@ -121,6 +127,18 @@ _ROW_COLUMNS = (
 def _cache_row(values: Sequence[Any]) -> CacheRow:
     row = CacheRow(*values)
     return replace(row, status=CacheState(row.status))
+
+
+p = telemetry_partials.c
+
+
+def _same_view() -> Any:
+    return sa.and_(
+        p.session_id == c.session_id,
+        p.window_minutes == c.window_minutes,
+        p.resolution == c.resolution,
+        p.compute_version == c.compute_version,
+    )
 
 
 def _key(key: TelemetryKey) -> Any:
@@ -243,16 +261,21 @@ class SessionTelemetryCacheRepository:
         into the freshness lag when that change predates our watermark read; it is cleared when
         the saved watermark is current, else it restarts at our read (a change arrived since).
         """
+        watermark_now = (
+            sa.select(sessions.c.source_watermark)
+            .where(sessions.c.id == key.session_id)
+            .scalar_subquery()
+        )
         current = (
             await conn.execute(
-                sa.select(c.lease_owner, c.stale_since_ms).where(_key(key)).with_for_update()
+                sa.select(c.lease_owner, c.stale_since_ms, watermark_now)
+                .where(_key(key))
+                .with_for_update(of=telemetry_cache)
             )
         ).first()
         if current is None or current.lease_owner != owner:
             return SaveResult(saved=False)
-        session_watermark = await conn.scalar(
-            sa.select(sessions.c.source_watermark).where(sessions.c.id == key.session_id)
-        )
+        session_watermark = current[2]
         stale_since = current.stale_since_ms
         included = stale_since is not None and stale_since <= read_started_ms
         if session_watermark is None or session_watermark <= computed.source_watermark:
@@ -282,7 +305,30 @@ class SessionTelemetryCacheRepository:
         )
         if result.rowcount != 1:
             return SaveResult(saved=False)
+        await self._save_partials(conn, key, computed)
         return SaveResult(saved=True, lag_ms=now_ms - stale_since if included else None)
+
+    async def _save_partials(
+        self, conn: AsyncConnection, key: TelemetryKey, computed: ComputedTelemetry
+    ) -> None:
+        insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+        statement = insert(telemetry_partials).values(
+            session_id=key.session_id,
+            window_minutes=key.window_minutes,
+            resolution=key.resolution.value,
+            compute_version=key.compute_version,
+            partials=computed.partials,
+            history=computed.history,
+        )
+        await conn.execute(
+            statement.on_conflict_do_update(
+                index_elements=["session_id", "window_minutes", "resolution", "compute_version"],
+                set_={
+                    "partials": statement.excluded.partials,
+                    "history": statement.excluded.history,
+                },
+            )
+        )
 
     async def fail(
         self,
@@ -365,6 +411,32 @@ class SessionTelemetryCacheRepository:
             )
             for row in await conn.execute(query)
         ]
+
+    async def stored(self, conn: AsyncConnection, key: TelemetryKey) -> StoredView | None:
+        """What the next compute of ``key`` starts from: the payload's watermark and the partials
+        and save history stored with it (None when there is no payload)."""
+        row = (
+            await conn.execute(
+                sa.select(c.source_watermark, p.partials, p.history)
+                .select_from(telemetry_cache.outerjoin(telemetry_partials, _same_view()))
+                .where(_key(key), c.payload.is_not(None))
+            )
+        ).first()
+        return None if row is None else StoredView(row[0], row[1], row[2])
+
+    @staticmethod
+    def views_floor(session_id: str, *, compute_version: int) -> sa.ScalarSelect[Any]:
+        """The oldest watermark among the session's cached payloads at ``compute_version``, as a
+        query: the change log up to it serves no view any more (NULL: no cached payload)."""
+        return (
+            sa.select(sa.func.min(c.source_watermark))
+            .where(
+                c.session_id == session_id,
+                c.compute_version == compute_version,
+                c.payload.is_not(None),
+            )
+            .scalar_subquery()
+        )
 
     async def get(self, conn: AsyncConnection, key: TelemetryKey) -> CacheRow | None:
         row = (await conn.execute(sa.select(*_ROW_COLUMNS).where(_key(key)))).first()

@@ -1,9 +1,10 @@
 """``TelemetryComputer``: one compute of one view, under its lease.
 
-Take the lease (one conditional write), re-check freshness, aggregate, save only while still
-holding it, tell the listener; on error record the failure and its backoff. The in-process
-coordinator and the queue worker both run computes through ``compute``, which never raises: what
-happened is its ``ComputeOutcome``.
+Take the lease (one conditional write), re-check freshness, aggregate (incrementally from the
+view's stored partials where the change log allows, see ``incremental``), save only while still
+holding it, prune the change log no cached view needs any more, tell the listener; on error
+record the failure and its backoff. The in-process coordinator and the queue worker both run
+computes through ``compute``, which never raises: what happened is its ``ComputeOutcome``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import uuid
 from vitalcast.clock import Clock
 from vitalcast.db.engine import Database
 from vitalcast.observability import Metrics, get_logger
+from vitalcast.sessions import changelog
 from vitalcast.sessions.models import Session
 from vitalcast.telemetry.answer import COMPUTE_FAILED
 from vitalcast.telemetry.cache import (
@@ -25,7 +27,8 @@ from vitalcast.telemetry.cache import (
     LeaseRefusal,
     SessionTelemetryCacheRepository,
 )
-from vitalcast.telemetry.compute import Aggregator, compute_telemetry, load_session
+from vitalcast.telemetry.compute import Aggregator, load_session
+from vitalcast.telemetry.incremental import compute_view
 from vitalcast.telemetry.models import (
     CacheState,
     ComputedTelemetry,
@@ -86,7 +89,7 @@ class TelemetryComputer:
         *,
         lease_ms: int,
         owner_id: str | None = None,
-        aggregator: Aggregator = compute_telemetry,
+        aggregator: Aggregator = compute_view,
     ) -> None:
         self._db = db
         self._clock = clock
@@ -156,7 +159,8 @@ class TelemetryComputer:
                 fresh = session is not None and _lease_current(lease, session, key, read_started_ms)
                 computed = None
                 if session is not None and not fresh:
-                    computed = await self._aggregate(conn, session, key, read_started_ms)
+                    stored = await self._cache.stored(conn, key)
+                    computed = await self._aggregate(conn, session, key, read_started_ms, stored)
             if computed is None:
                 await self.release(key)
                 return ComputeOutcome.SKIPPED_FRESH if fresh else ComputeOutcome.SESSION_GONE
@@ -171,6 +175,11 @@ class TelemetryComputer:
                     compute_ms=compute_ms,
                     read_started_ms=read_started_ms,
                 )
+                if result.saved:
+                    floor = self._cache.views_floor(
+                        key.session_id, compute_version=key.compute_version
+                    )
+                    await changelog.prune(conn, key.session_id, through_seq=floor)
         except Exception as exc:
             await self._record_failure(key, lease, exc, reason)
             return ComputeOutcome.FAILED
@@ -178,6 +187,7 @@ class TelemetryComputer:
             log.warning("telemetry_lease_lost", session_id=key.session_id, reason=reason.value)
             return ComputeOutcome.LEASE_LOST
         self._metrics.computes.labels(computed.state.value, reason.value).inc()
+        self._metrics.compute_paths.labels(computed.path.value).inc()
         self._metrics.compute_seconds.labels(reason.value).observe(time.perf_counter() - started)
         if result.lag_ms is not None:
             self._metrics.freshness_lag_seconds.observe(max(result.lag_ms, 0) / 1000)
@@ -247,8 +257,9 @@ class TelemetryComputer:
             resolution=key.resolution.value,
             computed_at_ms=computed.computed_at_ms,
             live=window.live,
-            changed_from_ms=window.start_ms,
-            changed_to_ms=window.end_ms,
+            changed_from_ms=computed.changed_from_ms,
+            changed_to_ms=computed.changed_to_ms,
+            base_watermark=computed.base_watermark,
         )
         try:
             await self._listener.session_updated(update)

@@ -12,7 +12,9 @@ from vitalcast.sessions.models import WIDEST_PAD_MS, Session, SessionStatus
 # Bump when the payload's meaning changes: old cache rows are then simply never read again.
 # 2: the grid anchored at the session start, live windows fresh per bucket, coverage as time.
 # 3: every metric carries its insights.
-COMPUTE_VERSION = 3
+# 4: sums and means exact over values rounded to micro-units (order-independent, so that an
+# incremental compute is byte-identical to a full one).
+COMPUTE_VERSION = 4
 SCHEMA_VERSION = 3
 MIN_WINDOW_MINUTES = 15
 MAX_WINDOW_MINUTES = WIDEST_PAD_MS // 60_000
@@ -113,7 +115,9 @@ class TelemetryKey:
 @dataclass(frozen=True, slots=True)
 class TelemetryUpdate:
     """What a save tells the listeners (``session.updated``): ids, watermark, state and times,
-    never a health value. ``changed_*`` bound the time range that moved (None: unknown)."""
+    never a health value. ``changed_*`` bound the buckets whose series changed since the view's
+    previous save (an empty range when none did; None: unknown); ``base_watermark`` is that
+    previous save's watermark (None: no previous save a delta could start from)."""
 
     session_id: str
     source_watermark: int
@@ -124,6 +128,7 @@ class TelemetryUpdate:
     live: bool
     changed_from_ms: int | None
     changed_to_ms: int | None
+    base_watermark: int | None = None
 
 
 class Subscriptions(Protocol):
@@ -276,6 +281,30 @@ def resolve_resolution(
     return Resolution.ONE_MINUTE if span_ms <= AUTO_1M_MAX_SPAN_MS else Resolution.FIVE_MINUTES
 
 
+class ComputePath(enum.StrEnum):
+    """How a compute got its bucket rows (``vitalcast_compute_paths_total{path}``)."""
+
+    #: stored partials plus a re-aggregation of the dirty and newly reached buckets only
+    INCREMENTAL = "incremental"
+    #: full: the view had no usable partials (first compute, failed or older row)
+    FULL_NO_PARTIALS = "full_no_partials"
+    #: full: the window or its phases moved other than a live end growing
+    FULL_BOUNDS_MOVED = "full_bounds_moved"
+    #: full: the change log could not prove it holds every change since the partials
+    FULL_LOG_HOLE = "full_log_hole"
+    #: full: the log says the whole session changed (ended, cancelled, edited)
+    FULL_WHOLE_SESSION = "full_whole_session"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredView:
+    """What a view's cache row held when its lease was taken: the base of the next compute."""
+
+    source_watermark: int | None
+    partials: bytes | None
+    history: bytes | None
+
+
 @dataclass(frozen=True, slots=True)
 class ComputedTelemetry:
     """A finished compute, ready to be saved under the lease."""
@@ -286,6 +315,16 @@ class ComputedTelemetry:
     computed_at_ms: int
     raw_sample_count: int
     window: TelemetryWindow
+    #: the bucket rows behind ``blob`` (telemetry/partials.py)
+    partials: bytes
+    #: the view's saves including this one (telemetry/history.py)
+    history: bytes
+    path: ComputePath
+    #: [from, to) of the buckets whose series changed since the previous save (empty: none)
+    changed_from_ms: int
+    changed_to_ms: int
+    #: the previous save's watermark; None when there is none to build a delta from
+    base_watermark: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,6 +345,8 @@ class HotRow:
     next_attempt_ms: int | None
     #: None when there is none, or when it was not asked for
     payload: bytes | None
+    #: the payload's save history (``history``); None unless asked for (or none is kept)
+    history: bytes | None = None
 
     @property
     def live(self) -> bool:

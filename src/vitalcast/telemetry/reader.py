@@ -28,7 +28,7 @@ from vitalcast.telemetry.models import AUTO_1M_MAX_SPAN_MS, COMPUTE_VERSION, Hot
 _SQL = """
 SELECT s.status, s.start_ms, s.end_ms, s.source_watermark,
        c.resolution, c.status, c.source_watermark, c.computed_at_ms, c.error_code,
-       c.next_attempt_ms, {payload}
+       c.next_attempt_ms, {payload}, {history}
 FROM sessions s
 LEFT JOIN telemetry_cache c
   ON c.session_id = s.id
@@ -42,10 +42,18 @@ LEFT JOIN telemetry_cache c
             THEN '1m' ELSE '5m' END)
 WHERE s.id = :session_id AND s.user_id = :user_id
 """
+# the save history kept beside the payload, read in the same statement (one snapshot), so that a
+# delta is built from the history of the very payload it leads to
+_HISTORY = """(SELECT p.history FROM telemetry_partials p
+  WHERE p.session_id = c.session_id AND p.window_minutes = c.window_minutes
+    AND p.resolution = c.resolution AND p.compute_version = c.compute_version)"""
+#: what a read brings beside the session and the cache row's state: (payload, history)
+_VARIANTS = ((False, False), (True, False), (True, True))
 
 
 class CacheReader(Protocol):
-    """Runs the hot read; ``resolution`` None means auto."""
+    """Runs the hot read; ``resolution`` None means auto; ``with_history`` (for a delta) also
+    reads the payload."""
 
     async def read(
         self,
@@ -56,6 +64,7 @@ class CacheReader(Protocol):
         resolution: str | None,
         now_ms: int,
         with_payload: bool,
+        with_history: bool = False,
     ) -> HotRow | None: ...
 
     async def close(self) -> None: ...
@@ -76,8 +85,12 @@ def _params(
     }
 
 
-def _sql(with_payload: bool) -> str:
-    return _SQL.format(payload="c.payload" if with_payload else "NULL")
+def _sql(variant: tuple[bool, bool]) -> str:
+    with_payload, with_history = variant
+    return _SQL.format(
+        payload="c.payload" if with_payload else "NULL",
+        history=_HISTORY if with_history else "NULL",
+    )
 
 
 class SqliteCacheReader:
@@ -87,7 +100,7 @@ class SqliteCacheReader:
         self._path = path
         self._busy_timeout_ms = busy_timeout_ms
         self._conn: sqlite3.Connection | None = None
-        self._sql = {flag: _sql(flag) for flag in (True, False)}
+        self._sql = {variant: _sql(variant) for variant in _VARIANTS}
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -106,11 +119,12 @@ class SqliteCacheReader:
         resolution: str | None,
         now_ms: int,
         with_payload: bool,
+        with_history: bool = False,
     ) -> HotRow | None:
         row = (
             self._connection()
             .execute(
-                self._sql[with_payload],
+                self._sql[(with_payload or with_history, with_history)],
                 _params(user_id, session_id, window_minutes, resolution, now_ms),
             )
             .fetchone()
@@ -131,7 +145,7 @@ class PostgresCacheReader:
         self._max_size = max_size
         self._pool: Any = None
         self._lock = asyncio.Lock()
-        self._sql = {flag: _to_dollar(_sql(flag)) for flag in (True, False)}
+        self._sql = {variant: _to_dollar(_sql(variant)) for variant in _VARIANTS}
 
     async def _get_pool(self) -> Any:
         if self._pool is None:
@@ -153,8 +167,9 @@ class PostgresCacheReader:
         resolution: str | None,
         now_ms: int,
         with_payload: bool,
+        with_history: bool = False,
     ) -> HotRow | None:
-        sql, names = self._sql[with_payload]
+        sql, names = self._sql[(with_payload or with_history, with_history)]
         params = _params(user_id, session_id, window_minutes, resolution, now_ms)
         pool = await self._get_pool()
         row = await pool.fetchrow(sql, *(params[name] for name in names))

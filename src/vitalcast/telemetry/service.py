@@ -3,12 +3,14 @@ reads; computing lives in ``computer``, triggers in ``triggers``).
 
 ``get`` answers a request from the cache with one hot read (ownership, session watermark and
 cache row together) and decides the state of DESIGN.md "Request states"; a miss or a stale read
-schedules a compute and never waits for it. ``subscription_state`` and ``catch_up`` serve the
-realtime server's subscribe.
+schedules a compute and never waits for it. A fresh answer to a client that says which payload it
+holds (``since_watermark``) is a delta when the view's save history can express one.
+``subscription_state`` and ``catch_up`` serve the realtime server's subscribe.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 
 from vitalcast.clock import Clock
@@ -16,6 +18,7 @@ from vitalcast.db.engine import Database
 from vitalcast.errors import InvalidInput, NotFound
 from vitalcast.observability import Metrics, get_logger
 from vitalcast.sessions.models import Session
+from vitalcast.telemetry import history
 from vitalcast.telemetry.answer import (
     DATABASE_UNAVAILABLE,
     RETRY_READ_FAILED_S,
@@ -45,6 +48,8 @@ from vitalcast.telemetry.scheduling import Scheduler, schedule
 log = get_logger(__name__)
 
 _RESOLUTIONS = ("1m", "5m", "auto")
+#: built deltas kept in memory (a few KiB each at most), least recently served dropped first
+MAX_KEPT_DELTAS = 1024
 
 
 class SessionTelemetryService:
@@ -66,6 +71,7 @@ class SessionTelemetryService:
         self._reader = reader
         self.default_window_minutes = default_window_minutes
         self._cache = SessionTelemetryCacheRepository()
+        self._deltas: OrderedDict[tuple[object, ...], bytes] = OrderedDict()
         self._responses = {
             state: metrics.telemetry_responses.labels(state.value) for state in CacheState
         }
@@ -84,9 +90,11 @@ class SessionTelemetryService:
         resolution: str,
         metrics: Sequence[str] | None,
         if_none_match: str | None = None,
+        since_watermark: int | None = None,
     ) -> TelemetryAnswer:
         """The answer for one GET; raises NotFound for a session that is not the caller's and
-        InvalidInput for a bad window, resolution or metric code."""
+        InvalidInput for a bad window, resolution or metric code. With ``since_watermark`` (the
+        watermark of the payload the client holds) a ready answer is a delta when it can be."""
         codes = select_metrics(metrics)
         if not MIN_WINDOW_MINUTES <= window_minutes <= MAX_WINDOW_MINUTES:
             raise InvalidInput(
@@ -97,7 +105,10 @@ class SessionTelemetryService:
             raise InvalidInput("resolution must be 1m, 5m or auto.", code="INVALID_RESOLUTION")
         requested = None if resolution == "auto" else resolution
         now = self._clock.now_ms()
-        with_payload = not if_none_match
+        # A client that holds a payload gets a delta, built from the payload and its history
+        # read together; one that only revalidates (ETag) gets no body at all.
+        with_history = since_watermark is not None
+        with_payload = with_history or not if_none_match
         while True:
             try:
                 row = await self._reader.read(
@@ -107,6 +118,7 @@ class SessionTelemetryService:
                     resolution=requested,
                     now_ms=now,
                     with_payload=with_payload,
+                    with_history=with_history,
                 )
             except Exception as exc:
                 log.warning(
@@ -132,6 +144,10 @@ class SessionTelemetryService:
                     return self._count(
                         TelemetryAnswer(decision.state, codes, etag=etag, not_modified=True)
                     )
+            if since_watermark is not None and decision.state is CacheState.READY:
+                delta = self._delta(key, row, since_watermark, codes, etag)
+                if delta is not None:
+                    return self._count(delta)
             if _holds_payload(row) and row.payload is None:
                 with_payload = True
                 continue
@@ -153,6 +169,45 @@ class SessionTelemetryService:
                 etag=etag,
             )
         )
+
+    def _delta(
+        self,
+        key: TelemetryKey,
+        row: HotRow,
+        since_watermark: int,
+        codes: tuple[str, ...],
+        etag: str | None,
+    ) -> TelemetryAnswer | None:
+        """The ready answer as a delta from ``since_watermark``, or None when the history of the
+        view's payload (read with it) does not reach back that far. The clients watching one
+        session all ask for the same delta after an update, so built deltas are kept a while,
+        by the save they lead to (its watermark and compute time) and the one they start from."""
+        if row.payload is None or row.source_watermark is None:
+            return None
+        memo = (
+            key.session_id,
+            key.window_minutes,
+            key.resolution,
+            row.source_watermark,
+            row.computed_at_ms,
+            since_watermark,
+            codes,
+        )
+        delta = self._deltas.get(memo)
+        if delta is None:
+            try:
+                changes = history.since(history.decode(row.history), since_watermark)
+            except ValueError:
+                return None
+            if changes is None:
+                return None
+            delta = history.build_delta(unpack(row.payload), changes, since_watermark, codes)
+            self._deltas[memo] = delta
+            if len(self._deltas) > MAX_KEPT_DELTAS:
+                self._deltas.popitem(last=False)
+        else:
+            self._deltas.move_to_end(memo)
+        return TelemetryAnswer(CacheState.READY, codes, etag=etag, delta=delta)
 
     def _count(self, answer: TelemetryAnswer) -> TelemetryAnswer:
         self._responses[answer.state].inc()

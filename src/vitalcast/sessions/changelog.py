@@ -1,0 +1,133 @@
+"""The session change log: which sample times each change of a session's watermark touched.
+
+It is the invalidation log of TimescaleDB's continuous aggregates, kept per session. Every move of
+a session's watermark writes one entry in the same transaction (``sessions.repository`` does it
+wherever it moves one), keyed by the new watermark and holding the one before it. The entries of
+a session therefore form a chain, and a compute that cached a view at watermark ``a`` can prove
+it knows every change up to ``b`` by walking the chain back from ``b`` to ``a``: a pruned or
+missing entry breaks the chain, and a broken chain is never mistaken for "nothing changed".
+
+Ranges are half-open ``[lo, hi)`` of sample start times (old and new times of every change), kept
+only inside the session's widest window. Times closer together than the finest bucket are
+merged, which never marks a bucket dirty that holds no changed time: two times at most
+``MERGE_MS`` apart lie in the same bucket or in neighbouring ones.
+
+Every function runs in the caller's transaction and commits nothing.
+"""
+
+from __future__ import annotations
+
+import bisect
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from vitalcast.db.tables import session_changes
+
+#: times at most this far apart share a range (the finest bucket: 1 minute)
+MERGE_MS = 60_000
+
+c = session_changes.c
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """One change of one session: its watermark moved from ``prev_seq`` to ``change_seq``."""
+
+    session_id: str
+    change_seq: int
+    prev_seq: int
+    #: changed sample times as ``[lo, hi)`` ranges; None: the whole session changed
+    ranges: tuple[tuple[int, int], ...] | None
+
+    @property
+    def whole(self) -> bool:
+        return self.ranges is None
+
+
+def ranges_of(times: Sequence[int], lo: int, hi: int) -> tuple[tuple[int, int], ...]:
+    """The sorted ``times`` inside ``[lo, hi)`` as merged half-open ranges (see ``MERGE_MS``)."""
+    start = bisect.bisect_left(times, lo)
+    stop = bisect.bisect_left(times, hi)
+    ranges: list[tuple[int, int]] = []
+    for time in times[start:stop]:
+        if ranges and time - (ranges[-1][1] - 1) <= MERGE_MS:
+            ranges[-1] = (ranges[-1][0], time + 1)
+        else:
+            ranges.append((time, time + 1))
+    return tuple(ranges)
+
+
+def _pack(ranges: tuple[tuple[int, int], ...] | None) -> bytes | None:
+    if ranges is None:
+        return None
+    flat = [edge for pair in ranges for edge in pair]
+    return struct.pack(f"<{len(flat)}q", *flat)
+
+
+def _unpack(blob: bytes | None) -> tuple[tuple[int, int], ...] | None:
+    if blob is None:
+        return None
+    flat = struct.unpack(f"<{len(blob) // 8}q", blob)
+    return tuple(zip(flat[::2], flat[1::2], strict=True))
+
+
+async def record(conn: AsyncConnection, entries: Sequence[LogEntry]) -> None:
+    """Write ``entries`` with one multi-row INSERT (an ingest writes one per touched session)."""
+    if not entries:
+        return
+    await conn.execute(
+        sa.insert(session_changes).values(
+            [
+                {
+                    "session_id": entry.session_id,
+                    "change_seq": entry.change_seq,
+                    "prev_seq": entry.prev_seq,
+                    "ranges": _pack(entry.ranges),
+                }
+                for entry in entries
+            ]
+        )
+    )
+
+
+async def chain(
+    conn: AsyncConnection, session_id: str, *, after_seq: int, through_seq: int
+) -> list[LogEntry] | None:
+    """The session's entries from watermark ``after_seq`` (exclusive) to ``through_seq``, oldest
+    first, when the chain between them is complete; None when an entry is missing."""
+    if through_seq == after_seq:
+        return []
+    if through_seq < after_seq:
+        return None
+    rows = await conn.execute(
+        sa.select(c.change_seq, c.prev_seq, c.ranges).where(
+            c.session_id == session_id, c.change_seq > after_seq, c.change_seq <= through_seq
+        )
+    )
+    by_seq = {row.change_seq: row for row in rows}
+    walked: list[LogEntry] = []
+    seq = through_seq
+    while seq != after_seq:
+        row = by_seq.get(seq)
+        if row is None:
+            return None
+        walked.append(LogEntry(session_id, seq, row.prev_seq, _unpack(row.ranges)))
+        seq = row.prev_seq
+    walked.reverse()
+    return walked
+
+
+async def prune(
+    conn: AsyncConnection, session_id: str, *, through_seq: int | sa.ScalarSelect[Any]
+) -> None:
+    """Drop the session's entries up to ``through_seq`` (a number, or a query of one, e.g. the
+    oldest watermark of the session's cached views): no view needs them any more. A NULL
+    bound drops nothing."""
+    await conn.execute(
+        sa.delete(session_changes).where(c.session_id == session_id, c.change_seq <= through_seq)
+    )

@@ -1,0 +1,129 @@
+"""What the incremental-compute tests share: a full recompute to compare against, the cached rows
+of a session, compute paths from /metrics, and a counter of SQL statements over the samples."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.telemetry.conftest import TelemetryClient
+from vitalcast.db.tables import session_changes, telemetry_cache, telemetry_partials
+from vitalcast.telemetry.compute import load_session
+from vitalcast.telemetry.incremental import MEMO, ViewMemo, compute_view
+from vitalcast.telemetry.models import (
+    COMPUTE_VERSION,
+    ComputedTelemetry,
+    Resolution,
+    StoredView,
+    TelemetryKey,
+)
+
+
+@dataclass(frozen=True)
+class CachedView:
+    key: TelemetryKey
+    payload: bytes
+    source_watermark: int
+    computed_at_ms: int
+    stored: StoredView
+
+
+async def cached_views(tc: TelemetryClient, session_id: str, user_id: str) -> list[CachedView]:
+    """Every cached payload of the session at the current compute version."""
+    c, p = telemetry_cache.c, telemetry_partials.c
+    same_view = sa.and_(
+        p.session_id == c.session_id,
+        p.window_minutes == c.window_minutes,
+        p.resolution == c.resolution,
+        p.compute_version == c.compute_version,
+    )
+    async with tc.db.read() as conn:
+        rows = await conn.execute(
+            sa.select(
+                c.window_minutes,
+                c.resolution,
+                c.payload,
+                c.source_watermark,
+                c.computed_at_ms,
+                p.partials,
+                p.history,
+            )
+            .select_from(telemetry_cache.join(telemetry_partials, same_view))
+            .where(
+                c.session_id == session_id,
+                c.compute_version == COMPUTE_VERSION,
+                c.payload.is_not(None),
+            )
+        )
+        return [
+            CachedView(
+                TelemetryKey(session_id, r[0], Resolution(r[1]), COMPUTE_VERSION, user_id),
+                r[2],
+                r[3],
+                r[4],
+                StoredView(r[3], r[5], r[6]),
+            )
+            for r in rows
+        ]
+
+
+async def recompute(
+    tc: TelemetryClient,
+    key: TelemetryKey,
+    now_ms: int,
+    stored: StoredView | None,
+    *,
+    memo: ViewMemo | None = MEMO,
+) -> ComputedTelemetry:
+    """A compute of ``key`` at ``now_ms`` from ``stored`` (None: full), not saved; ``memo`` None
+    decodes the stored partials instead of using what this process remembers of them."""
+    async with tc.db.read() as conn:
+        session = await load_session(conn, key)
+        assert session is not None
+        return await compute_view(conn, session, key, now_ms, stored, memo=memo)
+
+
+async def compute_paths(tc: TelemetryClient) -> dict[str, float]:
+    """vitalcast_compute_paths_total by path, read from /metrics."""
+    text = (await tc.http.get("/metrics")).text
+    paths: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("vitalcast_compute_paths_total{"):
+            label = line.split('path="', 1)[1].split('"', 1)[0]
+            paths[label] = float(line.rsplit(" ", 1)[1])
+    return paths
+
+
+async def log_seqs(tc: TelemetryClient, session_id: str) -> list[int]:
+    """The change_seq of every change-log entry the session still has."""
+    async with tc.db.read() as conn:
+        rows = await conn.execute(
+            sa.select(session_changes.c.change_seq)
+            .where(session_changes.c.session_id == session_id)
+            .order_by(session_changes.c.change_seq)
+        )
+        return [row[0] for row in rows]
+
+
+class SampleQueries:
+    """Counts the SQL statements that read ``health_samples`` on an engine while active."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def _seen(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "FROM health_samples" in statement:
+            self.count += 1
+
+    @contextlib.contextmanager
+    def watching(self, engine: AsyncEngine) -> Iterator[SampleQueries]:
+        sa.event.listen(engine.sync_engine, "before_cursor_execute", self._seen)
+        try:
+            yield self
+        finally:
+            sa.event.remove(engine.sync_engine, "before_cursor_execute", self._seen)
