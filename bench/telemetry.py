@@ -62,7 +62,7 @@ from vitalcast.settings import Settings
 from vitalcast.telemetry import payload as packing
 from vitalcast.telemetry.compute import aggregate_rows, assemble, load_session
 from vitalcast.telemetry.computer import TelemetryComputer
-from vitalcast.telemetry.downsample import build_metrics, columns_of
+from vitalcast.telemetry.downsample import build_metrics, series_of
 from vitalcast.telemetry.incremental import compute_view
 from vitalcast.telemetry.models import (
     ComputeOutcome,
@@ -427,7 +427,7 @@ async def insights_cost(
                     session,
                     key,
                     window,
-                    columns_of(fresh),
+                    series_of(fresh, window.start_ms, resolution.bucket_ms),
                     SystemClock().now_ms(),
                     with_insights=with_insights,
                 )

@@ -30,6 +30,7 @@ from tests.telemetry.incremental_helpers import (
 )
 from vitalcast.catalog import ALL_CODES
 from vitalcast.db.tables import session_changes, telemetry_partials
+from vitalcast.telemetry.computer import PRUNE_EVERY
 from vitalcast.telemetry.incremental import MEMO
 from vitalcast.telemetry.models import (
     ComputeOutcome,
@@ -390,7 +391,13 @@ async def test_the_log_is_pruned_only_once_every_cached_view_is_past_an_entry(mt
     five = TelemetryKey(session_id, 15, Resolution.FIVE_MINUTES, user_id=user_id)
     await _compute(mtc, one)
     await _compute(mtc, five)
-    seq = (await mtc.post_samples(headers, [hr("b", start + 31 * MINUTE, 90.0)]))["change_seq"]
+    # an incremental save prunes when its watermark crosses a multiple of PRUNE_EVERY
+    seq, n = 1, 0
+    while seq % PRUNE_EVERY:
+        n += 1
+        seq = (await mtc.post_samples(headers, [hr(f"b{n}", start + 31 * MINUTE + n, 90.0)]))[
+            "change_seq"
+        ]
     await _compute(mtc, one)
     assert seq in await log_seqs(mtc, session_id)
     await _compute(mtc, five)

@@ -106,7 +106,7 @@ def test_since_unions_every_save_after_the_first_at_the_base() -> None:
     assert union_all.metrics["heart_rate"] == history.MetricChange(
         10, 50, frozenset({"stats", "phases.during"}), False
     )
-    assert history.decode(history.encode(records)) == records
+    assert history.decode(history.encode(map(history.encode_record, records))) == records
     for garbage in (b"[1", b"[[1, 2]]", b'{"a": 1}'):
         with pytest.raises(ValueError):
             history.decode(garbage)

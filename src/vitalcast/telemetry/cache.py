@@ -22,7 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vitalcast.db.tables import sessions, telemetry_cache, telemetry_partials
-from vitalcast.sessions.models import SessionStatus
+from vitalcast.sessions.models import Session, SessionStatus
 from vitalcast.telemetry.models import (
     CacheState,
     ComputedTelemetry,
@@ -411,6 +411,39 @@ class SessionTelemetryCacheRepository:
             )
             for row in await conn.execute(query)
         ]
+
+    async def session_and_stored(
+        self, conn: AsyncConnection, key: TelemetryKey
+    ) -> tuple[Session | None, StoredView | None]:
+        """The key's session (as ``compute.load_session`` reads it) and what ``stored`` reads,
+        in one statement: a compute's read starts with both, and on a small live view every
+        round trip counts."""
+        query = (
+            sa.select(
+                sessions,
+                c.source_watermark.label("stored_watermark"),
+                c.payload.is_not(None).label("has_payload"),
+                p.partials.label("stored_partials"),
+                p.history.label("stored_history"),
+            )
+            .select_from(
+                sessions.outerjoin(telemetry_cache, _key(key)).outerjoin(
+                    telemetry_partials, _same_view()
+                )
+            )
+            .where(sessions.c.id == key.session_id)
+        )
+        if key.user_id:
+            query = query.where(sessions.c.user_id == key.user_id)
+        row = (await conn.execute(query)).first()
+        if row is None:
+            return None, None
+        stored = (
+            StoredView(row.stored_watermark, row.stored_partials, row.stored_history)
+            if row.has_payload
+            else None
+        )
+        return Session.from_row(row), stored
 
     async def stored(self, conn: AsyncConnection, key: TelemetryKey) -> StoredView | None:
         """What the next compute of ``key`` starts from: the payload's watermark and the partials

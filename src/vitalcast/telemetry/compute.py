@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from vitalcast.catalog import ALL_CODES
 from vitalcast.db.tables import sessions
 from vitalcast.sessions.models import Session
-from vitalcast.telemetry.downsample import AHEAD, SUM_SCALE, MetricColumns, Row, assemble_metrics
+from vitalcast.telemetry.downsample import AHEAD, SUM_SCALE, MetricSeries, Row, assemble_metrics
 from vitalcast.telemetry.models import (
     SCHEMA_VERSION,
     ComputedTelemetry,
@@ -166,16 +166,16 @@ def assemble(
     session: Session,
     key: TelemetryKey,
     window: TelemetryWindow,
-    columns: Mapping[str, MetricColumns],
+    series: Mapping[str, MetricSeries],
     now_ms: int,
     *,
     with_insights: bool = True,
 ) -> Assembled:
-    """The payload of ``key`` at ``now_ms`` from each metric's columns (``downsample.columns_of``
+    """The payload of ``key`` at ``now_ms`` from each metric's series (``downsample.series_of``
     the GROUP BY rows of its window). ``with_insights=False`` only serves the benchmark that
     measures what insights cost."""
     bucket_ms = key.resolution.bucket_ms
-    metrics, raw_count = assemble_metrics(columns, window, bucket_ms, with_insights=with_insights)
+    metrics, raw_count = assemble_metrics(series, window, bucket_ms, with_insights=with_insights)
     document = {
         "session_id": session.id,
         "schema_version": SCHEMA_VERSION,

@@ -27,12 +27,13 @@ from vitalcast.telemetry.cache import (
     LeaseRefusal,
     SessionTelemetryCacheRepository,
 )
-from vitalcast.telemetry.compute import Aggregator, load_session
+from vitalcast.telemetry.compute import Aggregator
 from vitalcast.telemetry.incremental import compute_view
 from vitalcast.telemetry.models import (
     CacheState,
     ComputedTelemetry,
     ComputeOutcome,
+    ComputePath,
     ScheduleReason,
     TelemetryKey,
     TelemetryListener,
@@ -45,6 +46,8 @@ log = get_logger(__name__)
 #: a live holder usually finishes long before its lease runs out (its save releases it): a
 #: retry blocked by one looks again at least this often instead of waiting out the whole lease
 LEASE_POLL_MS = 1_000
+#: an incremental save prunes the change log when its watermark crosses a multiple of this
+PRUNE_EVERY = 16
 
 _REFUSALS = {
     LeaseRefusal.BUSY: ComputeOutcome.LEASE_BUSY,
@@ -71,6 +74,18 @@ def _lease_current(lease: Lease, session: Session, key: TelemetryKey, now_ms: in
 def default_owner_id() -> str:
     """A lease owner id unique to this process."""
     return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _prune_due(saved_before: int | None, computed: ComputedTelemetry) -> bool:
+    """Whether this save prunes the session's change log: after a full compute, or when the
+    view's watermark crosses a multiple of ``PRUNE_EVERY``. Pruning later is always safe (the
+    log only holds a few entries more), and a DELETE on every save was a tenth of a small live
+    view's whole update."""
+    return (
+        computed.path is not ComputePath.INCREMENTAL
+        or saved_before is None
+        or saved_before // PRUNE_EVERY != computed.source_watermark // PRUNE_EVERY
+    )
 
 
 class TelemetryComputer:
@@ -155,11 +170,10 @@ class TelemetryComputer:
         read_started_ms = self._clock.now_ms()
         try:
             async with self._db.read() as conn:
-                session = await load_session(conn, key)
+                session, stored = await self._cache.session_and_stored(conn, key)
                 fresh = session is not None and _lease_current(lease, session, key, read_started_ms)
                 computed = None
                 if session is not None and not fresh:
-                    stored = await self._cache.stored(conn, key)
                     computed = await self._aggregate(conn, session, key, read_started_ms, stored)
             if computed is None:
                 await self.release(key)
@@ -175,7 +189,7 @@ class TelemetryComputer:
                     compute_ms=compute_ms,
                     read_started_ms=read_started_ms,
                 )
-                if result.saved:
+                if result.saved and _prune_due(lease.source_watermark, computed):
                     floor = self._cache.views_floor(
                         key.session_id, compute_version=key.compute_version
                     )
@@ -186,6 +200,8 @@ class TelemetryComputer:
         if not result.saved:
             log.warning("telemetry_lease_lost", session_id=key.session_id, reason=reason.value)
             return ComputeOutcome.LEASE_LOST
+        if computed.on_saved is not None:
+            computed.on_saved()
         self._metrics.computes.labels(computed.state.value, reason.value).inc()
         self._metrics.compute_paths.labels(computed.path.value).inc()
         self._metrics.compute_seconds.labels(reason.value).observe(time.perf_counter() - started)

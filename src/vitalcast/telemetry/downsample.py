@@ -23,13 +23,20 @@ rows, so whoever assembles a payload from these rows gets them too.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import groupby
 from operator import itemgetter
 from typing import Any
 
 from vitalcast.catalog import BY_CODE, Metric, MetricKind
-from vitalcast.telemetry.insights import Part, cumulative_insights, scalar_insights
+from vitalcast.telemetry.insights import (
+    Part,
+    Peaks,
+    cumulative_insights,
+    episode_runs,
+    peak_candidates,
+    scalar_insights,
+)
 from vitalcast.telemetry.models import TelemetryWindow
 
 #: phase numbers as the aggregate query computes them
@@ -78,81 +85,92 @@ def build_metrics(
 
     ``with_insights=False`` leaves each metric's ``insights`` out; only the benchmark does, to
     measure what they cost (bench/telemetry.py)."""
-    return assemble_metrics(columns_of(rows), window, bucket_ms, with_insights=with_insights)
+    series = series_of(rows, window.start_ms, bucket_ms)
+    return assemble_metrics(series, window, bucket_ms, with_insights=with_insights)
 
 
-def columns_of(rows: Iterable[Row]) -> dict[str, MetricColumns]:
-    """Each metric's columns from GROUP BY rows in any order."""
-    return {
-        code: metric_columns(metric_rows)
+def series_of(rows: Iterable[Row], origin_ms: int, bucket_ms: int) -> dict[str, MetricSeries]:
+    """Each metric's ``MetricSeries`` from GROUP BY rows in any order (metrics outside the catalog
+    and metrics with AHEAD rows only are left out)."""
+    built = (
+        metric_series(code, metric_rows, origin_ms, bucket_ms)
         for code, metric_rows in groupby(sorted(rows, key=_ORDER), key=itemgetter(0))
-    }
+    )
+    return {series.code: series for series in built if series is not None}
 
 
 def assemble_metrics(
-    columns: Mapping[str, MetricColumns],
+    series: Mapping[str, MetricSeries],
     window: TelemetryWindow,
     bucket_ms: int,
     *,
     with_insights: bool = True,
 ) -> tuple[dict[str, dict[str, Any]], int]:
-    """``build_metrics`` from each metric's columns: only what depends on the window (its live
-    end above all) is computed here, so an incremental compute can run it for every metric and
-    walk the rows of the metrics it changed alone."""
+    """``build_metrics`` from each metric's series: only what the window's end moves (the trailing
+    gap, coverage, clipped episodes, rates) is computed here, so an incremental compute runs it
+    for every metric and walks the rows of the metrics it changed alone."""
     phases = phase_bounds(window)
     metrics: dict[str, dict[str, Any]] = {}
     total = 0
-    for code in sorted(columns):
-        metric = BY_CODE.get(code)
-        merged = columns[code]
-        if metric is None or not merged.buckets:
-            continue
-        series = _metric_series(
-            merged,
-            cumulative=metric.kind is MetricKind.CUMULATIVE,
-            window=window,
-            bucket_ms=bucket_ms,
-            threshold_ms=gap_threshold_ms(metric.gap_threshold_ms, bucket_ms),
-            phases=phases,
+    for code in sorted(series):
+        one = series[code]
+        if (one.origin_ms, one.bucket_ms) != (window.start_ms, bucket_ms):
+            raise ValueError(f"the series of {code} belongs to another grid")
+        metric = BY_CODE[code]
+        payload = (
+            _cumulative(one, phases, with_insights)
+            if metric.kind is MetricKind.CUMULATIVE
+            else _scalar(metric, one, phases, window, with_insights)
         )
-        if with_insights:
-            series["insights"] = _insights(metric, merged, series, phases, window, bucket_ms)
-        total += series["stats"]["count"]
+        total += one.count
         metrics[code] = {
             "display_name": metric.display_name,
             "unit": metric.unit,
             "kind": metric.kind.value,
-            **series,
+            **payload,
         }
     return metrics, total
 
 
 @dataclass(frozen=True, slots=True)
-class MetricColumns:
-    """One metric's rows merged by bucket (the series' columns) and by phase: everything of its
-    assembly that depends on its rows alone. Never mutated once built: an incremental compute
-    hands the columns of a metric whose rows did not change to the next assembly as they are."""
+class MetricSeries:
+    """One metric's rows merged by bucket (the series) and by phase, and everything of its payload
+    that follows from them, the window's start and the bucket alone. Built once per change of the
+    metric's rows: an incremental compute hands the series of a metric whose rows did not change
+    to the next assembly as it is, and only what the live window's end moves is computed again.
+    Never mutated once built (payloads share its lists)."""
 
-    buckets: list[int]
-    counts: list[int]
-    sums: list[int]
-    lows: list[float]
-    highs: list[float]
-    firsts: list[int]
-    lasts: list[int]
-    #: per phase (before, during, after): count, sum, min, max
+    code: str
+    origin_ms: int
+    bucket_ms: int
+    t: list[int]
+    #: the payload's series columns: mean, min, max, count (scalar) or sum, count (cumulative)
+    columns: dict[str, list[Any]]
+    #: raw samples, and per phase (before, during, after) their count, sum, min and max
+    count: int
     p_count: tuple[int, int, int]
     p_sum: tuple[int, int, int]
     p_low: tuple[float | None, float | None, float | None]
     p_high: tuple[float | None, float | None, float | None]
-    #: bucket number → (count, sum in the metric's unit) of its during and after samples
-    during: dict[int, Part]
-    after: dict[int, Part]
+    #: scalar metrics: the series' min and max, its last sample, the gaps that the window's end
+    #: does not move (from its start, between samples), and the insights' parts (see ``insights``)
+    low: float | None = None
+    high: float | None = None
+    last_ms: int = 0
+    fixed_gaps: list[dict[str, int]] = field(default_factory=list)
+    after: dict[int, Part] = field(default_factory=dict)
+    peaks: Peaks | None = None
+    episodes: list[dict[str, Any]] = field(default_factory=list)
 
 
-def metric_columns(rows: Iterable[Row]) -> MetricColumns:
-    """The columns of one metric's rows, sorted by (bucket, phase); AHEAD rows are skipped (they
-    lie beyond the window's end)."""
+def metric_series(
+    code: str, rows: Iterable[Row], origin_ms: int, bucket_ms: int
+) -> MetricSeries | None:
+    """The series of one metric's rows, sorted by (bucket, phase); AHEAD rows are skipped (they
+    lie beyond the window's end). None for a metric outside the catalog or without a row."""
+    metric = BY_CODE.get(code)
+    if metric is None:
+        return None
     buckets: list[int] = []
     counts: list[int] = []
     sums: list[int] = []
@@ -195,110 +213,119 @@ def metric_columns(rows: Iterable[Row]) -> MetricColumns:
         highs.append(high)
         firsts.append(first)
         lasts.append(last)
-    return MetricColumns(
-        buckets,
-        counts,
-        sums,
-        lows,
-        highs,
-        firsts,
-        lasts,
+    if not buckets:
+        return None
+    t = [origin_ms + bucket * bucket_ms for bucket in buckets]
+    by_phase = (
         (p_count[0], p_count[1], p_count[2]),
         (p_sum[0], p_sum[1], p_sum[2]),
         (p_low[0], p_low[1], p_low[2]),
         (p_high[0], p_high[1], p_high[2]),
-        parts[DURING],
-        parts[AFTER],
+    )
+    if metric.kind is MetricKind.CUMULATIVE:
+        columns: dict[str, list[Any]] = {"sum": [s / SUM_SCALE for s in sums], "count": counts}
+        return MetricSeries(code, origin_ms, bucket_ms, t, columns, sum(p_count), *by_phase)
+    columns = {
+        "mean": [s / (c * SUM_SCALE) for s, c in zip(sums, counts, strict=True)],
+        "min": lows,
+        "max": highs,
+        "count": counts,
+    }
+    gaps = _fixed_gaps(
+        firsts, lasts, origin_ms, gap_threshold_ms(metric.gap_threshold_ms, bucket_ms)
+    )
+    return MetricSeries(
+        code,
+        origin_ms,
+        bucket_ms,
+        t,
+        columns,
+        sum(p_count),
+        *by_phase,
+        low=min(lows),
+        high=max(highs),
+        last_ms=lasts[-1],
+        fixed_gaps=gaps,
+        after=parts[AFTER],
+        peaks=peak_candidates(parts[DURING]),
+        episodes=episode_runs(metric.alert_rules, t, lows, highs, gaps, origin_ms, bucket_ms),
     )
 
 
-def _metric_series(
-    merged: MetricColumns,
-    *,
-    cumulative: bool,
-    window: TelemetryWindow,
-    bucket_ms: int,
-    threshold_ms: int,
-    phases: Sequence[tuple[int, int]],
+def _cumulative(
+    series: MetricSeries, phases: Sequence[tuple[int, int]], with_insights: bool
 ) -> dict[str, Any]:
-    # Fresh lists: the payload's own, never the columns' (which a later compute may reuse).
-    origin = window.start_ms
-    t = [origin + bucket * bucket_ms for bucket in merged.buckets]
-    counts, sums = list(merged.counts), merged.sums
-    p_count, p_sum, p_low, p_high = merged.p_count, merged.p_sum, merged.p_low, merged.p_high
-    count_all = sum(p_count)
-    sum_all = sum(p_sum)
-    if cumulative:
-        return {
-            "t": t,
-            "sum": [s / SUM_SCALE for s in sums],
-            "count": counts,
-            "gaps": [],
-            "stats": {"sum": sum_all / SUM_SCALE, "count": count_all},
-            "phases": {
-                name: {"sum": p_sum[index] / SUM_SCALE, "count": p_count[index]}
-                for index, name in enumerate(PHASE_NAMES)
-            },
-        }
-    lows, highs = merged.lows, merged.highs
-    gaps = _gaps(merged.firsts, merged.lasts, window, threshold_ms)
-    return {
-        "t": t,
-        "mean": [s / (c * SUM_SCALE) for s, c in zip(sums, counts, strict=True)],
-        "min": list(lows),
-        "max": list(highs),
-        "count": counts,
-        "gaps": gaps,
-        "stats": {
-            "min": min(lows),
-            "max": max(highs),
-            "mean": sum_all / (count_all * SUM_SCALE),
-            "count": count_all,
-        },
+    payload: dict[str, Any] = {
+        "t": series.t,
+        **series.columns,
+        "gaps": [],
+        "stats": {"sum": sum(series.p_sum) / SUM_SCALE, "count": series.count},
         "phases": {
-            name: {
-                "min": p_low[index],
-                "max": p_high[index],
-                "mean": p_sum[index] / (p_count[index] * SUM_SCALE) if p_count[index] else None,
-                "count": p_count[index],
-                "coverage": coverage(*phases[index], gaps),
-            }
+            name: {"sum": series.p_sum[index] / SUM_SCALE, "count": series.p_count[index]}
             for index, name in enumerate(PHASE_NAMES)
         },
     }
+    if with_insights:
+        payload["insights"] = cumulative_insights(payload, phases=phases)
+    return payload
 
 
-def _insights(
+def _scalar(
     metric: Metric,
-    merged: MetricColumns,
-    series: dict[str, Any],
+    series: MetricSeries,
     phases: Sequence[tuple[int, int]],
     window: TelemetryWindow,
-    bucket_ms: int,
+    with_insights: bool,
 ) -> dict[str, Any]:
-    if metric.kind is MetricKind.CUMULATIVE:
-        return cumulative_insights(series, phases=phases)
-    return scalar_insights(
-        metric,
-        series,
-        during=merged.during,
-        after=merged.after,
-        phases=phases,
-        window=window,
-        bucket_ms=bucket_ms,
-    )
+    gaps = series.fixed_gaps
+    if window.end_ms - series.last_ms > gap_threshold_ms(metric.gap_threshold_ms, series.bucket_ms):
+        gaps = [*gaps, {"start_ms": series.last_ms, "end_ms": window.end_ms}]
+    stats_phases = {}
+    for index, name in enumerate(PHASE_NAMES):
+        count, total = series.p_count[index], series.p_sum[index]
+        stats_phases[name] = {
+            "min": series.p_low[index],
+            "max": series.p_high[index],
+            "mean": total / (count * SUM_SCALE) if count else None,
+            "count": count,
+            "coverage": coverage(*phases[index], gaps),
+        }
+    payload: dict[str, Any] = {
+        "t": series.t,
+        **series.columns,
+        "gaps": gaps,
+        "stats": {
+            "min": series.low,
+            "max": series.high,
+            "mean": sum(series.p_sum) / (series.count * SUM_SCALE),
+            "count": series.count,
+        },
+        "phases": stats_phases,
+    }
+    if with_insights:
+        payload["insights"] = scalar_insights(
+            metric,
+            payload,
+            peaks=series.peaks,
+            episodes=series.episodes,
+            after=series.after,
+            phases=phases,
+            window=window,
+            bucket_ms=series.bucket_ms,
+        )
+    return payload
 
 
-def _gaps(
-    firsts: Sequence[int], lasts: Sequence[int], window: TelemetryWindow, threshold_ms: int
+def _fixed_gaps(
+    firsts: Sequence[int], lasts: Sequence[int], origin_ms: int, threshold_ms: int
 ) -> list[dict[str, int]]:
+    """The gaps from the window's start to the first sample and between samples (the one from
+    the last sample to the window's end is the assembly's: a live end moves it)."""
     gaps: list[dict[str, int]] = []
-    if firsts[0] - window.start_ms > threshold_ms:
-        gaps.append({"start_ms": window.start_ms, "end_ms": firsts[0]})
+    if firsts[0] - origin_ms > threshold_ms:
+        gaps.append({"start_ms": origin_ms, "end_ms": firsts[0]})
     for index in range(1, len(firsts)):
         previous = lasts[index - 1]
         if firsts[index] - previous > threshold_ms:
             gaps.append({"start_ms": previous, "end_ms": firsts[index]})
-    if window.end_ms - lasts[-1] > threshold_ms:
-        gaps.append({"start_ms": lasts[-1], "end_ms": window.end_ms})
     return gaps

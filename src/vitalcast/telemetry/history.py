@@ -27,7 +27,7 @@ import bisect
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -41,6 +41,7 @@ COLUMNS = ("t", "mean", "sum", "min", "max", "count")
 MERGED = ("phases", "insights")
 #: records kept per view: a client further behind gets the full payload
 MAX_SAVES = 64
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,20 +81,24 @@ class SaveRecord:
 NO_PAYLOAD = SaveRecord(-1, frozenset(), {})
 
 
-def encode(records: Sequence[SaveRecord]) -> bytes:
+def encode_record(record: SaveRecord) -> bytes:
+    """One record as stored: ``encode`` is these joined, so a save that appends one record to a
+    history it remembers encodes that record alone."""
     return orjson.dumps(
         [
-            [
-                r.watermark,
-                sorted(r.head),
-                {
-                    code: [m.from_ms, m.to_ms, sorted(m.parts), m.replace]
-                    for code, m in r.metrics.items()
-                },
-            ]
-            for r in records
+            record.watermark,
+            sorted(record.head),
+            {
+                code: [m.from_ms, m.to_ms, sorted(m.parts), m.replace]
+                for code, m in record.metrics.items()
+            },
         ]
     )
+
+
+def encode(records: Iterable[bytes]) -> bytes:
+    """The stored history of the encoded records (``encode_record``), oldest first."""
+    return b"[" + b",".join(records) + b"]"
 
 
 def decode(blob: bytes | None) -> list[SaveRecord]:
@@ -235,7 +240,8 @@ def changed_span(record: SaveRecord, empty_at_ms: int) -> tuple[int, int]:
     return min(lo for lo, _ in spans), max(hi for _, hi in spans)
 
 
-def append(records: Sequence[SaveRecord], record: SaveRecord) -> list[SaveRecord]:
+def append(records: Sequence[_T], record: _T) -> list[_T]:
+    """The history after one more save: the newest ``MAX_SAVES`` records."""
     return [*records[-(MAX_SAVES - 1) :], record]
 
 

@@ -24,6 +24,7 @@ from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from itertools import groupby
 from operator import itemgetter
 
@@ -40,7 +41,7 @@ from vitalcast.telemetry.compute import (
     merge_ranges,
     scan_end_ms,
 )
-from vitalcast.telemetry.downsample import AHEAD, MetricColumns, Row, metric_columns
+from vitalcast.telemetry.downsample import AHEAD, MetricSeries, Row, metric_series, series_of
 from vitalcast.telemetry.models import (
     CacheState,
     ComputedTelemetry,
@@ -60,16 +61,20 @@ MEMO_VIEWS = 256
 class _Remembered:
     blob: bytes
     partials: Partials
-    columns: Mapping[str, MetricColumns]
+    series: Mapping[str, MetricSeries]
+    history_blob: bytes
+    #: each record of the history with its stored bytes
+    history: Sequence[tuple[history.SaveRecord, bytes]]
 
 
 class ViewMemo:
-    """The partials this process saved last for each of its recent views, decoded, with each
-    metric's columns: the next compute of the view then decodes nothing and walks only the rows
-    of the metrics it changed. An entry serves only when the view's stored partials are byte for
-    byte the ones it was made from, so a save by another process, a lost save or a crash simply
-    misses it and the compute decodes what is stored. Not shared between tasks of different event
-    loops; one compute per view at a time (the lease) is all it relies on."""
+    """What this process saved last for each of its recent views (a result enters once its save
+    succeeded, see ``ComputedTelemetry.on_saved``): the partials and save history decoded, and
+    each metric's series. The next compute of the view then decodes nothing and walks only the
+    rows of the metrics it changed. An entry serves only when the view's stored partials and
+    history are byte for byte the ones it was made from, so a save by another process or a crash
+    simply misses it and the compute decodes what is stored. One compute per view at a time (the
+    lease) is all it relies on."""
 
     def __init__(self, capacity: int = MEMO_VIEWS) -> None:
         self._capacity = capacity
@@ -78,9 +83,9 @@ class ViewMemo:
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: TelemetryKey, blob: bytes) -> _Remembered | None:
+    def get(self, key: TelemetryKey, stored: StoredView) -> _Remembered | None:
         entry = self._entries.get(key)
-        if entry is None or entry.blob != blob:
+        if entry is None or entry.blob != stored.partials or entry.history_blob != stored.history:
             self.misses += 1
             return None
         self.hits += 1
@@ -105,6 +110,7 @@ class ViewMemo:
 
 #: the memo of this process's computes
 MEMO = ViewMemo()
+NO_PAYLOAD_BYTES = history.encode_record(history.NO_PAYLOAD)
 _ORDER = itemgetter(0, 1, 2)
 _BUCKET = itemgetter(1)
 
@@ -118,11 +124,12 @@ def _stored_partials(stored: StoredView | None) -> Partials | None:
         return None
 
 
-def _stored_history(stored: StoredView) -> list[history.SaveRecord]:
+def _stored_history(stored: StoredView) -> list[tuple[history.SaveRecord, bytes]]:
     try:
-        return history.decode(stored.history)
+        records = history.decode(stored.history)
     except ValueError:
         return []
+    return [(record, history.encode_record(record)) for record in records]
 
 
 def _same_bounds(old: TelemetryWindow, new: TelemetryWindow) -> bool:
@@ -187,7 +194,7 @@ def _split(rows: Sequence[Row], spans: Sequence[tuple[int, int]]) -> tuple[list[
 @dataclass(frozen=True, slots=True)
 class _Merged:
     metrics: dict[str, MetricRows]
-    columns: dict[str, MetricColumns]
+    series: dict[str, MetricSeries]
     #: the rows the merge took out and put in, of the metrics it changed
     replaced: list[Row]
     fresh: list[Row]
@@ -195,7 +202,7 @@ class _Merged:
 
 def _merge(
     previous: Partials,
-    known: Mapping[str, MetricColumns],
+    known: Mapping[str, MetricSeries],
     fresh: Iterable[Row],
     ranges: Sequence[tuple[int, int]],
     window: TelemetryWindow,
@@ -203,7 +210,7 @@ def _merge(
 ) -> _Merged:
     """``previous`` with the rows of the time ``ranges`` replaced by ``fresh`` (what the GROUP BY
     over those ranges returned). A metric whose rows come back the same keeps its stored segment
-    and, from ``known``, its columns: only the metrics that changed are walked again."""
+    and, from ``known``, its series: only the metrics that changed are walked again."""
     start = window.start_ms
     spans = [((lo - start) // bucket_ms, (hi - 1 - start) // bucket_ms + 1) for lo, hi in ranges]
     incoming = {
@@ -217,12 +224,15 @@ def _merge(
         kept, dropped = _split(old.rows if old is not None else (), spans)
         if old is not None and dropped == new:
             merged.metrics[code] = old
-            columns = known.get(code)
-            merged.columns[code] = metric_columns(old.rows) if columns is None else columns
+            series = known.get(code) or metric_series(code, old.rows, start, bucket_ms)
+            if series is not None:
+                merged.series[code] = series
             continue
         rows = sorted(kept + new, key=ROW_ORDER)
         merged.metrics[code] = MetricRows(rows)
-        merged.columns[code] = metric_columns(rows)
+        series = metric_series(code, rows, start, bucket_ms)
+        if series is not None:
+            merged.series[code] = series
         merged.replaced.extend(dropped)
         merged.fresh.extend(new)
     return merged
@@ -295,10 +305,10 @@ async def compute_view(
     )
     remembered = None
     if memo is not None and stored is not None and stored.partials is not None:
-        remembered = memo.get(key, stored.partials)
+        remembered = memo.get(key, stored)
     if remembered is not None and stored is not None and stored.source_watermark is not None:
         previous: Partials | None = remembered.partials
-        known = remembered.columns
+        known = remembered.series
     else:
         previous, known = _stored_partials(stored), {}
     path, dirty = await _plan(
@@ -316,13 +326,13 @@ async def compute_view(
     else:
         rows = await aggregate_rows(conn, session.user_id, window, bucket_ms)
         metrics = Partials.of_rows(window, bucket_ms, rows).metrics
-        columns = {code: metric_columns(metric.rows) for code, metric in metrics.items()}
+        series = series_of(rows, window.start_ms, bucket_ms)
         replaced = previous.rows if previous is not None else []
-        merged = _Merged(dict(metrics), columns, replaced, rows)
-    assembled = assemble(session, key, window, merged.columns, now_ms)
+        merged = _Merged(dict(metrics), series, replaced, rows)
+    assembled = assemble(session, key, window, merged.series, now_ms)
     digests = history.part_digests(assembled.document, assembled.metrics)
 
-    records: list[history.SaveRecord] = []
+    records: list[tuple[history.SaveRecord, bytes]] = []
     record = None
     if (
         previous is not None
@@ -331,7 +341,7 @@ async def compute_view(
         and previous.window.start_ms == window.start_ms
         and previous.bucket_ms == bucket_ms
     ):
-        records = _stored_history(stored)
+        records = list(remembered.history) if remembered else _stored_history(stored)
         columns_changed = history.changed_columns(
             merged.replaced, merged.fresh, window_start_ms=window.start_ms, bucket_ms=bucket_ms
         )
@@ -341,17 +351,17 @@ async def compute_view(
     if record is None or not records:
         # No save a delta could start from: the history begins again here. When the view never
         # had a payload, nobody can hold an earlier one, and the record says so.
-        records = [] if stored is not None else [history.NO_PAYLOAD]
+        records = [] if stored is not None else [(history.NO_PAYLOAD, NO_PAYLOAD_BYTES)]
         record = history.SaveRecord(session.source_watermark, frozenset(), {})
         base_watermark = None
         changed = (window.start_ms, window.end_ms)
     else:
-        base_watermark = records[-1].watermark
+        base_watermark = records[-1][0].watermark
         changed = history.changed_span(record, window.end_ms)
     partials = sealed(Partials(window, bucket_ms, merged.metrics, digests))
     blob = encode(partials)
-    if memo is not None:
-        memo.put(key, _Remembered(blob, partials, merged.columns))
+    saves = history.append(records, (record, history.encode_record(record)))
+    history_blob = history.encode(encoded for _record, encoded in saves)
     return ComputedTelemetry(
         state=CacheState.READY if assembled.metrics else CacheState.NO_DATA,
         blob=packing.pack(assembled.document, assembled.metrics),
@@ -360,9 +370,14 @@ async def compute_view(
         raw_sample_count=assembled.raw_sample_count,
         window=window,
         partials=blob,
-        history=history.encode(history.append(records, record)),
+        history=history_blob,
         path=path,
         changed_from_ms=changed[0],
         changed_to_ms=changed[1],
         base_watermark=base_watermark,
+        on_saved=None
+        if memo is None
+        else partial(
+            memo.put, key, _Remembered(blob, partials, merged.series, history_blob, saves)
+        ),
     )

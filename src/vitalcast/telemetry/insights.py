@@ -60,6 +60,8 @@ from vitalcast.telemetry.models import TelemetryWindow
 
 #: (count, sum) of one bucket's samples within one phase
 Part = tuple[int, float]
+#: (highest mean, its bucket), (lowest mean, its bucket) of the buckets' during parts
+Peaks = tuple[tuple[float, int], tuple[float, int]]
 
 #: the rolling mean's span, and how long it must stay within tolerance
 ROLLING_MS = 300_000
@@ -92,16 +94,17 @@ def scalar_insights(
     metric: Metric,
     series: Mapping[str, Any],
     *,
-    during: Mapping[int, Part],
+    peaks: Peaks | None,
+    episodes: Sequence[Mapping[str, Any]],
     after: Mapping[int, Part],
     phases: Sequence[tuple[int, int]],
     window: TelemetryWindow,
     bucket_ms: int,
 ) -> dict[str, Any]:
-    """The insights of one scalar metric. ``series`` is its assembled series (``t``, ``min``,
-    ``max``, ``gaps``, ``phases``); ``during`` and ``after`` map bucket numbers (from the window
-    start) to that bucket's part in the phase; ``phases`` are the ``[lo, hi)`` of before, during
-    and after."""
+    """The insights of one scalar metric. ``series`` is its assembled series (``phases``,
+    ``gaps``); ``peaks`` its ``peak_candidates``, ``episodes`` its ``episode_runs``; ``after``
+    maps bucket numbers (from the window start) to that bucket's part in the after phase;
+    ``phases`` are the ``[lo, hi)`` of before, during and after."""
     if metric.recovery_tolerance is None:
         raise ValueError(f"{metric.code} is not a scalar metric")
     baseline, baseline_reason = _baseline(series["phases"]["before"])
@@ -116,6 +119,7 @@ def scalar_insights(
         window=window,
         bucket_ms=bucket_ms,
     )
+    end = window.end_ms
     return {
         "baseline": baseline,
         "baseline_reason": baseline_reason,
@@ -123,11 +127,12 @@ def scalar_insights(
         "delta": delta,
         "delta_pct": None if delta is None or not baseline else delta / baseline * 100,
         "peak": _peak(
-            during, delta, session_start_ms=phases[1][0], window=window, bucket_ms=bucket_ms
+            peaks, delta, session_start_ms=phases[1][0], window=window, bucket_ms=bucket_ms
         ),
         "recovery_ms": recovery_ms,
         "recovery_reason": recovery_reason,
-        "episodes": _episodes(metric.alert_rules, series, window=window, bucket_ms=bucket_ms),
+        # an episode ends at its last bucket's end, or at the window's end inside that bucket
+        "episodes": [e if e["end_ms"] <= end else {**e, "end_ms": end} for e in episodes],
     }
 
 
@@ -152,20 +157,29 @@ def _baseline(before: Mapping[str, Any]) -> tuple[float | None, str | None]:
     return mean, None
 
 
+def peak_candidates(during: Mapping[int, Part]) -> Peaks | None:
+    """Among the buckets' during parts (bucket number → part), the highest and the lowest mean,
+    each with the earliest bucket that has it; None without any during sample."""
+    if not during:
+        return None
+    parts = sorted(during.items())
+    means = [total / count for _bucket, (count, total) in parts]
+    high, low = max(means), min(means)
+    return (high, parts[means.index(high)][0]), (low, parts[means.index(low)][0])
+
+
 def _peak(
-    during: Mapping[int, Part],
+    peaks: Peaks | None,
     delta: float | None,
     *,
     session_start_ms: int,
     window: TelemetryWindow,
     bucket_ms: int,
 ) -> dict[str, Any] | None:
-    if delta is None or not during:
+    if delta is None or peaks is None:
         return None
-    parts = sorted(during.items())
-    means = [total / count for _bucket, (count, total) in parts]
-    best = max(means) if delta >= 0 else min(means)
-    at_ms = max(window.start_ms + parts[means.index(best)][0] * bucket_ms, session_start_ms)
+    best, bucket = peaks[0] if delta >= 0 else peaks[1]
+    at_ms = max(window.start_ms + bucket * bucket_ms, session_start_ms)
     return {"value": best, "at_ms": at_ms, "after_start_ms": at_ms - session_start_ms}
 
 
@@ -215,28 +229,32 @@ def _recovery(
     return None, RecoveryReason.NOT_WITHIN_WINDOW.value
 
 
-def _episodes(
+def episode_runs(
     rules: Sequence[AlertRule],
-    series: Mapping[str, Any],
-    *,
-    window: TelemetryWindow,
+    t: Sequence[int],
+    lows: Sequence[float],
+    highs: Sequence[float],
+    gaps: Sequence[Mapping[str, int]],
+    origin_ms: int,
     bucket_ms: int,
 ) -> list[dict[str, Any]]:
+    """The episodes of a series (``t``, its bucket ``lows`` and ``highs``, its ``gaps``), each
+    ending at its last bucket's end: ``scalar_insights`` clips that to the window's end. Only
+    gaps that end at a bucket of the series break runs, so the gap that ends at the window's
+    end never matters here."""
     if not rules:
         return []
-    origin = window.start_ms
-    t: Sequence[int] = series["t"]
     # A gap ends at the first sample after it, so the series position of the bucket holding
     # that sample starts a new run.
     after_gap: set[int] = set()
-    for gap in series["gaps"]:
-        bucket_start = origin + (gap["end_ms"] - origin) // bucket_ms * bucket_ms
+    for gap in gaps:
+        bucket_start = origin_ms + (gap["end_ms"] - origin_ms) // bucket_ms * bucket_ms
         position = bisect_left(t, bucket_start)
         if position < len(t) and t[position] == bucket_start:
             after_gap.add(position)
     episodes: list[dict[str, Any]] = []
     for rule in rules:
-        values: Sequence[float] = series["max"] if rule.high else series["min"]
+        values = highs if rule.high else lows
         hits = rule.hits(values)
         if not hits:
             continue
@@ -257,7 +275,7 @@ def _episodes(
                     "rule": name,
                     "level": level,
                     "start_ms": t[a],
-                    "end_ms": min(t[b] + bucket_ms, window.end_ms),
+                    "end_ms": t[b] + bucket_ms,
                     "extreme": extreme(values[a : b + 1]),
                 }
             )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -325,6 +325,8 @@ class ComputedTelemetry:
     changed_to_ms: int
     #: the previous save's watermark; None when there is none to build a delta from
     base_watermark: int | None
+    #: what to do once this result is saved (remember it for the view's next compute)
+    on_saved: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True, slots=True)

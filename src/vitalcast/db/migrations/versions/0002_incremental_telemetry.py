@@ -45,6 +45,25 @@ def upgrade() -> None:
             name=op.f("pk_telemetry_partials"),
         ),
     )
+    if op.get_bind().dialect.name == "postgresql":
+        _store_cheaply()
+
+
+def _store_cheaply() -> None:
+    """Both blobs are rewritten on every live update of a view. The partials are deflated
+    already: PostgreSQL's own compression of them is CPU for nothing. The payload is JSON: pglz
+    compresses 77 kB of it (a 24-hour view) in about 4 ms per save, lz4 in a fraction of that,
+    and reads decompress faster too. lz4 only where the server was built with it (PostgreSQL 14+,
+    as Debian's and the official images are)."""
+    op.execute("ALTER TABLE telemetry_partials ALTER COLUMN partials SET STORAGE EXTERNAL")
+    lz4 = op.get_bind().scalar(
+        sa.text(
+            "SELECT count(*) FROM pg_settings "
+            "WHERE name = 'default_toast_compression' AND 'lz4' = ANY(enumvals)"
+        )
+    )
+    if lz4:
+        op.execute("ALTER TABLE telemetry_cache ALTER COLUMN payload SET COMPRESSION lz4")
 
 
 def downgrade() -> None:
