@@ -126,6 +126,9 @@ def _telemetry_insights(r: dict[str, Any]) -> Iterator[Row]:
 
 
 def _incremental(r: dict[str, Any]) -> Iterator[Row]:
+    """The compute (session, partials and log read, GROUP BY, assembly, packing) is what the
+    targets judge, as in the compute rows above; lease and save, which both sides pay alike,
+    stand beside it."""
     share_max = targets.DELTA_OVER_FULL_BYTES_MAX
     flat_max = targets.INCREMENTAL_DAY_OVER_HOUR_MAX
     cheaper_min = targets.FULL_OVER_INCREMENTAL_AT_DAY_MIN
@@ -134,13 +137,19 @@ def _incremental(r: dict[str, Any]) -> Iterator[Row]:
         if not b:
             continue
         for hours in (1, 4, 24):
-            s = b[f"session_{hours}h"]
+            s = b.get(f"session_{hours}h")
+            if s is None:
+                continue
+            alone = s["aggregate_only"]
             yield Row(
                 f"Live update, {backend}, {hours} h session ({s['resolution']}), "
                 "incremental compute",
-                _ms(s["incremental_compute"]),
-                f"full recompute: {_ms(s['full_compute'])}",
-                f"{s['full_over_incremental_p50']:.1f}× cheaper at p50",
+                f"{_ms(alone['incremental'])} (with lease + save p50 "
+                f"{s['incremental_compute']['p50_ms']:.2f} ms)",
+                f"full recompute: {_ms(alone['full'])} (with lease + save p50 "
+                f"{s['full_compute']['p50_ms']:.2f} ms)",
+                f"{alone['full_over_incremental_p50']:.1f}× cheaper at p50 (with lease + save "
+                f"{s['full_over_incremental_p50']:.1f}×)",
             )
             share = s["delta_over_full_p50"]
             yield Row(
@@ -150,12 +159,17 @@ def _incremental(r: dict[str, Any]) -> Iterator[Row]:
                 f"{share:.1%} of full",
                 (Check(f"≤ {share_max:.0%} of full", share <= share_max),),
             )
-        t = b["targets"]
-        flat, cheaper = t["day_over_hour_incremental_p50"], t["full_over_incremental_at_24h_p50"]
+        t = b.get("targets")
+        if t is None:
+            continue
+        flat = t["day_over_hour_aggregate_only_p50"]
+        cheaper = t["full_over_incremental_at_24h_aggregate_only_p50"]
         yield Row(
-            f"Live update, {backend}, 24 h vs 1 h session",
-            f"incremental p50 at 24 h: ×{flat:.2f} the 1 h one",
-            f"full at 24 h: ×{cheaper:.1f} the incremental",
+            f"Live update, {backend}, 24 h vs 1 h session (compute)",
+            f"incremental p50 at 24 h: ×{flat:.2f} the 1 h one "
+            f"(with lease + save ×{t['day_over_hour_incremental_p50']:.2f})",
+            f"full at 24 h: ×{cheaper:.1f} the incremental "
+            f"(with lease + save ×{t['full_over_incremental_at_24h_p50']:.1f})",
             f"×{flat:.2f} / ×{cheaper:.1f}",
             (
                 Check(f"≤ {flat_max:g}× the 1 h cost", flat <= flat_max),

@@ -1,21 +1,25 @@
 """``compute_view``: the compute of one view, incremental whenever the change log proves it may be.
 
-The view's row keeps the GROUP BY rows of its last compute (``partials``). Going from its
-watermark ``a`` to the session's ``b``:
+The view's row keeps the GROUP BY rows of its last compute (``partials``), per metric. Going
+from its watermark ``a`` to the session's ``b``:
 
 1. If the partials were aggregated for the same window (only a live window's end may have grown)
    and the change log holds an unbroken chain of entries from ``a`` to ``b`` with no "whole
    session" among them, the dirty buckets are those the logged time ranges touch, plus, when a
    live window's end grew, those of samples that were ahead of the old end and are inside now.
 2. Only the dirty buckets are aggregated again (one GROUP BY restricted to their ranges); their
-   rows replace the stored ones, and the whole row set goes through the same assembly a full
-   compute uses. A bucket's row depends only on the samples in it (exact sums), so the payload
-   is byte-identical to a full compute's. With no dirty bucket (a live tick with nothing new)
-   no SQL touches the samples at all.
+   rows replace the stored ones. A bucket's row depends only on the samples in it (exact sums),
+   so the row set is exactly what a full compute would aggregate, and it goes through the same
+   assembly: a metric whose rows came back unchanged keeps its ``MetricSeries`` (what its rows
+   alone decide), and only what the window's live end decides is computed for every metric. The
+   payload is byte-identical to a full compute's. With no dirty bucket (a live tick with
+   nothing new) no SQL touches the samples at all.
 3. Otherwise the compute is full, and says why (``ComputePath``).
 
 Either way the save is recorded in the view's history (``history``): which buckets and parts it
-changed, from the old and new rows and the digests of the old and new parts.
+changed, from the old and new rows and the digests of the old and new parts. What a process
+saved last for a view stays decoded in its ``ViewMemo``, so the next update of the view decodes
+nothing.
 """
 
 from __future__ import annotations
@@ -52,8 +56,8 @@ from vitalcast.telemetry.models import (
 )
 from vitalcast.telemetry.partials import ROW_ORDER, MetricRows, Partials, decode, encode, sealed
 
-#: views whose decoded partials a process keeps (``ViewMemo``): a live 24-hour view's take about
-#: 1 MB, a 1-hour one's a few hundred kB
+#: views a process keeps decoded (``ViewMemo``): a live 24-hour view takes about 1 MB, a 1-hour
+#: one a few hundred kB
 MEMO_VIEWS = 256
 
 
@@ -97,9 +101,6 @@ class ViewMemo:
         self._entries.move_to_end(key)
         while len(self._entries) > self._capacity:
             self._entries.popitem(last=False)
-
-    def clear(self) -> None:
-        self._entries.clear()
 
     def copy(self) -> ViewMemo:
         """Another memo holding the same entries (a compute from it leaves this one as it is)."""
@@ -214,8 +215,7 @@ def _merge(
     start = window.start_ms
     spans = [((lo - start) // bucket_ms, (hi - 1 - start) // bucket_ms + 1) for lo, hi in ranges]
     incoming = {
-        code: sorted(rows, key=ROW_ORDER)
-        for code, rows in groupby(sorted(fresh, key=_ORDER), key=itemgetter(0))
+        code: list(rows) for code, rows in groupby(sorted(fresh, key=_ORDER), key=itemgetter(0))
     }
     merged = _Merged({}, {}, [], [])
     for code in sorted(previous.metrics.keys() | incoming.keys()):

@@ -52,6 +52,22 @@ _RESOLUTIONS = ("1m", "5m", "auto")
 MAX_KEPT_DELTAS = 1024
 
 
+def _delta_key(
+    key: TelemetryKey, row: HotRow, since_watermark: int, codes: tuple[str, ...]
+) -> tuple[object, ...]:
+    """A built delta is the same for every client: it depends on the save it leads to (its
+    watermark and compute time), the watermark it starts from and the metrics asked for."""
+    return (
+        key.session_id,
+        key.window_minutes,
+        key.resolution,
+        row.source_watermark,
+        row.computed_at_ms,
+        since_watermark,
+        codes,
+    )
+
+
 class SessionTelemetryService:
     """Answers telemetry requests from the cache and schedules the computes they call for."""
 
@@ -105,10 +121,11 @@ class SessionTelemetryService:
             raise InvalidInput("resolution must be 1m, 5m or auto.", code="INVALID_RESOLUTION")
         requested = None if resolution == "auto" else resolution
         now = self._clock.now_ms()
-        # A client that holds a payload gets a delta, built from the payload and its history
-        # read together; one that only revalidates (ETag) gets no body at all.
-        with_history = since_watermark is not None
-        with_payload = with_history or not if_none_match
+        # A client that holds a payload gets a delta: the session's other clients usually had it
+        # built already (the first read brings no blob), else it is built from the payload and
+        # its history, read together. One that only revalidates (ETag) gets no body at all.
+        with_history = False
+        with_payload = since_watermark is None and not if_none_match
         while True:
             try:
                 row = await self._reader.read(
@@ -145,6 +162,16 @@ class SessionTelemetryService:
                         TelemetryAnswer(decision.state, codes, etag=etag, not_modified=True)
                     )
             if since_watermark is not None and decision.state is CacheState.READY:
+                built = _delta_key(key, row, since_watermark, codes)
+                kept = self._deltas.get(built)
+                if kept is not None:
+                    self._deltas.move_to_end(built)
+                    return self._count(
+                        TelemetryAnswer(CacheState.READY, codes, etag=etag, delta=kept)
+                    )
+                if not with_history:
+                    with_payload = with_history = True
+                    continue
                 delta = self._delta(key, row, since_watermark, codes, etag)
                 if delta is not None:
                     return self._count(delta)
@@ -180,33 +207,19 @@ class SessionTelemetryService:
     ) -> TelemetryAnswer | None:
         """The ready answer as a delta from ``since_watermark``, or None when the history of the
         view's payload (read with it) does not reach back that far. The clients watching one
-        session all ask for the same delta after an update, so built deltas are kept a while,
-        by the save they lead to (its watermark and compute time) and the one they start from."""
+        session all ask for the same delta after an update, so built deltas are kept a while."""
         if row.payload is None or row.source_watermark is None:
             return None
-        memo = (
-            key.session_id,
-            key.window_minutes,
-            key.resolution,
-            row.source_watermark,
-            row.computed_at_ms,
-            since_watermark,
-            codes,
-        )
-        delta = self._deltas.get(memo)
-        if delta is None:
-            try:
-                changes = history.since(history.decode(row.history), since_watermark)
-            except ValueError:
-                return None
-            if changes is None:
-                return None
-            delta = history.build_delta(unpack(row.payload), changes, since_watermark, codes)
-            self._deltas[memo] = delta
-            if len(self._deltas) > MAX_KEPT_DELTAS:
-                self._deltas.popitem(last=False)
-        else:
-            self._deltas.move_to_end(memo)
+        try:
+            changes = history.since(history.decode(row.history), since_watermark)
+        except ValueError:
+            return None
+        if changes is None:
+            return None
+        delta = history.build_delta(unpack(row.payload), changes, since_watermark, codes)
+        self._deltas[_delta_key(key, row, since_watermark, codes)] = delta
+        if len(self._deltas) > MAX_KEPT_DELTAS:
+            self._deltas.popitem(last=False)
         return TelemetryAnswer(CacheState.READY, codes, etag=etag, delta=delta)
 
     def _count(self, answer: TelemetryAnswer) -> TelemetryAnswer:
