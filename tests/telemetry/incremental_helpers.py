@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.telemetry.conftest import TelemetryClient
-from vitalcast.db.tables import session_changes, telemetry_cache, telemetry_partials
+from vitalcast.db.tables import session_changes, telemetry_cache
 from vitalcast.telemetry.compute import load_session
 from vitalcast.telemetry.incremental import MEMO, ViewMemo, compute_view
 from vitalcast.telemetry.models import (
@@ -35,13 +35,7 @@ class CachedView:
 
 async def cached_views(tc: TelemetryClient, session_id: str, user_id: str) -> list[CachedView]:
     """Every cached payload of the session at the current compute version."""
-    c, p = telemetry_cache.c, telemetry_partials.c
-    same_view = sa.and_(
-        p.session_id == c.session_id,
-        p.window_minutes == c.window_minutes,
-        p.resolution == c.resolution,
-        p.compute_version == c.compute_version,
-    )
+    c = telemetry_cache.c
     async with tc.db.read() as conn:
         rows = await conn.execute(
             sa.select(
@@ -50,11 +44,9 @@ async def cached_views(tc: TelemetryClient, session_id: str, user_id: str) -> li
                 c.payload,
                 c.source_watermark,
                 c.computed_at_ms,
-                p.partials,
-                p.history,
-            )
-            .select_from(telemetry_cache.join(telemetry_partials, same_view))
-            .where(
+                c.partials,
+                c.history,
+            ).where(
                 c.session_id == session_id,
                 c.compute_version == COMPUTE_VERSION,
                 c.payload.is_not(None),

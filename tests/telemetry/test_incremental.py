@@ -29,7 +29,7 @@ from tests.telemetry.incremental_helpers import (
     recompute,
 )
 from vitalcast.catalog import ALL_CODES
-from vitalcast.db.tables import session_changes, telemetry_partials
+from vitalcast.db.tables import session_changes, telemetry_cache
 from vitalcast.telemetry.computer import PRUNE_EVERY
 from vitalcast.telemetry.incremental import MEMO
 from vitalcast.telemetry.models import (
@@ -354,8 +354,8 @@ async def test_unreadable_partials_and_a_new_compute_version_compute_in_full(mtc
     await mtc.post_samples(headers, [hr("b", start + 31 * MINUTE, 90.0)])
     async with mtc.db.write() as conn:
         await conn.execute(
-            sa.update(telemetry_partials)
-            .where(telemetry_partials.c.session_id == session_id)
+            sa.update(telemetry_cache)
+            .where(telemetry_cache.c.session_id == session_id)
             .values(partials=b"not partials", history=b'[[1, "not a history"')
         )
     assert await _compute(mtc, key) is ComputeOutcome.COMPUTED

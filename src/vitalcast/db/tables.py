@@ -111,23 +111,13 @@ telemetry_cache = sa.Table(
     # When the first change after ``source_watermark`` arrived; feeds the freshness-lag metric.
     sa.Column("stale_since_ms", sa.BigInteger, nullable=True),
     sa.Column("updated_at_ms", sa.BigInteger, nullable=False),
+    # Saved with the payload: what the next compute of the view starts from (the GROUP BY rows
+    # behind it, telemetry/partials.py) and what a delta is built from (the view's saves and what
+    # each changed, telemetry/history.py). Last in the row, and written by the same UPDATE as the
+    # payload: a table of their own cost a statement per save.
+    sa.Column("partials", sa.LargeBinary, nullable=True),
+    sa.Column("history", sa.LargeBinary, nullable=True),
     sa.CheckConstraint("status in ('computing', 'ready', 'no_data', 'failed')", name="status"),
-)
-
-# Beside each cached payload, saved in the same transaction: what the next compute of the view
-# starts from and what a delta is built from. A table of its own so that the frequent small
-# updates of a cache row (leases) never rewrite these blobs (SQLite rewrites a whole record).
-telemetry_partials = sa.Table(
-    "telemetry_partials",
-    metadata,
-    sa.Column("session_id", sa.String(36), sa.ForeignKey("sessions.id"), primary_key=True),
-    sa.Column("window_minutes", sa.Integer, primary_key=True),
-    sa.Column("resolution", sa.String(8), primary_key=True),
-    sa.Column("compute_version", sa.Integer, primary_key=True),
-    # The GROUP BY rows behind the payload (telemetry/partials.py).
-    sa.Column("partials", sa.LargeBinary, nullable=False),
-    # The view's saves and what each changed (telemetry/history.py).
-    sa.Column("history", sa.LargeBinary, nullable=False),
 )
 
 # The invalidation log: per session and change, the sample times it changed. Every move of a

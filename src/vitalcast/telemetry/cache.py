@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from vitalcast.db.tables import sessions, telemetry_cache, telemetry_partials
+from vitalcast.db.tables import sessions, telemetry_cache
 from vitalcast.sessions.models import Session, SessionStatus
 from vitalcast.telemetry.models import (
     CacheState,
@@ -127,18 +127,6 @@ _ROW_COLUMNS = (
 def _cache_row(values: Sequence[Any]) -> CacheRow:
     row = CacheRow(*values)
     return replace(row, status=CacheState(row.status))
-
-
-p = telemetry_partials.c
-
-
-def _same_view() -> Any:
-    return sa.and_(
-        p.session_id == c.session_id,
-        p.window_minutes == c.window_minutes,
-        p.resolution == c.resolution,
-        p.compute_version == c.compute_version,
-    )
 
 
 def _key(key: TelemetryKey) -> Any:
@@ -301,34 +289,13 @@ class SessionTelemetryCacheRepository:
                 error_code=None,
                 stale_since_ms=next_stale_since,
                 updated_at_ms=now_ms,
+                partials=computed.partials,
+                history=computed.history,
             )
         )
         if result.rowcount != 1:
             return SaveResult(saved=False)
-        await self._save_partials(conn, key, computed)
         return SaveResult(saved=True, lag_ms=now_ms - stale_since if included else None)
-
-    async def _save_partials(
-        self, conn: AsyncConnection, key: TelemetryKey, computed: ComputedTelemetry
-    ) -> None:
-        insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-        statement = insert(telemetry_partials).values(
-            session_id=key.session_id,
-            window_minutes=key.window_minutes,
-            resolution=key.resolution.value,
-            compute_version=key.compute_version,
-            partials=computed.partials,
-            history=computed.history,
-        )
-        await conn.execute(
-            statement.on_conflict_do_update(
-                index_elements=["session_id", "window_minutes", "resolution", "compute_version"],
-                set_={
-                    "partials": statement.excluded.partials,
-                    "history": statement.excluded.history,
-                },
-            )
-        )
 
     async def fail(
         self,
@@ -423,14 +390,10 @@ class SessionTelemetryCacheRepository:
                 sessions,
                 c.source_watermark.label("stored_watermark"),
                 c.payload.is_not(None).label("has_payload"),
-                p.partials.label("stored_partials"),
-                p.history.label("stored_history"),
+                c.partials.label("stored_partials"),
+                c.history.label("stored_history"),
             )
-            .select_from(
-                sessions.outerjoin(telemetry_cache, _key(key)).outerjoin(
-                    telemetry_partials, _same_view()
-                )
-            )
+            .select_from(sessions.outerjoin(telemetry_cache, _key(key)))
             .where(sessions.c.id == key.session_id)
         )
         if key.user_id:
@@ -450,9 +413,9 @@ class SessionTelemetryCacheRepository:
         and save history stored with it (None when there is no payload)."""
         row = (
             await conn.execute(
-                sa.select(c.source_watermark, p.partials, p.history)
-                .select_from(telemetry_cache.outerjoin(telemetry_partials, _same_view()))
-                .where(_key(key), c.payload.is_not(None))
+                sa.select(c.source_watermark, c.partials, c.history).where(
+                    _key(key), c.payload.is_not(None)
+                )
             )
         ).first()
         return None if row is None else StoredView(row[0], row[1], row[2])

@@ -18,6 +18,14 @@ and so no coverage.
 
 Each metric also carries its ``insights`` (``telemetry/insights.py``), computed here from the same
 rows, so whoever assembles a payload from these rows gets them too.
+
+Assembly has two stages. ``metric_series`` walks one metric's rows once and keeps everything
+they decide alone (for a grid: the window's start and the bucket): the series, the gaps from the
+window's start and between samples, stats, phase statistics, the peak candidates and the episode
+runs. ``assemble_metrics`` adds what the window's end decides (the trailing gap, coverage,
+episodes clipped to the end, rates) and is cheap. A live window's end moves on every update, but
+a metric whose rows did not change keeps its ``MetricSeries``, so an incremental compute walks
+only the rows of the metrics that changed, and a full compute goes through the very same code.
 """
 
 from __future__ import annotations

@@ -44,9 +44,7 @@ WHERE s.id = :session_id AND s.user_id = :user_id
 """
 # the save history kept beside the payload, read in the same statement (one snapshot), so that a
 # delta is built from the history of the very payload it leads to
-_HISTORY = """(SELECT p.history FROM telemetry_partials p
-  WHERE p.session_id = c.session_id AND p.window_minutes = c.window_minutes
-    AND p.resolution = c.resolution AND p.compute_version = c.compute_version)"""
+_HISTORY = "c.history"
 #: what a read brings beside the session and the cache row's state: (payload, history)
 _VARIANTS = ((False, False), (True, False), (True, True))
 

@@ -26,25 +26,8 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("session_id", "change_seq", name=op.f("pk_session_changes")),
     )
-    op.create_table(
-        "telemetry_partials",
-        sa.Column("session_id", sa.String(length=36), nullable=False),
-        sa.Column("window_minutes", sa.Integer(), nullable=False),
-        sa.Column("resolution", sa.String(length=8), nullable=False),
-        sa.Column("compute_version", sa.Integer(), nullable=False),
-        sa.Column("partials", sa.LargeBinary(), nullable=False),
-        sa.Column("history", sa.LargeBinary(), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["session_id"], ["sessions.id"], name=op.f("fk_telemetry_partials_session_id_sessions")
-        ),
-        sa.PrimaryKeyConstraint(
-            "session_id",
-            "window_minutes",
-            "resolution",
-            "compute_version",
-            name=op.f("pk_telemetry_partials"),
-        ),
-    )
+    op.add_column("telemetry_cache", sa.Column("partials", sa.LargeBinary(), nullable=True))
+    op.add_column("telemetry_cache", sa.Column("history", sa.LargeBinary(), nullable=True))
     if op.get_bind().dialect.name == "postgresql":
         _store_cheaply()
 
@@ -55,7 +38,7 @@ def _store_cheaply() -> None:
     compresses 77 kB of it (a 24-hour view) in about 4 ms per save, lz4 in a fraction of that,
     and reads decompress faster too. lz4 only where the server was built with it (PostgreSQL 14+,
     as Debian's and the official images are)."""
-    op.execute("ALTER TABLE telemetry_partials ALTER COLUMN partials SET STORAGE EXTERNAL")
+    op.execute("ALTER TABLE telemetry_cache ALTER COLUMN partials SET STORAGE EXTERNAL")
     lz4 = op.get_bind().scalar(
         sa.text(
             "SELECT count(*) FROM pg_settings "
@@ -67,5 +50,7 @@ def _store_cheaply() -> None:
 
 
 def downgrade() -> None:
-    op.drop_table("telemetry_partials")
+    with op.batch_alter_table("telemetry_cache") as batch:
+        batch.drop_column("history")
+        batch.drop_column("partials")
     op.drop_table("session_changes")
