@@ -427,7 +427,12 @@ async def insights_cost(
                     session,
                     key,
                     window,
-                    series_of(fresh, window.start_ms, resolution.bucket_ms),
+                    series_of(
+                        fresh,
+                        window.start_ms,
+                        resolution.bucket_ms,
+                        with_insights=with_insights,
+                    ),
                     SystemClock().now_ms(),
                     with_insights=with_insights,
                 )

@@ -93,15 +93,17 @@ def build_metrics(
 
     ``with_insights=False`` leaves each metric's ``insights`` out; only the benchmark does, to
     measure what they cost (bench/telemetry.py)."""
-    series = series_of(rows, window.start_ms, bucket_ms)
+    series = series_of(rows, window.start_ms, bucket_ms, with_insights=with_insights)
     return assemble_metrics(series, window, bucket_ms, with_insights=with_insights)
 
 
-def series_of(rows: Iterable[Row], origin_ms: int, bucket_ms: int) -> dict[str, MetricSeries]:
+def series_of(
+    rows: Iterable[Row], origin_ms: int, bucket_ms: int, *, with_insights: bool = True
+) -> dict[str, MetricSeries]:
     """Each metric's ``MetricSeries`` from GROUP BY rows in any order (metrics outside the catalog
     and metrics with AHEAD rows only are left out)."""
     built = (
-        metric_series(code, metric_rows, origin_ms, bucket_ms)
+        metric_series(code, metric_rows, origin_ms, bucket_ms, with_insights=with_insights)
         for code, metric_rows in groupby(sorted(rows, key=_ORDER), key=itemgetter(0))
     )
     return {series.code: series for series in built if series is not None}
@@ -172,10 +174,11 @@ class MetricSeries:
 
 
 def metric_series(
-    code: str, rows: Iterable[Row], origin_ms: int, bucket_ms: int
+    code: str, rows: Iterable[Row], origin_ms: int, bucket_ms: int, *, with_insights: bool = True
 ) -> MetricSeries | None:
     """The series of one metric's rows, sorted by (bucket, phase); AHEAD rows are skipped (they
-    lie beyond the window's end). None for a metric outside the catalog or without a row."""
+    lie beyond the window's end). None for a metric outside the catalog or without a row.
+    ``with_insights=False`` leaves the insights' parts out (the benchmark of what they cost)."""
     metric = BY_CODE.get(code)
     if metric is None:
         return None
@@ -255,8 +258,10 @@ def metric_series(
         last_ms=lasts[-1],
         fixed_gaps=gaps,
         after=parts[AFTER],
-        peaks=peak_candidates(parts[DURING]),
-        episodes=episode_runs(metric.alert_rules, t, lows, highs, gaps, origin_ms, bucket_ms),
+        peaks=peak_candidates(parts[DURING]) if with_insights else None,
+        episodes=episode_runs(metric.alert_rules, t, lows, highs, gaps, origin_ms, bucket_ms)
+        if with_insights
+        else [],
     )
 
 
