@@ -15,9 +15,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.properties import on_real_services
 from tests.telemetry.conftest import MINUTE, iso
 
 # From reference/metrics.md, written out again on purpose (not imported from vitalcast.catalog).
@@ -232,16 +233,7 @@ def assert_close(actual: Any, expected: Any, path: str = "") -> None:
         assert actual == expected, (path, actual, expected)
 
 
-@settings(
-    max_examples=30,
-    deadline=None,
-    database=None,
-    suppress_health_check=[
-        HealthCheck.function_scoped_fixture,
-        HealthCheck.too_slow,
-        HealthCheck.data_too_large,
-    ],
-)
+@on_real_services(30)
 @given(scenario=scenarios())
 async def test_payload_matches_independent_recomputation(tc, users, scenario: Scenario):
     """Buckets, gaps, stats and phases equal a sample-by-sample recomputation (floats to 1e-9)."""

@@ -15,10 +15,11 @@ from typing import Any
 import orjson
 import pytest
 import sqlalchemy as sa
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.doubles import RecordingListener
+from tests.properties import on_real_services
 from tests.telemetry.conftest import MINUTE, TelemetryClient, hr, iso, telemetry_client
 from tests.telemetry.deltas import apply_delta
 from tests.telemetry.incremental_helpers import (
@@ -188,16 +189,7 @@ class Client:
         assert self.payload == full["telemetry"]
 
 
-@settings(
-    max_examples=25,
-    deadline=None,
-    database=None,
-    suppress_health_check=[
-        HealthCheck.function_scoped_fixture,
-        HealthCheck.too_slow,
-        HealthCheck.data_too_large,
-    ],
-)
+@on_real_services(25)
 @given(program=programs())
 async def test_incremental_payloads_equal_full_recomputes_and_deltas_rebuild_them(
     tc, users, program: Program

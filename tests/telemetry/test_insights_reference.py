@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import event, given
 from hypothesis import strategies as st
 
+from tests.properties import on_real_services
 from tests.telemetry.conftest import MINUTE, iso
 from tests.telemetry.insights_reference import CUMULATIVE, SCALAR, insights
 from tests.telemetry.test_correctness import assert_close
@@ -193,16 +194,7 @@ def actual_insights(payload: dict[str, Any]) -> dict[str, Any]:
     return {code: metric["insights"] for code, metric in payload["metrics"].items()}
 
 
-@settings(
-    max_examples=40,
-    deadline=None,
-    database=None,
-    suppress_health_check=[
-        HealthCheck.function_scoped_fixture,
-        HealthCheck.too_slow,
-        HealthCheck.data_too_large,
-    ],
-)
+@on_real_services(40)
 @given(scenario=scenarios())
 async def test_insights_match_the_reference_for_generated_sessions(tc, users, scenario):
     """Baseline, delta, peak, recovery and episodes (scalar) and totals and rates (cumulative)
