@@ -31,6 +31,7 @@ from tests.telemetry.incremental_helpers import (
 )
 from vitalcast.catalog import ALL_CODES
 from vitalcast.db.tables import session_changes, telemetry_cache
+from vitalcast.telemetry.compute import MAX_RANGES
 from vitalcast.telemetry.computer import PRUNE_EVERY
 from vitalcast.telemetry.incremental import MEMO
 from vitalcast.telemetry.models import (
@@ -358,6 +359,20 @@ async def test_unreadable_partials_and_a_new_compute_version_compute_in_full(mtc
     )
     computed = await recompute(mtc, other_version, mtc.clock.now_ms(), None)
     assert computed.path is ComputePath.FULL_NO_PARTIALS
+
+
+async def test_more_dirty_ranges_than_one_query_takes_stay_exact(mtc, users):
+    """Late samples in ten buckets apart: the GROUP BY merges its ranges down to MAX_RANGES and
+    so aggregates clean buckets between them again; each comes back once, not twice."""
+    user_id, session_id, headers, start = await _live_session(mtc, users)
+    key = TelemetryKey(session_id, 60, Resolution.ONE_MINUTE, user_id=user_id)
+    await _compute(mtc, key)
+    late = [hr(f"late{i}", start + 2 * i * MINUTE + 30_000, 120.0 + i) for i in range(10)]
+    assert len(late) > MAX_RANGES
+    await mtc.post_samples(headers, late)
+    await _compute(mtc, key)
+    assert (await compute_paths(mtc)).get("incremental") == 1.0
+    await _assert_cached_equals_full(mtc, session_id, user_id)
 
 
 async def test_ending_the_session_logs_it_whole_then_late_samples_are_incremental(mtc, users):
