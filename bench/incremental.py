@@ -225,7 +225,7 @@ async def run_length(url: str, length_h: int, batches: int) -> dict[str, Any]:
             delta_bytes.append(len(delta.body()))
             full_bytes.append(len(whole.body()))
             async with db.read() as conn:
-                stored = await cache.stored(conn, inc.key)
+                _, stored = await cache.session_and_stored(conn, inc.key)
             assert stored is not None and stored.partials is not None
             partials_bytes = len(stored.partials)
             started = time.perf_counter()

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vitalcast.db.tables import sessions, telemetry_cache
 from vitalcast.sessions.models import Session, SessionStatus
+from vitalcast.telemetry.compute import session_query
 from vitalcast.telemetry.models import (
     CacheState,
     ComputedTelemetry,
@@ -382,22 +383,20 @@ class SessionTelemetryCacheRepository:
     async def session_and_stored(
         self, conn: AsyncConnection, key: TelemetryKey
     ) -> tuple[Session | None, StoredView | None]:
-        """The key's session (as ``compute.load_session`` reads it) and what ``stored`` reads,
-        in one statement: a compute's read starts with both, and on a small live view every
-        round trip counts."""
+        """The key's session (``compute.load_session``'s row) and what the next compute of the
+        view starts from: the payload's watermark and the partials and save history stored with
+        it (None when there is no payload). One statement: a compute's read starts with both,
+        and on a small live view every round trip counts."""
         query = (
-            sa.select(
-                sessions,
+            session_query(key)
+            .add_columns(
                 c.source_watermark.label("stored_watermark"),
                 c.payload.is_not(None).label("has_payload"),
                 c.partials.label("stored_partials"),
                 c.history.label("stored_history"),
             )
-            .select_from(sessions.outerjoin(telemetry_cache, _key(key)))
-            .where(sessions.c.id == key.session_id)
+            .outerjoin(telemetry_cache, _key(key))
         )
-        if key.user_id:
-            query = query.where(sessions.c.user_id == key.user_id)
         row = (await conn.execute(query)).first()
         if row is None:
             return None, None
@@ -407,18 +406,6 @@ class SessionTelemetryCacheRepository:
             else None
         )
         return Session.from_row(row), stored
-
-    async def stored(self, conn: AsyncConnection, key: TelemetryKey) -> StoredView | None:
-        """What the next compute of ``key`` starts from: the payload's watermark and the partials
-        and save history stored with it (None when there is no payload)."""
-        row = (
-            await conn.execute(
-                sa.select(c.source_watermark, c.partials, c.history).where(
-                    _key(key), c.payload.is_not(None)
-                )
-            )
-        ).first()
-        return None if row is None else StoredView(row[0], row[1], row[2])
 
     @staticmethod
     def views_floor(session_id: str, *, compute_version: int) -> sa.ScalarSelect[Any]:

@@ -90,12 +90,17 @@ Aggregator = Callable[
 ]
 
 
-async def load_session(conn: AsyncConnection, key: TelemetryKey) -> Session | None:
-    """The key's session with its current watermark; None if gone or not the key's user's."""
+def session_query(key: TelemetryKey) -> sa.Select[Any]:
+    """The select of the key's session row (only the key's user's, when the key names one)."""
     query = sa.select(sessions).where(sessions.c.id == key.session_id)
     if key.user_id:
         query = query.where(sessions.c.user_id == key.user_id)
-    row = (await conn.execute(query)).first()
+    return query
+
+
+async def load_session(conn: AsyncConnection, key: TelemetryKey) -> Session | None:
+    """The key's session with its current watermark; None if gone or not the key's user's."""
+    row = (await conn.execute(session_query(key))).first()
     return None if row is None else Session.from_row(row)
 
 

@@ -45,7 +45,7 @@ from vitalcast.telemetry.compute import (
     merge_ranges,
     scan_end_ms,
 )
-from vitalcast.telemetry.downsample import AHEAD, MetricSeries, Row, metric_series, series_of
+from vitalcast.telemetry.downsample import AHEAD, MetricSeries, Row, metric_series
 from vitalcast.telemetry.models import (
     CacheState,
     ComputedTelemetry,
@@ -201,6 +201,16 @@ class _Merged:
     fresh: list[Row]
 
 
+def _add_series(
+    merged: _Merged, code: str, rows: Sequence[Row], origin_ms: int, bucket_ms: int
+) -> None:
+    """The series of ``code``'s rows into ``merged`` (none for a metric without a row in the
+    window or outside the catalog)."""
+    series = metric_series(code, rows, origin_ms, bucket_ms)
+    if series is not None:
+        merged.series[code] = series
+
+
 def _merge(
     previous: Partials,
     known: Mapping[str, MetricSeries],
@@ -224,15 +234,15 @@ def _merge(
         kept, dropped = _split(old.rows if old is not None else (), spans)
         if old is not None and dropped == new:
             merged.metrics[code] = old
-            series = known.get(code) or metric_series(code, old.rows, start, bucket_ms)
-            if series is not None:
+            series = known.get(code)
+            if series is None:
+                _add_series(merged, code, old.rows, start, bucket_ms)
+            else:
                 merged.series[code] = series
             continue
         rows = sorted(kept + new, key=ROW_ORDER)
         merged.metrics[code] = MetricRows(rows)
-        series = metric_series(code, rows, start, bucket_ms)
-        if series is not None:
-            merged.series[code] = series
+        _add_series(merged, code, rows, start, bucket_ms)
         merged.replaced.extend(dropped)
         merged.fresh.extend(new)
     return merged
@@ -304,13 +314,10 @@ async def compute_view(
         now_ms=now_ms,
     )
     remembered = None
-    if memo is not None and stored is not None and stored.partials is not None:
+    if memo is not None and stored is not None and stored.source_watermark is not None:
         remembered = memo.get(key, stored)
-    if remembered is not None and stored is not None and stored.source_watermark is not None:
-        previous: Partials | None = remembered.partials
-        known = remembered.series
-    else:
-        previous, known = _stored_partials(stored), {}
+    previous = remembered.partials if remembered else _stored_partials(stored)
+    known = remembered.series if remembered else {}
     path, dirty = await _plan(
         conn,
         session,
@@ -325,10 +332,11 @@ async def compute_view(
         merged = _merge(previous, known, fresh, ranges, window, bucket_ms)
     else:
         rows = await aggregate_rows(conn, session.user_id, window, bucket_ms)
-        metrics = Partials.of_rows(window, bucket_ms, rows).metrics
-        series = series_of(rows, window.start_ms, bucket_ms)
+        metrics = dict(Partials.of_rows(window, bucket_ms, rows).metrics)
         replaced = previous.rows if previous is not None else []
-        merged = _Merged(dict(metrics), series, replaced, rows)
+        merged = _Merged(metrics, {}, replaced, rows)
+        for code, metric in metrics.items():
+            _add_series(merged, code, metric.rows, window.start_ms, bucket_ms)
     assembled = assemble(session, key, window, merged.series, now_ms)
     digests = history.part_digests(assembled.document, assembled.metrics)
 
