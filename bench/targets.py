@@ -41,3 +41,11 @@ FAN_OUT_DELIVERED_SHARE_MIN = 1.0
 IMPORT_SHARE_OF_INGEST_MIN = 0.5
 #: #14: peak resident memory of the import process
 IMPORT_PEAK_RSS_MAX_MB = 250.0
+#: #22: server CPU of one live update (ingest of a 5 s batch + compute + push to its watchers),
+#: embedded and scaled out (server + worker together)
+CPU_PER_UPDATE_MAX_MS = 5.0
+#: #22: open loop, live sessions syncing every 5 s with 5 watchers each: ingest sent → last
+#: watcher p99 must stay under this …
+CAPACITY_P99_MAX_MS = 250.0
+#: #22: … for at least this many sessions on one embedded process
+CAPACITY_SESSIONS_MIN = 1_000

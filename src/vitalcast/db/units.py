@@ -1,0 +1,198 @@
+"""Units of work on SQLite: a whole transaction on a database thread, in one hop.
+
+Through aiosqlite every DBAPI call (cursor, execute, fetch, close, commit) is a round trip
+between the event loop and the connection's thread: a future, a ``call_soon_threadsafe`` and a
+GIL hand-over each way. Measured on this code base, a one-row SELECT cost 0.19 ms of CPU through
+it against 0.02 ms on the same file synchronously, and opening plus committing a transaction
+0.3 ms against 0.03 ms; a live update ran about twenty such calls.
+
+``SqliteUnits`` runs a *unit* (an async function of one ``AsyncConnection``, the same code that
+runs on PostgreSQL) entirely on one of a few database threads. Each thread has its own event loop
+and its own engine whose driver is aiosqlite's connection class with the thread hand-off taken
+out (``InlineConnection``): every call runs at once, in the thread that made it. So a unit
+costs one hop there and one back, whatever it executes, and while SQLite works (a GROUP BY, a
+busy wait) the GIL is released and the server's event loop keeps serving.
+
+A unit never suspends on its thread (nothing in it waits for anything but SQLite), so each thread
+runs its units one after another; the threads run side by side. A unit must not wait for the
+server's loop or hold anything of it: it gets a connection and returns values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import aiosqlite
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+T = TypeVar("T")
+#: what a unit is: the body of one transaction
+Unit = Callable[[AsyncConnection], Awaitable[T]]
+
+#: database threads per SQLite database (SQLite has one writer at a time; readers run beside it)
+UNIT_THREADS = 2
+
+
+class _Inline:
+    """Stands where aiosqlite keeps the queue to its thread: runs each call at once."""
+
+    def put_nowait(self, item: tuple[asyncio.Future[Any] | None, Callable[[], Any]]) -> None:
+        future, function = item
+        try:
+            result = function()
+        except BaseException as exc:
+            if future is not None and not future.done():
+                future.set_exception(exc)
+        else:
+            if future is not None and not future.done():
+                future.set_result(result)
+
+
+class InlineConnection(aiosqlite.Connection):
+    """aiosqlite's connection without its thread: the caller's thread runs every call."""
+
+    def __init__(self, connector: Callable[[], sqlite3.Connection]) -> None:
+        super().__init__(connector, 64)
+        self._tx = _Inline()  # type: ignore[assignment]
+
+    def __await__(self) -> Any:
+        return self._connect().__await__()
+
+    async def _execute(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if not self._running or not self._connection:
+            raise ValueError("Connection closed")
+        return fn(*args, **kwargs)
+
+    def stop(self) -> None:
+        self._running = False
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+
+class _Worker:
+    """One database thread: its loop, an engine made on it and the one connection its units
+    use (checking a connection out of a pool and resetting it cost more than a small unit)."""
+
+    def __init__(
+        self, name: str, make_engine: Callable[[], AsyncEngine], write_option: str
+    ) -> None:
+        self.busy = 0
+        self._write_option = write_option
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+        self._conns: dict[bool, AsyncConnection] = {}
+        self._lock: asyncio.Lock | None = None
+        self.engine = asyncio.run_coroutine_threadsafe(self._make(make_engine), self.loop).result()
+
+    @staticmethod
+    async def _make(make_engine: Callable[[], AsyncEngine]) -> AsyncEngine:
+        return make_engine()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    async def _connection(self, write: bool) -> AsyncConnection:
+        conn = self._conns.get(write)
+        if conn is None or conn.closed or conn.invalidated:
+            engine = (
+                self.engine.execution_options(**{self._write_option: True})
+                if write
+                else self.engine
+            )
+            conn = self._conns[write] = await engine.connect()
+        return conn
+
+    async def run(self, unit: Unit[T], write: bool) -> T:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        # Units do not suspend, so the lock is never contended; it only makes sure of it.
+        async with self._lock:
+            conn = await self._connection(write)
+            try:
+                async with conn.begin():
+                    return await unit(conn)
+            except BaseException:
+                if conn.in_transaction() or conn.invalidated:
+                    self._conns.pop(write, None)
+                    await conn.close()
+                raise
+
+    async def _dispose(self) -> None:
+        for conn in self._conns.values():
+            await conn.close()
+        self._conns.clear()
+        await self.engine.dispose()
+
+    async def close(self) -> None:
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._dispose(), self.loop))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        await asyncio.to_thread(self._thread.join, 10)
+        if not self._thread.is_alive():
+            self.loop.close()
+
+
+class SqliteUnits:
+    """The database threads of one SQLite file; ``run`` hands a unit to the least busy one."""
+
+    def __init__(
+        self,
+        url: sa.URL,
+        *,
+        configure: Callable[[AsyncEngine], None],
+        write_option: str,
+        busy_timeout_s: float,
+        threads: int = UNIT_THREADS,
+    ) -> None:
+        database = url.database or ""
+
+        def connector() -> sqlite3.Connection:
+            return sqlite3.connect(database, timeout=busy_timeout_s)
+
+        async def creator() -> InlineConnection:
+            connection = InlineConnection(connector)
+            await connection._connect()
+            return connection
+
+        def make_engine() -> AsyncEngine:
+            engine = create_async_engine(
+                url, async_creator=creator, hide_parameters=True, pool_size=2, max_overflow=2
+            )
+            configure(engine)
+            return engine
+
+        self._workers = [
+            _Worker(f"vitalcast-sqlite-{i}", make_engine, write_option) for i in range(threads)
+        ]
+        self._closed = False
+
+    async def run(self, unit: Unit[T], *, write: bool) -> T:
+        """The unit's result, run in one transaction (``write``: taking SQLite's write lock at
+        BEGIN, as ``Database.write`` does) on a database thread; its exception if it raised
+        (the transaction then rolled back)."""
+        if self._closed:
+            raise RuntimeError("the database is closed")
+        worker = min(self._workers, key=lambda w: w.busy)
+        worker.busy += 1
+        try:
+            work = asyncio.run_coroutine_threadsafe(worker.run(unit, write), worker.loop)
+            return await asyncio.wrap_future(work)
+        finally:
+            worker.busy -= 1
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.gather(*(worker.close() for worker in self._workers))
+
+
+def is_file_url(url: sa.URL) -> bool:
+    return url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
