@@ -51,6 +51,7 @@ from bench.common import (
     server_env,
     serving,
 )
+from bench.realtime import sampled
 from bench.targets import CAPACITY_P99_MAX_MS, CAPACITY_SESSIONS_MIN, CPU_PER_UPDATE_MAX_MS
 from vitalcast.auth import issue_token
 from vitalcast.clock import iso_ms
@@ -338,6 +339,7 @@ async def cpu_part(
     plan: list[dict[str, str]],
     pids: Sequence[int],
     rounds: int,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
     n = len(plan)
     answer = await load.ask(f"connect {n}")
@@ -346,8 +348,9 @@ async def cpu_part(
     healthz = await healthz_cpu(http, pids)
     await load.receipts()
     before = cpu_of(pids)
-    sent = await open_loop(http, plan, n, rounds, f"cpu{uuid.uuid4().hex[:4]}")
-    await drained(http)
+    with sampled(pids[0], profile):
+        sent = await open_loop(http, plan, n, rounds, f"cpu{uuid.uuid4().hex[:4]}")
+        await drained(http)
     await asyncio.sleep(2)
     used = cpu_of(pids) - before
     result = judge(sent, await load.receipts())
@@ -466,7 +469,12 @@ async def run(kind: str, parts: Sequence[str], args: argparse.Namespace) -> dict
                     result: dict[str, Any] = {}
                     if "cpu" in parts:
                         result["cpu"] = await cpu_part(
-                            http, load, plan[: args.cpu_sessions], pids, args.rounds
+                            http,
+                            load,
+                            plan[: args.cpu_sessions],
+                            pids,
+                            args.rounds,
+                            args.profile if kind == "embedded" else None,
                         )
                     if "capacity" in parts and kind == "embedded":
                         result["capacity"] = await capacity_part(
@@ -484,6 +492,9 @@ async def main(argv: Sequence[str]) -> None:
     parser.add_argument("--cpu-sessions", type=int, default=40)
     parser.add_argument("--name", default="capacity", help="bench/results/<name>.json")
     parser.add_argument("--label", default="", help="what code ran (kept in the result)")
+    parser.add_argument(
+        "--profile", type=Path, help="py-spy samples the embedded server during the cpu part"
+    )
     parser.add_argument("--load", nargs=3, metavar=("URL", "PLAN", "OUT"))
     args = parser.parse_args(argv)
     if args.load:

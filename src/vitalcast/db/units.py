@@ -80,9 +80,14 @@ class _Worker:
     use (checking a connection out of a pool and resetting it cost more than a small unit)."""
 
     def __init__(
-        self, name: str, make_engine: Callable[[], AsyncEngine], write_option: str
+        self,
+        name: str,
+        make_engine: Callable[[], AsyncEngine],
+        write_option: str,
+        write_lock: threading.Lock,
     ) -> None:
         self.busy = 0
+        self._write_lock = write_lock
         self._write_option = write_option
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -115,15 +120,21 @@ class _Worker:
             self._lock = asyncio.Lock()
         # Units do not suspend, so the lock is never contended; it only makes sure of it.
         async with self._lock:
-            conn = await self._connection(write)
-            try:
-                async with conn.begin():
-                    return await unit(conn)
-            except BaseException:
-                if conn.in_transaction() or conn.invalidated:
-                    self._conns.pop(write, None)
-                    await conn.close()
-                raise
+            if not write:
+                return await self._transaction(unit, write)
+            with self._write_lock:
+                return await self._transaction(unit, write)
+
+    async def _transaction(self, unit: Unit[T], write: bool) -> T:
+        conn = await self._connection(write)
+        try:
+            async with conn.begin():
+                return await unit(conn)
+        except BaseException:
+            if conn.in_transaction() or conn.invalidated:
+                self._conns.pop(write, None)
+                await conn.close()
+            raise
 
     async def _dispose(self) -> None:
         for conn in self._conns.values():
@@ -168,8 +179,12 @@ class SqliteUnits:
             configure(engine)
             return engine
 
+        # Write units of this process queue on a lock before BEGIN IMMEDIATE: SQLite's own
+        # busy handler would poll for the write lock with sleeps of up to 100 ms.
+        write_lock = threading.Lock()
         self._workers = [
-            _Worker(f"vitalcast-sqlite-{i}", make_engine, write_option) for i in range(threads)
+            _Worker(f"vitalcast-sqlite-{i}", make_engine, write_option, write_lock)
+            for i in range(threads)
         ]
         self._closed = False
 
