@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vitalcast.db.engine import Database
 from vitalcast.db.tables import users
+from vitalcast.db.units import UnitSuspended
 
 
 async def _count(db: Database, name: str) -> int:
@@ -77,3 +78,23 @@ async def test_dispose_stops_the_database_threads(db: Database) -> None:
     await db.dispose()
     await db.dispose()
     assert _database_threads() - before == set()
+
+
+async def test_a_unit_that_waits_for_the_loop_fails_on_sqlite_and_leaves_nothing(
+    db: Database,
+) -> None:
+    """On SQLite a unit runs on a database thread with no event loop: waiting for anything but
+    the database is a bug, and it fails loudly (its transaction rolled back) instead of
+    stalling the thread."""
+
+    async def add_then_wait(conn: AsyncConnection) -> None:
+        await conn.execute(_insert("waited"))
+        await asyncio.sleep(0)
+
+    if not db.sqlite:
+        await db.unit(add_then_wait, write=True)
+        assert await _count(db, "waited") == 1
+        return
+    with pytest.raises(UnitSuspended):
+        await db.unit(add_then_wait, write=True)
+    assert await _count(db, "waited") == 0

@@ -7,15 +7,16 @@ it against 0.02 ms on the same file synchronously, and opening plus committing a
 0.3 ms against 0.03 ms; a live update ran about twenty such calls.
 
 ``SqliteUnits`` runs a *unit* (an async function of one ``AsyncConnection``, the same code that
-runs on PostgreSQL) entirely on one of a few database threads. Each thread has its own event loop
-and its own engine whose driver is aiosqlite's connection class with the thread hand-off taken
-out (``InlineConnection``): every call runs at once, in the thread that made it. So a unit
-costs one hop there and one back, whatever it executes, and while SQLite works (a GROUP BY, a
-busy wait) the GIL is released and the server's event loop keeps serving.
+runs on PostgreSQL) entirely on one of a few database threads. Each thread has its own engine
+whose driver is aiosqlite's connection class with the thread hand-off taken out
+(``InlineConnection``): every call runs at once, in the thread that made it, so no await in a
+unit ever suspends and the thread drives the unit's coroutine to its end without an event loop.
+A unit costs one hop there and one back, whatever it executes, and while SQLite works (a GROUP
+BY, a wait for the write lock) the GIL is released and the server's event loop keeps serving.
 
-A unit never suspends on its thread (nothing in it waits for anything but SQLite), so each thread
-runs its units one after another; the threads run side by side. A unit must not wait for the
-server's loop or hold anything of it: it gets a connection and returns values.
+Each thread runs its units one after another; the threads run side by side. A unit must not
+wait for anything but its connection (a unit that does fails with ``UnitSuspended``): it gets a
+connection and returns values.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar, cast
 
 import aiosqlite
 import sqlalchemy as sa
@@ -32,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 T = TypeVar("T")
 #: what a unit is: the body of one transaction
-Unit = Callable[[AsyncConnection], Awaitable[T]]
+Unit = Callable[[AsyncConnection], Coroutine[Any, Any, T]]
 
 #: database threads per SQLite database (SQLite has one writer at a time; readers run beside it)
 UNIT_THREADS = 2
@@ -75,9 +77,26 @@ class InlineConnection(aiosqlite.Connection):
             self._connection = None
 
 
+class UnitSuspended(RuntimeError):
+    """A unit waited for something other than its database (see the module docstring)."""
+
+
+def _drive(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine that never suspends to its end, with no event loop running: every
+    awaitable in a unit (a finished future, the inline driver's calls) completes at once."""
+    try:
+        while True:
+            coro.send(None)
+            coro.throw(UnitSuspended("a unit of work waited for something other than SQLite"))
+    except StopIteration as stop:
+        return cast(T, stop.value)
+
+
 class _Worker:
-    """One database thread: its loop, an engine made on it and the one connection its units
-    use (checking a connection out of a pool and resetting it cost more than a small unit)."""
+    """One database thread, an engine made on it and the one connection its units use
+    (checking a connection out of a pool and resetting it cost more than a small unit). The
+    thread runs no event loop: a unit's coroutine is driven to its end in one go (``_drive``),
+    so handing a unit over costs a queue put here and one wake-up of the caller's loop."""
 
     def __init__(
         self,
@@ -89,20 +108,16 @@ class _Worker:
         self.busy = 0
         self._write_lock = write_lock
         self._write_option = write_option
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
         self._conns: dict[bool, AsyncConnection] = {}
-        self._lock: asyncio.Lock | None = None
-        self.engine = asyncio.run_coroutine_threadsafe(self._make(make_engine), self.loop).result()
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix=name)
+        self.engine = self.executor.submit(self._start, make_engine).result()
 
     @staticmethod
-    async def _make(make_engine: Callable[[], AsyncEngine]) -> AsyncEngine:
+    def _start(make_engine: Callable[[], AsyncEngine]) -> AsyncEngine:
+        # aiosqlite and SQLAlchemy ask for the thread's event loop to make futures that are
+        # done at once; it is never run.
+        asyncio.set_event_loop(asyncio.new_event_loop())
         return make_engine()
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
 
     async def _connection(self, write: bool) -> AsyncConnection:
         conn = self._conns.get(write)
@@ -115,15 +130,12 @@ class _Worker:
             conn = self._conns[write] = await engine.connect()
         return conn
 
-    async def run(self, unit: Unit[T], write: bool) -> T:
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        # Units do not suspend, so the lock is never contended; it only makes sure of it.
-        async with self._lock:
-            if not write:
-                return await self._transaction(unit, write)
-            with self._write_lock:
-                return await self._transaction(unit, write)
+    def run(self, unit: Unit[T], write: bool) -> T:
+        """On the worker's thread: the unit in one transaction."""
+        if not write:
+            return _drive(self._transaction(unit, write))
+        with self._write_lock:
+            return _drive(self._transaction(unit, write))
 
     async def _transaction(self, unit: Unit[T], write: bool) -> T:
         conn = await self._connection(write)
@@ -142,12 +154,13 @@ class _Worker:
         self._conns.clear()
         await self.engine.dispose()
 
+    def _stop(self) -> None:
+        _drive(self._dispose())
+        asyncio.get_event_loop().close()
+
     async def close(self) -> None:
-        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._dispose(), self.loop))
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        await asyncio.to_thread(self._thread.join, 10)
-        if not self._thread.is_alive():
-            self.loop.close()
+        await asyncio.get_running_loop().run_in_executor(self.executor, self._stop)
+        await asyncio.to_thread(self.executor.shutdown)
 
 
 class SqliteUnits:
@@ -197,8 +210,8 @@ class SqliteUnits:
         worker = min(self._workers, key=lambda w: w.busy)
         worker.busy += 1
         try:
-            work = asyncio.run_coroutine_threadsafe(worker.run(unit, write), worker.loop)
-            return await asyncio.wrap_future(work)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(worker.executor, worker.run, unit, write)
         finally:
             worker.busy -= 1
 
