@@ -394,7 +394,7 @@ async def _backfill(
     from vitalcast.observability import Metrics
     from vitalcast.queue.backfill import coordinator_submit, run_backfill
     from vitalcast.queue.service import SessionTelemetryQueueService
-    from vitalcast.telemetry.models import ScheduleReason, TelemetryKey
+    from vitalcast.telemetry.keys import ScheduleReason, TelemetryKey
     from vitalcast.wiring import build_local_computes
 
     local = build_local_computes(settings)

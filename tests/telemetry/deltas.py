@@ -1,5 +1,5 @@
 """The receiving side of a telemetry delta, written out from the contract (DESIGN.md "Deltas",
-``telemetry/history.py``) rather than imported, as the dashboard's ``deltas.js`` is: the tests
+``telemetry/compute/deltas.py``) rather than imported, as the dashboard's ``deltas.js`` is: the tests
 check that what the server sends rebuilds the payload it holds."""
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ from vitalcast.realtime.broadcaster import (
 )
 from vitalcast.realtime.frames import FrameGate
 from vitalcast.sessions.models import Session
-from vitalcast.telemetry.models import CacheState
+from vitalcast.telemetry.keys import CacheState
 from vitalcast.wiring import ServerParts
 
 log = get_logger(__name__)
