@@ -99,6 +99,7 @@ def _share_cell(route: str, who: str) -> tuple[int, str | None]:
         return (200, None) if who == SHARE else (404, "SESSION_NOT_FOUND")
     return 403, "SHARE_SCOPE"
 
+
 # Socket.IO: the refused principals never get a socket, so their events cannot be sent at all.
 SOCKET_MATRIX: dict[str, dict[str, Any]] = {
     "connect": {
