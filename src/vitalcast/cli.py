@@ -1,9 +1,9 @@
-"""The ``vitalcast`` command: serve, worker, db upgrade, token create, simulate, backfill,
-import apple-health.
+"""The ``vitalcast`` command: serve, worker, db upgrade, token create and revoke, simulate,
+backfill, import apple-health.
 
 Every command imports what it needs when it runs, not when this module loads: Alembic,
 uvicorn, the app and BullMQ cost seconds to import, and a ``token create`` (or any process a test
-spawns) should not pay for a server it never starts. ``tests/test_cli_imports.py`` holds this.
+spawns) should not pay for a server it never starts. ``tests/test_startup.py`` holds this.
 """
 
 from __future__ import annotations
@@ -63,10 +63,60 @@ def token_create(
     configure_logging("warning")
     upgrade_if_behind(settings.resolved_database_url)
     user_id = asyncio.run(_ensure_user(settings, name))
-    now_s = int(time.time())
+    issued_ms = now_ms()
     typer.echo(
-        issue_token(settings.resolved_secret(), user_id, now_s=now_s, ttl_s=ttl_days * 86_400)
+        issue_token(
+            settings.resolved_secret(),
+            user_id,
+            now_s=issued_ms // 1000,
+            ttl_s=ttl_days * 86_400,
+            now_ms=issued_ms,
+        )
     )
+
+
+@token_app.command("revoke")
+def token_revoke(name: str) -> None:
+    """Refuse every local token issued to the user NAME before now, on every server: requests
+    with them answer 401 TOKEN_REVOKED and their sockets are closed (within a second when
+    scaled out; within VITALCAST_REVOCATION_POLL_MS when embedded). Exit 1 when there is no
+    such user."""
+    from vitalcast.db.migrate import upgrade_if_behind
+    from vitalcast.observability import configure_logging
+
+    settings = Settings()
+    configure_logging("warning")
+    upgrade_if_behind(settings.resolved_database_url)
+    if not asyncio.run(_revoke_tokens(settings, name)):
+        typer.echo(f"no user called {name!r}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"local tokens of {name!r} issued before now are refused")
+
+
+async def _revoke_tokens(settings: Settings, name: str) -> bool:
+    from vitalcast import credentials
+    from vitalcast.db.engine import Database, create_engine
+    from vitalcast.revocations import Revocation, RevocationKind, channel_of, publish_once
+
+    db = Database(create_engine(settings.resolved_database_url))
+    at_ms = now_ms()
+    try:
+        async with db.write() as conn:
+            user_id = await credentials.revoke_local_tokens(conn, name, now_ms=at_ms)
+    finally:
+        await db.dispose()
+    if user_id is None:
+        return False
+    if settings.redis_url:
+        revocation = Revocation(RevocationKind.USER, user_id, at_ms)
+        try:
+            await publish_once(
+                settings.redis_url, channel_of(settings.socketio_channel), revocation
+            )
+        except Exception as exc:
+            # The servers' poll finds it in the database instead, within a second or so.
+            typer.echo(f"could not tell the servers through Redis ({type(exc).__name__})", err=True)
+    return True
 
 
 async def _ensure_user(settings: Settings, name: str) -> str:
