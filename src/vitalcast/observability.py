@@ -12,8 +12,8 @@ from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
-from structlog.typing import FilteringBoundLogger
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from structlog.typing import FilteringBoundLogger
 
 _FORBIDDEN_KEYS = frozenset(
     {"token", "authorization", "auth", "secret", "body", "value", "values", "samples", "payload"}
