@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -34,10 +35,14 @@ class ViewMemo:
     rows of the metrics it changed. An entry serves only when the view's stored partials and
     history are byte for byte the ones it was made from, so a save by another process or a crash
     simply misses it and the compute decodes what is stored. One compute per view at a time (the
-    lease) is all it relies on."""
+    lease) is all it relies on.
+
+    Computes on SQLite run on database threads (``db.units``) while saves enter entries from
+    the server's loop, so every change of the order holds a lock."""
 
     def __init__(self, capacity: int = MEMO_VIEWS) -> None:
         self._capacity = capacity
+        self._lock = threading.Lock()
         self._entries: OrderedDict[TelemetryKey, RememberedView] = OrderedDict()
         #: lookups that served, and those that found nothing or other partials
         self.hits = 0
@@ -49,19 +54,23 @@ class ViewMemo:
             self.misses += 1
             return None
         self.hits += 1
-        self._entries.move_to_end(key)
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
         return entry
 
     def put(self, key: TelemetryKey, entry: RememberedView) -> None:
-        self._entries[key] = entry
-        self._entries.move_to_end(key)
-        while len(self._entries) > self._capacity:
-            self._entries.popitem(last=False)
+        with self._lock:
+            self._entries[key] = entry
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._capacity:
+                self._entries.popitem(last=False)
 
     def copy(self) -> ViewMemo:
         """Another memo holding the same entries (a compute from it leaves this one as it is)."""
         other = ViewMemo(self._capacity)
-        other._entries = self._entries.copy()
+        with self._lock:
+            other._entries = self._entries.copy()
         return other
 
 
