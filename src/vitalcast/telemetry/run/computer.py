@@ -110,6 +110,7 @@ class TelemetryComputer:
     async def compute(self, key: TelemetryKey, *, reason: ScheduleReason) -> ComputeOutcome:
         """Run one compute of ``key`` under its lease; see ``ComputeOutcome``. Never raises."""
         now = self._clock.now_ms()
+        asked = time.perf_counter()
         try:
             lease = await self._db.unit(
                 lambda conn: self._cache.take_lease(
@@ -126,7 +127,7 @@ class TelemetryComputer:
             return _REFUSALS[lease]
         keeper = asyncio.create_task(self._keep_lease(key))
         try:
-            return await self._compute_leased(key, lease, reason)
+            return await self._compute_leased(key, lease, reason, time.perf_counter() - asked)
         finally:
             keeper.cancel()
             await asyncio.gather(keeper, return_exceptions=True)
@@ -160,7 +161,7 @@ class TelemetryComputer:
         return max(backoff, lease, 0)
 
     async def _compute_leased(
-        self, key: TelemetryKey, lease: Lease, reason: ScheduleReason
+        self, key: TelemetryKey, lease: Lease, reason: ScheduleReason, lease_s: float
     ) -> ComputeOutcome:
         started = time.perf_counter()
         read_started_ms = self._clock.now_ms()
@@ -183,11 +184,13 @@ class TelemetryComputer:
             if computed is None:
                 await self.release(key)
                 return ComputeOutcome.SKIPPED_FRESH if fresh else ComputeOutcome.SESSION_GONE
-            compute_ms = int((time.perf_counter() - started) * 1000)
+            read_s = time.perf_counter() - started
+            compute_ms = int(read_s * 1000)
             result = await self._db.unit(
                 lambda conn: self._save(conn, key, lease, computed, compute_ms, read_started_ms),
                 derived=True,
             )
+            save_s = time.perf_counter() - started - read_s
         except Exception as exc:
             await self._record_failure(key, lease, exc, reason)
             return ComputeOutcome.FAILED
@@ -201,7 +204,14 @@ class TelemetryComputer:
         self._metrics.compute_seconds.labels(reason.value).observe(time.perf_counter() - started)
         if result.lag_ms is not None:
             self._metrics.freshness_lag_seconds.observe(max(result.lag_ms, 0) / 1000)
+        pushing = time.perf_counter()
         await self._notify(key, computed)
+        stages = dict(computed.stage_seconds)
+        # the read stage is the whole read unit but its aggregate and assemble stages
+        stages["read"] = read_s - stages.get("aggregate", 0.0) - stages.get("assemble", 0.0)
+        stages |= {"lease": lease_s, "save": save_s, "push": time.perf_counter() - pushing}
+        for stage, seconds in stages.items():
+            self._metrics.compute_stage_seconds.labels(stage).observe(max(seconds, 0.0))
         return ComputeOutcome.COMPUTED
 
     async def _save(
