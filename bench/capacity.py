@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import sys
 import tempfile
 import time
@@ -429,16 +430,19 @@ async def capacity_part(
 
 @contextlib.asynccontextmanager
 async def deployment(
-    kind: str, users: int
+    kind: str, users: int, code: str | None
 ) -> AsyncIterator[tuple[str, list[int], list[tuple[str, str]]]]:
     """(base URL, pids whose CPU counts, users) of an embedded server on SQLite or a scaled-out
-    server + worker on PostgreSQL and Redis."""
+    server + worker on PostgreSQL and Redis; with ``code`` (a source tree's ``src``) the
+    servers and the migrations run that code instead of this one (the baseline run)."""
     backend = "sqlite" if kind == "embedded" else "postgres"
-    async with database(backend) as url:
+    extra = {} if code is None else {"PYTHONPATH": code}
+    base_env = server_env("", "", **extra) if code is not None else None
+    async with database(backend, upgrade_env=base_env) as url:
         made = await people(url, users)
         with tempfile.TemporaryDirectory(prefix="vc-bench-data-") as data_dir:
             if kind == "embedded":
-                async with serving(server_env(url, data_dir)) as (base, pid):
+                async with serving(server_env(url, data_dir, **extra)) as (base, pid):
                     yield base, [pid], made
                 return
             prefix = f"vcb{uuid.uuid4().hex[:8]}"
@@ -448,6 +452,7 @@ async def deployment(
                 VITALCAST_REDIS_URL=REDIS_URL,
                 VITALCAST_SOCKETIO_CHANNEL=f"{prefix}-sio",
                 VITALCAST_QUEUE_PREFIX=prefix,
+                **extra,
             )
             try:
                 async with serving(env) as (base, pid):
@@ -457,10 +462,12 @@ async def deployment(
                 await delete_keys(f"{prefix}*")
 
 
-async def run(kind: str, parts: Sequence[str], args: argparse.Namespace) -> dict[str, Any]:
+async def run(
+    kind: str, parts: Sequence[str], args: argparse.Namespace, code: str | None = None
+) -> dict[str, Any]:
     ladder = [int(n) for n in args.ladder.split(",")]
     users = max([args.cpu_sessions, *(ladder if "capacity" in parts else [])])
-    async with deployment(kind, users) as (base, pids, made):
+    async with deployment(kind, users, code) as (base, pids, made):
         limits = httpx.Limits(
             max_connections=HTTP_CONNECTIONS, max_keepalive_connections=HTTP_CONNECTIONS
         )
@@ -478,7 +485,7 @@ async def run(kind: str, parts: Sequence[str], args: argparse.Namespace) -> dict
                             plan[: args.cpu_sessions],
                             pids,
                             args.rounds,
-                            args.profile if kind == "embedded" else None,
+                            args.profile if kind == "embedded" and code is None else None,
                         )
                     if "capacity" in parts and kind == "embedded":
                         result["capacity"] = await capacity_part(
@@ -499,6 +506,12 @@ async def main(argv: Sequence[str]) -> None:
     parser.add_argument(
         "--profile", type=Path, help="py-spy samples the embedded server during the cpu part"
     )
+    parser.add_argument(
+        "--baseline-src",
+        help="a source tree (its src/ is put first on the servers' PYTHONPATH) measured the "
+        'same way right after this code, kept under "baseline"',
+    )
+    parser.add_argument("--baseline-label", default="baseline")
     parser.add_argument("--load", nargs=3, metavar=("URL", "PLAN", "OUT"))
     args = parser.parse_args(argv)
     if args.load:
@@ -508,7 +521,13 @@ async def main(argv: Sequence[str]) -> None:
         return
     parts = args.parts.split(",")
     result: dict[str, Any] = {"benchmark": "capacity", "label": args.label}
-    for kind in args.deployments.split(","):
+    kinds = args.deployments.split(",")
+    if args.baseline_src:
+        code = await asyncio.to_thread(os.path.abspath, os.path.join(args.baseline_src, "src"))
+        result["baseline"] = {"label": args.baseline_label}
+        for kind in kinds:
+            result["baseline"][kind] = await run(kind, parts, args, code)
+    for kind in kinds:
         result[kind] = await run(kind, parts, args)
     emit(args.name, result)
 

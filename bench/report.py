@@ -309,6 +309,58 @@ def _import(r: dict[str, Any]) -> Iterator[Row]:
         )
 
 
+def _capacity(r: dict[str, Any]) -> Iterator[Row]:
+    base = r.get("baseline", {})
+    names = {
+        "embedded": "embedded (SQLite)",
+        "scaled_out": "scaled out (PostgreSQL, server + worker)",
+    }
+    ceiling = targets.CPU_PER_UPDATE_MAX_MS
+    for kind, name in names.items():
+        cpu = r.get(kind, {}).get("cpu")
+        if cpu is None:
+            continue
+        before = base.get(kind, {}).get("cpu")
+        compared = (
+            f"; {base['label']}: {before['cpu_ms_per_update']:.1f} ms" if before is not None else ""
+        )
+        yield Row(
+            f"CPU per live update (a 5 s batch ingested, computed, pushed to "
+            f"{cpu['watchers_per_session']} watchers), {name}, {cpu['sessions']} sessions, "
+            f"{r['label']}",
+            f"{cpu['cpu_ms_per_update']:.1f} ms (ingest sent → last watcher "
+            f"{_ms(cpu['ingest_sent_to_last_watcher'])})",
+            f"keep-alive GET /healthz: {cpu['baseline_cpu_ms_per_healthz']:.2f} ms{compared}",
+            f"{cpu['update_over_healthz']:.0f}× a /healthz",
+            (Check(f"≤ {ceiling:g} ms", cpu["cpu_ms_per_update"] <= ceiling),),
+        )
+    cap = r.get("embedded", {}).get("capacity")
+    if cap is not None:
+        minimum = targets.CAPACITY_SESSIONS_MIN
+        before = base.get("embedded", {}).get("capacity")
+        steps = cap["steps"]
+        failed = next((s for s in steps if not s["passed"]), None)
+        limit = (
+            f"first failed step N = {failed['sessions']:,}: p99 "
+            f"{(failed['ingest_sent_to_last_watcher'] or {}).get('p99_ms', 0):,.0f} ms, "
+            f"{failed['missed']} missed"
+            if failed is not None
+            else "no step failed"
+        )
+        compared = (
+            f"{base['label']}: N = {before['capacity_sessions']:,}" if before is not None else "—"
+        )
+        yield Row(
+            f"Capacity, embedded: live sessions syncing every {cap['sync_every_ms'] // 1000} s, "
+            f"{cap['watchers_per_session']} watchers each, open loop, {r['label']}",
+            f"N = {cap['capacity_sessions']:,} with ingest sent → last watcher p99 < "
+            f"{cap['p99_limit_ms']:g} ms ({limit})",
+            compared,
+            "—",
+            (Check(f"N ≥ {minimum:,}", cap["capacity_sessions"] >= minimum),),
+        )
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], Iterator[Row]]] = {
     "ingest": _ingest,
     "import": _import,
@@ -319,6 +371,7 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], Iterator[Row]]] = {
     "realtime": _realtime,
     "realtime_burst": _realtime_burst,
     "soak": _soak,
+    "capacity": _capacity,
 }
 
 
