@@ -35,13 +35,17 @@ from vitalcast.clock import Clock, SystemClock
 from vitalcast.db.engine import Database
 from vitalcast.db.errors import DATABASE_RETRY_AFTER_S, is_outage
 from vitalcast.errors import DependencyUnavailable, Unauthenticated
+
+# issue_token is re-exported (the tests import it from here); a caller that only issues
+# imports local_tokens, which loads nothing of the server.
+from vitalcast.local_tokens import ALGORITHM
+from vitalcast.local_tokens import issue_token as issue_token
 from vitalcast.observability import get_logger
 from vitalcast.oidc import OidcVerifier
 from vitalcast.revocations import Revocation, RevocationBus, RevocationKind
 
 log = get_logger(__name__)
 
-ALGORITHM = "HS256"
 #: verified tokens remembered per process, least recently used out first (~300 bytes each)
 CACHE_MAX = 10_000
 #: how long a verified token is remembered unless the settings say otherwise
@@ -88,17 +92,6 @@ class Principal:
         if revocation.kind is RevocationKind.SHARE:
             return self.share_id == revocation.id
         return self.user_id == revocation.id and self.issued_at_ms < revocation.at_ms
-
-
-def issue_token(secret: str, user_id: str, *, now_s: int, ttl_s: int, now_ms: int = 0) -> str:
-    """A signed local token for ``user_id`` valid for ``ttl_s`` seconds from ``now_s``.
-    ``iat_ms`` (``now_ms``, or ``now_s`` in ms) tells a revocation in the same second apart."""
-    issued_ms = now_ms or now_s * 1000
-    return jwt.encode(
-        {"sub": user_id, "iat": now_s, "iat_ms": issued_ms, "exp": now_s + ttl_s},
-        secret,
-        ALGORITHM,
-    )
 
 
 def verify_token(secret: str, token: str | None) -> Principal:

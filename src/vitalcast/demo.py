@@ -19,7 +19,7 @@ import httpx
 from fastapi import FastAPI
 
 from vitalcast import clock
-from vitalcast.auth import issue_token
+from vitalcast.local_tokens import issue_token
 from vitalcast.observability import get_logger
 from vitalcast.sessions import repository as session_repository
 from vitalcast.settings import Settings

@@ -13,6 +13,7 @@ from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from structlog.typing import FilteringBoundLogger
 
 _FORBIDDEN_KEYS = frozenset(
     {"token", "authorization", "auth", "secret", "body", "value", "values", "samples", "payload"}
@@ -63,8 +64,11 @@ def configure_logging(level: str = "info") -> None:
     )
 
 
-def get_logger(name: str) -> Any:
-    return structlog.get_logger(name)
+def get_logger(name: str) -> FilteringBoundLogger:
+    """The logger of module ``name``: ``configure_logging`` makes every logger a filtering bound
+    logger, so this is its type (structlog types ``get_logger`` loosely)."""
+    logger: FilteringBoundLogger = structlog.get_logger(name)
+    return logger
 
 
 class Metrics:

@@ -7,9 +7,9 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from vitalcast.auth import issue_token
 from vitalcast.clock import iso_ms, now_ms
 from vitalcast.db.engine import Database, create_engine
+from vitalcast.local_tokens import issue_token
 from vitalcast.sessions import repository as session_repository
 
 

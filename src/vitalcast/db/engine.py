@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import sqlalchemy as sa
@@ -76,11 +76,11 @@ class Database:
     def sqlite(self) -> bool:
         return is_sqlite(self.engine)
 
-    def read(self) -> Any:
+    def read(self) -> AbstractAsyncContextManager[AsyncConnection]:
         """``async with db.read() as conn``: a read-only transaction."""
         return self.engine.begin()
 
-    def write(self) -> Any:
+    def write(self) -> AbstractAsyncContextManager[AsyncConnection]:
         """``async with db.write() as conn``: a read-write transaction, committed on exit."""
         return self._writer.begin()
 

@@ -16,7 +16,7 @@ import orjson
 from vitalcast.catalog import BY_CODE, MetricKind
 from vitalcast.clock import iso_ms
 from vitalcast.interop.raw_samples import RawSample
-from vitalcast.telemetry.payload import PackedPayload
+from vitalcast.telemetry.compute.payload import PackedPayload
 
 SAMPLE_COLUMNS = (
     "start",

@@ -20,14 +20,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from vitalcast.db.engine import Database
 from vitalcast.db.tables import sessions, telemetry_cache, users
 from vitalcast.sessions.models import Session
-from vitalcast.telemetry.coordinator import BoundedComputeCoordinator
-from vitalcast.telemetry.models import (
+from vitalcast.telemetry.keys import (
     COMPUTE_VERSION,
     CacheState,
     Resolution,
     ScheduleReason,
     TelemetryKey,
 )
+from vitalcast.telemetry.run.coordinator import BoundedComputeCoordinator
 
 PAGE_SIZE = 500
 #: seconds between retries of a submit the scheduler refused (queue full)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from vitalcast.telemetry.models import Resolution, ScheduleReason, TelemetryKey
+from vitalcast.telemetry.keys import Resolution, ScheduleReason, TelemetryKey
 
 JOB_NAME = "compute"
 #: total tries of one job (first run + 2 retries)

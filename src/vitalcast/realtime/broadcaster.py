@@ -31,7 +31,7 @@ from vitalcast.observability import Metrics, get_logger
 from vitalcast.redis_connections import PUBSUB_MAX_CONNECTIONS, pubsub_client
 from vitalcast.sessions.models import Session
 from vitalcast.settings import Settings
-from vitalcast.telemetry.models import TelemetryUpdate
+from vitalcast.telemetry.ports import TelemetryUpdate
 
 log = get_logger(__name__)
 

@@ -57,7 +57,7 @@ from vitalcast.realtime.frames import FrameGate
 from vitalcast.revocations import Revocation, RevocationKind
 from vitalcast.sessions.models import Session
 from vitalcast.shares import AccessKind
-from vitalcast.telemetry.models import CacheState
+from vitalcast.telemetry.keys import CacheState
 from vitalcast.wiring import ServerParts
 
 log = get_logger(__name__)

@@ -56,7 +56,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from vitalcast.catalog import AlertRule, Metric
-from vitalcast.telemetry.models import TelemetryWindow
+from vitalcast.telemetry.grid import TelemetryWindow
 
 #: (count, sum) of one bucket's samples within one phase
 Part = tuple[int, float]

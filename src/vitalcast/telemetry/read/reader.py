@@ -10,7 +10,7 @@ costs more than that by itself. So this one read-only statement gets its own dri
 - PostgreSQL: a small asyncpg pool running the statement prepared, in autocommit.
 
 Both run the same SQL, a single statement, so it reads one consistent snapshot. ``auto``
-resolution is resolved inside it (same rule as ``models.resolve_resolution``) so that the right
+resolution is resolved inside it (same rule as ``keys.resolve_resolution``) so that the right
 cache row comes back with the session in one round trip.
 """
 
@@ -23,7 +23,8 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 
-from vitalcast.telemetry.models import AUTO_1M_MAX_SPAN_MS, COMPUTE_VERSION, HotRow
+from vitalcast.telemetry.keys import AUTO_1M_MAX_SPAN_MS, COMPUTE_VERSION
+from vitalcast.telemetry.store.rows import HotRow
 
 _SQL = """
 SELECT s.status, s.start_ms, s.end_ms, s.source_watermark,

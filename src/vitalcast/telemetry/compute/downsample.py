@@ -16,7 +16,7 @@ outside every gap. A metric sampled every 5 minutes with a 10-minute threshold a
 fully covered although four of five 1-minute buckets are empty. Cumulative metrics have no gaps
 and so no coverage.
 
-Each metric also carries its ``insights`` (``telemetry/insights.py``), computed here from the same
+Each metric also carries its ``insights`` (``compute/insights.py``), computed here from the same
 rows, so whoever assembles a payload from these rows gets them too.
 
 Assembly has two stages. ``metric_series`` walks one metric's rows once and keeps everything
@@ -37,7 +37,7 @@ from operator import itemgetter
 from typing import Any
 
 from vitalcast.catalog import BY_CODE, Metric, MetricKind
-from vitalcast.telemetry.insights import (
+from vitalcast.telemetry.compute.insights import (
     Part,
     Peaks,
     cumulative_insights,
@@ -45,7 +45,7 @@ from vitalcast.telemetry.insights import (
     peak_candidates,
     scalar_insights,
 )
-from vitalcast.telemetry.models import TelemetryWindow
+from vitalcast.telemetry.grid import TelemetryWindow
 
 #: phase numbers as the aggregate query computes them
 BEFORE, DURING, AFTER = 0, 1, 2

@@ -1,7 +1,7 @@
 """A view's partials: the GROUP BY rows behind its payload, stored beside it in a form that loads
 fast, and the digests of the payload's parts (for deltas, see ``history``).
 
-The rows are exactly what ``compute.aggregate_rows`` returned for the window (AHEAD rows of a live
+The rows are exactly what ``aggregate.aggregate_rows`` returned for the window (AHEAD rows of a live
 window included), kept per metric and sorted by (bucket, phase), so an incremental compute
 replaces the rows of the buckets it aggregated again and hands the rest to the same pure assembly
 as a full compute. Each metric's rows are stored as their own *segment*: packed little-endian
@@ -32,8 +32,8 @@ from typing import Any
 
 import orjson
 
-from vitalcast.telemetry.downsample import Row
-from vitalcast.telemetry.models import TelemetryWindow
+from vitalcast.telemetry.compute.downsample import Row
+from vitalcast.telemetry.grid import TelemetryWindow
 
 MAGIC = b"VCR3"
 # window start, end, session start, session end (NO_END while live), window minutes, bucket_ms,
@@ -64,7 +64,7 @@ class Partials:
     window: TelemetryWindow
     bucket_ms: int
     metrics: Mapping[str, MetricRows]
-    #: digests of the payload's parts, as ``history.part_digests`` makes them
+    #: digests of the payload's parts, as ``changes.part_digests`` makes them
     digests: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

@@ -24,14 +24,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from vitalcast.catalog import ALL_CODES
 from vitalcast.db.tables import sessions
 from vitalcast.sessions.models import Session
-from vitalcast.telemetry.downsample import AHEAD, SUM_SCALE, MetricSeries, Row, assemble_metrics
-from vitalcast.telemetry.models import (
-    SCHEMA_VERSION,
-    ComputedTelemetry,
-    StoredView,
-    TelemetryKey,
-    TelemetryWindow,
+from vitalcast.telemetry.compute.downsample import (
+    AHEAD,
+    SUM_SCALE,
+    MetricSeries,
+    Row,
+    assemble_metrics,
 )
+from vitalcast.telemetry.compute.results import ComputedTelemetry, StoredView
+from vitalcast.telemetry.grid import TelemetryWindow
+from vitalcast.telemetry.keys import SCHEMA_VERSION, TelemetryKey
 
 #: the scan of a live window has no upper bound: samples ahead of "now" are kept as AHEAD rows
 OPEN_END_MS = 2**62
