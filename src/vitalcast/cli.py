@@ -278,11 +278,12 @@ def run_server(
     settings = Settings()
     configure_logging(settings.log_level)
     upgrade_if_behind(settings.resolved_database_url)
-    application = create_app(settings, seams or NO_SEAMS)
+    companions = []
     if demo:
-        from vitalcast.demo import attach_demo
+        from vitalcast.demo import demo_companion
 
-        attach_demo(application, settings, host=host, port=port)
+        companions.append(demo_companion(host=host, port=port))
+    application = create_app(settings, seams or NO_SEAMS, companions=companions)
     uvicorn.run(
         application,
         host=host,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import socketio
 
@@ -44,6 +45,7 @@ from vitalcast.settings import Settings
 from vitalcast.shares import ShareAccessLog
 from vitalcast.telemetry.compute.aggregate import Aggregator
 from vitalcast.telemetry.compute.incremental import compute_view
+from vitalcast.telemetry.compute.memo import ViewMemo
 from vitalcast.telemetry.ports import Subscriptions, TelemetryListener
 from vitalcast.telemetry.read.reader import open_reader
 from vitalcast.telemetry.read.service import SessionTelemetryService
@@ -53,6 +55,7 @@ from vitalcast.telemetry.run.insights_service import InsightsService
 from vitalcast.telemetry.run.live_ticks import LiveTicker
 from vitalcast.telemetry.run.triggers import TelemetryTriggers
 from vitalcast.telemetry.scheduling import Scheduler
+from vitalcast.telemetry.store.leases import SessionTelemetryCacheRepository
 
 # A worker's compute lease is as short as its job lock (renewed every third of it): when a worker
 # dies, its job is redelivered within seconds and the key must be free by then, not after the
@@ -72,6 +75,8 @@ class Seams:
     telemetry_listener: TelemetryListener | None = None
     #: wraps the server's scheduler (e.g. to record what was scheduled, and why)
     scheduler_wrapper: Callable[[Scheduler], Scheduler] | None = None
+    #: what the process's computes remember of their saves (tests count what it serves)
+    view_memo: ViewMemo | None = None
 
 
 #: the real thing everywhere
@@ -210,13 +215,16 @@ def _computer(
     *,
     lease_ms: int,
 ) -> TelemetryComputer:
+    """The process's one computer, with the one memo of its saves and the cache repository."""
+    memo = seams.view_memo if seams.view_memo is not None else ViewMemo()
     return TelemetryComputer(
         db,
         clock,
         metrics,
         seams.telemetry_listener or listener,
         lease_ms=lease_ms,
-        aggregator=seams.aggregator or compute_view,
+        aggregator=seams.aggregator or partial(compute_view, memo=memo),
+        cache=SessionTelemetryCacheRepository(),
     )
 
 
