@@ -50,6 +50,9 @@ from vitalcast.telemetry.reader import open_reader
 from vitalcast.telemetry.scheduling import Scheduler
 from vitalcast.telemetry.service import SessionTelemetryService
 from vitalcast.telemetry.triggers import TelemetryTriggers
+from vitalcast.webhooks.addresses import Resolver, system_resolver
+from vitalcast.webhooks.sender import WebhookSender
+from vitalcast.webhooks.service import WebhookDispatcher, WebhookService
 
 # A worker's compute lease is as short as its job lock (renewed every third of it): when a worker
 # dies, its job is redelivered within seconds and the key must be free by then, not after the
@@ -69,6 +72,8 @@ class Seams:
     telemetry_listener: TelemetryListener | None = None
     #: wraps the server's scheduler (e.g. to record what was scheduled, and why)
     scheduler_wrapper: Callable[[Scheduler], Scheduler] | None = None
+    #: the DNS of webhook URLs (tests make a name resolve to a chosen address)
+    resolver: Resolver | None = None
 
 
 #: the real thing everywhere
@@ -102,10 +107,14 @@ class ServerParts:
     sessions: SessionService
     ingest: IngestService
     limiter: RateLimiter
+    #: the owner's webhook endpoints, and the sender of their deliveries
+    webhooks: WebhookService
+    dispatcher: WebhookDispatcher
 
     async def start(self) -> None:
         await self.coordinator.start()
         await self.ticker.start()
+        await self.dispatcher.start()
 
     async def refresh_metrics(self) -> None:
         """Update the gauges that are read rather than counted (before /metrics renders)."""
@@ -116,6 +125,7 @@ class ServerParts:
 
     async def close(self) -> None:
         """Stop computing and release every connection (the realtime server closes first)."""
+        await self.dispatcher.stop()
         await self.ticker.stop()
         if self.queue is not None:
             await self.queue.close()
@@ -248,6 +258,7 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
     )
     changes = ChangeFanout(triggers, broadcaster)
     secret = settings.resolved_secret()
+    resolver = seams.resolver or system_resolver
     return ServerParts(
         settings=settings,
         db=db,
@@ -277,6 +288,31 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
         sessions=SessionService(db, clock, changes),
         ingest=IngestService(db, clock, metrics, changes),
         limiter=RateLimiter.from_settings(settings),
+        webhooks=WebhookService(
+            db, clock, allow_private=settings.webhook_allow_private, resolver=resolver
+        ),
+        dispatcher=_dispatcher(settings, db, clock, metrics, resolver),
+    )
+
+
+def _dispatcher(
+    settings: Settings, db: Database, clock: Clock, metrics: Metrics, resolver: Resolver
+) -> WebhookDispatcher:
+    sender = WebhookSender(
+        allow_private=settings.webhook_allow_private,
+        timeout_s=settings.webhook_timeout_s,
+        resolver=resolver,
+    )
+    return WebhookDispatcher(
+        db,
+        clock,
+        metrics,
+        sender,
+        concurrency=settings.webhook_concurrency,
+        retry_base_ms=settings.webhook_retry_base_ms,
+        retry_window_ms=settings.webhook_retry_window_ms,
+        # an attempt ends within twice the timeout; the claim outlives it with room to record
+        claim_ms=int(settings.webhook_timeout_s * 2_000) + 10_000,
     )
 
 
