@@ -65,7 +65,19 @@ HTTP_MATRIX: dict[str, dict[str, tuple[int, str | None]]] = {
     },
     # the caller's own completed sessions, whoever calls
     "GET /api/v1/insights": {OWNER: (200, None), OTHER: (200, None)},
+    "POST /api/v1/webhooks": {OWNER: (201, None), OTHER: (201, None)},
+    "GET /api/v1/webhooks": {OWNER: (200, None), OTHER: (200, None)},
+    "DELETE /api/v1/webhooks/{endpoint_id}": {
+        OWNER: (204, None),
+        OTHER: (404, "WEBHOOK_NOT_FOUND"),
+    },
+    "GET /api/v1/webhooks/{endpoint_id}/deliveries": {
+        OWNER: (200, None),
+        OTHER: (404, "WEBHOOK_NOT_FOUND"),
+    },
 }
+# A public address literal: registering it needs no DNS.
+WEBHOOK = {"url": "https://93.184.215.14/hook", "events": ["session.alert"]}
 # Socket.IO: the refused principals never get a socket, so their events cannot be sent at all.
 SOCKET_MATRIX: dict[str, dict[str, Any]] = {
     "connect": {
@@ -130,9 +142,14 @@ async def _call(client: httpx.AsyncClient, world: World, route: str, who: str) -
     changes = who == OWNER and route.endswith(("/end", "/cancel"))
     session_id = await _owner_session(client, world) if changes else world.shared_session
     url = path.replace("{session_id}", session_id)
+    if "{endpoint_id}" in path:
+        created = await client.post("/api/v1/webhooks", json=WEBHOOK, headers=world.headers(OWNER))
+        url = url.replace("{endpoint_id}", created.json()["id"])
     body: Any = None
     if route == "POST /api/v1/samples":
         body = {"samples": [hr(f"{who}-r", now_ms() - MINUTE_MS)]}
+    elif route == "POST /api/v1/webhooks":
+        body = WEBHOOK
     elif method == "POST":
         body = {}
     response = await client.request(method, url, json=body, headers=world.headers(who))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, Field
@@ -28,7 +28,7 @@ EndpointId = Annotated[
 
 class WebhookCreate(StrictModel):
     url: str = Field(min_length=1, max_length=2048, pattern=NO_NUL)
-    events: list[str] = Field(min_length=1, max_length=10)
+    events: list[Literal["session.alert"]] = Field(min_length=1, max_length=10)
 
 
 class WebhookOut(BaseModel):

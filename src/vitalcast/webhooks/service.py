@@ -35,6 +35,8 @@ log = get_logger(__name__)
 MAX_ENDPOINTS_PER_USER = 20
 #: the longest wait between two attempts of one delivery
 MAX_RETRY_DELAY_MS = 4 * 3_600_000
+#: how long registering an endpoint waits for DNS
+RESOLVE_TIMEOUT_S = 5.0
 #: how often a dispatcher looks for due deliveries when nothing woke it (other servers' work)
 POLL_MS = 1_000
 
@@ -61,8 +63,9 @@ class WebhookService:
                 code="UNKNOWN_EVENT_TYPE",
             )
         try:
-            await resolve(url, allow_private=self._allow_private, resolver=self._resolver)
-        except OSError:
+            async with asyncio.timeout(RESOLVE_TIMEOUT_S):
+                await resolve(url, allow_private=self._allow_private, resolver=self._resolver)
+        except (OSError, TimeoutError):
             raise InvalidInput(
                 "The URL's host name does not resolve.", code="WEBHOOK_URL_UNRESOLVABLE"
             ) from None
