@@ -32,13 +32,16 @@ from vitalcast.clock import Clock, SystemClock
 from vitalcast.db.engine import Database, create_engine
 from vitalcast.ingest.service import IngestService
 from vitalcast.observability import Metrics
+from vitalcast.oidc import OidcVerifier
 from vitalcast.queue.service import SessionTelemetryQueueService
 from vitalcast.ratelimit import RateLimiter
 from vitalcast.realtime.broadcaster import WebSocketBroadcaster, socketio_server
 from vitalcast.realtime.subscriptions import SubscriptionRegistry
+from vitalcast.revocations import RevocationBus, RevocationPoll, channel_of
 from vitalcast.sessions.changes import NO_LISTENER, ChangeFanout, ChangeListener
 from vitalcast.sessions.service import SessionService
 from vitalcast.settings import Settings
+from vitalcast.shares import ShareAccessLog
 from vitalcast.telemetry.compute import Aggregator
 from vitalcast.telemetry.computer import TelemetryComputer
 from vitalcast.telemetry.coordinator import BoundedComputeCoordinator
@@ -107,6 +110,10 @@ class ServerParts:
     sessions: SessionService
     ingest: IngestService
     limiter: RateLimiter
+    #: local-token revocations written by other processes (the CLI), found by polling
+    revocation_poll: RevocationPoll
+    #: reads through shares, written once a second for their owners
+    share_access: ShareAccessLog
     #: the owner's webhook endpoints, and the sender of their deliveries
     webhooks: WebhookService
     dispatcher: WebhookDispatcher
@@ -114,6 +121,9 @@ class ServerParts:
     async def start(self) -> None:
         await self.coordinator.start()
         await self.ticker.start()
+        await self.authenticator.start()
+        await self.revocation_poll.start()
+        await self.share_access.start()
         await self.dispatcher.start()
 
     async def refresh_metrics(self) -> None:
@@ -127,6 +137,9 @@ class ServerParts:
         """Stop computing and release every connection (the realtime server closes first)."""
         await self.dispatcher.stop()
         await self.ticker.stop()
+        await self.share_access.close()
+        await self.revocation_poll.close()
+        await self.authenticator.close()
         if self.queue is not None:
             await self.queue.close()
         await self.coordinator.stop()
@@ -258,6 +271,7 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
     )
     changes = ChangeFanout(triggers, broadcaster)
     secret = settings.resolved_secret()
+    authenticator = _authenticator(settings, db, clock, secret)
     resolver = seams.resolver or system_resolver
     return ServerParts(
         settings=settings,
@@ -265,7 +279,7 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
         clock=clock,
         metrics=metrics,
         secret=secret,
-        authenticator=Authenticator(secret, db),
+        authenticator=authenticator,
         sio=sio,
         broadcaster=broadcaster,
         subscriptions=subscriptions,
@@ -288,10 +302,37 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
         sessions=SessionService(db, clock, changes),
         ingest=IngestService(db, clock, metrics, changes),
         limiter=RateLimiter.from_settings(settings),
+        revocation_poll=RevocationPoll(
+            db, authenticator.revocations, interval_ms=settings.revocation_poll_ms
+        ),
+        share_access=ShareAccessLog(db, clock),
         webhooks=WebhookService(
             db, clock, allow_private=settings.webhook_allow_private, resolver=resolver
         ),
         dispatcher=_dispatcher(settings, db, clock, metrics, resolver),
+    )
+
+
+def _authenticator(settings: Settings, db: Database, clock: Clock, secret: str) -> Authenticator:
+    """Local tokens (unless switched off), the OpenID Connect issuer's when one is configured,
+    share tokens; revocations travel through Redis when it is configured."""
+    oidc = None
+    if settings.oidc_issuer:
+        if not settings.oidc_audience:
+            raise ValueError("VITALCAST_OIDC_AUDIENCE is required with VITALCAST_OIDC_ISSUER")
+        oidc = OidcVerifier(
+            settings.oidc_issuer, settings.oidc_audience, refresh_s=settings.oidc_jwks_refresh_s
+        )
+    return Authenticator(
+        secret,
+        db,
+        clock=clock,
+        local_tokens=settings.local_tokens,
+        oidc=oidc,
+        revocations=RevocationBus(
+            settings.redis_url, channel=channel_of(settings.socketio_channel)
+        ),
+        cache_s=settings.auth_cache_s,
     )
 
 

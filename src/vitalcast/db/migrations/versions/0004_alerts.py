@@ -1,15 +1,15 @@
 """live alerts: announced alert episodes, webhook endpoints, deliveries and their attempts
 
-Revision ID: 0003_alerts
-Revises: 0002
+Revision ID: 0004_alerts
+Revises: 0003
 Create Date: 2026-12-06
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003_alerts"
-down_revision = "0002"
+revision = "0004_alerts"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
