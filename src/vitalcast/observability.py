@@ -8,21 +8,17 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import MutableMapping
-from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from structlog.typing import Processor
+from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
 
 _FORBIDDEN_KEYS = frozenset(
     {"token", "authorization", "auth", "secret", "body", "value", "values", "samples", "payload"}
 )
 
 
-def _drop_sensitive(
-    _logger: Any, _name: str, event: MutableMapping[str, Any]
-) -> MutableMapping[str, Any]:
+def _drop_sensitive(_logger: WrappedLogger, _name: str, event: EventDict) -> EventDict:
     for key in _FORBIDDEN_KEYS & event.keys():
         event[key] = "[redacted]"
     return event
@@ -84,8 +80,11 @@ def configure_logging(level: str = "info", log_format: str = "auto") -> None:
     )
 
 
-def get_logger(name: str) -> Any:
-    return structlog.get_logger(name)
+def get_logger(name: str) -> FilteringBoundLogger:
+    """The logger of module ``name``: ``configure_logging`` makes every logger a filtering bound
+    logger, so this is its type (structlog types ``get_logger`` loosely)."""
+    logger: FilteringBoundLogger = structlog.get_logger(name)
+    return logger
 
 
 class Metrics:
@@ -163,4 +162,28 @@ class Metrics:
         )
         self.events_emitted = Counter(
             "vitalcast_events_emitted", "Realtime events emitted, by type.", ["type"], registry=r
+        )
+        self.alerts_emitted = Counter(
+            "vitalcast_alerts_emitted",
+            "Alert episodes announced (once per episode and rule across the cluster), by level.",
+            ["level"],
+            registry=r,
+        )
+        self.webhook_deliveries = Counter(
+            "vitalcast_webhook_deliveries",
+            "Webhook delivery attempts, by outcome.",
+            ["outcome"],
+            registry=r,
+        )
+        self.webhook_attempt_seconds = Histogram(
+            "vitalcast_webhook_attempt_seconds",
+            "Duration of one webhook attempt (resolve, connect, send, status line).",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20),
+            registry=r,
+        )
+        self.webhook_delivery_latency_seconds = Histogram(
+            "vitalcast_webhook_delivery_latency_seconds",
+            "From a webhook message's creation to its delivery (retries included).",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 60, 300, 1800, 3600, 21600, 86400),
+            registry=r,
         )
