@@ -143,3 +143,27 @@ class Metrics:
         self.events_emitted = Counter(
             "vitalcast_events_emitted", "Realtime events emitted, by type.", ["type"], registry=r
         )
+        self.alerts_emitted = Counter(
+            "vitalcast_alerts_emitted",
+            "Alert episodes announced (once per episode and rule across the cluster), by level.",
+            ["level"],
+            registry=r,
+        )
+        self.webhook_deliveries = Counter(
+            "vitalcast_webhook_deliveries",
+            "Webhook delivery attempts, by outcome.",
+            ["outcome"],
+            registry=r,
+        )
+        self.webhook_attempt_seconds = Histogram(
+            "vitalcast_webhook_attempt_seconds",
+            "Duration of one webhook attempt (resolve, connect, send, status line).",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20),
+            registry=r,
+        )
+        self.webhook_delivery_latency_seconds = Histogram(
+            "vitalcast_webhook_delivery_latency_seconds",
+            "From a webhook message's creation to its delivery (retries included).",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 60, 300, 1800, 3600, 21600, 86400),
+            registry=r,
+        )

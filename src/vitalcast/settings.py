@@ -100,6 +100,26 @@ class Settings(BaseSettings):
     rate_limit_share: str = Field(
         "600/minute", description="Per-share telemetry and export read limit (limits notation)."
     )
+    webhook_allow_private: bool = Field(
+        False,
+        description="Allow webhook URLs over http and to private or loopback addresses "
+        "(tests, local use); otherwise only https to public addresses.",
+    )
+    webhook_timeout_s: float = Field(
+        5.0, gt=0, le=60, description="Per-phase timeout of one webhook attempt (twice it in all)."
+    )
+    webhook_concurrency: int = Field(
+        8, ge=1, le=256, description="Webhook attempts in flight per server process."
+    )
+    webhook_retry_base_ms: int = Field(
+        5_000, ge=10, description="First webhook retry delay; doubles with every failed attempt."
+    )
+    webhook_retry_window_ms: int = Field(
+        86_400_000,
+        ge=1_000,
+        description="How long a webhook delivery is retried, and how long an endpoint may fail "
+        "before it is disabled (24 h).",
+    )
 
     @property
     def resolved_database_url(self) -> str:
