@@ -25,9 +25,10 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import jwt
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vitalcast import credentials
 from vitalcast import shares as share_repository
@@ -35,6 +36,7 @@ from vitalcast.clock import Clock, SystemClock
 from vitalcast.db.engine import Database
 from vitalcast.db.errors import DATABASE_RETRY_AFTER_S, is_outage
 from vitalcast.errors import DependencyUnavailable, Unauthenticated
+from vitalcast.json_types import JsonObject
 
 # issue_token is re-exported (the tests import it from here); a caller that only issues
 # imports local_tokens, which loads nothing of the server.
@@ -115,7 +117,7 @@ def verify_token(secret: str, token: str | None) -> Principal:
     )
 
 
-def _issued_ms(claims: dict[str, Any]) -> int:
+def _issued_ms(claims: JsonObject) -> int:
     """When a token was issued, in ms. Without ``iat_ms`` the start of its ``iat`` second: a
     revocation within that second then refuses it (in doubt, refuse)."""
     exact = claims.get("iat_ms")
@@ -222,8 +224,14 @@ class Authenticator:
             await self.oidc.close()
 
     async def _forget(self, revocation: Revocation) -> None:
+        """Drop every remembered principal of the user or share, whenever it was issued: the
+        database decides again on the next use (a token issued after the revocation passes)."""
         self._generation += 1
-        for key in [k for k, v in self._cache.items() if v.principal.revoked_by(revocation)]:
+        if revocation.kind is RevocationKind.SHARE:
+            dropped = [k for k, v in self._cache.items() if v.principal.share_id == revocation.id]
+        else:
+            dropped = [k for k, v in self._cache.items() if v.principal.user_id == revocation.id]
+        for key in dropped:
             del self._cache[key]
 
     async def _verify(self, token: str, now_ms: int) -> Principal:
@@ -259,7 +267,7 @@ class Authenticator:
             raise Unauthenticated("The token has been revoked.", code="TOKEN_REVOKED")
         return principal
 
-    async def _oidc_principal(self, claims: dict[str, Any], now_ms: int) -> Principal:
+    async def _oidc_principal(self, claims: JsonObject, now_ms: int) -> Principal:
         subject: str = claims["sub"]
         user_id = await self._query(lambda conn: credentials.oidc_user_id(conn, subject))
         if user_id is None:
@@ -294,7 +302,9 @@ class Authenticator:
             issued_at_ms=share.created_at_ms,
         )
 
-    async def _query(self, run: Callable[[Any], Awaitable[T]], *, write: bool = False) -> T:
+    async def _query(
+        self, run: Callable[[AsyncConnection], Awaitable[T]], *, write: bool = False
+    ) -> T:
         """``run(conn)`` in a transaction; a database outage is ``DependencyUnavailable``."""
         try:
             async with self._db.write() if write else self._db.read() as conn:

@@ -22,7 +22,7 @@ def is_sqlite(engine: AsyncEngine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
+def create_engine(url: str, **kwargs: Any) -> AsyncEngine:  # Any: create_async_engine's options
     """An async engine for ``url``. SQLite files are created with their folder when missing.
 
     Statement parameters are kept out of error messages: they hold health values, and an error's
@@ -50,7 +50,10 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
     sa.event.listen(engine.sync_engine, "begin", _sqlite_begin)
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_pragmas(
+    dbapi_connection: Any,  # Any: the DBAPI connection of SQLAlchemy's aiosqlite adapter (untyped)
+    _record: object,
+) -> None:
     # Let SQLAlchemy emit BEGIN itself (see _sqlite_begin_immediate).
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
@@ -61,7 +64,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _sqlite_begin(conn: Any) -> None:
+def _sqlite_begin(conn: sa.Connection) -> None:
     # A writer takes SQLite's write lock at BEGIN: a read that later upgrades to a write could
     # otherwise fail with SQLITE_BUSY_SNAPSHOT, which no busy timeout waits out. Readers stay
     # deferred so that cache hits never queue behind an ingest.

@@ -122,7 +122,10 @@ async def run_backfill(
     return progress
 
 
-def _selected(query: sa.Select[Any], selection: BackfillFilter) -> sa.Select[Any]:
+def _selected(
+    query: sa.Select[Any],  # Any: the row type of the select, whatever its columns
+    selection: BackfillFilter,
+) -> sa.Select[Any]:  # Any: the same
     if selection.since_ms is not None:
         query = query.where(sessions.c.start_ms >= selection.since_ms)
     if selection.user_name is not None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 import orjson
 
+from vitalcast.json_types import JsonMapping, JsonObject
 from vitalcast.telemetry.compute.downsample import AHEAD, Row
 from vitalcast.telemetry.compute.history import MetricChange, SaveRecord
 
@@ -19,7 +19,7 @@ COLUMNS = ("t", "mean", "sum", "min", "max", "count")
 MERGED = ("phases", "insights")
 
 
-def _digest(value: Any) -> str:
+def _digest(value: object) -> str:
     return hashlib.blake2b(orjson.dumps(value), digest_size=8).hexdigest()
 
 
@@ -28,8 +28,8 @@ ITEM = "#"
 LENGTH = "len"
 
 
-def _parts(metric: Mapping[str, Any]) -> dict[str, Any]:
-    parts: dict[str, Any] = {}
+def _parts(metric: JsonMapping) -> JsonObject:
+    parts: JsonObject = {}
     for name, value in metric.items():
         if name in COLUMNS:
             continue
@@ -46,16 +46,14 @@ def _parts(metric: Mapping[str, Any]) -> dict[str, Any]:
     return parts
 
 
-def _shape(metric: Mapping[str, Any]) -> str:
+def _shape(metric: JsonMapping) -> str:
     merged = (metric.get(name) for name in MERGED)
     return ";".join(
         [",".join(metric), *(",".join(m) if isinstance(m, dict) else "" for m in merged)]
     )
 
 
-def part_digests(
-    document: Mapping[str, Any], metrics: Mapping[str, Mapping[str, Any]]
-) -> dict[str, Any]:
+def part_digests(document: JsonMapping, metrics: Mapping[str, JsonMapping]) -> JsonObject:
     """Digests of every head field and every metric part of a payload (stored with its
     partials, so the next save can tell which of them it changed without the old payload)."""
     return {
@@ -101,8 +99,8 @@ def changed_columns(
 
 def record_save(
     watermark: int,
-    previous: Mapping[str, Any],
-    current: Mapping[str, Any],
+    previous: JsonMapping,
+    current: JsonMapping,
     columns: Mapping[str, tuple[int, int]],
 ) -> SaveRecord | None:
     """The record of a save from the digests before and after it and its changed columns; None

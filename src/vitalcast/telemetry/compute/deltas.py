@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Sequence
-from typing import Any
 
 import orjson
 
+from vitalcast.json_types import JsonObject
 from vitalcast.telemetry.compute.changes import COLUMNS, ITEM, LENGTH
 from vitalcast.telemetry.compute.history import MetricChange, SaveRecord
 from vitalcast.telemetry.compute.payload import PackedPayload
@@ -32,14 +32,14 @@ def build_delta(
     head = orjson.loads(payload.head + b"}}")
     # The view's identity rides along, so a client never applies a delta to another view's
     # payload (``auto`` resolution can switch from 1m to 5m as a live window grows).
-    delta: dict[str, Any] = {
+    delta: JsonObject = {
         "base_watermark": base_watermark,
         "source_watermark": head["source_watermark"],
         "resolution": head["resolution"],
     }
     for name in sorted(changes.head):
         delta[name] = head[name]
-    metrics: dict[str, Any] = {}
+    metrics: JsonObject = {}
     for code in codes:
         change = changes.metrics.get(code)
         if change is None:
@@ -54,10 +54,10 @@ def build_delta(
     return orjson.dumps(delta)
 
 
-def _entry(metric: dict[str, Any], change: MetricChange) -> dict[str, Any]:
+def _entry(metric: JsonObject, change: MetricChange) -> JsonObject:
     if change.replace:
         return {"replace": True, **metric}
-    entry: dict[str, Any] = {}
+    entry: JsonObject = {}
     if change.from_ms != change.to_ms:
         t = metric["t"]
         lo = bisect.bisect_left(t, change.from_ms)

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 
+from vitalcast.json_types import JsonObject
 from vitalcast.telemetry.keys import AUTO_1M_MAX_SPAN_MS, COMPUTE_VERSION
 from vitalcast.telemetry.store.rows import HotRow
 
@@ -71,7 +72,7 @@ class CacheReader(Protocol):
 
 def _params(
     user_id: str, session_id: str, window_minutes: int, resolution: str | None, now_ms: int
-) -> dict[str, Any]:
+) -> JsonObject:
     return {
         "window_minutes": window_minutes,
         "compute_version": COMPUTE_VERSION,
@@ -142,11 +143,11 @@ class PostgresCacheReader:
     def __init__(self, dsn: str, *, max_size: int = 4) -> None:
         self._dsn = dsn
         self._max_size = max_size
-        self._pool: Any = None
+        self._pool: Any = None  # Any: an asyncpg.Pool (asyncpg ships no type hints)
         self._lock = asyncio.Lock()
         self._sql = {variant: _to_dollar(_sql(variant)) for variant in _VARIANTS}
 
-    async def _get_pool(self) -> Any:
+    async def _get_pool(self) -> Any:  # Any: see _pool
         if self._pool is None:
             async with self._lock:
                 if self._pool is None:
@@ -180,7 +181,7 @@ class PostgresCacheReader:
             await pool.close()
 
 
-async def _keep_session(_connection: Any) -> None:
+async def _keep_session(_connection: object) -> None:
     """Release without asyncpg's reset round trip: these connections only ever run one
     read-only statement in autocommit, so there is no session state to reset."""
 

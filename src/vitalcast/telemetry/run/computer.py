@@ -14,6 +14,7 @@ import os
 import socket
 import time
 import uuid
+from functools import partial
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -63,6 +64,14 @@ def _lease_current(lease: Lease, session: Session, key: TelemetryKey, now_ms: in
     )
 
 
+def _waits_for_nothing_else(aggregate: Aggregator) -> bool:
+    """The production compute (``compute_view``, its memo bound or not) talks only to its
+    connection, so it runs in the read unit; a seam's aggregator may wait for the test that set
+    it and runs on the caller's loop."""
+    target = aggregate.func if isinstance(aggregate, partial) else aggregate
+    return target is compute_view
+
+
 def default_owner_id() -> str:
     """A lease owner id unique to this process."""
     return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -95,8 +104,9 @@ class TelemetryComputer:
         listener: TelemetryListener,
         *,
         lease_ms: int,
+        aggregator: Aggregator,
+        cache: SessionTelemetryCacheRepository,
         owner_id: str | None = None,
-        aggregator: Aggregator = compute_view,
     ) -> None:
         self._db = db
         self._clock = clock
@@ -105,7 +115,7 @@ class TelemetryComputer:
         self._lease_ms = lease_ms
         self.owner_id = owner_id or default_owner_id()
         self._aggregate = aggregator
-        self._cache = SessionTelemetryCacheRepository()
+        self._cache = cache
 
     async def compute(self, key: TelemetryKey, *, reason: ScheduleReason) -> ComputeOutcome:
         """Run one compute of ``key`` under its lease; see ``ComputeOutcome``. Never raises."""
@@ -175,7 +185,7 @@ class TelemetryComputer:
             return fresh, computed
 
         try:
-            if self._aggregate is compute_view:
+            if _waits_for_nothing_else(self._aggregate):
                 fresh, computed = await self._db.unit(read)
             else:
                 # A seam's aggregator may wait for the test that set it: it runs on this loop.

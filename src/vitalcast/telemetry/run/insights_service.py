@@ -14,13 +14,14 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from vitalcast import catalog
 from vitalcast.catalog import Metric, MetricKind
 from vitalcast.clock import Clock
 from vitalcast.db.engine import Database
 from vitalcast.errors import InvalidInput
+from vitalcast.json_types import JsonObject
 from vitalcast.sessions import repository as session_repository
 from vitalcast.sessions.models import Session, SessionStatus
 from vitalcast.telemetry.compute.payload import unpack
@@ -51,7 +52,7 @@ class SessionInsights:
     end_ms: int | None
     state: CacheState
     #: the metric's insights from the cached payload (stale ones included); None without one
-    insights: dict[str, Any] | None
+    insights: JsonObject | None
     #: the figure sessions are compared by (``compared``), None when unknown
     value: float | None
 
@@ -198,7 +199,7 @@ def _hot_row(session: Session, key: TelemetryKey, row: CacheRow | None) -> HotRo
     )
 
 
-def _insights(row: CacheRow | None, code: str) -> dict[str, Any] | None:
+def _insights(row: CacheRow | None, code: str) -> JsonObject | None:
     """The metric's insights in the row's payload, if it keeps one (also while stale)."""
     if row is None or row.payload is None or not row.status.has_payload:
         return None

@@ -37,12 +37,12 @@ _ROW_COLUMNS = (
 )
 
 
-def _cache_row(values: Sequence[Any]) -> CacheRow:
+def _cache_row(values: Sequence[Any]) -> CacheRow:  # Any: the columns of _ROW_COLUMNS
     row = CacheRow(*values)
     return replace(row, status=CacheState(row.status))
 
 
-def key_clause(key: TelemetryKey) -> Any:
+def key_clause(key: TelemetryKey) -> sa.ColumnElement[bool]:
     return sa.and_(
         c.session_id == key.session_id,
         c.window_minutes == key.window_minutes,
@@ -135,7 +135,7 @@ async def session_and_stored(
     return Session.from_row(row), stored
 
 
-def views_floor(session_id: str, *, compute_version: int) -> sa.ScalarSelect[Any]:
+def views_floor(session_id: str, *, compute_version: int) -> sa.ScalarSelect[int]:
     """The oldest watermark among the session's cached payloads at ``compute_version``, as a
     query: the change log up to it serves no view any more (NULL: no cached payload)."""
     return (
