@@ -77,7 +77,18 @@ def _telemetry(r: dict[str, Any]) -> Iterator[Row]:
                 checks = (Check(f"≥ {ratio_min:.0f}× at p50", m["ratio_p50"] >= ratio_min),)
             if mode == "in_process":
                 p50 = m["cached_get"]["p50_ms"]
-                checks = (Check(f"p50 < {p50_max:g} ms", p50 < p50_max), *checks)
+                p50_22 = targets.CACHED_GET_IN_PROCESS_P50_MAX_MS_22
+                checks = (
+                    Check(f"p50 < {p50_max:g} ms", p50 < p50_max),
+                    *checks,
+                    Check(f"#22: p50 ≤ {p50_22:g} ms", p50 <= p50_22),
+                )
+            if mode == "http_loopback":
+                ratio_22 = targets.CACHED_OVER_COMPUTE_HTTP_MIN_22
+                checks = (
+                    *checks,
+                    Check(f"#22: ≥ {ratio_22:.0f}× at p50", m["ratio_p50"] >= ratio_22),
+                )
             yield Row(
                 f"Cached telemetry GET, {backend}, {label}, 4 h session",
                 _ms(m["cached_get"]),

@@ -49,3 +49,7 @@ CPU_PER_UPDATE_MAX_MS = 5.0
 CAPACITY_P99_MAX_MS = 250.0
 #: #22: … for at least this many sessions on one embedded process
 CAPACITY_SESSIONS_MIN = 1_000
+#: #22: a cached telemetry GET in process, p50 …
+CACHED_GET_IN_PROCESS_P50_MAX_MS_22 = 0.5
+#: #22: … and over HTTP on loopback, against a compute on request on the same route (p50s)
+CACHED_OVER_COMPUTE_HTTP_MIN_22 = 50.0
