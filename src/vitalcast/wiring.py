@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import socketio
 
@@ -45,6 +46,7 @@ from vitalcast.settings import Settings
 from vitalcast.shares import ShareAccessLog
 from vitalcast.telemetry.compute.aggregate import Aggregator
 from vitalcast.telemetry.compute.incremental import compute_view
+from vitalcast.telemetry.compute.memo import ViewMemo
 from vitalcast.telemetry.ports import PostSaveHooks, Subscriptions, TelemetryListener
 from vitalcast.telemetry.read.reader import open_reader
 from vitalcast.telemetry.read.service import SessionTelemetryService
@@ -54,6 +56,7 @@ from vitalcast.telemetry.run.insights_service import InsightsService
 from vitalcast.telemetry.run.live_ticks import LiveTicker
 from vitalcast.telemetry.run.triggers import TelemetryTriggers
 from vitalcast.telemetry.scheduling import Scheduler
+from vitalcast.telemetry.store.leases import SessionTelemetryCacheRepository
 from vitalcast.webhooks.addresses import Resolver, system_resolver
 from vitalcast.webhooks.sender import WebhookSender
 from vitalcast.webhooks.service import WebhookDispatcher, WebhookService
@@ -76,6 +79,8 @@ class Seams:
     telemetry_listener: TelemetryListener | None = None
     #: wraps the server's scheduler (e.g. to record what was scheduled, and why)
     scheduler_wrapper: Callable[[Scheduler], Scheduler] | None = None
+    #: what the process's computes remember of their saves (tests count what it serves)
+    view_memo: ViewMemo | None = None
     #: the DNS of webhook URLs (tests make a name resolve to a chosen address)
     resolver: Resolver | None = None
 
@@ -224,13 +229,16 @@ def _computer(
     lease_ms: int,
     hooks: PostSaveHooks | None = None,
 ) -> TelemetryComputer:
+    """The process's one computer, with the one memo of its saves and the cache repository."""
+    memo = seams.view_memo if seams.view_memo is not None else ViewMemo()
     return TelemetryComputer(
         db,
         clock,
         metrics,
         seams.telemetry_listener or listener,
         lease_ms=lease_ms,
-        aggregator=seams.aggregator or compute_view,
+        aggregator=seams.aggregator or partial(compute_view, memo=memo),
+        cache=SessionTelemetryCacheRepository(),
         hooks=hooks,
     )
 
