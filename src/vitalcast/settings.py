@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -67,6 +68,11 @@ class Settings(BaseSettings):
         "vitalcast-ratelimit", description="Redis key prefix of the rate-limit counters."
     )
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
+    log_format: Literal["auto", "console", "json"] = Field(
+        "auto",
+        description="Log lines: `auto` is for a person on a terminal, JSON lines when stderr is "
+        "not one; `json` always (log shippers); `console` always human-readable.",
+    )
     oidc_issuer: str | None = Field(
         None,
         description="OpenID Connect issuer whose bearer tokens are accepted (https, or http on a "
