@@ -129,12 +129,16 @@ async def _import(
     from vitalcast.wiring import build_importer
 
     parts = build_importer(settings)
+
+    async def find_user() -> str:
+        # only once the file's first batch has parsed: a refused file creates no user
+        return await _user_id(parts.db, user)
+
     try:
-        user_id = await _user_id(parts.db, user)
         with _import_progress(path.name) as progress:
             return await import_export(
                 parts.ingest,
-                user_id,
+                find_user,
                 path,
                 since_ms=since_ms,
                 sessions=parts.sessions if workouts else None,
