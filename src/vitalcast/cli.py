@@ -207,6 +207,7 @@ def run_server(
 ) -> None:
     """``vitalcast serve``: settings from the environment, migrations, then the app (with the
     stand-ins of ``seams`` for a test entry point) until SIGTERM/SIGINT."""
+    from vitalcast.api.http_protocol import BoundedHeadProtocol
     from vitalcast.app import create_app
     from vitalcast.realtime.broadcaster import MAX_MESSAGE_BYTES
     from vitalcast.wiring import NO_SEAMS
@@ -228,6 +229,8 @@ def run_server(
         # A WebSocket frame larger than one Engine.IO packet is refused before it is buffered.
         ws_max_size=MAX_MESSAGE_BYTES,
         timeout_graceful_shutdown=shutdown_grace_s,
+        # A request head (line and headers) past 32 KiB is refused before it is buffered.
+        http=BoundedHeadProtocol,
     )
 
 
