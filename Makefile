@@ -5,14 +5,21 @@ VENDOR := src/vitalcast/static/vendor
 PORT ?= 8000
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-x tests/ingest"` (.ci/run adds a report).
 PYTEST_ARGS ?=
+# pytest-xdist workers of `make test`. Most of the suite's time is spent waiting (subprocesses
+# starting, workers recovering, browsers drawing), so more workers than the 2 cores of CI pay off;
+# `--dist loadgroup` keeps each `xdist_group` on one worker (tests/conftest.py assigns them).
+PYTEST_WORKERS ?= 4
 
 .PHONY: run test lint bench screenshot install uv assets clean
 
 uv:
 	@command -v uv >/dev/null 2>&1 || [ -x "$(UV)" ] || python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
 
+# --compile-bytecode: every `vitalcast` command and every process a test spawns imports
+# SQLAlchemy, pydantic and friends; compiled once here, they are not compiled again at each start
+# (which is what happens where PYTHONDONTWRITEBYTECODE is set).
 install: uv assets
-	@$(UV) sync --frozen --quiet
+	@$(UV) sync --frozen --quiet --compile-bytecode
 
 # uPlot, socket.io-client and Swagger UI come from npm at set-up; nothing is vendored into git.
 # --ignore-scripts: no package needs an install script (swagger-ui-dist's only dependency has
@@ -37,7 +44,7 @@ lint: install
 	$(UV) run lint-imports --no-cache
 
 test: lint
-	$(UV) run pytest $(PYTEST_ARGS)
+	$(UV) run pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 bench: install
 	$(UV) run python -m bench.run_all

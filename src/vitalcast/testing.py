@@ -5,17 +5,17 @@ bearer tokens. Nothing here is imported by the service itself."""
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
-from vitalcast.auth import issue_token
 from vitalcast.clock import iso_ms, now_ms
 from vitalcast.db.engine import Database, create_engine
+from vitalcast.json_types import JsonObject
+from vitalcast.local_tokens import issue_token
 from vitalcast.sessions import repository as session_repository
 
 
 def hr_sample(
-    record_id: str, at_ms: int, value: float = 72.0, *, source: str = "healthkit", **extra: Any
-) -> dict[str, Any]:
+    record_id: str, at_ms: int, value: float = 72.0, *, source: str = "healthkit", **extra: object
+) -> JsonObject:
     """One heart-rate sample as ``POST /api/v1/samples`` takes it (``extra`` adds or overrides
     fields, e.g. ``device`` or ``end``)."""
     return {
@@ -44,4 +44,7 @@ async def user_with_token(
         user_id = await ensure_user(db, name or f"u-{uuid.uuid4().hex[:8]}")
     finally:
         await db.dispose()
-    return user_id, issue_token(secret, user_id, now_s=now_ms() // 1000, ttl_s=ttl_s)
+    issued_ms = now_ms()
+    return user_id, issue_token(
+        secret, user_id, now_s=issued_ms // 1000, ttl_s=ttl_s, now_ms=issued_ms
+    )
