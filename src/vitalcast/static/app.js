@@ -173,6 +173,8 @@ function endShared(reason) {
 }
 
 function start() {
+  // A user's own token in the URL wins over a share link opened earlier in this tab.
+  if (hashParams().get('token')) forgetShare();
   const share = takeShare();
   if (share) {
     startShared(share);
