@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
+from vitalcast.clock import MINUTE_MS
+
 
 class MetricKind(enum.StrEnum):
     """How a bucket aggregates samples."""
@@ -187,7 +189,7 @@ def _metric(
         kind=kind,
         min_value=value_range[0],
         max_value=value_range[1],
-        gap_threshold_ms=None if gap_minutes is None else gap_minutes * 60_000,
+        gap_threshold_ms=None if gap_minutes is None else gap_minutes * MINUTE_MS,
         loinc=loinc,
         ucum=ucum,
         units=MappingProxyType(units),

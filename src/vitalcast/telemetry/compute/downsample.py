@@ -34,7 +34,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
 from operator import itemgetter
-from typing import Any
+from typing import Any, Final
 
 from vitalcast.catalog import BY_CODE, Metric, MetricKind
 from vitalcast.json_types import JsonObject
@@ -57,8 +57,18 @@ AHEAD = 3
 #: (metric, bucket, phase) holds at most 9.2 × 10^12 units (2^63 micro-units)
 SUM_SCALE = 1_000_000
 
-# (metric, bucket, phase, count, sum in micro-units, min, max, first_ms, last_ms)
+# (metric, bucket, phase, count, sum in micro-units, min, max, first_ms, last_ms): a plain tuple
+# (the hot loops index it), its positions named below
 Row = tuple[str, int, int, int, int, float, float, int, int]
+METRIC: Final = 0
+BUCKET: Final = 1
+PHASE: Final = 2
+COUNT: Final = 3
+SUM: Final = 4
+LOW: Final = 5
+HIGH: Final = 6
+FIRST_MS: Final = 7
+LAST_MS: Final = 8
 _ORDER = itemgetter(0, 1, 2)
 
 

@@ -62,7 +62,7 @@ async def keys_of(
             c.session_id.in_(list(session_ids)), c.compute_version == compute_version
         )
     )
-    return [(row[0], row[1], Resolution(row[2])) for row in rows]
+    return [(row.session_id, row.window_minutes, Resolution(row.resolution)) for row in rows]
 
 
 async def live_views(
@@ -95,13 +95,13 @@ async def live_views(
     )
     return [
         LiveView(
-            session_id=row[0],
-            user_id=row[1],
-            session_start_ms=row[2],
-            session_watermark=row[3],
-            window_minutes=row[4],
-            resolution=None if row[5] is None else Resolution(row[5]),
-            computed_at_ms=row[6],
+            session_id=row.id,
+            user_id=row.user_id,
+            session_start_ms=row.start_ms,
+            session_watermark=row.source_watermark,
+            window_minutes=row.window_minutes,
+            resolution=None if row.resolution is None else Resolution(row.resolution),
+            computed_at_ms=row.computed_at_ms,
         )
         for row in await conn.execute(query)
     ]
@@ -178,7 +178,7 @@ async def rows_of(
     )
     found: dict[TelemetryKey, CacheRow] = {}
     for row in rows:
-        key = wanted.get((row[0], row[1], row[2], row[3]))
+        key = wanted.get((row.session_id, row.window_minutes, row.resolution, row.compute_version))
         if key is not None:
             found[key] = _cache_row(row[4:])
     return found
