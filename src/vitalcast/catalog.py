@@ -10,7 +10,6 @@ system's SpO₂ rules (below 95 low, below 90 critical).
 from __future__ import annotations
 
 import enum
-import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -62,9 +61,6 @@ class AlertRule:
         """The rule's stable name, unique within its metric: operator and threshold, ``>=111``."""
         return f"{self.operator}{self.threshold:g}"
 
-    def crossed_by(self, value: float) -> bool:
-        return _OPERATORS[self.operator](value, self.threshold)
-
     def hits(self, values: Sequence[float]) -> list[int]:
         """Positions of the ``values`` that cross the threshold (one comparison each: this runs
         over every bucket of every compute)."""
@@ -87,14 +83,6 @@ class AlertRule:
             "threshold": self.threshold,
             "level": self.level.value,
         }
-
-
-_OPERATORS: dict[Comparison, Callable[[float, float], bool]] = {
-    ">=": operator.ge,
-    ">": operator.gt,
-    "<=": operator.le,
-    "<": operator.lt,
-}
 
 
 def _identity(value: float) -> float:

@@ -110,7 +110,7 @@ async def live_views(
 async def session_and_stored(
     conn: AsyncConnection, key: TelemetryKey
 ) -> tuple[Session | None, StoredView | None]:
-    """The key's session (``aggregate.load_session``'s row) and what the next compute of the
+    """The key's session (``aggregate.session_query``'s row) and what the next compute of the
     view starts from: the payload's watermark and the partials and save history stored with
     it (None when there is no payload). One statement: a compute's read starts with both,
     and on a small live view every round trip counts."""
