@@ -194,12 +194,16 @@ async def _import(
     from vitalcast.wiring import build_importer
 
     parts = build_importer(settings)
+
+    async def find_user() -> str:
+        # only once the file's first batch has parsed: a refused file creates no user
+        return await _user_id(parts.db, user)
+
     try:
-        user_id = await _user_id(parts.db, user)
         with _import_progress(path.name) as progress:
             return await import_export(
                 parts.ingest,
-                user_id,
+                find_user,
                 path,
                 since_ms=since_ms,
                 sessions=parts.sessions if workouts else None,
@@ -270,6 +274,7 @@ def run_server(
     stand-ins of ``seams`` for a test entry point) until SIGTERM/SIGINT."""
     import uvicorn
 
+    from vitalcast.api.http_protocol import BoundedHeadProtocol
     from vitalcast.app import create_app
     from vitalcast.db.migrate import upgrade_if_behind
     from vitalcast.observability import configure_logging
@@ -279,11 +284,12 @@ def run_server(
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
     upgrade_if_behind(settings.resolved_database_url)
-    application = create_app(settings, seams or NO_SEAMS)
+    companions = []
     if demo:
-        from vitalcast.demo import attach_demo
+        from vitalcast.demo import demo_companion
 
-        attach_demo(application, settings, host=host, port=port)
+        companions.append(demo_companion(host=host, port=port))
+    application = create_app(settings, seams or NO_SEAMS, companions=companions)
     uvicorn.run(
         application,
         host=host,
@@ -293,6 +299,8 @@ def run_server(
         # A WebSocket frame larger than one Engine.IO packet is refused before it is buffered.
         ws_max_size=MAX_MESSAGE_BYTES,
         timeout_graceful_shutdown=shutdown_grace_s,
+        # A request head (line and headers) past 32 KiB is refused before it is buffered.
+        http=BoundedHeadProtocol,
     )
 
 

@@ -24,9 +24,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import socketio
 
+from vitalcast.alerts.service import AlertService
 from vitalcast.auth import Authenticator
 from vitalcast.clock import Clock, SystemClock
 from vitalcast.db.engine import Database, create_engine
@@ -44,7 +46,8 @@ from vitalcast.settings import Settings
 from vitalcast.shares import ShareAccessLog
 from vitalcast.telemetry.compute.aggregate import Aggregator
 from vitalcast.telemetry.compute.incremental import compute_view
-from vitalcast.telemetry.ports import Subscriptions, TelemetryListener
+from vitalcast.telemetry.compute.memo import ViewMemo
+from vitalcast.telemetry.ports import PostSaveHooks, Subscriptions, TelemetryListener
 from vitalcast.telemetry.read.reader import open_reader
 from vitalcast.telemetry.read.service import SessionTelemetryService
 from vitalcast.telemetry.run.computer import TelemetryComputer
@@ -53,6 +56,7 @@ from vitalcast.telemetry.run.insights_service import InsightsService
 from vitalcast.telemetry.run.live_ticks import LiveTicker
 from vitalcast.telemetry.run.triggers import TelemetryTriggers
 from vitalcast.telemetry.scheduling import Scheduler
+from vitalcast.telemetry.store.leases import SessionTelemetryCacheRepository
 from vitalcast.webhooks.addresses import Resolver, system_resolver
 from vitalcast.webhooks.sender import WebhookSender
 from vitalcast.webhooks.service import WebhookDispatcher, WebhookService
@@ -75,6 +79,8 @@ class Seams:
     telemetry_listener: TelemetryListener | None = None
     #: wraps the server's scheduler (e.g. to record what was scheduled, and why)
     scheduler_wrapper: Callable[[Scheduler], Scheduler] | None = None
+    #: what the process's computes remember of their saves (tests count what it serves)
+    view_memo: ViewMemo | None = None
     #: the DNS of webhook URLs (tests make a name resolve to a chosen address)
     resolver: Resolver | None = None
 
@@ -117,6 +123,8 @@ class ServerParts:
     #: the owner's webhook endpoints, and the sender of their deliveries
     webhooks: WebhookService
     dispatcher: WebhookDispatcher
+    #: announces alert episodes (a post-save hook of ``computer``) and replays missed ones
+    alerts: AlertService
 
     async def start(self) -> None:
         await self.coordinator.start()
@@ -219,14 +227,19 @@ def _computer(
     seams: Seams,
     *,
     lease_ms: int,
+    hooks: PostSaveHooks | None = None,
 ) -> TelemetryComputer:
+    """The process's one computer, with the one memo of its saves and the cache repository."""
+    memo = seams.view_memo if seams.view_memo is not None else ViewMemo()
     return TelemetryComputer(
         db,
         clock,
         metrics,
         seams.telemetry_listener or listener,
         lease_ms=lease_ms,
-        aggregator=seams.aggregator or compute_view,
+        aggregator=seams.aggregator or partial(compute_view, memo=memo),
+        cache=SessionTelemetryCacheRepository(),
+        hooks=hooks,
     )
 
 
@@ -254,8 +267,9 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
     sio, manager = socketio_server(settings)
     broadcaster = WebSocketBroadcaster.for_server(sio, manager, metrics=metrics)
     subscriptions = SubscriptionRegistry()
+    hooks = PostSaveHooks()
     computer = _computer(
-        settings, db, clock, metrics, broadcaster, seams, lease_ms=settings.lease_ms
+        settings, db, clock, metrics, broadcaster, seams, lease_ms=settings.lease_ms, hooks=hooks
     )
     coordinator = _coordinator(settings, computer, metrics, subscriptions)
     queue = (
@@ -273,6 +287,9 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
     secret = settings.resolved_secret()
     authenticator = _authenticator(settings, db, clock, secret)
     resolver = seams.resolver or system_resolver
+    dispatcher = _dispatcher(settings, db, clock, metrics, resolver)
+    alerts = AlertService(db, clock, metrics, broadcaster, wake_webhooks=dispatcher.wake)
+    hooks.register(alerts)
     return ServerParts(
         settings=settings,
         db=db,
@@ -309,7 +326,8 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
         webhooks=WebhookService(
             db, clock, allow_private=settings.webhook_allow_private, resolver=resolver
         ),
-        dispatcher=_dispatcher(settings, db, clock, metrics, resolver),
+        dispatcher=dispatcher,
+        alerts=alerts,
     )
 
 
@@ -364,7 +382,12 @@ def build_worker(settings: Settings, seams: Seams = NO_SEAMS) -> WorkerParts:
     metrics = Metrics()
     broadcaster = WebSocketBroadcaster.for_worker(settings, metrics=metrics)
     lease_ms = min(settings.lease_ms, WORKER_LEASE_MS)
-    computer = _computer(settings, db, clock, metrics, broadcaster, seams, lease_ms=lease_ms)
+    hooks = PostSaveHooks()
+    computer = _computer(
+        settings, db, clock, metrics, broadcaster, seams, lease_ms=lease_ms, hooks=hooks
+    )
+    # The servers' webhook dispatchers pick up the deliveries this worker's alerts commit.
+    hooks.register(AlertService(db, clock, metrics, broadcaster))
     return WorkerParts(settings, db, clock, metrics, broadcaster, computer)
 
 

@@ -24,7 +24,9 @@ nothing.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import partial
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -32,13 +34,14 @@ from vitalcast.sessions.models import Session
 from vitalcast.telemetry.compute import changes, history
 from vitalcast.telemetry.compute import payload as packing
 from vitalcast.telemetry.compute.aggregate import aggregate_rows, assemble
-from vitalcast.telemetry.compute.memo import MEMO, RememberedView, ViewMemo
+from vitalcast.telemetry.compute.memo import RememberedView, ViewMemo
 from vitalcast.telemetry.compute.merge import Merged, add_series, merge, query_ranges
 from vitalcast.telemetry.compute.partials import Partials, decode, encode, sealed
 from vitalcast.telemetry.compute.plan import plan
 from vitalcast.telemetry.compute.results import ComputedTelemetry, ComputePath, StoredView
 from vitalcast.telemetry.grid import TelemetryWindow
 from vitalcast.telemetry.keys import CacheState, TelemetryKey
+from vitalcast.telemetry.ports import AlertEpisode
 
 NO_PAYLOAD_BYTES = history.encode_record(history.NO_PAYLOAD)
 
@@ -67,12 +70,13 @@ async def compute_view(
     now_ms: int,
     stored: StoredView | None,
     *,
-    memo: ViewMemo | None = MEMO,
+    memo: ViewMemo | None = None,
 ) -> ComputedTelemetry:
     """The payload of ``key`` for ``session`` (whose watermark was read first) at ``now_ms``,
     from ``stored`` (what the view's row holds) where the change log allows. ``stored`` None
     means the view has no payload yet: the compute is full and its history starts here.
-    ``memo`` None decodes the stored partials every time (tests compare both ways)."""
+    ``memo`` None decodes the stored partials every time (tests compare both ways); a
+    process's computer passes the memo ``wiring`` built for it."""
     bucket_ms = key.resolution.bucket_ms
     window = TelemetryWindow.of(
         start_ms=session.start_ms,
@@ -157,4 +161,26 @@ async def compute_view(
         else partial(
             memo.put, key, RememberedView(blob, partials, merged.series, history_blob, saves)
         ),
+        episodes=episodes_of(assembled.metrics),
     )
+
+
+def episodes_of(metrics: Mapping[str, Mapping[str, Any]]) -> tuple[AlertEpisode, ...]:
+    """Every metric's alert episodes, as the payload holds them (``insights.episodes``)."""
+    found: list[AlertEpisode] = []
+    for code, metric in metrics.items():
+        insights = metric.get("insights")
+        if not insights:
+            continue
+        for episode in insights.get("episodes") or ():
+            found.append(
+                AlertEpisode(
+                    metric=code,
+                    rule=episode["rule"],
+                    level=episode["level"],
+                    start_ms=int(episode["start_ms"]),
+                    end_ms=int(episode["end_ms"]),
+                    extreme=float(episode["extreme"]),
+                )
+            )
+    return tuple(found)
