@@ -169,7 +169,12 @@ class RealtimeServer:
     def asgi_app(self) -> FrameGate:
         """The Engine.IO endpoint behind its frame gate, for mounting at ``SOCKETIO_PATH`` (it
         takes all traffic there)."""
-        return FrameGate(socketio.ASGIApp(self.sio, socketio_path=None), self.sio.eio)
+        return FrameGate(
+            socketio.ASGIApp(self.sio, socketio_path=None),
+            self.sio.eio,
+            self._limit,
+            self._limiter,
+        )
 
     async def close(self) -> None:
         """Disconnect clients, stop timers and background tasks (the broadcaster releases
