@@ -90,7 +90,7 @@ class IngestService:
         """The transaction of one ingest (a unit: on SQLite it runs on a database thread in
         one hop): the stored answer of a replayed request, or what was written, the sessions
         touched, the new change_seq, the status and the encoded answer."""
-        seq = await repository.lock_user(conn, user_id)
+        seq = await session_repository.lock_user(conn, user_id)
         if seq is None:
             raise Unauthenticated("The token's user does not exist.", code="TOKEN_INVALID")
         if batch.request_id is not None:

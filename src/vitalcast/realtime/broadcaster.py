@@ -28,6 +28,7 @@ from engineio import packet as eio_packet
 from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from vitalcast.alerts.models import SESSION_ALERT, Alert
 from vitalcast.json_types import JsonObject
 from vitalcast.observability import Metrics, get_logger
 from vitalcast.redis_connections import PUBSUB_MAX_CONNECTIONS, pubsub_client
@@ -284,6 +285,13 @@ class WebSocketBroadcaster:
         cancelled (never raises)."""
         rooms = [session_room(session.id), user_room(session.user_id)]
         await self._emit(SESSION_STATUS, session_status_event(session), rooms, session.id)
+
+    async def session_alert(self, alert: Alert) -> None:
+        """Tell the session's subscribers (owner and shares) of a newly announced alert
+        episode (never raises)."""
+        await self._emit(
+            SESSION_ALERT, alert.event(), session_room(alert.session_id), alert.session_id
+        )
 
     async def close(self) -> None:
         """Release the write-only manager's Redis connections, if this broadcaster owns one."""

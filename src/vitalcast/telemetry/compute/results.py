@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from vitalcast.telemetry.grid import TelemetryWindow
 from vitalcast.telemetry.keys import CacheState
+from vitalcast.telemetry.ports import AlertEpisode
 
 
 class ComputePath(enum.StrEnum):
@@ -60,3 +61,5 @@ class ComputedTelemetry:
     #: seconds spent per stage of the compute: reading the change log ("read"), the GROUP BY and
     #: the merge of its rows ("aggregate"), assembling and packing the payload ("assemble")
     stage_seconds: tuple[tuple[str, float], ...] = ()
+    #: the alert episodes of the payload, every metric's (for the post-save hooks)
+    episodes: tuple[AlertEpisode, ...] = ()

@@ -28,7 +28,7 @@ from vitalcast.telemetry.compute.incremental import compute_view
 from vitalcast.telemetry.compute.results import ComputedTelemetry, ComputePath
 from vitalcast.telemetry.grid import payload_current
 from vitalcast.telemetry.keys import CacheState, ComputeOutcome, ScheduleReason, TelemetryKey
-from vitalcast.telemetry.ports import TelemetryListener, TelemetryUpdate
+from vitalcast.telemetry.ports import PostSaveHooks, SavedView, TelemetryListener, TelemetryUpdate
 from vitalcast.telemetry.read.answer import COMPUTE_FAILED
 from vitalcast.telemetry.store import queries
 from vitalcast.telemetry.store.leases import SessionTelemetryCacheRepository
@@ -90,7 +90,8 @@ def _prune_due(saved_before: int | None, computed: ComputedTelemetry) -> bool:
 
 
 class TelemetryComputer:
-    """Runs computes under the cache row's lease and tells ``listener`` after every save.
+    """Runs computes under the cache row's lease and tells ``listener``, then ``hooks``, after
+    every save.
 
     ``aggregator`` is the compute seam (tests and the fault suite wrap it to fail or hold);
     ``lease_ms`` is renewed every third of itself while a compute runs.
@@ -107,8 +108,10 @@ class TelemetryComputer:
         aggregator: Aggregator,
         cache: SessionTelemetryCacheRepository,
         owner_id: str | None = None,
+        hooks: PostSaveHooks | None = None,
     ) -> None:
         self._db = db
+        self._hooks = hooks if hooks is not None else PostSaveHooks()
         self._clock = clock
         self._metrics = metrics
         self._listener = listener
@@ -176,21 +179,23 @@ class TelemetryComputer:
         started = time.perf_counter()
         read_started_ms = self._clock.now_ms()
 
-        async def read(conn: AsyncConnection) -> tuple[bool, ComputedTelemetry | None]:
+        async def read(
+            conn: AsyncConnection,
+        ) -> tuple[Session | None, bool, ComputedTelemetry | None]:
             session, stored = await queries.session_and_stored(conn, key)
             fresh = session is not None and _lease_current(lease, session, key, read_started_ms)
             computed = None
             if session is not None and not fresh:
                 computed = await self._aggregate(conn, session, key, read_started_ms, stored)
-            return fresh, computed
+            return session, fresh, computed
 
         try:
             if _waits_for_nothing_else(self._aggregate):
-                fresh, computed = await self._db.unit(read)
+                session, fresh, computed = await self._db.unit(read)
             else:
                 # A seam's aggregator may wait for the test that set it: it runs on this loop.
                 async with self._db.read() as conn:
-                    fresh, computed = await read(conn)
+                    session, fresh, computed = await read(conn)
             if computed is None:
                 await self.release(key)
                 return ComputeOutcome.SKIPPED_FRESH if fresh else ComputeOutcome.SESSION_GONE
@@ -216,10 +221,21 @@ class TelemetryComputer:
             self._metrics.freshness_lag_seconds.observe(max(result.lag_ms, 0) / 1000)
         pushing = time.perf_counter()
         await self._notify(key, computed)
+        push_s = time.perf_counter() - pushing
+        if self._hooks and session is not None:
+            await self._hooks.run(
+                SavedView(
+                    session=session,
+                    key=key,
+                    source_watermark=computed.source_watermark,
+                    live=computed.window.live,
+                    episodes=computed.episodes,
+                )
+            )
         stages = dict(computed.stage_seconds)
         # the read stage is the whole read unit but its aggregate and assemble stages
         stages["read"] = read_s - stages.get("aggregate", 0.0) - stages.get("assemble", 0.0)
-        stages |= {"lease": lease_s, "save": save_s, "push": time.perf_counter() - pushing}
+        stages |= {"lease": lease_s, "save": save_s, "push": push_s}
         for stage, seconds in stages.items():
             self._metrics.compute_stage_seconds.labels(stage).observe(max(seconds, 0.0))
         return ComputeOutcome.COMPUTED
