@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vitalcast import __version__
-from vitalcast.api import dashboard, exports, insights, ops, samples, sessions
+from vitalcast.api import dashboard, exports, insights, me, ops, samples, sessions
 from vitalcast.api import errors as api_errors
 from vitalcast.api import telemetry as telemetry_api
 from vitalcast.api.guard import RequestGuard
@@ -91,6 +91,7 @@ def create_app(settings: Settings, seams: Seams = NO_SEAMS) -> FastAPI:
     app.include_router(telemetry_api.router)
     app.include_router(exports.router)
     app.include_router(insights.router)
+    app.include_router(me.router)
     dashboard.install(app)
     app.mount(SOCKETIO_PATH, realtime.asgi_app())
 

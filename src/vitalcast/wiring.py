@@ -31,6 +31,8 @@ from vitalcast.auth import Authenticator
 from vitalcast.clock import Clock, SystemClock
 from vitalcast.db.engine import Database, create_engine
 from vitalcast.ingest.service import IngestService
+from vitalcast.lifecycle.export import AccountExport
+from vitalcast.lifecycle.samples import SampleDeletionService
 from vitalcast.observability import Metrics
 from vitalcast.queue.service import SessionTelemetryQueueService
 from vitalcast.ratelimit import RateLimiter
@@ -102,6 +104,10 @@ class ServerParts:
     sessions: SessionService
     ingest: IngestService
     limiter: RateLimiter
+    #: POST /api/v1/samples/delete
+    sample_deletion: SampleDeletionService
+    #: GET /api/v1/me/export
+    export: AccountExport
 
     async def start(self) -> None:
         await self.coordinator.start()
@@ -274,9 +280,11 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
         ),
         triggers=triggers,
         ticker=LiveTicker(db, clock, subscriptions, scheduler, metrics),
-        sessions=SessionService(db, clock, changes),
+        sessions=SessionService(db, clock, changes, deletions=broadcaster),
         ingest=IngestService(db, clock, metrics, changes),
         limiter=RateLimiter.from_settings(settings),
+        sample_deletion=SampleDeletionService(db, clock, changes),
+        export=AccountExport(db, clock, window_minutes=settings.default_window_minutes),
     )
 
 

@@ -65,6 +65,14 @@ HTTP_MATRIX: dict[str, dict[str, tuple[int, str | None]]] = {
     },
     # the caller's own completed sessions, whoever calls
     "GET /api/v1/insights": {OWNER: (200, None), OTHER: (200, None)},
+    # the caller's own samples, whoever calls
+    "POST /api/v1/samples/delete": {OWNER: (200, None), OTHER: (200, None)},
+    "DELETE /api/v1/sessions/{session_id}": {
+        OWNER: (204, None),
+        OTHER: (404, "SESSION_NOT_FOUND"),
+    },
+    # the caller's own account, whoever calls
+    "GET /api/v1/me/export": {OWNER: (200, None), OTHER: (200, None)},
 }
 # Socket.IO: the refused principals never get a socket, so their events cannot be sent at all.
 SOCKET_MATRIX: dict[str, dict[str, Any]] = {
@@ -126,13 +134,16 @@ async def _call(client: httpx.AsyncClient, world: World, route: str, who: str) -
     method, path = route.split(" ", 1)
     if world.shared_session is None:
         world.shared_session = await _owner_session(client, world)
-    # The owner's end and cancel change their session: give each its own.
-    changes = who == OWNER and route.endswith(("/end", "/cancel"))
+    # The owner's end, cancel and delete change their session: give each its own.
+    changes = who == OWNER and (route.endswith(("/end", "/cancel")) or method == "DELETE")
     session_id = await _owner_session(client, world) if changes else world.shared_session
     url = path.replace("{session_id}", session_id)
     body: Any = None
     if route == "POST /api/v1/samples":
         body = {"samples": [hr(f"{who}-r", now_ms() - MINUTE_MS)]}
+    elif route == "POST /api/v1/samples/delete":
+        # A stretch before the owner's sessions: it must not touch them, whoever calls.
+        body = {"from": iso(0), "to": iso(MINUTE_MS)}
     elif method == "POST":
         body = {}
     response = await client.request(method, url, json=body, headers=world.headers(who))

@@ -40,6 +40,9 @@ CONFIG = """
 [dictionaries.sessions]
 values = [{ids}]
 
+[dictionaries.doomed]
+values = [{doomed}]
+
 [parameters]
 "path.session_id" = {{ dictionary = "sessions", probability = 0.8 }}
 
@@ -60,6 +63,13 @@ checks.positive_data_acceptance.expected-statuses = [200, 201, 422]
 [[operations]]
 include-name = "POST /api/v1/sessions/{{session_id}}/end"
 checks.positive_data_acceptance.expected-statuses = [200, 404, 409, 422]
+
+# Deleting draws from sessions of its own (and the stranger's), so the other operations keep
+# theirs; a session deleted once is a 404 afterwards.
+[[operations]]
+include-name = "DELETE /api/v1/sessions/{{session_id}}"
+parameters = {{ "path.session_id" = {{ dictionary = "doomed", probability = 0.8 }} }}
+checks.positive_data_acceptance.expected-statuses = [204, 404]
 """
 
 
@@ -76,7 +86,8 @@ async def _users(url: str) -> list[str]:
 
 
 def _seed(base: str, owner: dict[str, str], stranger: dict[str, str]) -> list[str]:
-    """The owner's sessions (live, ended with samples) and one of the stranger's."""
+    """The owner's sessions (live, ended with samples) and one of the stranger's; then three
+    more of the owner's for the deleting operations alone."""
     with httpx.Client(base_url=base, timeout=10) as client:
         t0 = now_ms() - 3 * 60 * MINUTE_MS
         ended = client.post("/api/v1/sessions", json={"started_at": iso(t0)}, headers=owner)
@@ -91,7 +102,10 @@ def _seed(base: str, owner: dict[str, str], stranger: dict[str, str]) -> list[st
         assert end.status_code == 200
         live_id = client.post("/api/v1/sessions", json={}, headers=owner).json()["id"]
         theirs = client.post("/api/v1/sessions", json={}, headers=stranger).json()["id"]
-    return [ended_id, live_id, theirs]
+        doomed = [
+            client.post("/api/v1/sessions", json={}, headers=owner).json()["id"] for _ in range(3)
+        ]
+    return [ended_id, live_id, theirs, *doomed]
 
 
 @pytest.fixture
@@ -183,9 +197,13 @@ def test_schemathesis_finds_no_server_error_and_only_problem_errors(fuzz_databas
         ids = _seed(server.url, owner, stranger)
         config = tmp_path / "schemathesis.toml"
         config.write_text(
-            CONFIG.format(ids=", ".join(f'"{i}"' for i in ids), rejections=REJECTIONS)
+            CONFIG.format(
+                ids=", ".join(f'"{i}"' for i in ids[:3]),
+                doomed=", ".join(f'"{i}"' for i in ids[2:]),
+                rejections=REJECTIONS,
+            )
         )
-        run = _schemathesis(server.url, token, config, {"VITALCAST_FUZZ_STRANGER_SESSION": ids[-1]})
+        run = _schemathesis(server.url, token, config, {"VITALCAST_FUZZ_STRANGER_SESSION": ids[2]})
         server_log = server.log()
     _assert_every_operation_passed(run, server_log)
 
@@ -199,7 +217,11 @@ def test_schemathesis_with_an_unknown_users_token_gets_401_everywhere(fuzz_datab
     unknown = issue_token(TEST_SECRET, str(uuid.uuid4()), now_s=now_s, ttl_s=3600)
     with serve_subprocess(_fuzz_env(tmp_path, fuzz_database), tmp_path / "server.log") as server:
         config = tmp_path / "schemathesis.toml"
-        config.write_text(CONFIG.format(ids=f'"{uuid.uuid4()}"', rejections=REJECTIONS))
+        config.write_text(
+            CONFIG.format(
+                ids=f'"{uuid.uuid4()}"', doomed=f'"{uuid.uuid4()}"', rejections=REJECTIONS
+            )
+        )
         # An undeclared method is a 401 too, not the 405 that would tell a stranger the path
         # exists; and nothing is ever accepted.
         run = _schemathesis(

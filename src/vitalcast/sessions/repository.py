@@ -14,6 +14,7 @@ from dataclasses import replace
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from vitalcast.db import cascade
 from vitalcast.db.tables import sessions, users
 from vitalcast.sessions import changelog
 from vitalcast.sessions.models import WIDEST_PAD_MS, Session, SessionStatus
@@ -58,13 +59,15 @@ async def locked_change_seq(conn: AsyncConnection, user_id: str) -> int:
     return int(seq or 0)
 
 
-async def get(conn: AsyncConnection, user_id: str, session_id: str) -> Session | None:
-    """The session if it exists and belongs to ``user_id``; None otherwise (no existence leak)."""
-    row = (
-        await conn.execute(
-            sa.select(sessions).where(sessions.c.id == session_id, sessions.c.user_id == user_id)
-        )
-    ).first()
+async def get(
+    conn: AsyncConnection, user_id: str, session_id: str, *, for_update: bool = False
+) -> Session | None:
+    """The session if it exists and belongs to ``user_id``; None otherwise (no existence leak).
+    ``for_update`` row-locks it (PostgreSQL) until the caller's transaction ends."""
+    query = sa.select(sessions).where(sessions.c.id == session_id, sessions.c.user_id == user_id)
+    if for_update:
+        query = query.with_for_update()
+    row = (await conn.execute(query)).first()
     return None if row is None else Session.from_row(row)
 
 
@@ -218,3 +221,12 @@ async def bump_watermarks(
         )
         await changelog.record(conn, entries)
     return [replace(s, source_watermark=change_seq) for s in touched]
+
+
+async def delete(conn: AsyncConnection, session: Session) -> None:
+    """Remove ``session`` and every row that refers to it (its views, their history and
+    partials, its change log, and whatever later tables point at a session), found from the
+    schema. The caller holds the user's lock and the session's row lock: an ingest cannot move
+    its watermark meanwhile, and a compute cannot insert a view row for it (PostgreSQL's foreign
+    key check waits for the lock, then finds the session gone)."""
+    await cascade.delete_tree(conn, sessions, sessions.c.id == session.id)
