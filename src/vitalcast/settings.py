@@ -67,6 +67,9 @@ class Settings(BaseSettings):
         "vitalcast-ratelimit", description="Redis key prefix of the rate-limit counters."
     )
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
+    erasure_batch_rows: int = Field(
+        5_000, ge=1, le=100_000, description="Rows an erasure purge deletes per transaction."
+    )
 
     @property
     def resolved_database_url(self) -> str:

@@ -27,10 +27,12 @@ from dataclasses import dataclass
 
 import socketio
 
-from vitalcast.auth import Authenticator
+from vitalcast.auth import Authenticator, UserRevocations
 from vitalcast.clock import Clock, SystemClock
 from vitalcast.db.engine import Database, create_engine
 from vitalcast.ingest.service import IngestService
+from vitalcast.lifecycle.erasure import ErasureService, InProcessErasures, redis_scope
+from vitalcast.lifecycle.erasure_queue import QueuedErasures
 from vitalcast.lifecycle.export import AccountExport
 from vitalcast.lifecycle.samples import SampleDeletionService
 from vitalcast.observability import Metrics
@@ -108,10 +110,17 @@ class ServerParts:
     sample_deletion: SampleDeletionService
     #: GET /api/v1/me/export
     export: AccountExport
+    #: DELETE /api/v1/me: records erasures; ``erasures`` runs their purges
+    erasure: ErasureService
+    erasures: InProcessErasures | QueuedErasures
 
     async def start(self) -> None:
         await self.coordinator.start()
         await self.ticker.start()
+        await self.authenticator.revocations.start()
+        # A purge cut by a crash or a restart resumes.
+        if await self.erasure.pending():
+            await self.erasures.dispatch()
 
     async def refresh_metrics(self) -> None:
         """Update the gauges that are read rather than counted (before /metrics renders)."""
@@ -123,6 +132,8 @@ class ServerParts:
     async def close(self) -> None:
         """Stop computing and release every connection (the realtime server closes first)."""
         await self.ticker.stop()
+        await self.erasures.stop()
+        await self.authenticator.revocations.close()
         if self.queue is not None:
             await self.queue.close()
         await self.coordinator.stop()
@@ -142,6 +153,8 @@ class WorkerParts:
     metrics: Metrics
     broadcaster: WebSocketBroadcaster
     computer: TelemetryComputer
+    #: runs the erasure purges the servers queue
+    erasure: ErasureService
 
     async def close(self) -> None:
         await self.broadcaster.close()
@@ -254,13 +267,18 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
     )
     changes = ChangeFanout(triggers, broadcaster)
     secret = settings.resolved_secret()
+    authenticator = Authenticator(
+        secret, db, revocations=UserRevocations(settings.redis_url, channel=_revocations(settings))
+    )
+    erasure = _erasure(settings, db, clock, authenticator)
+    in_process = InProcessErasures(erasure)
     return ServerParts(
         settings=settings,
         db=db,
         clock=clock,
         metrics=metrics,
         secret=secret,
-        authenticator=Authenticator(secret, db),
+        authenticator=authenticator,
         sio=sio,
         broadcaster=broadcaster,
         subscriptions=subscriptions,
@@ -285,6 +303,34 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
         limiter=RateLimiter.from_settings(settings),
         sample_deletion=SampleDeletionService(db, clock, changes),
         export=AccountExport(db, clock, window_minutes=settings.default_window_minutes),
+        erasure=erasure,
+        erasures=QueuedErasures(settings, in_process) if settings.redis_url else in_process,
+    )
+
+
+def _revocations(settings: Settings) -> str:
+    return f"{settings.socketio_channel}-revocations"
+
+
+def _erasure(
+    settings: Settings, db: Database, clock: Clock, authenticator: Authenticator | None
+) -> ErasureService:
+    """The erasure service of a process; one that is no server revokes through Redis."""
+    if authenticator is None:
+        bus = UserRevocations(settings.redis_url, channel=_revocations(settings))
+        revoke = bus.publish
+    else:
+        revoke = authenticator.revoke_user
+    return ErasureService(
+        db,
+        clock,
+        revoke=revoke,
+        redis=redis_scope(
+            settings.redis_url,
+            [settings.rate_limit_prefix, settings.queue_prefix],
+            settings.queue_prefix,
+        ),
+        batch_rows=settings.erasure_batch_rows,
     )
 
 
@@ -296,7 +342,15 @@ def build_worker(settings: Settings, seams: Seams = NO_SEAMS) -> WorkerParts:
     broadcaster = WebSocketBroadcaster.for_worker(settings, metrics=metrics)
     lease_ms = min(settings.lease_ms, WORKER_LEASE_MS)
     computer = _computer(settings, db, clock, metrics, broadcaster, seams, lease_ms=lease_ms)
-    return WorkerParts(settings, db, clock, metrics, broadcaster, computer)
+    erasure = _erasure(settings, db, clock, None)
+    return WorkerParts(settings, db, clock, metrics, broadcaster, computer, erasure)
+
+
+def build_erasure(settings: Settings) -> tuple[Database, ErasureService]:
+    """The database and erasure service of ``vitalcast users erase`` (revokes through Redis
+    when scaled out; an embedded server forgets the user when its token cache misses)."""
+    db = _database(settings)
+    return db, _erasure(settings, db, SystemClock(), None)
 
 
 def build_importer(settings: Settings, seams: Seams = NO_SEAMS) -> ImporterParts:

@@ -20,6 +20,7 @@ from tests.conftest import TEST_SECRET
 from tests.ingest.helpers import MINUTE_MS, hr, iso, now_ms
 from tests.processes import serve_subprocess, vitalcast_env
 from vitalcast.auth import issue_token
+from vitalcast.testing import user_with_token
 
 OWNER, OTHER, NONE, EXPIRED, FORGED = "owner", "other", "no token", "expired", "forged"
 UNKNOWN = "unknown user"
@@ -71,8 +72,9 @@ HTTP_MATRIX: dict[str, dict[str, tuple[int, str | None]]] = {
         OWNER: (204, None),
         OTHER: (404, "SESSION_NOT_FOUND"),
     },
-    # the caller's own account, whoever calls
+    # the caller's own account, whoever calls (erasure: a user of its own, see ``_call``)
     "GET /api/v1/me/export": {OWNER: (200, None), OTHER: (200, None)},
+    "DELETE /api/v1/me": {OWNER: (202, None), OTHER: (202, None)},
 }
 # Socket.IO: the refused principals never get a socket, so their events cannot be sent at all.
 SOCKET_MATRIX: dict[str, dict[str, Any]] = {
@@ -95,6 +97,7 @@ class World:
     tokens: dict[str, str | None]
     shared_session: str | None = None
     owner_sessions: set[str] = field(default_factory=set)
+    database_url: str = ""
 
     def headers(self, who: str) -> dict[str, str]:
         token = self.tokens[who]
@@ -146,7 +149,13 @@ async def _call(client: httpx.AsyncClient, world: World, route: str, who: str) -
         body = {"from": iso(0), "to": iso(MINUTE_MS)}
     elif method == "POST":
         body = {}
-    response = await client.request(method, url, json=body, headers=world.headers(who))
+    headers = world.headers(who)
+    if route == "DELETE /api/v1/me" and who in (OWNER, OTHER):
+        # An erasure needs the user's own token and ends that user: each valid principal
+        # erases a user of its own, and the owner's session must stay.
+        _fresh, token = await user_with_token(world.database_url, TEST_SECRET)
+        headers = {"Authorization": f"Bearer {token}"}
+    response = await client.request(method, url, json=body, headers=headers)
     if who != OWNER:
         # Nothing another caller did may have touched the owner's session.
         mine = await client.get(f"/api/v1/sessions/{session_id}", headers=world.headers(OWNER))
@@ -209,7 +218,7 @@ async def test_authorization_matrix(database_url: str, users, tmp_path: Path) ->
     other_id, _ = await users.create("other")
     env = vitalcast_env(tmp_path / "data", log_level="warning", database_url=database_url)
     with serve_subprocess(env, tmp_path / "server.log") as server:
-        world = World(server.url, _tokens(owner_id, other_id))
+        world = World(server.url, _tokens(owner_id, other_id), database_url=database_url)
         async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
             schema = (await client.get("/openapi.json")).json()
             served = {f"{m.upper()} {p}" for p, ops in schema["paths"].items() for m in ops}

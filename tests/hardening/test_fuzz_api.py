@@ -64,6 +64,18 @@ checks.positive_data_acceptance.expected-statuses = [200, 201, 422]
 include-name = "POST /api/v1/sessions/{{session_id}}/end"
 checks.positive_data_acceptance.expected-statuses = [200, 404, 409, 422]
 
+# Erasing runs with the token of a user of its own (the run's user must outlive it); once
+# erased, that token is refused.
+[[operations]]
+include-name = "DELETE /api/v1/me"
+headers = {{ Authorization = "Bearer {doomed_token}" }}
+checks.positive_data_acceptance.expected-statuses = [202, 401]
+
+# A range must not be empty (to after from) and may not end in the server's future.
+[[operations]]
+include-name = "POST /api/v1/samples/delete"
+checks.positive_data_acceptance.expected-statuses = [200, 422]
+
 # Deleting draws from sessions of its own (and the stranger's), so the other operations keep
 # theirs; a session deleted once is a 404 afterwards.
 [[operations]]
@@ -79,7 +91,7 @@ async def _users(url: str) -> list[str]:
         async with db.write() as conn:
             return [
                 await session_repository.get_or_create_user(conn, name, now_ms=0)
-                for name in ("fuzzer", "stranger")
+                for name in ("fuzzer", "stranger", "erased")
             ]
     finally:
         await db.dispose()
@@ -187,8 +199,9 @@ def test_schemathesis_finds_no_server_error_and_only_problem_errors(fuzz_databas
     4xx a problem+json with a stable code, statuses/types/schemas as documented, nosniff on
     every answer, and another user's session never answered with anything but 404."""
     now_s = int(time.time())
-    owner_id, stranger_id = in_thread(asyncio.run, _users(fuzz_database))
+    owner_id, stranger_id, erased_id = in_thread(asyncio.run, _users(fuzz_database))
     token = issue_token(TEST_SECRET, owner_id, now_s=now_s, ttl_s=3600)
+    doomed_token = issue_token(TEST_SECRET, erased_id, now_s=now_s, ttl_s=3600)
     owner = {"Authorization": f"Bearer {token}"}
     stranger = {
         "Authorization": f"Bearer {issue_token(TEST_SECRET, stranger_id, now_s=now_s, ttl_s=3600)}"
@@ -200,6 +213,7 @@ def test_schemathesis_finds_no_server_error_and_only_problem_errors(fuzz_databas
             CONFIG.format(
                 ids=", ".join(f'"{i}"' for i in ids[:3]),
                 doomed=", ".join(f'"{i}"' for i in ids[2:]),
+                doomed_token=doomed_token,
                 rejections=REJECTIONS,
             )
         )
@@ -219,7 +233,10 @@ def test_schemathesis_with_an_unknown_users_token_gets_401_everywhere(fuzz_datab
         config = tmp_path / "schemathesis.toml"
         config.write_text(
             CONFIG.format(
-                ids=f'"{uuid.uuid4()}"', doomed=f'"{uuid.uuid4()}"', rejections=REJECTIONS
+                ids=f'"{uuid.uuid4()}"',
+                doomed=f'"{uuid.uuid4()}"',
+                doomed_token=unknown,
+                rejections=REJECTIONS,
             )
         )
         # An undeclared method is a 401 too, not the 405 that would tell a stranger the path

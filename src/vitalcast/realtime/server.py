@@ -134,6 +134,7 @@ class RealtimeServer:
         self.sio.on("subscribe", self._on_subscribe)
         self.sio.on("unsubscribe", self._on_unsubscribe)
         self.sio.on("*", self._on_unknown)
+        parts.authenticator.revocations.subscribe(self._revoked)
 
     def asgi_app(self) -> FrameGate:
         """The Engine.IO endpoint behind its frame gate, for mounting at ``SOCKETIO_PATH`` (it
@@ -206,17 +207,30 @@ class RealtimeServer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _disconnect_expired(self, sid: str) -> None:
+    async def _revoked(self, user_id: str) -> None:
+        """The user was revoked (erasure): close each of its sockets on this node now."""
+        for sid in [sid for sid, client in self._clients.items() if client.user_id == user_id]:
+            task = asyncio.get_running_loop().create_task(
+                self._disconnect_expired(sid, code="TOKEN_REVOKED")
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _disconnect_expired(self, sid: str, code: str = "TOKEN_EXPIRED") -> None:
         """Tell the socket, leave every room, close its Engine.IO connection. Decided by the
         library's view of the socket, not by ``_clients``."""
         eio_sid = self.sio.manager.eio_sid_from_sid(sid, NAMESPACE)
         if eio_sid is None or not self.sio.manager.is_connected(sid, NAMESPACE):
             return
-        log.info("realtime_token_expired", sid=sid)
+        log.info(
+            "realtime_token_expired" if code == "TOKEN_EXPIRED" else "realtime_token_revoked",
+            sid=sid,
+        )
+        message = "The token has expired." if code == "TOKEN_EXPIRED" else "The token is revoked."
         try:
             await self.sio.emit(
                 "error",
-                {"code": "TOKEN_EXPIRED", "message": "The token has expired."},
+                {"code": code, "message": message},
                 to=sid,
                 ignore_queue=True,
             )

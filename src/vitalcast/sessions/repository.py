@@ -15,7 +15,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vitalcast.db import cascade
-from vitalcast.db.tables import sessions, users
+from vitalcast.db.tables import erasures, sessions, users
+from vitalcast.errors import Unauthenticated
 from vitalcast.sessions import changelog
 from vitalcast.sessions.models import WIDEST_PAD_MS, Session, SessionStatus
 
@@ -33,7 +34,11 @@ async def get_or_create_user(conn: AsyncConnection, name: str, *, now_ms: int) -
 
 
 async def user_exists(conn: AsyncConnection, user_id: str) -> bool:
-    return await conn.scalar(sa.select(users.c.id).where(users.c.id == user_id)) is not None
+    """True for a user that exists and is not being erased (an erasure refuses its tokens from
+    the moment it is requested, while its rows are purged in batches)."""
+    erasing = sa.exists().where(erasures.c.user_id == users.c.id)
+    query = sa.select(users.c.id).where(users.c.id == user_id, ~erasing)
+    return await conn.scalar(query) is not None
 
 
 async def next_change_seq(conn: AsyncConnection, user_id: str) -> int:
@@ -56,7 +61,10 @@ async def locked_change_seq(conn: AsyncConnection, user_id: str) -> int:
     seq = await conn.scalar(
         sa.select(users.c.change_seq).where(users.c.id == user_id).with_for_update()
     )
-    return int(seq or 0)
+    if seq is None:
+        # Erased since its token was checked: refused like any token of a user that is gone.
+        raise Unauthenticated("The token's user does not exist.", code="TOKEN_INVALID")
+    return int(seq)
 
 
 async def get(
