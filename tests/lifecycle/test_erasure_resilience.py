@@ -79,9 +79,10 @@ async def test_a_purge_killed_half_way_finishes_after_a_restart(
             log_level="warning",
         )
         with serve_subprocess(env, tmp_path / "first.log") as server:
-            response = httpx.delete(
-                f"{server.url}/api/v1/me", headers={"Authorization": f"Bearer {victim}"}
-            )
+            async with httpx.AsyncClient(base_url=server.url) as http:
+                response = await http.delete(
+                    "/api/v1/me", headers={"Authorization": f"Bearer {victim}"}
+                )
             assert response.status_code == 202
             deadline = time.monotonic() + 60
             while (await _purged_rows(db, victim_id) or 0) < 20 * BATCH_ROWS:
