@@ -5,6 +5,10 @@ VENDOR := src/vitalcast/static/vendor
 PORT ?= 8000
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-x tests/ingest"` (.ci/run adds a report).
 PYTEST_ARGS ?=
+# pytest-xdist workers of `make test`. Most of the suite's time is spent waiting (subprocesses
+# starting, workers recovering, browsers drawing), so more workers than the 2 cores of CI pay off;
+# `--dist loadgroup` keeps each `xdist_group` on one worker (tests/conftest.py assigns them).
+PYTEST_WORKERS ?= 4
 
 .PHONY: run test lint bench screenshot install uv assets clean
 
@@ -37,7 +41,7 @@ lint: install
 	$(UV) run lint-imports --no-cache
 
 test: lint
-	$(UV) run pytest $(PYTEST_ARGS)
+	$(UV) run pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 bench: install
 	$(UV) run python -m bench.run_all

@@ -223,3 +223,46 @@ async def redis_url() -> str:
 @pytest.fixture
 def unique_prefix() -> str:
     return f"vt{uuid.uuid4().hex[:10]}"
+
+
+#: tests that put the machine under load (a thousand concurrent requests, hundreds of cold
+#: sessions, a day of samples streamed while memory is measured): they run on one pytest-xdist
+#: worker, one at a time, so that two such loads never overlap
+LOAD_MODULES = (
+    "tests/telemetry/test_herd.py",
+    "tests/interop/test_export_memory.py",
+    "tests/hardening/test_request_limits.py",
+)
+
+
+def xdist_group_of(item: pytest.Item) -> str | None:
+    """The pytest-xdist group of a test without an explicit ``xdist_group`` mark:
+
+    - ``properties``: the Hypothesis property tests on real databases (the proof that
+      incremental equals full), together on one worker with their full example counts;
+    - ``load``: the tests of ``LOAD_MODULES``;
+    - the module's own path when the test uses a module-scoped fixture of ours (a shared
+      server): the module stays on one worker, which builds that fixture once.
+    """
+    if getattr(getattr(item, "obj", None), "is_hypothesis_test", False) and (
+        "database_url" in getattr(item, "fixturenames", ())
+    ):
+        return "properties"
+    path = item.nodeid.split("::", 1)[0]
+    if path in LOAD_MODULES:
+        return "load"
+    fixture_info = getattr(item, "_fixtureinfo", None)
+    if fixture_info is not None:
+        for definitions in fixture_info.name2fixturedefs.values():
+            last = definitions[-1]
+            if last.scope == "module" and last.baseid.startswith("tests"):
+                return path
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Group tests for ``--dist loadgroup`` (``make test``); before xdist reads the marks."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None and (group := xdist_group_of(item)):
+            item.add_marker(pytest.mark.xdist_group(group))

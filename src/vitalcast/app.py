@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from vitalcast import __version__
 from vitalcast.api import dashboard, exports, insights, me, ops, samples, sessions
 from vitalcast.api import errors as api_errors
+from vitalcast.api import shares as shares_api
 from vitalcast.api import telemetry as telemetry_api
 from vitalcast.api.guard import RequestGuard
 from vitalcast.observability import get_logger
@@ -91,11 +92,14 @@ def create_app(settings: Settings, seams: Seams = NO_SEAMS) -> FastAPI:
     app.include_router(telemetry_api.router)
     app.include_router(exports.router)
     app.include_router(insights.router)
+    app.include_router(shares_api.router)
     app.include_router(me.router)
     dashboard.install(app)
     app.mount(SOCKETIO_PATH, realtime.asgi_app())
 
-    app.add_middleware(RequestGuard, authenticator=parts.authenticator)
+    app.add_middleware(
+        RequestGuard, authenticator=parts.authenticator, share_access=parts.share_access
+    )
     app.add_middleware(AccessLog)
 
     return app

@@ -1,5 +1,10 @@
-"""The ``vitalcast`` command: serve, worker, db upgrade, token create, simulate, backfill,
-import apple-health, users list, users erase."""
+"""The ``vitalcast`` command: serve, worker, db upgrade, token create and revoke, simulate,
+backfill, import apple-health, users list and erase.
+
+Every command imports what it needs when it runs, not when this module loads: Alembic,
+uvicorn, the app and BullMQ cost seconds to import, and a ``token create`` (or any process a test
+spawns) should not pay for a server it never starts. ``tests/test_startup.py`` holds this.
+"""
 
 from __future__ import annotations
 
@@ -13,18 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-import uvicorn
-from sqlalchemy.exc import DBAPIError
 
-from vitalcast.auth import issue_token
 from vitalcast.clock import epoch_ms, now_ms
-from vitalcast.db.engine import Database, create_engine
-from vitalcast.db.migrate import upgrade
-from vitalcast.observability import configure_logging
-from vitalcast.sessions import repository as session_repository
 from vitalcast.settings import Settings
 
 if TYPE_CHECKING:
+    from vitalcast.db.engine import Database
     from vitalcast.interop.importer import ImportSummary
     from vitalcast.queue.backfill import BackfillFilter, BackfillProgress
     from vitalcast.wiring import Seams
@@ -43,6 +42,9 @@ app.add_typer(users_app, name="users")
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Apply every schema revision (idempotent)."""
+    from vitalcast.db.migrate import upgrade
+    from vitalcast.observability import configure_logging
+
     settings = Settings()
     configure_logging(settings.log_level)
     upgrade(settings.resolved_database_url)
@@ -55,17 +57,73 @@ def token_create(
     ttl_days: int = typer.Option(30, min=1, max=3650, help="Days until the token expires."),
 ) -> None:
     """Create the user NAME if needed and print a bearer token for it (and nothing else)."""
+    from vitalcast.auth import issue_token
+    from vitalcast.db.migrate import upgrade_if_behind
+    from vitalcast.observability import configure_logging
+
     settings = Settings()
     configure_logging("warning")
-    upgrade(settings.resolved_database_url)
+    upgrade_if_behind(settings.resolved_database_url)
     user_id = asyncio.run(_ensure_user(settings, name))
-    now_s = int(time.time())
+    issued_ms = now_ms()
     typer.echo(
-        issue_token(settings.resolved_secret(), user_id, now_s=now_s, ttl_s=ttl_days * 86_400)
+        issue_token(
+            settings.resolved_secret(),
+            user_id,
+            now_s=issued_ms // 1000,
+            ttl_s=ttl_days * 86_400,
+            now_ms=issued_ms,
+        )
     )
 
 
+@token_app.command("revoke")
+def token_revoke(name: str) -> None:
+    """Refuse every local token issued to the user NAME before now, on every server: requests
+    with them answer 401 TOKEN_REVOKED and their sockets are closed (within a second when
+    scaled out; within VITALCAST_REVOCATION_POLL_MS when embedded). Exit 1 when there is no
+    such user."""
+    from vitalcast.db.migrate import upgrade_if_behind
+    from vitalcast.observability import configure_logging
+
+    settings = Settings()
+    configure_logging("warning")
+    upgrade_if_behind(settings.resolved_database_url)
+    if not asyncio.run(_revoke_tokens(settings, name)):
+        typer.echo(f"no user called {name!r}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"local tokens of {name!r} issued before now are refused")
+
+
+async def _revoke_tokens(settings: Settings, name: str) -> bool:
+    from vitalcast import credentials
+    from vitalcast.db.engine import Database, create_engine
+    from vitalcast.revocations import Revocation, RevocationKind, channel_of, publish_once
+
+    db = Database(create_engine(settings.resolved_database_url))
+    at_ms = now_ms()
+    try:
+        async with db.write() as conn:
+            user_id = await credentials.revoke_local_tokens(conn, name, now_ms=at_ms)
+    finally:
+        await db.dispose()
+    if user_id is None:
+        return False
+    if settings.redis_url:
+        revocation = Revocation(RevocationKind.USER, user_id, at_ms)
+        try:
+            await publish_once(
+                settings.redis_url, channel_of(settings.socketio_channel), revocation
+            )
+        except Exception as exc:
+            # The servers' poll finds it in the database instead, within a second or so.
+            typer.echo(f"could not tell the servers through Redis ({type(exc).__name__})", err=True)
+    return True
+
+
 async def _ensure_user(settings: Settings, name: str) -> str:
+    from vitalcast.db.engine import Database, create_engine
+
     db = Database(create_engine(settings.resolved_database_url))
     try:
         return await _user_id(db, name)
@@ -75,6 +133,8 @@ async def _ensure_user(settings: Settings, name: str) -> str:
 
 async def _user_id(db: Database, name: str) -> str:
     """The id of the user ``name``, created on first use."""
+    from vitalcast.sessions import repository as session_repository
+
     async with db.write() as conn:
         return await session_repository.get_or_create_user(conn, name, now_ms=now_ms())
 
@@ -94,8 +154,12 @@ def import_apple_health(
     in batches, with the HTTP API's validation, identity and watermarks. Importing the same
     file twice changes nothing. A broken file stops the import (exit 1) after the complete
     batches before the fault."""
+    from sqlalchemy.exc import DBAPIError
+
+    from vitalcast.db.migrate import upgrade_if_behind
     from vitalcast.interop.apple_health import since_ms_of
     from vitalcast.interop.importer import ImportFailed
+    from vitalcast.observability import configure_logging
 
     since_ms = None
     if since is not None:
@@ -105,7 +169,7 @@ def import_apple_health(
             raise typer.BadParameter(f"--since is not an ISO date or date-time: {since}") from None
     settings = Settings()
     configure_logging("warning")
-    upgrade(settings.resolved_database_url)
+    upgrade_if_behind(settings.resolved_database_url)
     try:
         summary = asyncio.run(_import(settings, path, user, since_ms, workouts_as_sessions))
     except (DBAPIError, OSError) as exc:
@@ -205,13 +269,17 @@ def run_server(
 ) -> None:
     """``vitalcast serve``: settings from the environment, migrations, then the app (with the
     stand-ins of ``seams`` for a test entry point) until SIGTERM/SIGINT."""
+    import uvicorn
+
     from vitalcast.app import create_app
+    from vitalcast.db.migrate import upgrade_if_behind
+    from vitalcast.observability import configure_logging
     from vitalcast.realtime.broadcaster import MAX_MESSAGE_BYTES
     from vitalcast.wiring import NO_SEAMS
 
     settings = Settings()
     configure_logging(settings.log_level)
-    upgrade(settings.resolved_database_url)
+    upgrade_if_behind(settings.resolved_database_url)
     application = create_app(settings, seams or NO_SEAMS)
     if demo:
         from vitalcast.demo import attach_demo
@@ -263,9 +331,13 @@ def simulate(
     if token:
         people = [(f"user-{i + 1}", value) for i, value in enumerate(token)]
     else:
+        from vitalcast.auth import issue_token
+        from vitalcast.db.migrate import upgrade_if_behind
+        from vitalcast.observability import configure_logging
+
         settings = Settings()
         configure_logging("warning")
-        upgrade(settings.resolved_database_url)
+        upgrade_if_behind(settings.resolved_database_url)
         now_s = int(time.time())
         people = []
         for i in range(users):
@@ -327,6 +399,7 @@ def worker(
 ) -> None:
     """Consume telemetry computes from the Redis queue until SIGTERM (needs VITALCAST_REDIS_URL;
     the database must be migrated: `vitalcast db upgrade`)."""
+    from vitalcast.observability import configure_logging
     from vitalcast.queue.runner import run_worker
 
     settings = Settings()
@@ -353,6 +426,7 @@ def backfill(
 ) -> None:
     """Schedule a compute for every session whose default cache is missing or stale: queued
     for the workers when Redis is configured, else computed here."""
+    from vitalcast.observability import configure_logging
     from vitalcast.queue.backfill import BackfillFilter
     from vitalcast.queue.service import QueueUnavailable
 
@@ -437,9 +511,12 @@ async def _backfill(
 @users_app.command("list")
 def users_list() -> None:
     """Every user: name, id, sessions, samples, and whether an erasure is under way."""
+    from vitalcast.db.migrate import upgrade_if_behind
+    from vitalcast.observability import configure_logging
+
     settings = Settings()
     configure_logging("warning")
-    upgrade(settings.resolved_database_url)
+    upgrade_if_behind(settings.resolved_database_url)
     for line in asyncio.run(_users_list(settings)):
         typer.echo(line)
 
@@ -447,6 +524,7 @@ def users_list() -> None:
 async def _users_list(settings: Settings) -> list[str]:
     import sqlalchemy as sa
 
+    from vitalcast.db.engine import Database, create_engine
     from vitalcast.db.tables import erasures, health_samples, sessions, users
 
     db = Database(create_engine(settings.resolved_database_url))
@@ -479,9 +557,12 @@ async def _users_list(settings: Settings) -> list[str]:
 def users_erase(name: str) -> None:
     """Erase the user NAME: its tokens are refused at once, then every row and Redis key of it
     is purged (resumes an erasure that was cut short)."""
+    from vitalcast.db.migrate import upgrade_if_behind
+    from vitalcast.observability import configure_logging
+
     settings = Settings()
     configure_logging("warning")
-    upgrade(settings.resolved_database_url)
+    upgrade_if_behind(settings.resolved_database_url)
     rows = asyncio.run(_users_erase(settings, name))
     if rows is None:
         typer.echo(f"no user named {name!r}", err=True)

@@ -40,6 +40,8 @@ class Scope(StrEnum):
 
     INGEST = "ingest"
     TELEMETRY = "telemetry"
+    #: reads through one share (telemetry and exports), apart from its owner's budget
+    SHARE = "share"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +90,7 @@ class RateLimiter:
             {
                 Scope.INGEST: settings.rate_limit_ingest,
                 Scope.TELEMETRY: settings.rate_limit_telemetry,
+                Scope.SHARE: settings.rate_limit_share,
             },
             redis_url=settings.redis_url,
             key_prefix=settings.rate_limit_prefix,

@@ -67,6 +67,39 @@ class Settings(BaseSettings):
         "vitalcast-ratelimit", description="Redis key prefix of the rate-limit counters."
     )
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
+    oidc_issuer: str | None = Field(
+        None,
+        description="OpenID Connect issuer whose bearer tokens are accepted (https, or http on a "
+        "loopback address); unset = none.",
+    )
+    oidc_audience: str | None = Field(
+        None, description="The `aud` an issuer's token must carry (required with the issuer)."
+    )
+    oidc_jwks_refresh_s: float = Field(
+        30.0,
+        ge=0.1,
+        le=3600,
+        description="At most one JWKS fetch per this many seconds when an unknown `kid` arrives.",
+    )
+    local_tokens: bool = Field(
+        True, description="Accept local HS256 tokens (`vitalcast token create`)."
+    )
+    auth_cache_s: float = Field(
+        30.0,
+        ge=0,
+        le=300,
+        description="How long a verified token is remembered (revocation drops it at once).",
+    )
+    revocation_poll_ms: int = Field(
+        1000,
+        ge=0,
+        le=60_000,
+        description="How often a server looks for token revocations made by another process "
+        "(the CLI); 0 = never (Redis pub/sub still carries them when scaled out).",
+    )
+    rate_limit_share: str = Field(
+        "600/minute", description="Per-share telemetry and export read limit (limits notation)."
+    )
     erasure_batch_rows: int = Field(
         5_000, ge=1, le=100_000, description="Rows an erasure purge deletes per transaction."
     )

@@ -44,4 +44,7 @@ async def user_with_token(
         user_id = await ensure_user(db, name or f"u-{uuid.uuid4().hex[:8]}")
     finally:
         await db.dispose()
-    return user_id, issue_token(secret, user_id, now_s=now_ms() // 1000, ttl_s=ttl_s)
+    issued_ms = now_ms()
+    return user_id, issue_token(
+        secret, user_id, now_s=issued_ms // 1000, ttl_s=ttl_s, now_ms=issued_ms
+    )

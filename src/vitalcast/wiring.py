@@ -27,22 +27,32 @@ from dataclasses import dataclass
 
 import socketio
 
-from vitalcast.auth import Authenticator, UserRevocations
+from vitalcast.auth import Authenticator
 from vitalcast.clock import Clock, SystemClock
 from vitalcast.db.engine import Database, create_engine
 from vitalcast.ingest.service import IngestService
-from vitalcast.lifecycle.erasure import ErasureService, InProcessErasures, redis_scope
+from vitalcast.lifecycle.erasure import ErasureService, InProcessErasures, Revoke, redis_scope
 from vitalcast.lifecycle.erasure_queue import QueuedErasures
 from vitalcast.lifecycle.export import AccountExport
 from vitalcast.lifecycle.samples import SampleDeletionService
 from vitalcast.observability import Metrics
+from vitalcast.oidc import OidcVerifier
 from vitalcast.queue.service import SessionTelemetryQueueService
 from vitalcast.ratelimit import RateLimiter
 from vitalcast.realtime.broadcaster import WebSocketBroadcaster, socketio_server
 from vitalcast.realtime.subscriptions import SubscriptionRegistry
+from vitalcast.revocations import (
+    Revocation,
+    RevocationBus,
+    RevocationKind,
+    RevocationPoll,
+    channel_of,
+    publish_once,
+)
 from vitalcast.sessions.changes import NO_LISTENER, ChangeFanout, ChangeListener
 from vitalcast.sessions.service import SessionService
 from vitalcast.settings import Settings
+from vitalcast.shares import ShareAccessLog
 from vitalcast.telemetry.compute import Aggregator
 from vitalcast.telemetry.computer import TelemetryComputer
 from vitalcast.telemetry.coordinator import BoundedComputeCoordinator
@@ -106,6 +116,10 @@ class ServerParts:
     sessions: SessionService
     ingest: IngestService
     limiter: RateLimiter
+    #: local-token revocations written by other processes (the CLI), found by polling
+    revocation_poll: RevocationPoll
+    #: reads through shares, written once a second for their owners
+    share_access: ShareAccessLog
     #: POST /api/v1/samples/delete
     sample_deletion: SampleDeletionService
     #: GET /api/v1/me/export
@@ -117,7 +131,9 @@ class ServerParts:
     async def start(self) -> None:
         await self.coordinator.start()
         await self.ticker.start()
-        await self.authenticator.revocations.start()
+        await self.authenticator.start()
+        await self.revocation_poll.start()
+        await self.share_access.start()
         # A purge cut by a crash or a restart resumes.
         if await self.erasure.pending():
             await self.erasures.dispatch()
@@ -133,7 +149,9 @@ class ServerParts:
         """Stop computing and release every connection (the realtime server closes first)."""
         await self.ticker.stop()
         await self.erasures.stop()
-        await self.authenticator.revocations.close()
+        await self.share_access.close()
+        await self.revocation_poll.close()
+        await self.authenticator.close()
         if self.queue is not None:
             await self.queue.close()
         await self.coordinator.stop()
@@ -267,9 +285,7 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
     )
     changes = ChangeFanout(triggers, broadcaster)
     secret = settings.resolved_secret()
-    authenticator = Authenticator(
-        secret, db, revocations=UserRevocations(settings.redis_url, channel=_revocations(settings))
-    )
+    authenticator = _authenticator(settings, db, clock, secret)
     erasure = _erasure(settings, db, clock, authenticator)
     in_process = InProcessErasures(erasure)
     return ServerParts(
@@ -305,22 +321,35 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
         export=AccountExport(db, clock, window_minutes=settings.default_window_minutes),
         erasure=erasure,
         erasures=QueuedErasures(settings, in_process) if settings.redis_url else in_process,
+        revocation_poll=RevocationPoll(
+            db, authenticator.revocations, interval_ms=settings.revocation_poll_ms
+        ),
+        share_access=ShareAccessLog(db, clock),
     )
 
 
-def _revocations(settings: Settings) -> str:
-    return f"{settings.socketio_channel}-revocations"
+def _publisher(settings: Settings, clock: Clock) -> Revoke:
+    """``revoke_user`` of a process that is no server (worker, CLI): published through Redis
+    when scaled out; embedded, the server's poll of ``users.tokens_valid_after_ms`` (which the
+    erasure moves) finds it."""
+
+    async def revoke(user_id: str) -> None:
+        if settings.redis_url:
+            revocation = Revocation(RevocationKind.USER, user_id, clock.now_ms())
+            await publish_once(
+                settings.redis_url, channel_of(settings.socketio_channel), revocation
+            )
+
+    return revoke
 
 
 def _erasure(
     settings: Settings, db: Database, clock: Clock, authenticator: Authenticator | None
 ) -> ErasureService:
     """The erasure service of a process; one that is no server revokes through Redis."""
-    if authenticator is None:
-        bus = UserRevocations(settings.redis_url, channel=_revocations(settings))
-        revoke = bus.publish
-    else:
-        revoke = authenticator.revoke_user
+    revoke: Revoke = (
+        authenticator.revoke_user if authenticator is not None else _publisher(settings, clock)
+    )
     return ErasureService(
         db,
         clock,
@@ -331,6 +360,29 @@ def _erasure(
             settings.queue_prefix,
         ),
         batch_rows=settings.erasure_batch_rows,
+    )
+
+
+def _authenticator(settings: Settings, db: Database, clock: Clock, secret: str) -> Authenticator:
+    """Local tokens (unless switched off), the OpenID Connect issuer's when one is configured,
+    share tokens; revocations travel through Redis when it is configured."""
+    oidc = None
+    if settings.oidc_issuer:
+        if not settings.oidc_audience:
+            raise ValueError("VITALCAST_OIDC_AUDIENCE is required with VITALCAST_OIDC_ISSUER")
+        oidc = OidcVerifier(
+            settings.oidc_issuer, settings.oidc_audience, refresh_s=settings.oidc_jwks_refresh_s
+        )
+    return Authenticator(
+        secret,
+        db,
+        clock=clock,
+        local_tokens=settings.local_tokens,
+        oidc=oidc,
+        revocations=RevocationBus(
+            settings.redis_url, channel=channel_of(settings.socketio_channel)
+        ),
+        cache_s=settings.auth_cache_s,
     )
 
 

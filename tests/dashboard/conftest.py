@@ -166,10 +166,17 @@ async def browser(chromium: Path) -> AsyncIterator[Browser]:
             await instance.close()
 
 
-async def open_tab(browser: Browser, *, width: int = 1440, height: int = 900) -> Tab:
+async def open_tab(
+    browser: Browser, *, width: int = 1440, height: int = 900, inspect: bool = True
+) -> Tab:
+    """A page in a fresh context; ``inspect`` asks the page for its read-only test hook
+    (``static/inspect.js``: ``window.vitalcast.charts`` and ``.state``), which it never
+    installs on its own."""
     context = await browser.new_context(
         viewport={"width": width, "height": height}, locale="en-US", timezone_id="UTC"
     )
+    if inspect:
+        await context.add_init_script("window.__vitalcastInspect = true;")
     page = await context.new_page()
     tab = Tab(page)
     page.on("pageerror", lambda error: tab.errors.append(str(error)))

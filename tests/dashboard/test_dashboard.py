@@ -250,12 +250,14 @@ async def test_phone_sized_screen_shows_one_column_without_sideways_scroll(serve
 
 async def test_without_a_valid_token_the_page_asks_for_one(served, browser):
     """No token: a sign-in panel and no API call. A refused token: the same panel with the
-    reason, and the token is dropped from the tab's storage."""
-    tab = await open_tab(browser)
+    reason, and the token is dropped from the tab's storage. Unless a test asks for its
+    inspection hook, the page's modules put nothing on ``window``."""
+    tab = await open_tab(browser, inspect=False)
     page = tab.page
     await page.goto(f"{served.url}/")
     await page.wait_for_selector("#signin:not([hidden])")
     assert not [url for url in tab.urls if "/api/" in url]
+    assert await page.evaluate("() => ['vitalcast', 'state'].filter((k) => k in window)") == []
 
     await page.fill("#signin-token", "not-a-token")
     await page.click("#signin-form button")

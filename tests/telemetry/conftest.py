@@ -4,7 +4,7 @@ small client that drives it through the public HTTP API (sessions, POST /samples
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -12,6 +12,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from tests.telemetry.deltas import ApplyDelta, NodeDeltas
 from vitalcast.app import create_app
 from vitalcast.clock import ManualClock
 from vitalcast.clock import iso_ms as iso
@@ -23,6 +24,17 @@ from vitalcast.wiring import Seams, ServerParts
 # 2026-03-02T08:00:00Z: a fixed "now" that every telemetry test starts from
 T0_MS = 1_772_438_400_000
 MINUTE = 60_000
+
+
+@pytest.fixture(scope="module")
+def apply_delta() -> Iterator[ApplyDelta]:
+    """The dashboard's ``deltas.js`` applying a delta to a payload (node; one process per test
+    module, however many examples call it)."""
+    deltas = NodeDeltas()
+    try:
+        yield deltas.apply
+    finally:
+        deltas.close()
 
 
 @pytest.fixture

@@ -1,48 +1,47 @@
-"""The receiving side of a telemetry delta, written out from the contract (DESIGN.md "Deltas",
-``telemetry/history.py``) rather than imported, as the dashboard's ``deltas.js`` is: the tests
-check that what the server sends rebuilds the payload it holds."""
+"""The receiving side of a telemetry delta is the dashboard's own ``static/deltas.js``, run by
+node (``deltas.mjs`` beside this file): the tests check that what the server sends rebuilds the
+payload it holds in the code the browser runs, not in a copy of it. One node process answers
+every call of a test module."""
 
 from __future__ import annotations
 
-import bisect
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-COLUMNS = ("t", "mean", "sum", "min", "max", "count")
-#: merged field by field, not replaced
-MERGED = ("phases", "insights")
+import orjson
+
+from tests.conftest import executable
+
+SCRIPT = Path(__file__).with_name("deltas.mjs")
+
+#: what the ``apply_delta`` fixture gives: (base payload, delta) → payload
+ApplyDelta = Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
 
 
-def apply_delta(base: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
-    """``base`` brought to the delta's payload; AssertionError when it is not the delta's base."""
-    assert delta["base_watermark"] == base["source_watermark"], (delta, base["source_watermark"])
-    assert delta["resolution"] == base["resolution"]
-    out = {key: value for key, value in base.items() if key != "metrics"}
-    out.update({k: v for k, v in delta.items() if k not in ("base_watermark", "metrics")})
-    metrics = dict(base["metrics"])
-    for code, entry in delta["metrics"].items():
-        if entry is None:
-            metrics.pop(code, None)
-            continue
-        if entry.get("replace"):
-            metrics[code] = {k: v for k, v in entry.items() if k != "replace"}
-            continue
-        old = metrics[code]
-        metric = dict(old)
-        if "from_t" in entry:
-            lo = bisect.bisect_left(old["t"], entry["from_t"])
-            hi = bisect.bisect_left(old["t"], entry["to_t"])
-            for column in COLUMNS:
-                if column in old:
-                    metric[column] = old[column][:lo] + entry[column] + old[column][hi:]
-        for key, value in entry.items():
-            if key in ("from_t", "to_t", "tails") or key in COLUMNS:
-                continue
-            metric[key] = {**old[key], **value} if key in MERGED else value
-        for key, lists in entry.get("tails", {}).items():
-            metric[key] = dict(metric[key])
-            for field, (keep, items) in lists.items():
-                held = metric[key][field] if isinstance(metric[key][field], list) else []
-                metric[key][field] = held[:keep] + items
-        metrics[code] = metric
-    out["metrics"] = metrics
-    return out
+class NodeDeltas:
+    """A node process applying deltas, one JSON line each way."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            [executable("node"), str(SCRIPT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+
+    def apply(self, base: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
+        """``base`` brought to the delta's payload; AssertionError when it is not its base."""
+        stdin, stdout = self.process.stdin, self.process.stdout
+        assert stdin is not None and stdout is not None
+        stdin.write(orjson.dumps({"base": base, "delta": delta}) + b"\n")
+        stdin.flush()
+        line = stdout.readline()
+        assert line, f"deltas.mjs exited with {self.process.wait()}"
+        payload = orjson.loads(line)
+        assert payload is not None, ("not the delta's base", delta["base_watermark"])
+        assert isinstance(payload, dict)
+        return payload
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        self.process.wait(timeout=10)

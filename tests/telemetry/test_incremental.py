@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from tests.doubles import RecordingListener
 from tests.properties import on_real_services
 from tests.telemetry.conftest import MINUTE, TelemetryClient, hr, iso, telemetry_client
-from tests.telemetry.deltas import apply_delta
+from tests.telemetry.deltas import ApplyDelta
 from tests.telemetry.incremental_helpers import (
     SampleQueries,
     cached_views,
@@ -162,9 +162,15 @@ class Client:
     """One dashboard's copy of one view, kept current with deltas where the server sends them."""
 
     def __init__(
-        self, tc: TelemetryClient, headers: dict[str, str], session_id: str, view: tuple[int, str]
+        self,
+        tc: TelemetryClient,
+        headers: dict[str, str],
+        session_id: str,
+        view: tuple[int, str],
+        apply_delta: ApplyDelta,
     ) -> None:
         self.tc, self.headers, self.session_id = tc, headers, session_id
+        self.apply_delta = apply_delta
         self.params = {"window_minutes": view[0], "resolution": view[1], "metrics": "all"}
         self.payload: dict[str, Any] | None = None
         self.deltas = 0
@@ -182,7 +188,7 @@ class Client:
         assert body["state"] in ("ready", "no_data"), body
         if "delta" in body:
             assert self.payload is not None
-            self.payload = apply_delta(self.payload, body["delta"])
+            self.payload = self.apply_delta(self.payload, body["delta"])
             self.deltas += 1
         else:
             self.payload = body["telemetry"]
@@ -193,7 +199,7 @@ class Client:
 @on_real_services(25)
 @given(program=programs())
 async def test_incremental_payloads_equal_full_recomputes_and_deltas_rebuild_them(
-    tc, users, program: Program
+    tc, users, apply_delta, program: Program
 ):
     """After every insert, update, move, delete, late or early sample, clock advance and session
     end: each cached view equals a full recompute byte for byte, a live view recomputed later with
@@ -228,7 +234,7 @@ async def test_incremental_payloads_equal_full_recomputes_and_deltas_rebuild_the
 
     await tc.post_samples(headers, wire(program.first))
     await tc.settle()
-    clients = [Client(tc, headers, session_id, view) for view in VIEWS]
+    clients = [Client(tc, headers, session_id, view, apply_delta) for view in VIEWS]
     for client in clients:
         await tc.get(headers, session_id, **client.params)
     await tc.settle()
@@ -487,7 +493,7 @@ async def test_session_updated_names_the_changed_buckets_and_the_previous_waterm
         assert (update["changed_from_ms"], update["changed_to_ms"]) == (bucket, bucket + MINUTE)
 
 
-async def test_a_delta_carries_only_what_changed_and_rebuilds_the_payload(tc, users):
+async def test_a_delta_carries_only_what_changed_and_rebuilds_the_payload(tc, users, apply_delta):
     """A client at the previous watermark gets a delta: one bucket's columns and the parts that
     moved; applying it gives the full payload. A watermark the history does not hold gets the
     full payload, and so does a client that sent no watermark."""
@@ -524,7 +530,9 @@ async def test_a_delta_carries_only_what_changed_and_rebuilds_the_payload(tc, us
     assert current.status_code == 304
 
 
-async def test_clients_at_one_watermark_share_a_delta_and_the_next_save_gets_its_own(tc, users):
+async def test_clients_at_one_watermark_share_a_delta_and_the_next_save_gets_its_own(
+    tc, users, apply_delta
+):
     """Every client watching a session asks for the same delta after an update: each gets the
     same bytes. After another save, a client at the first watermark gets the delta to the new
     payload (never the one kept for the save before), and it still rebuilds the payload."""

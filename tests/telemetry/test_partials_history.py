@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.telemetry.deltas import apply_delta
+from tests.telemetry.deltas import ApplyDelta
 from vitalcast.telemetry import history
 from vitalcast.telemetry.downsample import AHEAD
 from vitalcast.telemetry.models import TelemetryWindow
@@ -132,7 +132,7 @@ def _hr(t: list[int], mean: list[float], during: float) -> dict[str, Any]:
     }
 
 
-def test_a_delta_rebuilds_the_payload_from_its_base() -> None:
+def test_a_delta_rebuilds_the_payload_from_its_base(apply_delta: ApplyDelta) -> None:
     """Columns in the changed range are replaced, changed parts carried (one phase merged), a
     gone metric is null, a new one comes whole."""
     base = _payload({"heart_rate": _hr([0, 60, 120], [60.0, 61.0, 62.0], 61.0),
@@ -182,7 +182,7 @@ def _episode(start: int, end: int) -> dict[str, Any]:
     ],
 )
 def test_a_list_insight_is_sent_from_its_first_changed_item(
-    before: list[dict[str, Any]], after: list[dict[str, Any]], kept: int
+    before: list[dict[str, Any]], after: list[dict[str, Any]], kept: int, apply_delta: ApplyDelta
 ) -> None:
     """Digested item by item, a list insight travels as a tail (keep the first ``kept`` items,
     append the rest), and the other insights of the metric stay out of the delta."""

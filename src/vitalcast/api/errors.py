@@ -16,6 +16,7 @@ from vitalcast.db.errors import DATABASE_ERRORS, DATABASE_RETRY_AFTER_S, is_outa
 from vitalcast.errors import (
     Conflict,
     DependencyUnavailable,
+    Forbidden,
     InvalidInput,
     NotFound,
     PayloadTooLarge,
@@ -35,6 +36,7 @@ STATUS_BY_ERROR: dict[type[VitalcastError], int] = {
     PayloadTooLarge: 413,
     Conflict: 409,
     Unauthenticated: 401,
+    Forbidden: 403,
     RateLimited: 429,
     DependencyUnavailable: 503,
 }
@@ -42,6 +44,7 @@ STATUS_BY_ERROR: dict[type[VitalcastError], int] = {
 _CODE_BY_STATUS = {
     400: "BAD_REQUEST",
     401: "UNAUTHENTICATED",
+    403: "FORBIDDEN",
     404: "NOT_FOUND",
     405: "METHOD_NOT_ALLOWED",
     413: "BODY_TOO_LARGE",
@@ -66,7 +69,9 @@ class Problem(BaseModel):
 
 _PROBLEM_DESCRIPTIONS = {
     400: "The body could not be read as JSON text, e.g. invalid UTF-8 (BAD_REQUEST).",
-    401: "No valid bearer token (UNAUTHENTICATED, TOKEN_EXPIRED, TOKEN_INVALID).",
+    401: "No valid bearer token (UNAUTHENTICATED, TOKEN_EXPIRED, TOKEN_INVALID, TOKEN_REVOKED, "
+    "SHARE_REVOKED, SHARE_EXPIRED).",
+    403: "A share token outside the one session it reads (SHARE_SCOPE).",
     404: "No such session, or not the caller's (SESSION_NOT_FOUND).",
     409: "Conflicts with earlier state (REQUEST_ID_REUSED, SESSION_NOT_ACTIVE).",
     413: "Too large (TOO_MANY_SAMPLES, BODY_TOO_LARGE); nothing was applied.",

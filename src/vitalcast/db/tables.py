@@ -28,7 +28,13 @@ users = sa.Table(
     # Incremented once by every ingest transaction that changes anything for this user.
     sa.Column("change_seq", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("created_at_ms", sa.BigInteger, nullable=False),
+    # Local (HS256) tokens issued before this moment are refused (``vitalcast token revoke``).
+    sa.Column("tokens_valid_after_ms", sa.BigInteger, nullable=True),
+    # The ``sub`` of the deployment's OpenID Connect issuer; NULL for local users.
+    sa.Column("oidc_subject", sa.String(255), nullable=True, unique=True),
 )
+# Servers poll it for revocations made by another process (``auth.RevocationPoll``).
+sa.Index("ix_users_tokens_valid_after_ms", users.c.tokens_valid_after_ms)
 
 sessions = sa.Table(
     "sessions",
@@ -135,6 +141,33 @@ session_changes = sa.Table(
     # session changed (end, cancel, edit).
     sa.Column("ranges", sa.LargeBinary, nullable=True),
 )
+
+# Read-only links to one session (``shares.py``). The token is shown once and stored as its
+# SHA-256: a leaked table opens nothing. Revoked shares stay (their access log is the owner's).
+shares = sa.Table(
+    "shares",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("session_id", sa.String(36), sa.ForeignKey("sessions.id"), nullable=False),
+    sa.Column("user_id", sa.String(36), sa.ForeignKey("users.id"), nullable=False),
+    sa.Column("token_sha256", sa.String(64), nullable=False, unique=True),
+    sa.Column("label", sa.String(200), nullable=True),
+    sa.Column("created_at_ms", sa.BigInteger, nullable=False),
+    sa.Column("expires_at_ms", sa.BigInteger, nullable=False),
+    sa.Column("revoked_at_ms", sa.BigInteger, nullable=True),
+)
+sa.Index("ix_shares_session_id", shares.c.session_id)
+
+# Every read through a share, for its owner: when and what kind of read, never a value.
+share_access = sa.Table(
+    "share_access",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("share_id", sa.String(36), sa.ForeignKey("shares.id"), nullable=False),
+    sa.Column("at_ms", sa.BigInteger, nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+)
+sa.Index("ix_share_access_share_id_id", share_access.c.share_id, share_access.c.id)
 
 # Accounts being erased (DELETE /api/v1/me, ``vitalcast users erase``): the row is the purge's
 # durable intent, so a purge cut by a crash resumes; while it exists every token of the user is

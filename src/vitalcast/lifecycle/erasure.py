@@ -90,12 +90,26 @@ class ErasureService:
             recorded = await conn.scalar(
                 sa.select(erasures.c.user_id).where(erasures.c.user_id == user_id)
             )
+            now_ms = self._clock.now_ms()
             if recorded is None:
                 await conn.execute(
                     sa.insert(erasures).values(
-                        user_id=user_id, requested_at_ms=self._clock.now_ms(), rows_purged=0
+                        user_id=user_id, requested_at_ms=now_ms, rows_purged=0
                     )
                 )
+            # Every local token issued so far is revoked too: a server that polls revocations
+            # (embedded, erased from the CLI) closes the user's sockets from it.
+            await conn.execute(
+                sa.update(users)
+                .where(
+                    users.c.id == user_id,
+                    sa.or_(
+                        users.c.tokens_valid_after_ms.is_(None),
+                        users.c.tokens_valid_after_ms < now_ms,
+                    ),
+                )
+                .values(tokens_valid_after_ms=now_ms)
+            )
         await self._revoke(user_id)
         log.info("erasure_requested", user_id=user_id)
         return ErasureState.PURGING

@@ -2,8 +2,12 @@
 
 Connect with ``auth: {token}`` (the HTTP bearer token); a missing, bad or expired token, or one
 whose user does not exist, is refused with its code as the reason, and a connected socket is
-disconnected when its token expires (after an ``error {code: "TOKEN_EXPIRED"}`` event), its
-Engine.IO connection closed too. Every client frame passes ``frames.FrameGate`` first, which
+disconnected when its token expires (after an ``error {code: "TOKEN_EXPIRED"}`` event, or
+``SHARE_EXPIRED`` for a share token), its Engine.IO connection closed too. A revocation
+(``Authenticator.revoke_user`` / ``revoke_share``, from any server) closes the sockets it ends
+the same way within a second, after ``error {code: "TOKEN_REVOKED"}`` or ``SHARE_REVOKED``.
+A share token's socket may subscribe to its one session only (any other is
+``SESSION_NOT_FOUND``) and joins no user room, so it hears nothing of the owner's other sessions. Every client frame passes ``frames.FrameGate`` first, which
 drops client events named like Socket.IO's own (``disconnect`` …). Client events, each answered
 through its ack:
 
@@ -38,6 +42,7 @@ from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
+from vitalcast.auth import Principal
 from vitalcast.db.errors import DATABASE_RETRY_AFTER_S, is_outage
 from vitalcast.errors import DependencyUnavailable, NotFound, Unauthenticated
 from vitalcast.observability import get_logger
@@ -49,7 +54,9 @@ from vitalcast.realtime.broadcaster import (
     user_room,
 )
 from vitalcast.realtime.frames import FrameGate
+from vitalcast.revocations import Revocation, RevocationKind
 from vitalcast.sessions.models import Session
+from vitalcast.shares import AccessKind
 from vitalcast.telemetry.models import CacheState
 from vitalcast.wiring import ServerParts
 
@@ -86,9 +93,28 @@ RequestT = TypeVar("RequestT", bound=BaseModel)
 class _Client:
     """What this node knows about one connected socket."""
 
-    user_id: str
-    expires_at_ms: int
+    principal: Principal
     sessions: set[str] = field(default_factory=set)
+
+    @property
+    def user_id(self) -> str:
+        return self.principal.user_id
+
+    @property
+    def expires_at_ms(self) -> int:
+        return self.principal.expires_at_ms
+
+    @property
+    def expired_code(self) -> str:
+        return "SHARE_EXPIRED" if self.principal.is_share else "TOKEN_EXPIRED"
+
+
+_CLOSE_MESSAGES = {
+    "TOKEN_EXPIRED": "The token has expired.",
+    "SHARE_EXPIRED": "The share has expired.",
+    "TOKEN_REVOKED": "The token has been revoked.",
+    "SHARE_REVOKED": "The share has been revoked.",
+}
 
 
 def _error(code: str, message: str, **extra: Any) -> dict[str, Any]:
@@ -134,7 +160,7 @@ class RealtimeServer:
         self.sio.on("subscribe", self._on_subscribe)
         self.sio.on("unsubscribe", self._on_unsubscribe)
         self.sio.on("*", self._on_unknown)
-        parts.authenticator.revocations.subscribe(self._revoked)
+        parts.authenticator.revocations.subscribe(self._on_revocation)
 
     def asgi_app(self) -> FrameGate:
         """The Engine.IO endpoint behind its frame gate, for mounting at ``SOCKETIO_PATH`` (it
@@ -179,11 +205,14 @@ class RealtimeServer:
             raise socketio.exceptions.ConnectionRefusedError(
                 exc.code, {"code": exc.code, "message": exc.message}
             ) from None
-        expires_at_ms = principal.expires_at_s * 1000
-        delay_s = max(0.0, (expires_at_ms - self._parts.clock.now_ms()) / 1000)
-        self._expiries[sid] = asyncio.get_running_loop().call_later(delay_s, self._expire, sid)
-        self._clients[sid] = _Client(user_id=principal.user_id, expires_at_ms=expires_at_ms)
-        await self.sio.enter_room(sid, user_room(principal.user_id))
+        client = _Client(principal)
+        delay_s = max(0.0, (principal.expires_at_ms - self._parts.clock.now_ms()) / 1000)
+        self._expiries[sid] = asyncio.get_running_loop().call_later(
+            delay_s, self._expire, sid, client.expired_code
+        )
+        self._clients[sid] = client
+        if not principal.is_share:
+            await self.sio.enter_room(sid, user_room(principal.user_id))
         self._parts.metrics.socket_clients.set(len(self._clients))
         log.debug("realtime_connected", sid=sid, user_id=principal.user_id)
 
@@ -201,20 +230,20 @@ class RealtimeServer:
         self._parts.metrics.socket_clients.set(len(self._clients))
         log.debug("realtime_disconnected", sid=sid, user_id=client.user_id)
 
-    def _expire(self, sid: str) -> None:
-        self._expiries.pop(sid, None)
-        task = asyncio.get_running_loop().create_task(self._disconnect_expired(sid))
+    def _expire(self, sid: str, code: str = "TOKEN_EXPIRED") -> None:
+        timer = self._expiries.pop(sid, None)
+        if timer is not None:
+            timer.cancel()
+        task = asyncio.get_running_loop().create_task(self._disconnect_expired(sid, code))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _revoked(self, user_id: str) -> None:
-        """The user was revoked (erasure): close each of its sockets on this node now."""
-        for sid in [sid for sid, client in self._clients.items() if client.user_id == user_id]:
-            task = asyncio.get_running_loop().create_task(
-                self._disconnect_expired(sid, code="TOKEN_REVOKED")
-            )
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+    async def _on_revocation(self, revocation: Revocation) -> None:
+        """Close every socket of this node that ``revocation`` ends."""
+        code = "SHARE_REVOKED" if revocation.kind is RevocationKind.SHARE else "TOKEN_REVOKED"
+        for sid, client in list(self._clients.items()):
+            if client.principal.revoked_by(revocation):
+                self._expire(sid, code)
 
     async def _disconnect_expired(self, sid: str, code: str = "TOKEN_EXPIRED") -> None:
         """Tell the socket, leave every room, close its Engine.IO connection. Decided by the
@@ -222,15 +251,12 @@ class RealtimeServer:
         eio_sid = self.sio.manager.eio_sid_from_sid(sid, NAMESPACE)
         if eio_sid is None or not self.sio.manager.is_connected(sid, NAMESPACE):
             return
-        log.info(
-            "realtime_token_expired" if code == "TOKEN_EXPIRED" else "realtime_token_revoked",
-            sid=sid,
-        )
-        message = "The token has expired." if code == "TOKEN_EXPIRED" else "The token is revoked."
+        event = "realtime_token_expired" if code.endswith("EXPIRED") else "realtime_revoked"
+        log.info(event, sid=sid, code=code)
         try:
             await self.sio.emit(
                 "error",
-                {"code": code, "message": message},
+                {"code": code, "message": _CLOSE_MESSAGES.get(code, "The token is not valid.")},
                 to=sid,
                 ignore_queue=True,
             )
@@ -248,8 +274,8 @@ class RealtimeServer:
         if client is None:
             return None, _error("UNAUTHENTICATED", "The socket is not connected.")
         if client.expires_at_ms <= self._parts.clock.now_ms():
-            self._expire(sid)
-            return None, _error("TOKEN_EXPIRED", "The token has expired.")
+            self._expire(sid, client.expired_code)
+            return None, _error(client.expired_code, _CLOSE_MESSAGES[client.expired_code])
         if not await self._limiter.hit(self._limit, sid):
             stats = await self._limiter.get_window_stats(self._limit, sid)
             return None, _error(
@@ -277,6 +303,8 @@ class RealtimeServer:
             return admitted
         client, request = admitted
         session_id = str(request.session_id)
+        if client.principal.is_share and session_id != client.principal.session_id:
+            return _error("SESSION_NOT_FOUND", "Session not found.")
         if (
             session_id not in client.sessions
             and len(client.sessions) >= MAX_SUBSCRIPTIONS_PER_SOCKET
@@ -292,6 +320,8 @@ class RealtimeServer:
         except Exception as exc:
             return _failure(sid, exc)
         await self.sio.enter_room(sid, session_room(session_id))
+        if client.principal.share_id is not None:
+            self._parts.share_access.record(client.principal.share_id, AccessKind.SUBSCRIBE)
         if session_id not in client.sessions:
             client.sessions.add(session_id)
             self._parts.subscriptions.added(session_id)

@@ -1,4 +1,5 @@
 // Formatting and DOM helpers shared by the dashboard's modules.
+import { DOWNLOAD_URL_LIFETIME_MS } from './timing.js';
 
 export const DECIMALS = { heart_rate: 0, blood_oxygen: 1, skin_temperature: 2, steps: 0 };
 export const UNITS = { degC: '°C', count: 'steps', 'breaths/min': 'br/min' };
@@ -52,4 +53,15 @@ export function sessionSpan(s) {
 
 export function plural(count, noun) {
   return `${count.toLocaleString()} ${noun}${count === 1 ? '' : 's'}`;
+}
+
+/** Hand `blob` to the browser as a download named `filename` (the page's CSP allows no
+ * navigation to the API with a token, so files are fetched with the bearer header first). */
+export function saveBlob(blob, filename) {
+  const url = URL.createObjectURL(blob);
+  const link = el('a', { href: url, download: filename, hidden: '' });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), DOWNLOAD_URL_LIFETIME_MS);
 }
