@@ -25,9 +25,10 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import jwt
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vitalcast import credentials
 from vitalcast import shares as share_repository
@@ -35,13 +36,18 @@ from vitalcast.clock import Clock, SystemClock
 from vitalcast.db.engine import Database
 from vitalcast.db.errors import DATABASE_RETRY_AFTER_S, is_outage
 from vitalcast.errors import DependencyUnavailable, Unauthenticated
+from vitalcast.json_types import JsonObject
+
+# issue_token is re-exported (the tests import it from here); a caller that only issues
+# imports local_tokens, which loads nothing of the server.
+from vitalcast.local_tokens import ALGORITHM
+from vitalcast.local_tokens import issue_token as issue_token
 from vitalcast.observability import get_logger
 from vitalcast.oidc import OidcVerifier
 from vitalcast.revocations import Revocation, RevocationBus, RevocationKind
 
 log = get_logger(__name__)
 
-ALGORITHM = "HS256"
 #: verified tokens remembered per process, least recently used out first (~300 bytes each)
 CACHE_MAX = 10_000
 #: how long a verified token is remembered unless the settings say otherwise
@@ -90,17 +96,6 @@ class Principal:
         return self.user_id == revocation.id and self.issued_at_ms < revocation.at_ms
 
 
-def issue_token(secret: str, user_id: str, *, now_s: int, ttl_s: int, now_ms: int = 0) -> str:
-    """A signed local token for ``user_id`` valid for ``ttl_s`` seconds from ``now_s``.
-    ``iat_ms`` (``now_ms``, or ``now_s`` in ms) tells a revocation in the same second apart."""
-    issued_ms = now_ms or now_s * 1000
-    return jwt.encode(
-        {"sub": user_id, "iat": now_s, "iat_ms": issued_ms, "exp": now_s + ttl_s},
-        secret,
-        ALGORITHM,
-    )
-
-
 def verify_token(secret: str, token: str | None) -> Principal:
     """The principal of a valid local token (signature and expiry only: whether its user exists
     and whether it was revoked is the ``Authenticator``'s question)."""
@@ -122,7 +117,7 @@ def verify_token(secret: str, token: str | None) -> Principal:
     )
 
 
-def _issued_ms(claims: dict[str, Any]) -> int:
+def _issued_ms(claims: JsonObject) -> int:
     """When a token was issued, in ms. Without ``iat_ms`` the start of its ``iat`` second: a
     revocation within that second then refuses it (in doubt, refuse)."""
     exact = claims.get("iat_ms")
@@ -266,7 +261,7 @@ class Authenticator:
             raise Unauthenticated("The token has been revoked.", code="TOKEN_REVOKED")
         return principal
 
-    async def _oidc_principal(self, claims: dict[str, Any], now_ms: int) -> Principal:
+    async def _oidc_principal(self, claims: JsonObject, now_ms: int) -> Principal:
         subject: str = claims["sub"]
         user_id = await self._query(lambda conn: credentials.oidc_user_id(conn, subject))
         if user_id is None:
@@ -301,7 +296,9 @@ class Authenticator:
             issued_at_ms=share.created_at_ms,
         )
 
-    async def _query(self, run: Callable[[Any], Awaitable[T]], *, write: bool = False) -> T:
+    async def _query(
+        self, run: Callable[[AsyncConnection], Awaitable[T]], *, write: bool = False
+    ) -> T:
         """``run(conn)`` in a transaction; a database outage is ``DependencyUnavailable``."""
         try:
             async with self._db.write() if write else self._db.read() as conn:

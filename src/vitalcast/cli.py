@@ -57,8 +57,8 @@ def token_create(
     ttl_days: int = typer.Option(30, min=1, max=3650, help="Days until the token expires."),
 ) -> None:
     """Create the user NAME if needed and print a bearer token for it (and nothing else)."""
-    from vitalcast.auth import issue_token
     from vitalcast.db.migrate import upgrade_if_behind
+    from vitalcast.local_tokens import issue_token
     from vitalcast.observability import configure_logging
 
     settings = Settings()
@@ -331,8 +331,8 @@ def simulate(
     if token:
         people = [(f"user-{i + 1}", value) for i, value in enumerate(token)]
     else:
-        from vitalcast.auth import issue_token
         from vitalcast.db.migrate import upgrade_if_behind
+        from vitalcast.local_tokens import issue_token
         from vitalcast.observability import configure_logging
 
         settings = Settings()
@@ -470,7 +470,7 @@ async def _backfill(
     from vitalcast.observability import Metrics
     from vitalcast.queue.backfill import coordinator_submit, run_backfill
     from vitalcast.queue.service import SessionTelemetryQueueService
-    from vitalcast.telemetry.models import ScheduleReason, TelemetryKey
+    from vitalcast.telemetry.keys import ScheduleReason, TelemetryKey
     from vitalcast.wiring import build_local_computes
 
     local = build_local_computes(settings)

@@ -19,7 +19,7 @@ import httpx
 from fastapi import FastAPI
 
 from vitalcast import clock
-from vitalcast.auth import issue_token
+from vitalcast.local_tokens import issue_token
 from vitalcast.observability import get_logger
 from vitalcast.sessions import repository as session_repository
 from vitalcast.settings import Settings
@@ -43,13 +43,13 @@ _PAST = (
 )
 
 
-def attach_demo(application: Any, settings: Settings, *, host: str, port: int) -> None:
+def attach_demo(application: object, settings: Settings, *, host: str, port: int) -> None:
     """Run the demo in the background of ``application`` once it serves on ``host:port``."""
     app = _fastapi_app(application)
     inner = app.router.lifespan_context
 
     @asynccontextmanager
-    async def lifespan(app_: FastAPI) -> AsyncIterator[Any]:
+    async def lifespan(app_: FastAPI) -> AsyncIterator[Any]:  # Any: the state of the inner one
         async with inner(app_) as state:
             demo = _Demo(app_.state.parts, _base_url(host, port))
             task = asyncio.create_task(demo.run())
@@ -64,7 +64,7 @@ def attach_demo(application: Any, settings: Settings, *, host: str, port: int) -
     app.router.lifespan_context = lifespan
 
 
-def _fastapi_app(application: Any) -> FastAPI:
+def _fastapi_app(application: object) -> FastAPI:
     """The FastAPI app, also when it is wrapped (Socket.IO's ASGIApp keeps it as other_asgi_app)."""
     seen = application
     while not isinstance(seen, FastAPI):

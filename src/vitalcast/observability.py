@@ -8,20 +8,17 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import MutableMapping
-from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from structlog.typing import EventDict, FilteringBoundLogger, WrappedLogger
 
 _FORBIDDEN_KEYS = frozenset(
     {"token", "authorization", "auth", "secret", "body", "value", "values", "samples", "payload"}
 )
 
 
-def _drop_sensitive(
-    _logger: Any, _name: str, event: MutableMapping[str, Any]
-) -> MutableMapping[str, Any]:
+def _drop_sensitive(_logger: WrappedLogger, _name: str, event: EventDict) -> EventDict:
     for key in _FORBIDDEN_KEYS & event.keys():
         event[key] = "[redacted]"
     return event
@@ -63,8 +60,11 @@ def configure_logging(level: str = "info") -> None:
     )
 
 
-def get_logger(name: str) -> Any:
-    return structlog.get_logger(name)
+def get_logger(name: str) -> FilteringBoundLogger:
+    """The logger of module ``name``: ``configure_logging`` makes every logger a filtering bound
+    logger, so this is its type (structlog types ``get_logger`` loosely)."""
+    logger: FilteringBoundLogger = structlog.get_logger(name)
+    return logger
 
 
 class Metrics:

@@ -20,13 +20,14 @@ import asyncio
 import ipaddress
 import math
 import time
-from typing import Any
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 import httpx
 import jwt
 
 from vitalcast.errors import Unauthenticated
+from vitalcast.json_types import JsonObject
 from vitalcast.observability import get_logger
 
 log = get_logger(__name__)
@@ -95,7 +96,7 @@ class OidcVerifier:
             await asyncio.gather(self._prefetch, return_exceptions=True)
         await self._client.aclose()
 
-    async def verify(self, token: str, header: dict[str, Any]) -> dict[str, Any]:
+    async def verify(self, token: str, header: Mapping[str, object]) -> JsonObject:
         """The claims of a valid token of the issuer; ``Unauthenticated`` (TOKEN_INVALID,
         TOKEN_EXPIRED) otherwise."""
         alg = header.get("alg")
@@ -113,7 +114,7 @@ class OidcVerifier:
         if key.algorithm_name != alg:
             raise _invalid()
         try:
-            claims: dict[str, Any] = jwt.decode(
+            claims: JsonObject = jwt.decode(
                 token,
                 key.key,
                 algorithms=[alg],
@@ -176,7 +177,7 @@ class OidcVerifier:
         log.info("oidc_keys_loaded", keys=len(keys))
         return keys
 
-    async def _get_json(self, url: str) -> dict[str, Any]:
+    async def _get_json(self, url: str) -> JsonObject:
         response = await self._client.get(url, headers={"Accept": "application/json"})
         response.raise_for_status()
         data = response.json()

@@ -76,7 +76,7 @@ class RateLimiter:
                 key_prefix=key_prefix,
                 # limits takes a pool (its own option types leave it out), so ours, with the
                 # short-call timeouts, is the one it uses and the one ``close`` releases.
-                connection_pool=cast(Any, self._redis_pool),
+                connection_pool=cast(Any, self._redis_pool),  # Any: see the comment above
             )
             self._redis = MovingWindowRateLimiter(storage)
         self._fallback_s = fallback_s

@@ -5,17 +5,17 @@ bearer tokens. Nothing here is imported by the service itself."""
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
-from vitalcast.auth import issue_token
 from vitalcast.clock import iso_ms, now_ms
 from vitalcast.db.engine import Database, create_engine
+from vitalcast.json_types import JsonObject
+from vitalcast.local_tokens import issue_token
 from vitalcast.sessions import repository as session_repository
 
 
 def hr_sample(
-    record_id: str, at_ms: int, value: float = 72.0, *, source: str = "healthkit", **extra: Any
-) -> dict[str, Any]:
+    record_id: str, at_ms: int, value: float = 72.0, *, source: str = "healthkit", **extra: object
+) -> JsonObject:
     """One heart-rate sample as ``POST /api/v1/samples`` takes it (``extra`` adds or overrides
     fields, e.g. ``device`` or ``end``)."""
     return {

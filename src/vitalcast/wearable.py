@@ -13,9 +13,9 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from vitalcast.clock import iso_ms
+from vitalcast.json_types import JsonObject
 
 MINUTE_MS = 60_000
 
@@ -110,7 +110,7 @@ class Sample:
     start_ms: int
     end_ms: int
 
-    def wire(self, profile: Profile) -> dict[str, Any]:
+    def wire(self, profile: Profile) -> JsonObject:
         return {
             "source": profile.source,
             "record_id": self.record_id,

@@ -53,17 +53,17 @@ from vitalcast.sessions.changes import NO_LISTENER, ChangeFanout, ChangeListener
 from vitalcast.sessions.service import SessionService
 from vitalcast.settings import Settings
 from vitalcast.shares import ShareAccessLog
-from vitalcast.telemetry.compute import Aggregator
-from vitalcast.telemetry.computer import TelemetryComputer
-from vitalcast.telemetry.coordinator import BoundedComputeCoordinator
-from vitalcast.telemetry.incremental import compute_view
-from vitalcast.telemetry.insights_service import InsightsService
-from vitalcast.telemetry.live_ticks import LiveTicker
-from vitalcast.telemetry.models import Subscriptions, TelemetryListener
-from vitalcast.telemetry.reader import open_reader
+from vitalcast.telemetry.compute.aggregate import Aggregator
+from vitalcast.telemetry.compute.incremental import compute_view
+from vitalcast.telemetry.ports import Subscriptions, TelemetryListener
+from vitalcast.telemetry.read.reader import open_reader
+from vitalcast.telemetry.read.service import SessionTelemetryService
+from vitalcast.telemetry.run.computer import TelemetryComputer
+from vitalcast.telemetry.run.coordinator import BoundedComputeCoordinator
+from vitalcast.telemetry.run.insights_service import InsightsService
+from vitalcast.telemetry.run.live_ticks import LiveTicker
+from vitalcast.telemetry.run.triggers import TelemetryTriggers
 from vitalcast.telemetry.scheduling import Scheduler
-from vitalcast.telemetry.service import SessionTelemetryService
-from vitalcast.telemetry.triggers import TelemetryTriggers
 
 # A worker's compute lease is as short as its job lock (renewed every third of it): when a worker
 # dies, its job is redelivered within seconds and the key must be free by then, not after the

@@ -19,7 +19,7 @@ from tests.telemetry.incremental_helpers import cached_views, compute_paths, log
 from tests.telemetry.test_incremental import ManualScheduler
 from vitalcast.db.tables import health_samples, sessions
 from vitalcast.db.tables import users as users_table
-from vitalcast.telemetry.models import ComputeOutcome, Resolution, ScheduleReason, TelemetryKey
+from vitalcast.telemetry.keys import ComputeOutcome, Resolution, ScheduleReason, TelemetryKey
 from vitalcast.wiring import Seams
 
 HOUR = 60 * MINUTE

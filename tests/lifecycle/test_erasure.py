@@ -26,7 +26,7 @@ from tests.telemetry.conftest import MINUTE, iso
 from vitalcast.db.engine import Database, create_engine
 from vitalcast.lifecycle.erasure_queue import ErasureWorker
 from vitalcast.settings import Settings
-from vitalcast.telemetry.models import Resolution, ScheduleReason, TelemetryKey
+from vitalcast.telemetry.keys import Resolution, ScheduleReason, TelemetryKey
 from vitalcast.testing import hr_sample as hr
 from vitalcast.testing import user_with_token
 from vitalcast.wiring import build_worker

@@ -24,7 +24,7 @@ from tests.realtime.conftest import ClientFactory, SocketClient
 from tests.redis_keys import keys_deleted_after
 from tests.stepped_clock import set_time
 from vitalcast.redis_connections import blocking_options
-from vitalcast.telemetry.live_ticks import TICK_GRACE_MS
+from vitalcast.telemetry.run.live_ticks import TICK_GRACE_MS
 
 pytestmark = pytest.mark.slow
 

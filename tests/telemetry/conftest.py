@@ -18,7 +18,7 @@ from vitalcast.clock import ManualClock
 from vitalcast.clock import iso_ms as iso
 from vitalcast.db.engine import Database
 from vitalcast.settings import Settings
-from vitalcast.telemetry.coordinator import BoundedComputeCoordinator
+from vitalcast.telemetry.run.coordinator import BoundedComputeCoordinator
 from vitalcast.wiring import Seams, ServerParts
 
 # 2026-03-02T08:00:00Z: a fixed "now" that every telemetry test starts from

@@ -13,15 +13,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.telemetry.conftest import TelemetryClient
 from vitalcast.db.tables import session_changes, telemetry_cache
-from vitalcast.telemetry.compute import load_session
-from vitalcast.telemetry.incremental import MEMO, ViewMemo, compute_view
-from vitalcast.telemetry.models import (
-    COMPUTE_VERSION,
-    ComputedTelemetry,
-    Resolution,
-    StoredView,
-    TelemetryKey,
-)
+from vitalcast.telemetry.compute.aggregate import load_session
+from vitalcast.telemetry.compute.incremental import compute_view
+from vitalcast.telemetry.compute.memo import MEMO, ViewMemo
+from vitalcast.telemetry.compute.results import ComputedTelemetry, StoredView
+from vitalcast.telemetry.keys import COMPUTE_VERSION, Resolution, TelemetryKey
 
 
 @dataclass(frozen=True)

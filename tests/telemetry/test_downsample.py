@@ -7,9 +7,9 @@ import math
 import orjson
 import pytest
 
-from vitalcast.telemetry.downsample import build_metrics, coverage
-from vitalcast.telemetry.models import TelemetryWindow
-from vitalcast.telemetry.payload import answer_json, pack, unpack
+from vitalcast.telemetry.compute.downsample import build_metrics, coverage
+from vitalcast.telemetry.compute.payload import answer_json, pack, unpack
+from vitalcast.telemetry.grid import TelemetryWindow
 
 MIN = 60_000
 WS = 1_000_000_000_000

@@ -31,17 +31,12 @@ from tests.telemetry.incremental_helpers import (
 )
 from vitalcast.catalog import ALL_CODES
 from vitalcast.db.tables import session_changes, telemetry_cache
-from vitalcast.telemetry.compute import MAX_RANGES
-from vitalcast.telemetry.computer import PRUNE_EVERY
-from vitalcast.telemetry.incremental import MEMO
-from vitalcast.telemetry.models import (
-    ComputeOutcome,
-    ComputePath,
-    Resolution,
-    ScheduleReason,
-    TelemetryKey,
-)
-from vitalcast.telemetry.payload import unpack
+from vitalcast.telemetry.compute.aggregate import MAX_RANGES
+from vitalcast.telemetry.compute.memo import MEMO
+from vitalcast.telemetry.compute.payload import unpack
+from vitalcast.telemetry.compute.results import ComputePath
+from vitalcast.telemetry.keys import ComputeOutcome, Resolution, ScheduleReason, TelemetryKey
+from vitalcast.telemetry.run.computer import PRUNE_EVERY
 from vitalcast.wiring import Seams
 
 HOUR = 60 * MINUTE

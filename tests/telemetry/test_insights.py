@@ -9,8 +9,8 @@ import math
 import pytest
 
 from vitalcast.catalog import BY_CODE, METRICS, MetricKind
-from vitalcast.telemetry.downsample import build_metrics
-from vitalcast.telemetry.models import TelemetryWindow
+from vitalcast.telemetry.compute.downsample import build_metrics
+from vitalcast.telemetry.grid import TelemetryWindow
 
 MIN = 60_000
 WS = 1_000_000_000_000

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from tests.telemetry.conftest import MINUTE, TelemetryClient, hr, telemetry_client
-from vitalcast.telemetry.cache import SessionTelemetryCacheRepository
-from vitalcast.telemetry.models import Resolution, ScheduleReason, TelemetryKey
+from vitalcast.telemetry.keys import Resolution, ScheduleReason, TelemetryKey
 from vitalcast.telemetry.scheduling import Scheduler
+from vitalcast.telemetry.store.leases import SessionTelemetryCacheRepository
 from vitalcast.wiring import Seams
 
 HOUR = 60 * MINUTE

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -24,6 +22,7 @@ from vitalcast.errors import (
     Unauthenticated,
     VitalcastError,
 )
+from vitalcast.json_types import JsonObject
 from vitalcast.observability import get_logger
 
 log = get_logger(__name__)
@@ -64,7 +63,7 @@ class Problem(BaseModel):
     code: str
     detail: str
     retry_after_seconds: int | None = None
-    errors: list[dict[str, Any]] | None = None
+    errors: list[JsonObject] | None = None
 
 
 _PROBLEM_DESCRIPTIONS = {
@@ -87,12 +86,12 @@ _RETRY_AFTER_HEADER = {
 }
 
 
-def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+def problem_responses(*statuses: int) -> dict[int | str, JsonObject]:
     """OpenAPI ``responses`` entries documenting these statuses as problem+json answers."""
     schema = Problem.model_json_schema()
-    documented: dict[int | str, dict[str, Any]] = {}
+    documented: dict[int | str, JsonObject] = {}
     for status in statuses:
-        entry: dict[str, Any] = {
+        entry: JsonObject = {
             "description": _PROBLEM_DESCRIPTIONS[status],
             "content": {PROBLEM_JSON: {"schema": schema}},
         }
@@ -108,11 +107,11 @@ def problem(
     detail: str,
     *,
     retry_after_s: int | None = None,
-    extra: dict[str, Any] | None = None,
+    extra: JsonObject | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response:
     """A problem+json response; ``Retry-After`` and the body's ``retry_after_seconds`` agree."""
-    body: dict[str, Any] = {
+    body: JsonObject = {
         "type": "about:blank",
         "title": code.replace("_", " ").capitalize(),
         "status": status,

@@ -11,7 +11,7 @@ from vitalcast.errors import RateLimited
 from vitalcast.ratelimit import Scope
 
 
-def _enforce(scope: Scope) -> Any:
+def _enforce(scope: Scope) -> Any:  # Any: what fastapi.Depends returns (typed Any by FastAPI)
     async def enforce_rate_limit(user: CurrentUser, parts: Parts) -> None:
         # A share token reads on its own budget, apart from its owner's.
         spent = Scope.SHARE if user.is_share else scope

@@ -4,7 +4,6 @@ POST /api/v1/samples/delete: a time range of the caller's samples removed for go
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request, Response
@@ -24,7 +23,7 @@ from vitalcast.errors import InvalidInput
 router = APIRouter(prefix="/api/v1", tags=["samples"])
 
 
-def _decode(raw: bytes) -> Any:
+def _decode(raw: bytes) -> object:
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:

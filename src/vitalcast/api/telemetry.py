@@ -14,7 +14,7 @@ from vitalcast import catalog
 from vitalcast.api.deps import CurrentUser, Parts, SessionId
 from vitalcast.api.errors import problem_responses
 from vitalcast.api.ratelimits import TelemetryRateLimit
-from vitalcast.telemetry.models import MAX_WINDOW_MINUTES, MIN_WINDOW_MINUTES
+from vitalcast.telemetry.keys import MAX_WINDOW_MINUTES, MIN_WINDOW_MINUTES
 
 router = APIRouter(prefix="/api/v1/sessions", tags=["telemetry"])
 

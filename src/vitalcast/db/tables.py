@@ -118,8 +118,8 @@ telemetry_cache = sa.Table(
     sa.Column("stale_since_ms", sa.BigInteger, nullable=True),
     sa.Column("updated_at_ms", sa.BigInteger, nullable=False),
     # Saved with the payload: what the next compute of the view starts from (the GROUP BY rows
-    # behind it, telemetry/partials.py) and what a delta is built from (the view's saves and what
-    # each changed, telemetry/history.py). Last in the row, and written by the same UPDATE as the
+    # behind it, telemetry/compute/partials.py) and what a delta is built from (the view's saves and what
+    # each changed, telemetry/compute/history.py). Last in the row, and written by the same UPDATE as the
     # payload: a table of their own cost a statement per save.
     sa.Column("partials", sa.LargeBinary, nullable=True),
     sa.Column("history", sa.LargeBinary, nullable=True),

@@ -104,13 +104,13 @@ _PG_LOOKUP = sa.text(
 
 async def _existing(
     conn: AsyncConnection, user_id: str, identities: Sequence[tuple[str, str]]
-) -> dict[tuple[str, str], sa.Row[Any]]:
+) -> dict[tuple[str, str], sa.Row[Any]]:  # Any: rows of health_samples
     """Stored rows for these identities, as unique-index lookups, one query per source (a batch
     usually has one); SQLite takes chunked IN lists, well under its bound-parameter limit."""
     by_source: dict[str, list[str]] = {}
     for source, record_id in identities:
         by_source.setdefault(source, []).append(record_id)
-    found: dict[tuple[str, str], sa.Row[Any]] = {}
+    found: dict[tuple[str, str], sa.Row[Any]] = {}  # Any: as above
     for source, record_ids in by_source.items():
         queries: list[sa.Executable]
         if conn.dialect.name == "postgresql":
@@ -130,7 +130,7 @@ async def _existing(
     return found
 
 
-def _same(row: sa.Row[Any], sample: NormalizedSample) -> bool:
+def _same(row: sa.Row[Any], sample: NormalizedSample) -> bool:  # Any: as above
     return not row.deleted and all(getattr(row, c) == getattr(sample, c) for c in _COLUMNS)
 
 

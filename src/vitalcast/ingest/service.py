@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
 
@@ -34,7 +33,7 @@ class IngestOutcome:
     touched: list[Session]
 
 
-def body_fingerprint(body: Any) -> str:
+def body_fingerprint(body: object) -> str:
     """Hash of the decoded body with sorted keys: key order or spacing is not "another body"."""
     return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
@@ -51,7 +50,7 @@ class IngestService:
         self._metrics = metrics
         self._listener = listener
 
-    async def ingest(self, user_id: str, body: Any) -> IngestOutcome:
+    async def ingest(self, user_id: str, body: object) -> IngestOutcome:
         """Apply one decoded request body for ``user_id``. Raises for whole-request errors."""
         now_ms = self._clock.now_ms()
         batch = validate_batch(body, now_ms=now_ms)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from vitalcast import timerange
 from vitalcast.catalog import BY_CODE
@@ -100,7 +100,7 @@ def storable(text: str) -> bool:
     return True
 
 
-def _text(raw: dict[str, Any], name: str, where: str, *, required: bool) -> str | None:
+def _text(raw: Mapping[str, object], name: str, where: str, *, required: bool) -> str | None:
     value = raw.get(name)
     if value is None:
         if required:
@@ -113,7 +113,7 @@ def _text(raw: dict[str, Any], name: str, where: str, *, required: bool) -> str 
     return value
 
 
-def _timestamp(raw: dict[str, Any], name: str, where: str) -> datetime | None:
+def _timestamp(raw: Mapping[str, object], name: str, where: str) -> datetime | None:
     value = raw.get(name)
     if value is None:
         return None
@@ -129,7 +129,7 @@ def _epoch_ms(moment: datetime) -> int:
     return epoch_ms(moment)
 
 
-def _check_sample(index: int, raw: Any, now_ms: int) -> NormalizedSample | Rejection:
+def _check_sample(index: int, raw: object, now_ms: int) -> NormalizedSample | Rejection:
     where = f"samples[{index}]"
     if not isinstance(raw, dict):
         raise _malformed(f"{where} must be an object.")
@@ -195,7 +195,7 @@ def _check_sample(index: int, raw: Any, now_ms: int) -> NormalizedSample | Rejec
     )
 
 
-def _deletion(index: int, raw: Any) -> tuple[str, str]:
+def _deletion(index: int, raw: object) -> tuple[str, str]:
     where = f"deleted[{index}]"
     if not isinstance(raw, dict) or raw.keys() - {"source", "record_id"}:
         raise _malformed(f"{where} must be an object with source and record_id.")
@@ -205,7 +205,7 @@ def _deletion(index: int, raw: Any) -> tuple[str, str]:
     return source, record_id
 
 
-def validate_batch(body: Any, *, now_ms: int) -> ValidatedBatch:
+def validate_batch(body: object, *, now_ms: int) -> ValidatedBatch:
     """Check a decoded request body. Raises for whole-request errors (422/413); returns the
     storable samples and the per-sample rejections otherwise."""
     if not isinstance(body, dict):

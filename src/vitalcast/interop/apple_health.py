@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 from xml.sax import SAXParseException
 from xml.sax.handler import ContentHandler
 from xml.sax.xmlreader import AttributesImpl
@@ -33,6 +33,7 @@ from defusedxml import DefusedXmlException
 from defusedxml.expatreader import create_parser
 
 from vitalcast.clock import epoch_ms
+from vitalcast.json_types import JsonObject
 
 SOURCE = "healthkit"
 CHUNK_BYTES = 1 << 20
@@ -78,7 +79,7 @@ class Workout:
 class Batch:
     """Up to ``batch_size`` samples, each a ``POST /samples`` item, plus what was left out."""
 
-    samples: list[dict[str, Any]] = field(default_factory=list)
+    samples: list[JsonObject] = field(default_factory=list)
     workouts: list[Workout] = field(default_factory=list)
     #: top-level records read into this batch, whatever became of them
     records: int = 0
@@ -172,7 +173,7 @@ class _Handler(ContentHandler):
         self._depth = 0
         self._labels = _DeviceLabels()
         self._instant = _Instants()
-        self._open: dict[str, Any] | None = None
+        self._open: JsonObject | None = None
 
     def startElement(self, name: str, attrs: AttributesImpl) -> None:
         self._depth += 1

@@ -9,14 +9,13 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import AsyncIterable, AsyncIterator, Iterator, Sequence
-from typing import Any
 
 import orjson
 
 from vitalcast.catalog import BY_CODE, MetricKind
 from vitalcast.clock import iso_ms
 from vitalcast.interop.raw_samples import RawSample
-from vitalcast.telemetry.payload import PackedPayload
+from vitalcast.telemetry.compute.payload import PackedPayload
 
 SAMPLE_COLUMNS = (
     "start",
@@ -45,7 +44,7 @@ BUCKET_COLUMNS = (
 )
 
 
-def _rows_csv(rows: Iterator[Sequence[Any]] | Sequence[Sequence[Any]]) -> bytes:
+def _rows_csv(rows: Iterator[Sequence[object]] | Sequence[Sequence[object]]) -> bytes:
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\r\n").writerows(rows)
     return buffer.getvalue().encode()
@@ -76,7 +75,7 @@ def buckets_csv(payload: PackedPayload) -> bytes:
     """Every bucket of every metric in the payload, metrics in catalog order."""
     head = orjson.loads(payload.head + b"}}")
     bucket_ms = head["bucket_ms"]
-    rows: list[Sequence[Any]] = [BUCKET_COLUMNS]
+    rows: list[Sequence[object]] = [BUCKET_COLUMNS]
     for code in BY_CODE:
         fragment = payload.fragments.get(code)
         if fragment is None:

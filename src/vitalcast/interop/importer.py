@@ -13,7 +13,6 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import orjson
 
@@ -29,6 +28,7 @@ from vitalcast.interop.apple_health import (
     open_export,
     read_batches,
 )
+from vitalcast.json_types import JsonObject
 from vitalcast.sessions.service import SessionService
 
 
@@ -58,7 +58,7 @@ class ImportSummary:
     def imported(self) -> int:
         return self.inserted + self.updated
 
-    def add(self, batch: Batch, answer: dict[str, Any]) -> None:
+    def add(self, batch: Batch, answer: JsonObject) -> None:
         """Count a stored batch and the ingest service's answer for it."""
         self.batches += 1
         self.records += batch.records

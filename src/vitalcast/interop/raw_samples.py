@@ -13,12 +13,8 @@ from vitalcast.db.engine import Database
 from vitalcast.db.tables import health_samples
 from vitalcast.errors import InvalidInput
 from vitalcast.sessions.models import Session
-from vitalcast.telemetry.models import (
-    MAX_WINDOW_MINUTES,
-    MIN_WINDOW_MINUTES,
-    TelemetryWindow,
-    resolve_resolution,
-)
+from vitalcast.telemetry.grid import TelemetryWindow
+from vitalcast.telemetry.keys import MAX_WINDOW_MINUTES, MIN_WINDOW_MINUTES, resolve_resolution
 
 PARTITION_ROWS = 2_000
 

@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, TypeVar
 
 import limits
 import socketio
@@ -45,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 from vitalcast.auth import Principal
 from vitalcast.db.errors import DATABASE_RETRY_AFTER_S, is_outage
 from vitalcast.errors import DependencyUnavailable, NotFound, Unauthenticated
+from vitalcast.json_types import JsonObject
 from vitalcast.observability import get_logger
 from vitalcast.ratelimit import retry_after_s
 from vitalcast.realtime.broadcaster import (
@@ -57,7 +59,7 @@ from vitalcast.realtime.frames import FrameGate
 from vitalcast.revocations import Revocation, RevocationKind
 from vitalcast.sessions.models import Session
 from vitalcast.shares import AccessKind
-from vitalcast.telemetry.models import CacheState
+from vitalcast.telemetry.keys import CacheState
 from vitalcast.wiring import ServerParts
 
 log = get_logger(__name__)
@@ -117,11 +119,11 @@ _CLOSE_MESSAGES = {
 }
 
 
-def _error(code: str, message: str, **extra: Any) -> dict[str, Any]:
+def _error(code: str, message: str, **extra: object) -> JsonObject:
     return {"ok": False, "code": code, "message": message, **extra}
 
 
-def _failure(sid: str, exc: Exception) -> dict[str, Any]:
+def _failure(sid: str, exc: Exception) -> JsonObject:
     """The ack for an unexpected failure, with the code HTTP would answer (api/errors.py): a
     database outage is DATABASE_UNAVAILABLE with a retry hint, anything else INTERNAL_ERROR."""
     if is_outage(exc):
@@ -192,7 +194,7 @@ class RealtimeServer:
             return False
         return True
 
-    async def _on_connect(self, sid: str, _environ: dict[str, Any], auth: Any) -> None:
+    async def _on_connect(self, sid: str, _environ: Mapping[str, object], auth: object) -> None:
         if not self._genuine(sid, "connect"):
             return
         token = auth.get("token") if isinstance(auth, dict) else None
@@ -216,7 +218,7 @@ class RealtimeServer:
         self._parts.metrics.socket_clients.set(len(self._clients))
         log.debug("realtime_connected", sid=sid, user_id=principal.user_id)
 
-    async def _on_disconnect(self, sid: str, *_reason: Any) -> None:
+    async def _on_disconnect(self, sid: str, *_reason: object) -> None:
         if not self._genuine(sid, "disconnect"):
             return
         timer = self._expiries.pop(sid, None)
@@ -268,7 +270,7 @@ class RealtimeServer:
         except Exception:
             log.warning("realtime_expire_failed", sid=sid)
 
-    async def _admit(self, sid: str) -> tuple[_Client | None, dict[str, Any] | None]:
+    async def _admit(self, sid: str) -> tuple[_Client | None, JsonObject | None]:
         """The socket's client record, or the error ack that refuses this event."""
         client = self._clients.get(sid)
         if client is None:
@@ -286,8 +288,8 @@ class RealtimeServer:
         return client, None
 
     async def _admit_request(
-        self, sid: str, model: type[RequestT], data: Any
-    ) -> tuple[_Client, RequestT] | dict[str, Any]:
+        self, sid: str, model: type[RequestT], data: object
+    ) -> tuple[_Client, RequestT] | JsonObject:
         """The socket's client record and its validated request, or the error ack."""
         client, refusal = await self._admit(sid)
         if client is None:
@@ -297,7 +299,7 @@ class RealtimeServer:
         except ValidationError as exc:
             return _error("VALIDATION_ERROR", _validation_message(exc))
 
-    async def _on_subscribe(self, sid: str, data: Any = None, *_extra: Any) -> dict[str, Any]:
+    async def _on_subscribe(self, sid: str, data: object = None, *_extra: object) -> JsonObject:
         admitted = await self._admit_request(sid, SubscribeRequest, data)
         if isinstance(admitted, dict):
             return admitted
@@ -342,7 +344,7 @@ class RealtimeServer:
             "live": session.live,
         }
 
-    async def _on_unsubscribe(self, sid: str, data: Any = None, *_extra: Any) -> dict[str, Any]:
+    async def _on_unsubscribe(self, sid: str, data: object = None, *_extra: object) -> JsonObject:
         admitted = await self._admit_request(sid, UnsubscribeRequest, data)
         if isinstance(admitted, dict):
             return admitted
@@ -354,7 +356,7 @@ class RealtimeServer:
             self._parts.subscriptions.removed([session_id])
         return {"ok": True, "session_id": session_id}
 
-    async def _on_unknown(self, event: str, sid: str, *_args: Any) -> dict[str, Any]:
+    async def _on_unknown(self, event: str, sid: str, *_args: object) -> JsonObject:
         _client, refusal = await self._admit(sid)
         if refusal is not None:
             return refusal

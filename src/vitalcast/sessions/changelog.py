@@ -21,7 +21,6 @@ import bisect
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -123,7 +122,7 @@ async def chain(
 
 
 async def prune(
-    conn: AsyncConnection, session_id: str, *, through_seq: int | sa.ScalarSelect[Any]
+    conn: AsyncConnection, session_id: str, *, through_seq: int | sa.ScalarSelect[int]
 ) -> None:
     """Drop the session's entries up to ``through_seq`` (a number, or a query of one, e.g. the
     oldest watermark of the session's cached views): no view needs them any more. A NULL

@@ -42,7 +42,7 @@ class Session:
         return self.start_ms - WIDEST_PAD_MS, end + WIDEST_PAD_MS
 
     @classmethod
-    def from_row(cls, row: Any) -> Session:
+    def from_row(cls, row: Any) -> Session:  # Any: any row carrying the session columns by name
         return cls(
             id=row.id,
             user_id=row.user_id,

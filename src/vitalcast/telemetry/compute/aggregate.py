@@ -23,15 +23,18 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vitalcast.catalog import ALL_CODES
 from vitalcast.db.tables import sessions
+from vitalcast.json_types import JsonObject
 from vitalcast.sessions.models import Session
-from vitalcast.telemetry.downsample import AHEAD, SUM_SCALE, MetricSeries, Row, assemble_metrics
-from vitalcast.telemetry.models import (
-    SCHEMA_VERSION,
-    ComputedTelemetry,
-    StoredView,
-    TelemetryKey,
-    TelemetryWindow,
+from vitalcast.telemetry.compute.downsample import (
+    AHEAD,
+    SUM_SCALE,
+    MetricSeries,
+    Row,
+    assemble_metrics,
 )
+from vitalcast.telemetry.compute.results import ComputedTelemetry, StoredView
+from vitalcast.telemetry.grid import TelemetryWindow
+from vitalcast.telemetry.keys import SCHEMA_VERSION, TelemetryKey
 
 #: the scan of a live window has no upper bound: samples ahead of "now" are kept as AHEAD rows
 OPEN_END_MS = 2**62
@@ -90,7 +93,7 @@ Aggregator = Callable[
 ]
 
 
-def session_query(key: TelemetryKey) -> sa.Select[Any]:
+def session_query(key: TelemetryKey) -> sa.Select[Any]:  # Any: rows of the session columns
     """The select of the key's session row (only the key's user's, when the key names one)."""
     query = sa.select(sessions).where(sessions.c.id == key.session_id)
     if key.user_id:
@@ -142,7 +145,7 @@ async def aggregate_rows(
     if not merged:
         return []
     session_end = window.end_ms if window.session_end_ms is None else window.session_end_ms
-    params: dict[str, Any] = {
+    params: JsonObject = {
         "window_start": window.start_ms,
         "window_end": window.end_ms,
         "bucket_ms": bucket_ms,
@@ -162,8 +165,8 @@ async def aggregate_rows(
 class Assembled:
     """A payload before packing: every field but ``metrics``, the metrics, the sample count."""
 
-    document: dict[str, Any]
-    metrics: dict[str, dict[str, Any]]
+    document: JsonObject
+    metrics: dict[str, JsonObject]
     raw_sample_count: int
 
 

@@ -1,7 +1,7 @@
 """A view's partials: the GROUP BY rows behind its payload, stored beside it in a form that loads
 fast, and the digests of the payload's parts (for deltas, see ``history``).
 
-The rows are exactly what ``compute.aggregate_rows`` returned for the window (AHEAD rows of a live
+The rows are exactly what ``aggregate.aggregate_rows`` returned for the window (AHEAD rows of a live
 window included), kept per metric and sorted by (bucket, phase), so an incremental compute
 replaces the rows of the buckets it aggregated again and hands the rest to the same pure assembly
 as a full compute. Each metric's rows are stored as their own *segment*: packed little-endian
@@ -32,8 +32,9 @@ from typing import Any
 
 import orjson
 
-from vitalcast.telemetry.downsample import Row
-from vitalcast.telemetry.models import TelemetryWindow
+from vitalcast.json_types import JsonObject
+from vitalcast.telemetry.compute.downsample import Row
+from vitalcast.telemetry.grid import TelemetryWindow
 
 MAGIC = b"VCR3"
 # window start, end, session start, session end (NO_END while live), window minutes, bucket_ms,
@@ -64,8 +65,8 @@ class Partials:
     window: TelemetryWindow
     bucket_ms: int
     metrics: Mapping[str, MetricRows]
-    #: digests of the payload's parts, as ``history.part_digests`` makes them
-    digests: dict[str, Any] = field(default_factory=dict)
+    #: digests of the payload's parts, as ``changes.part_digests`` makes them
+    digests: JsonObject = field(default_factory=dict)
 
     @classmethod
     def of_rows(
@@ -73,7 +74,7 @@ class Partials:
         window: TelemetryWindow,
         bucket_ms: int,
         rows: Iterable[Row],
-        digests: dict[str, Any] | None = None,
+        digests: JsonObject | None = None,
     ) -> Partials:
         """Partials from rows in any order."""
         metrics = {
@@ -89,7 +90,8 @@ class Partials:
 
 
 def _segment(rows: Sequence[Row]) -> bytes:
-    columns: list[tuple[Any, ...]] = list(zip(*rows, strict=True)) if rows else [()] * 9
+    by_position = list(zip(*rows, strict=True)) if rows else [()] * 9
+    columns: list[tuple[Any, ...]] = by_position  # Any: text, ints or floats per Row position
     parts = []
     for position, typecode in enumerate(_COLUMNS, start=1):
         column = array(typecode, columns[position])
@@ -101,7 +103,7 @@ def _segment(rows: Sequence[Row]) -> bytes:
 
 def _rows(code: str, n: int, segment: bytes) -> list[Row]:
     data = zlib.decompress(segment)
-    columns: list[Any] = [[code] * n]
+    columns: list[Any] = [[code] * n]  # Any: Row's columns by position (text, int and float arrays)
     offset = 0
     for typecode in _COLUMNS:
         column = array(typecode)

@@ -6,7 +6,7 @@ the payload is stored as the JSON *head* (every field, ending in ``"metrics":{``
 
     b"VCP1" | u32 head length | u8 fragment count | (u8 code length, code, u32 length)* | head | fragments*
 
-Any selection of metrics is then ``head + b",".join(fragments) + b"}}"``: valid JSON, byte for
+A selection of metrics is then ``head + b",".join(fragments) + b"}}"``: valid JSON, byte for
 byte the same as encoding the filtered payload would give.
 """
 
@@ -15,9 +15,10 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
+
+from vitalcast.json_types import JsonMapping, JsonObject
 
 MAGIC = b"VCP1"
 _HEAD = struct.Struct(">IB")
@@ -37,12 +38,12 @@ class PackedPayload:
         selected = [fragments[code] for code in codes if code in fragments]
         return b"".join((self.head, b",".join(selected), b"}}"))
 
-    def metric(self, code: str) -> dict[str, Any] | None:
+    def metric(self, code: str) -> JsonObject | None:
         """One metric of the payload, decoded (None when it has no samples of ``code``)."""
         fragment = self.fragments.get(code)
         if fragment is None:
             return None
-        decoded: dict[str, Any] = orjson.loads(b"{" + fragment + b"}")[code]
+        decoded: JsonObject = orjson.loads(b"{" + fragment + b"}")[code]
         return decoded
 
     @property
@@ -51,7 +52,7 @@ class PackedPayload:
         return not self.fragments
 
 
-def pack(document: Mapping[str, Any], metrics: Mapping[str, Mapping[str, Any]]) -> bytes:
+def pack(document: JsonMapping, metrics: Mapping[str, JsonMapping]) -> bytes:
     """Encode ``document`` (every payload field but ``metrics``) and each metric once."""
     if "metrics" in document:
         raise ValueError("metrics are packed separately")

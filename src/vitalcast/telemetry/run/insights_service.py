@@ -14,26 +14,27 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from vitalcast import catalog
 from vitalcast.catalog import Metric, MetricKind
 from vitalcast.clock import Clock
 from vitalcast.db.engine import Database
 from vitalcast.errors import InvalidInput
+from vitalcast.json_types import JsonObject
 from vitalcast.sessions import repository as session_repository
 from vitalcast.sessions.models import Session, SessionStatus
-from vitalcast.telemetry.answer import RETRY_COMPUTING_S, RETRY_SHED_S, decide
-from vitalcast.telemetry.cache import CacheRow, SessionTelemetryCacheRepository
-from vitalcast.telemetry.models import (
+from vitalcast.telemetry.compute.payload import unpack
+from vitalcast.telemetry.keys import (
     MAX_WINDOW_MINUTES,
     MIN_WINDOW_MINUTES,
     CacheState,
-    HotRow,
     TelemetryKey,
 )
-from vitalcast.telemetry.payload import unpack
+from vitalcast.telemetry.read.answer import RETRY_COMPUTING_S, RETRY_SHED_S, decide
 from vitalcast.telemetry.scheduling import Scheduler, schedule
+from vitalcast.telemetry.store import queries
+from vitalcast.telemetry.store.rows import CacheRow, HotRow
 
 #: how many sessions one request may compare
 MAX_SESSIONS = 100
@@ -51,7 +52,7 @@ class SessionInsights:
     end_ms: int | None
     state: CacheState
     #: the metric's insights from the cached payload (stale ones included); None without one
-    insights: dict[str, Any] | None
+    insights: JsonObject | None
     #: the figure sessions are compared by (``compared``), None when unknown
     value: float | None
 
@@ -100,7 +101,6 @@ class InsightsService:
         self._clock = clock
         self._scheduler = scheduler
         self.default_window_minutes = default_window_minutes
-        self._cache = SessionTelemetryCacheRepository()
 
     async def across_sessions(
         self, user_id: str, *, metric: str, last: int, window_minutes: int
@@ -127,7 +127,7 @@ class InsightsService:
                 TelemetryKey.default_for(s, window_minutes=window_minutes, now_ms=now)
                 for s in sessions
             ]
-            rows = await self._cache.get_many(conn, keys)
+            rows = await queries.rows_of(conn, keys)
         compared: Compared = "during_total" if entry.kind is MetricKind.CUMULATIVE else "delta"
         lines: list[SessionInsights] = []
         retry_after: int | None = None
@@ -199,7 +199,7 @@ def _hot_row(session: Session, key: TelemetryKey, row: CacheRow | None) -> HotRo
     )
 
 
-def _insights(row: CacheRow | None, code: str) -> dict[str, Any] | None:
+def _insights(row: CacheRow | None, code: str) -> JsonObject | None:
     """The metric's insights in the row's payload, if it keeps one (also while stale)."""
     if row is None or row.payload is None or not row.status.has_payload:
         return None

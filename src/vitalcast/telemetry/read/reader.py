@@ -10,7 +10,7 @@ costs more than that by itself. So this one read-only statement gets its own dri
 - PostgreSQL: a small asyncpg pool running the statement prepared, in autocommit.
 
 Both run the same SQL, a single statement, so it reads one consistent snapshot. ``auto``
-resolution is resolved inside it (same rule as ``models.resolve_resolution``) so that the right
+resolution is resolved inside it (same rule as ``keys.resolve_resolution``) so that the right
 cache row comes back with the session in one round trip.
 """
 
@@ -23,7 +23,9 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 
-from vitalcast.telemetry.models import AUTO_1M_MAX_SPAN_MS, COMPUTE_VERSION, HotRow
+from vitalcast.json_types import JsonObject
+from vitalcast.telemetry.keys import AUTO_1M_MAX_SPAN_MS, COMPUTE_VERSION
+from vitalcast.telemetry.store.rows import HotRow
 
 _SQL = """
 SELECT s.status, s.start_ms, s.end_ms, s.source_watermark,
@@ -70,7 +72,7 @@ class CacheReader(Protocol):
 
 def _params(
     user_id: str, session_id: str, window_minutes: int, resolution: str | None, now_ms: int
-) -> dict[str, Any]:
+) -> JsonObject:
     return {
         "window_minutes": window_minutes,
         "compute_version": COMPUTE_VERSION,
@@ -141,11 +143,11 @@ class PostgresCacheReader:
     def __init__(self, dsn: str, *, max_size: int = 4) -> None:
         self._dsn = dsn
         self._max_size = max_size
-        self._pool: Any = None
+        self._pool: Any = None  # Any: an asyncpg.Pool (asyncpg ships no type hints)
         self._lock = asyncio.Lock()
         self._sql = {variant: _to_dollar(_sql(variant)) for variant in _VARIANTS}
 
-    async def _get_pool(self) -> Any:
+    async def _get_pool(self) -> Any:  # Any: see _pool
         if self._pool is None:
             async with self._lock:
                 if self._pool is None:
@@ -179,7 +181,7 @@ class PostgresCacheReader:
             await pool.close()
 
 
-async def _keep_session(_connection: Any) -> None:
+async def _keep_session(_connection: object) -> None:
     """Release without asyncpg's reset round trip: these connections only ever run one
     read-only statement in autocommit, so there is no session state to reset."""
 

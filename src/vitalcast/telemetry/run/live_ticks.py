@@ -28,17 +28,11 @@ import sys
 from vitalcast.clock import Clock
 from vitalcast.db.engine import Database
 from vitalcast.observability import Metrics, get_logger
-from vitalcast.telemetry.cache import SessionTelemetryCacheRepository
-from vitalcast.telemetry.models import (
-    COMPUTE_VERSION,
-    Resolution,
-    ScheduleReason,
-    Subscriptions,
-    TelemetryKey,
-    live_edge_moved,
-    next_boundary_ms,
-)
+from vitalcast.telemetry.grid import live_edge_moved, next_boundary_ms
+from vitalcast.telemetry.keys import COMPUTE_VERSION, Resolution, ScheduleReason, TelemetryKey
+from vitalcast.telemetry.ports import Subscriptions
 from vitalcast.telemetry.scheduling import Scheduler, schedule
+from vitalcast.telemetry.store import queries
 
 log = get_logger(__name__)
 
@@ -69,7 +63,6 @@ class LiveTicker:
         self._clock = clock
         self._subscriptions = subscriptions
         self._scheduler = scheduler
-        self._cache = SessionTelemetryCacheRepository()
         #: session id → when to look at its views next (its next 1-minute boundary)
         self._next_check: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
@@ -112,7 +105,7 @@ class LiveTicker:
         if not due:
             return 0
         async with self._db.read() as conn:
-            views = await self._cache.live_views(conn, due, compute_version=COMPUTE_VERSION)
+            views = await queries.live_views(conn, due, compute_version=COMPUTE_VERSION)
         for session_id in due:
             self._next_check[session_id] = _NEVER
         asked = 0

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from vitalcast.observability import Metrics, get_logger
-from vitalcast.telemetry.models import ComputeOutcome, ScheduleReason, Subscriptions, TelemetryKey
+from vitalcast.telemetry.keys import ComputeOutcome, ScheduleReason, TelemetryKey
+from vitalcast.telemetry.ports import Subscriptions
 
 log = get_logger(__name__)
 

@@ -16,7 +16,7 @@ outside every gap. A metric sampled every 5 minutes with a 10-minute threshold a
 fully covered although four of five 1-minute buckets are empty. Cumulative metrics have no gaps
 and so no coverage.
 
-Each metric also carries its ``insights`` (``telemetry/insights.py``), computed here from the same
+Each metric also carries its ``insights`` (``compute/insights.py``), computed here from the same
 rows, so whoever assembles a payload from these rows gets them too.
 
 Assembly has two stages. ``metric_series`` walks one metric's rows once and keeps everything
@@ -37,7 +37,8 @@ from operator import itemgetter
 from typing import Any
 
 from vitalcast.catalog import BY_CODE, Metric, MetricKind
-from vitalcast.telemetry.insights import (
+from vitalcast.json_types import JsonObject
+from vitalcast.telemetry.compute.insights import (
     Part,
     Peaks,
     cumulative_insights,
@@ -45,7 +46,7 @@ from vitalcast.telemetry.insights import (
     peak_candidates,
     scalar_insights,
 )
-from vitalcast.telemetry.models import TelemetryWindow
+from vitalcast.telemetry.grid import TelemetryWindow
 
 #: phase numbers as the aggregate query computes them
 BEFORE, DURING, AFTER = 0, 1, 2
@@ -88,7 +89,7 @@ def coverage(lo: int, hi: int, gaps: Sequence[dict[str, int]]) -> float | None:
 
 def build_metrics(
     rows: Iterable[Row], window: TelemetryWindow, bucket_ms: int, *, with_insights: bool = True
-) -> tuple[dict[str, dict[str, Any]], int]:
+) -> tuple[dict[str, JsonObject], int]:
     """The payload's ``metrics`` map (only metrics with samples) and the raw sample count.
 
     ``with_insights=False`` leaves each metric's ``insights`` out; only the benchmark does, to
@@ -115,12 +116,12 @@ def assemble_metrics(
     bucket_ms: int,
     *,
     with_insights: bool = True,
-) -> tuple[dict[str, dict[str, Any]], int]:
+) -> tuple[dict[str, JsonObject], int]:
     """``build_metrics`` from each metric's series: only what the window's end moves (the trailing
     gap, coverage, clipped episodes, rates) is computed here, so an incremental compute runs it
     for every metric and walks the rows of the metrics it changed alone."""
     phases = phase_bounds(window)
-    metrics: dict[str, dict[str, Any]] = {}
+    metrics: dict[str, JsonObject] = {}
     total = 0
     for code in sorted(series):
         one = series[code]
@@ -155,7 +156,7 @@ class MetricSeries:
     bucket_ms: int
     t: list[int]
     #: the payload's series columns: mean, min, max, count (scalar) or sum, count (cumulative)
-    columns: dict[str, list[Any]]
+    columns: dict[str, list[Any]]  # Any: floats, ints and None (a bucket without a value)
     #: raw samples, and per phase (before, during, after) their count, sum, min and max
     count: int
     p_count: tuple[int, int, int]
@@ -170,7 +171,7 @@ class MetricSeries:
     fixed_gaps: list[dict[str, int]] = field(default_factory=list)
     after: dict[int, Part] = field(default_factory=dict)
     peaks: Peaks | None = None
-    episodes: list[dict[str, Any]] = field(default_factory=list)
+    episodes: list[JsonObject] = field(default_factory=list)
 
 
 def metric_series(
@@ -234,7 +235,10 @@ def metric_series(
         (p_high[0], p_high[1], p_high[2]),
     )
     if metric.kind is MetricKind.CUMULATIVE:
-        columns: dict[str, list[Any]] = {"sum": [s / SUM_SCALE for s in sums], "count": counts}
+        columns: dict[str, list[Any]] = {  # Any: as MetricSeries.columns
+            "sum": [s / SUM_SCALE for s in sums],
+            "count": counts,
+        }
         return MetricSeries(code, origin_ms, bucket_ms, t, columns, sum(p_count), *by_phase)
     columns = {
         "mean": [s / (c * SUM_SCALE) for s, c in zip(sums, counts, strict=True)],
@@ -267,8 +271,8 @@ def metric_series(
 
 def _cumulative(
     series: MetricSeries, phases: Sequence[tuple[int, int]], with_insights: bool
-) -> dict[str, Any]:
-    payload: dict[str, Any] = {
+) -> JsonObject:
+    payload: JsonObject = {
         "t": series.t,
         **series.columns,
         "gaps": [],
@@ -289,7 +293,7 @@ def _scalar(
     phases: Sequence[tuple[int, int]],
     window: TelemetryWindow,
     with_insights: bool,
-) -> dict[str, Any]:
+) -> JsonObject:
     gaps = series.fixed_gaps
     if window.end_ms - series.last_ms > gap_threshold_ms(metric.gap_threshold_ms, series.bucket_ms):
         gaps = [*gaps, {"start_ms": series.last_ms, "end_ms": window.end_ms}]
@@ -303,7 +307,7 @@ def _scalar(
             "count": count,
             "coverage": coverage(*phases[index], gaps),
         }
-    payload: dict[str, Any] = {
+    payload: JsonObject = {
         "t": series.t,
         **series.columns,
         "gaps": gaps,

@@ -11,15 +11,10 @@ import orjson
 
 from vitalcast import catalog
 from vitalcast.errors import InvalidInput
-from vitalcast.telemetry.models import (
-    CacheState,
-    HotRow,
-    Resolution,
-    ScheduleReason,
-    TelemetryKey,
-    payload_current,
-)
-from vitalcast.telemetry.payload import PackedPayload, answer_json
+from vitalcast.telemetry.compute.payload import PackedPayload, answer_json
+from vitalcast.telemetry.grid import payload_current
+from vitalcast.telemetry.keys import CacheState, Resolution, ScheduleReason, TelemetryKey
+from vitalcast.telemetry.store.rows import HotRow
 
 #: seconds a client should wait before asking again
 RETRY_COMPUTING_S = 1
@@ -125,7 +120,7 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
 
 
 def is_current(row: HotRow, now_ms: int) -> bool:
-    """The hot row's payload answers for its session now (``models.payload_current``)."""
+    """The hot row's payload answers for its session now (``grid.payload_current``)."""
     return row.resolution is not None and payload_current(
         payload_watermark=row.source_watermark,
         session_watermark=row.session_watermark,

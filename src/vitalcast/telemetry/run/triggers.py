@@ -17,9 +17,9 @@ from vitalcast.clock import Clock
 from vitalcast.db.engine import Database
 from vitalcast.observability import get_logger
 from vitalcast.sessions.models import Session
-from vitalcast.telemetry.cache import SessionTelemetryCacheRepository
-from vitalcast.telemetry.models import COMPUTE_VERSION, Resolution, ScheduleReason, TelemetryKey
+from vitalcast.telemetry.keys import COMPUTE_VERSION, Resolution, ScheduleReason, TelemetryKey
 from vitalcast.telemetry.scheduling import Scheduler, schedule
+from vitalcast.telemetry.store import queries
 
 log = get_logger(__name__)
 
@@ -34,7 +34,6 @@ class TelemetryTriggers:
         self._clock = clock
         self._scheduler = scheduler
         self._window_minutes = default_window_minutes
-        self._cache = SessionTelemetryCacheRepository()
 
     async def sessions_changed(self, sessions: Sequence[Session]) -> None:
         """Ingest moved these sessions' watermarks."""
@@ -78,7 +77,7 @@ class TelemetryTriggers:
     async def _cached_keys(self, by_id: dict[str, Session]) -> set[TelemetryKey]:
         try:
             async with self._db.read() as conn:
-                rows = await self._cache.keys_of(conn, list(by_id), compute_version=COMPUTE_VERSION)
+                rows = await queries.keys_of(conn, list(by_id), compute_version=COMPUTE_VERSION)
         except Exception as exc:
             log.error("telemetry_cache_keys_failed", error_type=type(exc).__name__)
             return set()

@@ -1,7 +1,7 @@
 """``TelemetryComputer``: one compute of one view, under its lease.
 
 Take the lease (one conditional write), re-check freshness, aggregate (incrementally from the
-view's stored partials where the change log allows, see ``incremental``), save only while still
+view's stored partials where the change log allows, see ``compute/incremental``), save only while still
 holding it, prune the change log no cached view needs any more, tell the listener; on error
 record the failure and its backoff. The in-process coordinator and the queue worker both run
 computes through ``compute``, which never raises: what happened is its ``ComputeOutcome``.
@@ -20,26 +20,16 @@ from vitalcast.db.engine import Database
 from vitalcast.observability import Metrics, get_logger
 from vitalcast.sessions import changelog
 from vitalcast.sessions.models import Session
-from vitalcast.telemetry.answer import COMPUTE_FAILED
-from vitalcast.telemetry.cache import (
-    CacheRow,
-    Lease,
-    LeaseRefusal,
-    SessionTelemetryCacheRepository,
-)
-from vitalcast.telemetry.compute import Aggregator
-from vitalcast.telemetry.incremental import compute_view
-from vitalcast.telemetry.models import (
-    CacheState,
-    ComputedTelemetry,
-    ComputeOutcome,
-    ComputePath,
-    ScheduleReason,
-    TelemetryKey,
-    TelemetryListener,
-    TelemetryUpdate,
-    payload_current,
-)
+from vitalcast.telemetry.compute.aggregate import Aggregator
+from vitalcast.telemetry.compute.incremental import compute_view
+from vitalcast.telemetry.compute.results import ComputedTelemetry, ComputePath
+from vitalcast.telemetry.grid import payload_current
+from vitalcast.telemetry.keys import CacheState, ComputeOutcome, ScheduleReason, TelemetryKey
+from vitalcast.telemetry.ports import TelemetryListener, TelemetryUpdate
+from vitalcast.telemetry.read.answer import COMPUTE_FAILED
+from vitalcast.telemetry.store import queries
+from vitalcast.telemetry.store.leases import SessionTelemetryCacheRepository
+from vitalcast.telemetry.store.rows import CacheRow, Lease, LeaseRefusal
 
 log = get_logger(__name__)
 
@@ -146,7 +136,7 @@ class TelemetryComputer:
     async def row(self, key: TelemetryKey) -> CacheRow | None:
         """The cache row of ``key`` as it is now (its backoff and error code, for the queue)."""
         async with self._db.read() as conn:
-            return await self._cache.get(conn, key)
+            return await queries.row_of(conn, key)
 
     async def retry_delay_ms(self, key: TelemetryKey) -> int | None:
         """Milliseconds until ``key`` may be computed again (the coordinator's ``RetryDelay``):
@@ -170,7 +160,7 @@ class TelemetryComputer:
         read_started_ms = self._clock.now_ms()
         try:
             async with self._db.read() as conn:
-                session, stored = await self._cache.session_and_stored(conn, key)
+                session, stored = await queries.session_and_stored(conn, key)
                 fresh = session is not None and _lease_current(lease, session, key, read_started_ms)
                 computed = None
                 if session is not None and not fresh:
@@ -190,9 +180,7 @@ class TelemetryComputer:
                     read_started_ms=read_started_ms,
                 )
                 if result.saved and _prune_due(lease.source_watermark, computed):
-                    floor = self._cache.views_floor(
-                        key.session_id, compute_version=key.compute_version
-                    )
+                    floor = queries.views_floor(key.session_id, compute_version=key.compute_version)
                     await changelog.prune(conn, key.session_id, through_seq=floor)
         except Exception as exc:
             await self._record_failure(key, lease, exc, reason)

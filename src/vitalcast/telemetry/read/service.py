@@ -1,5 +1,5 @@
 """``SessionTelemetryService``: answers telemetry requests (the seed's one entry point for
-reads; computing lives in ``computer``, triggers in ``triggers``).
+reads; computing lives in ``run/computer``, triggers in ``run/triggers``).
 
 ``get`` answers a request from the cache with one hot read (ownership, session watermark and
 cache row together) and decides the state of DESIGN.md "Request states"; a miss or a stale read
@@ -10,7 +10,6 @@ holds (``since_watermark``) is a delta when the view's save history can express 
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 
 from vitalcast.clock import Clock
@@ -18,8 +17,19 @@ from vitalcast.db.engine import Database
 from vitalcast.errors import InvalidInput, NotFound
 from vitalcast.observability import Metrics, get_logger
 from vitalcast.sessions.models import Session
-from vitalcast.telemetry import history
-from vitalcast.telemetry.answer import (
+from vitalcast.telemetry.compute import deltas, history
+from vitalcast.telemetry.compute.payload import unpack
+from vitalcast.telemetry.keys import (
+    COMPUTE_VERSION,
+    MAX_WINDOW_MINUTES,
+    MIN_WINDOW_MINUTES,
+    CacheState,
+    Resolution,
+    TelemetryKey,
+    resolve_resolution,
+)
+from vitalcast.telemetry.ports import TelemetryUpdate
+from vitalcast.telemetry.read.answer import (
     DATABASE_UNAVAILABLE,
     RETRY_READ_FAILED_S,
     RETRY_SHED_S,
@@ -29,43 +39,15 @@ from vitalcast.telemetry.answer import (
     make_etag,
     select_metrics,
 )
-from vitalcast.telemetry.cache import SessionTelemetryCacheRepository
-from vitalcast.telemetry.models import (
-    COMPUTE_VERSION,
-    MAX_WINDOW_MINUTES,
-    MIN_WINDOW_MINUTES,
-    CacheState,
-    HotRow,
-    Resolution,
-    TelemetryKey,
-    TelemetryUpdate,
-    resolve_resolution,
-)
-from vitalcast.telemetry.payload import unpack
-from vitalcast.telemetry.reader import CacheReader
+from vitalcast.telemetry.read.delta_cache import DeltaCache
+from vitalcast.telemetry.read.reader import CacheReader
 from vitalcast.telemetry.scheduling import Scheduler, schedule
+from vitalcast.telemetry.store import queries
+from vitalcast.telemetry.store.rows import HotRow
 
 log = get_logger(__name__)
 
 _RESOLUTIONS = ("1m", "5m", "auto")
-#: built deltas kept in memory (a few KiB each at most), least recently served dropped first
-MAX_KEPT_DELTAS = 1024
-
-
-def _delta_key(
-    key: TelemetryKey, row: HotRow, since_watermark: int, codes: tuple[str, ...]
-) -> tuple[object, ...]:
-    """A built delta is the same for every client: it depends on the save it leads to (its
-    watermark and compute time), the watermark it starts from and the metrics asked for."""
-    return (
-        key.session_id,
-        key.window_minutes,
-        key.resolution,
-        row.source_watermark,
-        row.computed_at_ms,
-        since_watermark,
-        codes,
-    )
 
 
 class SessionTelemetryService:
@@ -86,8 +68,7 @@ class SessionTelemetryService:
         self._scheduler = scheduler
         self._reader = reader
         self.default_window_minutes = default_window_minutes
-        self._cache = SessionTelemetryCacheRepository()
-        self._deltas: OrderedDict[tuple[object, ...], bytes] = OrderedDict()
+        self._deltas = DeltaCache()
         self._responses = {
             state: metrics.telemetry_responses.labels(state.value) for state in CacheState
         }
@@ -162,10 +143,8 @@ class SessionTelemetryService:
                         TelemetryAnswer(decision.state, codes, etag=etag, not_modified=True)
                     )
             if since_watermark is not None and decision.state is CacheState.READY:
-                built = _delta_key(key, row, since_watermark, codes)
-                kept = self._deltas.get(built)
+                kept = self._deltas.get(key, row, since_watermark, codes)
                 if kept is not None:
-                    self._deltas.move_to_end(built)
                     return self._count(
                         TelemetryAnswer(CacheState.READY, codes, etag=etag, delta=kept)
                     )
@@ -216,10 +195,8 @@ class SessionTelemetryService:
             return None
         if changes is None:
             return None
-        delta = history.build_delta(unpack(row.payload), changes, since_watermark, codes)
-        self._deltas[_delta_key(key, row, since_watermark, codes)] = delta
-        if len(self._deltas) > MAX_KEPT_DELTAS:
-            self._deltas.popitem(last=False)
+        delta = deltas.build_delta(unpack(row.payload), changes, since_watermark, codes)
+        self._deltas.put(key, row, since_watermark, codes, delta)
         return TelemetryAnswer(CacheState.READY, codes, etag=etag, delta=delta)
 
     def _count(self, answer: TelemetryAnswer) -> TelemetryAnswer:
@@ -280,7 +257,7 @@ class SessionTelemetryService:
             session, window_minutes=self.default_window_minutes, now_ms=self._clock.now_ms()
         )
         async with self._db.read() as conn:
-            row = await self._cache.get(conn, key)
+            row = await queries.row_of(conn, key)
         if (
             row is None
             or not row.status.has_payload

@@ -53,10 +53,10 @@ from __future__ import annotations
 import enum
 from bisect import bisect_left
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from vitalcast.catalog import AlertRule, Metric
-from vitalcast.telemetry.models import TelemetryWindow
+from vitalcast.json_types import JsonMapping, JsonObject
+from vitalcast.telemetry.grid import TelemetryWindow
 
 #: (count, sum) of one bucket's samples within one phase
 Part = tuple[int, float]
@@ -92,15 +92,15 @@ class RecoveryReason(enum.StrEnum):
 
 def scalar_insights(
     metric: Metric,
-    series: Mapping[str, Any],
+    series: JsonMapping,
     *,
     peaks: Peaks | None,
-    episodes: Sequence[Mapping[str, Any]],
+    episodes: Sequence[JsonMapping],
     after: Mapping[int, Part],
     phases: Sequence[tuple[int, int]],
     window: TelemetryWindow,
     bucket_ms: int,
-) -> dict[str, Any]:
+) -> JsonObject:
     """The insights of one scalar metric. ``series`` is its assembled series (``phases``,
     ``gaps``); ``peaks`` its ``peak_candidates``, ``episodes`` its ``episode_runs``; ``after``
     maps bucket numbers (from the window start) to that bucket's part in the after phase;
@@ -136,9 +136,7 @@ def scalar_insights(
     }
 
 
-def cumulative_insights(
-    series: Mapping[str, Any], *, phases: Sequence[tuple[int, int]]
-) -> dict[str, Any]:
+def cumulative_insights(series: JsonMapping, *, phases: Sequence[tuple[int, int]]) -> JsonObject:
     """``during_total`` and ``rate_per_min`` per phase of one cumulative metric."""
     rates: dict[str, float | None] = {}
     for name, (lo, hi) in zip(("before", "during", "after"), phases, strict=True):
@@ -147,7 +145,7 @@ def cumulative_insights(
     return {"during_total": series["phases"]["during"]["sum"], "rate_per_min": rates}
 
 
-def _baseline(before: Mapping[str, Any]) -> tuple[float | None, str | None]:
+def _baseline(before: JsonMapping) -> tuple[float | None, str | None]:
     if not before["count"]:
         return None, BaselineReason.NO_BEFORE_DATA.value
     coverage = before.get("coverage")
@@ -175,7 +173,7 @@ def _peak(
     session_start_ms: int,
     window: TelemetryWindow,
     bucket_ms: int,
-) -> dict[str, Any] | None:
+) -> JsonObject | None:
     if delta is None or peaks is None:
         return None
     best, bucket = peaks[0] if delta >= 0 else peaks[1]
@@ -237,7 +235,7 @@ def episode_runs(
     gaps: Sequence[Mapping[str, int]],
     origin_ms: int,
     bucket_ms: int,
-) -> list[dict[str, Any]]:
+) -> list[JsonObject]:
     """The episodes of a series (``t``, its bucket ``lows`` and ``highs``, its ``gaps``), each
     ending at its last bucket's end: ``scalar_insights`` clips that to the window's end. Only
     gaps that end at a bucket of the series break runs, so the gap that ends at the window's
@@ -252,7 +250,7 @@ def episode_runs(
         position = bisect_left(t, bucket_start)
         if position < len(t) and t[position] == bucket_start:
             after_gap.add(position)
-    episodes: list[dict[str, Any]] = []
+    episodes: list[JsonObject] = []
     for rule in rules:
         values = highs if rule.high else lows
         hits = rule.hits(values)
