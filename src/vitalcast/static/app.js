@@ -20,6 +20,8 @@
 //   top bar, its handler in a module of its own, hooked up in start() below.
 // - A reaction to a Socket.IO event of any session: live.on(event, handler) below.
 import { currentToken, forgetToken, hashParams, onTokenRefused, quiet, storeToken, takeToken } from './api.js';
+import { installAccountExport } from './account.js';
+import { deleteSession } from './controls/delete-session.js';
 import { exportCsv } from './controls/export-csv.js';
 import { installInspector } from './inspect.js';
 import { Live } from './live.js';
@@ -28,7 +30,7 @@ import { FOLLOW_NOW_MS, POLL_WHILE_OFFLINE_MS, SESSION_CLOCK_MS } from './timing
 import { SessionView } from './view.js';
 
 /** The open session's controls, in the order they appear in their slot. */
-const SESSION_CONTROLS = [exportCsv];
+const SESSION_CONTROLS = [exportCsv, deleteSession({ onDeleted: (id) => forgetSession(id) })];
 
 const $ = (id) => document.getElementById(id);
 
@@ -53,6 +55,10 @@ live.on('session.updated', (event) => {
   if (view && event.session_id === view.id) view.refresh();
 });
 live.on('session.status', (event) => {
+  if (event.status === 'deleted') {
+    forgetSession(event.session_id);
+    return;
+  }
   const known = sessions.applyStatus(event);
   if (known && view && view.id === event.session_id) {
     view.setSession(known);
@@ -113,6 +119,15 @@ function closeSession() {
   sessions.setCurrent(null);
 }
 
+/** A deleted session (here or in another tab): out of the list, and closed if open. */
+function forgetSession(id) {
+  sessions.remove(id);
+  if (view && view.id === id) {
+    history.replaceState(null, '', location.pathname + location.search);
+    closeSession();
+  }
+}
+
 // ---- signing in and out -----------------------------------------------------------------
 
 function signOut(reason) {
@@ -124,6 +139,8 @@ function signOut(reason) {
   $('placeholder').hidden = true;
   $('signin-reason').textContent = reason || '';
 }
+
+installAccountExport($('export-all'));
 
 function start() {
   const token = takeToken();
