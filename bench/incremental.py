@@ -46,6 +46,7 @@ from vitalcast.sessions.service import SessionService
 from vitalcast.settings import Settings
 from vitalcast.telemetry.compute.aggregate import load_session
 from vitalcast.telemetry.compute.incremental import compute_view
+from vitalcast.telemetry.compute.memo import ViewMemo
 from vitalcast.telemetry.compute.partials import decode
 from vitalcast.telemetry.compute.results import ComputedTelemetry, StoredView
 from vitalcast.telemetry.keys import ComputeOutcome, Resolution, ScheduleReason, TelemetryKey
@@ -73,12 +74,16 @@ class TimedCompute:
         self.full = full
         self.paths: dict[str, int] = {}
         self.ms: list[float] = []
+        #: what its computer remembers of its saves, as wiring gives a process's computer
+        self.memo = ViewMemo()
 
     async def __call__(
         self, conn: Any, session: Any, key: TelemetryKey, now_ms: int, stored: StoredView | None
     ) -> ComputedTelemetry:
         started = time.perf_counter()
-        computed = await compute_view(conn, session, key, now_ms, None if self.full else stored)
+        computed = await compute_view(
+            conn, session, key, now_ms, None if self.full else stored, memo=self.memo
+        )
         self.ms.append((time.perf_counter() - started) * 1000)
         self.paths[computed.path.value] = self.paths.get(computed.path.value, 0) + 1
         return computed

@@ -34,7 +34,7 @@ BURST_INGEST_TO_CLIENT_P99_MAX_MS = 250.0
 FETCH_CPU_PER_UPDATE_DELTA_OVER_FULL_MAX = 1.0
 #: #7: a soak ends with no error (non-2xx ingest, transport failure, dropped socket, missed event)
 SOAK_ERRORS_MAX = 0
-#: DESIGN.md ("pushes session.updated to every subscribed client"): in the fan-out run, the share
+#: docs/design.md ("every subscribed client hears of every save of its session"): in the fan-out run, the share
 #: of (ingest sent, client subscribed to its session) pairs whose client heard of that ingest
 FAN_OUT_DELIVERED_SHARE_MIN = 1.0
 #: #14: Apple Health import, as a share of the ingest service's own rate on the same samples

@@ -71,7 +71,7 @@ from vitalcast.wiring import build_local_computes
 
 MINUTE = 60_000
 HOUR = 60 * MINUTE
-# every-n-minutes cadences within reference/metrics.md's typical ranges
+# every-n-minutes cadences within typical wearable ranges
 CADENCE_MS = {
     "heart_rate": 1_000,
     "heart_rate_variability": 5 * MINUTE,

@@ -224,8 +224,14 @@ class Authenticator:
             await self.oidc.close()
 
     async def _forget(self, revocation: Revocation) -> None:
+        """Drop every remembered principal of the user or share, whenever it was issued: the
+        database decides again on the next use (a token issued after the revocation passes)."""
         self._generation += 1
-        for key in [k for k, v in self._cache.items() if v.principal.revoked_by(revocation)]:
+        if revocation.kind is RevocationKind.SHARE:
+            dropped = [k for k, v in self._cache.items() if v.principal.share_id == revocation.id]
+        else:
+            dropped = [k for k, v in self._cache.items() if v.principal.user_id == revocation.id]
+        for key in dropped:
             del self._cache[key]
 
     async def _verify(self, token: str, now_ms: int) -> Principal:

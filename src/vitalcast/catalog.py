@@ -1,7 +1,7 @@
 """The metric catalog as frozen data: codes, units, conversions, kinds, ranges, gaps, LOINC, and
 the insight facts (recovery tolerance, alert rules).
 
-Source: shared/reference/metrics.md. Unit aliases convert on ingest into the canonical unit, so
+docs/design.md ("Metric catalog") lists these facts. Unit aliases convert on ingest into the canonical unit, so
 every stored value is canonical and a chart never mixes units. Alert thresholds follow the
 National Early Warning Score 2 (NEWS2) bands for heart rate and respiratory rate, and the original
 system's SpO₂ rules (below 95 low, below 90 critical).

@@ -46,7 +46,7 @@ def db_upgrade() -> None:
     from vitalcast.observability import configure_logging
 
     settings = Settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     upgrade(settings.resolved_database_url)
     typer.echo("database is up to date")
 
@@ -62,7 +62,7 @@ def token_create(
     from vitalcast.observability import configure_logging
 
     settings = Settings()
-    configure_logging("warning")
+    configure_logging("warning", settings.log_format)
     upgrade_if_behind(settings.resolved_database_url)
     user_id = asyncio.run(_ensure_user(settings, name))
     issued_ms = now_ms()
@@ -87,7 +87,7 @@ def token_revoke(name: str) -> None:
     from vitalcast.observability import configure_logging
 
     settings = Settings()
-    configure_logging("warning")
+    configure_logging("warning", settings.log_format)
     upgrade_if_behind(settings.resolved_database_url)
     if not asyncio.run(_revoke_tokens(settings, name)):
         typer.echo(f"no user called {name!r}", err=True)
@@ -168,7 +168,7 @@ def import_apple_health(
         except ValueError:
             raise typer.BadParameter(f"--since is not an ISO date or date-time: {since}") from None
     settings = Settings()
-    configure_logging("warning")
+    configure_logging("warning", settings.log_format)
     upgrade_if_behind(settings.resolved_database_url)
     try:
         summary = asyncio.run(_import(settings, path, user, since_ms, workouts_as_sessions))
@@ -278,13 +278,14 @@ def run_server(
     from vitalcast.wiring import NO_SEAMS
 
     settings = Settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     upgrade_if_behind(settings.resolved_database_url)
-    application = create_app(settings, seams or NO_SEAMS)
+    companions = []
     if demo:
-        from vitalcast.demo import attach_demo
+        from vitalcast.demo import demo_companion
 
-        attach_demo(application, settings, host=host, port=port)
+        companions.append(demo_companion(host=host, port=port))
+    application = create_app(settings, seams or NO_SEAMS, companions=companions)
     uvicorn.run(
         application,
         host=host,
@@ -336,7 +337,7 @@ def simulate(
         from vitalcast.observability import configure_logging
 
         settings = Settings()
-        configure_logging("warning")
+        configure_logging("warning", settings.log_format)
         upgrade_if_behind(settings.resolved_database_url)
         now_s = int(time.time())
         people = []
@@ -403,7 +404,7 @@ def worker(
     from vitalcast.queue.runner import run_worker
 
     settings = Settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     if not settings.redis_url:
         raise typer.BadParameter("VITALCAST_REDIS_URL is not set: there is no queue to consume")
     asyncio.run(
@@ -431,7 +432,7 @@ def backfill(
     from vitalcast.queue.service import QueueUnavailable
 
     settings = Settings()
-    configure_logging("warning")
+    configure_logging("warning", settings.log_format)
     since_ms = None
     if since is not None:
         try:

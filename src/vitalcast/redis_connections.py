@@ -3,7 +3,7 @@ with its timeouts in one place. Four kinds of use, three shapes of connection:
 
 - **Blocking consumers** (BullMQ's queue and worker): no socket read timeout. redis-py 8 sets a
   5 s default, which is also BullMQ's idle blocking wait; with it an idle worker was seen deaf to
-  new jobs for minutes (stack-notes).
+  new jobs for minutes.
 - **Pub/sub** (the Socket.IO Redis manager): a bounded, blocking pool and no read timeout, so the
   listener never times out on an idle channel (a timed-out listener re-subscribes after a pause and
   loses what was published meanwhile) and concurrent publishes wait briefly for a connection.

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import socketio
 
@@ -55,6 +56,7 @@ from vitalcast.settings import Settings
 from vitalcast.shares import ShareAccessLog
 from vitalcast.telemetry.compute.aggregate import Aggregator
 from vitalcast.telemetry.compute.incremental import compute_view
+from vitalcast.telemetry.compute.memo import ViewMemo
 from vitalcast.telemetry.ports import Subscriptions, TelemetryListener
 from vitalcast.telemetry.read.reader import open_reader
 from vitalcast.telemetry.read.service import SessionTelemetryService
@@ -64,6 +66,10 @@ from vitalcast.telemetry.run.insights_service import InsightsService
 from vitalcast.telemetry.run.live_ticks import LiveTicker
 from vitalcast.telemetry.run.triggers import TelemetryTriggers
 from vitalcast.telemetry.scheduling import Scheduler
+from vitalcast.telemetry.store.leases import SessionTelemetryCacheRepository
+from vitalcast.webhooks.addresses import Resolver, system_resolver
+from vitalcast.webhooks.sender import WebhookSender
+from vitalcast.webhooks.service import WebhookDispatcher, WebhookService
 
 # A worker's compute lease is as short as its job lock (renewed every third of it): when a worker
 # dies, its job is redelivered within seconds and the key must be free by then, not after the
@@ -83,6 +89,10 @@ class Seams:
     telemetry_listener: TelemetryListener | None = None
     #: wraps the server's scheduler (e.g. to record what was scheduled, and why)
     scheduler_wrapper: Callable[[Scheduler], Scheduler] | None = None
+    #: what the process's computes remember of their saves (tests count what it serves)
+    view_memo: ViewMemo | None = None
+    #: the DNS of webhook URLs (tests make a name resolve to a chosen address)
+    resolver: Resolver | None = None
 
 
 #: the real thing everywhere
@@ -127,6 +137,9 @@ class ServerParts:
     #: DELETE /api/v1/me: records erasures; ``erasures`` runs their purges
     erasure: ErasureService
     erasures: InProcessErasures | QueuedErasures
+    #: the owner's webhook endpoints, and the sender of their deliveries
+    webhooks: WebhookService
+    dispatcher: WebhookDispatcher
 
     async def start(self) -> None:
         await self.coordinator.start()
@@ -134,6 +147,7 @@ class ServerParts:
         await self.authenticator.start()
         await self.revocation_poll.start()
         await self.share_access.start()
+        await self.dispatcher.start()
         # A purge cut by a crash or a restart resumes.
         if await self.erasure.pending():
             await self.erasures.dispatch()
@@ -147,6 +161,7 @@ class ServerParts:
 
     async def close(self) -> None:
         """Stop computing and release every connection (the realtime server closes first)."""
+        await self.dispatcher.stop()
         await self.ticker.stop()
         await self.erasures.stop()
         await self.share_access.close()
@@ -234,13 +249,16 @@ def _computer(
     *,
     lease_ms: int,
 ) -> TelemetryComputer:
+    """The process's one computer, with the one memo of its saves and the cache repository."""
+    memo = seams.view_memo if seams.view_memo is not None else ViewMemo()
     return TelemetryComputer(
         db,
         clock,
         metrics,
         seams.telemetry_listener or listener,
         lease_ms=lease_ms,
-        aggregator=seams.aggregator or compute_view,
+        aggregator=seams.aggregator or partial(compute_view, memo=memo),
+        cache=SessionTelemetryCacheRepository(),
     )
 
 
@@ -288,6 +306,7 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
     authenticator = _authenticator(settings, db, clock, secret)
     erasure = _erasure(settings, db, clock, authenticator)
     in_process = InProcessErasures(erasure)
+    resolver = seams.resolver or system_resolver
     return ServerParts(
         settings=settings,
         db=db,
@@ -325,6 +344,10 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
             db, authenticator.revocations, interval_ms=settings.revocation_poll_ms
         ),
         share_access=ShareAccessLog(db, clock),
+        webhooks=WebhookService(
+            db, clock, allow_private=settings.webhook_allow_private, resolver=resolver
+        ),
+        dispatcher=_dispatcher(settings, db, clock, metrics, resolver),
     )
 
 
@@ -383,6 +406,27 @@ def _authenticator(settings: Settings, db: Database, clock: Clock, secret: str) 
             settings.redis_url, channel=channel_of(settings.socketio_channel)
         ),
         cache_s=settings.auth_cache_s,
+    )
+
+
+def _dispatcher(
+    settings: Settings, db: Database, clock: Clock, metrics: Metrics, resolver: Resolver
+) -> WebhookDispatcher:
+    sender = WebhookSender(
+        allow_private=settings.webhook_allow_private,
+        timeout_s=settings.webhook_timeout_s,
+        resolver=resolver,
+    )
+    return WebhookDispatcher(
+        db,
+        clock,
+        metrics,
+        sender,
+        concurrency=settings.webhook_concurrency,
+        retry_base_ms=settings.webhook_retry_base_ms,
+        retry_window_ms=settings.webhook_retry_window_ms,
+        # an attempt ends within twice the timeout; the claim outlives it with room to record
+        claim_ms=int(settings.webhook_timeout_s * 2_000) + 10_000,
     )
 
 

@@ -98,7 +98,19 @@ HTTP_MATRIX: dict[str, dict[str, tuple[int, str | None]]] = {
     # the caller's own account, whoever calls (erasure: a user of its own, see ``_call``)
     "GET /api/v1/me/export": {OWNER: (200, None), OTHER: (200, None)},
     "DELETE /api/v1/me": {OWNER: (202, None), OTHER: (202, None)},
+    "POST /api/v1/webhooks": {OWNER: (201, None), OTHER: (201, None)},
+    "GET /api/v1/webhooks": {OWNER: (200, None), OTHER: (200, None)},
+    "DELETE /api/v1/webhooks/{endpoint_id}": {
+        OWNER: (204, None),
+        OTHER: (404, "WEBHOOK_NOT_FOUND"),
+    },
+    "GET /api/v1/webhooks/{endpoint_id}/deliveries": {
+        OWNER: (200, None),
+        OTHER: (404, "WEBHOOK_NOT_FOUND"),
+    },
 }
+# A public address literal: registering it needs no DNS.
+WEBHOOK = {"url": "https://93.184.215.14/hook", "events": ["session.alert"]}
 
 
 def _share_cell(route: str, who: str) -> tuple[int, str | None]:
@@ -211,6 +223,9 @@ async def _call(client: httpx.AsyncClient, world: World, route: str, who: str) -
             else world.share_id
         )
         url = url.replace("{share_id}", str(share_id))
+    if "{endpoint_id}" in path:
+        created = await client.post("/api/v1/webhooks", json=WEBHOOK, headers=world.headers(OWNER))
+        url = url.replace("{endpoint_id}", created.json()["id"])
     body: Any = None
     if route == "POST /api/v1/samples":
         body = {"samples": [hr(f"{who}-r", now_ms() - MINUTE_MS)]}
@@ -219,6 +234,8 @@ async def _call(client: httpx.AsyncClient, world: World, route: str, who: str) -
         body = {"from": iso(0), "to": iso(MINUTE_MS)}
     elif route == "POST /api/v1/sessions/{session_id}/shares":
         body = {"expires_in_minutes": 30}
+    elif route == "POST /api/v1/webhooks":
+        body = WEBHOOK
     elif method == "POST":
         body = {}
     headers = world.headers(who)

@@ -82,6 +82,11 @@ checks.positive_data_acceptance.expected-statuses = [200, 422]
 include-name = "DELETE /api/v1/sessions/{{session_id}}"
 parameters = {{ "path.session_id" = {{ dictionary = "doomed", probability = 0.8 }} }}
 checks.positive_data_acceptance.expected-statuses = [204, 404]
+
+# A webhook URL must resolve to a public address when it is registered (DNS, SSRF rules).
+[[operations]]
+include-name = "POST /api/v1/webhooks"
+checks.positive_data_acceptance.expected-statuses = [201, 409, 422]
 """
 
 

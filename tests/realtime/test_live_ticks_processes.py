@@ -34,7 +34,7 @@ BOUNDARIES = 3
 #: second)
 PAST_BOUNDARY_MS = TICK_GRACE_MS + 300
 EVENT_TIMEOUT_S = 60.0
-#: heart rate's gap threshold at 1m (reference/metrics.md)
+#: heart rate's gap threshold at 1m (docs/design.md, "Metric catalog")
 HR_GAP_MS = 2 * MINUTE_MS
 
 

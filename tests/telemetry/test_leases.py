@@ -48,6 +48,7 @@ async def node(
         lease_ms=lease_ms,
         owner_id=owner_id,
         aggregator=aggregator,
+        cache=SessionTelemetryCacheRepository(),
     )
     try:
         yield computer

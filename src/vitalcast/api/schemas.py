@@ -148,7 +148,7 @@ class SessionInsightsOut(BaseModel):
     )
     value: float | None = Field(description="The figure compared (see `compared`).")
     insights: JsonObject | None = Field(
-        description="The metric's insights in the cached payload (DESIGN.md, Insights)."
+        description="The metric's insights in the cached payload (docs/design.md, Insights)."
     )
 
 

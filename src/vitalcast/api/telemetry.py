@@ -1,4 +1,4 @@
-"""GET /api/v1/sessions/{id}/telemetry: the state mapping of DESIGN.md, ETag / If-None-Match.
+"""GET /api/v1/sessions/{id}/telemetry: the state mapping of docs/design.md, ETag / If-None-Match.
 
 The body is joined from the stored payload bytes (``TelemetryAnswer.body``); nothing here decodes
 or validates it, so the route stays as cheap as the cache hit it serves.

@@ -108,7 +108,8 @@ class IngestService:
                     now_ms=now_ms,
                 )
         self._count(written, len(batch.rejected))
-        log.info(
+        # Routine, one per request: at debug, so a terminal stays readable at the default level.
+        log.debug(
             "ingest",
             user_id=user_id,
             inserted=written.inserted,

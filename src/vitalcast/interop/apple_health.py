@@ -38,7 +38,7 @@ from vitalcast.json_types import JsonObject
 SOURCE = "healthkit"
 CHUNK_BYTES = 1 << 20
 
-#: HealthKit record type → catalog metric code (shared/reference/metrics.md)
+#: HealthKit record type → catalog metric code
 METRIC_OF_TYPE: dict[str, str] = {
     "HKQuantityTypeIdentifierHeartRate": "heart_rate",
     "HKQuantityTypeIdentifierHeartRateVariabilitySDNN": "heart_rate_variability",

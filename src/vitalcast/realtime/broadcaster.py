@@ -55,7 +55,7 @@ def user_room(user_id: str) -> str:
 
 
 def session_updated_event(update: TelemetryUpdate) -> JsonObject:
-    """The ``session.updated`` envelope of DESIGN.md (v1): ``changed`` is the range of buckets
+    """The ``session.updated`` envelope of docs/design.md (v1): ``changed`` is the range of buckets
     whose series changed since the view's previous save (null bounds: unknown), and
     ``base_watermark`` that save's watermark (null: none), so a client holding it can ask for a
     delta (``GET …/telemetry?since_watermark=``)."""

@@ -60,10 +60,11 @@ live.on('session.status', (event) => {
     return;
   }
   const known = sessions.applyStatus(event);
-  if (known && view && view.id === event.session_id) {
-    view.setSession(known);
-    sessions.fetchOne(view.id).then((session) => view && view.setSession(session)).catch(quiet);
-    view.statusChanged();
+  const opened = view;
+  if (known && opened && opened.id === event.session_id) {
+    opened.setSession(known);
+    sessions.fetchOne(opened.id).then((session) => opened.setSession(session)).catch(quiet);
+    opened.statusChanged();
   }
 });
 

@@ -36,7 +36,7 @@ class Resolution(enum.StrEnum):
 
 
 class CacheState(enum.StrEnum):
-    """What a telemetry request answers (DESIGN.md, request states)."""
+    """What a telemetry request answers (docs/design.md, "Request states")."""
 
     #: cache fresh: the payload matches the session's current watermark
     READY = "ready"

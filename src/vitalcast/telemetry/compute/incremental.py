@@ -32,7 +32,7 @@ from vitalcast.sessions.models import Session
 from vitalcast.telemetry.compute import changes, history
 from vitalcast.telemetry.compute import payload as packing
 from vitalcast.telemetry.compute.aggregate import aggregate_rows, assemble
-from vitalcast.telemetry.compute.memo import MEMO, RememberedView, ViewMemo
+from vitalcast.telemetry.compute.memo import RememberedView, ViewMemo
 from vitalcast.telemetry.compute.merge import Merged, add_series, merge, query_ranges
 from vitalcast.telemetry.compute.partials import Partials, decode, encode, sealed
 from vitalcast.telemetry.compute.plan import plan
@@ -67,12 +67,13 @@ async def compute_view(
     now_ms: int,
     stored: StoredView | None,
     *,
-    memo: ViewMemo | None = MEMO,
+    memo: ViewMemo | None = None,
 ) -> ComputedTelemetry:
     """The payload of ``key`` for ``session`` (whose watermark was read first) at ``now_ms``,
     from ``stored`` (what the view's row holds) where the change log allows. ``stored`` None
     means the view has no payload yet: the compute is full and its history starts here.
-    ``memo`` None decodes the stored partials every time (tests compare both ways)."""
+    ``memo`` None decodes the stored partials every time (tests compare both ways); a
+    process's computer passes the memo ``wiring`` built for it."""
     bucket_ms = key.resolution.bucket_ms
     window = TelemetryWindow.of(
         start_ms=session.start_ms,

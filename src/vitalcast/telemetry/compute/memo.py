@@ -34,21 +34,17 @@ class ViewMemo:
     rows of the metrics it changed. An entry serves only when the view's stored partials and
     history are byte for byte the ones it was made from, so a save by another process or a crash
     simply misses it and the compute decodes what is stored. One compute per view at a time (the
-    lease) is all it relies on."""
+    lease) is all it relies on. Each process builds one (``wiring``) and hands it to its
+    computes."""
 
     def __init__(self, capacity: int = MEMO_VIEWS) -> None:
         self._capacity = capacity
         self._entries: OrderedDict[TelemetryKey, RememberedView] = OrderedDict()
-        #: lookups that served, and those that found nothing or other partials
-        self.hits = 0
-        self.misses = 0
 
     def get(self, key: TelemetryKey, stored: StoredView) -> RememberedView | None:
         entry = self._entries.get(key)
         if entry is None or entry.blob != stored.partials or entry.history_blob != stored.history:
-            self.misses += 1
             return None
-        self.hits += 1
         self._entries.move_to_end(key)
         return entry
 
@@ -57,13 +53,3 @@ class ViewMemo:
         self._entries.move_to_end(key)
         while len(self._entries) > self._capacity:
             self._entries.popitem(last=False)
-
-    def copy(self) -> ViewMemo:
-        """Another memo holding the same entries (a compute from it leaves this one as it is)."""
-        other = ViewMemo(self._capacity)
-        other._entries = self._entries.copy()
-        return other
-
-
-#: the memo of this process's computes
-MEMO = ViewMemo()

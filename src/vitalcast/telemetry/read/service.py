@@ -2,7 +2,7 @@
 reads; computing lives in ``run/computer``, triggers in ``run/triggers``).
 
 ``get`` answers a request from the cache with one hot read (ownership, session watermark and
-cache row together) and decides the state of DESIGN.md "Request states"; a miss or a stale read
+cache row together) and decides the state of docs/design.md "Request states"; a miss or a stale read
 schedules a compute and never waits for it. A fresh answer to a client that says which payload it
 holds (``since_watermark``) is a delta when the view's save history can express one.
 ``subscription_state`` and ``catch_up`` serve the realtime server's subscribe.

@@ -21,7 +21,6 @@ from vitalcast.observability import Metrics, get_logger
 from vitalcast.sessions import changelog
 from vitalcast.sessions.models import Session
 from vitalcast.telemetry.compute.aggregate import Aggregator
-from vitalcast.telemetry.compute.incremental import compute_view
 from vitalcast.telemetry.compute.results import ComputedTelemetry, ComputePath
 from vitalcast.telemetry.grid import payload_current
 from vitalcast.telemetry.keys import CacheState, ComputeOutcome, ScheduleReason, TelemetryKey
@@ -93,8 +92,9 @@ class TelemetryComputer:
         listener: TelemetryListener,
         *,
         lease_ms: int,
+        aggregator: Aggregator,
+        cache: SessionTelemetryCacheRepository,
         owner_id: str | None = None,
-        aggregator: Aggregator = compute_view,
     ) -> None:
         self._db = db
         self._clock = clock
@@ -103,7 +103,7 @@ class TelemetryComputer:
         self._lease_ms = lease_ms
         self.owner_id = owner_id or default_owner_id()
         self._aggregate = aggregator
-        self._cache = SessionTelemetryCacheRepository()
+        self._cache = cache
 
     async def compute(self, key: TelemetryKey, *, reason: ScheduleReason) -> ComputeOutcome:
         """Run one compute of ``key`` under its lease; see ``ComputeOutcome``. Never raises."""

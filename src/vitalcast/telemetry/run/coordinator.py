@@ -393,7 +393,9 @@ class BoundedComputeCoordinator:
                 self._failed += 1
             if outcome in RETRY_OUTCOMES:
                 self._plan_retry(entry)
-            log.info(
+            # Routine, one per compute: at debug, so a terminal stays readable at the default
+            # level (failures and retries are logged where they happen).
+            log.debug(
                 "telemetry_compute_finished",
                 session_id=entry.key.session_id,
                 window_minutes=entry.key.window_minutes,

@@ -1,15 +1,15 @@
 """data lifecycle: accounts being erased
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004_alerts
 Create Date: 2026-12-06
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004"
-down_revision = "0003"
+revision = "0005"
+down_revision = "0004_alerts"
 branch_labels = None
 depends_on = None
 
