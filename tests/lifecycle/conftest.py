@@ -8,10 +8,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from tests.realtime.conftest import live, socket_client
-from tests.telemetry.conftest import clock, tapp, tc
+from tests.telemetry.conftest import clock, tapp, tc, view_memo
 from vitalcast.db.engine import Database
 
-__all__ = ["clock", "count", "live", "socket_client", "tapp", "tc"]
+__all__ = ["clock", "count", "live", "socket_client", "tapp", "tc", "view_memo"]
 
 
 async def count(db: Database, table: sa.Table, *where: Any) -> int:
