@@ -324,6 +324,28 @@ def _lifecycle_export(r: dict[str, Any]) -> Iterator[Row]:
         )
 
 
+def _auth(r: dict[str, Any]) -> Iterator[Row]:
+    ceiling = targets.OIDC_OVER_LOCAL_P50_MAX
+    for backend in ("sqlite", "postgres"):
+        b = r.get(backend)
+        if not b:
+            continue
+        local = b["local"]
+        for alg in ("RS256", "ES256", "EdDSA"):
+            m = b[alg]
+            yield Row(
+                f"Cached telemetry GET with an OIDC {alg} token, {backend}, in-process",
+                f"{_ms(m['cached_get'])} · {m['engine_statements_per_get']:g} auth statements/GET · "
+                f"first use {m['first_use_p50_ms']:.2f} ms, remembered "
+                f"{m['remembered_p50_ms'] * 1000:.1f} µs",
+                f"local HS256 token: {_ms(local['cached_get'])} · "
+                f"{local['engine_statements_per_get']:g} auth statements/GET",
+                f"{m['ratio_paired_median']:.2f}× (median of paired GETs; p50s "
+                f"{m['ratio_p50_to_local']:.2f}×)",
+                (Check(f"≤ {ceiling:g}× paired", m["ratio_paired_median"] <= ceiling),),
+            )
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], Iterator[Row]]] = {
     "ingest": _ingest,
     "import": _import,
@@ -335,6 +357,7 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], Iterator[Row]]] = {
     "realtime_burst": _realtime_burst,
     "soak": _soak,
     "lifecycle_export": _lifecycle_export,
+    "auth": _auth,
 }
 
 

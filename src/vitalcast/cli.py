@@ -59,10 +59,11 @@ def token_create(
     """Create the user NAME if needed and print a bearer token for it (and nothing else)."""
     from vitalcast.db.migrate import upgrade_if_behind
     from vitalcast.local_tokens import issue_token
-    from vitalcast.observability import configure_logging
 
+    # No logging set-up here: nothing on this path logs below WARNING, which Python's last-resort
+    # handler prints to stderr, and structlog's import (with rich) would be a fifth of this
+    # command's start-up (tests/test_startup.py keeps it out).
     settings = Settings()
-    configure_logging("warning", settings.log_format)
     upgrade_if_behind(settings.resolved_database_url)
     user_id = asyncio.run(_ensure_user(settings, name))
     issued_ms = now_ms()
@@ -195,12 +196,16 @@ async def _import(
     from vitalcast.wiring import build_importer
 
     parts = build_importer(settings)
+
+    async def find_user() -> str:
+        # only once the file's first batch has parsed: a refused file creates no user
+        return await _user_id(parts.db, user)
+
     try:
-        user_id = await _user_id(parts.db, user)
         with _import_progress(path.name) as progress:
             return await import_export(
                 parts.ingest,
-                user_id,
+                find_user,
                 path,
                 since_ms=since_ms,
                 sessions=parts.sessions if workouts else None,
@@ -271,6 +276,7 @@ def run_server(
     stand-ins of ``seams`` for a test entry point) until SIGTERM/SIGINT."""
     import uvicorn
 
+    from vitalcast.api.http_protocol import BoundedHeadProtocol
     from vitalcast.app import create_app
     from vitalcast.db.migrate import upgrade_if_behind
     from vitalcast.observability import configure_logging
@@ -295,6 +301,8 @@ def run_server(
         # A WebSocket frame larger than one Engine.IO packet is refused before it is buffered.
         ws_max_size=MAX_MESSAGE_BYTES,
         timeout_graceful_shutdown=shutdown_grace_s,
+        # A request head (line and headers) past 32 KiB is refused before it is buffered.
+        http=BoundedHeadProtocol,
     )
 
 

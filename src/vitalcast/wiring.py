@@ -28,6 +28,7 @@ from functools import partial
 
 import socketio
 
+from vitalcast.alerts.service import AlertService
 from vitalcast.auth import Authenticator
 from vitalcast.clock import Clock, SystemClock
 from vitalcast.db.engine import Database, create_engine
@@ -57,7 +58,7 @@ from vitalcast.shares import ShareAccessLog
 from vitalcast.telemetry.compute.aggregate import Aggregator
 from vitalcast.telemetry.compute.incremental import compute_view
 from vitalcast.telemetry.compute.memo import ViewMemo
-from vitalcast.telemetry.ports import Subscriptions, TelemetryListener
+from vitalcast.telemetry.ports import PostSaveHooks, Subscriptions, TelemetryListener
 from vitalcast.telemetry.read.reader import open_reader
 from vitalcast.telemetry.read.service import SessionTelemetryService
 from vitalcast.telemetry.run.computer import TelemetryComputer
@@ -140,6 +141,8 @@ class ServerParts:
     #: the owner's webhook endpoints, and the sender of their deliveries
     webhooks: WebhookService
     dispatcher: WebhookDispatcher
+    #: announces alert episodes (a post-save hook of ``computer``) and replays missed ones
+    alerts: AlertService
 
     async def start(self) -> None:
         await self.coordinator.start()
@@ -248,6 +251,7 @@ def _computer(
     seams: Seams,
     *,
     lease_ms: int,
+    hooks: PostSaveHooks | None = None,
 ) -> TelemetryComputer:
     """The process's one computer, with the one memo of its saves and the cache repository."""
     memo = seams.view_memo if seams.view_memo is not None else ViewMemo()
@@ -259,6 +263,7 @@ def _computer(
         lease_ms=lease_ms,
         aggregator=seams.aggregator or partial(compute_view, memo=memo),
         cache=SessionTelemetryCacheRepository(),
+        hooks=hooks,
     )
 
 
@@ -286,8 +291,9 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
     sio, manager = socketio_server(settings)
     broadcaster = WebSocketBroadcaster.for_server(sio, manager, metrics=metrics)
     subscriptions = SubscriptionRegistry()
+    hooks = PostSaveHooks()
     computer = _computer(
-        settings, db, clock, metrics, broadcaster, seams, lease_ms=settings.lease_ms
+        settings, db, clock, metrics, broadcaster, seams, lease_ms=settings.lease_ms, hooks=hooks
     )
     coordinator = _coordinator(settings, computer, metrics, subscriptions)
     queue = (
@@ -307,6 +313,9 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
     erasure = _erasure(settings, db, clock, authenticator)
     in_process = InProcessErasures(erasure)
     resolver = seams.resolver or system_resolver
+    dispatcher = _dispatcher(settings, db, clock, metrics, resolver)
+    alerts = AlertService(db, clock, metrics, broadcaster, wake_webhooks=dispatcher.wake)
+    hooks.register(alerts)
     return ServerParts(
         settings=settings,
         db=db,
@@ -347,7 +356,8 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
         webhooks=WebhookService(
             db, clock, allow_private=settings.webhook_allow_private, resolver=resolver
         ),
-        dispatcher=_dispatcher(settings, db, clock, metrics, resolver),
+        dispatcher=dispatcher,
+        alerts=alerts,
     )
 
 
@@ -437,7 +447,12 @@ def build_worker(settings: Settings, seams: Seams = NO_SEAMS) -> WorkerParts:
     metrics = Metrics()
     broadcaster = WebSocketBroadcaster.for_worker(settings, metrics=metrics)
     lease_ms = min(settings.lease_ms, WORKER_LEASE_MS)
-    computer = _computer(settings, db, clock, metrics, broadcaster, seams, lease_ms=lease_ms)
+    hooks = PostSaveHooks()
+    computer = _computer(
+        settings, db, clock, metrics, broadcaster, seams, lease_ms=lease_ms, hooks=hooks
+    )
+    # The servers' webhook dispatchers pick up the deliveries this worker's alerts commit.
+    hooks.register(AlertService(db, clock, metrics, broadcaster))
     erasure = _erasure(settings, db, clock, None)
     return WorkerParts(settings, db, clock, metrics, broadcaster, computer, erasure)
 

@@ -26,8 +26,9 @@ from vitalcast.db.tables import health_samples, sessions, users
 from vitalcast.errors import NotFound
 from vitalcast.interop import fhir_export
 from vitalcast.interop.csv_export import samples_csv
-from vitalcast.interop.raw_samples import PARTITION_ROWS, RawSample, stream_samples, window_of
+from vitalcast.interop.raw_samples import PARTITION_ROWS, stream_samples, window_of
 from vitalcast.interop.zip_stream import Member, zip_stream
+from vitalcast.samples import Sample
 from vitalcast.sessions.models import Session
 
 #: sessions read per partition when listing them
@@ -111,7 +112,7 @@ class AccountExport:
                 first = False
         yield b"]}"
 
-    async def _samples(self, user_id: str) -> AsyncIterator[Sequence[RawSample]]:
+    async def _samples(self, user_id: str) -> AsyncIterator[Sequence[Sample]]:
         """Every stored sample of the user, in the order of the (user, metric, start) index."""
         c = health_samples.c
         query = (
@@ -125,7 +126,7 @@ class AccountExport:
         async with self._db.read() as conn:
             result = await conn.stream(query)
             async for partition in result.partitions():
-                yield [RawSample(*row) for row in partition]
+                yield [Sample(*row) for row in partition]
 
     def _bundle(self, session: Session) -> AsyncIterator[bytes]:
         now = self._clock.now_ms()

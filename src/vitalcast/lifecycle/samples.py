@@ -66,7 +66,7 @@ class SampleDeletionService:
         now_ms = self._clock.now_ms()
         _check(from_ms, to_ms, metrics, now_ms=now_ms)
         async with self._db.write() as conn:
-            seq = await ingest_repository.lock_user(conn, user_id)
+            seq = await session_repository.lock_user(conn, user_id)
             if seq is None:
                 raise Unauthenticated("The token's user does not exist.", code="TOKEN_INVALID")
             removed = await repository.delete_range(

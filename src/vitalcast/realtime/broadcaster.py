@@ -27,6 +27,7 @@ import socketio
 from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from vitalcast.alerts.models import SESSION_ALERT, Alert
 from vitalcast.json_types import JsonObject
 from vitalcast.observability import Metrics, get_logger
 from vitalcast.redis_connections import PUBSUB_MAX_CONNECTIONS, pubsub_client
@@ -258,6 +259,13 @@ class WebSocketBroadcaster:
             log.warning(
                 "realtime_close_room_failed", session_id=session.id, error=type(exc).__name__
             )
+
+    async def session_alert(self, alert: Alert) -> None:
+        """Tell the session's subscribers (owner and shares) of a newly announced alert
+        episode (never raises)."""
+        await self._emit(
+            SESSION_ALERT, alert.event(), session_room(alert.session_id), alert.session_id
+        )
 
     async def close(self) -> None:
         """Release the write-only manager's Redis connections, if this broadcaster owns one."""

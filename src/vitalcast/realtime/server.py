@@ -16,7 +16,8 @@ through its ack:
   ``source_watermark`` is the cached payload's (what a GET serves now, null when nothing is
   cached), ``session_watermark`` the session's current one. When ``since_watermark`` is older than
   a fresh cached payload, that socket gets one ``session.updated`` at once, so a reconnecting
-  client misses nothing.
+  client misses nothing, and every ``session.alert`` announced by a save after
+  ``since_watermark``.
 - ``unsubscribe {session_id}`` → ``{ok: true}``.
 - anything else → ``{ok: false, code: "UNKNOWN_EVENT"}``.
 
@@ -43,6 +44,7 @@ from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
+from vitalcast.alerts.models import SESSION_ALERT
 from vitalcast.auth import Principal
 from vitalcast.db.errors import DATABASE_RETRY_AFTER_S, is_outage
 from vitalcast.errors import DependencyUnavailable, NotFound, Unauthenticated
@@ -167,7 +169,12 @@ class RealtimeServer:
     def asgi_app(self) -> FrameGate:
         """The Engine.IO endpoint behind its frame gate, for mounting at ``SOCKETIO_PATH`` (it
         takes all traffic there)."""
-        return FrameGate(socketio.ASGIApp(self.sio, socketio_path=None), self.sio.eio)
+        return FrameGate(
+            socketio.ASGIApp(self.sio, socketio_path=None),
+            self.sio.eio,
+            self._limit,
+            self._limiter,
+        )
 
     async def close(self) -> None:
         """Disconnect clients, stop timers and background tasks (the broadcaster releases
@@ -335,6 +342,8 @@ class RealtimeServer:
             and cached_watermark > request.since_watermark
         ):
             await self._catch_up(sid, session, cached_watermark)
+        if request.since_watermark is not None:
+            await self._missed_alerts(sid, session, request.since_watermark)
         return {
             "ok": True,
             "session_id": session_id,
@@ -368,6 +377,14 @@ class RealtimeServer:
         except Exception as exc:
             log.warning("realtime_state_failed", session_id=session.id, error=type(exc).__name__)
             return CacheState.FAILED.value, None
+
+    async def _missed_alerts(self, sid: str, session: Session, watermark: int) -> None:
+        """Send this socket every ``session.alert`` announced by a save after ``watermark``."""
+        try:
+            for alert in await self._parts.alerts.since(session.id, watermark):
+                await self.sio.emit(SESSION_ALERT, alert.event(), to=sid, ignore_queue=True)
+        except Exception as exc:
+            log.warning("realtime_missed_alerts_failed", sid=sid, error=type(exc).__name__)
 
     async def _catch_up(self, sid: str, session: Session, watermark: int) -> None:
         """Send this socket the ``session.updated`` of the default view it missed."""

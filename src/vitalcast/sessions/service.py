@@ -115,7 +115,8 @@ class SessionService:
             # The user's lock first, as every watermark move takes it: an ingest of this user
             # either committed before (and its watermark move is deleted with the session) or
             # runs after and no longer finds the session.
-            await repository.locked_change_seq(conn, user_id)
+            if await repository.lock_user(conn, user_id) is None:
+                raise NotFound("Session not found.", code="SESSION_NOT_FOUND")
             session = await repository.get(conn, user_id, session_id, for_update=True)
             if session is None:
                 raise NotFound("Session not found.", code="SESSION_NOT_FOUND")

@@ -24,7 +24,9 @@ nothing.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import partial
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -39,6 +41,7 @@ from vitalcast.telemetry.compute.plan import plan
 from vitalcast.telemetry.compute.results import ComputedTelemetry, ComputePath, StoredView
 from vitalcast.telemetry.grid import TelemetryWindow
 from vitalcast.telemetry.keys import CacheState, TelemetryKey
+from vitalcast.telemetry.ports import AlertEpisode
 
 NO_PAYLOAD_BYTES = history.encode_record(history.NO_PAYLOAD)
 
@@ -158,4 +161,26 @@ async def compute_view(
         else partial(
             memo.put, key, RememberedView(blob, partials, merged.series, history_blob, saves)
         ),
+        episodes=episodes_of(assembled.metrics),
     )
+
+
+def episodes_of(metrics: Mapping[str, Mapping[str, Any]]) -> tuple[AlertEpisode, ...]:
+    """Every metric's alert episodes, as the payload holds them (``insights.episodes``)."""
+    found: list[AlertEpisode] = []
+    for code, metric in metrics.items():
+        insights = metric.get("insights")
+        if not insights:
+            continue
+        for episode in insights.get("episodes") or ():
+            found.append(
+                AlertEpisode(
+                    metric=code,
+                    rule=episode["rule"],
+                    level=episode["level"],
+                    start_ms=int(episode["start_ms"]),
+                    end_ms=int(episode["end_ms"]),
+                    extreme=float(episode["extreme"]),
+                )
+            )
+    return tuple(found)

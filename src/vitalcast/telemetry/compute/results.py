@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from vitalcast.telemetry.grid import TelemetryWindow
 from vitalcast.telemetry.keys import CacheState
+from vitalcast.telemetry.ports import AlertEpisode
 
 
 class ComputePath(enum.StrEnum):
@@ -57,3 +58,5 @@ class ComputedTelemetry:
     base_watermark: int | None
     #: what to do once this result is saved (remember it for the view's next compute)
     on_saved: Callable[[], None] | None = None
+    #: the alert episodes of the payload, every metric's (for the post-save hooks)
+    episodes: tuple[AlertEpisode, ...] = ()

@@ -21,11 +21,10 @@ from vitalcast.telemetry.compute import deltas, history
 from vitalcast.telemetry.compute.payload import unpack
 from vitalcast.telemetry.keys import (
     COMPUTE_VERSION,
-    MAX_WINDOW_MINUTES,
-    MIN_WINDOW_MINUTES,
     CacheState,
     Resolution,
     TelemetryKey,
+    check_window_minutes,
     resolve_resolution,
 )
 from vitalcast.telemetry.ports import TelemetryUpdate
@@ -93,11 +92,7 @@ class SessionTelemetryService:
         InvalidInput for a bad window, resolution or metric code. With ``since_watermark`` (the
         watermark of the payload the client holds) a ready answer is a delta when it can be."""
         codes = select_metrics(metrics)
-        if not MIN_WINDOW_MINUTES <= window_minutes <= MAX_WINDOW_MINUTES:
-            raise InvalidInput(
-                f"window_minutes must be {MIN_WINDOW_MINUTES}…{MAX_WINDOW_MINUTES}.",
-                code="WINDOW_OUT_OF_RANGE",
-            )
+        check_window_minutes(window_minutes)
         if resolution not in _RESOLUTIONS:
             raise InvalidInput("resolution must be 1m, 5m or auto.", code="INVALID_RESOLUTION")
         requested = None if resolution == "auto" else resolution

@@ -24,7 +24,7 @@ from vitalcast.telemetry.compute.aggregate import Aggregator
 from vitalcast.telemetry.compute.results import ComputedTelemetry, ComputePath
 from vitalcast.telemetry.grid import payload_current
 from vitalcast.telemetry.keys import CacheState, ComputeOutcome, ScheduleReason, TelemetryKey
-from vitalcast.telemetry.ports import TelemetryListener, TelemetryUpdate
+from vitalcast.telemetry.ports import PostSaveHooks, SavedView, TelemetryListener, TelemetryUpdate
 from vitalcast.telemetry.read.answer import COMPUTE_FAILED
 from vitalcast.telemetry.store import queries
 from vitalcast.telemetry.store.leases import SessionTelemetryCacheRepository
@@ -78,7 +78,8 @@ def _prune_due(saved_before: int | None, computed: ComputedTelemetry) -> bool:
 
 
 class TelemetryComputer:
-    """Runs computes under the cache row's lease and tells ``listener`` after every save.
+    """Runs computes under the cache row's lease and tells ``listener``, then ``hooks``, after
+    every save.
 
     ``aggregator`` is the compute seam (tests and the fault suite wrap it to fail or hold);
     ``lease_ms`` is renewed every third of itself while a compute runs.
@@ -95,8 +96,10 @@ class TelemetryComputer:
         aggregator: Aggregator,
         cache: SessionTelemetryCacheRepository,
         owner_id: str | None = None,
+        hooks: PostSaveHooks | None = None,
     ) -> None:
         self._db = db
+        self._hooks = hooks if hooks is not None else PostSaveHooks()
         self._clock = clock
         self._metrics = metrics
         self._listener = listener
@@ -196,6 +199,16 @@ class TelemetryComputer:
         if result.lag_ms is not None:
             self._metrics.freshness_lag_seconds.observe(max(result.lag_ms, 0) / 1000)
         await self._notify(key, computed)
+        if self._hooks and session is not None:
+            await self._hooks.run(
+                SavedView(
+                    session=session,
+                    key=key,
+                    source_watermark=computed.source_watermark,
+                    live=computed.window.live,
+                    episodes=computed.episodes,
+                )
+            )
         return ComputeOutcome.COMPUTED
 
     async def _record_failure(
