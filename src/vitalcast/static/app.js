@@ -22,6 +22,7 @@
 import {
   currentToken, forgetToken, hashParams, onTokenRefused, quiet, storeToken, takeToken, useToken,
 } from './api.js';
+import { alertBanner } from './controls/alerts.js';
 import { exportCsv } from './controls/export-csv.js';
 import { shareControl } from './controls/shares.js';
 import { installInspector } from './inspect.js';
@@ -32,9 +33,9 @@ import { FOLLOW_NOW_MS, POLL_WHILE_OFFLINE_MS, SESSION_CLOCK_MS } from './timing
 import { SessionView } from './view.js';
 
 /** The open session's controls, in the order they appear in their slot. */
-const SESSION_CONTROLS = [exportCsv, shareControl];
+const SESSION_CONTROLS = [exportCsv, shareControl, alertBanner];
 /** A shared page's (shared.js): reads only. */
-const SHARED_CONTROLS = [exportCsv];
+const SHARED_CONTROLS = [exportCsv, alertBanner];
 
 const $ = (id) => document.getElementById(id);
 
