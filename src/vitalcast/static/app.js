@@ -174,6 +174,15 @@ function endShared(reason) {
 }
 
 function start() {
+  // A user's own token in the URL wins over a share link opened earlier in this tab (a page
+  // that shows a share starts afresh: the token stays in the URL for the reload to take).
+  if (hashParams().get('token')) {
+    forgetShare();
+    if (sharedSession !== null) {
+      location.reload();
+      return;
+    }
+  }
   const share = takeShare();
   if (share) {
     startShared(share);
