@@ -44,7 +44,6 @@ from vitalcast.sessions import changelog
 from vitalcast.sessions.changes import NO_LISTENER
 from vitalcast.sessions.service import SessionService
 from vitalcast.settings import Settings
-from vitalcast.telemetry.compute.aggregate import load_session
 from vitalcast.telemetry.compute.incremental import compute_view
 from vitalcast.telemetry.compute.memo import ViewMemo
 from vitalcast.telemetry.compute.partials import decode
@@ -53,7 +52,7 @@ from vitalcast.telemetry.keys import ComputeOutcome, Resolution, ScheduleReason,
 from vitalcast.telemetry.read.reader import open_reader
 from vitalcast.telemetry.read.service import SessionTelemetryService
 from vitalcast.telemetry.store import queries
-from vitalcast.testing import ensure_user
+from vitalcast.testing import ensure_user, load_session
 from vitalcast.wiring import Seams, build_local_computes
 
 MINUTE = 60_000

@@ -60,13 +60,13 @@ from vitalcast.errors import NotFound
 from vitalcast.observability import configure_logging
 from vitalcast.settings import Settings
 from vitalcast.telemetry.compute import payload as packing
-from vitalcast.telemetry.compute.aggregate import aggregate_rows, assemble, load_session
-from vitalcast.telemetry.compute.downsample import build_metrics, series_of
+from vitalcast.telemetry.compute.aggregate import aggregate_rows, assemble
 from vitalcast.telemetry.compute.incremental import compute_view
 from vitalcast.telemetry.compute.payload import answer_json, unpack
 from vitalcast.telemetry.grid import TelemetryWindow
 from vitalcast.telemetry.keys import ComputeOutcome, Resolution, ScheduleReason, TelemetryKey
 from vitalcast.telemetry.run.computer import TelemetryComputer
+from vitalcast.testing import build_metrics, load_session, series_of
 from vitalcast.wiring import build_local_computes
 
 MINUTE = 60_000

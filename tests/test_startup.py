@@ -13,8 +13,9 @@ from pathlib import Path
 from tests.processes import run_cli, vitalcast_env
 from vitalcast.db.migrate import alembic_config, database_revision, head_revision
 
-#: what only `serve`, `worker` or a migration needs
-HEAVY = ("alembic", "uvicorn", "fastapi", "socketio", "bullmq", "vitalcast.app")
+#: what only `serve`, `worker` or a migration needs, and structlog (it imports rich), which
+#: only commands that log set up
+HEAVY = ("alembic", "uvicorn", "fastapi", "socketio", "bullmq", "vitalcast.app", "structlog")
 
 # Runs the CLI in this interpreter (argv after -c), then names the HEAVY modules it loaded.
 _RUN_AND_REPORT = """
@@ -63,7 +64,7 @@ def test_importing_the_cli_loads_no_server_queue_or_migration_library(tmp_path: 
 
 def test_token_create_on_a_current_database_loads_none_of_them(tmp_path: Path) -> None:
     """With the schema at head, ``token create`` reads the revision and runs no migration: it
-    prints a token, and Alembic is never imported."""
+    prints a token, and neither Alembic nor structlog is imported."""
     env = vitalcast_env(tmp_path / "data")
     run_cli(["db", "upgrade"], env).check_returncode()
     done, heavy = _loaded(["token", "create", "alice"], env)

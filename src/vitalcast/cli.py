@@ -57,10 +57,11 @@ def token_create(
     """Create the user NAME if needed and print a bearer token for it (and nothing else)."""
     from vitalcast.db.migrate import upgrade_if_behind
     from vitalcast.local_tokens import issue_token
-    from vitalcast.observability import configure_logging
 
+    # No logging set-up here: nothing on this path logs below WARNING, which Python's last-resort
+    # handler prints to stderr, and structlog's import (with rich) would be a fifth of this
+    # command's start-up (tests/test_startup.py keeps it out).
     settings = Settings()
-    configure_logging("warning", settings.log_format)
     upgrade_if_behind(settings.resolved_database_url)
     user_id = asyncio.run(_ensure_user(settings, name))
     issued_ms = now_ms()

@@ -20,7 +20,7 @@ from enum import StrEnum
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from vitalcast.clock import Clock
+from vitalcast.clock import MINUTE_MS, Clock
 from vitalcast.db.engine import Database
 from vitalcast.db.tables import share_access, shares
 from vitalcast.observability import get_logger
@@ -115,7 +115,7 @@ async def create(
         user_id=user_id,
         label=label,
         created_at_ms=now_ms,
-        expires_at_ms=now_ms + expires_in_minutes * 60_000,
+        expires_at_ms=now_ms + expires_in_minutes * MINUTE_MS,
         revoked_at_ms=None,
     )
     await conn.execute(

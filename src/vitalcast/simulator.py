@@ -25,6 +25,7 @@ import httpx
 
 from vitalcast import clock
 from vitalcast.json_types import JsonObject
+from vitalcast.samples import WriteCounts
 from vitalcast.wearable import (
     MINUTE_MS,
     Interval,
@@ -158,14 +159,11 @@ class Api:
 
 
 @dataclass
-class Tally:
+class Tally(WriteCounts):
     """Counts of what a runner sent and what the server did with it."""
 
     batches: int = 0
     sent: int = 0
-    inserted: int = 0
-    updated: int = 0
-    unchanged: int = 0
     rejected: int = 0
     late: int = 0
 
@@ -187,7 +185,7 @@ class SessionRunner:
     profile: Profile
     pace: Pace
     seed: int
-    sync_ms: int = 60_000
+    sync_ms: int = MINUTE_MS
     hr_interval_ms: int = 5_000
     label: str = "sim"
     progress: Progress | None = None
@@ -245,9 +243,7 @@ class SessionRunner:
             result = await self.api.post_samples(request_id, chunk)
             self.tally.batches += 1
             self.tally.sent += len(chunk)
-            self.tally.inserted += result.get("inserted", 0)
-            self.tally.updated += result.get("updated", 0)
-            self.tally.unchanged += result.get("unchanged", 0)
+            self.tally.count_answer(result)
             self.tally.rejected += len(result.get("rejected", ()))
         self.tally.late += late
 

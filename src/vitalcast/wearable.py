@@ -14,10 +14,9 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from vitalcast.clock import MINUTE_MS as MINUTE_MS
 from vitalcast.clock import iso_ms
 from vitalcast.json_types import JsonObject
-
-MINUTE_MS = 60_000
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,7 @@ SHARE_READS = {
     "GET /api/v1/sessions/{session_id}/export.csv",
     "GET /api/v1/sessions/{session_id}/fhir",
 }
-SHARE_OPEN = {"GET /api/v1/catalog"}
+SHARE_OPEN = {"GET /api/v1/catalog", "GET /api/v1/share"}
 # A token of a user the database does not hold is refused like a bad signature.
 REFUSED = {
     NONE: "UNAUTHENTICATED",
@@ -84,6 +84,8 @@ HTTP_MATRIX: dict[str, dict[str, tuple[int, str | None]]] = {
         OTHER: (404, "SESSION_NOT_FOUND"),
     },
     "DELETE /api/v1/shares/{share_id}": {OWNER: (204, None), OTHER: (404, "SHARE_NOT_FOUND")},
+    # what a share token opens; a user's own token is none
+    "GET /api/v1/share": {OWNER: (404, "SHARE_NOT_FOUND"), OTHER: (404, "SHARE_NOT_FOUND")},
     "GET /api/v1/shares/{share_id}/access": {
         OWNER: (200, None),
         OTHER: (404, "SHARE_NOT_FOUND"),

@@ -13,11 +13,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.telemetry.conftest import TelemetryClient
 from vitalcast.db.tables import session_changes, telemetry_cache
-from vitalcast.telemetry.compute.aggregate import load_session
 from vitalcast.telemetry.compute.incremental import compute_view
 from vitalcast.telemetry.compute.memo import ViewMemo
 from vitalcast.telemetry.compute.results import ComputedTelemetry, StoredView
 from vitalcast.telemetry.keys import COMPUTE_VERSION, Resolution, TelemetryKey
+from vitalcast.testing import load_session
 
 
 @dataclass(frozen=True)

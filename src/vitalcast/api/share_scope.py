@@ -3,7 +3,8 @@
 Decided from the method and path before any route runs, and closed by default: a route added
 later is refused to share tokens until it is listed here. Reads of another session are 404
 ``SESSION_NOT_FOUND`` (as for any caller who does not own it); every write and every listing is
-403 ``SHARE_SCOPE``. The metric catalog, which holds no one's data, stays open.
+403 ``SHARE_SCOPE``. The metric catalog, which holds no one's data, and ``GET /api/v1/share``
+(what this share token opens) stay open.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ _READS = (
     (re.compile(_SESSION + r"/export\.csv$"), AccessKind.EXPORT_CSV),
     (re.compile(_SESSION + r"/fhir$"), AccessKind.FHIR),
 )
-_OPEN = frozenset({"/api/v1/catalog"})
+# The catalog holds no one's data; /share tells a share token which session it opens.
+_OPEN = frozenset({"/api/v1/catalog", "/api/v1/share"})
 _READ_METHODS = frozenset({"GET", "HEAD"})
 
 

@@ -167,5 +167,32 @@ async def share_access(
     )
 
 
+class ShareSelf(StrictModel):
+    share_id: str
+    session_id: str
+    label: str | None
+    expires_at: str | None
+    expires_at_ms: int
+
+
+@router.get("/share", response_model=ShareSelf, responses=problem_responses(401, 404))
+async def this_share(user: CurrentUser, parts: Parts) -> ShareSelf:
+    """What the presented share token opens (the dashboard's ``/#share=…`` asks it first); a
+    user's own token is 404 ``SHARE_NOT_FOUND``."""
+    if user.share_id is None or user.session_id is None:
+        raise NotFound("The token is not a share token.", code="SHARE_NOT_FOUND")
+    async with parts.db.read() as conn:
+        share = await share_repository.get(conn, user.user_id, user.share_id)
+    if share is None:
+        raise NotFound("Share not found.", code="SHARE_NOT_FOUND")
+    return ShareSelf(
+        share_id=share.id,
+        session_id=share.session_id,
+        label=share.label,
+        expires_at=iso(share.expires_at_ms),
+        expires_at_ms=share.expires_at_ms,
+    )
+
+
 async def _owns_session(conn: AsyncConnection, user_id: str, session_id: str) -> bool:
     return await session_repository.get(conn, user_id, session_id.lower()) is not None

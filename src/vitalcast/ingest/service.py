@@ -56,7 +56,7 @@ class IngestService:
         batch = validate_batch(body, now_ms=now_ms)
         fingerprint = body_fingerprint(body) if batch.request_id else ""
         async with self._db.write() as conn:
-            seq = await repository.lock_user(conn, user_id)
+            seq = await session_repository.lock_user(conn, user_id)
             if seq is None:
                 raise Unauthenticated("The token's user does not exist.", code="TOKEN_INVALID")
             if batch.request_id is not None:

@@ -18,6 +18,7 @@ from vitalcast import timerange
 from vitalcast.catalog import BY_CODE
 from vitalcast.clock import epoch_ms
 from vitalcast.errors import InvalidInput, PayloadTooLarge
+from vitalcast.samples import Sample
 
 MAX_SAMPLES = 5_000
 MAX_BODY_BYTES = 5 * 1024 * 1024
@@ -61,23 +62,9 @@ class Rejection:
 
 
 @dataclass(frozen=True, slots=True)
-class NormalizedSample:
-    """A sample in canonical units and epoch milliseconds, ready to store."""
-
-    source: str
-    record_id: str
-    metric: str
-    value: float
-    unit: str
-    start_ms: int
-    end_ms: int
-    device: str | None
-
-
-@dataclass(frozen=True, slots=True)
 class ValidatedBatch:
     request_id: str | None
-    samples: list[NormalizedSample]
+    samples: list[Sample]
     deletions: list[tuple[str, str]]
     rejected: list[Rejection]
 
@@ -129,7 +116,7 @@ def _epoch_ms(moment: datetime) -> int:
     return epoch_ms(moment)
 
 
-def _check_sample(index: int, raw: object, now_ms: int) -> NormalizedSample | Rejection:
+def _check_sample(index: int, raw: object, now_ms: int) -> Sample | Rejection:
     where = f"samples[{index}]"
     if not isinstance(raw, dict):
         raise _malformed(f"{where} must be an object.")
@@ -183,7 +170,7 @@ def _check_sample(index: int, raw: object, now_ms: int) -> NormalizedSample | Re
             return reject(RejectionCode(out_of_range.code), out_of_range.message)
     if end_ms < start_ms:
         return reject(RejectionCode.END_BEFORE_START, "end is before start.")
-    return NormalizedSample(
+    return Sample(
         source=source,
         record_id=record_id,
         metric=metric.code,
@@ -232,7 +219,7 @@ def validate_batch(body: object, *, now_ms: int) -> ValidatedBatch:
         )
     deletions = list(dict.fromkeys(_deletion(i, raw) for i, raw in enumerate(raw_deleted)))
     to_delete = set(deletions)
-    samples: list[NormalizedSample] = []
+    samples: list[Sample] = []
     rejected: list[Rejection] = []
     # Every sample's identity counts, rejected or not: a later one with an identity seen earlier
     # is a duplicate even when the earlier one was rejected (for its own reason), so nothing of

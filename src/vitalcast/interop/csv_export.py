@@ -20,7 +20,7 @@ import orjson
 
 from vitalcast.catalog import BY_CODE, MetricKind
 from vitalcast.clock import iso_ms
-from vitalcast.interop.raw_samples import RawSample
+from vitalcast.samples import Sample
 from vitalcast.telemetry.compute.payload import PackedPayload
 
 SAMPLE_COLUMNS = (
@@ -64,7 +64,7 @@ def _rows_csv(rows: Iterator[Sequence[object]] | Sequence[Sequence[object]]) -> 
     return buffer.getvalue().encode()
 
 
-async def samples_csv(partitions: AsyncIterable[Sequence[RawSample]]) -> AsyncIterator[bytes]:
+async def samples_csv(partitions: AsyncIterable[Sequence[Sample]]) -> AsyncIterator[bytes]:
     """The header, then one encoded chunk per partition of samples."""
     yield _rows_csv([SAMPLE_COLUMNS])
     async for partition in partitions:

@@ -24,8 +24,8 @@ import orjson
 
 from vitalcast.catalog import BY_CODE, Metric, MetricKind
 from vitalcast.clock import iso_ms
-from vitalcast.interop.raw_samples import RawSample
 from vitalcast.json_types import JsonObject
+from vitalcast.samples import Sample
 from vitalcast.sessions.models import Session, SessionStatus
 
 MEDIA_TYPE = "application/fhir+json"
@@ -90,7 +90,7 @@ def encounter(session: Session) -> JsonObject:
     return {"fullUrl": f"urn:uuid:{session.id}", "resource": resource}
 
 
-def observation(sample: RawSample, user_id: str, encounter_ref: dict[str, str]) -> JsonObject:
+def observation(sample: Sample, user_id: str, encounter_ref: dict[str, str]) -> JsonObject:
     metric = BY_CODE[sample.metric]
     resource_id = observation_id(user_id, sample.source, sample.record_id)
     resource: JsonObject = {
@@ -120,7 +120,7 @@ def observation(sample: RawSample, user_id: str, encounter_ref: dict[str, str]) 
 
 
 async def bundle_json(
-    session: Session, partitions: AsyncIterable[Sequence[RawSample]], *, now_ms: int
+    session: Session, partitions: AsyncIterable[Sequence[Sample]], *, now_ms: int
 ) -> AsyncIterator[bytes]:
     """The Bundle's JSON in chunks: the head with the Encounter, one chunk per partition of
     Observations, then the closing brackets."""

@@ -31,6 +31,7 @@ from vitalcast.interop.apple_health import (
     read_batches,
 )
 from vitalcast.json_types import JsonObject
+from vitalcast.samples import WriteCounts
 from vitalcast.sessions.service import SessionService
 
 #: unknown types listed by name in the summary; the rest are one line with their count
@@ -38,14 +39,11 @@ SUMMARY_TYPES = 10
 
 
 @dataclass
-class ImportSummary:
+class ImportSummary(WriteCounts):
     """Running totals of one import; ``on_progress`` receives it after every batch."""
 
     #: top-level Record elements read
     records: int = 0
-    inserted: int = 0
-    updated: int = 0
-    unchanged: int = 0
     #: rejection code → records (the ingest service's codes, plus MALFORMED_RECORD)
     rejected: Counter[str] = field(default_factory=Counter)
     #: HealthKit type → records of a type the catalog does not know
@@ -72,9 +70,7 @@ class ImportSummary:
             count_type(self.skipped_types, name, records)
         if batch.malformed:
             self.rejected[MALFORMED_RECORD] += batch.malformed
-        self.inserted += answer["inserted"]
-        self.updated += answer["updated"]
-        self.unchanged += answer["unchanged"]
+        self.count_answer(answer)
         self.rejected.update(rejection["code"] for rejection in answer["rejected"])
         self.bytes_read = batch.bytes_read
 

@@ -171,4 +171,4 @@ async def _fresh_keys(
             c.source_watermark.is_not(None),
         )
     )
-    return {(row[0], Resolution(row[1]), int(row[2])) for row in rows}
+    return {(row.session_id, Resolution(row.resolution), int(row.source_watermark)) for row in rows}

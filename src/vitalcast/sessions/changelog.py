@@ -25,10 +25,11 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from vitalcast.clock import MINUTE_MS
 from vitalcast.db.tables import session_changes
 
 #: times at most this far apart share a range (the finest bucket: 1 minute)
-MERGE_MS = 60_000
+MERGE_MS = MINUTE_MS
 
 c = session_changes.c
 

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vitalcast.clock import MINUTE_MS
+
 
 def grid_pad_ms(window_minutes: int, bucket_ms: int) -> int:
     """The window's padding: ``window_minutes`` rounded *up* to whole buckets, so the session
     start is a bucket edge whatever the window and resolution."""
-    return -(-window_minutes * 60_000 // bucket_ms) * bucket_ms
+    return -(-window_minutes * MINUTE_MS // bucket_ms) * bucket_ms
 
 
 def live_edge_ms(session_start_ms: int, bucket_ms: int, at_ms: int) -> int:

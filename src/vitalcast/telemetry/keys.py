@@ -6,6 +6,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from vitalcast.clock import MINUTE_MS
+from vitalcast.errors import InvalidInput
 from vitalcast.sessions.models import WIDEST_PAD_MS, Session
 from vitalcast.telemetry.grid import TelemetryWindow
 
@@ -17,9 +19,19 @@ from vitalcast.telemetry.grid import TelemetryWindow
 COMPUTE_VERSION = 4
 SCHEMA_VERSION = 3
 MIN_WINDOW_MINUTES = 15
-MAX_WINDOW_MINUTES = WIDEST_PAD_MS // 60_000
+MAX_WINDOW_MINUTES = WIDEST_PAD_MS // MINUTE_MS
 # `auto` picks 1m up to this window span, 5m beyond it.
 AUTO_1M_MAX_SPAN_MS = 6 * 3_600_000
+
+
+def check_window_minutes(window_minutes: int) -> None:
+    """Refuse a window outside ``MIN_WINDOW_MINUTES``…``MAX_WINDOW_MINUTES`` (a GET, an export
+    and the insights ask for windows the same way)."""
+    if not MIN_WINDOW_MINUTES <= window_minutes <= MAX_WINDOW_MINUTES:
+        raise InvalidInput(
+            f"window_minutes must be {MIN_WINDOW_MINUTES}…{MAX_WINDOW_MINUTES}.",
+            code="WINDOW_OUT_OF_RANGE",
+        )
 
 
 class Resolution(enum.StrEnum):
@@ -32,7 +44,7 @@ class Resolution(enum.StrEnum):
 
     @property
     def bucket_ms(self) -> int:
-        return 60_000 if self is Resolution.ONE_MINUTE else 300_000
+        return MINUTE_MS if self is Resolution.ONE_MINUTE else 5 * MINUTE_MS
 
 
 class CacheState(enum.StrEnum):
@@ -142,8 +154,8 @@ def resolve_resolution(
 ) -> Resolution:
     """``1m`` / ``5m`` as asked, or for ``auto`` (None) 1m up to a 6 h window span, else 5m.
 
-    ``auto`` decides on the window of the 1m grid (whose pad is exactly ``window_minutes``). The
-    hot read in ``telemetry/read/reader.py`` repeats this rule in SQL; keep them in step.
+    ``auto`` decides on the window of the 1m grid (whose pad is exactly ``window_minutes``).
+    ``AUTO_RESOLUTION_SQL`` below is this rule for the hot read; change both together.
     """
     if requested is not None and requested != "auto":
         return Resolution(requested)
@@ -157,3 +169,14 @@ def resolve_resolution(
     )
     span_ms = window.end_ms - window.start_ms
     return Resolution.ONE_MINUTE if span_ms <= AUTO_1M_MAX_SPAN_MS else Resolution.FIVE_MINUTES
+
+
+#: ``resolve_resolution``'s ``auto`` rule as the hot read's SQL (``read/reader.py``), which picks
+#: the cache row in the same statement that reads the session ``s``. Its parameters: ``now_ms``,
+#: ``pad_ms`` (the 1m grid's pad: ``window_minutes`` minutes) and ``auto_max_ms``
+#: (``AUTO_1M_MAX_SPAN_MS``). The span is that of ``TelemetryWindow.of`` on the 1m grid.
+AUTO_RESOLUTION_SQL = """CASE WHEN (CASE WHEN s.status = 'active' OR s.end_ms IS NULL
+                       THEN CAST(:now_ms AS BIGINT) - s.start_ms + CAST(:pad_ms AS BIGINT)
+                       ELSE s.end_ms - s.start_ms + 2 * CAST(:pad_ms AS BIGINT) END)
+                 <= CAST(:auto_max_ms AS BIGINT)
+            THEN '1m' ELSE '5m' END"""

@@ -101,12 +101,6 @@ def session_query(key: TelemetryKey) -> sa.Select[Any]:  # Any: rows of the sess
     return query
 
 
-async def load_session(conn: AsyncConnection, key: TelemetryKey) -> Session | None:
-    """The key's session with its current watermark; None if gone or not the key's user's."""
-    row = (await conn.execute(session_query(key))).first()
-    return None if row is None else Session.from_row(row)
-
-
 def scan_end_ms(window: TelemetryWindow) -> int:
     """Where the scan of ``window`` ends: its end, or nowhere for a live window (samples sent
     ahead of their time are kept as AHEAD rows until the window reaches them)."""
@@ -179,8 +173,8 @@ def assemble(
     *,
     with_insights: bool = True,
 ) -> Assembled:
-    """The payload of ``key`` at ``now_ms`` from each metric's series (``downsample.series_of``
-    the GROUP BY rows of its window). ``with_insights=False`` only serves the benchmark that
+    """The payload of ``key`` at ``now_ms`` from each metric's series (``downsample.metric_series``
+    of the GROUP BY rows of its window). ``with_insights=False`` only serves the benchmark that
     measures what insights cost."""
     bucket_ms = key.resolution.bucket_ms
     metrics, raw_count = assemble_metrics(series, window, bucket_ms, with_insights=with_insights)

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping
 import orjson
 
 from vitalcast.json_types import JsonMapping, JsonObject
-from vitalcast.telemetry.compute.downsample import AHEAD, Row
+from vitalcast.telemetry.compute.downsample import AHEAD, BUCKET, METRIC, PHASE, Row
 from vitalcast.telemetry.compute.history import MetricChange, SaveRecord
 
 #: a metric's per-bucket series; everything else of a metric is a "part"
@@ -78,8 +78,8 @@ def changed_columns(
     def by_bucket(rows: Iterable[Row]) -> dict[tuple[str, int], list[Row]]:
         grouped: dict[tuple[str, int], list[Row]] = {}
         for row in rows:
-            if row[2] != AHEAD:
-                grouped.setdefault((row[0], row[1]), []).append(row)
+            if row[PHASE] != AHEAD:
+                grouped.setdefault((row[METRIC], row[BUCKET]), []).append(row)
         for group in grouped.values():
             group.sort()
         return grouped

@@ -32,9 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import groupby
-from operator import itemgetter
-from typing import Any
+from typing import Any, Final
 
 from vitalcast.catalog import BY_CODE, Metric, MetricKind
 from vitalcast.json_types import JsonObject
@@ -57,9 +55,18 @@ AHEAD = 3
 #: (metric, bucket, phase) holds at most 9.2 × 10^12 units (2^63 micro-units)
 SUM_SCALE = 1_000_000
 
-# (metric, bucket, phase, count, sum in micro-units, min, max, first_ms, last_ms)
+# (metric, bucket, phase, count, sum in micro-units, min, max, first_ms, last_ms): a plain tuple
+# (the hot loops index it), its positions named below
 Row = tuple[str, int, int, int, int, float, float, int, int]
-_ORDER = itemgetter(0, 1, 2)
+METRIC: Final = 0
+BUCKET: Final = 1
+PHASE: Final = 2
+COUNT: Final = 3
+SUM: Final = 4
+LOW: Final = 5
+HIGH: Final = 6
+FIRST_MS: Final = 7
+LAST_MS: Final = 8
 
 
 def gap_threshold_ms(metric_gap_ms: int | None, bucket_ms: int) -> int:
@@ -87,29 +94,6 @@ def coverage(lo: int, hi: int, gaps: Sequence[dict[str, int]]) -> float | None:
     return (hi - lo - uncovered) / (hi - lo)
 
 
-def build_metrics(
-    rows: Iterable[Row], window: TelemetryWindow, bucket_ms: int, *, with_insights: bool = True
-) -> tuple[dict[str, JsonObject], int]:
-    """The payload's ``metrics`` map (only metrics with samples) and the raw sample count.
-
-    ``with_insights=False`` leaves each metric's ``insights`` out; only the benchmark does, to
-    measure what they cost (bench/telemetry.py)."""
-    series = series_of(rows, window.start_ms, bucket_ms, with_insights=with_insights)
-    return assemble_metrics(series, window, bucket_ms, with_insights=with_insights)
-
-
-def series_of(
-    rows: Iterable[Row], origin_ms: int, bucket_ms: int, *, with_insights: bool = True
-) -> dict[str, MetricSeries]:
-    """Each metric's ``MetricSeries`` from GROUP BY rows in any order (metrics outside the catalog
-    and metrics with AHEAD rows only are left out)."""
-    built = (
-        metric_series(code, metric_rows, origin_ms, bucket_ms, with_insights=with_insights)
-        for code, metric_rows in groupby(sorted(rows, key=_ORDER), key=itemgetter(0))
-    )
-    return {series.code: series for series in built if series is not None}
-
-
 def assemble_metrics(
     series: Mapping[str, MetricSeries],
     window: TelemetryWindow,
@@ -117,7 +101,8 @@ def assemble_metrics(
     *,
     with_insights: bool = True,
 ) -> tuple[dict[str, JsonObject], int]:
-    """``build_metrics`` from each metric's series: only what the window's end moves (the trailing
+    """The payload's ``metrics`` map (only metrics with samples) and the raw sample count, from
+    each metric's series: only what the window's end moves (the trailing
     gap, coverage, clipped episodes, rates) is computed here, so an incremental compute runs it
     for every metric and walks the rows of the metrics it changed alone."""
     phases = phase_bounds(window)

@@ -55,6 +55,7 @@ from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 
 from vitalcast.catalog import AlertRule, Metric
+from vitalcast.clock import MINUTE_MS
 from vitalcast.json_types import JsonMapping, JsonObject
 from vitalcast.telemetry.grid import TelemetryWindow
 
@@ -64,8 +65,8 @@ Part = tuple[int, float]
 Peaks = tuple[tuple[float, int], tuple[float, int]]
 
 #: the rolling mean's span, and how long it must stay within tolerance
-ROLLING_MS = 300_000
-HOLD_MS = 300_000
+ROLLING_MS = 5 * MINUTE_MS
+HOLD_MS = 5 * MINUTE_MS
 #: below this coverage of its phase, the before mean is no baseline
 MIN_BASELINE_COVERAGE = 0.5
 
@@ -141,7 +142,7 @@ def cumulative_insights(series: JsonMapping, *, phases: Sequence[tuple[int, int]
     rates: dict[str, float | None] = {}
     for name, (lo, hi) in zip(("before", "during", "after"), phases, strict=True):
         total = series["phases"][name]["sum"]
-        rates[name] = total / ((hi - lo) / 60_000) if hi > lo else None
+        rates[name] = total / ((hi - lo) / MINUTE_MS) if hi > lo else None
     return {"during_total": series["phases"]["during"]["sum"], "rate_per_min": rates}
 
 

@@ -46,11 +46,6 @@ class PackedPayload:
         decoded: JsonObject = orjson.loads(b"{" + fragment + b"}")[code]
         return decoded
 
-    @property
-    def is_empty(self) -> bool:
-        """True for a no_data payload (no metric had a sample)."""
-        return not self.fragments
-
 
 def pack(document: JsonMapping, metrics: Mapping[str, JsonMapping]) -> bytes:
     """Encode ``document`` (every payload field but ``metrics``) and each metric once."""

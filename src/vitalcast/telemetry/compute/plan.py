@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from vitalcast.sessions import changelog
 from vitalcast.sessions.models import Session
 from vitalcast.telemetry.compute.aggregate import scan_end_ms
-from vitalcast.telemetry.compute.downsample import AHEAD
+from vitalcast.telemetry.compute.downsample import AHEAD, BUCKET, FIRST_MS, PHASE
 from vitalcast.telemetry.compute.partials import Partials
 from vitalcast.telemetry.compute.results import ComputePath
 from vitalcast.telemetry.grid import TelemetryWindow
@@ -54,8 +54,8 @@ def _ahead_reached(previous: Partials, end_ms: int) -> set[int]:
     for metric in previous.metrics.values():
         rows = metric.rows
         for row in rows[bisect_left(rows, first, key=_BUCKET) :]:
-            if row[2] == AHEAD and row[7] < end_ms:
-                buckets.add(row[1])
+            if row[PHASE] == AHEAD and row[FIRST_MS] < end_ms:
+                buckets.add(row[BUCKET])
     return buckets
 
 

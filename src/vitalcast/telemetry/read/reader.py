@@ -10,8 +10,8 @@ costs more than that by itself. So this one read-only statement gets its own dri
 - PostgreSQL: a small asyncpg pool running the statement prepared, in autocommit.
 
 Both run the same SQL, a single statement, so it reads one consistent snapshot. ``auto``
-resolution is resolved inside it (same rule as ``keys.resolve_resolution``) so that the right
-cache row comes back with the session in one round trip.
+resolution is resolved inside it (``keys.AUTO_RESOLUTION_SQL``, written beside the Python rule)
+so that the right cache row comes back with the session in one round trip.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 
+from vitalcast.clock import MINUTE_MS
 from vitalcast.json_types import JsonObject
-from vitalcast.telemetry.keys import AUTO_1M_MAX_SPAN_MS, COMPUTE_VERSION
+from vitalcast.telemetry.keys import AUTO_1M_MAX_SPAN_MS, AUTO_RESOLUTION_SQL, COMPUTE_VERSION
 from vitalcast.telemetry.store.rows import HotRow
 
 _SQL = """
@@ -37,11 +38,7 @@ LEFT JOIN telemetry_cache c
  AND c.window_minutes = :window_minutes
  AND c.compute_version = :compute_version
  AND c.resolution = COALESCE(:resolution,
-       CASE WHEN (CASE WHEN s.status = 'active' OR s.end_ms IS NULL
-                       THEN CAST(:now_ms AS BIGINT) - s.start_ms + CAST(:pad_ms AS BIGINT)
-                       ELSE s.end_ms - s.start_ms + 2 * CAST(:pad_ms AS BIGINT) END)
-                 <= CAST(:auto_max_ms AS BIGINT)
-            THEN '1m' ELSE '5m' END)
+       {auto})
 WHERE s.id = :session_id AND s.user_id = :user_id
 """
 # the save history kept beside the payload, read in the same statement (one snapshot), so that a
@@ -78,7 +75,7 @@ def _params(
         "compute_version": COMPUTE_VERSION,
         "resolution": resolution,
         "now_ms": now_ms,
-        "pad_ms": window_minutes * 60_000,
+        "pad_ms": window_minutes * MINUTE_MS,
         "auto_max_ms": AUTO_1M_MAX_SPAN_MS,
         "session_id": session_id,
         "user_id": user_id,
@@ -88,6 +85,7 @@ def _params(
 def _sql(variant: tuple[bool, bool]) -> str:
     with_payload, with_history = variant
     return _SQL.format(
+        auto=AUTO_RESOLUTION_SQL,
         payload="c.payload" if with_payload else "NULL",
         history=_HISTORY if with_history else "NULL",
     )

@@ -25,6 +25,7 @@ from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from vitalcast.clock import MINUTE_MS
 from vitalcast.observability import Metrics, get_logger
 from vitalcast.telemetry.keys import ComputeOutcome, ScheduleReason, TelemetryKey
 from vitalcast.telemetry.ports import Subscriptions
@@ -50,7 +51,7 @@ RECENT_READ_S = 60.0
 MIN_RETRY_MS = 50
 #: when ``retry_delay`` itself fails (database down): wait this long, doubled per retry, capped
 FALLBACK_RETRY_MS = 1_000
-MAX_FALLBACK_RETRY_MS = 60_000
+MAX_FALLBACK_RETRY_MS = MINUTE_MS
 
 
 class ComputeRunner(Protocol):

@@ -26,10 +26,9 @@ from vitalcast.sessions import repository as session_repository
 from vitalcast.sessions.models import Session, SessionStatus
 from vitalcast.telemetry.compute.payload import unpack
 from vitalcast.telemetry.keys import (
-    MAX_WINDOW_MINUTES,
-    MIN_WINDOW_MINUTES,
     CacheState,
     TelemetryKey,
+    check_window_minutes,
 )
 from vitalcast.telemetry.read.answer import RETRY_COMPUTING_S, RETRY_SHED_S, decide
 from vitalcast.telemetry.scheduling import Scheduler, schedule
@@ -111,11 +110,7 @@ class InsightsService:
         entry = catalog.BY_CODE.get(metric.strip().lower())
         if entry is None:
             raise InvalidInput(f"Unknown metric code: {metric}.", code="UNKNOWN_METRIC")
-        if not MIN_WINDOW_MINUTES <= window_minutes <= MAX_WINDOW_MINUTES:
-            raise InvalidInput(
-                f"window_minutes must be {MIN_WINDOW_MINUTES}…{MAX_WINDOW_MINUTES}.",
-                code="WINDOW_OUT_OF_RANGE",
-            )
+        check_window_minutes(window_minutes)
         if not 1 <= last <= MAX_SESSIONS:
             raise InvalidInput(f"last must be 1…{MAX_SESSIONS}.", code="LAST_OUT_OF_RANGE")
         now = self._clock.now_ms()

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from vitalcast.clock import MINUTE_MS
 from vitalcast.db.tables import sessions, telemetry_cache
 from vitalcast.telemetry.compute.results import ComputedTelemetry
 from vitalcast.telemetry.keys import CacheState, TelemetryKey
@@ -25,7 +26,7 @@ from vitalcast.telemetry.store.rows import Lease, LeaseRefusal, SaveResult
 
 #: first retry delay after a failed compute; doubles per attempt up to BACKOFF_MAX_MS
 BACKOFF_BASE_MS = 1_000
-BACKOFF_MAX_MS = 300_000
+BACKOFF_MAX_MS = 5 * MINUTE_MS
 
 c = telemetry_cache.c
 
@@ -53,7 +54,11 @@ class SessionTelemetryCacheRepository:
             )
             .values(lease_owner=owner, lease_expires_ms=expires, updated_at_ms=now_ms)
             .returning(
-                c.status, c.payload.is_not(None), c.source_watermark, c.computed_at_ms, c.attempts
+                c.status,
+                c.payload.is_not(None).label("has_payload"),
+                c.source_watermark,
+                c.computed_at_ms,
+                c.attempts,
             )
         )
         row = (await conn.execute(take)).first()
@@ -62,7 +67,15 @@ class SessionTelemetryCacheRepository:
             await self._insert_missing(conn, key, now_ms)
             row = (await conn.execute(take)).first()
         if row is not None:
-            return Lease(owner, expires, CacheState(row[0]), bool(row[1]), row[2], row[3], row[4])
+            return Lease(
+                owner,
+                expires,
+                CacheState(row.status),
+                bool(row.has_payload),
+                row.source_watermark,
+                row.computed_at_ms,
+                row.attempts,
+            )
         refusal = (
             await conn.execute(
                 sa.select(c.lease_owner, c.lease_expires_ms, c.next_attempt_ms).where(

@@ -62,7 +62,7 @@ async def keys_of(
             c.session_id.in_(list(session_ids)), c.compute_version == compute_version
         )
     )
-    return [(row[0], row[1], Resolution(row[2])) for row in rows]
+    return [(row.session_id, row.window_minutes, Resolution(row.resolution)) for row in rows]
 
 
 async def live_views(
@@ -95,13 +95,13 @@ async def live_views(
     )
     return [
         LiveView(
-            session_id=row[0],
-            user_id=row[1],
-            session_start_ms=row[2],
-            session_watermark=row[3],
-            window_minutes=row[4],
-            resolution=None if row[5] is None else Resolution(row[5]),
-            computed_at_ms=row[6],
+            session_id=row.id,
+            user_id=row.user_id,
+            session_start_ms=row.start_ms,
+            session_watermark=row.source_watermark,
+            window_minutes=row.window_minutes,
+            resolution=None if row.resolution is None else Resolution(row.resolution),
+            computed_at_ms=row.computed_at_ms,
         )
         for row in await conn.execute(query)
     ]
@@ -110,7 +110,7 @@ async def live_views(
 async def session_and_stored(
     conn: AsyncConnection, key: TelemetryKey
 ) -> tuple[Session | None, StoredView | None]:
-    """The key's session (``aggregate.load_session``'s row) and what the next compute of the
+    """The key's session (``aggregate.session_query``'s row) and what the next compute of the
     view starts from: the payload's watermark and the partials and save history stored with
     it (None when there is no payload). One statement: a compute's read starts with both,
     and on a small live view every round trip counts."""
@@ -178,7 +178,7 @@ async def rows_of(
     )
     found: dict[TelemetryKey, CacheRow] = {}
     for row in rows:
-        key = wanted.get((row[0], row[1], row[2], row[3]))
+        key = wanted.get((row.session_id, row.window_minutes, row.resolution, row.compute_version))
         if key is not None:
             found[key] = _cache_row(row[4:])
     return found
