@@ -216,6 +216,22 @@ def _realtime(r: dict[str, Any]) -> Iterator[Row]:
         yield _fan_out_fetch(r["fan_out_fetch"])
 
 
+def _alerts(r: dict[str, Any]) -> Iterator[Row]:
+    for mode, label in (("embedded", "embedded"), ("scaled_out", "two servers + worker + Redis")):
+        if mode not in r:
+            continue
+        m = r[mode]
+        ceiling = targets.INGEST_TO_ALERT_P99_MAX_MS[mode]
+        p99, base = m["ingest_to_alert"]["p99_ms"], m["baseline_ingest_http_round_trip"]
+        yield Row(
+            f"Ingest of a crossing sample → `session.alert` at the client, {label}",
+            f"{_ms(m['ingest_to_alert'])}; {m['missed']}/{m['rounds']} missed",
+            f"ingest HTTP round trip: {_ms(base)}",
+            f"{m['ingest_to_alert']['p99_ms'] - base['p99_ms']:+.2f} ms at p99",
+            (Check(f"p99 < {ceiling:g} ms, none missed", p99 < ceiling and m["missed"] == 0),),
+        )
+
+
 def _fan_out_fetch(f: dict[str, Any]) -> Row:
     full, delta = f["full"], f["delta"]
     ratio = f["cpu_per_update_delta_over_full"]
@@ -354,6 +370,7 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], Iterator[Row]]] = {
     "incremental": _incremental,
     "queue": _queue,
     "realtime": _realtime,
+    "alerts": _alerts,
     "realtime_burst": _realtime_burst,
     "soak": _soak,
     "lifecycle_export": _lifecycle_export,

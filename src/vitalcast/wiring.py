@@ -61,6 +61,7 @@ from vitalcast.telemetry.compute.memo import ViewMemo
 from vitalcast.telemetry.ports import PostSaveHooks, Subscriptions, TelemetryListener
 from vitalcast.telemetry.read.reader import open_reader
 from vitalcast.telemetry.read.service import SessionTelemetryService
+from vitalcast.telemetry.read.subscribe import SubscribeSupport
 from vitalcast.telemetry.run.computer import TelemetryComputer
 from vitalcast.telemetry.run.coordinator import BoundedComputeCoordinator
 from vitalcast.telemetry.run.insights_service import InsightsService
@@ -143,6 +144,8 @@ class ServerParts:
     dispatcher: WebhookDispatcher
     #: announces alert episodes (a post-save hook of ``computer``) and replays missed ones
     alerts: AlertService
+    #: the state and the missed update a Socket.IO subscribe asks for
+    subscribe: SubscribeSupport
 
     async def start(self) -> None:
         await self.coordinator.start()
@@ -239,7 +242,9 @@ class _Silent:
 
 
 def _database(settings: Settings) -> Database:
-    return Database(create_engine(settings.resolved_database_url))
+    return Database(
+        create_engine(settings.resolved_database_url, pool_timeout=settings.database_pool_timeout_s)
+    )
 
 
 def _computer(
@@ -316,6 +321,7 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
     dispatcher = _dispatcher(settings, db, clock, metrics, resolver)
     alerts = AlertService(db, clock, metrics, broadcaster, wake_webhooks=dispatcher.wake)
     hooks.register(alerts)
+    reader = open_reader(settings.resolved_database_url)
     return ServerParts(
         settings=settings,
         db=db,
@@ -334,7 +340,7 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
             clock,
             metrics,
             scheduler,
-            open_reader(settings.resolved_database_url),
+            reader,
             default_window_minutes=settings.default_window_minutes,
         ),
         insights=InsightsService(
@@ -358,6 +364,9 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
         ),
         dispatcher=dispatcher,
         alerts=alerts,
+        subscribe=SubscribeSupport(
+            db, clock, reader, default_window_minutes=settings.default_window_minutes
+        ),
     )
 
 

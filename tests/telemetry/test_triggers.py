@@ -127,7 +127,7 @@ async def test_subscription_state_reports_without_scheduling(
     headers = {"Authorization": f"Bearer {token}"}
     start = tc.clock.now_ms() - HOUR
     session_id = await tc.start_session(headers, start)
-    service = tc.parts.telemetry
+    service = tc.parts.subscribe
 
     async def state() -> tuple[str, int | None]:
         session = await tc.parts.sessions.get(user_id, session_id)

@@ -373,7 +373,7 @@ class RealtimeServer:
 
     async def _subscription_state(self, session: Session) -> tuple[str, int | None]:
         try:
-            return await self._parts.telemetry.subscription_state(session)
+            return await self._parts.subscribe.subscription_state(session)
         except Exception as exc:
             log.warning("realtime_state_failed", session_id=session.id, error=type(exc).__name__)
             return CacheState.FAILED.value, None
@@ -389,7 +389,7 @@ class RealtimeServer:
     async def _catch_up(self, sid: str, session: Session, watermark: int) -> None:
         """Send this socket the ``session.updated`` of the default view it missed."""
         try:
-            update = await self._parts.telemetry.catch_up(session, watermark)
+            update = await self._parts.subscribe.catch_up(session, watermark)
             if update is not None:
                 await self.sio.emit(
                     SESSION_UPDATED, session_updated_event(update), to=sid, ignore_queue=True

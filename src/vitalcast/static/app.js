@@ -24,6 +24,7 @@ import {
 } from './api.js';
 import { installAccountExport } from './account.js';
 import { deleteSession } from './controls/delete-session.js';
+import { alertBanner } from './controls/alerts.js';
 import { exportCsv } from './controls/export-csv.js';
 import { shareControl } from './controls/shares.js';
 import { installInspector } from './inspect.js';
@@ -35,10 +36,10 @@ import { SessionView } from './view.js';
 
 /** The open session's controls, in the order they appear in their slot. */
 const SESSION_CONTROLS = [
-  exportCsv, shareControl, deleteSession({ onDeleted: (id) => forgetSession(id) }),
+  exportCsv, shareControl, alertBanner, deleteSession({ onDeleted: (id) => forgetSession(id) }),
 ];
 /** A shared page's (shared.js): reads only. */
-const SHARED_CONTROLS = [exportCsv];
+const SHARED_CONTROLS = [exportCsv, alertBanner];
 
 const $ = (id) => document.getElementById(id);
 
@@ -192,6 +193,15 @@ function endShared(reason) {
 }
 
 function start() {
+  // A user's own token in the URL wins over a share link opened earlier in this tab (a page
+  // that shows a share starts afresh: the token stays in the URL for the reload to take).
+  if (hashParams().get('token')) {
+    forgetShare();
+    if (sharedSession !== null) {
+      location.reload();
+      return;
+    }
+  }
   const share = takeShare();
   if (share) {
     startShared(share);

@@ -31,6 +31,11 @@ ERROR_MESSAGES = {
 _METRIC_BIT = {code: 1 << index for index, code in enumerate(catalog.ALL_CODES)}
 
 
+def holds_payload(row: HotRow) -> bool:
+    """The hot row's cache row holds a payload that was current at its watermark."""
+    return row.status is not None and CacheState(row.status).has_payload
+
+
 @dataclass(frozen=True, slots=True)
 class TelemetryAnswer:
     """What a telemetry GET answers; the route only renders it."""

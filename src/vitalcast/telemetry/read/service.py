@@ -5,7 +5,7 @@ reads; computing lives in ``run/computer``, triggers in ``run/triggers``).
 cache row together) and decides the state of docs/design.md "Request states"; a miss or a stale read
 schedules a compute and never waits for it. A fresh answer to a client that says which payload it
 holds (``since_watermark``) is a delta when the view's save history can express one.
-``subscription_state`` and ``catch_up`` serve the realtime server's subscribe.
+The realtime server's subscribe is served by ``subscribe.SubscribeSupport``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from vitalcast.clock import Clock
 from vitalcast.db.engine import Database
 from vitalcast.errors import InvalidInput, NotFound
 from vitalcast.observability import Metrics, get_logger
-from vitalcast.sessions.models import Session
 from vitalcast.telemetry.compute import deltas, history
 from vitalcast.telemetry.compute.payload import unpack
 from vitalcast.telemetry.keys import (
@@ -27,7 +26,6 @@ from vitalcast.telemetry.keys import (
     check_window_minutes,
     resolve_resolution,
 )
-from vitalcast.telemetry.ports import TelemetryUpdate
 from vitalcast.telemetry.read.answer import (
     DATABASE_UNAVAILABLE,
     RETRY_READ_FAILED_S,
@@ -35,13 +33,13 @@ from vitalcast.telemetry.read.answer import (
     TelemetryAnswer,
     decide,
     etag_matches,
+    holds_payload,
     make_etag,
     select_metrics,
 )
 from vitalcast.telemetry.read.delta_cache import DeltaCache
 from vitalcast.telemetry.read.reader import CacheReader
 from vitalcast.telemetry.scheduling import Scheduler, schedule
-from vitalcast.telemetry.store import queries
 from vitalcast.telemetry.store.rows import HotRow
 
 log = get_logger(__name__)
@@ -149,7 +147,7 @@ class SessionTelemetryService:
                 delta = self._delta(key, row, since_watermark, codes, etag)
                 if delta is not None:
                     return self._count(delta)
-            if _holds_payload(row) and row.payload is None:
+            if holds_payload(row) and row.payload is None:
                 with_payload = True
                 continue
             break
@@ -219,59 +217,3 @@ class SessionTelemetryService:
                 now_ms=now_ms,
             )
         return TelemetryKey(session_id, window_minutes, resolution, COMPUTE_VERSION, user_id)
-
-    async def subscription_state(self, session: Session) -> tuple[str, int | None]:
-        """(state the default-window GET would answer, watermark of the cached payload or None);
-        schedules nothing."""
-        now = self._clock.now_ms()
-        try:
-            row = await self._reader.read(
-                user_id=session.user_id,
-                session_id=session.id,
-                window_minutes=self.default_window_minutes,
-                resolution=None,
-                now_ms=now,
-                with_payload=False,
-            )
-        except Exception as exc:
-            log.warning(
-                "telemetry_read_failed", session_id=session.id, error_type=type(exc).__name__
-            )
-            return CacheState.FAILED.value, None
-        if row is None:
-            raise NotFound("Session not found.", code="SESSION_NOT_FOUND")
-        decision = decide(row, now)
-        return decision.state.value, row.source_watermark if _holds_payload(row) else None
-
-    async def catch_up(self, session: Session, watermark: int) -> TelemetryUpdate | None:
-        """The ``session.updated`` a subscriber that missed the default view's save at
-        ``watermark`` should get now; None when that payload was replaced meanwhile (the newer
-        save's own event reaches the room). What changed since the client's watermark is
-        unknown, so ``changed`` is null-bounded."""
-        key = TelemetryKey.default_for(
-            session, window_minutes=self.default_window_minutes, now_ms=self._clock.now_ms()
-        )
-        async with self._db.read() as conn:
-            row = await queries.row_of(conn, key)
-        if (
-            row is None
-            or not row.status.has_payload
-            or row.source_watermark != watermark
-            or row.computed_at_ms is None
-        ):
-            return None
-        return TelemetryUpdate(
-            session_id=session.id,
-            source_watermark=watermark,
-            state=row.status.value,
-            window_minutes=key.window_minutes,
-            resolution=key.resolution.value,
-            computed_at_ms=row.computed_at_ms,
-            live=session.live,
-            changed_from_ms=None,
-            changed_to_ms=None,
-        )
-
-
-def _holds_payload(row: HotRow) -> bool:
-    return row.status is not None and CacheState(row.status).has_payload
