@@ -29,6 +29,18 @@ START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 15.0
 
 
+#: queue timings (``Settings.queue_*``, ``worker_lease_ms``) for tests whose workers are killed,
+#: stopped or fail on purpose: a killed worker's job is redelivered about 2 … 2 + 2 × 0.5 s later
+#: and its compute lease is free by then; retries wait 0.2 s, then 0.4 s. Production keeps
+#: seconds. Locks and leases stay renewed several times a second, which a loaded machine keeps up.
+FAST_QUEUE: dict[str, str] = {
+    "queue_lock_ms": "2000",
+    "queue_stalled_interval_ms": "500",
+    "queue_backoff_ms": "200",
+    "worker_lease_ms": "2000",
+}
+
+
 def free_port() -> int:
     """A TCP port that is free on 127.0.0.1 now (the OS's pick; bind it soon after)."""
     with socket.socket() as sock:

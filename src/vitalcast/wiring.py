@@ -51,11 +51,6 @@ from vitalcast.telemetry.scheduling import Scheduler
 from vitalcast.telemetry.service import SessionTelemetryService
 from vitalcast.telemetry.triggers import TelemetryTriggers
 
-# A worker's compute lease is as short as its job lock (renewed every third of it): when a worker
-# dies, its job is redelivered within seconds and the key must be free by then, not after the
-# server-side default of 30 s.
-WORKER_LEASE_MS = 6_000
-
 
 @dataclass(frozen=True, slots=True)
 class Seams:
@@ -286,7 +281,9 @@ def build_worker(settings: Settings, seams: Seams = NO_SEAMS) -> WorkerParts:
     db = _database(settings)
     metrics = Metrics()
     broadcaster = WebSocketBroadcaster.for_worker(settings, metrics=metrics)
-    lease_ms = min(settings.lease_ms, WORKER_LEASE_MS)
+    # As short as the job lock (settings.worker_lease_ms): when a worker dies, its job is
+    # redelivered within seconds and the key must be free by then, not after the server's lease.
+    lease_ms = min(settings.lease_ms, settings.worker_lease_ms)
     computer = _computer(settings, db, clock, metrics, broadcaster, seams, lease_ms=lease_ms)
     return WorkerParts(settings, db, clock, metrics, broadcaster, computer)
 
