@@ -47,17 +47,9 @@ from vitalcast.db.engine import Database, create_engine
 from vitalcast.db.tables import telemetry_cache
 from vitalcast.queue.jobs import job_id
 from vitalcast.redis_connections import blocking_options
-from vitalcast.settings import Settings
 from vitalcast.telemetry.models import Resolution, TelemetryKey
 
 pytestmark = pytest.mark.slow
-
-# BullMQ 3.4.4 stops renewing a worker's job locks as soon as the worker closes, while its jobs
-# still run (or wait for their release): the SIGTERM tests' workers keep the production lock, which
-# outlives what they do after the signal; the short one of FAST_QUEUE would lapse first.
-PRODUCTION_LOCK = {
-    "VITALCAST_QUEUE_LOCK_MS": str(Settings.model_fields["queue_lock_ms"].default),
-}
 
 
 @dataclass
@@ -281,8 +273,7 @@ async def test_sigterm_lets_a_running_job_finish(
     exits cleanly (code 0)."""
     user_id, token = await new_user(cluster.pg_url)
     api = Api(cluster.server.url, token)
-    env = cluster.env | PRODUCTION_LOCK
-    with worker_subprocess(env, tmp_path / "worker.log", hold_ms=2000) as worker:
+    with worker_subprocess(cluster.env, tmp_path / "worker.log", hold_ms=2000) as worker:
         session, seq = await start_held_compute(api, cluster.pg_url, worker)
         worker.process.send_signal(signal.SIGTERM)
         assert worker.process.wait(15) == 0, worker.log()
@@ -304,7 +295,7 @@ async def test_sigterm_releases_a_long_job_to_another_worker(
     api = Api(cluster.server.url, token)
     grace = ("--concurrency", "1", "--shutdown-grace", "1")
     with worker_subprocess(
-        cluster.env | PRODUCTION_LOCK, tmp_path / "stopping.log", *grace, hold_ms=120_000
+        cluster.env, tmp_path / "stopping.log", *grace, hold_ms=120_000
     ) as stopping:
         session, seq = await start_held_compute(api, cluster.pg_url, stopping)
         with worker_subprocess(cluster.env, tmp_path / "taker.log") as taker:
