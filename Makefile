@@ -15,8 +15,11 @@ PYTEST_WORKERS ?= 4
 uv:
 	@command -v uv >/dev/null 2>&1 || [ -x "$(UV)" ] || python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
 
+# --compile-bytecode: every `vitalcast` command and every process a test spawns imports
+# SQLAlchemy, pydantic and friends; compiled once here, they are not compiled again at each start
+# (which is what happens where PYTHONDONTWRITEBYTECODE is set).
 install: uv assets
-	@$(UV) sync --frozen --quiet
+	@$(UV) sync --frozen --quiet --compile-bytecode
 
 # uPlot, socket.io-client and Swagger UI come from npm at set-up; nothing is vendored into git.
 # --ignore-scripts: no package needs an install script (swagger-ui-dist's only dependency has

@@ -57,10 +57,10 @@ from vitalcast.sessions import repository as session_repository
 from vitalcast.sessions.changes import ChangeFanout
 from vitalcast.sessions.models import Session, SessionStatus
 from vitalcast.settings import Settings
-from vitalcast.telemetry.coordinator import BoundedComputeCoordinator
-from vitalcast.telemetry.models import CacheState, ScheduleReason, TelemetryKey
+from vitalcast.telemetry.keys import CacheState, ScheduleReason, TelemetryKey
+from vitalcast.telemetry.run.coordinator import BoundedComputeCoordinator
+from vitalcast.telemetry.run.triggers import TelemetryTriggers
 from vitalcast.telemetry.scheduling import Scheduler
-from vitalcast.telemetry.triggers import TelemetryTriggers
 from vitalcast.testing import ensure_user, hr_sample
 from vitalcast.wiring import build_local_computes
 

@@ -216,6 +216,22 @@ def _realtime(r: dict[str, Any]) -> Iterator[Row]:
         yield _fan_out_fetch(r["fan_out_fetch"])
 
 
+def _alerts(r: dict[str, Any]) -> Iterator[Row]:
+    for mode, label in (("embedded", "embedded"), ("scaled_out", "two servers + worker + Redis")):
+        if mode not in r:
+            continue
+        m = r[mode]
+        ceiling = targets.INGEST_TO_ALERT_P99_MAX_MS[mode]
+        p99, base = m["ingest_to_alert"]["p99_ms"], m["baseline_ingest_http_round_trip"]
+        yield Row(
+            f"Ingest of a crossing sample → `session.alert` at the client, {label}",
+            f"{_ms(m['ingest_to_alert'])}; {m['missed']}/{m['rounds']} missed",
+            f"ingest HTTP round trip: {_ms(base)}",
+            f"{m['ingest_to_alert']['p99_ms'] - base['p99_ms']:+.2f} ms at p99",
+            (Check(f"p99 < {ceiling:g} ms, none missed", p99 < ceiling and m["missed"] == 0),),
+        )
+
+
 def _fan_out_fetch(f: dict[str, Any]) -> Row:
     full, delta = f["full"], f["delta"]
     ratio = f["cpu_per_update_delta_over_full"]
@@ -309,6 +325,28 @@ def _import(r: dict[str, Any]) -> Iterator[Row]:
         )
 
 
+def _auth(r: dict[str, Any]) -> Iterator[Row]:
+    ceiling = targets.OIDC_OVER_LOCAL_P50_MAX
+    for backend in ("sqlite", "postgres"):
+        b = r.get(backend)
+        if not b:
+            continue
+        local = b["local"]
+        for alg in ("RS256", "ES256", "EdDSA"):
+            m = b[alg]
+            yield Row(
+                f"Cached telemetry GET with an OIDC {alg} token, {backend}, in-process",
+                f"{_ms(m['cached_get'])} · {m['engine_statements_per_get']:g} auth statements/GET · "
+                f"first use {m['first_use_p50_ms']:.2f} ms, remembered "
+                f"{m['remembered_p50_ms'] * 1000:.1f} µs",
+                f"local HS256 token: {_ms(local['cached_get'])} · "
+                f"{local['engine_statements_per_get']:g} auth statements/GET",
+                f"{m['ratio_paired_median']:.2f}× (median of paired GETs; p50s "
+                f"{m['ratio_p50_to_local']:.2f}×)",
+                (Check(f"≤ {ceiling:g}× paired", m["ratio_paired_median"] <= ceiling),),
+            )
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], Iterator[Row]]] = {
     "ingest": _ingest,
     "import": _import,
@@ -317,8 +355,10 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], Iterator[Row]]] = {
     "incremental": _incremental,
     "queue": _queue,
     "realtime": _realtime,
+    "alerts": _alerts,
     "realtime_burst": _realtime_burst,
     "soak": _soak,
+    "auth": _auth,
 }
 
 

@@ -59,24 +59,19 @@ from vitalcast.db.engine import Database, create_engine
 from vitalcast.errors import NotFound
 from vitalcast.observability import configure_logging
 from vitalcast.settings import Settings
-from vitalcast.telemetry import payload as packing
-from vitalcast.telemetry.compute import aggregate_rows, assemble, load_session
-from vitalcast.telemetry.computer import TelemetryComputer
-from vitalcast.telemetry.downsample import build_metrics, series_of
-from vitalcast.telemetry.incremental import compute_view
-from vitalcast.telemetry.models import (
-    ComputeOutcome,
-    Resolution,
-    ScheduleReason,
-    TelemetryKey,
-    TelemetryWindow,
-)
-from vitalcast.telemetry.payload import answer_json, unpack
+from vitalcast.telemetry.compute import payload as packing
+from vitalcast.telemetry.compute.aggregate import aggregate_rows, assemble
+from vitalcast.telemetry.compute.incremental import compute_view
+from vitalcast.telemetry.compute.payload import answer_json, unpack
+from vitalcast.telemetry.grid import TelemetryWindow
+from vitalcast.telemetry.keys import ComputeOutcome, Resolution, ScheduleReason, TelemetryKey
+from vitalcast.telemetry.run.computer import TelemetryComputer
+from vitalcast.testing import build_metrics, load_session, series_of
 from vitalcast.wiring import build_local_computes
 
 MINUTE = 60_000
 HOUR = 60 * MINUTE
-# every-n-minutes cadences within reference/metrics.md's typical ranges
+# every-n-minutes cadences within typical wearable ranges
 CADENCE_MS = {
     "heart_rate": 1_000,
     "heart_rate_variability": 5 * MINUTE,

@@ -272,7 +272,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("xdist_group") is None and (group := xdist_group_of(item)):
             item.add_marker(pytest.mark.xdist_group(group))
-    if not config.getvalue("loadgroup"):  # set on xdist workers under --dist loadgroup
+    if not getattr(config.option, "loadgroup", False):  # set on xdist workers (--dist loadgroup)
         return
     for item in items:
         names = {

@@ -12,14 +12,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tests.waits import eventually
 from vitalcast.sessions.models import Session
-from vitalcast.telemetry.compute import Aggregator
-from vitalcast.telemetry.incremental import compute_view
-from vitalcast.telemetry.models import (
-    ComputedTelemetry,
-    StoredView,
-    TelemetryKey,
-    TelemetryUpdate,
-)
+from vitalcast.telemetry.compute.aggregate import Aggregator
+from vitalcast.telemetry.compute.incremental import compute_view
+from vitalcast.telemetry.compute.results import ComputedTelemetry, StoredView
+from vitalcast.telemetry.keys import TelemetryKey
+from vitalcast.telemetry.ports import TelemetryUpdate
 
 
 class RecordingListener:

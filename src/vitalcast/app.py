@@ -4,24 +4,28 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vitalcast import __version__
-from vitalcast.api import dashboard, exports, insights, ops, samples, sessions
+from vitalcast.api import dashboard, exports, insights, ops, samples, sessions, webhooks
 from vitalcast.api import errors as api_errors
+from vitalcast.api import shares as shares_api
 from vitalcast.api import telemetry as telemetry_api
 from vitalcast.api.guard import RequestGuard
 from vitalcast.observability import get_logger
 from vitalcast.realtime.frames import SOCKETIO_PATH
 from vitalcast.realtime.server import RealtimeServer
 from vitalcast.settings import Settings
-from vitalcast.wiring import NO_SEAMS, Seams, build_server
+from vitalcast.wiring import NO_SEAMS, Seams, ServerParts, build_server
 
 log = get_logger("vitalcast.http")
+
+#: work that runs beside a server for as long as it serves, on its parts (``serve --demo``)
+Companion = Callable[[ServerParts], AbstractAsyncContextManager[None]]
 
 
 class AccessLog:
@@ -58,8 +62,11 @@ class AccessLog:
             )
 
 
-def create_app(settings: Settings, seams: Seams = NO_SEAMS) -> FastAPI:
-    """The server app. Migrations are the caller's job (``vitalcast serve`` runs them first)."""
+def create_app(
+    settings: Settings, seams: Seams = NO_SEAMS, *, companions: Sequence[Companion] = ()
+) -> FastAPI:
+    """The server app. Migrations are the caller's job (``vitalcast serve`` runs them first).
+    ``companions`` start once the parts have started and stop before they close."""
     parts = build_server(settings, seams)
     realtime = RealtimeServer(parts.sio, parts)
 
@@ -68,7 +75,10 @@ def create_app(settings: Settings, seams: Seams = NO_SEAMS) -> FastAPI:
         log.info("server_starting", mode="embedded" if settings.embedded else "scaled_out")
         await parts.start()
         try:
-            yield
+            async with AsyncExitStack() as stack:
+                for companion in companions:
+                    await stack.enter_async_context(companion(parts))
+                yield
         finally:
             await realtime.close()
             await parts.close()
@@ -91,10 +101,14 @@ def create_app(settings: Settings, seams: Seams = NO_SEAMS) -> FastAPI:
     app.include_router(telemetry_api.router)
     app.include_router(exports.router)
     app.include_router(insights.router)
+    app.include_router(shares_api.router)
+    app.include_router(webhooks.router)
     dashboard.install(app)
     app.mount(SOCKETIO_PATH, realtime.asgi_app())
 
-    app.add_middleware(RequestGuard, authenticator=parts.authenticator)
+    app.add_middleware(
+        RequestGuard, authenticator=parts.authenticator, share_access=parts.share_access
+    )
     app.add_middleware(AccessLog)
 
     return app

@@ -1,7 +1,7 @@
 """The metric catalog as frozen data: codes, units, conversions, kinds, ranges, gaps, LOINC, and
 the insight facts (recovery tolerance, alert rules).
 
-Source: shared/reference/metrics.md. Unit aliases convert on ingest into the canonical unit, so
+docs/design.md ("Metric catalog") lists these facts. Unit aliases convert on ingest into the canonical unit, so
 every stored value is canonical and a chart never mixes units. Alert thresholds follow the
 National Early Warning Score 2 (NEWS2) bands for heart rate and respiratory rate, and the original
 system's SpO₂ rules (below 95 low, below 90 critical).
@@ -10,11 +10,12 @@ system's SpO₂ rules (below 95 low, below 90 critical).
 from __future__ import annotations
 
 import enum
-import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
+
+from vitalcast.clock import MINUTE_MS
 
 
 class MetricKind(enum.StrEnum):
@@ -60,9 +61,6 @@ class AlertRule:
         """The rule's stable name, unique within its metric: operator and threshold, ``>=111``."""
         return f"{self.operator}{self.threshold:g}"
 
-    def crossed_by(self, value: float) -> bool:
-        return _OPERATORS[self.operator](value, self.threshold)
-
     def hits(self, values: Sequence[float]) -> list[int]:
         """Positions of the ``values`` that cross the threshold (one comparison each: this runs
         over every bucket of every compute)."""
@@ -85,14 +83,6 @@ class AlertRule:
             "threshold": self.threshold,
             "level": self.level.value,
         }
-
-
-_OPERATORS: dict[Comparison, Callable[[float, float], bool]] = {
-    ">=": operator.ge,
-    ">": operator.gt,
-    "<=": operator.le,
-    "<": operator.lt,
-}
 
 
 def _identity(value: float) -> float:
@@ -187,7 +177,7 @@ def _metric(
         kind=kind,
         min_value=value_range[0],
         max_value=value_range[1],
-        gap_threshold_ms=None if gap_minutes is None else gap_minutes * 60_000,
+        gap_threshold_ms=None if gap_minutes is None else gap_minutes * MINUTE_MS,
         loinc=loinc,
         ucum=ucum,
         units=MappingProxyType(units),

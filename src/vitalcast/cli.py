@@ -1,5 +1,10 @@
-"""The ``vitalcast`` command: serve, worker, db upgrade, token create, simulate, backfill,
-import apple-health."""
+"""The ``vitalcast`` command: serve, worker, db upgrade, token create and revoke, simulate,
+backfill, import apple-health.
+
+Every command imports what it needs when it runs, not when this module loads: Alembic,
+uvicorn, the app and BullMQ cost seconds to import, and a ``token create`` (or any process a test
+spawns) should not pay for a server it never starts. ``tests/test_startup.py`` holds this.
+"""
 
 from __future__ import annotations
 
@@ -13,18 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-import uvicorn
-from sqlalchemy.exc import DBAPIError
 
-from vitalcast.auth import issue_token
 from vitalcast.clock import epoch_ms, now_ms
-from vitalcast.db.engine import Database, create_engine
-from vitalcast.db.migrate import upgrade
-from vitalcast.observability import configure_logging
-from vitalcast.sessions import repository as session_repository
 from vitalcast.settings import Settings
 
 if TYPE_CHECKING:
+    from vitalcast.db.engine import Database
     from vitalcast.interop.importer import ImportSummary
     from vitalcast.queue.backfill import BackfillFilter, BackfillProgress
     from vitalcast.wiring import Seams
@@ -41,8 +40,11 @@ app.add_typer(import_app, name="import")
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Apply every schema revision (idempotent)."""
+    from vitalcast.db.migrate import upgrade
+    from vitalcast.observability import configure_logging
+
     settings = Settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     upgrade(settings.resolved_database_url)
     typer.echo("database is up to date")
 
@@ -53,17 +55,74 @@ def token_create(
     ttl_days: int = typer.Option(30, min=1, max=3650, help="Days until the token expires."),
 ) -> None:
     """Create the user NAME if needed and print a bearer token for it (and nothing else)."""
+    from vitalcast.db.migrate import upgrade_if_behind
+    from vitalcast.local_tokens import issue_token
+
+    # No logging set-up here: nothing on this path logs below WARNING, which Python's last-resort
+    # handler prints to stderr, and structlog's import (with rich) would be a fifth of this
+    # command's start-up (tests/test_startup.py keeps it out).
     settings = Settings()
-    configure_logging("warning")
-    upgrade(settings.resolved_database_url)
+    upgrade_if_behind(settings.resolved_database_url)
     user_id = asyncio.run(_ensure_user(settings, name))
-    now_s = int(time.time())
+    issued_ms = now_ms()
     typer.echo(
-        issue_token(settings.resolved_secret(), user_id, now_s=now_s, ttl_s=ttl_days * 86_400)
+        issue_token(
+            settings.resolved_secret(),
+            user_id,
+            now_s=issued_ms // 1000,
+            ttl_s=ttl_days * 86_400,
+            now_ms=issued_ms,
+        )
     )
 
 
+@token_app.command("revoke")
+def token_revoke(name: str) -> None:
+    """Refuse every local token issued to the user NAME before now, on every server: requests
+    with them answer 401 TOKEN_REVOKED and their sockets are closed (within a second when
+    scaled out; within VITALCAST_REVOCATION_POLL_MS when embedded). Exit 1 when there is no
+    such user."""
+    from vitalcast.db.migrate import upgrade_if_behind
+    from vitalcast.observability import configure_logging
+
+    settings = Settings()
+    configure_logging("warning", settings.log_format)
+    upgrade_if_behind(settings.resolved_database_url)
+    if not asyncio.run(_revoke_tokens(settings, name)):
+        typer.echo(f"no user called {name!r}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"local tokens of {name!r} issued before now are refused")
+
+
+async def _revoke_tokens(settings: Settings, name: str) -> bool:
+    from vitalcast import credentials
+    from vitalcast.db.engine import Database, create_engine
+    from vitalcast.revocations import Revocation, RevocationKind, channel_of, publish_once
+
+    db = Database(create_engine(settings.resolved_database_url))
+    at_ms = now_ms()
+    try:
+        async with db.write() as conn:
+            user_id = await credentials.revoke_local_tokens(conn, name, now_ms=at_ms)
+    finally:
+        await db.dispose()
+    if user_id is None:
+        return False
+    if settings.redis_url:
+        revocation = Revocation(RevocationKind.USER, user_id, at_ms)
+        try:
+            await publish_once(
+                settings.redis_url, channel_of(settings.socketio_channel), revocation
+            )
+        except Exception as exc:
+            # The servers' poll finds it in the database instead, within a second or so.
+            typer.echo(f"could not tell the servers through Redis ({type(exc).__name__})", err=True)
+    return True
+
+
 async def _ensure_user(settings: Settings, name: str) -> str:
+    from vitalcast.db.engine import Database, create_engine
+
     db = Database(create_engine(settings.resolved_database_url))
     try:
         return await _user_id(db, name)
@@ -73,6 +132,8 @@ async def _ensure_user(settings: Settings, name: str) -> str:
 
 async def _user_id(db: Database, name: str) -> str:
     """The id of the user ``name``, created on first use."""
+    from vitalcast.sessions import repository as session_repository
+
     async with db.write() as conn:
         return await session_repository.get_or_create_user(conn, name, now_ms=now_ms())
 
@@ -92,8 +153,12 @@ def import_apple_health(
     in batches, with the HTTP API's validation, identity and watermarks. Importing the same
     file twice changes nothing. A broken file stops the import (exit 1) after the complete
     batches before the fault."""
+    from sqlalchemy.exc import DBAPIError
+
+    from vitalcast.db.migrate import upgrade_if_behind
     from vitalcast.interop.apple_health import since_ms_of
     from vitalcast.interop.importer import ImportFailed
+    from vitalcast.observability import configure_logging
 
     since_ms = None
     if since is not None:
@@ -102,8 +167,8 @@ def import_apple_health(
         except ValueError:
             raise typer.BadParameter(f"--since is not an ISO date or date-time: {since}") from None
     settings = Settings()
-    configure_logging("warning")
-    upgrade(settings.resolved_database_url)
+    configure_logging("warning", settings.log_format)
+    upgrade_if_behind(settings.resolved_database_url)
     try:
         summary = asyncio.run(_import(settings, path, user, since_ms, workouts_as_sessions))
     except (DBAPIError, OSError) as exc:
@@ -129,12 +194,16 @@ async def _import(
     from vitalcast.wiring import build_importer
 
     parts = build_importer(settings)
+
+    async def find_user() -> str:
+        # only once the file's first batch has parsed: a refused file creates no user
+        return await _user_id(parts.db, user)
+
     try:
-        user_id = await _user_id(parts.db, user)
         with _import_progress(path.name) as progress:
             return await import_export(
                 parts.ingest,
-                user_id,
+                find_user,
                 path,
                 since_ms=since_ms,
                 sessions=parts.sessions if workouts else None,
@@ -203,18 +272,24 @@ def run_server(
 ) -> None:
     """``vitalcast serve``: settings from the environment, migrations, then the app (with the
     stand-ins of ``seams`` for a test entry point) until SIGTERM/SIGINT."""
+    import uvicorn
+
+    from vitalcast.api.http_protocol import BoundedHeadProtocol
     from vitalcast.app import create_app
+    from vitalcast.db.migrate import upgrade_if_behind
+    from vitalcast.observability import configure_logging
     from vitalcast.realtime.broadcaster import MAX_MESSAGE_BYTES
     from vitalcast.wiring import NO_SEAMS
 
     settings = Settings()
-    configure_logging(settings.log_level)
-    upgrade(settings.resolved_database_url)
-    application = create_app(settings, seams or NO_SEAMS)
+    configure_logging(settings.log_level, settings.log_format)
+    upgrade_if_behind(settings.resolved_database_url)
+    companions = []
     if demo:
-        from vitalcast.demo import attach_demo
+        from vitalcast.demo import demo_companion
 
-        attach_demo(application, settings, host=host, port=port)
+        companions.append(demo_companion(host=host, port=port))
+    application = create_app(settings, seams or NO_SEAMS, companions=companions)
     uvicorn.run(
         application,
         host=host,
@@ -224,6 +299,8 @@ def run_server(
         # A WebSocket frame larger than one Engine.IO packet is refused before it is buffered.
         ws_max_size=MAX_MESSAGE_BYTES,
         timeout_graceful_shutdown=shutdown_grace_s,
+        # A request head (line and headers) past 32 KiB is refused before it is buffered.
+        http=BoundedHeadProtocol,
     )
 
 
@@ -261,9 +338,13 @@ def simulate(
     if token:
         people = [(f"user-{i + 1}", value) for i, value in enumerate(token)]
     else:
+        from vitalcast.db.migrate import upgrade_if_behind
+        from vitalcast.local_tokens import issue_token
+        from vitalcast.observability import configure_logging
+
         settings = Settings()
-        configure_logging("warning")
-        upgrade(settings.resolved_database_url)
+        configure_logging("warning", settings.log_format)
+        upgrade_if_behind(settings.resolved_database_url)
         now_s = int(time.time())
         people = []
         for i in range(users):
@@ -325,10 +406,11 @@ def worker(
 ) -> None:
     """Consume telemetry computes from the Redis queue until SIGTERM (needs VITALCAST_REDIS_URL;
     the database must be migrated: `vitalcast db upgrade`)."""
+    from vitalcast.observability import configure_logging
     from vitalcast.queue.runner import run_worker
 
     settings = Settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     if not settings.redis_url:
         raise typer.BadParameter("VITALCAST_REDIS_URL is not set: there is no queue to consume")
     asyncio.run(
@@ -351,11 +433,12 @@ def backfill(
 ) -> None:
     """Schedule a compute for every session whose default cache is missing or stale: queued
     for the workers when Redis is configured, else computed here."""
+    from vitalcast.observability import configure_logging
     from vitalcast.queue.backfill import BackfillFilter
     from vitalcast.queue.service import QueueUnavailable
 
     settings = Settings()
-    configure_logging("warning")
+    configure_logging("warning", settings.log_format)
     since_ms = None
     if since is not None:
         try:
@@ -394,7 +477,7 @@ async def _backfill(
     from vitalcast.observability import Metrics
     from vitalcast.queue.backfill import coordinator_submit, run_backfill
     from vitalcast.queue.service import SessionTelemetryQueueService
-    from vitalcast.telemetry.models import ScheduleReason, TelemetryKey
+    from vitalcast.telemetry.keys import ScheduleReason, TelemetryKey
     from vitalcast.wiring import build_local_computes
 
     local = build_local_computes(settings)

@@ -8,6 +8,8 @@ from typing import Protocol
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
+#: one minute in epoch milliseconds, the unit of windows, buckets and tolerances
+MINUTE_MS = 60_000
 
 
 class Clock(Protocol):

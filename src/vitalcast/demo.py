@@ -11,18 +11,15 @@ from __future__ import annotations
 import asyncio
 import random
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 
 import httpx
-from fastapi import FastAPI
 
 from vitalcast import clock
-from vitalcast.auth import issue_token
+from vitalcast.local_tokens import issue_token
 from vitalcast.observability import get_logger
 from vitalcast.sessions import repository as session_repository
-from vitalcast.settings import Settings
 from vitalcast.simulator import Api, Pace, SessionRunner, live_placement
 from vitalcast.wearable import MINUTE_MS, Interval, Profile, SessionPlan
 from vitalcast.wiring import ServerParts
@@ -43,35 +40,25 @@ _PAST = (
 )
 
 
-def attach_demo(application: Any, settings: Settings, *, host: str, port: int) -> None:
-    """Run the demo in the background of ``application`` once it serves on ``host:port``."""
-    app = _fastapi_app(application)
-    inner = app.router.lifespan_context
+def demo_companion(
+    *, host: str, port: int
+) -> Callable[[ServerParts], AbstractAsyncContextManager[None]]:
+    """The demo, to run beside a server that serves on ``host:port`` (``create_app``'s
+    companions): started once the server's parts are, stopped before they close."""
 
     @asynccontextmanager
-    async def lifespan(app_: FastAPI) -> AsyncIterator[Any]:
-        async with inner(app_) as state:
-            demo = _Demo(app_.state.parts, _base_url(host, port))
-            task = asyncio.create_task(demo.run())
-            try:
-                yield state
-            finally:
-                task.cancel()
-                with suppress(asyncio.CancelledError):
-                    await task
-                await demo.end_live_session()
+    async def run(parts: ServerParts) -> AsyncIterator[None]:
+        demo = _Demo(parts, _base_url(host, port))
+        task = asyncio.create_task(demo.run())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+            await demo.end_live_session()
 
-    app.router.lifespan_context = lifespan
-
-
-def _fastapi_app(application: Any) -> FastAPI:
-    """The FastAPI app, also when it is wrapped (Socket.IO's ASGIApp keeps it as other_asgi_app)."""
-    seen = application
-    while not isinstance(seen, FastAPI):
-        seen = getattr(seen, "other_asgi_app", None)
-        if seen is None:
-            raise TypeError("attach_demo needs the FastAPI app or an ASGI wrapper of it")
-    return seen
+    return run
 
 
 def _base_url(host: str, port: int) -> str:

@@ -5,7 +5,9 @@
     ├── InvalidInput          VALIDATION_ERROR, UNKNOWN_METRIC, WINDOW_OUT_OF_RANGE …
     ├── PayloadTooLarge       TOO_MANY_SAMPLES, BODY_TOO_LARGE
     ├── Conflict              REQUEST_ID_REUSED, SESSION_NOT_ACTIVE
-    ├── Unauthenticated       UNAUTHENTICATED, TOKEN_EXPIRED, TOKEN_INVALID
+    ├── Unauthenticated       UNAUTHENTICATED, TOKEN_EXPIRED, TOKEN_INVALID, TOKEN_REVOKED,
+    │                         SHARE_REVOKED, SHARE_EXPIRED
+    ├── Forbidden             SHARE_SCOPE (a share token outside the one session it reads)
     ├── RateLimited           RATE_LIMITED
     └── DependencyUnavailable DATABASE_UNAVAILABLE, QUEUE_UNAVAILABLE
 
@@ -61,6 +63,12 @@ class Unauthenticated(VitalcastError):
     """No valid bearer token."""
 
     code = "UNAUTHENTICATED"
+
+
+class Forbidden(VitalcastError):
+    """The caller is known but its token may not do this (a share token's write or listing)."""
+
+    code = "FORBIDDEN"
 
 
 class RateLimited(VitalcastError):

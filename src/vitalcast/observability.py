@@ -8,28 +8,68 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import MutableMapping
-from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
 
 _FORBIDDEN_KEYS = frozenset(
     {"token", "authorization", "auth", "secret", "body", "value", "values", "samples", "payload"}
 )
 
 
-def _drop_sensitive(
-    _logger: Any, _name: str, event: MutableMapping[str, Any]
-) -> MutableMapping[str, Any]:
+def _drop_sensitive(_logger: WrappedLogger, _name: str, event: EventDict) -> EventDict:
     for key in _FORBIDDEN_KEYS & event.keys():
         event[key] = "[redacted]"
     return event
 
 
-def configure_logging(level: str = "info") -> None:
-    """JSON lines on stderr; idempotent, so tests and the CLI may both call it."""
-    logging.basicConfig(format="%(message)s", stream=sys.stderr, level=level.upper(), force=True)
+class _RoutineConnections(logging.Filter):
+    """Uvicorn logs every WebSocket handshake and its opening and closing at INFO on
+    ``uvicorn.error``, the logger of its start-up and its errors: these lines are routine, one
+    per connection, so they count as DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        routine = (
+            record.name == "uvicorn.error"
+            and isinstance(record.msg, str)
+            and (record.msg.startswith('%s - "WebSocket ') or record.msg.startswith("connection "))
+        )
+        if not routine or record.levelno >= logging.WARNING:
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
+def configure_logging(level: str = "info", log_format: str = "auto") -> None:
+    """Every log line (ours, uvicorn's, Alembic's) on stderr through one renderer: for a person
+    at a terminal (structlog's console renderer: time, level, event, fields) when stderr is a
+    terminal, JSON lines otherwise or when ``log_format`` is ``json`` (for log shippers);
+    ``console`` forces the former. Idempotent, so tests and the CLI may both call it."""
+    stream = sys.stderr
+    console = log_format == "console" or (log_format == "auto" and stream.isatty())
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="%H:%M:%S" if console else "iso", utc=not console),
+        _drop_sensitive,
+    ]
+    # The console renderer draws exceptions itself; JSON needs them as a string field.
+    rendering: list[Processor] = (
+        [structlog.dev.ConsoleRenderer()]
+        if console
+        else [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
+    )
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(_RoutineConnections())
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            # records of other libraries' loggers get the same fields and redaction
+            foreign_pre_chain=shared,
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *rendering],
+        )
+    )
+    logging.basicConfig(handlers=[handler], level=level.upper(), force=True)
     # These print SQL parameters, payloads or handshakes (with tokens) at DEBUG/INFO: keep them
     # at WARNING whatever our own level is, because their lines would carry health values.
     for leaky in (
@@ -46,15 +86,10 @@ def configure_logging(level: str = "info") -> None:
         "bullmq",
     ):
         logging.getLogger(leaky).setLevel(logging.WARNING)
+    # Alembic names each of its plugins at INFO on every migration: noise, not news.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            _drop_sensitive,
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
-        ],
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
@@ -63,8 +98,11 @@ def configure_logging(level: str = "info") -> None:
     )
 
 
-def get_logger(name: str) -> Any:
-    return structlog.get_logger(name)
+def get_logger(name: str) -> FilteringBoundLogger:
+    """The logger of module ``name``: ``configure_logging`` makes every logger a filtering bound
+    logger, so this is its type (structlog types ``get_logger`` loosely)."""
+    logger: FilteringBoundLogger = structlog.get_logger(name)
+    return logger
 
 
 class Metrics:
@@ -142,4 +180,28 @@ class Metrics:
         )
         self.events_emitted = Counter(
             "vitalcast_events_emitted", "Realtime events emitted, by type.", ["type"], registry=r
+        )
+        self.alerts_emitted = Counter(
+            "vitalcast_alerts_emitted",
+            "Alert episodes announced (once per episode and rule across the cluster), by level.",
+            ["level"],
+            registry=r,
+        )
+        self.webhook_deliveries = Counter(
+            "vitalcast_webhook_deliveries",
+            "Webhook delivery attempts, by outcome.",
+            ["outcome"],
+            registry=r,
+        )
+        self.webhook_attempt_seconds = Histogram(
+            "vitalcast_webhook_attempt_seconds",
+            "Duration of one webhook attempt (resolve, connect, send, status line).",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20),
+            registry=r,
+        )
+        self.webhook_delivery_latency_seconds = Histogram(
+            "vitalcast_webhook_delivery_latency_seconds",
+            "From a webhook message's creation to its delivery (retries included).",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 60, 300, 1800, 3600, 21600, 86400),
+            registry=r,
         )

@@ -40,6 +40,8 @@ class Scope(StrEnum):
 
     INGEST = "ingest"
     TELEMETRY = "telemetry"
+    #: reads through one share (telemetry and exports), apart from its owner's budget
+    SHARE = "share"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +76,7 @@ class RateLimiter:
                 key_prefix=key_prefix,
                 # limits takes a pool (its own option types leave it out), so ours, with the
                 # short-call timeouts, is the one it uses and the one ``close`` releases.
-                connection_pool=cast(Any, self._redis_pool),
+                connection_pool=cast(Any, self._redis_pool),  # Any: see the comment above
             )
             self._redis = MovingWindowRateLimiter(storage)
         self._fallback_s = fallback_s
@@ -88,6 +90,7 @@ class RateLimiter:
             {
                 Scope.INGEST: settings.rate_limit_ingest,
                 Scope.TELEMETRY: settings.rate_limit_telemetry,
+                Scope.SHARE: settings.rate_limit_share,
             },
             redis_url=settings.redis_url,
             key_prefix=settings.rate_limit_prefix,

@@ -3,7 +3,7 @@ with its timeouts in one place. Four kinds of use, three shapes of connection:
 
 - **Blocking consumers** (BullMQ's queue and worker): no socket read timeout. redis-py 8 sets a
   5 s default, which is also BullMQ's idle blocking wait; with it an idle worker was seen deaf to
-  new jobs for minutes (stack-notes).
+  new jobs for minutes.
 - **Pub/sub** (the Socket.IO Redis manager): a bounded, blocking pool and no read timeout, so the
   listener never times out on an idle channel (a timed-out listener re-subscribes after a pause and
   loses what was published meanwhile) and concurrent publishes wait briefly for a connection.
@@ -13,12 +13,12 @@ with its timeouts in one place. Four kinds of use, three shapes of connection:
 
 from __future__ import annotations
 
-from typing import Any
-
 import redis.asyncio as aioredis
 from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+
+from vitalcast.json_types import JsonObject
 
 #: how long any connection attempt may take
 CONNECT_TIMEOUT_S = 2.0
@@ -32,7 +32,7 @@ PUBSUB_MAX_CONNECTIONS = 8
 PUBSUB_POOL_WAIT_S = 2.0
 
 
-def blocking_options(url: str) -> dict[str, Any]:
+def blocking_options(url: str) -> JsonObject:
     """Connection options (a dict, as BullMQ takes them) for a consumer that blocks on Redis."""
     return {
         **parse_url(url),
@@ -41,7 +41,7 @@ def blocking_options(url: str) -> dict[str, Any]:
     }
 
 
-def short_call_options(timeout_s: float = CALL_TIMEOUT_S) -> dict[str, Any]:
+def short_call_options(timeout_s: float = CALL_TIMEOUT_S) -> JsonObject:
     """redis-py keyword options for a client whose calls must fail fast rather than retry."""
     return {
         "socket_timeout": timeout_s,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -94,6 +95,64 @@ class Settings(BaseSettings):
         "vitalcast-ratelimit", description="Redis key prefix of the rate-limit counters."
     )
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
+    log_format: Literal["auto", "console", "json"] = Field(
+        "auto",
+        description="Log lines: `auto` is for a person on a terminal, JSON lines when stderr is "
+        "not one; `json` always (log shippers); `console` always human-readable.",
+    )
+    oidc_issuer: str | None = Field(
+        None,
+        description="OpenID Connect issuer whose bearer tokens are accepted (https, or http on a "
+        "loopback address); unset = none.",
+    )
+    oidc_audience: str | None = Field(
+        None, description="The `aud` an issuer's token must carry (required with the issuer)."
+    )
+    oidc_jwks_refresh_s: float = Field(
+        30.0,
+        ge=0.1,
+        le=3600,
+        description="At most one JWKS fetch per this many seconds when an unknown `kid` arrives.",
+    )
+    local_tokens: bool = Field(
+        True, description="Accept local HS256 tokens (`vitalcast token create`)."
+    )
+    auth_cache_s: float = Field(
+        30.0,
+        ge=0,
+        le=300,
+        description="How long a verified token is remembered (revocation drops it at once).",
+    )
+    revocation_poll_ms: int = Field(
+        1000,
+        ge=0,
+        le=60_000,
+        description="How often a server looks for token revocations made by another process "
+        "(the CLI); 0 = never (Redis pub/sub still carries them when scaled out).",
+    )
+    rate_limit_share: str = Field(
+        "600/minute", description="Per-share telemetry and export read limit (limits notation)."
+    )
+    webhook_allow_private: bool = Field(
+        False,
+        description="Allow webhook URLs over http and to private or loopback addresses "
+        "(tests, local use); otherwise only https to public addresses.",
+    )
+    webhook_timeout_s: float = Field(
+        5.0, gt=0, le=60, description="Per-phase timeout of one webhook attempt (twice it in all)."
+    )
+    webhook_concurrency: int = Field(
+        8, ge=1, le=256, description="Webhook attempts in flight per server process."
+    )
+    webhook_retry_base_ms: int = Field(
+        5_000, ge=10, description="First webhook retry delay; doubles with every failed attempt."
+    )
+    webhook_retry_window_ms: int = Field(
+        86_400_000,
+        ge=1_000,
+        description="How long a webhook delivery is retried, and how long an endpoint may fail "
+        "before it is disabled (24 h).",
+    )
 
     @property
     def resolved_database_url(self) -> str:

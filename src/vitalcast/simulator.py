@@ -24,6 +24,8 @@ from typing import Any, TypeVar
 import httpx
 
 from vitalcast import clock
+from vitalcast.json_types import JsonObject
+from vitalcast.samples import WriteCounts
 from vitalcast.wearable import (
     MINUTE_MS,
     Interval,
@@ -102,7 +104,12 @@ class Api:
         self._headers = {"Authorization": f"Bearer {token}"}
         self._max_attempts = max_attempts
 
-    async def call(self, method: str, path: str, **kwargs: Any) -> Any:
+    async def call(
+        self,
+        method: str,
+        path: str,
+        **kwargs: Any,  # Any: httpx.request's keyword arguments, passed through
+    ) -> JsonObject:
         delay_s = 0.5
         for attempt in range(1, self._max_attempts + 1):
             try:
@@ -112,7 +119,8 @@ class Api:
                     raise
             else:
                 if response.status_code < 400:
-                    return response.json()
+                    answer: JsonObject = response.json()
+                    return answer
                 if response.status_code not in _TRANSIENT_STATUS or attempt == self._max_attempts:
                     code = None
                     if response.headers.get("content-type", "").endswith("json"):
@@ -125,40 +133,37 @@ class Api:
             delay_s *= 2
         raise AssertionError("unreachable")
 
-    async def create_session(self, plan: SessionPlan) -> dict[str, Any]:
+    async def create_session(self, plan: SessionPlan) -> JsonObject:
         body = {"client_session_id": plan.key, "started_at": clock.iso_ms(plan.start_ms)}
         if plan.notes:
             body["notes"] = plan.notes
-        result: dict[str, Any] = await self.call("POST", "/api/v1/sessions", json=body)
+        result: JsonObject = await self.call("POST", "/api/v1/sessions", json=body)
         return result
 
-    async def end_session(self, session_id: str, ended_ms: int) -> dict[str, Any]:
-        result: dict[str, Any] = await self.call(
+    async def end_session(self, session_id: str, ended_ms: int) -> JsonObject:
+        result: JsonObject = await self.call(
             "POST", f"/api/v1/sessions/{session_id}/end", json={"ended_at": clock.iso_ms(ended_ms)}
         )
         return result
 
-    async def sessions(self, status: str | None = None) -> list[dict[str, Any]]:
+    async def sessions(self, status: str | None = None) -> list[JsonObject]:
         params = {"limit": 200} | ({"status": status} if status else {})
         page = await self.call("GET", "/api/v1/sessions", params=params)
-        items: list[dict[str, Any]] = page["items"]
+        items: list[JsonObject] = page["items"]
         return items
 
-    async def post_samples(self, request_id: str, samples: list[dict[str, Any]]) -> dict[str, Any]:
+    async def post_samples(self, request_id: str, samples: list[JsonObject]) -> JsonObject:
         body = {"request_id": request_id, "samples": samples}
-        result: dict[str, Any] = await self.call("POST", "/api/v1/samples", json=body)
+        result: JsonObject = await self.call("POST", "/api/v1/samples", json=body)
         return result
 
 
 @dataclass
-class Tally:
+class Tally(WriteCounts):
     """Counts of what a runner sent and what the server did with it."""
 
     batches: int = 0
     sent: int = 0
-    inserted: int = 0
-    updated: int = 0
-    unchanged: int = 0
     rejected: int = 0
     late: int = 0
 
@@ -180,7 +185,7 @@ class SessionRunner:
     profile: Profile
     pace: Pace
     seed: int
-    sync_ms: int = 60_000
+    sync_ms: int = MINUTE_MS
     hr_interval_ms: int = 5_000
     label: str = "sim"
     progress: Progress | None = None
@@ -238,9 +243,7 @@ class SessionRunner:
             result = await self.api.post_samples(request_id, chunk)
             self.tally.batches += 1
             self.tally.sent += len(chunk)
-            self.tally.inserted += result.get("inserted", 0)
-            self.tally.updated += result.get("updated", 0)
-            self.tally.unchanged += result.get("unchanged", 0)
+            self.tally.count_answer(result)
             self.tally.rejected += len(result.get("rejected", ()))
         self.tally.late += late
 
@@ -382,7 +385,7 @@ async def simulate(
     return dict(zip((name for name, _ in users), tallies, strict=True))
 
 
-async def until_terminated(work: Coroutine[Any, Any, _T]) -> _T:
+async def until_terminated(work: Coroutine[object, object, _T]) -> _T:
     """Await ``work``; SIGTERM cancels it the way Ctrl-C does, so live sessions end cleanly."""
     task = asyncio.current_task()
     assert task is not None

@@ -1,21 +1,39 @@
 """Builders that the test suite and the benchmarks share, shipped with the package (as structlog
 ships ``structlog.testing``) so neither keeps its own copy: request-shaped samples and users with
-bearer tokens. Nothing here is imported by the service itself."""
+bearer tokens, and the telemetry computations they call outside a compute. Nothing here is imported
+by the service itself."""
 
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from collections.abc import Iterable
+from itertools import groupby
+from operator import itemgetter
 
-from vitalcast.auth import issue_token
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from vitalcast.clock import iso_ms, now_ms
 from vitalcast.db.engine import Database, create_engine
+from vitalcast.json_types import JsonObject
+from vitalcast.local_tokens import issue_token
 from vitalcast.sessions import repository as session_repository
+from vitalcast.sessions.models import Session
+from vitalcast.telemetry.compute.aggregate import session_query
+from vitalcast.telemetry.compute.downsample import (
+    MetricSeries,
+    Row,
+    assemble_metrics,
+    metric_series,
+)
+from vitalcast.telemetry.grid import TelemetryWindow
+from vitalcast.telemetry.keys import TelemetryKey
+
+ROW_ORDER_KEY = itemgetter(0, 1, 2)
 
 
 def hr_sample(
-    record_id: str, at_ms: int, value: float = 72.0, *, source: str = "healthkit", **extra: Any
-) -> dict[str, Any]:
+    record_id: str, at_ms: int, value: float = 72.0, *, source: str = "healthkit", **extra: object
+) -> JsonObject:
     """One heart-rate sample as ``POST /api/v1/samples`` takes it (``extra`` adds or overrides
     fields, e.g. ``device`` or ``end``)."""
     return {
@@ -44,4 +62,36 @@ async def user_with_token(
         user_id = await ensure_user(db, name or f"u-{uuid.uuid4().hex[:8]}")
     finally:
         await db.dispose()
-    return user_id, issue_token(secret, user_id, now_s=now_ms() // 1000, ttl_s=ttl_s)
+    issued_ms = now_ms()
+    return user_id, issue_token(
+        secret, user_id, now_s=issued_ms // 1000, ttl_s=ttl_s, now_ms=issued_ms
+    )
+
+
+async def load_session(conn: AsyncConnection, key: TelemetryKey) -> Session | None:
+    """The key's session with its current watermark; None if gone or not the key's user's."""
+    row = (await conn.execute(session_query(key))).first()
+    return None if row is None else Session.from_row(row)
+
+
+def build_metrics(
+    rows: Iterable[Row], window: TelemetryWindow, bucket_ms: int, *, with_insights: bool = True
+) -> tuple[dict[str, JsonObject], int]:
+    """The payload's ``metrics`` map (only metrics with samples) and the raw sample count.
+
+    ``with_insights=False`` leaves each metric's ``insights`` out; only the benchmark does, to
+    measure what they cost (bench/telemetry.py)."""
+    series = series_of(rows, window.start_ms, bucket_ms, with_insights=with_insights)
+    return assemble_metrics(series, window, bucket_ms, with_insights=with_insights)
+
+
+def series_of(
+    rows: Iterable[Row], origin_ms: int, bucket_ms: int, *, with_insights: bool = True
+) -> dict[str, MetricSeries]:
+    """Each metric's ``MetricSeries`` from GROUP BY rows in any order (metrics outside the catalog
+    and metrics with AHEAD rows only are left out)."""
+    built = (
+        metric_series(code, metric_rows, origin_ms, bucket_ms, with_insights=with_insights)
+        for code, metric_rows in groupby(sorted(rows, key=ROW_ORDER_KEY), key=itemgetter(0))
+    )
+    return {series.code: series for series in built if series is not None}

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vitalcast.clock import MINUTE_MS
+
 EARLIEST_MS = 0
 # Clocks of phones and watches drift: a sample, session start or end this far ahead of the
 # server's now is still accepted; anything later is FUTURE_TIMESTAMP.
-FUTURE_TOLERANCE_MS = 5 * 60_000
+FUTURE_TOLERANCE_MS = 5 * MINUTE_MS
 
 #: before 1970-01-01T00:00:00Z
 BEFORE_EPOCH = "BEFORE_EPOCH"

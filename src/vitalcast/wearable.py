@@ -13,11 +13,10 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
+from vitalcast.clock import MINUTE_MS as MINUTE_MS
 from vitalcast.clock import iso_ms
-
-MINUTE_MS = 60_000
+from vitalcast.json_types import JsonObject
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +109,7 @@ class Sample:
     start_ms: int
     end_ms: int
 
-    def wire(self, profile: Profile) -> dict[str, Any]:
+    def wire(self, profile: Profile) -> JsonObject:
         return {
             "source": profile.source,
             "record_id": self.record_id,

@@ -24,32 +24,43 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import socketio
 
+from vitalcast.alerts.service import AlertService
 from vitalcast.auth import Authenticator
 from vitalcast.clock import Clock, SystemClock
 from vitalcast.db.engine import Database, create_engine
 from vitalcast.ingest.service import IngestService
 from vitalcast.observability import Metrics
+from vitalcast.oidc import OidcVerifier
 from vitalcast.queue.service import SessionTelemetryQueueService
 from vitalcast.ratelimit import RateLimiter
 from vitalcast.realtime.broadcaster import WebSocketBroadcaster, socketio_server
 from vitalcast.realtime.subscriptions import SubscriptionRegistry
+from vitalcast.revocations import RevocationBus, RevocationPoll, channel_of
 from vitalcast.sessions.changes import NO_LISTENER, ChangeFanout, ChangeListener
 from vitalcast.sessions.service import SessionService
 from vitalcast.settings import Settings
-from vitalcast.telemetry.compute import Aggregator
-from vitalcast.telemetry.computer import TelemetryComputer
-from vitalcast.telemetry.coordinator import BoundedComputeCoordinator
-from vitalcast.telemetry.incremental import compute_view
-from vitalcast.telemetry.insights_service import InsightsService
-from vitalcast.telemetry.live_ticks import LiveTicker
-from vitalcast.telemetry.models import Subscriptions, TelemetryListener
-from vitalcast.telemetry.reader import open_reader
+from vitalcast.shares import ShareAccessLog
+from vitalcast.telemetry.compute.aggregate import Aggregator
+from vitalcast.telemetry.compute.incremental import compute_view
+from vitalcast.telemetry.compute.memo import ViewMemo
+from vitalcast.telemetry.ports import PostSaveHooks, Subscriptions, TelemetryListener
+from vitalcast.telemetry.read.reader import open_reader
+from vitalcast.telemetry.read.service import SessionTelemetryService
+from vitalcast.telemetry.read.subscribe import SubscribeSupport
+from vitalcast.telemetry.run.computer import TelemetryComputer
+from vitalcast.telemetry.run.coordinator import BoundedComputeCoordinator
+from vitalcast.telemetry.run.insights_service import InsightsService
+from vitalcast.telemetry.run.live_ticks import LiveTicker
+from vitalcast.telemetry.run.triggers import TelemetryTriggers
 from vitalcast.telemetry.scheduling import Scheduler
-from vitalcast.telemetry.service import SessionTelemetryService
-from vitalcast.telemetry.triggers import TelemetryTriggers
+from vitalcast.telemetry.store.leases import SessionTelemetryCacheRepository
+from vitalcast.webhooks.addresses import Resolver, system_resolver
+from vitalcast.webhooks.sender import WebhookSender
+from vitalcast.webhooks.service import WebhookDispatcher, WebhookService
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +75,10 @@ class Seams:
     telemetry_listener: TelemetryListener | None = None
     #: wraps the server's scheduler (e.g. to record what was scheduled, and why)
     scheduler_wrapper: Callable[[Scheduler], Scheduler] | None = None
+    #: what the process's computes remember of their saves (tests count what it serves)
+    view_memo: ViewMemo | None = None
+    #: the DNS of webhook URLs (tests make a name resolve to a chosen address)
+    resolver: Resolver | None = None
 
 
 #: the real thing everywhere
@@ -97,10 +112,25 @@ class ServerParts:
     sessions: SessionService
     ingest: IngestService
     limiter: RateLimiter
+    #: local-token revocations written by other processes (the CLI), found by polling
+    revocation_poll: RevocationPoll
+    #: reads through shares, written once a second for their owners
+    share_access: ShareAccessLog
+    #: the owner's webhook endpoints, and the sender of their deliveries
+    webhooks: WebhookService
+    dispatcher: WebhookDispatcher
+    #: announces alert episodes (a post-save hook of ``computer``) and replays missed ones
+    alerts: AlertService
+    #: the state and the missed update a Socket.IO subscribe asks for
+    subscribe: SubscribeSupport
 
     async def start(self) -> None:
         await self.coordinator.start()
         await self.ticker.start()
+        await self.authenticator.start()
+        await self.revocation_poll.start()
+        await self.share_access.start()
+        await self.dispatcher.start()
 
     async def refresh_metrics(self) -> None:
         """Update the gauges that are read rather than counted (before /metrics renders)."""
@@ -111,7 +141,11 @@ class ServerParts:
 
     async def close(self) -> None:
         """Stop computing and release every connection (the realtime server closes first)."""
+        await self.dispatcher.stop()
         await self.ticker.stop()
+        await self.share_access.close()
+        await self.revocation_poll.close()
+        await self.authenticator.close()
         if self.queue is not None:
             await self.queue.close()
         await self.coordinator.stop()
@@ -191,14 +225,19 @@ def _computer(
     seams: Seams,
     *,
     lease_ms: int,
+    hooks: PostSaveHooks | None = None,
 ) -> TelemetryComputer:
+    """The process's one computer, with the one memo of its saves and the cache repository."""
+    memo = seams.view_memo if seams.view_memo is not None else ViewMemo()
     return TelemetryComputer(
         db,
         clock,
         metrics,
         seams.telemetry_listener or listener,
         lease_ms=lease_ms,
-        aggregator=seams.aggregator or compute_view,
+        aggregator=seams.aggregator or partial(compute_view, memo=memo),
+        cache=SessionTelemetryCacheRepository(),
+        hooks=hooks,
     )
 
 
@@ -226,8 +265,9 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
     sio, manager = socketio_server(settings)
     broadcaster = WebSocketBroadcaster.for_server(sio, manager, metrics=metrics)
     subscriptions = SubscriptionRegistry()
+    hooks = PostSaveHooks()
     computer = _computer(
-        settings, db, clock, metrics, broadcaster, seams, lease_ms=settings.lease_ms
+        settings, db, clock, metrics, broadcaster, seams, lease_ms=settings.lease_ms, hooks=hooks
     )
     coordinator = _coordinator(settings, computer, metrics, subscriptions)
     queue = (
@@ -243,13 +283,19 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
     )
     changes = ChangeFanout(triggers, broadcaster)
     secret = settings.resolved_secret()
+    authenticator = _authenticator(settings, db, clock, secret)
+    resolver = seams.resolver or system_resolver
+    dispatcher = _dispatcher(settings, db, clock, metrics, resolver)
+    alerts = AlertService(db, clock, metrics, broadcaster, wake_webhooks=dispatcher.wake)
+    hooks.register(alerts)
+    reader = open_reader(settings.resolved_database_url)
     return ServerParts(
         settings=settings,
         db=db,
         clock=clock,
         metrics=metrics,
         secret=secret,
-        authenticator=Authenticator(secret, db),
+        authenticator=authenticator,
         sio=sio,
         broadcaster=broadcaster,
         subscriptions=subscriptions,
@@ -261,7 +307,7 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
             clock,
             metrics,
             scheduler,
-            open_reader(settings.resolved_database_url),
+            reader,
             default_window_minutes=settings.default_window_minutes,
         ),
         insights=InsightsService(
@@ -272,6 +318,62 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
         sessions=SessionService(db, clock, changes),
         ingest=IngestService(db, clock, metrics, changes),
         limiter=RateLimiter.from_settings(settings),
+        revocation_poll=RevocationPoll(
+            db, authenticator.revocations, interval_ms=settings.revocation_poll_ms
+        ),
+        share_access=ShareAccessLog(db, clock),
+        webhooks=WebhookService(
+            db, clock, allow_private=settings.webhook_allow_private, resolver=resolver
+        ),
+        dispatcher=dispatcher,
+        alerts=alerts,
+        subscribe=SubscribeSupport(
+            db, clock, reader, default_window_minutes=settings.default_window_minutes
+        ),
+    )
+
+
+def _authenticator(settings: Settings, db: Database, clock: Clock, secret: str) -> Authenticator:
+    """Local tokens (unless switched off), the OpenID Connect issuer's when one is configured,
+    share tokens; revocations travel through Redis when it is configured."""
+    oidc = None
+    if settings.oidc_issuer:
+        if not settings.oidc_audience:
+            raise ValueError("VITALCAST_OIDC_AUDIENCE is required with VITALCAST_OIDC_ISSUER")
+        oidc = OidcVerifier(
+            settings.oidc_issuer, settings.oidc_audience, refresh_s=settings.oidc_jwks_refresh_s
+        )
+    return Authenticator(
+        secret,
+        db,
+        clock=clock,
+        local_tokens=settings.local_tokens,
+        oidc=oidc,
+        revocations=RevocationBus(
+            settings.redis_url, channel=channel_of(settings.socketio_channel)
+        ),
+        cache_s=settings.auth_cache_s,
+    )
+
+
+def _dispatcher(
+    settings: Settings, db: Database, clock: Clock, metrics: Metrics, resolver: Resolver
+) -> WebhookDispatcher:
+    sender = WebhookSender(
+        allow_private=settings.webhook_allow_private,
+        timeout_s=settings.webhook_timeout_s,
+        resolver=resolver,
+    )
+    return WebhookDispatcher(
+        db,
+        clock,
+        metrics,
+        sender,
+        concurrency=settings.webhook_concurrency,
+        retry_base_ms=settings.webhook_retry_base_ms,
+        retry_window_ms=settings.webhook_retry_window_ms,
+        # an attempt ends within twice the timeout; the claim outlives it with room to record
+        claim_ms=int(settings.webhook_timeout_s * 2_000) + 10_000,
     )
 
 
@@ -284,7 +386,12 @@ def build_worker(settings: Settings, seams: Seams = NO_SEAMS) -> WorkerParts:
     # As short as the job lock (settings.worker_lease_ms): when a worker dies, its job is
     # redelivered within seconds and the key must be free by then, not after the server's lease.
     lease_ms = min(settings.lease_ms, settings.worker_lease_ms)
-    computer = _computer(settings, db, clock, metrics, broadcaster, seams, lease_ms=lease_ms)
+    hooks = PostSaveHooks()
+    computer = _computer(
+        settings, db, clock, metrics, broadcaster, seams, lease_ms=lease_ms, hooks=hooks
+    )
+    # The servers' webhook dispatchers pick up the deliveries this worker's alerts commit.
+    hooks.register(AlertService(db, clock, metrics, broadcaster))
     return WorkerParts(settings, db, clock, metrics, broadcaster, computer)
 
 

@@ -1,4 +1,4 @@
-"""Schemathesis hooks (loaded through ``SCHEMATHESIS_HOOKS``): the error contract of DESIGN.md as a
+"""Schemathesis hooks (loaded through ``SCHEMATHESIS_HOOKS``): the error contract of docs/design.md as a
 check that runs on every response of the fuzzing run."""
 
 from __future__ import annotations

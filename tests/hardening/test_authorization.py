@@ -1,6 +1,7 @@
 """The authorization matrix: every HTTP route and every Socket.IO event, as the owner of a session,
-another user, no token, an expired token, a forged one and a well-signed one of a user that does
-not exist, against a real server process on each database. The table is the contract; the test fails on any cell that differs, and on any route
+another user, no token, an expired token, a forged one, a well-signed one of a user that does
+not exist, a share token of the session and a share token of another session of the same owner,
+against a real server process on each database. The table is the contract; the test fails on any cell that differs, and on any route
 the server has that the table does not list."""
 
 from __future__ import annotations
@@ -23,7 +24,16 @@ from vitalcast.auth import issue_token
 
 OWNER, OTHER, NONE, EXPIRED, FORGED = "owner", "other", "no token", "expired", "forged"
 UNKNOWN = "unknown user"
-PRINCIPALS = (OWNER, OTHER, NONE, EXPIRED, FORGED, UNKNOWN)
+SHARE, SHARE_ELSEWHERE = "share", "share of another session"
+PRINCIPALS = (OWNER, OTHER, NONE, EXPIRED, FORGED, UNKNOWN, SHARE, SHARE_ELSEWHERE)
+# What a share token may do: read its one session (another one is 404) and the catalog.
+SHARE_READS = {
+    "GET /api/v1/sessions/{session_id}",
+    "GET /api/v1/sessions/{session_id}/telemetry",
+    "GET /api/v1/sessions/{session_id}/export.csv",
+    "GET /api/v1/sessions/{session_id}/fhir",
+}
+SHARE_OPEN = {"GET /api/v1/catalog", "GET /api/v1/share"}
 # A token of a user the database does not hold is refused like a bad signature.
 REFUSED = {
     NONE: "UNAUTHENTICATED",
@@ -65,7 +75,45 @@ HTTP_MATRIX: dict[str, dict[str, tuple[int, str | None]]] = {
     },
     # the caller's own completed sessions, whoever calls
     "GET /api/v1/insights": {OWNER: (200, None), OTHER: (200, None)},
+    "POST /api/v1/sessions/{session_id}/shares": {
+        OWNER: (201, None),
+        OTHER: (404, "SESSION_NOT_FOUND"),
+    },
+    "GET /api/v1/sessions/{session_id}/shares": {
+        OWNER: (200, None),
+        OTHER: (404, "SESSION_NOT_FOUND"),
+    },
+    "DELETE /api/v1/shares/{share_id}": {OWNER: (204, None), OTHER: (404, "SHARE_NOT_FOUND")},
+    # what a share token opens; a user's own token is none
+    "GET /api/v1/share": {OWNER: (404, "SHARE_NOT_FOUND"), OTHER: (404, "SHARE_NOT_FOUND")},
+    "GET /api/v1/shares/{share_id}/access": {
+        OWNER: (200, None),
+        OTHER: (404, "SHARE_NOT_FOUND"),
+    },
+    "POST /api/v1/webhooks": {OWNER: (201, None), OTHER: (201, None)},
+    "GET /api/v1/webhooks": {OWNER: (200, None), OTHER: (200, None)},
+    "DELETE /api/v1/webhooks/{endpoint_id}": {
+        OWNER: (204, None),
+        OTHER: (404, "WEBHOOK_NOT_FOUND"),
+    },
+    "GET /api/v1/webhooks/{endpoint_id}/deliveries": {
+        OWNER: (200, None),
+        OTHER: (404, "WEBHOOK_NOT_FOUND"),
+    },
 }
+# A public address literal: registering it needs no DNS.
+WEBHOOK = {"url": "https://93.184.215.14/hook", "events": ["session.alert"]}
+
+
+def _share_cell(route: str, who: str) -> tuple[int, str | None]:
+    """A share token's answer: its session's reads, 404 for another session's, 403 the rest."""
+    if route in SHARE_OPEN:
+        return 200, None
+    if route in SHARE_READS:
+        return (200, None) if who == SHARE else (404, "SESSION_NOT_FOUND")
+    return 403, "SHARE_SCOPE"
+
+
 # Socket.IO: the refused principals never get a socket, so their events cannot be sent at all.
 SOCKET_MATRIX: dict[str, dict[str, Any]] = {
     "connect": {
@@ -76,9 +124,15 @@ SOCKET_MATRIX: dict[str, dict[str, Any]] = {
         FORGED: "refused TOKEN_INVALID",
         UNKNOWN: "refused TOKEN_INVALID",
     },
-    "subscribe": {OWNER: "ok", OTHER: "SESSION_NOT_FOUND"},
-    "unsubscribe": {OWNER: "ok", OTHER: "ok"},
+    "subscribe": {
+        OWNER: "ok",
+        OTHER: "SESSION_NOT_FOUND",
+        SHARE: "ok",
+        SHARE_ELSEWHERE: "SESSION_NOT_FOUND",
+    },
+    "unsubscribe": {OWNER: "ok", OTHER: "ok", SHARE: "ok", SHARE_ELSEWHERE: "ok"},
 }
+SOCKET_MATRIX["connect"] |= {SHARE: "connected", SHARE_ELSEWHERE: "connected"}
 
 
 @dataclass
@@ -87,6 +141,8 @@ class World:
     tokens: dict[str, str | None]
     shared_session: str | None = None
     owner_sessions: set[str] = field(default_factory=set)
+    #: a share of ``shared_session`` that stays live (the owner's DELETE gets its own)
+    share_id: str | None = None
 
     def headers(self, who: str) -> dict[str, str]:
         token = self.tokens[who]
@@ -122,6 +178,26 @@ async def _owner_session(client: httpx.AsyncClient, world: World) -> str:
     return str(created.json()["id"])
 
 
+async def _share(client: httpx.AsyncClient, world: World, session_id: str) -> tuple[str, str]:
+    """(id, token) of a new hour-long share of the owner's ``session_id``."""
+    created = await client.post(
+        f"/api/v1/sessions/{session_id}/shares",
+        json={"expires_in_minutes": 60},
+        headers=world.headers(OWNER),
+    )
+    assert created.status_code == 201, created.text
+    return created.json()["id"], created.json()["token"]
+
+
+async def _share_tokens(client: httpx.AsyncClient, world: World) -> None:
+    """The share principals: one of the shared session, one of another session of the owner."""
+    if world.shared_session is None:
+        world.shared_session = await _owner_session(client, world)
+    world.share_id, world.tokens[SHARE] = await _share(client, world, world.shared_session)
+    elsewhere = await _owner_session(client, world)
+    _, world.tokens[SHARE_ELSEWHERE] = await _share(client, world, elsewhere)
+
+
 async def _call(client: httpx.AsyncClient, world: World, route: str, who: str) -> httpx.Response:
     method, path = route.split(" ", 1)
     if world.shared_session is None:
@@ -130,9 +206,24 @@ async def _call(client: httpx.AsyncClient, world: World, route: str, who: str) -
     changes = who == OWNER and route.endswith(("/end", "/cancel"))
     session_id = await _owner_session(client, world) if changes else world.shared_session
     url = path.replace("{session_id}", session_id)
+    if "{share_id}" in path:
+        # The owner's revoke ends its share: give it its own.
+        share_id = (
+            (await _share(client, world, session_id))[0]
+            if who == OWNER and method == "DELETE"
+            else world.share_id
+        )
+        url = url.replace("{share_id}", str(share_id))
+    if "{endpoint_id}" in path:
+        created = await client.post("/api/v1/webhooks", json=WEBHOOK, headers=world.headers(OWNER))
+        url = url.replace("{endpoint_id}", created.json()["id"])
     body: Any = None
     if route == "POST /api/v1/samples":
         body = {"samples": [hr(f"{who}-r", now_ms() - MINUTE_MS)]}
+    elif route == "POST /api/v1/sessions/{session_id}/shares":
+        body = {"expires_in_minutes": 30}
+    elif route == "POST /api/v1/webhooks":
+        body = WEBHOOK
     elif method == "POST":
         body = {}
     response = await client.request(method, url, json=body, headers=world.headers(who))
@@ -143,6 +234,8 @@ async def _call(client: httpx.AsyncClient, world: World, route: str, who: str) -
     if route == "GET /api/v1/sessions" and response.status_code == 200:
         ids = {item["id"] for item in response.json()["items"]}
         assert (session_id in ids) is (who == OWNER), "a list shows exactly the caller's sessions"
+    if route == "GET /api/v1/sessions/{session_id}/shares" and response.status_code == 200:
+        assert all("token" not in item for item in response.json()["items"]), "never the token"
     if route == "GET /api/v1/insights" and response.status_code == 200 and who != OWNER:
         listed = {line["session_id"] for line in response.json()["sessions"]}
         assert not listed & world.owner_sessions, "insights list only the caller's sessions"
@@ -155,12 +248,16 @@ def _cell(response: httpx.Response) -> tuple[int, str | None]:
         return response.status_code, response.json()["code"]
     if response.status_code == 202:
         return 200, None  # a cold telemetry view is "computing": served, not refused
+    if response.status_code == 200 and response.headers.get("content-type", "").startswith(
+        "text/csv"
+    ):
+        response.read()  # the export streamed to its end: nothing failed midway
     return response.status_code, None
 
 
 async def _socket_cells(world: World) -> dict[str, dict[str, Any]]:
     async with httpx.AsyncClient(base_url=world.base) as client:
-        session_id = await _owner_session(client, world)
+        session_id = world.shared_session or await _owner_session(client, world)
     cells: dict[str, dict[str, Any]] = {event: {} for event in SOCKET_MATRIX}
     for who in PRINCIPALS:
         refusals: list[Any] = []
@@ -200,6 +297,7 @@ async def test_authorization_matrix(database_url: str, users, tmp_path: Path) ->
     with serve_subprocess(env, tmp_path / "server.log") as server:
         world = World(server.url, _tokens(owner_id, other_id))
         async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            await _share_tokens(client, world)
             schema = (await client.get("/openapi.json")).json()
             served = {f"{m.upper()} {p}" for p, ops in schema["paths"].items() for m in ops}
             assert served == set(HTTP_MATRIX) | (PUBLIC - UNDOCUMENTED)
@@ -211,6 +309,8 @@ async def test_authorization_matrix(database_url: str, users, tmp_path: Path) ->
                 for who in PRINCIPALS:
                     if route in PUBLIC:
                         expected[route][who] = (200, None)
+                    elif who in (SHARE, SHARE_ELSEWHERE):
+                        expected[route][who] = _share_cell(route, who)
                     elif who in REFUSED:
                         expected[route][who] = (401, REFUSED[who])
                     else:

@@ -29,9 +29,9 @@ from tests.processes import (
 from vitalcast.clock import iso_ms
 from vitalcast.db.engine import Database, create_engine
 from vitalcast.db.tables import session_changes, sessions, telemetry_cache
-from vitalcast.telemetry.compute import load_session
-from vitalcast.telemetry.incremental import compute_view
-from vitalcast.telemetry.models import COMPUTE_VERSION, Resolution, TelemetryKey
+from vitalcast.telemetry.compute.incremental import compute_view
+from vitalcast.telemetry.keys import COMPUTE_VERSION, Resolution, TelemetryKey
+from vitalcast.testing import load_session
 
 pytestmark = pytest.mark.slow
 

@@ -60,6 +60,11 @@ checks.positive_data_acceptance.expected-statuses = [200, 201, 422]
 [[operations]]
 include-name = "POST /api/v1/sessions/{{session_id}}/end"
 checks.positive_data_acceptance.expected-statuses = [200, 404, 409, 422]
+
+# A webhook URL must resolve to a public address when it is registered (DNS, SSRF rules).
+[[operations]]
+include-name = "POST /api/v1/webhooks"
+checks.positive_data_acceptance.expected-statuses = [201, 409, 422]
 """
 
 

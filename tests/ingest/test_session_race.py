@@ -15,7 +15,7 @@ from tests.ingest.helpers import MINUTE_MS, now_ms
 from vitalcast.clock import SystemClock
 from vitalcast.db.engine import Database, create_engine
 from vitalcast.ingest import repository as ingest_repository
-from vitalcast.ingest.validation import NormalizedSample
+from vitalcast.samples import Sample
 from vitalcast.sessions import repository as session_repository
 from vitalcast.sessions.changes import NO_LISTENER
 from vitalcast.sessions.service import SessionService
@@ -51,10 +51,10 @@ async def test_session_created_during_an_ingest_waits_for_it_and_takes_its_water
     create_db = Database(create_engine(pg_database_url))
     watch_db = Database(create_engine(pg_database_url))
     now = now_ms()
-    sample = NormalizedSample("polar", "race-1", "heart_rate", 70.0, "bpm", now, now, None)
+    sample = Sample("polar", "race-1", "heart_rate", 70.0, "bpm", now, now, None)
     try:
         async with ingest_db.write() as ingest:
-            seq = await ingest_repository.lock_user(ingest, user_id)
+            seq = await session_repository.lock_user(ingest, user_id)
             assert seq is not None
             written = await ingest_repository.write_samples(
                 ingest, user_id, [sample], [], change_seq=seq + 1

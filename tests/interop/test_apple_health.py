@@ -15,6 +15,7 @@ from tests.interop.health_exports import (
     PACIFIC,
     UNKNOWN_TYPES,
     WATCH,
+    WATCH_DEVICE,
     Rec,
     at,
     catalog_fixture,
@@ -27,11 +28,13 @@ from vitalcast.clock import epoch_ms
 from vitalcast.interop.apple_health import (
     Batch,
     ExportError,
+    device_hardware,
     iso_of,
     open_export,
     read_batches,
     record_id,
 )
+from vitalcast.interop.markup_guard import MarkupGuard, MarkupTooLong
 
 
 def batches(path: Path, batch_size: int = 5_000, **kwargs: object) -> Iterator[Batch]:
@@ -165,3 +168,77 @@ def test_offsets_other_than_utc_land_on_the_right_instant(tmp_path):
     (batch,) = batches(write_export(tmp_path / "e.xml", [Rec(HR, "count/min", "70", MORNING)]))
     assert datetime.fromisoformat(batch.samples[0]["start"]) == MORNING
     assert MORNING.tzinfo == PACIFIC
+
+
+# -- the markup guard ----------------------------------------------------------------------------
+
+GUARDED = (
+    b'<?xml version="1.0"?><HealthData><Record a="1 > 2" b=\'it"s\'/>text > here'
+    b'<Record c="x"><MetadataEntry k="v"/></Record><!-- note --></HealthData>'
+)
+
+
+def guarded(data: bytes, chunk: int, limit: int) -> tuple[bytes, int]:
+    guard = MarkupGuard(limit)
+    out = b"".join(guard.feed(data[i : i + chunk]) for i in range(0, len(data), chunk))
+    return out + guard.close(), guard.replaced
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 16, 1000])
+def test_the_markup_guard_passes_ordinary_markup_unchanged_at_any_chunking(chunk):
+    assert guarded(GUARDED, chunk, limit=64) == (GUARDED, 0)
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 64, 199])
+def test_an_oversized_start_tag_becomes_an_empty_stand_in_whatever_its_quotes_hold(chunk):
+    """A tag past the limit is read to its real end (a ``>`` or ``/>`` inside quotes does
+    not end it) and replaced by its name with the marker; self-closing stays self-closing.
+    (Markup inside one chunk is passed whole: the parser's bound is limit + one chunk.)"""
+    double = b"v" * 300 + b"/> '>" + b"w" * 300
+    single = b"v" * 300 + b'/> ">' + b"w" * 300
+    data = (
+        b'<HealthData><Record a="' + double + b'" b="1"/><Record x="1"/>'
+        b"<Workout d='" + single + b"'>t<MetadataEntry/></Workout></HealthData>"
+    )
+    out, replaced = guarded(data, chunk, limit=200)
+    assert replaced == 2
+    assert out == (
+        b'<HealthData><Record vitalcast-oversized="1"/><Record x="1"/>'
+        b'<Workout vitalcast-oversized="1">t<MetadataEntry/></Workout></HealthData>'
+    )
+
+
+def test_long_text_after_short_markup_passes_and_long_comments_are_refused():
+    text = b"<HealthData><Record/>" + b"t" * 5000 + b"</HealthData>"
+    assert guarded(text, 100, limit=200) == (text, 0)
+    with pytest.raises(MarkupTooLong):
+        guarded(b"<HealthData><!--" + b"c" * 5000 + b"--></HealthData>", 100, limit=200)
+
+
+def test_a_record_with_a_field_past_the_cap_is_malformed_and_its_neighbours_are_read(tmp_path):
+    records = [
+        Rec(HR, "count/min", "70", at(0)),
+        Rec(HR, "count/min", "71", at(1), device="<<HKDevice>, name:" + "x" * 5000 + ">"),
+        Rec(HR, "count/min", "72", at(2), source="s" * 5000),
+        Rec(HR, "count/min", "73", at(3)),
+    ]
+    (batch,) = batches(write_export(tmp_path / "export.xml", records))
+    assert [s["value"] for s in batch.samples] == [70.0, 73.0]
+    assert batch.malformed == 2
+
+
+def test_nesting_past_the_cap_ends_the_read(tmp_path):
+    path = tmp_path / "export.xml"
+    path.write_text(
+        export_text([]).replace("</HealthData>", "<a>" * 40 + "</a>" * 40 + "</HealthData>")
+    )
+    with pytest.raises(ExportError, match="nested deeper than 32 levels"):
+        list(batches(path))
+
+
+def test_device_descriptions_keep_their_hardware():
+    assert device_hardware(WATCH_DEVICE) == "Watch6,2"
+    assert device_hardware("<<HKDevice: 0x1>, name:A, hardware:Watch3,2>") == "Watch3,2"
+    assert device_hardware("<<HKDevice: 0x1>, hardware:Odd, one, model:M>") == "Odd, one"
+    assert device_hardware("<<HKDevice: 0x1>, name:no hardware>") is None
+    assert device_hardware("name:A, hardware:B") is None  # not closed by ">"

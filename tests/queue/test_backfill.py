@@ -26,8 +26,8 @@ from vitalcast.sessions import repository as session_repository
 from vitalcast.sessions.changes import NO_LISTENER
 from vitalcast.sessions.models import Session, SessionStatus
 from vitalcast.settings import Settings
-from vitalcast.telemetry.computer import TelemetryComputer
-from vitalcast.telemetry.models import ScheduleReason, TelemetryKey
+from vitalcast.telemetry.keys import ScheduleReason, TelemetryKey
+from vitalcast.telemetry.run.computer import TelemetryComputer
 from vitalcast.testing import ensure_user
 from vitalcast.wiring import build_local_computes
 

@@ -10,7 +10,7 @@ from tests.interop.health_exports import HR, Rec, at, workout, write_export
 from vitalcast.interop.importer import import_export
 from vitalcast.queue.jobs import TelemetryJob
 from vitalcast.settings import Settings
-from vitalcast.telemetry.models import ScheduleReason
+from vitalcast.telemetry.keys import ScheduleReason
 from vitalcast.testing import ensure_user
 from vitalcast.wiring import build_importer
 

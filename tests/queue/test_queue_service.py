@@ -18,7 +18,7 @@ from vitalcast.queue.jobs import JOB_ATTEMPTS, TelemetryJob, job_id
 from vitalcast.queue.service import SessionTelemetryQueueService
 from vitalcast.queue.worker import JobDeferred, JobFailed
 from vitalcast.settings import Settings
-from vitalcast.telemetry.models import COMPUTE_VERSION, Resolution, ScheduleReason, TelemetryKey
+from vitalcast.telemetry.keys import COMPUTE_VERSION, Resolution, ScheduleReason, TelemetryKey
 
 
 class RecordingScheduler:

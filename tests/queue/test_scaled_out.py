@@ -47,7 +47,7 @@ from vitalcast.db.engine import Database, create_engine
 from vitalcast.db.tables import telemetry_cache
 from vitalcast.queue.jobs import job_id
 from vitalcast.redis_connections import blocking_options
-from vitalcast.telemetry.models import Resolution, TelemetryKey
+from vitalcast.telemetry.keys import Resolution, TelemetryKey
 
 pytestmark = pytest.mark.slow
 

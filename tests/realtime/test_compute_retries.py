@@ -12,8 +12,9 @@ from tests.realtime.conftest import ClientFactory, LiveServer, serve_in_thread
 from tests.realtime.test_end_to_end import ingest, next_update_at, telemetry
 from tests.realtime.test_socket_server import create_session
 from vitalcast.settings import Settings
-from vitalcast.telemetry.cache import Lease, SessionTelemetryCacheRepository
-from vitalcast.telemetry.models import Resolution, TelemetryKey
+from vitalcast.telemetry.keys import Resolution, TelemetryKey
+from vitalcast.telemetry.store.leases import SessionTelemetryCacheRepository
+from vitalcast.telemetry.store.rows import Lease
 from vitalcast.wiring import Seams
 
 

@@ -24,7 +24,7 @@ from tests.realtime.conftest import ClientFactory, SocketClient
 from tests.redis_keys import keys_deleted_after
 from tests.stepped_clock import set_time
 from vitalcast.redis_connections import blocking_options
-from vitalcast.telemetry.live_ticks import TICK_GRACE_MS
+from vitalcast.telemetry.run.live_ticks import TICK_GRACE_MS
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +34,7 @@ BOUNDARIES = 3
 #: second)
 PAST_BOUNDARY_MS = TICK_GRACE_MS + 300
 EVENT_TIMEOUT_S = 60.0
-#: heart rate's gap threshold at 1m (reference/metrics.md)
+#: heart rate's gap threshold at 1m (docs/design.md, "Metric catalog")
 HR_GAP_MS = 2 * MINUTE_MS
 
 

@@ -13,7 +13,7 @@ from tests.realtime.test_socket_server import create_session
 from vitalcast.observability import Metrics
 from vitalcast.realtime.broadcaster import WebSocketBroadcaster
 from vitalcast.settings import Settings
-from vitalcast.telemetry.models import TelemetryUpdate
+from vitalcast.telemetry.ports import TelemetryUpdate
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 

@@ -14,7 +14,7 @@ import socketio
 from tests.realtime.conftest import ClientFactory, LiveServer, serve_in_thread, updated_fields
 from vitalcast.clock import ManualClock
 from vitalcast.settings import Settings
-from vitalcast.telemetry.models import TelemetryUpdate
+from vitalcast.telemetry.ports import TelemetryUpdate
 from vitalcast.wiring import Seams
 
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

@@ -18,12 +18,35 @@ from vitalcast.clock import ManualClock
 from vitalcast.clock import iso_ms as iso
 from vitalcast.db.engine import Database
 from vitalcast.settings import Settings
-from vitalcast.telemetry.coordinator import BoundedComputeCoordinator
+from vitalcast.telemetry.compute.memo import RememberedView, ViewMemo
+from vitalcast.telemetry.compute.results import StoredView
+from vitalcast.telemetry.keys import TelemetryKey
+from vitalcast.telemetry.run.coordinator import BoundedComputeCoordinator
 from vitalcast.wiring import Seams, ServerParts
 
 # 2026-03-02T08:00:00Z: a fixed "now" that every telemetry test starts from
 T0_MS = 1_772_438_400_000
 MINUTE = 60_000
+
+
+class CountingMemo(ViewMemo):
+    """The app's memo, counting the lookups it served (what the tests check it is used for)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hits = 0
+
+    def get(self, key: TelemetryKey, stored: StoredView) -> RememberedView | None:
+        entry = super().get(key, stored)
+        if entry is not None:
+            self.hits += 1
+        return entry
+
+    def copy(self) -> CountingMemo:
+        """Another memo holding the same entries (a compute from it leaves this one as it is)."""
+        other = CountingMemo()
+        other._entries = self._entries.copy()
+        return other
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +74,17 @@ async def serving(settings: Settings, seams: Seams) -> AsyncIterator[Any]:
 
 
 @pytest.fixture
-async def tapp(settings: Settings, clock: ManualClock) -> AsyncIterator[Any]:
+def view_memo() -> CountingMemo:
+    """The memo of the app's computes, counting what it served."""
+    return CountingMemo()
+
+
+@pytest.fixture
+async def tapp(
+    settings: Settings, clock: ManualClock, view_memo: CountingMemo
+) -> AsyncIterator[Any]:
     """The real app on the manual clock, lifespan running."""
-    async with serving(settings, Seams(clock=clock)) as application:
+    async with serving(settings, Seams(clock=clock, view_memo=view_memo)) as application:
         yield application
 
 

@@ -13,15 +13,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.telemetry.conftest import TelemetryClient
 from vitalcast.db.tables import session_changes, telemetry_cache
-from vitalcast.telemetry.compute import load_session
-from vitalcast.telemetry.incremental import MEMO, ViewMemo, compute_view
-from vitalcast.telemetry.models import (
-    COMPUTE_VERSION,
-    ComputedTelemetry,
-    Resolution,
-    StoredView,
-    TelemetryKey,
-)
+from vitalcast.telemetry.compute.incremental import compute_view
+from vitalcast.telemetry.compute.memo import ViewMemo
+from vitalcast.telemetry.compute.results import ComputedTelemetry, StoredView
+from vitalcast.telemetry.keys import COMPUTE_VERSION, Resolution, TelemetryKey
+from vitalcast.testing import load_session
 
 
 @dataclass(frozen=True)
@@ -70,7 +66,7 @@ async def recompute(
     now_ms: int,
     stored: StoredView | None,
     *,
-    memo: ViewMemo | None = MEMO,
+    memo: ViewMemo | None = None,
 ) -> ComputedTelemetry:
     """A compute of ``key`` at ``now_ms`` from ``stored`` (None: full), not saved; ``memo`` None
     decodes the stored partials instead of using what this process remembers of them."""

@@ -1,7 +1,7 @@
 """Insights from first principles: raw samples in, the payload's ``insights`` out, in plain Python.
 
 Nothing here imports vitalcast: the catalog facts are written out again from
-reference/metrics.md, gaps and coverage are recomputed from DESIGN.md (Version 2: coverage is
+docs/design.md ("Metric catalog"), gaps and coverage are recomputed from its definitions (coverage is
 time outside gaps), and every insight follows the written definition in the README's "Insights"
 section sample by sample, so a mistake shared with the implementation cannot hide. The one thing
 taken from the payload is its window (start, end and bucket), which test_correctness checks.

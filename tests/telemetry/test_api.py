@@ -11,8 +11,9 @@ import sqlalchemy as sa
 
 from tests.telemetry.conftest import MINUTE, hr
 from vitalcast.db.tables import telemetry_cache
-from vitalcast.telemetry.cache import SessionTelemetryCacheRepository
-from vitalcast.telemetry.models import SCHEMA_VERSION, Resolution, TelemetryKey
+from vitalcast.telemetry.keys import SCHEMA_VERSION, Resolution, TelemetryKey
+from vitalcast.telemetry.store import queries
+from vitalcast.telemetry.store.leases import SessionTelemetryCacheRepository
 
 HOUR = 60 * MINUTE
 
@@ -250,7 +251,7 @@ async def test_cache_hit_is_the_stored_bytes_joined(tc, users):
     every = json.loads((await tc.get(headers, session_id, metrics="all")).content)
     response = await tc.get(headers, session_id, metrics="steps,heart_rate")
     async with tc.db.read() as conn:
-        row = await SessionTelemetryCacheRepository().get(
+        row = await queries.row_of(
             conn, TelemetryKey(session_id, 60, Resolution.ONE_MINUTE, user_id=user_id)
         )
 

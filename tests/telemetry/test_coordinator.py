@@ -14,8 +14,8 @@ import pytest
 from prometheus_client import generate_latest
 
 from vitalcast.observability import Metrics
-from vitalcast.telemetry.coordinator import BoundedComputeCoordinator
-from vitalcast.telemetry.models import ComputeOutcome, Resolution, ScheduleReason, TelemetryKey
+from vitalcast.telemetry.keys import ComputeOutcome, Resolution, ScheduleReason, TelemetryKey
+from vitalcast.telemetry.run.coordinator import BoundedComputeCoordinator
 
 MISS = ScheduleReason.CACHE_MISS
 

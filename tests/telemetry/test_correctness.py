@@ -3,7 +3,7 @@
 Nothing here imports the implementation's downsampling, window or catalog code: the expected
 window (the grid anchored at the session start, the pad rounded up to whole buckets), buckets,
 gaps, stats and phases (coverage as the share of time outside gaps) are recomputed from the
-definitions in DESIGN.md, sample by sample, so a shared mistake cannot hide. Samples go in through the real POST /api/v1/samples
+definitions in docs/design.md, sample by sample, so a shared mistake cannot hide. Samples go in through the real POST /api/v1/samples
 (inserts, identical re-sends, updates of value and time, deletions) and the answer comes back
 through the real GET on SQLite and PostgreSQL.
 """
@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from tests.properties import on_real_services
 from tests.telemetry.conftest import MINUTE, iso
 
-# From reference/metrics.md, written out again on purpose (not imported from vitalcast.catalog).
+# From docs/design.md ("Metric catalog"), written out again on purpose (not imported from vitalcast.catalog).
 SCALAR_GAP_MS = {
     "heart_rate": 2 * MINUTE,
     "heart_rate_variability": 10 * MINUTE,

@@ -7,14 +7,20 @@ import math
 import orjson
 import pytest
 
-from vitalcast.telemetry.downsample import build_metrics, coverage
-from vitalcast.telemetry.models import TelemetryWindow
-from vitalcast.telemetry.payload import answer_json, pack, unpack
+from vitalcast.telemetry.compute.downsample import coverage
+from vitalcast.telemetry.compute.payload import PackedPayload, answer_json, pack, unpack
+from vitalcast.telemetry.grid import TelemetryWindow
+from vitalcast.testing import build_metrics
 
 MIN = 60_000
 WS = 1_000_000_000_000
 # an ended session [WS + 60 min, WS + 120 min) with 60 minutes of padding
 ENDED = TelemetryWindow(WS, WS + 180 * MIN, WS + 60 * MIN, WS + 120 * MIN, 60)
+
+
+def is_empty(packed: PackedPayload) -> bool:
+    """A no_data payload: no metric had a sample."""
+    return not packed.fragments
 
 
 def row(metric: str, bucket: int, phase: int, values: list[float], times: list[int]):
@@ -160,7 +166,7 @@ def test_packed_payload_joins_to_the_encoded_filtered_document():
         expected = orjson.dumps({**document, "metrics": {c: metrics[c] for c in codes}})
         assert packed.json(codes) == expected
     assert packed.json(["unknown"]) == orjson.dumps({**document, "metrics": {}})
-    assert not packed.is_empty and unpack(pack(document, {})).is_empty
+    assert not is_empty(packed) and is_empty(unpack(pack(document, {})))
     body = answer_json("stale", telemetry=packed.json(["steps"]), retry_after_s=1)
     assert orjson.loads(body) == {
         "state": "stale",

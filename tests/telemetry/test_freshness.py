@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from tests.telemetry.conftest import MINUTE, hr
-from vitalcast.telemetry.cache import SessionTelemetryCacheRepository
-from vitalcast.telemetry.models import Resolution, TelemetryKey
+from vitalcast.telemetry.keys import Resolution, TelemetryKey
+from vitalcast.telemetry.store import queries
+from vitalcast.telemetry.store.leases import SessionTelemetryCacheRepository
 
 HOUR = 60 * MINUTE
 
@@ -87,7 +88,7 @@ async def test_new_sample_in_window_is_stale_then_ready(tc, users):
     assert hr_after["stats"]["max"] == 150.0
 
     async with tc.db.read() as conn:
-        row = await SessionTelemetryCacheRepository().get(conn, key)
+        row = await queries.row_of(conn, key)
     assert row is not None and row.stale_since_ms is None and row.lease_owner is None
     text = (await tc.http.get("/metrics")).text
 

@@ -31,17 +31,11 @@ from tests.telemetry.incremental_helpers import (
 )
 from vitalcast.catalog import ALL_CODES
 from vitalcast.db.tables import session_changes, telemetry_cache
-from vitalcast.telemetry.compute import MAX_RANGES
-from vitalcast.telemetry.computer import PRUNE_EVERY
-from vitalcast.telemetry.incremental import MEMO
-from vitalcast.telemetry.models import (
-    ComputeOutcome,
-    ComputePath,
-    Resolution,
-    ScheduleReason,
-    TelemetryKey,
-)
-from vitalcast.telemetry.payload import unpack
+from vitalcast.telemetry.compute.aggregate import MAX_RANGES
+from vitalcast.telemetry.compute.payload import unpack
+from vitalcast.telemetry.compute.results import ComputePath
+from vitalcast.telemetry.keys import ComputeOutcome, Resolution, ScheduleReason, TelemetryKey
+from vitalcast.telemetry.run.computer import PRUNE_EVERY
 from vitalcast.wiring import Seams
 
 HOUR = 60 * MINUTE
@@ -199,7 +193,7 @@ class Client:
 @on_real_services(25)
 @given(program=programs())
 async def test_incremental_payloads_equal_full_recomputes_and_deltas_rebuild_them(
-    tc, users, apply_delta, program: Program
+    tc, users, apply_delta, view_memo, program: Program
 ):
     """After every insert, update, move, delete, late or early sample, clock advance and session
     end: each cached view equals a full recompute byte for byte, a live view recomputed later with
@@ -243,7 +237,7 @@ async def test_incremental_payloads_equal_full_recomputes_and_deltas_rebuild_the
     ended = False
     data_steps_while_live = 0
     before = await compute_paths(tc)
-    hits = MEMO.hits
+    hits = view_memo.hits
     for step in program.steps:
         now = tc.clock.now_ms()
         result: dict[str, Any] = {}
@@ -289,7 +283,7 @@ async def test_incremental_payloads_equal_full_recomputes_and_deltas_rebuild_the
             # decoded from the row, and from what this process remembers of its last save
             now = tc.clock.now_ms()
             later = await recompute(tc, view.key, now, view.stored, memo=None)
-            remembered = MEMO.copy()
+            remembered = view_memo.copy()
             warm = await recompute(tc, view.key, now, view.stored, memo=remembered)
             assert remembered.hits == 1, view.key  # the computer's last save, from memory
             full = await recompute(tc, view.key, now, None, memo=None)
@@ -301,7 +295,7 @@ async def test_incremental_payloads_equal_full_recomputes_and_deltas_rebuild_the
     incremental = after.get("incremental", 0) - before.get("incremental", 0)
     # every change while live recomputes both cached views from their partials, from memory
     assert incremental >= 2 * data_steps_while_live
-    assert MEMO.hits - hits >= incremental
+    assert view_memo.hits - hits >= incremental
 
 
 # -- when the log cannot prove completeness ---------------------------------------------------

@@ -8,14 +8,19 @@ import math
 
 import pytest
 
-from vitalcast.catalog import BY_CODE, METRICS, MetricKind
-from vitalcast.telemetry.downsample import build_metrics
-from vitalcast.telemetry.models import TelemetryWindow
+from vitalcast.catalog import BY_CODE, METRICS, AlertRule, MetricKind
+from vitalcast.telemetry.grid import TelemetryWindow
+from vitalcast.testing import build_metrics
 
 MIN = 60_000
 WS = 1_000_000_000_000
 # an ended session [WS + 60 min, WS + 100 min) with 60 minutes of padding
 WINDOW = TelemetryWindow(WS, WS + 160 * MIN, WS + 60 * MIN, WS + 100 * MIN, 60)
+
+
+def crossed_by(rule: AlertRule, value: float) -> bool:
+    """``value`` crosses ``rule``'s threshold."""
+    return rule.hits([value]) == [0]
 
 
 def rows_of(metric: str, samples: list[tuple[int, float]], window: TelemetryWindow = WINDOW):
@@ -50,8 +55,8 @@ def test_every_scalar_metric_has_a_tolerance_and_only_scalars_have_rules():
         assert (metric.recovery_tolerance is not None) is scalar
         assert scalar or not metric.alert_rules
     assert [r.rule for r in BY_CODE["blood_oxygen"].alert_rules] == ["<95", "<90"]
-    assert BY_CODE["heart_rate"].alert_rules[2].crossed_by(40.0)
-    assert not BY_CODE["blood_oxygen"].alert_rules[0].crossed_by(95.0)
+    assert crossed_by(BY_CODE["heart_rate"].alert_rules[2], 40.0)
+    assert not crossed_by(BY_CODE["blood_oxygen"].alert_rules[0], 95.0)
 
 
 def test_recovery_is_the_first_bucket_end_that_stays_within_tolerance():

@@ -18,18 +18,13 @@ from vitalcast.db.engine import Database, create_engine
 from vitalcast.observability import Metrics
 from vitalcast.sessions.models import Session
 from vitalcast.settings import Settings
-from vitalcast.telemetry.cache import SessionTelemetryCacheRepository
-from vitalcast.telemetry.compute import Aggregator
-from vitalcast.telemetry.computer import TelemetryComputer
-from vitalcast.telemetry.incremental import compute_view
-from vitalcast.telemetry.models import (
-    ComputedTelemetry,
-    ComputeOutcome,
-    Resolution,
-    ScheduleReason,
-    StoredView,
-    TelemetryKey,
-)
+from vitalcast.telemetry.compute.aggregate import Aggregator
+from vitalcast.telemetry.compute.incremental import compute_view
+from vitalcast.telemetry.compute.results import ComputedTelemetry, StoredView
+from vitalcast.telemetry.keys import ComputeOutcome, Resolution, ScheduleReason, TelemetryKey
+from vitalcast.telemetry.run.computer import TelemetryComputer
+from vitalcast.telemetry.store import queries
+from vitalcast.telemetry.store.leases import SessionTelemetryCacheRepository
 
 HOUR = 60 * MINUTE
 
@@ -53,6 +48,7 @@ async def node(
         lease_ms=lease_ms,
         owner_id=owner_id,
         aggregator=aggregator,
+        cache=SessionTelemetryCacheRepository(),
     )
     try:
         yield computer
@@ -71,7 +67,7 @@ async def _ended_session(tc, headers) -> tuple[str, int]:
 
 async def _row(tc, key: TelemetryKey):
     async with tc.db.read() as conn:
-        return await SessionTelemetryCacheRepository().get(conn, key)
+        return await queries.row_of(conn, key)
 
 
 class StalledCompute:

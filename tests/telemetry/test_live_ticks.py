@@ -8,7 +8,7 @@ from collections.abc import Collection
 from tests.telemetry.conftest import MINUTE, hr
 from tests.telemetry.test_live_windows import ready_payload, to_next_bucket
 from vitalcast.observability import Metrics
-from vitalcast.telemetry.live_ticks import TICK_GRACE_MS, LiveTicker
+from vitalcast.telemetry.run.live_ticks import TICK_GRACE_MS, LiveTicker
 
 
 class Subscribed:

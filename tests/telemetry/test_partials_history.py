@@ -9,11 +9,11 @@ import orjson
 import pytest
 
 from tests.telemetry.deltas import ApplyDelta
-from vitalcast.telemetry import history
-from vitalcast.telemetry.downsample import AHEAD
-from vitalcast.telemetry.models import TelemetryWindow
-from vitalcast.telemetry.partials import Partials, decode, encode, sealed
-from vitalcast.telemetry.payload import pack, unpack
+from vitalcast.telemetry.compute import changes, deltas, history
+from vitalcast.telemetry.compute.downsample import AHEAD
+from vitalcast.telemetry.compute.partials import Partials, decode, encode, sealed
+from vitalcast.telemetry.compute.payload import pack, unpack
+from vitalcast.telemetry.grid import TelemetryWindow
 
 MIN = 60_000
 WS = 1_700_000_000_000
@@ -152,7 +152,7 @@ def test_a_delta_rebuilds_the_payload_from_its_base(apply_delta: ApplyDelta) -> 
             "spo2": history.MetricChange(60, 120, frozenset(), True),
         },
     )
-    delta = orjson.loads(history.build_delta(packed, changes, 4, ["heart_rate", "spo2", "steps"]))
+    delta = orjson.loads(deltas.build_delta(packed, changes, 4, ["heart_rate", "spo2", "steps"]))
     assert delta["metrics"]["steps"] is None
     assert delta["metrics"]["heart_rate"]["t"] == [60, 120, 180]
     assert set(delta["metrics"]["heart_rate"]["phases"]) == {"during"}
@@ -194,13 +194,13 @@ def test_a_list_insight_is_sent_from_its_first_changed_item(
     base = _payload({"respiratory_rate": metric(before)}, 4)
     target = _payload({"respiratory_rate": metric(after)}, 5)
     digests = [
-        history.part_digests({k: v for k, v in p.items() if k != "metrics"}, p["metrics"])
+        changes.part_digests({k: v for k, v in p.items() if k != "metrics"}, p["metrics"])
         for p in (base, target)
     ]
-    record = history.record_save(5, digests[0], digests[1], {})
+    record = changes.record_save(5, digests[0], digests[1], {})
     assert record is not None
     packed = unpack(pack({k: v for k, v in target.items() if k != "metrics"}, target["metrics"]))
-    delta = orjson.loads(history.build_delta(packed, record, 4, ["respiratory_rate"]))
+    delta = orjson.loads(deltas.build_delta(packed, record, 4, ["respiratory_rate"]))
     entry = delta["metrics"]["respiratory_rate"]
     assert entry == {"tails": {"insights": {"episodes": [kept, after[kept:]]}}}
     assert apply_delta(base, delta) == target

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Collection
 
-from vitalcast.telemetry.coordinator import TRIGGER_RETRIES, BoundedComputeCoordinator
-from vitalcast.telemetry.models import ComputeOutcome, Resolution, ScheduleReason, TelemetryKey
+from vitalcast.telemetry.keys import ComputeOutcome, Resolution, ScheduleReason, TelemetryKey
+from vitalcast.telemetry.run.coordinator import TRIGGER_RETRIES, BoundedComputeCoordinator
 
 KEY = TelemetryKey("session-1", 60, Resolution.ONE_MINUTE)
 FAILED, BUSY, BACKING_OFF, COMPUTED = (

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from tests.telemetry.conftest import MINUTE, TelemetryClient, hr, telemetry_client
-from vitalcast.telemetry.cache import SessionTelemetryCacheRepository
-from vitalcast.telemetry.models import Resolution, ScheduleReason, TelemetryKey
+from vitalcast.telemetry.keys import Resolution, ScheduleReason, TelemetryKey
 from vitalcast.telemetry.scheduling import Scheduler
+from vitalcast.telemetry.store.leases import SessionTelemetryCacheRepository
 from vitalcast.wiring import Seams
 
 HOUR = 60 * MINUTE
@@ -127,7 +127,7 @@ async def test_subscription_state_reports_without_scheduling(
     headers = {"Authorization": f"Bearer {token}"}
     start = tc.clock.now_ms() - HOUR
     session_id = await tc.start_session(headers, start)
-    service = tc.parts.telemetry
+    service = tc.parts.subscribe
 
     async def state() -> tuple[str, int | None]:
         session = await tc.parts.sessions.get(user_id, session_id)

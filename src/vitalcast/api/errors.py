@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -16,6 +14,7 @@ from vitalcast.db.errors import DATABASE_ERRORS, DATABASE_RETRY_AFTER_S, is_outa
 from vitalcast.errors import (
     Conflict,
     DependencyUnavailable,
+    Forbidden,
     InvalidInput,
     NotFound,
     PayloadTooLarge,
@@ -23,6 +22,7 @@ from vitalcast.errors import (
     Unauthenticated,
     VitalcastError,
 )
+from vitalcast.json_types import JsonObject
 from vitalcast.observability import get_logger
 
 log = get_logger(__name__)
@@ -35,6 +35,7 @@ STATUS_BY_ERROR: dict[type[VitalcastError], int] = {
     PayloadTooLarge: 413,
     Conflict: 409,
     Unauthenticated: 401,
+    Forbidden: 403,
     RateLimited: 429,
     DependencyUnavailable: 503,
 }
@@ -42,6 +43,7 @@ STATUS_BY_ERROR: dict[type[VitalcastError], int] = {
 _CODE_BY_STATUS = {
     400: "BAD_REQUEST",
     401: "UNAUTHENTICATED",
+    403: "FORBIDDEN",
     404: "NOT_FOUND",
     405: "METHOD_NOT_ALLOWED",
     413: "BODY_TOO_LARGE",
@@ -61,12 +63,14 @@ class Problem(BaseModel):
     code: str
     detail: str
     retry_after_seconds: int | None = None
-    errors: list[dict[str, Any]] | None = None
+    errors: list[JsonObject] | None = None
 
 
 _PROBLEM_DESCRIPTIONS = {
     400: "The body could not be read as JSON text, e.g. invalid UTF-8 (BAD_REQUEST).",
-    401: "No valid bearer token (UNAUTHENTICATED, TOKEN_EXPIRED, TOKEN_INVALID).",
+    401: "No valid bearer token (UNAUTHENTICATED, TOKEN_EXPIRED, TOKEN_INVALID, TOKEN_REVOKED, "
+    "SHARE_REVOKED, SHARE_EXPIRED).",
+    403: "A share token outside the one session it reads (SHARE_SCOPE).",
     404: "No such session, or not the caller's (SESSION_NOT_FOUND).",
     409: "Conflicts with earlier state (REQUEST_ID_REUSED, SESSION_NOT_ACTIVE).",
     413: "Too large (TOO_MANY_SAMPLES, BODY_TOO_LARGE); nothing was applied.",
@@ -82,12 +86,12 @@ _RETRY_AFTER_HEADER = {
 }
 
 
-def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+def problem_responses(*statuses: int) -> dict[int | str, JsonObject]:
     """OpenAPI ``responses`` entries documenting these statuses as problem+json answers."""
     schema = Problem.model_json_schema()
-    documented: dict[int | str, dict[str, Any]] = {}
+    documented: dict[int | str, JsonObject] = {}
     for status in statuses:
-        entry: dict[str, Any] = {
+        entry: JsonObject = {
             "description": _PROBLEM_DESCRIPTIONS[status],
             "content": {PROBLEM_JSON: {"schema": schema}},
         }
@@ -103,11 +107,11 @@ def problem(
     detail: str,
     *,
     retry_after_s: int | None = None,
-    extra: dict[str, Any] | None = None,
+    extra: JsonObject | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response:
     """A problem+json response; ``Retry-After`` and the body's ``retry_after_seconds`` agree."""
-    body: dict[str, Any] = {
+    body: JsonObject = {
         "type": "about:blank",
         "title": code.replace("_", " ").capitalize(),
         "status": status,

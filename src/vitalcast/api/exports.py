@@ -20,8 +20,8 @@ from vitalcast.errors import DependencyUnavailable
 from vitalcast.interop import fhir_export
 from vitalcast.interop.csv_export import buckets_csv, samples_csv
 from vitalcast.interop.raw_samples import stream_samples, window_of
-from vitalcast.telemetry.answer import ERROR_MESSAGES
-from vitalcast.telemetry.models import MAX_WINDOW_MINUTES, MIN_WINDOW_MINUTES, CacheState
+from vitalcast.telemetry.keys import MAX_WINDOW_MINUTES, MIN_WINDOW_MINUTES, CacheState
+from vitalcast.telemetry.read.answer import ERROR_MESSAGES
 
 router = APIRouter(prefix="/api/v1/sessions", tags=["exports"])
 

@@ -2,7 +2,8 @@
 
 1. Under ``/api/`` the bearer token is checked from the headers alone, before a byte of the body
    is read: an unauthenticated 50 MB upload costs a 401, not a parse. Routes get the principal
-   through ``api.deps.CurrentUser``.
+   through ``api.deps.CurrentUser``. A share token is held to its one session here
+   (``api.share_scope``), and each of its reads is logged for the owner.
 2. The body limit of the route (``body_limit``): a declared ``Content-Length`` above it is
    refused at once, and a body streaming in (chunked, or lying about its length) is counted and
    refused the moment it passes the limit. Both answer 413 ``BODY_TOO_LARGE``; nothing is
@@ -22,12 +23,14 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vitalcast.api.errors import problem, status_of
+from vitalcast.api.share_scope import share_read
 from vitalcast.auth import Authenticator, bearer_from_header
 from vitalcast.errors import VitalcastError
 from vitalcast.ingest.validation import MAX_BODY_BYTES as INGEST_MAX_BODY_BYTES
 from vitalcast.observability import get_logger
 from vitalcast.realtime.broadcaster import MAX_MESSAGE_BYTES
 from vitalcast.realtime.frames import SOCKETIO_PATH
+from vitalcast.shares import ShareAccessLog
 
 log = get_logger("vitalcast.http")
 
@@ -65,9 +68,15 @@ class BodyTooLarge(HTTPException):
 class RequestGuard:
     """Authentication before the body, the body limit, nosniff (see the module docstring)."""
 
-    def __init__(self, app: ASGIApp, authenticator: Authenticator) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        authenticator: Authenticator,
+        share_access: ShareAccessLog | None = None,
+    ) -> None:
         self.app = app
         self._authenticator = authenticator
+        self._share_access = share_access
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -89,6 +98,10 @@ class RequestGuard:
                 principal = await self._authenticator.authenticate(
                     bearer_from_header(authorization)
                 )
+                if principal.is_share:
+                    kind = share_read(scope["method"], path, principal)
+                    if kind is not None and self._share_access is not None:
+                        self._share_access.record(str(principal.share_id), kind)
             except VitalcastError as exc:
                 answer = problem(
                     status_of(exc), exc.code, exc.message, retry_after_s=exc.retry_after_s

@@ -12,8 +12,8 @@ from vitalcast.api.deps import CurrentUser, Parts
 from vitalcast.api.errors import problem_responses
 from vitalcast.api.ratelimits import TelemetryRateLimit
 from vitalcast.api.schemas import InsightsPage, PlaceOut, SessionInsightsOut
-from vitalcast.telemetry.insights_service import MAX_SESSIONS
-from vitalcast.telemetry.models import MAX_WINDOW_MINUTES, MIN_WINDOW_MINUTES
+from vitalcast.telemetry.keys import MAX_WINDOW_MINUTES, MIN_WINDOW_MINUTES
+from vitalcast.telemetry.run.insights_service import MAX_SESSIONS
 
 router = APIRouter(prefix="/api/v1", tags=["insights"])
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import sqlalchemy as sa
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -12,6 +10,7 @@ from vitalcast import catalog
 from vitalcast.api.deps import CurrentUser, Parts
 from vitalcast.api.errors import problem_responses
 from vitalcast.db.errors import DATABASE_RETRY_AFTER_S
+from vitalcast.json_types import JsonObject
 
 router = APIRouter()
 
@@ -23,7 +22,7 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", tags=["ops"])
-async def readyz(parts: Parts, response: Response) -> dict[str, Any]:
+async def readyz(parts: Parts, response: Response) -> JsonObject:
     """Dependencies: the database, and Redis when configured (degraded = computes in-process)."""
     checks: dict[str, str] = {}
     try:
@@ -57,7 +56,7 @@ async def metrics(parts: Parts) -> Response:
 
 
 @router.get("/api/v1/catalog", tags=["catalog"], responses=problem_responses(401))
-async def get_catalog(_user: CurrentUser) -> dict[str, Any]:
+async def get_catalog(_user: CurrentUser) -> JsonObject:
     """The metric catalog: units, accepted aliases, ranges, gap thresholds, LOINC."""
     return {
         "metrics": [m.describe() for m in catalog.METRICS],

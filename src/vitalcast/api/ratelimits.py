@@ -11,13 +11,15 @@ from vitalcast.errors import RateLimited
 from vitalcast.ratelimit import Scope
 
 
-def _enforce(scope: Scope) -> Any:
+def _enforce(scope: Scope) -> Any:  # Any: what fastapi.Depends returns (typed Any by FastAPI)
     async def enforce_rate_limit(user: CurrentUser, parts: Parts) -> None:
-        decision = await parts.limiter.hit(scope, user.user_id)
+        # A share token reads on its own budget, apart from its owner's.
+        spent = Scope.SHARE if user.is_share else scope
+        decision = await parts.limiter.hit(spent, user.rate_key)
         if not decision.allowed:
-            parts.metrics.rate_limited.labels(scope=scope.value).inc()
+            parts.metrics.rate_limited.labels(scope=spent.value).inc()
             raise RateLimited(
-                f"Too many {scope.value} requests; retry in {decision.retry_after_s} s.",
+                f"Too many {spent.value} requests; retry in {decision.retry_after_s} s.",
                 retry_after_s=decision.retry_after_s,
             )
 

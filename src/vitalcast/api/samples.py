@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request, Response
@@ -17,7 +16,7 @@ from vitalcast.errors import InvalidInput
 router = APIRouter(prefix="/api/v1", tags=["samples"])
 
 
-def _decode(raw: bytes) -> Any:
+def _decode(raw: bytes) -> object:
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:

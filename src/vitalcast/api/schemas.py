@@ -9,6 +9,7 @@ from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Fiel
 
 from vitalcast.clock import epoch_ms
 from vitalcast.ingest.validation import MAX_SAMPLES
+from vitalcast.json_types import JsonObject
 from vitalcast.sessions.models import Session
 
 
@@ -30,7 +31,7 @@ class StrictModel(BaseModel):
 NO_NUL = r"^[^\x00]*$"
 
 
-def _iso_only(value: Any) -> Any:
+def _iso_only(value: object) -> object:
     if isinstance(value, int | float):
         raise ValueError("must be an ISO 8601 string with an offset, not a number")
     return value
@@ -84,13 +85,13 @@ class IngestRequest(StrictModel):
     deleted: list[DeletionIn] = Field(default_factory=list, max_length=MAX_SAMPLES)
 
 
-def inline_json_schema(model: type[BaseModel]) -> dict[str, Any]:
+def inline_json_schema(model: type[BaseModel]) -> JsonObject:
     """The model's JSON schema with its ``$defs`` inlined, for ``openapi_extra`` (where a local
     ``#/$defs`` reference would point at the root of the OpenAPI document)."""
     schema = model.model_json_schema()
     defs = schema.pop("$defs", {})
 
-    def resolve(node: Any) -> Any:
+    def resolve(node: Any) -> Any:  # Any: a node of the JSON schema pydantic built
         if isinstance(node, dict):
             ref = node.get("$ref")
             if isinstance(ref, str) and ref.startswith("#/$defs/"):
@@ -146,8 +147,8 @@ class SessionInsightsOut(BaseModel):
         description="As a telemetry GET of the session's view would answer."
     )
     value: float | None = Field(description="The figure compared (see `compared`).")
-    insights: dict[str, Any] | None = Field(
-        description="The metric's insights in the cached payload (DESIGN.md, Insights)."
+    insights: JsonObject | None = Field(
+        description="The metric's insights in the cached payload (docs/design.md, Insights)."
     )
 
 

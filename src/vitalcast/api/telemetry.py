@@ -1,4 +1,4 @@
-"""GET /api/v1/sessions/{id}/telemetry: the state mapping of DESIGN.md, ETag / If-None-Match.
+"""GET /api/v1/sessions/{id}/telemetry: the state mapping of docs/design.md, ETag / If-None-Match.
 
 The body is joined from the stored payload bytes (``TelemetryAnswer.body``); nothing here decodes
 or validates it, so the route stays as cheap as the cache hit it serves.
@@ -14,7 +14,7 @@ from vitalcast import catalog
 from vitalcast.api.deps import CurrentUser, Parts, SessionId
 from vitalcast.api.errors import problem_responses
 from vitalcast.api.ratelimits import TelemetryRateLimit
-from vitalcast.telemetry.models import MAX_WINDOW_MINUTES, MIN_WINDOW_MINUTES
+from vitalcast.telemetry.keys import MAX_WINDOW_MINUTES, MIN_WINDOW_MINUTES
 
 router = APIRouter(prefix="/api/v1/sessions", tags=["telemetry"])
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import sqlalchemy as sa
@@ -18,7 +18,7 @@ def is_sqlite(engine: AsyncEngine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
+def create_engine(url: str, **kwargs: Any) -> AsyncEngine:  # Any: create_async_engine's options
     """An async engine for ``url``. SQLite files are created with their folder when missing.
 
     Statement parameters are kept out of error messages: they hold health values, and an error's
@@ -42,7 +42,10 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     return create_async_engine(url, **kwargs)
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_pragmas(
+    dbapi_connection: Any,  # Any: the DBAPI connection of SQLAlchemy's aiosqlite adapter (untyped)
+    _record: object,
+) -> None:
     # Let SQLAlchemy emit BEGIN itself (see _sqlite_begin_immediate).
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
@@ -53,7 +56,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _sqlite_begin(conn: Any) -> None:
+def _sqlite_begin(conn: sa.Connection) -> None:
     # A writer takes SQLite's write lock at BEGIN: a read that later upgrades to a write could
     # otherwise fail with SQLITE_BUSY_SNAPSHOT, which no busy timeout waits out. Readers stay
     # deferred so that cache hits never queue behind an ingest.
@@ -76,11 +79,11 @@ class Database:
     def sqlite(self) -> bool:
         return is_sqlite(self.engine)
 
-    def read(self) -> Any:
+    def read(self) -> AbstractAsyncContextManager[AsyncConnection]:
         """``async with db.read() as conn``: a read-only transaction."""
         return self.engine.begin()
 
-    def write(self) -> Any:
+    def write(self) -> AbstractAsyncContextManager[AsyncConnection]:
         """``async with db.write() as conn``: a read-write transaction, committed on exit."""
         return self._writer.begin()
 

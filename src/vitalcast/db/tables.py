@@ -28,7 +28,13 @@ users = sa.Table(
     # Incremented once by every ingest transaction that changes anything for this user.
     sa.Column("change_seq", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("created_at_ms", sa.BigInteger, nullable=False),
+    # Local (HS256) tokens issued before this moment are refused (``vitalcast token revoke``).
+    sa.Column("tokens_valid_after_ms", sa.BigInteger, nullable=True),
+    # The ``sub`` of the deployment's OpenID Connect issuer; NULL for local users.
+    sa.Column("oidc_subject", sa.String(255), nullable=True, unique=True),
 )
+# Servers poll it for revocations made by another process (``auth.RevocationPoll``).
+sa.Index("ix_users_tokens_valid_after_ms", users.c.tokens_valid_after_ms)
 
 sessions = sa.Table(
     "sessions",
@@ -112,8 +118,8 @@ telemetry_cache = sa.Table(
     sa.Column("stale_since_ms", sa.BigInteger, nullable=True),
     sa.Column("updated_at_ms", sa.BigInteger, nullable=False),
     # Saved with the payload: what the next compute of the view starts from (the GROUP BY rows
-    # behind it, telemetry/partials.py) and what a delta is built from (the view's saves and what
-    # each changed, telemetry/history.py). Last in the row, and written by the same UPDATE as the
+    # behind it, telemetry/compute/partials.py) and what a delta is built from (the view's saves and what
+    # each changed, telemetry/compute/history.py). Last in the row, and written by the same UPDATE as the
     # payload: a table of their own cost a statement per save.
     sa.Column("partials", sa.LargeBinary, nullable=True),
     sa.Column("history", sa.LargeBinary, nullable=True),
@@ -134,4 +140,126 @@ session_changes = sa.Table(
     # Packed [lo, hi) ranges of changed sample times (sessions/changelog.py); NULL: the whole
     # session changed (end, cancel, edit).
     sa.Column("ranges", sa.LargeBinary, nullable=True),
+)
+
+# Read-only links to one session (``shares.py``). The token is shown once and stored as its
+# SHA-256: a leaked table opens nothing. Revoked shares stay (their access log is the owner's).
+shares = sa.Table(
+    "shares",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("session_id", sa.String(36), sa.ForeignKey("sessions.id"), nullable=False),
+    sa.Column("user_id", sa.String(36), sa.ForeignKey("users.id"), nullable=False),
+    sa.Column("token_sha256", sa.String(64), nullable=False, unique=True),
+    sa.Column("label", sa.String(200), nullable=True),
+    sa.Column("created_at_ms", sa.BigInteger, nullable=False),
+    sa.Column("expires_at_ms", sa.BigInteger, nullable=False),
+    sa.Column("revoked_at_ms", sa.BigInteger, nullable=True),
+)
+sa.Index("ix_shares_session_id", shares.c.session_id)
+
+# Every read through a share, for its owner: when and what kind of read, never a value.
+share_access = sa.Table(
+    "share_access",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("share_id", sa.String(36), sa.ForeignKey("shares.id"), nullable=False),
+    sa.Column("at_ms", sa.BigInteger, nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+)
+sa.Index("ix_share_access_share_id_id", share_access.c.share_id, share_access.c.id)
+# Live alerts (issue 25). One row per alert episode and rule of a session, whoever saw it first:
+# the primary key is what makes "announced once across the cluster" an insert-if-absent. An
+# episode is known by the 5-minute grid slot of its start (the grid is anchored at the session
+# start, so a 1m view's episode and the 5m view's of the same crossing share the slot).
+session_alerts = sa.Table(
+    "session_alerts",
+    metadata,
+    sa.Column("session_id", sa.String(36), sa.ForeignKey("sessions.id"), primary_key=True),
+    sa.Column("metric", sa.String(64), primary_key=True),
+    sa.Column("rule", sa.String(16), primary_key=True),
+    sa.Column("slot_ms", sa.BigInteger, primary_key=True),
+    sa.Column("user_id", sa.String(36), nullable=False),
+    sa.Column("level", sa.String(16), nullable=False),
+    sa.Column("start_ms", sa.BigInteger, nullable=False),
+    sa.Column("extreme", sa.Float(precision=53), nullable=False),
+    # The watermark of the save that announced it: what a reconnecting client resumes from.
+    sa.Column("source_watermark", sa.BigInteger, nullable=False),
+    sa.Column("announced_at_ms", sa.BigInteger, nullable=False),
+)
+sa.Index(
+    "ix_session_alerts_session_watermark",
+    session_alerts.c.session_id,
+    session_alerts.c.source_watermark,
+)
+
+# Webhook endpoints (Standard Webhooks): the secret is kept as issued because every delivery
+# is signed with it. ``failing_since_ms``: since when every attempt failed (the creation of the
+# oldest message failing since the last success); an endpoint failing for the whole retry window
+# is disabled (``disabled_*``).
+webhook_endpoints = sa.Table(
+    "webhook_endpoints",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("user_id", sa.String(36), sa.ForeignKey("users.id"), nullable=False),
+    sa.Column("url", sa.String(2048), nullable=False),
+    # Comma-separated event types.
+    sa.Column("events", sa.String(500), nullable=False),
+    sa.Column("secret", sa.String(100), nullable=False),
+    sa.Column("created_at_ms", sa.BigInteger, nullable=False),
+    sa.Column("failing_since_ms", sa.BigInteger, nullable=True),
+    sa.Column("last_success_ms", sa.BigInteger, nullable=True),
+    sa.Column("disabled_at_ms", sa.BigInteger, nullable=True),
+    sa.Column("disabled_reason", sa.String(200), nullable=True),
+)
+sa.Index("ix_webhook_endpoints_user", webhook_endpoints.c.user_id)
+
+# One message to one endpoint: its id is the ``webhook-id`` of every attempt (at least once,
+# never under two ids). The row is the durable outbox: a restart resumes what is pending.
+webhook_deliveries = sa.Table(
+    "webhook_deliveries",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column(
+        "endpoint_id",
+        sa.String(36),
+        sa.ForeignKey("webhook_endpoints.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("user_id", sa.String(36), nullable=False),
+    sa.Column("event_type", sa.String(64), nullable=False),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("created_at_ms", sa.BigInteger, nullable=False),
+    sa.Column("next_attempt_ms", sa.BigInteger, nullable=False),
+    # A sender's claim; an expired claim (its process died mid-send) is taken over.
+    sa.Column("lease_until_ms", sa.BigInteger, nullable=True),
+    sa.Column("finished_at_ms", sa.BigInteger, nullable=True),
+    sa.CheckConstraint("status in ('pending', 'delivered', 'failed')", name="status"),
+)
+sa.Index(
+    "ix_webhook_deliveries_due", webhook_deliveries.c.status, webhook_deliveries.c.next_attempt_ms
+)
+sa.Index(
+    "ix_webhook_deliveries_endpoint",
+    webhook_deliveries.c.endpoint_id,
+    webhook_deliveries.c.created_at_ms,
+)
+
+# Every attempt of a delivery, for its owner (``GET /api/v1/webhooks/{id}/deliveries``).
+webhook_attempts = sa.Table(
+    "webhook_attempts",
+    metadata,
+    sa.Column(
+        "delivery_id",
+        sa.String(40),
+        sa.ForeignKey("webhook_deliveries.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("attempt", sa.Integer, primary_key=True),
+    sa.Column("at_ms", sa.BigInteger, nullable=False),
+    sa.Column("outcome", sa.String(32), nullable=False),
+    sa.Column("status_code", sa.Integer, nullable=True),
+    sa.Column("duration_ms", sa.Integer, nullable=False),
 )

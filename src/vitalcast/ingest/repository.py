@@ -1,7 +1,7 @@
 """Idempotent writes of samples in the caller's transaction.
 
 Identity is ``(user_id, source, record_id)``. The caller holds the user's row lock (see
-``lock_user``), so no two ingests of one user interleave and new rows can be bulk-inserted
+``sessions.repository.lock_user``), so no two ingests of one user interleave and new rows can be bulk-inserted
 without conflicts; on PostgreSQL they go in with COPY.
 """
 
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vitalcast.db.tables import health_samples, ingest_requests, telemetry_cache, users
-from vitalcast.ingest.validation import NormalizedSample
+from vitalcast.samples import Sample, WriteCounts
 
 # Keeps SQLite's IN lists well under its bound-parameter limit.
 _LOOKUP_CHUNK = 1_000
@@ -23,26 +23,15 @@ _COLUMNS = ("metric", "value", "unit", "start_ms", "end_ms", "device")
 
 
 @dataclass
-class WriteResult:
+class WriteResult(WriteCounts):
     """What one batch did; ``changed_times_ms`` holds old and new start times of every change."""
 
-    inserted: int = 0
-    updated: int = 0
-    unchanged: int = 0
     deleted: int = 0
     changed_times_ms: list[int] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
         return bool(self.inserted or self.updated or self.deleted)
-
-
-async def lock_user(conn: AsyncConnection, user_id: str) -> int | None:
-    """Row-lock the user for this transaction (PostgreSQL; SQLite's writer lock already serialises)
-    and return its change_seq, or None if the user does not exist."""
-    return await conn.scalar(
-        sa.select(users.c.change_seq).where(users.c.id == user_id).with_for_update()
-    )
 
 
 async def find_replay(
@@ -104,13 +93,13 @@ _PG_LOOKUP = sa.text(
 
 async def _existing(
     conn: AsyncConnection, user_id: str, identities: Sequence[tuple[str, str]]
-) -> dict[tuple[str, str], sa.Row[Any]]:
+) -> dict[tuple[str, str], sa.Row[Any]]:  # Any: rows of health_samples
     """Stored rows for these identities, as unique-index lookups, one query per source (a batch
     usually has one); SQLite takes chunked IN lists, well under its bound-parameter limit."""
     by_source: dict[str, list[str]] = {}
     for source, record_id in identities:
         by_source.setdefault(source, []).append(record_id)
-    found: dict[tuple[str, str], sa.Row[Any]] = {}
+    found: dict[tuple[str, str], sa.Row[Any]] = {}  # Any: as above
     for source, record_ids in by_source.items():
         queries: list[sa.Executable]
         if conn.dialect.name == "postgresql":
@@ -130,14 +119,14 @@ async def _existing(
     return found
 
 
-def _same(row: sa.Row[Any], sample: NormalizedSample) -> bool:
+def _same(row: sa.Row[Any], sample: Sample) -> bool:  # Any: as above
     return not row.deleted and all(getattr(row, c) == getattr(sample, c) for c in _COLUMNS)
 
 
 async def write_samples(
     conn: AsyncConnection,
     user_id: str,
-    samples: Sequence[NormalizedSample],
+    samples: Sequence[Sample],
     deletions: Sequence[tuple[str, str]],
     *,
     change_seq: int,

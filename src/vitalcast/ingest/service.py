@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
 
@@ -34,7 +33,7 @@ class IngestOutcome:
     touched: list[Session]
 
 
-def body_fingerprint(body: Any) -> str:
+def body_fingerprint(body: object) -> str:
     """Hash of the decoded body with sorted keys: key order or spacing is not "another body"."""
     return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
@@ -51,13 +50,13 @@ class IngestService:
         self._metrics = metrics
         self._listener = listener
 
-    async def ingest(self, user_id: str, body: Any) -> IngestOutcome:
+    async def ingest(self, user_id: str, body: object) -> IngestOutcome:
         """Apply one decoded request body for ``user_id``. Raises for whole-request errors."""
         now_ms = self._clock.now_ms()
         batch = validate_batch(body, now_ms=now_ms)
         fingerprint = body_fingerprint(body) if batch.request_id else ""
         async with self._db.write() as conn:
-            seq = await repository.lock_user(conn, user_id)
+            seq = await session_repository.lock_user(conn, user_id)
             if seq is None:
                 raise Unauthenticated("The token's user does not exist.", code="TOKEN_INVALID")
             if batch.request_id is not None:
@@ -109,7 +108,8 @@ class IngestService:
                     now_ms=now_ms,
                 )
         self._count(written, len(batch.rejected))
-        log.info(
+        # Routine, one per request: at debug, so a terminal stays readable at the default level.
+        log.debug(
             "ingest",
             user_id=user_id,
             inserted=written.inserted,

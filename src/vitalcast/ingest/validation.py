@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from vitalcast import timerange
 from vitalcast.catalog import BY_CODE
 from vitalcast.clock import epoch_ms
 from vitalcast.errors import InvalidInput, PayloadTooLarge
+from vitalcast.samples import Sample
 
 MAX_SAMPLES = 5_000
 MAX_BODY_BYTES = 5 * 1024 * 1024
@@ -61,23 +62,9 @@ class Rejection:
 
 
 @dataclass(frozen=True, slots=True)
-class NormalizedSample:
-    """A sample in canonical units and epoch milliseconds, ready to store."""
-
-    source: str
-    record_id: str
-    metric: str
-    value: float
-    unit: str
-    start_ms: int
-    end_ms: int
-    device: str | None
-
-
-@dataclass(frozen=True, slots=True)
 class ValidatedBatch:
     request_id: str | None
-    samples: list[NormalizedSample]
+    samples: list[Sample]
     deletions: list[tuple[str, str]]
     rejected: list[Rejection]
 
@@ -100,7 +87,7 @@ def storable(text: str) -> bool:
     return True
 
 
-def _text(raw: dict[str, Any], name: str, where: str, *, required: bool) -> str | None:
+def _text(raw: Mapping[str, object], name: str, where: str, *, required: bool) -> str | None:
     value = raw.get(name)
     if value is None:
         if required:
@@ -113,7 +100,7 @@ def _text(raw: dict[str, Any], name: str, where: str, *, required: bool) -> str 
     return value
 
 
-def _timestamp(raw: dict[str, Any], name: str, where: str) -> datetime | None:
+def _timestamp(raw: Mapping[str, object], name: str, where: str) -> datetime | None:
     value = raw.get(name)
     if value is None:
         return None
@@ -129,7 +116,7 @@ def _epoch_ms(moment: datetime) -> int:
     return epoch_ms(moment)
 
 
-def _check_sample(index: int, raw: Any, now_ms: int) -> NormalizedSample | Rejection:
+def _check_sample(index: int, raw: object, now_ms: int) -> Sample | Rejection:
     where = f"samples[{index}]"
     if not isinstance(raw, dict):
         raise _malformed(f"{where} must be an object.")
@@ -183,7 +170,7 @@ def _check_sample(index: int, raw: Any, now_ms: int) -> NormalizedSample | Rejec
             return reject(RejectionCode(out_of_range.code), out_of_range.message)
     if end_ms < start_ms:
         return reject(RejectionCode.END_BEFORE_START, "end is before start.")
-    return NormalizedSample(
+    return Sample(
         source=source,
         record_id=record_id,
         metric=metric.code,
@@ -195,7 +182,7 @@ def _check_sample(index: int, raw: Any, now_ms: int) -> NormalizedSample | Rejec
     )
 
 
-def _deletion(index: int, raw: Any) -> tuple[str, str]:
+def _deletion(index: int, raw: object) -> tuple[str, str]:
     where = f"deleted[{index}]"
     if not isinstance(raw, dict) or raw.keys() - {"source", "record_id"}:
         raise _malformed(f"{where} must be an object with source and record_id.")
@@ -205,7 +192,7 @@ def _deletion(index: int, raw: Any) -> tuple[str, str]:
     return source, record_id
 
 
-def validate_batch(body: Any, *, now_ms: int) -> ValidatedBatch:
+def validate_batch(body: object, *, now_ms: int) -> ValidatedBatch:
     """Check a decoded request body. Raises for whole-request errors (422/413); returns the
     storable samples and the per-sample rejections otherwise."""
     if not isinstance(body, dict):
@@ -232,7 +219,7 @@ def validate_batch(body: Any, *, now_ms: int) -> ValidatedBatch:
         )
     deletions = list(dict.fromkeys(_deletion(i, raw) for i, raw in enumerate(raw_deleted)))
     to_delete = set(deletions)
-    samples: list[NormalizedSample] = []
+    samples: list[Sample] = []
     rejected: list[Rejection] = []
     # Every sample's identity counts, rejected or not: a later one with an identity seen earlier
     # is a duplicate even when the earlier one was rejected (for its own reason), so nothing of

@@ -2,6 +2,12 @@
 
 Times are ISO 8601 in UTC with milliseconds, next to the epoch milliseconds the API uses; values
 are in the catalog's canonical unit, written exactly (``repr`` of the float).
+
+Text cells come from clients (a device named ``=HYPERLINK(…)`` arrives through an ingest or an
+imported export) and a spreadsheet would run them as formulas: every text cell that begins with
+``=``, ``+``, ``-``, ``@``, a tab or a carriage return is written with a leading ``'``, as OWASP
+describes for CSV injection. Numeric cells are ours and are written untouched, so a negative
+number stays a number.
 """
 
 from __future__ import annotations
@@ -9,14 +15,13 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import AsyncIterable, AsyncIterator, Iterator, Sequence
-from typing import Any
 
 import orjson
 
 from vitalcast.catalog import BY_CODE, MetricKind
 from vitalcast.clock import iso_ms
-from vitalcast.interop.raw_samples import RawSample
-from vitalcast.telemetry.payload import PackedPayload
+from vitalcast.samples import Sample
+from vitalcast.telemetry.compute.payload import PackedPayload
 
 SAMPLE_COLUMNS = (
     "start",
@@ -45,13 +50,21 @@ BUCKET_COLUMNS = (
 )
 
 
-def _rows_csv(rows: Iterator[Sequence[Any]] | Sequence[Sequence[Any]]) -> bytes:
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def text_cell(value: str) -> str:
+    """``value`` made inert for spreadsheets: a leading ``'`` when it could start a formula."""
+    return "'" + value if value.startswith(_FORMULA_START) else value
+
+
+def _rows_csv(rows: Iterator[Sequence[object]] | Sequence[Sequence[object]]) -> bytes:
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\r\n").writerows(rows)
     return buffer.getvalue().encode()
 
 
-async def samples_csv(partitions: AsyncIterable[Sequence[RawSample]]) -> AsyncIterator[bytes]:
+async def samples_csv(partitions: AsyncIterable[Sequence[Sample]]) -> AsyncIterator[bytes]:
     """The header, then one encoded chunk per partition of samples."""
     yield _rows_csv([SAMPLE_COLUMNS])
     async for partition in partitions:
@@ -61,12 +74,12 @@ async def samples_csv(partitions: AsyncIterable[Sequence[RawSample]]) -> AsyncIt
                 iso_ms(s.end_ms),
                 s.start_ms,
                 s.end_ms,
-                s.metric,
+                text_cell(s.metric),
                 repr(s.value),
-                s.unit,
-                s.source,
-                s.record_id,
-                s.device or "",
+                text_cell(s.unit),
+                text_cell(s.source),
+                text_cell(s.record_id),
+                text_cell(s.device or ""),
             )
             for s in partition
         )
@@ -76,7 +89,7 @@ def buckets_csv(payload: PackedPayload) -> bytes:
     """Every bucket of every metric in the payload, metrics in catalog order."""
     head = orjson.loads(payload.head + b"}}")
     bucket_ms = head["bucket_ms"]
-    rows: list[Sequence[Any]] = [BUCKET_COLUMNS]
+    rows: list[Sequence[object]] = [BUCKET_COLUMNS]
     for code in BY_CODE:
         fragment = payload.fragments.get(code)
         if fragment is None:
@@ -90,9 +103,9 @@ def buckets_csv(payload: PackedPayload) -> bytes:
                     iso_ms(t),
                     t,
                     bucket_ms,
-                    code,
-                    metric.unit,
-                    metric.kind.value,
+                    text_cell(code),
+                    text_cell(metric.unit),
+                    text_cell(metric.kind.value),
                     series["count"][i],
                     repr(float(series["mean"][i])) if scalar else "",
                     repr(float(series["min"][i])) if scalar else "",

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
-from typing import Any
 
 import orjson
 
 from vitalcast.catalog import BY_CODE, Metric, MetricKind
 from vitalcast.clock import iso_ms
-from vitalcast.interop.raw_samples import RawSample
+from vitalcast.json_types import JsonObject
+from vitalcast.samples import Sample
 from vitalcast.sessions.models import Session, SessionStatus
 
 MEDIA_TYPE = "application/fhir+json"
@@ -45,7 +45,7 @@ _ENCOUNTER_STATUS = {
 }
 
 
-def _category(metric: Metric) -> list[dict[str, Any]]:
+def _category(metric: Metric) -> list[JsonObject]:
     code, display = (
         ("vital-signs", "Vital Signs")
         if metric.kind is MetricKind.SCALAR
@@ -54,7 +54,7 @@ def _category(metric: Metric) -> list[dict[str, Any]]:
     return [{"coding": [{"system": _CATEGORY_SYSTEM, "code": code, "display": display}]}]
 
 
-def _code(metric: Metric) -> dict[str, Any]:
+def _code(metric: Metric) -> JsonObject:
     codings = [{"system": LOINC, "code": metric.loinc}, *_EXTRA_CODINGS.get(metric.code, ())]
     return {"coding": codings, "text": metric.display_name}
 
@@ -70,15 +70,15 @@ def observation_id(user_id: str, source: str, record_id: str) -> str:
     return str(uuid.uuid5(_NAMESPACE, f"{user_id}/{source}/{record_id}"))
 
 
-def subject(user_id: str) -> dict[str, Any]:
+def subject(user_id: str) -> JsonObject:
     return {"identifier": {"system": URI_IDENTIFIER, "value": f"urn:uuid:{user_id}"}}
 
 
-def encounter(session: Session) -> dict[str, Any]:
+def encounter(session: Session) -> JsonObject:
     period = {"start": iso_ms(session.start_ms)}
     if session.end_ms is not None:
         period["end"] = iso_ms(session.end_ms)
-    resource: dict[str, Any] = {
+    resource: JsonObject = {
         "resourceType": "Encounter",
         "id": session.id,
         "identifier": [{"system": URI_IDENTIFIER, "value": f"urn:uuid:{session.id}"}],
@@ -90,10 +90,10 @@ def encounter(session: Session) -> dict[str, Any]:
     return {"fullUrl": f"urn:uuid:{session.id}", "resource": resource}
 
 
-def observation(sample: RawSample, user_id: str, encounter_ref: dict[str, str]) -> dict[str, Any]:
+def observation(sample: Sample, user_id: str, encounter_ref: dict[str, str]) -> JsonObject:
     metric = BY_CODE[sample.metric]
     resource_id = observation_id(user_id, sample.source, sample.record_id)
-    resource: dict[str, Any] = {
+    resource: JsonObject = {
         "resourceType": "Observation",
         "id": resource_id,
         "status": "final",
@@ -120,7 +120,7 @@ def observation(sample: RawSample, user_id: str, encounter_ref: dict[str, str]) 
 
 
 async def bundle_json(
-    session: Session, partitions: AsyncIterable[Sequence[RawSample]], *, now_ms: int
+    session: Session, partitions: AsyncIterable[Sequence[Sample]], *, now_ms: int
 ) -> AsyncIterator[bytes]:
     """The Bundle's JSON in chunks: the head with the Encounter, one chunk per partition of
     Observations, then the closing brackets."""

@@ -4,47 +4,27 @@ an export of a 24-hour session never holds more than one partition in memory."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 
 import sqlalchemy as sa
 
 from vitalcast.catalog import ALL_CODES
 from vitalcast.db.engine import Database
 from vitalcast.db.tables import health_samples
-from vitalcast.errors import InvalidInput
+from vitalcast.samples import Sample
 from vitalcast.sessions.models import Session
-from vitalcast.telemetry.models import (
-    MAX_WINDOW_MINUTES,
-    MIN_WINDOW_MINUTES,
-    TelemetryWindow,
+from vitalcast.telemetry.grid import TelemetryWindow
+from vitalcast.telemetry.keys import (
+    check_window_minutes,
     resolve_resolution,
 )
 
 PARTITION_ROWS = 2_000
 
 
-@dataclass(frozen=True, slots=True)
-class RawSample:
-    """One stored sample, in canonical units."""
-
-    source: str
-    record_id: str
-    metric: str
-    value: float
-    unit: str
-    start_ms: int
-    end_ms: int
-    device: str | None
-
-
 def window_of(session: Session, window_minutes: int, now_ms: int) -> TelemetryWindow:
     """The window a telemetry GET with ``window_minutes`` (and ``auto`` resolution) shows for
     ``session`` now: the pad is rounded up to that resolution's grid."""
-    if not MIN_WINDOW_MINUTES <= window_minutes <= MAX_WINDOW_MINUTES:
-        raise InvalidInput(
-            f"window_minutes must be {MIN_WINDOW_MINUTES}…{MAX_WINDOW_MINUTES}.",
-            code="WINDOW_OUT_OF_RANGE",
-        )
+    check_window_minutes(window_minutes)
     resolution = resolve_resolution(
         None,
         start_ms=session.start_ms,
@@ -65,7 +45,7 @@ def window_of(session: Session, window_minutes: int, now_ms: int) -> TelemetryWi
 
 async def stream_samples(
     db: Database, user_id: str, window: TelemetryWindow
-) -> AsyncIterator[Sequence[RawSample]]:
+) -> AsyncIterator[Sequence[Sample]]:
     """Partitions of the user's samples starting in ``window`` (what the telemetry compute
     aggregates), ordered by metric then time: the order of the (user, metric, start) index, so
     the database streams them without sorting."""
@@ -85,4 +65,4 @@ async def stream_samples(
     async with db.read() as conn:
         result = await conn.stream(query)
         async for partition in result.partitions():
-            yield [RawSample(*row) for row in partition]
+            yield [Sample(*row) for row in partition]

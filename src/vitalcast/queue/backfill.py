@@ -20,14 +20,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from vitalcast.db.engine import Database
 from vitalcast.db.tables import sessions, telemetry_cache, users
 from vitalcast.sessions.models import Session
-from vitalcast.telemetry.coordinator import BoundedComputeCoordinator
-from vitalcast.telemetry.models import (
+from vitalcast.telemetry.keys import (
     COMPUTE_VERSION,
     CacheState,
     Resolution,
     ScheduleReason,
     TelemetryKey,
 )
+from vitalcast.telemetry.run.coordinator import BoundedComputeCoordinator
 
 PAGE_SIZE = 500
 #: seconds between retries of a submit the scheduler refused (queue full)
@@ -122,7 +122,10 @@ async def run_backfill(
     return progress
 
 
-def _selected(query: sa.Select[Any], selection: BackfillFilter) -> sa.Select[Any]:
+def _selected(
+    query: sa.Select[Any],  # Any: the row type of the select, whatever its columns
+    selection: BackfillFilter,
+) -> sa.Select[Any]:  # Any: the same
     if selection.since_ms is not None:
         query = query.where(sessions.c.start_ms >= selection.since_ms)
     if selection.user_name is not None:
@@ -168,4 +171,4 @@ async def _fresh_keys(
             c.source_watermark.is_not(None),
         )
     )
-    return {(row[0], Resolution(row[1]), int(row[2])) for row in rows}
+    return {(row.session_id, Resolution(row.resolution), int(row.source_watermark)) for row in rows}

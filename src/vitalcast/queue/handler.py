@@ -20,9 +20,9 @@ import contextlib
 from vitalcast.clock import Clock
 from vitalcast.queue.jobs import TelemetryJob
 from vitalcast.queue.worker import JobDeferred, JobFailed
-from vitalcast.telemetry.answer import COMPUTE_FAILED
-from vitalcast.telemetry.computer import TelemetryComputer
-from vitalcast.telemetry.models import ComputeOutcome
+from vitalcast.telemetry.keys import ComputeOutcome
+from vitalcast.telemetry.read.answer import COMPUTE_FAILED
+from vitalcast.telemetry.run.computer import TelemetryComputer
 
 #: how long a job waits when another holder's lease is live
 LEASE_BUSY_DEFER_MS = 1_000

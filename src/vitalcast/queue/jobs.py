@@ -7,9 +7,9 @@ JSON, so a worker in another language could consume the same queue.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from vitalcast.telemetry.models import Resolution, ScheduleReason, TelemetryKey
+from vitalcast.json_types import JsonObject
+from vitalcast.telemetry.keys import Resolution, ScheduleReason, TelemetryKey
 
 JOB_NAME = "compute"
 #: total tries of one job (first run + 2 retries)
@@ -38,7 +38,7 @@ class TelemetryJob:
     def id(self) -> str:
         return job_id(self.key, self.watermark)
 
-    def to_data(self) -> dict[str, Any]:
+    def to_data(self) -> JsonObject:
         return {
             "session_id": self.key.session_id,
             "user_id": self.key.user_id,
@@ -50,7 +50,7 @@ class TelemetryJob:
         }
 
     @classmethod
-    def from_data(cls, data: dict[str, Any]) -> TelemetryJob:
+    def from_data(cls, data: JsonObject) -> TelemetryJob:
         """Decode job data; raises ``KeyError``/``ValueError`` on a malformed job."""
         key = TelemetryKey(
             session_id=str(data["session_id"]),
@@ -62,7 +62,7 @@ class TelemetryJob:
         return cls(key=key, watermark=int(data["watermark"]), reason=ScheduleReason(data["reason"]))
 
 
-def job_options(job: TelemetryJob, *, backoff_ms: int) -> dict[str, Any]:
+def job_options(job: TelemetryJob, *, backoff_ms: int) -> JsonObject:
     """BullMQ options: our id, per-key deduplication that keeps the newest add while one runs,
     three attempts with exponential backoff (``backoff_ms``, then twice that), bounded retention
     of finished jobs.

@@ -17,7 +17,7 @@ from vitalcast.observability import Metrics, get_logger
 from vitalcast.queue.jobs import JOB_NAME, TelemetryJob, job_options
 from vitalcast.redis_connections import CALL_TIMEOUT_S, blocking_options, short_call_client
 from vitalcast.settings import Settings
-from vitalcast.telemetry.models import ScheduleReason, TelemetryKey
+from vitalcast.telemetry.keys import ScheduleReason, TelemetryKey
 from vitalcast.telemetry.scheduling import Scheduler
 
 log = get_logger(__name__)

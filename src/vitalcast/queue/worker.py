@@ -83,7 +83,7 @@ class TelemetryWorker:
         self._concurrency = concurrency
         self._name = name or f"vitalcast-{os.getpid()}"
         self._worker: Worker | None = None
-        self._run_task: asyncio.Task[Any] | None = None
+        self._run_task: asyncio.Task[None] | None = None
         self._stopping: asyncio.Task[None] | None = None
         # Set when the grace has passed: running jobs go back to the queue. Ours, not BullMQ's
         # cancelAllJobs: once closing, BullMQ's run loop ends and clears its tracked jobs while
@@ -142,7 +142,7 @@ class TelemetryWorker:
                 await self._run_task
         log.info("worker_stopped", worker=self._name)
 
-    async def _process(self, job: Any, token: str) -> str:
+    async def _process(self, job: Any, token: str) -> str:  # Any: a bullmq Job (untyped)
         try:
             request = TelemetryJob.from_data(job.data)
         except (KeyError, TypeError, ValueError) as exc:
@@ -181,5 +181,5 @@ class TelemetryWorker:
         return outcome
 
 
-def _log_worker_error(error: Any, *_: Any) -> None:
+def _log_worker_error(error: object, *_: object) -> None:
     log.warning("worker_error", error=type(error).__name__, detail=str(error)[:200])

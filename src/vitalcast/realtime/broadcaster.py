@@ -27,11 +27,13 @@ import socketio
 from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from vitalcast.alerts.models import SESSION_ALERT, Alert
+from vitalcast.json_types import JsonObject
 from vitalcast.observability import Metrics, get_logger
 from vitalcast.redis_connections import PUBSUB_MAX_CONNECTIONS, pubsub_client
 from vitalcast.sessions.models import Session
 from vitalcast.settings import Settings
-from vitalcast.telemetry.models import TelemetryUpdate
+from vitalcast.telemetry.ports import TelemetryUpdate
 
 log = get_logger(__name__)
 
@@ -53,8 +55,8 @@ def user_room(user_id: str) -> str:
     return f"user:{user_id}"
 
 
-def session_updated_event(update: TelemetryUpdate) -> dict[str, Any]:
-    """The ``session.updated`` envelope of DESIGN.md (v1): ``changed`` is the range of buckets
+def session_updated_event(update: TelemetryUpdate) -> JsonObject:
+    """The ``session.updated`` envelope of docs/design.md (v1): ``changed`` is the range of buckets
     whose series changed since the view's previous save (null bounds: unknown), and
     ``base_watermark`` that save's watermark (null: none), so a client holding it can ask for a
     delta (``GET …/telemetry?since_watermark=``)."""
@@ -73,7 +75,7 @@ def session_updated_event(update: TelemetryUpdate) -> dict[str, Any]:
     }
 
 
-def session_status_event(session: Session) -> dict[str, Any]:
+def session_status_event(session: Session) -> JsonObject:
     """The ``session.status`` envelope: a session started, ended or was cancelled."""
     return {
         "v": EVENT_VERSION,
@@ -90,7 +92,14 @@ def session_status_event(session: Session) -> dict[str, Any]:
 class Emitter(Protocol):
     """What the broadcaster emits through: an ``AsyncServer`` or a write-only pub/sub manager."""
 
-    async def emit(self, event: str, data: Any, *, to: Any, namespace: str) -> Any: ...
+    async def emit(
+        self,
+        event: str,
+        data: Any,  # Any: python-socketio's emit is untyped (here and below)
+        *,
+        to: Any,  # Any: as above
+        namespace: str,
+    ) -> Any: ...  # Any: as above
 
 
 class BoundedRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
@@ -127,7 +136,7 @@ class BoundedRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
             self._retired.add(task)
             task.add_done_callback(self._retired.discard)
 
-    async def _publish(self, data: Any) -> Any:
+    async def _publish(self, data: Any) -> Any:  # Any: overrides python-socketio's untyped one
         # The stock publish logs and returns None when Redis stays unreachable after one retry.
         # A write-only manager (a worker) delivers through Redis alone, so that means nobody got
         # the event: raise, and the broadcaster logs it as failed instead of counting it emitted.
@@ -151,7 +160,7 @@ class BoundedRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
         self.connected = False
 
 
-async def _close_quietly(client: Any) -> None:
+async def _close_quietly(client: Any) -> None:  # Any: redis-py clients and pubsubs
     try:
         await client.aclose()
     except Exception:
@@ -231,12 +240,21 @@ class WebSocketBroadcaster:
         rooms = [session_room(session.id), user_room(session.user_id)]
         await self._emit(SESSION_STATUS, session_status_event(session), rooms, session.id)
 
+    async def session_alert(self, alert: Alert) -> None:
+        """Tell the session's subscribers (owner and shares) of a newly announced alert
+        episode (never raises)."""
+        await self._emit(
+            SESSION_ALERT, alert.event(), session_room(alert.session_id), alert.session_id
+        )
+
     async def close(self) -> None:
         """Release the write-only manager's Redis connections, if this broadcaster owns one."""
         if self._owned_manager is not None:
             await self._owned_manager.aclose()
 
-    async def _emit(self, event: str, data: dict[str, Any], to: Any, session_id: Any) -> None:
+    async def _emit(
+        self, event: str, data: JsonObject, to: str | list[str], session_id: str
+    ) -> None:
         try:
             async with asyncio.timeout(EMIT_TIMEOUT_S):
                 await self._emitter.emit(event, data, to=to, namespace=NAMESPACE)

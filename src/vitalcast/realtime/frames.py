@@ -27,17 +27,26 @@ delivered to an open Engine.IO session still on polling (others are answered 400
 client sends after its own Engine.IO close is delivered (the library would run it on a closed
 session and fail).
 
+Dropped frames cost the sender: each one spends the socket's event budget
+(``settings.rate_limit_socket_events``), and a connection that overspends it is closed (a
+WebSocket with 1008; a polling session is disconnected and its POST answered 429). Drops are
+logged once per connection and a flood once, so a client cannot turn the gate into a log pump
+(309k dropped frames in 3 s wrote 38 MB of log and slowed /healthz to seconds).
+
 Oversize polling bodies never get here: ``api.guard`` answers them 413 while they stream in.
 """
 
 from __future__ import annotations
 
 import enum
+import itertools
 import urllib.parse
 
 import engineio
+import limits
 from engineio import packet as eio_packet
 from engineio.payload import Payload
+from limits.aio.strategies import MovingWindowRateLimiter
 from socketio import packet as sio_packet
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -115,9 +124,27 @@ class FrameGate:
     keeps it open until the peer closes or a ping times out, which a hostile client can delay.
     """
 
-    def __init__(self, app: ASGIApp, engine: engineio.AsyncServer) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        engine: engineio.AsyncServer,
+        limit: limits.RateLimitItem,
+        limiter: MovingWindowRateLimiter,
+    ) -> None:
         self.app = app
         self._engine = engine
+        self._limit = limit
+        self._limiter = limiter
+        self._connections = itertools.count()
+        #: polling sids whose drops were logged already
+        self._logged: set[str] = set()
+
+    async def _spend(self, key: str, dropped: int) -> bool:
+        """Charge ``dropped`` frames to the connection's budget; False once it is overspent."""
+        for _ in range(dropped):
+            if not await self._limiter.hit(self._limit, key):
+                return False
+        return True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
@@ -140,10 +167,15 @@ class FrameGate:
             body += message.get("body", b"")
             if not message.get("more_body", False):
                 break
-        kept = _polling_packets(bytes(body))
-        if kept is None:
+        checked = _polling_packets(bytes(body))
+        if checked is None:
             log.info("realtime_frame_refused", transport="polling")
             answer = problem(400, "MALFORMED_PACKET", "Not a Socket.IO payload vitalcast takes.")
+            await answer(scope, receive, send)
+            return
+        kept, dropped = checked
+        if dropped and not await self._polling_drops(_sid_of(scope), dropped):
+            answer = problem(429, "RATE_LIMITED", "Too many frames; the session is closed.")
             await answer(scope, receive, send)
             return
         forwarded = "\x1e".join(kept).encode()
@@ -160,17 +192,38 @@ class FrameGate:
 
         await self.app({**scope, "headers": headers}, replay, send)
 
+    async def _polling_drops(self, sid: str, dropped: int) -> bool:
+        """Charge a POST's dropped packets to its session; False (session closed) on a flood."""
+        if sid not in self._logged:
+            if len(self._logged) >= 10_000:  # sids of ended sessions are never removed
+                self._logged.clear()
+            self._logged.add(sid)
+            log.info("realtime_frame_dropped", transport="polling")
+        if await self._spend(f"frames:{sid}", dropped):
+            return True
+        log.warning("realtime_frame_flood", transport="polling")
+        self._logged.discard(sid)
+        await self._limiter.clear(self._limit, f"frames:{sid}")
+        await self._engine.disconnect(sid)
+        return False
+
     def _polling_session_open(self, scope: Scope) -> bool:
-        query = urllib.parse.parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        sid = query.get("sid", [""])[0]
-        socket = self._engine.sockets.get(sid)
+        socket = self._engine.sockets.get(_sid_of(scope))
         return socket is not None and socket.connected and not socket.closed and not socket.upgraded
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        key = f"frames:ws{next(self._connections)}"
+        try:
+            await self._websocket_gated(scope, receive, send, key)
+        finally:
+            await self._limiter.clear(self._limit, key)
+
+    async def _websocket_gated(self, scope: Scope, receive: Receive, send: Send, key: str) -> None:
         client_closed = False
+        drops_logged = False
 
         async def receive_checked() -> Message:
-            nonlocal client_closed
+            nonlocal client_closed, drops_logged
             while True:
                 if client_closed:
                     return {"type": "websocket.disconnect", "code": 1000}
@@ -188,7 +241,12 @@ class FrameGate:
                     log.info("realtime_frame_refused", transport="websocket")
                     # To the library the client is gone; it then closes the WebSocket itself.
                     return {"type": "websocket.disconnect", "code": 1008}
-                log.info("realtime_frame_dropped", transport="websocket")
+                if not drops_logged:
+                    drops_logged = True
+                    log.info("realtime_frame_dropped", transport="websocket")
+                if not await self._spend(key, 1):
+                    log.warning("realtime_frame_flood", transport="websocket")
+                    return {"type": "websocket.disconnect", "code": 1008}
 
         async def send_closing(message: Message) -> None:
             await send(message)
@@ -198,24 +256,33 @@ class FrameGate:
         await self.app(scope, receive_checked, send_closing)
 
 
-def _polling_packets(body: bytes) -> list[str] | None:
-    """The packets of a polling POST body to deliver, or None when it must be refused."""
+def _sid_of(scope: Scope) -> str:
+    query = urllib.parse.parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    return str(query.get("sid", [""])[0])
+
+
+def _polling_packets(body: bytes) -> tuple[list[str], int] | None:
+    """The packets of a polling POST body to deliver and how many were dropped, or None when
+    it must be refused."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         return None
     if not text:
-        return []
+        return [], 0
     packets = text.split("\x1e")
     if len(packets) > Payload.max_decode_packets:
         return None
     kept = []
+    dropped = 0
     for encoded in packets:
         verdict = check_packet(encoded, POLLING_TYPES)
         if verdict is Verdict.REFUSE:
             return None
-        if verdict is Verdict.ACCEPT:
+        if verdict is Verdict.DROP:
+            dropped += 1
+        else:
             kept.append(encoded)
             if encoded[:1] == _CLOSE:
                 break
-    return kept
+    return kept, dropped

@@ -2,8 +2,12 @@
 
 Connect with ``auth: {token}`` (the HTTP bearer token); a missing, bad or expired token, or one
 whose user does not exist, is refused with its code as the reason, and a connected socket is
-disconnected when its token expires (after an ``error {code: "TOKEN_EXPIRED"}`` event), its
-Engine.IO connection closed too. Every client frame passes ``frames.FrameGate`` first, which
+disconnected when its token expires (after an ``error {code: "TOKEN_EXPIRED"}`` event, or
+``SHARE_EXPIRED`` for a share token), its Engine.IO connection closed too. A revocation
+(``Authenticator.revoke_user`` / ``revoke_share``, from any server) closes the sockets it ends
+the same way within a second, after ``error {code: "TOKEN_REVOKED"}`` or ``SHARE_REVOKED``.
+A share token's socket may subscribe to its one session only (any other is
+``SESSION_NOT_FOUND``) and joins no user room, so it hears nothing of the owner's other sessions. Every client frame passes ``frames.FrameGate`` first, which
 drops client events named like Socket.IO's own (``disconnect`` …). Client events, each answered
 through its ack:
 
@@ -12,7 +16,8 @@ through its ack:
   ``source_watermark`` is the cached payload's (what a GET serves now, null when nothing is
   cached), ``session_watermark`` the session's current one. When ``since_watermark`` is older than
   a fresh cached payload, that socket gets one ``session.updated`` at once, so a reconnecting
-  client misses nothing.
+  client misses nothing, and every ``session.alert`` announced by a save after
+  ``since_watermark``.
 - ``unsubscribe {session_id}`` → ``{ok: true}``.
 - anything else → ``{ok: false, code: "UNKNOWN_EVENT"}``.
 
@@ -29,8 +34,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, TypeVar
 
 import limits
 import socketio
@@ -38,8 +44,11 @@ from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
+from vitalcast.alerts.models import SESSION_ALERT
+from vitalcast.auth import Principal
 from vitalcast.db.errors import DATABASE_RETRY_AFTER_S, is_outage
 from vitalcast.errors import DependencyUnavailable, NotFound, Unauthenticated
+from vitalcast.json_types import JsonObject
 from vitalcast.observability import get_logger
 from vitalcast.ratelimit import retry_after_s
 from vitalcast.realtime.broadcaster import (
@@ -49,8 +58,10 @@ from vitalcast.realtime.broadcaster import (
     user_room,
 )
 from vitalcast.realtime.frames import FrameGate
+from vitalcast.revocations import Revocation, RevocationKind
 from vitalcast.sessions.models import Session
-from vitalcast.telemetry.models import CacheState
+from vitalcast.shares import AccessKind
+from vitalcast.telemetry.keys import CacheState
 from vitalcast.wiring import ServerParts
 
 log = get_logger(__name__)
@@ -86,16 +97,35 @@ RequestT = TypeVar("RequestT", bound=BaseModel)
 class _Client:
     """What this node knows about one connected socket."""
 
-    user_id: str
-    expires_at_ms: int
+    principal: Principal
     sessions: set[str] = field(default_factory=set)
 
+    @property
+    def user_id(self) -> str:
+        return self.principal.user_id
 
-def _error(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    @property
+    def expires_at_ms(self) -> int:
+        return self.principal.expires_at_ms
+
+    @property
+    def expired_code(self) -> str:
+        return "SHARE_EXPIRED" if self.principal.is_share else "TOKEN_EXPIRED"
+
+
+_CLOSE_MESSAGES = {
+    "TOKEN_EXPIRED": "The token has expired.",
+    "SHARE_EXPIRED": "The share has expired.",
+    "TOKEN_REVOKED": "The token has been revoked.",
+    "SHARE_REVOKED": "The share has been revoked.",
+}
+
+
+def _error(code: str, message: str, **extra: object) -> JsonObject:
     return {"ok": False, "code": code, "message": message, **extra}
 
 
-def _failure(sid: str, exc: Exception) -> dict[str, Any]:
+def _failure(sid: str, exc: Exception) -> JsonObject:
     """The ack for an unexpected failure, with the code HTTP would answer (api/errors.py): a
     database outage is DATABASE_UNAVAILABLE with a retry hint, anything else INTERNAL_ERROR."""
     if is_outage(exc):
@@ -134,11 +164,17 @@ class RealtimeServer:
         self.sio.on("subscribe", self._on_subscribe)
         self.sio.on("unsubscribe", self._on_unsubscribe)
         self.sio.on("*", self._on_unknown)
+        parts.authenticator.revocations.subscribe(self._on_revocation)
 
     def asgi_app(self) -> FrameGate:
         """The Engine.IO endpoint behind its frame gate, for mounting at ``SOCKETIO_PATH`` (it
         takes all traffic there)."""
-        return FrameGate(socketio.ASGIApp(self.sio, socketio_path=None), self.sio.eio)
+        return FrameGate(
+            socketio.ASGIApp(self.sio, socketio_path=None),
+            self.sio.eio,
+            self._limit,
+            self._limiter,
+        )
 
     async def close(self) -> None:
         """Disconnect clients, stop timers and background tasks (the broadcaster releases
@@ -165,7 +201,7 @@ class RealtimeServer:
             return False
         return True
 
-    async def _on_connect(self, sid: str, _environ: dict[str, Any], auth: Any) -> None:
+    async def _on_connect(self, sid: str, _environ: Mapping[str, object], auth: object) -> None:
         if not self._genuine(sid, "connect"):
             return
         token = auth.get("token") if isinstance(auth, dict) else None
@@ -178,15 +214,18 @@ class RealtimeServer:
             raise socketio.exceptions.ConnectionRefusedError(
                 exc.code, {"code": exc.code, "message": exc.message}
             ) from None
-        expires_at_ms = principal.expires_at_s * 1000
-        delay_s = max(0.0, (expires_at_ms - self._parts.clock.now_ms()) / 1000)
-        self._expiries[sid] = asyncio.get_running_loop().call_later(delay_s, self._expire, sid)
-        self._clients[sid] = _Client(user_id=principal.user_id, expires_at_ms=expires_at_ms)
-        await self.sio.enter_room(sid, user_room(principal.user_id))
+        client = _Client(principal)
+        delay_s = max(0.0, (principal.expires_at_ms - self._parts.clock.now_ms()) / 1000)
+        self._expiries[sid] = asyncio.get_running_loop().call_later(
+            delay_s, self._expire, sid, client.expired_code
+        )
+        self._clients[sid] = client
+        if not principal.is_share:
+            await self.sio.enter_room(sid, user_room(principal.user_id))
         self._parts.metrics.socket_clients.set(len(self._clients))
         log.debug("realtime_connected", sid=sid, user_id=principal.user_id)
 
-    async def _on_disconnect(self, sid: str, *_reason: Any) -> None:
+    async def _on_disconnect(self, sid: str, *_reason: object) -> None:
         if not self._genuine(sid, "disconnect"):
             return
         timer = self._expiries.pop(sid, None)
@@ -200,23 +239,33 @@ class RealtimeServer:
         self._parts.metrics.socket_clients.set(len(self._clients))
         log.debug("realtime_disconnected", sid=sid, user_id=client.user_id)
 
-    def _expire(self, sid: str) -> None:
-        self._expiries.pop(sid, None)
-        task = asyncio.get_running_loop().create_task(self._disconnect_expired(sid))
+    def _expire(self, sid: str, code: str = "TOKEN_EXPIRED") -> None:
+        timer = self._expiries.pop(sid, None)
+        if timer is not None:
+            timer.cancel()
+        task = asyncio.get_running_loop().create_task(self._disconnect_expired(sid, code))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _disconnect_expired(self, sid: str) -> None:
+    async def _on_revocation(self, revocation: Revocation) -> None:
+        """Close every socket of this node that ``revocation`` ends."""
+        code = "SHARE_REVOKED" if revocation.kind is RevocationKind.SHARE else "TOKEN_REVOKED"
+        for sid, client in list(self._clients.items()):
+            if client.principal.revoked_by(revocation):
+                self._expire(sid, code)
+
+    async def _disconnect_expired(self, sid: str, code: str = "TOKEN_EXPIRED") -> None:
         """Tell the socket, leave every room, close its Engine.IO connection. Decided by the
         library's view of the socket, not by ``_clients``."""
         eio_sid = self.sio.manager.eio_sid_from_sid(sid, NAMESPACE)
         if eio_sid is None or not self.sio.manager.is_connected(sid, NAMESPACE):
             return
-        log.info("realtime_token_expired", sid=sid)
+        event = "realtime_token_expired" if code.endswith("EXPIRED") else "realtime_revoked"
+        log.info(event, sid=sid, code=code)
         try:
             await self.sio.emit(
                 "error",
-                {"code": "TOKEN_EXPIRED", "message": "The token has expired."},
+                {"code": code, "message": _CLOSE_MESSAGES.get(code, "The token is not valid.")},
                 to=sid,
                 ignore_queue=True,
             )
@@ -228,14 +277,14 @@ class RealtimeServer:
         except Exception:
             log.warning("realtime_expire_failed", sid=sid)
 
-    async def _admit(self, sid: str) -> tuple[_Client | None, dict[str, Any] | None]:
+    async def _admit(self, sid: str) -> tuple[_Client | None, JsonObject | None]:
         """The socket's client record, or the error ack that refuses this event."""
         client = self._clients.get(sid)
         if client is None:
             return None, _error("UNAUTHENTICATED", "The socket is not connected.")
         if client.expires_at_ms <= self._parts.clock.now_ms():
-            self._expire(sid)
-            return None, _error("TOKEN_EXPIRED", "The token has expired.")
+            self._expire(sid, client.expired_code)
+            return None, _error(client.expired_code, _CLOSE_MESSAGES[client.expired_code])
         if not await self._limiter.hit(self._limit, sid):
             stats = await self._limiter.get_window_stats(self._limit, sid)
             return None, _error(
@@ -246,8 +295,8 @@ class RealtimeServer:
         return client, None
 
     async def _admit_request(
-        self, sid: str, model: type[RequestT], data: Any
-    ) -> tuple[_Client, RequestT] | dict[str, Any]:
+        self, sid: str, model: type[RequestT], data: object
+    ) -> tuple[_Client, RequestT] | JsonObject:
         """The socket's client record and its validated request, or the error ack."""
         client, refusal = await self._admit(sid)
         if client is None:
@@ -257,12 +306,14 @@ class RealtimeServer:
         except ValidationError as exc:
             return _error("VALIDATION_ERROR", _validation_message(exc))
 
-    async def _on_subscribe(self, sid: str, data: Any = None, *_extra: Any) -> dict[str, Any]:
+    async def _on_subscribe(self, sid: str, data: object = None, *_extra: object) -> JsonObject:
         admitted = await self._admit_request(sid, SubscribeRequest, data)
         if isinstance(admitted, dict):
             return admitted
         client, request = admitted
         session_id = str(request.session_id)
+        if client.principal.is_share and session_id != client.principal.session_id:
+            return _error("SESSION_NOT_FOUND", "Session not found.")
         if (
             session_id not in client.sessions
             and len(client.sessions) >= MAX_SUBSCRIPTIONS_PER_SOCKET
@@ -278,6 +329,8 @@ class RealtimeServer:
         except Exception as exc:
             return _failure(sid, exc)
         await self.sio.enter_room(sid, session_room(session_id))
+        if client.principal.share_id is not None:
+            self._parts.share_access.record(client.principal.share_id, AccessKind.SUBSCRIBE)
         if session_id not in client.sessions:
             client.sessions.add(session_id)
             self._parts.subscriptions.added(session_id)
@@ -289,6 +342,8 @@ class RealtimeServer:
             and cached_watermark > request.since_watermark
         ):
             await self._catch_up(sid, session, cached_watermark)
+        if request.since_watermark is not None:
+            await self._missed_alerts(sid, session, request.since_watermark)
         return {
             "ok": True,
             "session_id": session_id,
@@ -298,7 +353,7 @@ class RealtimeServer:
             "live": session.live,
         }
 
-    async def _on_unsubscribe(self, sid: str, data: Any = None, *_extra: Any) -> dict[str, Any]:
+    async def _on_unsubscribe(self, sid: str, data: object = None, *_extra: object) -> JsonObject:
         admitted = await self._admit_request(sid, UnsubscribeRequest, data)
         if isinstance(admitted, dict):
             return admitted
@@ -310,7 +365,7 @@ class RealtimeServer:
             self._parts.subscriptions.removed([session_id])
         return {"ok": True, "session_id": session_id}
 
-    async def _on_unknown(self, event: str, sid: str, *_args: Any) -> dict[str, Any]:
+    async def _on_unknown(self, event: str, sid: str, *_args: object) -> JsonObject:
         _client, refusal = await self._admit(sid)
         if refusal is not None:
             return refusal
@@ -318,15 +373,23 @@ class RealtimeServer:
 
     async def _subscription_state(self, session: Session) -> tuple[str, int | None]:
         try:
-            return await self._parts.telemetry.subscription_state(session)
+            return await self._parts.subscribe.subscription_state(session)
         except Exception as exc:
             log.warning("realtime_state_failed", session_id=session.id, error=type(exc).__name__)
             return CacheState.FAILED.value, None
 
+    async def _missed_alerts(self, sid: str, session: Session, watermark: int) -> None:
+        """Send this socket every ``session.alert`` announced by a save after ``watermark``."""
+        try:
+            for alert in await self._parts.alerts.since(session.id, watermark):
+                await self.sio.emit(SESSION_ALERT, alert.event(), to=sid, ignore_queue=True)
+        except Exception as exc:
+            log.warning("realtime_missed_alerts_failed", sid=sid, error=type(exc).__name__)
+
     async def _catch_up(self, sid: str, session: Session, watermark: int) -> None:
         """Send this socket the ``session.updated`` of the default view it missed."""
         try:
-            update = await self._parts.telemetry.catch_up(session, watermark)
+            update = await self._parts.subscribe.catch_up(session, watermark)
             if update is not None:
                 await self.sio.emit(
                     SESSION_UPDATED, session_updated_event(update), to=sid, ignore_queue=True

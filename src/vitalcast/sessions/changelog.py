@@ -21,15 +21,15 @@ import bisect
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from vitalcast.clock import MINUTE_MS
 from vitalcast.db.tables import session_changes
 
 #: times at most this far apart share a range (the finest bucket: 1 minute)
-MERGE_MS = 60_000
+MERGE_MS = MINUTE_MS
 
 c = session_changes.c
 
@@ -123,7 +123,7 @@ async def chain(
 
 
 async def prune(
-    conn: AsyncConnection, session_id: str, *, through_seq: int | sa.ScalarSelect[Any]
+    conn: AsyncConnection, session_id: str, *, through_seq: int | sa.ScalarSelect[int]
 ) -> None:
     """Drop the session's entries up to ``through_seq`` (a number, or a query of one, e.g. the
     oldest watermark of the session's cached views): no view needs them any more. A NULL

@@ -6,8 +6,10 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
+from vitalcast.clock import MINUTE_MS
+
 # A session's widest telemetry window reaches this far around it (window_minutes ≤ 180).
-WIDEST_PAD_MS = 180 * 60_000
+WIDEST_PAD_MS = 180 * MINUTE_MS
 
 
 class SessionStatus(enum.StrEnum):
@@ -42,7 +44,7 @@ class Session:
         return self.start_ms - WIDEST_PAD_MS, end + WIDEST_PAD_MS
 
     @classmethod
-    def from_row(cls, row: Any) -> Session:
+    def from_row(cls, row: Any) -> Session:  # Any: any row carrying the session columns by name
         return cls(
             id=row.id,
             user_id=row.user_id,

@@ -48,14 +48,15 @@ async def next_change_seq(conn: AsyncConnection, user_id: str) -> int:
     return int(seq)
 
 
-async def locked_change_seq(conn: AsyncConnection, user_id: str) -> int:
-    """The user's change counter, read under the user's row lock (PostgreSQL; SQLite's write
-    transaction already serialises): an ingest of this user that has not committed yet is waited
-    for, and one that starts later waits for us and then sees what we wrote."""
-    seq = await conn.scalar(
+async def lock_user(conn: AsyncConnection, user_id: str) -> int | None:
+    """The user's change counter, read under the user's row lock for this transaction
+    (PostgreSQL; SQLite's write transaction already serialises); None when the user does not
+    exist. An ingest of this user that has not committed yet is waited for, and one that starts
+    later waits for us and then sees what we wrote."""
+    seq: int | None = await conn.scalar(
         sa.select(users.c.change_seq).where(users.c.id == user_id).with_for_update()
     )
-    return int(seq or 0)
+    return seq
 
 
 async def get(conn: AsyncConnection, user_id: str, session_id: str) -> Session | None:
@@ -94,7 +95,7 @@ async def insert(
     # Under the user's lock, like an ingest: reading change_seq without it could take N while an
     # ingest that committed N+1 afterwards did not see this session to bump its watermark, and
     # a payload cached at N would then miss that ingest's samples for good.
-    watermark = await locked_change_seq(conn, user_id)
+    watermark = await lock_user(conn, user_id) or 0
     await conn.execute(
         sa.insert(sessions).values(
             id=session_id,

@@ -46,6 +46,22 @@ export function currentToken() {
   return token;
 }
 
+/** Use `value` (a share token, shared.js) for every request of this page. */
+export function useToken(value) {
+  token = value;
+}
+
+const REFUSALS = {
+  SHARE_REVOKED: 'The owner revoked this shared link.',
+  SHARE_EXPIRED: 'This shared link has expired.',
+  TOKEN_REVOKED: 'The token was revoked.',
+};
+
+/** What the page says when the server refuses its token with `code`. */
+export function refusalMessage(code) {
+  return REFUSALS[code] || 'The server refused the token: it is missing, invalid or expired.';
+}
+
 /** What to do when the server refuses the token (the entry module signs out). */
 export function onTokenRefused(handler) {
   onRefused = handler;
@@ -66,7 +82,8 @@ export async function api(path, { method = 'GET', headers = {}, body } = {}) {
   }
   const response = await fetch(path, init);
   if (response.status === 401) {
-    onRefused('The server refused the token: it is missing, invalid or expired.');
+    const refused = await response.clone().json().catch(() => null);
+    onRefused(refusalMessage(refused && refused.code));
     throw new AuthError('unauthenticated');
   }
   return response;

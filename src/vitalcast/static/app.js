@@ -19,21 +19,30 @@
 // - A control of the whole page (e.g. "Download all my data"): an element in index.html's
 //   top bar, its handler in a module of its own, hooked up in start() below.
 // - A reaction to a Socket.IO event of any session: live.on(event, handler) below.
-import { currentToken, forgetToken, hashParams, onTokenRefused, quiet, storeToken, takeToken } from './api.js';
+import {
+  currentToken, forgetToken, hashParams, onTokenRefused, quiet, storeToken, takeToken, useToken,
+} from './api.js';
+import { alertBanner } from './controls/alerts.js';
 import { exportCsv } from './controls/export-csv.js';
+import { shareControl } from './controls/shares.js';
 import { installInspector } from './inspect.js';
 import { Live } from './live.js';
 import { SessionList } from './sessions.js';
+import { describeShare, forgetShare, showShared, takeShare } from './shared.js';
 import { FOLLOW_NOW_MS, POLL_WHILE_OFFLINE_MS, SESSION_CLOCK_MS } from './timing.js';
 import { SessionView } from './view.js';
 
 /** The open session's controls, in the order they appear in their slot. */
-const SESSION_CONTROLS = [exportCsv];
+const SESSION_CONTROLS = [exportCsv, shareControl, alertBanner];
+/** A shared page's (shared.js): reads only. */
+const SHARED_CONTROLS = [exportCsv, alertBanner];
 
 const $ = (id) => document.getElementById(id);
 
 /** The open session, or null. */
 let view = null;
+/** On a share link's page (shared.js): the one session it opens once known, else ''. */
+let sharedSession = null;
 
 const sessions = new SessionList({
   onLoaded: (list) => {
@@ -42,7 +51,9 @@ const sessions = new SessionList({
 });
 
 const live = new Live({
-  onConnected: () => sessions.load().catch(quiet),
+  onConnected: () => {
+    if (sharedSession === null) sessions.load().catch(quiet);
+  },
   onRefused: (reason) => signOut(reason),
   onShown: () => {
     if (view) view.paintFreshness();
@@ -54,10 +65,11 @@ live.on('session.updated', (event) => {
 });
 live.on('session.status', (event) => {
   const known = sessions.applyStatus(event);
-  if (known && view && view.id === event.session_id) {
-    view.setSession(known);
-    sessions.fetchOne(view.id).then((session) => view && view.setSession(session)).catch(quiet);
-    view.statusChanged();
+  const opened = view;
+  if (known && opened && opened.id === event.session_id) {
+    opened.setSession(known);
+    sessions.fetchOne(opened.id).then((session) => opened.setSession(session)).catch(quiet);
+    opened.statusChanged();
   }
 });
 
@@ -67,7 +79,7 @@ installInspector(() => ({ view, connection: live.connection }));
 // ---- routing ----------------------------------------------------------------------------
 
 function route() {
-  const id = hashParams().get('session');
+  const id = sharedSession === null ? hashParams().get('session') : sharedSession;
   if (id) openSession(id);
   else closeSession();
 }
@@ -75,7 +87,7 @@ function route() {
 /** On arrival without a session in the URL, open the newest live one (if there is one): that
  * is the chart a newcomer came for. Later visits to the list stay on the list. */
 function openLiveByDefault() {
-  if (hashParams().get('session') || view) return;
+  if (hashParams().get('session') || view || sharedSession !== null) return;
   const id = sessions.newestLive();
   if (!id) return;
   history.replaceState(null, '', `${location.pathname}${location.search}#session=${encodeURIComponent(id)}`);
@@ -89,7 +101,7 @@ function openSession(id) {
     session: sessions.get(id),
     windowMinutes: Number($('window').value),
     live,
-    controls: SESSION_CONTROLS,
+    controls: sharedSession === null ? SESSION_CONTROLS : SHARED_CONTROLS,
     onLiveChanged: () => sessions.refreshSoon(),
   });
   view = opened;
@@ -116,6 +128,10 @@ function closeSession() {
 // ---- signing in and out -----------------------------------------------------------------
 
 function signOut(reason) {
+  if (sharedSession !== null) {
+    endShared(reason);
+    return;
+  }
   forgetToken();
   live.signedOut();
   closeSession();
@@ -125,7 +141,53 @@ function signOut(reason) {
   $('signin-reason').textContent = reason || '';
 }
 
+/** A share link's page: that one session, live and read-only, labelled as shared. */
+function startShared(share) {
+  sharedSession = '';
+  useToken(share);
+  document.body.classList.remove('signed-out');
+  document.body.classList.add('shared');
+  $('signin').hidden = true;
+  $('placeholder').hidden = true;
+  live.connect(share);
+  describeShare()
+    .then((info) => {
+      showShared(info);
+      sharedSession = info.session_id;
+      route();
+    })
+    .catch(quiet);
+}
+
+/** The link was revoked or has expired: the chart goes, the reason stays. */
+function endShared(reason) {
+  forgetShare();
+  live.signedOut();
+  closeSession();
+  document.body.classList.add('share-ended');
+  $('placeholder').hidden = true;
+  $('signin').hidden = false;
+  $('signin-title').textContent = 'This shared view has ended';
+  $('signin-form').hidden = true;
+  $('signin-help').hidden = true;
+  $('signin-reason').textContent = reason || '';
+}
+
 function start() {
+  // A user's own token in the URL wins over a share link opened earlier in this tab (a page
+  // that shows a share starts afresh: the token stays in the URL for the reload to take).
+  if (hashParams().get('token')) {
+    forgetShare();
+    if (sharedSession !== null) {
+      location.reload();
+      return;
+    }
+  }
+  const share = takeShare();
+  if (share) {
+    startShared(share);
+    return;
+  }
   const token = takeToken();
   if (!token) {
     signOut('');
@@ -154,7 +216,7 @@ $('more').addEventListener('click', () => sessions.load({ append: true }).catch(
 $('back').addEventListener('click', () => { location.hash = ''; });
 $('home').addEventListener('click', (event) => { event.preventDefault(); location.hash = ''; });
 window.addEventListener('hashchange', () => {
-  if (hashParams().get('token')) start();
+  if (hashParams().get('token') || hashParams().get('share')) start();
   else if (currentToken()) route();
 });
 document.addEventListener('visibilitychange', () => {

@@ -1,12 +1,15 @@
 // Live updates over Socket.IO: one connection per signed-in page, the connection badge, the
 // subscription of the open session, and event handlers any module can add with on().
+import { refusalMessage } from './api.js';
 import { count } from './inspect.js';
 import {
   RECONNECT_GRACE_MS, SOCKET_RECONNECT_DELAY_MAX_MS, SOCKET_RECONNECT_DELAY_MS, SOCKET_TIMEOUT_MS,
   SUBSCRIBE_RETRY_MS, backoffMs,
 } from './timing.js';
 
-const AUTH_CODES = new Set(['UNAUTHENTICATED', 'TOKEN_INVALID', 'TOKEN_EXPIRED']);
+const AUTH_CODES = new Set([
+  'UNAUTHENTICATED', 'TOKEN_INVALID', 'TOKEN_EXPIRED', 'TOKEN_REVOKED', 'SHARE_REVOKED', 'SHARE_EXPIRED',
+]);
 const MAX_RECONNECT_ATTEMPT = 10;
 const LABELS = {
   connecting: 'connecting…',
@@ -70,14 +73,16 @@ export class Live {
     socket.on('connect_error', (error) => {
       const code = (error && error.data && error.data.code) || (error && error.message);
       if (AUTH_CODES.has(code)) {
-        this.onRefused('The server refused the token: it is missing, invalid or expired.');
+        this.onRefused(refusalMessage(code));
         return;
       }
       this.setConnection('reconnecting');
       if (!socket.active) this.reconnectLater(socket);
     });
     socket.on('error', (event) => {
-      if (event && AUTH_CODES.has(event.code)) this.onRefused('The token has expired.');
+      if (event && AUTH_CODES.has(event.code)) {
+        this.onRefused(event.code === 'TOKEN_EXPIRED' ? 'The token has expired.' : refusalMessage(event.code));
+      }
     });
     socket.onAny((event, payload) => {
       for (const handler of this.handlers.get(event) || []) handler(payload);

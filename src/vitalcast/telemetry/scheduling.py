@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from vitalcast.observability import get_logger
-from vitalcast.telemetry.models import ScheduleReason, TelemetryKey
+from vitalcast.telemetry.keys import ScheduleReason, TelemetryKey
 
 log = get_logger(__name__)
 

@@ -1,0 +1,81 @@
+"""Core queries on what makes a user's credentials valid: local-token revocation and the user of
+an OpenID Connect subject. Each takes the caller's connection."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from vitalcast.db.tables import users
+
+#: user names are at most this long (``users.name``)
+NAME_MAX = 200
+OIDC_NAME_PREFIX = "oidc:"
+
+
+@dataclass(frozen=True, slots=True)
+class LocalUser:
+    id: str
+    #: local tokens issued before this are refused; None: none revoked
+    tokens_valid_after_ms: int | None
+
+
+async def local_user(conn: AsyncConnection, user_id: str) -> LocalUser | None:
+    """The user ``user_id`` and when its local tokens became valid, or None when absent."""
+    row = (
+        await conn.execute(
+            sa.select(users.c.id, users.c.tokens_valid_after_ms).where(users.c.id == user_id)
+        )
+    ).first()
+    return None if row is None else LocalUser(row.id, row.tokens_valid_after_ms)
+
+
+async def revoke_local_tokens(conn: AsyncConnection, name: str, *, now_ms: int) -> str | None:
+    """Refuse every local token of the user ``name`` issued before ``now_ms``; its id, or None
+    when there is no such user. The moment never moves back (a second revoke with an older clock
+    keeps the first)."""
+    user_id: str | None = await conn.scalar(sa.select(users.c.id).where(users.c.name == name))
+    if user_id is None:
+        return None
+    await conn.execute(
+        sa.update(users)
+        .where(
+            users.c.id == user_id,
+            sa.or_(users.c.tokens_valid_after_ms.is_(None), users.c.tokens_valid_after_ms < now_ms),
+        )
+        .values(tokens_valid_after_ms=now_ms)
+    )
+    return user_id
+
+
+def oidc_user_name(subject: str) -> str:
+    """The ``users.name`` of an OpenID Connect subject: readable when it fits, else hashed."""
+    name = OIDC_NAME_PREFIX + subject
+    if len(name) <= NAME_MAX:
+        return name
+    return OIDC_NAME_PREFIX + "sha256:" + hashlib.sha256(subject.encode()).hexdigest()
+
+
+async def oidc_user_id(conn: AsyncConnection, subject: str) -> str | None:
+    return await conn.scalar(sa.select(users.c.id).where(users.c.oidc_subject == subject))
+
+
+async def create_oidc_user(conn: AsyncConnection, subject: str, *, now_ms: int) -> str | None:
+    """The id of the user of ``subject``, created if missing. Concurrent first tokens of one
+    subject (on any server) create one row: the insert does nothing on a conflict and the row
+    that won is read back. None when its name is taken by a local user."""
+    values = {
+        "id": str(uuid.uuid4()),
+        "name": oidc_user_name(subject),
+        "change_seq": 0,
+        "created_at_ms": now_ms,
+        "oidc_subject": subject,
+    }
+    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    await conn.execute(insert(users).values(**values).on_conflict_do_nothing())
+    return await oidc_user_id(conn, subject)

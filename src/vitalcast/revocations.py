@@ -1,0 +1,220 @@
+"""Revocations reach every server: the two calls of the authentication seam travel here.
+
+A revocation names a user (``vitalcast token revoke``, erasure) or a share (``DELETE
+/api/v1/shares/{id}``) and the moment it took effect. ``RevocationBus.publish`` hands it to this
+process's handlers at once (the authenticator drops cached principals, the Socket.IO server closes
+sockets), then, when Redis is configured, publishes it on a channel every other server listens to.
+A process that is no server (the CLI) publishes with ``publish_once``.
+
+Two paths cover what pub/sub cannot: a revocation written by another process while Redis is down
+or absent (the embedded mode with the CLI) is found by ``RevocationPoll``, which every server runs
+over ``users.tokens_valid_after_ms`` (one indexed query per interval), and a missed message is
+bounded by the authenticator's cache lifetime, after which the database decides again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+import orjson
+import sqlalchemy as sa
+
+from vitalcast.db.engine import Database
+from vitalcast.db.tables import users
+from vitalcast.observability import get_logger
+from vitalcast.redis_connections import pubsub_client, short_call_client
+
+log = get_logger(__name__)
+
+#: seconds between attempts to listen again after the Redis connection failed
+RESUBSCRIBE_S = 1.0
+#: a publish never holds its caller longer than this (the poll and the cache lifetime back it)
+PUBLISH_TIMEOUT_S = 2.0
+
+
+class RevocationKind(StrEnum):
+    """What a revocation names."""
+
+    #: every token of the user issued before ``at_ms`` (and sockets opened with them)
+    USER = "user"
+    #: one share, for good
+    SHARE = "share"
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    kind: RevocationKind
+    #: the user id or share id
+    id: str
+    #: when it took effect; credentials issued at or after it are not affected
+    at_ms: int
+
+    def encode(self, origin: str) -> bytes:
+        return orjson.dumps({"o": origin, "k": self.kind.value, "id": self.id, "at": self.at_ms})
+
+
+Handler = Callable[[Revocation], Awaitable[None]]
+
+
+def channel_of(socketio_channel: str) -> str:
+    """The revocation channel beside a deployment's Socket.IO channel (so the tests' unique
+    Socket.IO channels isolate revocations too)."""
+    return f"{socketio_channel}-revocations"
+
+
+class RevocationBus:
+    """Delivers revocations to this process's handlers and, with Redis, to every other server."""
+
+    def __init__(
+        self, redis_url: str | None = None, *, channel: str = "vitalcast-revocations"
+    ) -> None:
+        self._redis_url = redis_url
+        self._channel = channel
+        self._origin = uuid.uuid4().hex
+        self._handlers: list[Handler] = []
+        self._listener: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
+
+    def subscribe(self, handler: Handler) -> None:
+        """Call ``handler`` for every revocation, this process's and every other server's."""
+        self._handlers.append(handler)
+
+    async def publish(self, revocation: Revocation) -> None:
+        """Apply ``revocation`` here at once, then tell the other servers (never raises: a lost
+        message is caught by the poll or, at worst, by the cache lifetime)."""
+        await self.deliver(revocation)
+        if self._redis_url is None:
+            return
+        try:
+            await publish_once(self._redis_url, self._channel, revocation, origin=self._origin)
+        except Exception as exc:
+            log.warning("revocation_publish_failed", kind=revocation.kind.value, error=str(exc))
+
+    async def deliver(self, revocation: Revocation) -> None:
+        """Run every handler of this process on ``revocation`` (one failing does not stop the
+        others)."""
+        for handler in self._handlers:
+            try:
+                await handler(revocation)
+            except Exception as exc:
+                log.error("revocation_handler_failed", error_type=type(exc).__name__)
+
+    async def start(self) -> None:
+        """Listen to the other servers (with Redis); returns once subscribed or after a short
+        wait, so that a revocation published right after start-up is not missed."""
+        if self._redis_url is None or self._listener is not None:
+            return
+        self._listener = asyncio.get_running_loop().create_task(self._listen(self._redis_url))
+        try:
+            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+                await self._subscribed.wait()
+        except TimeoutError:
+            log.warning("revocation_listener_not_subscribed")
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.gather(self._listener, return_exceptions=True)
+            self._listener = None
+
+    async def _listen(self, url: str) -> None:
+        while True:
+            client = pubsub_client(url, max_connections=1)
+            try:
+                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                await pubsub.subscribe(self._channel)
+                self._subscribed.set()
+                async for message in pubsub.listen():
+                    revocation = self._decode(message.get("data"))
+                    if revocation is not None:
+                        await self.deliver(revocation)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("revocation_listener_failed", error_type=type(exc).__name__)
+            finally:
+                try:
+                    await client.aclose()
+                except Exception:
+                    log.debug("revocation_listener_close_failed")
+            await asyncio.sleep(RESUBSCRIBE_S)
+
+    def _decode(self, data: object) -> Revocation | None:
+        try:
+            fields = orjson.loads(data) if isinstance(data, (bytes, str)) else None
+            if not isinstance(fields, dict) or fields.get("o") == self._origin:
+                return None
+            return Revocation(RevocationKind(fields["k"]), str(fields["id"]), int(fields["at"]))
+        except (ValueError, KeyError, TypeError):
+            log.warning("revocation_message_unreadable")
+            return None
+
+
+async def publish_once(
+    redis_url: str, channel: str, revocation: Revocation, *, origin: str = "cli"
+) -> None:
+    """Publish ``revocation`` on ``channel`` from a process that does not listen (the CLI)."""
+    client = short_call_client(redis_url)
+    try:
+        async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+            await client.publish(channel, revocation.encode(origin))
+    finally:
+        await client.aclose()
+
+
+class RevocationPoll:
+    """Finds local-token revocations that another process wrote (``vitalcast token revoke``
+    while the server runs embedded, or while Redis was down) and delivers them here: one
+    indexed query every ``interval_ms``, none when it is 0."""
+
+    def __init__(self, db: Database, bus: RevocationBus, *, interval_ms: int) -> None:
+        self._db = db
+        self._bus = bus
+        self._interval_s = interval_ms / 1000
+        self._task: asyncio.Task[None] | None = None
+        self._seen_ms: int | None = None
+
+    async def start(self) -> None:
+        if self._interval_s > 0 and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def poll(self) -> list[Revocation]:
+        """Deliver the revocations written since the last poll (the first poll only learns
+        where the log stands: there is nothing cached yet to drop)."""
+        async with self._db.read() as conn:
+            if self._seen_ms is None:
+                latest = await conn.scalar(sa.select(sa.func.max(users.c.tokens_valid_after_ms)))
+                self._seen_ms = int(latest or 0)
+                return []
+            rows = (
+                await conn.execute(
+                    sa.select(users.c.id, users.c.tokens_valid_after_ms).where(
+                        users.c.tokens_valid_after_ms > self._seen_ms
+                    )
+                )
+            ).all()
+        found = [Revocation(RevocationKind.USER, row.id, int(row[1])) for row in rows]
+        for revocation in found:
+            self._seen_ms = max(self._seen_ms, revocation.at_ms)
+            await self._bus.deliver(revocation)
+        return found
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.poll()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("revocation_poll_failed", error_type=type(exc).__name__)
+            await asyncio.sleep(self._interval_s)

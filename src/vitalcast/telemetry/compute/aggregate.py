@@ -1,0 +1,198 @@
+"""The aggregate behind every payload: one GROUP BY over the raw samples of a window (or of some
+of its bucket ranges), then the pure assembly of ``downsample`` into the payload's document.
+
+Every sample in the window counts: there is no row cap (the original silently kept the 100 most
+recent per metric). Nothing is fetched row by row; the database returns one row per
+(metric, bucket, phase).
+
+A bucket's row is a function of the samples in it and nothing else, whatever plan the database
+picks: sums are exact integers of micro-units (see ``SUM_SCALE``), and count, min, max, first
+and last do not depend on the order rows are read in. So re-aggregating some buckets gives
+exactly the rows a GROUP BY over the whole window gives for them, which is what lets an
+incremental compute (``incremental``) replace only dirty buckets and still be byte-identical.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from vitalcast.catalog import ALL_CODES
+from vitalcast.db.tables import sessions
+from vitalcast.json_types import JsonObject
+from vitalcast.sessions.models import Session
+from vitalcast.telemetry.compute.downsample import (
+    AHEAD,
+    SUM_SCALE,
+    MetricSeries,
+    Row,
+    assemble_metrics,
+)
+from vitalcast.telemetry.compute.results import ComputedTelemetry, StoredView
+from vitalcast.telemetry.grid import TelemetryWindow
+from vitalcast.telemetry.keys import SCHEMA_VERSION, TelemetryKey
+
+#: the scan of a live window has no upper bound: samples ahead of "now" are kept as AHEAD rows
+OPEN_END_MS = 2**62
+
+# Integer division is portable: every operand is non-negative inside the window, so SQLite's and
+# PostgreSQL's truncating ``/`` on integers is a floor. ``GROUP BY 1, 2, 3`` (ordinals) because
+# PostgreSQL does not match ``(start_ms - $1) / $2`` in the select list with a second copy of the
+# expression carrying other parameter numbers. No ORDER BY: it makes PostgreSQL sort every raw
+# row by a collated text key (4x the whole query); the few result rows are sorted in Python.
+# A float SUM would depend on the order the plan feeds rows in (PostgreSQL sorts them with an
+# unstable quicksort before a GroupAggregate, and picks other plans for narrower ranges), so the
+# sum is taken over exact integers: floor(value × SUM_SCALE + 0.5), the same IEEE arithmetic on
+# both databases (values are non-negative, so SQLite's truncating CAST is that floor).
+_QUANTIZED = {
+    "postgresql": "CAST(FLOOR(value * {scale} + 0.5) AS BIGINT)",
+    "sqlite": "CAST(value * {scale} + 0.5 AS INTEGER)",
+}
+_AGGREGATE = """
+SELECT metric,
+       (start_ms - :window_start) / :bucket_ms AS bucket,
+       CASE WHEN start_ms >= :window_end THEN {ahead}
+            WHEN start_ms < :session_start THEN 0
+            WHEN start_ms < :session_end THEN 1
+            ELSE 2 END AS phase,
+       COUNT(*), CAST(SUM({quantized}) AS BIGINT),
+       MIN(value), MAX(value), MIN(start_ms), MAX(start_ms)
+FROM health_samples
+WHERE user_id = :user_id
+  AND metric IN :metrics
+  AND ({ranges})
+  AND NOT deleted
+GROUP BY 1, 2, 3
+"""
+# Above this many ranges, neighbouring ones are merged: re-aggregating a clean bucket in between
+# gives its row unchanged (see the module docstring), so merging only costs rows, never exactness.
+MAX_RANGES = 8
+_STATEMENTS: dict[tuple[str, int], sa.TextClause] = {}
+
+
+def _statement(dialect: str, n_ranges: int) -> sa.TextClause:
+    statement = _STATEMENTS.get((dialect, n_ranges))
+    if statement is None:
+        ranges = " OR ".join(f"(start_ms >= :lo{i} AND start_ms < :hi{i})" for i in range(n_ranges))
+        quantized = _QUANTIZED[dialect].format(scale=SUM_SCALE)
+        text = _AGGREGATE.format(ahead=AHEAD, quantized=quantized, ranges=ranges)
+        statement = sa.text(text).bindparams(sa.bindparam("metrics", expanding=True))
+        _STATEMENTS[(dialect, n_ranges)] = statement
+    return statement
+
+
+#: the compute seam: (connection, session read before aggregating, key, now, what the view's
+#: row held when the lease was taken) → result
+Aggregator = Callable[
+    [AsyncConnection, Session, TelemetryKey, int, StoredView | None],
+    Awaitable[ComputedTelemetry],
+]
+
+
+def session_query(key: TelemetryKey) -> sa.Select[Any]:  # Any: rows of the session columns
+    """The select of the key's session row (only the key's user's, when the key names one)."""
+    query = sa.select(sessions).where(sessions.c.id == key.session_id)
+    if key.user_id:
+        query = query.where(sessions.c.user_id == key.user_id)
+    return query
+
+
+def scan_end_ms(window: TelemetryWindow) -> int:
+    """Where the scan of ``window`` ends: its end, or nowhere for a live window (samples sent
+    ahead of their time are kept as AHEAD rows until the window reaches them)."""
+    return OPEN_END_MS if window.live else window.end_ms
+
+
+def merge_ranges(ranges: Sequence[tuple[int, int]], limit: int) -> list[tuple[int, int]]:
+    """Sorted, disjoint ``[lo, hi)`` ranges, neighbours joined across the smallest gaps until at
+    most ``limit`` remain."""
+    merged: list[tuple[int, int]] = []
+    for lo, hi in sorted(ranges):
+        if merged and lo <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+        else:
+            merged.append((lo, hi))
+    while len(merged) > limit:
+        gaps = [merged[i + 1][0] - merged[i][1] for i in range(len(merged) - 1)]
+        i = gaps.index(min(gaps))
+        merged[i : i + 2] = [(merged[i][0], merged[i + 1][1])]
+    return merged
+
+
+async def aggregate_rows(
+    conn: AsyncConnection,
+    user_id: str,
+    window: TelemetryWindow,
+    bucket_ms: int,
+    ranges: Sequence[tuple[int, int]] | None = None,
+    metrics: Sequence[str] = ALL_CODES,
+) -> list[Row]:
+    """The GROUP BY rows (see ``downsample.Row``) of ``user_id``'s samples in ``window``, or only
+    in ``ranges`` of it (bucket-aligned), in no particular order. A live window's rows include
+    the AHEAD rows of samples at or after its end."""
+    scan = [(window.start_ms, scan_end_ms(window))] if ranges is None else ranges
+    merged = merge_ranges(scan, MAX_RANGES)
+    if not merged:
+        return []
+    session_end = window.end_ms if window.session_end_ms is None else window.session_end_ms
+    params: JsonObject = {
+        "window_start": window.start_ms,
+        "window_end": window.end_ms,
+        "bucket_ms": bucket_ms,
+        "session_start": window.session_start_ms,
+        "session_end": session_end,
+        "user_id": user_id,
+        "metrics": list(metrics),
+    }
+    for i, (lo, hi) in enumerate(merged):
+        params[f"lo{i}"] = lo
+        params[f"hi{i}"] = hi
+    result = await conn.execute(_statement(conn.dialect.name, len(merged)), params)
+    return [tuple(row) for row in result]
+
+
+@dataclass(frozen=True, slots=True)
+class Assembled:
+    """A payload before packing: every field but ``metrics``, the metrics, the sample count."""
+
+    document: JsonObject
+    metrics: dict[str, JsonObject]
+    raw_sample_count: int
+
+
+def assemble(
+    session: Session,
+    key: TelemetryKey,
+    window: TelemetryWindow,
+    series: Mapping[str, MetricSeries],
+    now_ms: int,
+    *,
+    with_insights: bool = True,
+) -> Assembled:
+    """The payload of ``key`` at ``now_ms`` from each metric's series (``downsample.metric_series``
+    of the GROUP BY rows of its window). ``with_insights=False`` only serves the benchmark that
+    measures what insights cost."""
+    bucket_ms = key.resolution.bucket_ms
+    metrics, raw_count = assemble_metrics(series, window, bucket_ms, with_insights=with_insights)
+    document = {
+        "session_id": session.id,
+        "schema_version": SCHEMA_VERSION,
+        "compute_version": key.compute_version,
+        "computed_at_ms": now_ms,
+        "source_watermark": session.source_watermark,
+        "live": window.live,
+        "resolution": key.resolution.value,
+        "bucket_ms": bucket_ms,
+        "window": {
+            "start_ms": window.start_ms,
+            "end_ms": window.end_ms,
+            "session_start_ms": window.session_start_ms,
+            "session_end_ms": window.session_end_ms,
+            "window_minutes": window.window_minutes,
+        },
+    }
+    return Assembled(document, metrics, raw_count)

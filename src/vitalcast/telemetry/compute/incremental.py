@@ -1,0 +1,186 @@
+"""``compute_view``: the compute of one view, incremental whenever the change log proves it may be.
+
+The view's row keeps the GROUP BY rows of its last compute (``partials``), per metric. Going
+from its watermark ``a`` to the session's ``b``:
+
+1. If the partials were aggregated for the same window (only a live window's end may have grown)
+   and the change log holds an unbroken chain of entries from ``a`` to ``b`` with no "whole
+   session" among them, the dirty buckets are those the logged time ranges touch, plus, when a
+   live window's end grew, those of samples that were ahead of the old end and are inside now.
+2. Only the dirty buckets are aggregated again (one GROUP BY restricted to their ranges); their
+   rows replace the stored ones. A bucket's row depends only on the samples in it (exact sums),
+   so the row set is exactly what a full compute would aggregate, and it goes through the same
+   assembly: a metric whose rows came back unchanged keeps its ``MetricSeries`` (what its rows
+   alone decide), and only what the window's live end decides is computed for every metric. The
+   payload is byte-identical to a full compute's. With no dirty bucket (a live tick with
+   nothing new) no SQL touches the samples at all.
+3. Otherwise the compute is full, and says why (``ComputePath``).
+
+Either way the save is recorded in the view's history (``history``): which buckets and parts it
+changed, from the old and new rows and the digests of the old and new parts. What a process
+saved last for a view stays decoded in its ``ViewMemo``, so the next update of the view decodes
+nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import partial
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from vitalcast.sessions.models import Session
+from vitalcast.telemetry.compute import changes, history
+from vitalcast.telemetry.compute import payload as packing
+from vitalcast.telemetry.compute.aggregate import aggregate_rows, assemble
+from vitalcast.telemetry.compute.memo import RememberedView, ViewMemo
+from vitalcast.telemetry.compute.merge import Merged, add_series, merge, query_ranges
+from vitalcast.telemetry.compute.partials import Partials, decode, encode, sealed
+from vitalcast.telemetry.compute.plan import plan
+from vitalcast.telemetry.compute.results import ComputedTelemetry, ComputePath, StoredView
+from vitalcast.telemetry.grid import TelemetryWindow
+from vitalcast.telemetry.keys import CacheState, TelemetryKey
+from vitalcast.telemetry.ports import AlertEpisode
+
+NO_PAYLOAD_BYTES = history.encode_record(history.NO_PAYLOAD)
+
+
+def _stored_partials(stored: StoredView | None) -> Partials | None:
+    if stored is None or stored.partials is None or stored.source_watermark is None:
+        return None
+    try:
+        return decode(stored.partials)
+    except (ValueError, IndexError, TypeError):
+        return None
+
+
+def _stored_history(stored: StoredView) -> list[tuple[history.SaveRecord, bytes]]:
+    try:
+        records = history.decode(stored.history)
+    except ValueError:
+        return []
+    return [(record, history.encode_record(record)) for record in records]
+
+
+async def compute_view(
+    conn: AsyncConnection,
+    session: Session,
+    key: TelemetryKey,
+    now_ms: int,
+    stored: StoredView | None,
+    *,
+    memo: ViewMemo | None = None,
+) -> ComputedTelemetry:
+    """The payload of ``key`` for ``session`` (whose watermark was read first) at ``now_ms``,
+    from ``stored`` (what the view's row holds) where the change log allows. ``stored`` None
+    means the view has no payload yet: the compute is full and its history starts here.
+    ``memo`` None decodes the stored partials every time (tests compare both ways); a
+    process's computer passes the memo ``wiring`` built for it."""
+    bucket_ms = key.resolution.bucket_ms
+    window = TelemetryWindow.of(
+        start_ms=session.start_ms,
+        end_ms=session.end_ms,
+        live=session.live,
+        window_minutes=key.window_minutes,
+        bucket_ms=bucket_ms,
+        now_ms=now_ms,
+    )
+    remembered = None
+    if memo is not None and stored is not None and stored.source_watermark is not None:
+        remembered = memo.get(key, stored)
+    previous = remembered.partials if remembered else _stored_partials(stored)
+    known = remembered.series if remembered else {}
+    path, dirty = await plan(
+        conn,
+        session,
+        window,
+        bucket_ms,
+        previous,
+        None if stored is None else stored.source_watermark,
+    )
+    if path is ComputePath.INCREMENTAL and previous is not None:
+        ranges = query_ranges(dirty, window, bucket_ms)
+        fresh = await aggregate_rows(conn, session.user_id, window, bucket_ms, ranges)
+        merged = merge(previous, known, fresh, ranges, window, bucket_ms)
+    else:
+        rows = await aggregate_rows(conn, session.user_id, window, bucket_ms)
+        metrics = dict(Partials.of_rows(window, bucket_ms, rows).metrics)
+        replaced = previous.rows if previous is not None else []
+        merged = Merged(metrics, {}, replaced, rows)
+        for code, metric in metrics.items():
+            add_series(merged, code, metric.rows, window.start_ms, bucket_ms)
+    assembled = assemble(session, key, window, merged.series, now_ms)
+    digests = changes.part_digests(assembled.document, assembled.metrics)
+
+    records: list[tuple[history.SaveRecord, bytes]] = []
+    record = None
+    if (
+        previous is not None
+        and stored is not None
+        and previous.digests
+        and previous.window.start_ms == window.start_ms
+        and previous.bucket_ms == bucket_ms
+    ):
+        records = list(remembered.history) if remembered else _stored_history(stored)
+        columns_changed = changes.changed_columns(
+            merged.replaced, merged.fresh, window_start_ms=window.start_ms, bucket_ms=bucket_ms
+        )
+        record = changes.record_save(
+            session.source_watermark, previous.digests, digests, columns_changed
+        )
+    if record is None or not records:
+        # No save a delta could start from: the history begins again here. When the view never
+        # had a payload, nobody can hold an earlier one, and the record says so.
+        records = [] if stored is not None else [(history.NO_PAYLOAD, NO_PAYLOAD_BYTES)]
+        record = history.SaveRecord(session.source_watermark, frozenset(), {})
+        base_watermark = None
+        changed = (window.start_ms, window.end_ms)
+    else:
+        base_watermark = records[-1][0].watermark
+        changed = changes.changed_span(record, window.end_ms)
+    partials = sealed(Partials(window, bucket_ms, merged.metrics, digests))
+    blob = encode(partials)
+    saves = history.append(records, (record, history.encode_record(record)))
+    history_blob = history.encode(encoded for _record, encoded in saves)
+    return ComputedTelemetry(
+        state=CacheState.READY if assembled.metrics else CacheState.NO_DATA,
+        blob=packing.pack(assembled.document, assembled.metrics),
+        source_watermark=session.source_watermark,
+        computed_at_ms=now_ms,
+        raw_sample_count=assembled.raw_sample_count,
+        window=window,
+        partials=blob,
+        history=history_blob,
+        path=path,
+        changed_from_ms=changed[0],
+        changed_to_ms=changed[1],
+        base_watermark=base_watermark,
+        on_saved=None
+        if memo is None
+        else partial(
+            memo.put, key, RememberedView(blob, partials, merged.series, history_blob, saves)
+        ),
+        episodes=episodes_of(assembled.metrics),
+    )
+
+
+def episodes_of(metrics: Mapping[str, Mapping[str, Any]]) -> tuple[AlertEpisode, ...]:
+    """Every metric's alert episodes, as the payload holds them (``insights.episodes``)."""
+    found: list[AlertEpisode] = []
+    for code, metric in metrics.items():
+        insights = metric.get("insights")
+        if not insights:
+            continue
+        for episode in insights.get("episodes") or ():
+            found.append(
+                AlertEpisode(
+                    metric=code,
+                    rule=episode["rule"],
+                    level=episode["level"],
+                    start_ms=int(episode["start_ms"]),
+                    end_ms=int(episode["end_ms"]),
+                    extreme=float(episode["extreme"]),
+                )
+            )
+    return tuple(found)

@@ -1,0 +1,55 @@
+"""``ViewMemo``: what this process saved last for each of its recent views, kept decoded."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from vitalcast.telemetry.compute import history
+from vitalcast.telemetry.compute.downsample import MetricSeries
+from vitalcast.telemetry.compute.partials import Partials
+from vitalcast.telemetry.compute.results import StoredView
+from vitalcast.telemetry.keys import TelemetryKey
+
+#: views a process keeps decoded (``ViewMemo``): a live 24-hour view takes about 1 MB, a 1-hour
+#: one a few hundred kB
+MEMO_VIEWS = 256
+
+
+@dataclass(frozen=True, slots=True)
+class RememberedView:
+    blob: bytes
+    partials: Partials
+    series: Mapping[str, MetricSeries]
+    history_blob: bytes
+    #: each record of the history with its stored bytes
+    history: Sequence[tuple[history.SaveRecord, bytes]]
+
+
+class ViewMemo:
+    """What this process saved last for each of its recent views (a result enters once its save
+    succeeded, see ``ComputedTelemetry.on_saved``): the partials and save history decoded, and
+    each metric's series. The next compute of the view then decodes nothing and walks only the
+    rows of the metrics it changed. An entry serves only when the view's stored partials and
+    history are byte for byte the ones it was made from, so a save by another process or a crash
+    simply misses it and the compute decodes what is stored. One compute per view at a time (the
+    lease) is all it relies on. Each process builds one (``wiring``) and hands it to its
+    computes."""
+
+    def __init__(self, capacity: int = MEMO_VIEWS) -> None:
+        self._capacity = capacity
+        self._entries: OrderedDict[TelemetryKey, RememberedView] = OrderedDict()
+
+    def get(self, key: TelemetryKey, stored: StoredView) -> RememberedView | None:
+        entry = self._entries.get(key)
+        if entry is None or entry.blob != stored.partials or entry.history_blob != stored.history:
+            return None
+        self._entries.move_to_end(key)
+        return entry
+
+    def put(self, key: TelemetryKey, entry: RememberedView) -> None:
+        self._entries[key] = entry
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._capacity:
+            self._entries.popitem(last=False)

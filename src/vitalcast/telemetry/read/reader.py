@@ -1,0 +1,211 @@
+"""The hot read of a telemetry GET: ownership, session watermark and cache row in one statement.
+
+A cached answer should cost well under a millisecond, and the generic async path (SQLAlchemy over
+aiosqlite or asyncpg: pool checkout, pre-ping, BEGIN, COMMIT, a thread hop per call on SQLite)
+costs more than that by itself. So this one read-only statement gets its own driver-level path:
+
+- SQLite: a plain ``sqlite3`` connection used on the event loop thread. In WAL mode a reader
+  never waits for writers, and an indexed point read of a few pages takes microseconds, far less
+  than handing it to a thread and back.
+- PostgreSQL: a small asyncpg pool running the statement prepared, in autocommit.
+
+Both run the same SQL, a single statement, so it reads one consistent snapshot. ``auto``
+resolution is resolved inside it (``keys.AUTO_RESOLUTION_SQL``, written beside the Python rule)
+so that the right cache row comes back with the session in one round trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+
+from vitalcast.clock import MINUTE_MS
+from vitalcast.json_types import JsonObject
+from vitalcast.telemetry.keys import AUTO_1M_MAX_SPAN_MS, AUTO_RESOLUTION_SQL, COMPUTE_VERSION
+from vitalcast.telemetry.store.rows import HotRow
+
+_SQL = """
+SELECT s.status, s.start_ms, s.end_ms, s.source_watermark,
+       c.resolution, c.status, c.source_watermark, c.computed_at_ms, c.error_code,
+       c.next_attempt_ms, {payload}, {history}
+FROM sessions s
+LEFT JOIN telemetry_cache c
+  ON c.session_id = s.id
+ AND c.window_minutes = :window_minutes
+ AND c.compute_version = :compute_version
+ AND c.resolution = COALESCE(:resolution,
+       {auto})
+WHERE s.id = :session_id AND s.user_id = :user_id
+"""
+# the save history kept beside the payload, read in the same statement (one snapshot), so that a
+# delta is built from the history of the very payload it leads to
+_HISTORY = "c.history"
+#: what a read brings beside the session and the cache row's state: (payload, history)
+_VARIANTS = ((False, False), (True, False), (True, True))
+
+
+class CacheReader(Protocol):
+    """Runs the hot read; ``resolution`` None means auto; ``with_history`` (for a delta) also
+    reads the payload."""
+
+    async def read(
+        self,
+        *,
+        user_id: str,
+        session_id: str,
+        window_minutes: int,
+        resolution: str | None,
+        now_ms: int,
+        with_payload: bool,
+        with_history: bool = False,
+    ) -> HotRow | None: ...
+
+    async def close(self) -> None: ...
+
+
+def _params(
+    user_id: str, session_id: str, window_minutes: int, resolution: str | None, now_ms: int
+) -> JsonObject:
+    return {
+        "window_minutes": window_minutes,
+        "compute_version": COMPUTE_VERSION,
+        "resolution": resolution,
+        "now_ms": now_ms,
+        "pad_ms": window_minutes * MINUTE_MS,
+        "auto_max_ms": AUTO_1M_MAX_SPAN_MS,
+        "session_id": session_id,
+        "user_id": user_id,
+    }
+
+
+def _sql(variant: tuple[bool, bool]) -> str:
+    with_payload, with_history = variant
+    return _SQL.format(
+        auto=AUTO_RESOLUTION_SQL,
+        payload="c.payload" if with_payload else "NULL",
+        history=_HISTORY if with_history else "NULL",
+    )
+
+
+class SqliteCacheReader:
+    """The hot read on the loop thread through one ``sqlite3`` connection (WAL, read-only)."""
+
+    def __init__(self, path: str, *, busy_timeout_ms: int = 200) -> None:
+        self._path = path
+        self._busy_timeout_ms = busy_timeout_ms
+        self._conn: sqlite3.Connection | None = None
+        self._sql = {variant: _sql(variant) for variant in _VARIANTS}
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
+            conn.execute("PRAGMA query_only=1")
+            self._conn = conn
+        return self._conn
+
+    async def read(
+        self,
+        *,
+        user_id: str,
+        session_id: str,
+        window_minutes: int,
+        resolution: str | None,
+        now_ms: int,
+        with_payload: bool,
+        with_history: bool = False,
+    ) -> HotRow | None:
+        row = (
+            self._connection()
+            .execute(
+                self._sql[(with_payload or with_history, with_history)],
+                _params(user_id, session_id, window_minutes, resolution, now_ms),
+            )
+            .fetchone()
+        )
+        return None if row is None else HotRow(*row)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+class PostgresCacheReader:
+    """The hot read through a small asyncpg pool (prepared statement, autocommit)."""
+
+    def __init__(self, dsn: str, *, max_size: int = 4) -> None:
+        self._dsn = dsn
+        self._max_size = max_size
+        self._pool: Any = None  # Any: an asyncpg.Pool (asyncpg ships no type hints)
+        self._lock = asyncio.Lock()
+        self._sql = {variant: _to_dollar(_sql(variant)) for variant in _VARIANTS}
+
+    async def _get_pool(self) -> Any:  # Any: see _pool
+        if self._pool is None:
+            async with self._lock:
+                if self._pool is None:
+                    import asyncpg
+
+                    self._pool = await asyncpg.create_pool(
+                        self._dsn, min_size=1, max_size=self._max_size, reset=_keep_session
+                    )
+        return self._pool
+
+    async def read(
+        self,
+        *,
+        user_id: str,
+        session_id: str,
+        window_minutes: int,
+        resolution: str | None,
+        now_ms: int,
+        with_payload: bool,
+        with_history: bool = False,
+    ) -> HotRow | None:
+        sql, names = self._sql[(with_payload or with_history, with_history)]
+        params = _params(user_id, session_id, window_minutes, resolution, now_ms)
+        pool = await self._get_pool()
+        row = await pool.fetchrow(sql, *(params[name] for name in names))
+        return None if row is None else HotRow(*row)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+
+async def _keep_session(_connection: object) -> None:
+    """Release without asyncpg's reset round trip: these connections only ever run one
+    read-only statement in autocommit, so there is no session state to reset."""
+
+
+def _to_dollar(sql: str) -> tuple[str, list[str]]:
+    """``:name`` placeholders to asyncpg's ``$n``, with the parameter order."""
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in names:
+            names.append(name)
+        return f"${names.index(name) + 1}"
+
+    return re.sub(r"(?<!:):([a-z_]+)", number, sql), names
+
+
+def open_reader(database_url: str) -> CacheReader:
+    """The hot reader for ``database_url`` (SQLite file or PostgreSQL)."""
+    url = sa.make_url(database_url)
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        if not url.database or url.database == ":memory:":
+            raise ValueError("the telemetry hot read needs a SQLite file")
+        return SqliteCacheReader(url.database)
+    if backend == "postgresql":
+        dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        return PostgresCacheReader(dsn)
+    raise ValueError(f"unsupported database backend: {backend}")

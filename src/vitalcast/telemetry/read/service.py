@@ -1,0 +1,219 @@
+"""``SessionTelemetryService``: answers telemetry requests (the seed's one entry point for
+reads; computing lives in ``run/computer``, triggers in ``run/triggers``).
+
+``get`` answers a request from the cache with one hot read (ownership, session watermark and
+cache row together) and decides the state of docs/design.md "Request states"; a miss or a stale read
+schedules a compute and never waits for it. A fresh answer to a client that says which payload it
+holds (``since_watermark``) is a delta when the view's save history can express one.
+The realtime server's subscribe is served by ``subscribe.SubscribeSupport``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from vitalcast.clock import Clock
+from vitalcast.db.engine import Database
+from vitalcast.errors import InvalidInput, NotFound
+from vitalcast.observability import Metrics, get_logger
+from vitalcast.telemetry.compute import deltas, history
+from vitalcast.telemetry.compute.payload import unpack
+from vitalcast.telemetry.keys import (
+    COMPUTE_VERSION,
+    CacheState,
+    Resolution,
+    TelemetryKey,
+    check_window_minutes,
+    resolve_resolution,
+)
+from vitalcast.telemetry.read.answer import (
+    DATABASE_UNAVAILABLE,
+    RETRY_READ_FAILED_S,
+    RETRY_SHED_S,
+    TelemetryAnswer,
+    decide,
+    etag_matches,
+    holds_payload,
+    make_etag,
+    select_metrics,
+)
+from vitalcast.telemetry.read.delta_cache import DeltaCache
+from vitalcast.telemetry.read.reader import CacheReader
+from vitalcast.telemetry.scheduling import Scheduler, schedule
+from vitalcast.telemetry.store.rows import HotRow
+
+log = get_logger(__name__)
+
+_RESOLUTIONS = ("1m", "5m", "auto")
+
+
+class SessionTelemetryService:
+    """Answers telemetry requests from the cache and schedules the computes they call for."""
+
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        metrics: Metrics,
+        scheduler: Scheduler,
+        reader: CacheReader,
+        *,
+        default_window_minutes: int,
+    ) -> None:
+        self._db = db
+        self._clock = clock
+        self._scheduler = scheduler
+        self._reader = reader
+        self.default_window_minutes = default_window_minutes
+        self._deltas = DeltaCache()
+        self._responses = {
+            state: metrics.telemetry_responses.labels(state.value) for state in CacheState
+        }
+
+    async def close(self) -> None:
+        await self._reader.close()
+
+    # -- the request path ---------------------------------------------------------------------
+
+    async def get(
+        self,
+        user_id: str,
+        session_id: str,
+        *,
+        window_minutes: int,
+        resolution: str,
+        metrics: Sequence[str] | None,
+        if_none_match: str | None = None,
+        since_watermark: int | None = None,
+    ) -> TelemetryAnswer:
+        """The answer for one GET; raises NotFound for a session that is not the caller's and
+        InvalidInput for a bad window, resolution or metric code. With ``since_watermark`` (the
+        watermark of the payload the client holds) a ready answer is a delta when it can be."""
+        codes = select_metrics(metrics)
+        check_window_minutes(window_minutes)
+        if resolution not in _RESOLUTIONS:
+            raise InvalidInput("resolution must be 1m, 5m or auto.", code="INVALID_RESOLUTION")
+        requested = None if resolution == "auto" else resolution
+        now = self._clock.now_ms()
+        # A client that holds a payload gets a delta: the session's other clients usually had it
+        # built already (the first read brings no blob), else it is built from the payload and
+        # its history, read together. One that only revalidates (ETag) gets no body at all.
+        with_history = False
+        with_payload = since_watermark is None and not if_none_match
+        while True:
+            try:
+                row = await self._reader.read(
+                    user_id=user_id,
+                    session_id=session_id,
+                    window_minutes=window_minutes,
+                    resolution=requested,
+                    now_ms=now,
+                    with_payload=with_payload,
+                    with_history=with_history,
+                )
+            except Exception as exc:
+                log.warning(
+                    "telemetry_read_failed", session_id=session_id, error_type=type(exc).__name__
+                )
+                return self._count(
+                    TelemetryAnswer(
+                        CacheState.FAILED,
+                        codes,
+                        retry_after_s=RETRY_READ_FAILED_S,
+                        error_code=DATABASE_UNAVAILABLE,
+                    )
+                )
+            if row is None:
+                raise NotFound("Session not found.", code="SESSION_NOT_FOUND")
+            key = self._key_of(row, user_id, session_id, window_minutes, requested, now)
+            decision = decide(row, now)
+            etag = None
+            if decision.state.has_payload:
+                live_at = row.computed_at_ms if row.live else None
+                etag = make_etag(key, row.source_watermark or 0, codes, live_at_ms=live_at)
+                if etag_matches(if_none_match, etag):
+                    return self._count(
+                        TelemetryAnswer(decision.state, codes, etag=etag, not_modified=True)
+                    )
+            if since_watermark is not None and decision.state is CacheState.READY:
+                kept = self._deltas.get(key, row, since_watermark, codes)
+                if kept is not None:
+                    return self._count(
+                        TelemetryAnswer(CacheState.READY, codes, etag=etag, delta=kept)
+                    )
+                if not with_history:
+                    with_payload = with_history = True
+                    continue
+                delta = self._delta(key, row, since_watermark, codes, etag)
+                if delta is not None:
+                    return self._count(delta)
+            if holds_payload(row) and row.payload is None:
+                with_payload = True
+                continue
+            break
+        retry_after = decision.retry_after_s
+        if decision.reason is not None:
+            accepted = await schedule(
+                self._scheduler, key, watermark=row.session_watermark, reason=decision.reason
+            )
+            if decision.state is CacheState.COMPUTING and not accepted:
+                retry_after = RETRY_SHED_S
+        return self._count(
+            TelemetryAnswer(
+                decision.state,
+                codes,
+                payload=unpack(row.payload) if row.payload is not None else None,
+                retry_after_s=retry_after,
+                error_code=decision.error_code,
+                etag=etag,
+            )
+        )
+
+    def _delta(
+        self,
+        key: TelemetryKey,
+        row: HotRow,
+        since_watermark: int,
+        codes: tuple[str, ...],
+        etag: str | None,
+    ) -> TelemetryAnswer | None:
+        """The ready answer as a delta from ``since_watermark``, or None when the history of the
+        view's payload (read with it) does not reach back that far. The clients watching one
+        session all ask for the same delta after an update, so built deltas are kept a while."""
+        if row.payload is None or row.source_watermark is None:
+            return None
+        try:
+            changes = history.since(history.decode(row.history), since_watermark)
+        except ValueError:
+            return None
+        if changes is None:
+            return None
+        delta = deltas.build_delta(unpack(row.payload), changes, since_watermark, codes)
+        self._deltas.put(key, row, since_watermark, codes, delta)
+        return TelemetryAnswer(CacheState.READY, codes, etag=etag, delta=delta)
+
+    def _count(self, answer: TelemetryAnswer) -> TelemetryAnswer:
+        self._responses[answer.state].inc()
+        return answer
+
+    @staticmethod
+    def _key_of(
+        row: HotRow,
+        user_id: str,
+        session_id: str,
+        window_minutes: int,
+        requested: str | None,
+        now_ms: int,
+    ) -> TelemetryKey:
+        if row.resolution is not None:
+            resolution = Resolution(row.resolution)
+        else:
+            resolution = resolve_resolution(
+                requested,
+                start_ms=row.session_start_ms,
+                end_ms=row.session_end_ms,
+                live=row.live,
+                window_minutes=window_minutes,
+                now_ms=now_ms,
+            )
+        return TelemetryKey(session_id, window_minutes, resolution, COMPUTE_VERSION, user_id)

@@ -1,0 +1,87 @@
+"""``TelemetryTriggers``: turns session changes into scheduled computes (a ``ChangeListener``).
+
+- Ingest moved sessions' watermarks: recompute every cached view of them and the default one
+  (``live_update`` while active, ``late_ingest`` once ended).
+- A session ended or was cancelled: precompute the default window at 1m and 5m, and refresh any
+  other cached view (``session_completed``). Starting a session schedules nothing.
+
+The ingest and session services call these after their transaction committed, whoever their
+caller is (route, demo, CLI, importer), so every path gets the same recomputes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from vitalcast.clock import Clock
+from vitalcast.db.engine import Database
+from vitalcast.observability import get_logger
+from vitalcast.sessions.models import Session
+from vitalcast.telemetry.keys import COMPUTE_VERSION, Resolution, ScheduleReason, TelemetryKey
+from vitalcast.telemetry.scheduling import Scheduler, schedule
+from vitalcast.telemetry.store import queries
+
+log = get_logger(__name__)
+
+
+class TelemetryTriggers:
+    """Schedules the recomputes a session change calls for; never raises into its caller."""
+
+    def __init__(
+        self, db: Database, clock: Clock, scheduler: Scheduler, *, default_window_minutes: int
+    ) -> None:
+        self._db = db
+        self._clock = clock
+        self._scheduler = scheduler
+        self._window_minutes = default_window_minutes
+
+    async def sessions_changed(self, sessions: Sequence[Session]) -> None:
+        """Ingest moved these sessions' watermarks."""
+        by_id = {session.id: session for session in sessions}
+        keys = await self._cached_keys(by_id)
+        now_ms = self._clock.now_ms()
+        for session in by_id.values():
+            keys.add(
+                TelemetryKey.default_for(
+                    session, window_minutes=self._window_minutes, now_ms=now_ms
+                )
+            )
+        for key in sorted(keys):
+            session = by_id[key.session_id]
+            reason = ScheduleReason.LIVE_UPDATE if session.live else ScheduleReason.LATE_INGEST
+            await schedule(self._scheduler, key, watermark=session.source_watermark, reason=reason)
+
+    async def session_status(self, session: Session) -> None:
+        """A session started, ended or was cancelled."""
+        if session.live:
+            return
+        keys = await self._cached_keys({session.id: session})
+        now_ms = self._clock.now_ms()
+        for resolution in Resolution:
+            keys.add(
+                TelemetryKey.default_for(
+                    session,
+                    window_minutes=self._window_minutes,
+                    now_ms=now_ms,
+                    resolution=resolution,
+                )
+            )
+        for key in sorted(keys):
+            await schedule(
+                self._scheduler,
+                key,
+                watermark=session.source_watermark,
+                reason=ScheduleReason.SESSION_COMPLETED,
+            )
+
+    async def _cached_keys(self, by_id: dict[str, Session]) -> set[TelemetryKey]:
+        try:
+            async with self._db.read() as conn:
+                rows = await queries.keys_of(conn, list(by_id), compute_version=COMPUTE_VERSION)
+        except Exception as exc:
+            log.error("telemetry_cache_keys_failed", error_type=type(exc).__name__)
+            return set()
+        return {
+            TelemetryKey(sid, window, res, COMPUTE_VERSION, by_id[sid].user_id)
+            for sid, window, res in rows
+        }

@@ -1,0 +1,186 @@
+"""The authentication seam on both databases: a verified token is remembered (a repeated one
+costs no statement), revocations drop what was remembered at once, local tokens issued before
+``tokens_valid_after_ms`` are refused, share tokens carry their session and their own state."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import TEST_SECRET, Users
+from tests.identity.conftest import count_statements
+from vitalcast import credentials
+from vitalcast import shares as share_repository
+from vitalcast.auth import Authenticator, PrincipalScope, issue_token
+from vitalcast.clock import ManualClock, now_ms
+from vitalcast.db.engine import Database
+from vitalcast.errors import Unauthenticated
+from vitalcast.revocations import RevocationBus, RevocationPoll
+from vitalcast.sessions import repository as session_repository
+
+
+def _authenticator(db: Database, clock: ManualClock | None = None) -> Authenticator:
+    return Authenticator(TEST_SECRET, db, clock=clock or ManualClock(now_ms()), cache_s=30)
+
+
+async def _session(db: Database, user_id: str) -> str:
+    async with db.write() as conn:
+        session = await session_repository.insert(
+            conn,
+            user_id=user_id,
+            client_session_id=None,
+            start_ms=now_ms() - 60_000,
+            notes=None,
+            now_ms=now_ms(),
+        )
+    return session.id
+
+
+async def test_a_remembered_token_costs_no_statement(db: Database, users: Users) -> None:
+    """The first use of a token reads the user once; the next hundred read nothing."""
+    auth = _authenticator(db)
+    user_id, token = await users.create()
+    with count_statements(db.engine) as first:
+        assert (await auth.authenticate(token)).user_id == user_id
+    assert len(first) == 1
+    with count_statements(db.engine) as repeated:
+        for _ in range(100):
+            assert (await auth.authenticate(token)).user_id == user_id
+    assert repeated == []
+
+
+async def test_remembering_ends_after_the_cache_lifetime(db: Database, users: Users) -> None:
+    """After ``cache_s`` the database decides again (one statement)."""
+    clock = ManualClock(now_ms())
+    auth = _authenticator(db, clock)
+    _user_id, token = await users.create()
+    await auth.authenticate(token)
+    clock.advance(30_001)
+    with count_statements(db.engine) as seen:
+        await auth.authenticate(token)
+    assert len(seen) == 1
+
+
+async def test_token_revocation_refuses_older_local_tokens_at_once(
+    db: Database, users: Users
+) -> None:
+    """``tokens_valid_after_ms`` plus ``revoke_user``: a remembered token is refused on its next
+    use (TOKEN_REVOKED), a token issued afterwards works, another user's is untouched."""
+    auth = _authenticator(db)
+    name = "revoked-user"
+    user_id, old = await users.create(name)
+    _other_id, other = await users.create()
+    await auth.authenticate(old)
+    await auth.authenticate(other)
+    revoked_at = now_ms()
+    async with db.write() as conn:
+        assert await credentials.revoke_local_tokens(conn, name, now_ms=revoked_at) == user_id
+    await auth.revoke_user(user_id)
+    with pytest.raises(Unauthenticated) as refused:
+        await auth.authenticate(old)
+    assert refused.value.code == "TOKEN_REVOKED"
+    fresh = issue_token(
+        TEST_SECRET, user_id, now_s=revoked_at // 1000, ttl_s=3600, now_ms=revoked_at + 1
+    )
+    assert (await auth.authenticate(fresh)).user_id == user_id
+    with count_statements(db.engine) as seen:
+        await auth.authenticate(other)
+    assert seen == [], "a revocation drops only the revoked user's principals"
+
+
+async def test_a_token_without_iat_ms_is_refused_within_its_revocation_second(
+    db: Database, users: Users
+) -> None:
+    """Tokens of older releases carry ``iat`` in seconds only: in doubt they count as issued at
+    the end of that second, so a revocation later in the same second refuses them."""
+    import jwt
+
+    auth = _authenticator(db)
+    name = "old-token-user"
+    user_id, _ = await users.create(name)
+    second = now_ms() // 1000
+    legacy = jwt.encode({"sub": user_id, "iat": second, "exp": second + 3600}, TEST_SECRET)
+    async with db.write() as conn:
+        await credentials.revoke_local_tokens(conn, name, now_ms=second * 1000 + 500)
+    with pytest.raises(Unauthenticated) as refused:
+        await auth.authenticate(legacy)
+    assert refused.value.code == "TOKEN_REVOKED"
+
+
+async def test_local_tokens_can_be_switched_off(db: Database, users: Users) -> None:
+    auth = Authenticator(TEST_SECRET, db, local_tokens=False)
+    _user_id, token = await users.create()
+    with pytest.raises(Unauthenticated) as refused:
+        await auth.authenticate(token)
+    assert refused.value.code == "TOKEN_INVALID"
+
+
+async def test_share_tokens_read_one_session_until_revoked_or_expired(
+    db: Database, users: Users
+) -> None:
+    """A share token is a SHARE principal of its owner and session, remembered like any token;
+    ``revoke_share`` refuses it at once (SHARE_REVOKED); past its end it is SHARE_EXPIRED."""
+    clock = ManualClock(now_ms())
+    auth = _authenticator(db, clock)
+    owner_id, _ = await users.create()
+    session_id = await _session(db, owner_id)
+    async with db.write() as conn:
+        share, token = await share_repository.create(
+            conn,
+            user_id=owner_id,
+            session_id=session_id,
+            label=None,
+            now_ms=clock.now_ms(),
+            expires_in_minutes=10,
+        )
+        lasting, lasting_token = await share_repository.create(
+            conn,
+            user_id=owner_id,
+            session_id=session_id,
+            label="lasting",
+            now_ms=clock.now_ms(),
+            expires_in_minutes=60,
+        )
+    principal = await auth.authenticate(token)
+    assert principal.scope is PrincipalScope.SHARE
+    assert (principal.user_id, principal.session_id, principal.share_id) == (
+        owner_id,
+        session_id,
+        share.id,
+    )
+    assert principal.rate_key == f"share:{share.id}"
+    with count_statements(db.engine) as seen:
+        await auth.authenticate(token)
+    assert seen == []
+
+    clock.advance(10 * 60_000)
+    with pytest.raises(Unauthenticated) as expired:
+        await auth.authenticate(token)
+    assert expired.value.code == "SHARE_EXPIRED"
+
+    await auth.authenticate(lasting_token)
+    async with db.write() as conn:
+        assert await share_repository.revoke(conn, owner_id, lasting.id, now_ms=clock.now_ms())
+    await auth.revoke_share(lasting.id)
+    with pytest.raises(Unauthenticated) as revoked:
+        await auth.authenticate(lasting_token)
+    assert revoked.value.code == "SHARE_REVOKED"
+
+
+async def test_the_poll_delivers_revocations_written_elsewhere(db: Database, users: Users) -> None:
+    """A revocation written by another process (the CLI) reaches this one's handlers through
+    the poll, once."""
+    bus = RevocationBus()
+    heard: list[str] = []
+
+    async def hear(revocation: object) -> None:
+        heard.append(revocation.id)
+
+    bus.subscribe(hear)
+    poll = RevocationPoll(db, bus, interval_ms=1000)
+    assert await poll.poll() == []
+    user_id, _ = await users.create("polled")
+    async with db.write() as conn:
+        await credentials.revoke_local_tokens(conn, "polled", now_ms=now_ms())
+    assert [r.id for r in await poll.poll()] == [user_id]
+    assert await poll.poll() == []
+    assert heard == [user_id]

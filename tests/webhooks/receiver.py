@@ -1,0 +1,84 @@
+"""A real HTTP webhook receiver (aiohttp on a free loopback port) that verifies every request
+with the Standard Webhooks reference library, ``standardwebhooks``, not with vitalcast's code."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from standardwebhooks import Webhook
+
+
+@dataclass
+class Received:
+    msg_id: str
+    timestamp: str
+    host: str
+    body: dict[str, Any]
+
+
+@dataclass
+class Receiver:
+    """Answers ``status`` (after ``delay_s``), or redirects to ``redirect_to``; records what
+    verified under ``received`` and what did not under ``unverified``. ``secret`` is set once
+    the endpoint is created (before any delivery can arrive)."""
+
+    port: int
+    secret: str | None = None
+    status: int = 204
+    delay_s: float = 0.0
+    redirect_to: str | None = None
+    received: list[Received] = field(default_factory=list)
+    unverified: int = 0
+    hits: int = 0
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    _runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/hook", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.hits += 1
+        body = await request.read()
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if self.redirect_to is not None:
+            raise web.HTTPTemporaryRedirect(self.redirect_to)
+        try:
+            payload = Webhook(self.secret or "").verify(body, dict(request.headers))
+        except Exception:
+            self.unverified += 1
+            return web.Response(status=400)
+        self.received.append(
+            Received(
+                msg_id=request.headers["webhook-id"],
+                timestamp=request.headers["webhook-timestamp"],
+                host=request.headers["host"],
+                body=payload if isinstance(payload, dict) else json.loads(body),
+            )
+        )
+        self.arrived.set()
+        return web.Response(status=self.status)
+
+    async def wait_for(self, count: int, timeout_s: float = 30.0) -> None:
+        """Until ``received`` holds ``count`` requests (TimeoutError after ``timeout_s``)."""
+        async with asyncio.timeout(timeout_s):
+            while len(self.received) < count:
+                self.arrived.clear()
+                await self.arrived.wait()
