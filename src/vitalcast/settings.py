@@ -153,6 +153,13 @@ class Settings(BaseSettings):
         description="How long a webhook delivery is retried, and how long an endpoint may fail "
         "before it is disabled (24 h).",
     )
+    database_pool_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=120,
+        description="How long a request waits for a pooled database connection before it is "
+        "answered 503 with Retry-After.",
+    )
 
     @property
     def resolved_database_url(self) -> str:

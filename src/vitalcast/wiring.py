@@ -213,7 +213,9 @@ class _Silent:
 
 
 def _database(settings: Settings) -> Database:
-    return Database(create_engine(settings.resolved_database_url))
+    return Database(
+        create_engine(settings.resolved_database_url, pool_timeout=settings.database_pool_timeout_s)
+    )
 
 
 def _computer(
