@@ -73,11 +73,6 @@ from vitalcast.webhooks.addresses import Resolver, system_resolver
 from vitalcast.webhooks.sender import WebhookSender
 from vitalcast.webhooks.service import WebhookDispatcher, WebhookService
 
-# A worker's compute lease is as short as its job lock (renewed every third of it): when a worker
-# dies, its job is redelivered within seconds and the key must be free by then, not after the
-# server-side default of 30 s.
-WORKER_LEASE_MS = 6_000
-
 
 @dataclass(frozen=True, slots=True)
 class Seams:
@@ -455,7 +450,9 @@ def build_worker(settings: Settings, seams: Seams = NO_SEAMS) -> WorkerParts:
     db = _database(settings)
     metrics = Metrics()
     broadcaster = WebSocketBroadcaster.for_worker(settings, metrics=metrics)
-    lease_ms = min(settings.lease_ms, WORKER_LEASE_MS)
+    # As short as the job lock (settings.worker_lease_ms): when a worker dies, its job is
+    # redelivered within seconds and the key must be free by then, not after the server's lease.
+    lease_ms = min(settings.lease_ms, settings.worker_lease_ms)
     hooks = PostSaveHooks()
     computer = _computer(
         settings, db, clock, metrics, broadcaster, seams, lease_ms=lease_ms, hooks=hooks
