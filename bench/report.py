@@ -227,6 +227,22 @@ def _realtime(r: dict[str, Any]) -> Iterator[Row]:
         yield _fan_out_fetch(r["fan_out_fetch"])
 
 
+def _alerts(r: dict[str, Any]) -> Iterator[Row]:
+    for mode, label in (("embedded", "embedded"), ("scaled_out", "two servers + worker + Redis")):
+        if mode not in r:
+            continue
+        m = r[mode]
+        ceiling = targets.INGEST_TO_ALERT_P99_MAX_MS[mode]
+        p99, base = m["ingest_to_alert"]["p99_ms"], m["baseline_ingest_http_round_trip"]
+        yield Row(
+            f"Ingest of a crossing sample → `session.alert` at the client, {label}",
+            f"{_ms(m['ingest_to_alert'])}; {m['missed']}/{m['rounds']} missed",
+            f"ingest HTTP round trip: {_ms(base)}",
+            f"{m['ingest_to_alert']['p99_ms'] - base['p99_ms']:+.2f} ms at p99",
+            (Check(f"p99 < {ceiling:g} ms, none missed", p99 < ceiling and m["missed"] == 0),),
+        )
+
+
 def _fan_out_fetch(f: dict[str, Any]) -> Row:
     full, delta = f["full"], f["delta"]
     ratio = f["cpu_per_update_delta_over_full"]
@@ -372,6 +388,21 @@ def _capacity(r: dict[str, Any]) -> Iterator[Row]:
         )
 
 
+def _lifecycle_export(r: dict[str, Any]) -> Iterator[Row]:
+    rss_max = targets.EXPORT_PEAK_RSS_MAX_MB
+    for run in r["runs"]:
+        peak, before = run["server_rss_peak_mb"], run["server_rss_before_mb"]
+        yield Row(
+            f"Account export (GET /api/v1/me/export), {run['backend']}, "
+            f"{run['samples']:,} samples, {run['members']} files",
+            f"{run['export_s']:.0f} s ({run['samples_per_s']:,} samples/s), "
+            f"{run['zip_mb']:.0f} MB zip · server peak RSS {peak:.0f} MB",
+            f"server RSS before: {before:.0f} MB",
+            f"+{peak - before:.0f} MB",
+            (Check(f"peak RSS < {rss_max:g} MB", peak < rss_max),),
+        )
+
+
 def _auth(r: dict[str, Any]) -> Iterator[Row]:
     ceiling = targets.OIDC_OVER_LOCAL_P50_MAX
     for backend in ("sqlite", "postgres"):
@@ -402,9 +433,11 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], Iterator[Row]]] = {
     "incremental": _incremental,
     "queue": _queue,
     "realtime": _realtime,
+    "alerts": _alerts,
     "realtime_burst": _realtime_burst,
     "soak": _soak,
     "capacity": _capacity,
+    "lifecycle_export": _lifecycle_export,
     "auth": _auth,
 }
 
