@@ -325,6 +325,21 @@ def _import(r: dict[str, Any]) -> Iterator[Row]:
         )
 
 
+def _lifecycle_export(r: dict[str, Any]) -> Iterator[Row]:
+    rss_max = targets.EXPORT_PEAK_RSS_MAX_MB
+    for run in r["runs"]:
+        peak, before = run["server_rss_peak_mb"], run["server_rss_before_mb"]
+        yield Row(
+            f"Account export (GET /api/v1/me/export), {run['backend']}, "
+            f"{run['samples']:,} samples, {run['members']} files",
+            f"{run['export_s']:.0f} s ({run['samples_per_s']:,} samples/s), "
+            f"{run['zip_mb']:.0f} MB zip · server peak RSS {peak:.0f} MB",
+            f"server RSS before: {before:.0f} MB",
+            f"+{peak - before:.0f} MB",
+            (Check(f"peak RSS < {rss_max:g} MB", peak < rss_max),),
+        )
+
+
 def _auth(r: dict[str, Any]) -> Iterator[Row]:
     ceiling = targets.OIDC_OVER_LOCAL_P50_MAX
     for backend in ("sqlite", "postgres"):
@@ -358,6 +373,7 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], Iterator[Row]]] = {
     "alerts": _alerts,
     "realtime_burst": _realtime_burst,
     "soak": _soak,
+    "lifecycle_export": _lifecycle_export,
     "auth": _auth,
 }
 

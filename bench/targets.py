@@ -41,6 +41,8 @@ FAN_OUT_DELIVERED_SHARE_MIN = 1.0
 IMPORT_SHARE_OF_INGEST_MIN = 0.5
 #: #14: peak resident memory of the import process
 IMPORT_PEAK_RSS_MAX_MB = 250.0
+#: #23: peak resident memory of the server while it streams a 1,000,000-sample account export
+EXPORT_PEAK_RSS_MAX_MB = 250.0
 #: #24: a cached GET with an OpenID Connect token against the same GET with a local token (median
 #: of paired GETs, same run): no dearer; the margin is the noise of one median on this machine
 OIDC_OVER_LOCAL_P50_MAX = 1.05

@@ -54,6 +54,33 @@ class Settings(BaseSettings):
         ge=1,
         description="Waiting jobs beyond which GET answers computing, backfill waits.",
     )
+    # A SIGKILLed worker's job runs elsewhere after its lock lapses and a stalled check finds it:
+    # about queue_lock_ms … queue_lock_ms + 2 × queue_stalled_interval_ms (4 + 2 × 3 = 10 s worst
+    # case). Locks and leases are renewed on the worker's event loop (a lock every half of it, a
+    # lease every third), so a job must never block that loop that long. Tests that kill workers
+    # shorten all four to hundreds of milliseconds.
+    queue_lock_ms: int = Field(
+        4_000, ge=200, le=600_000, description="BullMQ job lock of a worker, renewed every half."
+    )
+    queue_stalled_interval_ms: int = Field(
+        3_000,
+        ge=100,
+        le=600_000,
+        description="How often a worker looks for jobs whose lock lapsed (BullMQ stalled check).",
+    )
+    queue_backoff_ms: int = Field(
+        1_000,
+        ge=10,
+        le=600_000,
+        description="Wait before a failed job's first retry; doubled for each further retry.",
+    )
+    worker_lease_ms: int = Field(
+        6_000,
+        ge=200,
+        le=600_000,
+        description="A worker's compute lease (at most lease_ms): a dead worker's key is free "
+        "this long after its last renewal, about when its job is redelivered.",
+    )
     socketio_channel: str = Field("vitalcast-socketio", description="Redis channel for Socket.IO.")
     rate_limit_ingest: str = Field(
         "600/minute", description="Per-user ingest request limit (limits notation)."
@@ -135,6 +162,9 @@ class Settings(BaseSettings):
         le=120,
         description="How long a request waits for a pooled database connection before it is "
         "answered 503 with Retry-After.",
+    )
+    erasure_batch_rows: int = Field(
+        5_000, ge=1, le=100_000, description="Rows an erasure purge deletes per transaction."
     )
 
     @property
