@@ -6,10 +6,14 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from vitalcast.db.units import SqliteUnits, Unit, is_file_url
+
+T = TypeVar("T")
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 WRITE_OPTION = "vitalcast_write"
@@ -33,8 +37,7 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:  # Any: create_async_
         engine = create_async_engine(
             url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **kwargs
         )
-        sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        sa.event.listen(engine.sync_engine, "begin", _sqlite_begin)
+        _configure_sqlite(engine)
         return engine
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 10)
@@ -54,6 +57,11 @@ def _private_sqlite_files(database: Path) -> None:
         path = database.with_name(database.name + suffix)
         if path.exists() and path.stat().st_mode & 0o077:
             path.chmod(0o600)
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    sa.event.listen(engine.sync_engine, "begin", _sqlite_begin)
 
 
 def _sqlite_pragmas(
@@ -88,6 +96,7 @@ class Database:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._writer = engine.execution_options(**{WRITE_OPTION: True})
+        self._units: SqliteUnits | None = None
 
     @property
     def sqlite(self) -> bool:
@@ -111,5 +120,29 @@ class Database:
                 await conn.execute(_ASYNC_COMMIT)
             yield conn
 
+    async def unit(self, unit: Unit[T], *, write: bool = False, derived: bool = False) -> T:
+        """``await unit(conn)`` in one transaction (``read()``, ``write()`` or, with
+        ``derived``, ``derived_write()``), committed when it returns. On a SQLite file the whole
+        unit runs on a database thread in one hop (``units``); elsewhere on this loop. A unit
+        only talks to its connection: it must not wait for anything of the caller's loop."""
+        url = self.engine.url
+        if self.sqlite and is_file_url(url):
+            if self._units is None:
+                self._units = SqliteUnits(
+                    url,
+                    configure=_configure_sqlite,
+                    write_option=WRITE_OPTION,
+                    busy_timeout_s=SQLITE_BUSY_TIMEOUT_MS / 1000,
+                )
+            return await self._units.run(unit, write=write or derived)
+        if derived:
+            async with self.derived_write() as conn:
+                return await unit(conn)
+        async with self.write() if write else self.read() as conn:
+            return await unit(conn)
+
     async def dispose(self) -> None:
+        if self._units is not None:
+            units, self._units = self._units, None
+            await units.close()
         await self.engine.dispose()
