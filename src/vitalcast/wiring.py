@@ -36,6 +36,7 @@ from vitalcast.ingest.service import IngestService
 from vitalcast.observability import Metrics
 from vitalcast.oidc import OidcVerifier
 from vitalcast.queue.service import SessionTelemetryQueueService
+from vitalcast.queue.webhooks import WebhookQueue
 from vitalcast.ratelimit import RateLimiter
 from vitalcast.realtime.broadcaster import WebSocketBroadcaster, socketio_server
 from vitalcast.realtime.subscriptions import SubscriptionRegistry
@@ -126,6 +127,8 @@ class ServerParts:
     dispatcher: WebhookDispatcher
     #: announces alert episodes (a post-save hook of ``computer``) and replays missed ones
     alerts: AlertService
+    #: scaled out: webhook deliveries as BullMQ jobs (the dispatcher only sweeps for lost ones)
+    webhook_jobs: WebhookQueue | None
     #: the state and the missed update a Socket.IO subscribe asks for
     subscribe: SubscribeSupport
 
@@ -147,6 +150,8 @@ class ServerParts:
     async def close(self) -> None:
         """Stop computing and release every connection (the realtime server closes first)."""
         await self.dispatcher.stop()
+        if self.webhook_jobs is not None:
+            await self.webhook_jobs.close()
         await self.ticker.stop()
         await self.share_access.close()
         await self.revocation_poll.close()
@@ -170,8 +175,12 @@ class WorkerParts:
     metrics: Metrics
     broadcaster: WebSocketBroadcaster
     computer: TelemetryComputer
+    #: sends the webhook deliveries whose jobs this worker takes (``queue.webhooks``)
+    dispatcher: WebhookDispatcher
+    webhook_jobs: WebhookQueue
 
     async def close(self) -> None:
+        await self.webhook_jobs.close()
         await self.broadcaster.close()
         await self.db.dispose()
 
@@ -290,8 +299,11 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
     secret = settings.resolved_secret()
     authenticator = _authenticator(settings, db, clock, secret)
     resolver = seams.resolver or system_resolver
-    dispatcher = _dispatcher(settings, db, clock, metrics, resolver)
-    alerts = AlertService(db, clock, metrics, broadcaster, wake_webhooks=dispatcher.wake)
+    webhook_jobs = WebhookQueue(settings) if settings.redis_url else None
+    dispatcher = _dispatcher(settings, db, clock, metrics, resolver, webhook_jobs)
+    alerts = AlertService(
+        db, clock, metrics, broadcaster, deliveries_committed=dispatcher.committed
+    )
     hooks.register(alerts)
     reader = open_reader(settings.resolved_database_url)
     return ServerParts(
@@ -332,6 +344,7 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
         ),
         dispatcher=dispatcher,
         alerts=alerts,
+        webhook_jobs=webhook_jobs,
         subscribe=SubscribeSupport(
             db, clock, reader, default_window_minutes=settings.default_window_minutes
         ),
@@ -362,7 +375,12 @@ def _authenticator(settings: Settings, db: Database, clock: Clock, secret: str) 
 
 
 def _dispatcher(
-    settings: Settings, db: Database, clock: Clock, metrics: Metrics, resolver: Resolver
+    settings: Settings,
+    db: Database,
+    clock: Clock,
+    metrics: Metrics,
+    resolver: Resolver,
+    jobs: WebhookQueue | None,
 ) -> WebhookDispatcher:
     sender = WebhookSender(
         allow_private=settings.webhook_allow_private,
@@ -379,6 +397,7 @@ def _dispatcher(
         retry_window_ms=settings.webhook_retry_window_ms,
         # an attempt ends within twice the timeout; the claim outlives it with room to record
         claim_ms=int(settings.webhook_timeout_s * 2_000) + 10_000,
+        jobs=jobs,
     )
 
 
@@ -393,9 +412,16 @@ def build_worker(settings: Settings, seams: Seams = NO_SEAMS) -> WorkerParts:
     computer = _computer(
         settings, db, clock, metrics, broadcaster, seams, lease_ms=lease_ms, hooks=hooks
     )
-    # The servers' webhook dispatchers pick up the deliveries this worker's alerts commit.
-    hooks.register(AlertService(db, clock, metrics, broadcaster))
-    return WorkerParts(settings, db, clock, metrics, broadcaster, computer)
+    webhook_jobs = WebhookQueue(settings)
+    dispatcher = _dispatcher(
+        settings, db, clock, metrics, seams.resolver or system_resolver, webhook_jobs
+    )
+    hooks.register(
+        AlertService(db, clock, metrics, broadcaster, deliveries_committed=dispatcher.committed)
+    )
+    return WorkerParts(
+        settings, db, clock, metrics, broadcaster, computer, dispatcher, webhook_jobs
+    )
 
 
 def build_importer(settings: Settings, seams: Seams = NO_SEAMS) -> ImporterParts:
