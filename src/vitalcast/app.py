@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vitalcast import __version__
-from vitalcast.api import dashboard, exports, insights, ops, samples, sessions, webhooks
+from vitalcast.api import dashboard, exports, insights, me, ops, samples, sessions, webhooks
 from vitalcast.api import errors as api_errors
 from vitalcast.api import shares as shares_api
 from vitalcast.api import telemetry as telemetry_api
@@ -102,6 +102,7 @@ def create_app(
     app.include_router(exports.router)
     app.include_router(insights.router)
     app.include_router(shares_api.router)
+    app.include_router(me.router)
     app.include_router(webhooks.router)
     dashboard.install(app)
     app.mount(SOCKETIO_PATH, realtime.asgi_app())

@@ -10,6 +10,7 @@ import signal
 
 from prometheus_client import start_http_server
 
+from vitalcast.lifecycle.erasure_queue import ErasureWorker
 from vitalcast.observability import get_logger
 from vitalcast.queue.handler import ComputeJobHandler
 from vitalcast.queue.webhooks import WebhookJobWorker
@@ -34,6 +35,7 @@ async def run_worker(
     worker = TelemetryWorker(
         settings, ComputeJobHandler(parts.computer, parts.clock), concurrency=concurrency
     )
+    erasures = ErasureWorker(settings, parts.erasure)
     webhooks = WebhookJobWorker(
         settings, parts.dispatcher, concurrency=settings.webhook_concurrency
     )
@@ -54,6 +56,7 @@ async def run_worker(
         await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if starting.done():
             starting.result()
+            await erasures.start()
             await webhooks.start()
             await stopping
         else:
@@ -61,6 +64,7 @@ async def run_worker(
             await asyncio.gather(starting, return_exceptions=True)
         log.info("worker_stopping")
     finally:
+        await erasures.stop()
         await webhooks.stop()
         await worker.stop(grace_s=shutdown_grace_s)
         for signum in (signal.SIGTERM, signal.SIGINT):
