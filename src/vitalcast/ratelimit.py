@@ -42,6 +42,8 @@ class Scope(StrEnum):
     TELEMETRY = "telemetry"
     #: reads through one share (telemetry and exports), apart from its owner's budget
     SHARE = "share"
+    #: session creations (``POST /sessions``), each of which stores a row and its notes
+    SESSIONS = "sessions"
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +118,7 @@ class RateLimiter:
                 Scope.INGEST: settings.rate_limit_ingest,
                 Scope.TELEMETRY: settings.rate_limit_telemetry,
                 Scope.SHARE: settings.rate_limit_share,
+                Scope.SESSIONS: settings.rate_limit_sessions,
             },
             redis_url=settings.redis_url,
             key_prefix=settings.rate_limit_prefix,

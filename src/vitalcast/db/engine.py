@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -30,10 +32,8 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:  # Any: create_async_
     kwargs.setdefault("hide_parameters", True)
     parsed = sa.make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        from pathlib import Path
-
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            _private_sqlite_files(Path(parsed.database))
         engine = create_async_engine(
             url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **kwargs
         )
@@ -43,6 +43,20 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:  # Any: create_async_
     kwargs.setdefault("max_overflow", 10)
     kwargs.setdefault("pool_pre_ping", True)
     return create_async_engine(url, **kwargs)
+
+
+def _private_sqlite_files(database: Path) -> None:
+    """Health data is for its owner's eyes: a folder created for the database is ``0700``, the
+    database file is created ``0600`` before SQLite opens it (SQLite gives its WAL and shared
+    memory files the database file's mode), and files an older version left readable to
+    everyone are narrowed to ``0600``. A folder that already existed keeps its mode: it may be
+    shared (``/tmp``)."""
+    database.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.close(os.open(database, os.O_CREAT | os.O_RDWR, 0o600))
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        path = database.with_name(database.name + suffix)
+        if path.exists() and path.stat().st_mode & 0o077:
+            path.chmod(0o600)
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
