@@ -14,7 +14,6 @@ import os
 import socket
 import time
 import uuid
-from functools import partial
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -24,7 +23,6 @@ from vitalcast.observability import Metrics, get_logger
 from vitalcast.sessions import changelog
 from vitalcast.sessions.models import Session
 from vitalcast.telemetry.compute.aggregate import Aggregator
-from vitalcast.telemetry.compute.incremental import compute_view
 from vitalcast.telemetry.compute.results import ComputedTelemetry, ComputePath
 from vitalcast.telemetry.grid import payload_current
 from vitalcast.telemetry.keys import CacheState, ComputeOutcome, ScheduleReason, TelemetryKey
@@ -62,14 +60,6 @@ def _lease_current(lease: Lease, session: Session, key: TelemetryKey, now_ms: in
         computed_at_ms=lease.computed_at_ms,
         now_ms=now_ms,
     )
-
-
-def _waits_for_nothing_else(aggregate: Aggregator) -> bool:
-    """The production compute (``compute_view``, its memo bound or not) talks only to its
-    connection, so it runs in the read unit; a seam's aggregator may wait for the test that set
-    it and runs on the caller's loop."""
-    target = aggregate.func if isinstance(aggregate, partial) else aggregate
-    return target is compute_view
 
 
 def default_owner_id() -> str:
@@ -190,12 +180,12 @@ class TelemetryComputer:
             return session, fresh, computed
 
         try:
-            if _waits_for_nothing_else(self._aggregate):
-                session, fresh, computed = await self._db.unit(read)
-            else:
-                # A seam's aggregator may wait for the test that set it: it runs on this loop.
-                async with self._db.read() as conn:
-                    session, fresh, computed = await read(conn)
+            # The read and the assembly stay on this loop: run in a database thread, a compute's
+            # Python (assembly, packing) held the GIL against the loop, and under a burst the
+            # loop fell so far behind that Socket.IO clients were dropped. A seam's aggregator
+            # may also wait for the test that set it.
+            async with self._db.read() as conn:
+                session, fresh, computed = await read(conn)
             if computed is None:
                 await self.release(key)
                 return ComputeOutcome.SKIPPED_FRESH if fresh else ComputeOutcome.SESSION_GONE
