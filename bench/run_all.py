@@ -16,6 +16,7 @@ BENCHMARKS = (
     ("queue",),
     ("realtime",),
     ("realtime", "--burst"),
+    ("alerts",),
 )
 
 if __name__ == "__main__":

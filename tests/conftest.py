@@ -23,6 +23,7 @@ from typing import Any, NoReturn
 import httpx
 import pytest
 import sqlalchemy as sa
+from _pytest.nodeid import coerce_node_id
 
 from vitalcast.app import create_app
 from vitalcast.auth import issue_token
@@ -261,8 +262,23 @@ def xdist_group_of(item: pytest.Item) -> str | None:
 
 
 @pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Group tests for ``--dist loadgroup`` (``make test``); before xdist reads the marks."""
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Group tests for ``--dist loadgroup`` (``make test``): mark them, then name the group in
+    each grouped test's node id (``…@group``), which is how an xdist worker tells the scheduler.
+
+    pytest-xdist 3.8 appends that suffix to ``item._nodeid``, which pytest 9.2 no longer reads
+    (a node id is ``str(item._id)``): every group was silently spread over all workers
+    (pytest-dev/pytest-xdist#1386). Until xdist handles it, the suffix is set here."""
     for item in items:
         if item.get_closest_marker("xdist_group") is None and (group := xdist_group_of(item)):
             item.add_marker(pytest.mark.xdist_group(group))
+    if not getattr(config.option, "loadgroup", False):  # set on xdist workers (--dist loadgroup)
+        return
+    for item in items:
+        names = {
+            str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+            for mark in item.iter_markers("xdist_group")
+        }
+        suffix = "@" + "_".join(sorted(names))
+        if names and not item.nodeid.endswith(suffix):
+            item._id = coerce_node_id(item.nodeid + suffix)  # type: ignore[attr-defined]

@@ -19,6 +19,10 @@ configure_logging("info", sys.argv[1])
 get_logger("test").info("session_opened", session_id="s-1", token="secret-token")
 logging.getLogger("uvicorn.error").info("Uvicorn running on %s", "http://127.0.0.1:1")
 get_logger("test").debug("routine_detail")
+# a WebSocket's handshake, opening and closing: routine, so debug
+logging.getLogger("uvicorn.error").info('%s - "WebSocket %s" [accepted]', "127.0.0.1:2", "/ws")
+logging.getLogger("uvicorn.error").info("connection open")
+logging.getLogger("uvicorn.error").info("connection closed")
 """
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -52,7 +56,8 @@ def _json_lines(lines: list[str]) -> list[dict[str, object]]:
 
 
 def test_a_pipe_gets_json_lines_from_every_logger():
-    """Not a terminal: each line is one JSON object, uvicorn's too; debug stays out."""
+    """Not a terminal: each line is one JSON object, uvicorn's too; debug stays out, and so do
+    uvicorn's per-connection lines."""
     ours, uvicorn = _json_lines(_stderr_of("auto", terminal=False))
     assert (ours["event"], ours["level"], ours["session_id"]) == ("session_opened", "info", "s-1")
     assert ours["token"] == "[redacted]"

@@ -34,7 +34,7 @@ from vitalcast import credentials
 from vitalcast import shares as share_repository
 from vitalcast.clock import Clock, SystemClock
 from vitalcast.db.engine import Database
-from vitalcast.db.errors import DATABASE_RETRY_AFTER_S, is_outage
+from vitalcast.db.errors import DATABASE_RETRY_AFTER_S, is_outage, is_pool_timeout
 from vitalcast.errors import DependencyUnavailable, Unauthenticated
 from vitalcast.json_types import JsonObject
 
@@ -312,6 +312,14 @@ class Authenticator:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            if is_pool_timeout(exc):
+                # authentication runs before the app's error handlers: answer the 503 here
+                log.warning("database_pool_exhausted")
+                raise DependencyUnavailable(
+                    "Every database connection is in use; retry shortly.",
+                    code="DATABASE_BUSY",
+                    retry_after_s=DATABASE_RETRY_AFTER_S,
+                ) from None
             if not is_outage(exc):
                 raise
             log.warning("auth_lookup_failed", error_type=type(exc).__name__)

@@ -24,6 +24,23 @@ def _drop_sensitive(_logger: WrappedLogger, _name: str, event: EventDict) -> Eve
     return event
 
 
+class _RoutineConnections(logging.Filter):
+    """Uvicorn logs every WebSocket handshake and its opening and closing at INFO on
+    ``uvicorn.error``, the logger of its start-up and its errors: these lines are routine, one
+    per connection, so they count as DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        routine = (
+            record.name == "uvicorn.error"
+            and isinstance(record.msg, str)
+            and (record.msg.startswith('%s - "WebSocket ') or record.msg.startswith("connection "))
+        )
+        if not routine or record.levelno >= logging.WARNING:
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
 def configure_logging(level: str = "info", log_format: str = "auto") -> None:
     """Every log line (ours, uvicorn's, Alembic's) on stderr through one renderer: for a person
     at a terminal (structlog's console renderer: time, level, event, fields) when stderr is a
@@ -44,6 +61,7 @@ def configure_logging(level: str = "info", log_format: str = "auto") -> None:
         else [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
     )
     handler = logging.StreamHandler(stream)
+    handler.addFilter(_RoutineConnections())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             # records of other libraries' loggers get the same fields and redaction
@@ -110,6 +128,15 @@ class Metrics:
             "Duration of one telemetry compute, by the reason it was scheduled for.",
             ["reason"],
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.compute_stage_seconds = Histogram(
+            "vitalcast_compute_stage_seconds",
+            "Where a saved compute's time went: taking the lease, reading the view and the "
+            "change log (read), the GROUP BY and merge (aggregate), assembling and packing the "
+            "payload (assemble), the save, and the push to the session's room.",
+            ["stage"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
             registry=r,
         )
         self.live_ticks = Counter(

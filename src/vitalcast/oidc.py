@@ -154,6 +154,9 @@ class OidcVerifier:
                 async with asyncio.timeout(FETCH_TIMEOUT_S * 2):
                     self._keys = await self._fetch_keys()
             except Exception as exc:
+                # The next allowed refresh reads the discovery document again (its jwks_uri may
+                # have moved).
+                self._jwks_uri = None
                 log.warning("oidc_keys_unavailable", error_type=type(exc).__name__)
 
     async def _fetch_keys(self) -> dict[str | None, jwt.PyJWK]:

@@ -54,6 +54,33 @@ class Settings(BaseSettings):
         ge=1,
         description="Waiting jobs beyond which GET answers computing, backfill waits.",
     )
+    # A SIGKILLed worker's job runs elsewhere after its lock lapses and a stalled check finds it:
+    # about queue_lock_ms … queue_lock_ms + 2 × queue_stalled_interval_ms (4 + 2 × 3 = 10 s worst
+    # case). Locks and leases are renewed on the worker's event loop (a lock every half of it, a
+    # lease every third), so a job must never block that loop that long. Tests that kill workers
+    # shorten all four to hundreds of milliseconds.
+    queue_lock_ms: int = Field(
+        4_000, ge=200, le=600_000, description="BullMQ job lock of a worker, renewed every half."
+    )
+    queue_stalled_interval_ms: int = Field(
+        3_000,
+        ge=100,
+        le=600_000,
+        description="How often a worker looks for jobs whose lock lapsed (BullMQ stalled check).",
+    )
+    queue_backoff_ms: int = Field(
+        1_000,
+        ge=10,
+        le=600_000,
+        description="Wait before a failed job's first retry; doubled for each further retry.",
+    )
+    worker_lease_ms: int = Field(
+        6_000,
+        ge=200,
+        le=600_000,
+        description="A worker's compute lease (at most lease_ms): a dead worker's key is free "
+        "this long after its last renewal, about when its job is redelivered.",
+    )
     socketio_channel: str = Field("vitalcast-socketio", description="Redis channel for Socket.IO.")
     rate_limit_ingest: str = Field(
         "600/minute", description="Per-user ingest request limit (limits notation)."
@@ -126,6 +153,19 @@ class Settings(BaseSettings):
         description="How long a webhook delivery is retried, and how long an endpoint may fail "
         "before it is disabled (24 h).",
     )
+    rate_limit_sessions: str = Field(
+        "120/minute", description="Per-user session creation limit (limits notation)."
+    )
+    database_pool_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=120,
+        description="How long a request waits for a pooled database connection before it is "
+        "answered 503 with Retry-After.",
+    )
+    erasure_batch_rows: int = Field(
+        5_000, ge=1, le=100_000, description="Rows an erasure purge deletes per transaction."
+    )
 
     @property
     def resolved_database_url(self) -> str:
@@ -146,7 +186,7 @@ class Settings(BaseSettings):
         path = self.data_dir / "secret"
         if path.exists():
             return path.read_text().strip()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         value = secrets.token_urlsafe(48)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:

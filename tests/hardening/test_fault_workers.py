@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.ingest.helpers import MINUTE_MS, hr, now_ms
-from tests.processes import Child, RedisServer, run_cli, spawn, vitalcast_env
+from tests.processes import FAST_QUEUE, Child, RedisServer, run_cli, spawn, vitalcast_env
 from vitalcast.clock import SystemClock
 from vitalcast.db.engine import Database, create_engine
 from vitalcast.db.tables import sessions as sessions_table
@@ -112,6 +112,7 @@ async def test_sigkilled_workers_during_backfill_leave_every_session_ready(
         log_level="warning",
         database_url=spare_pg_url,
         redis_url=spare_redis.url,
+        **FAST_QUEUE,
     )
     logs = tmp_path / "logs"
     logs.mkdir()

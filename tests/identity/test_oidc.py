@@ -13,6 +13,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,10 +22,11 @@ import pytest
 import sqlalchemy as sa
 from cryptography.hazmat.primitives import serialization
 
-from tests.conftest import Users
+from tests.conftest import Users, service_missing
 from tests.identity.issuer import ALGORITHMS, AUDIENCE, LocalIssuer, serve_issuer
+from tests.processes import serve_subprocesses, vitalcast_env
 from vitalcast.app import create_app
-from vitalcast.db.engine import Database
+from vitalcast.db.engine import Database, create_engine
 from vitalcast.db.tables import users as users_table
 from vitalcast.oidc import OidcVerifier, check_url
 from vitalcast.settings import Settings
@@ -246,3 +248,47 @@ def test_an_http_issuer_is_accepted_only_on_loopback() -> None:
             check_url(refused)
     with pytest.raises(ValueError):
         OidcVerifier("http://192.168.1.2/issuer", AUDIENCE)
+
+
+@pytest.mark.slow
+async def test_a_new_subject_is_created_once_across_two_servers(
+    pg_database_url: str | None, issuer: LocalIssuer, tmp_path: Path
+) -> None:
+    """Two ``vitalcast serve`` processes on one PostgreSQL take forty first requests of a new
+    ``sub`` at once (twenty each, distinct tokens): every one succeeds and one user exists."""
+    if pg_database_url is None:
+        service_missing("PostgreSQL")
+    assert pg_database_url is not None
+    env = vitalcast_env(
+        tmp_path / "data",
+        database_url=pg_database_url,
+        oidc_issuer=issuer.url,
+        oidc_audience=AUDIENCE,
+    )
+    subject = f"frank-{uuid.uuid4().hex[:8]}"
+    kid = _kid(issuer, "ES256")
+    with serve_subprocesses(env, [tmp_path / "a.log", tmp_path / "b.log"]) as servers:
+        async with httpx.AsyncClient(timeout=30) as http:
+            answers = await asyncio.gather(
+                *(
+                    http.get(
+                        f"{server.url}/api/v1/sessions",
+                        headers={
+                            "Authorization": "Bearer "
+                            + issuer.token(kid, sub=subject, jti=f"{n}-{i}")
+                        },
+                    )
+                    for n, server in enumerate(servers)
+                    for i in range(20)
+                )
+            )
+    assert {a.status_code for a in answers} == {200}
+    db = Database(create_engine(pg_database_url))
+    try:
+        async with db.read() as conn:
+            found = await conn.scalar(
+                sa.select(sa.func.count()).where(users_table.c.oidc_subject == subject)
+            )
+    finally:
+        await db.dispose()
+    assert found == 1

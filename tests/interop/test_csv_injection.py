@@ -10,7 +10,7 @@ import io
 from tests.interop.test_exports_api import MINUTE, sample
 from vitalcast.clock import iso_ms, now_ms
 from vitalcast.interop.csv_export import SAMPLE_COLUMNS, samples_csv, text_cell
-from vitalcast.interop.raw_samples import RawSample
+from vitalcast.samples import Sample
 
 HOSTILE_DEVICES = {
     "eq": '=HYPERLINK("http://evil","x")',
@@ -63,7 +63,7 @@ async def test_exported_text_cells_cannot_start_a_formula(client, users):
 async def test_numeric_cells_stay_numbers_even_when_negative():
     """The neutralising applies to text columns only: a negative value and negative epoch
     milliseconds are written as the numbers they are."""
-    raw = RawSample("=src", "-id", "-metric", -3.5, "+unit", -1_000, -500, "@dev")
+    raw = Sample("=src", "-id", "-metric", -3.5, "+unit", -1_000, -500, "@dev")
 
     async def partitions():
         yield [raw]

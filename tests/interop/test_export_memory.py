@@ -9,19 +9,22 @@ from pathlib import Path
 
 import httpx
 import pytest
-import sqlalchemy as sa
 
 from tests.accounts import new_user
+from tests.bulk import insert_records
 from tests.processes import serve_subprocess, vitalcast_env
 from vitalcast.clock import iso_ms, now_ms
-from vitalcast.db.engine import Database, create_engine
 from vitalcast.db.tables import health_samples
 
 pytestmark = pytest.mark.slow
 
 HOUR = 3_600_000
 # heart rate, active energy and steps at 1 Hz over the session and its ±1 h window
-METRICS = (("heart_rate", 72.0), ("active_energy_burned", 0.02), ("steps", 1.0))
+METRICS = (
+    ("heart_rate", 72.0, "bpm"),
+    ("active_energy_burned", 0.02, "kcal"),
+    ("steps", 1.0, "count"),
+)
 
 
 def rss_mb(pid: int) -> float:
@@ -31,39 +34,23 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
+COLUMNS = (
+    "user_id", "source", "record_id", "metric", "value", "unit", "start_ms", "end_ms", "device",
+    "deleted", "change_seq",
+)  # fmt: skip
+
+
 async def load_day(database_url: str, user_id: str, start_ms: int, end_ms: int) -> int:
-    db = Database(create_engine(database_url))
-    rows = 0
-    try:
-        for metric, value in METRICS:
-            batch = []
-            for t in range(start_ms, end_ms, 1000):
-                batch.append(
-                    {
-                        "user_id": user_id,
-                        "source": "watch",
-                        "record_id": f"{metric}-{t}",
-                        "metric": metric,
-                        "value": value,
-                        "unit": {"heart_rate": "bpm", "steps": "count"}.get(metric, "kcal"),
-                        "start_ms": t,
-                        "end_ms": t,
-                        "device": "Apple Watch (Watch6,2)",
-                        "deleted": False,
-                        "change_seq": 1,
-                    }
-                )
-                if len(batch) == 20_000:
-                    async with db.write() as conn:
-                        await conn.execute(sa.insert(health_samples), batch)
-                    rows += len(batch)
-                    batch = []
-            async with db.write() as conn:
-                await conn.execute(sa.insert(health_samples), batch)
-            rows += len(batch)
-    finally:
-        await db.dispose()
-    return rows
+    """Every metric of ``METRICS`` at 1 Hz from ``start_ms`` to ``end_ms`` (a bulk load)."""
+    device = "Apple Watch (Watch6,2)"
+    batches = (
+        [
+            (user_id, "watch", f"{metric}-{t}", metric, value, unit, t, t, device, False, 1)
+            for t in range(start_ms, end_ms, 1000)
+        ]
+        for metric, value, unit in METRICS
+    )
+    return await insert_records(database_url, health_samples, COLUMNS, batches)
 
 
 @pytest.mark.parametrize("what", ["export.csv", "fhir"])

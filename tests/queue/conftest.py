@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import TEST_SECRET
-from tests.processes import RedisServer
+from tests.processes import FAST_QUEUE, RedisServer
 from tests.redis_keys import delete_keys
 from vitalcast.queue.worker import JobHandler, TelemetryWorker
 from vitalcast.settings import Settings
@@ -33,6 +33,7 @@ async def queue_settings(
         queue_prefix=unique_prefix,
         socketio_channel=f"{unique_prefix}-sio",
         secret=TEST_SECRET,
+        **FAST_QUEUE,
     )
     yield settings
     await delete_prefix(redis_url, unique_prefix)

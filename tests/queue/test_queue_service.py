@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from bullmq import Job
 
+from tests.processes import FAST_QUEUE
 from tests.queue.helpers import IDLE_PICKUP_BOUND_MS
 from tests.waits import eventually
 from vitalcast.observability import Metrics
@@ -50,9 +51,11 @@ async def service(queue_settings: Settings) -> Any:
     await svc.close()
 
 
-async def test_job_carries_portable_id_data_and_retry_options(service: Any) -> None:
+async def test_job_carries_portable_id_data_and_retry_options(
+    service: Any, queue_settings: Settings
+) -> None:
     """A submit stores one job whose id is key + watermark joined by `_`, with the documented
-    data, three attempts and exponential backoff."""
+    data, three attempts and exponential backoff from the configured base."""
     key = make_key()
     assert await service.submit(key, watermark=7, reason=ScheduleReason.CACHE_MISS) is True
     job = await Job.fromId(service.queue, job_id(key, 7))
@@ -70,7 +73,7 @@ async def test_job_carries_portable_id_data_and_retry_options(service: Any) -> N
     }
     assert TelemetryJob.from_data(job.data) == TelemetryJob(key, 7, ScheduleReason.CACHE_MISS)
     assert job.opts["attempts"] == JOB_ATTEMPTS
-    assert job.opts["backoff"] == {"type": "exponential", "delay": 1000}
+    assert job.opts["backoff"] == {"type": "exponential", "delay": queue_settings.queue_backoff_ms}
     assert await service.counts() == {
         "waiting": 1,
         "active": 0,
@@ -181,8 +184,9 @@ async def test_submit_refuses_beyond_the_queue_depth_bound(queue_settings: Setti
 async def test_failing_job_is_retried_with_exponential_backoff_then_failed(
     service: Any, queue_settings: Settings, start_worker: Any
 ) -> None:
-    """A job whose compute fails runs three times, waiting about 1 s then 2 s between tries, and
-    ends in the failed set with the error code as its reason."""
+    """A job whose compute fails runs three times, waiting the backoff base and then twice that
+    between tries (1 s, 2 s by default; shorter here), and ends in the failed set with the error
+    code as its reason."""
     key = make_key()
     tries: list[float] = []
 
@@ -198,8 +202,9 @@ async def test_failing_job_is_retried_with_exponential_backoff_then_failed(
 
     await eventually(failed, what="the job failed after its attempts")
     assert len(tries) == JOB_ATTEMPTS
-    assert tries[1] - tries[0] >= 0.9
-    assert tries[2] - tries[1] >= 1.9
+    backoff_s = queue_settings.queue_backoff_ms / 1000
+    assert tries[1] - tries[0] >= 0.9 * backoff_s
+    assert tries[2] - tries[1] >= 1.9 * backoff_s
     job = await Job.fromId(service.queue, job_id(key, 2))
     assert job is not None
     assert job.failedReason == "COMPUTE_FAILED"
@@ -264,6 +269,20 @@ async def test_stop_releases_a_running_job_to_another_worker(
     await start_worker(queue_settings, quick)
     await eventually(lambda: _completed(service, 1), what="the released job completed")
     assert by_second == [9]
+
+
+def test_a_killed_workers_lease_lapses_by_the_time_its_job_is_redelivered() -> None:
+    """With the production timings and with the tests' short ones, a dead worker's job is
+    redelivered within about 10 s (lock + two stalled checks, stack-notes), and its compute lease
+    is no longer than lock + one stalled check, so the worker that takes the job over is not
+    kept waiting long on the dead one's lease."""
+    for settings in (Settings(), Settings(**FAST_QUEUE)):
+        redelivered_by_ms = settings.queue_lock_ms + 2 * settings.queue_stalled_interval_ms
+        assert redelivered_by_ms <= 10_000
+        assert (
+            settings.worker_lease_ms <= settings.queue_lock_ms + settings.queue_stalled_interval_ms
+        )
+        assert settings.queue_stalled_interval_ms < settings.queue_lock_ms
 
 
 async def test_idle_worker_picks_up_a_new_job_within_a_second(

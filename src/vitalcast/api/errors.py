@@ -10,7 +10,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.routing import Match
 
-from vitalcast.db.errors import DATABASE_ERRORS, DATABASE_RETRY_AFTER_S, is_outage, sqlstate
+from vitalcast.db.errors import (
+    DATABASE_ERRORS,
+    DATABASE_RETRY_AFTER_S,
+    is_outage,
+    is_pool_timeout,
+    sqlstate,
+)
 from vitalcast.errors import (
     Conflict,
     DependencyUnavailable,
@@ -76,7 +82,8 @@ _PROBLEM_DESCRIPTIONS = {
     413: "Too large (TOO_MANY_SAMPLES, BODY_TOO_LARGE); nothing was applied.",
     422: "Malformed or unacceptable input (VALIDATION_ERROR and more precise codes).",
     429: "Rate limited (RATE_LIMITED); retry after Retry-After seconds.",
-    503: "A dependency is down (DATABASE_UNAVAILABLE); retry after Retry-After seconds.",
+    503: "A dependency is down (DATABASE_UNAVAILABLE) or every database connection is busy "
+    "(DATABASE_BUSY); retry after Retry-After seconds.",
 }
 _RETRY_AFTER_HEADER = {
     "Retry-After": {
@@ -166,6 +173,14 @@ def install(app: FastAPI) -> None:
 
     async def _unexpected(_request: Request, exc: Exception) -> Response:
         # Type and SQLSTATE only: a driver error's text may quote statement parameters.
+        if is_pool_timeout(exc):
+            log.warning("database_pool_exhausted")
+            return problem(
+                503,
+                "DATABASE_BUSY",
+                "Every database connection is in use; retry shortly.",
+                retry_after_s=DATABASE_RETRY_AFTER_S,
+            )
         if is_outage(exc):
             log.warning(
                 "database_unavailable", error_type=type(exc).__name__, sqlstate=sqlstate(exc)

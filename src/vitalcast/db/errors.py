@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncpg
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 #: what the database layer raises: SQLAlchemy's wrapped errors and raw asyncpg ones (the hot read
 #: uses asyncpg directly)
-DATABASE_ERRORS: tuple[type[Exception], ...] = (DBAPIError, asyncpg.PostgresError)
+DATABASE_ERRORS: tuple[type[Exception], ...] = (DBAPIError, asyncpg.PostgresError, PoolTimeout)
 
 # SQLSTATE classes of a database that is down, restarting or full, rather than of a bad query:
 # 08 connection exception, 53 insufficient resources, 57P operator intervention (admin or crash
@@ -29,6 +30,11 @@ def sqlstate(exc: BaseException) -> str | None:
             return code
         seen = getattr(seen, "orig", None) or seen.__cause__
     return None
+
+
+def is_pool_timeout(exc: Exception) -> bool:
+    """Every pooled connection stayed in use for the pool's timeout: overload, not a bug."""
+    return isinstance(exc, PoolTimeout)
 
 
 def is_outage(exc: Exception) -> bool:

@@ -47,22 +47,63 @@ async def stream_samples(
     db: Database, user_id: str, window: TelemetryWindow
 ) -> AsyncIterator[Sequence[Sample]]:
     """Partitions of the user's samples starting in ``window`` (what the telemetry compute
-    aggregates), ordered by metric then time: the order of the (user, metric, start) index, so
-    the database streams them without sorting."""
+    aggregates), ordered by metric then time: the order of the (user, metric, start) index.
+    See ``stream_user_samples``."""
+    async for partition in stream_user_samples(db, user_id, window.start_ms, window.end_ms):
+        yield partition
+
+
+async def stream_user_samples(
+    db: Database, user_id: str, start_ms: int | None = None, end_ms: int | None = None
+) -> AsyncIterator[Sequence[Sample]]:
+    """Partitions of the user's samples starting in ``[start_ms, end_ms)`` (unbounded where
+    None), ordered by metric then time.
+
+    Each partition is read in a transaction of its own (keyset pages: metric by metric, after
+    the last (start, id) sent), never one held across the stream: an export is sent at the
+    client's pace, and a client that stops reading must not pin a pooled connection (twenty
+    stalled downloads exhausted the pool and every other request waited 30 s for a 500). The
+    price is that a sample written during a long export may or may not be in it."""
+    for metric in sorted(ALL_CODES):
+        after: tuple[int, int] | None = None
+        while True:
+            async with db.read() as conn:
+                page = _page(user_id, metric, start_ms, end_ms, after)
+                rows = list(await conn.execute(page))
+            if not rows:
+                break
+            yield [
+                Sample(
+                    r.source, r.record_id, r.metric, r.value, r.unit, r.start_ms, r.end_ms, r.device
+                )
+                for r in rows
+            ]
+            if len(rows) < PARTITION_ROWS:
+                break
+            after = (rows[-1].start_ms, rows[-1].id)
+
+
+def _page(
+    user_id: str,
+    metric: str,
+    start_ms: int | None,
+    end_ms: int | None,
+    after: tuple[int, int] | None,
+) -> sa.Select[tuple[object, ...]]:
     c = health_samples.c
-    query = (
-        sa.select(c.source, c.record_id, c.metric, c.value, c.unit, c.start_ms, c.end_ms, c.device)
-        .where(
-            c.user_id == user_id,
-            c.metric.in_(ALL_CODES),
-            c.start_ms >= window.start_ms,
-            c.start_ms < window.end_ms,
-            sa.not_(c.deleted),
+    conditions = [c.user_id == user_id, c.metric == metric, sa.not_(c.deleted)]
+    if start_ms is not None:
+        conditions.append(c.start_ms >= start_ms)
+    if end_ms is not None:
+        conditions.append(c.start_ms < end_ms)
+    if after is not None:
+        # the range condition keeps the index scan narrow; the row comparison breaks ties
+        conditions += [c.start_ms >= after[0], sa.tuple_(c.start_ms, c.id) > after]
+    return (
+        sa.select(
+            c.id, c.source, c.record_id, c.metric, c.value, c.unit, c.start_ms, c.end_ms, c.device
         )
-        .order_by(c.metric, c.start_ms, c.id)
-        .execution_options(yield_per=PARTITION_ROWS)
+        .where(*conditions)
+        .order_by(c.start_ms, c.id)
+        .limit(PARTITION_ROWS)
     )
-    async with db.read() as conn:
-        result = await conn.stream(query)
-        async for partition in result.partitions():
-            yield [Sample(*row) for row in partition]

@@ -14,8 +14,6 @@ from vitalcast.telemetry.keys import Resolution, ScheduleReason, TelemetryKey
 JOB_NAME = "compute"
 #: total tries of one job (first run + 2 retries)
 JOB_ATTEMPTS = 3
-#: exponential backoff base: retries wait 1 s, then 2 s
-JOB_BACKOFF_MS = 1_000
 # Finished jobs stay visible (queue metrics, inspection) for a while, bounded in count.
 KEEP_COMPLETED = {"age": 3_600, "count": 1_000}
 KEEP_FAILED = {"age": 7 * 86_400, "count": 1_000}
@@ -64,9 +62,10 @@ class TelemetryJob:
         return cls(key=key, watermark=int(data["watermark"]), reason=ScheduleReason(data["reason"]))
 
 
-def job_options(job: TelemetryJob) -> JsonObject:
+def job_options(job: TelemetryJob, *, backoff_ms: int) -> JsonObject:
     """BullMQ options: our id, per-key deduplication that keeps the newest add while one runs,
-    three attempts with exponential backoff, bounded retention of finished jobs.
+    three attempts with exponential backoff (``backoff_ms``, then twice that), bounded retention
+    of finished jobs.
 
     ``keepLastIfActive``: while a job of the key waits, further adds are absorbed by it (it will
     read the newest watermark when it starts); while one is active, the newest add is parked
@@ -77,7 +76,7 @@ def job_options(job: TelemetryJob) -> JsonObject:
         "jobId": job.id,
         "deduplication": {"id": job.key.dedupe_id, "keepLastIfActive": True},
         "attempts": JOB_ATTEMPTS,
-        "backoff": {"type": "exponential", "delay": JOB_BACKOFF_MS},
+        "backoff": {"type": "exponential", "delay": backoff_ms},
         "removeOnComplete": KEEP_COMPLETED,
         "removeOnFail": KEEP_FAILED,
     }

@@ -109,7 +109,9 @@ class SessionTelemetryQueueService:
             # Same key and watermark asked again after its job finished (a lease that was busy,
             # a failure whose backoff ran out): run it again instead of reporting the old job.
             await self._queue.remove(job.id)
-        await self._queue.add(JOB_NAME, job.to_data(), job_options(job))
+        await self._queue.add(
+            JOB_NAME, job.to_data(), job_options(job, backoff_ms=self._settings.queue_backoff_ms)
+        )
         return True
 
     async def depth(self) -> int:

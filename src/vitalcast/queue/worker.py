@@ -27,12 +27,10 @@ from vitalcast.settings import Settings
 
 log = get_logger(__name__)
 
-# A SIGKILLed worker's lock lapses after LOCK_DURATION_MS; another worker's stalled check (every
-# STALLED_INTERVAL_MS, two passes) then moves the job back to wait: about 4 + 2 x 3 = 10 s worst
-# case. The lock is renewed every LOCK_DURATION_MS / 2 on the event loop, so a job must never
-# block the loop that long (computes await the database; payload building is short).
-LOCK_DURATION_MS = 4_000
-STALLED_INTERVAL_MS = 3_000
+# The job lock and the stalled check are settings (queue_lock_ms, queue_stalled_interval_ms): a
+# SIGKILLed worker's job runs elsewhere about lock … lock + 2 × stalled interval later. The lock is
+# renewed every half of it on the event loop, so a job must never block the loop that long
+# (computes await the database; payload building is short).
 # A job may be recovered from a dead worker twice before it is failed as "stalled".
 MAX_STALLED_COUNT = 2
 # After a connection error the worker asks for the next job again this soon (BullMQ: 15 s), so it
@@ -103,8 +101,8 @@ class TelemetryWorker:
                 "prefix": self._settings.queue_prefix,
                 "concurrency": self._concurrency,
                 "autorun": False,
-                "lockDuration": LOCK_DURATION_MS,
-                "stalledInterval": STALLED_INTERVAL_MS,
+                "lockDuration": self._settings.queue_lock_ms,
+                "stalledInterval": self._settings.queue_stalled_interval_ms,
                 "maxStalledCount": MAX_STALLED_COUNT,
                 "runRetryDelay": RUN_RETRY_DELAY_MS,
                 "name": self._name,

@@ -22,6 +22,9 @@
 import {
   currentToken, forgetToken, hashParams, onTokenRefused, quiet, storeToken, takeToken, useToken,
 } from './api.js';
+import { installAccountExport } from './account.js';
+import { deleteSession } from './controls/delete-session.js';
+import { alertBanner } from './controls/alerts.js';
 import { exportCsv } from './controls/export-csv.js';
 import { shareControl } from './controls/shares.js';
 import { installInspector } from './inspect.js';
@@ -32,9 +35,11 @@ import { FOLLOW_NOW_MS, POLL_WHILE_OFFLINE_MS, SESSION_CLOCK_MS } from './timing
 import { SessionView } from './view.js';
 
 /** The open session's controls, in the order they appear in their slot. */
-const SESSION_CONTROLS = [exportCsv, shareControl];
+const SESSION_CONTROLS = [
+  exportCsv, shareControl, alertBanner, deleteSession({ onDeleted: (id) => forgetSession(id) }),
+];
 /** A shared page's (shared.js): reads only. */
-const SHARED_CONTROLS = [exportCsv];
+const SHARED_CONTROLS = [exportCsv, alertBanner];
 
 const $ = (id) => document.getElementById(id);
 
@@ -63,6 +68,10 @@ live.on('session.updated', (event) => {
   if (view && event.session_id === view.id) view.refresh();
 });
 live.on('session.status', (event) => {
+  if (event.status === 'deleted') {
+    forgetSession(event.session_id);
+    return;
+  }
   const known = sessions.applyStatus(event);
   const opened = view;
   if (known && opened && opened.id === event.session_id) {
@@ -124,6 +133,15 @@ function closeSession() {
   sessions.setCurrent(null);
 }
 
+/** A deleted session (here or in another tab): out of the list, and closed if open. */
+function forgetSession(id) {
+  sessions.remove(id);
+  if (view && view.id === id) {
+    history.replaceState(null, '', location.pathname + location.search);
+    closeSession();
+  }
+}
+
 // ---- signing in and out -----------------------------------------------------------------
 
 function signOut(reason) {
@@ -139,6 +157,8 @@ function signOut(reason) {
   $('placeholder').hidden = true;
   $('signin-reason').textContent = reason || '';
 }
+
+installAccountExport($('export-all'));
 
 /** A share link's page: that one session, live and read-only, labelled as shared. */
 function startShared(share) {
@@ -173,6 +193,15 @@ function endShared(reason) {
 }
 
 function start() {
+  // A user's own token in the URL wins over a share link opened earlier in this tab (a page
+  // that shows a share starts afresh: the token stays in the URL for the reload to take).
+  if (hashParams().get('token')) {
+    forgetShare();
+    if (sharedSession !== null) {
+      location.reload();
+      return;
+    }
+  }
   const share = takeShare();
   if (share) {
     startShared(share);

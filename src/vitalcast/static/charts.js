@@ -2,7 +2,7 @@
 // metrics), gaps as breaks, before / during / after shading, alert episodes along the top, the
 // insight strip above it; and the phase statistics table.
 import { el, fmtHourMinute, fmtValue, plural, unitLabel } from './format.js';
-import { drawEpisodes } from './insights.js';
+import { drawEpisodes, episodeAt } from './insights.js';
 
 export const METRIC_ORDER = [
   'heart_rate', 'heart_rate_variability', 'blood_oxygen', 'respiratory_rate',
@@ -116,6 +116,11 @@ export function createChart(container, code, metric, payload) {
     };
   }
   chart.u = new uPlot(opts, chartData(metric), body);
+  // An episode bar links to its alert (controls/alerts.js shows and highlights it).
+  chart.u.over.addEventListener('click', (event) => {
+    const episode = episodeAt(chart.u, chart.payload && chart.payload.metrics[code], event.offsetX);
+    if (episode) document.dispatchEvent(new CustomEvent('vitalcast:episode', { detail: { metric: code, ...episode } }));
+  });
   return chart;
 }
 

@@ -111,6 +111,15 @@ export function drawEpisodes(u, metric) {
   ctx.restore();
 }
 
+/** The episode drawn under x (CSS pixels in the plot area), the strictest one there; null if none. */
+export function episodeAt(u, metric, offsetX) {
+  const episodes = metric && metric.insights && metric.insights.episodes;
+  if (!episodes || !episodes.length) return null;
+  const ms = u.posToVal(offsetX, 'x') * 1000;
+  const hits = episodes.filter((e) => e.start_ms <= ms && ms < e.end_ms);
+  return hits.find((e) => e.level === 'critical') || hits[0] || null;
+}
+
 function ordinal(n) {
   const r = Math.round(n);
   const tens = r % 100;

@@ -5,7 +5,7 @@
 // two getters: `charts` (metric code → {u: uPlot, card, history, …} of the open session) and
 // `state`, a fresh snapshot on every read:
 //   {current: {id, payload, state, histories} | null, connection, updatesReceived, deltasApplied,
-//    exports}   (histories: metric code → the last GET /insights answer, null while asked)
+//    exports, alertsShown}   (histories: metric code → the last GET /insights answer, null while asked)
 // Writing to either changes nothing on the page.
 
 const counts = new Map();
@@ -36,6 +36,9 @@ export function installInspector(read) {
         updatesReceived: counts.get('updatesReceived') || 0,
         deltasApplied: counts.get('deltasApplied') || 0,
         exports: counts.get('exports') || 0,
+        accountExports: counts.get('accountExports') || 0,
+        sessionsDeleted: counts.get('sessionsDeleted') || 0,
+        alertsShown: counts.get('alertsShown') || 0,
       };
     },
   };

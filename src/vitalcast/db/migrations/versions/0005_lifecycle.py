@@ -1,0 +1,28 @@
+"""data lifecycle: accounts being erased
+
+Revision ID: 0005
+Revises: 0004_alerts
+Create Date: 2026-12-06
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0005"
+down_revision = "0004_alerts"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "erasures",
+        sa.Column("user_id", sa.String(length=36), nullable=False),
+        sa.Column("requested_at_ms", sa.BigInteger(), nullable=False),
+        sa.Column("rows_purged", sa.BigInteger(), server_default="0", nullable=False),
+        sa.PrimaryKeyConstraint("user_id", name=op.f("pk_erasures")),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("erasures")
