@@ -41,6 +41,7 @@ from vitalcast.lifecycle.samples import SampleDeletionService
 from vitalcast.observability import Metrics
 from vitalcast.oidc import OidcVerifier
 from vitalcast.queue.service import SessionTelemetryQueueService
+from vitalcast.queue.webhooks import WebhookQueue
 from vitalcast.ratelimit import RateLimiter
 from vitalcast.realtime.broadcaster import WebSocketBroadcaster, socketio_server
 from vitalcast.realtime.subscriptions import SubscriptionRegistry
@@ -142,6 +143,8 @@ class ServerParts:
     dispatcher: WebhookDispatcher
     #: announces alert episodes (a post-save hook of ``computer``) and replays missed ones
     alerts: AlertService
+    #: scaled out: webhook deliveries as BullMQ jobs (the dispatcher only sweeps for lost ones)
+    webhook_jobs: WebhookQueue | None
     #: the state and the missed update a Socket.IO subscribe asks for
     subscribe: SubscribeSupport
 
@@ -168,6 +171,8 @@ class ServerParts:
     async def close(self) -> None:
         """Stop computing and release every connection (the realtime server closes first)."""
         await self.dispatcher.stop()
+        if self.webhook_jobs is not None:
+            await self.webhook_jobs.close()
         await self.ticker.stop()
         await self.erasures.stop()
         if self.retention is not None:
@@ -196,8 +201,12 @@ class WorkerParts:
     computer: TelemetryComputer
     #: runs the erasure purges the servers queue
     erasure: ErasureService
+    #: sends the webhook deliveries whose jobs this worker takes (``queue.webhooks``)
+    dispatcher: WebhookDispatcher
+    webhook_jobs: WebhookQueue
 
     async def close(self) -> None:
+        await self.webhook_jobs.close()
         await self.broadcaster.close()
         await self.db.dispose()
 
@@ -320,8 +329,11 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
     erasure = _erasure(settings, db, clock, authenticator)
     in_process = InProcessErasures(erasure)
     resolver = seams.resolver or system_resolver
-    dispatcher = _dispatcher(settings, db, clock, metrics, resolver)
-    alerts = AlertService(db, clock, metrics, broadcaster, wake_webhooks=dispatcher.wake)
+    webhook_jobs = WebhookQueue(settings) if settings.redis_url else None
+    dispatcher = _dispatcher(settings, db, clock, metrics, resolver, webhook_jobs)
+    alerts = AlertService(
+        db, clock, metrics, broadcaster, deliveries_committed=dispatcher.committed
+    )
     hooks.register(alerts)
     reader = open_reader(settings.resolved_database_url)
     return ServerParts(
@@ -371,6 +383,7 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
         ),
         dispatcher=dispatcher,
         alerts=alerts,
+        webhook_jobs=webhook_jobs,
         subscribe=SubscribeSupport(
             db, clock, reader, default_window_minutes=settings.default_window_minutes
         ),
@@ -449,7 +462,12 @@ def _authenticator(settings: Settings, db: Database, clock: Clock, secret: str) 
 
 
 def _dispatcher(
-    settings: Settings, db: Database, clock: Clock, metrics: Metrics, resolver: Resolver
+    settings: Settings,
+    db: Database,
+    clock: Clock,
+    metrics: Metrics,
+    resolver: Resolver,
+    jobs: WebhookQueue | None,
 ) -> WebhookDispatcher:
     sender = WebhookSender(
         allow_private=settings.webhook_allow_private,
@@ -466,6 +484,7 @@ def _dispatcher(
         retry_window_ms=settings.webhook_retry_window_ms,
         # an attempt ends within twice the timeout; the claim outlives it with room to record
         claim_ms=int(settings.webhook_timeout_s * 2_000) + 10_000,
+        jobs=jobs,
     )
 
 
@@ -482,10 +501,17 @@ def build_worker(settings: Settings, seams: Seams = NO_SEAMS) -> WorkerParts:
     computer = _computer(
         settings, db, clock, metrics, broadcaster, seams, lease_ms=lease_ms, hooks=hooks
     )
-    # The servers' webhook dispatchers pick up the deliveries this worker's alerts commit.
-    hooks.register(AlertService(db, clock, metrics, broadcaster))
+    webhook_jobs = WebhookQueue(settings)
+    dispatcher = _dispatcher(
+        settings, db, clock, metrics, seams.resolver or system_resolver, webhook_jobs
+    )
+    hooks.register(
+        AlertService(db, clock, metrics, broadcaster, deliveries_committed=dispatcher.committed)
+    )
     erasure = _erasure(settings, db, clock, None)
-    return WorkerParts(settings, db, clock, metrics, broadcaster, computer, erasure)
+    return WorkerParts(
+        settings, db, clock, metrics, broadcaster, computer, erasure, dispatcher, webhook_jobs
+    )
 
 
 def build_erasure(settings: Settings) -> tuple[Database, ErasureService]:

@@ -6,10 +6,10 @@
 - ``sessions/<id>.json``: one FHIR R4 bundle per session (its window at the server's default
   padding), as ``GET …/fhir`` gives it.
 
-Every part is read through a server-side cursor in partitions and compressed as it comes
-(``interop.zip_stream``), so memory stays flat whatever the account's size. Each file is read
-in its own transaction: a sample ingested while the export runs may be in one file and not in
-another.
+Every part is read in pages, each in a short transaction of its own, and compressed as it
+comes (``interop.zip_stream``), so memory stays flat whatever the account's size and a client
+that stops reading pins no database connection. A sample ingested while the export runs may
+be in one file and not in another.
 """
 
 from __future__ import annotations
@@ -19,14 +19,13 @@ from collections.abc import AsyncIterator, Sequence
 import orjson
 import sqlalchemy as sa
 
-from vitalcast.catalog import ALL_CODES
 from vitalcast.clock import Clock, iso_ms
 from vitalcast.db.engine import Database
-from vitalcast.db.tables import health_samples, sessions, users
+from vitalcast.db.tables import sessions, users
 from vitalcast.errors import NotFound
 from vitalcast.interop import fhir_export
 from vitalcast.interop.csv_export import samples_csv
-from vitalcast.interop.raw_samples import PARTITION_ROWS, stream_samples, window_of
+from vitalcast.interop.raw_samples import stream_samples, stream_user_samples, window_of
 from vitalcast.interop.zip_stream import Member, zip_stream
 from vitalcast.samples import Sample
 from vitalcast.sessions.models import Session
@@ -79,16 +78,23 @@ class AccountExport:
                     yield Member(f"sessions/{session.id}.json", self._bundle(session))
 
     async def _sessions(self, user_id: str) -> AsyncIterator[Sequence[Session]]:
-        query = (
-            sa.select(sessions)
-            .where(sessions.c.user_id == user_id)
-            .order_by(sessions.c.start_ms, sessions.c.id)
-            .execution_options(yield_per=SESSION_ROWS)
-        )
-        async with self._db.read() as conn:
-            result = await conn.stream(query)
-            async for partition in result.partitions():
-                yield [Session.from_row(row) for row in partition]
+        """The user's sessions by start, a page per short transaction: the archive is written
+        at the client's pace, and a client that stops reading must not pin a connection."""
+        c = sessions.c
+        after: tuple[int, str] | None = None
+        while True:
+            query = sa.select(sessions).where(c.user_id == user_id)
+            if after is not None:
+                query = query.where(c.start_ms >= after[0], sa.tuple_(c.start_ms, c.id) > after)
+            query = query.order_by(c.start_ms, c.id).limit(SESSION_ROWS)
+            async with self._db.read() as conn:
+                page = [Session.from_row(row) for row in await conn.execute(query)]
+            if not page:
+                return
+            yield page
+            if len(page) < SESSION_ROWS:
+                return
+            after = (page[-1].start_ms, page[-1].id)
 
     async def _account(self, user_id: str) -> AsyncIterator[bytes]:
         async with self._db.read() as conn:
@@ -116,20 +122,10 @@ class AccountExport:
         yield b"]}"
 
     async def _samples(self, user_id: str) -> AsyncIterator[Sequence[Sample]]:
-        """Every stored sample of the user, in the order of the (user, metric, start) index."""
-        c = health_samples.c
-        query = (
-            sa.select(
-                c.source, c.record_id, c.metric, c.value, c.unit, c.start_ms, c.end_ms, c.device
-            )
-            .where(c.user_id == user_id, c.metric.in_(ALL_CODES), sa.not_(c.deleted))
-            .order_by(c.metric, c.start_ms, c.id)
-            .execution_options(yield_per=PARTITION_ROWS)
-        )
-        async with self._db.read() as conn:
-            result = await conn.stream(query)
-            async for partition in result.partitions():
-                yield [Sample(*row) for row in partition]
+        """Every stored sample of the user, in the order of the (user, metric, start) index,
+        each partition in a short transaction (a slow reader pins no connection)."""
+        async for partition in stream_user_samples(self._db, user_id):
+            yield partition
 
     def _bundle(self, session: Session) -> AsyncIterator[bytes]:
         now = self._clock.now_ms()
