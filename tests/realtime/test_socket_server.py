@@ -351,8 +351,9 @@ async def test_socket_is_disconnected_when_its_token_expires(
 async def test_a_room_event_is_encoded_once_and_reaches_every_subscriber(
     live: LiveServer, users: Any, socket_client: ClientFactory
 ) -> None:
-    """The server encodes session.updated once for its room, however many sockets are in it,
-    and puts it on each of their queues (``RoomFanOut``)."""
+    """The server encodes session.updated once for its room, however many sockets are in it
+    (python-socketio's manager builds one packet per emit and Engine.IO caches its encoding),
+    and every socket of the room gets it."""
     _owner, token = await users.create()
     session = await create_session(live.url, token)
     watchers = [await socket_client(live.url, token) for _ in range(6)]

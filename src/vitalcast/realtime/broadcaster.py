@@ -24,7 +24,6 @@ from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 import socketio
-from engineio import packet as eio_packet
 from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -90,7 +89,7 @@ def session_status_event(session: Session) -> JsonObject:
     }
 
 
-def session_deleted_event(session: Session) -> dict[str, Any]:
+def session_deleted_event(session: Session) -> JsonObject:
     """The ``session.status`` envelope of a deleted session: the last event of its room."""
     return session_status_event(session) | {"status": "deleted", "live": False}
 
@@ -107,55 +106,10 @@ class Emitter(Protocol):
         namespace: str,
     ) -> Any: ...  # Any: as above
 
-    async def close_room(self, room: str, namespace: str) -> Any: ...
+    async def close_room(self, room: str, namespace: str) -> Any: ...  # Any: as emit
 
 
-class RoomFanOut(socketio.AsyncManager):  # type: ignore[misc]
-    """The client manager's fan-out without a task per recipient.
-
-    python-socketio already encodes an event for a room once (the Socket.IO packet, and the
-    Engine.IO packet caches its encoding); what it does per recipient is start a task that
-    puts the packet on the socket's queue, then wait for all of them. Putting on an unbounded
-    queue never waits, so this puts it on every recipient's queue in turn: a live update to 20
-    watchers starts no task of its own. Emits with an acknowledgement callback (one packet
-    per recipient) keep the stock path."""
-
-    async def emit(
-        self,
-        event: str,
-        data: Any,
-        namespace: str,
-        room: Any = None,
-        skip_sid: Any = None,
-        callback: Any = None,
-        to: Any = None,
-        **kwargs: Any,
-    ) -> None:
-        if callback is not None:
-            await super().emit(
-                event, data, namespace, room=room, skip_sid=skip_sid, callback=callback, to=to
-            )
-            return
-        room = to or room
-        if namespace not in self.rooms:
-            return
-        args = list(data) if isinstance(data, tuple) else [] if data is None else [data]
-        encoded = self.server.packet_class(
-            socketio.packet.EVENT, namespace=namespace, data=[event, *args]
-        ).encode()
-        frames = [
-            eio_packet.Packet(eio_packet.MESSAGE, part)
-            for part in (encoded if isinstance(encoded, list) else [encoded])
-        ]
-        skipped = skip_sid if isinstance(skip_sid, list) else [skip_sid]
-        send = self.server.eio.send_packet
-        for sid, eio_sid in self.get_participants(namespace, room):
-            if sid not in skipped:
-                for frame in frames:
-                    await send(eio_sid, frame)
-
-
-class BoundedRedisManager(socketio.AsyncRedisManager, RoomFanOut):  # type: ignore[misc]
+class BoundedRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
     """``AsyncRedisManager`` on a bounded, blocking connection pool with no socket read timeout.
 
     The stock manager's pool grows with concurrent publishes (or, when capped, fails them); this
@@ -236,7 +190,7 @@ def socketio_server(settings: Settings) -> tuple[socketio.AsyncServer, BoundedRe
     manager = redis_manager(settings, write_only=False) if settings.redis_url else None
     sio = socketio.AsyncServer(
         async_mode="asgi",
-        client_manager=manager or RoomFanOut(),
+        client_manager=manager,
         max_http_buffer_size=MAX_MESSAGE_BYTES,
         logger=False,
         engineio_logger=False,
