@@ -82,20 +82,37 @@ async def _pg_admin(sql: str) -> None:
         await engine.dispose()
 
 
+async def _upgrade(url: str, env: dict[str, str] | None) -> None:
+    if env is None:
+        await asyncio.to_thread(upgrade, url)
+        return
+    # another code base's migrations (a baseline run with PYTHONPATH set in ``env``)
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "vitalcast", "db", "upgrade"],
+        env={**env, "VITALCAST_DATABASE_URL": url},
+        capture_output=True,
+        timeout=300,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"db upgrade failed: {done.stderr.decode()[-500:]}")
+
+
 @contextlib.asynccontextmanager
-async def database(backend: str) -> AsyncIterator[str]:
-    """A fresh migrated database URL on ``backend`` (sqlite|postgres), removed afterwards."""
+async def database(backend: str, upgrade_env: dict[str, str] | None = None) -> AsyncIterator[str]:
+    """A fresh migrated database URL on ``backend`` (sqlite|postgres), removed afterwards;
+    migrated by ``vitalcast db upgrade`` run with ``upgrade_env`` when given."""
     if backend == "sqlite":
         with tempfile.TemporaryDirectory(prefix="vc-bench-") as folder:
             url = f"sqlite+aiosqlite:///{folder}/bench.db"
-            await asyncio.to_thread(upgrade, url)
+            await _upgrade(url, upgrade_env)
             yield url
         return
     name = f"vc_bench_{uuid.uuid4().hex[:10]}"
     await _pg_admin(f'CREATE DATABASE "{name}"')
     url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
     try:
-        await asyncio.to_thread(upgrade, url)
+        await _upgrade(url, upgrade_env)
         yield url
     finally:
         await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -30,13 +30,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -197,7 +201,9 @@ async def scaled_out(batches: int) -> dict[str, Any]:
     return judged(result, "scaled_out")
 
 
-async def fan_out(clients: int, sessions: int, rounds: int) -> dict[str, Any]:
+async def fan_out(
+    clients: int, sessions: int, rounds: int, *, profile: Path | None = None
+) -> dict[str, Any]:
     async with database("sqlite") as url:
         people = [await create_user(url, f"rt-fan-{i}") for i in range(sessions)]
         async with (
@@ -212,7 +218,9 @@ async def fan_out(clients: int, sessions: int, rounds: int) -> dict[str, Any]:
                 await ingest_one(http, entry["token"], f"warm-{entry['session_id']}")
             await computes_drained(http)
             rss_idle = rss_mb(pid)
-            return await _drive_load(base, pid, http, plan, clients, rounds, rss_idle)
+            return await _drive_load(
+                base, pid, http, plan, clients, rounds, rss_idle, profile=profile
+            )
 
 
 async def seed_history(http: httpx.AsyncClient, token: str, minutes: int) -> None:
@@ -299,6 +307,7 @@ async def _drive_load(
     rss_idle: float,
     *,
     fetch: str | None = None,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="vc-bench-load-") as folder:
         plan_path, out_path = Path(folder) / "plan.json", Path(folder) / "receipts.json"
@@ -340,9 +349,10 @@ async def _drive_load(
                     seq = None
                 sent.append((entry["session_id"], sent_ms, seq))
 
-        for r in range(rounds):
-            await asyncio.gather(*(one(entry, r) for entry in plan))
-            await computes_drained(http)
+        with sampled(pid, profile):
+            for r in range(rounds):
+                await asyncio.gather(*(one(entry, r) for entry in plan))
+                await computes_drained(http)
         await asyncio.sleep(2)
         # every fetch the updates caused is answered before the server's CPU is read
         load.stdin.write(b"drain\n")
@@ -403,6 +413,43 @@ async def _drive_load(
             "per_client_kb": round((rss_connected - rss_idle) * 1024 / max(1, clients), 1),
         },
     }
+
+
+@contextlib.contextmanager
+def sampled(pid: int, out: Path | None) -> Iterator[None]:
+    """py-spy sampling the server ``pid`` (collapsed stacks into ``out``, idle frames left out)
+    while the block runs; nothing without ``out``. py-spy is not a project dependency: it runs
+    through ``uvx`` (``PY_SPY`` overrides the command)."""
+    if out is None:
+        yield
+        return
+    command = os.environ.get("PY_SPY", "uvx py-spy").split()
+    spy = subprocess.Popen(
+        [
+            *command,
+            "record",
+            "--pid",
+            str(pid),
+            "--format",
+            "raw",
+            "--rate",
+            "200",
+            "--nonblocking",
+            "--output",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)
+        try:
+            spy.wait(60)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+            spy.wait()
 
 
 def count_deliveries(
@@ -552,6 +599,20 @@ async def main(argv: Sequence[str]) -> None:
         help="only the burst of issue 12: fan-out with 4,000 clients over 200 sessions, 5 rounds "
         "(every session's compute at once), kept as bench/results/realtime_burst.json",
     )
+    parser.add_argument(
+        "--burst-size",
+        type=int,
+        nargs=3,
+        metavar=("CLIENTS", "SESSIONS", "ROUNDS"),
+        default=(BURST_CLIENTS, BURST_SESSIONS, BURST_ROUNDS),
+        help="a smaller burst on a loaded machine (the result records the size it ran at)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="with --burst: py-spy samples the server during the rounds into this file "
+        "(collapsed stacks; bench/profile_summary.py reads them)",
+    )
     parser.add_argument("--load", nargs=4, metavar=("URL", "PLAN", "OUT", "CLIENTS"))
     args = parser.parse_args(argv)
     if args.load:
@@ -561,7 +622,7 @@ async def main(argv: Sequence[str]) -> None:
         await asyncio.to_thread(Path(out_path).write_text, json.dumps(receipts))
         return
     if args.burst:
-        burst = await fan_out(BURST_CLIENTS, BURST_SESSIONS, BURST_ROUNDS)
+        burst = await fan_out(*args.burst_size, profile=args.profile)
         emit("realtime_burst", {"benchmark": "realtime_burst", "fan_out": burst})
         return
     parts = args.parts.split(",")

@@ -41,6 +41,20 @@ FAN_OUT_DELIVERED_SHARE_MIN = 1.0
 IMPORT_SHARE_OF_INGEST_MIN = 0.5
 #: #14: peak resident memory of the import process
 IMPORT_PEAK_RSS_MAX_MB = 250.0
+#: #22: server CPU of one live update (ingest of a 5 s batch + compute + push to its watchers),
+#: embedded and scaled out (server + worker together)
+CPU_PER_UPDATE_MAX_MS = 5.0
+#: #22: open loop, live sessions syncing every 5 s with 5 watchers each: ingest sent → last
+#: watcher p99 must stay under this …
+CAPACITY_P99_MAX_MS = 250.0
+#: #22: … for at least this many sessions on one embedded process
+CAPACITY_SESSIONS_MIN = 1_000
+#: #22: a cached telemetry GET in process, p50 …
+CACHED_GET_IN_PROCESS_P50_MAX_MS_22 = 0.5
+#: #22: … and over HTTP on loopback, against a compute on request on the same route (p50s)
+CACHED_OVER_COMPUTE_HTTP_MIN_22 = 50.0
+#: #23: peak resident memory of the server while it streams a 1,000,000-sample account export
+EXPORT_PEAK_RSS_MAX_MB = 250.0
 #: #24: a cached GET with an OpenID Connect token against the same GET with a local token (median
 #: of paired GETs, same run): no dearer; the margin is the noise of one median on this machine
 OIDC_OVER_LOCAL_P50_MAX = 1.05

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
@@ -11,7 +12,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vitalcast import __version__
-from vitalcast.api import dashboard, exports, insights, ops, samples, sessions, webhooks
+from vitalcast.api import dashboard, exports, insights, me, ops, samples, sessions, webhooks
 from vitalcast.api import errors as api_errors
 from vitalcast.api import shares as shares_api
 from vitalcast.api import telemetry as telemetry_api
@@ -42,15 +43,30 @@ class AccessLog:
             return
         started = time.perf_counter()
         status = 500
+        responding = False
 
         async def send_with_status(message: Message) -> None:
-            nonlocal status
+            nonlocal status, responding
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, responding = message["status"], True
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_status)
+        except asyncio.CancelledError:
+            # Only uvicorn cancels a request: one still running when the shutdown grace ends.
+            # It would log the cancellation as a traceback; it is one line here, and a request
+            # not answered yet gets a 503 to retry elsewhere (a started answer is cut).
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            log.info("request_cut_at_shutdown", method=scope["method"], answered=responding)
+            if not responding:
+                status = 503
+                cut = api_errors.problem(
+                    503, "SHUTTING_DOWN", "The server is shutting down.", retry_after_s=1
+                )
+                await cut(scope, receive, send)
         finally:
             log.debug(
                 "request",
@@ -102,6 +118,7 @@ def create_app(
     app.include_router(exports.router)
     app.include_router(insights.router)
     app.include_router(shares_api.router)
+    app.include_router(me.router)
     app.include_router(webhooks.router)
     dashboard.install(app)
     app.mount(SOCKETIO_PATH, realtime.asgi_app())

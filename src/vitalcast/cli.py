@@ -1,5 +1,5 @@
 """The ``vitalcast`` command: serve, worker, db upgrade, token create and revoke, simulate,
-backfill, import apple-health.
+backfill, import apple-health, users list and erase.
 
 Every command imports what it needs when it runs, not when this module loads: Alembic,
 uvicorn, the app and BullMQ cost seconds to import, and a ``token create`` (or any process a test
@@ -25,6 +25,7 @@ from vitalcast.settings import Settings
 if TYPE_CHECKING:
     from vitalcast.db.engine import Database
     from vitalcast.interop.importer import ImportSummary
+    from vitalcast.lifecycle.retention import RetentionRun
     from vitalcast.queue.backfill import BackfillFilter, BackfillProgress
     from vitalcast.wiring import Seams
 
@@ -35,6 +36,40 @@ import_app = typer.Typer(no_args_is_help=True, help="Load data exported by other
 app.add_typer(db_app, name="db")
 app.add_typer(token_app, name="token")
 app.add_typer(import_app, name="import")
+users_app = typer.Typer(no_args_is_help=True, help="Accounts: list them, erase one.")
+app.add_typer(users_app, name="users")
+retention_app = typer.Typer(no_args_is_help=True, help="Raw-sample retention.")
+app.add_typer(retention_app, name="retention")
+
+
+@retention_app.command("run")
+def retention_run() -> None:
+    """Archive the sessions whose windows reach past VITALCAST_RAW_RETENTION_DAYS, then purge
+    the raw samples older than that (what every server does daily)."""
+    from vitalcast.db.migrate import upgrade_if_behind
+    from vitalcast.observability import configure_logging
+
+    settings = Settings()
+    configure_logging("warning")
+    if not settings.raw_retention_days:
+        typer.echo("VITALCAST_RAW_RETENTION_DAYS is not set: raw samples are kept", err=True)
+        raise typer.Exit(1)
+    upgrade_if_behind(settings.resolved_database_url)
+    done = asyncio.run(_retention_run(settings))
+    typer.echo(
+        f"cutoff {datetime.fromtimestamp(done.cutoff_ms / 1000, UTC).isoformat()}: "
+        f"{done.sessions_archived} sessions archived, {done.samples_deleted} samples deleted"
+    )
+
+
+async def _retention_run(settings: Settings) -> RetentionRun:
+    from vitalcast.wiring import build_retention
+
+    db, service = build_retention(settings)
+    try:
+        return await service.run()
+    finally:
+        await db.dispose()
 
 
 @db_app.command("upgrade")
@@ -513,6 +548,103 @@ async def _backfill(
         return progress
     finally:
         await local.close()
+
+
+@users_app.command("list")
+def users_list() -> None:
+    """Every user: name, id, sessions, samples, and whether an erasure is under way."""
+    from vitalcast.db.migrate import upgrade_if_behind
+    from vitalcast.observability import configure_logging
+
+    settings = Settings()
+    configure_logging("warning")
+    upgrade_if_behind(settings.resolved_database_url)
+    for line in asyncio.run(_users_list(settings)):
+        typer.echo(line)
+
+
+async def _users_list(settings: Settings) -> list[str]:
+    import sqlalchemy as sa
+
+    from vitalcast.db.engine import Database, create_engine
+    from vitalcast.db.tables import erasures, health_samples, sessions, users
+
+    db = Database(create_engine(settings.resolved_database_url))
+    try:
+        async with db.read() as conn:
+            n_sessions = (
+                sa.select(sa.func.count()).where(sessions.c.user_id == users.c.id).scalar_subquery()
+            )
+            n_samples = (
+                sa.select(sa.func.count())
+                .where(health_samples.c.user_id == users.c.id)
+                .scalar_subquery()
+            )
+            erasing = sa.exists().where(erasures.c.user_id == users.c.id)
+            rows = await conn.execute(
+                sa.select(users.c.name, users.c.id, n_sessions, n_samples, erasing).order_by(
+                    users.c.name
+                )
+            )
+            lines = ["name\tid\tsessions\tsamples\tstate"]
+            lines += [
+                f"{r[0]}\t{r[1]}\t{r[2]}\t{r[3]}\t{'erasing' if r[4] else 'active'}" for r in rows
+            ]
+            return lines
+    finally:
+        await db.dispose()
+
+
+@users_app.command("erase")
+def users_erase(name: str) -> None:
+    """Erase the user NAME: its tokens are refused at once, then every row and Redis key of it
+    is purged (resumes an erasure that was cut short)."""
+    from vitalcast.db.migrate import upgrade_if_behind
+    from vitalcast.observability import configure_logging
+
+    settings = Settings()
+    configure_logging("warning")
+    upgrade_if_behind(settings.resolved_database_url)
+    rows = asyncio.run(_users_erase(settings, name))
+    if rows is None:
+        typer.echo(f"no user named {name!r}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"erased {name}: {rows} rows")
+
+
+async def _users_erase(settings: Settings, name: str) -> int | None:
+    import sqlalchemy as sa
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from vitalcast.db.tables import users
+    from vitalcast.lifecycle.erasure import Progress as PurgeProgress
+    from vitalcast.wiring import build_erasure
+
+    db, erasure = build_erasure(settings)
+    try:
+        async with db.read() as conn:
+            user_id = await conn.scalar(sa.select(users.c.id).where(users.c.name == name))
+        if user_id is None:
+            return None
+        await erasure.request(str(user_id))
+        with Progress(
+            TextColumn("[bold]erasing {task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("rows"),
+            console=Console(stderr=True),
+            disable=not sys.stderr.isatty(),
+            transient=True,
+        ) as bar:
+            task = bar.add_task(name, total=None)
+
+            def show(progress: PurgeProgress) -> None:
+                bar.update(task, completed=progress.purged, total=progress.total)
+
+            return await erasure.purge(str(user_id), on_progress=show)
+    finally:
+        await db.dispose()
 
 
 def main() -> None:

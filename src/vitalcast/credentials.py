@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from vitalcast.db.tables import users
+from vitalcast.db.tables import erasures, users
 
 #: user names are at most this long (``users.name``)
 NAME_MAX = 200
@@ -25,11 +25,19 @@ class LocalUser:
     tokens_valid_after_ms: int | None
 
 
+def _not_erasing() -> sa.ColumnElement[bool]:
+    """An account being erased holds no credentials, from the erasure's request on."""
+    return ~sa.exists().where(erasures.c.user_id == users.c.id)
+
+
 async def local_user(conn: AsyncConnection, user_id: str) -> LocalUser | None:
-    """The user ``user_id`` and when its local tokens became valid, or None when absent."""
+    """The user ``user_id`` and when its local tokens became valid, or None when absent (or
+    being erased)."""
     row = (
         await conn.execute(
-            sa.select(users.c.id, users.c.tokens_valid_after_ms).where(users.c.id == user_id)
+            sa.select(users.c.id, users.c.tokens_valid_after_ms).where(
+                users.c.id == user_id, _not_erasing()
+            )
         )
     ).first()
     return None if row is None else LocalUser(row.id, row.tokens_valid_after_ms)
@@ -62,7 +70,9 @@ def oidc_user_name(subject: str) -> str:
 
 
 async def oidc_user_id(conn: AsyncConnection, subject: str) -> str | None:
-    return await conn.scalar(sa.select(users.c.id).where(users.c.oidc_subject == subject))
+    return await conn.scalar(
+        sa.select(users.c.id).where(users.c.oidc_subject == subject, _not_erasing())
+    )
 
 
 async def create_oidc_user(conn: AsyncConnection, subject: str, *, now_ms: int) -> str | None:

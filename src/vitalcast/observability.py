@@ -130,6 +130,15 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=r,
         )
+        self.compute_stage_seconds = Histogram(
+            "vitalcast_compute_stage_seconds",
+            "Where a saved compute's time went: taking the lease, reading the view and the "
+            "change log (read), the GROUP BY and merge (aggregate), assembling and packing the "
+            "payload (assemble), the save, and the push to the session's room.",
+            ["stage"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
+            registry=r,
+        )
         self.live_ticks = Counter(
             "vitalcast_live_ticks",
             "Looks at a subscribed live view at a bucket boundary: scheduled (a live_tick "

@@ -153,12 +153,24 @@ class Settings(BaseSettings):
         description="How long a webhook delivery is retried, and how long an endpoint may fail "
         "before it is disabled (24 h).",
     )
+    rate_limit_sessions: str = Field(
+        "120/minute", description="Per-user session creation limit (limits notation)."
+    )
     database_pool_timeout_s: float = Field(
         10.0,
         gt=0,
         le=120,
         description="How long a request waits for a pooled database connection before it is "
         "answered 503 with Retry-After.",
+    )
+    raw_retention_days: int | None = Field(
+        None,
+        ge=1,
+        description="Raw samples older than this many days are purged daily (views of the "
+        "sessions they belonged to are archived first); unset = kept forever.",
+    )
+    erasure_batch_rows: int = Field(
+        5_000, ge=1, le=100_000, description="Rows an erasure purge deletes per transaction."
     )
 
     @property
@@ -180,7 +192,7 @@ class Settings(BaseSettings):
         path = self.data_dir / "secret"
         if path.exists():
             return path.read_text().strip()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         value = secrets.token_urlsafe(48)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:

@@ -33,13 +33,26 @@ from vitalcast.auth import Authenticator
 from vitalcast.clock import Clock, SystemClock
 from vitalcast.db.engine import Database, create_engine
 from vitalcast.ingest.service import IngestService
+from vitalcast.lifecycle.erasure import ErasureService, InProcessErasures, Revoke, redis_scope
+from vitalcast.lifecycle.erasure_queue import QueuedErasures
+from vitalcast.lifecycle.export import AccountExport
+from vitalcast.lifecycle.retention import DailyRetention, RetentionService
+from vitalcast.lifecycle.samples import SampleDeletionService
 from vitalcast.observability import Metrics
 from vitalcast.oidc import OidcVerifier
 from vitalcast.queue.service import SessionTelemetryQueueService
+from vitalcast.queue.webhooks import WebhookQueue
 from vitalcast.ratelimit import RateLimiter
 from vitalcast.realtime.broadcaster import WebSocketBroadcaster, socketio_server
 from vitalcast.realtime.subscriptions import SubscriptionRegistry
-from vitalcast.revocations import RevocationBus, RevocationPoll, channel_of
+from vitalcast.revocations import (
+    Revocation,
+    RevocationBus,
+    RevocationKind,
+    RevocationPoll,
+    channel_of,
+    publish_once,
+)
 from vitalcast.sessions.changes import NO_LISTENER, ChangeFanout, ChangeListener
 from vitalcast.sessions.service import SessionService
 from vitalcast.settings import Settings
@@ -116,11 +129,22 @@ class ServerParts:
     revocation_poll: RevocationPoll
     #: reads through shares, written once a second for their owners
     share_access: ShareAccessLog
+    #: POST /api/v1/samples/delete
+    sample_deletion: SampleDeletionService
+    #: GET /api/v1/me/export
+    export: AccountExport
+    #: DELETE /api/v1/me: records erasures; ``erasures`` runs their purges
+    erasure: ErasureService
+    erasures: InProcessErasures | QueuedErasures
+    #: the daily raw-sample purge (None: VITALCAST_RAW_RETENTION_DAYS unset)
+    retention: DailyRetention | None
     #: the owner's webhook endpoints, and the sender of their deliveries
     webhooks: WebhookService
     dispatcher: WebhookDispatcher
     #: announces alert episodes (a post-save hook of ``computer``) and replays missed ones
     alerts: AlertService
+    #: scaled out: webhook deliveries as BullMQ jobs (the dispatcher only sweeps for lost ones)
+    webhook_jobs: WebhookQueue | None
     #: the state and the missed update a Socket.IO subscribe asks for
     subscribe: SubscribeSupport
 
@@ -131,6 +155,11 @@ class ServerParts:
         await self.revocation_poll.start()
         await self.share_access.start()
         await self.dispatcher.start()
+        # A purge cut by a crash or a restart resumes.
+        if await self.erasure.pending():
+            await self.erasures.dispatch()
+        if self.retention is not None:
+            await self.retention.start()
 
     async def refresh_metrics(self) -> None:
         """Update the gauges that are read rather than counted (before /metrics renders)."""
@@ -142,7 +171,12 @@ class ServerParts:
     async def close(self) -> None:
         """Stop computing and release every connection (the realtime server closes first)."""
         await self.dispatcher.stop()
+        if self.webhook_jobs is not None:
+            await self.webhook_jobs.close()
         await self.ticker.stop()
+        await self.erasures.stop()
+        if self.retention is not None:
+            await self.retention.stop()
         await self.share_access.close()
         await self.revocation_poll.close()
         await self.authenticator.close()
@@ -165,8 +199,14 @@ class WorkerParts:
     metrics: Metrics
     broadcaster: WebSocketBroadcaster
     computer: TelemetryComputer
+    #: runs the erasure purges the servers queue
+    erasure: ErasureService
+    #: sends the webhook deliveries whose jobs this worker takes (``queue.webhooks``)
+    dispatcher: WebhookDispatcher
+    webhook_jobs: WebhookQueue
 
     async def close(self) -> None:
+        await self.webhook_jobs.close()
         await self.broadcaster.close()
         await self.db.dispose()
 
@@ -286,9 +326,14 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
     changes = ChangeFanout(triggers, broadcaster)
     secret = settings.resolved_secret()
     authenticator = _authenticator(settings, db, clock, secret)
+    erasure = _erasure(settings, db, clock, authenticator)
+    in_process = InProcessErasures(erasure)
     resolver = seams.resolver or system_resolver
-    dispatcher = _dispatcher(settings, db, clock, metrics, resolver)
-    alerts = AlertService(db, clock, metrics, broadcaster, wake_webhooks=dispatcher.wake)
+    webhook_jobs = WebhookQueue(settings) if settings.redis_url else None
+    dispatcher = _dispatcher(settings, db, clock, metrics, resolver, webhook_jobs)
+    alerts = AlertService(
+        db, clock, metrics, broadcaster, deliveries_committed=dispatcher.committed
+    )
     hooks.register(alerts)
     reader = open_reader(settings.resolved_database_url)
     return ServerParts(
@@ -317,9 +362,18 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
         ),
         triggers=triggers,
         ticker=LiveTicker(db, clock, subscriptions, scheduler, metrics),
-        sessions=SessionService(db, clock, changes),
+        sessions=SessionService(db, clock, changes, deletions=broadcaster),
         ingest=IngestService(db, clock, metrics, changes),
         limiter=RateLimiter.from_settings(settings),
+        sample_deletion=SampleDeletionService(db, clock, changes),
+        export=AccountExport(db, clock, window_minutes=settings.default_window_minutes),
+        erasure=erasure,
+        erasures=QueuedErasures(settings, in_process) if settings.redis_url else in_process,
+        retention=(
+            DailyRetention(retention_service(settings, db, clock))
+            if settings.raw_retention_days
+            else None
+        ),
         revocation_poll=RevocationPoll(
             db, authenticator.revocations, interval_ms=settings.revocation_poll_ms
         ),
@@ -329,9 +383,58 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
         ),
         dispatcher=dispatcher,
         alerts=alerts,
+        webhook_jobs=webhook_jobs,
         subscribe=SubscribeSupport(
             db, clock, reader, default_window_minutes=settings.default_window_minutes
         ),
+    )
+
+
+def _publisher(settings: Settings, clock: Clock) -> Revoke:
+    """``revoke_user`` of a process that is no server (worker, CLI): published through Redis
+    when scaled out; embedded, the server's poll of ``users.tokens_valid_after_ms`` (which the
+    erasure moves) finds it."""
+
+    async def revoke(user_id: str) -> None:
+        if settings.redis_url:
+            revocation = Revocation(RevocationKind.USER, user_id, clock.now_ms())
+            await publish_once(
+                settings.redis_url, channel_of(settings.socketio_channel), revocation
+            )
+
+    return revoke
+
+
+def retention_service(settings: Settings, db: Database, clock: Clock) -> RetentionService:
+    """The raw-sample retention of ``settings`` (``vitalcast retention run`` and the daily one)."""
+    if not settings.raw_retention_days:
+        raise ValueError("VITALCAST_RAW_RETENTION_DAYS is not set")
+    return RetentionService(db, clock, days=settings.raw_retention_days)
+
+
+def build_retention(settings: Settings) -> tuple[Database, RetentionService]:
+    """The database and retention service of ``vitalcast retention run``."""
+    db = _database(settings)
+    return db, retention_service(settings, db, SystemClock())
+
+
+def _erasure(
+    settings: Settings, db: Database, clock: Clock, authenticator: Authenticator | None
+) -> ErasureService:
+    """The erasure service of a process; one that is no server revokes through Redis."""
+    revoke: Revoke = (
+        authenticator.revoke_user if authenticator is not None else _publisher(settings, clock)
+    )
+    return ErasureService(
+        db,
+        clock,
+        revoke=revoke,
+        redis=redis_scope(
+            settings.redis_url,
+            [settings.rate_limit_prefix, settings.queue_prefix],
+            settings.queue_prefix,
+        ),
+        batch_rows=settings.erasure_batch_rows,
     )
 
 
@@ -359,7 +462,12 @@ def _authenticator(settings: Settings, db: Database, clock: Clock, secret: str) 
 
 
 def _dispatcher(
-    settings: Settings, db: Database, clock: Clock, metrics: Metrics, resolver: Resolver
+    settings: Settings,
+    db: Database,
+    clock: Clock,
+    metrics: Metrics,
+    resolver: Resolver,
+    jobs: WebhookQueue | None,
 ) -> WebhookDispatcher:
     sender = WebhookSender(
         allow_private=settings.webhook_allow_private,
@@ -376,6 +484,7 @@ def _dispatcher(
         retry_window_ms=settings.webhook_retry_window_ms,
         # an attempt ends within twice the timeout; the claim outlives it with room to record
         claim_ms=int(settings.webhook_timeout_s * 2_000) + 10_000,
+        jobs=jobs,
     )
 
 
@@ -392,9 +501,24 @@ def build_worker(settings: Settings, seams: Seams = NO_SEAMS) -> WorkerParts:
     computer = _computer(
         settings, db, clock, metrics, broadcaster, seams, lease_ms=lease_ms, hooks=hooks
     )
-    # The servers' webhook dispatchers pick up the deliveries this worker's alerts commit.
-    hooks.register(AlertService(db, clock, metrics, broadcaster))
-    return WorkerParts(settings, db, clock, metrics, broadcaster, computer)
+    webhook_jobs = WebhookQueue(settings)
+    dispatcher = _dispatcher(
+        settings, db, clock, metrics, seams.resolver or system_resolver, webhook_jobs
+    )
+    hooks.register(
+        AlertService(db, clock, metrics, broadcaster, deliveries_committed=dispatcher.committed)
+    )
+    erasure = _erasure(settings, db, clock, None)
+    return WorkerParts(
+        settings, db, clock, metrics, broadcaster, computer, erasure, dispatcher, webhook_jobs
+    )
+
+
+def build_erasure(settings: Settings) -> tuple[Database, ErasureService]:
+    """The database and erasure service of ``vitalcast users erase`` (revokes through Redis
+    when scaled out; an embedded server forgets the user when its token cache misses)."""
+    db = _database(settings)
+    return db, _erasure(settings, db, SystemClock(), None)
 
 
 def build_importer(settings: Settings, seams: Seams = NO_SEAMS) -> ImporterParts:

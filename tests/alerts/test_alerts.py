@@ -183,3 +183,25 @@ async def test_an_alert_reaches_the_owners_webhook_signed(
     finally:
         await receiver.stop()
         await stranger.stop()
+
+
+async def test_a_share_of_the_session_hears_its_alerts(
+    live: LiveServer, users: Any, socket_client: ClientFactory
+) -> None:
+    """A caregiver subscribed through a share token receives the session's session.alert,
+    the same event as the owner."""
+    _user, token = await users.create()
+    async with httpx.AsyncClient(base_url=live.url) as http:
+        session = await live_session(http, token)
+        shared = await http.post(
+            f"/api/v1/sessions/{session['id']}/shares",
+            json={"expires_in_minutes": 30},
+            headers=bearer(token),
+        )
+        assert shared.status_code == 201, shared.text
+        owner = await socket_client(live.url, token)
+        caregiver = await socket_client(live.url, shared.json()["token"])
+        for client in (owner, caregiver):
+            assert (await client.call("subscribe", {"session_id": session["id"]}))["ok"]
+        await ingest(http, token, [heart_rate("s", 4, 112)])
+        assert await caregiver.next("session.alert") == await owner.next("session.alert")

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from bullmq import Job, Queue
 
 from tests.accounts import new_user
 from tests.alerts.helpers import bearer, heart_rate, ingest, live_session, wait_view
@@ -31,6 +32,7 @@ from tests.queue.conftest import delete_prefix
 from tests.queue.helpers import START_TIMEOUT_S, STOP_TIMEOUT_S, worker_subprocess
 from tests.realtime.conftest import ClientFactory, SocketClient
 from tests.webhooks.receiver import Receiver
+from vitalcast.redis_connections import blocking_options
 
 pytestmark = pytest.mark.slow
 
@@ -175,6 +177,10 @@ async def test_one_episode_on_two_servers_and_two_workers_across_a_restart(
     first = next(d for d in deliveries if d["id"] == elevated)
     assert [x["outcome"] for x in first["attempts"]][-1] == "delivered"
     assert len(first["attempts"]) >= 2, "the first alert was sent while the receiver was down"
+    # scaled out, webhooks are BullMQ jobs that the workers send; the servers only sweep
+    logs = await asyncio.to_thread(lambda: {p.name: p.read_text() for p in tmp_path.glob("*.log")})
+    sent_by = {name for name, text in logs.items() if "webhook_attempt" in text}
+    assert sent_by and all(name.startswith("w") for name in sent_by), sent_by
     assert user_id
 
 
@@ -227,3 +233,81 @@ async def test_deliveries_pending_at_a_sigkill_are_sent_after_the_restart(
     assert receiver.unverified == 0
     assert items[0]["status"] == "delivered"
     assert receiver.received[0].body["data"]["rule"] == ">=111"
+
+
+async def test_scaled_out_deliveries_pending_at_a_sigkill_are_sent_after_the_restart(
+    pg_database_url: str | None, tmp_path: Path, socket_client: ClientFactory
+) -> None:
+    """Scaled out (PostgreSQL, Redis): the alert's delivery is a BullMQ job whose attempts fail
+    while the receiver is down; the server and the worker are SIGKILLed; started again with the
+    receiver up, the job (still in Redis, delayed) is sent under the same webhook-id."""
+    if pg_database_url is None:
+        service_missing("PostgreSQL")
+    assert pg_database_url is not None
+    if not redis_answers(REDIS_URL):
+        service_missing("Redis")
+    prefix = f"vt{uuid.uuid4().hex[:10]}"
+    env = vitalcast_env(
+        tmp_path / "data",
+        database_url=pg_database_url,
+        redis_url=REDIS_URL,
+        queue_prefix=prefix,
+        socketio_channel=f"{prefix}-sio",
+        **WEBHOOKS,
+    )
+    receiver = Receiver(port=free_port())
+    _user_id, token = await new_user(pg_database_url)
+    try:
+        with (
+            one_server(env, tmp_path / "first.log") as server,
+            worker_subprocess(env, tmp_path / "w-first.log") as worker,
+        ):
+            async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+                created = await http.post(
+                    "/api/v1/webhooks",
+                    json={"url": receiver.url, "events": ["session.alert"]},
+                    headers=bearer(token),
+                )
+                receiver.secret = created.json()["secret"]
+                endpoint = f"/api/v1/webhooks/{created.json()['id']}/deliveries"
+                session = await live_session(http, token)
+                client = await socket_client(server.url, token)
+                await subscribe(client, session["id"])
+                await ingest(http, token, [heart_rate("x", 5, 115)])
+                await client.next("session.alert", 60)
+                for _ in range(600):
+                    items = (await http.get(endpoint, headers=bearer(token))).json()["items"]
+                    if items and len(items[0]["attempts"]) >= 2:
+                        break
+                    await asyncio.sleep(0.05)
+                assert items[0]["status"] == "pending"
+                pending_id = items[0]["id"]
+            for child in (worker, server):
+                child.process.send_signal(signal.SIGKILL)
+                child.process.wait(10)
+        queue = Queue(
+            "webhook-deliveries", {"connection": blocking_options(REDIS_URL), "prefix": prefix}
+        )
+        try:
+            job = await Job.fromId(queue, pending_id)
+        finally:
+            await queue.close()
+        assert job is not None and job.data == {"delivery_id": pending_id}
+        await receiver.start()
+        with (
+            one_server(env, tmp_path / "second.log") as server,
+            worker_subprocess(env, tmp_path / "w-second.log"),
+        ):
+            await receiver.wait_for(1, timeout_s=60)
+            async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+                for _ in range(600):
+                    items = (await http.get(endpoint, headers=bearer(token))).json()["items"]
+                    if items[0]["status"] == "delivered":
+                        break
+                    await asyncio.sleep(0.05)
+    finally:
+        await receiver.stop()
+        in_thread(asyncio.run, delete_prefix(REDIS_URL, prefix))
+    assert [r.msg_id for r in receiver.received] == [pending_id]
+    assert receiver.unverified == 0
+    assert items[0]["status"] == "delivered"

@@ -21,6 +21,7 @@ from tests.conftest import TEST_SECRET
 from tests.ingest.helpers import MINUTE_MS, hr, iso, now_ms
 from tests.processes import serve_subprocess, vitalcast_env
 from vitalcast.auth import issue_token
+from vitalcast.testing import user_with_token
 
 OWNER, OTHER, NONE, EXPIRED, FORGED = "owner", "other", "no token", "expired", "forged"
 UNKNOWN = "unknown user"
@@ -90,6 +91,15 @@ HTTP_MATRIX: dict[str, dict[str, tuple[int, str | None]]] = {
         OWNER: (200, None),
         OTHER: (404, "SHARE_NOT_FOUND"),
     },
+    # the caller's own samples, whoever calls
+    "POST /api/v1/samples/delete": {OWNER: (200, None), OTHER: (200, None)},
+    "DELETE /api/v1/sessions/{session_id}": {
+        OWNER: (204, None),
+        OTHER: (404, "SESSION_NOT_FOUND"),
+    },
+    # the caller's own account, whoever calls (erasure: a user of its own, see ``_call``)
+    "GET /api/v1/me/export": {OWNER: (200, None), OTHER: (200, None)},
+    "DELETE /api/v1/me": {OWNER: (202, None), OTHER: (202, None)},
     "POST /api/v1/webhooks": {OWNER: (201, None), OTHER: (201, None)},
     "GET /api/v1/webhooks": {OWNER: (200, None), OTHER: (200, None)},
     "DELETE /api/v1/webhooks/{endpoint_id}": {
@@ -143,6 +153,7 @@ class World:
     owner_sessions: set[str] = field(default_factory=set)
     #: a share of ``shared_session`` that stays live (the owner's DELETE gets its own)
     share_id: str | None = None
+    database_url: str = ""
 
     def headers(self, who: str) -> dict[str, str]:
         token = self.tokens[who]
@@ -202,8 +213,8 @@ async def _call(client: httpx.AsyncClient, world: World, route: str, who: str) -
     method, path = route.split(" ", 1)
     if world.shared_session is None:
         world.shared_session = await _owner_session(client, world)
-    # The owner's end and cancel change their session: give each its own.
-    changes = who == OWNER and route.endswith(("/end", "/cancel"))
+    # The owner's end, cancel and delete change their session: give each its own.
+    changes = who == OWNER and (route.endswith(("/end", "/cancel")) or method == "DELETE")
     session_id = await _owner_session(client, world) if changes else world.shared_session
     url = path.replace("{session_id}", session_id)
     if "{share_id}" in path:
@@ -220,13 +231,22 @@ async def _call(client: httpx.AsyncClient, world: World, route: str, who: str) -
     body: Any = None
     if route == "POST /api/v1/samples":
         body = {"samples": [hr(f"{who}-r", now_ms() - MINUTE_MS)]}
+    elif route == "POST /api/v1/samples/delete":
+        # A stretch before the owner's sessions: it must not touch them, whoever calls.
+        body = {"from": iso(0), "to": iso(MINUTE_MS)}
     elif route == "POST /api/v1/sessions/{session_id}/shares":
         body = {"expires_in_minutes": 30}
     elif route == "POST /api/v1/webhooks":
         body = WEBHOOK
     elif method == "POST":
         body = {}
-    response = await client.request(method, url, json=body, headers=world.headers(who))
+    headers = world.headers(who)
+    if route == "DELETE /api/v1/me" and who in (OWNER, OTHER):
+        # An erasure needs the user's own token and ends that user: each valid principal
+        # erases a user of its own, and the owner's session must stay.
+        _fresh, token = await user_with_token(world.database_url, TEST_SECRET)
+        headers = {"Authorization": f"Bearer {token}"}
+    response = await client.request(method, url, json=body, headers=headers)
     if who != OWNER:
         # Nothing another caller did may have touched the owner's session.
         mine = await client.get(f"/api/v1/sessions/{session_id}", headers=world.headers(OWNER))
@@ -242,11 +262,11 @@ async def _call(client: httpx.AsyncClient, world: World, route: str, who: str) -
     return response
 
 
-def _cell(response: httpx.Response) -> tuple[int, str | None]:
+def _cell(response: httpx.Response, route: str = "") -> tuple[int, str | None]:
     if response.status_code >= 400:
         assert response.headers["content-type"] == "application/problem+json"
         return response.status_code, response.json()["code"]
-    if response.status_code == 202:
+    if response.status_code == 202 and route != "DELETE /api/v1/me":
         return 200, None  # a cold telemetry view is "computing": served, not refused
     if response.status_code == 200 and response.headers.get("content-type", "").startswith(
         "text/csv"
@@ -295,7 +315,7 @@ async def test_authorization_matrix(database_url: str, users, tmp_path: Path) ->
     other_id, _ = await users.create("other")
     env = vitalcast_env(tmp_path / "data", log_level="warning", database_url=database_url)
     with serve_subprocess(env, tmp_path / "server.log") as server:
-        world = World(server.url, _tokens(owner_id, other_id))
+        world = World(server.url, _tokens(owner_id, other_id), database_url=database_url)
         async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
             await _share_tokens(client, world)
             schema = (await client.get("/openapi.json")).json()
@@ -315,7 +335,7 @@ async def test_authorization_matrix(database_url: str, users, tmp_path: Path) ->
                         expected[route][who] = (401, REFUSED[who])
                     else:
                         expected[route][who] = HTTP_MATRIX[route][who]
-                    actual[route][who] = _cell(await _call(client, world, route, who))
+                    actual[route][who] = _cell(await _call(client, world, route, who), route)
         socket_cells = await asyncio.wait_for(_socket_cells(world), 60)
     assert actual == expected
     assert socket_cells == SOCKET_MATRIX

@@ -40,6 +40,9 @@ CONFIG = """
 [dictionaries.sessions]
 values = [{ids}]
 
+[dictionaries.doomed]
+values = [{doomed}]
+
 [parameters]
 "path.session_id" = {{ dictionary = "sessions", probability = 0.8 }}
 
@@ -61,6 +64,25 @@ checks.positive_data_acceptance.expected-statuses = [200, 201, 422]
 include-name = "POST /api/v1/sessions/{{session_id}}/end"
 checks.positive_data_acceptance.expected-statuses = [200, 404, 409, 422]
 
+# Erasing runs with the token of a user of its own (the run's user must outlive it); once
+# erased, that token is refused.
+[[operations]]
+include-name = "DELETE /api/v1/me"
+headers = {{ Authorization = "Bearer {doomed_token}" }}
+checks.positive_data_acceptance.expected-statuses = [202, 401]
+
+# A range must not be empty (to after from) and may not end in the server's future.
+[[operations]]
+include-name = "POST /api/v1/samples/delete"
+checks.positive_data_acceptance.expected-statuses = [200, 422]
+
+# Deleting draws from sessions of its own (and the stranger's), so the other operations keep
+# theirs; a session deleted once is a 404 afterwards.
+[[operations]]
+include-name = "DELETE /api/v1/sessions/{{session_id}}"
+parameters = {{ "path.session_id" = {{ dictionary = "doomed", probability = 0.8 }} }}
+checks.positive_data_acceptance.expected-statuses = [204, 404]
+
 # A webhook URL must resolve to a public address when it is registered (DNS, SSRF rules).
 [[operations]]
 include-name = "POST /api/v1/webhooks"
@@ -74,14 +96,15 @@ async def _users(url: str) -> list[str]:
         async with db.write() as conn:
             return [
                 await session_repository.get_or_create_user(conn, name, now_ms=0)
-                for name in ("fuzzer", "stranger")
+                for name in ("fuzzer", "stranger", "erased")
             ]
     finally:
         await db.dispose()
 
 
 def _seed(base: str, owner: dict[str, str], stranger: dict[str, str]) -> list[str]:
-    """The owner's sessions (live, ended with samples) and one of the stranger's."""
+    """The owner's sessions (live, ended with samples) and one of the stranger's; then three
+    more of the owner's for the deleting operations alone."""
     with httpx.Client(base_url=base, timeout=10) as client:
         t0 = now_ms() - 3 * 60 * MINUTE_MS
         ended = client.post("/api/v1/sessions", json={"started_at": iso(t0)}, headers=owner)
@@ -96,7 +119,10 @@ def _seed(base: str, owner: dict[str, str], stranger: dict[str, str]) -> list[st
         assert end.status_code == 200
         live_id = client.post("/api/v1/sessions", json={}, headers=owner).json()["id"]
         theirs = client.post("/api/v1/sessions", json={}, headers=stranger).json()["id"]
-    return [ended_id, live_id, theirs]
+        doomed = [
+            client.post("/api/v1/sessions", json={}, headers=owner).json()["id"] for _ in range(3)
+        ]
+    return [ended_id, live_id, theirs, *doomed]
 
 
 @pytest.fixture
@@ -178,8 +204,9 @@ def test_schemathesis_finds_no_server_error_and_only_problem_errors(fuzz_databas
     4xx a problem+json with a stable code, statuses/types/schemas as documented, nosniff on
     every answer, and another user's session never answered with anything but 404."""
     now_s = int(time.time())
-    owner_id, stranger_id = in_thread(asyncio.run, _users(fuzz_database))
+    owner_id, stranger_id, erased_id = in_thread(asyncio.run, _users(fuzz_database))
     token = issue_token(TEST_SECRET, owner_id, now_s=now_s, ttl_s=3600)
+    doomed_token = issue_token(TEST_SECRET, erased_id, now_s=now_s, ttl_s=3600)
     owner = {"Authorization": f"Bearer {token}"}
     stranger = {
         "Authorization": f"Bearer {issue_token(TEST_SECRET, stranger_id, now_s=now_s, ttl_s=3600)}"
@@ -188,9 +215,14 @@ def test_schemathesis_finds_no_server_error_and_only_problem_errors(fuzz_databas
         ids = _seed(server.url, owner, stranger)
         config = tmp_path / "schemathesis.toml"
         config.write_text(
-            CONFIG.format(ids=", ".join(f'"{i}"' for i in ids), rejections=REJECTIONS)
+            CONFIG.format(
+                ids=", ".join(f'"{i}"' for i in ids[:3]),
+                doomed=", ".join(f'"{i}"' for i in ids[2:]),
+                doomed_token=doomed_token,
+                rejections=REJECTIONS,
+            )
         )
-        run = _schemathesis(server.url, token, config, {"VITALCAST_FUZZ_STRANGER_SESSION": ids[-1]})
+        run = _schemathesis(server.url, token, config, {"VITALCAST_FUZZ_STRANGER_SESSION": ids[2]})
         server_log = server.log()
     _assert_every_operation_passed(run, server_log)
 
@@ -204,7 +236,14 @@ def test_schemathesis_with_an_unknown_users_token_gets_401_everywhere(fuzz_datab
     unknown = issue_token(TEST_SECRET, str(uuid.uuid4()), now_s=now_s, ttl_s=3600)
     with serve_subprocess(_fuzz_env(tmp_path, fuzz_database), tmp_path / "server.log") as server:
         config = tmp_path / "schemathesis.toml"
-        config.write_text(CONFIG.format(ids=f'"{uuid.uuid4()}"', rejections=REJECTIONS))
+        config.write_text(
+            CONFIG.format(
+                ids=f'"{uuid.uuid4()}"',
+                doomed=f'"{uuid.uuid4()}"',
+                doomed_token=unknown,
+                rejections=REJECTIONS,
+            )
+        )
         # An undeclared method is a 401 too, not the 405 that would tell a stranger the path
         # exists; and nothing is ever accepted.
         run = _schemathesis(

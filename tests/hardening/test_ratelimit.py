@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -204,3 +205,24 @@ async def test_unreachable_redis_falls_back_to_memory_and_recovers(tmp_path):
         assert limiter.backend == "memory"
     finally:
         await limiter.close()
+
+
+async def test_in_process_budget_starts_no_thread_per_request_and_keeps_its_window() -> None:
+    """The in-process counters decide the moving window as before (3 allowed, the 4th refused
+    with a retry time) and start no thread on the way (limits' stock memory storage starts a
+    timer thread after requests)."""
+
+    limiter = RateLimiter(
+        {Scope.INGEST: "3/minute", Scope.TELEMETRY: "100/minute", Scope.SHARE: "100/minute"}
+    )
+    # the storage's first, one-off sweep timer has run out
+    await asyncio.sleep(0.05)
+    before = threading.active_count()
+    allowed = [(await limiter.hit(Scope.INGEST, "user-a")).allowed for _ in range(4)]
+    refused = await limiter.hit(Scope.INGEST, "user-a")
+    other = await limiter.hit(Scope.INGEST, "user-b")
+    assert allowed == [True, True, True, False]
+    assert refused.retry_after_s > 0
+    assert other.allowed
+    assert threading.active_count() == before
+    await limiter.close()

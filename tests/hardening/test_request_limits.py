@@ -87,7 +87,8 @@ def test_a_50_mb_body_to_every_route_is_refused_without_memory_growth(server, tm
     polling = RawPolling(running.url)
     with httpx.Client(base_url=running.url, timeout=60) as client:
         for method, path in targets:  # warm every route up with an empty body
-            client.request(method, path, headers=auth)
+            if (method, path) != ("DELETE", "/api/v1/me"):  # that would erase the user
+                client.request(method, path, headers=auth)
         polling.post(b"")
         before_kb = _peak_rss_kb(running.process.pid)
         answers: dict[str, int] = {}

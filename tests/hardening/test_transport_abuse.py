@@ -4,7 +4,9 @@ header is refused before it is buffered."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
 import socket
 import statistics
 import subprocess
@@ -14,7 +16,15 @@ from pathlib import Path
 
 import httpx
 
-from tests.processes import ServerProcess, serve_subprocess, vitalcast_env
+from tests.accounts import new_user
+from tests.processes import (
+    ServerProcess,
+    free_port,
+    serve_subprocess,
+    spawn,
+    vitalcast_env,
+    wait_healthy,
+)
 
 FLOOD_S = 3.0
 FLOODERS = 4
@@ -113,3 +123,34 @@ def test_a_1_mb_header_is_refused_before_it_is_buffered(tmp_path):
         assert b'"code":"HEADERS_TOO_LARGE"' in answer
     assert normal.status_code == 200
     assert grown < 20
+
+
+async def test_a_request_cut_at_shutdown_is_answered_and_logs_no_traceback(tmp_path):
+    """A request still in flight when the shutdown grace ends (here a POST whose body never
+    completes) used to log a CancelledError traceback: it is answered 503 SHUTTING_DOWN
+    with Retry-After, logged in one line, and the server exits as usual."""
+    data = tmp_path / "data"
+    env = vitalcast_env(data, log_level="info")
+    port = free_port()
+    args = ["serve", "--port", str(port), "--shutdown-grace", "1"]
+    with spawn(args, env, tmp_path / "server.log") as child:
+        server = ServerProcess(child.process, child.log_path, f"http://127.0.0.1:{port}")
+        wait_healthy(server)
+        _, token = await new_user(f"sqlite+aiosqlite:///{data / 'vitalcast.db'}", "cut")
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+            conn.sendall(
+                b"POST /api/v1/samples HTTP/1.1\r\nHost: x\r\n"
+                + f"Authorization: Bearer {token}\r\n".encode()
+                + b'Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{"samples": ['
+            )
+            await asyncio.sleep(0.5)
+            child.process.send_signal(signal.SIGTERM)
+            answer = b""
+            while chunk := conn.recv(65_536):
+                answer += chunk
+        child.process.wait(15)
+        log = child.log()
+    assert answer.startswith(b"HTTP/1.1 503 "), answer[:300]
+    assert b"SHUTTING_DOWN" in answer
+    assert "Traceback" not in log and "CancelledError" not in log, log[-3000:]
+    assert "request_cut_at_shutdown" in log

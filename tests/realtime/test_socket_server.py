@@ -345,3 +345,33 @@ async def test_socket_is_disconnected_when_its_token_expires(
         assert not expiring.sio.connected
         assert lasting.sio.connected
         assert await gauge_settles_at(live.url, 1)
+
+
+@sqlite_only
+async def test_a_room_event_is_encoded_once_and_reaches_every_subscriber(
+    live: LiveServer, users: Any, socket_client: ClientFactory
+) -> None:
+    """The server encodes session.updated once for its room, however many sockets are in it
+    (python-socketio's manager builds one packet per emit and Engine.IO caches its encoding),
+    and every socket of the room gets it."""
+    _owner, token = await users.create()
+    session = await create_session(live.url, token)
+    watchers = [await socket_client(live.url, token) for _ in range(6)]
+    for watcher in watchers:
+        assert (await watcher.call("subscribe", {"session_id": session["id"]}))["ok"] is True
+    sio = live.parts.sio
+    encoded: list[str] = []
+
+    class CountingPacket(sio.packet_class):  # type: ignore[name-defined,misc]
+        def encode(self) -> Any:
+            encoded.append(str(self.data[0] if self.data else ""))
+            return super().encode()
+
+    stock, sio.packet_class = sio.packet_class, CountingPacket
+    try:
+        broadcast_updated(live, session["id"], 7)
+        events = [await watcher.next("session.updated") for watcher in watchers]
+    finally:
+        sio.packet_class = stock
+    assert [e["source_watermark"] for e in events] == [7] * len(watchers)
+    assert encoded.count("session.updated") == 1

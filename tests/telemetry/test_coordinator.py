@@ -234,3 +234,31 @@ async def test_no_pending_slots_still_runs_when_a_slot_is_free():
     runner.release(key(0))
     await coordinator.wait_idle()
     assert runner.started == [key(0)]
+
+
+def user_key(user: str, n: int) -> TelemetryKey:
+    return TelemetryKey(f"{user}-session-{n}", 60, Resolution.ONE_MINUTE, user_id=user)
+
+
+async def test_one_users_flood_delays_another_users_view_by_one_compute_not_the_flood():
+    """The bound is fair per user: with 2 slots and 4 places, a user asking for 10 uncached
+    views holds both slots and every place; another user's view still takes a place (the
+    flooder's newest is shed) and starts at the next free slot, before the flooder's older
+    waiting computes. FIFO, it would have been shed, and queued behind all of them."""
+    runner = GatedRunner()
+    coordinator = BoundedComputeCoordinator(runner, max_concurrency=2, max_pending=4)
+    flood = [user_key("flooder", n) for n in range(10)]
+    admitted = [await coordinator.submit(k, watermark=1, reason=MISS) for k in flood]
+    assert admitted == [True] * 6 + [False] * 4
+    await runner.wait_for(lambda: len(runner.started) == 2)
+    other = user_key("other", 0)
+    assert await coordinator.submit(other, watermark=1, reason=MISS) is True
+    assert coordinator.stats.shed == 5
+    runner.release(flood[0])
+    await runner.wait_for(lambda: len(runner.started) == 3)
+    assert runner.started[2] == other
+    for k in [*flood, other]:
+        runner.release(k)
+    await asyncio.wait_for(coordinator.wait_idle(), 5)
+    assert runner.started[:3] == [flood[0], flood[1], other]
+    assert set(runner.started[3:]) == set(flood[2:5])

@@ -19,7 +19,7 @@ serialised by a lock, so two concurrent saves cannot both miss each other's slot
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 import orjson
 
@@ -60,9 +60,9 @@ def webhook_body(alert: Alert, now_ms: int) -> bytes:
 
 
 class AlertService:
-    """Announces alert episodes; registered as a post-save hook. ``wake_webhooks`` is called
-    after deliveries were committed (the server's dispatcher; a worker has none and the
-    servers' dispatchers find them within their poll)."""
+    """Announces alert episodes; registered as a post-save hook. ``deliveries_committed`` is
+    told the ids of the webhook deliveries each announcement committed (the dispatcher: it
+    sends them now when embedded, queues their jobs when scaled out)."""
 
     def __init__(
         self,
@@ -71,13 +71,13 @@ class AlertService:
         metrics: Metrics,
         listener: AlertListener,
         *,
-        wake_webhooks: Callable[[], None] | None = None,
+        deliveries_committed: Callable[[Sequence[str]], Awaitable[None]] | None = None,
     ) -> None:
         self._db = db
         self._clock = clock
         self._metrics = metrics
         self._listener = listener
-        self._wake_webhooks = wake_webhooks
+        self._deliveries_committed = deliveries_committed
         self._known: OrderedDict[str, Slots] = OrderedDict()
 
     async def __call__(self, saved: SavedView) -> None:
@@ -122,8 +122,8 @@ class AlertService:
                 source_watermark=alert.source_watermark,
             )
             await self._listener.session_alert(alert)
-        if deliveries and self._wake_webhooks is not None:
-            self._wake_webhooks()
+        if deliveries and self._deliveries_committed is not None:
+            await self._deliveries_committed(deliveries)
 
     @staticmethod
     def _candidates(

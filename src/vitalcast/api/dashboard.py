@@ -8,11 +8,15 @@ Socket.IO auth packet.
 
 from __future__ import annotations
 
+import os
+from os import PathLike
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.responses import Response
+from starlette.types import Scope
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
@@ -41,7 +45,24 @@ async def docs() -> FileResponse:
     return FileResponse(STATIC_DIR / "docs.html", headers=_PAGE_HEADERS)
 
 
+class _StaticFiles(StaticFiles):
+    """``/static``, where the pages are reachable too (``/static/index.html``): an HTML file
+    gets the pages' headers, so no URL serves them framable or without their CSP."""
+
+    def file_response(
+        self,
+        full_path: PathLike[str] | str,
+        stat_result: os.stat_result,
+        scope: Scope,
+        status_code: int = 200,
+    ) -> Response:
+        response = super().file_response(full_path, stat_result, scope, status_code)
+        if str(full_path).endswith((".html", ".htm")):
+            response.headers.update(_PAGE_HEADERS)
+        return response
+
+
 def install(app: FastAPI) -> None:
     """Serve the page at ``/`` and its files under ``/static``."""
     app.include_router(router)
-    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.mount("/static", _StaticFiles(directory=STATIC_DIR), name="static")

@@ -30,3 +30,5 @@ IngestRateLimit = _enforce(Scope.INGEST)
 """Spend one ingest request of the caller's budget or answer 429."""
 TelemetryRateLimit = _enforce(Scope.TELEMETRY)
 """Spend one telemetry read of the caller's budget or answer 429."""
+SessionsRateLimit = _enforce(Scope.SESSIONS)
+"""Spend one session creation of the caller's budget or answer 429."""

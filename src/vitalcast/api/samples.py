@@ -1,4 +1,5 @@
-"""POST /api/v1/samples: 200 when every sample was accepted, 207 with per-sample rejections."""
+"""POST /api/v1/samples: 200 when every sample was accepted, 207 with per-sample rejections;
+POST /api/v1/samples/delete: a time range of the caller's samples removed for good."""
 
 from __future__ import annotations
 
@@ -10,7 +11,13 @@ from fastapi import APIRouter, Request, Response
 from vitalcast.api.deps import CurrentUser, Parts
 from vitalcast.api.errors import problem_responses
 from vitalcast.api.ratelimits import IngestRateLimit
-from vitalcast.api.schemas import IngestRequest, inline_json_schema
+from vitalcast.api.schemas import (
+    IngestRequest,
+    SampleRangeDelete,
+    SampleRangeDeleted,
+    inline_json_schema,
+    to_ms,
+)
 from vitalcast.errors import InvalidInput
 
 router = APIRouter(prefix="/api/v1", tags=["samples"])
@@ -49,3 +56,20 @@ async def ingest_samples(request: Request, user: CurrentUser, parts: Parts) -> R
     body = _decode(await request.body())
     outcome = await parts.ingest.ingest(user.user_id, body)
     return Response(outcome.body, status_code=outcome.status_code, media_type="application/json")
+
+
+@router.post(
+    "/samples/delete",
+    dependencies=[IngestRateLimit],
+    response_model=SampleRangeDeleted,
+    responses=problem_responses(400, 401, 413, 422, 429, 503),
+)
+async def delete_samples(
+    body: SampleRangeDelete, user: CurrentUser, parts: Parts
+) -> SampleRangeDeleted:
+    """Remove the caller's samples starting in ``[from, to)`` (rows gone, not flagged) and move
+    the watermarks of the sessions whose windows held them, as an ingest does."""
+    done = await parts.sample_deletion.delete_range(
+        user.user_id, from_ms=to_ms(body.from_), to_ms=to_ms(body.to), metrics=body.metrics
+    )
+    return SampleRangeDeleted(deleted=done.deleted, change_seq=done.change_seq)

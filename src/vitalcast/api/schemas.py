@@ -115,6 +115,8 @@ class SessionOut(BaseModel):
     end_ms: int | None
     notes: str | None
     source_watermark: int
+    #: retention archived it: views served as kept, raw exports 410 RAW_EXPIRED
+    archived: bool = False
 
     @classmethod
     def of(cls, session: Session) -> SessionOut:
@@ -129,6 +131,7 @@ class SessionOut(BaseModel):
             end_ms=session.end_ms,
             notes=session.notes,
             source_watermark=session.source_watermark,
+            archived=session.archived_at_ms is not None,
         )
 
 
@@ -176,3 +179,20 @@ class InsightsPage(BaseModel):
     retry_after_seconds: int | None
     sessions: list[SessionInsightsOut] = Field(description="Newest first.")
     place: PlaceOut | None
+
+
+class SampleRangeDelete(StrictModel):
+    """Body of ``POST /samples/delete``: the caller's samples starting in ``[from, to)``."""
+
+    from_: Moment = Field(alias="from", description="Inclusive start (ISO 8601 with offset).")
+    to: Moment = Field(description="Exclusive end (ISO 8601 with offset), after ``from``.")
+    metrics: list[Annotated[str, Field(min_length=1, max_length=64, pattern=NO_NUL)]] | None = (
+        Field(None, min_length=1, max_length=64, description="Metric codes; omitted: all.")
+    )
+
+
+class SampleRangeDeleted(BaseModel):
+    """Rows removed and the caller's change_seq after the deletion."""
+
+    deleted: int
+    change_seq: int

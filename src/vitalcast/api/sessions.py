@@ -1,4 +1,4 @@
-"""/api/v1/sessions: create (idempotent on client_session_id), list, get, end, cancel."""
+"""/api/v1/sessions: create (idempotent on client_session_id), list, get, end, cancel, delete."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from fastapi import APIRouter, Body, Query, Response
 
 from vitalcast.api.deps import CurrentUser, Parts, SessionId
 from vitalcast.api.errors import problem_responses
+from vitalcast.api.ratelimits import SessionsRateLimit
 from vitalcast.api.schemas import SessionCreate, SessionEnd, SessionOut, SessionPage, to_ms
 from vitalcast.sessions.models import SessionStatus
 
@@ -24,9 +25,11 @@ _UNREADABLE_BODY = problem_responses(400)
     "",
     response_model=SessionOut,
     status_code=201,
+    dependencies=[SessionsRateLimit],
     responses={
         200: {"model": SessionOut, "description": "Created before (same client_session_id)."},
         **_UNREADABLE_BODY,
+        **problem_responses(429),
     },
 )
 async def create_session(
@@ -87,3 +90,11 @@ async def end_session(
 async def cancel_session(session_id: SessionId, user: CurrentUser, parts: Parts) -> SessionOut:
     session = await parts.sessions.cancel(user.user_id, session_id)
     return SessionOut.of(session)
+
+
+@router.delete("/{session_id}", status_code=204, response_class=Response, responses=_NOT_FOUND)
+async def delete_session(session_id: SessionId, user: CurrentUser, parts: Parts) -> Response:
+    """Delete the session, its views, history and change log; its samples stay (they belong to
+    the user's stream). Subscribers get ``session.status`` ``deleted`` and are unsubscribed."""
+    await parts.sessions.delete(user.user_id, session_id)
+    return Response(status_code=204)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from vitalcast.db.units import SqliteUnits, Unit, is_file_url
+
+T = TypeVar("T")
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 WRITE_OPTION = "vitalcast_write"
@@ -26,20 +32,36 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:  # Any: create_async_
     kwargs.setdefault("hide_parameters", True)
     parsed = sa.make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        from pathlib import Path
-
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            _private_sqlite_files(Path(parsed.database))
         engine = create_async_engine(
             url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **kwargs
         )
-        sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        sa.event.listen(engine.sync_engine, "begin", _sqlite_begin)
+        _configure_sqlite(engine)
         return engine
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 10)
     kwargs.setdefault("pool_pre_ping", True)
     return create_async_engine(url, **kwargs)
+
+
+def _private_sqlite_files(database: Path) -> None:
+    """Health data is for its owner's eyes: a folder created for the database is ``0700``, the
+    database file is created ``0600`` before SQLite opens it (SQLite gives its WAL and shared
+    memory files the database file's mode), and files an older version left readable to
+    everyone are narrowed to ``0600``. A folder that already existed keeps its mode: it may be
+    shared (``/tmp``)."""
+    database.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.close(os.open(database, os.O_CREAT | os.O_RDWR, 0o600))
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        path = database.with_name(database.name + suffix)
+        if path.exists() and path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    sa.event.listen(engine.sync_engine, "begin", _sqlite_begin)
 
 
 def _sqlite_pragmas(
@@ -74,6 +96,7 @@ class Database:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._writer = engine.execution_options(**{WRITE_OPTION: True})
+        self._units: SqliteUnits | None = None
 
     @property
     def sqlite(self) -> bool:
@@ -97,5 +120,29 @@ class Database:
                 await conn.execute(_ASYNC_COMMIT)
             yield conn
 
+    async def unit(self, unit: Unit[T], *, write: bool = False, derived: bool = False) -> T:
+        """``await unit(conn)`` in one transaction (``read()``, ``write()`` or, with
+        ``derived``, ``derived_write()``), committed when it returns. On a SQLite file the whole
+        unit runs on a database thread in one hop (``units``); elsewhere on this loop. A unit
+        only talks to its connection: it must not wait for anything of the caller's loop."""
+        url = self.engine.url
+        if self.sqlite and is_file_url(url):
+            if self._units is None:
+                self._units = SqliteUnits(
+                    url,
+                    configure=_configure_sqlite,
+                    write_option=WRITE_OPTION,
+                    busy_timeout_s=SQLITE_BUSY_TIMEOUT_MS / 1000,
+                )
+            return await self._units.run(unit, write=write or derived)
+        if derived:
+            async with self.derived_write() as conn:
+                return await unit(conn)
+        async with self.write() if write else self.read() as conn:
+            return await unit(conn)
+
     async def dispose(self) -> None:
+        if self._units is not None:
+            units, self._units = self._units, None
+            await units.close()
         await self.engine.dispose()

@@ -50,6 +50,8 @@ sessions = sa.Table(
     sa.Column("source_watermark", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("created_at_ms", sa.BigInteger, nullable=False),
     sa.Column("updated_at_ms", sa.BigInteger, nullable=False),
+    # Set by retention when raw samples its windows show expire: views kept as they are.
+    sa.Column("archived_at_ms", sa.BigInteger, nullable=True),
     sa.UniqueConstraint("user_id", "client_session_id"),
     sa.CheckConstraint("status in ('active', 'completed', 'cancelled')", name="status"),
     sa.CheckConstraint("end_ms is null or end_ms >= start_ms", name="end_after_start"),
@@ -262,4 +264,17 @@ webhook_attempts = sa.Table(
     sa.Column("outcome", sa.String(32), nullable=False),
     sa.Column("status_code", sa.Integer, nullable=True),
     sa.Column("duration_ms", sa.Integer, nullable=False),
+)
+
+# Accounts being erased (DELETE /api/v1/me, ``vitalcast users erase``): the row is the purge's
+# durable intent, so a purge cut by a crash resumes; while it exists every token of the user is
+# refused. It goes in the purge's last transaction, with the user's row. No foreign key: the
+# purge removes the user row it would point at.
+erasures = sa.Table(
+    "erasures",
+    metadata,
+    sa.Column("user_id", sa.String(36), primary_key=True),
+    sa.Column("requested_at_ms", sa.BigInteger, nullable=False),
+    # Rows removed so far (all tables), for progress.
+    sa.Column("rows_purged", sa.BigInteger, nullable=False, server_default="0"),
 )

@@ -10,12 +10,13 @@ import hashlib
 from dataclasses import dataclass
 
 import orjson
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vitalcast.clock import Clock
 from vitalcast.db.engine import Database
 from vitalcast.errors import Conflict, Unauthenticated
 from vitalcast.ingest import repository
-from vitalcast.ingest.validation import validate_batch
+from vitalcast.ingest.validation import ValidatedBatch, validate_batch
 from vitalcast.observability import Metrics, get_logger
 from vitalcast.sessions import repository as session_repository
 from vitalcast.sessions.changes import ChangeListener
@@ -55,58 +56,13 @@ class IngestService:
         now_ms = self._clock.now_ms()
         batch = validate_batch(body, now_ms=now_ms)
         fingerprint = body_fingerprint(body) if batch.request_id else ""
-        async with self._db.write() as conn:
-            seq = await session_repository.lock_user(conn, user_id)
-            if seq is None:
-                raise Unauthenticated("The token's user does not exist.", code="TOKEN_INVALID")
-            if batch.request_id is not None:
-                replay = await repository.find_replay(conn, user_id, batch.request_id)
-                if replay is not None:
-                    stored_hash, status, response = replay
-                    if stored_hash != fingerprint:
-                        raise Conflict(
-                            "This request_id was used with another body.",
-                            code="REQUEST_ID_REUSED",
-                        )
-                    log.info("ingest_replayed", user_id=user_id)
-                    return IngestOutcome(status, response, [])
-            written = await repository.write_samples(
-                conn, user_id, batch.samples, batch.deletions, change_seq=seq + 1
-            )
-            touched: list[Session] = []
-            if written.changed:
-                seq += 1
-                await repository.set_change_seq(conn, user_id, seq)
-                touched = await session_repository.bump_watermarks(
-                    conn,
-                    user_id,
-                    change_seq=seq,
-                    changed_times_ms=written.changed_times_ms,
-                    now_ms=now_ms,
-                )
-                if touched:
-                    await repository.mark_caches_stale(conn, [s.id for s in touched], now_ms)
-            status = 207 if batch.rejected else 200
-            response = orjson.dumps(
-                {
-                    "inserted": written.inserted,
-                    "updated": written.updated,
-                    "unchanged": written.unchanged,
-                    "deleted": written.deleted,
-                    "rejected": [r.as_dict() for r in batch.rejected],
-                    "change_seq": seq,
-                }
-            )
-            if batch.request_id is not None:
-                await repository.record_request(
-                    conn,
-                    user_id=user_id,
-                    request_id=batch.request_id,
-                    body_sha256=fingerprint,
-                    status_code=status,
-                    response=response,
-                    now_ms=now_ms,
-                )
+        applied = await self._db.unit(
+            lambda conn: self._apply(conn, user_id, batch, fingerprint, now_ms), write=True
+        )
+        if isinstance(applied, IngestOutcome):
+            log.info("ingest_replayed", user_id=user_id)
+            return applied
+        written, touched, seq, status, response = applied
         self._count(written, len(batch.rejected))
         # Routine, one per request: at debug, so a terminal stays readable at the default level.
         log.debug(
@@ -122,6 +78,69 @@ class IngestService:
         )
         await self._listener.sessions_changed(touched)
         return IngestOutcome(status, response, touched)
+
+    async def _apply(
+        self,
+        conn: AsyncConnection,
+        user_id: str,
+        batch: ValidatedBatch,
+        fingerprint: str,
+        now_ms: int,
+    ) -> IngestOutcome | tuple[repository.WriteResult, list[Session], int, int, bytes]:
+        """The transaction of one ingest (a unit: on SQLite it runs on a database thread in
+        one hop): the stored answer of a replayed request, or what was written, the sessions
+        touched, the new change_seq, the status and the encoded answer."""
+        seq = await session_repository.lock_user(conn, user_id)
+        if seq is None:
+            raise Unauthenticated("The token's user does not exist.", code="TOKEN_INVALID")
+        if batch.request_id is not None:
+            replay = await repository.find_replay(conn, user_id, batch.request_id)
+            if replay is not None:
+                stored_hash, status, response = replay
+                if stored_hash != fingerprint:
+                    raise Conflict(
+                        "This request_id was used with another body.",
+                        code="REQUEST_ID_REUSED",
+                    )
+                return IngestOutcome(status, response, [])
+        written = await repository.write_samples(
+            conn, user_id, batch.samples, batch.deletions, change_seq=seq + 1
+        )
+        touched: list[Session] = []
+        if written.changed:
+            seq += 1
+            await repository.set_change_seq(conn, user_id, seq)
+            touched = await session_repository.bump_watermarks(
+                conn,
+                user_id,
+                change_seq=seq,
+                changed_times_ms=written.changed_times_ms,
+                now_ms=now_ms,
+            )
+            if touched:
+                await repository.mark_caches_stale(conn, [s.id for s in touched], now_ms)
+        status = 207 if batch.rejected else 200
+        response = orjson.dumps(
+            {
+                "inserted": written.inserted,
+                "updated": written.updated,
+                "unchanged": written.unchanged,
+                "deleted": written.deleted,
+                "rejected": [r.as_dict() for r in batch.rejected],
+                "change_seq": seq,
+            }
+        )
+        if batch.request_id is not None:
+            await repository.record_request(
+                conn,
+                user_id=user_id,
+                request_id=batch.request_id,
+                body_sha256=fingerprint,
+                status_code=status,
+                response=response,
+                now_ms=now_ms,
+            )
+        return written, touched, seq, status, response
 
     def _count(self, written: repository.WriteResult, rejected: int) -> None:
         counter = self._metrics.ingest_samples

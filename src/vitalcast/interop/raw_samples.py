@@ -48,6 +48,16 @@ async def stream_samples(
 ) -> AsyncIterator[Sequence[Sample]]:
     """Partitions of the user's samples starting in ``window`` (what the telemetry compute
     aggregates), ordered by metric then time: the order of the (user, metric, start) index.
+    See ``stream_user_samples``."""
+    async for partition in stream_user_samples(db, user_id, window.start_ms, window.end_ms):
+        yield partition
+
+
+async def stream_user_samples(
+    db: Database, user_id: str, start_ms: int | None = None, end_ms: int | None = None
+) -> AsyncIterator[Sequence[Sample]]:
+    """Partitions of the user's samples starting in ``[start_ms, end_ms)`` (unbounded where
+    None), ordered by metric then time.
 
     Each partition is read in a transaction of its own (keyset pages: metric by metric, after
     the last (start, id) sent), never one held across the stream: an export is sent at the
@@ -58,7 +68,8 @@ async def stream_samples(
         after: tuple[int, int] | None = None
         while True:
             async with db.read() as conn:
-                rows = list(await conn.execute(_page(user_id, metric, window, after)))
+                page = _page(user_id, metric, start_ms, end_ms, after)
+                rows = list(await conn.execute(page))
             if not rows:
                 break
             yield [
@@ -73,16 +84,18 @@ async def stream_samples(
 
 
 def _page(
-    user_id: str, metric: str, window: TelemetryWindow, after: tuple[int, int] | None
+    user_id: str,
+    metric: str,
+    start_ms: int | None,
+    end_ms: int | None,
+    after: tuple[int, int] | None,
 ) -> sa.Select[tuple[object, ...]]:
     c = health_samples.c
-    conditions = [
-        c.user_id == user_id,
-        c.metric == metric,
-        c.start_ms >= window.start_ms,
-        c.start_ms < window.end_ms,
-        sa.not_(c.deleted),
-    ]
+    conditions = [c.user_id == user_id, c.metric == metric, sa.not_(c.deleted)]
+    if start_ms is not None:
+        conditions.append(c.start_ms >= start_ms)
+    if end_ms is not None:
+        conditions.append(c.start_ms < end_ms)
     if after is not None:
         # the range condition keeps the index scan narrow; the row comparison breaks ties
         conditions += [c.start_ms >= after[0], sa.tuple_(c.start_ms, c.id) > after]

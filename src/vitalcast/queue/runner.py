@@ -10,8 +10,10 @@ import signal
 
 from prometheus_client import start_http_server
 
+from vitalcast.lifecycle.erasure_queue import ErasureWorker
 from vitalcast.observability import get_logger
 from vitalcast.queue.handler import ComputeJobHandler
+from vitalcast.queue.webhooks import WebhookJobWorker
 from vitalcast.queue.worker import SHUTDOWN_GRACE_S, TelemetryWorker
 from vitalcast.settings import Settings
 from vitalcast.wiring import NO_SEAMS, Seams, build_worker
@@ -33,6 +35,10 @@ async def run_worker(
     worker = TelemetryWorker(
         settings, ComputeJobHandler(parts.computer, parts.clock), concurrency=concurrency
     )
+    erasures = ErasureWorker(settings, parts.erasure)
+    webhooks = WebhookJobWorker(
+        settings, parts.dispatcher, concurrency=settings.webhook_concurrency
+    )
     http = None
     if metrics_port is not None:
         http, _thread = start_http_server(
@@ -50,12 +56,16 @@ async def run_worker(
         await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if starting.done():
             starting.result()
+            await erasures.start()
+            await webhooks.start()
             await stopping
         else:
             starting.cancel()
             await asyncio.gather(starting, return_exceptions=True)
         log.info("worker_stopping")
     finally:
+        await erasures.stop()
+        await webhooks.stop()
         await worker.stop(grace_s=shutdown_grace_s)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)

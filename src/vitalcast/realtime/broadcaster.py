@@ -89,6 +89,11 @@ def session_status_event(session: Session) -> JsonObject:
     }
 
 
+def session_deleted_event(session: Session) -> JsonObject:
+    """The ``session.status`` envelope of a deleted session: the last event of its room."""
+    return session_status_event(session) | {"status": "deleted", "live": False}
+
+
 class Emitter(Protocol):
     """What the broadcaster emits through: an ``AsyncServer`` or a write-only pub/sub manager."""
 
@@ -100,6 +105,8 @@ class Emitter(Protocol):
         to: Any,  # Any: as above
         namespace: str,
     ) -> Any: ...  # Any: as above
+
+    async def close_room(self, room: str, namespace: str) -> Any: ...  # Any: as emit
 
 
 class BoundedRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
@@ -239,6 +246,19 @@ class WebSocketBroadcaster:
         cancelled (never raises)."""
         rooms = [session_room(session.id), user_room(session.user_id)]
         await self._emit(SESSION_STATUS, session_status_event(session), rooms, session.id)
+
+    async def session_deleted(self, session: Session) -> None:
+        """Tell the session's subscribers and its owner's sockets that it is gone, then empty
+        its room on every node, which ends every subscription to it (never raises)."""
+        rooms = [session_room(session.id), user_room(session.user_id)]
+        await self._emit(SESSION_STATUS, session_deleted_event(session), rooms, session.id)
+        try:
+            async with asyncio.timeout(EMIT_TIMEOUT_S):
+                await self._emitter.close_room(session_room(session.id), NAMESPACE)
+        except Exception as exc:
+            log.warning(
+                "realtime_close_room_failed", session_id=session.id, error=type(exc).__name__
+            )
 
     async def session_alert(self, alert: Alert) -> None:
         """Tell the session's subscribers (owner and shares) of a newly announced alert

@@ -32,6 +32,7 @@ from vitalcast.db.tables import session_changes
 MERGE_MS = MINUTE_MS
 
 c = session_changes.c
+_INSERT = sa.insert(session_changes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,21 +78,22 @@ def _unpack(blob: bytes | None) -> tuple[tuple[int, int], ...] | None:
 
 
 async def record(conn: AsyncConnection, entries: Sequence[LogEntry]) -> None:
-    """Write ``entries`` with one multi-row INSERT (an ingest writes one per touched session)."""
+    """Write ``entries`` (an ingest writes one per touched session)."""
     if not entries:
         return
+    # executemany of one cached statement: a multi-row VALUES is a new statement to build and
+    # compile for every ingest
     await conn.execute(
-        sa.insert(session_changes).values(
-            [
-                {
-                    "session_id": entry.session_id,
-                    "change_seq": entry.change_seq,
-                    "prev_seq": entry.prev_seq,
-                    "ranges": _pack(entry.ranges),
-                }
-                for entry in entries
-            ]
-        )
+        _INSERT,
+        [
+            {
+                "session_id": entry.session_id,
+                "change_seq": entry.change_seq,
+                "prev_seq": entry.prev_seq,
+                "ranges": _pack(entry.ranges),
+            }
+            for entry in entries
+        ],
     )
 
 

@@ -59,5 +59,21 @@ class ChangeFanout:
                 )
 
 
+class DeletionListener(Protocol):
+    """Told after a session's deletion committed; must not raise."""
+
+    async def session_deleted(self, session: Session) -> None:
+        """``session`` is gone: its subscribers are told and their subscriptions end."""
+        ...
+
+
+class _NoDeletionListener:
+    async def session_deleted(self, session: Session) -> None:
+        return None
+
+
+#: nobody hears about deletions (a process with no subscribers to tell)
+NO_DELETION_LISTENER: DeletionListener = _NoDeletionListener()
+
 #: a listener that hears nothing: for processes with no telemetry to refresh and no one to push to
 NO_LISTENER = ChangeFanout()

@@ -14,7 +14,9 @@ from dataclasses import replace
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from vitalcast.db.tables import sessions, users
+from vitalcast.db import cascade
+from vitalcast.db.tables import erasures, sessions, users
+from vitalcast.errors import Unauthenticated
 from vitalcast.sessions import changelog
 from vitalcast.sessions.models import WIDEST_PAD_MS, Session, SessionStatus
 
@@ -32,7 +34,11 @@ async def get_or_create_user(conn: AsyncConnection, name: str, *, now_ms: int) -
 
 
 async def user_exists(conn: AsyncConnection, user_id: str) -> bool:
-    return await conn.scalar(sa.select(users.c.id).where(users.c.id == user_id)) is not None
+    """True for a user that exists and is not being erased (an erasure refuses its tokens from
+    the moment it is requested, while its rows are purged in batches)."""
+    erasing = sa.exists().where(erasures.c.user_id == users.c.id)
+    query = sa.select(users.c.id).where(users.c.id == user_id, ~erasing)
+    return await conn.scalar(query) is not None
 
 
 async def next_change_seq(conn: AsyncConnection, user_id: str) -> int:
@@ -59,13 +65,15 @@ async def lock_user(conn: AsyncConnection, user_id: str) -> int | None:
     return seq
 
 
-async def get(conn: AsyncConnection, user_id: str, session_id: str) -> Session | None:
-    """The session if it exists and belongs to ``user_id``; None otherwise (no existence leak)."""
-    row = (
-        await conn.execute(
-            sa.select(sessions).where(sessions.c.id == session_id, sessions.c.user_id == user_id)
-        )
-    ).first()
+async def get(
+    conn: AsyncConnection, user_id: str, session_id: str, *, for_update: bool = False
+) -> Session | None:
+    """The session if it exists and belongs to ``user_id``; None otherwise (no existence leak).
+    ``for_update`` row-locks it (PostgreSQL) until the caller's transaction ends."""
+    query = sa.select(sessions).where(sessions.c.id == session_id, sessions.c.user_id == user_id)
+    if for_update:
+        query = query.with_for_update()
+    row = (await conn.execute(query)).first()
     return None if row is None else Session.from_row(row)
 
 
@@ -95,7 +103,10 @@ async def insert(
     # Under the user's lock, like an ingest: reading change_seq without it could take N while an
     # ingest that committed N+1 afterwards did not see this session to bump its watermark, and
     # a payload cached at N would then miss that ingest's samples for good.
-    watermark = await lock_user(conn, user_id) or 0
+    watermark = await lock_user(conn, user_id)
+    if watermark is None:
+        # Erased since its token was checked: refused like any token of a user that is gone.
+        raise Unauthenticated("The token's user does not exist.", code="TOKEN_INVALID")
     await conn.execute(
         sa.insert(sessions).values(
             id=session_id,
@@ -196,6 +207,8 @@ async def bump_watermarks(
         await conn.execute(
             sa.select(sessions).where(
                 sessions.c.user_id == user_id,
+                # Archived (retention): its views are kept as they are, never recomputed.
+                sessions.c.archived_at_ms.is_(None),
                 sessions.c.start_ms - WIDEST_PAD_MS <= hi,
                 sa.func.coalesce(sessions.c.end_ms, now_ms) + WIDEST_PAD_MS > lo,
             )
@@ -219,3 +232,12 @@ async def bump_watermarks(
         )
         await changelog.record(conn, entries)
     return [replace(s, source_watermark=change_seq) for s in touched]
+
+
+async def delete(conn: AsyncConnection, session: Session) -> None:
+    """Remove ``session`` and every row that refers to it (its views, their history and
+    partials, its change log, and whatever later tables point at a session), found from the
+    schema. The caller holds the user's lock and the session's row lock: an ingest cannot move
+    its watermark meanwhile, and a compute cannot insert a view row for it (PostgreSQL's foreign
+    key check waits for the lock, then finds the session gone)."""
+    await cascade.delete_tree(conn, sessions, sessions.c.id == session.id)

@@ -11,7 +11,7 @@ from vitalcast.clock import Clock
 from vitalcast.db.engine import Database
 from vitalcast.errors import Conflict, InvalidInput, NotFound
 from vitalcast.sessions import repository
-from vitalcast.sessions.changes import ChangeListener
+from vitalcast.sessions.changes import NO_DELETION_LISTENER, ChangeListener, DeletionListener
 from vitalcast.sessions.models import Session, SessionStatus
 
 
@@ -38,13 +38,21 @@ def _check_moment(field: str, moment_ms: int, *, now_ms: int) -> None:
 
 
 class SessionService:
-    """Creates, lists and closes sessions, and tells ``listener`` (after commit) when a session
-    started, ended or was cancelled."""
+    """Creates, lists, closes and deletes sessions, and tells ``listener`` (after commit) when a
+    session started, ended or was cancelled, ``deletions`` when one was deleted."""
 
-    def __init__(self, db: Database, clock: Clock, listener: ChangeListener) -> None:
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        listener: ChangeListener,
+        *,
+        deletions: DeletionListener = NO_DELETION_LISTENER,
+    ) -> None:
         self._db = db
         self._clock = clock
         self._listener = listener
+        self._deletions = deletions
 
     async def create(
         self,
@@ -99,6 +107,21 @@ class SessionService:
     async def cancel(self, user_id: str, session_id: str) -> Session:
         """Cancel the session (cancelling twice changes nothing and tells nobody)."""
         return await self._close(user_id, session_id, SessionStatus.CANCELLED, None)
+
+    async def delete(self, user_id: str, session_id: str) -> None:
+        """Remove the session with its views, history and change log; its samples stay (they
+        are the user's stream, not the session's). Someone else's session is not found."""
+        async with self._db.write() as conn:
+            # The user's lock first, as every watermark move takes it: an ingest of this user
+            # either committed before (and its watermark move is deleted with the session) or
+            # runs after and no longer finds the session.
+            if await repository.lock_user(conn, user_id) is None:
+                raise NotFound("Session not found.", code="SESSION_NOT_FOUND")
+            session = await repository.get(conn, user_id, session_id, for_update=True)
+            if session is None:
+                raise NotFound("Session not found.", code="SESSION_NOT_FOUND")
+            await repository.delete(conn, session)
+        await self._deletions.session_deleted(session)
 
     async def _close(
         self, user_id: str, session_id: str, status: SessionStatus, end_ms: int | None

@@ -22,6 +22,8 @@
 import {
   currentToken, forgetToken, hashParams, onTokenRefused, quiet, storeToken, takeToken, useToken,
 } from './api.js';
+import { installAccountExport } from './account.js';
+import { deleteSession } from './controls/delete-session.js';
 import { alertBanner } from './controls/alerts.js';
 import { exportCsv } from './controls/export-csv.js';
 import { shareControl } from './controls/shares.js';
@@ -33,7 +35,9 @@ import { FOLLOW_NOW_MS, POLL_WHILE_OFFLINE_MS, SESSION_CLOCK_MS } from './timing
 import { SessionView } from './view.js';
 
 /** The open session's controls, in the order they appear in their slot. */
-const SESSION_CONTROLS = [exportCsv, shareControl, alertBanner];
+const SESSION_CONTROLS = [
+  exportCsv, shareControl, alertBanner, deleteSession({ onDeleted: (id) => forgetSession(id) }),
+];
 /** A shared page's (shared.js): reads only. */
 const SHARED_CONTROLS = [exportCsv, alertBanner];
 
@@ -64,6 +68,10 @@ live.on('session.updated', (event) => {
   if (view && event.session_id === view.id) view.refresh();
 });
 live.on('session.status', (event) => {
+  if (event.status === 'deleted') {
+    forgetSession(event.session_id);
+    return;
+  }
   const known = sessions.applyStatus(event);
   const opened = view;
   if (known && opened && opened.id === event.session_id) {
@@ -125,6 +133,15 @@ function closeSession() {
   sessions.setCurrent(null);
 }
 
+/** A deleted session (here or in another tab): out of the list, and closed if open. */
+function forgetSession(id) {
+  sessions.remove(id);
+  if (view && view.id === id) {
+    history.replaceState(null, '', location.pathname + location.search);
+    closeSession();
+  }
+}
+
 // ---- signing in and out -----------------------------------------------------------------
 
 function signOut(reason) {
@@ -140,6 +157,8 @@ function signOut(reason) {
   $('placeholder').hidden = true;
   $('signin-reason').textContent = reason || '';
 }
+
+installAccountExport($('export-all'));
 
 /** A share link's page: that one session, live and read-only, labelled as shared. */
 function startShared(share) {

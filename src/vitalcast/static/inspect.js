@@ -36,6 +36,8 @@ export function installInspector(read) {
         updatesReceived: counts.get('updatesReceived') || 0,
         deltasApplied: counts.get('deltasApplied') || 0,
         exports: counts.get('exports') || 0,
+        accountExports: counts.get('accountExports') || 0,
+        sessionsDeleted: counts.get('sessionsDeleted') || 0,
         alertsShown: counts.get('alertsShown') || 0,
       };
     },

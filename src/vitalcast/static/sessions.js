@@ -65,6 +65,13 @@ export class SessionList {
     this.byId.set(session.id, session);
   }
 
+  /** A deleted session leaves the list. */
+  remove(id) {
+    if (!this.byId.delete(id)) return;
+    this.order = this.order.filter((known) => known !== id);
+    this.render();
+  }
+
   /** A session.status event: the known row takes it (returned), an unknown one reloads the list. */
   applyStatus(event) {
     const known = this.byId.get(event.session_id);

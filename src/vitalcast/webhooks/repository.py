@@ -22,7 +22,7 @@ from vitalcast.webhooks.models import (
 PENDING = DeliveryStatus.PENDING.value
 
 
-def _endpoint(row: Any) -> Endpoint:
+def _endpoint(row: Any) -> Endpoint:  # Any: a row of the endpoints table, read by column name
     return Endpoint(
         id=row.id,
         user_id=row.user_id,
@@ -36,7 +36,7 @@ def _endpoint(row: Any) -> Endpoint:
     )
 
 
-def _delivery(row: Any) -> Delivery:
+def _delivery(row: Any) -> Delivery:  # Any: a row of the deliveries table, read by column name
     return Delivery(
         id=row.id,
         endpoint_id=row.endpoint_id,
@@ -187,6 +187,63 @@ async def claim_due(
         .returning(*webhook_deliveries.c)
     )
     return sorted((_delivery(row) for row in rows), key=lambda x: x.next_attempt_ms)
+
+
+async def claim(
+    conn: AsyncConnection, delivery_id: str, *, now_ms: int, lease_ms: int
+) -> Delivery | None:
+    """Take ``delivery_id`` for ``lease_ms`` if it is pending and nobody holds it."""
+    d = webhook_deliveries.c
+    row = (
+        await conn.execute(
+            sa.update(webhook_deliveries)
+            .where(
+                d.id == delivery_id,
+                d.status == PENDING,
+                sa.or_(d.lease_until_ms.is_(None), d.lease_until_ms < now_ms),
+            )
+            .values(lease_until_ms=now_ms + lease_ms)
+            .returning(*webhook_deliveries.c)
+        )
+    ).first()
+    return None if row is None else _delivery(row)
+
+
+async def unclaim(conn: AsyncConnection, delivery_id: str) -> None:
+    await conn.execute(
+        sa.update(webhook_deliveries)
+        .where(webhook_deliveries.c.id == delivery_id)
+        .values(lease_until_ms=None)
+    )
+
+
+async def due_again_ms(conn: AsyncConnection, delivery_id: str) -> int | None:
+    """For a delivery someone else holds: when to look again (None: it needs nothing more)."""
+    d = webhook_deliveries.c
+    row = (
+        await conn.execute(
+            sa.select(d.status, d.next_attempt_ms, d.lease_until_ms).where(d.id == delivery_id)
+        )
+    ).first()
+    if row is None or row.status != PENDING:
+        return None
+    return int(max(row.next_attempt_ms, row.lease_until_ms or 0))
+
+
+async def overdue(conn: AsyncConnection, *, before_ms: int, limit: int) -> list[str]:
+    """Pending, unclaimed deliveries due before ``before_ms``."""
+    d = webhook_deliveries.c
+    rows = await conn.scalars(
+        sa.select(d.id)
+        .where(
+            d.status == PENDING,
+            d.next_attempt_ms < before_ms,
+            sa.or_(d.lease_until_ms.is_(None), d.lease_until_ms < before_ms),
+        )
+        .order_by(d.next_attempt_ms)
+        .limit(limit)
+    )
+    return [str(x) for x in rows]
 
 
 async def next_due_ms(conn: AsyncConnection) -> int | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Sequence
+from typing import Protocol
 
 from vitalcast.clock import Clock, iso_ms
 from vitalcast.db.engine import Database
@@ -32,11 +33,20 @@ from vitalcast.webhooks.sender import SendResult, WebhookSender
 
 log = get_logger(__name__)
 
+
+class DeliveryJobs(Protocol):
+    """Where committed deliveries go when scaled out (BullMQ jobs, ``queue.webhooks``)."""
+
+    async def add(self, delivery_ids: Sequence[str]) -> None: ...
+
+
 MAX_ENDPOINTS_PER_USER = 20
 #: the longest wait between two attempts of one delivery
 MAX_RETRY_DELAY_MS = 4 * 3_600_000
 #: how long registering an endpoint waits for DNS
 RESOLVE_TIMEOUT_S = 5.0
+#: scaled out: how often the servers look for pending deliveries whose job went missing
+SWEEP_MS = 30_000
 #: how often a dispatcher looks for due deliveries when nothing woke it (other servers' work)
 POLL_MS = 1_000
 
@@ -123,7 +133,9 @@ class WebhookDispatcher:
         retry_base_ms: int,
         retry_window_ms: int,
         claim_ms: int,
+        jobs: DeliveryJobs | None = None,
     ) -> None:
+        self._jobs = jobs
         self._db = db
         self._clock = clock
         self._metrics = metrics
@@ -143,6 +155,30 @@ class WebhookDispatcher:
     def wake(self) -> None:
         """New deliveries were committed: look now."""
         self._wake.set()
+
+    async def committed(self, delivery_ids: Sequence[str]) -> None:
+        """Deliveries were committed: queue their jobs (scaled out) or look now (embedded)."""
+        if self._jobs is not None:
+            await self._jobs.add(delivery_ids)
+        else:
+            self._wake.set()
+
+    async def attempt_one(self, delivery_id: str) -> int | None:
+        """One attempt of ``delivery_id`` if it is pending and due (a job's turn): None once it
+        needs no other (delivered, given up, gone), else when to try again."""
+        now_ms = self._clock.now_ms()
+        async with self._db.write() as conn:
+            delivery = await repository.claim(
+                conn, delivery_id, now_ms=now_ms, lease_ms=self._claim_ms
+            )
+            if delivery is None:
+                return await repository.due_again_ms(conn, delivery_id)
+        if delivery.next_attempt_ms > now_ms:
+            async with self._db.write() as conn:
+                await repository.unclaim(conn, delivery_id)
+            return delivery.next_attempt_ms
+        status, next_ms = await self._attempt(delivery)
+        return next_ms if status is DeliveryStatus.PENDING else None
 
     async def stop(self) -> None:
         """Stop sending; attempts in flight are cancelled and their claims lapse, so the next
@@ -167,6 +203,9 @@ class WebhookDispatcher:
         return min(failed_at_ms + delay, window_end)
 
     async def _run(self) -> None:
+        if self._jobs is not None:
+            await self._sweep()
+            return
         while True:
             self._wake.clear()
             free = self._concurrency - len(self._inflight)
@@ -197,6 +236,21 @@ class WebhookDispatcher:
                 async with asyncio.timeout(wait_ms / 1000):
                     await self._wake.wait()
 
+    async def _sweep(self) -> None:
+        """Scaled out: the workers send; this adds the job again of every pending delivery
+        that is overdue by more than a sweep (its job was lost, or never added)."""
+        while True:
+            await asyncio.sleep(SWEEP_MS / 1000)
+            try:
+                async with self._db.read() as conn:
+                    overdue = await repository.overdue(
+                        conn, before_ms=self._clock.now_ms() - SWEEP_MS, limit=1_000
+                    )
+                if overdue and self._jobs is not None:
+                    await self._jobs.add(overdue)
+            except Exception as exc:
+                log.warning("webhook_sweep_failed", error_type=type(exc).__name__)
+
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
         self._wake.set()
@@ -212,7 +266,7 @@ class WebhookDispatcher:
                 error_type=type(exc).__name__,
             )
 
-    async def _attempt(self, delivery: Delivery) -> None:
+    async def _attempt(self, delivery: Delivery) -> tuple[DeliveryStatus | None, int | None]:
         async with self._db.read() as conn:
             endpoint = await repository.get_endpoint(conn, delivery.endpoint_id)
         if endpoint is None or not endpoint.enabled:
@@ -235,7 +289,7 @@ class WebhookDispatcher:
                 next_attempt_ms=next_ms,
             )
             if status is None:
-                return
+                return None, None
             disabled = False
             if result.outcome.success:
                 await repository.endpoint_succeeded(conn, delivery.endpoint_id, now_ms=at_ms)
@@ -268,3 +322,4 @@ class WebhookDispatcher:
         )
         if disabled:
             log.warning("webhook_endpoint_disabled", endpoint_id=delivery.endpoint_id)
+        return status, next_ms

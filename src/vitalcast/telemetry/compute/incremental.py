@@ -24,12 +24,13 @@ nothing.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from functools import partial
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from vitalcast.json_types import JsonMapping
 from vitalcast.sessions.models import Session
 from vitalcast.telemetry.compute import changes, history
 from vitalcast.telemetry.compute import payload as packing
@@ -91,6 +92,7 @@ async def compute_view(
         remembered = memo.get(key, stored)
     previous = remembered.partials if remembered else _stored_partials(stored)
     known = remembered.series if remembered else {}
+    started = time.perf_counter()
     path, dirty = await plan(
         conn,
         session,
@@ -99,6 +101,7 @@ async def compute_view(
         previous,
         None if stored is None else stored.source_watermark,
     )
+    planned = time.perf_counter()
     if path is ComputePath.INCREMENTAL and previous is not None:
         ranges = query_ranges(dirty, window, bucket_ms)
         fresh = await aggregate_rows(conn, session.user_id, window, bucket_ms, ranges)
@@ -110,6 +113,7 @@ async def compute_view(
         merged = Merged(metrics, {}, replaced, rows)
         for code, metric in metrics.items():
             add_series(merged, code, metric.rows, window.start_ms, bucket_ms)
+    aggregated = time.perf_counter()
     assembled = assemble(session, key, window, merged.series, now_ms)
     digests = changes.part_digests(assembled.document, assembled.metrics)
 
@@ -143,9 +147,11 @@ async def compute_view(
     blob = encode(partials)
     saves = history.append(records, (record, history.encode_record(record)))
     history_blob = history.encode(encoded for _record, encoded in saves)
+    packed = packing.pack(assembled.document, assembled.metrics)
+    done = time.perf_counter()
     return ComputedTelemetry(
         state=CacheState.READY if assembled.metrics else CacheState.NO_DATA,
-        blob=packing.pack(assembled.document, assembled.metrics),
+        blob=packed,
         source_watermark=session.source_watermark,
         computed_at_ms=now_ms,
         raw_sample_count=assembled.raw_sample_count,
@@ -161,11 +167,16 @@ async def compute_view(
         else partial(
             memo.put, key, RememberedView(blob, partials, merged.series, history_blob, saves)
         ),
+        stage_seconds=(
+            ("read", planned - started),
+            ("aggregate", aggregated - planned),
+            ("assemble", done - aggregated),
+        ),
         episodes=episodes_of(assembled.metrics),
     )
 
 
-def episodes_of(metrics: Mapping[str, Mapping[str, Any]]) -> tuple[AlertEpisode, ...]:
+def episodes_of(metrics: Mapping[str, JsonMapping]) -> tuple[AlertEpisode, ...]:
     """Every metric's alert episodes, as the payload holds them (``insights.episodes``)."""
     found: list[AlertEpisode] = []
     for code, metric in metrics.items():

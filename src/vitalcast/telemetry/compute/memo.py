@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,21 +36,28 @@ class ViewMemo:
     history are byte for byte the ones it was made from, so a save by another process or a crash
     simply misses it and the compute decodes what is stored. One compute per view at a time (the
     lease) is all it relies on. Each process builds one (``wiring``) and hands it to its
-    computes."""
+    computes.
+
+    Computes on SQLite run on database threads (``db.units``) while saves enter entries from
+    the server's loop, so every change of the order holds a lock."""
 
     def __init__(self, capacity: int = MEMO_VIEWS) -> None:
         self._capacity = capacity
+        self._lock = threading.Lock()
         self._entries: OrderedDict[TelemetryKey, RememberedView] = OrderedDict()
 
     def get(self, key: TelemetryKey, stored: StoredView) -> RememberedView | None:
         entry = self._entries.get(key)
         if entry is None or entry.blob != stored.partials or entry.history_blob != stored.history:
             return None
-        self._entries.move_to_end(key)
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
         return entry
 
     def put(self, key: TelemetryKey, entry: RememberedView) -> None:
-        self._entries[key] = entry
-        self._entries.move_to_end(key)
-        while len(self._entries) > self._capacity:
-            self._entries.popitem(last=False)
+        with self._lock:
+            self._entries[key] = entry
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._capacity:
+                self._entries.popitem(last=False)

@@ -59,8 +59,7 @@ class SubscribeSupport:
         key = TelemetryKey.default_for(
             session, window_minutes=self.default_window_minutes, now_ms=self._clock.now_ms()
         )
-        async with self._db.read() as conn:
-            row = await queries.row_of(conn, key)
+        row = await self._db.unit(lambda conn: queries.row_of(conn, key))
         if (
             row is None
             or not row.status.has_payload

@@ -14,6 +14,9 @@ import os
 import socket
 import time
 import uuid
+from functools import partial
+
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vitalcast.clock import Clock
 from vitalcast.db.engine import Database
@@ -21,6 +24,7 @@ from vitalcast.observability import Metrics, get_logger
 from vitalcast.sessions import changelog
 from vitalcast.sessions.models import Session
 from vitalcast.telemetry.compute.aggregate import Aggregator
+from vitalcast.telemetry.compute.incremental import compute_view
 from vitalcast.telemetry.compute.results import ComputedTelemetry, ComputePath
 from vitalcast.telemetry.grid import payload_current
 from vitalcast.telemetry.keys import CacheState, ComputeOutcome, ScheduleReason, TelemetryKey
@@ -28,7 +32,7 @@ from vitalcast.telemetry.ports import PostSaveHooks, SavedView, TelemetryListene
 from vitalcast.telemetry.read.answer import COMPUTE_FAILED
 from vitalcast.telemetry.store import queries
 from vitalcast.telemetry.store.leases import SessionTelemetryCacheRepository
-from vitalcast.telemetry.store.rows import CacheRow, Lease, LeaseRefusal
+from vitalcast.telemetry.store.rows import CacheRow, Lease, LeaseRefusal, SaveResult
 
 log = get_logger(__name__)
 
@@ -58,6 +62,14 @@ def _lease_current(lease: Lease, session: Session, key: TelemetryKey, now_ms: in
         computed_at_ms=lease.computed_at_ms,
         now_ms=now_ms,
     )
+
+
+def _waits_for_nothing_else(aggregate: Aggregator) -> bool:
+    """The production compute (``compute_view``, its memo bound or not) talks only to its
+    connection, so it runs in the read unit; a seam's aggregator may wait for the test that set
+    it and runs on the caller's loop."""
+    target = aggregate.func if isinstance(aggregate, partial) else aggregate
+    return target is compute_view
 
 
 def default_owner_id() -> str:
@@ -111,11 +123,14 @@ class TelemetryComputer:
     async def compute(self, key: TelemetryKey, *, reason: ScheduleReason) -> ComputeOutcome:
         """Run one compute of ``key`` under its lease; see ``ComputeOutcome``. Never raises."""
         now = self._clock.now_ms()
+        asked = time.perf_counter()
         try:
-            async with self._db.derived_write() as conn:
-                lease = await self._cache.take_lease(
+            lease = await self._db.unit(
+                lambda conn: self._cache.take_lease(
                     conn, key, owner=self.owner_id, now_ms=now, lease_ms=self._lease_ms
-                )
+                ),
+                derived=True,
+            )
         except Exception as exc:
             log.error(
                 "telemetry_lease_failed", session_id=key.session_id, error_type=type(exc).__name__
@@ -125,7 +140,7 @@ class TelemetryComputer:
             return _REFUSALS[lease]
         keeper = asyncio.create_task(self._keep_lease(key))
         try:
-            return await self._compute_leased(key, lease, reason)
+            return await self._compute_leased(key, lease, reason, time.perf_counter() - asked)
         finally:
             keeper.cancel()
             await asyncio.gather(keeper, return_exceptions=True)
@@ -133,13 +148,15 @@ class TelemetryComputer:
     async def release(self, key: TelemetryKey) -> None:
         """Give our lease on ``key`` back without an outcome (a job handed to another worker),
         so whoever runs it next need not wait for the lease to lapse."""
-        async with self._db.derived_write() as conn:
-            await self._cache.release(conn, key, owner=self.owner_id, now_ms=self._clock.now_ms())
+        now = self._clock.now_ms()
+        await self._db.unit(
+            lambda conn: self._cache.release(conn, key, owner=self.owner_id, now_ms=now),
+            derived=True,
+        )
 
     async def row(self, key: TelemetryKey) -> CacheRow | None:
         """The cache row of ``key`` as it is now (its backoff and error code, for the queue)."""
-        async with self._db.read() as conn:
-            return await queries.row_of(conn, key)
+        return await self._db.unit(lambda conn: queries.row_of(conn, key))
 
     async def retry_delay_ms(self, key: TelemetryKey) -> int | None:
         """Milliseconds until ``key`` may be computed again (the coordinator's ``RetryDelay``):
@@ -157,34 +174,38 @@ class TelemetryComputer:
         return max(backoff, lease, 0)
 
     async def _compute_leased(
-        self, key: TelemetryKey, lease: Lease, reason: ScheduleReason
+        self, key: TelemetryKey, lease: Lease, reason: ScheduleReason, lease_s: float
     ) -> ComputeOutcome:
         started = time.perf_counter()
         read_started_ms = self._clock.now_ms()
+
+        async def read(
+            conn: AsyncConnection,
+        ) -> tuple[Session | None, bool, ComputedTelemetry | None]:
+            session, stored = await queries.session_and_stored(conn, key)
+            fresh = session is not None and _lease_current(lease, session, key, read_started_ms)
+            computed = None
+            if session is not None and not fresh:
+                computed = await self._aggregate(conn, session, key, read_started_ms, stored)
+            return session, fresh, computed
+
         try:
-            async with self._db.read() as conn:
-                session, stored = await queries.session_and_stored(conn, key)
-                fresh = session is not None and _lease_current(lease, session, key, read_started_ms)
-                computed = None
-                if session is not None and not fresh:
-                    computed = await self._aggregate(conn, session, key, read_started_ms, stored)
+            if _waits_for_nothing_else(self._aggregate):
+                session, fresh, computed = await self._db.unit(read)
+            else:
+                # A seam's aggregator may wait for the test that set it: it runs on this loop.
+                async with self._db.read() as conn:
+                    session, fresh, computed = await read(conn)
             if computed is None:
                 await self.release(key)
                 return ComputeOutcome.SKIPPED_FRESH if fresh else ComputeOutcome.SESSION_GONE
-            compute_ms = int((time.perf_counter() - started) * 1000)
-            async with self._db.derived_write() as conn:
-                result = await self._cache.save(
-                    conn,
-                    key,
-                    computed,
-                    owner=self.owner_id,
-                    now_ms=self._clock.now_ms(),
-                    compute_ms=compute_ms,
-                    read_started_ms=read_started_ms,
-                )
-                if result.saved and _prune_due(lease.source_watermark, computed):
-                    floor = queries.views_floor(key.session_id, compute_version=key.compute_version)
-                    await changelog.prune(conn, key.session_id, through_seq=floor)
+            read_s = time.perf_counter() - started
+            compute_ms = int(read_s * 1000)
+            result = await self._db.unit(
+                lambda conn: self._save(conn, key, lease, computed, compute_ms, read_started_ms),
+                derived=True,
+            )
+            save_s = time.perf_counter() - started - read_s
         except Exception as exc:
             await self._record_failure(key, lease, exc, reason)
             return ComputeOutcome.FAILED
@@ -198,7 +219,9 @@ class TelemetryComputer:
         self._metrics.compute_seconds.labels(reason.value).observe(time.perf_counter() - started)
         if result.lag_ms is not None:
             self._metrics.freshness_lag_seconds.observe(max(result.lag_ms, 0) / 1000)
+        pushing = time.perf_counter()
         await self._notify(key, computed)
+        push_s = time.perf_counter() - pushing
         if self._hooks and session is not None:
             await self._hooks.run(
                 SavedView(
@@ -209,7 +232,37 @@ class TelemetryComputer:
                     episodes=computed.episodes,
                 )
             )
+        stages = dict(computed.stage_seconds)
+        # the read stage is the whole read unit but its aggregate and assemble stages
+        stages["read"] = read_s - stages.get("aggregate", 0.0) - stages.get("assemble", 0.0)
+        stages |= {"lease": lease_s, "save": save_s, "push": push_s}
+        for stage, seconds in stages.items():
+            self._metrics.compute_stage_seconds.labels(stage).observe(max(seconds, 0.0))
         return ComputeOutcome.COMPUTED
+
+    async def _save(
+        self,
+        conn: AsyncConnection,
+        key: TelemetryKey,
+        lease: Lease,
+        computed: ComputedTelemetry,
+        compute_ms: int,
+        read_started_ms: int,
+    ) -> SaveResult:
+        """The save unit: the payload under our lease, and the change log pruned when due."""
+        result = await self._cache.save(
+            conn,
+            key,
+            computed,
+            owner=self.owner_id,
+            now_ms=self._clock.now_ms(),
+            compute_ms=compute_ms,
+            read_started_ms=read_started_ms,
+        )
+        if result.saved and _prune_due(lease.source_watermark, computed):
+            floor = queries.views_floor(key.session_id, compute_version=key.compute_version)
+            await changelog.prune(conn, key.session_id, through_seq=floor)
+        return result
 
     async def _record_failure(
         self, key: TelemetryKey, lease: Lease, exc: Exception, reason: ScheduleReason
@@ -223,16 +276,19 @@ class TelemetryComputer:
             attempts=attempts,
             error_type=type(exc).__name__,
         )
+        now = self._clock.now_ms()
         try:
-            async with self._db.derived_write() as conn:
-                await self._cache.fail(
+            await self._db.unit(
+                lambda conn: self._cache.fail(
                     conn,
                     key,
                     owner=self.owner_id,
-                    now_ms=self._clock.now_ms(),
+                    now_ms=now,
                     attempts=attempts,
                     error_code=COMPUTE_FAILED,
-                )
+                ),
+                derived=True,
+            )
         except Exception as release_exc:
             # The lease then simply expires and the next request or job takes it over.
             log.error(
@@ -245,15 +301,14 @@ class TelemetryComputer:
         interval_s = self._lease_ms / 3 / 1000
         while True:
             await asyncio.sleep(interval_s)
+            now = self._clock.now_ms()
             try:
-                async with self._db.derived_write() as conn:
-                    held = await self._cache.renew(
-                        conn,
-                        key,
-                        owner=self.owner_id,
-                        now_ms=self._clock.now_ms(),
-                        lease_ms=self._lease_ms,
-                    )
+                held = await self._db.unit(
+                    lambda conn, now=now: self._cache.renew(  # type: ignore[misc]
+                        conn, key, owner=self.owner_id, now_ms=now, lease_ms=self._lease_ms
+                    ),
+                    derived=True,
+                )
             except Exception as exc:
                 log.warning(
                     "telemetry_lease_renew_failed",

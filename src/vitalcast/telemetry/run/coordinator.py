@@ -15,6 +15,13 @@ somebody still needs it: the background trigger that asked for it (for ``TRIGGER
 retries), a subscriber of the session on this process, or a GET of the key in the last
 ``RECENT_READ_S``. So a failure heals without anyone calling GET again. Nothing here is durable:
 after a restart the cache rows' leases and the next read or ingest trigger the compute again.
+
+The bound is shared fairly between users (``TelemetryKey.user_id``): a free slot goes to the
+waiting compute of the user with the fewest running (first come among equals), and when the
+queue is full a user with fewer waiting computes than the heaviest one takes the heaviest one's
+newest place (that compute is shed, or parked when a trigger asked for it). One user asking for
+a hundred uncached views at once therefore delays another user's view by about one compute,
+not by the hundred (it slowed every other user's fresh views 8×).
 """
 
 from __future__ import annotations
@@ -202,6 +209,8 @@ class BoundedComputeCoordinator:
             return True
         slot_free = len(self._running) < self.max_concurrency and key not in self._running
         if len(self._pending) >= self.max_pending and not slot_free:
+            if self._make_room_for(key.user_id):
+                return self._admit(entry, parkable=parkable)
             if parkable and self._defer(entry):
                 return True
             self._shed += 1
@@ -218,6 +227,24 @@ class BoundedComputeCoordinator:
         self._pending[key] = entry
         self._idle.clear()
         self._drain()
+        return True
+
+    def _make_room_for(self, user_id: str) -> bool:
+        """Free a waiting place for ``user_id`` from the user with the most waiting computes,
+        if that user holds more than one place beyond ``user_id``'s; True when one was freed."""
+        waiting = Counter(k.user_id for k in self._pending)
+        if not waiting:
+            return False
+        heaviest, most = waiting.most_common(1)[0]
+        if heaviest == user_id or most <= waiting[user_id] + 1:
+            return False
+        newest = next(e for k, e in reversed(self._pending.items()) if k.user_id == heaviest)
+        del self._pending[newest.key]
+        if not (newest.triggered and self._defer(newest)):
+            self._shed += 1
+            if self._metrics is not None:
+                self._metrics.coordinator_shed.inc()
+            log.info("telemetry_compute_yielded", session_id=newest.key.session_id)
         return True
 
     def _defer(self, entry: _Entry) -> bool:
@@ -350,9 +377,22 @@ class BoundedComputeCoordinator:
         """Bring the Prometheus gauges up to date (called by /metrics)."""
         self._update_gauges()
 
+    def _next_pending(self) -> _Entry | None:
+        """The waiting compute to start: of the user with the fewest running, first come."""
+        running = Counter(k.user_id for k in self._running)
+        best: _Entry | None = None
+        for k, e in self._pending.items():
+            if k in self._running:
+                continue
+            if best is None or running[k.user_id] < running[best.key.user_id]:
+                best = e
+                if not running[k.user_id]:
+                    break
+        return best
+
     def _drain(self) -> None:
         while len(self._running) < self.max_concurrency:
-            entry = next((e for k, e in self._pending.items() if k not in self._running), None)
+            entry = self._next_pending()
             if entry is not None:
                 del self._pending[entry.key]
             else:

@@ -104,8 +104,9 @@ class LiveTicker:
         due = [sid for sid in subscribed if self._next_check.get(sid, now) <= now]
         if not due:
             return 0
-        async with self._db.read() as conn:
-            views = await queries.live_views(conn, due, compute_version=COMPUTE_VERSION)
+        views = await self._db.unit(
+            lambda conn: queries.live_views(conn, due, compute_version=COMPUTE_VERSION)
+        )
         for session_id in due:
             self._next_check[session_id] = _NEVER
         asked = 0

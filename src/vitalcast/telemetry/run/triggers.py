@@ -76,8 +76,10 @@ class TelemetryTriggers:
 
     async def _cached_keys(self, by_id: dict[str, Session]) -> set[TelemetryKey]:
         try:
-            async with self._db.read() as conn:
-                rows = await queries.keys_of(conn, list(by_id), compute_version=COMPUTE_VERSION)
+            ids = list(by_id)
+            rows = await self._db.unit(
+                lambda conn: queries.keys_of(conn, ids, compute_version=COMPUTE_VERSION)
+            )
         except Exception as exc:
             log.error("telemetry_cache_keys_failed", error_type=type(exc).__name__)
             return set()

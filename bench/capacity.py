@@ -1,0 +1,536 @@
+"""The cost of a live update, and how many live sessions one process carries (issue 22).
+
+A live session syncs a 5 s batch (5 heart-rate samples at 1 Hz) every 5 s, and 5 watchers
+(Socket.IO clients of a separate load process) are subscribed to it. Every figure is counted
+against what the benchmark *sent*: an ingest is delivered when each of its session's watchers
+received ``session.updated`` at its watermark or newer; latency runs from the ingest's scheduled
+send time to the *last* watcher's receipt.
+
+1. ``cpu``: the server's CPU per live update (ingest + compute + push to its 5 watchers), from
+   the processes' own CPU counters (embedded: the one server on SQLite; scaled out on
+   PostgreSQL: one server and one worker, together), over ``--cpu-sessions`` sessions for
+   ``--rounds`` rounds on the open-loop schedule. Baseline in the same run: the CPU of one
+   keep-alive ``GET /healthz`` (the request stack and nothing else).
+2. ``capacity`` (embedded): open loop, N sessions each syncing every 5 s on a fixed schedule
+   (session i at i·5 s/N into each period, whether or not earlier ingests were answered). N
+   climbs ``--ladder``; the capacity is the largest N whose ingest sent → last watcher p99 stays
+   under 250 ms with every ingest delivered, below the first step that did not. The climb ends
+   at a second failed step, a missed ingest or a p99 over four times the limit.
+
+Every loop is bounded (rounds, ladder steps, timeouts); all traffic goes to 127.0.0.1.
+
+    uv run python -m bench.capacity [--parts cpu,capacity] [--ladder 50,100,200,400,700,1000]
+        [--rounds 4] [--cpu-sessions 40] [--name capacity]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import socketio
+
+from bench.common import (
+    REDIS_URL,
+    SECRET,
+    cpu_ms,
+    database,
+    delete_keys,
+    emit,
+    percentiles,
+    process,
+    server_env,
+    serving,
+)
+from bench.realtime import sampled
+from bench.targets import CAPACITY_P99_MAX_MS, CAPACITY_SESSIONS_MIN, CPU_PER_UPDATE_MAX_MS
+from vitalcast.auth import issue_token
+from vitalcast.clock import iso_ms
+from vitalcast.db.engine import Database, create_engine
+from vitalcast.testing import ensure_user, hr_sample
+
+SYNC_MS = 5_000
+WATCHERS = 5
+BATCH = 5
+HEALTHZ_REQUESTS = 2_000
+#: how long after a step's last ingest its events may still arrive
+SETTLE_S = 10.0
+CONNECT_CONCURRENCY = 50
+HTTP_CONNECTIONS = 200
+
+
+def wall_ms() -> float:
+    return time.time() * 1000
+
+
+async def people(url: str, n: int) -> list[tuple[str, str]]:
+    """``n`` users with a token valid a day, made through one engine."""
+    db = Database(create_engine(url))
+    now_s = int(time.time())
+    try:
+        made = []
+        for i in range(n):
+            user_id = await ensure_user(db, f"cap-{i}-{uuid.uuid4().hex[:6]}")
+            made.append((user_id, issue_token(SECRET, user_id, now_s=now_s, ttl_s=86_400)))
+        return made
+    finally:
+        await db.dispose()
+
+
+async def start_sessions(
+    http: httpx.AsyncClient, users: list[tuple[str, str]]
+) -> list[dict[str, str]]:
+    plan = []
+    for _user, token in users:
+        response = await http.post(
+            "/api/v1/sessions",
+            json={"started_at": iso_ms(int(wall_ms()) - 60_000)},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        response.raise_for_status()
+        plan.append({"token": token, "session_id": str(response.json()["id"])})
+    return plan
+
+
+def batch(tag: str, at_ms: float) -> dict[str, Any]:
+    """A 5 s batch ending a second before ``at_ms``, at 1 Hz."""
+    end = int(at_ms) - 1_000
+    return {
+        "samples": [
+            hr_sample(f"{tag}-{j}", end - (BATCH - 1 - j) * 1_000, 60.0 + (j * 7) % 40)
+            for j in range(BATCH)
+        ]
+    }
+
+
+async def server_metrics(http: httpx.AsyncClient) -> dict[str, float]:
+    samples = {}
+    for line in (await http.get("/metrics")).text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            with contextlib.suppress(ValueError):
+                samples[name] = float(value)
+    return samples
+
+
+async def drained(http: httpx.AsyncClient, timeout_s: float = 120) -> None:
+    """Until the server's coordinator has nothing running or waiting (scaled out: a moment)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        s = await server_metrics(http)
+        if (
+            s.get("vitalcast_coordinator_inflight", 0) == 0
+            and s.get("vitalcast_coordinator_pending", 0) == 0
+        ):
+            return
+        await asyncio.sleep(0.2)
+    raise RuntimeError("computes did not drain")
+
+
+class Load:
+    """The load process (``--load``): Socket.IO watchers, grown on command, receipts on flush."""
+
+    def __init__(self, base: str, plan_path: Path, out_path: Path) -> None:
+        self.base, self.plan_path, self.out_path = base, plan_path, out_path
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def __aenter__(self) -> Load:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bench.capacity",
+            "--load",
+            self.base,
+            str(self.plan_path),
+            str(self.out_path),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        return self
+
+    async def ask(self, line: str, timeout_s: float = 600) -> str:
+        assert self.proc is not None and self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write(f"{line}\n".encode())
+        await self.proc.stdin.drain()
+        return (await asyncio.wait_for(self.proc.stdout.readline(), timeout_s)).decode().strip()
+
+    async def receipts(self) -> list[list[Any]]:
+        answer = await self.ask("flush")
+        assert answer == "flushed", answer
+        return list(json.loads(await asyncio.to_thread(self.out_path.read_text)))
+
+    async def __aexit__(self, *_exc: object) -> None:
+        if self.proc is not None:
+            with contextlib.suppress(Exception):
+                await self.ask("stop", 60)
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            await self.proc.wait()
+
+
+async def load_process(base: str, plan: list[dict[str, str]], out: Path) -> None:
+    """Connect ``WATCHERS`` clients per session of ``plan[:N]`` on "connect N"; receipts
+    ``[session index, client, watermark, received wall ms]`` into ``out`` on "flush"."""
+    receipts: list[tuple[int, int, int, float]] = []
+    sockets: list[socketio.AsyncClient] = []
+    gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
+    failed = 0
+
+    async def connect(index: int, client: int) -> None:
+        nonlocal failed
+        entry = plan[index]
+        sio = socketio.AsyncClient(reconnection=False)
+
+        async def on_updated(data: dict[str, Any]) -> None:
+            receipts.append((index, client, data["source_watermark"], wall_ms()))
+
+        sio.on("session.updated", on_updated)
+        try:
+            async with gate:
+                await sio.connect(
+                    base, auth={"token": entry["token"]}, transports=["websocket"], wait_timeout=60
+                )
+                ack = await sio.call("subscribe", {"session_id": entry["session_id"]}, timeout=60)
+        except Exception:
+            failed += 1
+            return
+        if ack.get("ok"):
+            sockets.append(sio)
+        else:
+            failed += 1
+
+    connected_sessions = 0
+    loop = asyncio.get_running_loop()
+    while (line := (await loop.run_in_executor(None, sys.stdin.readline)).strip()) != "stop":
+        if not line:
+            break
+        command, _, arg = line.partition(" ")
+        if command == "connect":
+            n = min(int(arg), len(plan))
+            await asyncio.gather(
+                *(connect(i, c) for i in range(connected_sessions, n) for c in range(WATCHERS))
+            )
+            connected_sessions = max(n, connected_sessions)
+            print(f"connected {len(sockets)} failed {failed}", flush=True)
+        elif command == "flush":
+            await asyncio.to_thread(out.write_text, json.dumps(receipts))
+            receipts = []
+            print("flushed", flush=True)
+    await asyncio.gather(*(s.disconnect() for s in sockets), return_exceptions=True)
+
+
+async def warm(http: httpx.AsyncClient, plan: list[dict[str, str]], lo: int, hi: int) -> None:
+    """One ingest into each of the sessions ``plan[lo:hi]`` (their views' first, full computes
+    are not what a step measures), then until the computes drained."""
+    gate = asyncio.Semaphore(20)
+
+    async def one(i: int) -> None:
+        async with gate:
+            response = await http.post(
+                "/api/v1/samples",
+                json=batch(f"warm-{i}", wall_ms()),
+                headers={"Authorization": f"Bearer {plan[i]['token']}"},
+            )
+            response.raise_for_status()
+
+    await asyncio.gather(*(one(i) for i in range(lo, hi)))
+    await drained(http)
+    await asyncio.sleep(1)
+
+
+async def open_loop(
+    http: httpx.AsyncClient, plan: list[dict[str, str]], n: int, rounds: int, step: str
+) -> list[tuple[int, float, float, int | None]]:
+    """``rounds`` periods of ``n`` sessions syncing on the fixed schedule; per ingest (session
+    index, scheduled wall ms, lag of the actual send behind it, change_seq or None)."""
+    sent: list[tuple[int, float, float, int | None]] = []
+
+    async def one(i: int, scheduled: float, k: int) -> None:
+        lag = wall_ms() - scheduled
+        entry = plan[i]
+        seq: int | None
+        try:
+            response = await http.post(
+                "/api/v1/samples",
+                json=batch(f"{step}-{k}-{i}", scheduled),
+                headers={"Authorization": f"Bearer {entry['token']}"},
+            )
+            response.raise_for_status()
+            seq = int(response.json()["change_seq"])
+        except httpx.HTTPError:
+            seq = None
+        sent.append((i, scheduled, lag, seq))
+
+    tasks: list[asyncio.Task[None]] = []
+    start = wall_ms() + 500
+    for k in range(rounds):
+        for i in range(n):
+            scheduled = start + k * SYNC_MS + i * SYNC_MS / n
+            delay = (scheduled - wall_ms()) / 1000
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i, scheduled, k)))
+    await asyncio.wait(tasks, timeout=60)
+    for task in tasks:
+        task.cancel()
+    return sent
+
+
+def judge(
+    sent: list[tuple[int, float, float, int | None]], receipts: list[list[Any]]
+) -> dict[str, Any]:
+    """Per ingest: scheduled send → its last watcher's first event at its watermark or newer."""
+    by_watcher: dict[tuple[int, int], list[tuple[float, int]]] = {}
+    for index, client, watermark, received in receipts:
+        by_watcher.setdefault((index, client), []).append((received, watermark))
+    for events in by_watcher.values():
+        events.sort()
+    latencies: list[float] = []
+    missed = failed = 0
+    for index, scheduled, _lag, seq in sent:
+        if seq is None:
+            failed += 1
+            continue
+        last = None
+        for client in range(WATCHERS):
+            hit = next((r for r, w in by_watcher.get((index, client), []) if w >= seq), None)
+            if hit is None:
+                last = None
+                break
+            last = hit if last is None else max(last, hit)
+        if last is None:
+            missed += 1
+        else:
+            latencies.append(last - scheduled)
+    return {
+        "ingests_sent": len(sent),
+        "ingests_failed": failed,
+        "missed": missed,
+        "ingest_sent_to_last_watcher": percentiles(latencies) if latencies else None,
+        "send_lag_behind_schedule": percentiles([lag for _i, _s, lag, _q in sent]),
+    }
+
+
+def cpu_of(pids: Sequence[int]) -> float:
+    return sum(cpu_ms(pid) for pid in pids)
+
+
+async def healthz_cpu(http: httpx.AsyncClient, pids: Sequence[int]) -> float:
+    """Server CPU of one keep-alive GET /healthz (ms)."""
+    await http.get("/healthz")
+    before = cpu_of(pids[:1])
+    for _ in range(HEALTHZ_REQUESTS):
+        (await http.get("/healthz")).raise_for_status()
+    return round((cpu_of(pids[:1]) - before) / HEALTHZ_REQUESTS, 3)
+
+
+async def cpu_part(
+    http: httpx.AsyncClient,
+    load: Load,
+    plan: list[dict[str, str]],
+    pids: Sequence[int],
+    rounds: int,
+    profile: Path | None = None,
+) -> dict[str, Any]:
+    n = len(plan)
+    answer = await load.ask(f"connect {n}")
+    await warm(http, plan, 0, n)
+    await asyncio.sleep(1)
+    healthz = await healthz_cpu(http, pids)
+    await load.receipts()
+    before = cpu_of(pids)
+    with sampled(pids[0], profile):
+        sent = await open_loop(http, plan, n, rounds, f"cpu{uuid.uuid4().hex[:4]}")
+        await drained(http)
+    await asyncio.sleep(2)
+    used = cpu_of(pids) - before
+    result = judge(sent, await load.receipts())
+    per_update = round(used / max(1, len(sent)), 3)
+    return {
+        "sessions": n,
+        "watchers_per_session": WATCHERS,
+        "rounds": rounds,
+        "watchers": answer,
+        **result,
+        "cpu_ms_per_update": per_update,
+        "baseline_cpu_ms_per_healthz": healthz,
+        "update_over_healthz": round(per_update / healthz, 1) if healthz else None,
+        "target_cpu_ms_per_update": CPU_PER_UPDATE_MAX_MS,
+        "target_met": per_update <= CPU_PER_UPDATE_MAX_MS and result["missed"] == 0,
+    }
+
+
+async def capacity_part(
+    http: httpx.AsyncClient,
+    load: Load,
+    plan: list[dict[str, str]],
+    pids: Sequence[int],
+    ladder: Sequence[int],
+    rounds: int,
+) -> dict[str, Any]:
+    steps = []
+    held = warmed = failures = 0
+    for n in ladder:
+        answer = await load.ask(f"connect {n}")
+        await warm(http, plan, warmed, n)
+        warmed = max(warmed, n)
+        await load.receipts()
+        before = cpu_of(pids)
+        t0 = time.monotonic()
+        sent = await open_loop(http, plan, n, rounds, f"cap{n}")
+        await asyncio.sleep(SETTLE_S)
+        used = cpu_of(pids) - before
+        elapsed = time.monotonic() - t0
+        result = judge(sent, await load.receipts())
+        p99 = (result["ingest_sent_to_last_watcher"] or {}).get("p99_ms", float("inf"))
+        passed = (
+            result["missed"] == 0 and result["ingests_failed"] == 0 and p99 < CAPACITY_P99_MAX_MS
+        )
+        steps.append(
+            {
+                "sessions": n,
+                "watchers": answer,
+                "updates_per_s": round(n * 1000 / SYNC_MS, 1),
+                **result,
+                "server_cpu_share_of_one_core": round(used / (elapsed * 1000), 3),
+                "passed": passed,
+            }
+        )
+        print(json.dumps(steps[-1]), file=sys.stderr, flush=True)
+        if passed and failures == 0:
+            held = n
+        failures += 0 if passed else 1
+        # a loaded machine can fail one step by a fluke; two failures end the climb
+        if failures == 2 or result["missed"] or p99 > 4 * CAPACITY_P99_MAX_MS:
+            break
+        await drained(http)
+    return {
+        "watchers_per_session": WATCHERS,
+        "sync_every_ms": SYNC_MS,
+        "rounds_per_step": rounds,
+        "p99_limit_ms": CAPACITY_P99_MAX_MS,
+        "capacity_sessions": held,
+        "ladder_exhausted": held == ladder[-1],
+        "steps": steps,
+        "target_sessions": CAPACITY_SESSIONS_MIN,
+        "target_met": held >= CAPACITY_SESSIONS_MIN,
+    }
+
+
+@contextlib.asynccontextmanager
+async def deployment(
+    kind: str, users: int, code: str | None
+) -> AsyncIterator[tuple[str, list[int], list[tuple[str, str]]]]:
+    """(base URL, pids whose CPU counts, users) of an embedded server on SQLite or a scaled-out
+    server + worker on PostgreSQL and Redis; with ``code`` (a source tree's ``src``) the
+    servers and the migrations run that code instead of this one (the baseline run)."""
+    backend = "sqlite" if kind == "embedded" else "postgres"
+    extra = {} if code is None else {"PYTHONPATH": code}
+    base_env = server_env("", "", **extra) if code is not None else None
+    async with database(backend, upgrade_env=base_env) as url:
+        made = await people(url, users)
+        with tempfile.TemporaryDirectory(prefix="vc-bench-data-") as data_dir:
+            if kind == "embedded":
+                async with serving(server_env(url, data_dir, **extra)) as (base, pid):
+                    yield base, [pid], made
+                return
+            prefix = f"vcb{uuid.uuid4().hex[:8]}"
+            env = server_env(
+                url,
+                data_dir,
+                VITALCAST_REDIS_URL=REDIS_URL,
+                VITALCAST_SOCKETIO_CHANNEL=f"{prefix}-sio",
+                VITALCAST_QUEUE_PREFIX=prefix,
+                **extra,
+            )
+            try:
+                async with serving(env) as (base, pid):
+                    with process(["worker"], env) as worker:
+                        yield base, [pid, worker.pid], made
+            finally:
+                await delete_keys(f"{prefix}*")
+
+
+async def run(
+    kind: str, parts: Sequence[str], args: argparse.Namespace, code: str | None = None
+) -> dict[str, Any]:
+    ladder = [int(n) for n in args.ladder.split(",")]
+    users = max([args.cpu_sessions, *(ladder if "capacity" in parts else [])])
+    async with deployment(kind, users, code) as (base, pids, made):
+        limits = httpx.Limits(
+            max_connections=HTTP_CONNECTIONS, max_keepalive_connections=HTTP_CONNECTIONS
+        )
+        async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as http:
+            plan = await start_sessions(http, made)
+            with tempfile.TemporaryDirectory(prefix="vc-bench-cap-") as folder:
+                plan_path, out_path = Path(folder) / "plan.json", Path(folder) / "receipts.json"
+                await asyncio.to_thread(plan_path.write_text, json.dumps(plan))
+                async with Load(base, plan_path, out_path) as load:
+                    result: dict[str, Any] = {}
+                    if "cpu" in parts:
+                        result["cpu"] = await cpu_part(
+                            http,
+                            load,
+                            plan[: args.cpu_sessions],
+                            pids,
+                            args.rounds,
+                            args.profile if kind == "embedded" and code is None else None,
+                        )
+                    if "capacity" in parts and kind == "embedded":
+                        result["capacity"] = await capacity_part(
+                            http, load, plan, pids, ladder, args.rounds
+                        )
+                    return result
+
+
+async def main(argv: Sequence[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--parts", default="cpu,capacity")
+    parser.add_argument("--deployments", default="embedded,scaled_out")
+    parser.add_argument("--ladder", default="50,100,200,400,700,1000,1400")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--cpu-sessions", type=int, default=40)
+    parser.add_argument("--name", default="capacity", help="bench/results/<name>.json")
+    parser.add_argument("--label", default="", help="what code ran (kept in the result)")
+    parser.add_argument(
+        "--profile", type=Path, help="py-spy samples the embedded server during the cpu part"
+    )
+    parser.add_argument(
+        "--baseline-src",
+        help="a source tree (its src/ is put first on the servers' PYTHONPATH) measured the "
+        'same way right after this code, kept under "baseline"',
+    )
+    parser.add_argument("--baseline-label", default="baseline")
+    parser.add_argument("--load", nargs=3, metavar=("URL", "PLAN", "OUT"))
+    args = parser.parse_args(argv)
+    if args.load:
+        url, plan_path, out_path = args.load
+        plan = json.loads(await asyncio.to_thread(Path(plan_path).read_text))
+        await load_process(url, plan, Path(out_path))
+        return
+    parts = args.parts.split(",")
+    result: dict[str, Any] = {"benchmark": "capacity", "label": args.label}
+    kinds = args.deployments.split(",")
+    if args.baseline_src:
+        code = await asyncio.to_thread(os.path.abspath, os.path.join(args.baseline_src, "src"))
+        result["baseline"] = {"label": args.baseline_label}
+        for kind in kinds:
+            result["baseline"][kind] = await run(kind, parts, args, code)
+    for kind in kinds:
+        result[kind] = await run(kind, parts, args)
+    emit(args.name, result)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1:]))

@@ -1,0 +1,97 @@
+"""DELETE /api/v1/sessions/{id}: the session and everything derived from it go, samples stay."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from tests.lifecycle.conftest import count
+from tests.realtime.conftest import ClientFactory, LiveServer
+from tests.realtime.test_socket_server import broadcast_updated, create_session
+from tests.telemetry.conftest import MINUTE, T0_MS, TelemetryClient, hr
+from vitalcast.db.tables import health_samples, session_changes, sessions, telemetry_cache
+
+
+async def test_delete_removes_session_views_and_change_log_but_keeps_samples(
+    tc: TelemetryClient, users: Any
+) -> None:
+    _uid, token = await users.create()
+    auth = {"Authorization": f"Bearer {token}"}
+    session_id = await tc.start_session(auth, T0_MS - 30 * MINUTE)
+    kept_id = await tc.start_session(auth, T0_MS - 20 * MINUTE)
+    await tc.post_samples(auth, [hr(f"r{i}", T0_MS - (25 - i) * MINUTE, 60 + i) for i in range(20)])
+    assert (await tc.get(auth, session_id)).status_code in (200, 202)
+    assert (await tc.get(auth, kept_id)).status_code in (200, 202)
+    await tc.settle()
+    await tc.end_session(auth, session_id, T0_MS - 5 * MINUTE)
+    await tc.settle()
+    # A late sample after the full compute of the end: an incremental compute keeps its entry.
+    await tc.post_samples(auth, [hr("late", T0_MS - 10 * MINUTE, 99)])
+    await tc.settle()
+    assert await count(tc.db, telemetry_cache, telemetry_cache.c.session_id == session_id) >= 1
+    assert await count(tc.db, session_changes, session_changes.c.session_id == session_id) >= 1
+    kept_views = await count(tc.db, telemetry_cache, telemetry_cache.c.session_id == kept_id)
+
+    deleted = await tc.http.delete(f"/api/v1/sessions/{session_id}", headers=auth)
+
+    assert deleted.status_code == 204 and deleted.content == b""
+    assert await count(tc.db, sessions, sessions.c.id == session_id) == 0
+    assert await count(tc.db, telemetry_cache, telemetry_cache.c.session_id == session_id) == 0
+    assert await count(tc.db, session_changes, session_changes.c.session_id == session_id) == 0
+    assert await count(tc.db, health_samples) == 21
+    assert await count(tc.db, telemetry_cache, telemetry_cache.c.session_id == kept_id) == (
+        kept_views
+    )
+    for method, path in [
+        ("GET", f"/api/v1/sessions/{session_id}"),
+        ("GET", f"/api/v1/sessions/{session_id}/telemetry"),
+        ("DELETE", f"/api/v1/sessions/{session_id}"),
+    ]:
+        gone = await tc.http.request(method, path, headers=auth)
+        assert gone.status_code == 404, path
+        assert gone.json()["code"] == "SESSION_NOT_FOUND"
+    assert (await tc.get(auth, kept_id)).status_code == 200
+
+
+async def test_a_strangers_session_is_not_found_and_stays(tc: TelemetryClient, users: Any) -> None:
+    _a, alice = await users.create()
+    _b, bob = await users.create()
+    session_id = await tc.start_session({"Authorization": f"Bearer {alice}"}, T0_MS - MINUTE)
+    response = await tc.http.delete(
+        f"/api/v1/sessions/{session_id}", headers={"Authorization": f"Bearer {bob}"}
+    )
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == "SESSION_NOT_FOUND"
+    assert await count(tc.db, sessions, sessions.c.id == session_id) == 1
+
+
+async def test_subscribers_hear_deleted_and_are_unsubscribed(
+    live: LiveServer, users: Any, socket_client: ClientFactory
+) -> None:
+    """A subscriber gets session.status ``deleted``; saves of the deleted session's id reach it
+    no more (shown by a later event of another session arriving first), and subscribing again is
+    a 404."""
+    _owner, token = await users.create()
+    watcher = await socket_client(live.url, token)
+    session = await create_session(live.url, token)
+    other = await create_session(live.url, token)
+    for sid in (session["id"], other["id"]):
+        assert (await watcher.call("subscribe", {"session_id": sid}))["ok"] is True
+    watcher.drain("session.status")
+    async with httpx.AsyncClient(base_url=live.url) as http:
+        response = await http.delete(
+            f"/api/v1/sessions/{session['id']}", headers={"Authorization": f"Bearer {token}"}
+        )
+    assert response.status_code == 204
+    statuses = [await watcher.next("session.status")]
+    # The event reaches the socket through both rooms it was in (user and session) at most once.
+    assert statuses[0]["status"] == "deleted" and statuses[0]["session_id"] == session["id"]
+    assert statuses[0]["live"] is False
+    broadcast_updated(live, session["id"], 99)
+    broadcast_updated(live, other["id"], 100)
+    earlier = await watcher.before("session.updated", lambda e: e["session_id"] == other["id"])
+    assert earlier == []
+    again = await watcher.call("subscribe", {"session_id": session["id"]})
+    assert again["ok"] is False and again["code"] == "SESSION_NOT_FOUND"
