@@ -7,7 +7,9 @@ PORT ?= 8000
 PYTEST_ARGS ?=
 # pytest-xdist workers of `make test`. Most of the suite's time is spent waiting (subprocesses
 # starting, workers recovering, browsers drawing), so more workers than the 2 cores of CI pay off;
-# `--dist loadgroup` keeps each `xdist_group` on one worker (tests/conftest.py assigns them).
+# `--dist loadgroup` keeps each `xdist_group` on one worker (tests/conftest.py assigns them). A
+# crashed worker (a test's timeout ends its process) ends the run, as without xdist; xdist 3.8's
+# group scheduler cannot take a replacement worker (KeyError, INTERNALERROR) anyway.
 PYTEST_WORKERS ?= 4
 
 .PHONY: run test lint bench screenshot install uv assets clean
@@ -44,7 +46,7 @@ lint: install
 	$(UV) run lint-imports --no-cache
 
 test: lint
-	$(UV) run pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(UV) run pytest -n $(PYTEST_WORKERS) --dist loadgroup --max-worker-restart 0 $(PYTEST_ARGS)
 
 bench: install
 	$(UV) run python -m bench.run_all

@@ -5,6 +5,12 @@
   its peak during the download (the target: peak < 250 MB).
 
     uv run python -m bench.lifecycle export [--samples 1000000] [--backend postgres]
+
+- ``erasure``: the purge of an erased account with that many raw samples and 24 sessions, run
+  in process through ``ErasureService`` (the work a server or worker does after ``DELETE
+  /api/v1/me``): rows removed per second, at the default batch size, on each backend.
+
+    uv run python -m bench.lifecycle erasure [--samples 200000] [--backend postgres --backend sqlite]
 """
 
 from __future__ import annotations
@@ -122,13 +128,48 @@ async def export(backend: str, samples: int) -> dict[str, Any]:
     }
 
 
+async def erasure(backend: str, samples: int) -> dict[str, Any]:
+    from vitalcast.clock import SystemClock
+    from vitalcast.lifecycle.erasure import ErasureService
+
+    async with database(backend) as url:
+        user_id, _token = await create_user(url, "erased")
+        await _load_account(url, user_id, samples, now_ms() - samples * 1000 - HOUR_MS)
+        db = Database(create_engine(url))
+
+        async def revoke(_user_id: str) -> None:
+            return None
+
+        try:
+            service = ErasureService(db, SystemClock(), revoke=revoke, redis=None)
+            await service.request(user_id)
+            began = time.perf_counter()
+            rows = await service.purge(user_id)
+            seconds = time.perf_counter() - began
+        finally:
+            await db.dispose()
+    return {
+        "backend": backend,
+        "samples": samples,
+        "rows": rows,
+        "seconds": round(seconds, 2),
+        "rows_per_s": round(rows / seconds),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     sub = parser.add_subparsers(dest="bench", required=True)
     ex = sub.add_parser("export")
     ex.add_argument("--samples", type=int, default=1_000_000)
     ex.add_argument("--backend", choices=["postgres", "sqlite"], action="append")
+    er = sub.add_parser("erasure")
+    er.add_argument("--samples", type=int, default=200_000)
+    er.add_argument("--backend", choices=["postgres", "sqlite"], action="append")
     args = parser.parse_args()
+    if args.bench == "erasure":
+        runs = [asyncio.run(erasure(b, args.samples)) for b in args.backend or ["postgres"]]
+        emit("lifecycle_erasure", {"runs": runs})
     if args.bench == "export":
         results = [asyncio.run(export(b, args.samples)) for b in args.backend or ["postgres"]]
         emit("lifecycle_export", {"runs": results})

@@ -425,6 +425,16 @@ def _auth(r: dict[str, Any]) -> Iterator[Row]:
             )
 
 
+def _lifecycle_erasure(r: dict[str, Any]) -> Iterator[Row]:
+    for run in r["runs"]:
+        yield Row(
+            f"Erasure purge, {run['backend']}, {run['samples']:,} samples + 24 sessions",
+            f"{run['rows_per_s']:,} rows/s ({run['rows']:,} rows in {run['seconds']:.1f} s)",
+            "—",
+            "—",
+        )
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], Iterator[Row]]] = {
     "ingest": _ingest,
     "import": _import,
@@ -438,6 +448,7 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], Iterator[Row]]] = {
     "soak": _soak,
     "capacity": _capacity,
     "lifecycle_export": _lifecycle_export,
+    "lifecycle_erasure": _lifecycle_erasure,
     "auth": _auth,
 }
 

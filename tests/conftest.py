@@ -227,12 +227,15 @@ def unique_prefix() -> str:
 
 
 #: tests that put the machine under load (a thousand concurrent requests, hundreds of cold
-#: sessions, a day of samples streamed while memory is measured): they run on one pytest-xdist
-#: worker, one at a time, so that two such loads never overlap
+#: sessions, a day of samples streamed while memory is measured, fuzzers) or time answers under
+#: one: they run on one pytest-xdist worker, one at a time, so that two such loads never overlap
 LOAD_MODULES = (
     "tests/telemetry/test_herd.py",
     "tests/interop/test_export_memory.py",
     "tests/hardening/test_request_limits.py",
+    "tests/hardening/test_fuzz_api.py",
+    "tests/hardening/test_fuzz_socketio.py",
+    "tests/hardening/test_export_pool.py",
 )
 
 

@@ -25,6 +25,7 @@ from vitalcast.settings import Settings
 if TYPE_CHECKING:
     from vitalcast.db.engine import Database
     from vitalcast.interop.importer import ImportSummary
+    from vitalcast.lifecycle.retention import RetentionRun
     from vitalcast.queue.backfill import BackfillFilter, BackfillProgress
     from vitalcast.wiring import Seams
 
@@ -37,6 +38,38 @@ app.add_typer(token_app, name="token")
 app.add_typer(import_app, name="import")
 users_app = typer.Typer(no_args_is_help=True, help="Accounts: list them, erase one.")
 app.add_typer(users_app, name="users")
+retention_app = typer.Typer(no_args_is_help=True, help="Raw-sample retention.")
+app.add_typer(retention_app, name="retention")
+
+
+@retention_app.command("run")
+def retention_run() -> None:
+    """Archive the sessions whose windows reach past VITALCAST_RAW_RETENTION_DAYS, then purge
+    the raw samples older than that (what every server does daily)."""
+    from vitalcast.db.migrate import upgrade_if_behind
+    from vitalcast.observability import configure_logging
+
+    settings = Settings()
+    configure_logging("warning")
+    if not settings.raw_retention_days:
+        typer.echo("VITALCAST_RAW_RETENTION_DAYS is not set: raw samples are kept", err=True)
+        raise typer.Exit(1)
+    upgrade_if_behind(settings.resolved_database_url)
+    done = asyncio.run(_retention_run(settings))
+    typer.echo(
+        f"cutoff {datetime.fromtimestamp(done.cutoff_ms / 1000, UTC).isoformat()}: "
+        f"{done.sessions_archived} sessions archived, {done.samples_deleted} samples deleted"
+    )
+
+
+async def _retention_run(settings: Settings) -> RetentionRun:
+    from vitalcast.wiring import build_retention
+
+    db, service = build_retention(settings)
+    try:
+        return await service.run()
+    finally:
+        await db.dispose()
 
 
 @db_app.command("upgrade")

@@ -77,6 +77,12 @@ class RateLimited(VitalcastError):
     code = "RATE_LIMITED"
 
 
+class Gone(VitalcastError):
+    """What was asked for existed and was removed on purpose (RAW_EXPIRED: retention)."""
+
+    code = "GONE"
+
+
 class DependencyUnavailable(VitalcastError):
     """A backing service (database, Redis) cannot be reached; retry after ``retry_after_s``."""
 

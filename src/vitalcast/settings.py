@@ -163,6 +163,12 @@ class Settings(BaseSettings):
         description="How long a request waits for a pooled database connection before it is "
         "answered 503 with Retry-After.",
     )
+    raw_retention_days: int | None = Field(
+        None,
+        ge=1,
+        description="Raw samples older than this many days are purged daily (views of the "
+        "sessions they belonged to are archived first); unset = kept forever.",
+    )
     erasure_batch_rows: int = Field(
         5_000, ge=1, le=100_000, description="Rows an erasure purge deletes per transaction."
     )

@@ -36,6 +36,7 @@ from vitalcast.ingest.service import IngestService
 from vitalcast.lifecycle.erasure import ErasureService, InProcessErasures, Revoke, redis_scope
 from vitalcast.lifecycle.erasure_queue import QueuedErasures
 from vitalcast.lifecycle.export import AccountExport
+from vitalcast.lifecycle.retention import DailyRetention, RetentionService
 from vitalcast.lifecycle.samples import SampleDeletionService
 from vitalcast.observability import Metrics
 from vitalcast.oidc import OidcVerifier
@@ -135,6 +136,8 @@ class ServerParts:
     #: DELETE /api/v1/me: records erasures; ``erasures`` runs their purges
     erasure: ErasureService
     erasures: InProcessErasures | QueuedErasures
+    #: the daily raw-sample purge (None: VITALCAST_RAW_RETENTION_DAYS unset)
+    retention: DailyRetention | None
     #: the owner's webhook endpoints, and the sender of their deliveries
     webhooks: WebhookService
     dispatcher: WebhookDispatcher
@@ -155,6 +158,8 @@ class ServerParts:
         # A purge cut by a crash or a restart resumes.
         if await self.erasure.pending():
             await self.erasures.dispatch()
+        if self.retention is not None:
+            await self.retention.start()
 
     async def refresh_metrics(self) -> None:
         """Update the gauges that are read rather than counted (before /metrics renders)."""
@@ -170,6 +175,8 @@ class ServerParts:
             await self.webhook_jobs.close()
         await self.ticker.stop()
         await self.erasures.stop()
+        if self.retention is not None:
+            await self.retention.stop()
         await self.share_access.close()
         await self.revocation_poll.close()
         await self.authenticator.close()
@@ -362,6 +369,11 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
         export=AccountExport(db, clock, window_minutes=settings.default_window_minutes),
         erasure=erasure,
         erasures=QueuedErasures(settings, in_process) if settings.redis_url else in_process,
+        retention=(
+            DailyRetention(retention_service(settings, db, clock))
+            if settings.raw_retention_days
+            else None
+        ),
         revocation_poll=RevocationPoll(
             db, authenticator.revocations, interval_ms=settings.revocation_poll_ms
         ),
@@ -391,6 +403,19 @@ def _publisher(settings: Settings, clock: Clock) -> Revoke:
             )
 
     return revoke
+
+
+def retention_service(settings: Settings, db: Database, clock: Clock) -> RetentionService:
+    """The raw-sample retention of ``settings`` (``vitalcast retention run`` and the daily one)."""
+    if not settings.raw_retention_days:
+        raise ValueError("VITALCAST_RAW_RETENTION_DAYS is not set")
+    return RetentionService(db, clock, days=settings.raw_retention_days)
+
+
+def build_retention(settings: Settings) -> tuple[Database, RetentionService]:
+    """The database and retention service of ``vitalcast retention run``."""
+    db = _database(settings)
+    return db, retention_service(settings, db, SystemClock())
 
 
 def _erasure(

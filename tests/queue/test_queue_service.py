@@ -273,7 +273,7 @@ async def test_stop_releases_a_running_job_to_another_worker(
 
 def test_a_killed_workers_lease_lapses_by_the_time_its_job_is_redelivered() -> None:
     """With the production timings and with the tests' short ones, a dead worker's job is
-    redelivered within about 10 s (lock + two stalled checks, stack-notes), and its compute lease
+    redelivered within about 10 s (lock + two stalled checks), and its compute lease
     is no longer than lock + one stalled check, so the worker that takes the job over is not
     kept waiting long on the dead one's lease."""
     for settings in (Settings(), Settings(**FAST_QUEUE)):

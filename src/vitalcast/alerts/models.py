@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
+
+from vitalcast.clock import MINUTE_MS
+from vitalcast.json_types import JsonObject
 
 EVENT_VERSION = 1
 SESSION_ALERT = "session.alert"
 #: an episode is known by the slot of its start on this grid (anchored at the session start):
 #: the coarsest resolution's bucket, so every resolution's view of one crossing shares it
-SLOT_MS = 300_000
+SLOT_MS = 5 * MINUTE_MS
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +31,7 @@ class Alert:
     source_watermark: int
     announced_at_ms: int
 
-    def event(self) -> dict[str, Any]:
+    def event(self) -> JsonObject:
         """The ``session.alert`` envelope: the rule and the episode's extreme are the only
         health facts it carries."""
         return {

@@ -13,7 +13,7 @@ from vitalcast.alerts.models import Alert
 from vitalcast.db.tables import session_alerts
 
 
-def _alert(row: Any) -> Alert:
+def _alert(row: Any) -> Alert:  # Any: a row of session_alerts, read by column name
     return Alert(
         session_id=row.session_id,
         user_id=row.user_id,

@@ -21,6 +21,7 @@ from vitalcast.errors import (
     Conflict,
     DependencyUnavailable,
     Forbidden,
+    Gone,
     InvalidInput,
     NotFound,
     PayloadTooLarge,
@@ -44,6 +45,7 @@ STATUS_BY_ERROR: dict[type[VitalcastError], int] = {
     Forbidden: 403,
     RateLimited: 429,
     DependencyUnavailable: 503,
+    Gone: 410,
 }
 
 _CODE_BY_STATUS = {
@@ -55,6 +57,7 @@ _CODE_BY_STATUS = {
     413: "BODY_TOO_LARGE",
     415: "UNSUPPORTED_MEDIA_TYPE",
     422: "VALIDATION_ERROR",
+    410: "GONE",
     429: "RATE_LIMITED",
     503: "DEPENDENCY_UNAVAILABLE",
 }
@@ -81,6 +84,7 @@ _PROBLEM_DESCRIPTIONS = {
     409: "Conflicts with earlier state (REQUEST_ID_REUSED, SESSION_NOT_ACTIVE).",
     413: "Too large (TOO_MANY_SAMPLES, BODY_TOO_LARGE); nothing was applied.",
     422: "Malformed or unacceptable input (VALIDATION_ERROR and more precise codes).",
+    410: "The session's raw samples expired (RAW_EXPIRED); its payload and bucket CSV remain.",
     429: "Rate limited (RATE_LIMITED); retry after Retry-After seconds.",
     503: "A dependency is down (DATABASE_UNAVAILABLE) or every database connection is busy "
     "(DATABASE_BUSY); retry after Retry-After seconds.",

@@ -16,10 +16,11 @@ from fastapi.responses import StreamingResponse
 from vitalcast.api.deps import CurrentUser, Parts, SessionId
 from vitalcast.api.errors import problem_responses
 from vitalcast.api.ratelimits import TelemetryRateLimit
-from vitalcast.errors import DependencyUnavailable
+from vitalcast.errors import DependencyUnavailable, Gone
 from vitalcast.interop import fhir_export
 from vitalcast.interop.csv_export import buckets_csv, samples_csv
 from vitalcast.interop.raw_samples import stream_samples, window_of
+from vitalcast.sessions.models import Session
 from vitalcast.telemetry.keys import MAX_WINDOW_MINUTES, MIN_WINDOW_MINUTES, CacheState
 from vitalcast.telemetry.read.answer import ERROR_MESSAGES
 
@@ -30,6 +31,15 @@ _NO_STORE = "private, no-store"
 _WINDOW_DOC = f"Padding, {MIN_WINDOW_MINUTES}…{MAX_WINDOW_MINUTES} minutes (default: the server's)."
 _WINDOW = {"minimum": MIN_WINDOW_MINUTES, "maximum": MAX_WINDOW_MINUTES}
 WindowMinutes = Annotated[int | None, Query(description=_WINDOW_DOC, json_schema_extra=_WINDOW)]
+
+
+def _raw_kept(session: Session) -> None:
+    """Raw exports need every raw sample of the window: an archived session no longer has them."""
+    if session.archived_at_ms is not None:
+        raise Gone(
+            "The raw samples of this session have expired; its telemetry and bucket CSV remain.",
+            code="RAW_EXPIRED",
+        )
 
 
 def _attachment(session_id: str, name: str) -> dict[str, str]:
@@ -49,7 +59,7 @@ def _attachment(session_id: str, name: str) -> dict[str, str]:
             "content": {CSV: {"schema": {"type": "string"}}},
         },
         202: {"description": "kind=buckets while nothing is cached yet (as the telemetry GET)."},
-        **problem_responses(401, 404, 422, 429, 503),
+        **problem_responses(401, 404, 410, 422, 429, 503),
     },
 )
 async def export_csv(
@@ -69,6 +79,7 @@ async def export_csv(
     if kind == "buckets":
         return await _buckets_csv(session_id, user.user_id, parts, minutes, resolution)
     session = await parts.sessions.get(user.user_id, session_id)
+    _raw_kept(session)
     window = window_of(session, minutes, parts.clock.now_ms())
     return StreamingResponse(
         samples_csv(stream_samples(parts.db, user.user_id, window)),
@@ -112,7 +123,7 @@ async def _buckets_csv(
             "one vital-signs or activity Observation per raw sample of its window.",
             "content": {fhir_export.MEDIA_TYPE: {"schema": {"type": "object"}}},
         },
-        **problem_responses(401, 404, 422, 429, 503),
+        **problem_responses(401, 404, 410, 422, 429, 503),
     },
 )
 async def export_fhir(
@@ -124,6 +135,7 @@ async def export_fhir(
     """The session's samples as a FHIR R4 Bundle, streamed."""
     minutes = parts.settings.default_window_minutes if window_minutes is None else window_minutes
     session = await parts.sessions.get(user.user_id, session_id)
+    _raw_kept(session)
     now = parts.clock.now_ms()
     window = window_of(session, minutes, now)
     return StreamingResponse(

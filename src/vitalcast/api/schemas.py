@@ -115,6 +115,8 @@ class SessionOut(BaseModel):
     end_ms: int | None
     notes: str | None
     source_watermark: int
+    #: retention archived it: views served as kept, raw exports 410 RAW_EXPIRED
+    archived: bool = False
 
     @classmethod
     def of(cls, session: Session) -> SessionOut:
@@ -129,6 +131,7 @@ class SessionOut(BaseModel):
             end_ms=session.end_ms,
             notes=session.notes,
             source_watermark=session.source_watermark,
+            archived=session.archived_at_ms is not None,
         )
 
 

@@ -50,6 +50,8 @@ sessions = sa.Table(
     sa.Column("source_watermark", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("created_at_ms", sa.BigInteger, nullable=False),
     sa.Column("updated_at_ms", sa.BigInteger, nullable=False),
+    # Set by retention when raw samples its windows show expire: views kept as they are.
+    sa.Column("archived_at_ms", sa.BigInteger, nullable=True),
     sa.UniqueConstraint("user_id", "client_session_id"),
     sa.CheckConstraint("status in ('active', 'completed', 'cancelled')", name="status"),
     sa.CheckConstraint("end_ms is null or end_ms >= start_ms", name="end_after_start"),

@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 T = TypeVar("T")
 #: what a unit is: the body of one transaction
-Unit = Callable[[AsyncConnection], Coroutine[Any, Any, T]]
+Unit = Callable[[AsyncConnection], Coroutine[Any, Any, T]]  # Any: a coroutine's yield/send types
 
 #: database threads per SQLite database (SQLite has one writer at a time; readers run beside it)
 UNIT_THREADS = 2
@@ -43,6 +43,7 @@ UNIT_THREADS = 2
 class _Inline:
     """Stands where aiosqlite keeps the queue to its thread: runs each call at once."""
 
+    # Any: aiosqlite's queue items, whatever the call returns
     def put_nowait(self, item: tuple[asyncio.Future[Any] | None, Callable[[], Any]]) -> None:
         future, function = item
         try:
@@ -62,9 +63,10 @@ class InlineConnection(aiosqlite.Connection):
         super().__init__(connector, 64)
         self._tx = _Inline()  # type: ignore[assignment]
 
-    def __await__(self) -> Any:
+    def __await__(self) -> Any:  # Any: overrides aiosqlite's untyped one
         return self._connect().__await__()
 
+    # Any: overrides aiosqlite's _execute, which runs any sqlite3 call with its arguments
     async def _execute(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if not self._running or not self._connection:
             raise ValueError("Connection closed")
@@ -81,7 +83,7 @@ class UnitSuspended(RuntimeError):
     """A unit waited for something other than its database (see the module docstring)."""
 
 
-def _drive(coro: Coroutine[Any, Any, T]) -> T:
+def _drive(coro: Coroutine[Any, Any, T]) -> T:  # Any: a coroutine's yield/send types
     """Run a coroutine that never suspends to its end, with no event loop running: every
     awaitable in a unit (a finished future, the inline driver's calls) completes at once."""
     try:

@@ -1,2 +1,2 @@
 """Data lifecycle: deleting a stretch of samples, erasing an account, exporting everything,
-expiring old raw samples (DESIGN.md, Version 3, "Data lifecycle")."""
+expiring old raw samples (docs/design.md, "Data lifecycle")."""

@@ -21,7 +21,7 @@ from vitalcast.settings import Settings
 log = get_logger(__name__)
 
 JOB_NAME = "erase"
-JOB_OPTIONS: dict[str, Any] = {
+JOB_OPTIONS: dict[str, Any] = {  # Any: BullMQ job options, values of mixed JSON types
     "attempts": 5,
     "backoff": {"type": "exponential", "delay": 2_000},
     "removeOnComplete": True,
@@ -83,7 +83,7 @@ class ErasureWorker:
             },
         )
 
-    async def _process(self, _job: Any, _token: str | None = None) -> int:
+    async def _process(self, _job: Any, _token: str | None = None) -> int:  # Any: bullmq Job
         return await self._service.run_pending()
 
     async def stop(self) -> None:

@@ -45,6 +45,7 @@ def _session_json(session: Session) -> dict[str, object]:
         "end_ms": session.end_ms,
         "notes": session.notes,
         "source_watermark": session.source_watermark,
+        "archived": session.archived_at_ms is not None,
     }
 
 
@@ -72,7 +73,9 @@ class AccountExport:
         yield Member("samples.csv", samples_csv(self._samples(user_id)))
         async for partition in self._sessions(user_id):
             for session in partition:
-                yield Member(f"sessions/{session.id}.json", self._bundle(session))
+                # An archived session's raw samples expired: no bundle of what is left.
+                if session.archived_at_ms is None:
+                    yield Member(f"sessions/{session.id}.json", self._bundle(session))
 
     async def _sessions(self, user_id: str) -> AsyncIterator[Sequence[Session]]:
         """The user's sessions by start, a page per short transaction: the archive is written

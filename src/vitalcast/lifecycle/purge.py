@@ -32,7 +32,7 @@ class Holder:
     """A table holding a user's rows, and the column that names the user."""
 
     table: sa.Table
-    owner: sa.Column[Any]
+    owner: sa.Column[Any]  # Any: a column of any type
 
 
 def holders() -> list[Holder]:
@@ -42,7 +42,7 @@ def holders() -> list[Holder]:
     for table in reversed(metadata.sorted_tables):
         if table is users or table is erasures:
             continue
-        owner: sa.Column[Any] | None = None
+        owner: sa.Column[Any] | None = None  # Any: as above
         for constraint in table.foreign_key_constraints:
             if constraint.referred_table is users and len(constraint.columns) == 1:
                 owner = next(iter(constraint.columns))
@@ -62,6 +62,7 @@ async def count_rows(conn: AsyncConnection, user_id: str) -> int:
     return total
 
 
+# Any: key values of the table's primary key columns, whatever their types
 def _keys_in(table: sa.Table, keys: Sequence[Sequence[Any]]) -> sa.ColumnElement[bool]:
     columns = list(table.primary_key.columns)
     if len(columns) == 1:

@@ -20,6 +20,7 @@ from typing import Any
 from bullmq import Queue, Worker
 from bullmq.custom_errors import DelayedError
 
+from vitalcast.json_types import JsonObject
 from vitalcast.observability import get_logger
 from vitalcast.redis_connections import CALL_TIMEOUT_S, blocking_options
 from vitalcast.settings import Settings
@@ -34,7 +35,7 @@ LOCK_DURATION_MS = 4_000
 STALLED_INTERVAL_MS = 3_000
 MAX_STALLED_COUNT = 2
 # Finished jobs are not kept: the database row is the record.
-JOB_OPTIONS: dict[str, Any] = {"removeOnComplete": True, "removeOnFail": {"count": 1_000}}
+JOB_OPTIONS: JsonObject = {"removeOnComplete": True, "removeOnFail": {"count": 1_000}}
 
 
 class WebhookQueue:
@@ -80,7 +81,7 @@ class WebhookJobWorker:
         self._dispatcher = dispatcher
         self._concurrency = concurrency
         self._worker: Worker | None = None
-        self._run_task: asyncio.Task[Any] | None = None
+        self._run_task: asyncio.Task[Any] | None = None  # Any: bullmq Worker.run's, untyped
 
     async def start(self) -> None:
         worker = Worker(
@@ -110,7 +111,7 @@ class WebhookJobWorker:
             with contextlib.suppress(Exception):
                 await self._run_task
 
-    async def _process(self, job: Any, token: str) -> str:
+    async def _process(self, job: Any, token: str) -> str:  # Any: a bullmq Job (untyped)
         delivery_id = str(job.data.get("delivery_id", ""))
         next_ms = await self._dispatcher.attempt_one(delivery_id)
         if next_ms is None:

@@ -89,7 +89,7 @@ def session_status_event(session: Session) -> JsonObject:
     }
 
 
-def session_deleted_event(session: Session) -> dict[str, Any]:
+def session_deleted_event(session: Session) -> JsonObject:
     """The ``session.status`` envelope of a deleted session: the last event of its room."""
     return session_status_event(session) | {"status": "deleted", "live": False}
 
@@ -106,7 +106,7 @@ class Emitter(Protocol):
         namespace: str,
     ) -> Any: ...  # Any: as above
 
-    async def close_room(self, room: str, namespace: str) -> Any: ...
+    async def close_room(self, room: str, namespace: str) -> Any: ...  # Any: as emit
 
 
 class BoundedRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]

@@ -33,6 +33,8 @@ class Session:
     end_ms: int | None
     notes: str | None
     source_watermark: int
+    #: when retention archived it (its raw samples expired); None: not archived
+    archived_at_ms: int | None = None
 
     @property
     def live(self) -> bool:
@@ -54,4 +56,5 @@ class Session:
             end_ms=row.end_ms,
             notes=row.notes,
             source_watermark=row.source_watermark,
+            archived_at_ms=getattr(row, "archived_at_ms", None),
         )

@@ -207,6 +207,8 @@ async def bump_watermarks(
         await conn.execute(
             sa.select(sessions).where(
                 sessions.c.user_id == user_id,
+                # Archived (retention): its views are kept as they are, never recomputed.
+                sessions.c.archived_at_ms.is_(None),
                 sessions.c.start_ms - WIDEST_PAD_MS <= hi,
                 sa.func.coalesce(sessions.c.end_ms, now_ms) + WIDEST_PAD_MS > lo,
             )

@@ -22,7 +22,7 @@ from vitalcast.webhooks.models import (
 PENDING = DeliveryStatus.PENDING.value
 
 
-def _endpoint(row: Any) -> Endpoint:
+def _endpoint(row: Any) -> Endpoint:  # Any: a row of the endpoints table, read by column name
     return Endpoint(
         id=row.id,
         user_id=row.user_id,
@@ -36,7 +36,7 @@ def _endpoint(row: Any) -> Endpoint:
     )
 
 
-def _delivery(row: Any) -> Delivery:
+def _delivery(row: Any) -> Delivery:  # Any: a row of the deliveries table, read by column name
     return Delivery(
         id=row.id,
         endpoint_id=row.endpoint_id,

@@ -27,10 +27,10 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from functools import partial
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from vitalcast.json_types import JsonMapping
 from vitalcast.sessions.models import Session
 from vitalcast.telemetry.compute import changes, history
 from vitalcast.telemetry.compute import payload as packing
@@ -176,7 +176,7 @@ async def compute_view(
     )
 
 
-def episodes_of(metrics: Mapping[str, Mapping[str, Any]]) -> tuple[AlertEpisode, ...]:
+def episodes_of(metrics: Mapping[str, JsonMapping]) -> tuple[AlertEpisode, ...]:
     """Every metric's alert episodes, as the payload holds them (``insights.episodes``)."""
     found: list[AlertEpisode] = []
     for code, metric in metrics.items():

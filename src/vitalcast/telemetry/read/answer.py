@@ -51,6 +51,8 @@ class TelemetryAnswer:
     #: the JSON delta from the client's watermark to the current payload (``history``); when
     #: set, the body carries it instead of the payload
     delta: bytes | None = None
+    #: the session was archived by retention: the payload is the one kept, never recomputed
+    archived: bool = False
 
     @property
     def http_status(self) -> int:
@@ -67,12 +69,13 @@ class TelemetryAnswer:
         error = None
         if self.error_code is not None:
             error = {"code": self.error_code, "message": ERROR_MESSAGES[self.error_code]}
-        return answer_json(
+        body = answer_json(
             self.state.value,
             telemetry=None if self.payload is None else self.payload.json(self.codes),
             retry_after_s=self.retry_after_s,
             error=error,
         )
+        return body[:-1] + b',"archived":true}' if self.archived else body
 
 
 @dataclass(frozen=True, slots=True)

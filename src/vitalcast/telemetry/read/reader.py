@@ -31,7 +31,7 @@ from vitalcast.telemetry.store.rows import HotRow
 _SQL = """
 SELECT s.status, s.start_ms, s.end_ms, s.source_watermark,
        c.resolution, c.status, c.source_watermark, c.computed_at_ms, c.error_code,
-       c.next_attempt_ms, {payload}, {history}
+       c.next_attempt_ms, {payload}, {history}, s.archived_at_ms
 FROM sessions s
 LEFT JOIN telemetry_cache c
   ON c.session_id = s.id

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from vitalcast.clock import Clock
 from vitalcast.db.engine import Database
-from vitalcast.errors import InvalidInput, NotFound
+from vitalcast.errors import Gone, InvalidInput, NotFound
 from vitalcast.observability import Metrics, get_logger
 from vitalcast.telemetry.compute import deltas, history
 from vitalcast.telemetry.compute.payload import unpack
@@ -126,6 +126,12 @@ class SessionTelemetryService:
             if row is None:
                 raise NotFound("Session not found.", code="SESSION_NOT_FOUND")
             key = self._key_of(row, user_id, session_id, window_minutes, requested, now)
+            if row.archived_at_ms is not None:
+                archived = await self._archived(row, codes, if_none_match, key)
+                if archived is not None:
+                    return self._count(archived)
+                with_payload = True
+                continue
             decision = decide(row, now)
             etag = None
             if decision.state.has_payload:
@@ -168,6 +174,26 @@ class SessionTelemetryService:
                 etag=etag,
             )
         )
+
+    async def _archived(
+        self, row: HotRow, codes: tuple[str, ...], if_none_match: str | None, key: TelemetryKey
+    ) -> TelemetryAnswer | None:
+        """An archived session's view: the kept payload as it is (its ETag unchanged), never a
+        compute; a view it never had cannot be made any more (RAW_EXPIRED). None: read the
+        payload first."""
+        if row.source_watermark is None or row.status not in ("ready", "no_data"):
+            raise Gone(
+                "The raw samples of this session have expired and this view was never kept.",
+                code="RAW_EXPIRED",
+            )
+        state = CacheState(row.status)
+        live_at = row.computed_at_ms if row.live else None
+        etag = make_etag(key, row.source_watermark, codes, live_at_ms=live_at)
+        if etag_matches(if_none_match, etag):
+            return TelemetryAnswer(state, codes, etag=etag, not_modified=True, archived=True)
+        if row.payload is None:
+            return None
+        return TelemetryAnswer(state, codes, payload=unpack(row.payload), etag=etag, archived=True)
 
     def _delta(
         self,

@@ -29,6 +29,8 @@ class HotRow:
     payload: bytes | None
     #: the payload's save history (``history``); None unless asked for (or none is kept)
     history: bytes | None = None
+    #: retention archived the session: its views are served as kept, never recomputed
+    archived_at_ms: int | None = None
 
     @property
     def live(self) -> bool:

@@ -1,4 +1,4 @@
-"""data lifecycle: accounts being erased
+"""data lifecycle: accounts being erased, sessions archived by retention
 
 Revision ID: 0005
 Revises: 0004_alerts
@@ -22,7 +22,9 @@ def upgrade() -> None:
         sa.Column("rows_purged", sa.BigInteger(), server_default="0", nullable=False),
         sa.PrimaryKeyConstraint("user_id", name=op.f("pk_erasures")),
     )
+    op.add_column("sessions", sa.Column("archived_at_ms", sa.BigInteger(), nullable=True))
 
 
 def downgrade() -> None:
+    op.drop_column("sessions", "archived_at_ms")
     op.drop_table("erasures")

@@ -1,0 +1,128 @@
+"""Raw-sample retention (``VITALCAST_RAW_RETENTION_DAYS``): samples older than the limit go,
+once a day in every server and on ``vitalcast retention run``.
+
+Views are kept: before any sample a session's windows may show goes, the session is archived
+(``sessions.archived_at_ms``). An archived session's cached views are served as they are, byte
+for byte, and never recomputed: its watermark no longer moves (``bump_watermarks`` leaves it
+out), a view it never had is ``RAW_EXPIRED`` rather than computed from what is left, and its
+raw exports answer 410 ``RAW_EXPIRED`` (the bucket CSV is made from the kept payload and keeps
+working). A session is archived once the widest window any request may ask for reaches before
+the limit, so archiving always comes first, and a run cut anywhere is run again safely.
+
+On PostgreSQL with a partitioned samples table the old months are dropped whole
+(``lifecycle.partitions``); elsewhere the rows are deleted in batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from vitalcast.clock import Clock
+from vitalcast.db.engine import Database
+from vitalcast.db.tables import health_samples, sessions
+from vitalcast.observability import get_logger
+from vitalcast.sessions.models import WIDEST_PAD_MS
+
+log = get_logger(__name__)
+
+DAY_MS = 86_400_000
+#: rows deleted per transaction when no partition can be dropped
+BATCH_ROWS = 10_000
+#: the purge runs this often in a server
+INTERVAL_S = 86_400.0
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionRun:
+    """What one run did."""
+
+    cutoff_ms: int
+    sessions_archived: int
+    samples_deleted: int
+    partitions_dropped: int
+
+
+#: drops whole partitions older than a cutoff; the number dropped (None: not partitioned)
+PartitionDropper = Callable[[int], Awaitable[int | None]]
+
+
+class RetentionService:
+    """Archives the sessions that reach into expired time, then removes the expired samples."""
+
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        *,
+        days: int,
+        batch_rows: int = BATCH_ROWS,
+        drop_partitions: PartitionDropper | None = None,
+    ) -> None:
+        self._db = db
+        self._clock = clock
+        self._days = days
+        self._batch_rows = batch_rows
+        self._drop_partitions = drop_partitions
+
+    async def run(self) -> RetentionRun:
+        now = self._clock.now_ms()
+        cutoff = now - self._days * DAY_MS
+        async with self._db.write() as conn:
+            archived = await conn.execute(
+                sa.update(sessions)
+                .where(
+                    sessions.c.archived_at_ms.is_(None),
+                    sessions.c.start_ms - WIDEST_PAD_MS < cutoff,
+                )
+                .values(archived_at_ms=now)
+            )
+        dropped = 0
+        if self._drop_partitions is not None:
+            dropped = await self._drop_partitions(cutoff) or 0
+        deleted = 0
+        c = health_samples.c
+        while True:
+            async with self._db.write() as conn:
+                ids = sa.select(c.id).where(c.start_ms < cutoff).limit(self._batch_rows)
+                result = await conn.execute(sa.delete(health_samples).where(c.id.in_(ids)))
+            if not result.rowcount:
+                break
+            deleted += result.rowcount
+        done = RetentionRun(cutoff, archived.rowcount, deleted, dropped)
+        log.info(
+            "retention_run",
+            cutoff_ms=cutoff,
+            sessions_archived=done.sessions_archived,
+            samples_deleted=deleted,
+            partitions_dropped=dropped,
+        )
+        return done
+
+
+class DailyRetention:
+    """Runs the retention once at start and then every ``interval_s`` in a server."""
+
+    def __init__(self, service: RetentionService, *, interval_s: float = INTERVAL_S) -> None:
+        self._service = service
+        self._interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self._service.run()
+            except Exception as exc:
+                log.error("retention_failed", error_type=type(exc).__name__)
+            await asyncio.sleep(self._interval_s)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)

@@ -1,0 +1,92 @@
+"""The operators' commands: ``vitalcast users list``, ``users erase NAME`` and ``retention run``,
+as real subprocesses on a real database."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from tests.conftest import in_thread
+from tests.lifecycle.traces import all_rows, rows_holding
+from tests.processes import run_cli, vitalcast_env
+from vitalcast.clock import now_ms
+from vitalcast.db.engine import Database, create_engine
+from vitalcast.db.tables import health_samples
+from vitalcast.lifecycle.retention import DAY_MS
+
+
+async def _samples(url: str, user_id: str, starts: list[int]) -> None:
+    db = Database(create_engine(url))
+    try:
+        async with db.write() as conn:
+            await conn.execute(
+                sa.insert(health_samples),
+                [
+                    {
+                        "user_id": user_id,
+                        "source": "cli",
+                        "record_id": f"r{at}",
+                        "metric": "heart_rate",
+                        "value": 70.0,
+                        "unit": "bpm",
+                        "start_ms": at,
+                        "end_ms": at,
+                        "device": None,
+                        "deleted": False,
+                        "change_seq": 1,
+                    }
+                    for at in starts
+                ],
+            )
+    finally:
+        await db.dispose()
+
+
+async def _user_id(url: str, name: str) -> str:
+    db = Database(create_engine(url))
+    try:
+        async with db.read() as conn:
+            return str(
+                await conn.scalar(sa.text("SELECT id FROM users WHERE name = :n"), {"n": name})
+            )
+    finally:
+        await db.dispose()
+
+
+def test_users_list_erase_and_retention_run(database_url: str, tmp_path: Path) -> None:
+    env = vitalcast_env(
+        tmp_path / "data", database_url=database_url, raw_retention_days="5", log_level="warning"
+    )
+    for name in ("cli-keeper", "cli-erased-person"):
+        assert run_cli(["token", "create", name], env).returncode == 0
+    keeper = in_thread(asyncio.run, _user_id(database_url, "cli-keeper"))
+    erased = in_thread(asyncio.run, _user_id(database_url, "cli-erased-person"))
+    now = now_ms()
+    in_thread(asyncio.run, _samples(database_url, keeper, [now - 10 * DAY_MS, now - 60_000]))
+    in_thread(asyncio.run, _samples(database_url, erased, [now - 120_000, now - 60_000]))
+
+    listed = run_cli(["users", "list"], env)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[0].split("\t") == ["name", "id", "sessions", "samples", "state"]
+    assert f"cli-erased-person\t{erased}\t0\t2\tactive" in lines
+
+    erase = run_cli(["users", "erase", "cli-erased-person"], env)
+    assert erase.returncode == 0, erase.stderr
+    assert erase.stdout.strip() == "erased cli-erased-person: 3 rows"
+    assert "cli-erased-person" not in run_cli(["users", "list"], env).stdout
+    db = Database(create_engine(database_url))
+    try:
+        assert rows_holding(in_thread(asyncio.run, all_rows(db)), [erased]) == {}
+    finally:
+        in_thread(asyncio.run, db.dispose())
+    missing = run_cli(["users", "erase", "nobody-by-that-name"], env)
+    assert missing.returncode == 1 and "no user named" in missing.stderr
+
+    retention = run_cli(["retention", "run"], env)
+    assert retention.returncode == 0, retention.stderr
+    assert "0 sessions archived, 1 samples deleted" in retention.stdout
+    unset = run_cli(["retention", "run"], env | {"VITALCAST_RAW_RETENTION_DAYS": ""})
+    assert unset.returncode == 1
