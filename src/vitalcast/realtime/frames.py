@@ -46,7 +46,7 @@ import engineio
 import limits
 from engineio import packet as eio_packet
 from engineio.payload import Payload
-from limits.aio.strategies import MovingWindowRateLimiter
+from limits.strategies import MovingWindowRateLimiter
 from socketio import packet as sio_packet
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -139,12 +139,9 @@ class FrameGate:
         #: polling sids whose drops were logged already
         self._logged: set[str] = set()
 
-    async def _spend(self, key: str, dropped: int) -> bool:
+    def _spend(self, key: str, dropped: int) -> bool:
         """Charge ``dropped`` frames to the connection's budget; False once it is overspent."""
-        for _ in range(dropped):
-            if not await self._limiter.hit(self._limit, key):
-                return False
-        return True
+        return self._limiter.hit(self._limit, key, cost=dropped)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
@@ -199,11 +196,11 @@ class FrameGate:
                 self._logged.clear()
             self._logged.add(sid)
             log.info("realtime_frame_dropped", transport="polling")
-        if await self._spend(f"frames:{sid}", dropped):
+        if self._spend(f"frames:{sid}", dropped):
             return True
         log.warning("realtime_frame_flood", transport="polling")
         self._logged.discard(sid)
-        await self._limiter.clear(self._limit, f"frames:{sid}")
+        self._limiter.clear(self._limit, f"frames:{sid}")
         await self._engine.disconnect(sid)
         return False
 
@@ -216,7 +213,7 @@ class FrameGate:
         try:
             await self._websocket_gated(scope, receive, send, key)
         finally:
-            await self._limiter.clear(self._limit, key)
+            self._limiter.clear(self._limit, key)
 
     async def _websocket_gated(self, scope: Scope, receive: Receive, send: Send, key: str) -> None:
         client_closed = False
@@ -244,7 +241,7 @@ class FrameGate:
                 if not drops_logged:
                     drops_logged = True
                     log.info("realtime_frame_dropped", transport="websocket")
-                if not await self._spend(key, 1):
+                if not self._spend(key, 1):
                     log.warning("realtime_frame_flood", transport="websocket")
                     return {"type": "websocket.disconnect", "code": 1008}
 

@@ -40,8 +40,7 @@ from typing import Annotated, TypeVar
 
 import limits
 import socketio
-from limits.aio.storage import MemoryStorage
-from limits.aio.strategies import MovingWindowRateLimiter
+from limits.strategies import MovingWindowRateLimiter
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from vitalcast.alerts.models import SESSION_ALERT
@@ -50,7 +49,7 @@ from vitalcast.db.errors import DATABASE_RETRY_AFTER_S, is_outage
 from vitalcast.errors import DependencyUnavailable, NotFound, Unauthenticated
 from vitalcast.json_types import JsonObject
 from vitalcast.observability import get_logger
-from vitalcast.ratelimit import retry_after_s
+from vitalcast.ratelimit import SweptMemoryStorage, retry_after_s
 from vitalcast.realtime.broadcaster import (
     SESSION_UPDATED,
     session_room,
@@ -154,7 +153,10 @@ class RealtimeServer:
         self.sio = sio
         self._parts = parts
         self._limit = limits.parse(parts.settings.rate_limit_socket_events)
-        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+        # The synchronous storage swept inline: limits' asyncio memory storage sweeps in a task that
+        # reads a key's events after awaiting its lock, so a clear() at disconnect in between
+        # raised KeyError in that task (seen in the malformed-frames fuzz test).
+        self._limiter = MovingWindowRateLimiter(SweptMemoryStorage())
         self._clients: dict[str, _Client] = {}
         # Kept apart from ``_clients``: expiry must hold even if a client's record is gone.
         self._expiries: dict[str, asyncio.TimerHandle] = {}
@@ -235,7 +237,7 @@ class RealtimeServer:
         if client is None:
             return
         self._parts.subscriptions.removed(client.sessions)
-        await self._limiter.clear(self._limit, sid)
+        self._limiter.clear(self._limit, sid)
         self._parts.metrics.socket_clients.set(len(self._clients))
         log.debug("realtime_disconnected", sid=sid, user_id=client.user_id)
 
@@ -285,8 +287,8 @@ class RealtimeServer:
         if client.expires_at_ms <= self._parts.clock.now_ms():
             self._expire(sid, client.expired_code)
             return None, _error(client.expired_code, _CLOSE_MESSAGES[client.expired_code])
-        if not await self._limiter.hit(self._limit, sid):
-            stats = await self._limiter.get_window_stats(self._limit, sid)
+        if not self._limiter.hit(self._limit, sid):
+            stats = self._limiter.get_window_stats(self._limit, sid)
             return None, _error(
                 "RATE_LIMITED",
                 f"Too many events; the limit is {self._limit}.",
