@@ -16,6 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vitalcast.db.tables import health_samples, ingest_requests, telemetry_cache, users
 from vitalcast.samples import Sample, WriteCounts
+from vitalcast.sessions import repository as session_repository
+from vitalcast.sessions.models import Session
 
 # Keeps SQLite's IN lists well under its bound-parameter limit.
 _LOOKUP_CHUNK = 1_000
@@ -222,3 +224,21 @@ async def mark_caches_stale(conn: AsyncConnection, session_ids: Sequence[str], n
         )
         .values(stale_since_ms=now_ms)
     )
+
+
+async def record_change(
+    conn: AsyncConnection, user_id: str, seq: int, changed_times_ms: Sequence[int], *, now_ms: int
+) -> list[Session]:
+    """Stamp change ``seq`` (the user's counter, locked by the caller) into every session whose
+    widest window holds one of ``changed_times_ms``; the sessions it moved.
+
+    Every writer of samples (ingest, range deletion) goes through here, so a change moves the
+    counter, the watermarks and the staleness clock of the cached views together.
+    """
+    await set_change_seq(conn, user_id, seq)
+    touched = await session_repository.bump_watermarks(
+        conn, user_id, change_seq=seq, changed_times_ms=changed_times_ms, now_ms=now_ms
+    )
+    if touched:
+        await mark_caches_stale(conn, [s.id for s in touched], now_ms)
+    return touched

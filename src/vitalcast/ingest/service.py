@@ -109,16 +109,9 @@ class IngestService:
         touched: list[Session] = []
         if written.changed:
             seq += 1
-            await repository.set_change_seq(conn, user_id, seq)
-            touched = await session_repository.bump_watermarks(
-                conn,
-                user_id,
-                change_seq=seq,
-                changed_times_ms=written.changed_times_ms,
-                now_ms=now_ms,
+            touched = await repository.record_change(
+                conn, user_id, seq, written.changed_times_ms, now_ms=now_ms
             )
-            if touched:
-                await repository.mark_caches_stale(conn, [s.id for s in touched], now_ms)
         status = 207 if batch.rejected else 200
         response = orjson.dumps(
             {

@@ -75,16 +75,9 @@ class SampleDeletionService:
             touched: list[Session] = []
             if removed.changed_times_ms:
                 seq += 1
-                await ingest_repository.set_change_seq(conn, user_id, seq)
-                touched = await session_repository.bump_watermarks(
-                    conn,
-                    user_id,
-                    change_seq=seq,
-                    changed_times_ms=removed.changed_times_ms,
-                    now_ms=now_ms,
+                touched = await ingest_repository.record_change(
+                    conn, user_id, seq, removed.changed_times_ms, now_ms=now_ms
                 )
-                if touched:
-                    await ingest_repository.mark_caches_stale(conn, [s.id for s in touched], now_ms)
         log.info(
             "samples_range_deleted",
             user_id=user_id,
