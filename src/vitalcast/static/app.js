@@ -110,6 +110,7 @@ function openSession(id) {
     windowMinutes: Number($('window').value),
     live,
     controls: sharedSession === null ? SESSION_CONTROLS : SHARED_CONTROLS,
+    compare: sharedSession === null,
     onLiveChanged: () => sessions.refreshSoon(),
   });
   view = opened;

@@ -25,13 +25,16 @@ export class SessionView {
    * session: its list row if known. live: the Live connection (for on() and the badge).
    * controls: functions view → {node, slot?: 'head' | 'top' | 'bottom', update?(session),
    * close?()}. onLiveChanged(): the payload says live where the row does not (or back).
+   * compare: draw the comparison with the owner's last sessions (a share reads one session
+   * only, so a shared page asks for none: GET /insights would answer 403 SHARE_SCOPE).
    */
-  constructor(id, { session, windowMinutes, live, controls, onLiveChanged }) {
+  constructor(id, { session, windowMinutes, live, controls, onLiveChanged, compare = true }) {
     this.id = id;
     this.session = session;
     this.windowMinutes = windowMinutes;
     this.live = live;
     this.onLiveChanged = onLiveChanged;
+    this.compare = compare;
     this.closed = false;
     // metric code → {u: uPlot, card, body, summary, strip, history, payload, kind}
     this.charts = new Map();
@@ -176,7 +179,7 @@ export class SessionView {
     renderPhaseTable($('phase-table'), payload, codes);
     $('phases').hidden = codes.length === 0;
     this.renderHead();
-    for (const code of codes) {
+    for (const code of this.compare ? codes : []) {
       if (this.histories.answer(code)) this.drawHistory(code);
       else this.histories.want(code);
     }
