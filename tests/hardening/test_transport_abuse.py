@@ -82,7 +82,9 @@ def test_a_dropped_frame_flood_closes_the_socket_and_healthz_stays_fast(tmp_path
     assert floods >= len(closed)
     # one drop line per connection at most, not one per frame
     assert log.count("realtime_frame_dropped") <= floods + FLOODERS
-    assert p50_ms < 50
+    # Under 50 ms, or within 10× the quiet median of this run on a machine loaded by other
+    # tests; the unbudgeted drops pushed it to 0.8–4 s.
+    assert p50_ms < max(50.0, 10 * statistics.median(quiet))
 
 
 def _send_head(url: str, head: bytes) -> bytes:

@@ -256,6 +256,22 @@ def test_cli_cut_file_is_a_one_line_error_and_exit_1(tmp_path, database_url):
     assert lines[0].startswith("import failed: export.xml is broken or incomplete")
 
 
+def test_cli_unknown_encoding_is_a_one_line_error_and_exit_1(tmp_path, database_url):
+    """A declaration naming an encoding Python does not know (found by the import fuzz run as
+    "TF-8") was a LookupError traceback."""
+    text = export_text([Rec(HR, "count/min", "61", at(0))])
+    path = tmp_path / "export.xml"
+    path.write_text(text.replace('encoding="UTF-8"', 'encoding="TF-8"', 1), encoding="utf-8")
+    assert 'encoding="TF-8"' in path.read_text(encoding="utf-8")
+    done = run_cli(
+        ["import", "apple-health", str(path), "--user", "alice"], cli_env(tmp_path, database_url)
+    )
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("import failed: export.xml declares an unknown character encoding")
+
+
 BILLION_LAUGHS = """<?xml version="1.0"?>
 <!DOCTYPE HealthData [
  <!ENTITY lol "lol">

@@ -416,6 +416,9 @@ def read_batches(
         ) from None
     except MarkupTooLong as exc:
         raise ExportError(f"{name} was refused: {exc}") from None
+    except LookupError:
+        # the XML declaration names an encoding Python does not know (a mutated "TF-8")
+        raise ExportError(f"{name} declares an unknown character encoding") from None
     while len(handler.batch.samples) > batch_size:
         yield _split(handler, batch_size, consumed)
     last = handler.batch
