@@ -29,7 +29,12 @@ if TYPE_CHECKING:
     from vitalcast.queue.backfill import BackfillFilter, BackfillProgress
     from vitalcast.wiring import Seams
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="vitalcast: real-time session telemetry for wearable health samples. "
+    "`vitalcast serve --demo` starts the embedded server with a live demo.",
+)
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 token_app = typer.Typer(no_args_is_help=True, help="Bearer tokens.")
 import_app = typer.Typer(no_args_is_help=True, help="Load data exported by other systems.")
