@@ -227,16 +227,18 @@ def unique_prefix() -> str:
 
 
 #: tests that put the machine under load (a thousand concurrent requests, hundreds of cold
-#: sessions, a day of samples streamed while memory is measured, fuzzers) or time answers under
-#: one: they run on one pytest-xdist worker, one at a time, so that two such loads never overlap
-LOAD_MODULES = (
-    "tests/telemetry/test_herd.py",
-    "tests/interop/test_export_memory.py",
-    "tests/hardening/test_request_limits.py",
-    "tests/hardening/test_fuzz_api.py",
-    "tests/hardening/test_fuzz_socketio.py",
-    "tests/hardening/test_export_pool.py",
-)
+#: sessions, a day of samples streamed while memory is measured, fuzzers), by group: the tests of
+#: a group run on one pytest-xdist worker, one at a time, so that two loads of a group never
+#: overlap. Two groups, because one was the suite's critical path (about 650 s on one worker);
+#: the fuzzers judge answers, not their speed, so they may run beside the other loads.
+LOAD_MODULES = {
+    "tests/telemetry/test_herd.py": "load",
+    "tests/interop/test_export_memory.py": "load",
+    "tests/hardening/test_export_pool.py": "load",
+    "tests/hardening/test_request_limits.py": "fuzz",
+    "tests/hardening/test_fuzz_api.py": "fuzz",
+    "tests/hardening/test_fuzz_socketio.py": "fuzz",
+}
 
 
 def xdist_group_of(item: pytest.Item) -> str | None:
@@ -244,7 +246,7 @@ def xdist_group_of(item: pytest.Item) -> str | None:
 
     - ``properties``: the Hypothesis property tests on real databases (the proof that
       incremental equals full), together on one worker with their full example counts;
-    - ``load``: the tests of ``LOAD_MODULES``;
+    - ``load`` and ``fuzz``: the tests of ``LOAD_MODULES``;
     - the module's own path when the test uses a module-scoped fixture of ours (a shared
       server): the module stays on one worker, which builds that fixture once.
     """
@@ -254,7 +256,7 @@ def xdist_group_of(item: pytest.Item) -> str | None:
         return "properties"
     path = item.nodeid.split("::", 1)[0]
     if path in LOAD_MODULES:
-        return "load"
+        return LOAD_MODULES[path]
     fixture_info = getattr(item, "_fixtureinfo", None)
     if fixture_info is not None:
         for definitions in fixture_info.name2fixturedefs.values():
