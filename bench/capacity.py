@@ -53,7 +53,7 @@ from bench.common import (
     server_env,
     serving,
 )
-from bench.realtime import sampled
+from bench.realtime import computes_drained, sampled
 from bench.targets import CAPACITY_P99_MAX_MS, CAPACITY_SESSIONS_MIN, CPU_PER_UPDATE_MAX_MS
 from vitalcast.auth import issue_token
 from vitalcast.clock import iso_ms
@@ -112,30 +112,6 @@ def batch(tag: str, at_ms: float) -> dict[str, Any]:
             for j in range(BATCH)
         ]
     }
-
-
-async def server_metrics(http: httpx.AsyncClient) -> dict[str, float]:
-    samples = {}
-    for line in (await http.get("/metrics")).text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            with contextlib.suppress(ValueError):
-                samples[name] = float(value)
-    return samples
-
-
-async def drained(http: httpx.AsyncClient, timeout_s: float = 120) -> None:
-    """Until the server's coordinator has nothing running or waiting (scaled out: a moment)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        s = await server_metrics(http)
-        if (
-            s.get("vitalcast_coordinator_inflight", 0) == 0
-            and s.get("vitalcast_coordinator_pending", 0) == 0
-        ):
-            return
-        await asyncio.sleep(0.2)
-    raise RuntimeError("computes did not drain")
 
 
 class Load:
@@ -245,7 +221,7 @@ async def warm(http: httpx.AsyncClient, plan: list[dict[str, str]], lo: int, hi:
             response.raise_for_status()
 
     await asyncio.gather(*(one(i) for i in range(lo, hi)))
-    await drained(http)
+    await computes_drained(http)
     await asyncio.sleep(1)
 
 
@@ -352,7 +328,7 @@ async def cpu_part(
     before = cpu_of(pids)
     with sampled(pids[0], profile):
         sent = await open_loop(http, plan, n, rounds, f"cpu{uuid.uuid4().hex[:4]}")
-        await drained(http)
+        await computes_drained(http)
     await asyncio.sleep(2)
     used = cpu_of(pids) - before
     result = judge(sent, await load.receipts())
@@ -414,7 +390,7 @@ async def capacity_part(
         # a loaded machine can fail one step by a fluke; two failures end the climb
         if failures == 2 or result["missed"] or p99 > 4 * CAPACITY_P99_MAX_MS:
             break
-        await drained(http)
+        await computes_drained(http)
     return {
         "watchers_per_session": WATCHERS,
         "sync_every_ms": SYNC_MS,
