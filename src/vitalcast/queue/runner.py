@@ -33,7 +33,9 @@ async def run_worker(
     """Consume ``settings.queue_name`` until SIGTERM/SIGINT; then finish or release running jobs."""
     parts = build_worker(settings, seams)
     worker = TelemetryWorker(
-        settings, ComputeJobHandler(parts.computer, parts.clock), concurrency=concurrency
+        settings,
+        ComputeJobHandler(parts.computer, parts.clock, max_batch=settings.compute_batch_max_views),
+        concurrency=concurrency,
     )
     erasures = ErasureWorker(settings, parts.erasure)
     webhooks = WebhookJobWorker(
