@@ -231,7 +231,8 @@ async def test_a_poisoned_view_fails_alone_and_is_retried_after_its_backoff(mtc,
 
 async def test_a_batch_of_due_views_is_one_claim_one_group_by_and_one_save(mtc, users):
     """Six due views (three sessions, each with news) cost one claim, one change-log read, one
-    GROUP BY and one save statement, and at most one prune; one view alone costs the same."""
+    GROUP BY and one save statement, and at most one prune; one view alone costs the same.
+    /metrics shows each batch's size and its time per stage."""
     keys, headers_of = await _live_sessions(mtc, users)
     await mtc.parts.computer.compute_batch([(k, UPDATE) for k in keys])
 
@@ -250,6 +251,12 @@ async def test_a_batch_of_due_views_is_one_claim_one_group_by_and_one_save(mtc, 
         assert dataclasses.replace(_Counts(**counts), prune=0) == _Counts(
             claim=1, save=1, group_by=1, log_read=1, prune=0, cache_other=0
         ), (len(batch), statements.seen)
+    # /metrics: the batches' sizes (6, 6 and 1 views) and where their time went
+    text = (await mtc.http.get("/metrics")).text
+    assert "vitalcast_compute_batch_views_count 3.0" in text
+    assert "vitalcast_compute_batch_views_sum 13.0" in text
+    for stage in ("read", "aggregate", "assemble", "save", "push"):
+        assert f'vitalcast_compute_stage_seconds_count{{stage="{stage}"}} 3.0' in text, stage
 
 
 @dataclasses.dataclass(frozen=True)
