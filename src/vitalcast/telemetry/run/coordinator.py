@@ -228,7 +228,7 @@ class BoundedComputeCoordinator:
             self._deduped += 1
             waiting.absorb(entry)
             return True
-        slot_free = len(self._running) < self.max_concurrency and key not in self._running
+        slot_free = self._can_start() and key not in self._running
         if len(self._pending) >= self.max_pending and not slot_free:
             if self._make_room_for(key.user_id):
                 return self._admit(entry, parkable=parkable)
@@ -413,9 +413,16 @@ class BoundedComputeCoordinator:
                     break
         return best
 
+    def _can_start(self) -> bool:
+        """A batch may start now: a slot is free and fewer than ``max_batches`` run."""
+        return (
+            len(self._running) < self.max_concurrency
+            and len(set(self._running.values())) < self.max_batches
+        )
+
     def _drain(self) -> None:
         free = self.max_concurrency - len(self._running)
-        if free > 0 and len(set(self._running.values())) < self.max_batches:
+        if self._can_start():
             batch: dict[TelemetryKey, _Entry] = {}
             while len(batch) < min(free, self.max_batch):
                 entry = self._next_pending(batch)
