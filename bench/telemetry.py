@@ -51,13 +51,13 @@ from bench.common import (
 )
 from vitalcast import catalog
 from vitalcast.api.deps import CurrentUser, Parts
-from vitalcast.api.ratelimits import TelemetryRateLimit
 from vitalcast.app import create_app
 from vitalcast.auth import issue_token
 from vitalcast.clock import SystemClock
 from vitalcast.db.engine import Database, create_engine
 from vitalcast.errors import NotFound
 from vitalcast.observability import configure_logging
+from vitalcast.ratelimit import Scope as RateScope
 from vitalcast.settings import Settings
 from vitalcast.telemetry.compute import payload as packing
 from vitalcast.telemetry.compute.aggregate import aggregate_rows, assemble
@@ -120,11 +120,16 @@ async def make_session(db: Database, name: str, start_ms: int, end_ms: int) -> t
     return user_id, session_id
 
 
+#: under /api/, so that the request guard authenticates it as it does the cached GET
+COMPUTE_ON_REQUEST = "/api/bench/compute-on-request"
+
+
 def add_compute_on_request_route(app: FastAPI) -> None:
     """The baseline: the same auth and rate limit, then the whole compute on every GET."""
 
-    @app.get("/bench/compute-on-request/{session_id}", dependencies=[TelemetryRateLimit])
+    @app.get(COMPUTE_ON_REQUEST + "/{session_id}")
     async def compute_on_request(session_id: str, user: CurrentUser, parts: Parts) -> Response:
+        await parts.limiter.hit(RateScope.TELEMETRY, user.rate_key)
         key = TelemetryKey(session_id, 60, Resolution.ONE_MINUTE, user_id=user.user_id)
         async with parts.db.read() as conn:
             session = await load_session(conn, key)
@@ -174,7 +179,7 @@ async def get_pair(
         first = await client.get(cached_url, headers=headers)
     else:
         raise RuntimeError(f"never ready: {first.status_code} {first.text[:200]}")
-    baseline_url = f"/bench/compute-on-request/{session_id}"
+    baseline_url = f"{COMPUTE_ON_REQUEST}/{session_id}"
     same = await client.get(baseline_url, headers=headers)
     assert same.json()["telemetry"]["metrics"] == first.json()["telemetry"]["metrics"]
 
