@@ -1,4 +1,9 @@
-"""Dependency aliases for routes: the server's parts and the authenticated caller."""
+"""Dependency aliases for routes: the server's parts and the authenticated caller.
+
+The two routes called every few seconds per live session (the telemetry GET, the ingest POST)
+call ``get_principal`` and ``get_parts`` themselves instead: FastAPI's resolution of a
+dependency costs more than either does.
+"""
 
 from __future__ import annotations
 

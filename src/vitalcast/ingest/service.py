@@ -17,7 +17,7 @@ from vitalcast.db.engine import Database
 from vitalcast.errors import Conflict, Unauthenticated
 from vitalcast.ingest import repository
 from vitalcast.ingest.validation import ValidatedBatch, validate_batch
-from vitalcast.observability import Metrics, get_logger
+from vitalcast.observability import Metrics, debug_enabled, get_logger
 from vitalcast.sessions import repository as session_repository
 from vitalcast.sessions.changes import ChangeListener
 from vitalcast.sessions.models import Session
@@ -48,8 +48,11 @@ class IngestService:
     ) -> None:
         self._db = db
         self._clock = clock
-        self._metrics = metrics
         self._listener = listener
+        self._samples = {
+            outcome: metrics.ingest_samples.labels(outcome=outcome)
+            for outcome in ("inserted", "updated", "unchanged", "deleted", "rejected")
+        }
 
     async def ingest(self, user_id: str, body: object) -> IngestOutcome:
         """Apply one decoded request body for ``user_id``. Raises for whole-request errors."""
@@ -65,17 +68,18 @@ class IngestService:
         written, touched, seq, status, response = applied
         self._count(written, len(batch.rejected))
         # Routine, one per request: at debug, so a terminal stays readable at the default level.
-        log.debug(
-            "ingest",
-            user_id=user_id,
-            inserted=written.inserted,
-            updated=written.updated,
-            unchanged=written.unchanged,
-            deleted=written.deleted,
-            rejected=len(batch.rejected),
-            sessions_touched=len(touched),
-            change_seq=seq,
-        )
+        if debug_enabled():
+            log.debug(
+                "ingest",
+                user_id=user_id,
+                inserted=written.inserted,
+                updated=written.updated,
+                unchanged=written.unchanged,
+                deleted=written.deleted,
+                rejected=len(batch.rejected),
+                sessions_touched=len(touched),
+                change_seq=seq,
+            )
         await self._listener.sessions_changed(touched)
         return IngestOutcome(status, response, touched)
 
@@ -136,7 +140,6 @@ class IngestService:
         return written, touched, seq, status, response
 
     def _count(self, written: repository.WriteResult, rejected: int) -> None:
-        counter = self._metrics.ingest_samples
         for outcome, n in (
             ("inserted", written.inserted),
             ("updated", written.updated),
@@ -145,4 +148,4 @@ class IngestService:
             ("rejected", rejected),
         ):
             if n:
-                counter.labels(outcome=outcome).inc(n)
+                self._samples[outcome].inc(n)
