@@ -61,7 +61,7 @@ from vitalcast.telemetry.compute.aggregate import Aggregator
 from vitalcast.telemetry.compute.incremental import compute_view
 from vitalcast.telemetry.compute.memo import ViewMemo
 from vitalcast.telemetry.ports import PostSaveHooks, Subscriptions, TelemetryListener
-from vitalcast.telemetry.read.reader import open_reader
+from vitalcast.telemetry.read.reader import CacheReader, open_reader
 from vitalcast.telemetry.read.service import SessionTelemetryService
 from vitalcast.telemetry.read.subscribe import SubscribeSupport
 from vitalcast.telemetry.run.computer import TelemetryComputer
@@ -90,6 +90,8 @@ class Seams:
     scheduler_wrapper: Callable[[Scheduler], Scheduler] | None = None
     #: what the process's computes remember of their saves (tests count what it serves)
     view_memo: ViewMemo | None = None
+    #: wraps the telemetry GET's hot read (tests count the reads and what they brought)
+    cache_reader_wrapper: Callable[[CacheReader], CacheReader] | None = None
     #: the DNS of webhook URLs (tests make a name resolve to a chosen address)
     resolver: Resolver | None = None
 
@@ -336,6 +338,8 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
     )
     hooks.register(alerts)
     reader = open_reader(settings.resolved_database_url)
+    if seams.cache_reader_wrapper is not None:
+        reader = seams.cache_reader_wrapper(reader)
     return ServerParts(
         settings=settings,
         db=db,
