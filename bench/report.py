@@ -96,6 +96,18 @@ def _telemetry(r: dict[str, Any]) -> Iterator[Row]:
                 f"{m['ratio_p50']:.0f}× at p50",
                 checks,
             )
+        f = b.get("delta_vs_full_fetch")
+        if f is not None:
+            ceiling = targets.DELTA_FETCH_OVER_FULL_FETCH_CPU_MAX_22
+            ratio = f["delta_over_full_cpu"]
+            yield Row(
+                f"Telemetry fetch after a live update, {backend}, server CPU of a delta fetch"
+                f" ({f['watchers']} watchers × {f['rounds']} updates, 1 h live session)",
+                f"{f['delta_fetch_cpu_ms']:.3f} ms (p50 {f['delta_bytes_p50']:,.0f} B)",
+                f"full fetch: {f['full_fetch_cpu_ms']:.3f} ms (p50 {f['full_bytes_p50']:,.0f} B)",
+                f"{ratio:.2f}×",
+                (Check(f"#22: < {ceiling:g}× (must cost less)", ratio < ceiling),),
+            )
         c = s4["compute_vs_bare_group_by"]
         ceiling = targets.COMPUTE_OVER_BARE_GROUP_BY_MAX
         yield Row(
