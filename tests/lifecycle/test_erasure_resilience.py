@@ -20,7 +20,7 @@ from tests.processes import serve_subprocess, vitalcast_env
 from tests.realtime.conftest import serve_in_thread
 from vitalcast.clock import now_ms
 from vitalcast.db.engine import Database, create_engine
-from vitalcast.db.tables import erasures, health_samples
+from vitalcast.db.tables import erasures
 from vitalcast.settings import Settings
 from vitalcast.testing import hr_sample, insert_sample_rows, user_with_token
 

@@ -79,9 +79,12 @@ def months_of(times_ms: Iterable[int]) -> set[Month]:
 
 def is_missing_partition(error: BaseException) -> bool:
     """Whether ``error`` is PostgreSQL refusing a row because its month has no partition."""
-    original = getattr(error, "orig", None)
-    code = getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)
-    return code == NO_PARTITION_SQLSTATE and "no partition" in str(original)
+    for candidate in (error, getattr(error, "orig", None)):
+        # asyncpg's own error (COPY goes to the driver) or SQLAlchemy's wrapping of it
+        code = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+        if code == NO_PARTITION_SQLSTATE and "no partition" in str(candidate):
+            return True
+    return False
 
 
 async def is_partitioned(conn: AsyncConnection) -> bool:

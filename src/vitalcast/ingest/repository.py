@@ -86,21 +86,29 @@ async def record_request(
     )
 
 
-# One probe of the identity's primary key per record id, whatever the table statistics say,
-# then one probe of the month its start_ms names (run-time partition pruning: the other months
-# are not looked at). Without statistics (a new or just bulk-loaded table, before autovacuum's
-# ANALYZE) PostgreSQL otherwise matches ``record_id = ANY(...)`` by filtering every row of the
-# user and source, which made ingest O(table) per batch. ``OFFSET 0`` keeps the LATERAL subquery
-# from being flattened, so its three equalities stay one index condition.
+# One probe of the identity's primary key per record id, then one probe of the one month its
+# start_ms names: the identities are a MATERIALIZED CTE, so the sample lookup takes their
+# start_ms as a parameter and PostgreSQL prunes the other months at run time (a plain join lets
+# the planner derive ``record_id = k.record_id`` for the samples and probe every month). Without
+# statistics (a new or just bulk-loaded table, before autovacuum's ANALYZE) PostgreSQL otherwise
+# matches ``record_id = ANY(...)`` by filtering every row of the user and source, which made
+# ingest O(table) per batch. ``OFFSET 0`` keeps each LATERAL subquery from being flattened, so
+# its equalities stay one index condition.
 _PG_LOOKUP = sa.text(
     """
-    SELECT hs.* FROM unnest(CAST(:record_ids AS text[])) AS k(record_id)
-    CROSS JOIN LATERAL (
-        SELECT s.* FROM sample_identities AS i
-        JOIN health_samples AS s
-          ON s.user_id = i.user_id AND s.source = i.source
-         AND s.record_id = i.record_id AND s.start_ms = i.start_ms
-        WHERE i.user_id = :user_id AND i.source = :source AND i.record_id = k.record_id
+    WITH ids AS MATERIALIZED (
+        SELECT i.record_id, i.start_ms
+        FROM unnest(CAST(:record_ids AS text[])) AS k(record_id)
+        CROSS JOIN LATERAL (
+            SELECT record_id, start_ms FROM sample_identities
+            WHERE user_id = :user_id AND source = :source AND record_id = k.record_id
+            OFFSET 0
+        ) AS i
+    )
+    SELECT hs.* FROM ids CROSS JOIN LATERAL (
+        SELECT * FROM health_samples
+        WHERE user_id = :user_id AND source = :source
+          AND record_id = ids.record_id AND start_ms = ids.start_ms
         OFFSET 0
     ) AS hs
     """

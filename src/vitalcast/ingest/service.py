@@ -10,7 +10,6 @@ import hashlib
 from dataclasses import dataclass
 
 import orjson
-import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vitalcast.clock import Clock
@@ -65,7 +64,7 @@ class IngestService:
             applied = await self._db.unit(
                 lambda conn: self._apply(conn, user_id, batch, fingerprint, now_ms), write=True
             )
-        except sa.exc.IntegrityError as exc:
+        except Exception as exc:
             if not is_missing_partition(exc):
                 raise
             # Another process (retention) dropped a month this process believed was there:
