@@ -232,12 +232,17 @@ async def write_samples(
     if updates:
         # A new start_ms in another month moves the row to that month's partition (PostgreSQL
         # does it as a delete and an insert); its identity row follows below.
-        await conn.execute(
-            sa.update(health_samples)
-            .where(this_row)
-            .values(**{c: sa.bindparam(c) for c in _COLUMNS}, deleted=False, change_seq=change_seq),
-            updates,
-        )
+        if conn.dialect.name == "postgresql":
+            await conn.execute(_pg_update(updates, change_seq))
+        else:
+            await conn.execute(
+                sa.update(health_samples)
+                .where(this_row)
+                .values(
+                    **{c: sa.bindparam(c) for c in _COLUMNS}, deleted=False, change_seq=change_seq
+                ),
+                updates,
+            )
     if moved:
         i = sample_identities.c
         await conn.execute(
@@ -256,6 +261,38 @@ async def write_samples(
             deleted,
         )
     return result
+
+
+# One statement for a batch of updates: each row is reached by (id, its old start_ms), so only
+# its month is probed (run-time pruning), and the plan and the locks on the months are taken
+# once per batch rather than once per row as with executemany.
+_PG_UPDATE = sa.text(
+    """
+    UPDATE health_samples AS hs
+    SET metric = v.metric, value = v.value, unit = v.unit, start_ms = v.start_ms,
+        end_ms = v.end_ms, device = v.device, deleted = false, change_seq = :change_seq
+    FROM unnest(
+        CAST(:ids AS bigint[]), CAST(:old_starts AS bigint[]), CAST(:metrics AS text[]),
+        CAST(:vals AS float8[]), CAST(:units AS text[]), CAST(:starts AS bigint[]),
+        CAST(:ends AS bigint[]), CAST(:devices AS text[])
+    ) AS v(id, old_start_ms, metric, value, unit, start_ms, end_ms, device)
+    WHERE hs.id = v.id AND hs.start_ms = v.old_start_ms
+    """
+)
+
+
+def _pg_update(updates: Sequence[dict[str, object]], change_seq: int) -> sa.TextClause:
+    return _PG_UPDATE.bindparams(
+        change_seq=change_seq,
+        ids=[u["row_id"] for u in updates],
+        old_starts=[u["old_start_ms"] for u in updates],
+        metrics=[u["metric"] for u in updates],
+        vals=[u["value"] for u in updates],
+        units=[u["unit"] for u in updates],
+        starts=[u["start_ms"] for u in updates],
+        ends=[u["end_ms"] for u in updates],
+        devices=[u["device"] for u in updates],
+    )
 
 
 async def _insert(conn: AsyncConnection, rows: list[dict[str, object]]) -> None:
