@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -42,10 +43,47 @@ FAST_QUEUE: dict[str, str] = {
 
 
 def free_port() -> int:
-    """A TCP port that is free on 127.0.0.1 now (the OS's pick; bind it soon after)."""
+    """A TCP port that is free on 127.0.0.1 now (the OS's pick; bind it soon after). The pick
+    comes from the kernel's ephemeral range, where any process's next ``bind(0)`` or outgoing
+    connection may take it once it is free again: for a server that is stopped and started on
+    its port, use ``spare_port``."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+#: where ``spare_port`` picks when the ephemeral range cannot be read (Linux's default starts
+#: at 32768)
+EPHEMERAL_LOW_DEFAULT = 32_768
+#: how many ports below the ephemeral range ``spare_port`` picks from
+SPARE_SPAN = 12_000
+
+
+def ephemeral_low(path: Path = Path("/proc/sys/net/ipv4/ip_local_port_range")) -> int:
+    """The first port of the kernel's ephemeral range (``bind(0)`` and outgoing connections)."""
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return EPHEMERAL_LOW_DEFAULT
+
+
+def spare_port() -> int:
+    """A free loopback port below the kernel's ephemeral range, for a server that a test stops
+    and starts again on the same port (a Redis or PostgreSQL outage): while it is down, no
+    ``bind(0)`` and no outgoing connection of any process can take its port, as they did with a
+    ``free_port`` (a restart then failed with "address already in use"). Only another explicit
+    pick could, and the pick is random over ``SPARE_SPAN`` ports and checked free."""
+    high = ephemeral_low()
+    low = max(1_024, high - SPARE_SPAN)
+    for _ in range(200):
+        port = random.randrange(low, high)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free port in {low}..{high - 1}")
 
 
 def vitalcast_env(data_dir: Path, **settings: str) -> dict[str, str]:
@@ -168,6 +206,36 @@ def wait_healthy(server: ServerProcess, timeout_s: float = START_TIMEOUT_S) -> N
     raise RuntimeError(f"{server.url} did not become healthy:\n{server.log()}")
 
 
+#: what a child's log says when the port it was given was taken before it could bind it
+ADDRESS_IN_USE = "address already in use"
+#: ports a child is given before its start fails for good
+BIND_ATTEMPTS = 3
+
+
+def log_size(log_path: Path) -> int:
+    """Where the next child's output starts in ``log_path`` (logs are appended to)."""
+    try:
+        return log_path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def log_since(log_path: Path, offset: int) -> str:
+    """What ``log_path`` gained after ``offset`` (``log_size`` before a child started)."""
+    with log_path.open("rb") as log_file:
+        log_file.seek(offset)
+        return log_file.read().decode(errors="replace")
+
+
+def port_taken(child: Child, log_offset: int) -> bool:
+    """The child exited because its port was taken (``free_port`` released it, and another
+    process bound it or used it for a connection before the child bound it): then it is started
+    again on another port, which no bound on time could avoid."""
+    if child.process.poll() is None:
+        return False
+    return ADDRESS_IN_USE in log_since(child.log_path, log_offset).lower()
+
+
 @contextlib.contextmanager
 def serve_subprocesses(
     env: dict[str, str],
@@ -179,20 +247,33 @@ def serve_subprocesses(
 ) -> Iterator[list[ServerProcess]]:
     """One ``vitalcast serve`` per log path (on the clock of ``clock_file`` when given), each
     on a free loopback port, started together; every one answers /healthz (each within
-    ``start_timeout_s``) before the block runs."""
+    ``start_timeout_s``) before the block runs. A server whose port was taken before it bound
+    it is started again on another (``port_taken``)."""
     with contextlib.ExitStack() as stack:
-        servers = []
-        for log_path in log_paths:
+
+        def start(log_path: Path) -> tuple[ServerProcess, int]:
             port = free_port()
             args, module = entry_point(
                 ["serve", "--host", "127.0.0.1", "--port", str(port)], clock_file
             )
+            offset = log_size(log_path)
             child = stack.enter_context(
                 spawn(args, env, log_path, stop_timeout_s=stop_timeout_s, module=module)
             )
-            servers.append(ServerProcess(child.process, log_path, f"http://127.0.0.1:{port}"))
-        for server in servers:
-            wait_healthy(server, start_timeout_s)
+            return ServerProcess(child.process, log_path, f"http://127.0.0.1:{port}"), offset
+
+        started = [start(log_path) for log_path in log_paths]
+        servers = []
+        for server, offset in started:
+            for attempt in range(1, BIND_ATTEMPTS + 1):
+                try:
+                    wait_healthy(server, start_timeout_s)
+                    break
+                except RuntimeError:
+                    if attempt == BIND_ATTEMPTS or not port_taken(server, offset):
+                        raise
+                    server, offset = start(server.log_path)
+            servers.append(server)
         yield servers
 
 
@@ -284,7 +365,7 @@ def redis_answers(url: str) -> bool:
 
 
 class RedisServer:
-    """A ``redis-server`` of the test's own (no persistence) on a spare loopback port, never the
+    """A ``redis-server`` of the test's own (no persistence) on a ``spare_port``, never the
     shared one. A test may ``stop`` it (SIGTERM, a shutdown) or ``kill`` it (SIGKILL, an outage)
     and ``start`` it again on the same port and URL. Without ``redis-server`` on PATH the test
     goes through ``service_missing``."""
@@ -293,7 +374,7 @@ class RedisServer:
         self, folder: Path, *, port: int | None = None, start_timeout_s: float = START_TIMEOUT_S
     ) -> None:
         self._program = executable("redis-server")
-        self.port = port if port is not None else free_port()
+        self.port = port if port is not None else spare_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._folder = folder
         self._start_timeout_s = start_timeout_s

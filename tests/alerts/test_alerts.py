@@ -10,7 +10,6 @@ import httpx
 import pytest
 
 from tests.alerts.helpers import bearer, heart_rate, ingest, live_session, wait_view
-from tests.processes import free_port
 from tests.realtime.conftest import ClientFactory, LiveServer, serve_in_thread
 from tests.webhooks.conftest import webhook_settings
 from tests.webhooks.receiver import Receiver
@@ -155,7 +154,7 @@ async def test_an_alert_reaches_the_owners_webhook_signed(
     """The announced alert is delivered to the owner's endpoint as a Standard Webhooks message
     the reference library verifies, carrying the same event as the socket; another user's
     endpoint gets nothing."""
-    receiver, stranger = Receiver(port=free_port()), Receiver(port=free_port())
+    receiver, stranger = Receiver(), Receiver()
     await receiver.start()
     await stranger.start()
     try:

@@ -22,7 +22,6 @@ from tests.alerts.helpers import bearer, heart_rate, ingest, live_session, wait_
 from tests.conftest import REDIS_URL, in_thread, service_missing
 from tests.processes import (
     ServerProcess,
-    free_port,
     redis_answers,
     serve_subprocess,
     serve_subprocesses,
@@ -83,7 +82,7 @@ async def test_one_episode_on_two_servers_and_two_workers_across_a_restart(
         socketio_channel=f"{prefix}-sio",
         **WEBHOOKS,
     )
-    receiver = Receiver(port=free_port())
+    receiver = Receiver()
     user_id, token = await new_user(pg_database_url)
     try:
         with contextlib.ExitStack() as stack:
@@ -191,7 +190,7 @@ async def test_deliveries_pending_at_a_sigkill_are_sent_after_the_restart(
     SIGKILLed; with the receiver up and the server started again on the same data, the
     delivery arrives under the id its failed attempts had, verified by the reference library."""
     env = vitalcast_env(tmp_path / "data", **WEBHOOKS)
-    receiver = Receiver(port=free_port())
+    receiver = Receiver()
     database_url = f"sqlite+aiosqlite:///{(tmp_path / 'data' / 'vitalcast.db').resolve()}"
     try:
         with one_server(env, tmp_path / "first.log") as server:
@@ -255,7 +254,7 @@ async def test_scaled_out_deliveries_pending_at_a_sigkill_are_sent_after_the_res
         socketio_channel=f"{prefix}-sio",
         **WEBHOOKS,
     )
-    receiver = Receiver(port=free_port())
+    receiver = Receiver()
     _user_id, token = await new_user(pg_database_url)
     try:
         with (

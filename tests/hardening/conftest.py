@@ -23,7 +23,7 @@ import pytest
 import socketio
 
 from tests.conftest import executable, in_thread, postgres_bin_dir, service_missing
-from tests.processes import RedisServer, free_port, reap_when_gone
+from tests.processes import RedisServer, reap_when_gone, spare_port
 from tests.redis_keys import delete_keys
 from vitalcast.db.migrate import upgrade
 
@@ -97,7 +97,7 @@ def spare_postgres_cluster() -> Iterator[SparePostgres]:
         service_missing("the postgres OS user (it runs the private cluster)")
     folder = Path(tempfile.mkdtemp(prefix="vc-pg-"))
     shutil.chown(folder, "postgres", "postgres")
-    instance = SparePostgres(port=free_port(), folder=folder, bin=bin_dir)
+    instance = SparePostgres(port=spare_port(), folder=folder, bin=bin_dir)
     pg_ctl = str(bin_dir / "pg_ctl")
     reaper = reap_when_gone(
         "sh", "-c", f"runuser -u postgres -- {pg_ctl} -D {instance.data} -m immediate stop; "

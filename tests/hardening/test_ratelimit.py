@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from tests.conftest import TEST_SECRET
 from tests.ingest.helpers import MINUTE_MS, hr, now_ms
-from tests.processes import RedisServer, free_port
+from tests.processes import RedisServer, spare_port
 from vitalcast.app import create_app
 from vitalcast.db.tables import health_samples
 from vitalcast.ratelimit import RateLimiter, Scope
@@ -172,7 +172,7 @@ async def test_nodes_share_one_budget_through_redis(
 async def test_unreachable_redis_falls_back_to_memory_and_recovers(tmp_path):
     """Redis down: every hit is still answered and limited in memory; once Redis is back the
     limiter counts in Redis again by itself."""
-    port = free_port()
+    port = spare_port()
     limiter = RateLimiter(
         {Scope.INGEST: "3/minute", Scope.TELEMETRY: "10/minute"},
         redis_url=f"redis://127.0.0.1:{port}/0",

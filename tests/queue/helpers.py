@@ -14,7 +14,16 @@ from typing import Any
 
 import httpx
 
-from tests.processes import Child, entry_point, free_port, spawn
+from tests.processes import (
+    BIND_ATTEMPTS,
+    Child,
+    entry_point,
+    free_port,
+    log_since,
+    log_size,
+    port_taken,
+    spawn,
+)
 
 #: the start and stop bounds of the queue's servers and workers (longer than the defaults of
 #: ``tests.processes``; these tests were written against them)
@@ -139,18 +148,33 @@ def worker_subprocess(
     ``hold_ms`` every compute first holds its lease that long, with ``hold_until`` until that
     file exists (``tests.held_worker``); with ``clock_file`` it runs on the test-set clock
     (``tests.stepped_clock``)."""
-    port = free_port()
-    options = ["--metrics-port", str(port), *args]
-    if hold_ms is None and hold_until is None:
-        command, module = entry_point(["worker", *options], clock_file)
-    else:
-        gate = [] if hold_until is None else ["--until", str(hold_until)]
-        command, module = [str(hold_ms or 0), *gate, *options], "tests.held_worker"
-    with spawn(command, env, log_path, stop_timeout_s=STOP_TIMEOUT_S, module=module) as child:
-        worker = WorkerProcess(child.process, log_path, f"http://127.0.0.1:{port}")
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while "worker_started" not in worker.log():
-            if worker.process.poll() is not None or time.monotonic() > deadline:
+    with contextlib.ExitStack() as stack:
+        for attempt in range(1, BIND_ATTEMPTS + 1):
+            port = free_port()
+            options = ["--metrics-port", str(port), *args]
+            if hold_ms is None and hold_until is None:
+                command, module = entry_point(["worker", *options], clock_file)
+            else:
+                gate = [] if hold_until is None else ["--until", str(hold_until)]
+                command, module = [str(hold_ms or 0), *gate, *options], "tests.held_worker"
+            offset = log_size(log_path)
+            child = stack.enter_context(
+                spawn(command, env, log_path, stop_timeout_s=STOP_TIMEOUT_S, module=module)
+            )
+            worker = WorkerProcess(child.process, log_path, f"http://127.0.0.1:{port}")
+            if wait_started(worker, offset):
+                break
+            if attempt == BIND_ATTEMPTS or not port_taken(worker, offset):
                 raise RuntimeError(f"worker did not start:\n{worker.log()}")
-            time.sleep(0.05)
         yield worker
+
+
+def wait_started(worker: WorkerProcess, log_offset: int) -> bool:
+    """Until the worker logs ``worker_started`` (True), exits or runs out of START_TIMEOUT_S
+    (False)."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while "worker_started" not in log_since(worker.log_path, log_offset):
+        if worker.process.poll() is not None or time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True

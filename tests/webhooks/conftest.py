@@ -11,7 +11,6 @@ import httpx
 import pytest
 
 from tests.conftest import TEST_SECRET
-from tests.processes import free_port
 from tests.webhooks.receiver import Receiver
 from vitalcast.app import create_app
 from vitalcast.settings import Settings
@@ -40,7 +39,7 @@ async def receivers() -> AsyncIterator[Callable[..., Receiver]]:
     made: list[Receiver] = []
 
     def make(**kwargs: Any) -> Receiver:
-        receiver = Receiver(port=free_port(), **kwargs)
+        receiver = Receiver(**kwargs)
         made.append(receiver)
         return receiver
 
