@@ -217,6 +217,10 @@ class SamplePartitions:
                 continue
             async with self._engine.begin() as conn:
                 await _lock(conn)
+                # Under the lock: a writer may have created the month anew meanwhile (a sample
+                # older than the cutoff); that one is attached, and stays for the next run.
+                if month not in await _detached_tables(conn):
+                    continue
                 await conn.execute(_delete_identities_of(month))
                 await conn.execute(sa.text(f'DROP TABLE "{month.name}"'))
             dropped += 1
