@@ -14,7 +14,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import PG_ADMIN_URL, _pg_admin
+from tests.conftest import PG_ADMIN_URL, TEST_SECRET, _pg_admin
 from tests.lifecycle.traces import all_rows, rows_holding
 from vitalcast.clock import SystemClock, now_ms
 from vitalcast.db.engine import Database, create_engine
@@ -23,7 +23,9 @@ from vitalcast.db.partitions import Month, attached_months
 from vitalcast.db.tables import health_samples, sample_identities
 from vitalcast.lifecycle.erasure import ErasureService
 from vitalcast.lifecycle.retention import DAY_MS, RetentionService
+from vitalcast.settings import Settings
 from vitalcast.testing import hr_sample
+from vitalcast.wiring import build_worker
 
 
 def _iso(ms: int) -> str:
@@ -410,3 +412,34 @@ async def _check_sqlite_upgrade(url: str) -> None:
         await engine.dispose()
     assert [tuple(r) for r in after] == [tuple(r) for r in before] and len(before) == 24
     assert identities == 24
+
+
+async def test_a_worker_creates_the_months_ahead_at_start(
+    database_url: str, tmp_path: Any, redis_url: str, unique_prefix: str
+) -> None:
+    if database_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL only: SQLite has no partitions")
+    ahead = Month.of_ms(now_ms()).next().next()
+    db = Database(create_engine(database_url))
+    try:
+        async with db.write() as conn:
+            # empty: no sample may be more than 5 minutes ahead of the clock
+            await conn.execute(sa.text(f'DROP TABLE IF EXISTS "{ahead.name}"'))
+            assert ahead not in await attached_months(conn)
+        settings = Settings(
+            data_dir=tmp_path / "data",
+            database_url=database_url,
+            secret=TEST_SECRET,
+            redis_url=redis_url,
+            queue_prefix=f"{unique_prefix}q",
+            socketio_channel=f"{unique_prefix}sio",
+        )
+        worker = build_worker(settings)
+        try:
+            await worker.start()
+        finally:
+            await worker.close()
+        async with db.read() as conn:
+            assert ahead in await attached_months(conn)
+    finally:
+        await db.dispose()
