@@ -209,8 +209,11 @@ async def write_samples(
             )
             if row.start_ms != sample.start_ms:
                 moved.append(
-                    {"k_source": sample.source, "k_record_id": sample.record_id}
-                    | {"new_start_ms": sample.start_ms}
+                    {
+                        "k_source": sample.source,
+                        "k_record_id": sample.record_id,
+                        "new_start_ms": sample.start_ms,
+                    }
                 )
             if not row.deleted:
                 result.changed_times_ms.append(row.start_ms)
