@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import platform
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,10 +46,14 @@ from vitalcast.sessions import changelog
 from vitalcast.sessions.changes import NO_LISTENER
 from vitalcast.sessions.service import SessionService
 from vitalcast.settings import Settings
-from vitalcast.telemetry.compute.incremental import compute_view
+from vitalcast.telemetry.compute.incremental import (
+    BatchComputed,
+    ViewInput,
+    compute_view,
+    compute_views,
+)
 from vitalcast.telemetry.compute.memo import ViewMemo
 from vitalcast.telemetry.compute.partials import decode
-from vitalcast.telemetry.compute.results import ComputedTelemetry, StoredView
 from vitalcast.telemetry.keys import ComputeOutcome, Resolution, ScheduleReason, TelemetryKey
 from vitalcast.telemetry.read.reader import open_reader
 from vitalcast.telemetry.read.service import SessionTelemetryService
@@ -76,15 +82,15 @@ class TimedCompute:
         #: what its computer remembers of its saves, as wiring gives a process's computer
         self.memo = ViewMemo()
 
-    async def __call__(
-        self, conn: Any, session: Any, key: TelemetryKey, now_ms: int, stored: StoredView | None
-    ) -> ComputedTelemetry:
+    async def __call__(self, conn: Any, views: Sequence[ViewInput]) -> BatchComputed:
         started = time.perf_counter()
-        computed = await compute_view(
-            conn, session, key, now_ms, None if self.full else stored, memo=self.memo
-        )
+        if self.full:
+            views = [dataclasses.replace(view, stored=None) for view in views]
+        computed = await compute_views(conn, views, memo=self.memo)
         self.ms.append((time.perf_counter() - started) * 1000)
-        self.paths[computed.path.value] = self.paths.get(computed.path.value, 0) + 1
+        for result in computed.results:
+            if not isinstance(result, Exception):
+                self.paths[result.path.value] = self.paths.get(result.path.value, 0) + 1
         return computed
 
 

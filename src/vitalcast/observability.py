@@ -132,11 +132,18 @@ class Metrics:
         )
         self.compute_stage_seconds = Histogram(
             "vitalcast_compute_stage_seconds",
-            "Where a saved compute's time went: taking the lease, reading the view and the "
-            "change log (read), the GROUP BY and merge (aggregate), assembling and packing the "
-            "payload (assemble), the save, and the push to the session's room.",
+            "Where a batch of computes' time went: the claim (lease and read of the views in "
+            "one statement) and the change-log read (read), the GROUP BY and merges "
+            "(aggregate), assembling and packing the payloads (assemble), the one save, and "
+            "the push to the sessions' rooms.",
             ["stage"],
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
+            registry=r,
+        )
+        self.compute_batch_views = Histogram(
+            "vitalcast_compute_batch_views",
+            "Views computed together in one batch (one claim, one GROUP BY, one save).",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
             registry=r,
         )
         self.live_ticks = Counter(

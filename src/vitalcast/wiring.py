@@ -58,8 +58,7 @@ from vitalcast.sessions.changes import NO_LISTENER, ChangeFanout, ChangeListener
 from vitalcast.sessions.service import SessionService
 from vitalcast.settings import Settings
 from vitalcast.shares import ShareAccessLog
-from vitalcast.telemetry.compute.aggregate import Aggregator
-from vitalcast.telemetry.compute.incremental import compute_view
+from vitalcast.telemetry.compute.incremental import Aggregator, compute_views
 from vitalcast.telemetry.compute.memo import ViewMemo
 from vitalcast.telemetry.ports import PostSaveHooks, Subscriptions, TelemetryListener
 from vitalcast.telemetry.read.reader import open_reader
@@ -83,7 +82,7 @@ class Seams:
 
     #: the clock of leases, backoff and live windows (tests use ``ManualClock``)
     clock: Clock | None = None
-    #: the aggregate of one compute (the fault suite wraps it to fail or to hold the lease)
+    #: the compute of a batch of views (the fault suite wraps it to fail or to hold the leases)
     aggregator: Aggregator | None = None
     #: who hears about every save instead of the broadcaster
     telemetry_listener: TelemetryListener | None = None
@@ -288,7 +287,7 @@ def _computer(
         metrics,
         seams.telemetry_listener or listener,
         lease_ms=lease_ms,
-        aggregator=seams.aggregator or partial(compute_view, memo=memo),
+        aggregator=seams.aggregator or partial(compute_views, memo=memo),
         cache=SessionTelemetryCacheRepository(),
         hooks=hooks,
     )

@@ -105,7 +105,7 @@ class SampleQueries:
         self.count = 0
 
     def _seen(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if "FROM health_samples" in statement:
+        if "health_samples" in statement:
             self.count += 1
 
     @contextlib.contextmanager

@@ -4,7 +4,7 @@ renewal while computing, and failures that back off while the last payload stays
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import sqlalchemy as sa
@@ -16,11 +16,13 @@ from tests.waits import eventually
 from vitalcast.clock import ManualClock
 from vitalcast.db.engine import Database, create_engine
 from vitalcast.observability import Metrics
-from vitalcast.sessions.models import Session
 from vitalcast.settings import Settings
-from vitalcast.telemetry.compute.aggregate import Aggregator
-from vitalcast.telemetry.compute.incremental import compute_view
-from vitalcast.telemetry.compute.results import ComputedTelemetry, StoredView
+from vitalcast.telemetry.compute.incremental import (
+    Aggregator,
+    BatchComputed,
+    ViewInput,
+    compute_views,
+)
 from vitalcast.telemetry.keys import ComputeOutcome, Resolution, ScheduleReason, TelemetryKey
 from vitalcast.telemetry.run.computer import TelemetryComputer
 from vitalcast.telemetry.store import queries
@@ -36,7 +38,7 @@ async def node(
     owner_id: str,
     *,
     lease_ms: int = 30_000,
-    aggregator: Aggregator = compute_view,
+    aggregator: Aggregator = compute_views,
 ) -> AsyncIterator[TelemetryComputer]:
     """Another process's telemetry computer on the same database (it tells nobody)."""
     db = Database(create_engine(settings.resolved_database_url))
@@ -78,15 +80,8 @@ class StalledCompute:
         self.aggregated = asyncio.Event()
         self.wake_up = asyncio.Event()
 
-    async def __call__(
-        self,
-        conn: AsyncConnection,
-        session: Session,
-        key: TelemetryKey,
-        now_ms: int,
-        stored: StoredView | None,
-    ) -> ComputedTelemetry:
-        computed = await compute_view(conn, session, key, now_ms, stored)
+    async def __call__(self, conn: AsyncConnection, views: Sequence[ViewInput]) -> BatchComputed:
+        computed = await compute_views(conn, views)
         self.aggregated.set()
         await self.wake_up.wait()
         return computed

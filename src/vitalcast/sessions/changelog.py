@@ -102,26 +102,73 @@ async def chain(
 ) -> list[LogEntry] | None:
     """The session's entries from watermark ``after_seq`` (exclusive) to ``through_seq``, oldest
     first, when the chain between them is complete; None when an entry is missing."""
-    if through_seq == after_seq:
-        return []
-    if through_seq < after_seq:
-        return None
+    return (await chains(conn, [(session_id, after_seq, through_seq)]))[0]
+
+
+#: a chain a compute asks for: (session, after_seq exclusive, through_seq)
+Span = tuple[str, int, int]
+
+
+async def chains(conn: AsyncConnection, spans: Sequence[Span]) -> list[list[LogEntry] | None]:
+    """``chain`` of every span, in one read: a batch of computes walks the logs of all its
+    views from the entries of one statement (per session, those after its oldest span)."""
+    walks: list[list[LogEntry] | None] = [[] if t == a else None for _s, a, t in spans]
+    wanted: dict[str, tuple[int, int]] = {}
+    for session_id, after, through in spans:
+        if through > after:
+            lo, hi = wanted.get(session_id, (after, through))
+            wanted[session_id] = (min(lo, after), max(hi, through))
+    if not wanted:
+        return walks
     rows = await conn.execute(
-        sa.select(c.change_seq, c.prev_seq, c.ranges).where(
-            c.session_id == session_id, c.change_seq > after_seq, c.change_seq <= through_seq
+        sa.select(c.session_id, c.change_seq, c.prev_seq, c.ranges).where(
+            sa.or_(
+                *(
+                    sa.and_(c.session_id == s, c.change_seq > lo, c.change_seq <= hi)
+                    for s, (lo, hi) in sorted(wanted.items())
+                )
+            )
         )
     )
-    by_seq = {row.change_seq: row for row in rows}
+    by_seq: dict[tuple[str, int], tuple[int, bytes | None]] = {
+        (row.session_id, row.change_seq): (row.prev_seq, row.ranges) for row in rows
+    }
+    for i, (session_id, after, through) in enumerate(spans):
+        if through > after:
+            walks[i] = _walk(by_seq, session_id, after, through)
+    return walks
+
+
+def _walk(
+    by_seq: dict[tuple[str, int], tuple[int, bytes | None]],
+    session_id: str,
+    after_seq: int,
+    through_seq: int,
+) -> list[LogEntry] | None:
     walked: list[LogEntry] = []
     seq = through_seq
     while seq != after_seq:
-        row = by_seq.get(seq)
-        if row is None:
+        found = by_seq.get((session_id, seq))
+        if found is None or seq < after_seq:
             return None
-        walked.append(LogEntry(session_id, seq, row.prev_seq, _unpack(row.ranges)))
-        seq = row.prev_seq
+        prev_seq, ranges = found
+        walked.append(LogEntry(session_id, seq, prev_seq, _unpack(ranges)))
+        seq = prev_seq
     walked.reverse()
     return walked
+
+
+async def prune_many(
+    conn: AsyncConnection, session_ids: Sequence[str], *, through_seq: sa.ColumnElement[int]
+) -> None:
+    """``prune`` of several sessions in one statement; ``through_seq`` is an expression that may
+    refer to ``session_changes``'s columns (e.g. the oldest watermark of each session's views)."""
+    if session_ids:
+        await conn.execute(
+            sa.delete(session_changes).where(
+                c.session_id.in_(sorted(set(session_ids))), c.change_seq <= through_seq
+            )
+        )
 
 
 async def prune(

@@ -14,7 +14,7 @@ incremental compute (``incremental``) replace only dirty buckets and still be by
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +32,6 @@ from vitalcast.telemetry.compute.downsample import (
     Row,
     assemble_metrics,
 )
-from vitalcast.telemetry.compute.results import ComputedTelemetry, StoredView
 from vitalcast.telemetry.grid import TelemetryWindow
 from vitalcast.telemetry.keys import SCHEMA_VERSION, TelemetryKey
 
@@ -40,36 +39,50 @@ from vitalcast.telemetry.keys import SCHEMA_VERSION, TelemetryKey
 OPEN_END_MS = 2**62
 
 # Integer division is portable: every operand is non-negative inside the window, so SQLite's and
-# PostgreSQL's truncating ``/`` on integers is a floor. ``GROUP BY 1, 2, 3`` (ordinals) because
-# PostgreSQL does not match ``(start_ms - $1) / $2`` in the select list with a second copy of the
-# expression carrying other parameter numbers. No ORDER BY: it makes PostgreSQL sort every raw
-# row by a collated text key (4x the whole query); the few result rows are sorted in Python.
+# PostgreSQL's truncating ``/`` on integers is a floor. ``GROUP BY`` ordinals because PostgreSQL
+# does not match an expression of the select list with a second copy carrying other parameter
+# numbers. No ORDER BY: it makes PostgreSQL sort every raw row by a collated text key (4x the
+# whole query); the few result rows are sorted in Python.
 # A float SUM would depend on the order the plan feeds rows in (PostgreSQL sorts them with an
 # unstable quicksort before a GroupAggregate, and picks other plans for narrower ranges), so the
 # sum is taken over exact integers: floor(value × SUM_SCALE + 0.5), the same IEEE arithmetic on
 # both databases (values are non-negative, so SQLite's truncating CAST is that floor).
 _QUANTIZED = {
-    "postgresql": "CAST(FLOOR(value * {scale} + 0.5) AS BIGINT)",
-    "sqlite": "CAST(value * {scale} + 0.5 AS INTEGER)",
+    "postgresql": "CAST(FLOOR(s.value * {scale} + 0.5) AS BIGINT)",
+    "sqlite": "CAST(s.value * {scale} + 0.5 AS INTEGER)",
 }
+# One statement for a whole batch of views: the relation ``r`` holds one row per time range to
+# aggregate, with its view's index and grid (user, window start and end, bucket, phases), and each
+# sample is grouped with the range it falls in. A view's ranges are disjoint (``merge_ranges``),
+# so a sample counts once per view, and a row is still a function of the samples of one bucket of
+# one view: a view's rows are the ones it would get alone. ``CROSS JOIN`` makes SQLite scan the
+# few ranges first and look samples up by index (user, metric, time) for each.
 _AGGREGATE = """
-SELECT metric,
-       (start_ms - :window_start) / :bucket_ms AS bucket,
-       CASE WHEN start_ms >= :window_end THEN {ahead}
-            WHEN start_ms < :session_start THEN 0
-            WHEN start_ms < :session_end THEN 1
+WITH r(v, user_id, lo, hi, window_start, window_end, bucket_ms, session_start, session_end)
+AS (VALUES {values})
+SELECT r.v, s.metric,
+       (s.start_ms - r.window_start) / r.bucket_ms AS bucket,
+       CASE WHEN s.start_ms >= r.window_end THEN {ahead}
+            WHEN s.start_ms < r.session_start THEN 0
+            WHEN s.start_ms < r.session_end THEN 1
             ELSE 2 END AS phase,
        COUNT(*), CAST(SUM({quantized}) AS BIGINT),
-       MIN(value), MAX(value), MIN(start_ms), MAX(start_ms)
-FROM health_samples
-WHERE user_id = :user_id
-  AND metric IN :metrics
-  AND ({ranges})
-  AND NOT deleted
-GROUP BY 1, 2, 3
+       MIN(s.value), MAX(s.value), MIN(s.start_ms), MAX(s.start_ms)
+FROM r CROSS JOIN health_samples s
+WHERE s.user_id = r.user_id
+  AND s.metric IN :metrics
+  AND s.start_ms >= r.lo AND s.start_ms < r.hi
+  AND NOT s.deleted
+GROUP BY 1, 2, 3, 4
 """
-# Above this many ranges, neighbouring ones are merged: re-aggregating a clean bucket in between
-# gives its row unchanged (see the module docstring), so merging only costs rows, never exactness.
+_RANGE_ROW = (
+    "(CAST(:v{i} AS INTEGER), CAST(:u{i} AS VARCHAR(36)), CAST(:lo{i} AS BIGINT), "
+    "CAST(:hi{i} AS BIGINT), CAST(:ws{i} AS BIGINT), CAST(:we{i} AS BIGINT), "
+    "CAST(:b{i} AS BIGINT), CAST(:ss{i} AS BIGINT), CAST(:se{i} AS BIGINT))"
+)
+# Above this many ranges per view, neighbouring ones are merged: re-aggregating a clean bucket in
+# between gives its row unchanged (see the module docstring), so merging only costs rows, never
+# exactness.
 MAX_RANGES = 8
 _STATEMENTS: dict[tuple[str, int], sa.TextClause] = {}
 
@@ -77,20 +90,23 @@ _STATEMENTS: dict[tuple[str, int], sa.TextClause] = {}
 def _statement(dialect: str, n_ranges: int) -> sa.TextClause:
     statement = _STATEMENTS.get((dialect, n_ranges))
     if statement is None:
-        ranges = " OR ".join(f"(start_ms >= :lo{i} AND start_ms < :hi{i})" for i in range(n_ranges))
+        values = ", ".join(_RANGE_ROW.format(i=i) for i in range(n_ranges))
         quantized = _QUANTIZED[dialect].format(scale=SUM_SCALE)
-        text = _AGGREGATE.format(ahead=AHEAD, quantized=quantized, ranges=ranges)
+        text = _AGGREGATE.format(ahead=AHEAD, quantized=quantized, values=values)
         statement = sa.text(text).bindparams(sa.bindparam("metrics", expanding=True))
         _STATEMENTS[(dialect, n_ranges)] = statement
     return statement
 
 
-#: the compute seam: (connection, session read before aggregating, key, now, what the view's
-#: row held when the lease was taken) → result
-Aggregator = Callable[
-    [AsyncConnection, Session, TelemetryKey, int, StoredView | None],
-    Awaitable[ComputedTelemetry],
-]
+@dataclass(frozen=True, slots=True)
+class RowsWanted:
+    """What one view of a batch needs aggregated: ``user_id``'s samples in ``window`` (its whole
+    scan when ``ranges`` is None, else only those bucket-aligned ranges of it)."""
+
+    user_id: str
+    window: TelemetryWindow
+    bucket_ms: int
+    ranges: Sequence[tuple[int, int]] | None = None
 
 
 def session_query(key: TelemetryKey) -> sa.Select[Any]:  # Any: rows of the session columns
@@ -129,30 +145,42 @@ async def aggregate_rows(
     window: TelemetryWindow,
     bucket_ms: int,
     ranges: Sequence[tuple[int, int]] | None = None,
-    metrics: Sequence[str] = ALL_CODES,
 ) -> list[Row]:
     """The GROUP BY rows (see ``downsample.Row``) of ``user_id``'s samples in ``window``, or only
-    in ``ranges`` of it (bucket-aligned), in no particular order. A live window's rows include
-    the AHEAD rows of samples at or after its end."""
-    scan = [(window.start_ms, scan_end_ms(window))] if ranges is None else ranges
-    merged = merge_ranges(scan, MAX_RANGES)
-    if not merged:
-        return []
-    session_end = window.end_ms if window.session_end_ms is None else window.session_end_ms
-    params: JsonObject = {
-        "window_start": window.start_ms,
-        "window_end": window.end_ms,
-        "bucket_ms": bucket_ms,
-        "session_start": window.session_start_ms,
-        "session_end": session_end,
-        "user_id": user_id,
-        "metrics": list(metrics),
-    }
-    for i, (lo, hi) in enumerate(merged):
-        params[f"lo{i}"] = lo
-        params[f"hi{i}"] = hi
-    result = await conn.execute(_statement(conn.dialect.name, len(merged)), params)
-    return [tuple(row) for row in result]
+    in ``ranges`` of it (bucket-aligned), in no particular order: ``aggregate_many`` of one."""
+    return (await aggregate_many(conn, [RowsWanted(user_id, window, bucket_ms, ranges)]))[0]
+
+
+async def aggregate_many(
+    conn: AsyncConnection, wanted: Sequence[RowsWanted], metrics: Sequence[str] = ALL_CODES
+) -> list[list[Row]]:
+    """The GROUP BY rows of each of ``wanted``, in one statement (none when no view needs a
+    row). A live window's rows include the AHEAD rows of samples at or after its end."""
+    params: JsonObject = {"metrics": list(metrics)}
+    n = 0
+    for v, view in enumerate(wanted):
+        window = view.window
+        scan = [(window.start_ms, scan_end_ms(window))] if view.ranges is None else view.ranges
+        session_end = window.end_ms if window.session_end_ms is None else window.session_end_ms
+        for lo, hi in merge_ranges(scan, MAX_RANGES):
+            params |= {
+                f"v{n}": v,
+                f"u{n}": view.user_id,
+                f"lo{n}": lo,
+                f"hi{n}": hi,
+                f"ws{n}": window.start_ms,
+                f"we{n}": window.end_ms,
+                f"b{n}": view.bucket_ms,
+                f"ss{n}": window.session_start_ms,
+                f"se{n}": session_end,
+            }
+            n += 1
+    rows: list[list[Row]] = [[] for _ in wanted]
+    if n == 0:
+        return rows
+    for row in await conn.execute(_statement(conn.dialect.name, n), params):
+        rows[row[0]].append(tuple(row[1:]))
+    return rows
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,16 +25,19 @@ nothing.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import partial
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vitalcast.json_types import JsonMapping
+from vitalcast.sessions import changelog
 from vitalcast.sessions.models import Session
 from vitalcast.telemetry.compute import changes, history
 from vitalcast.telemetry.compute import payload as packing
-from vitalcast.telemetry.compute.aggregate import aggregate_rows, assemble
+from vitalcast.telemetry.compute.aggregate import Assembled, RowsWanted, aggregate_many, assemble
+from vitalcast.telemetry.compute.downsample import MetricSeries, Row
 from vitalcast.telemetry.compute.memo import RememberedView, ViewMemo
 from vitalcast.telemetry.compute.merge import Merged, add_series, merge, query_ranges
 from vitalcast.telemetry.compute.partials import Partials, decode, encode, sealed
@@ -64,59 +67,150 @@ def _stored_history(stored: StoredView) -> list[tuple[history.SaveRecord, bytes]
     return [(record, history.encode_record(record)) for record in records]
 
 
-async def compute_view(
-    conn: AsyncConnection,
-    session: Session,
-    key: TelemetryKey,
-    now_ms: int,
-    stored: StoredView | None,
-    *,
-    memo: ViewMemo | None = None,
-) -> ComputedTelemetry:
-    """The payload of ``key`` for ``session`` (whose watermark was read first) at ``now_ms``,
-    from ``stored`` (what the view's row holds) where the change log allows. ``stored`` None
-    means the view has no payload yet: the compute is full and its history starts here.
-    ``memo`` None decodes the stored partials every time (tests compare both ways); a
-    process's computer passes the memo ``wiring`` built for it."""
-    bucket_ms = key.resolution.bucket_ms
+@dataclass(frozen=True, slots=True)
+class ViewInput:
+    """One view of a batch: its session (whose watermark was read with the claim), its key, the
+    time it is computed at, and what its row holds (None: no payload yet)."""
+
+    session: Session
+    key: TelemetryKey
+    now_ms: int
+    stored: StoredView | None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchComputed:
+    """Each view's result, in the order of the inputs (an exception: that view failed alone),
+    and the seconds the batch spent per stage: the change-log read ("read"), the GROUP BY and
+    the merges ("aggregate"), assembling and packing ("assemble")."""
+
+    results: list[ComputedTelemetry | Exception]
+    stage_seconds: dict[str, float]
+
+
+#: the compute seam: (connection, the views of a batch) → their results. Tests and the fault
+#: suite wrap ``compute_views`` to hold or fail a batch.
+Aggregator = Callable[[AsyncConnection, Sequence[ViewInput]], Awaitable[BatchComputed]]
+#: the assembly of one view (``aggregate.assemble``); a seam so a test can poison one view
+Assembler = Callable[
+    [Session, TelemetryKey, TelemetryWindow, Mapping[str, MetricSeries], int], Assembled
+]
+
+
+@dataclass(slots=True)
+class _Planned:
+    view: ViewInput
+    window: TelemetryWindow
+    remembered: RememberedView | None
+    previous: Partials | None
+    path: ComputePath = ComputePath.FULL_NO_PARTIALS
+    #: the ranges of an incremental compute's GROUP BY (None: the whole window)
+    ranges: list[tuple[int, int]] | None = None
+
+
+def _prepare(view: ViewInput, memo: ViewMemo | None) -> _Planned:
+    session, key, stored = view.session, view.key, view.stored
     window = TelemetryWindow.of(
         start_ms=session.start_ms,
         end_ms=session.end_ms,
         live=session.live,
         window_minutes=key.window_minutes,
-        bucket_ms=bucket_ms,
-        now_ms=now_ms,
+        bucket_ms=key.resolution.bucket_ms,
+        now_ms=view.now_ms,
     )
     remembered = None
     if memo is not None and stored is not None and stored.source_watermark is not None:
         remembered = memo.get(key, stored)
     previous = remembered.partials if remembered else _stored_partials(stored)
-    known = remembered.series if remembered else {}
+    return _Planned(view, window, remembered, previous)
+
+
+async def compute_views(
+    conn: AsyncConnection,
+    views: Sequence[ViewInput],
+    *,
+    memo: ViewMemo | None = None,
+    assembler: Assembler = assemble,
+) -> BatchComputed:
+    """The payloads of ``views``, each from its stored partials where the change log allows:
+    one read of the change logs of all of them, one GROUP BY over every range any of them needs,
+    then each view merged and assembled on its own (a view whose assembly raises fails alone).
+    ``memo`` None decodes the stored partials every time (tests compare both ways); a process's
+    computer passes the memo ``wiring`` built for it."""
     started = time.perf_counter()
-    path, dirty = await plan(
+    planned = [_prepare(view, memo) for view in views]
+    spans: list[changelog.Span] = []
+    asking: list[_Planned] = []
+    for p in planned:
+        stored = p.view.stored
+        if p.previous is not None and stored is not None and stored.source_watermark is not None:
+            spans.append(
+                (p.view.session.id, stored.source_watermark, p.view.session.source_watermark)
+            )
+            asking.append(p)
+    for p, entries in zip(asking, await changelog.chains(conn, spans), strict=True):
+        bucket_ms = p.view.key.resolution.bucket_ms
+        p.path, dirty = plan(p.window, bucket_ms, p.previous, entries)
+        if p.path is ComputePath.INCREMENTAL:
+            p.ranges = query_ranges(dirty, p.window, bucket_ms)
+    read = time.perf_counter()
+    rows = await aggregate_many(
         conn,
-        session,
-        window,
-        bucket_ms,
-        previous,
-        None if stored is None else stored.source_watermark,
+        [
+            RowsWanted(p.view.session.user_id, p.window, p.view.key.resolution.bucket_ms, p.ranges)
+            for p in planned
+        ],
     )
-    planned = time.perf_counter()
-    if path is ComputePath.INCREMENTAL and previous is not None:
-        ranges = query_ranges(dirty, window, bucket_ms)
-        fresh = await aggregate_rows(conn, session.user_id, window, bucket_ms, ranges)
-        merged = merge(previous, known, fresh, ranges, window, bucket_ms)
+    queried = time.perf_counter()
+    results: list[ComputedTelemetry | Exception] = []
+    merging = assembling = 0.0
+    for p, fresh in zip(planned, rows, strict=True):
+        try:
+            merged, assembled, took = _merge_and_assemble(p, fresh, assembler)
+            results.append(_finish(p, merged, assembled, memo))
+        except Exception as exc:
+            results.append(exc)
+            continue
+        merging += took[0]
+        assembling += took[1]
+    return BatchComputed(
+        results,
+        {
+            "read": read - started,
+            "aggregate": queried - read + merging,
+            "assemble": time.perf_counter() - queried - merging,
+        },
+    )
+
+
+def _merge_and_assemble(
+    p: _Planned, fresh: list[Row], assembler: Assembler
+) -> tuple[Merged, Assembled, tuple[float, float]]:
+    started = time.perf_counter()
+    view, window = p.view, p.window
+    bucket_ms = view.key.resolution.bucket_ms
+    if p.ranges is not None and p.previous is not None:
+        known = p.remembered.series if p.remembered else {}
+        merged = merge(p.previous, known, fresh, p.ranges, window, bucket_ms)
     else:
-        rows = await aggregate_rows(conn, session.user_id, window, bucket_ms)
-        metrics = dict(Partials.of_rows(window, bucket_ms, rows).metrics)
-        replaced = previous.rows if previous is not None else []
-        merged = Merged(metrics, {}, replaced, rows)
+        metrics = dict(Partials.of_rows(window, bucket_ms, fresh).metrics)
+        replaced = p.previous.rows if p.previous is not None else []
+        merged = Merged(metrics, {}, replaced, fresh)
         for code, metric in metrics.items():
             add_series(merged, code, metric.rows, window.start_ms, bucket_ms)
-    aggregated = time.perf_counter()
-    assembled = assemble(session, key, window, merged.series, now_ms)
-    digests = changes.part_digests(assembled.document, assembled.metrics)
+    mid = time.perf_counter()
+    assembled = assembler(view.session, view.key, window, merged.series, view.now_ms)
+    return merged, assembled, (mid - started, time.perf_counter() - mid)
 
+
+def _finish(
+    p: _Planned, merged: Merged, assembled: Assembled, memo: ViewMemo | None
+) -> ComputedTelemetry:
+    """The saved form of one view: partials, history record, packed payload."""
+    view, window, previous, remembered = p.view, p.window, p.previous, p.remembered
+    session, key, stored, now_ms = view.session, view.key, view.stored, view.now_ms
+    bucket_ms = key.resolution.bucket_ms
+    digests = changes.part_digests(assembled.document, assembled.metrics)
     records: list[tuple[history.SaveRecord, bytes]] = []
     record = None
     if (
@@ -148,7 +242,6 @@ async def compute_view(
     saves = history.append(records, (record, history.encode_record(record)))
     history_blob = history.encode(encoded for _record, encoded in saves)
     packed = packing.pack(assembled.document, assembled.metrics)
-    done = time.perf_counter()
     return ComputedTelemetry(
         state=CacheState.READY if assembled.metrics else CacheState.NO_DATA,
         blob=packed,
@@ -158,7 +251,7 @@ async def compute_view(
         window=window,
         partials=blob,
         history=history_blob,
-        path=path,
+        path=p.path,
         changed_from_ms=changed[0],
         changed_to_ms=changed[1],
         base_watermark=base_watermark,
@@ -167,13 +260,26 @@ async def compute_view(
         else partial(
             memo.put, key, RememberedView(blob, partials, merged.series, history_blob, saves)
         ),
-        stage_seconds=(
-            ("read", planned - started),
-            ("aggregate", aggregated - planned),
-            ("assemble", done - aggregated),
-        ),
         episodes=episodes_of(assembled.metrics),
     )
+
+
+async def compute_view(
+    conn: AsyncConnection,
+    session: Session,
+    key: TelemetryKey,
+    now_ms: int,
+    stored: StoredView | None,
+    *,
+    memo: ViewMemo | None = None,
+) -> ComputedTelemetry:
+    """The payload of one view: ``compute_views`` of one (its failure raised). ``stored`` None
+    means the view has no payload yet: the compute is full and its history starts here."""
+    result = await compute_views(conn, [ViewInput(session, key, now_ms, stored)], memo=memo)
+    computed = result.results[0]
+    if isinstance(computed, Exception):
+        raise computed
+    return computed
 
 
 def episodes_of(metrics: Mapping[str, JsonMapping]) -> tuple[AlertEpisode, ...]:

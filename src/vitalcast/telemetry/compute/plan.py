@@ -4,13 +4,10 @@ stored partials (and the window kept its bounds), otherwise full, with the reaso
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from operator import itemgetter
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from vitalcast.sessions import changelog
-from vitalcast.sessions.models import Session
 from vitalcast.telemetry.compute.aggregate import scan_end_ms
 from vitalcast.telemetry.compute.downsample import AHEAD, BUCKET, FIRST_MS, PHASE
 from vitalcast.telemetry.compute.partials import Partials
@@ -59,20 +56,17 @@ def _ahead_reached(previous: Partials, end_ms: int) -> set[int]:
     return buckets
 
 
-async def plan(
-    conn: AsyncConnection,
-    session: Session,
+def plan(
     window: TelemetryWindow,
     bucket_ms: int,
     previous: Partials | None,
-    stored_watermark: int | None,
+    entries: Sequence[changelog.LogEntry] | None,
 ) -> tuple[ComputePath, set[int]]:
-    """How to compute, and for an incremental compute the buckets to aggregate again."""
-    if previous is None or stored_watermark is None:
+    """How to compute, and for an incremental compute the buckets to aggregate again, from the
+    view's stored ``previous`` partials and the change-log ``entries`` since their watermark
+    (``changelog.chains``; None: the chain is broken)."""
+    if previous is None:
         return ComputePath.FULL_NO_PARTIALS, set()
-    entries = await changelog.chain(
-        conn, session.id, after_seq=stored_watermark, through_seq=session.source_watermark
-    )
     if entries is None:
         return ComputePath.FULL_LOG_HOLE, set()
     if any(entry.whole for entry in entries):

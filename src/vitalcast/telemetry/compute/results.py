@@ -58,8 +58,5 @@ class ComputedTelemetry:
     base_watermark: int | None
     #: what to do once this result is saved (remember it for the view's next compute)
     on_saved: Callable[[], None] | None = None
-    #: seconds spent per stage of the compute: reading the change log ("read"), the GROUP BY and
-    #: the merge of its rows ("aggregate"), assembling and packing the payload ("assemble")
-    stage_seconds: tuple[tuple[str, float], ...] = ()
     #: the alert episodes of the payload, every metric's (for the post-save hooks)
     episodes: tuple[AlertEpisode, ...] = ()

@@ -1,10 +1,14 @@
-"""``TelemetryComputer``: one compute of one view, under its lease.
+"""``TelemetryComputer``: computes of views, a batch at a time, each under its lease.
 
-Take the lease (one conditional write), re-check freshness, aggregate (incrementally from the
-view's stored partials where the change log allows, see ``compute/incremental``), save only while still
-holding it, prune the change log no cached view needs any more, tell the listener; on error
-record the failure and its backoff. The in-process coordinator and the queue worker both run
-computes through ``compute``, which never raises: what happened is its ``ComputeOutcome``.
+A batch is one unit of work per step, whatever its size: the *claim* takes the leases of all its
+keys and reads what their computes start from (one statement), the read runs on the loop (one
+read of the change logs, one GROUP BY over every dirty range, see ``compute/incremental``), each
+view is assembled on its own, and one compare-and-set save stores every result whose lease is
+still ours and prunes the change logs no cached view needs any more. Then, per saved view, the
+listener and the post-save hooks. A view whose compute raised fails alone: its failure and
+backoff are recorded, the others are saved. The in-process coordinator and the queue worker
+both run computes through ``compute_batch`` (``compute`` is a batch of one), which never
+raises: what happened to each key is its ``ComputeOutcome``.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Sequence
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -22,15 +27,15 @@ from vitalcast.db.engine import Database
 from vitalcast.observability import Metrics, get_logger
 from vitalcast.sessions import changelog
 from vitalcast.sessions.models import Session
-from vitalcast.telemetry.compute.aggregate import Aggregator
+from vitalcast.telemetry.compute.incremental import Aggregator, ViewInput
 from vitalcast.telemetry.compute.results import ComputedTelemetry, ComputePath
 from vitalcast.telemetry.grid import payload_current
 from vitalcast.telemetry.keys import CacheState, ComputeOutcome, ScheduleReason, TelemetryKey
 from vitalcast.telemetry.ports import PostSaveHooks, SavedView, TelemetryListener, TelemetryUpdate
 from vitalcast.telemetry.read.answer import COMPUTE_FAILED
 from vitalcast.telemetry.store import queries
-from vitalcast.telemetry.store.leases import SessionTelemetryCacheRepository
-from vitalcast.telemetry.store.rows import CacheRow, Lease, LeaseRefusal, SaveResult
+from vitalcast.telemetry.store.leases import SessionTelemetryCacheRepository, ToSave
+from vitalcast.telemetry.store.rows import CacheRow, Claim, Lease, LeaseRefusal
 
 log = get_logger(__name__)
 
@@ -79,12 +84,16 @@ def _prune_due(saved_before: int | None, computed: ComputedTelemetry) -> bool:
     )
 
 
+#: a compute asked for: the view and why
+ComputeItem = tuple[TelemetryKey, ScheduleReason]
+
+
 class TelemetryComputer:
-    """Runs computes under the cache row's lease and tells ``listener``, then ``hooks``, after
+    """Runs computes under the cache rows' leases and tells ``listener``, then ``hooks``, after
     every save.
 
     ``aggregator`` is the compute seam (tests and the fault suite wrap it to fail or hold);
-    ``lease_ms`` is renewed every third of itself while a compute runs.
+    ``lease_ms`` is renewed every third of itself while a batch runs.
     """
 
     def __init__(
@@ -111,36 +120,71 @@ class TelemetryComputer:
         self._cache = cache
 
     async def compute(self, key: TelemetryKey, *, reason: ScheduleReason) -> ComputeOutcome:
-        """Run one compute of ``key`` under its lease; see ``ComputeOutcome``. Never raises."""
+        """Run one compute of ``key`` under its lease: a batch of one. Never raises."""
+        return (await self.compute_batch([(key, reason)]))[key]
+
+    async def compute_batch(
+        self, items: Sequence[ComputeItem]
+    ) -> dict[TelemetryKey, ComputeOutcome]:
+        """Run the computes of ``items`` as one batch; the outcome of each key (a key asked
+        for twice runs once). Never raises."""
+        reasons: dict[TelemetryKey, ScheduleReason] = {}
+        for key, reason in items:
+            reasons.setdefault(key, reason)
+        keys = list(reasons)
+        if not keys:
+            return {}
         now = self._clock.now_ms()
-        asked = time.perf_counter()
+        started = time.perf_counter()
         try:
-            lease = await self._db.unit(
-                lambda conn: self._cache.take_lease(
-                    conn, key, owner=self.owner_id, now_ms=now, lease_ms=self._lease_ms
+            claims = await self._db.unit(
+                lambda conn: self._cache.claim(
+                    conn, keys, owner=self.owner_id, now_ms=now, lease_ms=self._lease_ms
                 ),
                 derived=True,
             )
         except Exception as exc:
             log.error(
-                "telemetry_lease_failed", session_id=key.session_id, error_type=type(exc).__name__
+                "telemetry_lease_failed",
+                session_id=keys[0].session_id,
+                views=len(keys),
+                error_type=type(exc).__name__,
             )
-            return ComputeOutcome.FAILED
-        if isinstance(lease, LeaseRefusal):
-            return _REFUSALS[lease]
-        keeper = asyncio.create_task(self._keep_lease(key))
+            return dict.fromkeys(keys, ComputeOutcome.FAILED)
+        outcomes: dict[TelemetryKey, ComputeOutcome] = {}
+        due: list[Claim] = []
+        fresh: list[TelemetryKey] = []
+        for key, claimed in claims.items():
+            if isinstance(claimed, LeaseRefusal):
+                outcomes[key] = _REFUSALS[claimed]
+            elif _lease_current(claimed.lease, claimed.session, key, now):
+                fresh.append(key)
+                outcomes[key] = ComputeOutcome.SKIPPED_FRESH
+            else:
+                due.append(claimed)
+        if fresh:
+            await self._release_many(fresh)
+        if not due:
+            return outcomes
+        claim_s = time.perf_counter() - started
+        self._metrics.compute_batch_views.observe(len(due))
+        keeper = asyncio.create_task(self._keep_leases([c.key for c in due]))
         try:
-            return await self._compute_leased(key, lease, reason, time.perf_counter() - asked)
+            outcomes |= await self._compute_claimed(due, reasons, now, claim_s)
         finally:
             keeper.cancel()
             await asyncio.gather(keeper, return_exceptions=True)
+        return outcomes
 
     async def release(self, key: TelemetryKey) -> None:
         """Give our lease on ``key`` back without an outcome (a job handed to another worker),
         so whoever runs it next need not wait for the lease to lapse."""
+        await self._release_many([key])
+
+    async def _release_many(self, keys: Sequence[TelemetryKey]) -> None:
         now = self._clock.now_ms()
         await self._db.unit(
-            lambda conn: self._cache.release(conn, key, owner=self.owner_id, now_ms=now),
+            lambda conn: self._cache.release_many(conn, keys, owner=self.owner_id, now_ms=now),
             derived=True,
         )
 
@@ -163,151 +207,166 @@ class TelemetryComputer:
             lease = min(row.lease_expires_ms - now, LEASE_POLL_MS)
         return max(backoff, lease, 0)
 
-    async def _compute_leased(
-        self, key: TelemetryKey, lease: Lease, reason: ScheduleReason, lease_s: float
-    ) -> ComputeOutcome:
+    async def _compute_claimed(
+        self,
+        due: list[Claim],
+        reasons: dict[TelemetryKey, ScheduleReason],
+        read_started_ms: int,
+        claim_s: float,
+    ) -> dict[TelemetryKey, ComputeOutcome]:
         started = time.perf_counter()
-        read_started_ms = self._clock.now_ms()
-
-        async def read(
-            conn: AsyncConnection,
-        ) -> tuple[Session | None, bool, ComputedTelemetry | None]:
-            session, stored = await queries.session_and_stored(conn, key)
-            fresh = session is not None and _lease_current(lease, session, key, read_started_ms)
-            computed = None
-            if session is not None and not fresh:
-                computed = await self._aggregate(conn, session, key, read_started_ms, stored)
-            return session, fresh, computed
-
+        views = [ViewInput(c.session, c.key, read_started_ms, c.stored) for c in due]
         try:
             # The read and the assembly stay on this loop: run in a database thread, a compute's
             # Python (assembly, packing) held the GIL against the loop, and under a burst the
             # loop fell so far behind that Socket.IO clients were dropped. A seam's aggregator
             # may also wait for the test that set it.
             async with self._db.read() as conn:
-                session, fresh, computed = await read(conn)
-            if computed is None:
-                await self.release(key)
-                return ComputeOutcome.SKIPPED_FRESH if fresh else ComputeOutcome.SESSION_GONE
-            read_s = time.perf_counter() - started
-            compute_ms = int(read_s * 1000)
-            result = await self._db.unit(
-                lambda conn: self._save(conn, key, lease, computed, compute_ms, read_started_ms),
-                derived=True,
-            )
-            save_s = time.perf_counter() - started - read_s
+                batch = await self._aggregate(conn, views)
         except Exception as exc:
-            await self._record_failure(key, lease, exc, reason)
-            return ComputeOutcome.FAILED
-        if not result.saved:
-            log.warning("telemetry_lease_lost", session_id=key.session_id, reason=reason.value)
-            return ComputeOutcome.LEASE_LOST
-        if computed.on_saved is not None:
-            computed.on_saved()
-        self._metrics.computes.labels(computed.state.value, reason.value).inc()
-        self._metrics.compute_paths.labels(computed.path.value).inc()
-        self._metrics.compute_seconds.labels(reason.value).observe(time.perf_counter() - started)
-        if result.lag_ms is not None:
-            self._metrics.freshness_lag_seconds.observe(max(result.lag_ms, 0) / 1000)
-        pushing = time.perf_counter()
-        await self._notify(key, computed)
-        push_s = time.perf_counter() - pushing
-        if self._hooks and session is not None:
-            await self._hooks.run(
-                SavedView(
-                    session=session,
-                    key=key,
-                    source_watermark=computed.source_watermark,
-                    live=computed.window.live,
-                    episodes=computed.episodes,
-                )
+            await self._record_failures([(c, exc) for c in due], reasons)
+            return dict.fromkeys((c.key for c in due), ComputeOutcome.FAILED)
+        compute_ms = int((time.perf_counter() - started) * 1000)
+        done: list[ToSave] = []
+        failed: list[tuple[Claim, Exception]] = []
+        for claimed, outcome in zip(due, batch.results, strict=True):
+            if isinstance(outcome, Exception):
+                failed.append((claimed, outcome))
+            else:
+                done.append(ToSave(claimed, outcome, compute_ms))
+        outcomes = dict.fromkeys((c.key for c, _exc in failed), ComputeOutcome.FAILED)
+        if failed:
+            await self._record_failures(failed, reasons)
+        if not done:
+            return outcomes
+        saving = time.perf_counter()
+        try:
+            saved = await self._db.unit(
+                lambda conn: self._save(conn, done, read_started_ms), derived=True
             )
-        stages = dict(computed.stage_seconds)
-        # the read stage is the whole read unit but its aggregate and assemble stages
-        stages["read"] = read_s - stages.get("aggregate", 0.0) - stages.get("assemble", 0.0)
-        stages |= {"lease": lease_s, "save": save_s, "push": push_s}
+        except Exception as exc:
+            await self._record_failures([(r.claim, exc) for r in done], reasons)
+            return outcomes | dict.fromkeys((r.claim.key for r in done), ComputeOutcome.FAILED)
+        save_s = time.perf_counter() - saving
+        now = self._clock.now_ms()
+        pushing = time.perf_counter()
+        for result in done:
+            key, computed = result.claim.key, result.computed
+            reason = reasons[key]
+            if key not in saved:
+                log.warning("telemetry_lease_lost", session_id=key.session_id, reason=reason.value)
+                outcomes[key] = ComputeOutcome.LEASE_LOST
+                continue
+            outcomes[key] = ComputeOutcome.COMPUTED
+            if computed.on_saved is not None:
+                computed.on_saved()
+            self._metrics.computes.labels(computed.state.value, reason.value).inc()
+            self._metrics.compute_paths.labels(computed.path.value).inc()
+            self._metrics.compute_seconds.labels(reason.value).observe(pushing - started + claim_s)
+            stale = result.claim.stale_since_ms
+            if stale is not None and stale <= read_started_ms:
+                self._metrics.freshness_lag_seconds.observe(max(now - stale, 0) / 1000)
+            await self._notify(key, computed)
+            if self._hooks:
+                await self._hooks.run(
+                    SavedView(
+                        session=result.claim.session,
+                        key=key,
+                        source_watermark=computed.source_watermark,
+                        live=computed.window.live,
+                        episodes=computed.episodes,
+                    )
+                )
+        stages = dict(batch.stage_seconds)
+        # the read stage is the claim (lease and read in one statement) and the change-log read
+        stages["read"] = stages.get("read", 0.0) + claim_s
+        stages |= {"save": save_s, "push": time.perf_counter() - pushing}
         for stage, seconds in stages.items():
             self._metrics.compute_stage_seconds.labels(stage).observe(max(seconds, 0.0))
-        return ComputeOutcome.COMPUTED
+        return outcomes
 
     async def _save(
-        self,
-        conn: AsyncConnection,
-        key: TelemetryKey,
-        lease: Lease,
-        computed: ComputedTelemetry,
-        compute_ms: int,
-        read_started_ms: int,
-    ) -> SaveResult:
-        """The save unit: the payload under our lease, and the change log pruned when due."""
-        result = await self._cache.save(
+        self, conn: AsyncConnection, done: list[ToSave], read_started_ms: int
+    ) -> set[TelemetryKey]:
+        """The save unit: every result still under our lease, and the change logs pruned where
+        due."""
+        saved = await self._cache.save_many(
             conn,
-            key,
-            computed,
+            done,
             owner=self.owner_id,
             now_ms=self._clock.now_ms(),
-            compute_ms=compute_ms,
             read_started_ms=read_started_ms,
         )
-        if result.saved and _prune_due(lease.source_watermark, computed):
-            floor = queries.views_floor(key.session_id, compute_version=key.compute_version)
-            await changelog.prune(conn, key.session_id, through_seq=floor)
-        return result
+        pruning: dict[int, list[str]] = {}
+        for result in done:
+            key = result.claim.key
+            if key in saved and _prune_due(result.claim.lease.source_watermark, result.computed):
+                pruning.setdefault(key.compute_version, []).append(key.session_id)
+        for version, session_ids in pruning.items():
+            await changelog.prune_many(
+                conn, session_ids, through_seq=queries.views_floor_of_log(compute_version=version)
+            )
+        return saved
 
-    async def _record_failure(
-        self, key: TelemetryKey, lease: Lease, exc: Exception, reason: ScheduleReason
+    async def _record_failures(
+        self, failed: Sequence[tuple[Claim, Exception]], reasons: dict[TelemetryKey, ScheduleReason]
     ) -> None:
-        self._metrics.computes.labels(CacheState.FAILED.value, reason.value).inc()
-        attempts = lease.attempts + 1
-        log.error(
-            "telemetry_compute_failed",
-            session_id=key.session_id,
-            reason=reason.value,
-            attempts=attempts,
-            error_type=type(exc).__name__,
-        )
         now = self._clock.now_ms()
-        try:
-            await self._db.unit(
-                lambda conn: self._cache.fail(
+        for claimed, exc in failed:
+            key = claimed.key
+            reason = reasons[key]
+            self._metrics.computes.labels(CacheState.FAILED.value, reason.value).inc()
+            log.error(
+                "telemetry_compute_failed",
+                session_id=key.session_id,
+                reason=reason.value,
+                attempts=claimed.lease.attempts + 1,
+                error_type=type(exc).__name__,
+            )
+
+        async def fail(conn: AsyncConnection) -> None:
+            for claimed, _exc in failed:
+                await self._cache.fail(
                     conn,
-                    key,
+                    claimed.key,
                     owner=self.owner_id,
                     now_ms=now,
-                    attempts=attempts,
+                    attempts=claimed.lease.attempts + 1,
                     error_code=COMPUTE_FAILED,
-                ),
-                derived=True,
-            )
+                )
+
+        try:
+            await self._db.unit(fail, derived=True)
         except Exception as release_exc:
-            # The lease then simply expires and the next request or job takes it over.
+            # The leases then simply expire and the next request or job takes them over.
             log.error(
                 "telemetry_failure_not_recorded",
-                session_id=key.session_id,
+                session_id=failed[0][0].key.session_id,
+                views=len(failed),
                 error_type=type(release_exc).__name__,
             )
 
-    async def _keep_lease(self, key: TelemetryKey) -> None:
+    async def _keep_leases(self, keys: list[TelemetryKey]) -> None:
+        """Renew the batch's leases (one statement) every third of the lease while it runs."""
         interval_s = self._lease_ms / 3 / 1000
-        while True:
+        while keys:
             await asyncio.sleep(interval_s)
             now = self._clock.now_ms()
             try:
                 held = await self._db.unit(
-                    lambda conn, now=now: self._cache.renew(  # type: ignore[misc]
-                        conn, key, owner=self.owner_id, now_ms=now, lease_ms=self._lease_ms
+                    lambda conn, now=now, keys=keys: self._cache.renew_many(  # type: ignore[misc]
+                        conn, keys, owner=self.owner_id, now_ms=now, lease_ms=self._lease_ms
                     ),
                     derived=True,
                 )
             except Exception as exc:
                 log.warning(
                     "telemetry_lease_renew_failed",
-                    session_id=key.session_id,
+                    session_id=keys[0].session_id,
                     error_type=type(exc).__name__,
                 )
                 continue
-            if not held:
-                return
+            keys = [k for k in keys if k in held]
 
     async def _notify(self, key: TelemetryKey, computed: ComputedTelemetry) -> None:
         window = computed.window

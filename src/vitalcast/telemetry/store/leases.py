@@ -5,13 +5,20 @@ stored payload (ready / no_data), ``computing`` before the first outcome, or ``f
 last attempt failed and there is no payload to keep. A failure never drops a payload: it records
 ``error_code``, ``attempts`` and ``next_attempt_ms`` next to it.
 
-Only the holder of an unexpired lease computes; taking it is one conditional UPDATE, and saving is
-conditional on still holding it, so a slow compute whose lease was taken over cannot overwrite the
+Only the holder of an unexpired lease computes. Taking it is the *claim*: one conditional UPDATE
+for every key of a batch that also returns what each compute starts from (the session row with
+its watermark, the stored partials and history), so a compute has no read of its own before
+the GROUP BY. Saving is one compare-and-set UPDATE for the whole batch, conditional on each row
+still being under our lease, so a slow compute whose lease was taken over cannot overwrite the
 newer result. The reads other callers need are in ``queries``. Every method runs in the
-caller's transaction (``db.write()``) and commits nothing.
+caller's transaction (``db.write()`` or a unit) and commits nothing.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -19,16 +26,51 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vitalcast.clock import MINUTE_MS
 from vitalcast.db.tables import sessions, telemetry_cache
-from vitalcast.telemetry.compute.results import ComputedTelemetry
+from vitalcast.sessions.models import Session, SessionStatus
+from vitalcast.telemetry.compute.results import ComputedTelemetry, StoredView
 from vitalcast.telemetry.keys import CacheState, TelemetryKey
 from vitalcast.telemetry.store.queries import key_clause
-from vitalcast.telemetry.store.rows import Lease, LeaseRefusal, SaveResult
+from vitalcast.telemetry.store.rows import Claim, Lease, LeaseRefusal
 
 #: first retry delay after a failed compute; doubles per attempt up to BACKOFF_MAX_MS
 BACKOFF_BASE_MS = 1_000
 BACKOFF_MAX_MS = 5 * MINUTE_MS
 
 c = telemetry_cache.c
+s = sessions.c
+
+#: a cache row's primary key
+KeyTuple = tuple[str, int, str, int]
+_KEY_COLUMNS = (c.session_id, c.window_minutes, c.resolution, c.compute_version)
+#: the session columns a claim returns (``Session``'s fields but its id, the row's session_id)
+_SESSION_FIELDS = (
+    "user_id",
+    "client_session_id",
+    "status",
+    "start_ms",
+    "end_ms",
+    "notes",
+    "source_watermark",
+    "archived_at_ms",
+)
+
+
+def key_tuple(key: TelemetryKey) -> KeyTuple:
+    return (key.session_id, key.window_minutes, key.resolution.value, key.compute_version)
+
+
+def keys_clause(keys: Sequence[TelemetryKey]) -> sa.ColumnElement[bool]:
+    """The rows of ``keys`` (one tuple IN, whatever their number)."""
+    return sa.tuple_(*_KEY_COLUMNS).in_([key_tuple(k) for k in keys])
+
+
+@dataclass(frozen=True, slots=True)
+class ToSave:
+    """One view's result to save under our lease, with what the claim returned for it."""
+
+    claim: Claim
+    computed: ComputedTelemetry
+    compute_ms: int
 
 
 def backoff_ms(attempts: int) -> int:
@@ -42,52 +84,155 @@ class SessionTelemetryCacheRepository:
     async def take_lease(
         self, conn: AsyncConnection, key: TelemetryKey, *, owner: str, now_ms: int, lease_ms: int
     ) -> Lease | LeaseRefusal:
-        """Take the lease with one conditional UPDATE: only when it is free or expired and any
-        failure backoff has elapsed. A missing row is created first (then the UPDATE again)."""
+        """``claim`` of one key, the lease only."""
+        claimed = (await self.claim(conn, [key], owner=owner, now_ms=now_ms, lease_ms=lease_ms))[
+            key
+        ]
+        return claimed.lease if isinstance(claimed, Claim) else claimed
+
+    async def claim(
+        self,
+        conn: AsyncConnection,
+        keys: Sequence[TelemetryKey],
+        *,
+        owner: str,
+        now_ms: int,
+        lease_ms: int,
+    ) -> dict[TelemetryKey, Claim | LeaseRefusal]:
+        """Take the lease of every key that is free or expired and whose failure backoff has
+        elapsed, and read what each compute starts from, in one UPDATE … RETURNING. Only keys
+        that did not come back cost more: missing rows are created (then claimed again), and
+        one read says why the others were refused."""
+        wanted = {key_tuple(k): k for k in keys}
+        found = await self._claim(conn, list(wanted.values()), owner, now_ms, lease_ms)
+        missing = [k for t, k in wanted.items() if t not in found]
+        if missing:
+            for key in missing:
+                # Missing (or just inserted by another node, or held): make sure it exists.
+                await self._insert_missing(conn, key, now_ms)
+            found |= await self._claim(conn, missing, owner, now_ms, lease_ms)
+        answers: dict[TelemetryKey, Claim | LeaseRefusal] = {}
+        foreign: list[TelemetryKey] = []
+        for t, key in wanted.items():
+            claimed = found.get(t)
+            if claimed is None:
+                continue
+            if claimed.session.user_id and key.user_id and claimed.session.user_id != key.user_id:
+                foreign.append(key)
+            else:
+                answers[key] = Claim(
+                    key, claimed.lease, claimed.session, claimed.stored, claimed.stale_since_ms
+                )
+        if foreign:
+            # Not the key's user's session: as if it did not exist (its lease given back).
+            await self.release_many(conn, foreign, owner=owner, now_ms=now_ms)
+            answers |= dict.fromkeys(foreign, LeaseRefusal.NO_SESSION)
+        refused = [k for k in keys if k not in answers]
+        if refused:
+            answers |= await self._refusals(conn, refused, now_ms)
+        return answers
+
+    async def _claim(
+        self,
+        conn: AsyncConnection,
+        keys: Sequence[TelemetryKey],
+        owner: str,
+        now_ms: int,
+        lease_ms: int,
+    ) -> dict[KeyTuple, Claim]:
         expires = now_ms + lease_ms
+        if conn.dialect.name == "postgresql":
+            session_columns: list[Any] = [  # Any: columns of several types
+                getattr(s, name).label(f"s_{name}") for name in _SESSION_FIELDS
+            ]
+            joined: list[sa.ColumnElement[bool]] = [s.id == c.session_id]
+        else:
+            # SQLite's RETURNING may not name the tables of UPDATE … FROM: a subquery each
+            session_columns = [
+                sa.select(getattr(s, name))
+                .where(s.id == c.session_id)
+                .scalar_subquery()
+                .label(f"s_{name}")
+                for name in _SESSION_FIELDS
+            ]
+            joined = []
         take = (
             sa.update(telemetry_cache)
             .where(
-                key_clause(key),
+                keys_clause(keys),
+                *joined,
                 sa.or_(c.lease_owner.is_(None), c.lease_expires_ms <= now_ms),
                 sa.or_(c.next_attempt_ms.is_(None), c.next_attempt_ms <= now_ms),
             )
             .values(lease_owner=owner, lease_expires_ms=expires, updated_at_ms=now_ms)
             .returning(
+                *_KEY_COLUMNS,
                 c.status,
-                c.payload.is_not(None).label("has_payload"),
+                # not ``payload IS NOT NULL``: SQLite 3.40's RETURNING evaluates IS [NOT] NULL of
+                # a column wrongly (1 for a NULL payload); its length is NULL exactly then
+                sa.func.length(c.payload).label("payload_length"),
                 c.source_watermark,
                 c.computed_at_ms,
                 c.attempts,
+                c.partials,
+                c.history,
+                c.stale_since_ms,
+                *session_columns,
             )
         )
-        row = (await conn.execute(take)).first()
-        if row is None:
-            # Missing (or just inserted by another node, or held): make sure it exists, try again.
-            await self._insert_missing(conn, key, now_ms)
-            row = (await conn.execute(take)).first()
-        if row is not None:
-            return Lease(
+        found: dict[KeyTuple, Claim] = {}
+        by_tuple = {key_tuple(k): k for k in keys}
+        for row in await conn.execute(take):
+            t = (row.session_id, row.window_minutes, row.resolution, row.compute_version)
+            if row.s_status is None:
+                continue  # the session went with the row (a cascade in flight)
+            session = Session(
+                id=row.session_id,
+                user_id=row.s_user_id,
+                client_session_id=row.s_client_session_id,
+                status=SessionStatus(row.s_status),
+                start_ms=row.s_start_ms,
+                end_ms=row.s_end_ms,
+                notes=row.s_notes,
+                source_watermark=row.s_source_watermark,
+                archived_at_ms=row.s_archived_at_ms,
+            )
+            has_payload = row.payload_length is not None
+            lease = Lease(
                 owner,
                 expires,
                 CacheState(row.status),
-                bool(row.has_payload),
+                has_payload,
                 row.source_watermark,
                 row.computed_at_ms,
                 row.attempts,
             )
-        refusal = (
-            await conn.execute(
-                sa.select(c.lease_owner, c.lease_expires_ms, c.next_attempt_ms).where(
-                    key_clause(key)
-                )
+            stored = (
+                StoredView(row.source_watermark, row.partials, row.history) if has_payload else None
             )
-        ).first()
-        if refusal is None:
-            return LeaseRefusal.NO_SESSION
-        if refusal.lease_owner is not None and refusal.lease_expires_ms > now_ms:
-            return LeaseRefusal.BUSY
-        return LeaseRefusal.BACKING_OFF
+            found[t] = Claim(by_tuple[t], lease, session, stored, row.stale_since_ms)
+        return found
+
+    async def _refusals(
+        self, conn: AsyncConnection, keys: Sequence[TelemetryKey], now_ms: int
+    ) -> dict[TelemetryKey, Claim | LeaseRefusal]:
+        """Why each of ``keys`` was not claimed."""
+        rows = await conn.execute(
+            sa.select(*_KEY_COLUMNS, c.lease_owner, c.lease_expires_ms).where(keys_clause(keys))
+        )
+        blocking = {
+            (r.session_id, r.window_minutes, r.resolution, r.compute_version): r for r in rows
+        }
+        refusals: dict[TelemetryKey, Claim | LeaseRefusal] = {}
+        for key in keys:
+            row = blocking.get(key_tuple(key))
+            if row is None:
+                refusals[key] = LeaseRefusal.NO_SESSION
+            elif row.lease_owner is not None and row.lease_expires_ms > now_ms:
+                refusals[key] = LeaseRefusal.BUSY
+            else:
+                refusals[key] = LeaseRefusal.BACKING_OFF
+        return refusals
 
     async def _insert_missing(self, conn: AsyncConnection, key: TelemetryKey, now_ms: int) -> None:
         source = sa.select(
@@ -127,87 +272,141 @@ class SessionTelemetryCacheRepository:
         self, conn: AsyncConnection, key: TelemetryKey, *, owner: str, now_ms: int, lease_ms: int
     ) -> bool:
         """Extend our lease; False when it is no longer ours (taken over after expiring)."""
-        result = await conn.execute(
+        held = await self.renew_many(conn, [key], owner=owner, now_ms=now_ms, lease_ms=lease_ms)
+        return key in held
+
+    async def renew_many(
+        self,
+        conn: AsyncConnection,
+        keys: Sequence[TelemetryKey],
+        *,
+        owner: str,
+        now_ms: int,
+        lease_ms: int,
+    ) -> set[TelemetryKey]:
+        """Extend our leases of ``keys`` in one statement; the keys whose lease is still ours."""
+        if not keys:
+            return set()
+        rows = await conn.execute(
             sa.update(telemetry_cache)
-            .where(key_clause(key), c.lease_owner == owner)
+            .where(keys_clause(keys), c.lease_owner == owner)
             .values(lease_expires_ms=now_ms + lease_ms, updated_at_ms=now_ms)
+            .returning(*_KEY_COLUMNS)
         )
-        return result.rowcount == 1
+        held = {tuple(row) for row in rows}
+        return {k for k in keys if key_tuple(k) in held}
 
     async def release(
         self, conn: AsyncConnection, key: TelemetryKey, *, owner: str, now_ms: int
     ) -> None:
         """Give the lease back without an outcome (the cache was already fresh)."""
-        await conn.execute(
-            sa.update(telemetry_cache)
-            .where(key_clause(key), c.lease_owner == owner)
-            .values(lease_owner=None, lease_expires_ms=None, updated_at_ms=now_ms)
-        )
+        await self.release_many(conn, [key], owner=owner, now_ms=now_ms)
 
-    async def save(
+    async def release_many(
+        self, conn: AsyncConnection, keys: Sequence[TelemetryKey], *, owner: str, now_ms: int
+    ) -> None:
+        """``release`` of several keys, in one statement."""
+        if keys:
+            await conn.execute(
+                sa.update(telemetry_cache)
+                .where(keys_clause(keys), c.lease_owner == owner)
+                .values(lease_owner=None, lease_expires_ms=None, updated_at_ms=now_ms)
+            )
+
+    async def save_many(
         self,
         conn: AsyncConnection,
-        key: TelemetryKey,
-        computed: ComputedTelemetry,
+        results: Sequence[ToSave],
         *,
         owner: str,
         now_ms: int,
-        compute_ms: int,
         read_started_ms: int,
-    ) -> SaveResult:
-        """Store ``computed`` only while ``owner`` holds the lease, and release it.
+    ) -> set[TelemetryKey]:
+        """Store every result whose row is still under ``owner``'s lease, and release those
+        leases, in one compare-and-set UPDATE; the keys saved (a view whose lease was taken over
+        keeps the newer result).
 
-        ``stale_since_ms`` (set by ingest at the first change after the cached watermark) turns
-        into the freshness lag when that change predates our watermark read; it is cleared when
-        the saved watermark is current, else it restarts at our read (a change arrived since).
+        ``stale_since_ms`` (set by ingest at the first change after the cached watermark) is
+        cleared when the saved watermark is the session's current one; else it restarts at our
+        read (a change arrived since), unless it was set after the read started.
         """
-        watermark_now = (
-            sa.select(sessions.c.source_watermark)
-            .where(sessions.c.id == key.session_id)
-            .scalar_subquery()
-        )
-        current = (
-            await conn.execute(
-                sa.select(c.lease_owner, c.stale_since_ms, watermark_now)
-                .where(key_clause(key))
-                .with_for_update(of=telemetry_cache)
+        if not results:
+            return set()
+        v = (
+            sa.values(
+                sa.column("session_id", sa.String),
+                sa.column("window_minutes", sa.Integer),
+                sa.column("resolution", sa.String),
+                sa.column("compute_version", sa.Integer),
+                sa.column("status", sa.String),
+                sa.column("payload", sa.LargeBinary),
+                sa.column("source_watermark", sa.BigInteger),
+                sa.column("computed_at_ms", sa.BigInteger),
+                sa.column("compute_ms", sa.Integer),
+                sa.column("raw_sample_count", sa.BigInteger),
+                sa.column("partials", sa.LargeBinary),
+                sa.column("history", sa.LargeBinary),
+                name="saved",
             )
-        ).first()
-        if current is None or current.lease_owner != owner:
-            return SaveResult(saved=False)
-        session_watermark = current[2]
-        stale_since = current.stale_since_ms
-        included = stale_since is not None and stale_since <= read_started_ms
-        if session_watermark is None or session_watermark <= computed.source_watermark:
-            next_stale_since = None
-        elif included or stale_since is None:
-            next_stale_since = read_started_ms
-        else:
-            next_stale_since = stale_since
-        result = await conn.execute(
+            .data(
+                [
+                    (
+                        *key_tuple(r.claim.key),
+                        r.computed.state.value,
+                        r.computed.blob,
+                        r.computed.source_watermark,
+                        r.computed.computed_at_ms,
+                        r.compute_ms,
+                        r.computed.raw_sample_count,
+                        r.computed.partials,
+                        r.computed.history,
+                    )
+                    for r in results
+                ]
+            )
+            .cte("saved")
+        )
+        watermark_now = sa.func.coalesce(
+            sa.select(s.source_watermark).where(s.id == c.session_id).scalar_subquery(), 0
+        )
+        read_started = sa.literal(read_started_ms, sa.BigInteger)
+        rows = await conn.execute(
             sa.update(telemetry_cache)
-            .where(key_clause(key), c.lease_owner == owner)
+            .where(
+                c.session_id == v.c.session_id,
+                c.window_minutes == v.c.window_minutes,
+                c.resolution == v.c.resolution,
+                c.compute_version == v.c.compute_version,
+                c.lease_owner == owner,
+            )
             .values(
-                status=computed.state.value,
-                payload=computed.blob,
-                source_watermark=computed.source_watermark,
-                computed_at_ms=computed.computed_at_ms,
-                compute_ms=compute_ms,
-                raw_sample_count=computed.raw_sample_count,
+                status=v.c.status,
+                payload=v.c.payload,
+                source_watermark=v.c.source_watermark,
+                computed_at_ms=v.c.computed_at_ms,
+                compute_ms=v.c.compute_ms,
+                raw_sample_count=v.c.raw_sample_count,
                 lease_owner=None,
                 lease_expires_ms=None,
                 attempts=0,
                 next_attempt_ms=None,
                 error_code=None,
-                stale_since_ms=next_stale_since,
+                stale_since_ms=sa.case(
+                    (watermark_now <= v.c.source_watermark, sa.null()),
+                    (
+                        sa.or_(c.stale_since_ms.is_(None), c.stale_since_ms <= read_started),
+                        read_started,
+                    ),
+                    else_=c.stale_since_ms,
+                ),
                 updated_at_ms=now_ms,
-                partials=computed.partials,
-                history=computed.history,
+                partials=v.c.partials,
+                history=v.c.history,
             )
+            .returning(*_KEY_COLUMNS)
         )
-        if result.rowcount != 1:
-            return SaveResult(saved=False)
-        return SaveResult(saved=True, lag_ms=now_ms - stale_since if included else None)
+        saved = {tuple(row) for row in rows}
+        return {r.claim.key for r in results if key_tuple(r.claim.key) in saved}
 
     async def fail(
         self,

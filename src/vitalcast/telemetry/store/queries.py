@@ -11,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from vitalcast.db.tables import sessions, telemetry_cache
+from vitalcast.db.tables import session_changes, sessions, telemetry_cache
 from vitalcast.sessions.models import Session, SessionStatus
 from vitalcast.telemetry.compute.aggregate import session_query
 from vitalcast.telemetry.compute.results import StoredView
@@ -142,6 +142,20 @@ def views_floor(session_id: str, *, compute_version: int) -> sa.ScalarSelect[int
         sa.select(sa.func.min(c.source_watermark))
         .where(
             c.session_id == session_id,
+            c.compute_version == compute_version,
+            c.payload.is_not(None),
+        )
+        .scalar_subquery()
+    )
+
+
+def views_floor_of_log(*, compute_version: int) -> sa.ScalarSelect[int]:
+    """``views_floor`` of the session of each ``session_changes`` row (a correlated query): the
+    prune of a batch's sessions in one statement."""
+    return (
+        sa.select(sa.func.min(c.source_watermark))
+        .where(
+            c.session_id == session_changes.c.session_id,
             c.compute_version == compute_version,
             c.payload.is_not(None),
         )

@@ -5,8 +5,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from vitalcast.sessions.models import SessionStatus
-from vitalcast.telemetry.keys import CacheState, Resolution
+from vitalcast.sessions.models import Session, SessionStatus
+from vitalcast.telemetry.compute.results import StoredView
+from vitalcast.telemetry.keys import CacheState, Resolution, TelemetryKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,11 +64,16 @@ class Lease:
 
 
 @dataclass(frozen=True, slots=True)
-class SaveResult:
-    """Whether a save happened and, if it did, the freshness lag it resolved."""
+class Claim:
+    """A lease we took with the claim, and everything the view's compute starts from, read by
+    the same statement: the session (its watermark), what the row holds, and since when the row
+    is stale (``stale_since_ms``, for the freshness lag of the save)."""
 
-    saved: bool
-    lag_ms: int | None = None
+    key: TelemetryKey
+    lease: Lease
+    session: Session
+    stored: StoredView | None
+    stale_since_ms: int | None
 
 
 @dataclass(frozen=True, slots=True)
