@@ -443,3 +443,41 @@ async def test_a_worker_creates_the_months_ahead_at_start(
             assert ahead in await attached_months(conn)
     finally:
         await db.dispose()
+
+
+async def test_a_month_left_detached_by_a_cut_retention_is_finished_by_writers_and_the_next_run(
+    client: httpx.AsyncClient, users: Any, db: Database
+) -> None:
+    """A retention cut between detaching a month and dropping it leaves the month's table and
+    its identity rows behind: a re-send into that month still lands (the writer finishes the
+    drop before creating the month anew), and the next retention run drops the other."""
+    if db.sqlite:
+        pytest.skip("PostgreSQL only: SQLite has no partitions")
+    user_id, token = await users.create()
+    auth = {"Authorization": f"Bearer {token}"}
+    older, newer = _months_back(8), _months_back(7)
+    sent = {m: hr_sample(f"left-{m.name}", m.start_ms + 2 * DAY_MS, 70.0) for m in (older, newer)}
+    await _post(client, auth, list(sent.values()))
+    async with db.write() as conn:
+        for month in (older, newer):
+            await conn.execute(
+                sa.text(f'ALTER TABLE health_samples DETACH PARTITION "{month.name}"')
+            )
+    assert await _rows(db, health_samples.c.user_id == user_id) == []
+    assert len(await _identities(db, user_id)) == 2
+
+    resent = await _post(client, auth, [sent[newer] | {"value": 71.0}])
+    assert resent["inserted"] == 1
+    rows = await _rows(db, health_samples.c.user_id == user_id)
+    assert [(r.record_id, r.value) for r in rows] == [(f"left-{newer.name}", 71.0)]
+
+    now = now_ms()
+    days = -(-(now - (newer.start_ms + DAY_MS)) // DAY_MS)
+    assert older.end_ms <= now - days * DAY_MS < newer.start_ms + 2 * DAY_MS
+    done = await RetentionService(db, SystemClock(), days=days).run()
+    assert done.partitions_dropped >= 1
+    async with db.read() as conn:
+        left = await conn.scalar(sa.text("SELECT to_regclass(:n)::text"), {"n": older.name})
+        attached = await attached_months(conn)
+    assert left is None and newer in attached
+    assert await _identities(db, user_id) == {f"left-{newer.name}": newer.start_ms + 2 * DAY_MS}
