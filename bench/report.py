@@ -447,6 +447,22 @@ def _lifecycle_erasure(r: dict[str, Any]) -> Iterator[Row]:
         )
 
 
+def _partitions(r: dict[str, Any]) -> Iterator[Row]:
+    minimum = targets.PARTITIONED_INGEST_SHARE_MIN
+    load = "/".join(f"{x:g}" for x in r["load_average"])
+    for kind, label in (("insert", "new samples"), ("update", "every sample sent again, changed")):
+        part, flat = r["partitioned"][kind], r["unpartitioned"][kind]
+        ratio = r[f"ratio_{kind}"]
+        yield Row(
+            f"Ingest below HTTP, postgres, monthly partitions ({r['months_attached']} months, "
+            f"{r['history_rows']:,} rows of history), {label}, batches of {r['batch_size']:,}",
+            f"{part['samples_per_s']:,} samples/s (load average {load})",
+            f"same schema unpartitioned: {flat['samples_per_s']:,} samples/s",
+            f"{ratio:.2f}×",
+            (Check(f"≥ {minimum:g}×", ratio >= minimum),),
+        )
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], Iterator[Row]]] = {
     "ingest": _ingest,
     "import": _import,
@@ -461,6 +477,7 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], Iterator[Row]]] = {
     "capacity": _capacity,
     "lifecycle_export": _lifecycle_export,
     "lifecycle_erasure": _lifecycle_erasure,
+    "partitions": _partitions,
     "auth": _auth,
 }
 

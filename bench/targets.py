@@ -64,3 +64,7 @@ OIDC_OVER_LOCAL_P50_MAX = 1.05
 #: #25: ingest of a sample that crosses an alert threshold → ``session.alert`` at a subscribed
 #: client, p99, by deployment (no alert may be missed)
 INGEST_TO_ALERT_P99_MAX_MS = {"embedded": 250.0, "scaled_out": 500.0}
+
+#: issue 23: ingest into the monthly-partitioned samples table, as a share of the same ingest
+#: into the same schema unpartitioned (PostgreSQL, same run)
+PARTITIONED_INGEST_SHARE_MIN = 0.9

@@ -144,8 +144,14 @@ async def _truncate_all(url: str) -> None:
     engine = create_engine(url)
     try:
         async with engine.begin() as conn:
+            # a partition's rows count for its parent (health_samples: one table per month)
             counts = await conn.execute(
-                sa.text("SELECT relname, n_live_tup FROM pg_stat_user_tables")
+                sa.text(
+                    "SELECT coalesce(p.relname, s.relname), sum(s.n_live_tup) "
+                    "FROM pg_stat_user_tables s "
+                    "LEFT JOIN pg_inherits i ON i.inhrelid = s.relid "
+                    "LEFT JOIN pg_class p ON p.oid = i.inhparent GROUP BY 1"
+                )
             )
             big = {name for name, rows in counts if rows > TRUNCATE_ABOVE_ROWS}
             tables = list(reversed(metadata.sorted_tables))

@@ -36,6 +36,7 @@ from vitalcast.ingest.service import IngestService
 from vitalcast.lifecycle.erasure import ErasureService, InProcessErasures, Revoke, redis_scope
 from vitalcast.lifecycle.erasure_queue import QueuedErasures
 from vitalcast.lifecycle.export import AccountExport
+from vitalcast.lifecycle.partitions import PartitionKeeper
 from vitalcast.lifecycle.retention import DailyRetention, RetentionService
 from vitalcast.lifecycle.samples import SampleDeletionService
 from vitalcast.observability import Metrics
@@ -139,6 +140,8 @@ class ServerParts:
     erasures: InProcessErasures | QueuedErasures
     #: the daily raw-sample purge (None: VITALCAST_RAW_RETENTION_DAYS unset)
     retention: DailyRetention | None
+    #: creates the months of health_samples ahead (PostgreSQL; a no-op elsewhere)
+    partition_keeper: PartitionKeeper
     #: the owner's webhook endpoints, and the sender of their deliveries
     webhooks: WebhookService
     dispatcher: WebhookDispatcher
@@ -150,6 +153,7 @@ class ServerParts:
     subscribe: SubscribeSupport
 
     async def start(self) -> None:
+        await self.partition_keeper.start()
         await self.coordinator.start()
         await self.ticker.start()
         await self.authenticator.start()
@@ -178,6 +182,7 @@ class ServerParts:
         await self.erasures.stop()
         if self.retention is not None:
             await self.retention.stop()
+        await self.partition_keeper.stop()
         await self.share_access.close()
         await self.revocation_poll.close()
         await self.authenticator.close()
@@ -205,8 +210,14 @@ class WorkerParts:
     #: sends the webhook deliveries whose jobs this worker takes (``queue.webhooks``)
     dispatcher: WebhookDispatcher
     webhook_jobs: WebhookQueue
+    #: creates the months of health_samples ahead (PostgreSQL; a no-op elsewhere)
+    partition_keeper: PartitionKeeper
+
+    async def start(self) -> None:
+        await self.partition_keeper.start()
 
     async def close(self) -> None:
+        await self.partition_keeper.stop()
         await self.webhook_jobs.close()
         await self.broadcaster.close()
         await self.db.dispose()
@@ -377,6 +388,7 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
             if settings.raw_retention_days
             else None
         ),
+        partition_keeper=PartitionKeeper(db.partitions, clock.now_ms),
         revocation_poll=RevocationPoll(
             db, authenticator.revocations, interval_ms=settings.revocation_poll_ms
         ),
@@ -513,7 +525,16 @@ def build_worker(settings: Settings, seams: Seams = NO_SEAMS) -> WorkerParts:
     )
     erasure = _erasure(settings, db, clock, None)
     return WorkerParts(
-        settings, db, clock, metrics, broadcaster, computer, erasure, dispatcher, webhook_jobs
+        settings,
+        db,
+        clock,
+        metrics,
+        broadcaster,
+        computer,
+        erasure,
+        dispatcher,
+        webhook_jobs,
+        PartitionKeeper(db.partitions, clock.now_ms),
     )
 
 

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vitalcast.clock import Clock
 from vitalcast.db.engine import Database
+from vitalcast.db.partitions import is_missing_partition
 from vitalcast.errors import Conflict, Unauthenticated
 from vitalcast.ingest import repository
 from vitalcast.ingest.validation import ValidatedBatch, validate_batch
@@ -59,9 +60,23 @@ class IngestService:
         now_ms = self._clock.now_ms()
         batch = validate_batch(body, now_ms=now_ms)
         fingerprint = body_fingerprint(body) if batch.request_id else ""
-        applied = await self._db.unit(
-            lambda conn: self._apply(conn, user_id, batch, fingerprint, now_ms), write=True
-        )
+        months = [s.start_ms for s in batch.samples]
+        # Before the transaction: attaching a month waits for the locks a writer holds.
+        await self._db.partitions.ensure(months)
+        try:
+            applied = await self._db.unit(
+                lambda conn: self._apply(conn, user_id, batch, fingerprint, now_ms), write=True
+            )
+        except Exception as exc:
+            if not is_missing_partition(exc):
+                raise
+            # Another process (retention) dropped a month this process believed was there:
+            # nothing was written; look again, create it, and apply once more.
+            self._db.partitions.forget()
+            await self._db.partitions.ensure(months)
+            applied = await self._db.unit(
+                lambda conn: self._apply(conn, user_id, batch, fingerprint, now_ms), write=True
+            )
         if isinstance(applied, IngestOutcome):
             log.info("ingest_replayed", user_id=user_id)
             return applied
