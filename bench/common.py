@@ -27,8 +27,9 @@ import httpx
 import redis.asyncio as aioredis
 import sqlalchemy as sa
 
-from vitalcast.db.engine import create_engine
+from vitalcast.db.engine import Database, create_engine
 from vitalcast.db.migrate import upgrade
+from vitalcast.ingest.repository import IDENTITY_COLUMNS
 from vitalcast.testing import user_with_token
 
 PG_ADMIN_URL = os.environ.get(
@@ -124,7 +125,10 @@ async def create_user(url: str, name: str) -> tuple[str, str]:
 
 
 async def bulk_load(url: str, rows: list[tuple]) -> None:
-    """Rows straight into health_samples: COPY on PostgreSQL, executemany on SQLite."""
+    """Rows straight into health_samples with their identity rows (their months created first,
+    as an ingest would): COPY on PostgreSQL, executemany on SQLite."""
+    at = [HEALTH_SAMPLE_COLUMNS.index(c) for c in IDENTITY_COLUMNS]
+    identities = [tuple(r[i] for i in at) for r in rows]
     parsed = sa.make_url(url)
     if parsed.get_backend_name() == "sqlite":
         conn = sqlite3.connect(parsed.database or "")
@@ -134,13 +138,26 @@ async def bulk_load(url: str, rows: list[tuple]) -> None:
                 f"VALUES ({', '.join('?' * len(HEALTH_SAMPLE_COLUMNS))})",
                 rows,
             )
+            conn.executemany(
+                f"INSERT INTO sample_identities ({', '.join(IDENTITY_COLUMNS)}) "
+                "VALUES (?, ?, ?, ?)",
+                identities,
+            )
         conn.execute("ANALYZE")
         conn.close()
         return
+    db = Database(create_engine(url))
+    try:
+        await db.partitions.ensure(int(r[at[-1]]) for r in rows)
+    finally:
+        await db.dispose()
     conn = await asyncpg.connect(parsed.set(drivername="postgresql").render_as_string(False))
     try:
         await conn.copy_records_to_table(
             "health_samples", records=rows, columns=HEALTH_SAMPLE_COLUMNS
+        )
+        await conn.copy_records_to_table(
+            "sample_identities", records=identities, columns=IDENTITY_COLUMNS
         )
         await conn.execute("ANALYZE")
     finally:

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from bench.common import create_user, database, emit, server
 from vitalcast.clock import now_ms
-from vitalcast.db.engine import create_engine
+from vitalcast.db.engine import Database, create_engine
 from vitalcast.db.tables import health_samples
 from vitalcast.testing import hr_sample
 
@@ -79,8 +79,10 @@ async def raw_rate(url: str, user_id: str, count: int) -> dict[str, float]:
         }
         for n in range(count * BATCH)
     ]
-    engine = create_engine(url)
+    db = Database(create_engine(url))
+    engine = db.engine
     try:
+        await db.partitions.ensure(r["start_ms"] for r in rows)
         began = time.perf_counter()
         async with engine.begin() as conn:
             if conn.dialect.name == "postgresql":
@@ -95,7 +97,7 @@ async def raw_rate(url: str, user_id: str, count: int) -> dict[str, float]:
                 await conn.execute(sa.insert(health_samples), rows)
         elapsed = time.perf_counter() - began
     finally:
-        await engine.dispose()
+        await db.dispose()
     return {
         "samples": len(rows),
         "seconds": round(elapsed, 3),

@@ -96,6 +96,18 @@ def _telemetry(r: dict[str, Any]) -> Iterator[Row]:
                 f"{m['ratio_p50']:.0f}× at p50",
                 checks,
             )
+        f = b.get("delta_vs_full_fetch")
+        if f is not None:
+            ceiling = targets.DELTA_FETCH_OVER_FULL_FETCH_CPU_MAX_22
+            ratio = f["delta_over_full_cpu"]
+            yield Row(
+                f"Telemetry fetch after a live update, {backend}, server CPU of a delta fetch"
+                f" ({f['watchers']} watchers × {f['rounds']} updates, 1 h live session)",
+                f"{f['delta_fetch_cpu_ms']:.3f} ms (p50 {f['delta_bytes_p50']:,.0f} B)",
+                f"full fetch: {f['full_fetch_cpu_ms']:.3f} ms (p50 {f['full_bytes_p50']:,.0f} B)",
+                f"{ratio:.2f}×",
+                (Check(f"#22: < {ceiling:g}× (must cost less)", ratio < ceiling),),
+            )
         c = s4["compute_vs_bare_group_by"]
         ceiling = targets.COMPUTE_OVER_BARE_GROUP_BY_MAX
         yield Row(
@@ -435,6 +447,22 @@ def _lifecycle_erasure(r: dict[str, Any]) -> Iterator[Row]:
         )
 
 
+def _partitions(r: dict[str, Any]) -> Iterator[Row]:
+    minimum = targets.PARTITIONED_INGEST_SHARE_MIN
+    load = "/".join(f"{x:g}" for x in r["load_average"])
+    for kind, label in (("insert", "new samples"), ("update", "every sample sent again, changed")):
+        part, flat = r["partitioned"][kind], r["unpartitioned"][kind]
+        ratio = r[f"ratio_{kind}"]
+        yield Row(
+            f"Ingest below HTTP, postgres, monthly partitions ({r['months_attached']} months, "
+            f"{r['history_rows']:,} rows of history), {label}, batches of {r['batch_size']:,}",
+            f"{part['samples_per_s']:,} samples/s (load average {load})",
+            f"same schema unpartitioned: {flat['samples_per_s']:,} samples/s",
+            f"{ratio:.2f}×",
+            (Check(f"≥ {minimum:g}×", ratio >= minimum),),
+        )
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], Iterator[Row]]] = {
     "ingest": _ingest,
     "import": _import,
@@ -449,6 +477,7 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], Iterator[Row]]] = {
     "capacity": _capacity,
     "lifecycle_export": _lifecycle_export,
     "lifecycle_erasure": _lifecycle_erasure,
+    "partitions": _partitions,
     "auth": _auth,
 }
 

@@ -9,6 +9,7 @@ import sys
 #: module and arguments of each run
 BENCHMARKS = (
     ("ingest",),
+    ("partitions",),
     ("import",),
     ("telemetry",),
     ("telemetry", "insights"),

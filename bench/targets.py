@@ -53,6 +53,9 @@ CAPACITY_SESSIONS_MIN = 1_000
 CACHED_GET_IN_PROCESS_P50_MAX_MS_22 = 0.5
 #: #22: … and over HTTP on loopback, against a compute on request on the same route (p50s)
 CACHED_OVER_COMPUTE_HTTP_MIN_22 = 50.0
+#: #22: a fetch after a live update with ``since_watermark`` (a delta) against a full fetch of the
+#: same view, server CPU per fetch in the same run: the delta must cost less
+DELTA_FETCH_OVER_FULL_FETCH_CPU_MAX_22 = 1.0
 #: #23: peak resident memory of the server while it streams a 1,000,000-sample account export
 EXPORT_PEAK_RSS_MAX_MB = 250.0
 #: #24: a cached GET with an OpenID Connect token against the same GET with a local token (median
@@ -61,3 +64,7 @@ OIDC_OVER_LOCAL_P50_MAX = 1.05
 #: #25: ingest of a sample that crosses an alert threshold → ``session.alert`` at a subscribed
 #: client, p99, by deployment (no alert may be missed)
 INGEST_TO_ALERT_P99_MAX_MS = {"embedded": 250.0, "scaled_out": 500.0}
+
+#: issue 23: ingest into the monthly-partitioned samples table, as a share of the same ingest
+#: into the same schema unpartitioned (PostgreSQL, same run)
+PARTITIONED_INGEST_SHARE_MIN = 0.9

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import orjson
 import sqlalchemy as sa
 from fastapi import FastAPI, Response
 
@@ -51,13 +52,13 @@ from bench.common import (
 )
 from vitalcast import catalog
 from vitalcast.api.deps import CurrentUser, Parts
-from vitalcast.api.ratelimits import TelemetryRateLimit
 from vitalcast.app import create_app
 from vitalcast.auth import issue_token
-from vitalcast.clock import SystemClock
+from vitalcast.clock import SystemClock, iso_ms
 from vitalcast.db.engine import Database, create_engine
 from vitalcast.errors import NotFound
 from vitalcast.observability import configure_logging
+from vitalcast.ratelimit import Scope as RateScope
 from vitalcast.settings import Settings
 from vitalcast.telemetry.compute import payload as packing
 from vitalcast.telemetry.compute.aggregate import aggregate_rows, assemble
@@ -120,11 +121,16 @@ async def make_session(db: Database, name: str, start_ms: int, end_ms: int) -> t
     return user_id, session_id
 
 
+#: under /api/, so that the request guard authenticates it as it does the cached GET
+COMPUTE_ON_REQUEST = "/api/bench/compute-on-request"
+
+
 def add_compute_on_request_route(app: FastAPI) -> None:
     """The baseline: the same auth and rate limit, then the whole compute on every GET."""
 
-    @app.get("/bench/compute-on-request/{session_id}", dependencies=[TelemetryRateLimit])
+    @app.get(COMPUTE_ON_REQUEST + "/{session_id}")
     async def compute_on_request(session_id: str, user: CurrentUser, parts: Parts) -> Response:
+        await parts.limiter.hit(RateScope.TELEMETRY, user.rate_key)
         key = TelemetryKey(session_id, 60, Resolution.ONE_MINUTE, user_id=user.user_id)
         async with parts.db.read() as conn:
             session = await load_session(conn, key)
@@ -174,7 +180,7 @@ async def get_pair(
         first = await client.get(cached_url, headers=headers)
     else:
         raise RuntimeError(f"never ready: {first.status_code} {first.text[:200]}")
-    baseline_url = f"/bench/compute-on-request/{session_id}"
+    baseline_url = f"{COMPUTE_ON_REQUEST}/{session_id}"
     same = await client.get(baseline_url, headers=headers)
     assert same.json()["telemetry"]["metrics"] == first.json()["telemetry"]["metrics"]
 
@@ -215,6 +221,116 @@ async def answer_pair(
         answer_json("ready", telemetry=unpack(result.blob).json(catalog.DEFAULT_CODES))
 
     return compare(await timed(cached, gets, warmup=100), await timed(computed, computes))
+
+
+async def asgi_get(app: FastAPI, path: str, query: str, headers: dict[str, str]) -> bytes:
+    """One GET straight into the app (no HTTP client): what the server alone does for it."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query.encode(),
+        "root_path": "",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "client": ("127.0.0.1", 1),
+        "server": ("bench", 80),
+    }
+    body: list[bytes] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            assert message["status"] == 200, message["status"]
+        else:
+            body.append(message.get("body", b""))
+
+    await app(scope, receive, send)
+    return b"".join(body)
+
+
+async def fetch_cpu(
+    app: FastAPI, client: httpx.AsyncClient, headers: dict[str, str], rounds: int, watchers: int
+) -> dict[str, Any]:
+    """Server CPU of a delta fetch (``since_watermark``) against a full fetch of the same live
+    view, in one run: a session live for an hour of 1 Hz heart rate; each round ingests a 5 s
+    batch, waits for its compute, then ``watchers`` clients fetch the full payload and as many
+    fetch the delta from the previous watermark (which side goes first alternates), as the
+    dashboard's clients do after an update (the first delta of an update builds it, the others
+    find it built). The CPU time of the event loop's thread is taken around each fetch, the
+    request sent straight into the app (no HTTP client in it); per side, the median over the
+    updates of the mean CPU of its fetches."""
+    parts = app.state.parts
+    now = SystemClock().now_ms()
+    created = await client.post(
+        "/api/v1/sessions", json={"started_at": iso_ms(now - 62 * MINUTE)}, headers=headers
+    )
+    session_id = created.json()["id"]
+    times = list(range(now - 60 * MINUTE, now - 5_000, 1_000))
+    for start in range(0, len(times), 1_000):
+        batch = [_heart_rate(f"seed-{t}", t) for t in times[start : start + 1_000]]
+        (
+            await client.post("/api/v1/samples", json={"samples": batch}, headers=headers)
+        ).raise_for_status()
+    path = f"/api/v1/sessions/{session_id}/telemetry"
+    query = "window_minutes=60&resolution=auto&metrics=all"
+    cpu: dict[str, list[float]] = {"full": [], "delta": []}
+    size: dict[str, list[int]] = {"full": [], "delta": []}
+    held = None
+    deltas = 0
+    for round_ in range(rounds + 1):
+        at = SystemClock().now_ms() - 5_000
+        batch = [_heart_rate(f"r{round_}-{i}", at + i * 1_000) for i in range(5)]
+        (
+            await client.post("/api/v1/samples", json={"samples": batch}, headers=headers)
+        ).raise_for_status()
+        full = {"state": "computing"}
+        while full["state"] != "ready":  # a live view goes stale at each bucket boundary
+            await parts.coordinator.wait_idle()
+            full = orjson.loads(await asgi_get(app, path, query, headers))
+        watermark = full["telemetry"]["source_watermark"]
+        if held is not None:
+            order = ("full", "delta") if round_ % 2 else ("delta", "full")
+            for kind in order:
+                wanted = query if kind == "full" else f"{query}&since_watermark={held}"
+                spent = 0.0
+                for _ in range(watchers):
+                    started = time.thread_time()
+                    body = await asgi_get(app, path, wanted, headers)
+                    spent += time.thread_time() - started
+                    size[kind].append(len(body))
+                    deltas += body.startswith(b'{"state":"ready","delta":')
+                cpu[kind].append(spent * 1000 / watchers)
+        held = watermark
+    # per fetch, the median over updates of each update's mean: one fetch that met a garbage
+    # collection or a burst of another process does not decide the figure
+    full_ms, delta_ms = statistics.median(cpu["full"]), statistics.median(cpu["delta"])
+    return {
+        "session": "live, 60 min of 1 Hz heart rate, window 60, auto, all metrics",
+        "rounds": rounds,
+        "watchers": watchers,
+        "full_fetch_cpu_ms": round(full_ms, 4),
+        "delta_fetch_cpu_ms": round(delta_ms, 4),
+        "full_bytes_p50": statistics.median(size["full"]),
+        "delta_bytes_p50": statistics.median(size["delta"]),
+        "delta_answers": f"{deltas} of {len(size['delta'])}",
+        "delta_over_full_cpu": round(delta_ms / full_ms, 3),
+    }
+
+
+def _heart_rate(record_id: str, at_ms: int) -> dict[str, Any]:
+    return {
+        "source": "bench",
+        "record_id": record_id,
+        "metric": "heart_rate",
+        "value": 60.0 + at_ms // 1_000 % 40,
+        "start": iso_ms(at_ms),
+    }
 
 
 @contextlib.asynccontextmanager
@@ -548,6 +664,7 @@ async def run_backend(backend: str, gets: int, computes: int, runs: int) -> dict
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
                 in_process = await get_pair(client, session_id, headers, gets, computes)
+                fetches = await fetch_cpu(app, client, headers, rounds=runs * 2, watchers=5)
             service_level = await answer_pair(app, user_id, session_id, gets, computes)
         async with (
             bench_server(url) as base,
@@ -568,6 +685,7 @@ async def run_backend(backend: str, gets: int, computes: int, runs: int) -> dict
             "http_loopback": over_http,
             "compute_vs_bare_group_by": floor,
         },
+        "delta_vs_full_fetch": fetches,
         "session_24h": day,
         "bulk_load_s": round(loaded.load_s, 1),
     }
@@ -614,8 +732,10 @@ async def main(backends: list[str], gets: int, computes: int, runs: int) -> dict
             "compute_over_bare_group_by": f"<= {targets.COMPUTE_OVER_BARE_GROUP_BY_MAX:g}",
         },
     }
+    result["load_average"] = [round(x, 2) for x in os.getloadavg()]
     for backend in backends:
         result[backend] = await run_backend(backend, gets, computes, runs)
+    result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     return result
 
 

@@ -92,7 +92,8 @@ def test_generated_secret_is_owner_only_and_reused(tmp_path):
 
 
 async def test_catalog_shows_recovery_tolerances_and_alert_rules(client, users):
-    """Each scalar metric's recovery tolerance and its NEWS2-based alert rules (metrics.md)."""
+    """Each scalar metric's recovery tolerance and its NEWS2-based alert rules (docs/design.md,
+    "Metric catalog")."""
     body = (await client.get("/api/v1/catalog", headers=await users.headers())).json()
     codes = {m["code"]: m for m in body["metrics"]}
     assert {code: m["recovery_tolerance"] for code, m in codes.items()} == {

@@ -17,7 +17,8 @@ from vitalcast.api import errors as api_errors
 from vitalcast.api import shares as shares_api
 from vitalcast.api import telemetry as telemetry_api
 from vitalcast.api.guard import RequestGuard
-from vitalcast.observability import get_logger
+from vitalcast.api.ratelimits import Budgets
+from vitalcast.observability import debug_enabled, get_logger
 from vitalcast.realtime.frames import SOCKETIO_PATH
 from vitalcast.realtime.server import RealtimeServer
 from vitalcast.settings import Settings
@@ -68,14 +69,15 @@ class AccessLog:
                 )
                 await cut(scope, receive, send)
         finally:
-            log.debug(
-                "request",
-                method=scope["method"],
-                route=getattr(scope.get("route"), "path", "?"),
-                status=status,
-                ms=round((time.perf_counter() - started) * 1000, 2),
-                user_id=scope.get("state", {}).get("user_id"),
-            )
+            if debug_enabled():
+                log.debug(
+                    "request",
+                    method=scope["method"],
+                    route=getattr(scope.get("route"), "path", "?"),
+                    status=status,
+                    ms=round((time.perf_counter() - started) * 1000, 2),
+                    user_id=scope.get("state", {}).get("user_id"),
+                )
 
 
 def create_app(
@@ -108,13 +110,18 @@ def create_app(
         # FastAPI's /docs and /redoc load their scripts from a CDN; api.dashboard serves /docs.
         docs_url=None,
         redoc_url=None,
+        # The service reports through /metrics and its logs; FastAPI's native OpenTelemetry
+        # would otherwise ask the global providers whether it is wanted on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.parts = parts
     api_errors.install(app)
+    # Routes are matched in this order, one regex after another: the two a live dashboard and
+    # its wearable call every few seconds come first.
+    app.include_router(telemetry_api.router)
+    app.include_router(samples.router)
     app.include_router(ops.router)
     app.include_router(sessions.router)
-    app.include_router(samples.router)
-    app.include_router(telemetry_api.router)
     app.include_router(exports.router)
     app.include_router(insights.router)
     app.include_router(shares_api.router)
@@ -124,7 +131,10 @@ def create_app(
     app.mount(SOCKETIO_PATH, realtime.asgi_app())
 
     app.add_middleware(
-        RequestGuard, authenticator=parts.authenticator, share_access=parts.share_access
+        RequestGuard,
+        authenticator=parts.authenticator,
+        share_access=parts.share_access,
+        budgets=Budgets(parts.limiter, parts.metrics),
     )
     app.add_middleware(AccessLog)
 

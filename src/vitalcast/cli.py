@@ -63,7 +63,8 @@ def retention_run() -> None:
     done = asyncio.run(_retention_run(settings))
     typer.echo(
         f"cutoff {datetime.fromtimestamp(done.cutoff_ms / 1000, UTC).isoformat()}: "
-        f"{done.sessions_archived} sessions archived, {done.samples_deleted} samples deleted"
+        f"{done.sessions_archived} sessions archived, {done.samples_deleted} samples deleted, "
+        f"{done.partitions_dropped} months dropped"
     )
 
 

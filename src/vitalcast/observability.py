@@ -98,6 +98,14 @@ def configure_logging(level: str = "info", log_format: str = "auto") -> None:
     )
 
 
+def debug_enabled() -> bool:
+    """Whether debug lines are written. ``configure_logging`` sets the root logger's level and
+    structlog's filter to one level; asking the former is a cached lookup, where calling a
+    module's structlog logger builds a bound logger first (they are not cached, so that a new
+    configuration reaches them): a line written on every request asks here first."""
+    return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
 def get_logger(name: str) -> FilteringBoundLogger:
     """The logger of module ``name``: ``configure_logging`` makes every logger a filtering bound
     logger, so this is its type (structlog types ``get_logger`` loosely)."""

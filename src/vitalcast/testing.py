@@ -6,14 +6,17 @@ by the service itself."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from itertools import groupby
 from operator import itemgetter
 
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vitalcast.clock import iso_ms, now_ms
 from vitalcast.db.engine import Database, create_engine
+from vitalcast.db.tables import health_samples, sample_identities
+from vitalcast.ingest.repository import IDENTITY_COLUMNS
 from vitalcast.json_types import JsonObject
 from vitalcast.local_tokens import issue_token
 from vitalcast.sessions import repository as session_repository
@@ -66,6 +69,21 @@ async def user_with_token(
     return user_id, issue_token(
         secret, user_id, now_s=issued_ms // 1000, ttl_s=ttl_s, now_ms=issued_ms
     )
+
+
+async def insert_sample_rows(
+    db: Database, rows: Sequence[Mapping[str, object]], *, chunk: int = 2_000
+) -> None:
+    """Rows of ``health_samples`` straight in (no ingest, no watermark), with their identity
+    rows, in one transaction; their months are created first, as an ingest would."""
+    await db.partitions.ensure(int(str(r["start_ms"])) for r in rows)
+    async with db.write() as conn:
+        for offset in range(0, len(rows), chunk):
+            part = rows[offset : offset + chunk]
+            await conn.execute(sa.insert(health_samples), list(part))
+            await conn.execute(
+                sa.insert(sample_identities), [{c: r[c] for c in IDENTITY_COLUMNS} for r in part]
+            )
 
 
 async def load_session(conn: AsyncConnection, key: TelemetryKey) -> Session | None:

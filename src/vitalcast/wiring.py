@@ -36,6 +36,7 @@ from vitalcast.ingest.service import IngestService
 from vitalcast.lifecycle.erasure import ErasureService, InProcessErasures, Revoke, redis_scope
 from vitalcast.lifecycle.erasure_queue import QueuedErasures
 from vitalcast.lifecycle.export import AccountExport
+from vitalcast.lifecycle.partitions import PartitionKeeper
 from vitalcast.lifecycle.retention import DailyRetention, RetentionService
 from vitalcast.lifecycle.samples import SampleDeletionService
 from vitalcast.observability import Metrics
@@ -60,7 +61,7 @@ from vitalcast.shares import ShareAccessLog
 from vitalcast.telemetry.compute.incremental import Aggregator, compute_views
 from vitalcast.telemetry.compute.memo import ViewMemo
 from vitalcast.telemetry.ports import PostSaveHooks, Subscriptions, TelemetryListener
-from vitalcast.telemetry.read.reader import open_reader
+from vitalcast.telemetry.read.reader import CacheReader, open_reader
 from vitalcast.telemetry.read.service import SessionTelemetryService
 from vitalcast.telemetry.read.subscribe import SubscribeSupport
 from vitalcast.telemetry.run.batcher import MAX_BATCHES_IN_FLIGHT
@@ -90,6 +91,8 @@ class Seams:
     scheduler_wrapper: Callable[[Scheduler], Scheduler] | None = None
     #: what the process's computes remember of their saves (tests count what it serves)
     view_memo: ViewMemo | None = None
+    #: wraps the telemetry GET's hot read (tests count the reads and what they brought)
+    cache_reader_wrapper: Callable[[CacheReader], CacheReader] | None = None
     #: the DNS of webhook URLs (tests make a name resolve to a chosen address)
     resolver: Resolver | None = None
 
@@ -138,6 +141,8 @@ class ServerParts:
     erasures: InProcessErasures | QueuedErasures
     #: the daily raw-sample purge (None: VITALCAST_RAW_RETENTION_DAYS unset)
     retention: DailyRetention | None
+    #: creates the months of health_samples ahead (PostgreSQL; a no-op elsewhere)
+    partition_keeper: PartitionKeeper
     #: the owner's webhook endpoints, and the sender of their deliveries
     webhooks: WebhookService
     dispatcher: WebhookDispatcher
@@ -149,6 +154,7 @@ class ServerParts:
     subscribe: SubscribeSupport
 
     async def start(self) -> None:
+        await self.partition_keeper.start()
         await self.coordinator.start()
         await self.ticker.start()
         await self.authenticator.start()
@@ -177,6 +183,7 @@ class ServerParts:
         await self.erasures.stop()
         if self.retention is not None:
             await self.retention.stop()
+        await self.partition_keeper.stop()
         await self.share_access.close()
         await self.revocation_poll.close()
         await self.authenticator.close()
@@ -204,8 +211,14 @@ class WorkerParts:
     #: sends the webhook deliveries whose jobs this worker takes (``queue.webhooks``)
     dispatcher: WebhookDispatcher
     webhook_jobs: WebhookQueue
+    #: creates the months of health_samples ahead (PostgreSQL; a no-op elsewhere)
+    partition_keeper: PartitionKeeper
+
+    async def start(self) -> None:
+        await self.partition_keeper.start()
 
     async def close(self) -> None:
+        await self.partition_keeper.stop()
         await self.webhook_jobs.close()
         await self.broadcaster.close()
         await self.db.dispose()
@@ -338,6 +351,8 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
     )
     hooks.register(alerts)
     reader = open_reader(settings.resolved_database_url)
+    if seams.cache_reader_wrapper is not None:
+        reader = seams.cache_reader_wrapper(reader)
     return ServerParts(
         settings=settings,
         db=db,
@@ -376,6 +391,7 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
             if settings.raw_retention_days
             else None
         ),
+        partition_keeper=PartitionKeeper(db.partitions, clock.now_ms),
         revocation_poll=RevocationPoll(
             db, authenticator.revocations, interval_ms=settings.revocation_poll_ms
         ),
@@ -512,7 +528,16 @@ def build_worker(settings: Settings, seams: Seams = NO_SEAMS) -> WorkerParts:
     )
     erasure = _erasure(settings, db, clock, None)
     return WorkerParts(
-        settings, db, clock, metrics, broadcaster, computer, erasure, dispatcher, webhook_jobs
+        settings,
+        db,
+        clock,
+        metrics,
+        broadcaster,
+        computer,
+        erasure,
+        dispatcher,
+        webhook_jobs,
+        PartitionKeeper(db.partitions, clock.now_ms),
     )
 
 

@@ -21,7 +21,15 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
 from tests.conftest import service_missing
-from tests.processes import entry_point, run_cli, stop_process, vitalcast_env
+from tests.processes import (
+    ADDRESS_IN_USE,
+    BIND_ATTEMPTS,
+    entry_point,
+    free_port,
+    run_cli,
+    stop_process,
+    vitalcast_env,
+)
 from vitalcast.simulator import Api, Pace, SessionRunner
 from vitalcast.wearable import MINUTE_MS, Interval, Profile, SessionPlan, generate
 
@@ -77,8 +85,34 @@ def run_server(
 ) -> Iterator[Server]:
     """``vitalcast serve`` on 127.0.0.1 (port 0 = the OS picks one, read back from the log),
     on the test-moved clock of ``clock_file`` when given, healthy before the block starts (both
-    within START_TIMEOUT_S) and stopped after it."""
+    within START_TIMEOUT_S) and stopped after it. A given port (the demo prints its link before
+    it listens, so it must know it) that another process took before the server bound it is
+    replaced by another free one (``BIND_ATTEMPTS`` in all)."""
     logs.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, BIND_ATTEMPTS + 1):
+        server = _start_server(env, logs, port, demo, clock_file)
+        try:
+            server.url = _listening_url(server)
+            break
+        except RuntimeError:
+            server.stop()
+            if port == 0 or attempt == BIND_ATTEMPTS or ADDRESS_IN_USE not in server.logs().lower():
+                raise
+            port = free_port()
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not _healthy(server.url):
+            if server.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"vitalcast serve is not healthy:\n{server.logs()[-3000:]}")
+            time.sleep(0.05)
+        yield server
+    finally:
+        server.stop()
+
+
+def _start_server(
+    env: dict[str, str], logs: Path, port: int, demo: bool, clock_file: Path | None
+) -> Server:
     stem = f"serve-{time.monotonic_ns()}"
     out, err = logs / f"{stem}.out", logs / f"{stem}.err"
     args = ["serve", "--host", "127.0.0.1", "--port", str(port), *(["--demo"] if demo else [])]
@@ -87,21 +121,17 @@ def run_server(
         process = subprocess.Popen(
             [sys.executable, "-m", module, *command], env=env, stdout=out_file, stderr=err_file
         )
-    server = Server("", env, process, out, err)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not (found := _LISTENING.search(err.read_bytes())):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"vitalcast serve did not start:\n{server.logs()[-3000:]}")
-            time.sleep(0.05)
-        server.url = found.group(1).decode()
-        while not _healthy(server.url):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"vitalcast serve is not healthy:\n{server.logs()[-3000:]}")
-            time.sleep(0.05)
-        yield server
-    finally:
-        server.stop()
+    return Server("", env, process, out, err)
+
+
+def _listening_url(server: Server) -> str:
+    """The URL the server's log says it listens on (RuntimeError if it exits first)."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not (found := _LISTENING.search(server.stderr_path.read_bytes())):
+        if server.process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"vitalcast serve did not start:\n{server.logs()[-3000:]}")
+        time.sleep(0.05)
+    return found.group(1).decode()
 
 
 def _healthy(url: str) -> bool:

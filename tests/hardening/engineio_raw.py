@@ -86,6 +86,23 @@ class RawSocket:
             if predicate(frame):
                 return frame
 
+    def answer_pings(self) -> None:
+        """Answer the pings that have arrived, without waiting for any (other frames are kept
+        in ``received``): a client that only reads now and then stays connected however long
+        the test takes between two reads; ``Closed`` when the server has closed it."""
+        while True:
+            try:
+                frame = self.ws.recv(timeout=0)
+            except TimeoutError:
+                return
+            except ConnectionClosed:
+                raise Closed from None
+            assert isinstance(frame, str), frame
+            if frame == "2":
+                self.send("3")
+            else:
+                self.received.append(frame)
+
     def events(self, name: str) -> list[Any]:
         """The payloads of every received event called ``name``."""
         found = []

@@ -16,12 +16,19 @@ import pytest
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from tests.accounts import new_user
+from tests.bulk import insert_records
 from tests.conftest import TEST_SECRET
 from tests.processes import serve_subprocess, vitalcast_env
 from vitalcast.app import create_app
 from vitalcast.clock import iso_ms, now_ms
+from vitalcast.db.tables import health_samples
 from vitalcast.settings import Settings
 
+#: the columns of a bulk-loaded sample (``tests.bulk``)
+COLUMNS = (
+    "user_id", "source", "record_id", "metric", "value", "unit", "start_ms", "end_ms", "device",
+    "deleted", "change_seq",
+)  # fmt: skip
 STALLED = 20
 SAMPLES = 40_000  # ~13 MB of CSV: far more than the socket buffers hold
 MINUTE_MS = 60_000
@@ -70,8 +77,12 @@ async def _until_stalled(server_port: int, conns: list[socket.socket]) -> None:
     raise AssertionError(f"the downloads did not stall: {before}")
 
 
-async def _long_session(client: httpx.AsyncClient, token: str) -> str:
-    """An ended session of ``SAMPLES`` seconds with a heart rate every second."""
+async def _long_session(
+    client: httpx.AsyncClient, database_url: str, user_id: str, token: str
+) -> str:
+    """An ended session of ``SAMPLES`` seconds with a heart rate every second. The samples are
+    a bulk load: ingesting them through the API (and recomputing the live views after every
+    batch) was most of this test's time and is not what it is about."""
     headers = {"Authorization": f"Bearer {token}"}
     start_ms = (now_ms() // MINUTE_MS) * MINUTE_MS - (SAMPLES + 600) * 1000
     created = await client.post(
@@ -79,20 +90,12 @@ async def _long_session(client: httpx.AsyncClient, token: str) -> str:
     )
     session_id = str(created.json()["id"])
     device = "Watch " + "d" * 190
-    for first in range(0, SAMPLES, 5_000):
-        batch = [
-            {
-                "source": "watch",
-                "record_id": f"hr-{i}",
-                "metric": "heart_rate",
-                "value": 60 + i % 40,
-                "start": iso_ms(start_ms + i * 1000),
-                "device": device,
-            }
-            for i in range(first, min(SAMPLES, first + 5_000))
-        ]
-        answer = await client.post("/api/v1/samples", json={"samples": batch}, headers=headers)
-        assert answer.status_code == 200, answer.text
+    records = [
+        (user_id, "watch", f"hr-{i}", "heart_rate", 60.0 + i % 40, "bpm",
+         start_ms + i * 1000, start_ms + i * 1000, device, False, 1)
+        for i in range(SAMPLES)
+    ]  # fmt: skip
+    assert await insert_records(database_url, health_samples, COLUMNS, [records]) == SAMPLES
     ended = await client.post(
         f"/api/v1/sessions/{session_id}/end",
         json={"ended_at": iso_ms(start_ms + SAMPLES * 1000)},
@@ -105,9 +108,10 @@ async def _long_session(client: httpx.AsyncClient, token: str) -> str:
 @pytest.mark.slow
 async def test_stalled_export_readers_leave_other_users_answered(database_url, tmp_path):
     """Twenty downloads stall after their first bytes; meanwhile another user's session list
-    and /readyz keep answering 200 (each within a second here; they used to wait 30 s for a
-    500 and /readyz said the database was down)."""
-    _, slow_token = await new_user(database_url, "slow-reader")
+    and /readyz keep answering 200 (they used to wait 30 s for a 500 and /readyz said the
+    database was down). The times are printed, not bounded: a short pool timeout makes an
+    exhausted pool a 503, so the statuses are the proof, on a loaded machine too."""
+    slow_user, slow_token = await new_user(database_url, "slow-reader")
     _, other_token = await new_user(database_url, "someone-else")
     # A short pool timeout turns an exhausted pool into 503s within the run, not into slowness
     # that a loaded machine could also cause: every answer 200 is the proof.
@@ -119,7 +123,7 @@ async def test_stalled_export_readers_leave_other_users_answered(database_url, t
     )
     with serve_subprocess(env, tmp_path / "server.log") as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
-            session_id = await _long_session(client, slow_token)
+            session_id = await _long_session(client, database_url, slow_user, slow_token)
         path = f"/api/v1/sessions/{session_id}/export.csv?window_minutes=15"
         stalled = [_stalled_download(server.url, path, slow_token) for _ in range(STALLED)]
         try:
@@ -140,9 +144,11 @@ async def test_stalled_export_readers_leave_other_users_answered(database_url, t
         finally:
             for conn in stalled:
                 conn.close()
-    print(f"other user's requests: max {max(latencies) * 1000:.0f} ms over {len(latencies)}")
+    print(
+        f"other user's requests: median {statistics.median(latencies) * 1000:.0f} ms, "
+        f"max {max(latencies) * 1000:.0f} ms over {len(latencies)}"
+    )
     assert statuses == [200] * len(statuses)
-    assert statistics.median(latencies) < 1.0
 
 
 async def test_a_pool_timeout_is_a_503_with_retry_after(database_url, tmp_path):

@@ -25,13 +25,17 @@ import pytest
 
 from tests.conftest import PG_ADMIN_URL, TEST_SECRET, _pg_admin_sync, in_thread, service_missing
 from tests.ingest.helpers import MINUTE_MS, hr, iso, now_ms
-from tests.processes import serve_subprocess, vitalcast_env
+from tests.processes import ServerProcess, serve_subprocess, vitalcast_env
 from vitalcast.auth import issue_token
 from vitalcast.db.engine import Database, create_engine
 from vitalcast.db.migrate import upgrade
 from vitalcast.sessions import repository as session_repository
 
 MAX_EXAMPLES = 30
+#: the unknown user's run: every answer is a 401 decided before any input is read, so its
+#: random phase needs fewer examples per operation; the coverage phase's boundary and
+#: type-violating values (about 900 requests) are all sent whatever this is
+UNKNOWN_USER_MAX_EXAMPLES = 10
 SEED = 7
 # A 4xx that a schema-violating request may rightly get (413: more than 5,000 samples).
 REJECTIONS = [400, 401, 404, 405, 406, 409, 413, 415, 422, 428, 429]
@@ -125,9 +129,9 @@ def _seed(base: str, owner: dict[str, str], stranger: dict[str, str]) -> list[st
     return [ended_id, live_id, theirs, *doomed]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def fuzz_database() -> Iterator[str]:
-    """A fresh migrated PostgreSQL database of this test, dropped afterwards."""
+    """A fresh migrated PostgreSQL database of this module, dropped afterwards."""
     name = f"vc_fuzz_{uuid.uuid4().hex[:10]}"
     try:
         in_thread(_pg_admin_sync, f'CREATE DATABASE "{name}"')
@@ -142,7 +146,13 @@ def fuzz_database() -> Iterator[str]:
 
 
 def _schemathesis(
-    base: str, token: str, config: Path, hook_env: dict[str, str], *, exclude_checks: str = ""
+    base: str,
+    token: str,
+    config: Path,
+    hook_env: dict[str, str],
+    *,
+    exclude_checks: str = "",
+    max_examples: int = MAX_EXAMPLES,
 ) -> subprocess.CompletedProcess[str]:
     """``schemathesis run`` on the server's schema with this token, as a user would type it:
     every check (the hooks' custom ones run only with ``all``) but ``exclude_checks``."""
@@ -161,7 +171,7 @@ def _schemathesis(
             "--phases",
             "examples,coverage,fuzzing",
             "--max-examples",
-            str(MAX_EXAMPLES),
+            str(max_examples),
             "--seed",
             str(SEED),
             "--workers",
@@ -198,8 +208,21 @@ def _fuzz_env(tmp_path: Path, database_url: str) -> dict[str, str]:
     )
 
 
+@pytest.fixture(scope="module")
+def fuzz_server(
+    fuzz_database: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """One ``vitalcast serve`` on the module's database for both runs: the unknown user's run
+    changes nothing, so the order of the two does not matter."""
+    folder = tmp_path_factory.mktemp("fuzz-server")
+    with serve_subprocess(_fuzz_env(folder, fuzz_database), folder / "server.log") as server:
+        yield server
+
+
 @pytest.mark.slow
-def test_schemathesis_finds_no_server_error_and_only_problem_errors(fuzz_database, tmp_path):
+def test_schemathesis_finds_no_server_error_and_only_problem_errors(
+    fuzz_database, fuzz_server, tmp_path
+):
     """Every operation, fuzzed with valid and invalid inputs and a valid token: no 5xx, every
     4xx a problem+json with a stable code, statuses/types/schemas as documented, nosniff on
     every answer, and another user's session never answered with anything but 404."""
@@ -211,47 +234,48 @@ def test_schemathesis_finds_no_server_error_and_only_problem_errors(fuzz_databas
     stranger = {
         "Authorization": f"Bearer {issue_token(TEST_SECRET, stranger_id, now_s=now_s, ttl_s=3600)}"
     }
-    with serve_subprocess(_fuzz_env(tmp_path, fuzz_database), tmp_path / "server.log") as server:
-        ids = _seed(server.url, owner, stranger)
-        config = tmp_path / "schemathesis.toml"
-        config.write_text(
-            CONFIG.format(
-                ids=", ".join(f'"{i}"' for i in ids[:3]),
-                doomed=", ".join(f'"{i}"' for i in ids[2:]),
-                doomed_token=doomed_token,
-                rejections=REJECTIONS,
-            )
+    server = fuzz_server
+    ids = _seed(server.url, owner, stranger)
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(
+        CONFIG.format(
+            ids=", ".join(f'"{i}"' for i in ids[:3]),
+            doomed=", ".join(f'"{i}"' for i in ids[2:]),
+            doomed_token=doomed_token,
+            rejections=REJECTIONS,
         )
-        run = _schemathesis(server.url, token, config, {"VITALCAST_FUZZ_STRANGER_SESSION": ids[2]})
-        server_log = server.log()
+    )
+    run = _schemathesis(server.url, token, config, {"VITALCAST_FUZZ_STRANGER_SESSION": ids[2]})
+    server_log = server.log()
     _assert_every_operation_passed(run, server_log)
 
 
 @pytest.mark.slow
-def test_schemathesis_with_an_unknown_users_token_gets_401_everywhere(fuzz_database, tmp_path):
+def test_schemathesis_with_an_unknown_users_token_gets_401_everywhere(fuzz_server, tmp_path):
     """A well-signed token of a user the database does not hold, on every operation with valid
     and invalid inputs: every /api answer is 401 TOKEN_INVALID (never a 422 from a body read
     before authentication, never a 500), every answer carries nosniff and is problem+json."""
     now_s = int(time.time())
     unknown = issue_token(TEST_SECRET, str(uuid.uuid4()), now_s=now_s, ttl_s=3600)
-    with serve_subprocess(_fuzz_env(tmp_path, fuzz_database), tmp_path / "server.log") as server:
-        config = tmp_path / "schemathesis.toml"
-        config.write_text(
-            CONFIG.format(
-                ids=f'"{uuid.uuid4()}"',
-                doomed=f'"{uuid.uuid4()}"',
-                doomed_token=unknown,
-                rejections=REJECTIONS,
-            )
+    server = fuzz_server
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(
+        CONFIG.format(
+            ids=f'"{uuid.uuid4()}"',
+            doomed=f'"{uuid.uuid4()}"',
+            doomed_token=unknown,
+            rejections=REJECTIONS,
         )
-        # An undeclared method is a 401 too, not the 405 that would tell a stranger the path
-        # exists; and nothing is ever accepted.
-        run = _schemathesis(
-            server.url,
-            unknown,
-            config,
-            {"VITALCAST_FUZZ_REFUSED_WITH": "TOKEN_INVALID"},
-            exclude_checks="unsupported_method,positive_data_acceptance",
-        )
-        server_log = server.log()
+    )
+    # An undeclared method is a 401 too, not the 405 that would tell a stranger the path
+    # exists; and nothing is ever accepted.
+    run = _schemathesis(
+        server.url,
+        unknown,
+        config,
+        {"VITALCAST_FUZZ_REFUSED_WITH": "TOKEN_INVALID"},
+        exclude_checks="unsupported_method,positive_data_acceptance",
+        max_examples=UNKNOWN_USER_MAX_EXAMPLES,
+    )
+    server_log = server.log()
     _assert_every_operation_passed(run, server_log)

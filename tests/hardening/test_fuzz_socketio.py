@@ -120,6 +120,8 @@ def test_malformed_frames_leave_no_error_and_others_are_served(tmp_path: Path) -
                         outcomes["closed"] += 1
                     else:
                         outcomes["served"] += 1
+                # the storm may outlast the server's ping interval on a loaded machine
+                bystander.answer_pings()
                 if sum(outcomes.values()) % BYSTANDER_EVERY == 0:
                     bystander_served()
 
@@ -133,6 +135,7 @@ def test_malformed_frames_leave_no_error_and_others_are_served(tmp_path: Path) -
                 finally:
                     polling.close()
                 answers[status] = answers.get(status, 0) + 1
+                bystander.answer_pings()
                 if sum(answers.values()) % BYSTANDER_EVERY == 0:
                     bystander_served()
 

@@ -28,11 +28,15 @@ RSS_GROWTH_LIMIT_KB = 20 * 1024
 SOME_SESSION = "00000000-0000-4000-8000-000000000000"
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[ServerProcess, str]]:
-    """A ``vitalcast serve`` on SQLite and a bearer token of an existing user."""
-    env = vitalcast_env(tmp_path / "data", log_level="info")
-    with serve_subprocess(env, tmp_path / "server.log") as running:
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, str]]:
+    """A ``vitalcast serve`` on SQLite and a bearer token of an existing user, shared by the
+    module's tests: each sends its own requests and none changes what another one checks (the
+    user's sessions stay empty, and the log must hold no error and no traceback in all of
+    them)."""
+    folder = tmp_path_factory.mktemp("limits-server")
+    env = vitalcast_env(folder / "data", log_level="info")
+    with serve_subprocess(env, folder / "server.log") as running:
         created = run_cli(["token", "create", "alice"], env)
         assert created.returncode == 0, created.stderr
         yield running, created.stdout.strip()

@@ -20,9 +20,9 @@ from tests.processes import serve_subprocess, vitalcast_env
 from tests.realtime.conftest import serve_in_thread
 from vitalcast.clock import now_ms
 from vitalcast.db.engine import Database, create_engine
-from vitalcast.db.tables import erasures, health_samples
+from vitalcast.db.tables import erasures
 from vitalcast.settings import Settings
-from vitalcast.testing import hr_sample, user_with_token
+from vitalcast.testing import hr_sample, insert_sample_rows, user_with_token
 
 MINUTE = 60_000
 SAMPLES = 20_000
@@ -47,9 +47,7 @@ async def _load(db: Database, user_id: str, count: int) -> None:
         }
         for i in range(count)
     ]
-    async with db.write() as conn:
-        for offset in range(0, count, 2_000):
-            await conn.execute(sa.insert(health_samples), rows[offset : offset + 2_000])
+    await insert_sample_rows(db, rows)
 
 
 async def _purged_rows(db: Database, user_id: str) -> int | None:

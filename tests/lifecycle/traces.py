@@ -25,10 +25,23 @@ def holds(value: Any, markers: Iterable[str]) -> bool:
     return any(marker.encode() in data for marker in markers)
 
 
+#: on PostgreSQL: every table of the schema, partitioned parents ('p') and their partitions
+#: ('r': each month of health_samples is a table of its own, and a month detached by retention
+#: but not yet dropped is one too), asked of the catalog rather than of a reflection layer
+_PG_TABLES = sa.text(
+    "SELECT relname FROM pg_class WHERE relkind IN ('r', 'p') "
+    "AND relnamespace = current_schema()::regnamespace ORDER BY relname"
+)
+
+
 async def all_rows(db: Database) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of every table the database has, sorted, by table name."""
+    """Every row of every table the database has, sorted, by table name (on PostgreSQL a
+    sample's row shows in its month and through the partitioned parent)."""
     async with db.read() as conn:
-        names = await conn.run_sync(lambda sync: sa.inspect(sync).get_table_names())
+        if conn.dialect.name == "postgresql":
+            names = list(await conn.scalars(_PG_TABLES))
+        else:
+            names = await conn.run_sync(lambda sync: sa.inspect(sync).get_table_names())
         found: dict[str, list[tuple[Any, ...]]] = {}
         for name in names:
             if name == "alembic_version":

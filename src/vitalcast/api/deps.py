@@ -1,4 +1,9 @@
-"""Dependency aliases for routes: the server's parts and the authenticated caller."""
+"""Dependency aliases for routes: the server's parts and the authenticated caller.
+
+The two routes called every few seconds per live session (the telemetry GET, the ingest POST)
+call ``get_principal`` and ``get_parts`` themselves instead: FastAPI's resolution of a
+dependency costs more than either does.
+"""
 
 from __future__ import annotations
 
@@ -34,10 +39,8 @@ Parts = Annotated[ServerParts, Depends(get_parts)]
 CurrentUser = Annotated[Principal, Depends(get_principal)]
 # Session ids are UUIDs; anything else is refused before it reaches a query (PostgreSQL rejects
 # e.g. NUL bytes in text with an error, not an empty result).
-SessionId = Annotated[
-    str,
-    Path(
-        pattern=r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
-        description="Session id (UUID).",
-    ),
-]
+SESSION_ID_PATTERN = (
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+)
+SESSION_ID_DESCRIPTION = "Session id (UUID)."
+SessionId = Annotated[str, Path(pattern=SESSION_ID_PATTERN, description=SESSION_ID_DESCRIPTION)]

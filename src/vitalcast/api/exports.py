@@ -15,7 +15,6 @@ from fastapi.responses import StreamingResponse
 
 from vitalcast.api.deps import CurrentUser, Parts, SessionId
 from vitalcast.api.errors import problem_responses
-from vitalcast.api.ratelimits import TelemetryRateLimit
 from vitalcast.errors import DependencyUnavailable, Gone
 from vitalcast.interop import fhir_export
 from vitalcast.interop.csv_export import buckets_csv, samples_csv
@@ -51,7 +50,6 @@ def _attachment(session_id: str, name: str) -> dict[str, str]:
 
 @router.get(
     "/{session_id}/export.csv",
-    dependencies=[TelemetryRateLimit],
     response_class=Response,
     responses={
         200: {
@@ -115,7 +113,6 @@ async def _buckets_csv(
 
 @router.get(
     "/{session_id}/fhir",
-    dependencies=[TelemetryRateLimit],
     response_class=Response,
     responses={
         200: {

@@ -3,7 +3,8 @@
 1. Under ``/api/`` the bearer token is checked from the headers alone, before a byte of the body
    is read: an unauthenticated 50 MB upload costs a 401, not a parse. Routes get the principal
    through ``api.deps.CurrentUser``. A share token is held to its one session here
-   (``api.share_scope``), and each of its reads is logged for the owner.
+   (``api.share_scope``), and each of its reads is logged for the owner. The request then
+   spends its budget (``api.ratelimits``): a 429 costs no route either.
 2. The body limit of the route (``body_limit``): a declared ``Content-Length`` above it is
    refused at once, and a body streaming in (chunked, or lying about its length) is counted and
    refused the moment it passes the limit. Both answer 413 ``BODY_TOO_LARGE``; nothing is
@@ -23,6 +24,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vitalcast.api.errors import problem, status_of
+from vitalcast.api.ratelimits import Budgets, budget_of
 from vitalcast.api.share_scope import share_read
 from vitalcast.auth import Authenticator, bearer_from_header
 from vitalcast.errors import VitalcastError
@@ -66,17 +68,20 @@ class BodyTooLarge(HTTPException):
 
 
 class RequestGuard:
-    """Authentication before the body, the body limit, nosniff (see the module docstring)."""
+    """Authentication and rate limits before the body, the body limit, nosniff (see the module
+    docstring)."""
 
     def __init__(
         self,
         app: ASGIApp,
         authenticator: Authenticator,
         share_access: ShareAccessLog | None = None,
+        budgets: Budgets | None = None,
     ) -> None:
         self.app = app
         self._authenticator = authenticator
         self._share_access = share_access
+        self._budgets = budgets
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -94,14 +99,18 @@ class RequestGuard:
         path: str = scope["path"]
         authorization, declared = _headers(scope)
         if path.startswith(AUTHENTICATED_PREFIX):
+            method: str = scope["method"]
             try:
                 principal = await self._authenticator.authenticate(
                     bearer_from_header(authorization)
                 )
                 if principal.is_share:
-                    kind = share_read(scope["method"], path, principal)
+                    kind = share_read(method, path, principal)
                     if kind is not None and self._share_access is not None:
                         self._share_access.record(str(principal.share_id), kind)
+                budget = budget_of(method, path)
+                if budget is not None and self._budgets is not None:
+                    await self._budgets.spend(principal, budget)
             except VitalcastError as exc:
                 answer = problem(
                     status_of(exc), exc.code, exc.message, retry_after_s=exc.retry_after_s

@@ -10,7 +10,6 @@ from fastapi import APIRouter, Query, Response
 from vitalcast import catalog
 from vitalcast.api.deps import CurrentUser, Parts
 from vitalcast.api.errors import problem_responses
-from vitalcast.api.ratelimits import TelemetryRateLimit
 from vitalcast.api.schemas import InsightsPage, PlaceOut, SessionInsightsOut
 from vitalcast.telemetry.keys import MAX_WINDOW_MINUTES, MIN_WINDOW_MINUTES
 from vitalcast.telemetry.run.insights_service import MAX_SESSIONS
@@ -25,7 +24,6 @@ _WINDOW = {"minimum": MIN_WINDOW_MINUTES, "maximum": MAX_WINDOW_MINUTES}
 
 @router.get(
     "/insights",
-    dependencies=[TelemetryRateLimit],
     response_model=InsightsPage,
     responses=problem_responses(401, 422, 429, 503),
 )

@@ -8,7 +8,6 @@ from pydantic import BaseModel
 
 from vitalcast.api.deps import CurrentUser, Parts
 from vitalcast.api.errors import problem_responses
-from vitalcast.api.ratelimits import TelemetryRateLimit
 
 router = APIRouter(prefix="/api/v1/me", tags=["account"])
 
@@ -17,7 +16,6 @@ ZIP = "application/zip"
 
 @router.get(
     "/export",
-    dependencies=[TelemetryRateLimit],
     response_class=Response,
     responses={
         200: {

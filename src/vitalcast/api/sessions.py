@@ -8,7 +8,6 @@ from fastapi import APIRouter, Body, Query, Response
 
 from vitalcast.api.deps import CurrentUser, Parts, SessionId
 from vitalcast.api.errors import problem_responses
-from vitalcast.api.ratelimits import SessionsRateLimit
 from vitalcast.api.schemas import SessionCreate, SessionEnd, SessionOut, SessionPage, to_ms
 from vitalcast.sessions.models import SessionStatus
 
@@ -25,7 +24,6 @@ _UNREADABLE_BODY = problem_responses(400)
     "",
     response_model=SessionOut,
     status_code=201,
-    dependencies=[SessionsRateLimit],
     responses={
         200: {"model": SessionOut, "description": "Created before (same client_session_id)."},
         **_UNREADABLE_BODY,

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from vitalcast.db.partitions import SamplePartitions
 from vitalcast.db.units import SqliteUnits, Unit, is_file_url
 
 T = TypeVar("T")
@@ -95,6 +96,8 @@ class Database:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        #: the months of ``health_samples`` this process knows exist (PostgreSQL)
+        self.partitions = SamplePartitions(engine)
         self._writer = engine.execution_options(**{WRITE_OPTION: True})
         self._units: SqliteUnits | None = None
 

@@ -59,6 +59,11 @@ sessions = sa.Table(
 # Serves both the newest-first listing and the overlap lookup (start_ms <= changed_to + pad).
 sa.Index("ix_sessions_user_start", sessions.c.user_id, sessions.c.start_ms.desc(), sessions.c.id)
 
+# On PostgreSQL partitioned by month of ``start_ms`` (db/partitions.py, docs/partitioning.md):
+# there the primary key is (id, start_ms), since a partition key must be in every unique index,
+# and ids stay unique because they all come from one sequence. SQLite keeps one table with ``id``
+# alone as its key (it only auto-increments an INTEGER PRIMARY KEY). The identity of a sample,
+# (user_id, source, record_id), is unique through ``sample_identities``.
 health_samples = sa.Table(
     "health_samples",
     metadata,
@@ -74,7 +79,9 @@ health_samples = sa.Table(
     sa.Column("device", sa.String(200), nullable=True),
     sa.Column("deleted", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("change_seq", sa.BigInteger, nullable=False),
-    sa.UniqueConstraint("user_id", "source", "record_id"),
+    # Unique within a month; across months through ``sample_identities``. It is also how an
+    # identity finds its row: the start_ms it holds selects the one partition to look in.
+    sa.UniqueConstraint("user_id", "source", "record_id", "start_ms"),
 )
 # The telemetry aggregate scans exactly this range: one user, one metric, a time window.
 sa.Index(
@@ -82,6 +89,19 @@ sa.Index(
     health_samples.c.user_id,
     health_samples.c.metric,
     health_samples.c.start_ms,
+)
+
+# Where each sample identity lives: one row per (user, source, record_id), never partitioned,
+# so its primary key makes the identity unique across every month of ``health_samples``. Written
+# in the same transaction as the sample (insert, a re-send that moves its time, every deletion).
+sample_identities = sa.Table(
+    "sample_identities",
+    metadata,
+    sa.Column("user_id", sa.String(36), sa.ForeignKey("users.id"), primary_key=True),
+    sa.Column("source", sa.String(64), primary_key=True),
+    sa.Column("record_id", sa.String(200), primary_key=True),
+    # The sample's current start_ms: the month (partition) that holds it.
+    sa.Column("start_ms", sa.BigInteger, nullable=False),
 )
 
 ingest_requests = sa.Table(

@@ -1,8 +1,10 @@
 """Idempotent writes of samples in the caller's transaction.
 
-Identity is ``(user_id, source, record_id)``. The caller holds the user's row lock (see
-``sessions.repository.lock_user``), so no two ingests of one user interleave and new rows can be bulk-inserted
-without conflicts; on PostgreSQL they go in with COPY.
+Identity is ``(user_id, source, record_id)``, kept unique across the months of a partitioned
+table by ``sample_identities`` (docs/partitioning.md). The caller holds the user's row lock (see
+``sessions.repository.lock_user``), so no two ingests of one user interleave and new rows can be
+bulk-inserted without conflicts; on PostgreSQL they go in with COPY. The caller has made sure
+every month written has its partition (``Database.partitions.ensure``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from vitalcast.db.tables import health_samples, ingest_requests, telemetry_cache, users
+from vitalcast.db.tables import (
+    health_samples,
+    ingest_requests,
+    sample_identities,
+    telemetry_cache,
+    users,
+)
 from vitalcast.samples import Sample, WriteCounts
 from vitalcast.sessions import repository as session_repository
 from vitalcast.sessions.models import Session
@@ -22,6 +30,8 @@ from vitalcast.sessions.models import Session
 # Keeps SQLite's IN lists well under its bound-parameter limit.
 _LOOKUP_CHUNK = 1_000
 _COLUMNS = ("metric", "value", "unit", "start_ms", "end_ms", "device")
+#: the columns of a ``sample_identities`` row, in order
+IDENTITY_COLUMNS = ("user_id", "source", "record_id", "start_ms")
 
 
 @dataclass
@@ -76,28 +86,58 @@ async def record_request(
     )
 
 
-# One probe of the unique index per record id, whatever the table statistics say. Without
+# One probe of the identity's primary key per record id, then one probe of the one month its
+# start_ms names: the identities are a MATERIALIZED CTE, so the sample lookup takes their
+# start_ms as a parameter and PostgreSQL prunes the other months at run time (a plain join lets
+# the planner derive ``record_id = k.record_id`` for the samples and probe every month). Without
 # statistics (a new or just bulk-loaded table, before autovacuum's ANALYZE) PostgreSQL otherwise
 # matches ``record_id = ANY(...)`` by filtering every row of the user and source, which made
-# ingest O(table) per batch. ``OFFSET 0`` keeps the LATERAL subquery from being flattened, so its
-# three equalities stay one index condition.
+# ingest O(table) per batch. ``OFFSET 0`` keeps each LATERAL subquery from being flattened, so
+# its equalities stay one index condition.
 _PG_LOOKUP = sa.text(
     """
-    SELECT hs.* FROM unnest(CAST(:record_ids AS text[])) AS k(record_id)
-    CROSS JOIN LATERAL (
+    WITH ids AS MATERIALIZED (
+        SELECT i.record_id, i.start_ms
+        FROM unnest(CAST(:record_ids AS text[])) AS k(record_id)
+        CROSS JOIN LATERAL (
+            SELECT record_id, start_ms FROM sample_identities
+            WHERE user_id = :user_id AND source = :source AND record_id = k.record_id
+            OFFSET 0
+        ) AS i
+    )
+    SELECT hs.* FROM ids CROSS JOIN LATERAL (
         SELECT * FROM health_samples
-        WHERE user_id = :user_id AND source = :source AND record_id = k.record_id
+        WHERE user_id = :user_id AND source = :source
+          AND record_id = ids.record_id AND start_ms = ids.start_ms
         OFFSET 0
     ) AS hs
     """
 ).columns(*health_samples.c)
 
 
+def _sqlite_lookup(user_id: str, source: str, record_ids: Sequence[str]) -> sa.Select[Any]:
+    i, s = sample_identities.c, health_samples.c
+    return (
+        sa.select(health_samples)
+        .join(
+            sample_identities,
+            sa.and_(
+                s.user_id == i.user_id,
+                s.source == i.source,
+                s.record_id == i.record_id,
+                s.start_ms == i.start_ms,
+            ),
+        )
+        .where(i.user_id == user_id, i.source == source, i.record_id.in_(record_ids))
+    )
+
+
 async def _existing(
     conn: AsyncConnection, user_id: str, identities: Sequence[tuple[str, str]]
 ) -> dict[tuple[str, str], sa.Row[Any]]:  # Any: rows of health_samples
-    """Stored rows for these identities, as unique-index lookups, one query per source (a batch
-    usually has one); SQLite takes chunked IN lists, well under its bound-parameter limit."""
+    """Stored rows for these identities, found through ``sample_identities`` (unique across
+    partitions), one query per source (a batch usually has one); SQLite takes chunked IN
+    lists, well under its bound-parameter limit."""
     by_source: dict[str, list[str]] = {}
     for source, record_id in identities:
         by_source.setdefault(source, []).append(record_id)
@@ -108,11 +148,7 @@ async def _existing(
             queries = [_PG_LOOKUP.bindparams(record_ids=record_ids, user_id=user_id, source=source)]
         else:
             queries = [
-                sa.select(health_samples).where(
-                    health_samples.c.user_id == user_id,
-                    health_samples.c.source == source,
-                    health_samples.c.record_id.in_(record_ids[offset : offset + _LOOKUP_CHUNK]),
-                )
+                _sqlite_lookup(user_id, source, record_ids[offset : offset + _LOOKUP_CHUNK])
                 for offset in range(0, len(record_ids), _LOOKUP_CHUNK)
             ]
         for query in queries:
@@ -144,6 +180,7 @@ async def write_samples(
     )
     new_rows: list[dict[str, object]] = []
     updates: list[dict[str, object]] = []
+    moved: list[dict[str, object]] = []
     for sample in samples:
         row = existing.get((sample.source, sample.record_id))
         if row is None:
@@ -166,48 +203,123 @@ async def write_samples(
         elif _same(row, sample):
             result.unchanged += 1
         else:
-            updates.append({"row_id": row.id} | {c: getattr(sample, c) for c in _COLUMNS})
+            updates.append(
+                {"row_id": row.id, "old_start_ms": row.start_ms}
+                | {c: getattr(sample, c) for c in _COLUMNS}
+            )
+            if row.start_ms != sample.start_ms:
+                moved.append(
+                    {
+                        "k_source": sample.source,
+                        "k_record_id": sample.record_id,
+                        "new_start_ms": sample.start_ms,
+                    }
+                )
             if not row.deleted:
                 result.changed_times_ms.append(row.start_ms)
             result.changed_times_ms.append(sample.start_ms)
-    deleted_ids: list[int] = []
+    deleted: list[dict[str, object]] = []
     for identity in deletions:
         row = existing.get(identity)
         if row is not None and not row.deleted:
-            deleted_ids.append(row.id)
+            deleted.append({"row_id": row.id, "old_start_ms": row.start_ms})
             result.changed_times_ms.append(row.start_ms)
     result.inserted = len(new_rows)
     result.updated = len(updates)
-    result.deleted = len(deleted_ids)
+    result.deleted = len(deleted)
+    c = health_samples.c
+    # ``start_ms`` beside the id: on PostgreSQL it names the one partition the row is in.
+    this_row = sa.and_(c.id == sa.bindparam("row_id"), c.start_ms == sa.bindparam("old_start_ms"))
     if new_rows:
         await _insert(conn, new_rows)
     if updates:
+        # A new start_ms in another month moves the row to that month's partition (PostgreSQL
+        # does it as a delete and an insert); its identity row follows below.
+        if conn.dialect.name == "postgresql":
+            await conn.execute(_pg_update(updates, change_seq))
+        else:
+            await conn.execute(
+                sa.update(health_samples)
+                .where(this_row)
+                .values(
+                    **{c: sa.bindparam(c) for c in _COLUMNS}, deleted=False, change_seq=change_seq
+                ),
+                updates,
+            )
+    if moved:
+        i = sample_identities.c
         await conn.execute(
-            sa.update(health_samples)
-            .where(health_samples.c.id == sa.bindparam("row_id"))
-            .values(**{c: sa.bindparam(c) for c in _COLUMNS}, deleted=False, change_seq=change_seq),
-            updates,
+            sa.update(sample_identities)
+            .where(
+                i.user_id == user_id,
+                i.source == sa.bindparam("k_source"),
+                i.record_id == sa.bindparam("k_record_id"),
+            )
+            .values(start_ms=sa.bindparam("new_start_ms")),
+            moved,
         )
-    if deleted_ids:
+    if deleted:
         await conn.execute(
-            sa.update(health_samples)
-            .where(health_samples.c.id.in_(deleted_ids))
-            .values(deleted=True, change_seq=change_seq)
+            sa.update(health_samples).where(this_row).values(deleted=True, change_seq=change_seq),
+            deleted,
         )
     return result
 
 
+# One statement for a batch of updates: each row is reached by (id, its old start_ms), so only
+# its month is probed (run-time pruning), and the plan and the locks on the months are taken
+# once per batch rather than once per row as with executemany.
+_PG_UPDATE = sa.text(
+    """
+    UPDATE health_samples AS hs
+    SET metric = v.metric, value = v.value, unit = v.unit, start_ms = v.start_ms,
+        end_ms = v.end_ms, device = v.device, deleted = false, change_seq = :change_seq
+    FROM unnest(
+        CAST(:ids AS bigint[]), CAST(:old_starts AS bigint[]), CAST(:metrics AS text[]),
+        CAST(:vals AS float8[]), CAST(:units AS text[]), CAST(:starts AS bigint[]),
+        CAST(:ends AS bigint[]), CAST(:devices AS text[])
+    ) AS v(id, old_start_ms, metric, value, unit, start_ms, end_ms, device)
+    WHERE hs.id = v.id AND hs.start_ms = v.old_start_ms
+    """
+)
+
+
+def _pg_update(updates: Sequence[dict[str, object]], change_seq: int) -> sa.TextClause:
+    return _PG_UPDATE.bindparams(
+        change_seq=change_seq,
+        ids=[u["row_id"] for u in updates],
+        old_starts=[u["old_start_ms"] for u in updates],
+        metrics=[u["metric"] for u in updates],
+        vals=[u["value"] for u in updates],
+        units=[u["unit"] for u in updates],
+        starts=[u["start_ms"] for u in updates],
+        ends=[u["end_ms"] for u in updates],
+        devices=[u["device"] for u in updates],
+    )
+
+
 async def _insert(conn: AsyncConnection, rows: list[dict[str, object]]) -> None:
+    """The samples and their identity rows, in the caller's transaction: the identity's primary
+    key refuses a second row of the same (user, source, record_id) whatever its month."""
+    identities = [(r["user_id"], r["source"], r["record_id"], r["start_ms"]) for r in rows]
     if conn.dialect.name == "postgresql":
         raw = await conn.get_raw_connection()
+        driver = raw.driver_connection
         columns = list(rows[0])
-        await raw.driver_connection.copy_records_to_table(  # type: ignore[union-attr]
+        await driver.copy_records_to_table(  # type: ignore[union-attr]
             health_samples.name,
             records=[tuple(r[c] for c in columns) for r in rows],
             columns=columns,
         )
+        await driver.copy_records_to_table(  # type: ignore[union-attr]
+            sample_identities.name, records=identities, columns=IDENTITY_COLUMNS
+        )
     else:
         await conn.execute(sa.insert(health_samples), rows)
+        await conn.execute(
+            sa.insert(sample_identities),
+            [dict(zip(IDENTITY_COLUMNS, k, strict=True)) for k in identities],
+        )
 
 
 async def set_change_seq(conn: AsyncConnection, user_id: str, change_seq: int) -> None:

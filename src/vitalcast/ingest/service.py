@@ -14,10 +14,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vitalcast.clock import Clock
 from vitalcast.db.engine import Database
+from vitalcast.db.partitions import is_missing_partition
 from vitalcast.errors import Conflict, Unauthenticated
 from vitalcast.ingest import repository
 from vitalcast.ingest.validation import ValidatedBatch, validate_batch
-from vitalcast.observability import Metrics, get_logger
+from vitalcast.observability import Metrics, debug_enabled, get_logger
 from vitalcast.sessions import repository as session_repository
 from vitalcast.sessions.changes import ChangeListener
 from vitalcast.sessions.models import Session
@@ -48,34 +49,52 @@ class IngestService:
     ) -> None:
         self._db = db
         self._clock = clock
-        self._metrics = metrics
         self._listener = listener
+        self._samples = {
+            outcome: metrics.ingest_samples.labels(outcome=outcome)
+            for outcome in ("inserted", "updated", "unchanged", "deleted", "rejected")
+        }
 
     async def ingest(self, user_id: str, body: object) -> IngestOutcome:
         """Apply one decoded request body for ``user_id``. Raises for whole-request errors."""
         now_ms = self._clock.now_ms()
         batch = validate_batch(body, now_ms=now_ms)
         fingerprint = body_fingerprint(body) if batch.request_id else ""
-        applied = await self._db.unit(
-            lambda conn: self._apply(conn, user_id, batch, fingerprint, now_ms), write=True
-        )
+        months = [s.start_ms for s in batch.samples]
+        # Before the transaction: attaching a month waits for the locks a writer holds.
+        await self._db.partitions.ensure(months)
+        try:
+            applied = await self._db.unit(
+                lambda conn: self._apply(conn, user_id, batch, fingerprint, now_ms), write=True
+            )
+        except Exception as exc:
+            if not is_missing_partition(exc):
+                raise
+            # Another process (retention) dropped a month this process believed was there:
+            # nothing was written; look again, create it, and apply once more.
+            self._db.partitions.forget()
+            await self._db.partitions.ensure(months)
+            applied = await self._db.unit(
+                lambda conn: self._apply(conn, user_id, batch, fingerprint, now_ms), write=True
+            )
         if isinstance(applied, IngestOutcome):
             log.info("ingest_replayed", user_id=user_id)
             return applied
         written, touched, seq, status, response = applied
         self._count(written, len(batch.rejected))
         # Routine, one per request: at debug, so a terminal stays readable at the default level.
-        log.debug(
-            "ingest",
-            user_id=user_id,
-            inserted=written.inserted,
-            updated=written.updated,
-            unchanged=written.unchanged,
-            deleted=written.deleted,
-            rejected=len(batch.rejected),
-            sessions_touched=len(touched),
-            change_seq=seq,
-        )
+        if debug_enabled():
+            log.debug(
+                "ingest",
+                user_id=user_id,
+                inserted=written.inserted,
+                updated=written.updated,
+                unchanged=written.unchanged,
+                deleted=written.deleted,
+                rejected=len(batch.rejected),
+                sessions_touched=len(touched),
+                change_seq=seq,
+            )
         await self._listener.sessions_changed(touched)
         return IngestOutcome(status, response, touched)
 
@@ -136,7 +155,6 @@ class IngestService:
         return written, touched, seq, status, response
 
     def _count(self, written: repository.WriteResult, rejected: int) -> None:
-        counter = self._metrics.ingest_samples
         for outcome, n in (
             ("inserted", written.inserted),
             ("updated", written.updated),
@@ -145,4 +163,4 @@ class IngestService:
             ("rejected", rejected),
         ):
             if n:
-                counter.labels(outcome=outcome).inc(n)
+                self._samples[outcome].inc(n)

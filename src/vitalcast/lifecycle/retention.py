@@ -9,8 +9,10 @@ raw exports answer 410 ``RAW_EXPIRED`` (the bucket CSV is made from the kept pay
 working). A session is archived once the widest window any request may ask for reaches before
 the limit, so archiving always comes first, and a run cut anywhere is run again safely.
 
-On PostgreSQL with a partitioned samples table the old months are dropped whole
-(``lifecycle.partitions``); elsewhere the rows are deleted in batches.
+On PostgreSQL the months that ended before the limit are detached and dropped whole
+(``db.partitions``), identity rows with them; what is left (the month the limit falls in, and
+every row on SQLite) is deleted in batches. Inserts of today go on meanwhile: a month is
+detached concurrently, and the batches are short transactions.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vitalcast.clock import Clock
 from vitalcast.db.engine import Database
-from vitalcast.db.tables import health_samples, sessions
+from vitalcast.db.tables import health_samples, sample_identities, sessions
 from vitalcast.observability import get_logger
 from vitalcast.sessions.models import WIDEST_PAD_MS
 
@@ -32,6 +35,8 @@ log = get_logger(__name__)
 DAY_MS = 86_400_000
 #: rows deleted per transaction when no partition can be dropped
 BATCH_ROWS = 10_000
+#: identity keys per DELETE (four parameters each: well under SQLite's bound-parameter limit)
+_KEYS_PER_STATEMENT = 2_000
 #: the purge runs this often in a server
 INTERVAL_S = 86_400.0
 
@@ -66,7 +71,7 @@ class RetentionService:
         self._clock = clock
         self._days = days
         self._batch_rows = batch_rows
-        self._drop_partitions = drop_partitions
+        self._drop_partitions = drop_partitions or db.partitions.drop_before
 
     async def run(self) -> RetentionRun:
         now = self._clock.now_ms()
@@ -80,18 +85,12 @@ class RetentionService:
                 )
                 .values(archived_at_ms=now)
             )
-        dropped = 0
-        if self._drop_partitions is not None:
-            dropped = await self._drop_partitions(cutoff) or 0
+        dropped = await self._drop_partitions(cutoff) or 0
         deleted = 0
-        c = health_samples.c
-        while True:
-            async with self._db.write() as conn:
-                ids = sa.select(c.id).where(c.start_ms < cutoff).limit(self._batch_rows)
-                result = await conn.execute(sa.delete(health_samples).where(c.id.in_(ids)))
-            if not result.rowcount:
-                break
-            deleted += result.rowcount
+        while removed := await self._db.unit(
+            lambda conn: self._delete_batch(conn, cutoff), write=True
+        ):
+            deleted += removed
         done = RetentionRun(cutoff, archived.rowcount, deleted, dropped)
         log.info(
             "retention_run",
@@ -101,6 +100,35 @@ class RetentionService:
             partitions_dropped=dropped,
         )
         return done
+
+    async def _delete_batch(self, conn: AsyncConnection, cutoff: int) -> int:
+        """Up to ``batch_rows`` expired samples and their identity rows (what is left of them
+        once whole months are dropped: the month the cutoff falls in); the samples removed."""
+        c, i = health_samples.c, sample_identities.c
+        expired = (
+            await conn.execute(
+                sa.select(c.id, c.user_id, c.source, c.record_id, c.start_ms)
+                .where(c.start_ms < cutoff)
+                .limit(self._batch_rows)
+            )
+        ).all()
+        if not expired:
+            return 0
+        for offset in range(0, len(expired), _KEYS_PER_STATEMENT):
+            keys = [
+                (r.user_id, r.source, r.record_id, r.start_ms)
+                for r in expired[offset : offset + _KEYS_PER_STATEMENT]
+            ]
+            await conn.execute(
+                sa.delete(sample_identities).where(
+                    sa.tuple_(i.user_id, i.source, i.record_id, i.start_ms).in_(keys)
+                )
+            )
+        # ``start_ms < cutoff`` beside the ids: on PostgreSQL only the expired months are probed.
+        result = await conn.execute(
+            sa.delete(health_samples).where(c.id.in_([r.id for r in expired]), c.start_ms < cutoff)
+        )
+        return int(result.rowcount)
 
 
 class DailyRetention:

@@ -32,6 +32,7 @@ async def run_worker(
 ) -> None:
     """Consume ``settings.queue_name`` until SIGTERM/SIGINT; then finish or release running jobs."""
     parts = build_worker(settings, seams)
+    await parts.start()
     worker = TelemetryWorker(
         settings,
         ComputeJobHandler(parts.computer, parts.clock, max_batch=settings.compute_batch_max_views),

@@ -12,6 +12,9 @@ costs more than that by itself. So this one read-only statement gets its own dri
 Both run the same SQL, a single statement, so it reads one consistent snapshot. ``auto``
 resolution is resolved inside it (``keys.AUTO_RESOLUTION_SQL``, written beside the Python rule)
 so that the right cache row comes back with the session in one round trip.
+
+The payload column comes back NULL when it is the payload the caller names as the one it holds
+(``kept``, see ``kept.py``): its bytes cross only once per save and process.
 """
 
 from __future__ import annotations
@@ -26,12 +29,18 @@ import sqlalchemy as sa
 from vitalcast.clock import MINUTE_MS
 from vitalcast.json_types import JsonObject
 from vitalcast.telemetry.keys import AUTO_1M_MAX_SPAN_MS, AUTO_RESOLUTION_SQL, COMPUTE_VERSION
+from vitalcast.telemetry.read.kept import PayloadId
 from vitalcast.telemetry.store.rows import HotRow
 
 _SQL = """
 SELECT s.status, s.start_ms, s.end_ms, s.source_watermark,
        c.resolution, c.status, c.source_watermark, c.computed_at_ms, c.error_code,
-       c.next_attempt_ms, {payload}, {history}, s.archived_at_ms
+       c.next_attempt_ms,
+       CASE WHEN c.resolution = :kept_resolution
+             AND c.source_watermark = :kept_watermark
+             AND c.computed_at_ms = :kept_computed_at_ms
+            THEN NULL ELSE {payload} END,
+       {history}, s.archived_at_ms
 FROM sessions s
 LEFT JOIN telemetry_cache c
   ON c.session_id = s.id
@@ -50,7 +59,7 @@ _VARIANTS = ((False, False), (True, False), (True, True))
 
 class CacheReader(Protocol):
     """Runs the hot read; ``resolution`` None means auto; ``with_history`` (for a delta) also
-    reads the payload."""
+    reads the payload; the payload is left out (None) when it is ``kept``."""
 
     async def read(
         self,
@@ -62,15 +71,24 @@ class CacheReader(Protocol):
         now_ms: int,
         with_payload: bool,
         with_history: bool = False,
+        kept: PayloadId | None = None,
     ) -> HotRow | None: ...
 
     async def close(self) -> None: ...
 
 
 def _params(
-    user_id: str, session_id: str, window_minutes: int, resolution: str | None, now_ms: int
+    user_id: str,
+    session_id: str,
+    window_minutes: int,
+    resolution: str | None,
+    now_ms: int,
+    kept: PayloadId | None,
 ) -> JsonObject:
     return {
+        "kept_resolution": None if kept is None else kept.resolution,
+        "kept_watermark": None if kept is None else kept.source_watermark,
+        "kept_computed_at_ms": None if kept is None else kept.computed_at_ms,
         "window_minutes": window_minutes,
         "compute_version": COMPUTE_VERSION,
         "resolution": resolution,
@@ -118,12 +136,13 @@ class SqliteCacheReader:
         now_ms: int,
         with_payload: bool,
         with_history: bool = False,
+        kept: PayloadId | None = None,
     ) -> HotRow | None:
         row = (
             self._connection()
             .execute(
                 self._sql[(with_payload or with_history, with_history)],
-                _params(user_id, session_id, window_minutes, resolution, now_ms),
+                _params(user_id, session_id, window_minutes, resolution, now_ms, kept),
             )
             .fetchone()
         )
@@ -166,9 +185,10 @@ class PostgresCacheReader:
         now_ms: int,
         with_payload: bool,
         with_history: bool = False,
+        kept: PayloadId | None = None,
     ) -> HotRow | None:
         sql, names = self._sql[(with_payload or with_history, with_history)]
-        params = _params(user_id, session_id, window_minutes, resolution, now_ms)
+        params = _params(user_id, session_id, window_minutes, resolution, now_ms, kept)
         pool = await self._get_pool()
         row = await pool.fetchrow(sql, *(params[name] for name in names))
         return None if row is None else HotRow(*row)

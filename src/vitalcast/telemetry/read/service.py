@@ -5,6 +5,8 @@ reads; computing lives in ``run/computer``, triggers in ``run/triggers``).
 cache row together) and decides the state of docs/design.md "Request states"; a miss or a stale read
 schedules a compute and never waits for it. A fresh answer to a client that says which payload it
 holds (``since_watermark``) is a delta when the view's save history can express one.
+The payload of an answer is the process's kept copy when the hot read says it is still the
+stored one (``kept.KeptPayloads``), so its bytes are read once per save, not once per GET.
 The realtime server's subscribe is served by ``subscribe.SubscribeSupport``.
 """
 
@@ -17,7 +19,7 @@ from vitalcast.db.engine import Database
 from vitalcast.errors import Gone, InvalidInput, NotFound
 from vitalcast.observability import Metrics, get_logger
 from vitalcast.telemetry.compute import deltas, history
-from vitalcast.telemetry.compute.payload import unpack
+from vitalcast.telemetry.compute.payload import PackedPayload, unpack
 from vitalcast.telemetry.keys import (
     COMPUTE_VERSION,
     CacheState,
@@ -38,6 +40,7 @@ from vitalcast.telemetry.read.answer import (
     select_metrics,
 )
 from vitalcast.telemetry.read.delta_cache import DeltaCache
+from vitalcast.telemetry.read.kept import KeptPayloads, ViewOf
 from vitalcast.telemetry.read.reader import CacheReader
 from vitalcast.telemetry.scheduling import Scheduler, schedule
 from vitalcast.telemetry.store.rows import HotRow
@@ -66,6 +69,7 @@ class SessionTelemetryService:
         self._reader = reader
         self.default_window_minutes = default_window_minutes
         self._deltas = DeltaCache()
+        self._kept = KeptPayloads()
         self._responses = {
             state: metrics.telemetry_responses.labels(state.value) for state in CacheState
         }
@@ -98,6 +102,8 @@ class SessionTelemetryService:
         # A client that holds a payload gets a delta: the session's other clients usually had it
         # built already (the first read brings no blob), else it is built from the payload and
         # its history, read together. One that only revalidates (ETag) gets no body at all.
+        # A payload this process keeps is not read again (the read names it).
+        view: ViewOf = (session_id, window_minutes, requested)
         with_history = False
         with_payload = since_watermark is None and not if_none_match
         while True:
@@ -110,6 +116,7 @@ class SessionTelemetryService:
                     now_ms=now,
                     with_payload=with_payload,
                     with_history=with_history,
+                    kept=self._kept.held(view) if with_payload and not with_history else None,
                 )
             except Exception as exc:
                 log.warning(
@@ -127,7 +134,7 @@ class SessionTelemetryService:
                 raise NotFound("Session not found.", code="SESSION_NOT_FOUND")
             key = self._key_of(row, user_id, session_id, window_minutes, requested, now)
             if row.archived_at_ms is not None:
-                archived = await self._archived(row, codes, if_none_match, key)
+                archived = self._archived(view, row, codes, if_none_match, key)
                 if archived is not None:
                     return self._count(archived)
                 with_payload = True
@@ -142,10 +149,10 @@ class SessionTelemetryService:
                         TelemetryAnswer(decision.state, codes, etag=etag, not_modified=True)
                     )
             if since_watermark is not None and decision.state is CacheState.READY:
-                kept = self._deltas.get(key, row, since_watermark, codes)
-                if kept is not None:
+                built = self._deltas.get(key, row, since_watermark, codes)
+                if built is not None:
                     return self._count(
-                        TelemetryAnswer(CacheState.READY, codes, etag=etag, delta=kept)
+                        TelemetryAnswer(CacheState.READY, codes, etag=etag, delta=built)
                     )
                 if not with_history:
                     with_payload = with_history = True
@@ -153,9 +160,13 @@ class SessionTelemetryService:
                 delta = self._delta(key, row, since_watermark, codes, etag)
                 if delta is not None:
                     return self._count(delta)
-            if holds_payload(row) and row.payload is None:
-                with_payload = True
-                continue
+            payload = None
+            if holds_payload(row):
+                payload = self._payload(view, row)
+                if payload is None:
+                    # not read yet, or the kept copy was replaced while the read ran: read it
+                    with_payload = True
+                    continue
             break
         retry_after = decision.retry_after_s
         if decision.reason is not None:
@@ -168,15 +179,20 @@ class SessionTelemetryService:
             TelemetryAnswer(
                 decision.state,
                 codes,
-                payload=unpack(row.payload) if row.payload is not None else None,
+                payload=payload,
                 retry_after_s=retry_after,
                 error_code=decision.error_code,
                 etag=etag,
             )
         )
 
-    async def _archived(
-        self, row: HotRow, codes: tuple[str, ...], if_none_match: str | None, key: TelemetryKey
+    def _archived(
+        self,
+        view: ViewOf,
+        row: HotRow,
+        codes: tuple[str, ...],
+        if_none_match: str | None,
+        key: TelemetryKey,
     ) -> TelemetryAnswer | None:
         """An archived session's view: the kept payload as it is (its ETag unchanged), never a
         compute; a view it never had cannot be made any more (RAW_EXPIRED). None: read the
@@ -191,9 +207,19 @@ class SessionTelemetryService:
         etag = make_etag(key, row.source_watermark, codes, live_at_ms=live_at)
         if etag_matches(if_none_match, etag):
             return TelemetryAnswer(state, codes, etag=etag, not_modified=True, archived=True)
-        if row.payload is None:
+        payload = self._payload(view, row)
+        if payload is None:
             return None
-        return TelemetryAnswer(state, codes, payload=unpack(row.payload), etag=etag, archived=True)
+        return TelemetryAnswer(state, codes, payload=payload, etag=etag, archived=True)
+
+    def _payload(self, view: ViewOf, row: HotRow) -> PackedPayload | None:
+        """The payload ``row`` holds: read with it (then kept for the next GETs) or the kept
+        copy the read left out; None when neither (not read, or the kept copy moved on)."""
+        if row.payload is not None:
+            payload = unpack(row.payload)
+            self._kept.put(view, row, payload)
+            return payload
+        return self._kept.get(view, row)
 
     def _delta(
         self,

@@ -1,0 +1,212 @@
+"""What a cached telemetry GET costs, counted: one hot read and no other statement (a remembered
+token reads nothing), the stored payload brought once per save and process (``KeptPayloads``),
+its parameters checked as FastAPI would and documented as before."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from tests.conftest import TEST_SECRET
+from tests.telemetry.conftest import MINUTE, TelemetryClient, hr, telemetry_client
+from vitalcast.app import create_app
+from vitalcast.auth import issue_token
+from vitalcast.clock import ManualClock, now_ms
+from vitalcast.settings import Settings
+from vitalcast.telemetry.compute.payload import PackedPayload
+from vitalcast.telemetry.read.kept import KeptPayloads, PayloadId
+from vitalcast.telemetry.read.reader import CacheReader
+from vitalcast.telemetry.store.rows import HotRow
+from vitalcast.wiring import Seams
+
+HOUR = 60 * MINUTE
+
+
+@contextmanager
+def statements_of_this_task() -> Iterator[list[str]]:
+    """Every SQL statement any engine sends from the running task, or from a database thread
+    (``db.units``), while the block runs; the server's own background tasks (the revocation
+    poll, the webhook dispatcher) run on the loop in tasks of their own and are not counted.
+    SQLite's ``BEGIN`` is left out as in ``tests.identity.conftest.count_statements``."""
+    task, loop_thread = asyncio.current_task(), threading.get_ident()
+    seen: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        ours = threading.get_ident() != loop_thread or asyncio.current_task() is task
+        if ours and not statement.startswith("BEGIN"):
+            seen.append(statement)
+
+    sa.event.listen(sa.engine.Engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        sa.event.remove(sa.engine.Engine, "before_cursor_execute", record)
+
+
+@dataclass
+class CountingReader:
+    """The real hot reader, recording every read: whether it named a kept payload and whether
+    the payload's bytes came back."""
+
+    inner: CacheReader
+    reads: list[tuple[bool, bool]] = field(default_factory=list)
+
+    async def read(self, **kwargs: Any) -> HotRow | None:
+        row = await self.inner.read(**kwargs)
+        self.reads.append((kwargs.get("kept") is not None, row is not None and bool(row.payload)))
+        return row
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+@pytest.fixture
+async def counted(settings: Settings, clock: ManualClock):
+    readers: list[CountingReader] = []
+
+    def wrap(reader: CacheReader) -> CacheReader:
+        readers.append(CountingReader(reader))
+        return readers[-1]
+
+    async with telemetry_client(
+        settings, clock, Seams(clock=clock, cache_reader_wrapper=wrap)
+    ) as tc:
+        yield tc, readers[0]
+
+
+async def _ended_session(tc: TelemetryClient, headers: dict[str, str]) -> str:
+    """A session of two hours, ended four hours ago, with its views computed."""
+    start = tc.clock.now_ms() - 4 * HOUR
+    session_id = await tc.start_session(headers, start)
+    await tc.post_samples(
+        headers, [hr(f"hr-{i}", start + i * MINUTE, 70.0 + i % 5) for i in range(90)]
+    )
+    await tc.end_session(headers, session_id, start + 2 * HOUR)
+    await tc.settle()
+    return session_id
+
+
+async def test_a_cached_get_is_one_hot_read_and_no_other_statement(counted, users):
+    """Once the token is remembered and the payload kept, each GET runs exactly one statement,
+    the hot read, which leaves the payload's bytes in the database; the answer is the same. (A
+    token not seen yet costs its user's row, once: the count sees the GET's statements.)"""
+    tc, reader = counted
+    user_id, token = await users.create()
+    headers = {"Authorization": f"Bearer {token}"}
+    session_id = await _ended_session(tc, headers)
+    first = await tc.get(headers, session_id)
+    assert first.status_code == 200 and first.json()["state"] == "ready"
+    another = issue_token(TEST_SECRET, user_id, now_s=now_ms() // 1000, ttl_s=600)
+    with statements_of_this_task() as statements:
+        await tc.get({"Authorization": f"Bearer {another}"}, session_id)
+    assert len(statements) == 1 and "users" in statements[0]
+    reader.reads.clear()
+    with statements_of_this_task() as statements:
+        answers = [await tc.get(headers, session_id) for _ in range(20)]
+    assert statements == []
+    assert reader.reads == [(True, False)] * 20
+    assert {a.content for a in answers} == {first.content}
+    assert {a.headers["etag"] for a in answers} == {first.headers["etag"]}
+
+
+async def test_a_new_save_brings_the_payload_once_and_each_view_keeps_its_own(counted, users):
+    """After a save the next GET reads the new payload (one statement) and answers it; later GETs
+    leave it out again. Another window of the session is another view, kept apart: reading its
+    new payload leaves the first one kept."""
+    tc, reader = counted
+    headers = await users.headers()
+    session_id = await _ended_session(tc, headers)
+    before = await tc.get(headers, session_id)
+    wide = await tc.get(headers, session_id, window_minutes=120)
+    await tc.settle()
+    wide = await tc.get(headers, session_id, window_minutes=120)
+    assert wide.json()["state"] == "ready" and wide.content != before.content
+    start = tc.clock.now_ms() - 4 * HOUR  # the session's, as _ended_session made it
+    await tc.post_samples(headers, [hr("late", start + 100 * MINUTE, 99.0)])
+    await tc.settle()
+    reader.reads.clear()
+    after = [await tc.get(headers, session_id) for _ in range(3)]
+    assert [a.json()["state"] for a in after] == ["ready"] * 3
+    assert after[0].headers["etag"] != before.headers["etag"]
+    assert reader.reads == [(True, True), (True, False), (True, False)]
+    assert len({a.content for a in after}) == 1 and after[0].content != before.content
+    reader.reads.clear()
+    wide_after = await tc.get(headers, session_id, window_minutes=120)
+    again = await tc.get(headers, session_id)
+    assert reader.reads == [(True, True), (True, False)]
+    assert wide_after.content not in (wide.content, again.content)
+    assert again.content == after[0].content
+
+
+def _packed(size: int) -> PackedPayload:
+    return PackedPayload(b"h" * size, {"heart_rate": b"f" * size})
+
+
+def _row(watermark: int, computed_at_ms: int = 1) -> HotRow:
+    return HotRow(
+        "completed", 0, 1, watermark, "1m", "ready", watermark, computed_at_ms, None, None, None
+    )
+
+
+def test_kept_payloads_answer_only_for_the_same_stored_payload_and_stay_within_their_bytes():
+    """A kept payload serves a row of the same resolution, watermark and compute time only; the
+    oldest served go first once the bytes pass the bound."""
+    kept = KeptPayloads(max_bytes=1000)
+    kept.put(("a", 60, None), _row(3), _packed(200))
+    assert kept.held(("a", 60, None)) == PayloadId("1m", 3, 1)
+    assert kept.get(("a", 60, None), _row(3)) is not None
+    assert kept.get(("a", 60, None), _row(4)) is None
+    assert kept.get(("a", 60, None), _row(3, computed_at_ms=2)) is None
+    assert kept.get(("a", 120, None), _row(3)) is None
+    kept.put(("b", 60, None), _row(1), _packed(200))
+    kept.get(("a", 60, None), _row(3))
+    kept.put(("c", 60, None), _row(1), _packed(200))
+    assert kept.held(("b", 60, None)) is None
+    assert kept.held(("a", 60, None)) is not None and kept.held(("c", 60, None)) is not None
+    kept.put(("d", 60, None), _row(1), _packed(600))
+    assert kept.held(("d", 60, None)) is None
+
+
+async def test_bad_parameters_are_fastapis_422_with_their_locations(tc, users):
+    """The telemetry GET checks its parameters in one call, with FastAPI's answer: a 422
+    VALIDATION_ERROR naming where each bad one is, never its value."""
+    headers = await users.headers()
+    session_id = await _ended_session(tc, headers)
+    url = f"/api/v1/sessions/{session_id}/telemetry"
+    for path, params, extra, loc in [
+        ("/api/v1/sessions/not-a-uuid/telemetry", {}, {}, ["path", "session_id"]),
+        (url, {"since_watermark": "-1"}, {}, ["query", "since_watermark"]),
+        (url, {"window_minutes": "sixty"}, {}, ["query", "window_minutes"]),
+        (url, {"metrics": "x" * 501}, {}, ["query", "metrics"]),
+        (url, {}, {"If-None-Match": "x" * 1001}, ["header", "if-none-match"]),
+    ]:
+        response = await tc.http.get(path, params=params, headers=headers | extra)
+        assert response.status_code == 422, (params, extra)
+        assert response.headers["content-type"] == "application/problem+json"
+        body = response.json()
+        assert body["code"] == "VALIDATION_ERROR"
+        assert [e["loc"] for e in body["errors"]] == [loc]
+        assert "x" * 100 not in response.text and "sixty" not in response.text
+
+
+def test_the_telemetry_parameters_are_documented(settings: Settings):
+    """The OpenAPI of the GET lists the path id, the four query parameters and If-None-Match."""
+    operation = create_app(settings).openapi()["paths"]["/api/v1/sessions/{session_id}/telemetry"]
+    documented = {(p["name"], p["in"], p["required"]) for p in operation["get"]["parameters"]}
+    assert documented == {
+        ("session_id", "path", True),
+        ("window_minutes", "query", False),
+        ("resolution", "query", False),
+        ("metrics", "query", False),
+        ("since_watermark", "query", False),
+        ("if-none-match", "header", False),
+    }
+    since = next(p for p in operation["get"]["parameters"] if p["name"] == "since_watermark")
+    assert since["schema"]["anyOf"][0] == {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}
