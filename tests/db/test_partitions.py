@@ -27,6 +27,10 @@ from vitalcast.settings import Settings
 from vitalcast.testing import hr_sample
 from vitalcast.wiring import build_worker
 
+#: partitions exist on PostgreSQL only (SQLite keeps one table; retention deletes rows there,
+#: see tests/lifecycle/test_retention.py)
+postgres_only = pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+
 
 def _iso(ms: int) -> str:
     from vitalcast.clock import iso_ms
@@ -179,11 +183,10 @@ async def _no_revoke(user_id: str) -> None:
     return None
 
 
+@postgres_only
 async def test_retention_drops_whole_months_while_today_is_written(
     client: httpx.AsyncClient, users: Any, db: Database
 ) -> None:
-    if db.sqlite:
-        pytest.skip("SQLite has no partitions (retention deletes rows there: test_retention)")
     user_id, token = await users.create()
     auth = {"Authorization": f"Bearer {token}"}
     expired = [_months_back(k) for k in (3, 4, 5)]
@@ -414,11 +417,10 @@ async def _check_sqlite_upgrade(url: str) -> None:
     assert identities == 24
 
 
+@postgres_only
 async def test_a_worker_creates_the_months_ahead_at_start(
     database_url: str, tmp_path: Any, redis_url: str, unique_prefix: str
 ) -> None:
-    if database_url.startswith("sqlite"):
-        pytest.skip("PostgreSQL only: SQLite has no partitions")
     ahead = Month.of_ms(now_ms()).next().next()
     db = Database(create_engine(database_url))
     try:
@@ -445,14 +447,13 @@ async def test_a_worker_creates_the_months_ahead_at_start(
         await db.dispose()
 
 
+@postgres_only
 async def test_a_month_left_detached_by_a_cut_retention_is_finished_by_writers_and_the_next_run(
     client: httpx.AsyncClient, users: Any, db: Database
 ) -> None:
     """A retention cut between detaching a month and dropping it leaves the month's table and
     its identity rows behind: a re-send into that month still lands (the writer finishes the
     drop before creating the month anew), and the next retention run drops the other."""
-    if db.sqlite:
-        pytest.skip("PostgreSQL only: SQLite has no partitions")
     user_id, token = await users.create()
     auth = {"Authorization": f"Bearer {token}"}
     older, newer = _months_back(8), _months_back(7)
