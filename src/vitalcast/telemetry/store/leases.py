@@ -64,6 +64,130 @@ def keys_clause(keys: Sequence[TelemetryKey]) -> sa.ColumnElement[bool]:
     return sa.tuple_(*_KEY_COLUMNS).in_([key_tuple(k) for k in keys])
 
 
+#: the columns of a save's VALUES relation: (name, type)
+_SAVED = (
+    ("session_id", "VARCHAR(36)"),
+    ("window_minutes", "INTEGER"),
+    ("resolution", "VARCHAR(8)"),
+    ("compute_version", "INTEGER"),
+    ("status", "VARCHAR(16)"),
+    ("payload", "{blob}"),
+    ("source_watermark", "BIGINT"),
+    ("computed_at_ms", "BIGINT"),
+    ("compute_ms", "INTEGER"),
+    ("raw_sample_count", "BIGINT"),
+    ("partials", "{blob}"),
+    ("history", "{blob}"),
+)
+_BLOB = {"postgresql": "BYTEA", "sqlite": "BLOB"}
+# The compare-and-set save of a batch. Text, built once per (dialect, rows): SQLAlchemy does not
+# cache a statement over a multi-row VALUES construct, and compiling it again for every save
+# cost more than the save. ``stale_since_ms`` is cleared when the saved watermark is the
+# session's current one; else it restarts at the read (a change arrived since), unless it was
+# set after the read started.
+_SAVE = """
+WITH saved({columns}) AS (VALUES {rows})
+UPDATE telemetry_cache SET
+  status = saved.status, payload = saved.payload, source_watermark = saved.source_watermark,
+  computed_at_ms = saved.computed_at_ms, compute_ms = saved.compute_ms,
+  raw_sample_count = saved.raw_sample_count, partials = saved.partials, history = saved.history,
+  lease_owner = NULL, lease_expires_ms = NULL, attempts = 0, next_attempt_ms = NULL,
+  error_code = NULL, updated_at_ms = :now,
+  stale_since_ms = CASE
+    WHEN COALESCE((SELECT sessions.source_watermark FROM sessions
+                   WHERE sessions.id = telemetry_cache.session_id), 0) <= saved.source_watermark
+      THEN NULL
+    WHEN telemetry_cache.stale_since_ms IS NULL
+         OR telemetry_cache.stale_since_ms <= :read_started THEN :read_started
+    ELSE telemetry_cache.stale_since_ms END
+FROM saved
+WHERE telemetry_cache.session_id = saved.session_id
+  AND telemetry_cache.window_minutes = saved.window_minutes
+  AND telemetry_cache.resolution = saved.resolution
+  AND telemetry_cache.compute_version = saved.compute_version
+  AND telemetry_cache.lease_owner = :owner
+RETURNING telemetry_cache.session_id, telemetry_cache.window_minutes,
+  telemetry_cache.resolution, telemetry_cache.compute_version
+"""
+_SAVES: dict[tuple[str, int], sa.TextClause] = {}
+
+
+def _save_statement(dialect: str, n_rows: int) -> sa.TextClause:
+    statement = _SAVES.get((dialect, n_rows))
+    if statement is None:
+        blob = _BLOB[dialect]
+        rows = ", ".join(
+            "("
+            + ", ".join(f"CAST(:{name}{i} AS {t.format(blob=blob)})" for name, t in _SAVED)
+            + ")"
+            for i in range(n_rows)
+        )
+        text = _SAVE.format(columns=", ".join(name for name, _t in _SAVED), rows=rows)
+        statement = _SAVES[(dialect, n_rows)] = sa.text(text)
+    return statement
+
+
+_CLAIMS: dict[str, sa.Update] = {}
+
+
+def _claim_statement(dialect: str) -> sa.Update:
+    """The claim (see ``claim``), built once per dialect: bound are the keys, the owner, now
+    and the lease's expiry."""
+    statement = _CLAIMS.get(dialect)
+    if statement is not None:
+        return statement
+    now = sa.bindparam("now", type_=sa.BigInteger)
+    if dialect == "postgresql":
+        session_columns: list[Any] = [  # Any: columns of several types
+            getattr(s, name).label(f"s_{name}") for name in _SESSION_FIELDS
+        ]
+        joined: list[sa.ColumnElement[bool]] = [s.id == c.session_id]
+    else:
+        # SQLite's RETURNING may not name the tables of UPDATE … FROM: a subquery each
+        session_columns = [
+            sa.select(getattr(s, name))
+            .where(s.id == c.session_id)
+            .scalar_subquery()
+            .label(f"s_{name}")
+            for name in _SESSION_FIELDS
+        ]
+        joined = []
+    keys = sa.bindparam(
+        "keys",
+        expanding=True,
+        type_=sa.TupleType(sa.String(), sa.Integer(), sa.String(), sa.Integer()),
+    )
+    statement = _CLAIMS[dialect] = (
+        sa.update(telemetry_cache)
+        .where(
+            sa.tuple_(*_KEY_COLUMNS).in_(keys),
+            *joined,
+            sa.or_(c.lease_owner.is_(None), c.lease_expires_ms <= now),
+            sa.or_(c.next_attempt_ms.is_(None), c.next_attempt_ms <= now),
+        )
+        .values(
+            lease_owner=sa.bindparam("owner", type_=sa.String),
+            lease_expires_ms=sa.bindparam("expires", type_=sa.BigInteger),
+            updated_at_ms=now,
+        )
+        .returning(
+            *_KEY_COLUMNS,
+            c.status,
+            # not ``payload IS NOT NULL``: SQLite 3.40's RETURNING evaluates IS [NOT] NULL of
+            # a column wrongly (1 for a NULL payload); its length is NULL exactly then
+            sa.func.length(c.payload).label("payload_length"),
+            c.source_watermark,
+            c.computed_at_ms,
+            c.attempts,
+            c.partials,
+            c.history,
+            c.stale_since_ms,
+            *session_columns,
+        )
+    )
+    return statement
+
+
 @dataclass(frozen=True, slots=True)
 class ToSave:
     """One view's result to save under our lease, with what the claim returned for it."""
@@ -141,48 +265,16 @@ class SessionTelemetryCacheRepository:
         lease_ms: int,
     ) -> dict[KeyTuple, Claim]:
         expires = now_ms + lease_ms
-        if conn.dialect.name == "postgresql":
-            session_columns: list[Any] = [  # Any: columns of several types
-                getattr(s, name).label(f"s_{name}") for name in _SESSION_FIELDS
-            ]
-            joined: list[sa.ColumnElement[bool]] = [s.id == c.session_id]
-        else:
-            # SQLite's RETURNING may not name the tables of UPDATE … FROM: a subquery each
-            session_columns = [
-                sa.select(getattr(s, name))
-                .where(s.id == c.session_id)
-                .scalar_subquery()
-                .label(f"s_{name}")
-                for name in _SESSION_FIELDS
-            ]
-            joined = []
-        take = (
-            sa.update(telemetry_cache)
-            .where(
-                keys_clause(keys),
-                *joined,
-                sa.or_(c.lease_owner.is_(None), c.lease_expires_ms <= now_ms),
-                sa.or_(c.next_attempt_ms.is_(None), c.next_attempt_ms <= now_ms),
-            )
-            .values(lease_owner=owner, lease_expires_ms=expires, updated_at_ms=now_ms)
-            .returning(
-                *_KEY_COLUMNS,
-                c.status,
-                # not ``payload IS NOT NULL``: SQLite 3.40's RETURNING evaluates IS [NOT] NULL of
-                # a column wrongly (1 for a NULL payload); its length is NULL exactly then
-                sa.func.length(c.payload).label("payload_length"),
-                c.source_watermark,
-                c.computed_at_ms,
-                c.attempts,
-                c.partials,
-                c.history,
-                c.stale_since_ms,
-                *session_columns,
-            )
-        )
+        take = _claim_statement(conn.dialect.name)
+        params = {
+            "keys": [key_tuple(k) for k in keys],
+            "owner": owner,
+            "now": now_ms,
+            "expires": expires,
+        }
         found: dict[KeyTuple, Claim] = {}
         by_tuple = {key_tuple(k): k for k in keys}
-        for row in await conn.execute(take):
+        for row in await conn.execute(take, params):
             t = (row.session_id, row.window_minutes, row.resolution, row.compute_version)
             if row.s_status is None:
                 continue  # the session went with the row (a cascade in flight)
@@ -332,80 +424,29 @@ class SessionTelemetryCacheRepository:
         """
         if not results:
             return set()
-        v = (
-            sa.values(
-                sa.column("session_id", sa.String),
-                sa.column("window_minutes", sa.Integer),
-                sa.column("resolution", sa.String),
-                sa.column("compute_version", sa.Integer),
-                sa.column("status", sa.String),
-                sa.column("payload", sa.LargeBinary),
-                sa.column("source_watermark", sa.BigInteger),
-                sa.column("computed_at_ms", sa.BigInteger),
-                sa.column("compute_ms", sa.Integer),
-                sa.column("raw_sample_count", sa.BigInteger),
-                sa.column("partials", sa.LargeBinary),
-                sa.column("history", sa.LargeBinary),
-                name="saved",
+        params: dict[str, object] = {
+            "owner": owner,
+            "now": now_ms,
+            "read_started": read_started_ms,
+        }
+        # in primary-key order: batches that meet on rows tend to lock them in one order
+        for i, r in enumerate(sorted(results, key=lambda r: key_tuple(r.claim.key))):
+            computed = r.computed
+            values = (
+                *key_tuple(r.claim.key),
+                computed.state.value,
+                computed.blob,
+                computed.source_watermark,
+                computed.computed_at_ms,
+                r.compute_ms,
+                computed.raw_sample_count,
+                computed.partials,
+                computed.history,
             )
-            .data(
-                [
-                    (
-                        *key_tuple(r.claim.key),
-                        r.computed.state.value,
-                        r.computed.blob,
-                        r.computed.source_watermark,
-                        r.computed.computed_at_ms,
-                        r.compute_ms,
-                        r.computed.raw_sample_count,
-                        r.computed.partials,
-                        r.computed.history,
-                    )
-                    # in primary-key order: batches that meet on rows tend to lock them in one order
-                    for r in sorted(results, key=lambda r: key_tuple(r.claim.key))
-                ]
-            )
-            .cte("saved")
-        )
-        watermark_now = sa.func.coalesce(
-            sa.select(s.source_watermark).where(s.id == c.session_id).scalar_subquery(), 0
-        )
-        read_started = sa.literal(read_started_ms, sa.BigInteger)
-        rows = await conn.execute(
-            sa.update(telemetry_cache)
-            .where(
-                c.session_id == v.c.session_id,
-                c.window_minutes == v.c.window_minutes,
-                c.resolution == v.c.resolution,
-                c.compute_version == v.c.compute_version,
-                c.lease_owner == owner,
-            )
-            .values(
-                status=v.c.status,
-                payload=v.c.payload,
-                source_watermark=v.c.source_watermark,
-                computed_at_ms=v.c.computed_at_ms,
-                compute_ms=v.c.compute_ms,
-                raw_sample_count=v.c.raw_sample_count,
-                lease_owner=None,
-                lease_expires_ms=None,
-                attempts=0,
-                next_attempt_ms=None,
-                error_code=None,
-                stale_since_ms=sa.case(
-                    (watermark_now <= v.c.source_watermark, sa.null()),
-                    (
-                        sa.or_(c.stale_since_ms.is_(None), c.stale_since_ms <= read_started),
-                        read_started,
-                    ),
-                    else_=c.stale_since_ms,
-                ),
-                updated_at_ms=now_ms,
-                partials=v.c.partials,
-                history=v.c.history,
-            )
-            .returning(*_KEY_COLUMNS)
-        )
+            params |= {
+                f"{name}{i}": value for (name, _t), value in zip(_SAVED, values, strict=True)
+            }
+        rows = await conn.execute(_save_statement(conn.dialect.name, len(results)), params)
         saved = {tuple(row) for row in rows}
         return {r.claim.key for r in results if key_tuple(r.claim.key) in saved}
 
