@@ -159,18 +159,18 @@ def test_kept_payloads_answer_only_for_the_same_stored_payload_and_stay_within_t
     """A kept payload serves a row of the same resolution, watermark and compute time only; the
     oldest served go first once the bytes pass the bound."""
     kept = KeptPayloads(max_bytes=1000)
-    kept.put(("a", 60, None), _row(3), _packed(200))
+    kept.put(("a", 60, None), _row(3), _packed(200), user_id="u")
     assert kept.held(("a", 60, None)) == PayloadId("1m", 3, 1)
     assert kept.get(("a", 60, None), _row(3)) is not None
     assert kept.get(("a", 60, None), _row(4)) is None
     assert kept.get(("a", 60, None), _row(3, computed_at_ms=2)) is None
     assert kept.get(("a", 120, None), _row(3)) is None
-    kept.put(("b", 60, None), _row(1), _packed(200))
+    kept.put(("b", 60, None), _row(1), _packed(200), user_id="u")
     kept.get(("a", 60, None), _row(3))
-    kept.put(("c", 60, None), _row(1), _packed(200))
+    kept.put(("c", 60, None), _row(1), _packed(200), user_id="u")
     assert kept.held(("b", 60, None)) is None
     assert kept.held(("a", 60, None)) is not None and kept.held(("c", 60, None)) is not None
-    kept.put(("d", 60, None), _row(1), _packed(600))
+    kept.put(("d", 60, None), _row(1), _packed(600), user_id="u")
     assert kept.held(("d", 60, None)) is None
 
 
