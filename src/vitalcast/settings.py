@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     max_pending_computes: int = Field(
         50, ge=0, le=100_000, description="Computes waiting per process; beyond it they are shed."
     )
+    compute_batch_max_views: int = Field(
+        32,
+        ge=1,
+        le=256,
+        description="Views one batch of computes holds at most (one claim, one GROUP BY, one save).",
+    )
     lease_ms: int = Field(
         30_000, ge=1_000, le=600_000, description="Compute lease; renewed while computing."
     )

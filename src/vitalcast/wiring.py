@@ -66,6 +66,7 @@ from vitalcast.telemetry.read.forgetting import Forgetting
 from vitalcast.telemetry.read.reader import CacheReader, open_reader
 from vitalcast.telemetry.read.service import SessionTelemetryService
 from vitalcast.telemetry.read.subscribe import SubscribeSupport
+from vitalcast.telemetry.run.batcher import MAX_BATCHES_IN_FLIGHT
 from vitalcast.telemetry.run.computer import TelemetryComputer
 from vitalcast.telemetry.run.coordinator import BoundedComputeCoordinator
 from vitalcast.telemetry.run.insights_service import InsightsService
@@ -313,9 +314,11 @@ def _coordinator(
     subscriptions: Subscriptions | None = None,
 ) -> BoundedComputeCoordinator:
     return BoundedComputeCoordinator(
-        computer.compute,
+        computer.compute_batch,
         max_concurrency=settings.max_concurrent_computes,
         max_pending=settings.max_pending_computes,
+        max_batch=settings.compute_batch_max_views,
+        max_batches=MAX_BATCHES_IN_FLIGHT,
         metrics=metrics,
         retry_delay=computer.retry_delay_ms,
         subscriptions=subscriptions,

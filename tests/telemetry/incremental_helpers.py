@@ -4,16 +4,16 @@ of a session, compute paths from /metrics, and a counter of SQL statements over 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.telemetry.conftest import TelemetryClient
 from vitalcast.db.tables import session_changes, telemetry_cache
-from vitalcast.telemetry.compute.incremental import compute_view
+from vitalcast.telemetry.compute.incremental import ViewInput, compute_view, compute_views
 from vitalcast.telemetry.compute.memo import ViewMemo
 from vitalcast.telemetry.compute.results import ComputedTelemetry, StoredView
 from vitalcast.telemetry.keys import COMPUTE_VERSION, Resolution, TelemetryKey
@@ -115,3 +115,58 @@ class SampleQueries:
             yield self
         finally:
             sa.event.remove(engine.sync_engine, "before_cursor_execute", self._seen)
+
+
+async def recompute_batch(
+    tc: TelemetryClient, views: Sequence[tuple[TelemetryKey, int, StoredView | None]]
+) -> list[ComputedTelemetry]:
+    """``recompute`` of every view in one batch (``compute_views``: one change-log read, one
+    GROUP BY), not saved; a view that failed raises."""
+    async with tc.db.read() as conn:
+        inputs = []
+        for key, now_ms, stored in views:
+            session = await load_session(conn, key)
+            assert session is not None
+            inputs.append(ViewInput(session, key, now_ms, stored))
+        batch = await compute_views(conn, inputs)
+    results = []
+    for result in batch.results:
+        if isinstance(result, Exception):
+            raise result
+        results.append(result)
+    return results
+
+
+class Statements:
+    """The SQL statements every engine of this process runs while ``watching`` (the app's own
+    and, on SQLite, its unit threads' engines), sorted into what a compute batch runs."""
+
+    KINDS: ClassVar[dict[str, Callable[[str], bool]]] = {
+        "claim": lambda s: s.startswith("UPDATE telemetry_cache SET lease_owner"),
+        "save": lambda s: s.startswith("WITH saved"),
+        "group_by": lambda s: "health_samples" in s,
+        "log_read": lambda s: s.startswith("SELECT") and "FROM session_changes" in s,
+        "prune": lambda s: s.startswith("DELETE FROM session_changes"),
+        "cache_other": lambda s: "telemetry_cache" in s,
+    }
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def _seen(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        self.seen.append(statement.strip())
+
+    def count(self, kind: str) -> int:
+        matches = self.KINDS[kind]
+        earlier = list(self.KINDS)[: list(self.KINDS).index(kind)]
+        return sum(
+            1 for s in self.seen if matches(s) and not any(self.KINDS[k](s) for k in earlier)
+        )
+
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[Statements]:
+        sa.event.listen(sa.engine.Engine, "before_cursor_execute", self._seen)
+        try:
+            yield self
+        finally:
+            sa.event.remove(sa.engine.Engine, "before_cursor_execute", self._seen)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pytest
 from prometheus_client import generate_latest
@@ -29,6 +29,7 @@ class GatedRunner:
 
     def __init__(self) -> None:
         self.started: list[TelemetryKey] = []
+        self.batches: list[list[TelemetryKey]] = []
         self.running = 0
         self.peak = 0
         self._gates: dict[TelemetryKey, asyncio.Event] = {}
@@ -44,7 +45,15 @@ class GatedRunner:
     def gate(self, k: TelemetryKey) -> asyncio.Event:
         return self._gates.setdefault(k, asyncio.Event())
 
-    async def __call__(self, k: TelemetryKey, *, reason: ScheduleReason) -> ComputeOutcome:
+    async def __call__(
+        self, items: Sequence[tuple[TelemetryKey, ScheduleReason]]
+    ) -> dict[TelemetryKey, ComputeOutcome]:
+        """A batch: each of its keys runs as alone (the coordinator sees one outcome per key)."""
+        self.batches.append([k for k, _reason in items])
+        outcomes = await asyncio.gather(*(self.run(k) for k, _reason in items))
+        return {k: outcome for (k, _reason), outcome in zip(items, outcomes, strict=True)}
+
+    async def run(self, k: TelemetryKey) -> ComputeOutcome:
         self.started.append(k)
         self.running += 1
         self.peak = max(self.peak, self.running)
@@ -203,6 +212,8 @@ def test_bounds_are_validated():
         BoundedComputeCoordinator(GatedRunner(), max_concurrency=0, max_pending=1)
     with pytest.raises(ValueError):
         BoundedComputeCoordinator(GatedRunner(), max_concurrency=1, max_pending=-1)
+    with pytest.raises(ValueError):
+        BoundedComputeCoordinator(GatedRunner(), max_concurrency=1, max_pending=1, max_batch=0)
 
 
 async def test_background_triggers_beyond_the_bound_are_parked_not_lost():
@@ -262,3 +273,36 @@ async def test_one_users_flood_delays_another_users_view_by_one_compute_not_the_
     await asyncio.wait_for(coordinator.wait_idle(), 5)
     assert runner.started[:3] == [flood[0], flood[1], other]
     assert set(runner.started[3:]) == set(flood[2:5])
+
+
+async def test_what_waits_while_the_batches_run_leaves_as_one_fair_batch():
+    """One batch at a time and four slots: a lone compute starts at once; what is submitted
+    while it runs waits and then starts as one batch of as many as the free slots hold, shared
+    fairly between users (the light user's one compute is in it, not behind the heavy user's);
+    the rest follows as the next batch."""
+    runner = GatedRunner()
+    coordinator = BoundedComputeCoordinator(
+        runner, max_concurrency=4, max_pending=20, max_batches=1
+    )
+    first = user_key("heavy", 0)
+    await coordinator.submit(first, watermark=1, reason=MISS)
+    await runner.wait_for(lambda: runner.started == [first])
+    heavy = [user_key("heavy", n) for n in range(1, 6)]
+    for k in heavy:
+        await coordinator.submit(k, watermark=1, reason=MISS)
+    light = user_key("light", 0)
+    await coordinator.submit(light, watermark=1, reason=MISS)
+    assert runner.batches == [[first]] and coordinator.stats.pending == 6
+    runner.release(first)
+    await runner.wait_for(lambda: len(runner.batches) == 2)
+    second = runner.batches[1]
+    assert len(second) == 4 and light in second
+    assert second == [heavy[0], light, heavy[1], heavy[2]]
+    assert coordinator.stats.inflight == 4
+    for k in second:
+        runner.release(k)
+    await runner.wait_for(lambda: len(runner.batches) == 3)
+    assert runner.batches[2] == heavy[3:]
+    runner.release_all()
+    await coordinator.wait_idle()
+    assert coordinator.stats.completed == 7 and coordinator.stats.peak_inflight == 4

@@ -28,6 +28,7 @@ from tests.telemetry.incremental_helpers import (
     compute_paths,
     log_seqs,
     recompute,
+    recompute_batch,
 )
 from vitalcast.catalog import ALL_CODES
 from vitalcast.db.tables import session_changes, telemetry_cache
@@ -197,7 +198,9 @@ async def test_incremental_payloads_equal_full_recomputes_and_deltas_rebuild_the
 ):
     """After every insert, update, move, delete, late or early sample, clock advance and session
     end: each cached view equals a full recompute byte for byte, a live view recomputed later with
-    nothing new equals a full recompute then, and deltas applied in order rebuild each view."""
+    nothing new equals a full recompute then, the session's views recomputed in one batch equal
+    each one computed alone (payload, partials, history), and deltas applied in order rebuild
+    each view."""
     user_id, token = await users.create()
     headers = {"Authorization": f"Bearer {token}"}
     tc.clock.advance(24 * HOUR)
@@ -278,17 +281,22 @@ async def test_incremental_payloads_equal_full_recomputes_and_deltas_rebuild_the
             await client.look()
         await tc.settle()
         await _assert_cached_equals_full(tc, session_id, user_id)
-        for view in await cached_views(tc, session_id, user_id):
+        views = await cached_views(tc, session_id, user_id)
+        now = tc.clock.now_ms()
+        # every view again in one batch (one change-log read, one GROUP BY), as the computer
+        # batches them: byte for byte what each gives alone
+        batched = await recompute_batch(tc, [(view.key, now, view.stored) for view in views])
+        for view, together in zip(views, batched, strict=True):
             # a recompute now from the stored partials, with or without news (the live tick):
             # decoded from the row, and from what this process remembers of its last save
-            now = tc.clock.now_ms()
             later = await recompute(tc, view.key, now, view.stored, memo=None)
             remembered = view_memo.copy()
             warm = await recompute(tc, view.key, now, view.stored, memo=remembered)
             assert remembered.hits == 1, view.key  # the computer's last save, from memory
             full = await recompute(tc, view.key, now, None, memo=None)
-            assert later.blob == full.blob == warm.blob, view.key
-            assert later.partials == full.partials == warm.partials, view.key
+            assert later.blob == full.blob == warm.blob == together.blob, view.key
+            assert later.partials == full.partials == warm.partials == together.partials
+            assert later.history == warm.history == together.history, view.key
         for client in clients:
             await client.refresh()
     after = await compute_paths(tc)

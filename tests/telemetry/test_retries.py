@@ -8,7 +8,7 @@ happens within milliseconds; waits are on the runner's calls and the coordinator
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 
 from vitalcast.telemetry.keys import ComputeOutcome, Resolution, ScheduleReason, TelemetryKey
 from vitalcast.telemetry.run.coordinator import TRIGGER_RETRIES, BoundedComputeCoordinator
@@ -30,7 +30,13 @@ class ScriptedRunner:
         self.calls: list[ScheduleReason] = []
         self._changed = asyncio.Condition()
 
-    async def __call__(self, key: TelemetryKey, *, reason: ScheduleReason) -> ComputeOutcome:
+    async def __call__(
+        self, items: Sequence[tuple[TelemetryKey, ScheduleReason]]
+    ) -> dict[TelemetryKey, ComputeOutcome]:
+        """A batch: each key plays the next scripted outcome."""
+        return {key: await self.run(reason) for key, reason in items}
+
+    async def run(self, reason: ScheduleReason) -> ComputeOutcome:
         self.calls.append(reason)
         async with self._changed:
             self._changed.notify_all()

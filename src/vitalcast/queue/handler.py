@@ -1,5 +1,6 @@
-"""``ComputeJobHandler``: runs a telemetry job through ``TelemetryComputer.compute`` and
-turns the compute's outcome into the job's fate.
+"""``ComputeJobHandler``: runs a telemetry job through the worker's ``ComputeBatcher`` (the jobs
+a worker processes at once are computed together, ``TelemetryComputer.compute_batch``) and turns
+its key's outcome into the job's fate.
 
 | outcome | job |
 |---|---|
@@ -22,7 +23,9 @@ from vitalcast.queue.jobs import TelemetryJob
 from vitalcast.queue.worker import JobDeferred, JobFailed
 from vitalcast.telemetry.keys import ComputeOutcome
 from vitalcast.telemetry.read.answer import COMPUTE_FAILED
+from vitalcast.telemetry.run.batcher import ComputeBatcher
 from vitalcast.telemetry.run.computer import TelemetryComputer
+from vitalcast.telemetry.run.coordinator import MAX_BATCH
 
 #: how long a job waits when another holder's lease is live
 LEASE_BUSY_DEFER_MS = 1_000
@@ -43,13 +46,16 @@ _COMPLETED = frozenset(
 class ComputeJobHandler:
     """A ``JobHandler`` over the telemetry computer of a worker process."""
 
-    def __init__(self, computer: TelemetryComputer, clock: Clock) -> None:
+    def __init__(
+        self, computer: TelemetryComputer, clock: Clock, *, max_batch: int = MAX_BATCH
+    ) -> None:
         self._computer = computer
         self._clock = clock
+        self._batcher = ComputeBatcher(computer.compute_batch, max_batch=max_batch)
 
     async def __call__(self, job: TelemetryJob) -> str:
         try:
-            outcome = await self._computer.compute(job.key, reason=job.reason)
+            outcome = await self._batcher.compute(job.key, reason=job.reason)
         except asyncio.CancelledError:
             # The job is being released (worker shutdown): free the key for whoever runs it next
             # instead of making them wait for the lease to lapse.

@@ -34,7 +34,9 @@ async def run_worker(
     parts = build_worker(settings, seams)
     await parts.start()
     worker = TelemetryWorker(
-        settings, ComputeJobHandler(parts.computer, parts.clock), concurrency=concurrency
+        settings,
+        ComputeJobHandler(parts.computer, parts.clock, max_batch=settings.compute_batch_max_views),
+        concurrency=concurrency,
     )
     erasures = ErasureWorker(settings, parts.erasure)
     webhooks = WebhookJobWorker(

@@ -1,4 +1,5 @@
-"""``compute_view``: the compute of one view, incremental whenever the change log proves it may be.
+"""``compute_views``: the compute of a batch of views, each incremental whenever the change log
+proves it may be (``compute_view`` is a batch of one).
 
 The view's row keeps the GROUP BY rows of its last compute (``partials``), per metric. Going
 from its watermark ``a`` to the session's ``b``:
@@ -15,6 +16,11 @@ from its watermark ``a`` to the session's ``b``:
    payload is byte-identical to a full compute's. With no dirty bucket (a live tick with
    nothing new) no SQL touches the samples at all.
 3. Otherwise the compute is full, and says why (``ComputePath``).
+
+A batch reads the change logs of all its views in one statement and runs one GROUP BY over the
+ranges of all of them (``aggregate.aggregate_many``); a view's rows are the ones it would get
+alone, so a batch is byte for byte its views computed one by one. Then each view is merged and
+assembled on its own, and a view whose assembly raises fails alone.
 
 Either way the save is recorded in the view's history (``history``): which buckets and parts it
 changed, from the old and new rows and the digests of the old and new parts. What a process

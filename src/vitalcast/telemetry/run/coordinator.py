@@ -22,6 +22,13 @@ queue is full a user with fewer waiting computes than the heaviest one takes the
 newest place (that compute is shed, or parked when a trigger asked for it). One user asking for
 a hundred uncached views at once therefore delays another user's view by about one compute,
 not by the hundred (it slowed every other user's fresh views 8×).
+
+Computes run in batches (``TelemetryComputer.compute_batch``: one claim, one read, one save for
+all of them). At most ``max_batches`` batches run at once; when one ends, the waiting computes
+that fit in the free slots (at most ``max_batch``, in the fair order above) start together as
+the next batch, and each of its views holds one slot until the batch ends. The bound therefore
+still counts views in flight, a lone compute on an idle process starts at once, and a burst
+gathers in the queue while the batches in flight run and leaves as one batch.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter, OrderedDict, deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -61,10 +69,16 @@ FALLBACK_RETRY_MS = 1_000
 MAX_FALLBACK_RETRY_MS = MINUTE_MS
 
 
-class ComputeRunner(Protocol):
-    """What the coordinator runs: ``TelemetryComputer.compute``."""
+#: views one batch holds at most (``TelemetryComputer.compute_batch``)
+MAX_BATCH = 32
 
-    async def __call__(self, key: TelemetryKey, *, reason: ScheduleReason) -> ComputeOutcome: ...
+
+class ComputeRunner(Protocol):
+    """What the coordinator runs: ``TelemetryComputer.compute_batch``, the outcome per key."""
+
+    async def __call__(
+        self, items: Sequence[tuple[TelemetryKey, ScheduleReason]]
+    ) -> Mapping[TelemetryKey, ComputeOutcome]: ...
 
 
 class RetryDelay(Protocol):
@@ -134,11 +148,18 @@ class BoundedComputeCoordinator:
         retry_delay: RetryDelay | None = None,
         subscriptions: Subscriptions | None = None,
         recent_read_s: float = RECENT_READ_S,
+        max_batch: int = MAX_BATCH,
+        max_batches: int | None = None,
     ) -> None:
-        if max_concurrency < 1 or max_pending < 0:
-            raise ValueError("max_concurrency must be ≥ 1 and max_pending ≥ 0")
+        if max_concurrency < 1 or max_pending < 0 or max_batch < 1 or (max_batches or 1) < 1:
+            raise ValueError(
+                "max_concurrency, max_batch and max_batches must be ≥ 1 and max_pending ≥ 0"
+            )
         self._run = run
         self.max_concurrency = max_concurrency
+        self.max_batch = max_batch
+        #: batches running at once (None: as many as there are slots, one view each at worst)
+        self.max_batches = max_batches or max_concurrency
         self.max_pending = max_pending
         self._metrics = metrics
         self._pending: OrderedDict[TelemetryKey, _Entry] = OrderedDict()
@@ -180,7 +201,7 @@ class BoundedComputeCoordinator:
             task.cancel()
         await asyncio.gather(*retrying, return_exceptions=True)
         self._retrying.clear()
-        running = list(self._running.values())
+        running = list(set(self._running.values()))
         if running:
             _done, late = await asyncio.wait(running, timeout=timeout_s)
             for task in late:
@@ -207,7 +228,7 @@ class BoundedComputeCoordinator:
             self._deduped += 1
             waiting.absorb(entry)
             return True
-        slot_free = len(self._running) < self.max_concurrency and key not in self._running
+        slot_free = self._can_start() and key not in self._running
         if len(self._pending) >= self.max_pending and not slot_free:
             if self._make_room_for(key.user_id):
                 return self._admit(entry, parkable=parkable)
@@ -377,12 +398,14 @@ class BoundedComputeCoordinator:
         """Bring the Prometheus gauges up to date (called by /metrics)."""
         self._update_gauges()
 
-    def _next_pending(self) -> _Entry | None:
-        """The waiting compute to start: of the user with the fewest running, first come."""
+    def _next_pending(self, picked: Mapping[TelemetryKey, _Entry]) -> _Entry | None:
+        """The waiting compute to start next: of the user with the fewest running (those
+        ``picked`` for the batch being formed count as running), first come."""
         running = Counter(k.user_id for k in self._running)
+        running.update(k.user_id for k in picked)
         best: _Entry | None = None
         for k, e in self._pending.items():
-            if k in self._running:
+            if k in self._running or k in picked:
                 continue
             if best is None or running[k.user_id] < running[best.key.user_id]:
                 best = e
@@ -390,70 +413,101 @@ class BoundedComputeCoordinator:
                     break
         return best
 
+    def _can_start(self) -> bool:
+        """A batch may start now: a slot is free and fewer than ``max_batches`` run."""
+        return (
+            len(self._running) < self.max_concurrency
+            and len(set(self._running.values())) < self.max_batches
+        )
+
     def _drain(self) -> None:
-        while len(self._running) < self.max_concurrency:
-            entry = self._next_pending()
-            if entry is not None:
-                del self._pending[entry.key]
-            else:
-                entry = next((e for k, e in self._deferred.items() if k not in self._running), None)
-                if entry is None:
-                    break
-                del self._deferred[entry.key]
-            self._running[entry.key] = asyncio.create_task(
-                self._execute(entry), name=f"telemetry-compute-{entry.key.dedupe_id}"
-            )
-            self._peak = max(self._peak, len(self._running))
+        free = self.max_concurrency - len(self._running)
+        if self._can_start():
+            batch: dict[TelemetryKey, _Entry] = {}
+            while len(batch) < min(free, self.max_batch):
+                entry = self._next_pending(batch)
+                if entry is not None:
+                    del self._pending[entry.key]
+                else:
+                    entry = next(
+                        (
+                            e
+                            for k, e in self._deferred.items()
+                            if k not in self._running and k not in batch
+                        ),
+                        None,
+                    )
+                    if entry is None:
+                        break
+                    del self._deferred[entry.key]
+                batch[entry.key] = entry
+            if batch:
+                first = next(iter(batch))
+                task = asyncio.create_task(
+                    self._execute(list(batch.values())),
+                    name=f"telemetry-compute-{first.dedupe_id}+{len(batch) - 1}",
+                )
+                for k in batch:
+                    self._running[k] = task
+                self._peak = max(self._peak, len(self._running))
         self._refill()
         self._update_gauges()
         if not self._running and not self._pending and not self._deferred:
             self._idle.set()
 
-    async def _execute(self, entry: _Entry) -> None:
+    async def _execute(self, entries: list[_Entry]) -> None:
         started = time.perf_counter()
         try:
-            outcome = await self._run(entry.key, reason=entry.reason)
+            outcomes = await self._run([(e.key, e.reason) for e in entries])
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self._failed += 1
-            self._outcomes[ComputeOutcome.FAILED.value] += 1
-            log.error(
-                "telemetry_compute_crashed",
-                session_id=entry.key.session_id,
-                error_type=type(exc).__name__,
-            )
-            self._plan_retry(entry)
-        else:
-            self._outcomes[outcome.value] += 1
-            finished = time.perf_counter()
-            if outcome is ComputeOutcome.COMPUTED:
-                self._completed += 1
-                self._latencies.append((finished - entry.enqueued_at) * 1000)
-            elif outcome is ComputeOutcome.FAILED:
+            for entry in entries:
                 self._failed += 1
-            if outcome in RETRY_OUTCOMES:
+                self._outcomes[ComputeOutcome.FAILED.value] += 1
+                log.error(
+                    "telemetry_compute_crashed",
+                    session_id=entry.key.session_id,
+                    error_type=type(exc).__name__,
+                )
                 self._plan_retry(entry)
-            # Routine, one per compute: at debug, so a terminal stays readable at the default
-            # level (failures and retries are logged where they happen).
-            log.debug(
-                "telemetry_compute_finished",
-                session_id=entry.key.session_id,
-                window_minutes=entry.key.window_minutes,
-                resolution=entry.key.resolution.value,
-                reason=entry.reason.value,
-                outcome=outcome.value,
-                queue_ms=round((started - entry.enqueued_at) * 1000, 2),
-                total_ms=round((finished - entry.enqueued_at) * 1000, 2),
-            )
+        else:
+            finished = time.perf_counter()
+            for entry in entries:
+                self._account(entry, outcomes[entry.key], started, finished)
         finally:
-            self._running.pop(entry.key, None)
+            for entry in entries:
+                self._running.pop(entry.key, None)
             if not self._closed:
                 self._drain()
             else:
                 self._update_gauges()
                 if not self._running:
                     self._idle.set()
+
+    def _account(
+        self, entry: _Entry, outcome: ComputeOutcome, started: float, finished: float
+    ) -> None:
+        self._outcomes[outcome.value] += 1
+        if outcome is ComputeOutcome.COMPUTED:
+            self._completed += 1
+            self._latencies.append((finished - entry.enqueued_at) * 1000)
+        elif outcome is ComputeOutcome.FAILED:
+            self._failed += 1
+        if outcome in RETRY_OUTCOMES:
+            self._plan_retry(entry)
+        # Routine, one per compute: at debug, so a terminal stays readable at the default
+        # level (failures and retries are logged where they happen).
+        log.debug(
+            "telemetry_compute_finished",
+            session_id=entry.key.session_id,
+            window_minutes=entry.key.window_minutes,
+            resolution=entry.key.resolution.value,
+            reason=entry.reason.value,
+            outcome=outcome.value,
+            queue_ms=round((started - entry.enqueued_at) * 1000, 2),
+            total_ms=round((finished - entry.enqueued_at) * 1000, 2),
+        )
 
     def _update_gauges(self) -> None:
         if self._metrics is not None:

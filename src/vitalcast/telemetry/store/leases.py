@@ -361,7 +361,8 @@ class SessionTelemetryCacheRepository:
                         r.computed.partials,
                         r.computed.history,
                     )
-                    for r in results
+                    # in primary-key order: batches that meet on rows tend to lock them in one order
+                    for r in sorted(results, key=lambda r: key_tuple(r.claim.key))
                 ]
             )
             .cte("saved")
