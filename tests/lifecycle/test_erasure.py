@@ -73,7 +73,7 @@ async def test_an_erasure_forgets_what_the_process_keeps_of_the_user(
     user's entries stay as they were."""
     tokens = dict([await users.create(), await users.create()])
     victim_id, other_id = tokens
-    for uid, token in tokens.items():
+    for token in tokens.values():
         auth = {"Authorization": f"Bearer {token}"}
         sid = await tc.start_session(auth, T0_MS - 30 * MINUTE)
         await tc.post_samples(
