@@ -93,6 +93,9 @@ class Principal:
         """True when ``revocation`` ends this principal."""
         if revocation.kind is RevocationKind.SHARE:
             return self.share_id == revocation.id
+        if revocation.kind is RevocationKind.SESSION:
+            # the session's shares are gone with it; its room was closed on every node already
+            return False
         return self.user_id == revocation.id and self.issued_at_ms < revocation.at_ms
 
 
@@ -213,6 +216,13 @@ class Authenticator:
             Revocation(RevocationKind.SHARE, share_id, self._clock.now_ms())
         )
 
+    async def revoke_session(self, session_id: str) -> None:
+        """A session was deleted: every server drops its shares' cached principals and whatever
+        else it keeps of the session (``telemetry.read.forgetting``)."""
+        await self.revocations.publish(
+            Revocation(RevocationKind.SESSION, session_id, self._clock.now_ms())
+        )
+
     async def start(self) -> None:
         await self.revocations.start()
         if self.oidc is not None:
@@ -229,6 +239,12 @@ class Authenticator:
         self._generation += 1
         if revocation.kind is RevocationKind.SHARE:
             dropped = [k for k, v in self._cache.items() if v.principal.share_id == revocation.id]
+        elif revocation.kind is RevocationKind.SESSION:
+            dropped = [
+                k
+                for k, v in self._cache.items()
+                if v.principal.is_share and v.principal.session_id == revocation.id
+            ]
         else:
             dropped = [k for k, v in self._cache.items() if v.principal.user_id == revocation.id]
         for key in dropped:

@@ -1,7 +1,8 @@
 """Revocations reach every server: the two calls of the authentication seam travel here.
 
-A revocation names a user (``vitalcast token revoke``, erasure) or a share (``DELETE
-/api/v1/shares/{id}``) and the moment it took effect. ``RevocationBus.publish`` hands it to this
+A revocation names a user (``vitalcast token revoke``, erasure), a share (``DELETE
+/api/v1/shares/{id}``) or a deleted session (``DELETE /api/v1/sessions/{id}``: its shares end, and
+every process drops what it keeps of it) and the moment it took effect. ``RevocationBus.publish`` hands it to this
 process's handlers at once (the authenticator drops cached principals, the Socket.IO server closes
 sockets), then, when Redis is configured, publishes it on a channel every other server listens to.
 A process that is no server (the CLI) publishes with ``publish_once``.
@@ -43,12 +44,14 @@ class RevocationKind(StrEnum):
     USER = "user"
     #: one share, for good
     SHARE = "share"
+    #: a deleted session: its shares' cached principals and what processes keep of its views
+    SESSION = "session"
 
 
 @dataclass(frozen=True, slots=True)
 class Revocation:
     kind: RevocationKind
-    #: the user id or share id
+    #: the user id, share id or session id
     id: str
     #: when it took effect; credentials issued at or after it are not affected
     at_ms: int

@@ -55,12 +55,14 @@ from vitalcast.revocations import (
     publish_once,
 )
 from vitalcast.sessions.changes import NO_LISTENER, ChangeFanout, ChangeListener
+from vitalcast.sessions.models import Session
 from vitalcast.sessions.service import SessionService
 from vitalcast.settings import Settings
 from vitalcast.shares import ShareAccessLog
 from vitalcast.telemetry.compute.incremental import Aggregator, compute_views
 from vitalcast.telemetry.compute.memo import ViewMemo
 from vitalcast.telemetry.ports import PostSaveHooks, Subscriptions, TelemetryListener
+from vitalcast.telemetry.read.forgetting import Forgetting
 from vitalcast.telemetry.read.reader import CacheReader, open_reader
 from vitalcast.telemetry.read.service import SessionTelemetryService
 from vitalcast.telemetry.read.subscribe import SubscribeSupport
@@ -213,11 +215,15 @@ class WorkerParts:
     webhook_jobs: WebhookQueue
     #: creates the months of health_samples ahead (PostgreSQL; a no-op elsewhere)
     partition_keeper: PartitionKeeper
+    #: the servers' revocations, heard so that the compute memo forgets deleted and erased data
+    revocations: RevocationBus
 
     async def start(self) -> None:
         await self.partition_keeper.start()
+        await self.revocations.start()
 
     async def close(self) -> None:
+        await self.revocations.close()
         await self.partition_keeper.stop()
         await self.webhook_jobs.close()
         await self.broadcaster.close()
@@ -271,6 +277,10 @@ def _database(settings: Settings) -> Database:
     )
 
 
+def _memo(seams: Seams) -> ViewMemo:
+    return seams.view_memo if seams.view_memo is not None else ViewMemo()
+
+
 def _computer(
     settings: Settings,
     db: Database,
@@ -281,9 +291,10 @@ def _computer(
     *,
     lease_ms: int,
     hooks: PostSaveHooks | None = None,
+    memo: ViewMemo | None = None,
 ) -> TelemetryComputer:
     """The process's one computer, with the one memo of its saves and the cache repository."""
-    memo = seams.view_memo if seams.view_memo is not None else ViewMemo()
+    memo = memo if memo is not None else _memo(seams)
     return TelemetryComputer(
         db,
         clock,
@@ -323,8 +334,17 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
     broadcaster = WebSocketBroadcaster.for_server(sio, manager, metrics=metrics)
     subscriptions = SubscriptionRegistry()
     hooks = PostSaveHooks()
+    memo = _memo(seams)
     computer = _computer(
-        settings, db, clock, metrics, broadcaster, seams, lease_ms=settings.lease_ms, hooks=hooks
+        settings,
+        db,
+        clock,
+        metrics,
+        broadcaster,
+        seams,
+        lease_ms=settings.lease_ms,
+        hooks=hooks,
+        memo=memo,
     )
     coordinator = _coordinator(settings, computer, metrics, subscriptions)
     queue = (
@@ -353,6 +373,15 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
     reader = open_reader(settings.resolved_database_url)
     if seams.cache_reader_wrapper is not None:
         reader = seams.cache_reader_wrapper(reader)
+    telemetry = SessionTelemetryService(
+        db,
+        clock,
+        metrics,
+        scheduler,
+        reader,
+        default_window_minutes=settings.default_window_minutes,
+    )
+    authenticator.revocations.subscribe(Forgetting([telemetry, memo]))
     return ServerParts(
         settings=settings,
         db=db,
@@ -366,20 +395,15 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
         computer=computer,
         coordinator=coordinator,
         queue=queue,
-        telemetry=SessionTelemetryService(
-            db,
-            clock,
-            metrics,
-            scheduler,
-            reader,
-            default_window_minutes=settings.default_window_minutes,
-        ),
+        telemetry=telemetry,
         insights=InsightsService(
             db, clock, scheduler, default_window_minutes=settings.default_window_minutes
         ),
         triggers=triggers,
         ticker=LiveTicker(db, clock, subscriptions, scheduler, metrics),
-        sessions=SessionService(db, clock, changes, deletions=broadcaster),
+        sessions=SessionService(
+            db, clock, changes, deletions=_SessionDeletions(broadcaster, authenticator)
+        ),
         ingest=IngestService(db, clock, metrics, changes),
         limiter=RateLimiter.from_settings(settings),
         sample_deletion=SampleDeletionService(db, clock, changes),
@@ -406,6 +430,20 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
             db, clock, reader, default_window_minutes=settings.default_window_minutes
         ),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _SessionDeletions:
+    """A deleted session's subscribers are told and its room closed on every node, then the
+    session is revoked on every server: its shares' cached principals and what each process
+    keeps of its views go at once (``Forgetting``)."""
+
+    broadcaster: WebSocketBroadcaster
+    authenticator: Authenticator
+
+    async def session_deleted(self, session: Session) -> None:
+        await self.broadcaster.session_deleted(session)
+        await self.authenticator.revoke_session(session.id)
 
 
 def _publisher(settings: Settings, clock: Clock) -> Revoke:
@@ -516,8 +554,9 @@ def build_worker(settings: Settings, seams: Seams = NO_SEAMS) -> WorkerParts:
     # redelivered within seconds and the key must be free by then, not after the server's lease.
     lease_ms = min(settings.lease_ms, settings.worker_lease_ms)
     hooks = PostSaveHooks()
+    memo = _memo(seams)
     computer = _computer(
-        settings, db, clock, metrics, broadcaster, seams, lease_ms=lease_ms, hooks=hooks
+        settings, db, clock, metrics, broadcaster, seams, lease_ms=lease_ms, hooks=hooks, memo=memo
     )
     webhook_jobs = WebhookQueue(settings)
     dispatcher = _dispatcher(
@@ -527,6 +566,9 @@ def build_worker(settings: Settings, seams: Seams = NO_SEAMS) -> WorkerParts:
         AlertService(db, clock, metrics, broadcaster, deliveries_committed=dispatcher.committed)
     )
     erasure = _erasure(settings, db, clock, None)
+    # The worker is no server: it only listens, so that its compute memo forgets as they do.
+    revocations = RevocationBus(settings.redis_url, channel=channel_of(settings.socketio_channel))
+    revocations.subscribe(Forgetting([memo]))
     return WorkerParts(
         settings,
         db,
@@ -538,6 +580,7 @@ def build_worker(settings: Settings, seams: Seams = NO_SEAMS) -> WorkerParts:
         dispatcher,
         webhook_jobs,
         PartitionKeeper(db.partitions, clock.now_ms),
+        revocations,
     )
 
 

@@ -11,11 +11,14 @@ from tests.realtime.conftest import ClientFactory, LiveServer
 from tests.realtime.test_socket_server import broadcast_updated, create_session
 from tests.telemetry.conftest import MINUTE, T0_MS, TelemetryClient, hr
 from vitalcast.db.tables import health_samples, session_changes, sessions, telemetry_cache
+from vitalcast.telemetry.compute.memo import ViewMemo
 
 
 async def test_delete_removes_session_views_and_change_log_but_keeps_samples(
-    tc: TelemetryClient, users: Any
+    tc: TelemetryClient, users: Any, view_memo: ViewMemo
 ) -> None:
+    """… and the process forgets what it kept of the session in memory (the hot read's kept
+    payloads and built deltas, the compute's memo) at once, keeping the other session's."""
     _uid, token = await users.create()
     auth = {"Authorization": f"Bearer {token}"}
     session_id = await tc.start_session(auth, T0_MS - 30 * MINUTE)
@@ -26,17 +29,30 @@ async def test_delete_removes_session_views_and_change_log_but_keeps_samples(
     await tc.settle()
     await tc.end_session(auth, session_id, T0_MS - 5 * MINUTE)
     await tc.settle()
+    base = (await tc.get(auth, session_id)).json()["telemetry"]["source_watermark"]
     # A late sample after the full compute of the end: an incremental compute keeps its entry.
     await tc.post_samples(auth, [hr("late", T0_MS - 10 * MINUTE, 99)])
     await tc.settle()
     assert await count(tc.db, telemetry_cache, telemetry_cache.c.session_id == session_id) >= 1
     assert await count(tc.db, session_changes, session_changes.c.session_id == session_id) >= 1
     kept_views = await count(tc.db, telemetry_cache, telemetry_cache.c.session_id == kept_id)
+    assert (await tc.get(auth, session_id)).status_code == 200
+    # a client that held the save before the late sample asks for a delta: built, then kept
+    assert "delta" in (await tc.get(auth, session_id, since_watermark=base)).json()
+    assert (await tc.get(auth, kept_id)).status_code == 200
+    telemetry = tc.parts.telemetry
+    assert telemetry.entries_of(session_id=session_id) >= 1
+    assert view_memo.entries_of(session_id=session_id) >= 1
+    kept_entries = telemetry.entries_of(session_id=kept_id)
+    assert kept_entries >= 1 and view_memo.entries_of(session_id=kept_id) >= 1
 
     deleted = await tc.http.delete(f"/api/v1/sessions/{session_id}", headers=auth)
 
     assert deleted.status_code == 204 and deleted.content == b""
     assert await count(tc.db, sessions, sessions.c.id == session_id) == 0
+    assert telemetry.entries_of(session_id=session_id) == 0
+    assert view_memo.entries_of(session_id=session_id) == 0
+    assert telemetry.entries_of(session_id=kept_id) == kept_entries
     assert await count(tc.db, telemetry_cache, telemetry_cache.c.session_id == session_id) == 0
     assert await count(tc.db, session_changes, session_changes.c.session_id == session_id) == 0
     assert await count(tc.db, health_samples) == 21

@@ -21,15 +21,16 @@ from tests.lifecycle.traces import (
     rows_holding,
     rows_without,
 )
-from tests.realtime.conftest import serve_in_thread
-from tests.telemetry.conftest import MINUTE, iso
+from tests.realtime.conftest import LiveServer, serve_in_thread
+from tests.telemetry.conftest import MINUTE, T0_MS, TelemetryClient, iso
 from vitalcast.db.engine import Database, create_engine
 from vitalcast.lifecycle.erasure_queue import ErasureWorker
 from vitalcast.settings import Settings
+from vitalcast.telemetry.compute.memo import ViewMemo
 from vitalcast.telemetry.keys import Resolution, ScheduleReason, TelemetryKey
 from vitalcast.testing import hr_sample as hr
 from vitalcast.testing import user_with_token
-from vitalcast.wiring import build_worker
+from vitalcast.wiring import Seams, build_worker
 
 HOUR = 60 * MINUTE
 
@@ -64,6 +65,48 @@ async def _populate(base: str, token: str, now: int, tag: str) -> list[str]:
     return ids
 
 
+async def test_an_erasure_forgets_what_the_process_keeps_of_the_user(
+    tc: TelemetryClient, users: Any, view_memo: ViewMemo
+) -> None:
+    """Embedded: from the 202 on, the process keeps nothing of the erased user in memory (the
+    hot read's kept payloads, the compute's memo), nor once the purge has finished; another
+    user's entries stay as they were."""
+    tokens = dict([await users.create(), await users.create()])
+    victim_id, other_id = tokens
+    for token in tokens.values():
+        auth = {"Authorization": f"Bearer {token}"}
+        sid = await tc.start_session(auth, T0_MS - 30 * MINUTE)
+        await tc.post_samples(
+            auth, [hr(f"r{i}", T0_MS - (25 - i) * MINUTE, 60 + i) for i in range(20)]
+        )
+        assert (await tc.get(auth, sid)).status_code in (200, 202)
+        await tc.settle()
+        assert (await tc.get(auth, sid)).status_code == 200
+    telemetry = tc.parts.telemetry
+    for uid in tokens:
+        assert telemetry.entries_of(user_id=uid) >= 1 and view_memo.entries_of(user_id=uid) >= 1
+    others = (telemetry.entries_of(user_id=other_id), view_memo.entries_of(user_id=other_id))
+
+    erased = await tc.http.delete(
+        "/api/v1/me", headers={"Authorization": f"Bearer {tokens[victim_id]}"}
+    )
+
+    assert erased.status_code == 202
+    assert (telemetry.entries_of(user_id=victim_id), view_memo.entries_of(user_id=victim_id)) == (
+        0,
+        0,
+    )
+
+    async def purged() -> bool:
+        return not await tc.parts.erasure.pending()
+
+    await _wait_for(purged)
+    assert telemetry.entries_of(user_id=victim_id) == view_memo.entries_of(user_id=victim_id) == 0
+    assert (telemetry.entries_of(user_id=other_id), view_memo.entries_of(user_id=other_id)) == (
+        others
+    )
+
+
 @pytest.mark.slow
 async def test_erasure_leaves_no_trace_in_any_table_or_redis_key(
     database_url: str, tmp_path: Path, redis_url: str, unique_prefix: str
@@ -73,7 +116,9 @@ async def test_erasure_leaves_no_trace_in_any_table_or_redis_key(
     ingest replay, rate-limit keys, queued jobs and an open subscribed socket; another user
     has the same. After DELETE /me: the socket is closed, every token use is 401, and once
     the worker has purged, no row of any table and no key holds the victim's id or name,
-    while the other user's rows are exactly what they were."""
+    while the other user's rows are exactly what they were. What the processes keep in memory
+    goes too, the worker's over Redis: a deleted session's entries at once, the victim's from
+    the 202 on (the server's kept payloads, the worker's compute memo); the other user's stay."""
     settings = Settings(
         data_dir=tmp_path / "data",
         database_url=database_url,
@@ -89,7 +134,9 @@ async def test_erasure_leaves_no_trace_in_any_table_or_redis_key(
     victim_id, victim = await user_with_token(database_url, TEST_SECRET, "victim-name-7f3a")
     other_id, other = await user_with_token(database_url, TEST_SECRET, "other-name-19cd")
     db = Database(create_engine(database_url))
-    worker = build_worker(settings)
+    memo = ViewMemo()
+    worker = build_worker(settings, Seams(view_memo=memo))
+    await worker.start()
     erasures = ErasureWorker(settings, worker.erasure)
     try:
         with serve_in_thread(settings) as live:
@@ -111,13 +158,32 @@ async def test_erasure_leaves_no_trace_in_any_table_or_redis_key(
                         "/api/v1/samples", json=late, headers={"Authorization": f"Bearer {token}"}
                     )
                     assert response.status_code == 200
+                    for sid in sids:
+                        served = await http.get(
+                            f"/api/v1/sessions/{sid}/telemetry",
+                            headers={"Authorization": f"Bearer {token}"},
+                        )
+                        assert served.status_code == 200
+            for uid in (victim_id, other_id):
+                assert await _kept(live, user_id=uid) >= 1 and memo.entries_of(user_id=uid) >= 1
+            others_kept = (await _kept(live, user_id=other_id), memo.entries_of(user_id=other_id))
+            # A deleted session is forgotten by the server at once and by the worker over Redis.
+            gone_id = victim_sessions.pop(0)
+            async with httpx.AsyncClient(base_url=live.url) as http:
+                deleted = await http.delete(
+                    f"/api/v1/sessions/{gone_id}", headers={"Authorization": f"Bearer {victim}"}
+                )
+            assert deleted.status_code == 204
+            assert await _kept(live, session_id=gone_id) == 0
+            await _wait_for(lambda: _none(memo.entries_of(session_id=gone_id)))
+            assert memo.entries_of(session_id=victim_sessions[0]) >= 1
             socket = socketio.AsyncClient(reconnection=False)
             closed = asyncio.Event()
             socket.on("disconnect", lambda *_: closed.set())
             await socket.connect(
                 live.url, auth={"token": victim}, transports=["websocket"], wait_timeout=10
             )
-            assert (await socket.call("subscribe", {"session_id": victim_sessions[1]}))["ok"]
+            assert (await socket.call("subscribe", {"session_id": victim_sessions[0]}))["ok"]
 
             before = await all_rows(db)
             markers = [victim_id, "victim-name-7f3a"]
@@ -146,6 +212,8 @@ async def test_erasure_leaves_no_trace_in_any_table_or_redis_key(
                     refused = await http.request(method, path, headers=auth, json={})
                     assert refused.status_code == 401, (path, refused.text)
                     assert refused.json()["code"] == "TOKEN_INVALID"
+            assert await _kept(live, user_id=victim_id) == 0
+            await _wait_for(lambda: _none(memo.entries_of(user_id=victim_id)))
             await asyncio.wait_for(closed.wait(), 10)
             socket_closed_s = time.monotonic() - asked_at
             again = socketio.AsyncClient(reconnection=False)
@@ -171,12 +239,30 @@ async def test_erasure_leaves_no_trace_in_any_table_or_redis_key(
                     "/api/v1/sessions", headers={"Authorization": f"Bearer {other}"}
                 )
             assert {s["id"] for s in mine.json()["items"]} == set(other_sessions)
+            assert await _kept(live, user_id=victim_id) == memo.entries_of(user_id=victim_id) == 0
+            assert (await _kept(live, user_id=other_id), memo.entries_of(user_id=other_id)) == (
+                others_kept
+            )
             print(f"socket closed {socket_closed_s:.3f} s after the 202")
     finally:
         await erasures.stop()
         await worker.close()
         await db.dispose()
         await _delete_keys(redis_url, prefixes)
+
+
+async def _kept(live: LiveServer, **whose: str) -> int:
+    """Kept payloads and built deltas the live server holds of a user or a session (read on
+    the server's own loop)."""
+
+    async def entries() -> int:
+        return int(live.app.state.parts.telemetry.entries_of(**whose))
+
+    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(entries(), live.loop))
+
+
+async def _none(entries: int) -> bool:
+    return entries == 0
 
 
 async def _no_keys(url: str, prefixes: list[str], markers: list[str]) -> bool:

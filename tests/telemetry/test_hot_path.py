@@ -21,6 +21,8 @@ from vitalcast.auth import issue_token
 from vitalcast.clock import ManualClock, now_ms
 from vitalcast.settings import Settings
 from vitalcast.telemetry.compute.payload import PackedPayload
+from vitalcast.telemetry.keys import Resolution, TelemetryKey
+from vitalcast.telemetry.read.delta_cache import DeltaCache
 from vitalcast.telemetry.read.kept import KeptPayloads, PayloadId
 from vitalcast.telemetry.read.reader import CacheReader
 from vitalcast.telemetry.store.rows import HotRow
@@ -159,19 +161,38 @@ def test_kept_payloads_answer_only_for_the_same_stored_payload_and_stay_within_t
     """A kept payload serves a row of the same resolution, watermark and compute time only; the
     oldest served go first once the bytes pass the bound."""
     kept = KeptPayloads(max_bytes=1000)
-    kept.put(("a", 60, None), _row(3), _packed(200))
+    kept.put(("a", 60, None), _row(3), _packed(200), user_id="u")
     assert kept.held(("a", 60, None)) == PayloadId("1m", 3, 1)
     assert kept.get(("a", 60, None), _row(3)) is not None
     assert kept.get(("a", 60, None), _row(4)) is None
     assert kept.get(("a", 60, None), _row(3, computed_at_ms=2)) is None
     assert kept.get(("a", 120, None), _row(3)) is None
-    kept.put(("b", 60, None), _row(1), _packed(200))
+    kept.put(("b", 60, None), _row(1), _packed(200), user_id="u")
     kept.get(("a", 60, None), _row(3))
-    kept.put(("c", 60, None), _row(1), _packed(200))
+    kept.put(("c", 60, None), _row(1), _packed(200), user_id="u")
     assert kept.held(("b", 60, None)) is None
     assert kept.held(("a", 60, None)) is not None and kept.held(("c", 60, None)) is not None
-    kept.put(("d", 60, None), _row(1), _packed(600))
+    kept.put(("d", 60, None), _row(1), _packed(600), user_id="u")
     assert kept.held(("d", 60, None)) is None
+
+
+def test_kept_payloads_and_deltas_forget_a_user_or_a_session_and_nothing_else():
+    """What an erasure (by user) or a session deletion drops: exactly that user's or that
+    session's entries, with the bytes they counted."""
+    kept, built = KeptPayloads(max_bytes=1000), DeltaCache()
+    for session_id, user_id in (("a", "u"), ("b", "u"), ("c", "w")):
+        kept.put((session_id, 60, None), _row(1), _packed(100), user_id=user_id)
+        key = TelemetryKey(session_id, 60, Resolution.ONE_MINUTE, user_id=user_id)
+        built.put(key, _row(2), 1, ("heart_rate",), b"delta")
+    assert (kept.forget(session_id="b"), built.forget(session_id="b")) == (1, 1)
+    assert (kept.entries_of(user_id="u"), built.entries_of(user_id="u")) == (1, 1)
+    assert (kept.forget(user_id="u"), built.forget(user_id="u")) == (1, 1)
+    assert kept.held(("a", 60, None)) is None and kept.held(("c", 60, None)) is not None
+    assert (kept.entries_of(user_id="w"), built.entries_of(session_id="c")) == (1, 1)
+    # the bytes of the forgotten payloads are free again: four more of 200 fit beside "c"
+    for session_id in "defg":
+        kept.put((session_id, 60, None), _row(1), _packed(100), user_id="w")
+    assert kept.held(("c", 60, None)) is not None
 
 
 async def test_bad_parameters_are_fastapis_422_with_their_locations(tc, users):

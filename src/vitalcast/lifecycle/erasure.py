@@ -157,6 +157,9 @@ class ErasureService:
             removed += await purge.finish(conn, user_id)
         if on_progress is not None:
             on_progress(Progress(removed, removed))
+        # Revoked again now that nothing of the user is left: a compute in flight at the request
+        # may have kept one more save in some process's memory since (``Forgetting``).
+        await self._revoke(user_id)
         if name is not None and self._redis is not None:
             await self._sweep(user_id, str(name))
         log.info("erasure_finished", user_id=user_id, rows=removed)

@@ -61,3 +61,19 @@ class ViewMemo:
             self._entries.move_to_end(key)
             while len(self._entries) > self._capacity:
                 self._entries.popitem(last=False)
+
+    def forget(self, *, user_id: str | None = None, session_id: str | None = None) -> int:
+        """Drop the views of ``user_id`` or of session ``session_id`` (deleted, erased); how many."""
+        with self._lock:
+            dropped = self._of(user_id, session_id)
+            for key in dropped:
+                del self._entries[key]
+        return len(dropped)
+
+    def entries_of(self, *, user_id: str | None = None, session_id: str | None = None) -> int:
+        """How many views of ``user_id`` or of session ``session_id`` are remembered."""
+        with self._lock:
+            return len(self._of(user_id, session_id))
+
+    def _of(self, user_id: str | None, session_id: str | None) -> list[TelemetryKey]:
+        return [k for k in self._entries if k.user_id == user_id or k.session_id == session_id]

@@ -10,7 +10,8 @@ statement, and a payload crosses from the database once per save and process.
 A payload is identified by its view row's resolution, watermark and compute time: a save writes
 all three, and the same view at the same watermark computed at the same moment is the same
 payload (its ETag already says so). Entries are dropped least recently served first, beyond
-``MAX_KEPT_BYTES``.
+``MAX_KEPT_BYTES``, and at once when their session is deleted or their user erased (``forget``):
+a quiet process must not hold an erased person's health data until eviction.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class _Kept:
     id: PayloadId
     payload: PackedPayload
     size: int
+    #: the session's owner, so that an erasure finds the user's entries
+    user_id: str
 
 
 class KeptPayloads:
@@ -71,8 +74,8 @@ class KeptPayloads:
         self._kept.move_to_end(view)
         return kept.payload
 
-    def put(self, view: ViewOf, row: HotRow, payload: PackedPayload) -> None:
-        """Keep ``payload``, read with ``row``, as ``view``'s."""
+    def put(self, view: ViewOf, row: HotRow, payload: PackedPayload, *, user_id: str) -> None:
+        """Keep ``payload``, read with ``row``, as ``view``'s (a session of ``user_id``)."""
         payload_id = PayloadId.of(row)
         if payload_id is None:
             return
@@ -80,11 +83,29 @@ class KeptPayloads:
         size = len(payload.head) + sum(len(fragment) for fragment in payload.fragments.values())
         if size > self._max_bytes:
             return
-        self._kept[view] = _Kept(payload_id, payload, size)
+        self._kept[view] = _Kept(payload_id, payload, size, user_id)
         self._bytes += size
         while self._bytes > self._max_bytes:
             _view, oldest = self._kept.popitem(last=False)
             self._bytes -= oldest.size
+
+    def forget(self, *, user_id: str | None = None, session_id: str | None = None) -> int:
+        """Drop every payload of ``user_id``'s sessions or of session ``session_id``; how many."""
+        dropped = self._of(user_id, session_id)
+        for view in dropped:
+            self._drop(view)
+        return len(dropped)
+
+    def entries_of(self, *, user_id: str | None = None, session_id: str | None = None) -> int:
+        """How many payloads of ``user_id``'s sessions or of session ``session_id`` are kept."""
+        return len(self._of(user_id, session_id))
+
+    def _of(self, user_id: str | None, session_id: str | None) -> list[ViewOf]:
+        return [
+            view
+            for view, kept in self._kept.items()
+            if kept.user_id == user_id or view[0] == session_id
+        ]
 
     def _drop(self, view: ViewOf) -> None:
         kept = self._kept.pop(view, None)

@@ -77,6 +77,19 @@ class SessionTelemetryService:
     async def close(self) -> None:
         await self._reader.close()
 
+    def forget(self, *, user_id: str | None = None, session_id: str | None = None) -> int:
+        """Drop what this process keeps of ``user_id``'s sessions or of session ``session_id``
+        (kept payloads, built deltas) when it is deleted or its user erased; how many entries."""
+        return self._kept.forget(user_id=user_id, session_id=session_id) + self._deltas.forget(
+            user_id=user_id, session_id=session_id
+        )
+
+    def entries_of(self, *, user_id: str | None = None, session_id: str | None = None) -> int:
+        """How many kept payloads and built deltas of ``user_id`` or ``session_id`` remain."""
+        return self._kept.entries_of(user_id=user_id, session_id=session_id) + (
+            self._deltas.entries_of(user_id=user_id, session_id=session_id)
+        )
+
     # -- the request path ---------------------------------------------------------------------
 
     async def get(
@@ -162,7 +175,7 @@ class SessionTelemetryService:
                     return self._count(delta)
             payload = None
             if holds_payload(row):
-                payload = self._payload(view, row)
+                payload = self._payload(view, row, user_id)
                 if payload is None:
                     # not read yet, or the kept copy was replaced while the read ran: read it
                     with_payload = True
@@ -207,17 +220,17 @@ class SessionTelemetryService:
         etag = make_etag(key, row.source_watermark, codes, live_at_ms=live_at)
         if etag_matches(if_none_match, etag):
             return TelemetryAnswer(state, codes, etag=etag, not_modified=True, archived=True)
-        payload = self._payload(view, row)
+        payload = self._payload(view, row, key.user_id)
         if payload is None:
             return None
         return TelemetryAnswer(state, codes, payload=payload, etag=etag, archived=True)
 
-    def _payload(self, view: ViewOf, row: HotRow) -> PackedPayload | None:
+    def _payload(self, view: ViewOf, row: HotRow, user_id: str) -> PackedPayload | None:
         """The payload ``row`` holds: read with it (then kept for the next GETs) or the kept
         copy the read left out; None when neither (not read, or the kept copy moved on)."""
         if row.payload is not None:
             payload = unpack(row.payload)
-            self._kept.put(view, row, payload)
+            self._kept.put(view, row, payload, user_id=user_id)
             return payload
         return self._kept.get(view, row)
 
