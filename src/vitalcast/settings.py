@@ -36,7 +36,11 @@ class Settings(BaseSettings):
         description="HS256 key for bearer tokens; unset = generated into the data dir (mode 0600).",
     )
     max_concurrent_computes: int = Field(
-        3, ge=1, le=64, description="Computes running at once per process (coordinator bound)."
+        3,
+        ge=1,
+        le=64,
+        description="Costly computes (reads' misses, late ingests, backfill) running at once per "
+        "process; live updates are bounded by their batches.",
     )
     max_pending_computes: int = Field(
         50, ge=0, le=100_000, description="Computes waiting per process; beyond it they are shed."

@@ -218,22 +218,26 @@ def test_bounds_are_validated():
 
 async def test_background_triggers_beyond_the_bound_are_parked_not_lost():
     """Ingest triggers past the bound wait as dirty keys (newest watermark kept) and all run;
-    request-path submits past the bound are still shed."""
+    request-path submits past the bound are still shed. (Batches of one: live updates hold no
+    slot, the batch bound is what parks them here.)"""
     runner = GatedRunner()
-    coordinator = BoundedComputeCoordinator(runner, max_concurrency=1, max_pending=1)
+    coordinator = BoundedComputeCoordinator(runner, max_concurrency=1, max_pending=1, max_batch=1)
     live = ScheduleReason.LIVE_UPDATE
+    holder = key(100)
+    assert await coordinator.submit(holder, watermark=1, reason=MISS) is True
     accepted = [await coordinator.submit(key(n), watermark=1, reason=live) for n in range(5)]
     assert accepted == [True] * 5
     assert await coordinator.submit(key(3), watermark=7, reason=live) is True
     assert await coordinator.submit(key(9), watermark=1, reason=MISS) is False
     stats = coordinator.stats
-    assert (stats.inflight, stats.pending, stats.deferred, stats.shed) == (1, 1, 3, 1)
+    assert (stats.inflight, stats.pending, stats.deferred, stats.shed) == (2, 1, 3, 1)
+    runner.release(holder)
     for n in range(5):
-        await runner.wait_for(lambda n=n: len(runner.started) == n + 1)
+        await runner.wait_for(lambda n=n: len(runner.started) == n + 2)
         runner.release(key(n))
     await coordinator.wait_idle()
-    assert runner.started == [key(n) for n in range(5)]
-    assert coordinator.stats.deferred == 0 and coordinator.stats.completed == 5
+    assert runner.started == [holder, *(key(n) for n in range(5))]
+    assert coordinator.stats.deferred == 0 and coordinator.stats.completed == 6
 
 
 async def test_no_pending_slots_still_runs_when_a_slot_is_free():
@@ -276,22 +280,22 @@ async def test_one_users_flood_delays_another_users_view_by_one_compute_not_the_
 
 
 async def test_what_waits_while_the_batches_run_leaves_as_one_fair_batch():
-    """One batch at a time and four slots: a lone compute starts at once; what is submitted
-    while it runs waits and then starts as one batch of as many as the free slots hold, shared
-    fairly between users (the light user's one compute is in it, not behind the heavy user's);
-    the rest follows as the next batch."""
+    """One live batch at a time, of at most four: a lone update starts at once; what is
+    submitted while it runs waits and then starts as one batch, shared fairly between users
+    (the light user's one update is in it, not behind the heavy user's); the rest follows as
+    the next batch."""
     runner = GatedRunner()
     coordinator = BoundedComputeCoordinator(
-        runner, max_concurrency=4, max_pending=20, max_batches=1
+        runner, max_concurrency=1, max_pending=20, max_batch=4, max_batches=1
     )
     first = user_key("heavy", 0)
-    await coordinator.submit(first, watermark=1, reason=MISS)
+    await coordinator.submit(first, watermark=1, reason=ScheduleReason.LIVE_UPDATE)
     await runner.wait_for(lambda: runner.started == [first])
     heavy = [user_key("heavy", n) for n in range(1, 6)]
     for k in heavy:
-        await coordinator.submit(k, watermark=1, reason=MISS)
+        await coordinator.submit(k, watermark=1, reason=ScheduleReason.LIVE_UPDATE)
     light = user_key("light", 0)
-    await coordinator.submit(light, watermark=1, reason=MISS)
+    await coordinator.submit(light, watermark=1, reason=ScheduleReason.LIVE_UPDATE)
     assert runner.batches == [[first]] and coordinator.stats.pending == 6
     runner.release(first)
     await runner.wait_for(lambda: len(runner.batches) == 2)
@@ -306,3 +310,40 @@ async def test_what_waits_while_the_batches_run_leaves_as_one_fair_batch():
     runner.release_all()
     await coordinator.wait_idle()
     assert coordinator.stats.completed == 7 and coordinator.stats.peak_inflight == 4
+
+
+async def test_live_updates_hold_no_slot_and_costly_computes_run_alone():
+    """One slot and one live batch at a time: while a cold compute holds the slot, live updates
+    of twelve sessions run as batches of at most ``max_batch`` beside it, never mixed with a
+    cold compute; the two other cold misses wait for the slot and then run alone, one at a
+    time (the slots bound the costly computes: never two in flight)."""
+    runner = GatedRunner()
+    coordinator = BoundedComputeCoordinator(
+        runner, max_concurrency=1, max_pending=50, max_batch=10, max_batches=1
+    )
+    live = ScheduleReason.LIVE_UPDATE
+    first = key(0)
+    await coordinator.submit(first, watermark=1, reason=MISS)
+    await runner.wait_for(lambda: runner.started == [first])
+    cold = [key(1), key(2)]
+    for k in cold:
+        await coordinator.submit(k, watermark=1, reason=MISS)
+    updates = [key(n) for n in range(10, 22)]
+    for k in updates:
+        assert await coordinator.submit(k, watermark=2, reason=live) is True
+    # the first update started a batch of its own at once; the rest wait for it
+    await runner.wait_for(lambda: len(runner.batches) == 2)
+    assert runner.batches[1] == [updates[0]]
+    runner.release(updates[0])
+    await runner.wait_for(lambda: len(runner.batches) == 3)
+    assert runner.batches[2] == updates[1:11]
+    assert coordinator.stats.inflight == 11
+    runner.release(first)
+    await runner.wait_for(lambda: len(runner.batches) == 4)
+    assert runner.batches[3] == [cold[0]]
+    runner.release_all()
+    await runner.wait_for(lambda: cold[1] in runner.started and updates[11] in runner.started)
+    runner.release_all()
+    await coordinator.wait_idle()
+    assert sorted(runner.started) == sorted([first, *cold, *updates])
+    assert [b for b in runner.batches if set(b) & {first, *cold}] == [[first], [cold[0]], [cold[1]]]

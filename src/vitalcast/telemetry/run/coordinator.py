@@ -1,6 +1,7 @@
 """``BoundedComputeCoordinator``: the in-process pool that runs telemetry computes.
 
-At most ``max_concurrency`` computes run at once and at most ``max_pending`` wait, in FIFO order.
+At most ``max_concurrency`` costly computes run at once (live updates are bounded by their
+batches, see below) and at most ``max_pending`` wait, in FIFO order.
 Requests coalesce per key (the full ``TelemetryKey``: session, window, resolution, version): a
 key has at most one compute running and one waiting, and the waiting one takes the newest
 watermark. A request-path submit (cache miss, stale read) beyond the bound is shed and says so by
@@ -23,12 +24,20 @@ newest place (that compute is shed, or parked when a trigger asked for it). One 
 a hundred uncached views at once therefore delays another user's view by about one compute,
 not by the hundred (it slowed every other user's fresh views 8×).
 
-Computes run in batches (``TelemetryComputer.compute_batch``: one claim, one read, one save for
-all of them). At most ``max_batches`` batches run at once; when one ends, the waiting computes
-that fit in the free slots (at most ``max_batch``, in the fair order above) start together as
-the next batch, and each of its views holds one slot until the batch ends. The bound therefore
-still counts views in flight, a lone compute on an idle process starts at once, and a burst
-gathers in the queue while the batches in flight run and leaves as one batch.
+Computes run through ``TelemetryComputer.compute_batch`` (one claim, one read, one save for all
+of a batch). Live updates run in at most ``max_batches`` batches at once; when one ends, the
+waiting live updates (at most ``max_batch``, in the fair order above) start together as the next
+batch. A lone update on an idle process starts at once, and a burst gathers in the queue while
+the batches in flight run and leaves as one batch.
+
+Only live updates are batched. A view computed for a reader, a late ingest, a session's end or
+a backfill may be cold (a full aggregate over the whole session): such a costly compute holds one
+of the ``max_concurrency`` slots and runs alone, so a reader's cold view never waits for another
+user's cold views to be aggregated in the same statement (batched together they did: the
+flooding-user test's fresh views took 3x their quiet time). A live session's update or tick
+(``LIGHT_REASONS``) merges a few new buckets into a warm view: it holds no slot, and live updates
+run in at most ``max_batches`` batches of at most ``max_batch`` views, so a burst of them costs
+one claim, one read and one save per batch.
 """
 
 from __future__ import annotations
@@ -53,6 +62,8 @@ LATENCY_WINDOW = 1_000
 DEFERRED_PER_PENDING_SLOT = 100
 #: reasons that have a client who retries on ``computing``; every other reason is parked instead
 REQUEST_REASONS = frozenset({ScheduleReason.CACHE_MISS, ScheduleReason.STALE_READ})
+#: computes of a live session's warm view (a few new buckets merged): they hold no slot
+LIGHT_REASONS = frozenset({ScheduleReason.LIVE_UPDATE, ScheduleReason.LIVE_TICK})
 #: outcomes after which the key is submitted again once whatever blocked it has run out
 RETRY_OUTCOMES = frozenset(
     {ComputeOutcome.FAILED, ComputeOutcome.BACKING_OFF, ComputeOutcome.LEASE_BUSY}
@@ -71,6 +82,10 @@ MAX_FALLBACK_RETRY_MS = MINUTE_MS
 
 #: views one batch holds at most (``TelemetryComputer.compute_batch``)
 MAX_BATCH = 32
+
+
+def _holds_slot(entry: _Entry) -> bool:
+    return entry.reason not in LIGHT_REASONS
 
 
 class ComputeRunner(Protocol):
@@ -166,6 +181,8 @@ class BoundedComputeCoordinator:
         self._deferred: OrderedDict[TelemetryKey, _Entry] = OrderedDict()
         self._max_deferred = max(1, max_pending) * DEFERRED_PER_PENDING_SLOT
         self._running: dict[TelemetryKey, asyncio.Task[None]] = {}
+        #: the running keys that hold one of the ``max_concurrency`` slots (not light ones)
+        self._slot_holders: set[TelemetryKey] = set()
         self._retry_delay = retry_delay
         self._subscriptions = subscriptions
         self._recent_read_s = recent_read_s
@@ -228,7 +245,7 @@ class BoundedComputeCoordinator:
             self._deduped += 1
             waiting.absorb(entry)
             return True
-        slot_free = self._can_start() and key not in self._running
+        slot_free = self._can_start(entry) and key not in self._running
         if len(self._pending) >= self.max_pending and not slot_free:
             if self._make_room_for(key.user_id):
                 return self._admit(entry, parkable=parkable)
@@ -398,62 +415,83 @@ class BoundedComputeCoordinator:
         """Bring the Prometheus gauges up to date (called by /metrics)."""
         self._update_gauges()
 
-    def _next_pending(self, picked: Mapping[TelemetryKey, _Entry]) -> _Entry | None:
-        """The waiting compute to start next: of the user with the fewest running (those
-        ``picked`` for the batch being formed count as running), first come."""
+    def _next_pending(
+        self, picked: Mapping[TelemetryKey, _Entry], *, costly: bool
+    ) -> _Entry | None:
+        """The waiting compute to start next, costly or light as asked: of the user with the
+        fewest running (those ``picked`` for the batch being formed count as running), first
+        come; a parked trigger when nothing waits."""
         running = Counter(k.user_id for k in self._running)
         running.update(k.user_id for k in picked)
         best: _Entry | None = None
         for k, e in self._pending.items():
-            if k in self._running or k in picked:
+            if k in self._running or k in picked or _holds_slot(e) is not costly:
                 continue
             if best is None or running[k.user_id] < running[best.key.user_id]:
                 best = e
                 if not running[k.user_id]:
                     break
-        return best
-
-    def _can_start(self) -> bool:
-        """A batch may start now: a slot is free and fewer than ``max_batches`` run."""
-        return (
-            len(self._running) < self.max_concurrency
-            and len(set(self._running.values())) < self.max_batches
+        if best is not None:
+            del self._pending[best.key]
+            return best
+        parked = next(
+            (
+                e
+                for k, e in self._deferred.items()
+                if k not in self._running and k not in picked and _holds_slot(e) is costly
+            ),
+            None,
         )
+        if parked is not None:
+            del self._deferred[parked.key]
+        return parked
+
+    def _free_slots(self) -> int:
+        return self.max_concurrency - len(self._slot_holders)
+
+    def _light_batches(self) -> int:
+        return len({t for k, t in self._running.items() if k not in self._slot_holders})
+
+    def _can_start(self, entry: _Entry) -> bool:
+        """``entry`` may start now: a slot is free for a costly one, a batch for a light one."""
+        if _holds_slot(entry):
+            return self._free_slots() > 0
+        return self._light_batches() < self.max_batches
 
     def _drain(self) -> None:
-        free = self.max_concurrency - len(self._running)
-        if self._can_start():
+        # Costly computes run one per slot, each alone: a reader's cold view never waits for
+        # another user's cold views to be aggregated in the same statement.
+        while self._free_slots() > 0:
+            entry = self._next_pending({}, costly=True)
+            if entry is None:
+                break
+            self._start({entry.key: entry})
+        while self._light_batches() < self.max_batches:
             batch: dict[TelemetryKey, _Entry] = {}
-            while len(batch) < min(free, self.max_batch):
-                entry = self._next_pending(batch)
-                if entry is not None:
-                    del self._pending[entry.key]
-                else:
-                    entry = next(
-                        (
-                            e
-                            for k, e in self._deferred.items()
-                            if k not in self._running and k not in batch
-                        ),
-                        None,
-                    )
-                    if entry is None:
-                        break
-                    del self._deferred[entry.key]
+            while len(batch) < self.max_batch:
+                entry = self._next_pending(batch, costly=False)
+                if entry is None:
+                    break
                 batch[entry.key] = entry
-            if batch:
-                first = next(iter(batch))
-                task = asyncio.create_task(
-                    self._execute(list(batch.values())),
-                    name=f"telemetry-compute-{first.dedupe_id}+{len(batch) - 1}",
-                )
-                for k in batch:
-                    self._running[k] = task
-                self._peak = max(self._peak, len(self._running))
+            if not batch:
+                break
+            self._start(batch)
         self._refill()
         self._update_gauges()
         if not self._running and not self._pending and not self._deferred:
             self._idle.set()
+
+    def _start(self, batch: Mapping[TelemetryKey, _Entry]) -> None:
+        first = next(iter(batch))
+        task = asyncio.create_task(
+            self._execute(list(batch.values())),
+            name=f"telemetry-compute-{first.dedupe_id}+{len(batch) - 1}",
+        )
+        for k, e in batch.items():
+            self._running[k] = task
+            if _holds_slot(e):
+                self._slot_holders.add(k)
+        self._peak = max(self._peak, len(self._running))
 
     async def _execute(self, entries: list[_Entry]) -> None:
         started = time.perf_counter()
@@ -478,6 +516,7 @@ class BoundedComputeCoordinator:
         finally:
             for entry in entries:
                 self._running.pop(entry.key, None)
+                self._slot_holders.discard(entry.key)
             if not self._closed:
                 self._drain()
             else:
