@@ -35,11 +35,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import sqlalchemy as sa
+
 from bench.common import bulk_load, database, emit, percentiles
 from bench.telemetry import CADENCE_MS, rows_for
 from vitalcast import catalog
 from vitalcast.clock import ManualClock, iso_ms
 from vitalcast.db.engine import Database, create_engine
+from vitalcast.db.tables import telemetry_cache
 from vitalcast.ingest.service import IngestService
 from vitalcast.observability import Metrics, configure_logging
 from vitalcast.sessions import changelog
@@ -228,11 +231,13 @@ async def run_length(url: str, length_h: int, batches: int) -> dict[str, Any]:
             delta_bytes.append(len(delta.body()))
             full_bytes.append(len(whole.body()))
             async with db.read() as conn:
-                _, stored = await queries.session_and_stored(conn, inc.key)
-            assert stored is not None and stored.partials is not None
-            partials_bytes = len(stored.partials)
+                partials = await conn.scalar(
+                    sa.select(telemetry_cache.c.partials).where(queries.key_clause(inc.key))
+                )
+            assert partials is not None
+            partials_bytes = len(partials)
             started = time.perf_counter()
-            decode(stored.partials)
+            decode(partials)
             load_ms.append((time.perf_counter() - started) * 1000)
         inc = twins["incremental"]
         assert inc.key is not None

@@ -12,9 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vitalcast.db.tables import session_changes, sessions, telemetry_cache
-from vitalcast.sessions.models import Session, SessionStatus
-from vitalcast.telemetry.compute.aggregate import session_query
-from vitalcast.telemetry.compute.results import StoredView
+from vitalcast.sessions.models import SessionStatus
 from vitalcast.telemetry.keys import CacheState, Resolution, TelemetryKey
 from vitalcast.telemetry.store.rows import CacheRow, LiveView
 
@@ -105,34 +103,6 @@ async def live_views(
         )
         for row in await conn.execute(query)
     ]
-
-
-async def session_and_stored(
-    conn: AsyncConnection, key: TelemetryKey
-) -> tuple[Session | None, StoredView | None]:
-    """The key's session (``aggregate.session_query``'s row) and what the next compute of the
-    view starts from: the payload's watermark and the partials and save history stored with
-    it (None when there is no payload). One statement: a compute's read starts with both,
-    and on a small live view every round trip counts."""
-    query = (
-        session_query(key)
-        .add_columns(
-            c.source_watermark.label("stored_watermark"),
-            c.payload.is_not(None).label("has_payload"),
-            c.partials.label("stored_partials"),
-            c.history.label("stored_history"),
-        )
-        .outerjoin(telemetry_cache, key_clause(key))
-    )
-    row = (await conn.execute(query)).first()
-    if row is None:
-        return None, None
-    stored = (
-        StoredView(row.stored_watermark, row.stored_partials, row.stored_history)
-        if row.has_payload
-        else None
-    )
-    return Session.from_row(row), stored
 
 
 def views_floor(session_id: str, *, compute_version: int) -> sa.ScalarSelect[int]:
