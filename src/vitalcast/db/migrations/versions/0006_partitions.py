@@ -132,6 +132,13 @@ def upgrade() -> None:
         "uq_health_samples_user_id_source_record_id_start_ms "
         "UNIQUE (user_id, source, record_id, start_ms)"
     )
+    _add_user_key_and_index()
+    op.execute("ANALYZE health_samples")
+    op.execute("ANALYZE sample_identities")
+
+
+def _add_user_key_and_index() -> None:
+    """The foreign key and the read index, named as before, on the new ``health_samples``."""
     op.execute(
         "ALTER TABLE health_samples ADD CONSTRAINT fk_health_samples_user_id_users "
         "FOREIGN KEY (user_id) REFERENCES users (id)"
@@ -140,8 +147,6 @@ def upgrade() -> None:
         "CREATE INDEX ix_health_samples_user_metric_start "
         "ON health_samples (user_id, metric, start_ms)"
     )
-    op.execute("ANALYZE health_samples")
-    op.execute("ANALYZE sample_identities")
 
 
 def downgrade() -> None:
@@ -178,12 +183,5 @@ def downgrade() -> None:
         "ALTER TABLE health_samples ADD CONSTRAINT uq_health_samples_user_id_source_record_id "
         "UNIQUE (user_id, source, record_id)"
     )
-    op.execute(
-        "ALTER TABLE health_samples ADD CONSTRAINT fk_health_samples_user_id_users "
-        "FOREIGN KEY (user_id) REFERENCES users (id)"
-    )
-    op.execute(
-        "CREATE INDEX ix_health_samples_user_metric_start "
-        "ON health_samples (user_id, metric, start_ms)"
-    )
+    _add_user_key_and_index()
     op.drop_table("sample_identities")
