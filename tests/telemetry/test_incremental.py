@@ -532,6 +532,29 @@ async def test_a_delta_carries_only_what_changed_and_rebuilds_the_payload(tc, us
     assert current.status_code == 304
 
 
+async def test_a_stale_answer_is_a_delta_too(tc, users, apply_delta):
+    """While a recompute is due (the live edge moved on), a client that holds a payload gets the
+    stale answer as a delta with its Retry-After: under load a dashboard keeps receiving deltas
+    instead of a full payload per stale answer."""
+    _user_id, session_id, headers, start = await _live_session(tc, users)
+    await tc.settle()
+    params = {"window_minutes": 60, "resolution": "1m", "metrics": "all"}
+    base = (await tc.get(headers, session_id, **params)).json()["telemetry"]
+    await tc.post_samples(headers, [hr("s", start + 7 * MINUTE + 10_000, 99.0)])
+    await tc.settle()
+    saved = (await tc.get(headers, session_id, **params)).json()["telemetry"]
+    tc.clock.advance(2 * MINUTE)
+
+    response = await tc.get(headers, session_id, since_watermark=base["source_watermark"], **params)
+    body = response.json()
+    assert response.status_code == 200 and body["state"] == "stale", body
+    assert "telemetry" not in body and body["retry_after_seconds"] >= 1
+    assert response.headers["Retry-After"] == str(body["retry_after_seconds"])
+    assert apply_delta(base, body["delta"]) == saved
+    await tc.settle()
+    assert (await tc.get(headers, session_id, **params)).json()["state"] == "ready"
+
+
 async def test_clients_at_one_watermark_share_a_delta_and_the_next_save_gets_its_own(
     tc, users, apply_delta
 ):

@@ -84,8 +84,9 @@ export class TelemetryLoader {
     const query = new URLSearchParams({
       window_minutes: String(this.windowMinutes), resolution: 'auto', metrics: 'all',
     });
-    // The payload a delta would apply to: the one drawn, if it is a ready one of this window.
-    const base = this.state === 'ready' && this.payload
+    // The payload a delta would apply to: the one drawn, if it is of this window (a stale answer
+    // is a delta too, so a page that drew one keeps receiving deltas while the recompute runs).
+    const base = this.payload
       && this.payload.window.window_minutes === this.windowMinutes ? this.payload : null;
     if (base) query.set('since_watermark', String(base.source_watermark));
     const headers = this.etag ? { 'If-None-Match': this.etag } : {};

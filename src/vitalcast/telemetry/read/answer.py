@@ -63,8 +63,11 @@ class TelemetryAnswer:
     def body(self) -> bytes:
         """The JSON body, joined from the stored bytes (nothing is re-encoded)."""
         if self.delta is not None:
+            retry = b""
+            if self.retry_after_s is not None:
+                retry = b',"retry_after_seconds":' + str(self.retry_after_s).encode()
             return b"".join(
-                (b'{"state":', orjson.dumps(self.state.value), b',"delta":', self.delta, b"}")
+                (b'{"state":', orjson.dumps(self.state.value), retry, b',"delta":', self.delta, b"}")
             )
         error = None
         if self.error_code is not None:

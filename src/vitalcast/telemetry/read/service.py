@@ -48,6 +48,9 @@ from vitalcast.telemetry.store.rows import HotRow
 log = get_logger(__name__)
 
 _RESOLUTIONS = ("1m", "5m", "auto")
+#: answers a client holding a payload gets as a delta: a stale answer carries the last payload,
+#: so a dashboard that drew one keeps asking for deltas while the recompute runs
+_DELTA_STATES = (CacheState.READY, CacheState.STALE)
 
 
 class SessionTelemetryService:
@@ -119,6 +122,8 @@ class SessionTelemetryService:
         view: ViewOf = (session_id, window_minutes, requested)
         with_history = False
         with_payload = since_watermark is None and not if_none_match
+        payload: PackedPayload | None = None
+        delta: bytes | None = None
         while True:
             try:
                 row = await self._reader.read(
@@ -161,19 +166,15 @@ class SessionTelemetryService:
                     return self._count(
                         TelemetryAnswer(decision.state, codes, etag=etag, not_modified=True)
                     )
-            if since_watermark is not None and decision.state is CacheState.READY:
-                built = self._deltas.get(key, row, since_watermark, codes)
-                if built is not None:
-                    return self._count(
-                        TelemetryAnswer(CacheState.READY, codes, etag=etag, delta=built)
-                    )
-                if not with_history:
+            if since_watermark is not None and decision.state in _DELTA_STATES:
+                delta = self._deltas.get(key, row, since_watermark, codes)
+                if delta is None and not with_history:
                     with_payload = with_history = True
                     continue
-                delta = self._delta(key, row, since_watermark, codes, etag)
+                if delta is None:
+                    delta = self._delta(key, row, since_watermark, codes)
                 if delta is not None:
-                    return self._count(delta)
-            payload = None
+                    break
             if holds_payload(row):
                 payload = self._payload(view, row, user_id)
                 if payload is None:
@@ -196,6 +197,7 @@ class SessionTelemetryService:
                 retry_after_s=retry_after,
                 error_code=decision.error_code,
                 etag=etag,
+                delta=delta,
             )
         )
 
@@ -240,10 +242,9 @@ class SessionTelemetryService:
         row: HotRow,
         since_watermark: int,
         codes: tuple[str, ...],
-        etag: str | None,
-    ) -> TelemetryAnswer | None:
-        """The ready answer as a delta from ``since_watermark``, or None when the history of the
-        view's payload (read with it) does not reach back that far. The clients watching one
+    ) -> bytes | None:
+        """The delta from ``since_watermark`` to the view's payload, or None when the history of
+        that payload (read with it) does not reach back that far. The clients watching one
         session all ask for the same delta after an update, so built deltas are kept a while."""
         if row.payload is None or row.source_watermark is None:
             return None
@@ -255,7 +256,7 @@ class SessionTelemetryService:
             return None
         delta = deltas.build_delta(unpack(row.payload), changes, since_watermark, codes)
         self._deltas.put(key, row, since_watermark, codes, delta)
-        return TelemetryAnswer(CacheState.READY, codes, etag=etag, delta=delta)
+        return delta
 
     def _count(self, answer: TelemetryAnswer) -> TelemetryAnswer:
         self._responses[answer.state].inc()
