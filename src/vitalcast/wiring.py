@@ -31,6 +31,7 @@ import socketio
 from vitalcast.alerts.service import AlertService
 from vitalcast.auth import Authenticator
 from vitalcast.clock import Clock, SystemClock
+from vitalcast.credentials import SubjectTombstones
 from vitalcast.db.engine import Database, create_engine
 from vitalcast.ingest.service import IngestService
 from vitalcast.lifecycle.erasure import ErasureService, InProcessErasures, Revoke, redis_scope
@@ -489,6 +490,11 @@ def _erasure(
             settings.redis_url,
             [settings.rate_limit_prefix, settings.queue_prefix],
             settings.queue_prefix,
+        ),
+        tombstones=(
+            SubjectTombstones(settings.resolved_secret(), settings.oidc_issuer)
+            if settings.oidc_issuer
+            else None
         ),
         batch_rows=settings.erasure_batch_rows,
     )
