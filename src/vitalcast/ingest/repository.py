@@ -115,6 +115,7 @@ _PG_LOOKUP = sa.text(
 ).columns(*health_samples.c)
 
 
+# Any: SQLAlchemy types a whole table's select as rows of Any
 def _sqlite_lookup(user_id: str, source: str, record_ids: Sequence[str]) -> sa.Select[Any]:
     i, s = sample_identities.c, health_samples.c
     return (
