@@ -543,6 +543,7 @@ def _dispatcher(
         sender,
         concurrency=settings.webhook_concurrency,
         retry_base_ms=settings.webhook_retry_base_ms,
+        retry_max_ms=settings.webhook_retry_max_ms,
         retry_window_ms=settings.webhook_retry_window_ms,
         # an attempt ends within twice the timeout; the claim outlives it with room to record
         claim_ms=int(settings.webhook_timeout_s * 2_000) + 10_000,

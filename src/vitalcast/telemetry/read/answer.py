@@ -67,7 +67,14 @@ class TelemetryAnswer:
             if self.retry_after_s is not None:
                 retry = b',"retry_after_seconds":' + str(self.retry_after_s).encode()
             return b"".join(
-                (b'{"state":', orjson.dumps(self.state.value), retry, b',"delta":', self.delta, b"}")
+                (
+                    b'{"state":',
+                    orjson.dumps(self.state.value),
+                    retry,
+                    b',"delta":',
+                    self.delta,
+                    b"}",
+                )
             )
         error = None
         if self.error_code is not None:
