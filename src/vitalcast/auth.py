@@ -96,8 +96,9 @@ class Principal:
         if revocation.kind is RevocationKind.SHARE:
             return self.share_id == revocation.id
         if revocation.kind is RevocationKind.SESSION:
-            # the session's shares are gone with it; its room was closed on every node already
-            return False
+            # The session's shares went with it: a share of it ends like a revoked one (its
+            # subscribers heard ``session.status`` deleted before); the owner's token lives on.
+            return self.is_share and self.session_id == revocation.id
         return self.user_id == revocation.id and self.issued_at_ms < revocation.at_ms
 
 
@@ -223,8 +224,9 @@ class Authenticator:
         )
 
     async def revoke_session(self, session_id: str) -> None:
-        """A session was deleted: every server drops its shares' cached principals and whatever
-        else it keeps of the session (``telemetry.read.forgetting``)."""
+        """A session was deleted: every server drops its shares' cached principals, closes its
+        shares' sockets and forgets whatever else it keeps of the session
+        (``telemetry.read.forgetting``)."""
         await self.revocations.publish(
             Revocation(RevocationKind.SESSION, session_id, self._clock.now_ms())
         )
