@@ -412,7 +412,7 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
         erasure=erasure,
         erasures=QueuedErasures(settings, in_process) if settings.redis_url else in_process,
         retention=(
-            DailyRetention(retention_service(settings, db, clock))
+            DailyRetention(retention_service(settings, db, clock), clock)
             if settings.raw_retention_days
             else None
         ),
