@@ -157,6 +157,9 @@ class Settings(BaseSettings):
     webhook_retry_base_ms: int = Field(
         5_000, ge=10, description="First webhook retry delay; doubles with every failed attempt."
     )
+    webhook_retry_max_ms: int = Field(
+        14_400_000, ge=10, description="Longest wait between two attempts of a webhook (4 h)."
+    )
     webhook_retry_window_ms: int = Field(
         86_400_000,
         ge=1_000,

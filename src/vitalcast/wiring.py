@@ -31,6 +31,7 @@ import socketio
 from vitalcast.alerts.service import AlertService
 from vitalcast.auth import Authenticator
 from vitalcast.clock import Clock, SystemClock
+from vitalcast.credentials import SubjectTombstones
 from vitalcast.db.engine import Database, create_engine
 from vitalcast.ingest.service import IngestService
 from vitalcast.lifecycle.erasure import ErasureService, InProcessErasures, Revoke, redis_scope
@@ -411,7 +412,7 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
         erasure=erasure,
         erasures=QueuedErasures(settings, in_process) if settings.redis_url else in_process,
         retention=(
-            DailyRetention(retention_service(settings, db, clock))
+            DailyRetention(retention_service(settings, db, clock), clock)
             if settings.raw_retention_days
             else None
         ),
@@ -490,6 +491,11 @@ def _erasure(
             [settings.rate_limit_prefix, settings.queue_prefix],
             settings.queue_prefix,
         ),
+        tombstones=(
+            SubjectTombstones(settings.resolved_secret(), settings.oidc_issuer)
+            if settings.oidc_issuer
+            else None
+        ),
         batch_rows=settings.erasure_batch_rows,
     )
 
@@ -537,6 +543,7 @@ def _dispatcher(
         sender,
         concurrency=settings.webhook_concurrency,
         retry_base_ms=settings.webhook_retry_base_ms,
+        retry_max_ms=settings.webhook_retry_max_ms,
         retry_window_ms=settings.webhook_retry_window_ms,
         # an attempt ends within twice the timeout; the claim outlives it with room to record
         claim_ms=int(settings.webhook_timeout_s * 2_000) + 10_000,

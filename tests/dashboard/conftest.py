@@ -36,6 +36,7 @@ from vitalcast.wearable import MINUTE_MS, Interval, Profile, SessionPlan, genera
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 REPO = Path(__file__).resolve().parents[2]
+VENDOR_STAMP = REPO / "src" / "vitalcast" / "static" / "vendor" / ".stamp"
 SEED = 11
 
 
@@ -181,6 +182,9 @@ def chromium() -> Path:
     """Debian's chromium (``.ci/run`` installs it); Playwright's own download is never used."""
     if not CHROMIUM.exists():
         service_missing(f"chromium ({CHROMIUM})")
+    if not VENDOR_STAMP.exists():
+        # without uPlot and socket.io-client every page waits out its 30 s timeout instead
+        pytest.fail("The dashboard's npm assets are missing: run `make install` first.")
     return CHROMIUM
 
 

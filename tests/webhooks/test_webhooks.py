@@ -15,6 +15,7 @@ from tests.conftest import Users
 from vitalcast.clock import now_ms
 from vitalcast.webhooks import repository
 from vitalcast.webhooks.addresses import system_resolver
+from vitalcast.webhooks.models import Delivery, DeliveryStatus
 from vitalcast.wiring import Seams
 
 
@@ -264,6 +265,30 @@ async def test_an_endpoint_failing_for_the_whole_window_is_disabled_and_says_so(
         assert {a["outcome"] for a in items[0]["attempts"]} == {"http_error"}
         assert await publish(running, user_id) == []
     assert receiver.received and receiver.unverified == 0
+
+
+async def test_retries_double_from_the_base_up_to_the_longest_wait_within_the_window(
+    make_settings, run_app
+):
+    """The schedule after each failed attempt: the base, doubled per attempt, never more than
+    ``webhook_retry_max_ms`` apart, never past the window's end, and none after it."""
+    settings = make_settings(
+        webhook_retry_base_ms=100, webhook_retry_max_ms=1_000, webhook_retry_window_ms=60_000
+    )
+    async with run_app(settings) as running:
+        dispatcher = running.parts.dispatcher
+
+        def after(attempts: int, failed_at_ms: int) -> int | None:
+            delivery = Delivery(
+                "d", "e", "u", "session.alert", b"{}", DeliveryStatus.PENDING, attempts, 0, 0, None
+            )
+            return dispatcher.next_attempt_ms(delivery, failed_at_ms)
+
+        assert [after(n, 10_000) for n in range(6)] == [
+            10_100, 10_200, 10_400, 10_800, 11_000, 11_000,
+        ]  # fmt: skip
+        assert after(50, 59_500) == 60_000
+        assert after(50, 60_000) is None
 
 
 async def test_a_slow_receiver_does_not_hold_the_sender(

@@ -32,8 +32,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vitalcast.db.units import InlineConnection
 
-#: parameters of one execution, by bind name (Any: whatever the columns take)
-Params = Mapping[str, Any]
+#: parameters of one execution, by bind name
+Params = Mapping[str, Any]  # Any: whatever the columns take
 
 
 def sqlite_driver(conn: AsyncConnection) -> sqlite3.Connection | None:
@@ -122,9 +122,9 @@ class Prepared:
             self._sqlite = _Compiled(self.statement, conn.dialect)
         return self._sqlite
 
+    # Any: rows of whatever the statement selects
     async def rows(self, conn: AsyncConnection, params: Params | None = None) -> list[Any]:
-        """Every row the statement returns (a SELECT, or a write with RETURNING).
-        Any: rows of whatever the statement selects."""
+        """Every row the statement returns (a SELECT, or a write with RETURNING)."""
         driver = sqlite_driver(conn)
         if driver is None:
             return list((await conn.execute(self.statement, dict(params or {}))).all())
@@ -132,8 +132,9 @@ class Prepared:
         sql, values = compiled.bind(params or {})
         return compiled.rows(_execute(conn, driver, sql, values))
 
+    # Any: the value of that column
     async def scalar(self, conn: AsyncConnection, params: Params | None = None) -> Any:
-        """The first column of the first row, None without a row (Any: that column's value)."""
+        """The first column of the first row, None without a row."""
         found = await self.rows(conn, params)
         return found[0][0] if found else None
 

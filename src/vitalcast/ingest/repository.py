@@ -157,7 +157,8 @@ _PG_LOOKUP = sa.text(
 _PG_LOOKUP_ONCE = Prepared(_PG_LOOKUP)
 
 
-def _sqlite_lookup() -> sa.Select[Any]:  # Any: the columns of health_samples
+# Any: SQLAlchemy types a whole table's select as rows of Any
+def _sqlite_lookup() -> sa.Select[Any]:
     i, s = sample_identities.c, health_samples.c
     return (
         sa.select(health_samples)

@@ -160,6 +160,9 @@ function drawPhases(u, payload) {
   ctx.save();
   ctx.font = `${Math.round(10.5 * ratio)}px system-ui, sans-serif`;
   ctx.textBaseline = 'top';
+  // uPlot leaves the y axis's right alignment on the context: without this the label would
+  // end at its phase's edge, over the axis's top tick label.
+  ctx.textAlign = 'left';
   for (const [phase, from, to] of spans) {
     const x0 = x(from), x1 = x(to);
     if (x1 - x0 < 1) continue;

@@ -41,8 +41,6 @@ class DeliveryJobs(Protocol):
 
 
 MAX_ENDPOINTS_PER_USER = 20
-#: the longest wait between two attempts of one delivery
-MAX_RETRY_DELAY_MS = 4 * 3_600_000
 #: how long registering an endpoint waits for DNS
 RESOLVE_TIMEOUT_S = 5.0
 #: scaled out: how often the servers look for pending deliveries whose job went missing
@@ -131,6 +129,7 @@ class WebhookDispatcher:
         *,
         concurrency: int,
         retry_base_ms: int,
+        retry_max_ms: int,
         retry_window_ms: int,
         claim_ms: int,
         jobs: DeliveryJobs | None = None,
@@ -142,6 +141,7 @@ class WebhookDispatcher:
         self._sender = sender
         self._concurrency = concurrency
         self._retry_base_ms = retry_base_ms
+        self._retry_max_ms = retry_max_ms
         self._retry_window_ms = retry_window_ms
         self._claim_ms = claim_ms
         self._wake = asyncio.Event()
@@ -194,12 +194,13 @@ class WebhookDispatcher:
 
     def next_attempt_ms(self, delivery: Delivery, failed_at_ms: int) -> int | None:
         """When to try again after the delivery's attempt number ``attempts + 1`` failed at
-        ``failed_at_ms``: exponential from ``retry_base_ms``, never past the end of the retry
-        window (the last attempt happens at its end); None once the window is over."""
+        ``failed_at_ms``: exponential from ``retry_base_ms`` up to ``retry_max_ms`` apart, never
+        past the end of the retry window (the last attempt happens at its end); None once the
+        window is over."""
         window_end = delivery.created_at_ms + self._retry_window_ms
         if failed_at_ms >= window_end:
             return None
-        delay: int = min(self._retry_base_ms << min(delivery.attempts, 40), MAX_RETRY_DELAY_MS)
+        delay: int = min(self._retry_base_ms << min(delivery.attempts, 40), self._retry_max_ms)
         return min(failed_at_ms + delay, window_end)
 
     async def _run(self) -> None:
