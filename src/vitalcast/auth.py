@@ -8,7 +8,9 @@ Three kinds of bearer token, told apart by their shape:
   ``VITALCAST_LOCAL_TOKENS=false``; refused when issued before the user's
   ``tokens_valid_after_ms`` (``vitalcast token revoke``);
 - a JWT signed RS256, ES256 or EdDSA: a token of the deployment's OpenID Connect issuer
-  (``oidc.py``); its ``sub`` names the user, created on its first valid token.
+  (``oidc.py``); its ``sub`` names the user, created on its first valid token; refused when
+  issued before an erasure of that subject's account (``erased_subjects``), so an erased
+  account never comes back through a token that was still valid.
 
 A verified token is remembered for ``cache_s`` (never past its expiry), so a repeated token
 costs no signature check and no database read. ``revoke_user`` and ``revoke_share`` drop the
@@ -94,8 +96,9 @@ class Principal:
         if revocation.kind is RevocationKind.SHARE:
             return self.share_id == revocation.id
         if revocation.kind is RevocationKind.SESSION:
-            # the session's shares are gone with it; its room was closed on every node already
-            return False
+            # The session's shares went with it: a share of it ends like a revoked one (its
+            # subscribers heard ``session.status`` deleted before); the owner's token lives on.
+            return self.is_share and self.session_id == revocation.id
         return self.user_id == revocation.id and self.issued_at_ms < revocation.at_ms
 
 
@@ -170,6 +173,10 @@ class Authenticator:
         self._clock = clock or SystemClock()
         self._local_tokens = local_tokens
         self.oidc = oidc
+        #: erased subjects, looked up with every OpenID Connect token the cache does not hold
+        self._tombstones = (
+            credentials.SubjectTombstones(secret, oidc.issuer) if oidc is not None else None
+        )
         self.revocations = revocations or RevocationBus()
         self.revocations.subscribe(self._forget)
         self._cache_ms = int(cache_s * 1000)
@@ -217,8 +224,9 @@ class Authenticator:
         )
 
     async def revoke_session(self, session_id: str) -> None:
-        """A session was deleted: every server drops its shares' cached principals and whatever
-        else it keeps of the session (``telemetry.read.forgetting``)."""
+        """A session was deleted: every server drops its shares' cached principals, closes its
+        shares' sockets and forgets whatever else it keeps of the session
+        (``telemetry.read.forgetting``)."""
         await self.revocations.publish(
             Revocation(RevocationKind.SESSION, session_id, self._clock.now_ms())
         )
@@ -285,7 +293,15 @@ class Authenticator:
 
     async def _oidc_principal(self, claims: JsonObject, now_ms: int) -> Principal:
         subject: str = claims["sub"]
-        user_id = await self._query(lambda conn: credentials.oidc_user_id(conn, subject))
+        iat = claims.get("iat")
+        issued = int(iat) * 1000 if isinstance(iat, (int, float)) else 0
+        digest = self._tombstones.digest(subject) if self._tombstones is not None else ""
+        identity = await self._query(lambda conn: credentials.oidc_identity(conn, subject, digest))
+        if identity.erased_at_ms is not None and issued < identity.erased_at_ms:
+            # Issued before the subject's account was erased (or without ``iat``: in doubt,
+            # refuse): the erased account must not come back, as a new one or another's.
+            raise Unauthenticated("The token's account was erased.", code="TOKEN_REVOKED")
+        user_id = identity.user_id
         if user_id is None:
             user_id = await self._query(
                 lambda conn: credentials.create_oidc_user(conn, subject, now_ms=now_ms),
@@ -294,8 +310,6 @@ class Authenticator:
             if user_id is None:
                 raise _invalid("The token's subject cannot be used here.")
             log.info("oidc_user_created", user_id=user_id)
-        iat = claims.get("iat")
-        issued = int(iat) * 1000 if isinstance(iat, (int, float)) else 0
         return Principal(
             user_id=user_id, expires_at_ms=int(claims["exp"]) * 1000, issued_at_ms=issued
         )

@@ -1,9 +1,12 @@
-"""Core queries on what makes a user's credentials valid: local-token revocation and the user of
-an OpenID Connect subject. Each takes the caller's connection."""
+"""Core queries on what makes a user's credentials valid: local-token revocation, the user of an
+OpenID Connect subject and the tombstones of erased subjects. Each takes the caller's
+connection."""
 
 from __future__ import annotations
 
 import hashlib
+import hmac
+import json
 import uuid
 from dataclasses import dataclass
 
@@ -11,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from vitalcast.db.tables import erasures, users
+from vitalcast.db.tables import erased_subjects, erasures, users
 
 #: user names are at most this long (``users.name``)
 NAME_MAX = 200
@@ -89,3 +92,69 @@ async def create_oidc_user(conn: AsyncConnection, subject: str, *, now_ms: int) 
     insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
     await conn.execute(insert(users).values(**values).on_conflict_do_nothing())
     return await oidc_user_id(conn, subject)
+
+
+@dataclass(frozen=True, slots=True)
+class OidcIdentity:
+    """What the database says of an OpenID Connect subject, read in one statement."""
+
+    #: its user; None when it has none (never signed in, erased, or being erased)
+    user_id: str | None
+    #: when an account of the subject was erased: its tokens issued before are refused
+    erased_at_ms: int | None
+
+
+class SubjectTombstones:
+    """The keyed hash under which an erased subject is remembered (``erased_subjects``).
+
+    HMAC-SHA256 of (issuer, subject) under a key derived from ``VITALCAST_SECRET``: the row
+    cannot be tied to a person without the secret, a list of known subjects cannot be hashed
+    and matched against it by whoever reads the database, and a subject of another issuer is
+    another person. Every process that erases or authenticates must share the secret and the
+    issuer (they already share the secret for local tokens)."""
+
+    def __init__(self, secret: str, issuer: str) -> None:
+        self._key = hmac.new(
+            secret.encode(), b"vitalcast erased oidc subject v1", hashlib.sha256
+        ).digest()
+        self.issuer = issuer
+
+    def digest(self, subject: str) -> str:
+        message = json.dumps([self.issuer, subject], ensure_ascii=True).encode()
+        return hmac.new(self._key, message, hashlib.sha256).hexdigest()
+
+
+async def oidc_identity(conn: AsyncConnection, subject: str, digest: str) -> OidcIdentity:
+    """The user of ``subject`` and when an earlier account of it was erased (``digest``:
+    ``SubjectTombstones.digest(subject)``), in one statement."""
+    user_id = (
+        sa.select(users.c.id)
+        .where(users.c.oidc_subject == subject, _not_erasing())
+        .scalar_subquery()
+    )
+    erased_at = (
+        sa.select(erased_subjects.c.erased_at_ms)
+        .where(erased_subjects.c.subject_digest == digest)
+        .scalar_subquery()
+    )
+    row = (await conn.execute(sa.select(user_id, erased_at))).one()
+    return OidcIdentity(row[0], None if row[1] is None else int(row[1]))
+
+
+async def subject_of(conn: AsyncConnection, user_id: str) -> str | None:
+    """The OpenID Connect subject of the user ``user_id`` (None: a local user)."""
+    return await conn.scalar(sa.select(users.c.oidc_subject).where(users.c.id == user_id))
+
+
+async def record_erased_subject(conn: AsyncConnection, digest: str, *, at_ms: int) -> None:
+    """Remember that the subject of ``digest`` was erased at ``at_ms``; a later erasure of the
+    same subject (it signed up again) moves the moment on, never back."""
+    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    statement = insert(erased_subjects).values(subject_digest=digest, erased_at_ms=at_ms)
+    await conn.execute(
+        statement.on_conflict_do_update(
+            index_elements=[erased_subjects.c.subject_digest],
+            set_={"erased_at_ms": statement.excluded.erased_at_ms},
+            where=erased_subjects.c.erased_at_ms < statement.excluded.erased_at_ms,
+        )
+    )

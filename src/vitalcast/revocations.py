@@ -44,7 +44,8 @@ class RevocationKind(StrEnum):
     USER = "user"
     #: one share, for good
     SHARE = "share"
-    #: a deleted session: its shares' cached principals and what processes keep of its views
+    #: a deleted session: its shares (cached principals, open sockets) and what processes keep
+    #: of its views
     SESSION = "session"
 
 

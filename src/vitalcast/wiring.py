@@ -31,6 +31,7 @@ import socketio
 from vitalcast.alerts.service import AlertService
 from vitalcast.auth import Authenticator
 from vitalcast.clock import Clock, SystemClock
+from vitalcast.credentials import SubjectTombstones
 from vitalcast.db.engine import Database, create_engine
 from vitalcast.ingest.service import IngestService
 from vitalcast.lifecycle.erasure import ErasureService, InProcessErasures, Revoke, redis_scope
@@ -59,7 +60,7 @@ from vitalcast.sessions.models import Session
 from vitalcast.sessions.service import SessionService
 from vitalcast.settings import Settings
 from vitalcast.shares import ShareAccessLog
-from vitalcast.telemetry.compute.incremental import Aggregator, compute_views
+from vitalcast.telemetry.compute.incremental import Aggregator, compute_batch_views
 from vitalcast.telemetry.compute.memo import ViewMemo
 from vitalcast.telemetry.ports import PostSaveHooks, Subscriptions, TelemetryListener
 from vitalcast.telemetry.read.forgetting import Forgetting
@@ -301,7 +302,7 @@ def _computer(
         metrics,
         seams.telemetry_listener or listener,
         lease_ms=lease_ms,
-        aggregator=seams.aggregator or partial(compute_views, memo=memo),
+        aggregator=seams.aggregator or partial(compute_batch_views, memo=memo),
         cache=SessionTelemetryCacheRepository(),
         hooks=hooks,
     )
@@ -411,7 +412,7 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
         erasure=erasure,
         erasures=QueuedErasures(settings, in_process) if settings.redis_url else in_process,
         retention=(
-            DailyRetention(retention_service(settings, db, clock))
+            DailyRetention(retention_service(settings, db, clock), clock)
             if settings.raw_retention_days
             else None
         ),
@@ -489,6 +490,11 @@ def _erasure(
             settings.redis_url,
             [settings.rate_limit_prefix, settings.queue_prefix],
             settings.queue_prefix,
+        ),
+        tombstones=(
+            SubjectTombstones(settings.resolved_secret(), settings.oidc_issuer)
+            if settings.oidc_issuer
+            else None
         ),
         batch_rows=settings.erasure_batch_rows,
     )

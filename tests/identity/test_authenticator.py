@@ -8,12 +8,14 @@ import pytest
 
 from tests.conftest import TEST_SECRET, Users
 from tests.identity.conftest import count_statements
+from tests.identity.issuer import AUDIENCE, serve_issuer
 from vitalcast import credentials
 from vitalcast import shares as share_repository
 from vitalcast.auth import Authenticator, PrincipalScope, issue_token
 from vitalcast.clock import ManualClock, now_ms
 from vitalcast.db.engine import Database
 from vitalcast.errors import Unauthenticated
+from vitalcast.oidc import OidcVerifier
 from vitalcast.revocations import RevocationBus, RevocationPoll
 from vitalcast.sessions import repository as session_repository
 
@@ -46,6 +48,31 @@ async def test_a_remembered_token_costs_no_statement(db: Database, users: Users)
         for _ in range(100):
             assert (await auth.authenticate(token)).user_id == user_id
     assert repeated == []
+
+
+async def test_a_remembered_oidc_token_costs_no_statement(db: Database) -> None:
+    """The same for the issuer's tokens: a token of a known subject reads its user and its
+    tombstone in one statement; the next hundred uses read nothing and fetch no key."""
+    with serve_issuer() as issuer:
+        verifier = OidcVerifier(issuer.url, AUDIENCE)
+        auth = Authenticator(
+            TEST_SECRET, db, clock=ManualClock(now_ms()), oidc=verifier, cache_s=30
+        )
+        try:
+            kid = next(iter(issuer.published))
+            user_id = (await auth.authenticate(issuer.token(kid, sub="ivy", jti="1"))).user_id
+            token = issuer.token(kid, sub="ivy", jti="2")
+            fetches = issuer.jwks_fetches
+            with count_statements(db.engine) as first:
+                assert (await auth.authenticate(token)).user_id == user_id
+            assert len(first) == 1, first
+            with count_statements(db.engine) as repeated:
+                for _ in range(100):
+                    assert (await auth.authenticate(token)).user_id == user_id
+            assert repeated == []
+            assert issuer.jwks_fetches == fetches
+        finally:
+            await verifier.close()
 
 
 async def test_remembering_ends_after_the_cache_lifetime(db: Database, users: Users) -> None:

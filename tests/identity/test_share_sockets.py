@@ -76,6 +76,31 @@ async def test_a_share_socket_hears_its_session_until_revoked(
     assert again.connect_errors[0]["message"] == "SHARE_REVOKED"
 
 
+async def test_a_share_subscribe_is_in_the_owners_access_log(
+    live: LiveServer, users: Users, socket_client: ClientFactory
+) -> None:
+    """Every subscribe through a share is a read its owner sees (``subscribe``), one per
+    subscribe; the owner's own subscribe and a refused one are not."""
+    _owner, token = await users.create()
+    session = await create_session(live.url, token)
+    other = await create_session(live.url, token)
+    created = await create_share(live.url, token, session["id"])
+    viewer = await socket_client(live.url, created["token"])
+    owner = await socket_client(live.url, token)
+    for _ in range(2):
+        assert (await viewer.call("subscribe", {"session_id": session["id"]}))["ok"] is True
+    assert (await viewer.call("subscribe", {"session_id": other["id"]}))["ok"] is False
+    assert (await owner.call("subscribe", {"session_id": session["id"]}))["ok"] is True
+    live.run(live.parts.share_access.flush())
+    async with httpx.AsyncClient(base_url=live.url) as http:
+        log = await http.get(
+            f"/api/v1/shares/{created['id']}/access",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    assert log.status_code == 200
+    assert [item["kind"] for item in log.json()["items"]] == ["subscribe", "subscribe"]
+
+
 async def test_a_share_socket_is_closed_when_the_share_expires(
     settings: Settings, users: Users, socket_client: ClientFactory
 ) -> None:

@@ -5,6 +5,7 @@ rate budget, expiry, and the owner's access log."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,8 +14,10 @@ import pytest
 
 from tests.conftest import Users
 from tests.ingest.helpers import MINUTE_MS, hr, iso, now_ms
+from tests.lifecycle.traces import all_rows, rows_holding
 from vitalcast.app import create_app
 from vitalcast.clock import ManualClock
+from vitalcast.db.engine import Database
 from vitalcast.settings import Settings
 from vitalcast.wiring import NO_SEAMS, Seams
 
@@ -114,6 +117,31 @@ async def test_create_list_and_revoke(client: httpx.AsyncClient, users: Users) -
         ).json()["items"]
     }
     assert states[created["id"]] == "revoked"
+
+
+async def test_no_table_holds_a_share_token(
+    app: Any, client: httpx.AsyncClient, db: Database, users: Users
+) -> None:
+    """Stored hashed: after shares were created, used (reads logged) and revoked, no row of any
+    table (reflected from the database) holds a raw ``vcs_…`` token or its secret part, while
+    each token's SHA-256 is there."""
+    _owner, token = await users.create()
+    session_id = await owner_session(client, token)
+    created = [await share(client, token, session_id, label=f"share {n}") for n in range(3)]
+    for item in created:
+        read = await client.get(f"/api/v1/sessions/{session_id}", headers=bearer(item["token"]))
+        assert read.status_code == 200
+    await app.state.parts.share_access.flush()
+    revoked = await client.delete(f"/api/v1/shares/{created[0]['id']}", headers=bearer(token))
+    assert revoked.status_code == 204
+
+    rows = await all_rows(db)
+    assert len(rows["share_access"]) == 3
+    raw = [item["token"] for item in created]
+    assert rows_holding(rows, raw) == {}
+    assert rows_holding(rows, [t.removeprefix("vcs_") for t in raw]) == {}
+    digests = [hashlib.sha256(t.encode()).hexdigest() for t in raw]
+    assert set(rows_holding(rows, digests)) == {"shares"}
 
 
 async def test_a_share_reads_its_session_and_nothing_else(

@@ -1,16 +1,28 @@
-"""DELETE /api/v1/sessions/{id}: the session and everything derived from it go, samples stay."""
+"""DELETE /api/v1/sessions/{id}: the session and everything derived from it (views, change log,
+shares and their access log, alerts) go, samples stay."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
 
+from tests.alerts.helpers import bearer, heart_rate, ingest, live_session
 from tests.lifecycle.conftest import count
 from tests.realtime.conftest import ClientFactory, LiveServer
 from tests.realtime.test_socket_server import broadcast_updated, create_session
 from tests.telemetry.conftest import MINUTE, T0_MS, TelemetryClient, hr
-from vitalcast.db.tables import health_samples, session_changes, sessions, telemetry_cache
+from vitalcast.db.engine import Database
+from vitalcast.db.tables import (
+    health_samples,
+    session_alerts,
+    session_changes,
+    sessions,
+    share_access,
+    shares,
+    telemetry_cache,
+)
 from vitalcast.telemetry.compute.memo import ViewMemo
 
 
@@ -111,3 +123,56 @@ async def test_subscribers_hear_deleted_and_are_unsubscribed(
     assert earlier == []
     again = await watcher.call("subscribe", {"session_id": session["id"]})
     assert again["ok"] is False and again["code"] == "SESSION_NOT_FOUND"
+
+
+async def test_delete_takes_its_shares_their_access_log_and_alerts(
+    live: LiveServer, users: Any, db: Database, socket_client: ClientFactory
+) -> None:
+    """A session with a share (read over HTTP and subscribed over Socket.IO) and an announced
+    alert episode: after DELETE its ``shares``, ``share_access`` and ``session_alerts`` rows are
+    gone (another session's share stays), the share token is 401, and the viewer's socket hears
+    ``session.status`` deleted and is then closed as a revoked share's is."""
+    _owner, token = await users.create()
+    async with httpx.AsyncClient(base_url=live.url, timeout=30) as http:
+        sid = (await live_session(http, token))["id"]
+        kept_sid = (await live_session(http, token))["id"]
+        created = {}
+        for session_id in (sid, kept_sid):
+            share = await http.post(
+                f"/api/v1/sessions/{session_id}/shares",
+                json={"expires_in_minutes": 60},
+                headers=bearer(token),
+            )
+            assert share.status_code == 201, share.text
+            created[session_id] = share.json()
+        share_id, share_token = created[sid]["id"], created[sid]["token"]
+        viewer = await socket_client(live.url, share_token)
+        assert (await viewer.call("subscribe", {"session_id": sid}))["ok"] is True
+        read = await http.get(f"/api/v1/sessions/{sid}", headers=bearer(share_token))
+        assert read.status_code == 200
+        await ingest(http, token, [heart_rate("crossing", 4, 112)])
+        assert (await viewer.next("session.alert"))["session_id"] == sid
+        live.run(live.parts.share_access.flush())
+        assert await count(db, shares, shares.c.session_id == sid) == 1
+        assert await count(db, share_access, share_access.c.share_id == share_id) == 2
+        assert await count(db, session_alerts, session_alerts.c.session_id == sid) == 1
+
+        deleted = await http.delete(f"/api/v1/sessions/{sid}", headers=bearer(token))
+        assert deleted.status_code == 204
+
+        assert await count(db, shares, shares.c.session_id == sid) == 0
+        assert await count(db, share_access, share_access.c.share_id == share_id) == 0
+        assert await count(db, session_alerts, session_alerts.c.session_id == sid) == 0
+        assert await count(db, shares, shares.c.session_id == kept_sid) == 1
+        status = await viewer.next("session.status")
+        assert (status["session_id"], status["status"]) == (sid, "deleted")
+        assert (await viewer.next("error"))["code"] == "SHARE_REVOKED"
+        await asyncio.wait_for(viewer.disconnected.wait(), 10)
+        for path in (f"/api/v1/sessions/{sid}", f"/api/v1/sessions/{sid}/telemetry"):
+            refused = await http.get(path, headers=bearer(share_token))
+            assert refused.status_code == 401, (path, refused.text)
+            assert refused.json()["code"] == "TOKEN_INVALID"
+        kept_token = created[kept_sid]["token"]
+        assert (
+            await http.get(f"/api/v1/sessions/{kept_sid}", headers=bearer(kept_token))
+        ).status_code == 200

@@ -298,3 +298,15 @@ erasures = sa.Table(
     # Rows removed so far (all tables), for progress.
     sa.Column("rows_purged", sa.BigInteger, nullable=False, server_default="0"),
 )
+
+# OpenID Connect subjects whose account was erased: the issuer's tokens of the subject issued
+# before ``erased_at_ms`` stay refused after the purge removed the user (a token issued later
+# opens a new, empty account). The subject is kept only as a keyed hash
+# (``credentials.SubjectTombstones``): no user id, no name, no subject in clear, so the purge
+# leaves it and it holds nothing of the person. No ``user_id``: the purge does not find it.
+erased_subjects = sa.Table(
+    "erased_subjects",
+    metadata,
+    sa.Column("subject_digest", sa.String(64), primary_key=True),
+    sa.Column("erased_at_ms", sa.BigInteger, nullable=False),
+)

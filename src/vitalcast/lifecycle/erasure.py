@@ -1,8 +1,11 @@
 """``ErasureService``: an account erased (the right to erasure).
 
 1. ``request``: one transaction records the intent (an ``erasures`` row; from then on the
-   user's tokens are refused by the database) and ``revoke_user`` drops the user from every
-   server's token cache and closes its sockets, all before the answer (202).
+   user's tokens are refused by the database) and, for a user of the OpenID Connect issuer,
+   the subject's tombstone (``erased_subjects``: a keyed hash and the moment, which outlive the
+   purge, so the issuer's tokens issued before stay refused instead of opening a new account);
+   then ``revoke_user`` drops the user from every server's token cache and closes its sockets,
+   all before the answer (202).
 2. The purge (``run_pending``): the rows of every table holding the user, in batches
    (``lifecycle.purge``), then the user row and the intent together, then the user's Redis keys
    and values (``lifecycle.redis_sweep``). It runs in the server's process when embedded and as
@@ -18,7 +21,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from vitalcast import credentials
 from vitalcast.clock import Clock
 from vitalcast.db.engine import Database
 from vitalcast.db.tables import erasures, users
@@ -71,9 +76,11 @@ class ErasureService:
         *,
         revoke: Revoke,
         redis: RedisScope | None,
+        tombstones: credentials.SubjectTombstones | None = None,
         batch_rows: int = purge.BATCH_ROWS,
     ) -> None:
         self._db = db
+        self._tombstones = tombstones
         self._clock = clock
         self._revoke = revoke
         self._redis = redis
@@ -82,10 +89,14 @@ class ErasureService:
     async def request(self, user_id: str) -> ErasureState:
         """Record the erasure (idempotent) and revoke the user everywhere."""
         async with self._db.write() as conn:
-            exists = await conn.scalar(
-                sa.select(users.c.id).where(users.c.id == user_id).with_for_update()
-            )
-            if exists is None:
+            user = (
+                await conn.execute(
+                    sa.select(users.c.id, users.c.oidc_subject)
+                    .where(users.c.id == user_id)
+                    .with_for_update()
+                )
+            ).first()
+            if user is None:
                 raise Unauthenticated("The token is not valid.", code="TOKEN_INVALID")
             recorded = await conn.scalar(
                 sa.select(erasures.c.user_id).where(erasures.c.user_id == user_id)
@@ -110,9 +121,20 @@ class ErasureService:
                 )
                 .values(tokens_valid_after_ms=now_ms)
             )
+            if user.oidc_subject is not None:
+                await self._bury(conn, user.oidc_subject, now_ms)
         await self._revoke(user_id)
         log.info("erasure_requested", user_id=user_id)
         return ErasureState.PURGING
+
+    async def _bury(self, conn: AsyncConnection, subject: str, now_ms: int) -> None:
+        if self._tombstones is None:
+            # No issuer configured here: its tokens are not accepted here either; a server with
+            # one will take the subject's old tokens for a new account (README, erasure).
+            log.warning("erasure_without_oidc_issuer", reason="no tombstone written")
+            return
+        digest = self._tombstones.digest(subject)
+        await credentials.record_erased_subject(conn, digest, at_ms=now_ms)
 
     async def pending(self) -> list[str]:
         """The users whose erasure was requested and has not finished."""

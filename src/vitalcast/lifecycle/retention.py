@@ -132,23 +132,37 @@ class RetentionService:
 
 
 class DailyRetention:
-    """Runs the retention once at start and then every ``interval_s`` in a server."""
+    """Runs the retention once at start and then every ``interval_s`` in a server, on a fixed
+    schedule: the next run is due ``interval_s`` after the start of the one before, however
+    long that one took (so the runs do not drift later day by day)."""
 
-    def __init__(self, service: RetentionService, *, interval_s: float = INTERVAL_S) -> None:
+    def __init__(
+        self, service: RetentionService, clock: Clock, *, interval_s: float = INTERVAL_S
+    ) -> None:
         self._service = service
-        self._interval_s = interval_s
+        self._clock = clock
+        self._interval_ms = int(interval_s * 1000)
         self._task: asyncio.Task[None] | None = None
+        #: runs finished since start (failed ones included)
+        self.runs = 0
+        #: what the last successful run did
+        self.last: RetentionRun | None = None
+        #: when the next run is due (epoch ms), once the first has started
+        self.next_run_ms: int | None = None
 
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def _loop(self) -> None:
         while True:
+            self.next_run_ms = self._clock.now_ms() + self._interval_ms
             try:
-                await self._service.run()
+                self.last = await self._service.run()
             except Exception as exc:
                 log.error("retention_failed", error_type=type(exc).__name__)
-            await asyncio.sleep(self._interval_s)
+            self.runs += 1
+            log.info("retention_next_run", next_run_ms=self.next_run_ms)
+            await asyncio.sleep(max(self.next_run_ms - self._clock.now_ms(), 0) / 1000)
 
     async def stop(self) -> None:
         if self._task is not None:

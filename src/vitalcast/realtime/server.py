@@ -5,7 +5,8 @@ whose user does not exist, is refused with its code as the reason, and a connect
 disconnected when its token expires (after an ``error {code: "TOKEN_EXPIRED"}`` event, or
 ``SHARE_EXPIRED`` for a share token), its Engine.IO connection closed too. A revocation
 (``Authenticator.revoke_user`` / ``revoke_share``, from any server) closes the sockets it ends
-the same way within a second, after ``error {code: "TOKEN_REVOKED"}`` or ``SHARE_REVOKED``.
+the same way within a second, after ``error {code: "TOKEN_REVOKED"}`` or ``SHARE_REVOKED``
+(also a share's socket when its session is deleted, after ``session.status`` ``deleted``).
 A share token's socket may subscribe to its one session only (any other is
 ``SESSION_NOT_FOUND``) and joins no user room, so it hears nothing of the owner's other sessions. Every client frame passes ``frames.FrameGate`` first, which
 drops client events named like Socket.IO's own (``disconnect`` …). Client events, each answered
@@ -251,7 +252,8 @@ class RealtimeServer:
 
     async def _on_revocation(self, revocation: Revocation) -> None:
         """Close every socket of this node that ``revocation`` ends."""
-        code = "SHARE_REVOKED" if revocation.kind is RevocationKind.SHARE else "TOKEN_REVOKED"
+        # a deleted session's shares are gone: their sockets close as revoked shares' do
+        code = "TOKEN_REVOKED" if revocation.kind is RevocationKind.USER else "SHARE_REVOKED"
         for sid, client in list(self._clients.items()):
             if client.principal.revoked_by(revocation):
                 self._expire(sid, code)
