@@ -52,8 +52,8 @@ from vitalcast.settings import Settings
 from vitalcast.telemetry.compute.incremental import (
     BatchComputed,
     ViewInput,
+    compute_batch_views,
     compute_view,
-    compute_views,
 )
 from vitalcast.telemetry.compute.memo import ViewMemo
 from vitalcast.telemetry.compute.partials import decode
@@ -85,11 +85,11 @@ class TimedCompute:
         #: what its computer remembers of its saves, as wiring gives a process's computer
         self.memo = ViewMemo()
 
-    async def __call__(self, conn: Any, views: Sequence[ViewInput]) -> BatchComputed:
+    async def __call__(self, db: Database, views: Sequence[ViewInput]) -> BatchComputed:
         started = time.perf_counter()
         if self.full:
             views = [dataclasses.replace(view, stored=None) for view in views]
-        computed = await compute_views(conn, views, memo=self.memo)
+        computed = await compute_batch_views(db, views, memo=self.memo)
         self.ms.append((time.perf_counter() - started) * 1000)
         for result in computed.results:
             if not isinstance(result, Exception):

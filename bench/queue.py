@@ -54,7 +54,7 @@ from vitalcast.observability import Metrics, configure_logging
 from vitalcast.queue.backfill import BackfillFilter, coordinator_submit, run_backfill
 from vitalcast.queue.service import SessionTelemetryQueueService
 from vitalcast.sessions import repository as session_repository
-from vitalcast.sessions.changes import ChangeFanout
+from vitalcast.sessions.changes import CachedView, ChangeFanout
 from vitalcast.sessions.models import Session, SessionStatus
 from vitalcast.settings import Settings
 from vitalcast.telemetry.keys import CacheState, ScheduleReason, TelemetryKey
@@ -201,7 +201,9 @@ class CommitClock:
         self._clock = clock
         self.committed_ms = 0
 
-    async def sessions_changed(self, sessions: Sequence[Session]) -> None:
+    async def sessions_changed(
+        self, sessions: Sequence[Session], views: Sequence[CachedView]
+    ) -> None:
         self.committed_ms = self._clock.now_ms()
 
     async def session_status(self, session: Session) -> None:

@@ -9,14 +9,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from tests.waits import eventually
+from vitalcast.db.engine import Database
 from vitalcast.telemetry.compute.incremental import (
     Aggregator,
     BatchComputed,
     ViewInput,
-    compute_views,
+    compute_batch_views,
 )
 from vitalcast.telemetry.ports import TelemetryUpdate
 
@@ -38,33 +37,33 @@ class BrokenListener:
         raise RuntimeError("the realtime layer is down")
 
 
-def held_aggregator(hold_ms: int, aggregate: Aggregator = compute_views) -> Aggregator:
+def held_aggregator(hold_ms: int, aggregate: Aggregator = compute_batch_views) -> Aggregator:
     """``aggregate`` that first sleeps ``hold_ms`` while the lease is held, so a test can kill a
     worker in the middle of a compute."""
 
     async def held(
-        conn: AsyncConnection,
+        db: Database,
         views: Sequence[ViewInput],
     ) -> BatchComputed:
         await asyncio.sleep(hold_ms / 1000)
-        return await aggregate(conn, views)
+        return await aggregate(db, views)
 
     return held
 
 
-def gated_aggregator(gate: Path, aggregate: Aggregator = compute_views) -> Aggregator:
+def gated_aggregator(gate: Path, aggregate: Aggregator = compute_batch_views) -> Aggregator:
     """``aggregate`` that first waits, lease held, until the file ``gate`` exists: the test lets
     computes finish when it is ready, however slow the machine, instead of guessing a hold."""
 
     async def gated(
-        conn: AsyncConnection,
+        db: Database,
         views: Sequence[ViewInput],
     ) -> BatchComputed:
         async def opened() -> bool:
             return await asyncio.to_thread(gate.exists)
 
         await eventually(opened, what=f"the test created {gate}", timeout_s=300)
-        return await aggregate(conn, views)
+        return await aggregate(db, views)
 
     return gated
 
@@ -73,17 +72,17 @@ class FailingFirst:
     """An aggregate that raises on its first ``failures`` calls (every view of the batch fails),
     then is ``aggregate``."""
 
-    def __init__(self, failures: int, aggregate: Aggregator = compute_views) -> None:
+    def __init__(self, failures: int, aggregate: Aggregator = compute_batch_views) -> None:
         self._aggregate = aggregate
         self.failures = failures
         self.calls = 0
 
     async def __call__(
         self,
-        conn: AsyncConnection,
+        db: Database,
         views: Sequence[ViewInput],
     ) -> BatchComputed:
         self.calls += 1
         if self.calls <= self.failures:
             raise RuntimeError("injected compute failure")
-        return await self._aggregate(conn, views)
+        return await self._aggregate(db, views)

@@ -60,7 +60,7 @@ from vitalcast.sessions.models import Session
 from vitalcast.sessions.service import SessionService
 from vitalcast.settings import Settings
 from vitalcast.shares import ShareAccessLog
-from vitalcast.telemetry.compute.incremental import Aggregator, compute_views
+from vitalcast.telemetry.compute.incremental import Aggregator, compute_batch_views
 from vitalcast.telemetry.compute.memo import ViewMemo
 from vitalcast.telemetry.ports import PostSaveHooks, Subscriptions, TelemetryListener
 from vitalcast.telemetry.read.forgetting import Forgetting
@@ -302,7 +302,7 @@ def _computer(
         metrics,
         seams.telemetry_listener or listener,
         lease_ms=lease_ms,
-        aggregator=seams.aggregator or partial(compute_views, memo=memo),
+        aggregator=seams.aggregator or partial(compute_batch_views, memo=memo),
         cache=SessionTelemetryCacheRepository(),
         hooks=hooks,
     )

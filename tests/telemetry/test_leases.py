@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tests.doubles import RecordingListener
 from tests.telemetry.conftest import MINUTE, hr
@@ -21,7 +20,7 @@ from vitalcast.telemetry.compute.incremental import (
     Aggregator,
     BatchComputed,
     ViewInput,
-    compute_views,
+    compute_batch_views,
 )
 from vitalcast.telemetry.keys import ComputeOutcome, Resolution, ScheduleReason, TelemetryKey
 from vitalcast.telemetry.run.computer import TelemetryComputer
@@ -38,7 +37,7 @@ async def node(
     owner_id: str,
     *,
     lease_ms: int = 30_000,
-    aggregator: Aggregator = compute_views,
+    aggregator: Aggregator = compute_batch_views,
 ) -> AsyncIterator[TelemetryComputer]:
     """Another process's telemetry computer on the same database (it tells nobody)."""
     db = Database(create_engine(settings.resolved_database_url))
@@ -80,8 +79,8 @@ class StalledCompute:
         self.aggregated = asyncio.Event()
         self.wake_up = asyncio.Event()
 
-    async def __call__(self, conn: AsyncConnection, views: Sequence[ViewInput]) -> BatchComputed:
-        computed = await compute_views(conn, views)
+    async def __call__(self, db: Database, views: Sequence[ViewInput]) -> BatchComputed:
+        computed = await compute_batch_views(db, views)
         self.aggregated.set()
         await self.wake_up.wait()
         return computed

@@ -72,6 +72,12 @@ class InlineConnection(aiosqlite.Connection):
             raise ValueError("Connection closed")
         return fn(*args, **kwargs)
 
+    @property
+    def sqlite_connection(self) -> sqlite3.Connection | None:
+        """The ``sqlite3`` connection itself, for the thread running this one's unit
+        (``db.prepared``); None once closed."""
+        return self._connection
+
     def stop(self) -> None:
         self._running = False
         if self._connection is not None:

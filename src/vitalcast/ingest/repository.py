@@ -16,6 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from vitalcast.db.prepared import Prepared
 from vitalcast.db.tables import (
     health_samples,
     ingest_requests,
@@ -25,6 +26,7 @@ from vitalcast.db.tables import (
 )
 from vitalcast.samples import Sample, WriteCounts
 from vitalcast.sessions import repository as session_repository
+from vitalcast.sessions.changes import CachedView
 from vitalcast.sessions.models import Session
 
 # Keeps SQLite's IN lists well under its bound-parameter limit.
@@ -32,6 +34,49 @@ _LOOKUP_CHUNK = 1_000
 _COLUMNS = ("metric", "value", "unit", "start_ms", "end_ms", "device")
 #: the columns of a ``sample_identities`` row, in order
 IDENTITY_COLUMNS = ("user_id", "source", "record_id", "start_ms")
+#: the columns of a new ``health_samples`` row, as ``write_samples`` fills them
+_NEW_ROW_COLUMNS = ("user_id", "source", "record_id", *_COLUMNS, "deleted", "change_seq")
+
+
+def _insert_of(table: sa.Table, columns: Sequence[str]) -> Prepared:
+    return Prepared(sa.insert(table).values({name: sa.bindparam(name) for name in columns}))
+
+
+_INSERT_SAMPLES = _insert_of(health_samples, _NEW_ROW_COLUMNS)
+_INSERT_IDENTITIES = _insert_of(sample_identities, IDENTITY_COLUMNS)
+_RECORD_REQUEST = _insert_of(
+    ingest_requests,
+    ("user_id", "request_id", "body_sha256", "status_code", "response", "created_at_ms"),
+)
+_FIND_REPLAY = Prepared(
+    sa.select(
+        ingest_requests.c.body_sha256, ingest_requests.c.status_code, ingest_requests.c.response
+    ).where(
+        ingest_requests.c.user_id == sa.bindparam("user_id"),
+        ingest_requests.c.request_id == sa.bindparam("request_id"),
+    )
+)
+_SET_CHANGE_SEQ = Prepared(
+    sa.update(users)
+    .where(users.c.id == sa.bindparam("user_id"))
+    .values(change_seq=sa.bindparam("change_seq"))
+)
+_CACHED_VIEWS = Prepared(
+    sa.select(
+        telemetry_cache.c.session_id,
+        telemetry_cache.c.window_minutes,
+        telemetry_cache.c.resolution,
+        telemetry_cache.c.compute_version,
+    ).where(telemetry_cache.c.session_id.in_(sa.bindparam("session_ids", expanding=True)))
+)
+_MARK_STALE = Prepared(
+    sa.update(telemetry_cache)
+    .where(
+        telemetry_cache.c.session_id.in_(sa.bindparam("session_ids", expanding=True)),
+        telemetry_cache.c.stale_since_ms.is_(None),
+    )
+    .values(stale_since_ms=sa.bindparam("now_ms"))
+)
 
 
 @dataclass
@@ -50,18 +95,11 @@ async def find_replay(
     conn: AsyncConnection, user_id: str, request_id: str
 ) -> tuple[str, int, bytes] | None:
     """(body hash, status, response) stored for an earlier request with this id."""
-    row = (
-        await conn.execute(
-            sa.select(
-                ingest_requests.c.body_sha256,
-                ingest_requests.c.status_code,
-                ingest_requests.c.response,
-            ).where(
-                ingest_requests.c.user_id == user_id, ingest_requests.c.request_id == request_id
-            )
-        )
-    ).first()
-    return None if row is None else (row.body_sha256, row.status_code, bytes(row.response))
+    rows = await _FIND_REPLAY.rows(conn, {"user_id": user_id, "request_id": request_id})
+    if not rows:
+        return None
+    row = rows[0]
+    return row.body_sha256, row.status_code, bytes(row.response)
 
 
 async def record_request(
@@ -74,15 +112,16 @@ async def record_request(
     response: bytes,
     now_ms: int,
 ) -> None:
-    await conn.execute(
-        sa.insert(ingest_requests).values(
-            user_id=user_id,
-            request_id=request_id,
-            body_sha256=body_sha256,
-            status_code=status_code,
-            response=response,
-            created_at_ms=now_ms,
-        )
+    await _RECORD_REQUEST.run(
+        conn,
+        {
+            "user_id": user_id,
+            "request_id": request_id,
+            "body_sha256": body_sha256,
+            "status_code": status_code,
+            "response": response,
+            "created_at_ms": now_ms,
+        },
     )
 
 
@@ -115,8 +154,11 @@ _PG_LOOKUP = sa.text(
 ).columns(*health_samples.c)
 
 
+_PG_LOOKUP_ONCE = Prepared(_PG_LOOKUP)
+
+
 # Any: SQLAlchemy types a whole table's select as rows of Any
-def _sqlite_lookup(user_id: str, source: str, record_ids: Sequence[str]) -> sa.Select[Any]:
+def _sqlite_lookup() -> sa.Select[Any]:
     i, s = sample_identities.c, health_samples.c
     return (
         sa.select(health_samples)
@@ -129,8 +171,15 @@ def _sqlite_lookup(user_id: str, source: str, record_ids: Sequence[str]) -> sa.S
                 s.start_ms == i.start_ms,
             ),
         )
-        .where(i.user_id == user_id, i.source == source, i.record_id.in_(record_ids))
+        .where(
+            i.user_id == sa.bindparam("user_id"),
+            i.source == sa.bindparam("source"),
+            i.record_id.in_(sa.bindparam("record_ids", expanding=True)),
+        )
     )
+
+
+_SQLITE_LOOKUP = Prepared(_sqlite_lookup())
 
 
 async def _existing(
@@ -144,21 +193,23 @@ async def _existing(
         by_source.setdefault(source, []).append(record_id)
     found: dict[tuple[str, str], sa.Row[Any]] = {}  # Any: as above
     for source, record_ids in by_source.items():
-        queries: list[sa.Executable]
-        if conn.dialect.name == "postgresql":
-            queries = [_PG_LOOKUP.bindparams(record_ids=record_ids, user_id=user_id, source=source)]
-        else:
-            queries = [
-                _sqlite_lookup(user_id, source, record_ids[offset : offset + _LOOKUP_CHUNK])
-                for offset in range(0, len(record_ids), _LOOKUP_CHUNK)
-            ]
-        for query in queries:
-            for row in await conn.execute(query):
+        lookup, chunk = (
+            (_PG_LOOKUP_ONCE, len(record_ids))
+            if conn.dialect.name == "postgresql"
+            else (_SQLITE_LOOKUP, _LOOKUP_CHUNK)
+        )
+        for offset in range(0, len(record_ids), max(chunk, 1)):
+            params = {
+                "user_id": user_id,
+                "source": source,
+                "record_ids": record_ids[offset : offset + chunk],
+            }
+            for row in await lookup.rows(conn, params):
                 found[(row.source, row.record_id)] = row
     return found
 
 
-def _same(row: sa.Row[Any], sample: Sample) -> bool:  # Any: as above
+def _same(row: Any, sample: Sample) -> bool:  # Any: as above
     return not row.deleted and all(getattr(row, c) == getattr(sample, c) for c in _COLUMNS)
 
 
@@ -316,34 +367,27 @@ async def _insert(conn: AsyncConnection, rows: list[dict[str, object]]) -> None:
             sample_identities.name, records=identities, columns=IDENTITY_COLUMNS
         )
     else:
-        await conn.execute(sa.insert(health_samples), rows)
-        await conn.execute(
-            sa.insert(sample_identities),
-            [dict(zip(IDENTITY_COLUMNS, k, strict=True)) for k in identities],
+        await _INSERT_SAMPLES.run(conn, rows)
+        await _INSERT_IDENTITIES.run(
+            conn, [dict(zip(IDENTITY_COLUMNS, k, strict=True)) for k in identities]
         )
 
 
 async def set_change_seq(conn: AsyncConnection, user_id: str, change_seq: int) -> None:
-    await conn.execute(sa.update(users).where(users.c.id == user_id).values(change_seq=change_seq))
+    await _SET_CHANGE_SEQ.run(conn, {"user_id": user_id, "change_seq": change_seq})
 
 
 async def mark_caches_stale(conn: AsyncConnection, session_ids: Sequence[str], now_ms: int) -> None:
     """Remember when the first change after each cached payload arrived (freshness-lag metric)."""
-    await conn.execute(
-        sa.update(telemetry_cache)
-        .where(
-            telemetry_cache.c.session_id.in_(list(session_ids)),
-            telemetry_cache.c.stale_since_ms.is_(None),
-        )
-        .values(stale_since_ms=now_ms)
-    )
+    await _MARK_STALE.run(conn, {"session_ids": list(session_ids), "now_ms": now_ms})
 
 
 async def record_change(
     conn: AsyncConnection, user_id: str, seq: int, changed_times_ms: Sequence[int], *, now_ms: int
-) -> list[Session]:
+) -> tuple[list[Session], list[CachedView]]:
     """Stamp change ``seq`` (the user's counter, locked by the caller) into every session whose
-    widest window holds one of ``changed_times_ms``; the sessions it moved.
+    widest window holds one of ``changed_times_ms``; the sessions it moved and their cached
+    views (what the change listener recomputes).
 
     Every writer of samples (ingest, range deletion) goes through here, so a change moves the
     counter, the watermarks and the staleness clock of the cached views together.
@@ -352,6 +396,9 @@ async def record_change(
     touched = await session_repository.bump_watermarks(
         conn, user_id, change_seq=seq, changed_times_ms=changed_times_ms, now_ms=now_ms
     )
-    if touched:
-        await mark_caches_stale(conn, [s.id for s in touched], now_ms)
-    return touched
+    if not touched:
+        return touched, []
+    ids = [s.id for s in touched]
+    await mark_caches_stale(conn, ids, now_ms)
+    views = [CachedView(*row) for row in await _CACHED_VIEWS.rows(conn, {"session_ids": ids})]
+    return touched, views

@@ -20,7 +20,7 @@ from vitalcast.ingest import repository
 from vitalcast.ingest.validation import ValidatedBatch, validate_batch
 from vitalcast.observability import Metrics, debug_enabled, get_logger
 from vitalcast.sessions import repository as session_repository
-from vitalcast.sessions.changes import ChangeListener
+from vitalcast.sessions.changes import CachedView, ChangeListener
 from vitalcast.sessions.models import Session
 
 log = get_logger(__name__)
@@ -33,6 +33,8 @@ class IngestOutcome:
     status_code: int
     body: bytes
     touched: list[Session]
+    #: the touched sessions' cached views
+    views: list[CachedView]
 
 
 def body_fingerprint(body: object) -> str:
@@ -80,7 +82,7 @@ class IngestService:
         if isinstance(applied, IngestOutcome):
             log.info("ingest_replayed", user_id=user_id)
             return applied
-        written, touched, seq, status, response = applied
+        written, touched, views, seq, status, response = applied
         self._count(written, len(batch.rejected))
         # Routine, one per request: at debug, so a terminal stays readable at the default level.
         if debug_enabled():
@@ -95,8 +97,8 @@ class IngestService:
                 sessions_touched=len(touched),
                 change_seq=seq,
             )
-        await self._listener.sessions_changed(touched)
-        return IngestOutcome(status, response, touched)
+        await self._listener.sessions_changed(touched, views)
+        return IngestOutcome(status, response, touched, views)
 
     async def _apply(
         self,
@@ -105,7 +107,10 @@ class IngestService:
         batch: ValidatedBatch,
         fingerprint: str,
         now_ms: int,
-    ) -> IngestOutcome | tuple[repository.WriteResult, list[Session], int, int, bytes]:
+    ) -> (
+        IngestOutcome
+        | tuple[repository.WriteResult, list[Session], list[CachedView], int, int, bytes]
+    ):
         """The transaction of one ingest (a unit: on SQLite it runs on a database thread in
         one hop): the stored answer of a replayed request, or what was written, the sessions
         touched, the new change_seq, the status and the encoded answer."""
@@ -121,14 +126,15 @@ class IngestService:
                         "This request_id was used with another body.",
                         code="REQUEST_ID_REUSED",
                     )
-                return IngestOutcome(status, response, [])
+                return IngestOutcome(status, response, [], [])
         written = await repository.write_samples(
             conn, user_id, batch.samples, batch.deletions, change_seq=seq + 1
         )
         touched: list[Session] = []
+        views: list[CachedView] = []
         if written.changed:
             seq += 1
-            touched = await repository.record_change(
+            touched, views = await repository.record_change(
                 conn, user_id, seq, written.changed_times_ms, now_ms=now_ms
             )
         status = 207 if batch.rejected else 200
@@ -152,7 +158,7 @@ class IngestService:
                 response=response,
                 now_ms=now_ms,
             )
-        return written, touched, seq, status, response
+        return written, touched, views, seq, status, response
 
     def _count(self, written: repository.WriteResult, rejected: int) -> None:
         for outcome, n in (

@@ -22,7 +22,7 @@ from vitalcast.ingest import repository as ingest_repository
 from vitalcast.lifecycle import repository
 from vitalcast.observability import get_logger
 from vitalcast.sessions import repository as session_repository
-from vitalcast.sessions.changes import ChangeListener
+from vitalcast.sessions.changes import CachedView, ChangeListener
 from vitalcast.sessions.models import Session
 
 log = get_logger(__name__)
@@ -73,9 +73,10 @@ class SampleDeletionService:
                 conn, user_id, from_ms=from_ms, to_ms=to_ms, metrics=metrics
             )
             touched: list[Session] = []
+            views: list[CachedView] = []
             if removed.changed_times_ms:
                 seq += 1
-                touched = await ingest_repository.record_change(
+                touched, views = await ingest_repository.record_change(
                     conn, user_id, seq, removed.changed_times_ms, now_ms=now_ms
                 )
         log.info(
@@ -85,5 +86,5 @@ class SampleDeletionService:
             sessions_touched=len(touched),
             change_seq=seq,
         )
-        await self._listener.sessions_changed(touched)
+        await self._listener.sessions_changed(touched, views)
         return RangeDeletion(removed.rows, seq, touched)

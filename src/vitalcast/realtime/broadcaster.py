@@ -31,6 +31,7 @@ from vitalcast.alerts.models import SESSION_ALERT, Alert
 from vitalcast.json_types import JsonObject
 from vitalcast.observability import Metrics, get_logger
 from vitalcast.redis_connections import PUBSUB_MAX_CONNECTIONS, pubsub_client
+from vitalcast.sessions.changes import CachedView
 from vitalcast.sessions.models import Session
 from vitalcast.settings import Settings
 from vitalcast.telemetry.ports import TelemetryUpdate
@@ -238,7 +239,9 @@ class WebSocketBroadcaster:
         event = session_updated_event(update)
         await self._emit(SESSION_UPDATED, event, session_room(update.session_id), update.session_id)
 
-    async def sessions_changed(self, sessions: Sequence[Session]) -> None:
+    async def sessions_changed(
+        self, sessions: Sequence[Session], views: Sequence[CachedView]
+    ) -> None:
         """Nothing to push yet: the recompute that ingest scheduled emits ``session.updated``."""
 
     async def session_status(self, session: Session) -> None:

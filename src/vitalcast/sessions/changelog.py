@@ -26,13 +26,18 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vitalcast.clock import MINUTE_MS
+from vitalcast.db.prepared import Prepared
 from vitalcast.db.tables import session_changes
 
 #: times at most this far apart share a range (the finest bucket: 1 minute)
 MERGE_MS = MINUTE_MS
 
 c = session_changes.c
-_INSERT = sa.insert(session_changes)
+_INSERT = Prepared(
+    sa.insert(session_changes).values(
+        {name: sa.bindparam(name) for name in ("session_id", "change_seq", "prev_seq", "ranges")}
+    )
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,10 +86,10 @@ async def record(conn: AsyncConnection, entries: Sequence[LogEntry]) -> None:
     """Write ``entries`` (an ingest writes one per touched session)."""
     if not entries:
         return
-    # executemany of one cached statement: a multi-row VALUES is a new statement to build and
-    # compile for every ingest
-    await conn.execute(
-        _INSERT,
+    # executemany of one statement built once: a multi-row VALUES is a new statement to build
+    # and compile for every ingest
+    await _INSERT.run(
+        conn,
         [
             {
                 "session_id": entry.session_id,

@@ -9,6 +9,7 @@ about: it has committed already, and the next read or trigger repairs a missed e
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from vitalcast.observability import get_logger
@@ -17,11 +18,26 @@ from vitalcast.sessions.models import Session
 log = get_logger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class CachedView:
+    """A cached telemetry view of a changed session, read by the change's own transaction: told
+    with the change, so the listener that recomputes views reads nothing more (a read of its
+    own was a second transaction per ingest)."""
+
+    session_id: str
+    window_minutes: int
+    resolution: str
+    compute_version: int
+
+
 class ChangeListener(Protocol):
     """Told after commit; implementations must not raise (``ChangeFanout`` guards them anyway)."""
 
-    async def sessions_changed(self, sessions: Sequence[Session]) -> None:
-        """An ingest moved these sessions' watermarks (their telemetry is stale)."""
+    async def sessions_changed(
+        self, sessions: Sequence[Session], views: Sequence[CachedView]
+    ) -> None:
+        """An ingest moved these sessions' watermarks (their telemetry is stale); ``views`` are
+        their cached views."""
         ...
 
     async def session_status(self, session: Session) -> None:
@@ -35,12 +51,14 @@ class ChangeFanout:
     def __init__(self, *listeners: ChangeListener) -> None:
         self._listeners = listeners
 
-    async def sessions_changed(self, sessions: Sequence[Session]) -> None:
+    async def sessions_changed(
+        self, sessions: Sequence[Session], views: Sequence[CachedView]
+    ) -> None:
         if not sessions:
             return
         for listener in self._listeners:
             try:
-                await listener.sessions_changed(sessions)
+                await listener.sessions_changed(sessions, views)
             except Exception as exc:
                 log.error(
                     "change_listener_failed", change="sessions", error_type=type(exc).__name__

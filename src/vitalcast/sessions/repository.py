@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vitalcast.db import cascade
+from vitalcast.db.prepared import Prepared
 from vitalcast.db.tables import erasures, sessions, users
 from vitalcast.errors import Unauthenticated
 from vitalcast.sessions import changelog
@@ -59,10 +60,13 @@ async def lock_user(conn: AsyncConnection, user_id: str) -> int | None:
     (PostgreSQL; SQLite's write transaction already serialises); None when the user does not
     exist. An ingest of this user that has not committed yet is waited for, and one that starts
     later waits for us and then sees what we wrote."""
-    seq: int | None = await conn.scalar(
-        sa.select(users.c.change_seq).where(users.c.id == user_id).with_for_update()
-    )
+    seq: int | None = await _LOCK_USER.scalar(conn, {"user_id": user_id})
     return seq
+
+
+_LOCK_USER = Prepared(
+    sa.select(users.c.change_seq).where(users.c.id == sa.bindparam("user_id")).with_for_update()
+)
 
 
 async def get(
@@ -202,18 +206,9 @@ async def bump_watermarks(
     times: Sequence[int] = sorted(set(changed_times_ms))
     if not times:
         return []
-    lo, hi = times[0], times[-1]
-    candidates = (
-        await conn.execute(
-            sa.select(sessions).where(
-                sessions.c.user_id == user_id,
-                # Archived (retention): its views are kept as they are, never recomputed.
-                sessions.c.archived_at_ms.is_(None),
-                sessions.c.start_ms - WIDEST_PAD_MS <= hi,
-                sa.func.coalesce(sessions.c.end_ms, now_ms) + WIDEST_PAD_MS > lo,
-            )
-        )
-    ).all()
+    candidates = await _WIDEST_WINDOW_HOLDS.rows(
+        conn, {"user_id": user_id, "lo": times[0], "hi": times[-1], "now_ms": now_ms}
+    )
     touched: list[Session] = []
     entries: list[changelog.LogEntry] = []
     for row in candidates:
@@ -225,13 +220,28 @@ async def bump_watermarks(
                 changelog.LogEntry(session.id, change_seq, session.source_watermark, ranges)
             )
     if touched:
-        await conn.execute(
-            sa.update(sessions)
-            .where(sessions.c.id.in_([s.id for s in touched]))
-            .values(source_watermark=change_seq)
-        )
+        await _MOVE_WATERMARKS.run(conn, {"ids": [s.id for s in touched], "change_seq": change_seq})
         await changelog.record(conn, entries)
     return [replace(s, source_watermark=change_seq) for s in touched]
+
+
+#: the sessions of a user whose widest window may hold a time in [lo, hi]
+_WIDEST_WINDOW_HOLDS = Prepared(
+    sa.select(sessions).where(
+        sessions.c.user_id == sa.bindparam("user_id"),
+        # Archived (retention): its views are kept as they are, never recomputed.
+        sessions.c.archived_at_ms.is_(None),
+        sessions.c.start_ms - WIDEST_PAD_MS <= sa.bindparam("hi", type_=sessions.c.start_ms.type),
+        sa.func.coalesce(sessions.c.end_ms, sa.bindparam("now_ms", type_=sessions.c.start_ms.type))
+        + WIDEST_PAD_MS
+        > sa.bindparam("lo", type_=sessions.c.start_ms.type),
+    )
+)
+_MOVE_WATERMARKS = Prepared(
+    sa.update(sessions)
+    .where(sessions.c.id.in_(sa.bindparam("ids", expanding=True)))
+    .values(source_watermark=sa.bindparam("change_seq"))
+)
 
 
 async def delete(conn: AsyncConnection, session: Session) -> None:

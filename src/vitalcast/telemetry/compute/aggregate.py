@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vitalcast.catalog import ALL_CODES
+from vitalcast.db.prepared import Prepared
 from vitalcast.db.tables import sessions
 from vitalcast.json_types import JsonObject
 from vitalcast.sessions.models import Session
@@ -84,16 +85,16 @@ _RANGE_ROW = (
 # between gives its row unchanged (see the module docstring), so merging only costs rows, never
 # exactness.
 MAX_RANGES = 8
-_STATEMENTS: dict[tuple[str, int], sa.TextClause] = {}
+_STATEMENTS: dict[tuple[str, int], Prepared] = {}
 
 
-def _statement(dialect: str, n_ranges: int) -> sa.TextClause:
+def _statement(dialect: str, n_ranges: int) -> Prepared:
     statement = _STATEMENTS.get((dialect, n_ranges))
     if statement is None:
         values = ", ".join(_RANGE_ROW.format(i=i) for i in range(n_ranges))
         quantized = _QUANTIZED[dialect].format(scale=SUM_SCALE)
         text = _AGGREGATE.format(ahead=AHEAD, quantized=quantized, values=values)
-        statement = sa.text(text).bindparams(sa.bindparam("metrics", expanding=True))
+        statement = Prepared(sa.text(text).bindparams(sa.bindparam("metrics", expanding=True)))
         _STATEMENTS[(dialect, n_ranges)] = statement
     return statement
 
@@ -178,7 +179,7 @@ async def aggregate_many(
     rows: list[list[Row]] = [[] for _ in wanted]
     if n == 0:
         return rows
-    for row in await conn.execute(_statement(conn.dialect.name, n), params):
+    for row in await _statement(conn.dialect.name, n).rows(conn, params):
         rows[row[0]].append(tuple(row[1:]))
     return rows
 

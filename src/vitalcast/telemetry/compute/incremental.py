@@ -37,6 +37,7 @@ from functools import partial
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from vitalcast.db.engine import Database
 from vitalcast.json_types import JsonMapping
 from vitalcast.sessions import changelog
 from vitalcast.sessions.models import Session
@@ -94,9 +95,9 @@ class BatchComputed:
     stage_seconds: dict[str, float]
 
 
-#: the compute seam: (connection, the views of a batch) → their results. Tests and the fault
-#: suite wrap ``compute_views`` to hold or fail a batch.
-Aggregator = Callable[[AsyncConnection, Sequence[ViewInput]], Awaitable[BatchComputed]]
+#: the compute seam: (the database, the views of a batch) → their results. Tests and the fault
+#: suite wrap ``compute_batch_views`` to hold or fail a batch.
+Aggregator = Callable[[Database, Sequence[ViewInput]], Awaitable[BatchComputed]]
 #: the assembly of one view (``aggregate.assemble``); a seam so a test can poison one view
 Assembler = Callable[
     [Session, TelemetryKey, TelemetryWindow, Mapping[str, MetricSeries], int], Assembled
@@ -131,6 +132,17 @@ def _prepare(view: ViewInput, memo: ViewMemo | None) -> _Planned:
     return _Planned(view, window, remembered, previous)
 
 
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """What a batch's read found: each view's plan and its GROUP BY rows, and the seconds of
+    the change-log read and of the GROUP BY."""
+
+    planned: list[_Planned]
+    rows: list[list[Row]]
+    read_s: float
+    aggregate_s: float
+
+
 async def compute_views(
     conn: AsyncConnection,
     views: Sequence[ViewInput],
@@ -143,8 +155,29 @@ async def compute_views(
     then each view merged and assembled on its own (a view whose assembly raises fails alone).
     ``memo`` None decodes the stored partials every time (tests compare both ways); a process's
     computer passes the memo ``wiring`` built for it."""
-    started = time.perf_counter()
+    read = await _read(conn, [_prepare(view, memo) for view in views])
+    return _assemble(read, memo, assembler)
+
+
+async def compute_batch_views(
+    db: Database,
+    views: Sequence[ViewInput],
+    *,
+    memo: ViewMemo | None = None,
+    assembler: Assembler = assemble,
+) -> BatchComputed:
+    """``compute_views`` with its read as one unit of work (on SQLite: one hop to a database
+    thread, where the change-log read and the GROUP BY run without a thread hand-over per
+    statement as on aiosqlite's connection) and the assembly on this loop: assembling and
+    packing in a database thread held the GIL against the loop, and under a burst the loop fell
+    so far behind that Socket.IO clients were dropped. The default compute seam."""
     planned = [_prepare(view, memo) for view in views]
+    read = await db.unit(lambda conn: _read(conn, planned))
+    return _assemble(read, memo, assembler)
+
+
+async def _read(conn: AsyncConnection, planned: list[_Planned]) -> _Read:
+    started = time.perf_counter()
     spans: list[changelog.Span] = []
     asking: list[_Planned] = []
     for p in planned:
@@ -167,10 +200,14 @@ async def compute_views(
             for p in planned
         ],
     )
+    return _Read(planned, rows, read - started, time.perf_counter() - read)
+
+
+def _assemble(read: _Read, memo: ViewMemo | None, assembler: Assembler) -> BatchComputed:
     queried = time.perf_counter()
     results: list[ComputedTelemetry | Exception] = []
-    merging = assembling = 0.0
-    for p, fresh in zip(planned, rows, strict=True):
+    merging = 0.0
+    for p, fresh in zip(read.planned, read.rows, strict=True):
         try:
             merged, assembled, took = _merge_and_assemble(p, fresh, assembler)
             results.append(_finish(p, merged, assembled, memo))
@@ -178,12 +215,11 @@ async def compute_views(
             results.append(exc)
             continue
         merging += took[0]
-        assembling += took[1]
     return BatchComputed(
         results,
         {
-            "read": read - started,
-            "aggregate": queried - read + merging,
+            "read": read.read_s,
+            "aggregate": read.aggregate_s + merging,
             "assemble": time.perf_counter() - queried - merging,
         },
     )

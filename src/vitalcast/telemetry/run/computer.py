@@ -217,12 +217,9 @@ class TelemetryComputer:
         started = time.perf_counter()
         views = [ViewInput(c.session, c.key, read_started_ms, c.stored) for c in due]
         try:
-            # The read and the assembly stay on this loop: run in a database thread, a compute's
-            # Python (assembly, packing) held the GIL against the loop, and under a burst the
-            # loop fell so far behind that Socket.IO clients were dropped. A seam's aggregator
-            # may also wait for the test that set it.
-            async with self._db.read() as conn:
-                batch = await self._aggregate(conn, views)
+            # the read is a unit of work, the assembly stays on this loop
+            # (``compute_batch_views``); a seam's aggregator may also wait for the test that set it
+            batch = await self._aggregate(self._db, views)
         except Exception as exc:
             await self._record_failures([(c, exc) for c in due], reasons)
             return dict.fromkeys((c.key for c in due), ComputeOutcome.FAILED)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from vitalcast.clock import Clock
 from vitalcast.db.engine import Database
 from vitalcast.observability import get_logger
+from vitalcast.sessions.changes import CachedView
 from vitalcast.sessions.models import Session
 from vitalcast.telemetry.keys import COMPUTE_VERSION, Resolution, ScheduleReason, TelemetryKey
 from vitalcast.telemetry.scheduling import Scheduler, schedule
@@ -35,10 +36,23 @@ class TelemetryTriggers:
         self._scheduler = scheduler
         self._window_minutes = default_window_minutes
 
-    async def sessions_changed(self, sessions: Sequence[Session]) -> None:
-        """Ingest moved these sessions' watermarks."""
+    async def sessions_changed(
+        self, sessions: Sequence[Session], views: Sequence[CachedView]
+    ) -> None:
+        """Ingest moved these sessions' watermarks; ``views`` are their cached views, as the
+        ingest's transaction read them."""
         by_id = {session.id: session for session in sessions}
-        keys = await self._cached_keys(by_id)
+        keys = {
+            TelemetryKey(
+                view.session_id,
+                view.window_minutes,
+                Resolution(view.resolution),
+                COMPUTE_VERSION,
+                by_id[view.session_id].user_id,
+            )
+            for view in views
+            if view.compute_version == COMPUTE_VERSION and view.session_id in by_id
+        }
         now_ms = self._clock.now_ms()
         for session in by_id.values():
             keys.add(
