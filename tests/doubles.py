@@ -68,6 +68,24 @@ def gated_aggregator(gate: Path, aggregate: Aggregator = compute_batch_views) ->
     return gated
 
 
+def held_while_aggregator(flag: Path, aggregate: Aggregator = compute_batch_views) -> Aggregator:
+    """``aggregate`` that, when the file ``flag`` exists as it starts, holds its lease for as
+    long as the file stays: computes run freely until the test creates the flag, and the ones
+    after it are still holding when the test kills the process, however slow the machine."""
+
+    async def held(
+        db: Database,
+        views: Sequence[ViewInput],
+    ) -> BatchComputed:
+        async def lowered() -> bool:
+            return not await asyncio.to_thread(flag.exists)
+
+        await eventually(lowered, what=f"the test removed {flag}", timeout_s=300)
+        return await aggregate(db, views)
+
+    return held
+
+
 class FailingFirst:
     """An aggregate that raises on its first ``failures`` calls (every view of the batch fails),
     then is ``aggregate``."""

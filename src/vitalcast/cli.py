@@ -329,7 +329,7 @@ def run_server(
     if demo:
         from vitalcast.demo import demo_companion
 
-        companions.append(demo_companion(host=host, port=port))
+        companions.append(demo_companion(host=host, port=port, sync_ms=settings.demo_sync_ms))
     application = create_app(settings, seams or NO_SEAMS, companions=companions)
     uvicorn.run(
         application,

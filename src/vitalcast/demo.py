@@ -29,7 +29,6 @@ log = get_logger(__name__)
 DEMO_USER = "demo"
 DEMO_SEED = 7
 TOKEN_TTL_S = 7 * 86_400
-LIVE_SYNC_MS = 10_000
 LIVE_MINUTES = 45
 
 # (days ago, start hour UTC, minutes, dropout minute, outage minute, notes)
@@ -41,14 +40,15 @@ _PAST = (
 
 
 def demo_companion(
-    *, host: str, port: int
+    *, host: str, port: int, sync_ms: int
 ) -> Callable[[ServerParts], AbstractAsyncContextManager[None]]:
     """The demo, to run beside a server that serves on ``host:port`` (``create_app``'s
-    companions): started once the server's parts are, stopped before they close."""
+    companions), its live session synced every ``sync_ms``: started once the server's parts
+    are, stopped before they close."""
 
     @asynccontextmanager
     async def run(parts: ServerParts) -> AsyncIterator[None]:
-        demo = _Demo(parts, _base_url(host, port))
+        demo = _Demo(parts, _base_url(host, port), sync_ms)
         task = asyncio.create_task(demo.run())
         try:
             yield
@@ -72,9 +72,10 @@ def _base_url(host: str, port: int) -> str:
 class _Demo:
     """The demo's background work inside one server process."""
 
-    def __init__(self, parts: ServerParts, base_url: str) -> None:
+    def __init__(self, parts: ServerParts, base_url: str, sync_ms: int) -> None:
         self._parts = parts
         self._base_url = base_url
+        self._sync_ms = sync_ms
         self._live: SessionRunner | None = None
         self._user_id = ""
 
@@ -124,7 +125,7 @@ class _Demo:
                 duration_ms=LIVE_MINUTES * MINUTE_MS,
                 pre_ms=pre_ms,
                 post_ms=20 * MINUTE_MS,
-                notes="Live demo session, synced every 10 seconds",
+                notes=f"Live demo session, synced every {self._sync_ms / 1000:g} seconds",
             )
             # The server is stopping when this task is cancelled, so the session is ended
             # through the service (end_live_session), not over HTTP; the service precomputes
@@ -135,7 +136,7 @@ class _Demo:
                 _profile(),
                 Pace(1.0, origin_ms),
                 DEMO_SEED,
-                sync_ms=LIVE_SYNC_MS,
+                sync_ms=self._sync_ms,
                 end_on_exit=False,
             )
             await self._live.run()

@@ -110,6 +110,11 @@ class Settings(BaseSettings):
         description="Log lines: `auto` is for a person on a terminal, JSON lines when stderr is "
         "not one; `json` always (log shippers); `console` always human-readable.",
     )
+    demo_sync_ms: int = Field(
+        10_000,
+        ge=100,
+        description="How often the simulated phone of `serve --demo` syncs its live session.",
+    )
     oidc_issuer: str | None = Field(
         None,
         description="OpenID Connect issuer whose bearer tokens are accepted (https, or http on a "

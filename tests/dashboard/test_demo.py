@@ -24,7 +24,8 @@ async def test_demo_prints_a_link_to_live_charts_that_move(tmp_path, browser):
     the page lists three past sessions and a live one whose charts are drawn and then move by
     themselves as the simulated phone syncs; stopping the server ends the live session, which
     (ended through the session service, not a route) precomputes its views at 1m and 5m."""
-    env = vitalcast_env(tmp_path / "data")
+    # the simulated phone syncs every second (10 s by default): the charts move sooner
+    env = vitalcast_env(tmp_path / "data", demo_sync_ms="1000")
     with run_server(env, tmp_path / "logs", port=free_port(), demo=True) as server:
         deadline = time.monotonic() + 60
         while not (found := LINK.search(server.stdout())):

@@ -2,9 +2,10 @@
 change log was committed with the samples, so the next server's compute is incremental from the
 partials saved before the crash, and exact (equal to a full recompute).
 
-Real processes: the server that dies runs with every compute holding its lease for a while (the
-test-only ``tests.held_server``), so the kill lands after the ingest was acknowledged and before
-anything was saved; the next server is a plain ``vitalcast serve`` on the same database."""
+Real processes: the server that dies holds the lease of every compute that starts once the test
+has set its flag (the test-only ``tests.held_server``), so the kill lands after the ingest was
+acknowledged and before anything was saved; the next server is a plain ``vitalcast serve`` on the
+same database."""
 
 from __future__ import annotations
 
@@ -35,7 +36,6 @@ from vitalcast.testing import load_session
 
 pytestmark = pytest.mark.slow
 
-HOLD_MS = 4_000
 DEADLINE_S = 60.0
 
 
@@ -95,7 +95,8 @@ async def test_a_crash_between_ingest_and_compute_loses_nothing(
     env = vitalcast_env(tmp_path / "data", database_url=database_url, lease_ms="1500")
     port = free_port()
     start = now_ms() - 20 * MINUTE_MS
-    args = [str(HOLD_MS), "--port", str(port)]
+    hold = tmp_path / "hold"
+    args = [str(hold), "--port", str(port)]
     with spawn(args, env, tmp_path / "held.log", module="tests.held_server") as child:
         held = ServerProcess(child.process, child.log_path, f"http://127.0.0.1:{port}")
         await asyncio.to_thread(wait_healthy, held)
@@ -105,6 +106,8 @@ async def test_a_crash_between_ingest_and_compute_loses_nothing(
             first = [hr(f"a{i}", start + i * MINUTE_MS, 60.0 + i) for i in range(18)]
             seq = (await http.post("/api/v1/samples", json={"samples": first})).json()["change_seq"]
             await _until(lambda: _ready(http, session_id, seq), "the first compute")
+            # from here on, the held server's computes hold their leases until it is killed
+            hold.touch()
             second = [hr("late", start + 3 * MINUTE_MS + 7_000, 99.5)]
             second += [hr(f"b{i}", start + (18 + i) * MINUTE_MS, 80.0) for i in range(2)]
             answer = await http.post("/api/v1/samples", json={"samples": second})

@@ -17,11 +17,14 @@ import sqlalchemy as sa
 from tests.identity.issuer import AUDIENCE, LocalIssuer, serve_issuer
 from tests.lifecycle.traces import all_rows, rows_holding, rows_without
 from tests.realtime.conftest import LiveServer, serve_in_thread
+from vitalcast import credentials
+from vitalcast.credentials import SubjectTombstones
 from vitalcast.db.engine import Database
 from vitalcast.db.tables import erased_subjects
 from vitalcast.db.tables import users as users_table
 from vitalcast.settings import Settings
 from vitalcast.testing import hr_sample as hr
+from vitalcast.wiring import build_erasure
 
 MINUTE = 60_000
 
@@ -123,3 +126,37 @@ async def test_an_erased_oidc_account_does_not_come_back(
 
     async with db.read() as conn:
         assert await conn.scalar(sa.select(sa.func.count()).select_from(erased_subjects)) == 1
+
+
+async def test_an_erasure_from_the_cli_buries_the_subject_and_a_second_one_moves_it_on(
+    settings: Settings, db: Database
+) -> None:
+    """``vitalcast users erase``'s service (``build_erasure``) writes the same tombstone as a
+    server, under the configured issuer and secret; erasing the account the subject opened
+    again later moves the tombstone's moment on, never back."""
+    issuer = "https://id.example.com/realms/care"
+    oidc = settings.model_copy(update={"oidc_issuer": issuer, "oidc_audience": AUDIENCE})
+    digest = SubjectTombstones(oidc.resolved_secret(), issuer).digest("henry")
+    moments = []
+    for at_ms in (1_000_000, 2_000_000):
+        async with db.write() as conn:
+            user_id = await credentials.create_oidc_user(conn, "henry", now_ms=at_ms)
+        assert user_id is not None
+        cli_db, erasure = build_erasure(oidc)
+        try:
+            await erasure.request(user_id)
+            assert await erasure.run_pending() == 1
+        finally:
+            await cli_db.dispose()
+        async with db.read() as conn:
+            rows = (await conn.execute(sa.select(erased_subjects))).all()
+        assert [row.subject_digest for row in rows] == [digest]
+        moments.append(rows[0].erased_at_ms)
+        assert await _user_of(db, "henry") == []
+    assert moments[0] <= moments[1]
+    later = moments[1] + 5
+    for at_ms in (later, moments[0]):
+        async with db.write() as conn:
+            await credentials.record_erased_subject(conn, digest, at_ms=at_ms)
+    async with db.read() as conn:
+        assert (await conn.execute(sa.select(erased_subjects))).all() == [(digest, later)]

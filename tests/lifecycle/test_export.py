@@ -87,3 +87,31 @@ async def test_an_account_with_nothing_exports_an_empty_account(
     assert sorted(archive.namelist()) == ["account.json", "samples.csv"]
     assert orjson.loads(archive.read("account.json"))["sessions"] == []
     assert archive.read("samples.csv").decode().count("\r\n") == 1
+
+
+async def test_samples_csv_of_the_account_export_is_neutralised(
+    tc: TelemetryClient, users: Any
+) -> None:
+    """The account export writes samples.csv through the same CSV helper as export.csv: a
+    source, record id or device that a spreadsheet would run as a formula comes out with a
+    leading quote; the value column stays a number."""
+    _uid, token = await users.create()
+    auth = {"Authorization": f"Bearer {token}"}
+    now = tc.clock.now_ms()
+    hostile = hr("+1+cmd", now - 5 * MINUTE, 70.0, source='=HYPERLINK("http://evil","x")')
+    hostile["device"] = "@SUM(A1:A9)"
+    await tc.post_samples(auth, [hostile, hr("plain", now - 4 * MINUTE, 71.0)])
+
+    response = await tc.http.get("/api/v1/me/export", headers=auth)
+
+    archive = zipfile.ZipFile(io.BytesIO(response.content))
+    text = archive.read("samples.csv").decode()
+    rows = {r["record_id"]: r for r in csv.DictReader(io.StringIO(text, newline=""))}
+    assert set(rows) == {"'+1+cmd", "plain"}
+    row = rows["'+1+cmd"]
+    assert row["source"] == '\'=HYPERLINK("http://evil","x")'
+    assert row["device"] == "'@SUM(A1:A9)"
+    assert row["value"] == "70.0"
+    assert rows["plain"]["source"] == "polar"
+    for cells in rows.values():
+        assert not any(cell.startswith(("=", "+", "-", "@", "\t", "\r")) for cell in cells.values())

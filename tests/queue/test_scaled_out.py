@@ -327,12 +327,18 @@ async def test_sigterm_lets_a_running_job_finish(
     cluster: Cluster, queue: Queue, tmp_path: Path
 ) -> None:
     """SIGTERM during a compute shorter than the grace period: the worker finishes it, then
-    exits cleanly (code 0)."""
+    exits cleanly (code 0). The compute holds its lease until the worker has begun to stop."""
     user_id, token = await new_user(cluster.pg_url)
     api = Api(cluster.server.url, token)
-    with worker_subprocess(cluster.env, tmp_path / "worker.log", hold_ms=2000) as worker:
+    stopping = tmp_path / "stopping"
+    with worker_subprocess(cluster.env, tmp_path / "worker.log", hold_until=stopping) as worker:
         session, seq = await start_held_compute(api, cluster.pg_url, worker)
         worker.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while '"worker_stopping"' not in worker.log():
+            assert time.monotonic() < deadline, worker.log()
+            await asyncio.sleep(0.05)
+        stopping.touch()
         assert worker.process.wait(15) == 0, worker.log()
     key = TelemetryKey(session["id"], 60, Resolution.ONE_MINUTE, user_id=user_id)
     assert await queue.getJobState(job_id(key, seq)) == "completed"

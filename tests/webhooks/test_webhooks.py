@@ -13,6 +13,7 @@ import pytest
 
 from tests.conftest import Users
 from vitalcast.clock import now_ms
+from vitalcast.settings import Settings
 from vitalcast.webhooks import repository
 from vitalcast.webhooks.addresses import system_resolver
 from vitalcast.webhooks.models import Delivery, DeliveryStatus
@@ -289,6 +290,36 @@ async def test_retries_double_from_the_base_up_to_the_longest_wait_within_the_wi
         ]  # fmt: skip
         assert after(50, 59_500) == 60_000
         assert after(50, 60_000) is None
+
+
+async def test_the_default_schedule_is_the_documented_one(settings: Settings, run_app) -> None:
+    """With the defaults: 5 s after the first failure, doubling, at most 4 h apart, the last
+    attempt exactly 24 h after the message was created, then none: 18 attempts in all."""
+    async with run_app(settings) as running:
+        dispatcher = running.parts.dispatcher
+        delays_s: list[float] = []
+        failed_at_ms, attempts = 0, 1
+        while True:
+            delivery = Delivery(
+                "d",
+                "e",
+                "u",
+                "session.alert",
+                b"{}",
+                DeliveryStatus.PENDING,
+                attempts - 1,
+                0,
+                0,
+                None,
+            )
+            after = dispatcher.next_attempt_ms(delivery, failed_at_ms)
+            if after is None:
+                break
+            delays_s.append((after - failed_at_ms) / 1000)
+            failed_at_ms, attempts = after, attempts + 1
+    doubling = [5.0 * 2**k for k in range(12)]  # 5 s … 10,240 s, each under 4 h
+    assert delays_s == [*doubling, 14_400.0, 14_400.0, 14_400.0, 14_400.0, 8_325.0]
+    assert (failed_at_ms, attempts) == (86_400_000, 18)
 
 
 async def test_a_slow_receiver_does_not_hold_the_sender(

@@ -33,7 +33,14 @@ class WebhookSender:
         self._timeout = httpx.Timeout(timeout_s)
         self._deadline_s = timeout_s * 2
         self._resolver = resolver
-        self._tls = ssl.create_default_context()
+        self._tls: ssl.SSLContext | None = None
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """Made at the first attempt, not at start: loading the CA certificates costs about
+        30 ms of CPU, which every server and worker paid at start though most never send."""
+        if self._tls is None:
+            self._tls = ssl.create_default_context()
+        return self._tls
 
     async def send(self, url: str, headers: dict[str, str], body: bytes) -> SendResult:
         started = time.perf_counter()
@@ -52,7 +59,7 @@ class WebhookSender:
                 # for another host name on the same address must not carry this request.
                 async with (
                     httpx.AsyncClient(
-                        verify=self._tls,
+                        verify=self._tls_context(),
                         trust_env=False,
                         follow_redirects=False,
                         timeout=self._timeout,
