@@ -23,6 +23,7 @@ from enum import StrEnum
 
 import orjson
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vitalcast.db.engine import Database
 from vitalcast.db.tables import users
@@ -170,6 +171,16 @@ async def publish_once(
         await client.aclose()
 
 
+async def _revoked_since(conn: AsyncConnection, seen_ms: int) -> list[tuple[str, int]]:
+    """(user id, tokens valid after) of every revocation written after ``seen_ms``."""
+    rows = await conn.execute(
+        sa.select(users.c.id, users.c.tokens_valid_after_ms).where(
+            users.c.tokens_valid_after_ms > seen_ms
+        )
+    )
+    return [(str(row.id), int(row.tokens_valid_after_ms)) for row in rows]
+
+
 class RevocationPoll:
     """Finds local-token revocations that another process wrote (``vitalcast token revoke``
     while the server runs embedded, or while Redis was down) and delivers them here: one
@@ -195,19 +206,19 @@ class RevocationPoll:
     async def poll(self) -> list[Revocation]:
         """Deliver the revocations written since the last poll (the first poll only learns
         where the log stands: there is nothing cached yet to drop)."""
-        async with self._db.read() as conn:
-            if self._seen_ms is None:
-                latest = await conn.scalar(sa.select(sa.func.max(users.c.tokens_valid_after_ms)))
-                self._seen_ms = int(latest or 0)
-                return []
-            rows = (
-                await conn.execute(
-                    sa.select(users.c.id, users.c.tokens_valid_after_ms).where(
-                        users.c.tokens_valid_after_ms > self._seen_ms
-                    )
-                )
-            ).all()
-        found = [Revocation(RevocationKind.USER, row.id, int(row[1])) for row in rows]
+        # a unit of work: this runs every interval, idle or not, and on SQLite a unit is one
+        # hop to a database thread rather than one per statement
+        if self._seen_ms is None:
+            latest = await self._db.unit(
+                lambda conn: conn.scalar(sa.select(sa.func.max(users.c.tokens_valid_after_ms)))
+            )
+            self._seen_ms = int(latest or 0)
+            return []
+        seen_ms = self._seen_ms
+        rows = await self._db.unit(
+            lambda conn: _revoked_since(conn, seen_ms),
+        )
+        found = [Revocation(RevocationKind.USER, user_id, at_ms) for user_id, at_ms in rows]
         for revocation in found:
             self._seen_ms = max(self._seen_ms, revocation.at_ms)
             await self._bus.deliver(revocation)

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from vitalcast.db.partitions import SamplePartitions
-from vitalcast.db.units import SqliteUnits, Unit, is_file_url
+from vitalcast.db.units import InlineConnection, SqliteUnits, Unit, is_file_url
 
 T = TypeVar("T")
 
@@ -84,7 +84,13 @@ def _sqlite_begin(conn: sa.Connection) -> None:
     # otherwise fail with SQLITE_BUSY_SNAPSHOT, which no busy timeout waits out. Readers stay
     # deferred so that cache hits never queue behind an ingest.
     immediate = conn.get_execution_options().get(WRITE_OPTION, False)
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    begin = "BEGIN IMMEDIATE" if immediate else "BEGIN"
+    driver = conn.connection.driver_connection
+    if isinstance(driver, InlineConnection) and driver.sqlite_connection is not None:
+        # a unit's connection (``units``): straight to sqlite3, as ``prepared`` statements go
+        driver.sqlite_connection.execute(begin)
+    else:
+        conn.exec_driver_sql(begin)
 
 
 class Database:

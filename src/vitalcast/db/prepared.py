@@ -88,10 +88,16 @@ class _Compiled:
             value = params[name] if name in params else self.defaults[name]
             if name in self.expanding:
                 items = list(value)
+                if items and isinstance(items[0], tuple):
+                    # a tuple IN: one row value per item
+                    row = "(" + ", ".join("?" * len(items[0])) + ")"
+                    marks = ", ".join([row] * len(items))
+                    values.extend(v for item in items for v in item)
+                else:
+                    marks = ", ".join("?" * len(items))
+                    values.extend(items)
                 # an empty list matches nothing, as SQLAlchemy renders it
-                marks = ", ".join("?" * len(items)) if items else "NULL"
-                sql = sql.replace(f"__[POSTCOMPILE_{name}]", marks, 1)
-                values.extend(items)
+                sql = sql.replace(f"__[POSTCOMPILE_{name}]", marks or "NULL", 1)
             else:
                 values.append(value)
         return sql, values

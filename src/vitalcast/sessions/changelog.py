@@ -125,16 +125,10 @@ async def chains(conn: AsyncConnection, spans: Sequence[Span]) -> list[list[LogE
             wanted[session_id] = (min(lo, after), max(hi, through))
     if not wanted:
         return walks
-    rows = await conn.execute(
-        sa.select(c.session_id, c.change_seq, c.prev_seq, c.ranges).where(
-            sa.or_(
-                *(
-                    sa.and_(c.session_id == s, c.change_seq > lo, c.change_seq <= hi)
-                    for s, (lo, hi) in sorted(wanted.items())
-                )
-            )
-        )
-    )
+    params: dict[str, object] = {}
+    for i, (session_id, (lo, hi)) in enumerate(sorted(wanted.items())):
+        params |= {f"s{i}": session_id, f"lo{i}": lo, f"hi{i}": hi}
+    rows = await _entries_of(len(wanted)).rows(conn, params)
     by_seq: dict[tuple[str, int], tuple[int, bytes | None]] = {
         (row.session_id, row.change_seq): (row.prev_seq, row.ranges) for row in rows
     }
@@ -142,6 +136,31 @@ async def chains(conn: AsyncConnection, spans: Sequence[Span]) -> list[list[LogE
         if through > after:
             walks[i] = _walk(by_seq, session_id, after, through)
     return walks
+
+
+_ENTRIES: dict[int, Prepared] = {}
+
+
+def _entries_of(n_sessions: int) -> Prepared:
+    """The read of ``chains`` for that many sessions, built once: the entries of session
+    ``:s{i}`` with ``:lo{i} < change_seq <= :hi{i}``."""
+    statement = _ENTRIES.get(n_sessions)
+    if statement is None:
+        statement = _ENTRIES[n_sessions] = Prepared(
+            sa.select(c.session_id, c.change_seq, c.prev_seq, c.ranges).where(
+                sa.or_(
+                    *(
+                        sa.and_(
+                            c.session_id == sa.bindparam(f"s{i}"),
+                            c.change_seq > sa.bindparam(f"lo{i}", type_=sa.BigInteger),
+                            c.change_seq <= sa.bindparam(f"hi{i}", type_=sa.BigInteger),
+                        )
+                        for i in range(n_sessions)
+                    )
+                )
+            )
+        )
+    return statement
 
 
 def _walk(

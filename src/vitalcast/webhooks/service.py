@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Sequence
+from functools import partial
 from typing import Protocol
 
 from vitalcast.clock import Clock, iso_ms
@@ -213,14 +214,20 @@ class WebhookDispatcher:
             claimed: list[Delivery] = []
             wait_ms = POLL_MS
             try:
+                # units of work: this loop runs every second, idle or not, and on SQLite a
+                # unit is one hop to a database thread rather than one per statement
                 if free > 0:
-                    async with self._db.write() as conn:
-                        claimed = await repository.claim_due(
-                            conn, now_ms=self._clock.now_ms(), lease_ms=self._claim_ms, limit=free
-                        )
+                    claimed = await self._db.unit(
+                        partial(
+                            repository.claim_due,
+                            now_ms=self._clock.now_ms(),
+                            lease_ms=self._claim_ms,
+                            limit=free,
+                        ),
+                        write=True,
+                    )
                 if not claimed:
-                    async with self._db.read() as conn:
-                        due = await repository.next_due_ms(conn)
+                    due = await self._db.unit(repository.next_due_ms)
                     if due is not None:
                         wait_ms = min(POLL_MS, max(due - self._clock.now_ms(), 10))
             except Exception as exc:

@@ -25,6 +25,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vitalcast.clock import MINUTE_MS
+from vitalcast.db.prepared import Prepared
 from vitalcast.db.tables import sessions, telemetry_cache
 from vitalcast.sessions.models import Session, SessionStatus
 from vitalcast.telemetry.compute.results import ComputedTelemetry, StoredView
@@ -109,10 +110,10 @@ WHERE telemetry_cache.session_id = saved.session_id
 RETURNING telemetry_cache.session_id, telemetry_cache.window_minutes,
   telemetry_cache.resolution, telemetry_cache.compute_version
 """
-_SAVES: dict[tuple[str, int], sa.TextClause] = {}
+_SAVES: dict[tuple[str, int], Prepared] = {}
 
 
-def _save_statement(dialect: str, n_rows: int) -> sa.TextClause:
+def _save_statement(dialect: str, n_rows: int) -> Prepared:
     statement = _SAVES.get((dialect, n_rows))
     if statement is None:
         blob = _BLOB[dialect]
@@ -123,14 +124,14 @@ def _save_statement(dialect: str, n_rows: int) -> sa.TextClause:
             for i in range(n_rows)
         )
         text = _SAVE.format(columns=", ".join(name for name, _t in _SAVED), rows=rows)
-        statement = _SAVES[(dialect, n_rows)] = sa.text(text)
+        statement = _SAVES[(dialect, n_rows)] = Prepared(sa.text(text))
     return statement
 
 
-_CLAIMS: dict[str, sa.Update] = {}
+_CLAIMS: dict[str, Prepared] = {}
 
 
-def _claim_statement(dialect: str) -> sa.Update:
+def _claim_statement(dialect: str) -> Prepared:
     """The claim (see ``claim``), built once per dialect: bound are the keys, the owner, now
     and the lease's expiry."""
     statement = _CLAIMS.get(dialect)
@@ -157,7 +158,7 @@ def _claim_statement(dialect: str) -> sa.Update:
         expanding=True,
         type_=sa.TupleType(sa.String(), sa.Integer(), sa.String(), sa.Integer()),
     )
-    statement = _CLAIMS[dialect] = (
+    statement = _CLAIMS[dialect] = Prepared(
         sa.update(telemetry_cache)
         .where(
             sa.tuple_(*_KEY_COLUMNS).in_(keys),
@@ -274,7 +275,7 @@ class SessionTelemetryCacheRepository:
         }
         found: dict[KeyTuple, Claim] = {}
         by_tuple = {key_tuple(k): k for k in keys}
-        for row in await conn.execute(take, params):
+        for row in await take.rows(conn, params):
             t = (row.session_id, row.window_minutes, row.resolution, row.compute_version)
             if row.s_status is None:
                 continue  # the session went with the row (a cascade in flight)
@@ -446,7 +447,7 @@ class SessionTelemetryCacheRepository:
             params |= {
                 f"{name}{i}": value for (name, _t), value in zip(_SAVED, values, strict=True)
             }
-        rows = await conn.execute(_save_statement(conn.dialect.name, len(results)), params)
+        rows = await _save_statement(conn.dialect.name, len(results)).rows(conn, params)
         saved = {tuple(row) for row in rows}
         return {r.claim.key for r in results if key_tuple(r.claim.key) in saved}
 
