@@ -12,6 +12,7 @@ import os
 import random
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -28,6 +29,10 @@ from tests.conftest import TEST_SECRET, executable
 # hands out slowly when several children start at once. The bound only matters on failure.
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 15.0
+#: the TLS settings of the HTTP clients that test helpers make per request (these servers speak
+#: plain HTTP, but ``httpx`` loads the CA bundle for every client given none: 18 ms of CPU each,
+#: hundreds of times per run in the helpers that poll a server)
+CLIENT_TLS = ssl.create_default_context()
 
 
 #: queue timings (``Settings.queue_*``, ``worker_lease_ms``) for tests whose workers are killed,
@@ -194,15 +199,16 @@ def wait_healthy(server: ServerProcess, timeout_s: float = START_TIMEOUT_S) -> N
     """Until ``GET /healthz`` answers 200; RuntimeError with the log if the server exits first
     or does not answer within ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"server exited during start-up:\n{server.log()}")
-        try:
-            if httpx.get(f"{server.url}/healthz", timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
+    with httpx.Client(timeout=1.0, verify=CLIENT_TLS) as http:
+        while time.monotonic() < deadline:
+            if server.process.poll() is not None:
+                raise RuntimeError(f"server exited during start-up:\n{server.log()}")
+            try:
+                if http.get(f"{server.url}/healthz").status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
     raise RuntimeError(f"{server.url} did not become healthy:\n{server.log()}")
 
 

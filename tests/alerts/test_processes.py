@@ -21,6 +21,7 @@ from tests.accounts import new_user
 from tests.alerts.helpers import bearer, heart_rate, ingest, live_session, wait_view
 from tests.conftest import REDIS_URL, in_thread, service_missing
 from tests.processes import (
+    CLIENT_TLS,
     ServerProcess,
     redis_answers,
     serve_subprocess,
@@ -54,7 +55,7 @@ def one_server(env: dict[str, str], log: Path) -> Iterator[ServerProcess]:
 
 
 async def views_saved(url: str, token: str, session_id: str, seq: int) -> None:
-    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+    async with httpx.AsyncClient(base_url=url, timeout=30, verify=CLIENT_TLS) as http:
         for resolution in ("1m", "5m"):
             await wait_view(http, token, session_id, resolution, seq)
 
@@ -104,7 +105,7 @@ async def test_one_episode_on_two_servers_and_two_workers_across_a_restart(
             stack.enter_context(worker_subprocess(env, tmp_path / "w1.log"))
             w2 = contextlib.ExitStack()
             w2.enter_context(worker_subprocess(env, tmp_path / "w2.log"))
-            async with httpx.AsyncClient(base_url=a.url, timeout=30) as http:
+            async with httpx.AsyncClient(base_url=a.url, timeout=30, verify=CLIENT_TLS) as http:
                 created = await http.post(
                     "/api/v1/webhooks",
                     json={"url": receiver.url, "events": ["session.alert"]},
@@ -123,7 +124,9 @@ async def test_one_episode_on_two_servers_and_two_workers_across_a_restart(
             urls = [a.url, b.url]
 
             async def send(n: int, sample: dict[str, Any]) -> int:
-                async with httpx.AsyncClient(base_url=urls[n % 2], timeout=30) as http:
+                async with httpx.AsyncClient(
+                    base_url=urls[n % 2], timeout=30, verify=CLIENT_TLS
+                ) as http:
                     seq = await ingest(http, token, [sample])
                 await views_saved(urls[(n + 1) % 2], token, sid, seq)
                 return seq
@@ -159,7 +162,7 @@ async def test_one_episode_on_two_servers_and_two_workers_across_a_restart(
                 "session.alert", lambda e: e["rule"] == "<=40", 90
             )
             await receiver.wait_for(3, timeout_s=60)
-            async with httpx.AsyncClient(base_url=a.url, timeout=30) as http:
+            async with httpx.AsyncClient(base_url=a.url, timeout=30, verify=CLIENT_TLS) as http:
                 listed = await http.get(
                     f"/api/v1/webhooks/{endpoint_id}/deliveries", headers=bearer(token)
                 )
@@ -202,7 +205,9 @@ async def test_deliveries_pending_at_a_sigkill_are_sent_after_the_restart(
     try:
         with one_server(env, tmp_path / "first.log") as server:
             _user_id, token = await new_user(database_url)
-            async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+            async with httpx.AsyncClient(
+                base_url=server.url, timeout=30, verify=CLIENT_TLS
+            ) as http:
                 created = await http.post(
                     "/api/v1/webhooks",
                     json={"url": receiver.url, "events": ["session.alert"]},
@@ -227,7 +232,9 @@ async def test_deliveries_pending_at_a_sigkill_are_sent_after_the_restart(
         await receiver.start()
         with one_server(env, tmp_path / "second.log") as server:
             await receiver.wait_for(1, timeout_s=60)
-            async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+            async with httpx.AsyncClient(
+                base_url=server.url, timeout=30, verify=CLIENT_TLS
+            ) as http:
                 for _ in range(600):
                     items = (await http.get(endpoint, headers=bearer(token))).json()["items"]
                     if items[0]["status"] == "delivered":
@@ -268,7 +275,9 @@ async def test_scaled_out_deliveries_pending_at_a_sigkill_are_sent_after_the_res
             one_server(env, tmp_path / "first.log") as server,
             worker_subprocess(env, tmp_path / "w-first.log") as worker,
         ):
-            async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+            async with httpx.AsyncClient(
+                base_url=server.url, timeout=30, verify=CLIENT_TLS
+            ) as http:
                 created = await http.post(
                     "/api/v1/webhooks",
                     json={"url": receiver.url, "events": ["session.alert"]},
@@ -305,7 +314,9 @@ async def test_scaled_out_deliveries_pending_at_a_sigkill_are_sent_after_the_res
             worker_subprocess(env, tmp_path / "w-second.log"),
         ):
             await receiver.wait_for(1, timeout_s=60)
-            async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+            async with httpx.AsyncClient(
+                base_url=server.url, timeout=30, verify=CLIENT_TLS
+            ) as http:
                 for _ in range(600):
                     items = (await http.get(endpoint, headers=bearer(token))).json()["items"]
                     if items[0]["status"] == "delivered":

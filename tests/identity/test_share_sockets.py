@@ -16,7 +16,7 @@ import socketio
 from tests.accounts import new_user
 from tests.conftest import Users, service_missing
 from tests.ingest.helpers import MINUTE_MS, hr, now_ms
-from tests.processes import run_cli, serve_subprocesses, vitalcast_env
+from tests.processes import CLIENT_TLS, run_cli, serve_subprocesses, vitalcast_env
 from tests.realtime.conftest import ClientFactory, LiveServer, serve_in_thread
 from tests.realtime.test_end_to_end import ingest, next_update_at
 from tests.realtime.test_socket_server import create_session
@@ -27,7 +27,7 @@ from vitalcast.wiring import Seams
 
 
 async def create_share(url: str, token: str, session_id: str, minutes: int = 60) -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=url) as http:
+    async with httpx.AsyncClient(base_url=url, verify=CLIENT_TLS) as http:
         created = await http.post(
             f"/api/v1/sessions/{session_id}/shares",
             json={"expires_in_minutes": minutes},
@@ -38,7 +38,7 @@ async def create_share(url: str, token: str, session_id: str, minutes: int = 60)
 
 
 async def revoke_share(url: str, token: str, share_id: str) -> None:
-    async with httpx.AsyncClient(base_url=url) as http:
+    async with httpx.AsyncClient(base_url=url, verify=CLIENT_TLS) as http:
         answer = await http.delete(
             f"/api/v1/shares/{share_id}", headers={"Authorization": f"Bearer {token}"}
         )

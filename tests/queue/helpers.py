@@ -16,6 +16,7 @@ import httpx
 
 from tests.processes import (
     BIND_ATTEMPTS,
+    CLIENT_TLS,
     Child,
     entry_point,
     free_port,
@@ -43,13 +44,13 @@ class Api:
         self._headers = {"Authorization": f"Bearer {token}"}
 
     async def create_session(self, **body: Any) -> dict[str, Any]:
-        async with httpx.AsyncClient(base_url=self.url) as http:
+        async with httpx.AsyncClient(base_url=self.url, verify=CLIENT_TLS) as http:
             response = await http.post("/api/v1/sessions", json=body, headers=self._headers)
         assert response.status_code == 201, response.text
         return dict(response.json())
 
     async def end_session(self, session_id: str, **body: Any) -> dict[str, Any]:
-        async with httpx.AsyncClient(base_url=self.url) as http:
+        async with httpx.AsyncClient(base_url=self.url, verify=CLIENT_TLS) as http:
             response = await http.post(
                 f"/api/v1/sessions/{session_id}/end", json=body, headers=self._headers
             )
@@ -61,7 +62,9 @@ class Api:
     ) -> int:
         """POST the samples; the user's change_seq after it."""
         async with contextlib.AsyncExitStack() as stack:
-            client = http or await stack.enter_async_context(httpx.AsyncClient(base_url=self.url))
+            client = http or await stack.enter_async_context(
+                httpx.AsyncClient(base_url=self.url, verify=CLIENT_TLS)
+            )
             response = await client.post(
                 f"{self.url}/api/v1/samples", json={"samples": samples}, headers=self._headers
             )
@@ -69,7 +72,7 @@ class Api:
         return int(response.json()["change_seq"])
 
     async def telemetry(self, session_id: str, **params: Any) -> httpx.Response:
-        async with httpx.AsyncClient(base_url=self.url) as http:
+        async with httpx.AsyncClient(base_url=self.url, verify=CLIENT_TLS) as http:
             return await http.get(
                 f"/api/v1/sessions/{session_id}/telemetry", params=params, headers=self._headers
             )
@@ -114,7 +117,7 @@ def metric_sum(text: str, name: str, **labels: str) -> float:
 
 
 async def scrape(url: str) -> str:
-    async with httpx.AsyncClient() as http:
+    async with httpx.AsyncClient(verify=CLIENT_TLS) as http:
         return (await http.get(f"{url}/metrics")).text
 
 

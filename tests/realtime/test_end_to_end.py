@@ -10,13 +10,14 @@ import httpx
 import pytest
 
 from tests.ingest.helpers import MINUTE_MS, hr, now_ms
+from tests.processes import CLIENT_TLS
 from tests.realtime.conftest import ClientFactory, LiveServer, SocketClient
 from tests.realtime.test_socket_server import create_session
 
 
 async def ingest(url: str, token: str, samples: list[dict[str, Any]]) -> int:
     """POST the samples; the user's change_seq after it."""
-    async with httpx.AsyncClient(base_url=url) as http:
+    async with httpx.AsyncClient(base_url=url, verify=CLIENT_TLS) as http:
         response = await http.post(
             "/api/v1/samples",
             json={"samples": samples},
@@ -27,7 +28,7 @@ async def ingest(url: str, token: str, samples: list[dict[str, Any]]) -> int:
 
 
 async def telemetry(url: str, token: str, session_id: str) -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=url) as http:
+    async with httpx.AsyncClient(base_url=url, verify=CLIENT_TLS) as http:
         response = await http.get(
             f"/api/v1/sessions/{session_id}/telemetry",
             headers={"Authorization": f"Bearer {token}"},

@@ -11,6 +11,7 @@ import jwt
 import pytest
 import socketio
 
+from tests.processes import CLIENT_TLS
 from tests.realtime.conftest import ClientFactory, LiveServer, serve_in_thread, updated_fields
 from vitalcast.clock import ManualClock
 from vitalcast.settings import Settings
@@ -21,7 +22,7 @@ sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
 async def create_session(url: str, token: str) -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=url) as http:
+    async with httpx.AsyncClient(base_url=url, verify=CLIENT_TLS) as http:
         response = await http.post(
             "/api/v1/sessions", json={}, headers={"Authorization": f"Bearer {token}"}
         )
@@ -30,7 +31,7 @@ async def create_session(url: str, token: str) -> dict[str, Any]:
 
 
 async def end_session(url: str, token: str, session_id: str) -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=url) as http:
+    async with httpx.AsyncClient(base_url=url, verify=CLIENT_TLS) as http:
         response = await http.post(
             f"/api/v1/sessions/{session_id}/end",
             json={},
@@ -49,7 +50,7 @@ def broadcast_updated(
 
 
 async def connected_gauge(url: str) -> float:
-    async with httpx.AsyncClient(base_url=url) as http:
+    async with httpx.AsyncClient(base_url=url, verify=CLIENT_TLS) as http:
         text = (await http.get("/metrics")).text
     line = next(ln for ln in text.splitlines() if ln.startswith("vitalcast_socketio_clients "))
     return float(line.split()[1])
