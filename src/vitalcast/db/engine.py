@@ -42,7 +42,12 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:  # Any: create_async_
         return engine
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 10)
-    kwargs.setdefault("pool_pre_ping", True)
+    # No ping at checkout: on asyncpg it is a transaction, a SELECT 1 and a rollback (three
+    # round trips) before every transaction, a fifth of a live update's ingest on the server
+    # and more on a worker. A connection PostgreSQL dropped fails its first statement instead;
+    # SQLAlchemy then discards every connection of the pool made before, the request answers
+    # 503 DATABASE_UNAVAILABLE (db.errors) and its retry gets a new connection.
+    kwargs.setdefault("pool_pre_ping", False)
     return create_async_engine(url, **kwargs)
 
 
