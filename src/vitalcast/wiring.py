@@ -382,6 +382,8 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
         reader,
         default_window_minutes=settings.default_window_minutes,
     )
+    # the deltas of this process's saves are built at save time, for the clients asking them
+    hooks.register(telemetry.saved)
     authenticator.revocations.subscribe(Forgetting([telemetry, memo]))
     return ServerParts(
         settings=settings,

@@ -147,6 +147,30 @@ async def test_a_new_save_brings_the_payload_once_and_each_view_keeps_its_own(co
     assert again.content == after[0].content
 
 
+async def test_a_delta_its_clients_ask_is_built_at_the_save(counted, users, apply_delta):
+    """Once a client asked a delta of a view, the view's next save builds the delta from the
+    save before: the first delta fetch after the update is one hot read with neither the
+    payload nor its history (a delta built on request reads both), and the delta rebuilds the
+    new payload from the one the client held."""
+    tc, reader = counted
+    headers = await users.headers()
+    session_id = await _ended_session(tc, headers)
+    held = (await tc.get(headers, session_id)).json()["telemetry"]
+    asked = await tc.get(headers, session_id, since_watermark=held["source_watermark"])
+    assert asked.json()["state"] == "ready"
+    start = tc.clock.now_ms() - 4 * HOUR  # the session's, as _ended_session made it
+    await tc.post_samples(headers, [hr("late", start + 100 * MINUTE, 99.0)])
+    await tc.settle()
+    reader.reads.clear()
+    update = await tc.get(headers, session_id, since_watermark=held["source_watermark"])
+    assert reader.reads == [(False, False)]
+    body = update.json()
+    assert body["state"] == "ready" and "delta" in body
+    full = (await tc.get(headers, session_id)).json()["telemetry"]
+    assert full["source_watermark"] > held["source_watermark"]
+    assert apply_delta(held, body["delta"]) == full
+
+
 def _packed(size: int) -> PackedPayload:
     return PackedPayload(b"h" * size, {"heart_rate": b"f" * size})
 

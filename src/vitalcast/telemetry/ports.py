@@ -67,13 +67,19 @@ class AlertEpisode:
 @dataclass(frozen=True, slots=True)
 class SavedView:
     """What a post-save hook is told: the session as the compute read it, the view, the saved
-    payload's watermark and the alert episodes it holds (every phase; the hook filters)."""
+    payload's watermark and the alert episodes it holds (every phase; the hook filters), and
+    the saved row itself: its packed payload, compute time, save history and the watermark of
+    the save before (None: no delta leads here)."""
 
     session: Session
     key: TelemetryKey
     source_watermark: int
     live: bool
     episodes: tuple[AlertEpisode, ...]
+    payload: bytes
+    computed_at_ms: int
+    history: bytes
+    base_watermark: int | None
 
 
 class PostSaveHook(Protocol):

@@ -1,6 +1,8 @@
 """``DeltaCache``: built deltas kept a while, because the clients watching one session all ask
-for the same delta after an update. A deleted session's or an erased user's deltas are dropped at
-once (``forget``), not left to eviction."""
+for the same delta after an update. It also remembers which metric selections clients asked
+deltas of, per view, so that a save of this process builds those deltas at once
+(``SessionTelemetryService.saved``). A deleted session's or an erased user's entries are dropped
+at once (``forget``), not left to eviction."""
 
 from __future__ import annotations
 
@@ -11,10 +13,20 @@ from vitalcast.telemetry.store.rows import HotRow
 
 #: built deltas kept in memory (a few KiB each at most), least recently served dropped first
 MAX_KEPT_DELTAS = 1024
+#: views whose asked metric selections are remembered, and selections per view
+MAX_ASKING_VIEWS = 4096
+MAX_SELECTIONS = 4
+
+#: a view, as the metric selections asked of it are remembered
+_View = tuple[str, int, str]
 
 
 def _delta_key(
-    key: TelemetryKey, row: HotRow, since_watermark: int, codes: tuple[str, ...]
+    key: TelemetryKey,
+    watermark: int | None,
+    computed_at_ms: int | None,
+    since_watermark: int,
+    codes: tuple[str, ...],
 ) -> tuple[object, ...]:
     """A built delta is the same for every client: it depends on the save it leads to (its
     watermark and compute time), the watermark it starts from and the metrics asked for."""
@@ -22,8 +34,8 @@ def _delta_key(
         key.session_id,
         key.window_minutes,
         key.resolution,
-        row.source_watermark,
-        row.computed_at_ms,
+        watermark,
+        computed_at_ms,
         since_watermark,
         codes,
     )
@@ -35,11 +47,16 @@ class DeltaCache:
     def __init__(self) -> None:
         #: built delta by its key, with the session's owner (so that an erasure finds it)
         self._kept: OrderedDict[tuple[object, ...], tuple[str, bytes]] = OrderedDict()
+        #: per view, its owner and the metric selections clients asked deltas of
+        self._asked: OrderedDict[_View, tuple[str, list[tuple[str, ...]]]] = OrderedDict()
 
     def get(
         self, key: TelemetryKey, row: HotRow, since_watermark: int, codes: tuple[str, ...]
     ) -> bytes | None:
-        built = _delta_key(key, row, since_watermark, codes)
+        """The delta built for this request, if any; the request's metric selection is
+        remembered for the view's next saves."""
+        self._remember(key, codes)
+        built = _delta_key(key, row.source_watermark, row.computed_at_ms, since_watermark, codes)
         kept = self._kept.get(built)
         if kept is None:
             return None
@@ -54,15 +71,56 @@ class DeltaCache:
         codes: tuple[str, ...],
         delta: bytes,
     ) -> None:
-        self._kept[_delta_key(key, row, since_watermark, codes)] = (key.user_id, delta)
+        self.put_saved(key, row.source_watermark, row.computed_at_ms, since_watermark, codes, delta)
+
+    def put_saved(
+        self,
+        key: TelemetryKey,
+        watermark: int | None,
+        computed_at_ms: int | None,
+        since_watermark: int,
+        codes: tuple[str, ...],
+        delta: bytes,
+    ) -> None:
+        """Keep a delta built for the save at ``watermark``, computed at ``computed_at_ms``."""
+        built = _delta_key(key, watermark, computed_at_ms, since_watermark, codes)
+        self._kept[built] = (key.user_id, delta)
         if len(self._kept) > MAX_KEPT_DELTAS:
             self._kept.popitem(last=False)
 
+    def selections(self, key: TelemetryKey) -> list[tuple[str, ...]]:
+        """The metric selections clients asked deltas of for this view, latest last."""
+        asked = self._asked.get((key.session_id, key.window_minutes, key.resolution.value))
+        return [] if asked is None else list(asked[1])
+
+    def _remember(self, key: TelemetryKey, codes: tuple[str, ...]) -> None:
+        view = (key.session_id, key.window_minutes, key.resolution.value)
+        asked = self._asked.get(view)
+        if asked is None:
+            self._asked[view] = (key.user_id, [codes])
+            if len(self._asked) > MAX_ASKING_VIEWS:
+                self._asked.popitem(last=False)
+            return
+        self._asked.move_to_end(view)
+        selections = asked[1]
+        if codes in selections:
+            return
+        selections.append(codes)
+        if len(selections) > MAX_SELECTIONS:
+            del selections[0]
+
     def forget(self, *, user_id: str | None = None, session_id: str | None = None) -> int:
-        """Drop every delta of ``user_id``'s sessions or of session ``session_id``; how many."""
+        """Drop every delta of ``user_id``'s sessions or of session ``session_id``; how many
+        (what was asked of their views is dropped too)."""
         dropped = self._of(user_id, session_id)
         for built in dropped:
             del self._kept[built]
+        for view in [
+            v
+            for v, (owner, _codes) in self._asked.items()
+            if owner == user_id or v[0] == session_id
+        ]:
+            del self._asked[view]
         return len(dropped)
 
     def entries_of(self, *, user_id: str | None = None, session_id: str | None = None) -> int:

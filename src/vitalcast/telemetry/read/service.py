@@ -28,6 +28,7 @@ from vitalcast.telemetry.keys import (
     check_window_minutes,
     resolve_resolution,
 )
+from vitalcast.telemetry.ports import SavedView
 from vitalcast.telemetry.read.answer import (
     DATABASE_UNAVAILABLE,
     RETRY_READ_FAILED_S,
@@ -257,6 +258,26 @@ class SessionTelemetryService:
         delta = deltas.build_delta(unpack(row.payload), changes, since_watermark, codes)
         self._deltas.put(key, row, since_watermark, codes, delta)
         return delta
+
+    async def saved(self, saved: SavedView) -> None:
+        """A post-save hook of this process's computes: the delta from the save before to this
+        one is built now, once, for each metric selection its clients asked deltas of. The
+        clients that follow the update with ``since_watermark`` (``session.updated`` carries
+        that base) then all find it built, the first one included, with a read that brings
+        neither the payload nor its history. Views nobody asked deltas of cost nothing."""
+        base = saved.base_watermark
+        selections = self._deltas.selections(saved.key) if base is not None else []
+        if base is None or not selections:
+            return
+        changes = history.since(history.decode(saved.history), base)
+        if changes is None:
+            return
+        payload = unpack(saved.payload)
+        for codes in selections:
+            delta = deltas.build_delta(payload, changes, base, codes)
+            self._deltas.put_saved(
+                saved.key, saved.source_watermark, saved.computed_at_ms, base, codes, delta
+            )
 
     def _count(self, answer: TelemetryAnswer) -> TelemetryAnswer:
         self._responses[answer.state].inc()

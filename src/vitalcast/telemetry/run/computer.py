@@ -272,6 +272,10 @@ class TelemetryComputer:
                         source_watermark=computed.source_watermark,
                         live=computed.window.live,
                         episodes=computed.episodes,
+                        payload=computed.blob,
+                        computed_at_ms=computed.computed_at_ms,
+                        history=computed.history,
+                        base_watermark=computed.base_watermark,
                     )
                 )
         stages = dict(batch.stage_seconds)
