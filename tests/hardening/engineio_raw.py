@@ -15,6 +15,8 @@ import httpx
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from tests.processes import CLIENT_TLS
+
 
 class Closed(Exception):
     """The server closed the WebSocket."""
@@ -119,7 +121,7 @@ class RawPolling:
     bodies (nothing is ever polled, which is what left python-engineio waiting)."""
 
     def __init__(self, base_url: str, *, timeout_s: float = 10) -> None:
-        self.http = httpx.Client(base_url=base_url, timeout=timeout_s)
+        self.http = httpx.Client(base_url=base_url, timeout=timeout_s, verify=CLIENT_TLS)
         opening = self.http.get("/socket.io/", params={"EIO": "4", "transport": "polling"})
         assert opening.status_code == 200 and opening.text.startswith("0"), opening.text
         self.sid = str(json.loads(opening.text[1:])["sid"])

@@ -18,6 +18,7 @@ from tests.conftest import TEST_SECRET
 from tests.lifecycle.traces import all_rows, rows_holding, rows_without
 from tests.processes import serve_subprocess, vitalcast_env
 from tests.realtime.conftest import serve_in_thread
+from tests.waits import eventually
 from vitalcast.clock import now_ms
 from vitalcast.db.engine import Database, create_engine
 from vitalcast.db.tables import erasures
@@ -177,10 +178,23 @@ async def test_erasure_under_the_users_own_load_answers_no_5xx(
                         socket_outcomes.append(outcome)
 
                 load = [asyncio.create_task(f()) for f in (ingests, reads, reads, subscribes)]
-                await asyncio.sleep(1.0)
+
+                # The erasure comes once every kind of load runs, and the load goes on until
+                # the purge is over and past it: conditions, not fixed times (a second held
+                # hundreds of requests on a quiet machine and could hold a few on a loaded one).
+                async def loaded() -> bool:
+                    return len(statuses) >= 20 and "ok" in socket_outcomes
+
+                await eventually(loaded, what="the user's own load")
                 erased = await http.delete("/api/v1/me")
                 assert erased.status_code == 202
-                await asyncio.sleep(1.5)
+                requested = len(statuses)
+
+                async def purged_under_load() -> bool:
+                    finished = await _purged_rows(db, victim_id) is None
+                    return finished and len(statuses) >= requested + 20
+
+                await eventually(purged_under_load, what="the purge under the user's load")
                 stop.set()
                 await asyncio.gather(*load)
                 after: list[int] = []
