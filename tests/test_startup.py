@@ -90,3 +90,21 @@ def test_the_head_revision_read_without_alembic_is_alembics() -> None:
 
     scripts = ScriptDirectory.from_config(alembic_config("sqlite://"))
     assert head_revision() == scripts.get_current_head()
+
+
+def test_a_server_settles_the_garbage_collector_before_serving() -> None:
+    """What ``serve`` loaded before it serves is frozen out of the collector's full scans, and
+    the youngest generation is collected every GC_YOUNG_THRESHOLD allocations (a full
+    collection stopped a loaded server's event loop for up to 0.6 s)."""
+    script = (
+        "import gc, json; from vitalcast import cli; before = gc.get_freeze_count(); "
+        "cli._settle_garbage_collector(); "
+        "print(json.dumps([before, gc.get_freeze_count(), gc.get_threshold()[0]]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    before, frozen, young = json.loads(done.stdout)
+    from vitalcast.cli import GC_YOUNG_THRESHOLD
+
+    assert before == 0 and frozen > 10_000 and young == GC_YOUNG_THRESHOLD
