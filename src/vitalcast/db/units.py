@@ -14,16 +14,18 @@ unit ever suspends and the thread drives the unit's coroutine to its end without
 A unit costs one hop there and one back, whatever it executes, and while SQLite works (a GROUP
 BY, a wait for the write lock) the GIL is released and the server's event loop keeps serving.
 
-Each thread runs its units one after another; the threads run side by side. A unit must not
-wait for anything but its connection (a unit that does fails with ``UnitSuspended``): it gets a
-connection and returns values.
+Each thread runs its units one after another; the threads run side by side. Write units all go
+to one thread (SQLite has one writer at a time: a second writing thread would only wait for the
+lock, holding up the units queued behind it), read units to the least busy of the others, so a
+compute's read never waits behind a queue of ingests. A unit must not wait for anything but its
+connection (a unit that does fails with ``UnitSuspended``): it gets a connection and returns
+values.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-import threading
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar, cast
@@ -36,8 +38,8 @@ T = TypeVar("T")
 #: what a unit is: the body of one transaction
 Unit = Callable[[AsyncConnection], Coroutine[Any, Any, T]]  # Any: a coroutine's yield/send types
 
-#: database threads per SQLite database (SQLite has one writer at a time; readers run beside it)
-UNIT_THREADS = 2
+#: database threads per SQLite database that run read units (one more runs the write units)
+UNIT_READERS = 2
 
 
 class _Inline:
@@ -111,10 +113,8 @@ class _Worker:
         name: str,
         make_engine: Callable[[], AsyncEngine],
         write_option: str,
-        write_lock: threading.Lock,
     ) -> None:
         self.busy = 0
-        self._write_lock = write_lock
         self._write_option = write_option
         self._conns: dict[bool, AsyncConnection] = {}
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=name)
@@ -140,10 +140,7 @@ class _Worker:
 
     def run(self, unit: Unit[T], write: bool) -> T:
         """On the worker's thread: the unit in one transaction."""
-        if not write:
-            return _drive(self._transaction(unit, write))
-        with self._write_lock:
-            return _drive(self._transaction(unit, write))
+        return _drive(self._transaction(unit, write))
 
     async def _transaction(self, unit: Unit[T], write: bool) -> T:
         conn = await self._connection(write)
@@ -172,7 +169,8 @@ class _Worker:
 
 
 class SqliteUnits:
-    """The database threads of one SQLite file; ``run`` hands a unit to the least busy one."""
+    """The database threads of one SQLite file: ``run`` hands a write unit to the writer's
+    thread, a read unit to the least busy reader's."""
 
     def __init__(
         self,
@@ -181,7 +179,7 @@ class SqliteUnits:
         configure: Callable[[AsyncEngine], None],
         write_option: str,
         busy_timeout_s: float,
-        threads: int = UNIT_THREADS,
+        readers: int = UNIT_READERS,
     ) -> None:
         database = url.database or ""
 
@@ -200,12 +198,12 @@ class SqliteUnits:
             configure(engine)
             return engine
 
-        # Write units of this process queue on a lock before BEGIN IMMEDIATE: SQLite's own
-        # busy handler would poll for the write lock with sleeps of up to 100 ms.
-        write_lock = threading.Lock()
-        self._workers = [
-            _Worker(f"vitalcast-sqlite-{i}", make_engine, write_option, write_lock)
-            for i in range(threads)
+        # Write units of this process queue on the writer's thread before BEGIN IMMEDIATE:
+        # SQLite's own busy handler would poll for the write lock with sleeps of up to 100 ms.
+        self._writer = _Worker("vitalcast-sqlite-writer", make_engine, write_option)
+        self._readers = [
+            _Worker(f"vitalcast-sqlite-reader-{i}", make_engine, write_option)
+            for i in range(readers)
         ]
         self._closed = False
 
@@ -215,7 +213,7 @@ class SqliteUnits:
         (the transaction then rolled back)."""
         if self._closed:
             raise RuntimeError("the database is closed")
-        worker = min(self._workers, key=lambda w: w.busy)
+        worker = self._writer if write else min(self._readers, key=lambda w: w.busy)
         worker.busy += 1
         try:
             loop = asyncio.get_running_loop()
@@ -227,7 +225,7 @@ class SqliteUnits:
         if self._closed:
             return
         self._closed = True
-        await asyncio.gather(*(worker.close() for worker in self._workers))
+        await asyncio.gather(*(w.close() for w in (self._writer, *self._readers)))
 
 
 def is_file_url(url: sa.URL) -> bool:
