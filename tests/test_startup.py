@@ -32,10 +32,10 @@ sys.exit(code)
 
 
 def _loaded(
-    args: list[str], env: dict[str, str]
+    args: list[str], env: dict[str, str], modules: tuple[str, ...] = HEAVY
 ) -> tuple[subprocess.CompletedProcess[str], list[str]]:
     done = subprocess.run(
-        [sys.executable, "-c", _RUN_AND_REPORT, json.dumps(HEAVY), *args],
+        [sys.executable, "-c", _RUN_AND_REPORT, json.dumps(modules), *args],
         env=env,
         capture_output=True,
         text=True,
@@ -71,6 +71,18 @@ def test_token_create_on_a_current_database_loads_none_of_them(tmp_path: Path) -
     assert done.returncode == 0, done.stderr
     assert done.stdout.count(".") == 2  # a JWT and nothing else
     assert heavy == []
+
+
+def test_an_embedded_import_loads_no_socketio_and_no_token_verification(tmp_path: Path) -> None:
+    """An import into the embedded database builds no server and no worker: Socket.IO (with
+    aiohttp) and PyJWT, 0.2 s of CPU at every such command's start, stay unloaded."""
+    env = vitalcast_env(tmp_path / "data")
+    export = tmp_path / "export.xml"
+    export.write_text('<?xml version="1.0"?>\n<HealthData locale="en_US">\n</HealthData>\n')
+    args = ["import", "apple-health", str(export), "--user", "alice"]
+    done, loaded = _loaded(args, env, modules=("socketio", "jwt", "vitalcast.wiring"))
+    assert done.returncode == 0, done.stderr
+    assert loaded == ["vitalcast.wiring"]
 
 
 def test_token_create_migrates_a_new_database_first(tmp_path: Path) -> None:

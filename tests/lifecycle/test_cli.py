@@ -9,6 +9,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from tests.accounts import new_user
 from tests.conftest import in_thread
 from tests.lifecycle.traces import all_rows, rows_holding
 from tests.processes import run_cli, vitalcast_env
@@ -55,25 +56,12 @@ async def _starts(url: str, user_id: str) -> list[int]:
         await db.dispose()
 
 
-async def _user_id(url: str, name: str) -> str:
-    db = Database(create_engine(url))
-    try:
-        async with db.read() as conn:
-            return str(
-                await conn.scalar(sa.text("SELECT id FROM users WHERE name = :n"), {"n": name})
-            )
-    finally:
-        await db.dispose()
-
-
 def test_users_list_erase_and_retention_run(database_url: str, tmp_path: Path) -> None:
     env = vitalcast_env(
         tmp_path / "data", database_url=database_url, raw_retention_days="5", log_level="warning"
     )
-    for name in ("cli-keeper", "cli-erased-person"):
-        assert run_cli(["token", "create", name], env).returncode == 0
-    keeper = in_thread(asyncio.run, _user_id(database_url, "cli-keeper"))
-    erased = in_thread(asyncio.run, _user_id(database_url, "cli-erased-person"))
+    keeper, _ = in_thread(asyncio.run, new_user(database_url, "cli-keeper"))
+    erased, _ = in_thread(asyncio.run, new_user(database_url, "cli-erased-person"))
     now = now_ms()
     in_thread(asyncio.run, _samples(database_url, keeper, [now - 10 * DAY_MS, now - 60_000]))
     in_thread(asyncio.run, _samples(database_url, erased, [now - 120_000, now - 60_000]))
