@@ -26,6 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vitalcast.db.engine import Database
+from vitalcast.db.prepared import Prepared
 from vitalcast.db.tables import users
 from vitalcast.observability import get_logger
 from vitalcast.redis_connections import pubsub_client, short_call_client
@@ -171,13 +172,17 @@ async def publish_once(
         await client.aclose()
 
 
+#: the revocations written after ``:seen_ms`` (built once: the poll runs every interval)
+_REVOKED_SINCE = Prepared(
+    sa.select(users.c.id, users.c.tokens_valid_after_ms).where(
+        users.c.tokens_valid_after_ms > sa.bindparam("seen_ms", type_=sa.BigInteger)
+    )
+)
+
+
 async def _revoked_since(conn: AsyncConnection, seen_ms: int) -> list[tuple[str, int]]:
     """(user id, tokens valid after) of every revocation written after ``seen_ms``."""
-    rows = await conn.execute(
-        sa.select(users.c.id, users.c.tokens_valid_after_ms).where(
-            users.c.tokens_valid_after_ms > seen_ms
-        )
-    )
+    rows = await _REVOKED_SINCE.rows(conn, {"seen_ms": seen_ms})
     return [(str(row.id), int(row.tokens_valid_after_ms)) for row in rows]
 
 

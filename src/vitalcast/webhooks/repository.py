@@ -10,6 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from vitalcast.db.prepared import Prepared
 from vitalcast.db.tables import webhook_attempts, webhook_deliveries, webhook_endpoints
 from vitalcast.webhooks.models import (
     Attempt,
@@ -159,6 +160,29 @@ async def enqueue(
     return [row["id"] for row in rows]
 
 
+#: the ids of due, unclaimed pending deliveries (built once: the dispatcher asks every second)
+_DUE = Prepared(
+    sa.select(webhook_deliveries.c.id)
+    .where(
+        webhook_deliveries.c.status == PENDING,
+        webhook_deliveries.c.next_attempt_ms <= sa.bindparam("now_ms", type_=sa.BigInteger),
+        sa.or_(
+            webhook_deliveries.c.lease_until_ms.is_(None),
+            webhook_deliveries.c.lease_until_ms < sa.bindparam("now_ms", type_=sa.BigInteger),
+        ),
+    )
+    .order_by(webhook_deliveries.c.next_attempt_ms)
+    .limit(sa.bindparam("limit", type_=sa.Integer))
+    .with_for_update(skip_locked=True)
+)
+#: when the earliest pending delivery is due
+_NEXT_DUE = Prepared(
+    sa.select(sa.func.min(webhook_deliveries.c.next_attempt_ms)).where(
+        webhook_deliveries.c.status == PENDING
+    )
+)
+
+
 async def claim_due(
     conn: AsyncConnection, *, now_ms: int, lease_ms: int, limit: int
 ) -> list[Delivery]:
@@ -166,18 +190,7 @@ async def claim_due(
     claimers never take the same row: PostgreSQL skips rows another transaction locked, and
     SQLite's write transaction runs alone."""
     d = webhook_deliveries.c
-    due = (
-        sa.select(d.id)
-        .where(
-            d.status == PENDING,
-            d.next_attempt_ms <= now_ms,
-            sa.or_(d.lease_until_ms.is_(None), d.lease_until_ms < now_ms),
-        )
-        .order_by(d.next_attempt_ms)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
-    ids = list((await conn.scalars(due)).all())
+    ids = [row.id for row in await _DUE.rows(conn, {"now_ms": now_ms, "limit": limit})]
     if not ids:
         return []
     rows = await conn.execute(
@@ -248,8 +261,7 @@ async def overdue(conn: AsyncConnection, *, before_ms: int, limit: int) -> list[
 
 async def next_due_ms(conn: AsyncConnection) -> int | None:
     """When the earliest pending delivery is due (None: nothing pending)."""
-    d = webhook_deliveries.c
-    value = await conn.scalar(sa.select(sa.func.min(d.next_attempt_ms)).where(d.status == PENDING))
+    value = await _NEXT_DUE.scalar(conn)
     return None if value is None else int(value)
 
 
