@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vitalcast.db.engine import Database
 from vitalcast.db.tables import users
-from vitalcast.db.units import UNIT_READERS, UnitSuspended
+from vitalcast.db.units import UnitSuspended
 
 
 async def _count(db: Database, name: str) -> int:
@@ -74,8 +74,7 @@ def _database_threads() -> set[threading.Thread]:
 async def test_dispose_stops_the_database_threads(db: Database) -> None:
     before = _database_threads()
     await _count(db, "nobody")
-    # the writer's thread and the readers'
-    assert len(_database_threads() - before) == (1 + UNIT_READERS if db.sqlite else 0)
+    assert len(_database_threads() - before) == (2 if db.sqlite else 0)
     await db.dispose()
     await db.dispose()
     assert _database_threads() - before == set()
@@ -99,28 +98,3 @@ async def test_a_unit_that_waits_for_the_loop_fails_on_sqlite_and_leaves_nothing
     with pytest.raises(UnitSuspended):
         await db.unit(add_then_wait, write=True)
     assert await _count(db, "waited") == 0
-
-
-async def test_a_read_unit_does_not_wait_behind_write_units_on_sqlite(db: Database) -> None:
-    """Write units run on the writer's thread, read units on the readers': a read finishes
-    while one write holds the writer and another waits behind it (the held write ends only
-    once the read is done). On PostgreSQL a unit runs on the loop: nothing to hold apart."""
-    if not db.sqlite:
-        assert await _count(db, "nobody") == 0
-        return
-    read_done = threading.Event()
-
-    async def hold(conn: AsyncConnection) -> bool:
-        await conn.execute(_insert("held"))
-        return read_done.wait(30)
-
-    holding = asyncio.ensure_future(db.unit(hold, write=True))
-    queued = asyncio.ensure_future(
-        db.unit(lambda conn: conn.execute(_insert("queued")), write=True)
-    )
-    await asyncio.sleep(0)
-    assert await _count(db, "held") == 0  # not committed yet: the writer is held
-    read_done.set()
-    assert await holding is True
-    await queued
-    assert (await _count(db, "held"), await _count(db, "queued")) == (1, 1)

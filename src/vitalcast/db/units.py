@@ -14,18 +14,16 @@ unit ever suspends and the thread drives the unit's coroutine to its end without
 A unit costs one hop there and one back, whatever it executes, and while SQLite works (a GROUP
 BY, a wait for the write lock) the GIL is released and the server's event loop keeps serving.
 
-Each thread runs its units one after another; the threads run side by side. Write units all go
-to one thread (SQLite has one writer at a time: a second writing thread would only wait for the
-lock, holding up the units queued behind it), read units to the least busy of the others, so a
-compute's read never waits behind a queue of ingests. A unit must not wait for anything but its
-connection (a unit that does fails with ``UnitSuspended``): it gets a connection and returns
-values.
+Each thread runs its units one after another; the threads run side by side. A unit must not
+wait for anything but its connection (a unit that does fails with ``UnitSuspended``): it gets a
+connection and returns values.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar, cast
@@ -38,8 +36,8 @@ T = TypeVar("T")
 #: what a unit is: the body of one transaction
 Unit = Callable[[AsyncConnection], Coroutine[Any, Any, T]]  # Any: a coroutine's yield/send types
 
-#: database threads per SQLite database that run read units (one more runs the write units)
-UNIT_READERS = 2
+#: database threads per SQLite database (SQLite has one writer at a time; readers run beside it)
+UNIT_THREADS = 2
 
 
 class _Inline:
@@ -113,8 +111,10 @@ class _Worker:
         name: str,
         make_engine: Callable[[], AsyncEngine],
         write_option: str,
+        write_lock: threading.Lock,
     ) -> None:
         self.busy = 0
+        self._write_lock = write_lock
         self._write_option = write_option
         self._conns: dict[bool, AsyncConnection] = {}
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=name)
@@ -140,7 +140,10 @@ class _Worker:
 
     def run(self, unit: Unit[T], write: bool) -> T:
         """On the worker's thread: the unit in one transaction."""
-        return _drive(self._transaction(unit, write))
+        if not write:
+            return _drive(self._transaction(unit, write))
+        with self._write_lock:
+            return _drive(self._transaction(unit, write))
 
     async def _transaction(self, unit: Unit[T], write: bool) -> T:
         conn = await self._connection(write)
@@ -169,8 +172,7 @@ class _Worker:
 
 
 class SqliteUnits:
-    """The database threads of one SQLite file: ``run`` hands a write unit to the writer's
-    thread, a read unit to the least busy reader's."""
+    """The database threads of one SQLite file; ``run`` hands a unit to the least busy one."""
 
     def __init__(
         self,
@@ -179,7 +181,7 @@ class SqliteUnits:
         configure: Callable[[AsyncEngine], None],
         write_option: str,
         busy_timeout_s: float,
-        readers: int = UNIT_READERS,
+        threads: int = UNIT_THREADS,
     ) -> None:
         database = url.database or ""
 
@@ -198,12 +200,12 @@ class SqliteUnits:
             configure(engine)
             return engine
 
-        # Write units of this process queue on the writer's thread before BEGIN IMMEDIATE:
-        # SQLite's own busy handler would poll for the write lock with sleeps of up to 100 ms.
-        self._writer = _Worker("vitalcast-sqlite-writer", make_engine, write_option)
-        self._readers = [
-            _Worker(f"vitalcast-sqlite-reader-{i}", make_engine, write_option)
-            for i in range(readers)
+        # Write units of this process queue on a lock before BEGIN IMMEDIATE: SQLite's own
+        # busy handler would poll for the write lock with sleeps of up to 100 ms.
+        write_lock = threading.Lock()
+        self._workers = [
+            _Worker(f"vitalcast-sqlite-{i}", make_engine, write_option, write_lock)
+            for i in range(threads)
         ]
         self._closed = False
 
@@ -213,7 +215,7 @@ class SqliteUnits:
         (the transaction then rolled back)."""
         if self._closed:
             raise RuntimeError("the database is closed")
-        worker = self._writer if write else min(self._readers, key=lambda w: w.busy)
+        worker = min(self._workers, key=lambda w: w.busy)
         worker.busy += 1
         try:
             loop = asyncio.get_running_loop()
@@ -225,7 +227,7 @@ class SqliteUnits:
         if self._closed:
             return
         self._closed = True
-        await asyncio.gather(*(w.close() for w in (self._writer, *self._readers)))
+        await asyncio.gather(*(worker.close() for worker in self._workers))
 
 
 def is_file_url(url: sa.URL) -> bool:
