@@ -52,7 +52,11 @@ async def test_ticks_recompute_each_cached_view_once_per_boundary(tc, users):
     assert (await tc.computes("live_tick"))["ready"] == 2
 
     to_next_bucket(tc, start, past_ms=TICK_GRACE_MS + 250)
-    assert await one.tick() == 1 and await two.tick() == 1
+    assert await one.tick() == 1
+    # the second ticker asks too unless the first one's compute already saved the new edge
+    # (it runs in the background: on a loaded machine either comes first); either way the
+    # view is computed once
+    assert await two.tick() in (0, 1)
     await tc.settle()
     assert (await tc.computes("live_tick"))["ready"] == 3
     assert tc.coordinator.stats.outcomes["skipped_fresh"] >= 1
