@@ -103,8 +103,9 @@ async def test_accelerated_live_session_syncs_in_batches_and_ends_on_time(client
     expected = generate(p, profile(), seed=8)
     assert tally.rejected == 0 and tally.inserted == len(expected)
     # 15 syncs are due (one per simulated minute); a runner that falls behind a slow server
-    # merges due syncs into one batch, so only "several batches, not one" is timing-free
-    assert tally.batches >= 3
+    # merges due syncs into one batch (under a busy loop per core: 2), so only "more than one
+    # batch" is timing-free
+    assert tally.batches >= 2
     assert sum((await count_samples(db, user_id)).values()) == len(expected)
     session = (
         await client.get(f"/api/v1/sessions/{runner.session_id}", headers=auth(token))
