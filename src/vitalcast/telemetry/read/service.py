@@ -168,12 +168,14 @@ class SessionTelemetryService:
                         TelemetryAnswer(decision.state, codes, etag=etag, not_modified=True)
                     )
             if since_watermark is not None and decision.state in _DELTA_STATES:
-                delta = self._deltas.get(key, row, since_watermark, codes)
-                if delta is None and not with_history:
-                    with_payload = with_history = True
-                    continue
-                if delta is None:
+                if with_history:
+                    # the kept delta was missed on the first read: build it from this one
                     delta = self._delta(key, row, since_watermark, codes)
+                else:
+                    delta = self._deltas.get(key, row, since_watermark, codes)
+                    if delta is None:
+                        with_payload = with_history = True
+                        continue
                 if delta is not None:
                     break
             if holds_payload(row):
