@@ -15,7 +15,11 @@ send time to the *last* watcher's receipt.
    (session i at i·5 s/N into each period, whether or not earlier ingests were answered). N
    climbs ``--ladder``; the capacity is the largest N whose ingest sent → last watcher p99 stays
    under 250 ms with every ingest delivered, below the first step that did not. The climb ends
-   at a second failed step, a missed ingest or a p99 over four times the limit.
+   at a second failed step, a missed ingest or a p99 over four times the limit. Each step also
+   reports its instrument (``drivers``): the CPU share of this process (the ingests) and of the
+   load process (the watchers) while the step sends, and their longest GC pause; both settle
+   their collectors before a step (``settle_gc``), and ``late_by_second`` places the ingests
+   over the limit in the step, so a stall and an overload look different.
 
 Every loop is bounded (rounds, ladder steps, timeouts); all traffic goes to 127.0.0.1.
 
@@ -28,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import sys
@@ -115,11 +120,16 @@ def batch(tag: str, at_ms: float) -> dict[str, Any]:
     }
 
 
+def gc_path(out: Path) -> Path:
+    return out.with_suffix(".gc.json")
+
+
 class Load:
     """The load process (``--load``): Socket.IO watchers, grown on command, receipts on flush."""
 
-    def __init__(self, base: str, plan_path: Path, out_path: Path) -> None:
+    def __init__(self, base: str, plan_path: Path, out_path: Path, settle: bool = True) -> None:
         self.base, self.plan_path, self.out_path = base, plan_path, out_path
+        self.settle = settle
         self.proc: asyncio.subprocess.Process | None = None
 
     async def __aenter__(self) -> Load:
@@ -131,6 +141,7 @@ class Load:
             self.base,
             str(self.plan_path),
             str(self.out_path),
+            *(["--unsettled-drivers"] if not self.settle else []),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )
@@ -147,6 +158,15 @@ class Load:
         assert answer == "flushed", answer
         return list(json.loads(await asyncio.to_thread(self.out_path.read_text)))
 
+    async def gc_pauses(self) -> dict[str, float]:
+        """The load process's GC pauses between the last two flushes."""
+        return dict(json.loads(await asyncio.to_thread(gc_path(self.out_path).read_text)))
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
     async def __aexit__(self, *_exc: object) -> None:
         if self.proc is not None:
             with contextlib.suppress(Exception):
@@ -156,10 +176,59 @@ class Load:
             await self.proc.wait()
 
 
-async def load_process(base: str, plan: list[dict[str, str]], out: Path) -> None:
+class GcPauses:
+    """The garbage collector's pauses in this process since the last ``take``: a pause of a
+    driver delays every send or receipt behind it, so a step reports the longest one, in wall
+    time and in the CPU time of the collecting thread (which a busy machine does not inflate)."""
+
+    def __init__(self) -> None:
+        self.started = (0.0, 0.0)
+        self.longest_ms = self.longest_cpu_ms = self.total_cpu_ms = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, _info: dict[str, int]) -> None:
+        if phase == "start":
+            self.started = (time.perf_counter(), time.thread_time())
+            return
+        wall = (time.perf_counter() - self.started[0]) * 1000
+        cpu = (time.thread_time() - self.started[1]) * 1000
+        self.longest_ms = max(self.longest_ms, wall)
+        self.longest_cpu_ms = max(self.longest_cpu_ms, cpu)
+        self.total_cpu_ms += cpu
+
+    def take(self) -> dict[str, float]:
+        taken = {
+            "longest_ms": round(self.longest_ms, 1),
+            "longest_cpu_ms": round(self.longest_cpu_ms, 1),
+            "total_cpu_ms": round(self.total_cpu_ms, 1),
+        }
+        self.longest_ms = self.longest_cpu_ms = self.total_cpu_ms = 0.0
+        return taken
+
+
+def settle_gc() -> None:
+    """What a driver process holds for the whole run (5 watchers per session: their clients,
+    engines, transports) is moved out of the collector's reach, as ``vitalcast serve`` does for
+    what it loaded, and automatic collections stop until the next call (between steps).
+    Without it the load process's full collections grew with the watchers it held, to 0.7 s of
+    CPU (1.0-1.1 s wall) at 5,000 watchers, 17 s into a 1,000-session step: every receipt
+    behind such a pause was stamped up to a second late, and the step's p99 measured the
+    driver. Frozen alone, the watchers' ping cycles still promoted enough to cost 0.2 s pauses.
+    A step's cyclic garbage (30 s of events) is collected at the next call."""
+    gc.enable()
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+
+
+async def load_process(
+    base: str, plan: list[dict[str, str]], out: Path, settle: bool = True
+) -> None:
     """Connect ``WATCHERS`` clients per session of ``plan[:N]`` on "connect N"; receipts
-    ``[session index, client, watermark, received wall ms]`` into ``out`` on "flush"."""
+    ``[session index, client, watermark, received wall ms]`` into ``out`` on "flush", and
+    this process's longest and total GC pause since the previous flush into ``out``.gc."""
     receipts: list[tuple[int, int, int, float]] = []
+    pauses = GcPauses()
     sockets: list[socketio.AsyncClient] = []
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
     failed = 0
@@ -199,10 +268,18 @@ async def load_process(base: str, plan: list[dict[str, str]], out: Path) -> None
                 *(connect(i, c) for i in range(connected_sessions, n) for c in range(WATCHERS))
             )
             connected_sessions = max(n, connected_sessions)
+            if settle:
+                settle_gc()
+                pauses.take()
             print(f"connected {len(sockets)} failed {failed}", flush=True)
         elif command == "flush":
+            taken = pauses.take()
             await asyncio.to_thread(out.write_text, json.dumps(receipts))
+            await asyncio.to_thread(gc_path(out).write_text, json.dumps(taken))
             receipts = []
+            if settle:
+                settle_gc()
+                pauses.take()  # the settling collection is between steps, not in one
             print("flushed", flush=True)
     await asyncio.gather(*(s.disconnect() for s in sockets), return_exceptions=True)
 
@@ -269,13 +346,17 @@ async def open_loop(
 def judge(
     sent: list[tuple[int, float, float, int | None]], receipts: list[list[Any]]
 ) -> dict[str, Any]:
-    """Per ingest: scheduled send → its last watcher's first event at its watermark or newer."""
+    """Per ingest: scheduled send → its last watcher's first event at its watermark or newer.
+    ``late_by_second``: how many ingests went over the p99 limit, by the second of the step
+    they were scheduled in (a stall shows as a run of seconds, load as a spread)."""
     by_watcher: dict[tuple[int, int], list[tuple[float, int]]] = {}
     for index, client, watermark, received in receipts:
         by_watcher.setdefault((index, client), []).append((received, watermark))
     for events in by_watcher.values():
         events.sort()
     latencies: list[float] = []
+    late: dict[int, int] = {}
+    start = min((scheduled for _i, scheduled, _lag, _seq in sent), default=0.0)
     missed = failed = 0
     for index, scheduled, _lag, seq in sent:
         if seq is None:
@@ -292,12 +373,16 @@ def judge(
             missed += 1
         else:
             latencies.append(last - scheduled)
+            if last - scheduled > CAPACITY_P99_MAX_MS:
+                second = int((scheduled - start) // 1000)
+                late[second] = late.get(second, 0) + 1
     return {
         "ingests_sent": len(sent),
         "ingests_failed": failed,
         "missed": missed,
         "ingest_sent_to_last_watcher": percentiles(latencies) if latencies else None,
         "send_lag_behind_schedule": percentiles([lag for _i, _s, lag, _q in sent]),
+        "late_by_second": {str(k): v for k, v in sorted(late.items())},
     }
 
 
@@ -359,21 +444,32 @@ async def capacity_part(
     pids: Sequence[int],
     ladder: Sequence[int],
     rounds: int,
+    settle: bool = True,
 ) -> dict[str, Any]:
     steps = []
+    own_pauses = GcPauses()
     held = warmed = failures = 0
     for n in ladder:
         answer = await load.ask(f"connect {n}")
         await warm(http, plan, warmed, n)
         warmed = max(warmed, n)
         await load.receipts()
-        before = cpu_of(pids)
+        await load.gc_pauses()
+        if settle:
+            settle_gc()
+        own_pauses.take()
+        drivers = [os.getpid(), load.pid]
+        before, drivers_before = cpu_of(pids), [cpu_ms(pid) for pid in drivers]
         t0 = time.monotonic()
         sent = await open_loop(sender, plan, n, rounds, f"cap{n}")
+        sending_s = time.monotonic() - t0
+        drivers_used = [cpu_ms(pid) - b for pid, b in zip(drivers, drivers_before, strict=True)]
+        sender_pauses = own_pauses.take()
         await asyncio.sleep(SETTLE_S)
         used = cpu_of(pids) - before
         elapsed = time.monotonic() - t0
         result = judge(sent, await load.receipts())
+        watcher_pauses = await load.gc_pauses()
         p99 = (result["ingest_sent_to_last_watcher"] or {}).get("p99_ms", float("inf"))
         passed = (
             result["missed"] == 0 and result["ingests_failed"] == 0 and p99 < CAPACITY_P99_MAX_MS
@@ -385,6 +481,16 @@ async def capacity_part(
                 "updates_per_s": round(n * 1000 / SYNC_MS, 1),
                 **result,
                 "server_cpu_share_of_one_core": round(used / (elapsed * 1000), 3),
+                # the instrument: while the step sends, this process (the ingests) and the load
+                # process (the watchers) must not be saturated or pause, or the step measures them
+                "drivers": {
+                    "sender_cpu_share_of_one_core": round(drivers_used[0] / (sending_s * 1000), 3),
+                    "watchers_cpu_share_of_one_core": round(
+                        drivers_used[1] / (sending_s * 1000), 3
+                    ),
+                    "sender_gc_pause": sender_pauses,
+                    "watchers_gc_pause": watcher_pauses,
+                },
                 "passed": passed,
             }
         )
@@ -463,7 +569,9 @@ async def run(
             with tempfile.TemporaryDirectory(prefix="vc-bench-cap-") as folder:
                 plan_path, out_path = Path(folder) / "plan.json", Path(folder) / "receipts.json"
                 await asyncio.to_thread(plan_path.write_text, json.dumps(plan))
-                async with Load(base, plan_path, out_path) as load:
+                async with Load(
+                    base, plan_path, out_path, settle=not args.unsettled_drivers
+                ) as load:
                     result: dict[str, Any] = {}
                     if "cpu" in parts:
                         result["cpu"] = await cpu_part(
@@ -477,7 +585,14 @@ async def run(
                         )
                     if "capacity" in parts and kind == "embedded":
                         result["capacity"] = await capacity_part(
-                            http, sender, load, plan, pids, ladder, args.rounds
+                            http,
+                            sender,
+                            load,
+                            plan,
+                            pids,
+                            ladder,
+                            args.rounds,
+                            not args.unsettled_drivers,
                         )
                     return result
 
@@ -501,11 +616,17 @@ async def main(argv: Sequence[str]) -> None:
     )
     parser.add_argument("--baseline-label", default="baseline")
     parser.add_argument("--load", nargs=3, metavar=("URL", "PLAN", "OUT"))
+    parser.add_argument(
+        "--unsettled-drivers",
+        action="store_true",
+        help="leave the drivers' garbage collectors as they are (the instrument before the "
+        "watchers were frozen out of full collections), to compare",
+    )
     args = parser.parse_args(argv)
     if args.load:
         url, plan_path, out_path = args.load
         plan = json.loads(await asyncio.to_thread(Path(plan_path).read_text))
-        await load_process(url, plan, Path(out_path))
+        await load_process(url, plan, Path(out_path), not args.unsettled_drivers)
         return
     parts = args.parts.split(",")
     result: dict[str, Any] = {"benchmark": "capacity", "label": args.label}
