@@ -314,9 +314,9 @@ async def fetch_cpu(
     """Server CPU of a delta fetch (``since_watermark``) against a full fetch of the same live
     view, in one run: a session live for an hour of 1 Hz heart rate; each round ingests a 5 s
     batch, waits for its compute, then ``watchers`` clients fetch the full payload and as many
-    fetch the delta from the previous watermark (which side goes first alternates), as the
-    dashboard's clients do after an update (the first delta of an update builds it, the others
-    find it built). The CPU time of the event loop's thread is taken around each fetch, the
+    fetch the delta from the previous watermark (one of each in turn; which goes first
+    alternates), as the dashboard's clients do after an update (the first delta of an update
+    builds it, the others find it built). The CPU time of the event loop's thread is taken around each fetch, the
     request sent straight into the app (no HTTP client in it); per side, the median over the
     updates of the mean CPU of its fetches."""
     parts = app.state.parts
@@ -349,17 +349,19 @@ async def fetch_cpu(
             full = orjson.loads(await asgi_get(app, path, query, headers))
         watermark = full["telemetry"]["source_watermark"]
         if held is not None:
+            wanted = {"full": query, "delta": f"{query}&since_watermark={held}"}
+            spent = {"full": 0.0, "delta": 0.0}
+            # the two kinds in turns, so that both meet the same moment of a shared machine
             order = ("full", "delta") if round_ % 2 else ("delta", "full")
-            for kind in order:
-                wanted = query if kind == "full" else f"{query}&since_watermark={held}"
-                spent = 0.0
-                for _ in range(watchers):
+            for _ in range(watchers):
+                for kind in order:
                     started = time.thread_time()
-                    body = await asgi_get(app, path, wanted, headers)
-                    spent += time.thread_time() - started
+                    body = await asgi_get(app, path, wanted[kind], headers)
+                    spent[kind] += time.thread_time() - started
                     size[kind].append(len(body))
-                    deltas += body.startswith(b'{"state":"ready","delta":')
-                cpu[kind].append(spent * 1000 / watchers)
+                    deltas += kind == "delta" and body.startswith(b'{"state":"ready","delta":')
+            for kind, seconds in spent.items():
+                cpu[kind].append(seconds * 1000 / watchers)
         held = watermark
     # per fetch, the median over updates of each update's mean: one fetch that met a garbage
     # collection or a burst of another process does not decide the figure
