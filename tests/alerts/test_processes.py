@@ -171,7 +171,7 @@ async def test_one_episode_on_two_servers_and_two_workers_across_a_restart(
                 listed = await http.get(
                     f"/api/v1/webhooks/{endpoint_id}/deliveries", headers=bearer(token)
                 )
-            w2.close()
+            await asyncio.to_thread(w2.close)
     finally:
         await receiver.stop()
         in_thread(asyncio.run, delete_prefix(REDIS_URL, prefix))
@@ -233,9 +233,15 @@ async def test_deliveries_pending_at_a_sigkill_are_sent_after_the_restart(
                 assert items[0]["status"] == "pending"
                 pending_id = items[0]["id"]
             server.process.send_signal(signal.SIGKILL)
-            server.process.wait(10)
+            await asyncio.to_thread(server.process.wait, 10)
         await receiver.start()
-        with one_server(env, tmp_path / "second.log") as server:
+        # The restarted server sends the pending delivery at once, to the receiver on this
+        # test's loop: its start-up is waited for in a thread, so the receiver answers meanwhile
+        # (a blocked loop left the attempt hanging until the server was healthy)
+        with contextlib.ExitStack() as stack:
+            server = await asyncio.to_thread(
+                stack.enter_context, one_server(env, tmp_path / "second.log")
+            )
             await receiver.wait_for(1, timeout_s=60)
             async with httpx.AsyncClient(
                 base_url=server.url, timeout=30, verify=CLIENT_TLS
@@ -304,7 +310,7 @@ async def test_scaled_out_deliveries_pending_at_a_sigkill_are_sent_after_the_res
                 pending_id = items[0]["id"]
             for child in (worker, server):
                 child.process.send_signal(signal.SIGKILL)
-                child.process.wait(10)
+                await asyncio.to_thread(child.process.wait, 10)
         queue = Queue(
             "webhook-deliveries", {"connection": blocking_options(REDIS_URL), "prefix": prefix}
         )
@@ -314,10 +320,14 @@ async def test_scaled_out_deliveries_pending_at_a_sigkill_are_sent_after_the_res
             await queue.close()
         assert job is not None and job.data == {"delivery_id": pending_id}
         await receiver.start()
-        with (
-            one_server(env, tmp_path / "second.log") as server,
-            worker_subprocess(env, tmp_path / "w-second.log"),
-        ):
+        # started in threads: the receiver on this loop answers the deliveries meanwhile
+        with contextlib.ExitStack() as stack:
+            server = await asyncio.to_thread(
+                stack.enter_context, one_server(env, tmp_path / "second.log")
+            )
+            await asyncio.to_thread(
+                stack.enter_context, worker_subprocess(env, tmp_path / "w-second.log")
+            )
             await receiver.wait_for(1, timeout_s=60)
             async with httpx.AsyncClient(
                 base_url=server.url, timeout=30, verify=CLIENT_TLS

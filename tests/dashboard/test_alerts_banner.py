@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import httpx
 
-from tests.dashboard.conftest import open_tab, wait_ready
+from tests.dashboard.conftest import ON_MODULE_LOOP, open_tab, wait_ready
 from vitalcast.clock import iso_ms, now_ms
 from vitalcast.testing import hr_sample
+
+pytestmark = ON_MODULE_LOOP
 
 MINUTE_MS = 60_000
 

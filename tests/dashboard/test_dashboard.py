@@ -15,6 +15,7 @@ import pytest
 from tests.dashboard.conftest import (
     CHART_STATE,
     MINUTE_MS,
+    ON_MODULE_LOOP,
     REPO,
     open_tab,
     past_plan,
@@ -28,7 +29,7 @@ from tests.processes import vitalcast_env
 from tests.stepped_clock import set_time
 from vitalcast.clock import iso_ms
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, ON_MODULE_LOOP]
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000

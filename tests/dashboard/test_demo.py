@@ -10,10 +10,10 @@ import time
 import httpx
 import pytest
 
-from tests.dashboard.conftest import CHART_STATE, open_tab, run_server
+from tests.dashboard.conftest import CHART_STATE, ON_MODULE_LOOP, open_tab, run_server
 from tests.processes import free_port, vitalcast_env
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, ON_MODULE_LOOP]
 
 LINK = re.compile(r"(http://127\.0\.0\.1:\d+/#token=([\w.-]+))")
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.dashboard.conftest import open_tab
+from tests.dashboard.conftest import ON_MODULE_LOOP, open_tab
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, ON_MODULE_LOOP]
 
 
 async def test_docs_render_every_operation_from_our_own_assets(served, browser):

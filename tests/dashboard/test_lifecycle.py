@@ -12,7 +12,9 @@ from pathlib import Path
 import httpx
 import orjson
 
-from tests.dashboard.conftest import open_tab, past_plan, replay, wait_ready
+from tests.dashboard.conftest import ON_MODULE_LOOP, open_tab, past_plan, replay, wait_ready
+
+pytestmark = ON_MODULE_LOOP
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000

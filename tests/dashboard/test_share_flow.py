@@ -9,7 +9,17 @@ import time
 
 import httpx
 
-from tests.dashboard.conftest import CHART_STATE, MINUTE_MS, open_tab, post, start_live, wait_ready
+from tests.dashboard.conftest import (
+    CHART_STATE,
+    MINUTE_MS,
+    ON_MODULE_LOOP,
+    open_tab,
+    post,
+    start_live,
+    wait_ready,
+)
+
+pytestmark = ON_MODULE_LOOP
 
 VIEWER_READY = (
     "() => window.vitalcast.charts.has('heart_rate')"
