@@ -35,6 +35,7 @@ import contextlib
 import gc
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -73,6 +74,8 @@ HEALTHZ_REQUESTS = 2_000
 #: how long after a step's last ingest its events may still arrive
 SETTLE_S = 10.0
 CONNECT_CONCURRENCY = 50
+#: seconds the cpu part measures the idle processes' CPU before its load
+IDLE_S = 3.0
 HTTP_CONNECTIONS = 200
 
 
@@ -425,6 +428,42 @@ def cpu_of(pids: Sequence[int]) -> float:
     return sum(cpu_ms(pid) for pid in pids)
 
 
+def threads_cpu(pid: int) -> dict[str, float]:
+    """CPU ms used so far by each thread of ``pid``, by thread name (Linux)."""
+    used: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rpartition(")")[2].split()
+            ms = (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+            used[name] = used.get(name, 0.0) + ms
+    return used
+
+
+def per_process(
+    names: Sequence[str], pids: Sequence[int], before: list[dict[str, float]], updates: int
+) -> dict[str, Any]:
+    """CPU ms per update of each process, and of each of its threads (by name), since
+    ``before`` (``threads_cpu`` of each pid)."""
+    out: dict[str, Any] = {}
+    for name, pid, then in zip(names, pids, before, strict=True):
+        now = threads_cpu(pid)
+        threads = {
+            thread: round((ms - then.get(thread, 0.0)) / updates, 3) for thread, ms in now.items()
+        }
+        out[name] = {
+            "cpu_ms_per_update": round(sum(threads.values()), 3),
+            "threads": {t: ms for t, ms in sorted(threads.items()) if ms > 0},
+        }
+    return out
+
+
+def profiling(pids: Sequence[int], on: bool) -> None:
+    """Switch the cProfile of ``bench.cprofiled`` processes on or off (and write it)."""
+    for pid in pids:
+        os.kill(pid, signal.SIGUSR1 if on else signal.SIGUSR2)
+
+
 async def healthz_cpu(http: httpx.AsyncClient, pids: Sequence[int]) -> float:
     """Server CPU of one keep-alive GET /healthz (ms)."""
     await http.get("/healthz")
@@ -442,6 +481,7 @@ async def cpu_part(
     pids: Sequence[int],
     rounds: int,
     profile: Path | None = None,
+    cprofile: bool = False,
 ) -> dict[str, Any]:
     n = len(plan)
     answer = await load.ask(f"connect {n}")
@@ -449,14 +489,32 @@ async def cpu_part(
     await asyncio.sleep(1)
     healthz = await healthz_cpu(http, pids)
     await load.receipts()
+    names = ["server", "worker"][: len(pids)]
+    idle_before = [threads_cpu(pid) for pid in pids]
+    await asyncio.sleep(IDLE_S)
+    idle = {
+        name: round(ms["cpu_ms_per_update"] / IDLE_S, 3)
+        for name, ms in per_process(names, pids, idle_before, 1).items()
+    }
     before = cpu_of(pids)
-    with sampled(pids[0], profile):
+    threads_before = [threads_cpu(pid) for pid in pids]
+    if cprofile:
+        profiling(pids, on=True)
+    with contextlib.ExitStack() as spies:
+        for name, pid in zip(names, pids, strict=True):
+            out = profile
+            if profile is not None and len(pids) > 1:
+                out = profile.with_name(f"{profile.stem}-{name}{profile.suffix}")
+            spies.enter_context(sampled(pid, out))
         sent = await open_loop(sender, plan, n, rounds, f"cpu{uuid.uuid4().hex[:4]}")
         await computes_drained(http)
-    await asyncio.sleep(2)
+        await asyncio.sleep(2)
+    if cprofile:
+        profiling(pids, on=False)
     used = cpu_of(pids) - before
     result = judge(sent, await load.receipts())
     per_update = round(used / max(1, len(sent)), 3)
+    by_process = per_process(names, pids, threads_before, max(1, len(sent)))
     return {
         "sessions": n,
         "watchers_per_session": WATCHERS,
@@ -464,6 +522,8 @@ async def cpu_part(
         "watchers": answer,
         **result,
         "cpu_ms_per_update": per_update,
+        "by_process": by_process,
+        "idle_cpu_ms_per_s": idle,
         "baseline_cpu_ms_per_healthz": healthz,
         "update_over_healthz": round(per_update / healthz, 1) if healthz else None,
         "target_cpu_ms_per_update": CPU_PER_UPDATE_MAX_MS,
@@ -556,19 +616,30 @@ async def capacity_part(
 
 @contextlib.asynccontextmanager
 async def deployment(
-    kind: str, users: int, code: str | None
+    kind: str, users: int, code: str | None, cprofile: Path | None = None
 ) -> AsyncIterator[tuple[str, list[int], list[tuple[str, str]]]]:
     """(base URL, pids whose CPU counts, users) of an embedded server on SQLite or a scaled-out
     server + worker on PostgreSQL and Redis; with ``code`` (a source tree's ``src``) the
-    servers and the migrations run that code instead of this one (the baseline run)."""
+    servers and the migrations run that code instead of this one (the baseline run); with
+    ``cprofile`` (a folder) they run under ``bench.cprofiled``, writing ``<kind>-server.prof``
+    and ``<kind>-worker.prof`` there."""
     backend = "sqlite" if kind == "embedded" else "postgres"
     extra = {} if code is None else {"PYTHONPATH": code}
+    module = "vitalcast" if cprofile is None else "bench.cprofiled"
+
+    def out(name: str) -> dict[str, str]:
+        if cprofile is None:
+            return {}
+        cprofile.mkdir(parents=True, exist_ok=True)
+        return {"BENCH_CPROFILE_OUT": str(cprofile / f"{kind}-{name}.prof")}
+
     base_env = server_env("", "", **extra) if code is not None else None
     async with database(backend, upgrade_env=base_env) as url:
         made = await people(url, users)
         with tempfile.TemporaryDirectory(prefix="vc-bench-data-") as data_dir:
             if kind == "embedded":
-                async with serving(server_env(url, data_dir, **extra)) as (base, pid):
+                env = server_env(url, data_dir, **extra, **out("server"))
+                async with serving(env, module=module) as (base, pid):
                     yield base, [pid], made
                 return
             prefix = f"vcb{uuid.uuid4().hex[:8]}"
@@ -581,8 +652,8 @@ async def deployment(
                 **extra,
             )
             try:
-                async with serving(env) as (base, pid):
-                    with process(["worker"], env) as worker:
+                async with serving(env | out("server"), module=module) as (base, pid):
+                    with process(["worker"], env | out("worker"), module=module) as worker:
                         yield base, [pid, worker.pid], made
             finally:
                 await delete_keys(f"{prefix}*")
@@ -593,7 +664,8 @@ async def run(
 ) -> dict[str, Any]:
     ladder = [int(n) for n in args.ladder.split(",")]
     users = max([args.cpu_sessions, *(ladder if "capacity" in parts else [])])
-    async with deployment(kind, users, code) as (base, pids, made):
+    cprofile = args.cprofile if code is None else None
+    async with deployment(kind, users, code, cprofile) as (base, pids, made):
         limits = httpx.Limits(
             max_connections=HTTP_CONNECTIONS, max_keepalive_connections=HTTP_CONNECTIONS
         )
@@ -620,7 +692,8 @@ async def run(
                             plan[: args.cpu_sessions],
                             pids,
                             args.rounds,
-                            args.profile if kind == "embedded" and code is None else None,
+                            args.profile if code is None else None,
+                            cprofile=cprofile is not None,
                         )
                     if "capacity" in parts and kind == "embedded":
                         result["capacity"] = await capacity_part(
@@ -646,7 +719,17 @@ async def main(argv: Sequence[str]) -> None:
     parser.add_argument("--name", default="capacity", help="bench/results/<name>.json")
     parser.add_argument("--label", default="", help="what code ran (kept in the result)")
     parser.add_argument(
-        "--profile", type=Path, help="py-spy samples the embedded server during the cpu part"
+        "--profile",
+        type=Path,
+        help="py-spy samples the server (and the worker: FILE-server, FILE-worker) during the "
+        "cpu part",
+    )
+    parser.add_argument(
+        "--cprofile",
+        type=Path,
+        help="a folder: the server (and worker) run under bench.cprofiled, profiled on their CPU "
+        "clock during the cpu part, one file per process (collapsed stacks for "
+        "bench/profile_summary.py; BENCH_PROFILE=cprofile: pstats for bench/cprofile_summary.py)",
     )
     parser.add_argument(
         "--baseline-src",

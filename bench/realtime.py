@@ -19,8 +19,11 @@ response is measured, not clamped to zero.
    client connected.
 3. Fan-out with a fetch per update (``fan_out_fetch``): the same, over sessions live for an
    hour of 1 Hz heart rate, with every client fetching the telemetry after each update as the
-   dashboard does; first fetching full payloads (the baseline), then only deltas. Per mode: the
-   server process's CPU time per update and per fetch, and the bytes of a fetch.
+   dashboard does; first the same rounds without fetches, then fetching full payloads (the
+   baseline), then only deltas. Per mode: the server process's CPU time per update and per
+   fetch, the fetches per update and the bytes of a fetch; and per fetch the CPU above the
+   rounds without fetches (the fair comparison: a faster client coalesces fewer updates, so
+   the modes answer different numbers of fetches).
 
     uv run python -m bench.realtime [--batches 300] [--clients 1000] [--sessions 100] [--rounds 10]
         [--parts embedded,scaled_out,fan_out,fan_out_fetch] [--burst]
@@ -263,12 +266,32 @@ async def fan_out_fetch(clients: int, sessions: int, rounds: int) -> dict[str, A
                 "rounds": rounds,
                 "history_minutes": FETCH_HISTORY_MIN,
             }
-            for mode in ("full", "delta"):
+            for mode in ("none", "full", "delta"):
                 result[mode] = await _drive_load(
-                    base, pid, http, plan, clients, rounds, rss_mb(pid), fetch=mode
+                    base,
+                    pid,
+                    http,
+                    plan,
+                    clients,
+                    rounds,
+                    rss_mb(pid),
+                    fetch=None if mode == "none" else mode,
                 )
     full, delta = result["full"]["server_cpu_ms"], result["delta"]["server_cpu_ms"]
     result["cpu_per_update_delta_over_full"] = round(delta["per_update"] / full["per_update"], 3)
+    # How many fetches an update causes depends on how fast the clients fetch (an update that
+    # arrives during a fetch is caught by one more), so the CPU per update of the two modes
+    # compares different numbers of fetches. What a fetch costs is the CPU above the same rounds
+    # without fetches, per fetch.
+    updates_only = result["none"]["server_cpu_ms"]["total"]
+    per_fetch = {
+        mode: round((result[mode]["server_cpu_ms"]["total"] - updates_only) / count, 3)
+        for mode in ("full", "delta")
+        if (count := result[mode]["fetches"]["count"])
+    }
+    result["server_cpu_ms_per_fetch_above_updates"] = per_fetch
+    if len(per_fetch) == 2 and per_fetch["full"] > 0:
+        result["cpu_per_fetch_delta_over_full"] = round(per_fetch["delta"] / per_fetch["full"], 3)
     return result
 
 
@@ -377,6 +400,7 @@ async def _drive_load(
                 kind: sum(1 for f in fetches if f[0] == kind)
                 for kind in sorted({f[0] for f in fetches})
             },
+            "per_update": round(len(fetches) / max(1, len(sent)), 2),
             "bytes": {
                 "p50": statistics.median(f[1] for f in fetches),
                 "mean": round(statistics.fmean(f[1] for f in fetches)),
@@ -507,8 +531,11 @@ async def load_process(
 ) -> dict[str, Any]:
     """The separate load process: connect, subscribe, record events until stdin says stop.
     Client ``n`` subscribes to ``plan[n % len(plan)]``; each receipt names its client. With
-    ``fetch`` ("full" or "delta") each client also fetches the telemetry after every update, one
-    fetch at a time (an update during a fetch is caught by one more), as the dashboard does.
+    ``fetch`` ("full" or "delta") each client first loads the payload, as the dashboard does when
+    it opens a session (before "ready": not counted), then fetches the telemetry after every
+    update that is newer than what it holds, one fetch at a time (an update during a fetch is
+    caught by one more, unless that fetch brought it already), as the dashboard does. So both
+    modes answer the same updates, and a delta client is never behind by more than an update.
     "drain" on stdin waits until no fetch is running and answers "drained"."""
     events: list[tuple[int, str, int, int, float]] = []
     #: (answer kind: "delta", "full" or the state, bytes) of every fetch
@@ -523,14 +550,25 @@ async def load_process(
     async def connect(n: int) -> None:
         entry = plan[n % len(plan)]
         sio = socketio.AsyncClient(reconnection=False)
-        held: dict[str, Any] = {"watermark": None, "busy": False, "again": False}
+        #: the save this client holds and the newest one an event announced, each as
+        #: (watermark, computed_at_ms)
+        held: dict[str, Any] = {
+            "save": None,
+            "announced": (-1, -1),
+            "busy": False,
+            "again": False,
+        }
 
-        async def fetch_telemetry() -> None:
+        def behind() -> bool:
+            return held["save"] is None or held["save"] < held["announced"]
+
+        async def fetch_telemetry() -> str:
+            """Fetches until the client holds the newest save announced; the last state."""
             query = {"window_minutes": "60", "resolution": "auto", "metrics": "all"}
             while True:
                 held["again"] = False
-                if fetch == "delta" and held["watermark"] is not None:
-                    query["since_watermark"] = str(held["watermark"])
+                if fetch == "delta" and held["save"] is not None:
+                    query["since_watermark"] = str(held["save"][0])
                 response = await http.get(
                     f"/api/v1/sessions/{entry['session_id']}/telemetry",
                     params=query,
@@ -541,10 +579,13 @@ async def load_process(
                 kind = "delta" if "delta" in body else "full" if answer else body["state"]
                 fetches.append((kind, len(response.content)))
                 if answer and body["state"] == "ready":
-                    held["watermark"] = answer["source_watermark"]
-                if not held["again"]:
+                    computed_at = answer.get("computed_at_ms")
+                    if computed_at is None and held["save"] is not None:
+                        computed_at = held["save"][1]  # a delta leaves out an unchanged head
+                    held["save"] = (answer["source_watermark"], computed_at or 0)
+                if not (held["again"] and behind()):
                     held["busy"] = False
-                    return
+                    return str(body["state"])
 
         async def on_updated(data: dict[str, Any]) -> None:
             received_ms = wall_ms()
@@ -552,6 +593,9 @@ async def load_process(
             events.append((n, data["session_id"], watermark, computed_at_ms, received_ms))
             if fetch is None:
                 return
+            held["announced"] = max(held["announced"], (watermark, computed_at_ms))
+            if not behind():
+                return  # a fetch already brought this save
             if held["busy"]:
                 held["again"] = True
                 return
@@ -568,8 +612,17 @@ async def load_process(
             ack = await sio.call("subscribe", {"session_id": entry["session_id"]}, timeout=30)
         if ack.get("ok"):
             sockets.append(sio)
+        if fetch is not None:
+            # the page's first load of the session: the payload every later fetch builds on
+            for _ in range(100):
+                held["busy"] = True
+                if await fetch_telemetry() == "ready":
+                    break
+                await asyncio.sleep(0.2)
 
     await asyncio.gather(*(connect(n) for n in range(clients)))
+    # the first loads are the page opening, not the updates: only what follows is counted
+    fetches.clear()
     print(f"ready {len(sockets)}", flush=True)
     loop = asyncio.get_running_loop()
     while (line := (await loop.run_in_executor(None, sys.stdin.readline)).strip()) != "stop":

@@ -3,7 +3,11 @@
 - A 4-hour ended session (heart rate at 1 Hz, the other metrics at their catalog cadences, worn
   for 16 hours around it: ≈ 61k samples stored): the cached GET next to compute-on-request (the
   same auth and the same aggregate run on every GET, as an uncached service would), in-process
-  (httpx ASGITransport) and over HTTP on loopback (a server subprocess), p50 / p99 and ratios.
+  (each GET sent straight into the app: every middleware, the authentication and the rate limit,
+  no HTTP client) and over HTTP on loopback (a server subprocess run as ``vitalcast serve`` runs,
+  one keep-alive connection of ``http_client.KeepAliveClient``: httpx's own CPU per 48 KB answer
+  was several times the server's), p50 / p99 and ratios, and over HTTP the server process's CPU
+  per request.
 - The same pair without HTTP (the service's answer vs the compute), to show the framework's share.
 - The compute (session read, GROUP BY, assembly, packing) next to the bare GROUP BY of the same
   rows, the floor; and the full leased compute (lease, compute, conditional save) beside it.
@@ -44,12 +48,14 @@ from bench import targets
 from bench.common import (
     SECRET,
     bulk_load,
+    cpu_ms,
     database,
     emit,
     percentiles,
     server_env,
     serving,
 )
+from bench.http_client import KeepAliveClient
 from vitalcast import catalog
 from vitalcast.api.deps import CurrentUser, Parts
 from vitalcast.app import create_app
@@ -168,33 +174,70 @@ def compare(cached: list[float], baseline: list[float]) -> dict[str, Any]:
     }
 
 
+#: one GET of a path (with its query) through some client: (status, body)
+Fetch = Callable[[str], Awaitable[tuple[int, bytes]]]
+
+
 async def get_pair(
-    client: httpx.AsyncClient, session_id: str, headers: dict[str, str], gets: int, computes: int
+    fetch: Fetch, session_id: str, gets: int, computes: int, *, server_pid: int | None = None
 ) -> dict[str, Any]:
+    """The cached GET next to compute-on-request through ``fetch``; with ``server_pid`` (a
+    server subprocess) also the server's CPU per request of each side (all its threads)."""
     cached_url = f"/api/v1/sessions/{session_id}/telemetry?resolution=1m"
-    first = await client.get(cached_url, headers=headers)
+    status, body = await fetch(cached_url)
     for _ in range(200):
-        if first.status_code == 200 and first.json()["state"] == "ready":
+        if status == 200 and orjson.loads(body)["state"] == "ready":
             break
         await asyncio.sleep(0.05)
-        first = await client.get(cached_url, headers=headers)
+        status, body = await fetch(cached_url)
     else:
-        raise RuntimeError(f"never ready: {first.status_code} {first.text[:200]}")
+        raise RuntimeError(f"never ready: {status} {body[:200]!r}")
     baseline_url = f"{COMPUTE_ON_REQUEST}/{session_id}"
-    same = await client.get(baseline_url, headers=headers)
-    assert same.json()["telemetry"]["metrics"] == first.json()["telemetry"]["metrics"]
+    same_status, same = await fetch(baseline_url)
+    assert same_status == 200, same_status
+    assert orjson.loads(same)["telemetry"]["metrics"] == orjson.loads(body)["telemetry"]["metrics"]
 
     async def cached() -> None:
-        response = await client.get(cached_url, headers=headers)
-        assert response.status_code == 200
+        got, _ = await fetch(cached_url)
+        assert got == 200, got
 
     async def baseline() -> None:
-        response = await client.get(baseline_url, headers=headers)
-        assert response.status_code == 200
+        got, _ = await fetch(baseline_url)
+        assert got == 200, got
 
-    result = compare(await timed(cached, gets, warmup=100), await timed(baseline, computes))
-    result["payload_bytes"] = len(first.content)
+    cpu: dict[str, float] = {}
+
+    async def measured(
+        side: str, call: Callable[[], Awaitable[None]], n: int, warmup: int
+    ) -> list[float]:
+        for _ in range(warmup):
+            await call()
+        before = None if server_pid is None else cpu_ms(server_pid)
+        samples = await timed(call, n, warmup=0)
+        if server_pid is not None and before is not None:
+            cpu[side] = (cpu_ms(server_pid) - before) / n
+        return samples
+
+    result = compare(
+        await measured("cached_get", cached, gets, 100),
+        await measured("compute_on_request", baseline, computes, 5),
+    )
+    result["payload_bytes"] = len(body)
+    if cpu:
+        # the server process only: on PostgreSQL the GROUP BY runs in the database's process
+        result["server_cpu_ms_per_request"] = {side: round(ms, 3) for side, ms in cpu.items()}
     return result
+
+
+def asgi_fetch(app: FastAPI, headers: dict[str, str]) -> Fetch:
+    """GETs sent straight into the app (every middleware, the authentication and the rate
+    limit, no HTTP client): what the server alone does for them."""
+
+    async def fetch(url: str) -> tuple[int, bytes]:
+        path, _, query = url.partition("?")
+        return await asgi_request(app, path, query, headers)
+
+    return fetch
 
 
 async def answer_pair(
@@ -223,8 +266,10 @@ async def answer_pair(
     return compare(await timed(cached, gets, warmup=100), await timed(computed, computes))
 
 
-async def asgi_get(app: FastAPI, path: str, query: str, headers: dict[str, str]) -> bytes:
-    """One GET straight into the app (no HTTP client): what the server alone does for it."""
+async def asgi_request(
+    app: FastAPI, path: str, query: str, headers: dict[str, str]
+) -> tuple[int, bytes]:
+    """One GET straight into the app (no HTTP client): (status, body)."""
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -240,18 +285,27 @@ async def asgi_get(app: FastAPI, path: str, query: str, headers: dict[str, str])
         "server": ("bench", 80),
     }
     body: list[bytes] = []
+    status = 0
 
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": b"", "more_body": False}
 
     async def send(message: dict[str, Any]) -> None:
+        nonlocal status
         if message["type"] == "http.response.start":
-            assert message["status"] == 200, message["status"]
+            status = message["status"]
         else:
             body.append(message.get("body", b""))
 
     await app(scope, receive, send)
-    return b"".join(body)
+    return status, b"".join(body)
+
+
+async def asgi_get(app: FastAPI, path: str, query: str, headers: dict[str, str]) -> bytes:
+    """One GET straight into the app that must answer 200: its body."""
+    status, body = await asgi_request(app, path, query, headers)
+    assert status == 200, status
+    return body
 
 
 async def fetch_cpu(
@@ -260,9 +314,9 @@ async def fetch_cpu(
     """Server CPU of a delta fetch (``since_watermark``) against a full fetch of the same live
     view, in one run: a session live for an hour of 1 Hz heart rate; each round ingests a 5 s
     batch, waits for its compute, then ``watchers`` clients fetch the full payload and as many
-    fetch the delta from the previous watermark (which side goes first alternates), as the
-    dashboard's clients do after an update (the first delta of an update builds it, the others
-    find it built). The CPU time of the event loop's thread is taken around each fetch, the
+    fetch the delta from the previous watermark (one of each in turn; which goes first
+    alternates), as the dashboard's clients do after an update (the first delta of an update
+    builds it, the others find it built). The CPU time of the event loop's thread is taken around each fetch, the
     request sent straight into the app (no HTTP client in it); per side, the median over the
     updates of the mean CPU of its fetches."""
     parts = app.state.parts
@@ -295,17 +349,19 @@ async def fetch_cpu(
             full = orjson.loads(await asgi_get(app, path, query, headers))
         watermark = full["telemetry"]["source_watermark"]
         if held is not None:
+            wanted = {"full": query, "delta": f"{query}&since_watermark={held}"}
+            spent = {"full": 0.0, "delta": 0.0}
+            # the two kinds in turns, so that both meet the same moment of a shared machine
             order = ("full", "delta") if round_ % 2 else ("delta", "full")
-            for kind in order:
-                wanted = query if kind == "full" else f"{query}&since_watermark={held}"
-                spent = 0.0
-                for _ in range(watchers):
+            for _ in range(watchers):
+                for kind in order:
                     started = time.thread_time()
-                    body = await asgi_get(app, path, wanted, headers)
-                    spent += time.thread_time() - started
+                    body = await asgi_get(app, path, wanted[kind], headers)
+                    spent[kind] += time.thread_time() - started
                     size[kind].append(len(body))
-                    deltas += body.startswith(b'{"state":"ready","delta":')
-                cpu[kind].append(spent * 1000 / watchers)
+                    deltas += kind == "delta" and body.startswith(b'{"state":"ready","delta":')
+            for kind, seconds in spent.items():
+                cpu[kind].append(seconds * 1000 / watchers)
         held = watermark
     # per fetch, the median over updates of each update's mean: one fetch that met a garbage
     # collection or a burst of another process does not decide the figure
@@ -334,14 +390,14 @@ def _heart_rate(record_id: str, at_ms: int) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def bench_server(url: str) -> AsyncIterator[str]:
-    """The real app plus the baseline route as a loopback subprocess; yields its base URL."""
+async def bench_server(url: str) -> AsyncIterator[tuple[str, int]]:
+    """The real app plus the baseline route as a loopback subprocess: (base URL, pid)."""
     with tempfile.TemporaryDirectory(prefix="vc-bench-data-") as data_dir:
         env = server_env(
             url, data_dir, VITALCAST_RATE_LIMIT_TELEMETRY=NO_LIMIT, PYTHONPATH=os.getcwd()
         )
-        async with serving(env, module="bench.telemetry") as (base, _pid):
-            yield base
+        async with serving(env, module="bench.telemetry") as (base, pid):
+            yield base, pid
 
 
 async def compute_floor(
@@ -661,16 +717,19 @@ async def run_backend(backend: str, gets: int, computes: int, runs: int) -> dict
         )
         app = bench_app(settings)
         async with app.router.lifespan_context(app):
+            in_process = await get_pair(asgi_fetch(app, headers), session_id, gets, computes)
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
-                in_process = await get_pair(client, session_id, headers, gets, computes)
                 fetches = await fetch_cpu(app, client, headers, rounds=runs * 2, watchers=5)
             service_level = await answer_pair(app, user_id, session_id, gets, computes)
-        async with (
-            bench_server(url) as base,
-            httpx.AsyncClient(base_url=base, timeout=60) as client,
-        ):
-            over_http = await get_pair(client, session_id, headers, gets // 2, computes)
+        async with bench_server(url) as (base, pid):
+            loopback = await KeepAliveClient.connect(base, headers)
+            try:
+                over_http = await get_pair(
+                    loopback.get, session_id, gets // 2, computes, server_pid=pid
+                )
+            finally:
+                loopback.close()
         floor = await compute_floor(url, user_id, session_id, loaded.start_ms, loaded.end_ms, runs)
         day = await day_session(
             url, loaded.day_user, loaded.day_session_id, loaded.day_start_ms, max(3, runs // 4)
@@ -760,9 +819,22 @@ def serve(host: str, port: int) -> None:
     """Subprocess mode: the real app plus the baseline route (``bench_server`` binds loopback)."""
     import uvicorn
 
+    from vitalcast.api.http_protocol import BoundedHeadProtocol
+    from vitalcast.cli import _settle_garbage_collector
+
     settings = Settings()
     configure_logging(settings.log_level)
-    uvicorn.run(bench_app(settings), host=host, port=port, log_config=None, access_log=False)
+    application = bench_app(settings)
+    # as ``vitalcast serve`` runs the app: its HTTP protocol and its garbage collector settings
+    _settle_garbage_collector()
+    uvicorn.run(
+        application,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        http=BoundedHeadProtocol,
+    )
 
 
 if __name__ == "__main__":

@@ -130,6 +130,8 @@ def create_app(
     dashboard.install(app)
     app.mount(SOCKETIO_PATH, realtime.asgi_app())
 
+    # Innermost: the telemetry GET answered below FastAPI, once the guard let it through.
+    app.add_middleware(telemetry_api.TelemetryGet, parts=parts)
     app.add_middleware(
         RequestGuard,
         authenticator=parts.authenticator,

@@ -137,15 +137,20 @@ async def test_one_episode_on_two_servers_and_two_workers_across_a_restart(
                 seq = await send(n, heart_rate(f"e{n}", 20 - n, 115 + n))
 
             # restart: server B and worker 2 (SIGTERM), the receiver comes up meanwhile
+            # Stopping and starting processes waits in threads: the loop keeps answering server
+            # A's Engine.IO pings meanwhile (under a busy loop per core these waits outlasted the
+            # ping interval and timeout, and A closed ``on_a``)
             seen_b = seq
-            w2.close()
-            stack.enter_context(worker_subprocess(env, tmp_path / "w2-again.log"))
+            await asyncio.to_thread(w2.close)
+            await asyncio.to_thread(
+                stack.enter_context, worker_subprocess(env, tmp_path / "w2-again.log")
+            )
             with contextlib.suppress(Exception):
                 await on_b.sio.disconnect()
             b_log = tmp_path / "b.log"
             b.process.send_signal(signal.SIGTERM)
-            b.process.wait(STOP_TIMEOUT_S)
-            b = stack.enter_context(one_server(env, b_log))
+            await asyncio.to_thread(b.process.wait, STOP_TIMEOUT_S)
+            b = await asyncio.to_thread(stack.enter_context, one_server(env, b_log))
             urls[1] = b.url
             await receiver.start()
             on_b = await socket_client(b.url, token)

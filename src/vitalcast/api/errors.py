@@ -149,23 +149,61 @@ def status_of(error: VitalcastError) -> int:
     return 500
 
 
+def domain_problem(exc: VitalcastError) -> Response:
+    """The answer to a domain error."""
+    return problem(status_of(exc), exc.code, exc.message, retry_after_s=exc.retry_after_s)
+
+
+def validation_problem(exc: RequestValidationError) -> Response:
+    """The answer to malformed input: only locations and messages, never the input (it may
+    hold health values)."""
+    errors = [
+        {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))}
+        for e in exc.errors()[:20]
+    ]
+    return problem(422, "VALIDATION_ERROR", "The request is malformed.", extra={"errors": errors})
+
+
+def unexpected_problem(exc: Exception) -> Response:
+    """The answer to an error nothing else handled: a database outage or a busy pool is a 503,
+    anything else a 500. Logs type and SQLSTATE only: a driver error's text may quote
+    statement parameters."""
+    if is_pool_timeout(exc):
+        log.warning("database_pool_exhausted")
+        return problem(
+            503,
+            "DATABASE_BUSY",
+            "Every database connection is in use; retry shortly.",
+            retry_after_s=DATABASE_RETRY_AFTER_S,
+        )
+    if is_outage(exc):
+        log.warning("database_unavailable", error_type=type(exc).__name__, sqlstate=sqlstate(exc))
+        return problem(
+            503,
+            "DATABASE_UNAVAILABLE",
+            "The database is unavailable.",
+            retry_after_s=DATABASE_RETRY_AFTER_S,
+        )
+    log.error("unhandled_error", error_type=type(exc).__name__, sqlstate=sqlstate(exc))
+    return problem(500, "INTERNAL_ERROR", "An unexpected error occurred.")
+
+
+#: errors answered by ``unexpected_problem`` where they are raised (by Starlette's exception
+#: middleware, or a route answered below it); any other exception reaches the outermost
+#: middleware, which answers the same and re-raises it for the server's log
+ANSWERED_ERRORS: tuple[type[Exception], ...] = (*DATABASE_ERRORS, OSError)
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers on ``app``."""
 
     @app.exception_handler(VitalcastError)
     async def _domain(_request: Request, exc: VitalcastError) -> Response:
-        return problem(status_of(exc), exc.code, exc.message, retry_after_s=exc.retry_after_s)
+        return domain_problem(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError) -> Response:
-        # Only locations and messages: never echo the input, it may hold health values.
-        errors = [
-            {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))}
-            for e in exc.errors()[:20]
-        ]
-        return problem(
-            422, "VALIDATION_ERROR", "The request is malformed.", extra={"errors": errors}
-        )
+        return validation_problem(exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
@@ -176,31 +214,11 @@ def install(app: FastAPI) -> None:
         return problem(exc.status_code, code, str(exc.detail), headers=headers)
 
     async def _unexpected(_request: Request, exc: Exception) -> Response:
-        # Type and SQLSTATE only: a driver error's text may quote statement parameters.
-        if is_pool_timeout(exc):
-            log.warning("database_pool_exhausted")
-            return problem(
-                503,
-                "DATABASE_BUSY",
-                "Every database connection is in use; retry shortly.",
-                retry_after_s=DATABASE_RETRY_AFTER_S,
-            )
-        if is_outage(exc):
-            log.warning(
-                "database_unavailable", error_type=type(exc).__name__, sqlstate=sqlstate(exc)
-            )
-            return problem(
-                503,
-                "DATABASE_UNAVAILABLE",
-                "The database is unavailable.",
-                retry_after_s=DATABASE_RETRY_AFTER_S,
-            )
-        log.error("unhandled_error", error_type=type(exc).__name__, sqlstate=sqlstate(exc))
-        return problem(500, "INTERNAL_ERROR", "An unexpected error occurred.")
+        return unexpected_problem(exc)
 
     # Database and network errors are answered here (not only by the catch-all below, which
     # Starlette re-raises after answering, printing the error's text to the server log).
-    for error_type in (*DATABASE_ERRORS, OSError, Exception):
+    for error_type in (*ANSWERED_ERRORS, Exception):
         app.add_exception_handler(error_type, _unexpected)
 
 

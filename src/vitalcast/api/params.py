@@ -11,11 +11,15 @@ the same fields.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
 from typing import ClassVar, Literal, Self
+from urllib.parse import parse_qsl
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, ValidationError
+from starlette.types import Scope
 
 from vitalcast.json_types import JsonObject
 
@@ -39,9 +43,17 @@ class RouteParams(BaseModel):
     def read(cls, request: Request) -> Self:
         """The parameters of ``request`` (the last value of a repeated query key, the first of a
         repeated header, as FastAPI takes them); ``RequestValidationError`` when one is bad."""
-        values: dict[str, object] = dict(request.query_params)
+        return cls.of(request.path_params, request.query_params, request.headers)
+
+    @classmethod
+    def of(
+        cls, path: Mapping[str, str], query: Mapping[str, str], headers: Mapping[str, str]
+    ) -> Self:
+        """The parameters from a request's path parameters, query (one value per key) and
+        headers (lower-case names, one value each), for a route answered below FastAPI."""
+        values: dict[str, object] = dict(query)
         for field, location in cls.LOCATIONS.items():
-            source = request.path_params if location == "path" else request.headers
+            source = path if location == "path" else headers
             found = source.get(cls.wire_name(field))
             if found is None:
                 values.pop(field, None)
@@ -53,6 +65,27 @@ class RouteParams(BaseModel):
             raise RequestValidationError(
                 [{**error, "loc": cls._loc(error["loc"])} for error in exc.errors()]
             ) from None
+
+    @classmethod
+    def of_scope(cls, scope: Scope, path: Mapping[str, str]) -> Self:
+        """``of`` straight from an ASGI scope (query string and raw headers), read as Starlette
+        reads them, for a route answered without building a ``Request``."""
+        query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
+        wanted = cls._header_names()
+        headers: dict[str, str] = {}
+        for name, value in scope["headers"]:
+            if name in wanted:
+                headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+        return cls.of(path, query, headers)
+
+    @classmethod
+    @functools.cache
+    def _header_names(cls) -> frozenset[bytes]:
+        return frozenset(
+            cls.wire_name(field).encode("latin-1")
+            for field, location in cls.LOCATIONS.items()
+            if location == "header"
+        )
 
     @classmethod
     def _loc(cls, loc: tuple[int | str, ...]) -> tuple[int | str, ...]:

@@ -12,13 +12,14 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from vitalcast.db.partitions import SamplePartitions
+from vitalcast.db.prepared import Prepared
 from vitalcast.db.units import InlineConnection, SqliteUnits, Unit, is_file_url
 
 T = TypeVar("T")
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 WRITE_OPTION = "vitalcast_write"
-_ASYNC_COMMIT = sa.text("SET LOCAL synchronous_commit TO OFF")
+_ASYNC_COMMIT = Prepared(sa.text("SET LOCAL synchronous_commit TO OFF"))
 
 
 def is_sqlite(engine: AsyncEngine) -> bool:
@@ -131,7 +132,7 @@ class Database:
         read, and a lost lease only makes its holder's conditional save fail."""
         async with self.write() as conn:
             if not self.sqlite:
-                await conn.execute(_ASYNC_COMMIT)
+                await _ASYNC_COMMIT.run(conn, {})
             yield conn
 
     async def unit(self, unit: Unit[T], *, write: bool = False, derived: bool = False) -> T:

@@ -94,7 +94,9 @@ def _statement(dialect: str, n_ranges: int) -> Prepared:
         values = ", ".join(_RANGE_ROW.format(i=i) for i in range(n_ranges))
         quantized = _QUANTIZED[dialect].format(scale=SUM_SCALE)
         text = _AGGREGATE.format(ahead=AHEAD, quantized=quantized, values=values)
-        statement = Prepared(sa.text(text).bindparams(sa.bindparam("metrics", expanding=True)))
+        statement = Prepared(
+            sa.text(text).bindparams(sa.bindparam("metrics", expanding=True)), read_only=True
+        )
         _STATEMENTS[(dialect, n_ranges)] = statement
     return statement
 

@@ -3,6 +3,7 @@ ETag, and the body joined from stored bytes. Pure: no I/O, no clock of its own."
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -118,12 +119,17 @@ def make_etag(
 ) -> str:
     """Strong ETag of (session, watermark, window, resolution, compute version, metric set) and,
     for a live payload, its compute time: a live window moves with time at one watermark."""
-    mask = sum(_METRIC_BIT[code] for code in codes)
+    mask = _mask(tuple(codes))
     live = "" if live_at_ms is None else f".t{live_at_ms}"
     return (
         f'"{key.session_id}.{watermark}.{key.window_minutes}.{key.resolution.value}'
         f'.v{key.compute_version}.{mask:x}{live}"'
     )
+
+
+@functools.cache  # at most one entry per subset of the catalog
+def _mask(codes: tuple[str, ...]) -> int:
+    return sum(_METRIC_BIT[code] for code in codes)
 
 
 def etag_matches(if_none_match: str | None, etag: str) -> bool:
