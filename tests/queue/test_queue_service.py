@@ -181,6 +181,47 @@ async def test_submit_refuses_beyond_the_queue_depth_bound(queue_settings: Setti
         await svc.close()
 
 
+async def test_many_submits_at_once_add_the_same_jobs_within_the_depth_bound(
+    queue_settings: Settings, start_worker: Any
+) -> None:
+    """``submit_many`` (an ingest touching a user's many views, a live tick) adds what one
+    submit each would: a job per key, absorbed by a waiting job of its key, up to the room the
+    depth bound left when asked (the rest refused, not sent to the fallback), and a finished
+    job's key and watermark runs again."""
+    fallback = RecordingScheduler()
+    settings = queue_settings.model_copy(update={"max_queue_depth": 4})
+    svc = SessionTelemetryQueueService(settings, fallback=fallback, metrics=Metrics())
+    try:
+        keys = [make_key() for _ in range(3)]
+        live = ScheduleReason.LIVE_UPDATE
+        assert await svc.submit_many([(k, 1, live) for k in keys]) == [True, True, True]
+        # a waiting job of its key absorbs a newer watermark
+        assert await svc.submit_many([(keys[0], 2, live)]) == [True]
+        # one more fits under the bound (counted when asked), the others are refused
+        more = [make_key() for _ in range(3)]
+        assert await svc.submit_many([(k, 1, live) for k in more]) == [True, False, False]
+        assert [j.id for j in await svc.queue.getWaiting()] == [
+            *(job_id(k, 1) for k in keys),
+            job_id(more[0], 1),
+        ]
+        assert fallback.submitted == []
+        assert await svc.submit_many([]) == []
+        ran: list[tuple[str, int]] = []
+
+        async def handler(job: TelemetryJob) -> str:
+            ran.append((job.key.session_id, job.watermark))
+            return "fresh"
+
+        await start_worker(settings, handler, concurrency=4)
+        await eventually(lambda: _completed(svc, 4), what="the four jobs completed")
+        again = [(keys[1], 1, ScheduleReason.STALE_READ), (more[1], 1, live)]
+        assert await svc.submit_many(again) == [True, True]
+        await eventually(lambda: _ran(ran, 6), what="both ran")
+        assert sorted(ran[4:]) == sorted([(keys[1].session_id, 1), (more[1].session_id, 1)])
+    finally:
+        await svc.close()
+
+
 async def test_failing_job_is_retried_with_exponential_backoff_then_failed(
     service: Any, queue_settings: Settings, start_worker: Any
 ) -> None:

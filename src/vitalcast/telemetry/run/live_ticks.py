@@ -31,7 +31,7 @@ from vitalcast.observability import Metrics, get_logger
 from vitalcast.telemetry.grid import live_edge_moved, next_boundary_ms
 from vitalcast.telemetry.keys import COMPUTE_VERSION, Resolution, ScheduleReason, TelemetryKey
 from vitalcast.telemetry.ports import Subscriptions
-from vitalcast.telemetry.scheduling import Scheduler, schedule
+from vitalcast.telemetry.scheduling import Scheduler, Submission, schedule_many
 from vitalcast.telemetry.store import queries
 
 log = get_logger(__name__)
@@ -109,7 +109,7 @@ class LiveTicker:
         )
         for session_id in due:
             self._next_check[session_id] = _NEVER
-        asked = 0
+        asking: list[Submission] = []
         for view in views:
             self._next_check[view.session_id] = (
                 next_boundary_ms(view.session_start_ms, GRID_MS, now) + TICK_GRACE_MS
@@ -133,12 +133,8 @@ class LiveTicker:
                 COMPUTE_VERSION,
                 view.user_id,
             )
-            await schedule(
-                self._scheduler,
-                key,
-                watermark=view.session_watermark,
-                reason=ScheduleReason.LIVE_TICK,
-            )
-            self._scheduled.inc()
-            asked += 1
-        return asked
+            asking.append((key, view.session_watermark, ScheduleReason.LIVE_TICK))
+        # at once: every subscribed live session crosses its bucket at about the same time
+        await schedule_many(self._scheduler, asking)
+        self._scheduled.inc(len(asking))
+        return len(asking)

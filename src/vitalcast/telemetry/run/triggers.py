@@ -19,7 +19,7 @@ from vitalcast.observability import get_logger
 from vitalcast.sessions.changes import CachedView
 from vitalcast.sessions.models import Session
 from vitalcast.telemetry.keys import COMPUTE_VERSION, Resolution, ScheduleReason, TelemetryKey
-from vitalcast.telemetry.scheduling import Scheduler, schedule
+from vitalcast.telemetry.scheduling import Scheduler, schedule_many
 from vitalcast.telemetry.store import queries
 
 log = get_logger(__name__)
@@ -60,10 +60,19 @@ class TelemetryTriggers:
                     session, window_minutes=self._window_minutes, now_ms=now_ms
                 )
             )
-        for key in sorted(keys):
-            session = by_id[key.session_id]
-            reason = ScheduleReason.LIVE_UPDATE if session.live else ScheduleReason.LATE_INGEST
-            await schedule(self._scheduler, key, watermark=session.source_watermark, reason=reason)
+        await schedule_many(
+            self._scheduler,
+            [
+                (
+                    key,
+                    by_id[key.session_id].source_watermark,
+                    ScheduleReason.LIVE_UPDATE
+                    if by_id[key.session_id].live
+                    else ScheduleReason.LATE_INGEST,
+                )
+                for key in sorted(keys)
+            ],
+        )
 
     async def session_status(self, session: Session) -> None:
         """A session started, ended or was cancelled."""
@@ -80,13 +89,13 @@ class TelemetryTriggers:
                     resolution=resolution,
                 )
             )
-        for key in sorted(keys):
-            await schedule(
-                self._scheduler,
-                key,
-                watermark=session.source_watermark,
-                reason=ScheduleReason.SESSION_COMPLETED,
-            )
+        await schedule_many(
+            self._scheduler,
+            [
+                (key, session.source_watermark, ScheduleReason.SESSION_COMPLETED)
+                for key in sorted(keys)
+            ],
+        )
 
     async def _cached_keys(self, by_id: dict[str, Session]) -> set[TelemetryKey]:
         try:
