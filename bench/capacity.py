@@ -391,12 +391,14 @@ def judge(
 
 GC_PAUSE = "vitalcast_gc_pause_seconds"
 LOOP_LAG = "vitalcast_event_loop_lag_seconds"
+UNITS = "vitalcast_sqlite_unit_seconds"
 
 
 def server_pauses(before: dict[str, float], after: dict[str, float]) -> dict[str, float] | None:
-    """What held the server's event loop between two /metrics reads: its GC pauses (total, and
-    how many over 50 and 100 ms) and how many of its loop-lag probes ran over 100 ms, 250 ms
-    and 1 s late; None from a server without these series (a baseline's older code)."""
+    """What held the server between two /metrics reads: its GC pauses (total, and how many over
+    50 and 100 ms), how many of its loop-lag probes ran over 100 ms, 250 ms and 1 s late, and
+    how many SQLite write units waited (for a thread and the write lock) or ran over 100 ms and
+    1 s; None from a server without these series (a baseline's older code)."""
     if f"{LOOP_LAG}_count" not in after:
         return None
 
@@ -413,6 +415,12 @@ def server_pauses(before: dict[str, float], after: dict[str, float]) -> dict[str
     def lag_over(le: str) -> float:
         return delta(f"{LOOP_LAG}_count") - delta(f'{LOOP_LAG}_bucket{{le="{le}"}}')
 
+    def writes_over(phase: str, le: str) -> float:
+        # prometheus_client writes a sample's labels in sorted order, ``le`` among them
+        count = f'{UNITS}_count{{kind="write",phase="{phase}"}}'
+        bucket = f'{UNITS}_bucket{{kind="write",le="{le}",phase="{phase}"}}'
+        return delta(count) - delta(bucket)
+
     gc_s = sum(delta(f'{GC_PAUSE}_sum{{generation="{g}"}}') for g in "012")
     return {
         "gc_total_ms": round(gc_s * 1000, 1),
@@ -421,6 +429,10 @@ def server_pauses(before: dict[str, float], after: dict[str, float]) -> dict[str
         "loop_lag_over_100ms": lag_over("0.1"),
         "loop_lag_over_250ms": lag_over("0.25"),
         "loop_lag_over_1s": lag_over("1.0"),
+        "sqlite_write_waits_over_100ms": writes_over("wait", "0.1"),
+        "sqlite_write_waits_over_1s": writes_over("wait", "1.0"),
+        "sqlite_write_runs_over_100ms": writes_over("run", "0.1"),
+        "sqlite_write_runs_over_1s": writes_over("run", "1.0"),
     }
 
 

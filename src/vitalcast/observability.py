@@ -12,6 +12,7 @@ import gc
 import logging
 import sys
 import time
+from collections.abc import Callable
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -246,6 +247,14 @@ class Metrics:
             buckets=PAUSE_BUCKETS_S,
             registry=r,
         )
+        self.sqlite_unit_seconds = Histogram(
+            "vitalcast_sqlite_unit_seconds",
+            "SQLite units of work (embedded): how long each waited for a database thread and "
+            "the write lock (phase=wait) and ran (phase=run), writes and reads apart.",
+            ["kind", "phase"],
+            buckets=PAUSE_BUCKETS_S,
+            registry=r,
+        )
         self.event_loop_lag_seconds = Histogram(
             "vitalcast_event_loop_lag_seconds",
             "How late the event loop ran a timer due now (a long synchronous section, a GC pause "
@@ -253,6 +262,22 @@ class Metrics:
             buckets=PAUSE_BUCKETS_S,
             registry=r,
         )
+
+
+def sqlite_unit_observer(metrics: Metrics) -> Callable[[bool, float, float], None]:
+    """What ``Database.unit_observer`` calls: each unit's wait and run into
+    ``vitalcast_sqlite_unit_seconds``."""
+    series = {
+        (write, phase): metrics.sqlite_unit_seconds.labels("write" if write else "read", phase)
+        for write in (True, False)
+        for phase in ("wait", "run")
+    }
+
+    def observe(write: bool, waited_s: float, ran_s: float) -> None:
+        series[(write, "wait")].observe(max(0.0, waited_s))
+        series[(write, "run")].observe(max(0.0, ran_s))
+
+    return observe
 
 
 class PauseWatch:

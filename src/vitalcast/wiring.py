@@ -38,7 +38,7 @@ from vitalcast.lifecycle.export import AccountExport
 from vitalcast.lifecycle.partitions import PartitionKeeper
 from vitalcast.lifecycle.retention import DailyRetention, RetentionService
 from vitalcast.lifecycle.samples import SampleDeletionService
-from vitalcast.observability import Metrics, PauseWatch
+from vitalcast.observability import Metrics, PauseWatch, sqlite_unit_observer
 from vitalcast.queue.service import SessionTelemetryQueueService
 from vitalcast.queue.webhooks import WebhookQueue
 from vitalcast.ratelimit import RateLimiter
@@ -342,6 +342,7 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
     clock = seams.clock or SystemClock()
     db = _database(settings)
     metrics = Metrics()
+    db.unit_observer = sqlite_unit_observer(metrics)
     sio, manager = socketio_server(settings)
     broadcaster = WebSocketBroadcaster.for_server(sio, manager, metrics=metrics)
     subscriptions = SubscriptionRegistry()

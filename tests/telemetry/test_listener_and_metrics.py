@@ -7,6 +7,7 @@ import asyncio
 import gc
 import time
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.doubles import BrokenListener, RecordingListener
@@ -129,3 +130,23 @@ async def test_metrics_show_gc_pauses_and_an_event_loop_held(tc):
     lag_after = _histogram(after, "vitalcast_event_loop_lag_seconds")
     late = lambda h: h.get("count", 0.0) - h.get("0.25", 0.0)  # noqa: E731
     assert late(lag_after) >= late(lag_before) + 1
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_metrics_show_each_sqlite_unit_waiting_and_running(tc, users):
+    """On SQLite every unit of work (an ingest, a compute's claim, read and save) is observed
+    twice: how long it waited for a database thread and the write lock, and how long it ran."""
+    headers = await users.headers()
+    now = tc.clock.now_ms()
+    session_id = await tc.start_session(headers, now - 20 * MINUTE)
+    before = (await tc.http.get("/metrics")).text
+    await tc.post_samples(headers, [hr("u1", now - MINUTE, 70.0)])
+    await tc.settle()
+    assert (await tc.get(headers, session_id)).status_code == 200
+    after = (await tc.http.get("/metrics")).text
+    for kind in ("write", "read"):
+        for phase in ("wait", "run"):
+            name = "vitalcast_sqlite_unit_seconds"
+            was = _histogram(before, name, kind=kind, phase=phase).get("count", 0.0)
+            now_count = _histogram(after, name, kind=kind, phase=phase).get("count", 0.0)
+            assert now_count > was, (kind, phase)

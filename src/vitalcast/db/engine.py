@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from vitalcast.db.partitions import SamplePartitions
 from vitalcast.db.prepared import Prepared
-from vitalcast.db.units import InlineConnection, SqliteUnits, Unit, is_file_url
+from vitalcast.db.units import InlineConnection, SqliteUnits, Unit, UnitObserver, is_file_url
 
 T = TypeVar("T")
 
@@ -112,6 +112,9 @@ class Database:
         self.partitions = SamplePartitions(engine)
         self._writer = engine.execution_options(**{WRITE_OPTION: True})
         self._units: SqliteUnits | None = None
+        #: told of each SQLite unit's wait and run (set before the first unit; a server's
+        #: /metrics), so a stalled write can be told from a held event loop
+        self.unit_observer: UnitObserver | None = None
 
     @property
     def sqlite(self) -> bool:
@@ -148,6 +151,7 @@ class Database:
                     configure=_configure_sqlite,
                     write_option=WRITE_OPTION,
                     busy_timeout_s=SQLITE_BUSY_TIMEOUT_MS / 1000,
+                    observer=self.unit_observer,
                 )
             return await self._units.run(unit, write=write or derived)
         if derived:
