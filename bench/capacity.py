@@ -60,7 +60,7 @@ from bench.common import (
     server_env,
     serving,
 )
-from bench.realtime import computes_drained, sampled
+from bench.realtime import computes_drained, sampled, server_metrics
 from bench.targets import CAPACITY_P99_MAX_MS, CAPACITY_SESSIONS_MIN, CPU_PER_UPDATE_MAX_MS
 from vitalcast.auth import issue_token
 from vitalcast.clock import iso_ms
@@ -389,6 +389,53 @@ def judge(
     }
 
 
+GC_PAUSE = "vitalcast_gc_pause_seconds"
+LOOP_LAG = "vitalcast_event_loop_lag_seconds"
+UNITS = "vitalcast_sqlite_unit_seconds"
+
+
+def server_pauses(before: dict[str, float], after: dict[str, float]) -> dict[str, float] | None:
+    """What held the server between two /metrics reads: its GC pauses (total, and how many over
+    50 and 100 ms), how many of its loop-lag probes ran over 100 ms, 250 ms and 1 s late, and
+    how many SQLite write units waited (for a thread and the write lock) or ran over 100 ms and
+    1 s; None from a server without these series (a baseline's older code)."""
+    if f"{LOOP_LAG}_count" not in after:
+        return None
+
+    def delta(key: str) -> float:
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    def gc_over(le: str) -> float:
+        return sum(
+            delta(f'{GC_PAUSE}_count{{generation="{g}"}}')
+            - delta(f'{GC_PAUSE}_bucket{{generation="{g}",le="{le}"}}')
+            for g in "012"
+        )
+
+    def lag_over(le: str) -> float:
+        return delta(f"{LOOP_LAG}_count") - delta(f'{LOOP_LAG}_bucket{{le="{le}"}}')
+
+    def writes_over(phase: str, le: str) -> float:
+        # prometheus_client writes a sample's labels in sorted order, ``le`` among them
+        count = f'{UNITS}_count{{kind="write",phase="{phase}"}}'
+        bucket = f'{UNITS}_bucket{{kind="write",le="{le}",phase="{phase}"}}'
+        return delta(count) - delta(bucket)
+
+    gc_s = sum(delta(f'{GC_PAUSE}_sum{{generation="{g}"}}') for g in "012")
+    return {
+        "gc_total_ms": round(gc_s * 1000, 1),
+        "gc_pauses_over_50ms": gc_over("0.05"),
+        "gc_pauses_over_100ms": gc_over("0.1"),
+        "loop_lag_over_100ms": lag_over("0.1"),
+        "loop_lag_over_250ms": lag_over("0.25"),
+        "loop_lag_over_1s": lag_over("1.0"),
+        "sqlite_write_waits_over_100ms": writes_over("wait", "0.1"),
+        "sqlite_write_waits_over_1s": writes_over("wait", "1.0"),
+        "sqlite_write_runs_over_100ms": writes_over("run", "0.1"),
+        "sqlite_write_runs_over_1s": writes_over("run", "1.0"),
+    }
+
+
 def cpu_of(pids: Sequence[int]) -> float:
     return sum(cpu_ms(pid) for pid in pids)
 
@@ -519,10 +566,12 @@ async def capacity_part(
             settle_gc()
         own_pauses.take()
         drivers = [os.getpid(), load.pid]
+        metrics_before = await server_metrics(http)
         before, drivers_before = cpu_of(pids), [cpu_ms(pid) for pid in drivers]
         t0 = time.monotonic()
         sent = await open_loop(sender, plan, n, rounds, f"cap{n}")
         sending_s = time.monotonic() - t0
+        pauses = server_pauses(metrics_before, await server_metrics(http))
         drivers_used = [cpu_ms(pid) - b for pid, b in zip(drivers, drivers_before, strict=True)]
         sender_pauses = own_pauses.take()
         await asyncio.sleep(SETTLE_S)
@@ -541,6 +590,8 @@ async def capacity_part(
                 "updates_per_s": round(n * 1000 / SYNC_MS, 1),
                 **result,
                 "server_cpu_share_of_one_core": round(used / (elapsed * 1000), 3),
+                # what held the server's loop while the step sent (the server's own /metrics)
+                "server_pauses": pauses,
                 # the instrument: while the step sends, this process (the ingests) and the load
                 # process (the watchers) must not be saturated or pause, or the step measures them
                 "drivers": {

@@ -38,7 +38,7 @@ from vitalcast.lifecycle.export import AccountExport
 from vitalcast.lifecycle.partitions import PartitionKeeper
 from vitalcast.lifecycle.retention import DailyRetention, RetentionService
 from vitalcast.lifecycle.samples import SampleDeletionService
-from vitalcast.observability import Metrics
+from vitalcast.observability import Metrics, PauseWatch, sqlite_unit_observer
 from vitalcast.queue.service import SessionTelemetryQueueService
 from vitalcast.queue.webhooks import WebhookQueue
 from vitalcast.ratelimit import RateLimiter
@@ -160,8 +160,11 @@ class ServerParts:
     webhook_jobs: WebhookQueue | None
     #: the state and the missed update a Socket.IO subscribe asks for
     subscribe: SubscribeSupport
+    #: GC pauses and event-loop lag on /metrics
+    pauses: PauseWatch
 
     async def start(self) -> None:
+        self.pauses.start()
         await self.partition_keeper.start()
         await self.coordinator.start()
         await self.ticker.start()
@@ -202,6 +205,7 @@ class ServerParts:
         await self.broadcaster.close()
         await self.limiter.close()
         await self.db.dispose()
+        await self.pauses.stop()
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,6 +342,7 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
     clock = seams.clock or SystemClock()
     db = _database(settings)
     metrics = Metrics()
+    db.unit_observer = sqlite_unit_observer(metrics)
     sio, manager = socketio_server(settings)
     broadcaster = WebSocketBroadcaster.for_server(sio, manager, metrics=metrics)
     subscriptions = SubscriptionRegistry()
@@ -393,6 +398,7 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
     hooks.register(telemetry.saved)
     authenticator.revocations.subscribe(Forgetting([telemetry, memo]))
     return ServerParts(
+        pauses=PauseWatch(metrics),
         settings=settings,
         db=db,
         clock=clock,

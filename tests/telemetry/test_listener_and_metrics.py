@@ -3,8 +3,16 @@ computes, responses by state and the coordinator."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import time
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
 from tests.doubles import BrokenListener, RecordingListener
 from tests.telemetry.conftest import MINUTE, hr, telemetry_client
+from vitalcast.observability import LAG_PROBE_S
 from vitalcast.wiring import Seams
 
 
@@ -86,3 +94,59 @@ async def test_metrics_expose_computes_responses_and_the_coordinator(tc, users):
         "vitalcast_freshness_lag_seconds_bucket",
     ):
         assert line in text, line
+
+
+def _histogram(text: str, name: str, **labels: str) -> dict[str, float]:
+    """The ``_count`` and the ``le`` buckets of one histogram series in /metrics text."""
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if not sample.name.startswith(name):
+                continue
+            rest = {k: v for k, v in sample.labels.items() if k != "le"}
+            if rest != labels:
+                continue
+            if sample.name == f"{name}_count":
+                out["count"] = sample.value
+            elif sample.name == f"{name}_bucket":
+                out[sample.labels["le"]] = sample.value
+    return out
+
+
+async def test_metrics_show_gc_pauses_and_an_event_loop_held(tc):
+    """A full collection shows under generation 2, and a loop held half a second shows as a
+    timer run late by more than 0.25 s (the lag watch's timer is due within 0.2 s of the hold's
+    start, so it runs at least 0.3 s late)."""
+    before = (await tc.http.get("/metrics")).text
+    gc.collect()
+    # the event loop held, as a long synchronous section holds it (what the test is about)
+    time.sleep(0.5)  # noqa: ASYNC251
+    await asyncio.sleep(LAG_PROBE_S)  # the overdue watch runs (and observes its lag) first
+    after = (await tc.http.get("/metrics")).text
+    full_before = _histogram(before, "vitalcast_gc_pause_seconds", generation="2")
+    full_after = _histogram(after, "vitalcast_gc_pause_seconds", generation="2")
+    assert full_after["count"] >= full_before.get("count", 0.0) + 1
+    lag_before = _histogram(before, "vitalcast_event_loop_lag_seconds")
+    lag_after = _histogram(after, "vitalcast_event_loop_lag_seconds")
+    late = lambda h: h.get("count", 0.0) - h.get("0.25", 0.0)  # noqa: E731
+    assert late(lag_after) >= late(lag_before) + 1
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_metrics_show_each_sqlite_unit_waiting_and_running(tc, users):
+    """On SQLite every unit of work (an ingest, a compute's claim, read and save) is observed
+    twice: how long it waited for a database thread and the write lock, and how long it ran."""
+    headers = await users.headers()
+    now = tc.clock.now_ms()
+    session_id = await tc.start_session(headers, now - 20 * MINUTE)
+    before = (await tc.http.get("/metrics")).text
+    await tc.post_samples(headers, [hr("u1", now - MINUTE, 70.0)])
+    await tc.settle()
+    assert (await tc.get(headers, session_id)).status_code == 200
+    after = (await tc.http.get("/metrics")).text
+    for kind in ("write", "read"):
+        for phase in ("wait", "run"):
+            name = "vitalcast_sqlite_unit_seconds"
+            was = _histogram(before, name, kind=kind, phase=phase).get("count", 0.0)
+            now_count = _histogram(after, name, kind=kind, phase=phase).get("count", 0.0)
+            assert now_count > was, (kind, phase)

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from vitalcast.db.partitions import SamplePartitions
 from vitalcast.db.prepared import Prepared
-from vitalcast.db.units import InlineConnection, SqliteUnits, Unit, is_file_url
+from vitalcast.db.units import InlineConnection, SqliteUnits, Unit, UnitObserver, is_file_url
 
 T = TypeVar("T")
 
@@ -112,6 +112,10 @@ class Database:
         self.partitions = SamplePartitions(engine)
         self._writer = engine.execution_options(**{WRITE_OPTION: True})
         self._units: SqliteUnits | None = None
+        self._sqlite_file = is_sqlite(engine) and is_file_url(engine.url)
+        #: told of each SQLite unit's wait and run (set before the first unit; a server's
+        #: /metrics), so a stalled write can be told from a held event loop
+        self.unit_observer: UnitObserver | None = None
 
     @property
     def sqlite(self) -> bool:
@@ -140,14 +144,14 @@ class Database:
         ``derived``, ``derived_write()``), committed when it returns. On a SQLite file the whole
         unit runs on a database thread in one hop (``units``); elsewhere on this loop. A unit
         only talks to its connection: it must not wait for anything of the caller's loop."""
-        url = self.engine.url
-        if self.sqlite and is_file_url(url):
+        if self._sqlite_file:
             if self._units is None:
                 self._units = SqliteUnits(
-                    url,
+                    self.engine.url,
                     configure=_configure_sqlite,
                     write_option=WRITE_OPTION,
                     busy_timeout_s=SQLITE_BUSY_TIMEOUT_MS / 1000,
+                    observer=self.unit_observer,
                 )
             return await self._units.run(unit, write=write or derived)
         if derived:

@@ -218,8 +218,9 @@ async def _on_asyncpg(
     fairy = sync.connection
     adapter: Any = fairy.dbapi_connection  # Any: SQLAlchemy's asyncpg adapter (untyped)
     driver: Any = fairy.driver_connection  # Any: an asyncpg.Connection (no type hints)
-    dispatch = sync.dispatch
-    if dispatch.before_cursor_execute:
+    # SQLAlchemy's own test before it looks at its listeners (cheaper than the dispatcher's)
+    dispatch = sync.dispatch if sync._has_events or sync.engine._has_events else None
+    if dispatch is not None and dispatch.before_cursor_execute:
         dispatch.before_cursor_execute(sync, None, sql, values, None, many)
     try:
         async with adapter._execute_mutex:
@@ -242,7 +243,7 @@ async def _on_asyncpg(
             # raises SQLAlchemy's error, invalidating a lost connection
             sync._handle_dbapi_exception(dbapi_error, sql, values, None, None)
         raise
-    if dispatch.after_cursor_execute:
+    if dispatch is not None and dispatch.after_cursor_execute:
         dispatch.after_cursor_execute(sync, None, sql, values, None, many)
     return rows
 

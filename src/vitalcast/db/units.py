@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar, cast
@@ -35,6 +36,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 T = TypeVar("T")
 #: what a unit is: the body of one transaction
 Unit = Callable[[AsyncConnection], Coroutine[Any, Any, T]]  # Any: a coroutine's yield/send types
+#: told of every unit: (write, seconds it waited for its thread and the write lock, seconds it ran)
+UnitObserver = Callable[[bool, float, float], None]
 
 #: database threads per SQLite database (SQLite has one writer at a time; readers run beside it)
 UNIT_THREADS = 2
@@ -138,12 +141,15 @@ class _Worker:
             conn = self._conns[write] = await engine.connect()
         return conn
 
-    def run(self, unit: Unit[T], write: bool) -> T:
-        """On the worker's thread: the unit in one transaction."""
+    def run(self, unit: Unit[T], write: bool) -> tuple[T, float, float]:
+        """On the worker's thread: the unit in one transaction; with the ``perf_counter`` times
+        it started (its write lock taken) and ended."""
         if not write:
-            return _drive(self._transaction(unit, write))
+            started = time.perf_counter()
+            return _drive(self._transaction(unit, write)), started, time.perf_counter()
         with self._write_lock:
-            return _drive(self._transaction(unit, write))
+            started = time.perf_counter()
+            return _drive(self._transaction(unit, write)), started, time.perf_counter()
 
     async def _transaction(self, unit: Unit[T], write: bool) -> T:
         conn = await self._connection(write)
@@ -182,8 +188,10 @@ class SqliteUnits:
         write_option: str,
         busy_timeout_s: float,
         threads: int = UNIT_THREADS,
+        observer: UnitObserver | None = None,
     ) -> None:
         database = url.database or ""
+        self._observer = observer
 
         def connector() -> sqlite3.Connection:
             return sqlite3.connect(database, timeout=busy_timeout_s)
@@ -217,11 +225,17 @@ class SqliteUnits:
             raise RuntimeError("the database is closed")
         worker = min(self._workers, key=lambda w: w.busy)
         worker.busy += 1
+        handed = time.perf_counter()
         try:
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(worker.executor, worker.run, unit, write)
+            result, started, ended = await loop.run_in_executor(
+                worker.executor, worker.run, unit, write
+            )
         finally:
             worker.busy -= 1
+        if self._observer is not None:
+            self._observer(write, started - handed, ended - started)
+        return result
 
     async def close(self) -> None:
         if self._closed:

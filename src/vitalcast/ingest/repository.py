@@ -213,6 +213,14 @@ def _same(row: Any, sample: Sample) -> bool:  # Any: as above
     return not row.deleted and all(getattr(row, c) == getattr(sample, c) for c in _COLUMNS)
 
 
+# ``start_ms`` beside the id: on PostgreSQL it names the one partition the row is in. Built
+# once: an ingest of new samples only (a live sync) uses it not at all.
+_THIS_ROW = sa.and_(
+    health_samples.c.id == sa.bindparam("row_id"),
+    health_samples.c.start_ms == sa.bindparam("old_start_ms"),
+)
+
+
 async def write_samples(
     conn: AsyncConnection,
     user_id: str,
@@ -279,9 +287,6 @@ async def write_samples(
     result.inserted = len(new_rows)
     result.updated = len(updates)
     result.deleted = len(deleted)
-    c = health_samples.c
-    # ``start_ms`` beside the id: on PostgreSQL it names the one partition the row is in.
-    this_row = sa.and_(c.id == sa.bindparam("row_id"), c.start_ms == sa.bindparam("old_start_ms"))
     if new_rows:
         await _insert(conn, new_rows)
     if updates:
@@ -292,7 +297,7 @@ async def write_samples(
         else:
             await conn.execute(
                 sa.update(health_samples)
-                .where(this_row)
+                .where(_THIS_ROW)
                 .values(
                     **{c: sa.bindparam(c) for c in _COLUMNS}, deleted=False, change_seq=change_seq
                 ),
@@ -312,7 +317,7 @@ async def write_samples(
         )
     if deleted:
         await conn.execute(
-            sa.update(health_samples).where(this_row).values(deleted=True, change_seq=change_seq),
+            sa.update(health_samples).where(_THIS_ROW).values(deleted=True, change_seq=change_seq),
             deleted,
         )
     return result

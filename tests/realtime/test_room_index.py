@@ -1,0 +1,89 @@
+"""The embedded server's Socket.IO manager indexes rooms by client (``RoomIndex``): the same
+rooms, callbacks and pending lists as python-socketio's own manager after any sequence of
+connects, joins, leaves, closed rooms and disconnects, without scanning every room per
+disconnect."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+import socketio
+
+from vitalcast.realtime.broadcaster import IndexedManager
+
+NAMESPACES = ("/", "/other")
+ROOMS = tuple(f"session:{i}" for i in range(6))
+
+
+def canonical(manager: Any, eio_of: dict[str, str]) -> dict[str, Any]:  # Any: untyped manager
+    """The manager's state with its random sids replaced by the Engine.IO sids they stand for
+    (the two managers draw different sids for the same client)."""
+    rooms = {
+        ns: {
+            ("client", eio_of[room]) if room in eio_of else room: sorted(members.values())
+            for room, members in by_room.items()
+        }
+        for ns, by_room in manager.rooms.items()
+    }
+    return {
+        "rooms": rooms,
+        "callbacks": sorted(eio_of.get(sid, sid) for sid in manager.callbacks),
+        "pending_connect": {
+            ns: sorted(eio_of[s] for s in v) for ns, v in manager.pending_connect.items()
+        },
+        "pending_disconnect": {
+            ns: sorted(eio_of[s] for s in v) for ns, v in manager.pending_disconnect.items()
+        },
+    }
+
+
+@pytest.mark.parametrize("seed", range(8))
+async def test_indexed_manager_keeps_the_rooms_python_socketio_keeps(seed: int) -> None:
+    """Random connects, joins, leaves, closed rooms, pending disconnects and disconnects leave
+    both managers in the same state, and the index lists exactly the rooms each client is in."""
+    stock, indexed = socketio.AsyncManager(), IndexedManager()
+    socketio.AsyncServer(client_manager=stock)
+    socketio.AsyncServer(client_manager=indexed)
+    rng = random.Random(seed)
+    clients: dict[tuple[str, str], dict[int, str]] = {}  # (ns, eio) -> manager index -> sid
+    eio_of: tuple[dict[str, str], dict[str, str]] = ({}, {})  # per manager: sid -> eio
+    managers = (stock, indexed)
+    for step in range(400):
+        op = rng.random()
+        if op < 0.3 or not clients:
+            ns, eio = rng.choice(NAMESPACES), f"eio-{step}"
+            sids = {i: await m.connect(eio, ns) for i, m in enumerate(managers)}
+            clients[(ns, eio)] = sids
+            for i, sid in sids.items():
+                eio_of[i][sid] = eio
+            continue
+        (ns, eio), sids = rng.choice(sorted(clients.items()))
+        room = rng.choice(ROOMS)
+        for i, m in enumerate(managers):
+            if op < 0.55:
+                await m.enter_room(sids[i], ns, room)
+            elif op < 0.7:
+                await m.leave_room(sids[i], ns, room)
+            elif op < 0.75:
+                await m.close_room(room, ns)
+            elif op < 0.8:
+                m.pre_disconnect(sids[i], ns)
+            elif op < 0.85:
+                m._generate_ack_id(sids[i], lambda *_a: None)
+            else:
+                await m.disconnect(sids[i], ns)
+        if op >= 0.85:
+            del clients[(ns, eio)]
+    assert canonical(indexed, eio_of[1]) == canonical(stock, eio_of[0])
+    scanned = {
+        (ns, sid): {room for room, members in by_room.items() if sid in members}
+        for ns, by_room in indexed.rooms.items()
+        for sid in by_room.get(None, {})
+    }
+    assert indexed._rooms_of == scanned
+    for (ns, _eio), sids in clients.items():
+        ours = sorted(eio_of[1].get(r, r) for r in indexed.get_rooms(sids[1], ns))
+        theirs = sorted(eio_of[0].get(r, r) for r in stock.get_rooms(sids[0], ns))
+        assert ours == theirs
