@@ -295,24 +295,23 @@ class PauseWatch:
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
         self._gc_started = 0.0
-        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._due = 0.0
 
     def start(self) -> None:
         """Hook the collector and start the lag watch on the running loop (idempotent)."""
-        if self._task is not None:
+        if self._timer is not None:
             return
         gc.callbacks.append(self._on_gc)
-        self._task = asyncio.get_running_loop().create_task(self._watch_lag())
+        self._arm(asyncio.get_running_loop())
 
     async def stop(self) -> None:
         """Unhook the collector and stop the lag watch."""
         with contextlib.suppress(ValueError):
             gc.callbacks.remove(self._on_gc)
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
 
     def _on_gc(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
@@ -321,9 +320,11 @@ class PauseWatch:
         pause = time.perf_counter() - self._gc_started
         self._metrics.gc_pause_seconds.labels(str(info["generation"])).observe(pause)
 
-    async def _watch_lag(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            due = loop.time() + LAG_PROBE_S
-            await asyncio.sleep(LAG_PROBE_S)
-            self._metrics.event_loop_lag_seconds.observe(max(0.0, loop.time() - due))
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        # a bare timer callback, not a task sleeping: an idle server pays a timer per probe
+        self._due = loop.time() + LAG_PROBE_S
+        self._timer = loop.call_at(self._due, self._probe, loop)
+
+    def _probe(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._metrics.event_loop_lag_seconds.observe(max(0.0, loop.time() - self._due))
+        self._arm(loop)

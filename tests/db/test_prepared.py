@@ -4,8 +4,11 @@ statement events that ``conn.execute`` gives."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import sqlite3
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +16,10 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tests.conftest import service_missing
+from vitalcast.api.errors import unexpected_problem
+from vitalcast.db import engine as engine_module
 from vitalcast.db.engine import Database, create_engine
+from vitalcast.db.errors import DATABASE_ERRORS, DATABASE_RETRY_AFTER_S, is_outage
 from vitalcast.db.prepared import Prepared
 from vitalcast.db.tables import users
 
@@ -134,3 +140,33 @@ async def test_statement_listeners_hear_prepared_statements_on_postgres(
     finally:
         sa.event.remove(db.engine.sync_engine, "before_cursor_execute", listen)
     assert any("FROM users" in statement for statement in heard)
+
+
+async def test_a_locked_sqlite_file_is_an_outage_answered_503(
+    sqlite_template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A prepared write in a SQLite unit that cannot get the write lock raises sqlite3's own
+    error (no SQLAlchemy wrapper on that path): it must still count as a database outage, a 503
+    with Retry-After and no partial write, as the same lock met through SQLAlchemy is."""
+    path = tmp_path / "locked.db"
+    shutil.copy(sqlite_template, path)
+    monkeypatch.setattr(engine_module, "SQLITE_BUSY_TIMEOUT_MS", 50)
+    db = Database(create_engine(f"sqlite+aiosqlite:///{path}"))
+    holder = sqlite3.connect(path, timeout=0)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        row = {"id": "p-locked", "name": "p-locked", "at": 1}
+        with pytest.raises(sqlite3.OperationalError) as raised:
+            await db.unit(lambda conn: _ADD.run(conn, row))
+        assert isinstance(raised.value, DATABASE_ERRORS) and is_outage(raised.value)
+        answer = unexpected_problem(raised.value)
+        assert answer.status_code == 503
+        assert json.loads(bytes(answer.body))["code"] == "DATABASE_UNAVAILABLE"
+        assert answer.headers["retry-after"] == str(DATABASE_RETRY_AFTER_S)
+        holder.rollback()
+        assert await _ids(db, ["p-locked"]) == []
+        await db.unit(lambda conn: _ADD.run(conn, row))
+        assert await _ids(db, ["p-locked"]) == ["p-locked"]
+    finally:
+        holder.close()
+        await db.dispose()

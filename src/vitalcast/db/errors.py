@@ -3,13 +3,21 @@ retry, or a bug. Backend specifics (SQLSTATE classes, driver exception types) st
 
 from __future__ import annotations
 
+import sqlite3
+
 import asyncpg
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-#: what the database layer raises: SQLAlchemy's wrapped errors and raw asyncpg ones (the hot read
-#: uses asyncpg directly)
-DATABASE_ERRORS: tuple[type[Exception], ...] = (DBAPIError, asyncpg.PostgresError, PoolTimeout)
+#: what the database layer raises: SQLAlchemy's wrapped errors, and the drivers' own where the
+#: hot paths run on them directly (the hot read and prepared statements on asyncpg, a SQLite unit
+#: on ``sqlite3``)
+DATABASE_ERRORS: tuple[type[Exception], ...] = (
+    DBAPIError,
+    asyncpg.PostgresError,
+    sqlite3.Error,
+    PoolTimeout,
+)
 
 # SQLSTATE classes of a database that is down, restarting or full, rather than of a bad query:
 # 08 connection exception, 53 insufficient resources, 57P operator intervention (admin or crash
@@ -39,7 +47,9 @@ def is_pool_timeout(exc: Exception) -> bool:
 
 def is_outage(exc: Exception) -> bool:
     """The database (or the network to it) is unavailable, as opposed to a bad query."""
-    if isinstance(exc, OperationalError):
+    # SQLite's OperationalError is a locked or full database (or a file gone), raw from a
+    # unit as SQLAlchemy wraps it elsewhere
+    if isinstance(exc, (OperationalError, sqlite3.OperationalError)):
         return True
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
