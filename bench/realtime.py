@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import signal
@@ -52,6 +53,7 @@ import socketio
 
 from bench.common import (
     REDIS_URL,
+    GcPauses,
     cpu_ms,
     create_user,
     database,
@@ -63,6 +65,7 @@ from bench.common import (
     server_env,
     server_with_pid,
     serving,
+    settle_gc,
 )
 from bench.targets import INGEST_TO_CLIENT_P99_MAX_MS
 from vitalcast.clock import iso_ms
@@ -372,10 +375,14 @@ async def _drive_load(
                     seq = None
                 sent.append((entry["session_id"], sent_ms, seq))
 
+        settle_gc()
+        own_pauses = GcPauses()
         with sampled(pid, profile):
             for r in range(rounds):
                 await asyncio.gather(*(one(entry, r) for entry in plan))
                 await computes_drained(http)
+        sender_gc_pause = own_pauses.take()
+        gc.enable()
         await asyncio.sleep(2)
         # every fetch the updates caused is answered before the server's CPU is read
         load.stdin.write(b"drain\n")
@@ -411,6 +418,8 @@ async def _drive_load(
         "clients": clients,
         "sessions": len(plan),
         "rounds": rounds,
+        # the instrument: a driver's GC pause delays the sends or receipts behind it
+        "drivers_gc_pause": {"sender": sender_gc_pause, "watchers": receipts["gc_pause"]},
         "clients_connected": receipts["connected"],
         "ingests_sent": len(sent),
         "ingests_failed": sum(1 for _s, _t, seq in sent if seq is None),
@@ -623,6 +632,10 @@ async def load_process(
     await asyncio.gather(*(connect(n) for n in range(clients)))
     # the first loads are the page opening, not the updates: only what follows is counted
     fetches.clear()
+    # the clients held for the run are out of the collector's reach while the rounds run: a
+    # full collection over thousands of sockets stamps every receipt behind it late
+    settle_gc()
+    pauses = GcPauses()
     print(f"ready {len(sockets)}", flush=True)
     loop = asyncio.get_running_loop()
     while (line := (await loop.run_in_executor(None, sys.stdin.readline)).strip()) != "stop":
@@ -630,9 +643,11 @@ async def load_process(
             while running:
                 await asyncio.gather(*running)
             print("drained", flush=True)
+    gc_pause = pauses.take()
+    gc.enable()
     await asyncio.gather(*(s.disconnect() for s in sockets), return_exceptions=True)
     await http.aclose()
-    return {"connected": len(sockets), "events": events, "fetches": fetches}
+    return {"connected": len(sockets), "events": events, "fetches": fetches, "gc_pause": gc_pause}
 
 
 #: the burst of issue 12: 200 sessions updated at once, each watched by 20 clients
