@@ -816,25 +816,13 @@ async def main_insights(backends: list[str], runs: int) -> dict[str, Any]:
 
 
 def serve(host: str, port: int) -> None:
-    """Subprocess mode: the real app plus the baseline route (``bench_server`` binds loopback)."""
-    import uvicorn
-
-    from vitalcast.api.http_protocol import BoundedHeadProtocol
-    from vitalcast.cli import _settle_garbage_collector
+    """Subprocess mode: the real app plus the baseline route (``bench_server`` binds loopback),
+    served as ``vitalcast serve`` serves it."""
+    from vitalcast.cli import serve_application
 
     settings = Settings()
     configure_logging(settings.log_level)
-    application = bench_app(settings)
-    # as ``vitalcast serve`` runs the app: its HTTP protocol and its garbage collector settings
-    _settle_garbage_collector()
-    uvicorn.run(
-        application,
-        host=host,
-        port=port,
-        log_config=None,
-        access_log=False,
-        http=BoundedHeadProtocol,
-    )
+    serve_application(bench_app(settings), host=host, port=port)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ from vitalcast.clock import epoch_ms, now_ms
 from vitalcast.settings import Settings
 
 if TYPE_CHECKING:
+    from starlette.types import ASGIApp
+
     from vitalcast.db.engine import Database
     from vitalcast.interop.importer import ImportSummary
     from vitalcast.lifecycle.retention import RetentionRun
@@ -314,13 +316,9 @@ def run_server(
 ) -> None:
     """``vitalcast serve``: settings from the environment, migrations, then the app (with the
     stand-ins of ``seams`` for a test entry point) until SIGTERM/SIGINT."""
-    import uvicorn
-
-    from vitalcast.api.http_protocol import BoundedHeadProtocol
     from vitalcast.app import create_app
     from vitalcast.db.migrate import upgrade_if_behind
     from vitalcast.observability import configure_logging
-    from vitalcast.realtime.broadcaster import MAX_MESSAGE_BYTES
     from vitalcast.wiring import NO_SEAMS
 
     settings = Settings()
@@ -332,6 +330,20 @@ def run_server(
 
         companions.append(demo_companion(host=host, port=port, sync_ms=settings.demo_sync_ms))
     application = create_app(settings, seams or NO_SEAMS, companions=companions)
+    serve_application(application, host=host, port=port, shutdown_grace_s=shutdown_grace_s)
+
+
+def serve_application(
+    application: ASGIApp, *, host: str, port: int, shutdown_grace_s: int = 10
+) -> None:
+    """Serve a built app as ``vitalcast serve`` does (its HTTP protocol, frame and head bounds,
+    graceful shutdown and garbage collector settings) until SIGTERM/SIGINT; ``bench/`` serves
+    its app the same way, so that it measures what a deployment runs."""
+    import uvicorn
+
+    from vitalcast.api.http_protocol import BoundedHeadProtocol
+    from vitalcast.realtime.broadcaster import MAX_MESSAGE_BYTES
+
     _settle_garbage_collector()
     uvicorn.run(
         application,
