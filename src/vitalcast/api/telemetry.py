@@ -9,11 +9,11 @@ decodes or validates it.
 
 from __future__ import annotations
 
-import re
 from typing import ClassVar
 
 from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from pydantic import Field
 from pydantic.config import JsonDict
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -72,7 +72,6 @@ class TelemetryParams(RouteParams):
 
 
 ROUTE_PATH = "/api/v1/sessions/{session_id}/telemetry"
-_ROUTE = re.compile(r"^/api/v1/sessions/(?P<session_id>[^/]+)/telemetry$")
 
 
 @router.get(
@@ -113,11 +112,15 @@ class TelemetryGet:
     def __init__(self, app: ASGIApp, parts: ServerParts) -> None:
         self.app = app
         self._parts = parts
-        #: the route's ``APIRoute``, named in the scope as the router would (for the access log)
-        self._route = next(r for r in router.routes if getattr(r, "path", None) == ROUTE_PATH)
+        #: the route's ``APIRoute``: its path pattern is what this matches, and it is named in
+        #: the scope as the router would (for the access log)
+        self._route = next(
+            r for r in router.routes if isinstance(r, APIRoute) and r.path == ROUTE_PATH
+        )
+        self._path = self._route.path_regex
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        found = _ROUTE.match(scope["path"]) if scope["type"] == "http" else None
+        found = self._path.match(scope["path"]) if scope["type"] == "http" else None
         principal: Principal | None = (
             None if found is None else scope.get("state", {}).get("principal")
         )
