@@ -140,6 +140,40 @@ async def _completed(service: Any, n: int) -> bool:
     return (await service.counts())["completed"] == n
 
 
+async def test_a_filled_queue_is_drained_in_rounds_up_to_the_concurrency(
+    service: Any, queue_settings: Settings, start_worker: Any
+) -> None:
+    """Jobs waiting when a worker starts are fetched several per round (one fetcher, not one
+    per slot) and run at once up to the worker's concurrency, never beyond it; every one
+    completes, and a job submitted while the queue is busy runs too."""
+    keys = [make_key() for _ in range(9)]
+    assert (
+        await service.submit_many([(k, 1, ScheduleReason.BACKFILL) for k in keys[:8]]) == [True] * 8
+    )
+    running = 0
+    peak = 0
+    full = asyncio.Event()
+    ran: list[str] = []
+
+    async def handler(job: TelemetryJob) -> str:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        if running == 4:
+            full.set()
+        await asyncio.wait_for(full.wait(), 30)
+        ran.append(job.key.session_id)
+        running -= 1
+        return "fresh"
+
+    await start_worker(queue_settings, handler, concurrency=4)
+    await asyncio.wait_for(full.wait(), 30)
+    await service.submit(keys[8], watermark=1, reason=ScheduleReason.CACHE_MISS)
+    await eventually(lambda: _completed(service, 9), what="every job completed")
+    assert sorted(ran) == sorted(k.session_id for k in keys)
+    assert peak == 4
+
+
 async def test_same_watermark_runs_again_after_its_job_finished(
     service: Any, queue_settings: Settings, start_worker: Any
 ) -> None:
