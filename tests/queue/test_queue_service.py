@@ -8,8 +8,10 @@ import uuid
 from typing import Any
 
 import pytest
+import redis.asyncio
 from bullmq import Job
 
+from tests.conftest import TEST_SECRET
 from tests.processes import FAST_QUEUE
 from tests.queue.helpers import IDLE_PICKUP_BOUND_MS
 from tests.waits import eventually
@@ -421,5 +423,43 @@ async def test_unreachable_redis_routes_to_fallback_and_recovers(
         assert await svc.submit(other, watermark=4, reason=ScheduleReason.CACHE_MISS)
         assert len(fallback.submitted) == 2
         assert await svc.queue.getJobState(job_id(other, 4)) == "waiting"
+    finally:
+        await svc.close()
+
+
+async def test_jobs_are_added_and_fetched_after_redis_forgot_its_scripts(
+    private_redis: Any, tmp_path: Any, start_worker: Any
+) -> None:
+    """The one-round-trip pipelines of adds and fetches run BullMQ's scripts without asking
+    whether Redis knows them: after ``SCRIPT FLUSH`` (as after a Redis restart) a submit and a
+    worker's fetch load them again and go on."""
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        redis_url=private_redis.url,
+        queue_prefix="vtflush",
+        secret=TEST_SECRET,
+        **FAST_QUEUE,
+    )
+    svc = SessionTelemetryQueueService(settings, fallback=None, metrics=Metrics())
+    ran: list[int] = []
+
+    async def handler(job: TelemetryJob) -> str:
+        ran.append(job.watermark)
+        return "fresh"
+
+    try:
+        await start_worker(settings, handler)
+        key = make_key()
+        assert await svc.submit(key, watermark=1, reason=ScheduleReason.LIVE_UPDATE)
+        await eventually(lambda: _ran(ran, 1), what="the first job ran")
+        client = redis.asyncio.Redis.from_url(private_redis.url)
+        try:
+            await client.script_flush()
+        finally:
+            await client.aclose()
+        # the depth was just read, so this add rides in the pipeline that reads it
+        assert await svc.submit(key, watermark=2, reason=ScheduleReason.LIVE_UPDATE)
+        await eventually(lambda: _ran(ran, 2), what="the job added after the flush ran")
+        assert ran == [1, 2]
     finally:
         await svc.close()

@@ -32,6 +32,9 @@ import msgpack
 from bullmq import Worker
 from bullmq.scripts import raw2NextJobData
 from bullmq.timer import Timer
+from redis.asyncio.client import Pipeline
+
+from vitalcast.queue.pipelines import run_pipeline
 
 #: the keys of bullmq's ``moveToActive`` script, in its order
 _MOVE_TO_ACTIVE_KEYS = (
@@ -146,21 +149,25 @@ class FetchingWorker(Worker):  # type: ignore[misc]  # bullmq ships no type hint
         return f"{self.id}:{self._token_seq}"
 
     async def _move_to_active(self, tokens: list[str]) -> list[Any]:  # Any: raw script answers
-        """bullmq's ``moveToActive`` script once per token, in one pipeline."""
+        """bullmq's ``moveToActive`` script once per token, in one round trip."""
         scripts = self.scripts
         keys = scripts.getKeys(list(_MOVE_TO_ACTIVE_KEYS))
         script = scripts.commands["moveToActive"]
         now_ms = round(time.time() * 1000)
-        async with self.client.pipeline(transaction=False) as pipe:
-            for token in tokens:
-                opts = msgpack.packb(
-                    {
-                        "token": token,
-                        "lockDuration": self.opts["lockDuration"],
-                        "limiter": self.opts.get("limiter"),
-                    },
-                    use_bin_type=True,
-                )
+        packed = [
+            msgpack.packb(
+                {
+                    "token": token,
+                    "lockDuration": self.opts["lockDuration"],
+                    "limiter": self.opts.get("limiter"),
+                },
+                use_bin_type=True,
+            )
+            for token in tokens
+        ]
+
+        async def fill(pipe: Pipeline) -> None:
+            for opts in packed:
                 await script(keys=keys, args=[scripts.keys[""], now_ms, opts], client=pipe)
-            answers: list[Any] = await pipe.execute()
-        return answers
+
+        return await run_pipeline(self.client, fill)

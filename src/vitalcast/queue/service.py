@@ -11,12 +11,14 @@ import time
 from collections.abc import Sequence
 
 from bullmq import Job, Queue
+from redis.asyncio.client import Pipeline
 from redis.exceptions import BusyLoadingError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from vitalcast.observability import Metrics, get_logger
 from vitalcast.queue.jobs import JOB_NAME, TelemetryJob, job_options
+from vitalcast.queue.pipelines import run_pipeline
 from vitalcast.redis_connections import CALL_TIMEOUT_S, blocking_options, short_call_client
 from vitalcast.settings import Settings
 from vitalcast.telemetry.keys import ScheduleReason, TelemetryKey
@@ -136,15 +138,16 @@ class SessionTelemetryQueueService:
             return []
         keys = self._queue.keys
         at_once = self._far_from_full(len(jobs))
-        async with self._queue.client.pipeline(transaction=False) as pipe:
+
+        async def fill(pipe: Pipeline) -> None:
             pipe.llen(keys["wait"])
             for job in jobs:
                 pipe.zscore(keys["completed"], job.id)
                 pipe.zscore(keys["failed"], job.id)
             if at_once:
-                for job in jobs:
-                    await self._queue.scripts.addJob(self._bullmq_job(job), pipe)
-            waiting, *answers = await pipe.execute()
+                await self._queue_adds(pipe, jobs)
+
+        waiting, *answers = await run_pipeline(self._queue.client, fill)
         self._depth_seen = (int(waiting), time.monotonic())
         finished = [
             answers[2 * i] is not None or answers[2 * i + 1] is not None for i in range(len(jobs))
@@ -181,23 +184,19 @@ class SessionTelemetryQueueService:
         }
         return Job(queue=self._queue, name=JOB_NAME, data=job.to_data(), opts=opts, job_id=job.id)
 
+    async def _queue_adds(self, pipe: Pipeline, jobs: list[TelemetryJob]) -> None:
+        for job in jobs:
+            await self._queue.scripts.addJob(self._bullmq_job(job), pipe)
+
     async def _add_now(self, adding: list[TelemetryJob]) -> None:
-        backoff_ms = self._settings.queue_backoff_ms
-        if len(adding) == 1:
-            # one job: its script alone, without addBulk's MULTI/EXEC around it
-            job = adding[0]
-            await self._queue.add(JOB_NAME, job.to_data(), job_options(job, backoff_ms=backoff_ms))
-        elif adding:
-            await self._queue.addBulk(
-                [
-                    {
-                        "name": JOB_NAME,
-                        "data": job.to_data(),
-                        "opts": job_options(job, backoff_ms=backoff_ms),
-                    }
-                    for job in adding
-                ]
-            )
+        """BullMQ's add script per job, in one round trip."""
+        if not adding:
+            return
+
+        async def fill(pipe: Pipeline) -> None:
+            await self._queue_adds(pipe, adding)
+
+        await run_pipeline(self._queue.client, fill)
 
     async def depth(self) -> int:
         """Jobs waiting to start. Raises ``QueueUnavailable``."""
