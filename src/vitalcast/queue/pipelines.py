@@ -5,7 +5,8 @@ redis-py's pipeline makes sure every script queued on it exists before it runs, 
 not one. ``run_pipeline`` skips that check and lets Redis say so instead: a ``NOSCRIPT`` answer
 (a restarted or flushed Redis forgot its scripts) loads the pipeline's scripts and runs it once
 more. That is safe for the pipelines that use it: a script unknown to Redis ran nowhere in the
-pipeline, and the plain commands beside the scripts only read.
+pipeline, and the plain commands beside the scripts only read (or, in a worker's fetch, remove
+the queue's marker, which a fetch that finds jobs sets again).
 """
 
 from __future__ import annotations
@@ -21,10 +22,13 @@ from redis.exceptions import NoScriptError
 Fill = Callable[[Pipeline], Awaitable[None]]
 
 
-async def run_pipeline(client: aioredis.Redis, fill: Fill) -> list[Any]:  # Any: Redis answers
-    """The answers of the commands ``fill`` queues, in one round trip (non-transactional)."""
+async def run_pipeline(
+    client: aioredis.Redis, fill: Fill, *, transaction: bool = False
+) -> list[Any]:  # Any: Redis answers
+    """The answers of the commands ``fill`` queues, in one round trip (in ``MULTI``/``EXEC``
+    with ``transaction``)."""
     for last in (False, True):
-        async with client.pipeline(transaction=False) as pipe:
+        async with client.pipeline(transaction=transaction) as pipe:
             await fill(pipe)
             scripts = list(pipe.scripts)
             pipe.scripts.clear()
