@@ -463,3 +463,35 @@ async def test_jobs_are_added_and_fetched_after_redis_forgot_its_scripts(
         assert ran == [1, 2]
     finally:
         await svc.close()
+
+
+async def test_a_worker_without_a_free_slot_leaves_the_waiting_jobs_to_another(
+    service: Any, queue_settings: Settings, start_worker: Any
+) -> None:
+    """A worker whose fetch filled its slots took the queue's marker with the jobs (its fetch
+    removes it); it puts the marker back when it stops fetching, so a worker that starts then
+    takes the job still waiting at once instead of at the end of its idle wait (5 s)."""
+    release = asyncio.Event()
+    running: list[str] = []
+
+    async def handler(job: TelemetryJob) -> str:
+        running.append(job.key.session_id)
+        await asyncio.wait_for(release.wait(), 30)
+        return "fresh"
+
+    keys = [make_key() for _ in range(3)]
+    try:
+        await start_worker(queue_settings, handler, concurrency=2)
+        assert (
+            await service.submit_many([(k, 1, ScheduleReason.BACKFILL) for k in keys]) == [True] * 3
+        )
+        await eventually(lambda: _ran(running, 2), what="the first worker's slots full")
+        await start_worker(queue_settings, handler, concurrency=2)
+        await eventually(lambda: _ran(running, 3), what="the second worker took the third job")
+    finally:
+        release.set()
+    await eventually(lambda: _completed(service, 3), what="every job completed")
+    for key in keys:
+        job = await Job.fromId(service.queue, job_id(key, 1))
+        assert job is not None
+        assert job.processedOn - job.timestamp < IDLE_PICKUP_BOUND_MS
