@@ -31,7 +31,7 @@ from vitalcast.sessions.models import Session
 from vitalcast.settings import Settings
 from vitalcast.telemetry.compute.aggregate import Assembled, assemble
 from vitalcast.telemetry.compute.downsample import MetricSeries
-from vitalcast.telemetry.compute.incremental import compute_batch_views
+from vitalcast.telemetry.compute.incremental import assemble_batch
 from vitalcast.telemetry.grid import TelemetryWindow
 from vitalcast.telemetry.keys import ComputeOutcome, Resolution, ScheduleReason, TelemetryKey
 from vitalcast.telemetry.ports import PostSaveHooks, SavedView
@@ -165,7 +165,7 @@ async def _computer(
             Metrics(),
             listener,
             lease_ms=30_000,
-            aggregator=partial(compute_batch_views, assembler=poison),
+            aggregator=partial(assemble_batch, assembler=poison),
             cache=SessionTelemetryCacheRepository(),
             hooks=hooks,
         )
