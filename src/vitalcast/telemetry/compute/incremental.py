@@ -133,10 +133,11 @@ def _prepare(view: ViewInput, memo: ViewMemo | None) -> _Planned:
     return _Planned(view, window, remembered, previous)
 
 
-#: the most time, summed over a batch's dirty ranges, whose GROUP BY a read in the claim's unit of
-#: work runs (``read_views``): a wider one (a full compute) runs in a read unit of its own, so a
-#: SQLite writer does not hold the write lock across a long scan
-FOLDED_SPAN_MS = 15 * 60_000
+#: the most time, summed over a batch's ranges, whose GROUP BY a read in the claim's unit of work
+#: runs (``read_views``): a live update's view scans a bucket or two (1 or 5 minutes). A longer
+#: one (full computes, a big batch) runs in a read unit of its own, so a SQLite writer does not
+#: hold the write lock across a long scan, and a big batch's third unit is shared by its views.
+FOLDED_SPAN_MS = 60 * 60_000
 
 
 @dataclass(frozen=True, slots=True)
