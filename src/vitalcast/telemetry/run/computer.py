@@ -176,12 +176,21 @@ class TelemetryComputer:
         if read is None or not due:
             return outcomes
         self._metrics.compute_batch_views.observe(len(due))
-        keeper = asyncio.create_task(self._keep_leases([c.key for c in due]))
+        # A batch usually ends long before a third of its lease: until then its keeper is only
+        # a timer, not a task started, cancelled and gathered per batch.
+        keepers: list[asyncio.Task[None]] = []
+        held = [c.key for c in due]
+        timer = asyncio.get_running_loop().call_later(
+            self._lease_ms / 3 / 1000,
+            lambda: keepers.append(asyncio.create_task(self._keep_leases(held))),
+        )
         try:
             outcomes |= await self._compute_claimed(due, reasons, now, read, started)
         finally:
-            keeper.cancel()
-            await asyncio.gather(keeper, return_exceptions=True)
+            timer.cancel()
+            for keeper in keepers:
+                keeper.cancel()
+            await asyncio.gather(*keepers, return_exceptions=True)
         return outcomes
 
     async def _claim_and_read(
@@ -399,10 +408,10 @@ class TelemetryComputer:
             )
 
     async def _keep_leases(self, keys: list[TelemetryKey]) -> None:
-        """Renew the batch's leases (one statement) every third of the lease while it runs."""
+        """Renew the batch's leases (one statement) now, a third of the lease after it started,
+        and every third of the lease after that while it runs."""
         interval_s = self._lease_ms / 3 / 1000
         while keys:
-            await asyncio.sleep(interval_s)
             now = self._clock.now_ms()
             try:
                 held = await self._db.unit(
@@ -417,8 +426,9 @@ class TelemetryComputer:
                     session_id=keys[0].session_id,
                     error_type=type(exc).__name__,
                 )
-                continue
-            keys = [k for k in keys if k in held]
+            else:
+                keys = [k for k in keys if k in held]
+            await asyncio.sleep(interval_s)
 
     async def _notify(self, key: TelemetryKey, computed: ComputedTelemetry) -> None:
         window = computed.window
