@@ -7,9 +7,9 @@ the change logs and, for a live update, one GROUP BY over every dirty range (see
 view is then assembled on its own on the loop, and the second unit, one compare-and-set save,
 stores every result whose lease is still ours and prunes the change logs no cached view needs
 any more. Then, per saved view, the listener and the post-save hooks. A view whose compute raised
-fails alone: its failure and backoff are recorded, the others are saved. The in-process coordinator and the queue worker
-both run computes through ``compute_batch`` (``compute`` is a batch of one), which never
-raises: what happened to each key is its ``ComputeOutcome``.
+fails alone: its failure and backoff are recorded, the others are saved. The in-process
+coordinator and the queue worker both run computes through ``compute_batch`` (``compute`` is a
+batch of one), which never raises: what happened to each key is its ``ComputeOutcome``.
 """
 
 from __future__ import annotations
