@@ -17,6 +17,7 @@ from vitalcast.api import errors as api_errors
 from vitalcast.api import shares as shares_api
 from vitalcast.api import telemetry as telemetry_api
 from vitalcast.api.guard import RequestGuard
+from vitalcast.api.hot_routes import HotRoutes
 from vitalcast.api.ratelimits import Budgets
 from vitalcast.observability import debug_enabled, get_logger
 from vitalcast.realtime.frames import SOCKETIO_PATH
@@ -132,8 +133,7 @@ def create_app(
 
     # Innermost: the telemetry GET and the ingest answered below FastAPI, once the guard let
     # them through.
-    app.add_middleware(telemetry_api.TelemetryGet, parts=parts)
-    app.add_middleware(samples.SamplesPost, parts=parts)
+    app.add_middleware(HotRoutes, parts=parts, routes=(telemetry_api.HOT, samples.HOT))
     app.add_middleware(
         RequestGuard,
         authenticator=parts.authenticator,

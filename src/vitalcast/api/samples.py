@@ -2,7 +2,7 @@
 POST /api/v1/samples/delete: a time range of the caller's samples removed for good.
 
 Every live session's wearable posts a batch every few seconds, so the app answers the ingest
-below FastAPI (``SamplesPost``), as it does the telemetry GET; FastAPI's route documents it.
+below FastAPI (``api.hot_routes``), as it does the telemetry GET; FastAPI's route documents it.
 """
 
 from __future__ import annotations
@@ -11,17 +11,12 @@ import json
 
 import orjson
 from fastapi import APIRouter, Request, Response
-from fastapi.routing import APIRoute
 from starlette.requests import ClientDisconnect
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope
 
 from vitalcast.api.deps import CurrentUser, Parts, get_parts, get_principal
-from vitalcast.api.errors import (
-    ANSWERED_ERRORS,
-    domain_problem,
-    problem_responses,
-    unexpected_problem,
-)
+from vitalcast.api.errors import problem_responses
+from vitalcast.api.hot_routes import Answer, hot_route
 from vitalcast.api.schemas import (
     IngestRequest,
     SampleRangeDelete,
@@ -30,7 +25,7 @@ from vitalcast.api.schemas import (
     to_ms,
 )
 from vitalcast.auth import Principal
-from vitalcast.errors import InvalidInput, VitalcastError
+from vitalcast.errors import InvalidInput
 from vitalcast.wiring import ServerParts
 
 router = APIRouter(prefix="/api/v1", tags=["samples"])
@@ -67,7 +62,7 @@ def _decode(raw: bytes) -> object:
 )
 async def ingest_samples(request: Request) -> Response:
     """Store a batch of samples idempotently and move the watermarks of the sessions it touches."""
-    # The app answers this route in ``SamplesPost`` below; FastAPI's route documents it and
+    # The app answers this route in ``api.hot_routes``; FastAPI's route documents it and
     # answers it in an app built without that (the same answer). api.guard has authenticated
     # the caller, spent its budget and bounds the body (5 MB) while it streams in.
     user = await get_principal(request)
@@ -77,48 +72,13 @@ async def ingest_samples(request: Request) -> Response:
     return Response(outcome.body, status_code=outcome.status_code, media_type="application/json")
 
 
-class SamplesPost:
-    """ASGI: answers ``POST /api/v1/samples`` itself, between the request guard (which has
-    authenticated the caller, spent its budget and bounds the body as it streams in) and
-    FastAPI, as ``api.telemetry.TelemetryGet`` answers the telemetry GET: FastAPI's route
-    matching, exception middleware and endpoint machinery cost about a tenth of a live update.
-    It answers exactly as the route: the same body and status, the same problem+json for the
-    errors the app's handlers answer (``api.errors``); a body over its limit and a client that
-    left go back to the guard, and any other error on to the outermost middleware, as they would
-    from the route. Other methods and paths pass through."""
-
-    def __init__(self, app: ASGIApp, parts: ServerParts) -> None:
-        self.app = app
-        self._parts = parts
-        #: named in the scope as the router would (for the access log)
-        self._route = next(
-            r for r in router.routes if isinstance(r, APIRoute) and r.path == ROUTE_PATH
-        )
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        principal: Principal | None = (
-            scope.get("state", {}).get("principal")
-            if scope["type"] == "http" and scope["path"] == ROUTE_PATH
-            else None
-        )
-        if principal is None or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
-        scope["route"] = self._route
-        try:
-            body = _decode(await _body(receive))
-            outcome = await self._parts.ingest.ingest(principal.user_id, body)
-        except VitalcastError as exc:
-            await domain_problem(exc)(scope, receive, send)
-            return
-        except ANSWERED_ERRORS as exc:
-            await unexpected_problem(exc)(scope, receive, send)
-            return
-        headers = [(b"content-length", str(len(outcome.body)).encode()), _JSON]
-        await send(
-            {"type": "http.response.start", "status": outcome.status_code, "headers": headers}
-        )
-        await send({"type": "http.response.body", "body": outcome.body})
+async def _hot_ingest(
+    parts: ServerParts, principal: Principal, _scope: Scope, receive: Receive
+) -> Answer:
+    """The ingest as ``api.hot_routes`` answers it: what ``ingest_samples`` answers."""
+    outcome = await parts.ingest.ingest(principal.user_id, _decode(await _body(receive)))
+    headers = [(b"content-length", str(len(outcome.body)).encode()), _JSON]
+    return outcome.status_code, headers, outcome.body
 
 
 async def _body(receive: Receive) -> bytes:
@@ -147,3 +107,7 @@ async def delete_samples(
         user.user_id, from_ms=to_ms(body.from_), to_ms=to_ms(body.to), metrics=body.metrics
     )
     return SampleRangeDeleted(deleted=done.deleted, change_seq=done.change_seq)
+
+
+#: the ingest answered below FastAPI (``api.hot_routes``)
+HOT = hot_route(router.routes, ROUTE_PATH, "POST", _hot_ingest)

@@ -1,6 +1,6 @@
 """GET /api/v1/sessions/{id}/telemetry: the state mapping of docs/design.md, ETag / If-None-Match.
 
-The route every dashboard polls, so the app answers it below FastAPI (``TelemetryGet``): no
+The route every dashboard polls, so the app answers it below FastAPI (``api.hot_routes``): no
 route matching, no dependency to resolve (``api.guard`` has authenticated the caller and spent
 its budget) and its parameters validated in one call (``api.params``). FastAPI's route documents
 it. The body is joined from the stored payload bytes (``TelemetryAnswer.body``); nothing here
@@ -12,24 +12,16 @@ from __future__ import annotations
 from typing import ClassVar
 
 from fastapi import APIRouter, Request, Response
-from fastapi.exceptions import RequestValidationError
-from fastapi.routing import APIRoute
 from pydantic import Field
 from pydantic.config import JsonDict
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope
 
 from vitalcast import catalog
 from vitalcast.api.deps import SESSION_ID_DESCRIPTION, SESSION_ID_PATTERN, get_parts, get_principal
-from vitalcast.api.errors import (
-    ANSWERED_ERRORS,
-    domain_problem,
-    problem_responses,
-    unexpected_problem,
-    validation_problem,
-)
+from vitalcast.api.errors import problem_responses
+from vitalcast.api.hot_routes import Answer, hot_route
 from vitalcast.api.params import Location, RouteParams
 from vitalcast.auth import Principal
-from vitalcast.errors import VitalcastError
 from vitalcast.telemetry.keys import MAX_WINDOW_MINUTES, MIN_WINDOW_MINUTES
 from vitalcast.wiring import ServerParts
 
@@ -87,7 +79,7 @@ ROUTE_PATH = "/api/v1/sessions/{session_id}/telemetry"
 async def get_telemetry(request: Request) -> Response:
     """Session telemetry ``{state, retry_after_seconds?, error?, telemetry}``, or ``{state,
     delta}`` for a client that sent ``since_watermark``."""
-    # The app answers this route in ``TelemetryGet`` below; FastAPI's route documents it and
+    # The app answers this route in ``api.hot_routes``; FastAPI's route documents it and
     # answers it in an app built without that (the same answer).
     params = TelemetryParams.read(request)
     status, headers, body = await _answer(
@@ -98,58 +90,14 @@ async def get_telemetry(request: Request) -> Response:
     return response
 
 
-class TelemetryGet:
-    """ASGI: answers ``GET …/telemetry`` itself, between the request guard (which has
-    authenticated the caller, spent its budget and bounded the body) and FastAPI.
-
-    The route every dashboard polls is answered without FastAPI's route matching, exception
-    middleware and endpoint machinery, which together cost about as much as the rest of a cached
-    answer (the profile of thousands of cached GETs: half the server's CPU per request). It
-    answers exactly as the route would: the same parameters and 422, the same problem+json for
-    the errors the app's handlers answer (``api.errors``), and any other error goes on to the
-    outermost middleware as it would from the route. Other methods and paths pass through."""
-
-    def __init__(self, app: ASGIApp, parts: ServerParts) -> None:
-        self.app = app
-        self._parts = parts
-        #: the route's ``APIRoute``: its path pattern is what this matches, and it is named in
-        #: the scope as the router would (for the access log)
-        self._route = next(
-            r for r in router.routes if isinstance(r, APIRoute) and r.path == ROUTE_PATH
-        )
-        self._path = self._route.path_regex
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        found = self._path.match(scope["path"]) if scope["type"] == "http" else None
-        principal: Principal | None = (
-            None if found is None else scope.get("state", {}).get("principal")
-        )
-        if found is None or principal is None or scope["method"] != "GET":
-            await self.app(scope, receive, send)
-            return
-        path_params = {"session_id": found["session_id"]}
-        scope["path_params"] = path_params
-        scope["route"] = self._route
-        try:
-            status, headers, body = await _answer(
-                self._parts, principal, TelemetryParams.of_scope(scope, path_params)
-            )
-        except VitalcastError as exc:
-            await domain_problem(exc)(scope, receive, send)
-            return
-        except RequestValidationError as exc:
-            await validation_problem(exc)(scope, receive, send)
-            return
-        except ANSWERED_ERRORS as exc:
-            await unexpected_problem(exc)(scope, receive, send)
-            return
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+async def _hot_get(
+    parts: ServerParts, principal: Principal, scope: Scope, _receive: Receive
+) -> Answer:
+    """The telemetry GET as ``api.hot_routes`` answers it: what ``get_telemetry`` answers."""
+    return await _answer(parts, principal, TelemetryParams.of_scope(scope, scope["path_params"]))
 
 
-async def _answer(
-    parts: ServerParts, user: Principal, params: TelemetryParams
-) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+async def _answer(parts: ServerParts, user: Principal, params: TelemetryParams) -> Answer:
     """(status, headers, body) of a telemetry GET."""
     service = parts.telemetry
     answer = await service.get(
@@ -175,3 +123,7 @@ async def _answer(
     body = answer.body()
     headers += [(b"content-length", str(len(body)).encode()), _JSON]
     return answer.http_status, headers, body
+
+
+#: the telemetry GET answered below FastAPI (``api.hot_routes``)
+HOT = hot_route(router.routes, ROUTE_PATH, "GET", _hot_get)
