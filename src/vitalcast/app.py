@@ -130,8 +130,10 @@ def create_app(
     dashboard.install(app)
     app.mount(SOCKETIO_PATH, realtime.asgi_app())
 
-    # Innermost: the telemetry GET answered below FastAPI, once the guard let it through.
+    # Innermost: the telemetry GET and the ingest answered below FastAPI, once the guard let
+    # them through.
     app.add_middleware(telemetry_api.TelemetryGet, parts=parts)
+    app.add_middleware(samples.SamplesPost, parts=parts)
     app.add_middleware(
         RequestGuard,
         authenticator=parts.authenticator,

@@ -353,6 +353,10 @@ def serve_application(
         access_log=False,
         # A WebSocket frame larger than one Engine.IO packet is refused before it is buffered.
         ws_max_size=MAX_MESSAGE_BYTES,
+        # One keepalive per socket: Engine.IO pings every client itself (every 25 s) and drops
+        # one that does not answer. uvicorn's WebSocket ping (every 20 s) on top of it doubled
+        # what an idle watcher costs the server.
+        ws_ping_interval=None,
         timeout_graceful_shutdown=shutdown_grace_s,
         # A request head (line and headers) past 32 KiB is refused before it is buffered.
         http=BoundedHeadProtocol,

@@ -56,7 +56,7 @@ from vitalcast.sessions.models import Session
 from vitalcast.sessions.service import SessionService
 from vitalcast.settings import Settings
 from vitalcast.shares import ShareAccessLog
-from vitalcast.telemetry.compute.incremental import Aggregator, compute_batch_views
+from vitalcast.telemetry.compute.incremental import Aggregator, assemble_batch
 from vitalcast.telemetry.compute.memo import ViewMemo
 from vitalcast.telemetry.ports import PostSaveHooks, Subscriptions, TelemetryListener
 from vitalcast.telemetry.read.forgetting import Forgetting
@@ -315,9 +315,10 @@ def _computer(
         metrics,
         seams.telemetry_listener or listener,
         lease_ms=lease_ms,
-        aggregator=seams.aggregator or partial(compute_batch_views, memo=memo),
+        aggregator=seams.aggregator or partial(assemble_batch, memo=memo),
         cache=SessionTelemetryCacheRepository(),
         hooks=hooks,
+        memo=memo,
     )
 
 

@@ -8,8 +8,10 @@ import uuid
 from typing import Any
 
 import pytest
+import redis.asyncio
 from bullmq import Job
 
+from tests.conftest import TEST_SECRET
 from tests.processes import FAST_QUEUE
 from tests.queue.helpers import IDLE_PICKUP_BOUND_MS
 from tests.waits import eventually
@@ -138,6 +140,40 @@ async def test_active_job_keeps_exactly_one_successor_with_the_newest_watermark(
 
 async def _completed(service: Any, n: int) -> bool:
     return (await service.counts())["completed"] == n
+
+
+async def test_a_filled_queue_is_drained_in_rounds_up_to_the_concurrency(
+    service: Any, queue_settings: Settings, start_worker: Any
+) -> None:
+    """Jobs waiting when a worker starts are fetched several per round (one fetcher, not one
+    per slot) and run at once up to the worker's concurrency, never beyond it; every one
+    completes, and a job submitted while the queue is busy runs too."""
+    keys = [make_key() for _ in range(9)]
+    assert (
+        await service.submit_many([(k, 1, ScheduleReason.BACKFILL) for k in keys[:8]]) == [True] * 8
+    )
+    running = 0
+    peak = 0
+    full = asyncio.Event()
+    ran: list[str] = []
+
+    async def handler(job: TelemetryJob) -> str:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        if running == 4:
+            full.set()
+        await asyncio.wait_for(full.wait(), 30)
+        ran.append(job.key.session_id)
+        running -= 1
+        return "fresh"
+
+    await start_worker(queue_settings, handler, concurrency=4)
+    await asyncio.wait_for(full.wait(), 30)
+    await service.submit(keys[8], watermark=1, reason=ScheduleReason.CACHE_MISS)
+    await eventually(lambda: _completed(service, 9), what="every job completed")
+    assert sorted(ran) == sorted(k.session_id for k in keys)
+    assert peak == 4
 
 
 async def test_same_watermark_runs_again_after_its_job_finished(
@@ -389,3 +425,73 @@ async def test_unreachable_redis_routes_to_fallback_and_recovers(
         assert await svc.queue.getJobState(job_id(other, 4)) == "waiting"
     finally:
         await svc.close()
+
+
+async def test_jobs_are_added_and_fetched_after_redis_forgot_its_scripts(
+    private_redis: Any, tmp_path: Any, start_worker: Any
+) -> None:
+    """The one-round-trip pipelines of adds and fetches run BullMQ's scripts without asking
+    whether Redis knows them: after ``SCRIPT FLUSH`` (as after a Redis restart) a submit and a
+    worker's fetch load them again and go on."""
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        redis_url=private_redis.url,
+        queue_prefix="vtflush",
+        secret=TEST_SECRET,
+        **FAST_QUEUE,
+    )
+    svc = SessionTelemetryQueueService(settings, fallback=None, metrics=Metrics())
+    ran: list[int] = []
+
+    async def handler(job: TelemetryJob) -> str:
+        ran.append(job.watermark)
+        return "fresh"
+
+    try:
+        await start_worker(settings, handler)
+        key = make_key()
+        assert await svc.submit(key, watermark=1, reason=ScheduleReason.LIVE_UPDATE)
+        await eventually(lambda: _ran(ran, 1), what="the first job ran")
+        client = redis.asyncio.Redis.from_url(private_redis.url)
+        try:
+            await client.script_flush()
+        finally:
+            await client.aclose()
+        # the depth was just read, so this add rides in the pipeline that reads it
+        assert await svc.submit(key, watermark=2, reason=ScheduleReason.LIVE_UPDATE)
+        await eventually(lambda: _ran(ran, 2), what="the job added after the flush ran")
+        assert ran == [1, 2]
+    finally:
+        await svc.close()
+
+
+async def test_a_worker_without_a_free_slot_leaves_the_waiting_jobs_to_another(
+    service: Any, queue_settings: Settings, start_worker: Any
+) -> None:
+    """A worker whose fetch filled its slots took the queue's marker with the jobs (its fetch
+    removes it); it puts the marker back when it stops fetching, so a worker that starts then
+    takes the job still waiting at once instead of at the end of its idle wait (5 s)."""
+    release = asyncio.Event()
+    running: list[str] = []
+
+    async def handler(job: TelemetryJob) -> str:
+        running.append(job.key.session_id)
+        await asyncio.wait_for(release.wait(), 30)
+        return "fresh"
+
+    keys = [make_key() for _ in range(3)]
+    try:
+        await start_worker(queue_settings, handler, concurrency=2)
+        assert (
+            await service.submit_many([(k, 1, ScheduleReason.BACKFILL) for k in keys]) == [True] * 3
+        )
+        await eventually(lambda: _ran(running, 2), what="the first worker's slots full")
+        await start_worker(queue_settings, handler, concurrency=2)
+        await eventually(lambda: _ran(running, 3), what="the second worker took the third job")
+    finally:
+        release.set()
+    await eventually(lambda: _completed(service, 3), what="every job completed")
+    for key in keys:
+        job = await Job.fromId(service.queue, job_id(key, 1))
+        assert job is not None
+        assert job.processedOn - job.timestamp < IDLE_PICKUP_BOUND_MS

@@ -9,8 +9,8 @@ Real app, real SQLite and PostgreSQL; the computes run only when a test asks the
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from functools import partial
 
 import pytest
@@ -31,7 +31,7 @@ from vitalcast.sessions.models import Session
 from vitalcast.settings import Settings
 from vitalcast.telemetry.compute.aggregate import Assembled, assemble
 from vitalcast.telemetry.compute.downsample import MetricSeries
-from vitalcast.telemetry.compute.incremental import compute_batch_views
+from vitalcast.telemetry.compute.incremental import assemble_batch
 from vitalcast.telemetry.grid import TelemetryWindow
 from vitalcast.telemetry.keys import ComputeOutcome, Resolution, ScheduleReason, TelemetryKey
 from vitalcast.telemetry.ports import PostSaveHooks, SavedView
@@ -165,7 +165,7 @@ async def _computer(
             Metrics(),
             listener,
             lease_ms=30_000,
-            aggregator=partial(compute_batch_views, assembler=poison),
+            aggregator=partial(assemble_batch, assembler=poison),
             cache=SessionTelemetryCacheRepository(),
             hooks=hooks,
         )
@@ -229,9 +229,27 @@ async def test_a_poisoned_view_fails_alone_and_is_retried_after_its_backoff(mtc,
             assert (await _rows(mtc, [key]))[key][0] == full.blob
 
 
+@contextmanager
+def _units(db: Database) -> Iterator[list[bool]]:
+    """Whether each unit of work ``db`` runs meanwhile writes (instruments the real one)."""
+    seen: list[bool] = []
+    run = db.unit
+
+    async def counted(unit, *, write=False, derived=False):
+        seen.append(write or derived)
+        return await run(unit, write=write, derived=derived)
+
+    db.unit = counted  # type: ignore[method-assign]
+    try:
+        yield seen
+    finally:
+        del db.unit
+
+
 async def test_a_batch_of_due_views_is_one_claim_one_group_by_and_one_save(mtc, users):
     """Six due views (three sessions, each with news) cost one claim, one change-log read, one
-    GROUP BY and one save statement, and at most one prune; one view alone costs the same.
+    GROUP BY and one save statement, and at most one prune, in two units of work (the claim
+    folded into the read, the save); one view alone costs the same.
     /metrics shows each batch's size and its time per stage."""
     keys, headers_of = await _live_sessions(mtc, users)
     await mtc.parts.computer.compute_batch([(k, UPDATE) for k in keys])
@@ -243,9 +261,11 @@ async def test_a_batch_of_due_views_is_one_claim_one_group_by_and_one_save(mtc, 
 
     for round_, batch in enumerate((keys, keys[:1])):
         await news(round_)
-        with Statements().watching() as statements:
+        with Statements().watching() as statements, _units(mtc.db) as units:
             outcomes = await mtc.parts.computer.compute_batch([(k, UPDATE) for k in batch])
         assert set(outcomes.values()) == {ComputeOutcome.COMPUTED}, outcomes
+        # the claim with the change-log read and the GROUP BY, then the save
+        assert units == [True, True], units
         counts = {kind: statements.count(kind) for kind in Statements.KINDS}
         assert counts["prune"] <= 1, counts
         assert dataclasses.replace(_Counts(**counts), prune=0) == _Counts(
@@ -267,3 +287,42 @@ class _Counts:
     log_read: int
     prune: int
     cache_other: int
+
+
+async def test_a_read_failing_after_the_claim_records_its_failure_and_backoff(mtc, users):
+    """The claim and the read are one unit of work: when the read fails (here the change log is
+    out of reach), the claim goes with it, and the failure and its backoff are still recorded
+    under the leases taken again, the payloads kept; after the backoff the views are saved."""
+    keys, headers_of = await _live_sessions(mtc, users)
+    computer = mtc.parts.computer
+    assert set((await computer.compute_batch([(k, UPDATE) for k in keys])).values()) == {
+        ComputeOutcome.COMPUTED
+    }
+    kept = await _rows(mtc, keys)
+    for session_id, headers in headers_of.items():
+        await mtc.post_samples(headers, [hr(f"n-{session_id}", mtc.clock.now_ms() - MINUTE, 88.0)])
+    async with mtc.db.write() as conn:
+        await conn.exec_driver_sql("ALTER TABLE session_changes RENAME TO session_changes_away")
+    try:
+        outcomes = await computer.compute_batch([(k, UPDATE) for k in keys])
+    finally:
+        async with mtc.db.write() as conn:
+            await conn.exec_driver_sql("ALTER TABLE session_changes_away RENAME TO session_changes")
+    assert outcomes == dict.fromkeys(keys, ComputeOutcome.FAILED)
+    now = mtc.clock.now_ms()
+    async with mtc.db.read() as conn:
+        for key in keys:
+            row = await queries.row_of(conn, key)
+            assert row is not None and row.lease_owner is None
+            assert (row.attempts, row.error_code) == (1, COMPUTE_FAILED)
+            assert row.next_attempt_ms == now + BACKOFF_BASE_MS
+    assert await _rows(mtc, keys) == kept
+    again = await computer.compute_batch([(k, UPDATE) for k in keys])
+    assert again == dict.fromkeys(keys, ComputeOutcome.BACKING_OFF)
+    mtc.clock.advance(BACKOFF_BASE_MS)
+    healed = await computer.compute_batch([(k, UPDATE) for k in keys])
+    assert healed == dict.fromkeys(keys, ComputeOutcome.COMPUTED)
+    now = mtc.clock.now_ms()
+    for key in keys:
+        full = await recompute(mtc, key, now, None)
+        assert (await _rows(mtc, [key]))[key][0] == full.blob

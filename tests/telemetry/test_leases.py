@@ -4,7 +4,7 @@ renewal while computing, and failures that back off while the last payload stays
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import sqlalchemy as sa
@@ -19,8 +19,8 @@ from vitalcast.settings import Settings
 from vitalcast.telemetry.compute.incremental import (
     Aggregator,
     BatchComputed,
-    ViewInput,
-    compute_batch_views,
+    BatchRead,
+    assemble_batch,
 )
 from vitalcast.telemetry.keys import ComputeOutcome, Resolution, ScheduleReason, TelemetryKey
 from vitalcast.telemetry.run.computer import TelemetryComputer
@@ -37,7 +37,7 @@ async def node(
     owner_id: str,
     *,
     lease_ms: int = 30_000,
-    aggregator: Aggregator = compute_batch_views,
+    aggregator: Aggregator = assemble_batch,
 ) -> AsyncIterator[TelemetryComputer]:
     """Another process's telemetry computer on the same database (it tells nobody)."""
     db = Database(create_engine(settings.resolved_database_url))
@@ -79,8 +79,8 @@ class StalledCompute:
         self.aggregated = asyncio.Event()
         self.wake_up = asyncio.Event()
 
-    async def __call__(self, db: Database, views: Sequence[ViewInput]) -> BatchComputed:
-        computed = await compute_batch_views(db, views)
+    async def __call__(self, db: Database, read: BatchRead) -> BatchComputed:
+        computed = await assemble_batch(db, read)
         self.aggregated.set()
         await self.wake_up.wait()
         return computed

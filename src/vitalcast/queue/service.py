@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Sequence
 
-from bullmq import Queue
+from bullmq import Job, Queue
+from redis.asyncio.client import Pipeline
 from redis.exceptions import BusyLoadingError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from vitalcast.observability import Metrics, get_logger
 from vitalcast.queue.jobs import JOB_NAME, TelemetryJob, job_options
+from vitalcast.queue.pipelines import run_pipeline
 from vitalcast.redis_connections import CALL_TIMEOUT_S, blocking_options, short_call_client
 from vitalcast.settings import Settings
 from vitalcast.telemetry.keys import ScheduleReason, TelemetryKey
@@ -32,6 +35,8 @@ UNREACHABLE = (
     TimeoutError,
 )
 PROBE_INTERVAL_S = 1.0
+#: how long a depth read stays good enough to add jobs without reading it first (see ``_add``)
+DEPTH_FRESH_S = 1.0
 #: job states reported in /metrics
 COUNTED_STATES = ("waiting", "active", "delayed", "failed", "completed")
 
@@ -59,6 +64,8 @@ class SessionTelemetryQueueService:
         self._queue = self._new_queue()
         self._probe_client = short_call_client(settings.redis_url)
         self._degraded = False
+        #: the wait list's length seen last, and when (``time.monotonic``)
+        self._depth_seen: tuple[int, float] | None = None
         self._probe_task: asyncio.Task[None] | None = None
         self._closed = False
         metrics.degraded.set(0)
@@ -119,44 +126,77 @@ class SessionTelemetryQueueService:
 
     async def _add(self, jobs: list[TelemetryJob]) -> list[bool]:
         """One round trip reads the queue's depth and which of ``jobs`` already finished, one
-        adds them (BullMQ's addBulk: the same script per job, in one transaction). The room
-        under ``max_queue_depth`` is counted when asked, in order: a job that a waiting one of
-        its key absorbs still takes a place (the bound is a bound, not an exact depth)."""
+        adds them (BullMQ's add script per job). The room under ``max_queue_depth`` is counted
+        when asked, in order: a job that a waiting one of its key absorbs still takes a place (the
+        bound is a bound, not an exact depth).
+
+        While the depth seen last (under ``DEPTH_FRESH_S`` ago) left more than half the bound
+        free, both go in one round trip: the adds ride in the pipeline that reads the depth, and
+        the rare job that had already finished (its add then changed nothing) is removed and
+        added again after. The ingest path paid the second round trip on every live update."""
         if not jobs:
             return []
         keys = self._queue.keys
-        async with self._queue.client.pipeline(transaction=False) as pipe:
+        at_once = self._far_from_full(len(jobs))
+
+        async def fill(pipe: Pipeline) -> None:
             pipe.llen(keys["wait"])
             for job in jobs:
                 pipe.zscore(keys["completed"], job.id)
                 pipe.zscore(keys["failed"], job.id)
-            waiting, *finished = await pipe.execute()
-        room = max(self._settings.max_queue_depth - int(waiting), 0)
-        added = [i < room for i in range(len(jobs))]
-        for i, job in enumerate(jobs[:room]):
-            if finished[2 * i] is not None or finished[2 * i + 1] is not None:
-                # Same key and watermark asked again after its job finished (a lease that was
-                # busy, a failure whose backoff ran out): run it again instead of reporting the
-                # old job.
+            if at_once:
+                await self._queue_adds(pipe, jobs)
+
+        waiting, *answers = await run_pipeline(self._queue.client, fill)
+        self._depth_seen = (int(waiting), time.monotonic())
+        finished = [
+            answers[2 * i] is not None or answers[2 * i + 1] is not None for i in range(len(jobs))
+        ]
+        if at_once:
+            # Same key and watermark asked again after its job finished (a lease that was busy,
+            # a failure whose backoff ran out): its add found the old job; run it again.
+            again = [job for job, done in zip(jobs, finished, strict=True) if done]
+            for job in again:
                 await self._queue.remove(job.id)
-        backoff_ms = self._settings.queue_backoff_ms
-        adding = jobs[:room]
-        if len(adding) == 1:
-            # one job: its script alone, without addBulk's MULTI/EXEC around it
-            job = adding[0]
-            await self._queue.add(JOB_NAME, job.to_data(), job_options(job, backoff_ms=backoff_ms))
-        elif adding:
-            await self._queue.addBulk(
-                [
-                    {
-                        "name": JOB_NAME,
-                        "data": job.to_data(),
-                        "opts": job_options(job, backoff_ms=backoff_ms),
-                    }
-                    for job in adding
-                ]
-            )
-        return added
+            await self._add_now(again)
+            return [True] * len(jobs)
+        room = max(self._settings.max_queue_depth - int(waiting), 0)
+        for job, done in zip(jobs[:room], finished, strict=False):
+            if done:
+                await self._queue.remove(job.id)
+        await self._add_now(jobs[:room])
+        return [i < room for i in range(len(jobs))]
+
+    def _far_from_full(self, adding: int) -> bool:
+        if self._depth_seen is None:
+            return False
+        depth, seen_at = self._depth_seen
+        return (
+            time.monotonic() - seen_at < DEPTH_FRESH_S
+            and depth + adding <= self._settings.max_queue_depth // 2
+        )
+
+    def _bullmq_job(self, job: TelemetryJob) -> Job:
+        # merged over the queue's defaults, as ``Queue.add`` does
+        opts = {
+            **self._queue.jobsOpts,
+            **job_options(job, backoff_ms=self._settings.queue_backoff_ms),
+        }
+        return Job(queue=self._queue, name=JOB_NAME, data=job.to_data(), opts=opts, job_id=job.id)
+
+    async def _queue_adds(self, pipe: Pipeline, jobs: list[TelemetryJob]) -> None:
+        for job in jobs:
+            await self._queue.scripts.addJob(self._bullmq_job(job), pipe)
+
+    async def _add_now(self, adding: list[TelemetryJob]) -> None:
+        """BullMQ's add script per job, in one round trip."""
+        if not adding:
+            return
+
+        async def fill(pipe: Pipeline) -> None:
+            await self._queue_adds(pipe, adding)
+
+        await run_pipeline(self._queue.client, fill)
 
     async def depth(self) -> int:
         """Jobs waiting to start. Raises ``QueueUnavailable``."""

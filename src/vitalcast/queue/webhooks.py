@@ -17,11 +17,12 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from bullmq import Queue, Worker
+from bullmq import Queue
 from bullmq.custom_errors import DelayedError
 
 from vitalcast.json_types import JsonObject
 from vitalcast.observability import get_logger
+from vitalcast.queue.fetching import FetchingWorker
 from vitalcast.redis_connections import CALL_TIMEOUT_S, blocking_options
 from vitalcast.settings import Settings
 from vitalcast.webhooks.service import WebhookDispatcher
@@ -80,11 +81,11 @@ class WebhookJobWorker:
         self._settings = settings
         self._dispatcher = dispatcher
         self._concurrency = concurrency
-        self._worker: Worker | None = None
+        self._worker: FetchingWorker | None = None
         self._run_task: asyncio.Task[Any] | None = None  # Any: bullmq Worker.run's, untyped
 
     async def start(self) -> None:
-        worker = Worker(
+        worker = FetchingWorker(
             QUEUE_NAME,
             self._process,
             {

@@ -16,11 +16,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from bullmq import Worker
 from bullmq.custom_errors import DelayedError, UnrecoverableError
 
 from vitalcast.clock import now_ms
 from vitalcast.observability import get_logger
+from vitalcast.queue.fetching import FetchingWorker
 from vitalcast.queue.jobs import TelemetryJob
 from vitalcast.redis_connections import blocking_options
 from vitalcast.settings import Settings
@@ -82,7 +82,7 @@ class TelemetryWorker:
         self._handler = handler
         self._concurrency = concurrency
         self._name = name or f"vitalcast-{os.getpid()}"
-        self._worker: Worker | None = None
+        self._worker: FetchingWorker | None = None
         self._run_task: asyncio.Task[None] | None = None
         self._stopping: asyncio.Task[None] | None = None
         # Set when the grace has passed: running jobs go back to the queue. Ours, not BullMQ's
@@ -93,7 +93,7 @@ class TelemetryWorker:
     async def start(self) -> None:
         """Connect and start consuming. The blocking connection learns the Redis version first:
         without it BullMQ rounds delays and backoffs up to whole seconds."""
-        worker = Worker(
+        worker = FetchingWorker(
             self._settings.queue_name,
             self._process,
             {

@@ -95,9 +95,10 @@ class BatchComputed:
     stage_seconds: dict[str, float]
 
 
-#: the compute seam: (the database, the views of a batch) → their results. Tests and the fault
-#: suite wrap ``compute_batch_views`` to hold or fail a batch.
-Aggregator = Callable[[Database, Sequence[ViewInput]], Awaitable[BatchComputed]]
+#: the compute seam: (the database, what a batch's read found) → its results (``assemble_batch``).
+#: Its read ran in the unit of work that took the batch's leases, so a seam runs with the leases
+#: held: tests and the fault suite wrap ``assemble_batch`` to hold or fail a batch.
+Aggregator = Callable[[Database, "BatchRead"], Awaitable[BatchComputed]]
 #: the assembly of one view (``aggregate.assemble``); a seam so a test can poison one view
 Assembler = Callable[
     [Session, TelemetryKey, TelemetryWindow, Mapping[str, MetricSeries], int], Assembled
@@ -132,13 +133,21 @@ def _prepare(view: ViewInput, memo: ViewMemo | None) -> _Planned:
     return _Planned(view, window, remembered, previous)
 
 
+#: the most time, summed over a batch's ranges, whose GROUP BY a read in the claim's unit of work
+#: runs (``read_views``): a live update's view scans a bucket or two (1 or 5 minutes). A longer
+#: one (full computes, a big batch) runs in a read unit of its own, so a SQLite writer does not
+#: hold the write lock across a long scan, and a big batch's third unit is shared by its views.
+FOLDED_SPAN_MS = 60 * 60_000
+
+
 @dataclass(frozen=True, slots=True)
-class _Read:
-    """What a batch's read found: each view's plan and its GROUP BY rows, and the seconds of
-    the change-log read and of the GROUP BY."""
+class BatchRead:
+    """What a batch's read found: each view's plan and its GROUP BY rows (None: the GROUP BY is
+    still to run, see ``FOLDED_SPAN_MS``), and the seconds of the change-log read and of the
+    GROUP BY."""
 
     planned: list[_Planned]
-    rows: list[list[Row]]
+    rows: list[list[Row]] | None
     read_s: float
     aggregate_s: float
 
@@ -155,8 +164,9 @@ async def compute_views(
     then each view merged and assembled on its own (a view whose assembly raises fails alone).
     ``memo`` None decodes the stored partials every time (tests compare both ways); a process's
     computer passes the memo ``wiring`` built for it."""
-    read = await _read(conn, [_prepare(view, memo) for view in views])
-    return _assemble(read, memo, assembler)
+    read = await read_views(conn, views, memo=memo, folded_span_ms=None)
+    rows = read.rows if read.rows is not None else await _group_by(conn, read.planned)
+    return _assemble(read.planned, rows, read.read_s, read.aggregate_s, memo, assembler)
 
 
 async def compute_batch_views(
@@ -167,17 +177,25 @@ async def compute_batch_views(
     assembler: Assembler = assemble,
 ) -> BatchComputed:
     """``compute_views`` with its read as one unit of work (on SQLite: one hop to a database
-    thread, where the change-log read and the GROUP BY run without a thread hand-over per
-    statement as on aiosqlite's connection) and the assembly on this loop: assembling and
-    packing in a database thread held the GIL against the loop, and under a burst the loop fell
-    so far behind that Socket.IO clients were dropped. The default compute seam."""
-    planned = [_prepare(view, memo) for view in views]
-    read = await db.unit(lambda conn: _read(conn, planned))
-    return _assemble(read, memo, assembler)
+    thread) and the assembly on this loop. For callers that hold no lease (benchmarks, tests);
+    ``TelemetryComputer`` reads in the unit that claims its leases, then ``assemble_batch``."""
+    read = await db.unit(lambda conn: read_views(conn, views, memo=memo, folded_span_ms=None))
+    return await assemble_batch(db, read, memo=memo, assembler=assembler)
 
 
-async def _read(conn: AsyncConnection, planned: list[_Planned]) -> _Read:
+async def read_views(
+    conn: AsyncConnection,
+    views: Sequence[ViewInput],
+    *,
+    memo: ViewMemo | None = None,
+    folded_span_ms: int | None = FOLDED_SPAN_MS,
+) -> BatchRead:
+    """The read of a batch, in the caller's transaction: the change logs of all ``views`` (one
+    statement) and, when their dirty ranges add up to at most ``folded_span_ms`` (None: always),
+    the one GROUP BY over them. A live update's GROUP BY is a few buckets: it costs less than the
+    unit of work a GROUP BY of its own would take."""
     started = time.perf_counter()
+    planned = [_prepare(view, memo) for view in views]
     spans: list[changelog.Span] = []
     asking: list[_Planned] = []
     for p in planned:
@@ -192,22 +210,67 @@ async def _read(conn: AsyncConnection, planned: list[_Planned]) -> _Read:
         p.path, dirty = plan(p.window, bucket_ms, p.previous, entries)
         if p.path is ComputePath.INCREMENTAL:
             p.ranges = query_ranges(dirty, p.window, bucket_ms)
-    read = time.perf_counter()
-    rows = await aggregate_many(
+    read_s = time.perf_counter() - started
+    if folded_span_ms is not None and _span_ms(planned) > folded_span_ms:
+        return BatchRead(planned, None, read_s, 0.0)
+    aggregating = time.perf_counter()
+    rows = await _group_by(conn, planned)
+    return BatchRead(planned, rows, read_s, time.perf_counter() - aggregating)
+
+
+def _span_ms(planned: Sequence[_Planned]) -> int:
+    """The time a batch's GROUP BY scans, summed over its views (a full compute: its window)."""
+    total = 0
+    for p in planned:
+        if p.ranges is None:
+            total += p.window.end_ms - p.window.start_ms
+        else:
+            total += sum(hi - lo for lo, hi in p.ranges)
+    return total
+
+
+async def _group_by(conn: AsyncConnection, planned: Sequence[_Planned]) -> list[list[Row]]:
+    return await aggregate_many(
         conn,
         [
             RowsWanted(p.view.session.user_id, p.window, p.view.key.resolution.bucket_ms, p.ranges)
             for p in planned
         ],
     )
-    return _Read(planned, rows, read - started, time.perf_counter() - read)
 
 
-def _assemble(read: _Read, memo: ViewMemo | None, assembler: Assembler) -> BatchComputed:
+async def assemble_batch(
+    db: Database,
+    read: BatchRead,
+    *,
+    memo: ViewMemo | None = None,
+    assembler: Assembler = assemble,
+) -> BatchComputed:
+    """The results of a batch ``read`` found: its GROUP BY first when the read left it (one read
+    unit of work), then each view merged and assembled on this loop (assembling and packing in a
+    database thread held the GIL against the loop, and under a burst the loop fell so far behind
+    that Socket.IO clients were dropped). The default compute seam."""
+    rows, aggregate_s = read.rows, read.aggregate_s
+    if rows is None:
+        planned = read.planned
+        aggregating = time.perf_counter()
+        rows = await db.unit(lambda conn: _group_by(conn, planned))
+        aggregate_s = time.perf_counter() - aggregating
+    return _assemble(read.planned, rows, read.read_s, aggregate_s, memo, assembler)
+
+
+def _assemble(
+    planned: Sequence[_Planned],
+    rows: Sequence[list[Row]],
+    read_s: float,
+    aggregate_s: float,
+    memo: ViewMemo | None,
+    assembler: Assembler,
+) -> BatchComputed:
     queried = time.perf_counter()
     results: list[ComputedTelemetry | Exception] = []
     merging = 0.0
-    for p, fresh in zip(read.planned, read.rows, strict=True):
+    for p, fresh in zip(planned, rows, strict=True):
         try:
             merged, assembled, took = _merge_and_assemble(p, fresh, assembler)
             results.append(_finish(p, merged, assembled, memo))
@@ -218,8 +281,8 @@ def _assemble(read: _Read, memo: ViewMemo | None, assembler: Assembler) -> Batch
     return BatchComputed(
         results,
         {
-            "read": read.read_s,
-            "aggregate": read.aggregate_s + merging,
+            "read": read_s,
+            "aggregate": aggregate_s + merging,
             "assemble": time.perf_counter() - queried - merging,
         },
     )

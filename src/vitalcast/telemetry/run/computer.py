@@ -1,24 +1,27 @@
 """``TelemetryComputer``: computes of views, a batch at a time, each under its lease.
 
-A batch is one unit of work per step, whatever its size: the *claim* takes the leases of all its
-keys and reads what their computes start from (one statement), the read runs on the loop (one
-read of the change logs, one GROUP BY over every dirty range, see ``compute/incremental``), each
-view is assembled on its own, and one compare-and-set save stores every result whose lease is
-still ours and prunes the change logs no cached view needs any more. Then, per saved view, the
-listener and the post-save hooks. A view whose compute raised fails alone: its failure and
-backoff are recorded, the others are saved. The in-process coordinator and the queue worker
-both run computes through ``compute_batch`` (``compute`` is a batch of one), which never
-raises: what happened to each key is its ``ComputeOutcome``.
+A batch takes two units of work, whatever its size. The first *claims* the leases of all its keys,
+reading what their computes start from (one statement), and reads what they need: one read of
+the change logs and, for a live update, one GROUP BY over every dirty range (see
+``compute/incremental``; a full compute's longer GROUP BY runs in a read unit of its own). Each
+view is then assembled on its own on the loop, and the second unit, one compare-and-set save,
+stores every result whose lease is still ours and prunes the change logs no cached view needs
+any more. Then, per saved view, the listener and the post-save hooks. A view whose compute raised
+fails alone: its failure and backoff are recorded, the others are saved. The in-process
+coordinator and the queue worker both run computes through ``compute_batch`` (``compute`` is a
+batch of one), which never raises: what happened to each key is its ``ComputeOutcome``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import socket
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -27,7 +30,8 @@ from vitalcast.db.engine import Database
 from vitalcast.observability import Metrics, get_logger
 from vitalcast.sessions import changelog
 from vitalcast.sessions.models import Session
-from vitalcast.telemetry.compute.incremental import Aggregator, ViewInput
+from vitalcast.telemetry.compute.incremental import Aggregator, BatchRead, ViewInput, read_views
+from vitalcast.telemetry.compute.memo import ViewMemo
 from vitalcast.telemetry.compute.results import ComputedTelemetry, ComputePath
 from vitalcast.telemetry.grid import payload_current
 from vitalcast.telemetry.keys import CacheState, ComputeOutcome, ScheduleReason, TelemetryKey
@@ -88,6 +92,16 @@ def _prune_due(saved_before: int | None, computed: ComputedTelemetry) -> bool:
 ComputeItem = tuple[TelemetryKey, ScheduleReason]
 
 
+@dataclass(slots=True)
+class _Claimed:
+    """What a batch's claim found, kept by the caller of its unit of work (so a read that
+    fails after the claim still tells which leases it had taken): the outcomes of the keys not
+    computed, and the claims of the due ones (None until the claim returned)."""
+
+    outcomes: dict[TelemetryKey, ComputeOutcome] = field(default_factory=dict)
+    due: list[Claim] | None = None
+
+
 class TelemetryComputer:
     """Runs computes under the cache rows' leases and tells ``listener``, then ``hooks``, after
     every save.
@@ -108,6 +122,7 @@ class TelemetryComputer:
         cache: SessionTelemetryCacheRepository,
         owner_id: str | None = None,
         hooks: PostSaveHooks | None = None,
+        memo: ViewMemo | None = None,
     ) -> None:
         self._db = db
         self._hooks = hooks if hooks is not None else PostSaveHooks()
@@ -118,6 +133,7 @@ class TelemetryComputer:
         self.owner_id = owner_id or default_owner_id()
         self._aggregate = aggregator
         self._cache = cache
+        self._memo = memo
 
     async def compute(self, key: TelemetryKey, *, reason: ScheduleReason) -> ComputeOutcome:
         """Run one compute of ``key`` under its lease: a batch of one. Never raises."""
@@ -136,45 +152,76 @@ class TelemetryComputer:
             return {}
         now = self._clock.now_ms()
         started = time.perf_counter()
+        claimed = _Claimed()
         try:
-            claims = await self._db.unit(
-                lambda conn: self._cache.claim(
-                    conn, keys, owner=self.owner_id, now_ms=now, lease_ms=self._lease_ms
-                ),
-                derived=True,
+            read = await self._db.unit(
+                lambda conn: self._claim_and_read(conn, keys, now, claimed), derived=True
             )
         except Exception as exc:
-            log.error(
-                "telemetry_lease_failed",
-                session_id=keys[0].session_id,
-                views=len(keys),
-                error_type=type(exc).__name__,
+            if claimed.due is None:
+                log.error(
+                    "telemetry_lease_failed",
+                    session_id=keys[0].session_id,
+                    views=len(keys),
+                    error_type=type(exc).__name__,
+                )
+                return dict.fromkeys(keys, ComputeOutcome.FAILED)
+            # The read failed, and the claim went with its unit: record the failure (and its
+            # backoff) under the leases taken again, as a failed compute does.
+            await self._record_failures([(c, exc) for c in claimed.due], reasons, reclaim=True)
+            return claimed.outcomes | dict.fromkeys(
+                (c.key for c in claimed.due), ComputeOutcome.FAILED
             )
-            return dict.fromkeys(keys, ComputeOutcome.FAILED)
-        outcomes: dict[TelemetryKey, ComputeOutcome] = {}
+        outcomes, due = claimed.outcomes, claimed.due
+        if read is None or not due:
+            return outcomes
+        self._metrics.compute_batch_views.observe(len(due))
+        # A batch usually ends long before a third of its lease: until then its keeper is only
+        # a timer, not a task started, cancelled and gathered per batch.
+        keepers: list[asyncio.Task[None]] = []
+        held = [c.key for c in due]
+        timer = asyncio.get_running_loop().call_later(
+            self._lease_ms / 3 / 1000,
+            lambda: keepers.append(asyncio.create_task(self._keep_leases(held))),
+        )
+        try:
+            outcomes |= await self._compute_claimed(due, reasons, now, read, started)
+        finally:
+            timer.cancel()
+            for keeper in keepers:
+                keeper.cancel()
+            await asyncio.gather(*keepers, return_exceptions=True)
+        return outcomes
+
+    async def _claim_and_read(
+        self, conn: AsyncConnection, keys: list[TelemetryKey], now: int, claimed: _Claimed
+    ) -> BatchRead | None:
+        """The batch's one unit of work before its save: take the leases (giving back at once
+        those whose payload is already current) and read what the due views' computes need:
+        change logs and, for a live update, the GROUP BY (``read_views``)."""
+        started = time.perf_counter()
+        claims = await self._cache.claim(
+            conn, keys, owner=self.owner_id, now_ms=now, lease_ms=self._lease_ms
+        )
         due: list[Claim] = []
         fresh: list[TelemetryKey] = []
-        for key, claimed in claims.items():
-            if isinstance(claimed, LeaseRefusal):
-                outcomes[key] = _REFUSALS[claimed]
-            elif _lease_current(claimed.lease, claimed.session, key, now):
+        for key, claim in claims.items():
+            if isinstance(claim, LeaseRefusal):
+                claimed.outcomes[key] = _REFUSALS[claim]
+            elif _lease_current(claim.lease, claim.session, key, now):
                 fresh.append(key)
-                outcomes[key] = ComputeOutcome.SKIPPED_FRESH
+                claimed.outcomes[key] = ComputeOutcome.SKIPPED_FRESH
             else:
-                due.append(claimed)
+                due.append(claim)
         if fresh:
-            await self._release_many(fresh)
+            await self._cache.release_many(conn, fresh, owner=self.owner_id, now_ms=now)
+        claimed.due = due
         if not due:
-            return outcomes
+            return None
         claim_s = time.perf_counter() - started
-        self._metrics.compute_batch_views.observe(len(due))
-        keeper = asyncio.create_task(self._keep_leases([c.key for c in due]))
-        try:
-            outcomes |= await self._compute_claimed(due, reasons, now, claim_s)
-        finally:
-            keeper.cancel()
-            await asyncio.gather(keeper, return_exceptions=True)
-        return outcomes
+        views = [ViewInput(c.session, c.key, now, c.stored) for c in due]
+        read = await read_views(conn, views, memo=self._memo)
+        return dataclasses.replace(read, read_s=read.read_s + claim_s)
 
     async def release(self, key: TelemetryKey) -> None:
         """Give our lease on ``key`` back without an outcome (a job handed to another worker),
@@ -212,14 +259,13 @@ class TelemetryComputer:
         due: list[Claim],
         reasons: dict[TelemetryKey, ScheduleReason],
         read_started_ms: int,
-        claim_s: float,
+        read: BatchRead,
+        started: float,
     ) -> dict[TelemetryKey, ComputeOutcome]:
-        started = time.perf_counter()
-        views = [ViewInput(c.session, c.key, read_started_ms, c.stored) for c in due]
         try:
-            # the read is a unit of work, the assembly stays on this loop
-            # (``compute_batch_views``); a seam's aggregator may also wait for the test that set it
-            batch = await self._aggregate(self._db, views)
+            # the read ran in the claim's unit of work, the assembly stays on this loop
+            # (``assemble_batch``); a seam's aggregator may also wait for the test that set it
+            batch = await self._aggregate(self._db, read)
         except Exception as exc:
             await self._record_failures([(c, exc) for c in due], reasons)
             return dict.fromkeys((c.key for c in due), ComputeOutcome.FAILED)
@@ -259,7 +305,7 @@ class TelemetryComputer:
                 computed.on_saved()
             self._metrics.computes.labels(computed.state.value, reason.value).inc()
             self._metrics.compute_paths.labels(computed.path.value).inc()
-            self._metrics.compute_seconds.labels(reason.value).observe(pushing - started + claim_s)
+            self._metrics.compute_seconds.labels(reason.value).observe(pushing - started)
             stale = result.claim.stale_since_ms
             if stale is not None and stale <= read_started_ms:
                 self._metrics.freshness_lag_seconds.observe(max(now - stale, 0) / 1000)
@@ -278,10 +324,8 @@ class TelemetryComputer:
                         base_watermark=computed.base_watermark,
                     )
                 )
-        stages = dict(batch.stage_seconds)
         # the read stage is the claim (lease and read in one statement) and the change-log read
-        stages["read"] = stages.get("read", 0.0) + claim_s
-        stages |= {"save": save_s, "push": time.perf_counter() - pushing}
+        stages = batch.stage_seconds | {"save": save_s, "push": time.perf_counter() - pushing}
         for stage, seconds in stages.items():
             self._metrics.compute_stage_seconds.labels(stage).observe(max(seconds, 0.0))
         return outcomes
@@ -310,8 +354,14 @@ class TelemetryComputer:
         return saved
 
     async def _record_failures(
-        self, failed: Sequence[tuple[Claim, Exception]], reasons: dict[TelemetryKey, ScheduleReason]
+        self,
+        failed: Sequence[tuple[Claim, Exception]],
+        reasons: dict[TelemetryKey, ScheduleReason],
+        *,
+        reclaim: bool = False,
     ) -> None:
+        """Record each failure and its backoff under our lease, released; ``reclaim``: the
+        leases went with a failed unit of work, take them again first (one still free)."""
         now = self._clock.now_ms()
         for claimed, exc in failed:
             key = claimed.key
@@ -326,7 +376,17 @@ class TelemetryComputer:
             )
 
         async def fail(conn: AsyncConnection) -> None:
-            for claimed, _exc in failed:
+            claims = [claimed for claimed, _exc in failed]
+            if reclaim:
+                taken = await self._cache.claim(
+                    conn,
+                    [c.key for c in claims],
+                    owner=self.owner_id,
+                    now_ms=now,
+                    lease_ms=self._lease_ms,
+                )
+                claims = [c for c in taken.values() if isinstance(c, Claim)]
+            for claimed in claims:
                 await self._cache.fail(
                     conn,
                     claimed.key,
@@ -348,10 +408,10 @@ class TelemetryComputer:
             )
 
     async def _keep_leases(self, keys: list[TelemetryKey]) -> None:
-        """Renew the batch's leases (one statement) every third of the lease while it runs."""
+        """Renew the batch's leases (one statement) now, a third of the lease after it started,
+        and every third of the lease after that while it runs."""
         interval_s = self._lease_ms / 3 / 1000
         while keys:
-            await asyncio.sleep(interval_s)
             now = self._clock.now_ms()
             try:
                 held = await self._db.unit(
@@ -366,8 +426,9 @@ class TelemetryComputer:
                     session_id=keys[0].session_id,
                     error_type=type(exc).__name__,
                 )
-                continue
-            keys = [k for k in keys if k in held]
+            else:
+                keys = [k for k in keys if k in held]
+            await asyncio.sleep(interval_s)
 
     async def _notify(self, key: TelemetryKey, computed: ComputedTelemetry) -> None:
         window = computed.window
