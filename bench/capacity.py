@@ -348,13 +348,15 @@ def judge(
 GC_PAUSE = "vitalcast_gc_pause_seconds"
 LOOP_LAG = "vitalcast_event_loop_lag_seconds"
 UNITS = "vitalcast_sqlite_unit_seconds"
+STAGES = "vitalcast_compute_stage_seconds"
 
 
-def server_pauses(before: dict[str, float], after: dict[str, float]) -> dict[str, float] | None:
+def server_pauses(before: dict[str, float], after: dict[str, float]) -> dict[str, Any] | None:
     """What held the server between two /metrics reads: its GC pauses (total, and how many over
-    50 and 100 ms), how many of its loop-lag probes ran over 100 ms, 250 ms and 1 s late, and
-    how many SQLite write units waited (for a thread and the write lock) or ran over 100 ms and
-    1 s; None from a server without these series (a baseline's older code)."""
+    50 and 100 ms), how many of its loop-lag probes ran over 100 ms, 250 ms and 1 s late, how
+    many SQLite write units waited (for a thread and the write lock) or ran over 100 ms and 1 s,
+    how long the write units held the write lock in all, and the compute batches' time by stage;
+    None from a server without these series (a baseline's older code)."""
     if f"{LOOP_LAG}_count" not in after:
         return None
 
@@ -378,6 +380,8 @@ def server_pauses(before: dict[str, float], after: dict[str, float]) -> dict[str
         return delta(count) - delta(bucket)
 
     gc_s = sum(delta(f'{GC_PAUSE}_sum{{generation="{g}"}}') for g in "012")
+    # SQLite has one writer: the write units' run times add up to the time it was held
+    write_run_s = delta(f'{UNITS}_sum{{kind="write",phase="run"}}')
     return {
         "gc_total_ms": round(gc_s * 1000, 1),
         "gc_pauses_over_50ms": gc_over("0.05"),
@@ -389,6 +393,13 @@ def server_pauses(before: dict[str, float], after: dict[str, float]) -> dict[str
         "sqlite_write_waits_over_1s": writes_over("wait", "1.0"),
         "sqlite_write_runs_over_100ms": writes_over("run", "0.1"),
         "sqlite_write_runs_over_1s": writes_over("run", "1.0"),
+        "sqlite_write_lock_held_s": round(write_run_s, 3),
+        # where the live updates' compute batches spent their time (seconds, all batches)
+        "compute_batches": delta(f'{STAGES}_count{{stage="save"}}'),
+        "compute_stage_s": {
+            stage: round(delta(f'{STAGES}_sum{{stage="{stage}"}}'), 3)
+            for stage in ("read", "aggregate", "assemble", "save", "push")
+        },
     }
 
 
@@ -584,7 +595,11 @@ async def capacity_part(
 
 @contextlib.asynccontextmanager
 async def deployment(
-    kind: str, users: int, code: str | None, cprofile: Path | None = None
+    kind: str,
+    users: int,
+    code: str | None,
+    cprofile: Path | None = None,
+    settings: dict[str, str] | None = None,
 ) -> AsyncIterator[tuple[str, list[int], list[tuple[str, str]]]]:
     """(base URL, pids whose CPU counts, users) of an embedded server on SQLite or a scaled-out
     server + worker on PostgreSQL and Redis; with ``code`` (a source tree's ``src``) the
@@ -592,7 +607,7 @@ async def deployment(
     ``cprofile`` (a folder) they run under ``bench.cprofiled``, writing ``<kind>-server.prof``
     and ``<kind>-worker.prof`` there."""
     backend = "sqlite" if kind == "embedded" else "postgres"
-    extra = {} if code is None else {"PYTHONPATH": code}
+    extra = ({} if code is None else {"PYTHONPATH": code}) | (settings or {})
     module = "vitalcast" if cprofile is None else "bench.cprofiled"
 
     def out(name: str) -> dict[str, str]:
@@ -633,7 +648,8 @@ async def run(
     ladder = [int(n) for n in args.ladder.split(",")]
     users = max([args.cpu_sessions, *(ladder if "capacity" in parts else [])])
     cprofile = args.cprofile if code is None else None
-    async with deployment(kind, users, code, cprofile) as (base, pids, made):
+    settings = dict(item.split("=", 1) for item in args.server_env)
+    async with deployment(kind, users, code, cprofile, settings) as (base, pids, made):
         limits = httpx.Limits(
             max_connections=HTTP_CONNECTIONS, max_keepalive_connections=HTTP_CONNECTIONS
         )
@@ -705,6 +721,14 @@ async def main(argv: Sequence[str]) -> None:
         'same way right after this code, kept under "baseline"',
     )
     parser.add_argument("--baseline-label", default="baseline")
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="VITALCAST_NAME=VALUE",
+        help="a setting of the measured servers (repeatable; the baseline's too), to compare a "
+        "setting's values in the same conditions",
+    )
     parser.add_argument("--load", nargs=3, metavar=("URL", "PLAN", "OUT"))
     parser.add_argument(
         "--unsettled-drivers",
@@ -719,7 +743,11 @@ async def main(argv: Sequence[str]) -> None:
         await load_process(url, plan, Path(out_path), not args.unsettled_drivers)
         return
     parts = args.parts.split(",")
-    result: dict[str, Any] = {"benchmark": "capacity", "label": args.label}
+    result: dict[str, Any] = {
+        "benchmark": "capacity",
+        "label": args.label,
+        "server_env": args.server_env,
+    }
     kinds = args.deployments.split(",")
     if args.baseline_src:
         code = await asyncio.to_thread(os.path.abspath, os.path.join(args.baseline_src, "src"))

@@ -38,7 +38,7 @@ from vitalcast.lifecycle.export import AccountExport
 from vitalcast.lifecycle.partitions import PartitionKeeper
 from vitalcast.lifecycle.retention import DailyRetention, RetentionService
 from vitalcast.lifecycle.samples import SampleDeletionService
-from vitalcast.observability import Metrics, PauseWatch, sqlite_unit_observer
+from vitalcast.observability import GcPacer, Metrics, PauseWatch, sqlite_unit_observer
 from vitalcast.queue.service import SessionTelemetryQueueService
 from vitalcast.queue.webhooks import WebhookQueue
 from vitalcast.ratelimit import RateLimiter
@@ -162,9 +162,12 @@ class ServerParts:
     subscribe: SubscribeSupport
     #: GC pauses and event-loop lag on /metrics
     pauses: PauseWatch
+    #: young collections on a timer (``Settings.gc_young_interval_ms``; off at 0)
+    gc_pacer: GcPacer
 
     async def start(self) -> None:
         self.pauses.start()
+        self.gc_pacer.start()
         await self.partition_keeper.start()
         await self.coordinator.start()
         await self.ticker.start()
@@ -205,6 +208,7 @@ class ServerParts:
         await self.broadcaster.close()
         await self.limiter.close()
         await self.db.dispose()
+        await self.gc_pacer.stop()
         await self.pauses.stop()
 
 
@@ -400,6 +404,7 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
     authenticator.revocations.subscribe(Forgetting([telemetry, memo]))
     return ServerParts(
         pauses=PauseWatch(metrics),
+        gc_pacer=GcPacer(settings.gc_young_interval_ms),
         settings=settings,
         db=db,
         clock=clock,

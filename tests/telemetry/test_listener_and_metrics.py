@@ -12,7 +12,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.doubles import BrokenListener, RecordingListener
 from tests.telemetry.conftest import MINUTE, hr, telemetry_client
-from vitalcast.observability import LAG_PROBE_S
+from vitalcast.observability import (
+    LAG_PROBE_S,
+    PACED_FULL_EVERY,
+    PACED_MIDDLE_EVERY,
+    GcPacer,
+)
 from vitalcast.wiring import Seams
 
 
@@ -130,6 +135,50 @@ async def test_metrics_show_gc_pauses_and_an_event_loop_held(tc):
     lag_after = _histogram(after, "vitalcast_event_loop_lag_seconds")
     late = lambda h: h.get("count", 0.0) - h.get("0.25", 0.0)  # noqa: E731
     assert late(lag_after) >= late(lag_before) + 1
+
+
+def test_a_paced_collector_takes_the_middle_and_the_whole_heap_in_turn():
+    """``gc_young_interval_ms``: every tick collects the young generation, every
+    ``PACED_MIDDLE_EVERY``-th the middle one and every ``PACED_FULL_EVERY``-th of those the
+    whole heap, since paced collections reset the counts CPython would trigger them by."""
+    collected: list[int] = []
+
+    def seen(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collected.append(info["generation"])
+
+    pacer = GcPacer(interval_ms=100)
+    gc.callbacks.append(seen)
+    try:
+        ticks = [pacer.tick() for _ in range(PACED_MIDDLE_EVERY * PACED_FULL_EVERY)]
+    finally:
+        gc.callbacks.remove(seen)
+    assert ticks.count(2) == 1 and ticks[-1] == 2
+    assert ticks.count(1) == PACED_FULL_EVERY - 1
+    assert ticks.count(0) == len(ticks) - PACED_FULL_EVERY
+    assert ticks[:PACED_MIDDLE_EVERY] == [0] * (PACED_MIDDLE_EVERY - 1) + [1]
+    # each tick was one collection of the generation it named (CPython's own trigger may add
+    # collections of its own in between: the paced ones are there in order)
+    it = iter(collected)
+    assert all(any(g == generation for g in it) for generation in ticks)
+
+
+async def test_a_server_with_a_paced_collector_shows_its_young_collections(settings, clock):
+    """With ``gc_young_interval_ms`` set, the server's young collections keep coming on the
+    loop's timer while it idles, and /metrics counts them under generation 0."""
+    paced = settings.model_copy(update={"gc_young_interval_ms": 1})
+    async with telemetry_client(paced, clock, Seams(clock=clock)) as tc:
+        before = _histogram(
+            (await tc.http.get("/metrics")).text, "vitalcast_gc_pause_seconds", generation="0"
+        ).get("count", 0.0)
+        for _ in range(200):
+            await asyncio.sleep(0.005)
+            after = _histogram(
+                (await tc.http.get("/metrics")).text, "vitalcast_gc_pause_seconds", generation="0"
+            ).get("count", 0.0)
+            if after >= before + 3:
+                break
+        assert after >= before + 3
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
