@@ -7,10 +7,13 @@ import asyncio
 import time
 
 from tests.interop.health_exports import HR, Rec, at, workout, write_export
+from vitalcast.clock import now_ms
+from vitalcast.db.engine import Database, create_engine
 from vitalcast.interop.importer import import_export
 from vitalcast.queue.jobs import TelemetryJob
+from vitalcast.sessions import repository as session_repository
 from vitalcast.settings import Settings
-from vitalcast.telemetry.keys import ScheduleReason
+from vitalcast.telemetry.keys import Resolution, ScheduleReason, TelemetryKey
 from vitalcast.testing import ensure_user
 from vitalcast.wiring import build_importer
 
@@ -19,12 +22,24 @@ async def test_scaled_out_import_queues_the_recomputes_of_what_it_touched(
     queue_settings: Settings, database_url: str, start_worker, tmp_path
 ):
     """Creating and ending the workout's session queues its precomputes; the samples landing
-    inside it afterwards queue its late-ingest recompute at the newer watermark."""
+    inside it afterwards are recomputed by a job of the default view that starts once they are
+    in (reads the newer watermark).
+
+    That job is the late-ingest job, or, when the precompute of the same view was still waiting
+    (a worker slow to fetch), that precompute: it absorbs the late add (per key one job waits)
+    and reads the newer watermark when it starts. Which of the two records did the work is not
+    the promise; that a job saw the correction is. The handler reads what a compute reads: the
+    session's watermark when the job starts."""
     settings = queue_settings.model_copy(update={"database_url": database_url})
-    jobs: list[TelemetryJob] = []
+    db = Database(create_engine(database_url))
+    #: each job run, with the session's watermark when it started
+    ran: list[tuple[TelemetryJob, int]] = []
 
     async def handler(job: TelemetryJob) -> str:
-        jobs.append(job)
+        async with db.read() as conn:
+            found = await session_repository.get(conn, job.key.user_id, job.key.session_id)
+        assert found is not None
+        ran.append((job, found.source_watermark))
         return "ready"
 
     await start_worker(settings, handler)
@@ -47,15 +62,34 @@ async def test_scaled_out_import_queues_the_recomputes_of_what_it_touched(
         )
         again = await import_export(parts.ingest, user_id, corrected, sessions=parts.sessions)
         assert (again.updated, again.sessions_existing) == (1, 1)
+        corrected_session = await parts.sessions.get(user_id, session.id)
     finally:
         await parts.close()
-
-    deadline = time.monotonic() + 20
-    while not any(j.reason is ScheduleReason.LATE_INGEST for j in jobs):
-        assert time.monotonic() < deadline, jobs
-        await asyncio.sleep(0.05)
-    reasons = {(j.key.session_id, j.reason) for j in jobs}
-    assert (session.id, ScheduleReason.SESSION_COMPLETED) in reasons
-    assert (session.id, ScheduleReason.LATE_INGEST) in reasons
-    late = max(j.watermark for j in jobs if j.reason is ScheduleReason.LATE_INGEST)
+    late = corrected_session.source_watermark
     assert late > session.source_watermark
+
+    precomputed = {
+        TelemetryKey(session.id, settings.default_window_minutes, r, user_id=user_id)
+        for r in Resolution
+    }
+    default = TelemetryKey.default_for(
+        corrected_session, window_minutes=settings.default_window_minutes, now_ms=now_ms()
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not (
+            precomputed <= {job.key for job, _ in ran}
+            and any(job.key == default and seen >= late for job, seen in ran)
+        ):
+            assert time.monotonic() < deadline, ran
+            await asyncio.sleep(0.05)
+    finally:
+        await db.dispose()
+    reasons = {(job.key, job.reason) for job, _ in ran}
+    assert {(key, ScheduleReason.SESSION_COMPLETED) for key in precomputed} <= reasons
+    # the job that saw the correction: the late-ingest one, or the precompute that absorbed it
+    saw = {(job.reason, job.watermark) for job, seen in ran if job.key == default and seen >= late}
+    assert saw <= {
+        (ScheduleReason.LATE_INGEST, late),
+        (ScheduleReason.SESSION_COMPLETED, session.source_watermark),
+    }
