@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
 
 import httpx
 import pytest
@@ -77,13 +78,29 @@ async def test_unstorable_request_id_is_a_422(client, users, db):
     assert await _stored(db) == 0
 
 
-async def test_deeply_nested_json_is_malformed_not_a_crash(client, users):
-    """JSON nested deeper than the parsers recurse is MALFORMED_JSON (it was a RecursionError)."""
+@pytest.mark.parametrize("recursion_limit", [None, 20_000], ids=["default-limit", "raised-limit"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"samples": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        # orjson stops at the NaN; the deep part is the standard library's to refuse
+        b'{"deleted": [NaN], "samples": ' + b"[" * 5_000 + b"]" * 5_000 + b"}",
+        b'{"samples": ' + b'[{"a": "]]"},' * 3_000 + b"]" * 3_000 + b"}",
+    ],
+    ids=["deep", "nan-then-deep", "deep-with-brackets-in-strings"],
+)
+async def test_deeply_nested_json_is_malformed_not_a_crash(client, users, raw, recursion_limit):
+    """JSON nested deeper than the parsers recurse is MALFORMED_JSON (it was a RecursionError),
+    whatever the interpreter's recursion limit (Hypothesis raises it during its tests) and the
+    stack depth of the caller: no parser is handed a body nested that deep."""
     headers = await users.headers() | {"content-type": "application/json"}
-    raw = b'{"samples": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
-    _problem(
-        await client.post("/api/v1/samples", content=raw, headers=headers), 422, "MALFORMED_JSON"
-    )
+    default = sys.getrecursionlimit()
+    sys.setrecursionlimit(recursion_limit or default)
+    try:
+        response = await client.post("/api/v1/samples", content=raw, headers=headers)
+    finally:
+        sys.setrecursionlimit(default)
+    _problem(response, 422, "MALFORMED_JSON")
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ below FastAPI (``api.hot_routes``), as it does the telemetry GET; FastAPI's rout
 from __future__ import annotations
 
 import json
+import re
 
 import orjson
 from fastapi import APIRouter, Request, Response
@@ -34,17 +35,48 @@ ROUTE_PATH = "/api/v1/samples"
 _JSON = (b"content-type", b"application/json")
 
 
+#: the deepest nesting handed to the standard library's parser (an ingest body nests 3 deep)
+FALLBACK_MAX_DEPTH = 32
+#: a JSON string once its escaped backslashes and quotes are gone
+_PLAIN_STRING = re.compile(rb'"[^"]*"')
+#: braces read as brackets: only the depth counts here (the parser refuses a mismatch)
+_AS_BRACKETS = bytes.maketrans(b"{}", b"[]")
+#: every byte but the four brackets (``bytes.translate`` deletes them)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
 def _decode(raw: bytes) -> object:
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         pass
     # Only the standard library reads NaN/Infinity/1e999, which must become NON_FINITE_VALUE
-    # rejections rather than a malformed request.
+    # rejections rather than a malformed request. It recurses on the interpreter's stack, one
+    # level per bracket: handed a deep body, whether it raised RecursionError or parsed it
+    # depended on the caller's stack depth and the process's recursion limit at that moment
+    # (Hypothesis raises it while its tests run). So it is never handed one (orjson refuses
+    # more than 1024 levels).
+    if _nests_deeper_than(raw, FALLBACK_MAX_DEPTH):
+        raise InvalidInput("The body is not valid JSON.", code="MALFORMED_JSON")
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise InvalidInput("The body is not valid JSON.", code="MALFORMED_JSON") from None
+
+
+def _nests_deeper_than(raw: bytes, depth: int) -> bool:
+    """True when the JSON text ``raw`` nests brackets more than ``depth`` deep (or leaves some
+    unbalanced), found without recursing and at C speed: escaped backslashes and quotes dropped
+    (pairs of backslashes first, as a parser reads a run of them), then strings, then all but
+    the brackets; then the innermost pairs removed, one level per pass (``bytes.replace`` does
+    not rescan what it joined). Up to a parser's first error, strings are where it sees them."""
+    unescaped = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    brackets = _PLAIN_STRING.sub(b"", unescaped).translate(_AS_BRACKETS, _NOT_BRACKETS)
+    for _ in range(depth):
+        if not brackets:
+            return False
+        brackets = brackets.replace(b"[]", b"")
+    return bool(brackets)
 
 
 @router.post(
