@@ -8,7 +8,7 @@ import time
 
 from tests.interop.health_exports import HR, Rec, at, workout, write_export
 from vitalcast.clock import now_ms
-from vitalcast.db.engine import Database, create_engine
+from vitalcast.db.engine import Database
 from vitalcast.interop.importer import import_export
 from vitalcast.queue.jobs import TelemetryJob
 from vitalcast.sessions import repository as session_repository
@@ -19,7 +19,7 @@ from vitalcast.wiring import build_importer
 
 
 async def test_scaled_out_import_queues_the_recomputes_of_what_it_touched(
-    queue_settings: Settings, database_url: str, start_worker, tmp_path
+    queue_settings: Settings, database_url: str, db: Database, start_worker, tmp_path
 ):
     """Creating and ending the workout's session queues its precomputes; the samples landing
     inside it afterwards are recomputed by a job of the default view that starts once they are
@@ -29,9 +29,9 @@ async def test_scaled_out_import_queues_the_recomputes_of_what_it_touched(
     (a worker slow to fetch), that precompute: it absorbs the late add (per key one job waits)
     and reads the newer watermark when it starts. Which of the two records did the work is not
     the promise; that a job saw the correction is. The handler reads what a compute reads: the
-    session's watermark when the job starts."""
+    session's watermark when the job starts (``db`` is set up before the worker, so it closes
+    after the worker stopped)."""
     settings = queue_settings.model_copy(update={"database_url": database_url})
-    db = Database(create_engine(database_url))
     #: each job run, with the session's watermark when it started
     ran: list[tuple[TelemetryJob, int]] = []
 
@@ -75,16 +75,13 @@ async def test_scaled_out_import_queues_the_recomputes_of_what_it_touched(
     default = TelemetryKey.default_for(
         corrected_session, window_minutes=settings.default_window_minutes, now_ms=now_ms()
     )
-    try:
-        deadline = time.monotonic() + 20
-        while not (
-            precomputed <= {job.key for job, _ in ran}
-            and any(job.key == default and seen >= late for job, seen in ran)
-        ):
-            assert time.monotonic() < deadline, ran
-            await asyncio.sleep(0.05)
-    finally:
-        await db.dispose()
+    deadline = time.monotonic() + 20
+    while not (
+        precomputed <= {job.key for job, _ in ran}
+        and any(job.key == default and seen >= late for job, seen in ran)
+    ):
+        assert time.monotonic() < deadline, ran
+        await asyncio.sleep(0.05)
     reasons = {(job.key, job.reason) for job, _ in ran}
     assert {(key, ScheduleReason.SESSION_COMPLETED) for key in precomputed} <= reasons
     # the job that saw the correction: the late-ingest one, or the precompute that absorbed it
