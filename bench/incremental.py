@@ -31,7 +31,6 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,7 +50,8 @@ from vitalcast.sessions.service import SessionService
 from vitalcast.settings import Settings
 from vitalcast.telemetry.compute.incremental import (
     BatchComputed,
-    ViewInput,
+    BatchRead,
+    assemble_batch,
     compute_batch_views,
     compute_view,
 )
@@ -75,8 +75,16 @@ T0_MS = 1_772_438_400_000
 
 
 class TimedCompute:
-    """The compute a computer runs (from the stored partials, or ``full``: ignoring them), with
-    its own duration (the aggregate alone, without lease and save) and the paths it took."""
+    """The compute seam of a computer (from the stored partials, or ``full``: ignoring them),
+    with its own duration (the aggregate alone: change-log read, GROUP BY, assembly, packing;
+    without lease and save, from the batch's stage times) and the paths it took.
+
+    The computer reads a batch in the unit of work that claims its leases and hands the seam
+    what it read (``BatchRead``). The incremental side assembles that read. The full side drops
+    it and computes its views again with no stored partials: one GROUP BY over each whole
+    window. So a full compute's end-to-end time also holds the claim's small read (the change
+    log and a bucket or two): that errs against the full side, by at most the incremental
+    side's aggregate time."""
 
     def __init__(self, *, full: bool) -> None:
         self.full = full
@@ -85,12 +93,13 @@ class TimedCompute:
         #: what its computer remembers of its saves, as wiring gives a process's computer
         self.memo = ViewMemo()
 
-    async def __call__(self, db: Database, views: Sequence[ViewInput]) -> BatchComputed:
-        started = time.perf_counter()
+    async def __call__(self, db: Database, read: BatchRead) -> BatchComputed:
         if self.full:
-            views = [dataclasses.replace(view, stored=None) for view in views]
-        computed = await compute_batch_views(db, views, memo=self.memo)
-        self.ms.append((time.perf_counter() - started) * 1000)
+            views = [dataclasses.replace(p.view, stored=None) for p in read.planned]
+            computed = await compute_batch_views(db, views, memo=self.memo)
+        else:
+            computed = await assemble_batch(db, read, memo=self.memo)
+        self.ms.append(sum(computed.stage_seconds.values()) * 1000)
         for result in computed.results:
             if not isinstance(result, Exception):
                 self.paths[result.path.value] = self.paths.get(result.path.value, 0) + 1
@@ -164,8 +173,13 @@ async def run_length(url: str, length_h: int, batches: int) -> dict[str, Any]:
     ingest = IngestService(db, clock, Metrics(), NO_LISTENER)
     counted = TimedCompute(full=False)
     baseline = TimedCompute(full=True)
-    incremental = build_local_computes(settings, Seams(clock=clock, aggregator=counted))
-    full = build_local_computes(settings, Seams(clock=clock, aggregator=baseline))
+    # each computer reads with the memo its seam assembles into, as wiring gives one process
+    incremental = build_local_computes(
+        settings, Seams(clock=clock, aggregator=counted, view_memo=counted.memo)
+    )
+    full = build_local_computes(
+        settings, Seams(clock=clock, aggregator=baseline, view_memo=baseline.memo)
+    )
     reader = open_reader(url)
     answers = SessionTelemetryService(
         db, clock, Metrics(), incremental.coordinator, reader, default_window_minutes=60
