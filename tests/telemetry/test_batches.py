@@ -83,6 +83,18 @@ async def _rows(tc: TelemetryClient, keys: list[TelemetryKey]) -> dict[Telemetry
     return found
 
 
+async def _failed_once(tc: TelemetryClient, keys: list[TelemetryKey]) -> None:
+    """Each view of ``keys`` failed once: lease given back, the failure recorded, and its next
+    attempt one base backoff from now."""
+    now = tc.clock.now_ms()
+    async with tc.db.read() as conn:
+        for key in keys:
+            row = await queries.row_of(conn, key)
+            assert row is not None and row.lease_owner is None
+            assert (row.attempts, row.error_code) == (1, COMPUTE_FAILED)
+            assert row.next_attempt_ms == now + BACKOFF_BASE_MS
+
+
 async def test_a_batch_saves_byte_for_byte_what_computes_one_by_one_save(mtc, users):
     """Six views of three sessions (two users), first full then incremental after late, live
     and deleted samples: what one batch saves is what each view computed alone from the same
@@ -203,12 +215,8 @@ async def test_a_poisoned_view_fails_alone_and_is_retried_after_its_backoff(mtc,
             (k.session_id, k.window_minutes) for k in good
         )
         now = mtc.clock.now_ms()
+        await _failed_once(mtc, bad)
         async with mtc.db.read() as conn:
-            for key in bad:
-                row = await queries.row_of(conn, key)
-                assert row is not None and row.lease_owner is None
-                assert (row.attempts, row.error_code) == (1, COMPUTE_FAILED)
-                assert row.next_attempt_ms == now + BACKOFF_BASE_MS
             for key in good:
                 row = await queries.row_of(conn, key)
                 assert row is not None and (row.attempts, row.error_code) == (0, None)
@@ -309,13 +317,7 @@ async def test_a_read_failing_after_the_claim_records_its_failure_and_backoff(mt
         async with mtc.db.write() as conn:
             await conn.exec_driver_sql("ALTER TABLE session_changes_away RENAME TO session_changes")
     assert outcomes == dict.fromkeys(keys, ComputeOutcome.FAILED)
-    now = mtc.clock.now_ms()
-    async with mtc.db.read() as conn:
-        for key in keys:
-            row = await queries.row_of(conn, key)
-            assert row is not None and row.lease_owner is None
-            assert (row.attempts, row.error_code) == (1, COMPUTE_FAILED)
-            assert row.next_attempt_ms == now + BACKOFF_BASE_MS
+    await _failed_once(mtc, keys)
     assert await _rows(mtc, keys) == kept
     again = await computer.compute_batch([(k, UPDATE) for k in keys])
     assert again == dict.fromkeys(keys, ComputeOutcome.BACKING_OFF)
