@@ -55,7 +55,6 @@ from vitalcast.telemetry.compute.incremental import (
     compute_batch_views,
     compute_view,
 )
-from vitalcast.telemetry.compute.memo import ViewMemo
 from vitalcast.telemetry.compute.partials import decode
 from vitalcast.telemetry.keys import ComputeOutcome, Resolution, ScheduleReason, TelemetryKey
 from vitalcast.telemetry.read.reader import open_reader
@@ -90,15 +89,13 @@ class TimedCompute:
         self.full = full
         self.paths: dict[str, int] = {}
         self.ms: list[float] = []
-        #: what its computer remembers of its saves, as wiring gives a process's computer
-        self.memo = ViewMemo()
 
     async def __call__(self, db: Database, read: BatchRead) -> BatchComputed:
         if self.full:
             views = [dataclasses.replace(p.view, stored=None) for p in read.planned]
-            computed = await compute_batch_views(db, views, memo=self.memo)
+            computed = await compute_batch_views(db, views, memo=read.memo)
         else:
-            computed = await assemble_batch(db, read, memo=self.memo)
+            computed = await assemble_batch(db, read)
         self.ms.append(sum(computed.stage_seconds.values()) * 1000)
         for result in computed.results:
             if not isinstance(result, Exception):
@@ -173,13 +170,8 @@ async def run_length(url: str, length_h: int, batches: int) -> dict[str, Any]:
     ingest = IngestService(db, clock, Metrics(), NO_LISTENER)
     counted = TimedCompute(full=False)
     baseline = TimedCompute(full=True)
-    # each computer reads with the memo its seam assembles into, as wiring gives one process
-    incremental = build_local_computes(
-        settings, Seams(clock=clock, aggregator=counted, view_memo=counted.memo)
-    )
-    full = build_local_computes(
-        settings, Seams(clock=clock, aggregator=baseline, view_memo=baseline.memo)
-    )
+    incremental = build_local_computes(settings, Seams(clock=clock, aggregator=counted))
+    full = build_local_computes(settings, Seams(clock=clock, aggregator=baseline))
     reader = open_reader(url)
     answers = SessionTelemetryService(
         db, clock, Metrics(), incremental.coordinator, reader, default_window_minutes=60

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import TYPE_CHECKING
 
 from vitalcast.alerts.service import AlertService
@@ -315,7 +314,7 @@ def _computer(
         metrics,
         seams.telemetry_listener or listener,
         lease_ms=lease_ms,
-        aggregator=seams.aggregator or partial(assemble_batch, memo=memo),
+        aggregator=seams.aggregator or assemble_batch,
         cache=SessionTelemetryCacheRepository(),
         hooks=hooks,
         memo=memo,

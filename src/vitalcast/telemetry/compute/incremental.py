@@ -143,13 +143,15 @@ FOLDED_SPAN_MS = 60 * 60_000
 @dataclass(frozen=True, slots=True)
 class BatchRead:
     """What a batch's read found: each view's plan and its GROUP BY rows (None: the GROUP BY is
-    still to run, see ``FOLDED_SPAN_MS``), and the seconds of the change-log read and of the
-    GROUP BY."""
+    still to run, see ``FOLDED_SPAN_MS``), the seconds of the change-log read and of the
+    GROUP BY, and the memo the plans were made from, which the assembly then fills (a read and
+    its assembly cannot disagree on it: with two memos every read decoded stored partials)."""
 
     planned: list[_Planned]
     rows: list[list[Row]] | None
     read_s: float
     aggregate_s: float
+    memo: ViewMemo | None
 
 
 async def compute_views(
@@ -166,7 +168,7 @@ async def compute_views(
     computer passes the memo ``wiring`` built for it."""
     read = await read_views(conn, views, memo=memo, folded_span_ms=None)
     rows = read.rows if read.rows is not None else await _group_by(conn, read.planned)
-    return _assemble(read.planned, rows, read.read_s, read.aggregate_s, memo, assembler)
+    return _assemble(read.planned, rows, read.read_s, read.aggregate_s, read.memo, assembler)
 
 
 async def compute_batch_views(
@@ -180,7 +182,7 @@ async def compute_batch_views(
     thread) and the assembly on this loop. For callers that hold no lease (benchmarks, tests);
     ``TelemetryComputer`` reads in the unit that claims its leases, then ``assemble_batch``."""
     read = await db.unit(lambda conn: read_views(conn, views, memo=memo, folded_span_ms=None))
-    return await assemble_batch(db, read, memo=memo, assembler=assembler)
+    return await assemble_batch(db, read, assembler=assembler)
 
 
 async def read_views(
@@ -212,10 +214,10 @@ async def read_views(
             p.ranges = query_ranges(dirty, p.window, bucket_ms)
     read_s = time.perf_counter() - started
     if folded_span_ms is not None and _span_ms(planned) > folded_span_ms:
-        return BatchRead(planned, None, read_s, 0.0)
+        return BatchRead(planned, None, read_s, 0.0, memo)
     aggregating = time.perf_counter()
     rows = await _group_by(conn, planned)
-    return BatchRead(planned, rows, read_s, time.perf_counter() - aggregating)
+    return BatchRead(planned, rows, read_s, time.perf_counter() - aggregating, memo)
 
 
 def _span_ms(planned: Sequence[_Planned]) -> int:
@@ -243,11 +245,11 @@ async def assemble_batch(
     db: Database,
     read: BatchRead,
     *,
-    memo: ViewMemo | None = None,
     assembler: Assembler = assemble,
 ) -> BatchComputed:
     """The results of a batch ``read`` found: its GROUP BY first when the read left it (one read
-    unit of work), then each view merged and assembled on this loop (assembling and packing in a
+    unit of work), then each view merged and assembled on this loop, remembered in the read's
+    memo (assembling and packing in a
     database thread held the GIL against the loop, and under a burst the loop fell so far behind
     that Socket.IO clients were dropped). The default compute seam."""
     rows, aggregate_s = read.rows, read.aggregate_s
@@ -256,7 +258,7 @@ async def assemble_batch(
         aggregating = time.perf_counter()
         rows = await db.unit(lambda conn: _group_by(conn, planned))
         aggregate_s = time.perf_counter() - aggregating
-    return _assemble(read.planned, rows, read.read_s, aggregate_s, memo, assembler)
+    return _assemble(read.planned, rows, read.read_s, aggregate_s, read.memo, assembler)
 
 
 def _assemble(
