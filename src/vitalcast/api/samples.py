@@ -12,7 +12,6 @@ import re
 
 import orjson
 from fastapi import APIRouter, Request, Response
-from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope
 
 from vitalcast.api.deps import CurrentUser, Parts, get_parts, get_principal
@@ -105,24 +104,14 @@ async def ingest_samples(request: Request) -> Response:
 
 
 async def _hot_ingest(
-    parts: ServerParts, principal: Principal, _scope: Scope, receive: Receive
+    parts: ServerParts, principal: Principal, scope: Scope, receive: Receive
 ) -> Answer:
     """The ingest as ``api.hot_routes`` answers it: what ``ingest_samples`` answers."""
-    outcome = await parts.ingest.ingest(principal.user_id, _decode(await _body(receive)))
+    outcome = await parts.ingest.ingest(
+        principal.user_id, _decode(await Request(scope, receive).body())
+    )
     headers = [(b"content-length", str(len(outcome.body)).encode()), _JSON]
     return outcome.status_code, headers, outcome.body
-
-
-async def _body(receive: Receive) -> bytes:
-    """The request's whole body, as ``Request.body`` reads it."""
-    chunks: list[bytes] = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnect
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
 
 
 @router.post(
