@@ -6,7 +6,7 @@ at once (``forget``), not left to eviction."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 
 from vitalcast.telemetry.keys import TelemetryKey
 from vitalcast.telemetry.store.rows import HotRow
@@ -19,6 +19,10 @@ MAX_SELECTIONS = 4
 
 #: a view, as the metric selections asked of it are remembered
 _View = tuple[str, int, str]
+#: a built delta's key (``_delta_key``)
+_Built = tuple[str, int, str, int | None, int | None, int, tuple[str, ...]]
+#: where built deltas start: (session id, window minutes, since watermark, metric codes)
+_Start = tuple[str, int, int, tuple[str, ...]]
 
 
 def _delta_key(
@@ -27,7 +31,7 @@ def _delta_key(
     computed_at_ms: int | None,
     since_watermark: int,
     codes: tuple[str, ...],
-) -> tuple[object, ...]:
+) -> _Built:
     """A built delta is the same for every client: it depends on the save it leads to (its
     watermark and compute time), the watermark it starts from and the metrics asked for."""
     return (
@@ -41,21 +45,38 @@ def _delta_key(
     )
 
 
+def _start_of(built: _Built) -> _Start:
+    """Where the delta of a ``_delta_key`` starts (``DeltaCache.may_have``)."""
+    session_id, window_minutes, _resolution, _watermark, _at, since_watermark, codes = built
+    return (session_id, window_minutes, since_watermark, codes)
+
+
 class DeltaCache:
     """The last ``MAX_KEPT_DELTAS`` built deltas, least recently served dropped first."""
 
     def __init__(self) -> None:
         #: built delta by its key, with the session's owner (so that an erasure finds it)
-        self._kept: OrderedDict[tuple[object, ...], tuple[str, bytes]] = OrderedDict()
+        self._kept: OrderedDict[_Built, tuple[str, bytes]] = OrderedDict()
         #: per view, its owner and the metric selections clients asked deltas of
         self._asked: OrderedDict[_View, tuple[str, list[tuple[str, ...]]]] = OrderedDict()
+        #: how many kept deltas start where (any resolution, any save they lead to)
+        self._starts: Counter[_Start] = Counter()
+
+    def may_have(
+        self, session_id: str, window_minutes: int, since_watermark: int, codes: tuple[str, ...]
+    ) -> bool:
+        """Whether a delta from ``since_watermark`` of this window is kept, to whichever save:
+        asked before the read (its save is not known yet), so that a request no kept delta can
+        answer reads the history at once instead of a second time. It only guesses: a kept
+        delta may lead to an older save than the one the read finds."""
+        return (session_id, window_minutes, since_watermark, codes) in self._starts
 
     def get(
         self, key: TelemetryKey, row: HotRow, since_watermark: int, codes: tuple[str, ...]
     ) -> bytes | None:
         """The delta built for this request, if any; the request's metric selection is
         remembered for the view's next saves."""
-        self._remember(key, codes)
+        self.remember(key, codes)
         built = _delta_key(key, row.source_watermark, row.computed_at_ms, since_watermark, codes)
         kept = self._kept.get(built)
         if kept is None:
@@ -84,16 +105,20 @@ class DeltaCache:
     ) -> None:
         """Keep a delta built for the save at ``watermark``, computed at ``computed_at_ms``."""
         built = _delta_key(key, watermark, computed_at_ms, since_watermark, codes)
+        if built not in self._kept:
+            self._starts[_start_of(built)] += 1
         self._kept[built] = (key.user_id, delta)
         if len(self._kept) > MAX_KEPT_DELTAS:
-            self._kept.popitem(last=False)
+            oldest, _kept = self._kept.popitem(last=False)
+            self._unstart(oldest)
 
     def selections(self, key: TelemetryKey) -> list[tuple[str, ...]]:
         """The metric selections clients asked deltas of for this view, latest last."""
         asked = self._asked.get((key.session_id, key.window_minutes, key.resolution.value))
         return [] if asked is None else list(asked[1])
 
-    def _remember(self, key: TelemetryKey, codes: tuple[str, ...]) -> None:
+    def remember(self, key: TelemetryKey, codes: tuple[str, ...]) -> None:
+        """Remember that clients of ``key``'s view ask deltas of ``codes`` (``get`` does)."""
         view = (key.session_id, key.window_minutes, key.resolution.value)
         asked = self._asked.get(view)
         if asked is None:
@@ -115,6 +140,7 @@ class DeltaCache:
         dropped = self._of(user_id, session_id)
         for built in dropped:
             del self._kept[built]
+            self._unstart(built)
         for view in [
             v
             for v, (owner, _codes) in self._asked.items()
@@ -123,11 +149,17 @@ class DeltaCache:
             del self._asked[view]
         return len(dropped)
 
+    def _unstart(self, built: _Built) -> None:
+        start = _start_of(built)
+        self._starts[start] -= 1
+        if self._starts[start] <= 0:
+            del self._starts[start]
+
     def entries_of(self, *, user_id: str | None = None, session_id: str | None = None) -> int:
         """How many deltas of ``user_id``'s sessions or of session ``session_id`` are kept."""
         return len(self._of(user_id, session_id))
 
-    def _of(self, user_id: str | None, session_id: str | None) -> list[tuple[object, ...]]:
+    def _of(self, user_id: str | None, session_id: str | None) -> list[_Built]:
         return [
             built
             for built, (owner, _delta) in self._kept.items()
