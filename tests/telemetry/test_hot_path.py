@@ -59,10 +59,13 @@ class CountingReader:
 
     inner: CacheReader
     reads: list[tuple[bool, bool]] = field(default_factory=list)
+    #: per read, whether the payload's save history came back
+    histories: list[bool] = field(default_factory=list)
 
     async def read(self, **kwargs: Any) -> HotRow | None:
         row = await self.inner.read(**kwargs)
         self.reads.append((kwargs.get("kept") is not None, row is not None and bool(row.payload)))
+        self.histories.append(row is not None and row.history is not None)
         return row
 
     async def close(self) -> None:
@@ -169,6 +172,36 @@ async def test_a_delta_its_clients_ask_is_built_at_the_save(counted, users, appl
     full = (await tc.get(headers, session_id)).json()["telemetry"]
     assert full["source_watermark"] > held["source_watermark"]
     assert apply_delta(held, body["delta"]) == full
+
+
+async def test_a_delta_no_kept_delta_answers_is_built_from_one_read(counted, users, apply_delta):
+    """A delta no built delta leads to (nobody asked this selection, as on a server whose
+    worker saved the view) is built from one hot read that brings the history with the
+    payload, or the history alone when this process keeps that payload; the next client of
+    the same delta finds it built (one read, no blob)."""
+    tc, reader = counted
+    headers = await users.headers()
+    session_id = await _ended_session(tc, headers)
+    start = tc.clock.now_ms() - 4 * HOUR  # the session's, as _ended_session made it
+    for metric, kept in (("heart_rate", False), ("all", True)):
+        held = (await tc.get(headers, session_id, metrics=metric)).json()["telemetry"]
+        await tc.post_samples(headers, [hr(f"late-{metric}", start + 100 * MINUTE, 99.0)])
+        await tc.settle()
+        if kept:  # a full GET after the save: this process keeps the new payload
+            await tc.get(headers, session_id, metrics=metric)
+        reader.reads.clear()
+        reader.histories.clear()
+        since = held["source_watermark"]
+        first, second = [
+            await tc.get(headers, session_id, metrics=metric, since_watermark=since)
+            for _ in range(2)
+        ]
+        assert reader.reads == [(True, not kept), (False, False)], metric
+        assert reader.histories == [True, False], metric
+        assert first.content == second.content and "delta" in first.json()
+        full = (await tc.get(headers, session_id, metrics=metric)).json()["telemetry"]
+        assert full["source_watermark"] > since
+        assert apply_delta(held, first.json()["delta"]) == full
 
 
 def _packed(size: int) -> PackedPayload:
