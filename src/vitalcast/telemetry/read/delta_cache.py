@@ -1,14 +1,19 @@
 """``DeltaCache``: built deltas kept a while, because the clients watching one session all ask
-for the same delta after an update. It also remembers which metric selections clients asked
-deltas of, per view, so that a save of this process builds those deltas at once
-(``SessionTelemetryService.saved``). A deleted session's or an erased user's entries are dropped
-at once (``forget``), not left to eviction."""
+for the same delta after an update. The first of them to get it ``ready`` leaves its answer
+(the ETag made) with it, and the others get that answer as it is: a delta fetch is then the hot
+read, the freshness decision and a lookup, less work than a full fetch, whose payload is joined
+per request. It also remembers which metric selections clients asked deltas of, per view, so
+that a save of this process builds those deltas at once (``SessionTelemetryService.saved``), and
+where kept deltas start (``may_have``). A deleted session's or an erased user's entries are
+dropped at once (``forget``), not left to eviction."""
 
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
+from dataclasses import dataclass
 
 from vitalcast.telemetry.keys import TelemetryKey
+from vitalcast.telemetry.read.answer import TelemetryAnswer
 from vitalcast.telemetry.store.rows import HotRow
 
 #: built deltas kept in memory (a few KiB each at most), least recently served dropped first
@@ -37,12 +42,23 @@ def _delta_key(
     return (
         key.session_id,
         key.window_minutes,
-        key.resolution,
+        key.resolution.value,
         watermark,
         computed_at_ms,
         since_watermark,
         codes,
     )
+
+
+@dataclass(slots=True)
+class KeptDelta:
+    """A built delta and the session's owner (so that an erasure finds it)."""
+
+    user_id: str
+    delta: bytes
+    #: the ``ready`` answer that serves it (its ETag made), made by the first ready request
+    #: and then answered as it is: every client of the update asks the same delta
+    ready: TelemetryAnswer | None = None
 
 
 def _start_of(built: _Built) -> _Start:
@@ -55,8 +71,8 @@ class DeltaCache:
     """The last ``MAX_KEPT_DELTAS`` built deltas, least recently served dropped first."""
 
     def __init__(self) -> None:
-        #: built delta by its key, with the session's owner (so that an erasure finds it)
-        self._kept: OrderedDict[_Built, tuple[str, bytes]] = OrderedDict()
+        #: built deltas by their key
+        self._kept: OrderedDict[_Built, KeptDelta] = OrderedDict()
         #: per view, its owner and the metric selections clients asked deltas of
         self._asked: OrderedDict[_View, tuple[str, list[tuple[str, ...]]]] = OrderedDict()
         #: how many kept deltas start where (any resolution, any save they lead to)
@@ -72,17 +88,33 @@ class DeltaCache:
         return (session_id, window_minutes, since_watermark, codes) in self._starts
 
     def get(
-        self, key: TelemetryKey, row: HotRow, since_watermark: int, codes: tuple[str, ...]
-    ) -> bytes | None:
-        """The delta built for this request, if any; the request's metric selection is
-        remembered for the view's next saves."""
-        self.remember(key, codes)
-        built = _delta_key(key, row.source_watermark, row.computed_at_ms, since_watermark, codes)
+        self,
+        user_id: str,
+        session_id: str,
+        window_minutes: int,
+        row: HotRow,
+        since_watermark: int,
+        codes: tuple[str, ...],
+    ) -> KeptDelta | None:
+        """The delta built for this request (``row`` is the view's, read for it), if any; the
+        request's metric selection is remembered for the view's next saves. Takes the view's
+        parts, not its ``TelemetryKey``: a hit needs none made."""
+        resolution = str(row.resolution)
+        self._remember((session_id, window_minutes, resolution), user_id, codes)
+        built = (
+            session_id,
+            window_minutes,
+            resolution,
+            row.source_watermark,
+            row.computed_at_ms,
+            since_watermark,
+            codes,
+        )
         kept = self._kept.get(built)
         if kept is None:
             return None
         self._kept.move_to_end(built)
-        return kept[1]
+        return kept
 
     def put(
         self,
@@ -107,7 +139,7 @@ class DeltaCache:
         built = _delta_key(key, watermark, computed_at_ms, since_watermark, codes)
         if built not in self._kept:
             self._starts[_start_of(built)] += 1
-        self._kept[built] = (key.user_id, delta)
+        self._kept[built] = KeptDelta(key.user_id, delta)
         if len(self._kept) > MAX_KEPT_DELTAS:
             oldest, _kept = self._kept.popitem(last=False)
             self._unstart(oldest)
@@ -119,10 +151,14 @@ class DeltaCache:
 
     def remember(self, key: TelemetryKey, codes: tuple[str, ...]) -> None:
         """Remember that clients of ``key``'s view ask deltas of ``codes`` (``get`` does)."""
-        view = (key.session_id, key.window_minutes, key.resolution.value)
+        self._remember(
+            (key.session_id, key.window_minutes, key.resolution.value), key.user_id, codes
+        )
+
+    def _remember(self, view: _View, user_id: str, codes: tuple[str, ...]) -> None:
         asked = self._asked.get(view)
         if asked is None:
-            self._asked[view] = (key.user_id, [codes])
+            self._asked[view] = (user_id, [codes])
             if len(self._asked) > MAX_ASKING_VIEWS:
                 self._asked.popitem(last=False)
             return
@@ -162,6 +198,6 @@ class DeltaCache:
     def _of(self, user_id: str | None, session_id: str | None) -> list[_Built]:
         return [
             built
-            for built, (owner, _delta) in self._kept.items()
-            if owner == user_id or built[0] == session_id
+            for built, kept in self._kept.items()
+            if kept.user_id == user_id or built[0] == session_id
         ]

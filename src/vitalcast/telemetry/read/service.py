@@ -154,14 +154,29 @@ class SessionTelemetryService:
                 )
             if row is None:
                 raise NotFound("Session not found.", code="SESSION_NOT_FOUND")
-            key = self._key_of(row, user_id, session_id, window_minutes, requested, now)
             if row.archived_at_ms is not None:
+                key = self._key_of(row, user_id, session_id, window_minutes, requested, now)
                 archived = self._archived(view, row, codes, if_none_match, key)
                 if archived is not None:
                     return self._count(archived)
                 with_payload = True
                 continue
             decision = decide(row, now)
+            kept_delta = None
+            if since_watermark is not None and not with_history:
+                if decision.state in _DELTA_STATES:
+                    kept_delta = self._deltas.get(
+                        user_id, session_id, window_minutes, row, since_watermark, codes
+                    )
+                    if kept_delta is None:
+                        # no kept delta leads to this save: read its history and build one
+                        with_payload = with_history = True
+                        continue
+                ready = None if kept_delta is None else kept_delta.ready
+                if ready is not None and decision.state is CacheState.READY:
+                    # the delta every client of this update asks, answered as it was
+                    return self._count(self._revalidated(ready, if_none_match))
+            key = self._key_of(row, user_id, session_id, window_minutes, requested, now)
             etag = None
             if decision.state.has_payload:
                 live_at = row.computed_at_ms if row.live else None
@@ -170,14 +185,15 @@ class SessionTelemetryService:
                     return self._count(
                         TelemetryAnswer(decision.state, codes, etag=etag, not_modified=True)
                     )
+            if kept_delta is not None:
+                delta = kept_delta.delta
+                if decision.state is CacheState.READY:
+                    kept_delta.ready = TelemetryAnswer(
+                        decision.state, codes, etag=etag, delta=delta
+                    )
+                    return self._count(kept_delta.ready)
+                break
             if since_watermark is not None and decision.state in _DELTA_STATES:
-                if not with_history:
-                    delta = self._deltas.get(key, row, since_watermark, codes)
-                    if delta is not None:
-                        break
-                    # no kept delta leads to this save: read its history and build one
-                    with_payload = with_history = True
-                    continue
                 payload = self._payload(view, row, user_id)
                 if payload is None:
                     continue  # the kept copy was replaced while the read ran: read it
@@ -210,6 +226,13 @@ class SessionTelemetryService:
                 delta=delta,
             )
         )
+
+    @staticmethod
+    def _revalidated(ready: TelemetryAnswer, if_none_match: str | None) -> TelemetryAnswer:
+        """``ready`` (a kept delta's answer), or its 304 when ``If-None-Match`` names its ETag."""
+        if ready.etag is not None and etag_matches(if_none_match, ready.etag):
+            return TelemetryAnswer(ready.state, ready.codes, etag=ready.etag, not_modified=True)
+        return ready
 
     def _archived(
         self,
