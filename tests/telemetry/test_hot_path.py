@@ -22,7 +22,7 @@ from vitalcast.clock import ManualClock, now_ms
 from vitalcast.settings import Settings
 from vitalcast.telemetry.compute.payload import PackedPayload
 from vitalcast.telemetry.keys import Resolution, TelemetryKey
-from vitalcast.telemetry.read.delta_cache import DeltaCache
+from vitalcast.telemetry.read.delta_cache import MAX_KEPT_DELTAS, DeltaCache
 from vitalcast.telemetry.read.kept import KeptPayloads, PayloadId
 from vitalcast.telemetry.read.reader import CacheReader
 from vitalcast.telemetry.store.rows import HotRow
@@ -241,7 +241,11 @@ def test_kept_payloads_and_deltas_forget_a_user_or_a_session_and_nothing_else():
         kept.put((session_id, 60, None), _row(1), _packed(100), user_id=user_id)
         key = TelemetryKey(session_id, 60, Resolution.ONE_MINUTE, user_id=user_id)
         built.put(key, _row(2), 1, ("heart_rate",), b"delta")
+    assert built.may_have("b", 60, 1, ("heart_rate",))
     assert (kept.forget(session_id="b"), built.forget(session_id="b")) == (1, 1)
+    assert not built.may_have("b", 60, 1, ("heart_rate",))
+    assert built.may_have("a", 60, 1, ("heart_rate",))
+    assert not built.may_have("a", 60, 2, ("heart_rate",))
     assert (kept.entries_of(user_id="u"), built.entries_of(user_id="u")) == (1, 1)
     assert (kept.forget(user_id="u"), built.forget(user_id="u")) == (1, 1)
     assert kept.held(("a", 60, None)) is None and kept.held(("c", 60, None)) is not None
@@ -250,6 +254,21 @@ def test_kept_payloads_and_deltas_forget_a_user_or_a_session_and_nothing_else():
     for session_id in "defg":
         kept.put((session_id, 60, None), _row(1), _packed(100), user_id="w")
     assert kept.held(("c", 60, None)) is not None
+
+
+def test_where_kept_deltas_start_follows_what_is_kept():
+    """``may_have`` answers for the deltas kept, not for those evicted past the bound: a delta
+    built again for the same save counts once."""
+    built = DeltaCache()
+    key = TelemetryKey("a", 60, Resolution.ONE_MINUTE, user_id="u")
+    built.put(key, _row(2), 1, ("heart_rate",), b"delta")
+    built.put(key, _row(2), 1, ("heart_rate",), b"delta")
+    for since in range(2, MAX_KEPT_DELTAS + 1):
+        built.put(key, _row(since + 1), since, ("heart_rate",), b"delta")
+    assert built.may_have("a", 60, 1, ("heart_rate",))
+    built.put(key, _row(MAX_KEPT_DELTAS + 2), MAX_KEPT_DELTAS + 1, ("heart_rate",), b"delta")
+    assert not built.may_have("a", 60, 1, ("heart_rate",))
+    assert built.may_have("a", 60, 2, ("heart_rate",))
 
 
 async def test_bad_parameters_are_fastapis_422_with_their_locations(tc, users):
