@@ -10,7 +10,7 @@ every month written has its partition (``Database.partitions.ensure``).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -25,6 +25,7 @@ from vitalcast.db.tables import (
     users,
 )
 from vitalcast.samples import Sample, WriteCounts
+from vitalcast.sessions import changelog
 from vitalcast.sessions import repository as session_repository
 from vitalcast.sessions.changes import CachedView
 from vitalcast.sessions.models import Session
@@ -213,6 +214,65 @@ def _same(row: Any, sample: Sample) -> bool:  # Any: as above
     return not row.deleted and all(getattr(row, c) == getattr(sample, c) for c in _COLUMNS)
 
 
+#: a PostgreSQL batch up to this many samples inserts its new ones in one statement
+#: (``_insert_new_pg``); a larger one (an import) is looked up first and copied in
+ONE_STATEMENT_MAX = 500
+
+# A live sync's samples are all new: with the user's lock held, each one's identity is inserted
+# unless it exists (the primary key decides, whatever the month), and the sample row of every
+# identity inserted goes in with it, in one statement and one round trip. The lookup and two
+# COPYs it replaces were five round trips (a COPY takes two) per ingest. Samples whose identity
+# existed are answered by nothing here: the caller looks them up and compares them as before.
+_PG_INSERT_NEW = Prepared(
+    sa.text(
+        """
+        WITH v AS (
+            SELECT * FROM unnest(
+                CAST(:sources AS text[]), CAST(:record_ids AS text[]), CAST(:metrics AS text[]),
+                CAST(:vals AS float8[]), CAST(:units AS text[]), CAST(:starts AS bigint[]),
+                CAST(:ends AS bigint[]), CAST(:devices AS text[])
+            ) AS v(source, record_id, metric, value, unit, start_ms, end_ms, device)
+        ), ids AS (
+            INSERT INTO sample_identities (user_id, source, record_id, start_ms)
+            SELECT CAST(:user_id AS text), source, record_id, start_ms FROM v
+            ON CONFLICT DO NOTHING
+            RETURNING source, record_id
+        )
+        INSERT INTO health_samples
+            (user_id, source, record_id, metric, value, unit, start_ms, end_ms, device, deleted,
+             change_seq)
+        SELECT CAST(:user_id AS text), v.source, v.record_id, v.metric, v.value, v.unit,
+               v.start_ms, v.end_ms, v.device, false, CAST(:change_seq AS bigint)
+        FROM v JOIN ids ON ids.source = v.source AND ids.record_id = v.record_id
+        RETURNING source, record_id
+        """
+    ).columns(health_samples.c.source, health_samples.c.record_id),
+    read_only=False,
+)
+
+
+async def _insert_new_pg(
+    conn: AsyncConnection, user_id: str, samples: Sequence[Sample], change_seq: int
+) -> set[tuple[str, str]]:
+    """Insert the samples whose identity is new (``_PG_INSERT_NEW``); their identities."""
+    rows = await _PG_INSERT_NEW.rows(
+        conn,
+        {
+            "user_id": user_id,
+            "change_seq": change_seq,
+            "sources": [s.source for s in samples],
+            "record_ids": [s.record_id for s in samples],
+            "metrics": [s.metric for s in samples],
+            "vals": [s.value for s in samples],
+            "units": [s.unit for s in samples],
+            "starts": [s.start_ms for s in samples],
+            "ends": [s.end_ms for s in samples],
+            "devices": [s.device for s in samples],
+        },
+    )
+    return {(row.source, row.record_id) for row in rows}
+
+
 # ``start_ms`` beside the id: on PostgreSQL it names the one partition the row is in. Built
 # once: an ingest of new samples only (a live sync) uses it not at all.
 _THIS_ROW = sa.and_(
@@ -235,6 +295,15 @@ async def write_samples(
     carry it so a later reader can tell which ingest wrote them.
     """
     result = WriteResult()
+    if samples and conn.dialect.name == "postgresql" and len(samples) <= ONE_STATEMENT_MAX:
+        inserted = await _insert_new_pg(conn, user_id, samples, change_seq)
+        result.inserted = len(inserted)
+        result.changed_times_ms = [
+            s.start_ms for s in samples if (s.source, s.record_id) in inserted
+        ]
+        samples = [s for s in samples if (s.source, s.record_id) not in inserted]
+        if not samples and not deletions:
+            return result
     existing = await _existing(
         conn, user_id, [(s.source, s.record_id) for s in samples] + list(deletions)
     )
@@ -284,7 +353,7 @@ async def write_samples(
         if row is not None and not row.deleted:
             deleted.append({"row_id": row.id, "old_start_ms": row.start_ms})
             result.changed_times_ms.append(row.start_ms)
-    result.inserted = len(new_rows)
+    result.inserted += len(new_rows)
     result.updated = len(updates)
     result.deleted = len(deleted)
     if new_rows:
@@ -397,6 +466,8 @@ async def record_change(
     Every writer of samples (ingest, range deletion) goes through here, so a change moves the
     counter, the watermarks and the staleness clock of the cached views together.
     """
+    if conn.dialect.name == "postgresql":
+        return await _record_change_pg(conn, user_id, seq, changed_times_ms, now_ms=now_ms)
     await set_change_seq(conn, user_id, seq)
     touched = await session_repository.bump_watermarks(
         conn, user_id, change_seq=seq, changed_times_ms=changed_times_ms, now_ms=now_ms
@@ -407,3 +478,75 @@ async def record_change(
     await mark_caches_stale(conn, ids, now_ms)
     views = [CachedView(*row) for row in await _CACHED_VIEWS.rows(conn, {"session_ids": ids})]
     return touched, views
+
+
+# On PostgreSQL a change is two statements: the user's counter moves as the candidate sessions
+# are read (the user's lock, taken earlier in the transaction, keeps their watermarks as read),
+# then the watermarks, the change log, the staleness clock and the read of the cached views go
+# in one statement of data-modifying CTEs (each sees the snapshot before the others, and none
+# reads what another writes). These were six round trips.
+_PG_SEQ_AND_CANDIDATES = Prepared(
+    session_repository.WIDEST_WINDOW_HOLDS.add_cte(
+        sa.update(users)
+        .where(users.c.id == sa.bindparam("user_id"))
+        .values(change_seq=sa.bindparam("change_seq"))
+        .cte("seq")
+    ),
+    read_only=False,
+)
+_PG_MOVE = Prepared(
+    sa.text(
+        """
+        WITH moved AS (
+            UPDATE sessions SET source_watermark = CAST(:change_seq AS bigint)
+            WHERE id = ANY(CAST(:ids AS text[]))
+        ), logged AS (
+            INSERT INTO session_changes (session_id, change_seq, prev_seq, ranges)
+            SELECT id, CAST(:change_seq AS bigint), prev, ranges
+            FROM unnest(CAST(:ids AS text[]), CAST(:prevs AS bigint[]), CAST(:ranges AS bytea[]))
+                AS e(id, prev, ranges)
+        ), stale AS (
+            UPDATE telemetry_cache SET stale_since_ms = CAST(:now_ms AS bigint)
+            WHERE session_id = ANY(CAST(:ids AS text[])) AND stale_since_ms IS NULL
+        )
+        SELECT session_id, window_minutes, resolution, compute_version FROM telemetry_cache
+        WHERE session_id = ANY(CAST(:ids AS text[]))
+        """
+    ).columns(
+        telemetry_cache.c.session_id,
+        telemetry_cache.c.window_minutes,
+        telemetry_cache.c.resolution,
+        telemetry_cache.c.compute_version,
+    ),
+    read_only=False,
+)
+
+
+async def _record_change_pg(
+    conn: AsyncConnection, user_id: str, seq: int, changed_times_ms: Sequence[int], *, now_ms: int
+) -> tuple[list[Session], list[CachedView]]:
+    """``record_change`` in two round trips (see ``_PG_SEQ_AND_CANDIDATES``)."""
+    times = sorted(set(changed_times_ms))
+    if not times:
+        await set_change_seq(conn, user_id, seq)
+        return [], []
+    candidates = await _PG_SEQ_AND_CANDIDATES.rows(
+        conn, session_repository.widest_window_params(user_id, times, now_ms) | {"change_seq": seq}
+    )
+    touched, entries = session_repository.touched_by(
+        candidates, times, change_seq=seq, now_ms=now_ms
+    )
+    if not touched:
+        return [], []
+    rows = await _PG_MOVE.rows(
+        conn,
+        {
+            "change_seq": seq,
+            "now_ms": now_ms,
+            "ids": [entry.session_id for entry in entries],
+            "prevs": [entry.prev_seq for entry in entries],
+            "ranges": [changelog.packed_ranges(entry) for entry in entries],
+        },
+    )
+    views = [CachedView(*row) for row in rows]
+    return [replace(s, source_watermark=seq) for s in touched], views

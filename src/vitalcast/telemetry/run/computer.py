@@ -283,9 +283,12 @@ class TelemetryComputer:
         if not done:
             return outcomes
         saving = time.perf_counter()
+        # The save is one compare-and-set statement unless a change log is due for pruning:
+        # then it stands alone, with no transaction around it (two round trips fewer).
+        alone = not any(_prune_due(r.claim.lease.source_watermark, r.computed) for r in done)
         try:
             saved = await self._db.unit(
-                lambda conn: self._save(conn, done, read_started_ms), derived=True
+                lambda conn: self._save(conn, done, read_started_ms), derived=True, alone=alone
             )
         except Exception as exc:
             await self._record_failures([(r.claim, exc) for r in done], reasons)
