@@ -199,6 +199,83 @@ async def _ran(ran: list[int], n: int) -> bool:
     return len(ran) >= n
 
 
+class HeldAdds(SessionTelemetryQueueService):
+    """A queue service whose next pipeline of adds (after ``hold``) stops between the
+    finished-checks before its adds and the adds, in Redis (a ``BLPOP`` on ``gate`` queued in
+    the pipeline), after pushing to ``reached``: a test then finishes a job exactly there, as a
+    worker could."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings, fallback=None, metrics=Metrics())
+        self._held: tuple[str, str] | None = None
+
+    def hold(self, gate: str, reached: str) -> None:
+        self._held = (gate, reached)
+
+    async def _queue_adds(self, pipe: Any, jobs: list[TelemetryJob]) -> None:
+        if self._held is not None:
+            gate, reached = self._held
+            self._held = None
+            pipe.rpush(reached, 1)
+            pipe.blpop([gate], timeout=30)
+        await super()._queue_adds(pipe, jobs)
+
+
+@pytest.mark.parametrize("depth", ["read_first", "fresh"])
+async def test_a_submit_racing_its_jobs_completion_runs_it_again(
+    service: Any, queue_settings: Settings, start_worker: Any, redis_url: str, depth: str
+) -> None:
+    """A submit of a key and watermark whose job finishes after the submit checked for a
+    finished job and before its add (which the finished job then swallows) runs the job again,
+    as one that came after the finish does: the interleaving is forced inside Redis, on both
+    paths of an add (the depth read first, or read in the pipeline of the adds)."""
+    key = make_key()
+    ran: list[int] = []
+    release = asyncio.Event()
+
+    async def handler(job: TelemetryJob) -> str:
+        if job.key == key:
+            ran.append(job.watermark)
+            if len(ran) == 1:
+                await release.wait()
+        return "fresh"
+
+    await start_worker(queue_settings, handler)
+    assert await service.submit(key, watermark=7, reason=ScheduleReason.LIVE_UPDATE)
+    await eventually(lambda: _ran(ran, 1), what="the job started")
+
+    gate, reached = f"{queue_settings.queue_prefix}:gate", f"{queue_settings.queue_prefix}:reached"
+    held = HeldAdds(queue_settings)
+    test_client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        if depth == "fresh":
+            # a depth read just now: the adds ride in the pipeline that reads it again
+            assert await held.submit(make_key(), watermark=1, reason=ScheduleReason.BACKFILL)
+        held.hold(gate, reached)
+        # ``_add``, not ``submit``: the 1 s bound of a call would take the held pipeline for an
+        # outage before the test has finished the job
+        racing = asyncio.create_task(held._add([TelemetryJob(key, 7, ScheduleReason.STALE_READ)]))
+        assert await test_client.blpop([reached], timeout=30) is not None
+        # the checks ran and saw the job active; now it finishes, before the add
+        release.set()
+
+        async def completed() -> bool:
+            return (
+                await test_client.zscore(service.queue.keys["completed"], job_id(key, 7))
+                is not None
+            )
+
+        await eventually(completed, what="the first run completed")
+        assert not racing.done()
+        await test_client.rpush(gate, 1)
+        assert await asyncio.wait_for(racing, 30) == [True]
+        await eventually(lambda: _ran(ran, 2), what="the same watermark ran again")
+        assert ran == [7, 7]
+    finally:
+        await held.close()
+        await test_client.aclose()
+
+
 async def test_submit_refuses_beyond_the_queue_depth_bound(queue_settings: Settings) -> None:
     """With max_queue_depth waiting jobs, submit returns False and adds nothing; the fallback is
     not used (the queue is reachable, just full)."""
