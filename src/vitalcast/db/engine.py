@@ -126,6 +126,12 @@ class Database:
     def sqlite(self) -> bool:
         return is_sqlite(self.engine)
 
+    @property
+    def alone_units(self) -> bool:
+        """Whether ``unit(..., alone=True)`` runs its statements without a transaction (each
+        commits by itself: PostgreSQL on asyncpg); elsewhere it is one transaction."""
+        return not self._sqlite_file and self.engine.dialect.driver == "asyncpg"
+
     def read(self) -> AbstractAsyncContextManager[AsyncConnection]:
         """``async with db.read() as conn``: a read-only transaction."""
         return self.engine.begin()

@@ -21,6 +21,7 @@ from vitalcast.db.tables import (
     health_samples,
     ingest_requests,
     sample_identities,
+    sessions,
     telemetry_cache,
     users,
 )
@@ -28,7 +29,7 @@ from vitalcast.samples import Sample, WriteCounts
 from vitalcast.sessions import changelog
 from vitalcast.sessions import repository as session_repository
 from vitalcast.sessions.changes import CachedView
-from vitalcast.sessions.models import Session
+from vitalcast.sessions.models import WIDEST_PAD_MS, Session
 
 # Keeps SQLite's IN lists well under its bound-parameter limit.
 _LOOKUP_CHUNK = 1_000
@@ -86,6 +87,10 @@ class WriteResult(WriteCounts):
 
     deleted: int = 0
     changed_times_ms: list[int] = field(default_factory=list)
+    #: read with the insert when every change was one (PostgreSQL, ``write_samples``): the
+    #: sessions whose widest window may hold a changed time, the counter already moved; None:
+    #: ``record_change`` reads them and moves it
+    candidates: list[Any] | None = None  # Any: rows carrying the session columns by name
 
     @property
     def changed(self) -> bool:
@@ -237,28 +242,55 @@ _PG_INSERT_NEW = Prepared(
             SELECT CAST(:user_id AS text), source, record_id, start_ms FROM v
             ON CONFLICT DO NOTHING
             RETURNING source, record_id
+        ), ins AS (
+            INSERT INTO health_samples
+                (user_id, source, record_id, metric, value, unit, start_ms, end_ms, device,
+                 deleted, change_seq)
+            SELECT CAST(:user_id AS text), v.source, v.record_id, v.metric, v.value, v.unit,
+                   v.start_ms, v.end_ms, v.device, false, CAST(:change_seq AS bigint)
+            FROM v JOIN ids ON ids.source = v.source AND ids.record_id = v.record_id
+            RETURNING source, record_id
+        ), seq AS (
+            UPDATE users SET change_seq = CAST(:change_seq AS bigint)
+            WHERE id = CAST(:user_id AS text) AND EXISTS (SELECT 1 FROM ins)
+        ), got AS (
+            SELECT array_agg(source) AS inserted_sources,
+                   array_agg(record_id) AS inserted_record_ids
+            FROM ins
         )
-        INSERT INTO health_samples
-            (user_id, source, record_id, metric, value, unit, start_ms, end_ms, device, deleted,
-             change_seq)
-        SELECT CAST(:user_id AS text), v.source, v.record_id, v.metric, v.value, v.unit,
-               v.start_ms, v.end_ms, v.device, false, CAST(:change_seq AS bigint)
-        FROM v JOIN ids ON ids.source = v.source AND ids.record_id = v.record_id
-        RETURNING source, record_id
-        """
-    ).columns(health_samples.c.source, health_samples.c.record_id),
+        SELECT got.inserted_sources, got.inserted_record_ids, SESSION_COLUMNS
+        FROM got LEFT JOIN sessions AS s
+            ON s.user_id = CAST(:user_id AS text) AND s.archived_at_ms IS NULL
+            AND s.start_ms - CAST(:pad AS bigint) <= CAST(:hi AS bigint)
+            AND coalesce(s.end_ms, CAST(:now_ms AS bigint)) + CAST(:pad AS bigint)
+                > CAST(:lo AS bigint)
+        """.replace("SESSION_COLUMNS", ", ".join(f"s.{column.name}" for column in sessions.c))
+    ),
     read_only=False,
 )
 
 
+@dataclass(frozen=True, slots=True)
+class _InsertedNew:
+    """What ``_PG_INSERT_NEW`` did: the identities inserted, and the user's sessions whose
+    widest window may hold a time of the batch (rows of the session columns)."""
+
+    identities: set[tuple[str, str]]
+    candidates: list[Any]  # Any: rows carrying the session columns by name
+
+
 async def _insert_new_pg(
-    conn: AsyncConnection, user_id: str, samples: Sequence[Sample], change_seq: int
-) -> set[tuple[str, str]]:
-    """Insert the samples whose identity is new (``_PG_INSERT_NEW``); their identities."""
+    conn: AsyncConnection, user_id: str, samples: Sequence[Sample], change_seq: int, now_ms: int
+) -> _InsertedNew:
+    """Insert the samples whose identity is new, move the user's counter to ``change_seq`` if
+    any was, and read the sessions a change at the batch's times may touch, in one statement
+    (``_PG_INSERT_NEW``)."""
+    times = sorted({s.start_ms for s in samples})
     rows = await _PG_INSERT_NEW.rows(
         conn,
-        {
-            "user_id": user_id,
+        session_repository.widest_window_params(user_id, times, now_ms)
+        | {
+            "pad": WIDEST_PAD_MS,
             "change_seq": change_seq,
             "sources": [s.source for s in samples],
             "record_ids": [s.record_id for s in samples],
@@ -270,7 +302,11 @@ async def _insert_new_pg(
             "devices": [s.device for s in samples],
         },
     )
-    return {(row.source, row.record_id) for row in rows}
+    first = rows[0]
+    identities = set(
+        zip(first.inserted_sources or (), first.inserted_record_ids or (), strict=True)
+    )
+    return _InsertedNew(identities, [row for row in rows if row.id is not None])
 
 
 # ``start_ms`` beside the id: on PostgreSQL it names the one partition the row is in. Built
@@ -288,21 +324,32 @@ async def write_samples(
     deletions: Sequence[tuple[str, str]],
     *,
     change_seq: int,
+    now_ms: int | None = None,
 ) -> WriteResult:
     """Insert new samples, update changed ones, soft-delete ``deletions``; count each outcome.
 
     ``change_seq`` is the value the user's counter will take if anything changes; rows written
-    carry it so a later reader can tell which ingest wrote them.
+    carry it so a later reader can tell which ingest wrote them. With ``now_ms`` a PostgreSQL
+    batch of new samples also moves the counter and reads the sessions the change may touch
+    (``WriteResult.candidates``, for ``record_change``) in the statement that inserts them.
     """
     result = WriteResult()
-    if samples and conn.dialect.name == "postgresql" and len(samples) <= ONE_STATEMENT_MAX:
-        inserted = await _insert_new_pg(conn, user_id, samples, change_seq)
+    if (
+        samples
+        and now_ms is not None
+        and conn.dialect.name == "postgresql"
+        and len(samples) <= ONE_STATEMENT_MAX
+    ):
+        new = await _insert_new_pg(conn, user_id, samples, change_seq, now_ms)
+        inserted = new.identities
         result.inserted = len(inserted)
         result.changed_times_ms = [
             s.start_ms for s in samples if (s.source, s.record_id) in inserted
         ]
         samples = [s for s in samples if (s.source, s.record_id) not in inserted]
         if not samples and not deletions:
+            # every change was an insert at the batch's times, the times the sessions were read for
+            result.candidates = new.candidates
             return result
     existing = await _existing(
         conn, user_id, [(s.source, s.record_id) for s in samples] + list(deletions)
@@ -457,7 +504,13 @@ async def mark_caches_stale(conn: AsyncConnection, session_ids: Sequence[str], n
 
 
 async def record_change(
-    conn: AsyncConnection, user_id: str, seq: int, changed_times_ms: Sequence[int], *, now_ms: int
+    conn: AsyncConnection,
+    user_id: str,
+    seq: int,
+    changed_times_ms: Sequence[int],
+    *,
+    now_ms: int,
+    candidates: list[Any] | None = None,  # Any: rows carrying the session columns by name
 ) -> tuple[list[Session], list[CachedView]]:
     """Stamp change ``seq`` (the user's counter, locked by the caller) into every session whose
     widest window holds one of ``changed_times_ms``; the sessions it moved and their cached
@@ -467,7 +520,9 @@ async def record_change(
     counter, the watermarks and the staleness clock of the cached views together.
     """
     if conn.dialect.name == "postgresql":
-        return await _record_change_pg(conn, user_id, seq, changed_times_ms, now_ms=now_ms)
+        return await _record_change_pg(
+            conn, user_id, seq, changed_times_ms, now_ms=now_ms, candidates=candidates
+        )
     await set_change_seq(conn, user_id, seq)
     touched = await session_repository.bump_watermarks(
         conn, user_id, change_seq=seq, changed_times_ms=changed_times_ms, now_ms=now_ms
@@ -523,16 +578,25 @@ _PG_MOVE = Prepared(
 
 
 async def _record_change_pg(
-    conn: AsyncConnection, user_id: str, seq: int, changed_times_ms: Sequence[int], *, now_ms: int
+    conn: AsyncConnection,
+    user_id: str,
+    seq: int,
+    changed_times_ms: Sequence[int],
+    *,
+    now_ms: int,
+    candidates: list[Any] | None,  # Any: as in record_change
 ) -> tuple[list[Session], list[CachedView]]:
-    """``record_change`` in two round trips (see ``_PG_SEQ_AND_CANDIDATES``)."""
+    """``record_change`` in two round trips (see ``_PG_SEQ_AND_CANDIDATES``), one when the
+    insert read the ``candidates`` and moved the counter."""
     times = sorted(set(changed_times_ms))
     if not times:
         await set_change_seq(conn, user_id, seq)
         return [], []
-    candidates = await _PG_SEQ_AND_CANDIDATES.rows(
-        conn, session_repository.widest_window_params(user_id, times, now_ms) | {"change_seq": seq}
-    )
+    if candidates is None:
+        candidates = await _PG_SEQ_AND_CANDIDATES.rows(
+            conn,
+            session_repository.widest_window_params(user_id, times, now_ms) | {"change_seq": seq},
+        )
     touched, entries = session_repository.touched_by(
         candidates, times, change_seq=seq, now_ms=now_ms
     )
