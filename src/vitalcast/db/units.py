@@ -98,6 +98,38 @@ def _driver_of(conn: AsyncConnection) -> sqlite3.Connection:
     return driver.sqlite_connection
 
 
+class _Running(threading.local):
+    """The unit a database thread runs: its connection, the ``sqlite3`` connection under it, and
+    whether anything listens to its statements. ``db.prepared`` asks both at every statement;
+    found through SQLAlchemy's connection, pool entry and event dispatch (listener collections
+    answering truthiness twice per statement), that was a tenth of a live update's database
+    thread."""
+
+    conn: AsyncConnection | None = None
+    driver: sqlite3.Connection | None = None
+    heard: bool = True
+
+
+_running = _Running()
+
+
+def running_unit(conn: AsyncConnection) -> tuple[sqlite3.Connection, bool] | None:
+    """When ``conn`` is the connection of the unit this thread runs: the ``sqlite3`` connection
+    under it and whether statements on it are to be told to SQLAlchemy's cursor-execute
+    listeners (decided when the unit began). None otherwise."""
+    if _running.conn is conn and _running.driver is not None:
+        return _running.driver, _running.heard
+    return None
+
+
+def _heard(conn: AsyncConnection) -> bool:
+    sync = conn.sync_connection
+    if sync is None:
+        return True
+    dispatch = sync.dispatch
+    return bool(dispatch.before_cursor_execute) or bool(dispatch.after_cursor_execute)
+
+
 class UnitSuspended(RuntimeError):
     """A unit waited for something other than its database (see the module docstring)."""
 
@@ -172,6 +204,7 @@ class _Worker:
         event sends no second BEGIN, see ``engine._sqlite_begin``), and it commits it."""
         conn = await self._connection(write)
         driver = _driver_of(conn)
+        _running.conn, _running.driver, _running.heard = conn, driver, _heard(conn)
         try:
             driver.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             result = await unit(conn)
@@ -183,6 +216,8 @@ class _Worker:
         except BaseException:
             await self._roll_back(conn, driver, write)
             raise
+        finally:
+            _running.conn = _running.driver = None
 
     async def _roll_back(
         self, conn: AsyncConnection, driver: sqlite3.Connection, write: bool
