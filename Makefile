@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 # group scheduler cannot take a replacement worker (KeyError, INTERNALERROR) anyway.
 PYTEST_WORKERS ?= 4
 
-.PHONY: run test lint bench screenshot install uv assets clean
+.PHONY: run test lint bench bench-smoke screenshot install uv assets clean
 
 uv:
 	@command -v uv >/dev/null 2>&1 || [ -x "$(UV)" ] || python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
@@ -51,6 +51,12 @@ test: lint
 bench: install
 	$(UV) run python -m bench.run_all
 	$(UV) run python -m scripts.readme
+
+# Every bench script at toy sizes (minutes, not seconds: each starts its servers and databases),
+# so that a script broken by a change fails CI; results go to a temporary folder, never over
+# bench/results/. .ci/run runs it after `make test`.
+bench-smoke: install
+	$(UV) run python -m bench.smoke
 
 # Re-take the README's screenshot from the browser test (the page exactly as the test saw it).
 screenshot: install

@@ -38,7 +38,10 @@ PG_ADMIN_URL = os.environ.get(
 )
 REDIS_URL = os.environ.get("VITALCAST_TEST_REDIS", "redis://127.0.0.1:6379/0")
 SECRET = "bench-secret-0123456789abcdef0123456789abcdef"
-RESULTS = Path(__file__).parent / "results"
+#: where ``emit`` keeps results: bench/results, read by the README table, unless
+#: VITALCAST_BENCH_RESULTS names another folder (bench/smoke.py runs every script at toy sizes
+#: into a temporary one, so a smoke run never replaces a measured result)
+RESULTS = Path(os.environ.get("VITALCAST_BENCH_RESULTS") or Path(__file__).parent / "results")
 #: how long a server subprocess may take to answer /healthz (imports are slow on a loaded machine)
 START_TIMEOUT_S = 120.0
 #: health_samples columns in the order of ``bulk_load``'s row tuples
@@ -263,7 +266,8 @@ def cpu_ms(pid: int) -> float:
 
 
 def emit(name: str, result: dict[str, Any]) -> None:
-    """Print the result as JSON and keep it in bench/results/<name>.json for the README table."""
+    """Print the result as JSON and keep it in RESULTS/<name>.json (bench/results: the README
+    table's source)."""
     text = json.dumps(result, indent=2, sort_keys=False)
     print(text)
     RESULTS.mkdir(exist_ok=True)

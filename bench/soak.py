@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import subprocess
 import tempfile
 import time
 import uuid
@@ -37,6 +38,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import (
     REDIS_URL,
+    START_TIMEOUT_S,
     create_user,
     database,
     delete_keys,
@@ -206,6 +208,22 @@ def window(stats: Stats, start_s: float, end_s: float) -> dict[str, float]:
     return percentiles(chosen) if chosen else {"n": 0}
 
 
+async def answering(url: str, proc: subprocess.Popen[bytes]) -> None:
+    """Until ``url`` answers 200: the measured period scrapes the worker's /metrics, which it
+    serves only once started (seconds of imports; a short warm-up came before it)."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    async with httpx.AsyncClient() as client:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError("the worker exited during start-up")
+            with contextlib.suppress(httpx.TransportError):
+                if (await client.get(url)).status_code == 200:
+                    return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not answer")
+            await asyncio.sleep(0.1)
+
+
 @contextlib.asynccontextmanager
 async def stack(backend: str, scaled: bool) -> AsyncIterator[tuple[str, str, str, dict[str, int]]]:
     """(database URL, server base URL, URL of the computing process's /metrics, pids to
@@ -234,13 +252,22 @@ async def stack(backend: str, scaled: bool) -> AsyncIterator[tuple[str, str, str
                     ) as worker,
                 ):
                     pids["worker"] = worker.pid
-                    yield url, base, f"http://127.0.0.1:{port}", pids
+                    metrics_url = f"http://127.0.0.1:{port}"
+                    await answering(f"{metrics_url}/metrics", worker)
+                    yield url, base, metrics_url, pids
         finally:
             if scaled:
                 await delete_keys(f"{prefix}*")
 
 
-async def soak(minutes: float, sessions: int, clients: int, backend: str, scaled: bool) -> dict:
+async def soak(
+    minutes: float,
+    sessions: int,
+    clients: int,
+    backend: str,
+    scaled: bool,
+    warm_up_s: float = WARM_UP_S,
+) -> dict:
     stats = Stats()
     async with (
         stack(backend, scaled) as (url, base, metrics_url, pids),
@@ -272,11 +299,11 @@ async def soak(minutes: float, sessions: int, clients: int, backend: str, scaled
 
         await asyncio.gather(*(start(s) for s in subscribers))
         stats.started = time.perf_counter()
-        until = stats.started + WARM_UP_S + minutes * 60
+        until = stats.started + warm_up_s + minutes * 60
         scraped: dict[str, Any] = {}
 
         async def scrape_measured_period() -> None:
-            await asyncio.sleep(WARM_UP_S)
+            await asyncio.sleep(warm_up_s)
             scraped["before"], scraped["server_before"] = (
                 await scrape(metrics_url),
                 await scrape(base),
@@ -300,8 +327,8 @@ async def soak(minutes: float, sessions: int, clients: int, backend: str, scaled
         for subscriber in subscribers:
             await subscriber.stop()
 
-    measured_from = WARM_UP_S
-    end_s = WARM_UP_S + minutes * 60
+    measured_from = warm_up_s
+    end_s = warm_up_s + minutes * 60
     rss_after_warm_up = next((mb for at, mb in stats.rss if at >= measured_from), rss_end)
     first = window(stats, measured_from, measured_from + 60)
     last = window(stats, end_s - 60, end_s)
@@ -349,9 +376,18 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=200)
     parser.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--scaled", action="store_true", help="PostgreSQL + Redis + one worker")
+    parser.add_argument(
+        "--warm-up-s",
+        type=float,
+        default=WARM_UP_S,
+        help="seconds before the measured period (shorter only for bench/smoke.py: a soak's "
+        "figures need the default)",
+    )
     args = parser.parse_args()
     backend = "postgres" if args.scaled else args.backend
-    result = asyncio.run(soak(args.minutes, args.sessions, args.clients, backend, args.scaled))
+    result = asyncio.run(
+        soak(args.minutes, args.sessions, args.clients, backend, args.scaled, args.warm_up_s)
+    )
     emit("soak-scaled-out" if args.scaled else "soak", result)
 
 

@@ -669,22 +669,28 @@ class Loaded:
     load_s: float
 
 
-async def load_sessions(url: str) -> Loaded:
+#: how much sparser than their cadences ``--smoke`` stores the samples (a 1 Hz stream becomes
+#: one sample a minute): the same sessions, windows and code paths at toy sizes
+SMOKE_SPARSER = 60
+
+
+async def load_sessions(url: str, sparser: int = 1) -> Loaded:
     """The 4-hour session (every metric at its cadence, worn 16 hours around it) and the 24-hour
-    one (five streams at 1 Hz), each its own user's, rows copied straight into the table."""
+    one (five streams at 1 Hz), each its own user's, rows copied straight into the table; with
+    ``sparser`` > 1 every stream is stored that many times less often (``--smoke``)."""
     setup = Database(create_engine(url))
     start = (SystemClock().now_ms() // HOUR - 72) * HOUR
     end = start + 4 * HOUR
     user_id, session_id = await make_session(setup, "bench-4h", start, end)
     rows: list[tuple] = []
     for metric, step in CADENCE_MS.items():
-        rows += rows_for(user_id, metric, start - 6 * HOUR, end + 6 * HOUR, step)
+        rows += rows_for(user_id, metric, start - 6 * HOUR, end + 6 * HOUR, step * sparser)
     day_start = start - 40 * HOUR
     day_user, day_session_id = await make_session(
         setup, "bench-24h", day_start, day_start + 24 * HOUR
     )
     for metric in DAY_STREAMS:
-        rows += rows_for(day_user, metric, day_start - HOUR, day_start + 25 * HOUR, 1_000)
+        rows += rows_for(day_user, metric, day_start - HOUR, day_start + 25 * HOUR, 1_000 * sparser)
     await setup.dispose()
     load_started = time.perf_counter()
     await bulk_load(url, rows)
@@ -702,9 +708,11 @@ async def load_sessions(url: str) -> Loaded:
     )
 
 
-async def run_backend(backend: str, gets: int, computes: int, runs: int) -> dict[str, Any]:
+async def run_backend(
+    backend: str, gets: int, computes: int, runs: int, sparser: int = 1
+) -> dict[str, Any]:
     async with database(backend) as url:
-        loaded = await load_sessions(url)
+        loaded = await load_sessions(url, sparser)
         user_id, session_id = loaded.user_id, loaded.session_id
         token = issue_token(SECRET, user_id, now_s=int(time.time()), ttl_s=86_400)
         headers = {"Authorization": f"Bearer {token}"}
@@ -750,10 +758,10 @@ async def run_backend(backend: str, gets: int, computes: int, runs: int) -> dict
     }
 
 
-async def insights_backend(backend: str, runs: int) -> dict[str, Any]:
+async def insights_backend(backend: str, runs: int, sparser: int = 1) -> dict[str, Any]:
     """The cost of insights on both sessions of one backend."""
     async with database(backend) as url:
-        loaded = await load_sessions(url)
+        loaded = await load_sessions(url, sparser)
         return {
             "session_4h": {
                 "samples_in_window": loaded.in_window_4h,
@@ -781,7 +789,9 @@ def _machine() -> dict[str, Any]:
     return {"cpus": os.cpu_count(), "python": platform.python_version()}
 
 
-async def main(backends: list[str], gets: int, computes: int, runs: int) -> dict[str, Any]:
+async def main(
+    backends: list[str], gets: int, computes: int, runs: int, sparser: int = 1
+) -> dict[str, Any]:
     result: dict[str, Any] = {
         "benchmark": "telemetry",
         "machine": _machine(),
@@ -793,12 +803,12 @@ async def main(backends: list[str], gets: int, computes: int, runs: int) -> dict
     }
     result["load_average"] = [round(x, 2) for x in os.getloadavg()]
     for backend in backends:
-        result[backend] = await run_backend(backend, gets, computes, runs)
+        result[backend] = await run_backend(backend, gets, computes, runs, sparser)
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     return result
 
 
-async def main_insights(backends: list[str], runs: int) -> dict[str, Any]:
+async def main_insights(backends: list[str], runs: int, sparser: int = 1) -> dict[str, Any]:
     result: dict[str, Any] = {
         "benchmark": "telemetry_insights",
         "machine": _machine(),
@@ -810,7 +820,7 @@ async def main_insights(backends: list[str], runs: int) -> dict[str, Any]:
         },
     }
     for backend in backends:
-        result[backend] = await insights_backend(backend, runs)
+        result[backend] = await insights_backend(backend, runs, sparser)
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     return result
 
@@ -836,14 +846,23 @@ if __name__ == "__main__":
     parser.add_argument("--gets", type=int, default=2000)
     parser.add_argument("--computes", type=int, default=40)
     parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help=f"toy data ({SMOKE_SPARSER}x sparser samples) for bench/smoke.py: checks that the "
+        "script runs; its figures measure nothing",
+    )
     args = parser.parse_args()
+    sparser = SMOKE_SPARSER if args.smoke else 1
     if args.mode == "serve":
         serve(args.host, args.port)
     elif args.mode == "insights":
         configure_logging("warning")
-        figures = asyncio.run(main_insights(args.backends.split(","), args.runs))
+        figures = asyncio.run(main_insights(args.backends.split(","), args.runs, sparser))
         emit("telemetry_insights", figures)
     else:
         configure_logging("warning")
-        figures = asyncio.run(main(args.backends.split(","), args.gets, args.computes, args.runs))
+        figures = asyncio.run(
+            main(args.backends.split(","), args.gets, args.computes, args.runs, sparser)
+        )
         emit("telemetry", figures)

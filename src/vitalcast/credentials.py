@@ -146,6 +146,23 @@ async def subject_of(conn: AsyncConnection, user_id: str) -> str | None:
     return await conn.scalar(sa.select(users.c.oidc_subject).where(users.c.id == user_id))
 
 
+def erased_subject_kept_ms(token_max_lifetime_s: int, leeway_s: int) -> int:
+    """How long a tombstone must be kept: a token issued before the erasure is valid at most
+    ``token_max_lifetime_s`` after its ``iat`` (``OidcVerifier`` refuses longer ones), and its
+    ``exp`` is checked with ``leeway_s`` of clock skew; after that every such token is refused
+    as expired, and the tombstone protects against nothing."""
+    return (token_max_lifetime_s + leeway_s) * 1000
+
+
+async def prune_erased_subjects(conn: AsyncConnection, *, before_ms: int) -> int:
+    """Forget the subjects erased before ``before_ms`` (see ``erased_subject_kept_ms``): the
+    number of tombstones removed."""
+    removed = await conn.execute(
+        sa.delete(erased_subjects).where(erased_subjects.c.erased_at_ms < before_ms)
+    )
+    return int(removed.rowcount or 0)
+
+
 async def record_erased_subject(conn: AsyncConnection, digest: str, *, at_ms: int) -> None:
     """Remember that the subject of ``digest`` was erased at ``at_ms``; a later erasure of the
     same subject (it signed up again) moves the moment on, never back."""

@@ -3,7 +3,9 @@
 Keys come from the issuer's discovery document (``/.well-known/openid-configuration`` →
 ``jwks_uri``). PyJWT does the JOSE work: ``PyJWKSet`` parses the JWKS (RSA, EC P-256 and
 Ed25519 keys through ``cryptography``) and ``jwt.decode`` checks the signature, ``iss``, ``aud``,
-``exp`` and ``nbf`` (``LEEWAY_S`` of clock skew). Its ``PyJWKClient`` is not used: it fetches
+``exp`` and ``nbf`` (``LEEWAY_S`` of clock skew); a token valid for longer than
+``max_lifetime_s`` is refused, which bounds how long an erased subject's tombstone must be kept
+(``credentials.erased_subject_kept_ms``). Its ``PyJWKClient`` is not used: it fetches
 with blocking ``urllib`` (a stalled issuer would stall the event loop) and re-fetches for every
 unknown ``kid``, so a flood of made-up ``kid``s would become a flood of requests to the issuer.
 Here fetches go through ``httpx.AsyncClient`` with a timeout, one at a time, and at most once per
@@ -39,6 +41,8 @@ LEEWAY_S = 60
 FETCH_TIMEOUT_S = 3.0
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 SUBJECT_MAX = 255
+#: the longest a token may be valid unless the settings say otherwise
+MAX_LIFETIME_S = 86_400
 
 
 def _invalid(message: str = "The token is not valid.") -> Unauthenticated:
@@ -71,10 +75,12 @@ class OidcVerifier:
         audience: str,
         *,
         refresh_s: float = 30.0,
+        max_lifetime_s: int = MAX_LIFETIME_S,
         client: httpx.AsyncClient | None = None,
     ) -> None:
         self.issuer = check_url(issuer)
         self.audience = audience
+        self.max_lifetime_s = max_lifetime_s
         self._refresh_s = refresh_s
         self._client = client or httpx.AsyncClient(timeout=FETCH_TIMEOUT_S, follow_redirects=False)
         self._jwks_uri: str | None = None
@@ -129,12 +135,28 @@ class OidcVerifier:
             raise _invalid("The token is not valid yet.") from None
         except jwt.InvalidTokenError:
             raise _invalid() from None
+        if self._lifetime_s(claims) > self.max_lifetime_s:
+            # An erased subject's tombstone is pruned once every token issued before the
+            # erasure has expired; that moment is only known if no token outlives this bound.
+            raise _invalid("The token is valid for longer than this deployment accepts.")
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject or len(subject) > SUBJECT_MAX:
             raise _invalid("The token has no usable subject.")
         if "\x00" in subject:
             raise _invalid("The token has no usable subject.")
         return claims
+
+    @staticmethod
+    def _lifetime_s(claims: JsonObject) -> float:
+        """How long the token is valid: from its ``iat`` to its ``exp`` or, without ``iat``,
+        from now to its ``exp`` less the leeway (the issuer's clock may run that far ahead)."""
+        exp = claims["exp"]
+        if not isinstance(exp, (int, float)):
+            raise _invalid()
+        iat = claims.get("iat")
+        if isinstance(iat, (int, float)) and not isinstance(iat, bool):
+            return exp - iat
+        return exp - (time.time() + LEEWAY_S)
 
     def _key(self, kid: str | None) -> jwt.PyJWK | None:
         key = self._keys.get(kid)

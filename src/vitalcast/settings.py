@@ -131,6 +131,14 @@ class Settings(BaseSettings):
     oidc_audience: str | None = Field(
         None, description="The `aud` an issuer's token must carry (required with the issuer)."
     )
+    oidc_token_max_lifetime_s: int = Field(
+        86_400,
+        ge=60,
+        le=30 * 86_400,
+        description="The longest an issuer's token may be valid (`exp` after `iat`; without "
+        "`iat`, after now): a longer one is refused. An erased subject's tombstone is kept this "
+        "long (plus 60 s of leeway), until every token issued before the erasure has expired.",
+    )
     oidc_jwks_refresh_s: float = Field(
         30.0,
         ge=0.1,

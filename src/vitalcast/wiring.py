@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from vitalcast.alerts.service import AlertService
 from vitalcast.clock import Clock, SystemClock
-from vitalcast.credentials import SubjectTombstones
+from vitalcast.credentials import SubjectTombstones, erased_subject_kept_ms
 from vitalcast.db.engine import Database, create_engine
 from vitalcast.ingest.service import IngestService
 from vitalcast.lifecycle.erasure import ErasureService, InProcessErasures, Revoke, redis_scope
@@ -499,6 +499,8 @@ def _erasure(
     settings: Settings, db: Database, clock: Clock, authenticator: Authenticator | None
 ) -> ErasureService:
     """The erasure service of a process; one that is no server revokes through Redis."""
+    from vitalcast.oidc import LEEWAY_S
+
     revoke: Revoke = (
         authenticator.revoke_user if authenticator is not None else _publisher(settings, clock)
     )
@@ -516,6 +518,7 @@ def _erasure(
             if settings.oidc_issuer
             else None
         ),
+        tombstone_kept_ms=erased_subject_kept_ms(settings.oidc_token_max_lifetime_s, LEEWAY_S),
         batch_rows=settings.erasure_batch_rows,
     )
 
@@ -531,7 +534,10 @@ def _authenticator(settings: Settings, db: Database, clock: Clock, secret: str) 
         if not settings.oidc_audience:
             raise ValueError("VITALCAST_OIDC_AUDIENCE is required with VITALCAST_OIDC_ISSUER")
         oidc = OidcVerifier(
-            settings.oidc_issuer, settings.oidc_audience, refresh_s=settings.oidc_jwks_refresh_s
+            settings.oidc_issuer,
+            settings.oidc_audience,
+            refresh_s=settings.oidc_jwks_refresh_s,
+            max_lifetime_s=settings.oidc_token_max_lifetime_s,
         )
     return Authenticator(
         secret,

@@ -129,6 +129,13 @@ async def test_misfit_and_forged_tokens_are_refused(
         "unknown kid": (issuer.token(kid, headers={"kid": "made-up"}), "TOKEN_INVALID"),
         "no sub": (issuer.token(kid, sub=None), "TOKEN_INVALID"),
         "no exp": (issuer.token(kid, exp=None), "TOKEN_INVALID"),
+        # longer than VITALCAST_OIDC_TOKEN_MAX_LIFETIME_S (a day): an erased subject's tombstone
+        # would have to be kept longer than it is
+        "valid a day and a second": (issuer.token(kid, exp=now + 86_401), "TOKEN_INVALID"),
+        "no iat, valid two days": (
+            issuer.token(kid, iat=None, exp=now + 2 * 86_400),
+            "TOKEN_INVALID",
+        ),
     }
     answers = {name: await _get(oidc_client, token) for name, (token, _code_) in cases.items()}
     assert {n: (a.status_code, _code(a)) for n, a in answers.items()} == {
@@ -137,6 +144,8 @@ async def test_misfit_and_forged_tokens_are_refused(
     within_leeway = {
         "expired 30 s ago": issuer.token(kid, exp=now - 30),
         "valid in 30 s": issuer.token(kid, nbf=now + 30),
+        "valid a day": issuer.token(kid, exp=now + 86_400),
+        "no iat, valid an hour": issuer.token(kid, iat=None),
     }
     for name, token in within_leeway.items():
         assert (await _get(oidc_client, token)).status_code == 200, name

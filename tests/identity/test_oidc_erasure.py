@@ -18,10 +18,13 @@ from tests.identity.issuer import AUDIENCE, LocalIssuer, serve_issuer
 from tests.lifecycle.traces import all_rows, rows_holding, rows_without
 from tests.realtime.conftest import LiveServer, serve_in_thread
 from vitalcast import credentials
-from vitalcast.credentials import SubjectTombstones
+from vitalcast.clock import ManualClock
+from vitalcast.credentials import SubjectTombstones, erased_subject_kept_ms
 from vitalcast.db.engine import Database
 from vitalcast.db.tables import erased_subjects
 from vitalcast.db.tables import users as users_table
+from vitalcast.lifecycle.erasure import ErasureService
+from vitalcast.oidc import LEEWAY_S
 from vitalcast.settings import Settings
 from vitalcast.testing import hr_sample as hr
 from vitalcast.wiring import build_erasure
@@ -162,3 +165,71 @@ async def test_an_erasure_from_the_cli_buries_the_subject_and_a_second_one_moves
             await credentials.record_erased_subject(conn, digest, at_ms=at_ms)
     async with db.read() as conn:
         assert (await conn.execute(sa.select(erased_subjects))).all() == [(digest, later)]
+
+    # a subject erased longer ago than a token may live (the settings' default lifetime) is
+    # forgotten by the CLI's next run; the recent tombstone stays
+    old = SubjectTombstones(oidc.resolved_secret(), issuer).digest("ida")
+    async with db.write() as conn:
+        await credentials.record_erased_subject(conn, old, at_ms=1_000_000)
+    cli_db, erasure = build_erasure(oidc)
+    try:
+        assert await erasure.run_pending() == 0
+    finally:
+        await cli_db.dispose()
+    async with db.read() as conn:
+        assert (await conn.execute(sa.select(erased_subjects))).all() == [(digest, later)]
+
+
+async def _no_revoke(_user_id: str) -> None:
+    return None
+
+
+async def _tombstoned(db: Database) -> set[str]:
+    async with db.read() as conn:
+        return set(await conn.scalars(sa.select(erased_subjects.c.subject_digest)))
+
+
+async def test_a_tombstone_is_pruned_once_no_token_issued_before_the_erasure_is_valid(
+    settings: Settings, db: Database
+) -> None:
+    """A tombstone refuses tokens issued before the erasure; none is valid longer than the
+    issuer's token lifetime plus the leeway on ``exp`` after it (``OidcVerifier`` refuses longer
+    ones), so the next ``run_pending`` after that forgets the subject, and not a millisecond
+    before. A service that does not know the lifetime never prunes."""
+    tombstones = SubjectTombstones(settings.resolved_secret(), "https://id.example.com/care")
+    kept_ms = erased_subject_kept_ms(3600, LEEWAY_S)
+    assert kept_ms == (3600 + 60) * 1000
+    clock = ManualClock(1_700_000_000_000)
+    erasure = ErasureService(
+        db,
+        clock,
+        revoke=_no_revoke,
+        redis=None,
+        tombstones=tombstones,
+        tombstone_kept_ms=kept_ms,
+    )
+    unaware = ErasureService(db, clock, revoke=_no_revoke, redis=None, tombstones=tombstones)
+    erased_at = {}
+    for subject in ("ada", "bob"):
+        async with db.write() as conn:
+            user_id = await credentials.create_oidc_user(conn, subject, now_ms=clock.now_ms())
+        assert user_id is not None
+        erased_at[subject] = clock.now_ms()
+        await erasure.request(user_id)
+        assert await erasure.run_pending() == 1
+        clock.advance(10 * MINUTE)
+    ada, bob = tombstones.digest("ada"), tombstones.digest("bob")
+    assert await _tombstoned(db) == {ada, bob}
+
+    clock.advance(erased_at["ada"] + kept_ms - clock.now_ms())
+    assert await erasure.run_pending() == 0
+    assert await _tombstoned(db) == {ada, bob}, "a token of ada's may still be valid"
+    clock.advance(1)
+    assert await erasure.prune_tombstones() == 1
+    assert await _tombstoned(db) == {bob}
+
+    clock.advance(erased_at["bob"] + kept_ms + 1 - clock.now_ms())
+    assert await unaware.run_pending() == 0
+    assert await _tombstoned(db) == {bob}
+    assert await erasure.run_pending() == 0
+    assert await _tombstoned(db) == set()

@@ -88,6 +88,41 @@ async def test_deletion_bumps_the_session_around_the_old_time(client, users):
     assert revived["updated"] == 1 and revived["change_seq"] == gone["change_seq"] + 1
 
 
+async def test_a_mixed_batch_counts_each_outcome_and_moves_the_sessions_at_every_changed_time(
+    client, users
+):
+    """One batch with a new sample, a changed one, an unchanged one and a deletion counts each
+    once, moves change_seq once, and moves exactly the sessions whose windows hold the new
+    sample's time, the changed sample's old and new times or the deleted one's time (on
+    PostgreSQL the new samples go in first and the rest is looked up after)."""
+    headers = await users.headers()
+    t0 = now_ms() - 5 * 24 * 60 * MINUTE_MS
+    day = 24 * 60 * MINUTE_MS
+    sessions = [
+        await _session(client, headers, t0 + i * day, t0 + i * day + 60 * MINUTE_MS)
+        for i in range(5)
+    ]
+    at = [t0 + i * day + 5 * MINUTE_MS for i in range(5)]
+    await _post(client, headers, [hr("kept", at[0]), hr("moved", at[1]), hr("gone", at[2])])
+    before = [await _watermark(client, headers, s) for s in sessions]
+    mixed = await _post(
+        client,
+        headers,
+        [hr("kept", at[0]), hr("moved", at[3]), hr("new", at[4])],
+        deleted=[{"source": "healthkit", "record_id": "gone"}],
+    )
+    assert (mixed["inserted"], mixed["updated"], mixed["unchanged"], mixed["deleted"]) == (
+        1,
+        1,
+        1,
+        1,
+    )
+    assert mixed["change_seq"] == max(before) + 1
+    after = [await _watermark(client, headers, s) for s in sessions]
+    assert after[0] == before[0]
+    assert after[1:] == [mixed["change_seq"]] * 4
+
+
 async def test_widest_window_edge_170_vs_190_minutes(client, users):
     """A sample 170 min before a session's start bumps it; one 190 min before does not."""
     headers = await users.headers()

@@ -22,7 +22,7 @@ from vitalcast.clock import ManualClock, now_ms
 from vitalcast.settings import Settings
 from vitalcast.telemetry.compute.payload import PackedPayload
 from vitalcast.telemetry.keys import Resolution, TelemetryKey
-from vitalcast.telemetry.read.delta_cache import DeltaCache
+from vitalcast.telemetry.read.delta_cache import MAX_KEPT_DELTAS, DeltaCache
 from vitalcast.telemetry.read.kept import KeptPayloads, PayloadId
 from vitalcast.telemetry.read.reader import CacheReader
 from vitalcast.telemetry.store.rows import HotRow
@@ -59,10 +59,13 @@ class CountingReader:
 
     inner: CacheReader
     reads: list[tuple[bool, bool]] = field(default_factory=list)
+    #: per read, whether the payload's save history came back
+    histories: list[bool] = field(default_factory=list)
 
     async def read(self, **kwargs: Any) -> HotRow | None:
         row = await self.inner.read(**kwargs)
         self.reads.append((kwargs.get("kept") is not None, row is not None and bool(row.payload)))
+        self.histories.append(row is not None and row.history is not None)
         return row
 
     async def close(self) -> None:
@@ -171,6 +174,36 @@ async def test_a_delta_its_clients_ask_is_built_at_the_save(counted, users, appl
     assert apply_delta(held, body["delta"]) == full
 
 
+async def test_a_delta_no_kept_delta_answers_is_built_from_one_read(counted, users, apply_delta):
+    """A delta no built delta leads to (nobody asked this selection, as on a server whose
+    worker saved the view) is built from one hot read that brings the history with the
+    payload, or the history alone when this process keeps that payload; the next client of
+    the same delta finds it built (one read, no blob)."""
+    tc, reader = counted
+    headers = await users.headers()
+    session_id = await _ended_session(tc, headers)
+    start = tc.clock.now_ms() - 4 * HOUR  # the session's, as _ended_session made it
+    for metric, kept in (("heart_rate", False), ("all", True)):
+        held = (await tc.get(headers, session_id, metrics=metric)).json()["telemetry"]
+        await tc.post_samples(headers, [hr(f"late-{metric}", start + 100 * MINUTE, 99.0)])
+        await tc.settle()
+        if kept:  # a full GET after the save: this process keeps the new payload
+            await tc.get(headers, session_id, metrics=metric)
+        reader.reads.clear()
+        reader.histories.clear()
+        since = held["source_watermark"]
+        first, second = [
+            await tc.get(headers, session_id, metrics=metric, since_watermark=since)
+            for _ in range(2)
+        ]
+        assert reader.reads == [(True, not kept), (False, False)], metric
+        assert reader.histories == [True, False], metric
+        assert first.content == second.content and "delta" in first.json()
+        full = (await tc.get(headers, session_id, metrics=metric)).json()["telemetry"]
+        assert full["source_watermark"] > since
+        assert apply_delta(held, first.json()["delta"]) == full
+
+
 def _packed(size: int) -> PackedPayload:
     return PackedPayload(b"h" * size, {"heart_rate": b"f" * size})
 
@@ -208,7 +241,11 @@ def test_kept_payloads_and_deltas_forget_a_user_or_a_session_and_nothing_else():
         kept.put((session_id, 60, None), _row(1), _packed(100), user_id=user_id)
         key = TelemetryKey(session_id, 60, Resolution.ONE_MINUTE, user_id=user_id)
         built.put(key, _row(2), 1, ("heart_rate",), b"delta")
+    assert built.may_have("b", 60, 1, ("heart_rate",))
     assert (kept.forget(session_id="b"), built.forget(session_id="b")) == (1, 1)
+    assert not built.may_have("b", 60, 1, ("heart_rate",))
+    assert built.may_have("a", 60, 1, ("heart_rate",))
+    assert not built.may_have("a", 60, 2, ("heart_rate",))
     assert (kept.entries_of(user_id="u"), built.entries_of(user_id="u")) == (1, 1)
     assert (kept.forget(user_id="u"), built.forget(user_id="u")) == (1, 1)
     assert kept.held(("a", 60, None)) is None and kept.held(("c", 60, None)) is not None
@@ -217,6 +254,21 @@ def test_kept_payloads_and_deltas_forget_a_user_or_a_session_and_nothing_else():
     for session_id in "defg":
         kept.put((session_id, 60, None), _row(1), _packed(100), user_id="w")
     assert kept.held(("c", 60, None)) is not None
+
+
+def test_where_kept_deltas_start_follows_what_is_kept():
+    """``may_have`` answers for the deltas kept, not for those evicted past the bound: a delta
+    built again for the same save counts once."""
+    built = DeltaCache()
+    key = TelemetryKey("a", 60, Resolution.ONE_MINUTE, user_id="u")
+    built.put(key, _row(2), 1, ("heart_rate",), b"delta")
+    built.put(key, _row(2), 1, ("heart_rate",), b"delta")
+    for since in range(2, MAX_KEPT_DELTAS + 1):
+        built.put(key, _row(since + 1), since, ("heart_rate",), b"delta")
+    assert built.may_have("a", 60, 1, ("heart_rate",))
+    built.put(key, _row(MAX_KEPT_DELTAS + 2), MAX_KEPT_DELTAS + 1, ("heart_rate",), b"delta")
+    assert not built.may_have("a", 60, 1, ("heart_rate",))
+    assert built.may_have("a", 60, 2, ("heart_rate",))
 
 
 async def test_bad_parameters_are_fastapis_422_with_their_locations(tc, users):

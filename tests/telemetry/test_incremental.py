@@ -555,6 +555,44 @@ async def test_a_stale_answer_is_a_delta_too(tc, users, apply_delta):
     assert (await tc.get(headers, session_id, **params)).json()["state"] == "ready"
 
 
+async def test_a_kept_deltas_ready_answer_is_never_served_once_its_view_is_stale(
+    tc, users, apply_delta
+):
+    """Every client of an update gets the kept delta's ready answer as it was made (same bytes,
+    same ETag, a 304 for If-None-Match): and once the view it was read for is no longer current
+    (here the live edge moved on, with the same row and the same kept delta), the same delta
+    is answered stale with its Retry-After, and the recompute it calls for runs."""
+    _user_id, session_id, headers, start = await _live_session(tc, users)
+    await tc.settle()
+    params = {"window_minutes": 60, "resolution": "1m", "metrics": "all"}
+    base = (await tc.get(headers, session_id, **params)).json()["telemetry"]
+    since = base["source_watermark"]
+    await tc.post_samples(headers, [hr("s", start + 7 * MINUTE + 10_000, 99.0)])
+    await tc.settle()
+    saved = (await tc.get(headers, session_id, **params)).json()["telemetry"]
+    ready = [await tc.get(headers, session_id, since_watermark=since, **params) for _ in range(3)]
+    assert {r.json()["state"] for r in ready} == {"ready"}
+    assert len({r.content for r in ready}) == 1 and len({r.headers["etag"] for r in ready}) == 1
+    assert apply_delta(base, ready[0].json()["delta"]) == saved
+    etag = {"If-None-Match": ready[0].headers["etag"]}
+    revalidated = await tc.get(headers | etag, session_id, since_watermark=since, **params)
+    assert revalidated.status_code == 304 and revalidated.headers["etag"] == etag["If-None-Match"]
+    tc.clock.advance(2 * MINUTE)
+
+    for extra in ({}, etag):
+        stale = await tc.get(headers | extra, session_id, since_watermark=since, **params)
+        body = stale.json()
+        assert stale.status_code == 200 and body["state"] == "stale", body
+        assert stale.headers["Retry-After"] == str(body["retry_after_seconds"])
+        assert "etag" not in stale.headers
+        assert apply_delta(base, body["delta"]) == saved
+    await tc.settle()
+    again = (await tc.get(headers, session_id, **params)).json()
+    assert (
+        again["state"] == "ready" and again["telemetry"]["computed_at_ms"] > saved["computed_at_ms"]
+    )
+
+
 async def test_clients_at_one_watermark_share_a_delta_and_the_next_save_gets_its_own(
     tc, users, apply_delta
 ):

@@ -21,6 +21,8 @@ T = TypeVar("T")
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 WRITE_OPTION = "vitalcast_write"
+#: marks a connection whose prepared statements begin no transaction (``Database.unit``'s alone)
+ALONE_OPTION = "vitalcast_alone"
 _ASYNC_COMMIT = Prepared(sa.text("SET LOCAL synchronous_commit TO OFF"))
 
 
@@ -127,6 +129,12 @@ class Database:
     def sqlite(self) -> bool:
         return is_sqlite(self.engine)
 
+    @property
+    def alone_units(self) -> bool:
+        """Whether ``unit(..., alone=True)`` runs its statements without a transaction (each
+        commits by itself: PostgreSQL on asyncpg); elsewhere it is one transaction."""
+        return not self._sqlite_file and self.engine.dialect.driver == "asyncpg"
+
     def read(self) -> AbstractAsyncContextManager[AsyncConnection]:
         """``async with db.read() as conn``: a read-only transaction."""
         return self.engine.begin()
@@ -145,11 +153,18 @@ class Database:
                 await _ASYNC_COMMIT.run(conn, {})
             yield conn
 
-    async def unit(self, unit: Unit[T], *, write: bool = False, derived: bool = False) -> T:
+    async def unit(
+        self, unit: Unit[T], *, write: bool = False, derived: bool = False, alone: bool = False
+    ) -> T:
         """``await unit(conn)`` in one transaction (``read()``, ``write()`` or, with
         ``derived``, ``derived_write()``), committed when it returns. On a SQLite file the whole
         unit runs on a database thread in one hop (``units``); elsewhere on this loop. A unit
-        only talks to its connection: it must not wait for anything of the caller's loop."""
+        only talks to its connection: it must not wait for anything of the caller's loop.
+
+        ``alone`` (with ``derived``): the unit's prepared statements each stand alone (one
+        statement, or statements none of which needs another to have happened), so on
+        PostgreSQL each commits by itself and the unit costs no BEGIN and COMMIT round trips
+        (a compute's save is one statement). Elsewhere it is a transaction as any other."""
         if self._sqlite_file:
             if self._units is None:
                 self._units = SqliteUnits(
@@ -161,7 +176,10 @@ class Database:
                 )
             return await self._units.run(unit, write=write or derived)
         if self.engine.dialect.driver == "asyncpg":
-            return await self._kept.run(unit, _DERIVED if derived else _WRITE if write else _READ)
+            kind = (
+                (_DERIVED_ALONE if alone else _DERIVED) if derived else _WRITE if write else _READ
+            )
+            return await self._kept.run(unit, kind)
         if derived:
             async with self.derived_write() as conn:
                 return await unit(conn)
@@ -178,6 +196,9 @@ class Database:
 
 #: the kinds of unit a kept PostgreSQL connection serves (its execution options differ)
 _READ, _WRITE, _DERIVED = "read", "write", "derived"
+#: derived statements that each stand alone: no transaction around them (``Database.unit``)
+_DERIVED_ALONE = "derived-alone"
+_SESSION_ASYNC_COMMIT = frozenset({_DERIVED, _DERIVED_ALONE})
 #: idle connections kept per kind of unit
 KEPT_PER_KIND = 2
 
@@ -204,7 +225,12 @@ class KeptConnections:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
-        self._idle: dict[str, list[AsyncConnection]] = {_READ: [], _WRITE: [], _DERIVED: []}
+        self._idle: dict[str, list[AsyncConnection]] = {
+            _READ: [],
+            _WRITE: [],
+            _DERIVED: [],
+            _DERIVED_ALONE: [],
+        }
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def run(self, unit: Unit[T], kind: str) -> T:
@@ -216,8 +242,14 @@ class KeptConnections:
         idle = self._idle[kind]
         conn = idle.pop() if idle else await self._open(kind)
         try:
-            async with conn.begin():
+            if kind == _DERIVED_ALONE:
                 result = await unit(conn)
+                # a statement through SQLAlchemy itself began its transaction as usual
+                if conn.in_transaction():
+                    await conn.commit()
+            else:
+                async with conn.begin():
+                    result = await unit(conn)
         except BaseException:
             await self._let_go(conn, kind)
             await self.close()
@@ -233,7 +265,9 @@ class KeptConnections:
         try:
             if kind != _READ:
                 await conn.execution_options(**{WRITE_OPTION: True})
-            if kind == _DERIVED:
+            if kind == _DERIVED_ALONE:
+                await conn.execution_options(**{ALONE_OPTION: True})
+            if kind in _SESSION_ASYNC_COMMIT:
                 await conn.exec_driver_sql("SET synchronous_commit TO OFF")
                 await conn.commit()
         except BaseException:
@@ -244,7 +278,7 @@ class KeptConnections:
     @staticmethod
     async def _let_go(conn: AsyncConnection, kind: str) -> None:
         with contextlib.suppress(Exception):
-            if kind == _DERIVED:
+            if kind in _SESSION_ASYNC_COMMIT:
                 await conn.invalidate()
             else:
                 await conn.close()

@@ -20,7 +20,9 @@ once per dialect:
   adapter's lock), so SQLAlchemy commits or rolls back what it did. A ``read_only`` statement
   that comes first in a unit that is no write (``Database.read``) begins none: under READ
   COMMITTED a transaction gives a read no more than each statement's own snapshot, and the
-  BEGIN and COMMIT were two of a compute's round trips. An error is SQLAlchemy's, as it would
+  BEGIN and COMMIT were two of a compute's round trips. In a unit of statements that each
+  stand alone (``Database.unit(..., alone=True)``) no statement begins one: each commits by
+  itself, as one statement is atomic. An error is SQLAlchemy's, as it would
   be through ``conn.execute`` (and a lost connection is invalidated the same way).
 - Anywhere else (a SQLite connection owned by aiosqlite's thread) it goes through
   ``conn.execute``, still built once.
@@ -50,6 +52,8 @@ from vitalcast.db.units import InlineConnection, running_unit
 Params = Mapping[str, Any]  # Any: whatever the columns take
 #: the execution option that marks a write transaction (``engine.WRITE_OPTION``)
 _WRITE_OPTION = "vitalcast_write"
+#: the execution option of a unit whose statements each stand alone (``engine.ALONE_OPTION``)
+_ALONE_OPTION = "vitalcast_alone"
 
 
 class PgRow(asyncpg.Record):  # type: ignore[misc]  # asyncpg ships no type hints
@@ -230,10 +234,12 @@ async def _on_asyncpg(
         dispatch.before_cursor_execute(sync, None, sql, values, None, many)
     try:
         async with adapter._execute_mutex:
-            if adapter._transaction is None and not (
-                read_only and not sync.get_execution_options().get(_WRITE_OPTION, False)
-            ):
-                await adapter._start_transaction()
+            if adapter._transaction is None:
+                options = sync.get_execution_options()
+                if not options.get(_ALONE_OPTION, False) and not (
+                    read_only and not options.get(_WRITE_OPTION, False)
+                ):
+                    await adapter._start_transaction()
             if many:
                 await driver.executemany(sql, values)
                 rows = []

@@ -10,7 +10,7 @@ every month written has its partition (``Database.partitions.ensure``).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -21,13 +21,15 @@ from vitalcast.db.tables import (
     health_samples,
     ingest_requests,
     sample_identities,
+    sessions,
     telemetry_cache,
     users,
 )
 from vitalcast.samples import Sample, WriteCounts
+from vitalcast.sessions import changelog
 from vitalcast.sessions import repository as session_repository
 from vitalcast.sessions.changes import CachedView
-from vitalcast.sessions.models import Session
+from vitalcast.sessions.models import WIDEST_PAD_MS, Session
 
 # Keeps SQLite's IN lists well under its bound-parameter limit.
 _LOOKUP_CHUNK = 1_000
@@ -85,6 +87,10 @@ class WriteResult(WriteCounts):
 
     deleted: int = 0
     changed_times_ms: list[int] = field(default_factory=list)
+    #: read with the insert when every change was one (PostgreSQL, ``write_samples``): the
+    #: sessions whose widest window may hold a changed time, the counter already moved; None:
+    #: ``record_change`` reads them and moves it
+    candidates: list[Any] | None = None  # Any: rows carrying the session columns by name
 
     @property
     def changed(self) -> bool:
@@ -213,6 +219,96 @@ def _same(row: Any, sample: Sample) -> bool:  # Any: as above
     return not row.deleted and all(getattr(row, c) == getattr(sample, c) for c in _COLUMNS)
 
 
+#: a PostgreSQL batch up to this many samples inserts its new ones in one statement
+#: (``_insert_new_pg``); a larger one (an import) is looked up first and copied in
+ONE_STATEMENT_MAX = 500
+
+# A live sync's samples are all new: with the user's lock held, each one's identity is inserted
+# unless it exists (the primary key decides, whatever the month), and the sample row of every
+# identity inserted goes in with it, in one statement and one round trip. The lookup and two
+# COPYs it replaces were five round trips (a COPY takes two) per ingest. Samples whose identity
+# existed are answered by nothing here: the caller looks them up and compares them as before.
+_PG_INSERT_NEW = Prepared(
+    sa.text(
+        """
+        WITH v AS (
+            SELECT * FROM unnest(
+                CAST(:sources AS text[]), CAST(:record_ids AS text[]), CAST(:metrics AS text[]),
+                CAST(:vals AS float8[]), CAST(:units AS text[]), CAST(:starts AS bigint[]),
+                CAST(:ends AS bigint[]), CAST(:devices AS text[])
+            ) AS v(source, record_id, metric, value, unit, start_ms, end_ms, device)
+        ), ids AS (
+            INSERT INTO sample_identities (user_id, source, record_id, start_ms)
+            SELECT CAST(:user_id AS text), source, record_id, start_ms FROM v
+            ON CONFLICT DO NOTHING
+            RETURNING source, record_id
+        ), ins AS (
+            INSERT INTO health_samples
+                (user_id, source, record_id, metric, value, unit, start_ms, end_ms, device,
+                 deleted, change_seq)
+            SELECT CAST(:user_id AS text), v.source, v.record_id, v.metric, v.value, v.unit,
+                   v.start_ms, v.end_ms, v.device, false, CAST(:change_seq AS bigint)
+            FROM v JOIN ids ON ids.source = v.source AND ids.record_id = v.record_id
+            RETURNING source, record_id
+        ), seq AS (
+            UPDATE users SET change_seq = CAST(:change_seq AS bigint)
+            WHERE id = CAST(:user_id AS text) AND EXISTS (SELECT 1 FROM ins)
+        ), got AS (
+            SELECT array_agg(source) AS inserted_sources,
+                   array_agg(record_id) AS inserted_record_ids
+            FROM ins
+        )
+        SELECT got.inserted_sources, got.inserted_record_ids, SESSION_COLUMNS
+        FROM got LEFT JOIN sessions AS s
+            ON s.user_id = CAST(:user_id AS text) AND s.archived_at_ms IS NULL
+            AND s.start_ms - CAST(:pad AS bigint) <= CAST(:hi AS bigint)
+            AND coalesce(s.end_ms, CAST(:now_ms AS bigint)) + CAST(:pad AS bigint)
+                > CAST(:lo AS bigint)
+        """.replace("SESSION_COLUMNS", ", ".join(f"s.{column.name}" for column in sessions.c))
+    ),
+    read_only=False,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _InsertedNew:
+    """What ``_PG_INSERT_NEW`` did: the identities inserted, and the user's sessions whose
+    widest window may hold a time of the batch (rows of the session columns)."""
+
+    identities: set[tuple[str, str]]
+    candidates: list[Any]  # Any: rows carrying the session columns by name
+
+
+async def _insert_new_pg(
+    conn: AsyncConnection, user_id: str, samples: Sequence[Sample], change_seq: int, now_ms: int
+) -> _InsertedNew:
+    """Insert the samples whose identity is new, move the user's counter to ``change_seq`` if
+    any was, and read the sessions a change at the batch's times may touch, in one statement
+    (``_PG_INSERT_NEW``)."""
+    times = sorted({s.start_ms for s in samples})
+    rows = await _PG_INSERT_NEW.rows(
+        conn,
+        session_repository.widest_window_params(user_id, times, now_ms)
+        | {
+            "pad": WIDEST_PAD_MS,
+            "change_seq": change_seq,
+            "sources": [s.source for s in samples],
+            "record_ids": [s.record_id for s in samples],
+            "metrics": [s.metric for s in samples],
+            "vals": [s.value for s in samples],
+            "units": [s.unit for s in samples],
+            "starts": [s.start_ms for s in samples],
+            "ends": [s.end_ms for s in samples],
+            "devices": [s.device for s in samples],
+        },
+    )
+    first = rows[0]
+    identities = set(
+        zip(first.inserted_sources or (), first.inserted_record_ids or (), strict=True)
+    )
+    return _InsertedNew(identities, [row for row in rows if row.id is not None])
+
+
 # ``start_ms`` beside the id: on PostgreSQL it names the one partition the row is in. Built
 # once: an ingest of new samples only (a live sync) uses it not at all.
 _THIS_ROW = sa.and_(
@@ -228,13 +324,33 @@ async def write_samples(
     deletions: Sequence[tuple[str, str]],
     *,
     change_seq: int,
+    now_ms: int | None = None,
 ) -> WriteResult:
     """Insert new samples, update changed ones, soft-delete ``deletions``; count each outcome.
 
     ``change_seq`` is the value the user's counter will take if anything changes; rows written
-    carry it so a later reader can tell which ingest wrote them.
+    carry it so a later reader can tell which ingest wrote them. With ``now_ms`` a PostgreSQL
+    batch of new samples also moves the counter and reads the sessions the change may touch
+    (``WriteResult.candidates``, for ``record_change``) in the statement that inserts them.
     """
     result = WriteResult()
+    if (
+        samples
+        and now_ms is not None
+        and conn.dialect.name == "postgresql"
+        and len(samples) <= ONE_STATEMENT_MAX
+    ):
+        new = await _insert_new_pg(conn, user_id, samples, change_seq, now_ms)
+        inserted = new.identities
+        result.inserted = len(inserted)
+        result.changed_times_ms = [
+            s.start_ms for s in samples if (s.source, s.record_id) in inserted
+        ]
+        samples = [s for s in samples if (s.source, s.record_id) not in inserted]
+        if not samples and not deletions:
+            # every change was an insert at the batch's times, the times the sessions were read for
+            result.candidates = new.candidates
+            return result
     existing = await _existing(
         conn, user_id, [(s.source, s.record_id) for s in samples] + list(deletions)
     )
@@ -284,7 +400,7 @@ async def write_samples(
         if row is not None and not row.deleted:
             deleted.append({"row_id": row.id, "old_start_ms": row.start_ms})
             result.changed_times_ms.append(row.start_ms)
-    result.inserted = len(new_rows)
+    result.inserted += len(new_rows)
     result.updated = len(updates)
     result.deleted = len(deleted)
     if new_rows:
@@ -388,7 +504,13 @@ async def mark_caches_stale(conn: AsyncConnection, session_ids: Sequence[str], n
 
 
 async def record_change(
-    conn: AsyncConnection, user_id: str, seq: int, changed_times_ms: Sequence[int], *, now_ms: int
+    conn: AsyncConnection,
+    user_id: str,
+    seq: int,
+    changed_times_ms: Sequence[int],
+    *,
+    now_ms: int,
+    candidates: list[Any] | None = None,  # Any: rows carrying the session columns by name
 ) -> tuple[list[Session], list[CachedView]]:
     """Stamp change ``seq`` (the user's counter, locked by the caller) into every session whose
     widest window holds one of ``changed_times_ms``; the sessions it moved and their cached
@@ -397,6 +519,10 @@ async def record_change(
     Every writer of samples (ingest, range deletion) goes through here, so a change moves the
     counter, the watermarks and the staleness clock of the cached views together.
     """
+    if conn.dialect.name == "postgresql":
+        return await _record_change_pg(
+            conn, user_id, seq, changed_times_ms, now_ms=now_ms, candidates=candidates
+        )
     await set_change_seq(conn, user_id, seq)
     touched = await session_repository.bump_watermarks(
         conn, user_id, change_seq=seq, changed_times_ms=changed_times_ms, now_ms=now_ms
@@ -407,3 +533,84 @@ async def record_change(
     await mark_caches_stale(conn, ids, now_ms)
     views = [CachedView(*row) for row in await _CACHED_VIEWS.rows(conn, {"session_ids": ids})]
     return touched, views
+
+
+# On PostgreSQL a change is two statements: the user's counter moves as the candidate sessions
+# are read (the user's lock, taken earlier in the transaction, keeps their watermarks as read),
+# then the watermarks, the change log, the staleness clock and the read of the cached views go
+# in one statement of data-modifying CTEs (each sees the snapshot before the others, and none
+# reads what another writes). These were six round trips.
+_PG_SEQ_AND_CANDIDATES = Prepared(
+    session_repository.WIDEST_WINDOW_HOLDS.add_cte(
+        sa.update(users)
+        .where(users.c.id == sa.bindparam("user_id"))
+        .values(change_seq=sa.bindparam("change_seq"))
+        .cte("seq")
+    ),
+    read_only=False,
+)
+_PG_MOVE = Prepared(
+    sa.text(
+        """
+        WITH moved AS (
+            UPDATE sessions SET source_watermark = CAST(:change_seq AS bigint)
+            WHERE id = ANY(CAST(:ids AS text[]))
+        ), logged AS (
+            INSERT INTO session_changes (session_id, change_seq, prev_seq, ranges)
+            SELECT id, CAST(:change_seq AS bigint), prev, ranges
+            FROM unnest(CAST(:ids AS text[]), CAST(:prevs AS bigint[]), CAST(:ranges AS bytea[]))
+                AS e(id, prev, ranges)
+        ), stale AS (
+            UPDATE telemetry_cache SET stale_since_ms = CAST(:now_ms AS bigint)
+            WHERE session_id = ANY(CAST(:ids AS text[])) AND stale_since_ms IS NULL
+        )
+        SELECT session_id, window_minutes, resolution, compute_version FROM telemetry_cache
+        WHERE session_id = ANY(CAST(:ids AS text[]))
+        """
+    ).columns(
+        telemetry_cache.c.session_id,
+        telemetry_cache.c.window_minutes,
+        telemetry_cache.c.resolution,
+        telemetry_cache.c.compute_version,
+    ),
+    read_only=False,
+)
+
+
+async def _record_change_pg(
+    conn: AsyncConnection,
+    user_id: str,
+    seq: int,
+    changed_times_ms: Sequence[int],
+    *,
+    now_ms: int,
+    candidates: list[Any] | None,  # Any: as in record_change
+) -> tuple[list[Session], list[CachedView]]:
+    """``record_change`` in two round trips (see ``_PG_SEQ_AND_CANDIDATES``), one when the
+    insert read the ``candidates`` and moved the counter."""
+    times = sorted(set(changed_times_ms))
+    if not times:
+        await set_change_seq(conn, user_id, seq)
+        return [], []
+    if candidates is None:
+        candidates = await _PG_SEQ_AND_CANDIDATES.rows(
+            conn,
+            session_repository.widest_window_params(user_id, times, now_ms) | {"change_seq": seq},
+        )
+    touched, entries = session_repository.touched_by(
+        candidates, times, change_seq=seq, now_ms=now_ms
+    )
+    if not touched:
+        return [], []
+    rows = await _PG_MOVE.rows(
+        conn,
+        {
+            "change_seq": seq,
+            "now_ms": now_ms,
+            "ids": [entry.session_id for entry in entries],
+            "prevs": [entry.prev_seq for entry in entries],
+            "ranges": [changelog.packed_ranges(entry) for entry in entries],
+        },
+    )
+    views = [CachedView(*row) for row in rows]
+    return [replace(s, source_watermark=seq) for s in touched], views

@@ -128,14 +128,19 @@ class IngestService:
                     )
                 return IngestOutcome(status, response, [], [])
         written = await repository.write_samples(
-            conn, user_id, batch.samples, batch.deletions, change_seq=seq + 1
+            conn, user_id, batch.samples, batch.deletions, change_seq=seq + 1, now_ms=now_ms
         )
         touched: list[Session] = []
         views: list[CachedView] = []
         if written.changed:
             seq += 1
             touched, views = await repository.record_change(
-                conn, user_id, seq, written.changed_times_ms, now_ms=now_ms
+                conn,
+                user_id,
+                seq,
+                written.changed_times_ms,
+                now_ms=now_ms,
+                candidates=written.candidates,
             )
         status = 207 if batch.rejected else 200
         response = orjson.dumps(

@@ -5,7 +5,10 @@
    the subject's tombstone (``erased_subjects``: a keyed hash and the moment, which outlive the
    purge, so the issuer's tokens issued before stay refused instead of opening a new account);
    then ``revoke_user`` drops the user from every server's token cache and closes its sockets,
-   all before the answer (202).
+   all before the answer (202). A tombstone is kept while a token issued before the erasure
+   can still be valid (``tombstone_kept_ms``: the issuer's tokens live at most
+   ``VITALCAST_OIDC_TOKEN_MAX_LIFETIME_S``, plus the leeway on ``exp``) and pruned by the next
+   ``run_pending`` after that: at every server start and after every erasure request.
 2. The purge (``run_pending``): the rows of every table holding the user, in batches
    (``lifecycle.purge``), then the user row and the intent together, then the user's Redis keys
    and values (``lifecycle.redis_sweep``). It runs in the server's process when embedded and as
@@ -77,10 +80,13 @@ class ErasureService:
         revoke: Revoke,
         redis: RedisScope | None,
         tombstones: credentials.SubjectTombstones | None = None,
+        tombstone_kept_ms: int | None = None,
         batch_rows: int = purge.BATCH_ROWS,
     ) -> None:
         self._db = db
         self._tombstones = tombstones
+        #: None: the tokens' lifetime is not known here, and no tombstone is ever pruned
+        self._tombstone_kept_ms = tombstone_kept_ms
         self._clock = clock
         self._revoke = revoke
         self._redis = redis
@@ -145,12 +151,26 @@ class ErasureService:
             return [str(row[0]) for row in rows]
 
     async def run_pending(self) -> int:
-        """Purge every pending erasure to the end; how many finished."""
+        """Purge every pending erasure to the end, then prune the tombstones that protect
+        against nothing any more; how many erasures finished."""
         done = 0
         for user_id in await self.pending():
             await self.purge(user_id)
             done += 1
+        await self.prune_tombstones()
         return done
+
+    async def prune_tombstones(self) -> int:
+        """Forget the subjects erased so long ago that every token issued before their erasure
+        has expired (``credentials.erased_subject_kept_ms``); the number forgotten."""
+        if self._tombstone_kept_ms is None:
+            return 0
+        before_ms = self._clock.now_ms() - self._tombstone_kept_ms
+        async with self._db.write() as conn:
+            pruned = await credentials.prune_erased_subjects(conn, before_ms=before_ms)
+        if pruned:
+            log.info("erased_subjects_pruned", count=pruned)
+        return pruned
 
     async def purge(
         self, user_id: str, on_progress: Callable[[Progress], None] | None = None

@@ -75,6 +75,11 @@ def _pack(ranges: tuple[tuple[int, int], ...] | None) -> bytes | None:
     return struct.pack(f"<{len(flat)}q", *flat)
 
 
+def packed_ranges(entry: LogEntry) -> bytes | None:
+    """The entry's ranges as the ``ranges`` column stores them (NULL: the whole session)."""
+    return _pack(entry.ranges)
+
+
 def _unpack(blob: bytes | None) -> tuple[tuple[int, int], ...] | None:
     if blob is None:
         return None

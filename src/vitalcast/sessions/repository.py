@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -206,9 +207,28 @@ async def bump_watermarks(
     times: Sequence[int] = sorted(set(changed_times_ms))
     if not times:
         return []
-    candidates = await _WIDEST_WINDOW_HOLDS.rows(
-        conn, {"user_id": user_id, "lo": times[0], "hi": times[-1], "now_ms": now_ms}
-    )
+    candidates = await _WIDEST_WINDOW_HOLDS.rows(conn, widest_window_params(user_id, times, now_ms))
+    touched, entries = touched_by(candidates, times, change_seq=change_seq, now_ms=now_ms)
+    if touched:
+        await _MOVE_WATERMARKS.run(conn, {"ids": [s.id for s in touched], "change_seq": change_seq})
+        await changelog.record(conn, entries)
+    return [replace(s, source_watermark=change_seq) for s in touched]
+
+
+def widest_window_params(user_id: str, times: Sequence[int], now_ms: int) -> dict[str, object]:
+    """The parameters of ``WIDEST_WINDOW_HOLDS`` for the sorted, non-empty ``times``."""
+    return {"user_id": user_id, "lo": times[0], "hi": times[-1], "now_ms": now_ms}
+
+
+def touched_by(
+    candidates: Iterable[Any],  # Any: rows carrying the session columns by name
+    times: Sequence[int],
+    *,
+    change_seq: int,
+    now_ms: int,
+) -> tuple[list[Session], list[changelog.LogEntry]]:
+    """The candidate sessions whose widest window holds one of the sorted ``times``, and the
+    change-log entry each one gets (watermarks as read, before the move to ``change_seq``)."""
     touched: list[Session] = []
     entries: list[changelog.LogEntry] = []
     for row in candidates:
@@ -219,24 +239,20 @@ async def bump_watermarks(
             entries.append(
                 changelog.LogEntry(session.id, change_seq, session.source_watermark, ranges)
             )
-    if touched:
-        await _MOVE_WATERMARKS.run(conn, {"ids": [s.id for s in touched], "change_seq": change_seq})
-        await changelog.record(conn, entries)
-    return [replace(s, source_watermark=change_seq) for s in touched]
+    return touched, entries
 
 
 #: the sessions of a user whose widest window may hold a time in [lo, hi]
-_WIDEST_WINDOW_HOLDS = Prepared(
-    sa.select(sessions).where(
-        sessions.c.user_id == sa.bindparam("user_id"),
-        # Archived (retention): its views are kept as they are, never recomputed.
-        sessions.c.archived_at_ms.is_(None),
-        sessions.c.start_ms - WIDEST_PAD_MS <= sa.bindparam("hi", type_=sessions.c.start_ms.type),
-        sa.func.coalesce(sessions.c.end_ms, sa.bindparam("now_ms", type_=sessions.c.start_ms.type))
-        + WIDEST_PAD_MS
-        > sa.bindparam("lo", type_=sessions.c.start_ms.type),
-    )
+WIDEST_WINDOW_HOLDS = sa.select(sessions).where(
+    sessions.c.user_id == sa.bindparam("user_id"),
+    # Archived (retention): its views are kept as they are, never recomputed.
+    sessions.c.archived_at_ms.is_(None),
+    sessions.c.start_ms - WIDEST_PAD_MS <= sa.bindparam("hi", type_=sessions.c.start_ms.type),
+    sa.func.coalesce(sessions.c.end_ms, sa.bindparam("now_ms", type_=sessions.c.start_ms.type))
+    + WIDEST_PAD_MS
+    > sa.bindparam("lo", type_=sessions.c.start_ms.type),
 )
+_WIDEST_WINDOW_HOLDS = Prepared(WIDEST_WINDOW_HOLDS)
 _MOVE_WATERMARKS = Prepared(
     sa.update(sessions)
     .where(sessions.c.id.in_(sa.bindparam("ids", expanding=True)))

@@ -29,6 +29,7 @@ ERROR_MESSAGES = {
     COMPUTE_FAILED: "The last compute failed; it is retried with backoff.",
     DATABASE_UNAVAILABLE: "Freshness is unknown: the database could not be read.",
 }
+_BUCKET_MS = {resolution.value: resolution.bucket_ms for resolution in Resolution}
 _METRIC_BIT = {code: 1 << index for index, code in enumerate(catalog.ALL_CODES)}
 
 
@@ -99,6 +100,11 @@ class Decision:
     error_code: str | None = None
 
 
+#: the decisions of a fresh row, the answer of nearly every GET: made once, not per request
+_READY = Decision(CacheState.READY, None)
+_NO_DATA = Decision(CacheState.NO_DATA, None)
+
+
 def select_metrics(requested: Sequence[str] | None) -> tuple[str, ...]:
     """Catalog-ordered codes of a request: None → the defaults, ``all`` → every metric."""
     if not requested:
@@ -150,7 +156,7 @@ def is_current(row: HotRow, now_ms: int) -> bool:
         session_watermark=row.session_watermark,
         live=row.live,
         session_start_ms=row.session_start_ms,
-        bucket_ms=Resolution(row.resolution).bucket_ms,
+        bucket_ms=_BUCKET_MS[row.resolution],
         computed_at_ms=row.computed_at_ms,
         now_ms=now_ms,
     )
@@ -170,8 +176,7 @@ def decide(row: HotRow, now_ms: int) -> Decision:
         reason = None if backing_off else ScheduleReason.CACHE_MISS
         return Decision(CacheState.FAILED, reason, retry_failed, row.error_code)
     if is_current(row, now_ms):
-        state = CacheState.NO_DATA if row.status == CacheState.NO_DATA else CacheState.READY
-        return Decision(state, None)
+        return _NO_DATA if row.status == CacheState.NO_DATA else _READY
     if row.error_code is not None:
         reason = None if backing_off else ScheduleReason.STALE_READ
         return Decision(CacheState.FAILED, reason, retry_failed, row.error_code)

@@ -1,14 +1,19 @@
 """``DeltaCache``: built deltas kept a while, because the clients watching one session all ask
-for the same delta after an update. It also remembers which metric selections clients asked
-deltas of, per view, so that a save of this process builds those deltas at once
-(``SessionTelemetryService.saved``). A deleted session's or an erased user's entries are dropped
-at once (``forget``), not left to eviction."""
+for the same delta after an update. The first of them to get it ``ready`` leaves its answer
+(the ETag made) with it, and the others get that answer as it is: a delta fetch is then the hot
+read, the freshness decision and a lookup, less work than a full fetch, whose payload is joined
+per request. It also remembers which metric selections clients asked deltas of, per view, so
+that a save of this process builds those deltas at once (``SessionTelemetryService.saved``), and
+where kept deltas start (``may_have``). A deleted session's or an erased user's entries are
+dropped at once (``forget``), not left to eviction."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
 
 from vitalcast.telemetry.keys import TelemetryKey
+from vitalcast.telemetry.read.answer import TelemetryAnswer
 from vitalcast.telemetry.store.rows import HotRow
 
 #: built deltas kept in memory (a few KiB each at most), least recently served dropped first
@@ -19,6 +24,10 @@ MAX_SELECTIONS = 4
 
 #: a view, as the metric selections asked of it are remembered
 _View = tuple[str, int, str]
+#: a built delta's key (``_delta_key``)
+_Built = tuple[str, int, str, int | None, int | None, int, tuple[str, ...]]
+#: where built deltas start: (session id, window minutes, since watermark, metric codes)
+_Start = tuple[str, int, int, tuple[str, ...]]
 
 
 def _delta_key(
@@ -27,13 +36,13 @@ def _delta_key(
     computed_at_ms: int | None,
     since_watermark: int,
     codes: tuple[str, ...],
-) -> tuple[object, ...]:
+) -> _Built:
     """A built delta is the same for every client: it depends on the save it leads to (its
     watermark and compute time), the watermark it starts from and the metrics asked for."""
     return (
         key.session_id,
         key.window_minutes,
-        key.resolution,
+        key.resolution.value,
         watermark,
         computed_at_ms,
         since_watermark,
@@ -41,27 +50,71 @@ def _delta_key(
     )
 
 
+@dataclass(slots=True)
+class KeptDelta:
+    """A built delta and the session's owner (so that an erasure finds it)."""
+
+    user_id: str
+    delta: bytes
+    #: the ``ready`` answer that serves it (its ETag made), made by the first ready request
+    #: and then answered as it is: every client of the update asks the same delta
+    ready: TelemetryAnswer | None = None
+
+
+def _start_of(built: _Built) -> _Start:
+    """Where the delta of a ``_delta_key`` starts (``DeltaCache.may_have``)."""
+    session_id, window_minutes, _resolution, _watermark, _at, since_watermark, codes = built
+    return (session_id, window_minutes, since_watermark, codes)
+
+
 class DeltaCache:
     """The last ``MAX_KEPT_DELTAS`` built deltas, least recently served dropped first."""
 
     def __init__(self) -> None:
-        #: built delta by its key, with the session's owner (so that an erasure finds it)
-        self._kept: OrderedDict[tuple[object, ...], tuple[str, bytes]] = OrderedDict()
+        #: built deltas by their key
+        self._kept: OrderedDict[_Built, KeptDelta] = OrderedDict()
         #: per view, its owner and the metric selections clients asked deltas of
         self._asked: OrderedDict[_View, tuple[str, list[tuple[str, ...]]]] = OrderedDict()
+        #: how many kept deltas start where (any resolution, any save they lead to)
+        self._starts: Counter[_Start] = Counter()
+
+    def may_have(
+        self, session_id: str, window_minutes: int, since_watermark: int, codes: tuple[str, ...]
+    ) -> bool:
+        """Whether a delta from ``since_watermark`` of this window is kept, to whichever save:
+        asked before the read (its save is not known yet), so that a request no kept delta can
+        answer reads the history at once instead of a second time. It only guesses: a kept
+        delta may lead to an older save than the one the read finds."""
+        return (session_id, window_minutes, since_watermark, codes) in self._starts
 
     def get(
-        self, key: TelemetryKey, row: HotRow, since_watermark: int, codes: tuple[str, ...]
-    ) -> bytes | None:
-        """The delta built for this request, if any; the request's metric selection is
-        remembered for the view's next saves."""
-        self._remember(key, codes)
-        built = _delta_key(key, row.source_watermark, row.computed_at_ms, since_watermark, codes)
+        self,
+        user_id: str,
+        session_id: str,
+        window_minutes: int,
+        row: HotRow,
+        since_watermark: int,
+        codes: tuple[str, ...],
+    ) -> KeptDelta | None:
+        """The delta built for this request (``row`` is the view's, read for it), if any; the
+        request's metric selection is remembered for the view's next saves. Takes the view's
+        parts, not its ``TelemetryKey``: a hit needs none made."""
+        resolution = str(row.resolution)
+        self._remember((session_id, window_minutes, resolution), user_id, codes)
+        built = (
+            session_id,
+            window_minutes,
+            resolution,
+            row.source_watermark,
+            row.computed_at_ms,
+            since_watermark,
+            codes,
+        )
         kept = self._kept.get(built)
         if kept is None:
             return None
         self._kept.move_to_end(built)
-        return kept[1]
+        return kept
 
     def put(
         self,
@@ -84,20 +137,28 @@ class DeltaCache:
     ) -> None:
         """Keep a delta built for the save at ``watermark``, computed at ``computed_at_ms``."""
         built = _delta_key(key, watermark, computed_at_ms, since_watermark, codes)
-        self._kept[built] = (key.user_id, delta)
+        if built not in self._kept:
+            self._starts[_start_of(built)] += 1
+        self._kept[built] = KeptDelta(key.user_id, delta)
         if len(self._kept) > MAX_KEPT_DELTAS:
-            self._kept.popitem(last=False)
+            oldest, _kept = self._kept.popitem(last=False)
+            self._unstart(oldest)
 
     def selections(self, key: TelemetryKey) -> list[tuple[str, ...]]:
         """The metric selections clients asked deltas of for this view, latest last."""
         asked = self._asked.get((key.session_id, key.window_minutes, key.resolution.value))
         return [] if asked is None else list(asked[1])
 
-    def _remember(self, key: TelemetryKey, codes: tuple[str, ...]) -> None:
-        view = (key.session_id, key.window_minutes, key.resolution.value)
+    def remember(self, key: TelemetryKey, codes: tuple[str, ...]) -> None:
+        """Remember that clients of ``key``'s view ask deltas of ``codes`` (``get`` does)."""
+        self._remember(
+            (key.session_id, key.window_minutes, key.resolution.value), key.user_id, codes
+        )
+
+    def _remember(self, view: _View, user_id: str, codes: tuple[str, ...]) -> None:
         asked = self._asked.get(view)
         if asked is None:
-            self._asked[view] = (key.user_id, [codes])
+            self._asked[view] = (user_id, [codes])
             if len(self._asked) > MAX_ASKING_VIEWS:
                 self._asked.popitem(last=False)
             return
@@ -115,6 +176,7 @@ class DeltaCache:
         dropped = self._of(user_id, session_id)
         for built in dropped:
             del self._kept[built]
+            self._unstart(built)
         for view in [
             v
             for v, (owner, _codes) in self._asked.items()
@@ -123,13 +185,19 @@ class DeltaCache:
             del self._asked[view]
         return len(dropped)
 
+    def _unstart(self, built: _Built) -> None:
+        start = _start_of(built)
+        self._starts[start] -= 1
+        if self._starts[start] <= 0:
+            del self._starts[start]
+
     def entries_of(self, *, user_id: str | None = None, session_id: str | None = None) -> int:
         """How many deltas of ``user_id``'s sessions or of session ``session_id`` are kept."""
         return len(self._of(user_id, session_id))
 
-    def _of(self, user_id: str | None, session_id: str | None) -> list[tuple[object, ...]]:
+    def _of(self, user_id: str | None, session_id: str | None) -> list[_Built]:
         return [
             built
-            for built, (owner, _delta) in self._kept.items()
-            if owner == user_id or built[0] == session_id
+            for built, kept in self._kept.items()
+            if kept.user_id == user_id or built[0] == session_id
         ]

@@ -22,12 +22,14 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, Protocol
 
 import sqlalchemy as sa
 
 from vitalcast.clock import MINUTE_MS
-from vitalcast.json_types import JsonObject
 from vitalcast.telemetry.keys import AUTO_1M_MAX_SPAN_MS, AUTO_RESOLUTION_SQL, COMPUTE_VERSION
 from vitalcast.telemetry.read.kept import PayloadId
 from vitalcast.telemetry.store.rows import HotRow
@@ -78,6 +80,22 @@ class CacheReader(Protocol):
     async def close(self) -> None: ...
 
 
+#: the order of ``_params``'s values, and each one's name as the SQL binds it
+_PARAM_NAMES = (
+    "kept_resolution",
+    "kept_watermark",
+    "kept_computed_at_ms",
+    "window_minutes",
+    "compute_version",
+    "resolution",
+    "now_ms",
+    "pad_ms",
+    "auto_max_ms",
+    "session_id",
+    "user_id",
+)
+
+
 def _params(
     user_id: str,
     session_id: str,
@@ -85,20 +103,27 @@ def _params(
     resolution: str | None,
     now_ms: int,
     kept: PayloadId | None,
-) -> JsonObject:
-    return {
-        "kept_resolution": None if kept is None else kept.resolution,
-        "kept_watermark": None if kept is None else kept.source_watermark,
-        "kept_computed_at_ms": None if kept is None else kept.computed_at_ms,
-        "window_minutes": window_minutes,
-        "compute_version": COMPUTE_VERSION,
-        "resolution": resolution,
-        "now_ms": now_ms,
-        "pad_ms": window_minutes * MINUTE_MS,
-        "auto_max_ms": AUTO_1M_MAX_SPAN_MS,
-        "session_id": session_id,
-        "user_id": user_id,
-    }
+) -> tuple[object, ...]:
+    """The values of ``_PARAM_NAMES``, in that order: a tuple, built once per read, that each
+    driver takes as it is (SQLite by position, asyncpg through ``_Statement.order``)."""
+    if kept is None:
+        kept_resolution, kept_watermark, kept_computed_at_ms = None, None, None
+    else:
+        kept_resolution = kept.resolution
+        kept_watermark, kept_computed_at_ms = kept.source_watermark, kept.computed_at_ms
+    return (
+        kept_resolution,
+        kept_watermark,
+        kept_computed_at_ms,
+        window_minutes,
+        COMPUTE_VERSION,
+        resolution,
+        now_ms,
+        window_minutes * MINUTE_MS,
+        AUTO_1M_MAX_SPAN_MS,
+        session_id,
+        user_id,
+    )
 
 
 def _sql(variant: tuple[bool, bool]) -> str:
@@ -117,7 +142,7 @@ class SqliteCacheReader:
         self._path = path
         self._busy_timeout_ms = busy_timeout_ms
         self._conn: sqlite3.Connection | None = None
-        self._sql = {variant: _sql(variant) for variant in _VARIANTS}
+        self._sql = {variant: _to_numbered(_sql(variant)) for variant in _VARIANTS}
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -147,7 +172,7 @@ class SqliteCacheReader:
             )
             .fetchone()
         )
-        return None if row is None else HotRow(*row)
+        return None if row is None else HotRow._make(row)
 
     async def close(self) -> None:
         if self._conn is not None:
@@ -170,7 +195,7 @@ class PostgresCacheReader:
         self._max_size = max_size
         self._pool: Any = None  # Any: an asyncpg.Pool (asyncpg ships no type hints)
         self._lock = asyncio.Lock()
-        self._sql = {variant: _to_dollar(_sql(variant)) for variant in _VARIANTS}
+        self._sql = {variant: _Statement.of(_sql(variant)) for variant in _VARIANTS}
         #: connections taken from the pool and free for the next read (asyncpg.Connection)
         self._idle: list[Any] = []
         #: reads running at once: each holds one connection, so never more than the pool opens
@@ -199,13 +224,15 @@ class PostgresCacheReader:
         with_history: bool = False,
         kept: PayloadId | None = None,
     ) -> HotRow | None:
-        sql, names = self._sql[(with_payload or with_history, with_history)]
-        params = _params(user_id, session_id, window_minutes, resolution, now_ms, kept)
-        pool = await self._get_pool()
+        statement = self._sql[(with_payload or with_history, with_history)]
+        args = statement.order(
+            _params(user_id, session_id, window_minutes, resolution, now_ms, kept)
+        )
+        pool = self._pool if self._pool is not None else await self._get_pool()
         async with self._slots:
             conn = self._idle.pop() if self._idle else await pool.acquire()
             try:
-                row = await conn.fetchrow(sql, *(params[name] for name in names))
+                row = await conn.fetchrow(statement.sql, *args)
             except BaseException:
                 await pool.release(conn)
                 raise
@@ -213,7 +240,7 @@ class PostgresCacheReader:
                 self._idle.append(conn)
             else:  # closed while reading
                 await pool.release(conn)
-        return None if row is None else HotRow(*row)
+        return None if row is None else HotRow._make(row)
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -229,17 +256,39 @@ async def _keep_session(_connection: object) -> None:
     read-only statement in autocommit, so there is no session state to reset."""
 
 
-def _to_dollar(sql: str) -> tuple[str, list[str]]:
-    """``:name`` placeholders to asyncpg's ``$n``, with the parameter order."""
-    names: list[str] = []
+_PLACEHOLDER = re.compile(r"(?<!:):([a-z_]+)")
 
-    def number(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name not in names:
-            names.append(name)
-        return f"${names.index(name) + 1}"
 
-    return re.sub(r"(?<!:):([a-z_]+)", number, sql), names
+def _to_numbered(sql: str) -> str:
+    """``:name`` placeholders to SQLite's ``?n``, n the name's place in ``_PARAM_NAMES`` (a
+    statement that leaves some out still takes the whole tuple)."""
+    return _PLACEHOLDER.sub(lambda m: f"?{_PARAM_NAMES.index(m.group(1)) + 1}", sql)
+
+
+@dataclass(frozen=True, slots=True)
+class _Statement:
+    """One variant for asyncpg: its SQL with ``$n`` placeholders numbered in the order they
+    first appear (PostgreSQL refuses a parameter the statement does not use) and ``order``,
+    which picks their values out of ``_params``'s tuple."""
+
+    sql: str
+    order: Callable[[tuple[object, ...]], tuple[object, ...]]
+
+    @classmethod
+    def of(cls, sql: str) -> _Statement:
+        names: list[str] = []
+
+        def number(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in names:
+                names.append(name)
+            return f"${names.index(name) + 1}"
+
+        dollar = _PLACEHOLDER.sub(number, sql)
+        at = [_PARAM_NAMES.index(name) for name in names]
+        pick = itemgetter(*at)
+        # itemgetter of one index returns the value, not a 1-tuple
+        return cls(dollar, pick if len(at) > 1 else lambda values: (pick(values),))
 
 
 def open_reader(database_url: str) -> CacheReader:

@@ -119,10 +119,13 @@ class SessionTelemetryService:
         # A client that holds a payload gets a delta: the session's other clients usually had it
         # built already (the first read brings no blob), else it is built from the payload and
         # its history, read together. One that only revalidates (ETag) gets no body at all.
-        # A payload this process keeps is not read again (the read names it).
+        # A payload this process keeps is not read again (the read names it), for a delta to
+        # build either: that read brings the history alone.
         view: ViewOf = (session_id, window_minutes, requested)
-        with_history = False
-        with_payload = since_watermark is None and not if_none_match
+        with_history = since_watermark is not None and not self._deltas.may_have(
+            session_id, window_minutes, since_watermark, codes
+        )
+        with_payload = with_history or (since_watermark is None and not if_none_match)
         payload: PackedPayload | None = None
         delta: bytes | None = None
         while True:
@@ -135,7 +138,7 @@ class SessionTelemetryService:
                     now_ms=now,
                     with_payload=with_payload,
                     with_history=with_history,
-                    kept=self._kept.held(view) if with_payload and not with_history else None,
+                    kept=self._kept.held(view) if with_payload else None,
                 )
             except Exception as exc:
                 log.warning(
@@ -151,14 +154,29 @@ class SessionTelemetryService:
                 )
             if row is None:
                 raise NotFound("Session not found.", code="SESSION_NOT_FOUND")
-            key = self._key_of(row, user_id, session_id, window_minutes, requested, now)
             if row.archived_at_ms is not None:
+                key = self._key_of(row, user_id, session_id, window_minutes, requested, now)
                 archived = self._archived(view, row, codes, if_none_match, key)
                 if archived is not None:
                     return self._count(archived)
                 with_payload = True
                 continue
             decision = decide(row, now)
+            kept_delta = None
+            if since_watermark is not None and not with_history:
+                if decision.state in _DELTA_STATES:
+                    kept_delta = self._deltas.get(
+                        user_id, session_id, window_minutes, row, since_watermark, codes
+                    )
+                    if kept_delta is None:
+                        # no kept delta leads to this save: read its history and build one
+                        with_payload = with_history = True
+                        continue
+                ready = None if kept_delta is None else kept_delta.ready
+                if ready is not None and decision.state is CacheState.READY:
+                    # the delta every client of this update asks, answered as it was
+                    return self._count(self._revalidated(ready, if_none_match))
+            key = self._key_of(row, user_id, session_id, window_minutes, requested, now)
             etag = None
             if decision.state.has_payload:
                 live_at = row.computed_at_ms if row.live else None
@@ -167,17 +185,22 @@ class SessionTelemetryService:
                     return self._count(
                         TelemetryAnswer(decision.state, codes, etag=etag, not_modified=True)
                     )
+            if kept_delta is not None:
+                delta = kept_delta.delta
+                if decision.state is CacheState.READY:
+                    kept_delta.ready = TelemetryAnswer(
+                        decision.state, codes, etag=etag, delta=delta
+                    )
+                    return self._count(kept_delta.ready)
+                break
             if since_watermark is not None and decision.state in _DELTA_STATES:
-                if with_history:
-                    # the kept delta was missed on the first read: build it from this one
-                    delta = self._delta(key, row, since_watermark, codes)
-                else:
-                    delta = self._deltas.get(key, row, since_watermark, codes)
-                    if delta is None:
-                        with_payload = with_history = True
-                        continue
+                payload = self._payload(view, row, user_id)
+                if payload is None:
+                    continue  # the kept copy was replaced while the read ran: read it
+                delta = self._delta(key, row, payload, since_watermark, codes)
                 if delta is not None:
-                    break
+                    payload = None
+                break  # a delta, or (history too short) the payload just read
             if holds_payload(row):
                 payload = self._payload(view, row, user_id)
                 if payload is None:
@@ -203,6 +226,13 @@ class SessionTelemetryService:
                 delta=delta,
             )
         )
+
+    @staticmethod
+    def _revalidated(ready: TelemetryAnswer, if_none_match: str | None) -> TelemetryAnswer:
+        """``ready`` (a kept delta's answer), or its 304 when ``If-None-Match`` names its ETag."""
+        if ready.etag is not None and etag_matches(if_none_match, ready.etag):
+            return TelemetryAnswer(ready.state, ready.codes, etag=ready.etag, not_modified=True)
+        return ready
 
     def _archived(
         self,
@@ -243,13 +273,16 @@ class SessionTelemetryService:
         self,
         key: TelemetryKey,
         row: HotRow,
+        payload: PackedPayload,
         since_watermark: int,
         codes: tuple[str, ...],
     ) -> bytes | None:
-        """The delta from ``since_watermark`` to the view's payload, or None when the history of
-        that payload (read with it) does not reach back that far. The clients watching one
-        session all ask for the same delta after an update, so built deltas are kept a while."""
-        if row.payload is None or row.source_watermark is None:
+        """The delta from ``since_watermark`` to ``payload`` (the row's), or None when the
+        history of that payload (read with the row) does not reach back that far. The clients
+        watching one session all ask for the same delta after an update, so built deltas are
+        kept a while."""
+        self._deltas.remember(key, codes)
+        if row.source_watermark is None:
             return None
         try:
             changes = history.since(history.decode(row.history), since_watermark)
@@ -257,7 +290,7 @@ class SessionTelemetryService:
             return None
         if changes is None:
             return None
-        delta = deltas.build_delta(unpack(row.payload), changes, since_watermark, codes)
+        delta = deltas.build_delta(payload, changes, since_watermark, codes)
         self._deltas.put(key, row, since_watermark, codes, delta)
         return delta
 

@@ -15,6 +15,7 @@ batch of one), which never raises: what happened to each key is its ``ComputeOut
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import socket
@@ -153,9 +154,15 @@ class TelemetryComputer:
         now = self._clock.now_ms()
         started = time.perf_counter()
         claimed = _Claimed()
+        # On PostgreSQL the claim and the reads stand alone (no BEGIN and COMMIT round trips):
+        # under READ COMMITTED each statement read its own snapshot in the transaction too, and
+        # the claim then holds when a read fails (see below).
+        alone = self._db.alone_units
         try:
             read = await self._db.unit(
-                lambda conn: self._claim_and_read(conn, keys, now, claimed), derived=True
+                lambda conn: self._claim_and_read(conn, keys, now, claimed),
+                derived=True,
+                alone=alone,
             )
         except Exception as exc:
             if claimed.due is None:
@@ -166,9 +173,18 @@ class TelemetryComputer:
                     error_type=type(exc).__name__,
                 )
                 return dict.fromkeys(keys, ComputeOutcome.FAILED)
-            # The read failed, and the claim went with its unit: record the failure (and its
-            # backoff) under the leases taken again, as a failed compute does.
-            await self._record_failures([(c, exc) for c in claimed.due], reasons, reclaim=True)
+            # The read failed. In a transaction the claim went with it: record the failure (and
+            # its backoff) under the leases taken again, as a failed compute does. Standing
+            # alone, the claim holds: record it under the leases held, and give back those of
+            # the views found fresh (their release may have gone with the failure).
+            if alone:
+                fresh = [
+                    k for k, o in claimed.outcomes.items() if o is ComputeOutcome.SKIPPED_FRESH
+                ]
+                if fresh:
+                    with contextlib.suppress(Exception):
+                        await self._release_many(fresh)
+            await self._record_failures([(c, exc) for c in claimed.due], reasons, reclaim=not alone)
             return claimed.outcomes | dict.fromkeys(
                 (c.key for c in claimed.due), ComputeOutcome.FAILED
             )
@@ -283,9 +299,12 @@ class TelemetryComputer:
         if not done:
             return outcomes
         saving = time.perf_counter()
+        # The save is one compare-and-set statement unless a change log is due for pruning:
+        # then it stands alone, with no transaction around it (two round trips fewer).
+        alone = not any(_prune_due(r.claim.lease.source_watermark, r.computed) for r in done)
         try:
             saved = await self._db.unit(
-                lambda conn: self._save(conn, done, read_started_ms), derived=True
+                lambda conn: self._save(conn, done, read_started_ms), derived=True, alone=alone
             )
         except Exception as exc:
             await self._record_failures([(r.claim, exc) for r in done], reasons)
