@@ -16,9 +16,11 @@ from tests.processes import FAST_QUEUE
 from tests.queue.helpers import IDLE_PICKUP_BOUND_MS
 from tests.waits import eventually
 from vitalcast.observability import Metrics
+from vitalcast.queue.fetching import FetchingWorker
 from vitalcast.queue.jobs import JOB_ATTEMPTS, TelemetryJob, job_id
 from vitalcast.queue.service import SessionTelemetryQueueService
 from vitalcast.queue.worker import JobDeferred, JobFailed
+from vitalcast.redis_connections import blocking_options
 from vitalcast.settings import Settings
 from vitalcast.telemetry.keys import COMPUTE_VERSION, Resolution, ScheduleReason, TelemetryKey
 
@@ -199,6 +201,83 @@ async def _ran(ran: list[int], n: int) -> bool:
     return len(ran) >= n
 
 
+class HeldAdds(SessionTelemetryQueueService):
+    """A queue service whose next pipeline of adds (after ``hold``) stops between the
+    finished-checks before its adds and the adds, in Redis (a ``BLPOP`` on ``gate`` queued in
+    the pipeline), after pushing to ``reached``: a test then finishes a job exactly there, as a
+    worker could."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings, fallback=None, metrics=Metrics())
+        self._held: tuple[str, str] | None = None
+
+    def hold(self, gate: str, reached: str) -> None:
+        self._held = (gate, reached)
+
+    async def _queue_adds(self, pipe: Any, jobs: list[TelemetryJob]) -> None:
+        if self._held is not None:
+            gate, reached = self._held
+            self._held = None
+            pipe.rpush(reached, 1)
+            pipe.blpop([gate], timeout=30)
+        await super()._queue_adds(pipe, jobs)
+
+
+@pytest.mark.parametrize("depth", ["read_first", "fresh"])
+async def test_a_submit_racing_its_jobs_completion_runs_it_again(
+    service: Any, queue_settings: Settings, start_worker: Any, redis_url: str, depth: str
+) -> None:
+    """A submit of a key and watermark whose job finishes after the submit checked for a
+    finished job and before its add (which the finished job then swallows) runs the job again,
+    as one that came after the finish does: the interleaving is forced inside Redis, on both
+    paths of an add (the depth read first, or read in the pipeline of the adds)."""
+    key = make_key()
+    ran: list[int] = []
+    release = asyncio.Event()
+
+    async def handler(job: TelemetryJob) -> str:
+        if job.key == key:
+            ran.append(job.watermark)
+            if len(ran) == 1:
+                await release.wait()
+        return "fresh"
+
+    await start_worker(queue_settings, handler)
+    assert await service.submit(key, watermark=7, reason=ScheduleReason.LIVE_UPDATE)
+    await eventually(lambda: _ran(ran, 1), what="the job started")
+
+    gate, reached = f"{queue_settings.queue_prefix}:gate", f"{queue_settings.queue_prefix}:reached"
+    held = HeldAdds(queue_settings)
+    test_client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        if depth == "fresh":
+            # a depth read just now: the adds ride in the pipeline that reads it again
+            assert await held.submit(make_key(), watermark=1, reason=ScheduleReason.BACKFILL)
+        held.hold(gate, reached)
+        # ``_add``, not ``submit``: the 1 s bound of a call would take the held pipeline for an
+        # outage before the test has finished the job
+        racing = asyncio.create_task(held._add([TelemetryJob(key, 7, ScheduleReason.STALE_READ)]))
+        assert await test_client.blpop([reached], timeout=30) is not None
+        # the checks ran and saw the job active; now it finishes, before the add
+        release.set()
+
+        async def completed() -> bool:
+            return (
+                await test_client.zscore(service.queue.keys["completed"], job_id(key, 7))
+                is not None
+            )
+
+        await eventually(completed, what="the first run completed")
+        assert not racing.done()
+        await test_client.rpush(gate, 1)
+        assert await asyncio.wait_for(racing, 30) == [True]
+        await eventually(lambda: _ran(ran, 2), what="the same watermark ran again")
+        assert ran == [7, 7]
+    finally:
+        await held.close()
+        await test_client.aclose()
+
+
 async def test_submit_refuses_beyond_the_queue_depth_bound(queue_settings: Settings) -> None:
     """With max_queue_depth waiting jobs, submit returns False and adds nothing; the fallback is
     not used (the queue is reachable, just full)."""
@@ -346,6 +425,60 @@ async def test_stop_releases_a_running_job_to_another_worker(
     await start_worker(queue_settings, quick)
     await eventually(lambda: _completed(service, 1), what="the released job completed")
     assert by_second == [9]
+
+
+class HeldRound(FetchingWorker):
+    """A fetching worker whose first round that takes a job holds its answer until ``go``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.took = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def _take_jobs(self, tokens: list[str]) -> list[Any]:
+        answers = await super()._take_jobs(tokens)
+        if any(answers) and not self.took.is_set():
+            self.took.set()
+            await self.go.wait()
+        return answers
+
+
+async def test_a_worker_closed_while_a_round_comes_back_runs_it_and_leaves_no_connection(
+    service: Any, queue_settings: Settings
+) -> None:
+    """``close`` while a round of jobs is on its way back: the jobs it took still run to their
+    end, and then both of the worker's connections are closed. bullmq's teardown closed them
+    while that round was still coming, and the round's jobs opened one again that nothing
+    closed (finalised after the test's loop had closed, it failed a later test)."""
+    ran: list[str] = []
+
+    async def process(job: Any, _token: str) -> str:
+        ran.append(job.id)
+        return "ready"
+
+    worker = HeldRound(
+        queue_settings.queue_name,
+        process,
+        {
+            "connection": blocking_options(queue_settings.redis_url or ""),
+            "prefix": queue_settings.queue_prefix,
+            "concurrency": 4,
+            "autorun": False,
+        },
+    )
+    running = asyncio.create_task(worker.run())
+    key = make_key()
+    await service.submit(key, watermark=3, reason=ScheduleReason.LIVE_UPDATE)
+    await asyncio.wait_for(worker.took.wait(), 10)
+    closing = asyncio.create_task(worker.close())
+    await asyncio.sleep(0.2)
+    assert not closing.done()
+    worker.go.set()
+    await asyncio.wait_for(closing, 10)
+    await asyncio.wait_for(running, 10)
+    assert ran == [job_id(key, 3)]
+    assert await service.queue.getJobState(job_id(key, 3)) == "completed"
+    assert (worker.client.connection, worker.bclient.connection) == (None, None)
 
 
 def test_a_killed_workers_lease_lapses_by_the_time_its_job_is_redelivered() -> None:

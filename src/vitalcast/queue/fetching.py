@@ -19,7 +19,8 @@ one wait and one round trip (the first round asks for two).
 The jobs, their states and the scripts that move them are bullmq's; only the loop that asks for
 them is ours. It reads the same options (``concurrency``, ``drainDelay``, ``lockDuration``,
 ``runRetryDelay``) and keeps the attributes ``close`` and ``pause`` rely on (``processing``,
-``waiting``, ``running``, ``closing``).
+``waiting``, ``running``, ``closing``). ``close`` lets the loop end before bullmq's teardown
+closes the connections (see ``close``).
 """
 
 from __future__ import annotations
@@ -72,10 +73,38 @@ class FetchingWorker(Worker):  # type: ignore[misc]  # bullmq ships no type hint
         self._must_wait = True
         #: the last round came back full and took the marker with it (see ``_take_jobs``)
         self._marker_taken = False
+        #: set while ``run`` is not running: ``close`` waits for it
+        self._loop_ended = asyncio.Event()
+        self._loop_ended.set()
 
     async def run(self) -> None:
         if self.running:
             raise RuntimeError("Worker is already running")
+        self._loop_ended.clear()
+        try:
+            await self._run()
+        finally:
+            self._loop_ended.set()
+
+    async def close(self, force: bool = False) -> None:
+        """bullmq's ``close``, once the run loop has ended (and with it the jobs it started).
+
+        bullmq's teardown closes the connections as soon as no job is processing. A round
+        fetched just before (its answer on the way back) then started its jobs on closed
+        clients: each command opened a new connection that nothing closed, and the client
+        was finalised with it open by the garbage collector, later, after its event loop had
+        closed (an unraisable ``Event loop is closed`` that failed whichever test ran then)."""
+        self.closing = True
+        self.paused = False
+        self.resume_event.set()
+        self._slot_freed.set()
+        if self.waiting is not None:
+            self.waiting.cancel()
+        if not force:
+            await self._loop_ended.wait()
+        await super().close(force)
+
+    async def _run(self) -> None:
         await self._ensure_client_names()
         self.lockManager.start()
         self.stalledCheckTimer = Timer(

@@ -125,47 +125,69 @@ class SessionTelemetryQueueService:
             raise QueueUnavailable(str(exc) or type(exc).__name__) from exc
 
     async def _add(self, jobs: list[TelemetryJob]) -> list[bool]:
-        """One round trip reads the queue's depth and which of ``jobs`` already finished, one
-        adds them (BullMQ's add script per job). The room under ``max_queue_depth`` is counted
-        when asked, in order: a job that a waiting one of its key absorbs still takes a place (the
-        bound is a bound, not an exact depth).
+        """Add ``jobs`` (BullMQ's add script per job) within the room ``max_queue_depth`` leaves.
+        The room is counted when asked, in order: a job that a waiting one of its key absorbs
+        still takes a place (the bound is a bound, not an exact depth).
 
         While the depth seen last (under ``DEPTH_FRESH_S`` ago) left more than half the bound
-        free, both go in one round trip: the adds ride in the pipeline that reads the depth, and
-        the rare job that had already finished (its add then changed nothing) is removed and
-        added again after. The ingest path paid the second round trip on every live update."""
+        free, this is one round trip: the adds ride in the pipeline that reads the depth (the
+        ingest path paid a second one on every live update). Otherwise the depth is read first.
+        Either way the adds go through ``_add_checked``, which runs again a job whose key and
+        watermark had already finished."""
         if not jobs:
             return []
-        keys = self._queue.keys
-        at_once = self._far_from_full(len(jobs))
+        if self._far_from_full(len(jobs)):
+            waiting, finished = await self._add_checked(jobs, read_depth=True)
+            room = len(jobs)
+        else:
+            waiting = int(await self._queue.client.llen(self._queue.keys["wait"]))
+            room = max(self._settings.max_queue_depth - waiting, 0)
+            _, finished = await self._add_checked(jobs[:room], read_depth=False)
+        self._depth_seen = (waiting, time.monotonic())
+        # Same key and watermark asked again after its job finished (a lease that was busy, a
+        # failure whose backoff ran out): its add found the old job and changed nothing.
+        again = [job for job, done in zip(jobs, finished, strict=False) if done]
+        for job in again:
+            await self._queue.remove(job.id)
+        await self._add_now(again)
+        return [i < room for i in range(len(jobs))]
 
-        async def fill(pipe: Pipeline) -> None:
-            pipe.llen(keys["wait"])
+    async def _add_checked(
+        self, jobs: list[TelemetryJob], *, read_depth: bool
+    ) -> tuple[int, list[bool]]:
+        """The wait list's length (0 unless ``read_depth``) and, per job, whether its add may
+        have been swallowed by a finished job of the same id, in one round trip.
+
+        A job's finished sets are read before its add and again after it, in the same pipeline
+        (not a transaction: a worker's scripts can run between its commands). Read only before,
+        a job that finished between that read and the add swallowed the add unseen, and the
+        submit was lost. Finished either time, it is run again; a job that finished only after
+        its add then runs once more than needed, which is rare and harmless."""
+        if not jobs:
+            return 0, []
+        keys = self._queue.keys
+
+        def check(pipe: Pipeline) -> None:
             for job in jobs:
                 pipe.zscore(keys["completed"], job.id)
                 pipe.zscore(keys["failed"], job.id)
-            if at_once:
-                await self._queue_adds(pipe, jobs)
 
-        waiting, *answers = await run_pipeline(self._queue.client, fill)
-        self._depth_seen = (int(waiting), time.monotonic())
+        async def fill(pipe: Pipeline) -> None:
+            if read_depth:
+                pipe.llen(keys["wait"])
+            check(pipe)
+            await self._queue_adds(pipe, jobs)
+            check(pipe)
+
+        answers = await run_pipeline(self._queue.client, fill)
+        waiting = int(answers[0]) if read_depth else 0
+        checks = 2 * len(jobs)
+        before, after = answers[int(read_depth) : int(read_depth) + checks], answers[-checks:]
         finished = [
-            answers[2 * i] is not None or answers[2 * i + 1] is not None for i in range(len(jobs))
+            any(seen[at] is not None for seen in (before, after) for at in (2 * i, 2 * i + 1))
+            for i in range(len(jobs))
         ]
-        if at_once:
-            # Same key and watermark asked again after its job finished (a lease that was busy,
-            # a failure whose backoff ran out): its add found the old job; run it again.
-            again = [job for job, done in zip(jobs, finished, strict=True) if done]
-            for job in again:
-                await self._queue.remove(job.id)
-            await self._add_now(again)
-            return [True] * len(jobs)
-        room = max(self._settings.max_queue_depth - int(waiting), 0)
-        for job, done in zip(jobs[:room], finished, strict=False):
-            if done:
-                await self._queue.remove(job.id)
-        await self._add_now(jobs[:room])
-        return [i < room for i in range(len(jobs))]
+        return waiting, finished
 
     def _far_from_full(self, adding: int) -> bool:
         if self._depth_seen is None:
