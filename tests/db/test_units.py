@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vitalcast.db.engine import Database
+from vitalcast.db.prepared import Prepared
 from vitalcast.db.tables import users
 from vitalcast.db.units import UnitSuspended
 
@@ -65,6 +66,41 @@ async def test_units_in_parallel_all_commit_and_run_off_the_loop_thread_on_sqlit
         assert threading.get_ident() not in threads
     else:
         assert threads == {threading.get_ident()}
+
+
+_INSERT = Prepared(
+    sa.insert(users).values(
+        id=sa.bindparam("id"), name=sa.bindparam("name"), created_at_ms=0, change_seq=0
+    )
+)
+
+
+async def test_a_unit_of_prepared_statements_is_one_transaction_with_its_sqlalchemy_ones(
+    db: Database,
+) -> None:
+    """Prepared statements go to the driver beside SQLAlchemy's transaction objects (on SQLite
+    the unit's BEGIN and COMMIT do too): a unit of them alone commits, and one that also runs a
+    statement through SQLAlchemy commits or rolls back as one."""
+
+    async def prepared_only(conn: AsyncConnection) -> None:
+        await _INSERT.run(conn, {"id": "id-p", "name": "prepared"})
+
+    async def mixed_then_fail(conn: AsyncConnection) -> None:
+        await _INSERT.run(conn, {"id": "id-m1", "name": "mixed-1"})
+        await conn.execute(_insert("mixed-core"))
+        await _INSERT.run(conn, {"id": "id-m2", "name": "mixed-2"})
+        raise LookupError("the unit's own error")
+
+    async def mixed(conn: AsyncConnection) -> None:
+        await conn.execute(_insert("both-core"))
+        await _INSERT.run(conn, {"id": "id-b", "name": "both"})
+
+    await db.unit(prepared_only, write=True)
+    with pytest.raises(LookupError):
+        await db.unit(mixed_then_fail, write=True)
+    await db.unit(mixed, write=True)
+    names = ("prepared", "mixed-1", "mixed-core", "mixed-2", "both-core", "both")
+    assert [await _count(db, n) for n in names] == [1, 0, 0, 0, 1, 1]
 
 
 def _database_threads() -> set[threading.Thread]:

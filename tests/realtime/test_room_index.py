@@ -87,3 +87,44 @@ async def test_indexed_manager_keeps_the_rooms_python_socketio_keeps(seed: int) 
         ours = sorted(eio_of[1].get(r, r) for r in indexed.get_rooms(sids[1], ns))
         theirs = sorted(eio_of[0].get(r, r) for r in stock.get_rooms(sids[0], ns))
         assert ours == theirs
+
+
+class _Recording(socketio.AsyncServer):  # type: ignore[misc]
+    """A server whose Engine.IO hand-over records each packet per Engine.IO sid instead of
+    sending it; the sids in ``failing`` raise, as a socket gone mid-emit would."""
+
+    def __init__(self, manager: Any, failing: frozenset[str] = frozenset()) -> None:
+        super().__init__(client_manager=manager)
+        self.sent: dict[str, list[str]] = {}
+        self.failing = failing
+
+    async def _send_eio_packet(self, eio_sid: str, eio_pkt: Any) -> None:
+        if eio_sid in self.failing:
+            raise ConnectionError("gone")
+        self.sent.setdefault(eio_sid, []).append(eio_pkt.encode())
+
+
+async def test_an_emit_reaches_the_sockets_python_socketio_reaches_in_the_same_order() -> None:
+    """The indexed manager queues a room's packet on each socket in a loop instead of a task
+    per recipient: the same packets reach the same sockets in the same order (rooms, lists of
+    rooms, skipped sids), and a socket whose hand-over fails does not stop the others."""
+    servers = [
+        _Recording(socketio.AsyncManager()),
+        _Recording(IndexedManager(), failing=frozenset({"eio-3"})),
+    ]
+    sids: list[dict[str, str]] = [{}, {}]
+    for i, server in enumerate(servers):
+        for n in range(6):
+            sid = await server.manager.connect(f"eio-{n}", "/")
+            sids[i][f"eio-{n}"] = sid
+            await server.manager.enter_room(sid, "/", ROOMS[n % 3])
+    for i, server in enumerate(servers):
+        await server.emit("session.updated", {"n": 1}, to=ROOMS[0])
+        await server.emit("session.status", {"n": 2}, to=[ROOMS[1], ROOMS[2]])
+        await server.emit("session.updated", ("a", 3), to=ROOMS[1], skip_sid=sids[i]["eio-1"])
+        await server.emit("session.alert", None, to=ROOMS[2])
+    stock, indexed = servers
+    assert stock.sent.pop("eio-3")
+    assert indexed.sent == stock.sent
+    assert set(indexed.sent) == {"eio-0", "eio-1", "eio-2", "eio-4", "eio-5"}
+    assert len(indexed.sent["eio-5"]) == 2

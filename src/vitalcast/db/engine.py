@@ -97,8 +97,11 @@ def _sqlite_begin(conn: sa.Connection) -> None:
     begin = "BEGIN IMMEDIATE" if immediate else "BEGIN"
     driver = conn.connection.driver_connection
     if isinstance(driver, InlineConnection) and driver.sqlite_connection is not None:
-        # a unit's connection (``units``): straight to sqlite3, as ``prepared`` statements go
-        driver.sqlite_connection.execute(begin)
+        # a unit's connection (``units``): its unit began the transaction on sqlite3 already
+        # (with the lock its kind needs); otherwise straight to sqlite3, as ``prepared``
+        # statements go
+        if not driver.sqlite_connection.in_transaction:
+            driver.sqlite_connection.execute(begin)
     else:
         conn.exec_driver_sql(begin)
 

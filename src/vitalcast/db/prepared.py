@@ -46,7 +46,7 @@ import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from vitalcast.db.units import InlineConnection
+from vitalcast.db.units import InlineConnection, running_unit
 
 #: parameters of one execution, by bind name
 Params = Mapping[str, Any]  # Any: whatever the columns take
@@ -69,6 +69,9 @@ class PgRow(asyncpg.Record):  # type: ignore[misc]  # asyncpg ships no type hint
 def sqlite_driver(conn: AsyncConnection) -> sqlite3.Connection | None:
     """The ``sqlite3`` connection under ``conn`` when this thread may use it directly (a unit's
     connection, see ``db.units``); None otherwise."""
+    running = running_unit(conn)
+    if running is not None:
+        return running[0]
     if conn.dialect.name != "sqlite":
         return None
     fairy = conn.sync_connection.connection if conn.sync_connection is not None else None
@@ -85,6 +88,9 @@ def _execute(
     many: bool = False,
 ) -> sqlite3.Cursor:
     """``sql`` on ``driver``, told to the connection's cursor-execute listeners."""
+    running = running_unit(conn)
+    if running is not None and not running[1]:
+        return driver.executemany(sql, values) if many else driver.execute(sql, values)
     sync = conn.sync_connection
     dispatch = None if sync is None else sync.dispatch
     if dispatch is not None and dispatch.before_cursor_execute:

@@ -24,8 +24,10 @@ from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 import socketio
+from engineio import packet as eio_packet
 from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
+from socketio import packet as sio_packet
 
 from vitalcast.alerts.models import SESSION_ALERT, Alert
 from vitalcast.json_types import JsonObject
@@ -169,7 +171,52 @@ class RoomIndex:
 
 
 class IndexedManager(RoomIndex, socketio.AsyncManager):  # type: ignore[misc]
-    """The in-process manager of an embedded server, with its rooms indexed by client."""
+    """The in-process manager of an embedded server, with its rooms indexed by client, and an
+    emit that hands a room's packet to its sockets one after another.
+
+    python-socketio's emit encodes a room's packet once, then makes a task per recipient to
+    queue it and waits for them all: a task, its scheduling and a done callback per watcher
+    per event, for a hand-over that never waits (Engine.IO queues the packet on the socket's
+    unbounded queue, and its writer task sends it). Queuing in a loop does the same without
+    them, in the same order; a failed hand-over to one socket does not stop the others, as a
+    failed task did not. Emits that want acknowledgements keep the library's way.
+    """
+
+    async def emit(
+        self,
+        event: str,
+        data: Any,  # Any: python-socketio's emit is untyped (here and below)
+        namespace: str,
+        room: Any = None,
+        skip_sid: Any = None,
+        callback: Any = None,
+        to: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        room = to or room
+        if callback is not None or namespace not in self.rooms:
+            await super().emit(
+                event, data, namespace, room=room, skip_sid=skip_sid, callback=callback, **kwargs
+            )
+            return
+        # the argument handling and the one encoding are python-socketio 5.18's
+        args = list(data) if isinstance(data, tuple) else [] if data is None else [data]
+        skipped = skip_sid if isinstance(skip_sid, list) else [skip_sid]
+        encoded = self.server.packet_class(
+            sio_packet.EVENT, namespace=namespace, data=[event, *args]
+        ).encode()
+        packets = [
+            eio_packet.Packet(eio_packet.MESSAGE, p)
+            for p in (encoded if isinstance(encoded, list) else [encoded])
+        ]
+        for sid, eio_sid in self.get_participants(namespace, room):
+            if sid in skipped:
+                continue
+            for one in packets:
+                try:
+                    await self.server._send_eio_packet(eio_sid, one)
+                except Exception as exc:
+                    log.debug("realtime_send_failed", error=type(exc).__name__)
 
 
 class BoundedRedisManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[misc]

@@ -117,6 +117,8 @@ async def chain(
 
 #: a chain a compute asks for: (session, after_seq exclusive, through_seq)
 Span = tuple[str, int, int]
+#: log entries by (session, change_seq): (prev_seq, packed ranges), as ``walk`` takes them
+Entries = dict[tuple[str, int], tuple[int, bytes | None]]
 
 
 async def chains(conn: AsyncConnection, spans: Sequence[Span]) -> list[list[LogEntry] | None]:
@@ -134,12 +136,10 @@ async def chains(conn: AsyncConnection, spans: Sequence[Span]) -> list[list[LogE
     for i, (session_id, (lo, hi)) in enumerate(sorted(wanted.items())):
         params |= {f"s{i}": session_id, f"lo{i}": lo, f"hi{i}": hi}
     rows = await _entries_of(len(wanted)).rows(conn, params)
-    by_seq: dict[tuple[str, int], tuple[int, bytes | None]] = {
-        (row.session_id, row.change_seq): (row.prev_seq, row.ranges) for row in rows
-    }
+    by_seq: Entries = {(row.session_id, row.change_seq): (row.prev_seq, row.ranges) for row in rows}
     for i, (session_id, after, through) in enumerate(spans):
         if through > after:
-            walks[i] = _walk(by_seq, session_id, after, through)
+            walks[i] = walk(by_seq, session_id, after, through)
     return walks
 
 
@@ -168,12 +168,12 @@ def _entries_of(n_sessions: int) -> Prepared:
     return statement
 
 
-def _walk(
-    by_seq: dict[tuple[str, int], tuple[int, bytes | None]],
-    session_id: str,
-    after_seq: int,
-    through_seq: int,
+def walk(
+    by_seq: Entries, session_id: str, after_seq: int, through_seq: int
 ) -> list[LogEntry] | None:
+    """``chain`` from entries read already (e.g. with a compute's claim, ``telemetry.store``):
+    the session's entries from ``after_seq`` (exclusive) to ``through_seq``, oldest first, when
+    the chain between them is complete; None when an entry is missing."""
     walked: list[LogEntry] = []
     seq = through_seq
     while seq != after_seq:

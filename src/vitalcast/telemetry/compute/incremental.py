@@ -200,14 +200,20 @@ async def read_views(
     planned = [_prepare(view, memo) for view in views]
     spans: list[changelog.Span] = []
     asking: list[_Planned] = []
+    walked: list[tuple[_Planned, list[changelog.LogEntry] | None]] = []
     for p in planned:
         stored = p.view.stored
         if p.previous is not None and stored is not None and stored.source_watermark is not None:
-            spans.append(
-                (p.view.session.id, stored.source_watermark, p.view.session.source_watermark)
-            )
-            asking.append(p)
-    for p, entries in zip(asking, await changelog.chains(conn, spans), strict=True):
+            span = (p.view.session.id, stored.source_watermark, p.view.session.source_watermark)
+            if stored.log is not None:
+                # read with the claim: no statement of its own
+                walked.append((p, changelog.walk(stored.log, *span)))
+            else:
+                spans.append(span)
+                asking.append(p)
+    if spans:
+        walked += zip(asking, await changelog.chains(conn, spans), strict=True)
+    for p, entries in walked:
         bucket_ms = p.view.key.resolution.bucket_ms
         p.path, dirty = plan(p.window, bucket_ms, p.previous, entries)
         if p.path is ComputePath.INCREMENTAL:

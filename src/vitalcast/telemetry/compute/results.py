@@ -7,6 +7,7 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from vitalcast.sessions import changelog
 from vitalcast.telemetry.grid import TelemetryWindow
 from vitalcast.telemetry.keys import CacheState
 from vitalcast.telemetry.ports import AlertEpisode
@@ -34,6 +35,9 @@ class StoredView:
     source_watermark: int | None
     partials: bytes | None
     history: bytes | None
+    #: the session's change-log entries after ``source_watermark`` up to its watermark, read
+    #: with the claim (PostgreSQL), as ``changelog.walk`` takes them; None: the read asks for them
+    log: changelog.Entries | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vitalcast.clock import MINUTE_MS
 from vitalcast.db.prepared import Prepared
-from vitalcast.db.tables import sessions, telemetry_cache
+from vitalcast.db.tables import session_changes, sessions, telemetry_cache
+from vitalcast.sessions import changelog
 from vitalcast.sessions.models import Session, SessionStatus
 from vitalcast.telemetry.compute.results import ComputedTelemetry, StoredView
 from vitalcast.telemetry.keys import CacheState, TelemetryKey
@@ -142,6 +143,26 @@ def _claim_statement(dialect: str) -> Prepared:
         session_columns: list[Any] = [  # Any: columns of several types
             getattr(s, name).label(f"s_{name}") for name in _SESSION_FIELDS
         ]
+        # The change-log entries an incremental compute walks, from the stored payload's
+        # watermark to the session's, read with the claim from the same snapshot (a statement
+        # of their own was a round trip per batch; ``read_views`` then reads none).
+        log = session_changes.c
+        after_stored = sa.and_(
+            log.session_id == c.session_id,
+            log.change_seq > c.source_watermark,
+            log.change_seq <= s.source_watermark,
+        )
+        session_columns += [
+            sa.select(sa.func.array_agg(postgresql.aggregate_order_by(column, log.change_seq)))
+            .where(after_stored)
+            .scalar_subquery()
+            .label(name)
+            for name, column in (
+                ("log_seqs", log.change_seq),
+                ("log_prevs", log.prev_seq),
+                ("log_ranges", log.ranges),
+            )
+        ]
         joined: list[sa.ColumnElement[bool]] = [s.id == c.session_id]
     else:
         # SQLite's RETURNING may not name the tables of UPDATE … FROM: a subquery each
@@ -187,6 +208,20 @@ def _claim_statement(dialect: str) -> Prepared:
         )
     )
     return statement
+
+
+def _log_of(row: Any, read: bool) -> changelog.Entries | None:  # Any: a claimed row
+    """The change-log entries a claim ``read`` (PostgreSQL; none found: an empty log); None
+    where the claim reads none (SQLite)."""
+    if not read:
+        return None
+    seqs: list[int] | None = row.log_seqs
+    if seqs is None:
+        return {}
+    return {
+        (row.session_id, seq): (prev, ranges)
+        for seq, prev, ranges in zip(seqs, row.log_prevs, row.log_ranges, strict=True)
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,6 +310,7 @@ class SessionTelemetryCacheRepository:
         }
         found: dict[KeyTuple, Claim] = {}
         by_tuple = {key_tuple(k): k for k in keys}
+        log_read = conn.dialect.name == "postgresql"
         for row in await take.rows(conn, params):
             t = (row.session_id, row.window_minutes, row.resolution, row.compute_version)
             if row.s_status is None:
@@ -301,7 +337,9 @@ class SessionTelemetryCacheRepository:
                 row.attempts,
             )
             stored = (
-                StoredView(row.source_watermark, row.partials, row.history) if has_payload else None
+                StoredView(row.source_watermark, row.partials, row.history, _log_of(row, log_read))
+                if has_payload
+                else None
             )
             found[t] = Claim(by_tuple[t], lease, session, stored, row.stale_since_ms)
         return found
