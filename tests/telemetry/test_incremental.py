@@ -318,6 +318,21 @@ async def _live_session(tc: TelemetryClient, users) -> tuple[str, str, dict[str,
     return user_id, session_id, headers, start
 
 
+#: the view a watching client of the delta tests holds
+DELTA_VIEW = {"window_minutes": 60, "resolution": "1m", "metrics": "all"}
+
+
+async def _watched_live_session(
+    tc: TelemetryClient, users
+) -> tuple[str, dict[str, str], int, dict[str, Any]]:
+    """A live session settled, and its view's payload as a watching client holds it before the
+    update a test makes: (session id, headers, start, payload)."""
+    _user_id, session_id, headers, start = await _live_session(tc, users)
+    await tc.settle()
+    base = (await tc.get(headers, session_id, **DELTA_VIEW)).json()["telemetry"]
+    return session_id, headers, start, base
+
+
 async def test_a_hole_in_the_change_log_falls_back_to_a_full_compute(mtc, users):
     """With the entry of one change missing from the log the compute is full (and exact); with
     the log complete it is incremental. Either way the log is pruned up to the saved watermark."""
@@ -499,10 +514,8 @@ async def test_a_delta_carries_only_what_changed_and_rebuilds_the_payload(tc, us
     """A client at the previous watermark gets a delta: one bucket's columns and the parts that
     moved; applying it gives the full payload. A watermark the history does not hold gets the
     full payload, and so does a client that sent no watermark."""
-    _user_id, session_id, headers, start = await _live_session(tc, users)
-    await tc.settle()
-    params = {"window_minutes": 60, "resolution": "1m", "metrics": "all"}
-    base = (await tc.get(headers, session_id, **params)).json()["telemetry"]
+    session_id, headers, start, base = await _watched_live_session(tc, users)
+    params = DELTA_VIEW
     await tc.post_samples(headers, [hr("x", start + 7 * MINUTE + 10_000, 99.0)])
     await tc.settle()
     response = await tc.get(headers, session_id, since_watermark=base["source_watermark"], **params)
@@ -536,10 +549,8 @@ async def test_a_stale_answer_is_a_delta_too(tc, users, apply_delta):
     """While a recompute is due (the live edge moved on), a client that holds a payload gets the
     stale answer as a delta with its Retry-After: under load a dashboard keeps receiving deltas
     instead of a full payload per stale answer."""
-    _user_id, session_id, headers, start = await _live_session(tc, users)
-    await tc.settle()
-    params = {"window_minutes": 60, "resolution": "1m", "metrics": "all"}
-    base = (await tc.get(headers, session_id, **params)).json()["telemetry"]
+    session_id, headers, start, base = await _watched_live_session(tc, users)
+    params = DELTA_VIEW
     await tc.post_samples(headers, [hr("s", start + 7 * MINUTE + 10_000, 99.0)])
     await tc.settle()
     saved = (await tc.get(headers, session_id, **params)).json()["telemetry"]
@@ -562,10 +573,8 @@ async def test_a_kept_deltas_ready_answer_is_never_served_once_its_view_is_stale
     same ETag, a 304 for If-None-Match): and once the view it was read for is no longer current
     (here the live edge moved on, with the same row and the same kept delta), the same delta
     is answered stale with its Retry-After, and the recompute it calls for runs."""
-    _user_id, session_id, headers, start = await _live_session(tc, users)
-    await tc.settle()
-    params = {"window_minutes": 60, "resolution": "1m", "metrics": "all"}
-    base = (await tc.get(headers, session_id, **params)).json()["telemetry"]
+    session_id, headers, start, base = await _watched_live_session(tc, users)
+    params = DELTA_VIEW
     since = base["source_watermark"]
     await tc.post_samples(headers, [hr("s", start + 7 * MINUTE + 10_000, 99.0)])
     await tc.settle()
@@ -599,10 +608,8 @@ async def test_clients_at_one_watermark_share_a_delta_and_the_next_save_gets_its
     """Every client watching a session asks for the same delta after an update: each gets the
     same bytes. After another save, a client at the first watermark gets the delta to the new
     payload (never the one kept for the save before), and it still rebuilds the payload."""
-    _user_id, session_id, headers, start = await _live_session(tc, users)
-    await tc.settle()
-    params = {"window_minutes": 60, "resolution": "1m", "metrics": "all"}
-    base = (await tc.get(headers, session_id, **params)).json()["telemetry"]
+    session_id, headers, start, base = await _watched_live_session(tc, users)
+    params = DELTA_VIEW
     since = base["source_watermark"]
     await tc.post_samples(headers, [hr("a", start + 7 * MINUTE + 10_000, 99.0)])
     await tc.settle()
