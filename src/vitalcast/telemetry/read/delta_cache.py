@@ -31,7 +31,7 @@ _Start = tuple[str, int, int, tuple[str, ...]]
 
 
 def _delta_key(
-    key: TelemetryKey,
+    view: _View,
     watermark: int | None,
     computed_at_ms: int | None,
     since_watermark: int,
@@ -39,15 +39,20 @@ def _delta_key(
 ) -> _Built:
     """A built delta is the same for every client: it depends on the save it leads to (its
     watermark and compute time), the watermark it starts from and the metrics asked for."""
+    session_id, window_minutes, resolution = view
     return (
-        key.session_id,
-        key.window_minutes,
-        key.resolution.value,
+        session_id,
+        window_minutes,
+        resolution,
         watermark,
         computed_at_ms,
         since_watermark,
         codes,
     )
+
+
+def _view_of(key: TelemetryKey) -> _View:
+    return (key.session_id, key.window_minutes, key.resolution.value)
 
 
 @dataclass(slots=True)
@@ -99,17 +104,9 @@ class DeltaCache:
         """The delta built for this request (``row`` is the view's, read for it), if any; the
         request's metric selection is remembered for the view's next saves. Takes the view's
         parts, not its ``TelemetryKey``: a hit needs none made."""
-        resolution = str(row.resolution)
-        self._remember((session_id, window_minutes, resolution), user_id, codes)
-        built = (
-            session_id,
-            window_minutes,
-            resolution,
-            row.source_watermark,
-            row.computed_at_ms,
-            since_watermark,
-            codes,
-        )
+        view = (session_id, window_minutes, str(row.resolution))
+        self._remember(view, user_id, codes)
+        built = _delta_key(view, row.source_watermark, row.computed_at_ms, since_watermark, codes)
         kept = self._kept.get(built)
         if kept is None:
             return None
@@ -136,7 +133,7 @@ class DeltaCache:
         delta: bytes,
     ) -> None:
         """Keep a delta built for the save at ``watermark``, computed at ``computed_at_ms``."""
-        built = _delta_key(key, watermark, computed_at_ms, since_watermark, codes)
+        built = _delta_key(_view_of(key), watermark, computed_at_ms, since_watermark, codes)
         if built not in self._kept:
             self._starts[_start_of(built)] += 1
         self._kept[built] = KeptDelta(key.user_id, delta)
@@ -146,14 +143,12 @@ class DeltaCache:
 
     def selections(self, key: TelemetryKey) -> list[tuple[str, ...]]:
         """The metric selections clients asked deltas of for this view, latest last."""
-        asked = self._asked.get((key.session_id, key.window_minutes, key.resolution.value))
+        asked = self._asked.get(_view_of(key))
         return [] if asked is None else list(asked[1])
 
     def remember(self, key: TelemetryKey, codes: tuple[str, ...]) -> None:
         """Remember that clients of ``key``'s view ask deltas of ``codes`` (``get`` does)."""
-        self._remember(
-            (key.session_id, key.window_minutes, key.resolution.value), key.user_id, codes
-        )
+        self._remember(_view_of(key), key.user_id, codes)
 
     def _remember(self, view: _View, user_id: str, codes: tuple[str, ...]) -> None:
         asked = self._asked.get(view)
