@@ -299,8 +299,8 @@ class TelemetryComputer:
         if not done:
             return outcomes
         saving = time.perf_counter()
-        # The save is one compare-and-set statement unless a change log is due for pruning:
-        # then it stands alone, with no transaction around it (two round trips fewer).
+        # With no change log due for pruning the save is one compare-and-set statement: it stands
+        # alone, with no transaction around it (two round trips fewer); a prune joins it in one.
         alone = not any(_prune_due(r.claim.lease.source_watermark, r.computed) for r in done)
         try:
             saved = await self._db.unit(
