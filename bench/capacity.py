@@ -348,6 +348,7 @@ def judge(
 GC_PAUSE = "vitalcast_gc_pause_seconds"
 LOOP_LAG = "vitalcast_event_loop_lag_seconds"
 UNITS = "vitalcast_sqlite_unit_seconds"
+ON_LOOP = "vitalcast_sqlite_units_on_loop_total"
 STAGES = "vitalcast_compute_stage_seconds"
 
 
@@ -394,6 +395,9 @@ def server_pauses(before: dict[str, float], after: dict[str, float]) -> dict[str
         "sqlite_write_runs_over_100ms": writes_over("run", "0.1"),
         "sqlite_write_runs_over_1s": writes_over("run", "1.0"),
         "sqlite_write_lock_held_s": round(write_run_s, 3),
+        "sqlite_write_units": delta(f'{UNITS}_count{{kind="write",phase="run"}}'),
+        # short write units run on the event loop's thread (a server without the series: 0)
+        "sqlite_write_units_on_loop": delta(f'{ON_LOOP}{{kind="write"}}'),
         # where the live updates' compute batches spent their time (seconds, all batches)
         "compute_batches": delta(f'{STAGES}_count{{stage="save"}}'),
         "compute_stage_s": {

@@ -255,6 +255,14 @@ class Metrics:
             buckets=PAUSE_BUCKETS_S,
             registry=r,
         )
+        self.sqlite_units_on_loop = Counter(
+            "vitalcast_sqlite_units_on_loop",
+            "SQLite units of work (embedded) run on the event loop's thread (short writes that "
+            "found no write lock taken), writes and reads apart; the others ran on a database "
+            "thread.",
+            ["kind"],
+            registry=r,
+        )
         self.event_loop_lag_seconds = Histogram(
             "vitalcast_event_loop_lag_seconds",
             "How late the event loop ran a timer due now (a long synchronous section, a GC pause "
@@ -264,18 +272,24 @@ class Metrics:
         )
 
 
-def sqlite_unit_observer(metrics: Metrics) -> Callable[[bool, float, float], None]:
+def sqlite_unit_observer(metrics: Metrics) -> Callable[[bool, float, float, bool], None]:
     """What ``Database.unit_observer`` calls: each unit's wait and run into
-    ``vitalcast_sqlite_unit_seconds``."""
+    ``vitalcast_sqlite_unit_seconds``, and the units run on the loop's thread counted."""
     series = {
         (write, phase): metrics.sqlite_unit_seconds.labels("write" if write else "read", phase)
         for write in (True, False)
         for phase in ("wait", "run")
     }
+    on_loop = {
+        write: metrics.sqlite_units_on_loop.labels("write" if write else "read")
+        for write in (True, False)
+    }
 
-    def observe(write: bool, waited_s: float, ran_s: float) -> None:
+    def observe(write: bool, waited_s: float, ran_s: float, looped: bool) -> None:
         series[(write, "wait")].observe(max(0.0, waited_s))
         series[(write, "run")].observe(max(0.0, ran_s))
+        if looped:
+            on_loop[write].inc()
 
     return observe
 

@@ -4,6 +4,7 @@ raises; on a SQLite file it runs on a database thread (one hop), elsewhere on th
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 
 import pytest
@@ -134,3 +135,157 @@ async def test_a_unit_that_waits_for_the_loop_fails_on_sqlite_and_leaves_nothing
     with pytest.raises(UnitSuspended):
         await db.unit(add_then_wait, write=True)
     assert await _count(db, "waited") == 0
+
+
+async def test_a_short_write_unit_runs_on_the_loop_thread_and_is_observed(db: Database) -> None:
+    """A short write unit finds no write lock taken and runs on the caller's thread (no hop
+    to a database thread), committed, and the unit observer hears it with its lock time."""
+    heard: list[tuple[bool, bool]] = []
+    db.unit_observer = lambda write, _waited, _ran, looped: heard.append((write, looped))
+    threads: set[int] = set()
+
+    async def add(conn: AsyncConnection, i: int) -> None:
+        threads.add(threading.get_ident())
+        await _INSERT.run(conn, {"id": f"id-short-{i}", "name": f"short-{i}"})
+
+    for i in range(3):
+        await db.unit(lambda c, i=i: add(c, i), write=True, short=True)
+    await db.unit(lambda c: add(c, 3), derived=True, short=True)
+    assert threads == {threading.get_ident()}
+    assert sum([await _count(db, f"short-{i}") for i in range(4)]) == 4
+    if db.sqlite:
+        assert heard[:4] == [(True, True)] * 4
+        assert heard[4:] == [(False, False)] * 4  # the counts: read units, on a thread
+
+
+async def test_a_short_unit_that_raises_or_waits_leaves_nothing_and_the_next_one_commits(
+    db: Database,
+) -> None:
+    """On the loop's thread a short unit is the same transaction: one that raises after its
+    writes rolls back all of them, one that waits for the loop fails (on SQLite) and leaves
+    nothing, and the connection serves the next unit."""
+
+    async def add_then_fail(conn: AsyncConnection) -> None:
+        await _INSERT.run(conn, {"id": "id-f1", "name": "failed-1"})
+        await conn.execute(_insert("failed-core"))
+        raise LookupError("the unit's own error")
+
+    async def add_then_wait(conn: AsyncConnection) -> None:
+        await _INSERT.run(conn, {"id": "id-w1", "name": "waited-short"})
+        await asyncio.sleep(0)
+
+    with pytest.raises(LookupError):
+        await db.unit(add_then_fail, write=True, short=True)
+    if db.sqlite:
+        with pytest.raises(UnitSuspended):
+            await db.unit(add_then_wait, write=True, short=True)
+    await db.unit(lambda c: _INSERT.run(c, {"id": "id-n", "name": "next"}), write=True, short=True)
+    names = ("failed-1", "failed-core", "waited-short", "next")
+    assert [await _count(db, n) for n in names] == [0, 0, 0, 1]
+
+
+_HOLD_WRITE_LOCK = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+conn.execute("INSERT INTO users (id, name, created_at_ms, change_seq) VALUES ('id-o', 'other', 0, 0)")
+print("holding", flush=True)
+sys.stdin.readline()
+conn.execute("COMMIT")
+print("committed", flush=True)
+"""
+
+
+async def test_a_short_unit_waits_on_a_database_thread_while_another_process_writes(
+    db: Database, database_url: str
+) -> None:
+    """When another process (a CLI command) holds the SQLite file's write lock, a short unit
+    does not fail with SQLITE_BUSY on the loop: it runs on a database thread, which waits for
+    the lock, and commits after the other process's transaction."""
+    if not db.sqlite:
+        pytest.skip("the file's write lock is SQLite's")
+    path = database_url.partition(":///")[2]
+    other = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _HOLD_WRITE_LOCK,
+        path,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert other.stdin is not None and other.stdout is not None
+    try:
+        assert await other.stdout.readline() == b"holding\n"
+        ran_on: list[int] = []
+        heard: list[bool] = []
+        db.unit_observer = lambda _write, _waited, _ran, looped: heard.append(looped)
+
+        async def add(conn: AsyncConnection) -> int:
+            ran_on.append(threading.get_ident())
+            await _INSERT.run(conn, {"id": "id-a", "name": "after-other"})
+            return await _COUNT_OTHER.scalar(conn)
+
+        unit = asyncio.create_task(db.unit(add, write=True, short=True))
+        # the unit is refused on the loop at BEGIN, before any of it ran
+        await asyncio.sleep(0.2)
+        assert not unit.done() and not heard
+        other.stdin.write(b"go\n")
+        assert await other.stdout.readline() == b"committed\n"
+        # it ran on a database thread, after the other process's commit (it sees its row)
+        assert await unit == 1
+        assert ran_on and threading.get_ident() not in ran_on
+        assert heard == [False]
+        assert await _count(db, "after-other") == 1
+    finally:
+        if other.returncode is None:
+            other.kill()
+        await other.wait()
+
+
+_COUNT_OTHER = Prepared(
+    sa.select(sa.func.count()).select_from(users).where(users.c.name == "other")
+)
+
+
+async def test_a_short_unit_runs_on_a_database_thread_while_a_unit_there_holds_the_lock(
+    db: Database, database_url: str
+) -> None:
+    """While a write unit on a database thread holds the process's write lock (here waiting
+    for another process's), a short unit does not take it on the loop: it queues behind it on
+    a database thread, and both commit once the other process's lock is let go."""
+    if not db.sqlite:
+        pytest.skip("the process's write lock is the SQLite units'")
+    path = database_url.partition(":///")[2]
+    other = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _HOLD_WRITE_LOCK,
+        path,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert other.stdin is not None and other.stdout is not None
+    try:
+        assert await other.stdout.readline() == b"holding\n"
+        order: list[str] = []
+        threads: set[int] = set()
+
+        async def add(conn: AsyncConnection, name: str) -> None:
+            threads.add(threading.get_ident())
+            order.append(name)
+            await _INSERT.run(conn, {"id": f"id-{name}", "name": name})
+
+        long_unit = asyncio.create_task(db.unit(lambda c: add(c, "long"), write=True))
+        await asyncio.sleep(0.2)  # the long unit holds the process's lock, waiting at BEGIN
+        short_unit = asyncio.create_task(db.unit(lambda c: add(c, "short"), write=True, short=True))
+        await asyncio.sleep(0.2)
+        assert order == [] and not short_unit.done()
+        other.stdin.write(b"go\n")
+        await asyncio.gather(long_unit, short_unit)
+        assert sorted(order) == ["long", "short"]
+        assert threading.get_ident() not in threads
+        assert [await _count(db, n) for n in ("other", "long", "short")] == [1, 1, 1]
+    finally:
+        if other.returncode is None:
+            other.kill()
+        await other.wait()

@@ -154,7 +154,13 @@ class Database:
             yield conn
 
     async def unit(
-        self, unit: Unit[T], *, write: bool = False, derived: bool = False, alone: bool = False
+        self,
+        unit: Unit[T],
+        *,
+        write: bool = False,
+        derived: bool = False,
+        alone: bool = False,
+        short: bool = False,
     ) -> T:
         """``await unit(conn)`` in one transaction (``read()``, ``write()`` or, with
         ``derived``, ``derived_write()``), committed when it returns. On a SQLite file the whole
@@ -164,7 +170,13 @@ class Database:
         ``alone`` (with ``derived``): the unit's prepared statements each stand alone (one
         statement, or statements none of which needs another to have happened), so on
         PostgreSQL each commits by itself and the unit costs no BEGIN and COMMIT round trips
-        (a compute's save is one statement). Elsewhere it is a transaction as any other."""
+        (a compute's save is one statement). Elsewhere it is a transaction as any other.
+
+        ``short`` (a write or derived unit of a few indexed statements: a live ingest, a
+        compute's claim or save): on a SQLite file it runs on this loop's thread, with no hop,
+        whenever no write lock is taken at once, and on a database thread otherwise (``units``).
+        A unit that can run long (an import's batch, an aggregate over hours) must not say so:
+        on the loop it would stop every request and socket while it runs."""
         if self._sqlite_file:
             if self._units is None:
                 self._units = SqliteUnits(
@@ -174,7 +186,7 @@ class Database:
                     busy_timeout_s=SQLITE_BUSY_TIMEOUT_MS / 1000,
                     observer=self.unit_observer,
                 )
-            return await self._units.run(unit, write=write or derived)
+            return await self._units.run(unit, write=write or derived, short=short)
         if self.engine.dialect.driver == "asyncpg":
             kind = (
                 (_DERIVED_ALONE if alone else _DERIVED) if derived else _WRITE if write else _READ

@@ -25,6 +25,10 @@ from vitalcast.sessions.models import Session
 
 log = get_logger(__name__)
 
+#: samples and deletions of an ingest whose unit is short (``Database.unit``): a live sync
+#: sends a few; an import's batch of thousands writes long enough to hold the loop
+SHORT_INGEST_SAMPLES = 100
+
 
 @dataclass(frozen=True, slots=True)
 class IngestOutcome:
@@ -63,11 +67,15 @@ class IngestService:
         batch = validate_batch(body, now_ms=now_ms)
         fingerprint = body_fingerprint(body) if batch.request_id else ""
         months = [s.start_ms for s in batch.samples]
+        # a live sync's few samples: its unit may run on the loop's thread (``Database.unit``)
+        short = len(batch.samples) + len(batch.deletions) <= SHORT_INGEST_SAMPLES
         # Before the transaction: attaching a month waits for the locks a writer holds.
         await self._db.partitions.ensure(months)
         try:
             applied = await self._db.unit(
-                lambda conn: self._apply(conn, user_id, batch, fingerprint, now_ms), write=True
+                lambda conn: self._apply(conn, user_id, batch, fingerprint, now_ms),
+                write=True,
+                short=short,
             )
         except Exception as exc:
             if not is_missing_partition(exc):
@@ -77,7 +85,9 @@ class IngestService:
             self._db.partitions.forget()
             await self._db.partitions.ensure(months)
             applied = await self._db.unit(
-                lambda conn: self._apply(conn, user_id, batch, fingerprint, now_ms), write=True
+                lambda conn: self._apply(conn, user_id, batch, fingerprint, now_ms),
+                write=True,
+                short=short,
             )
         if isinstance(applied, IngestOutcome):
             log.info("ingest_replayed", user_id=user_id)

@@ -159,10 +159,12 @@ class TelemetryComputer:
         # the claim then holds when a read fails (see below).
         alone = self._db.alone_units
         try:
+            # short: a GROUP BY longer than a live update's runs in a read unit of its own
             read = await self._db.unit(
                 lambda conn: self._claim_and_read(conn, keys, now, claimed),
                 derived=True,
                 alone=alone,
+                short=True,
             )
         except Exception as exc:
             if claimed.due is None:
@@ -304,7 +306,10 @@ class TelemetryComputer:
         alone = not any(_prune_due(r.claim.lease.source_watermark, r.computed) for r in done)
         try:
             saved = await self._db.unit(
-                lambda conn: self._save(conn, done, read_started_ms), derived=True, alone=alone
+                lambda conn: self._save(conn, done, read_started_ms),
+                derived=True,
+                alone=alone,
+                short=True,
             )
         except Exception as exc:
             await self._record_failures([(r.claim, exc) for r in done], reasons)
