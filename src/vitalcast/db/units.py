@@ -57,6 +57,9 @@ UnitObserver = Callable[[bool, float, float, bool], None]
 UNIT_THREADS = 2
 #: SQLite's primary result code for a lock held by another connection (``SQLITE_BUSY``)
 _SQLITE_BUSY = 5
+#: short write units run on the loop between two checkpoints on a database thread (a live
+#: update's units write a few pages each; SQLite's own default checkpoints at 1,000 pages)
+CHECKPOINT_EVERY_UNITS = 100
 
 
 class _Inline:
@@ -187,7 +190,11 @@ class _Runner:
             )
             conn = await engine.connect()
             if not self._wait_busy:
-                _driver_of(conn).execute("PRAGMA busy_timeout=0")
+                driver = _driver_of(conn)
+                driver.execute("PRAGMA busy_timeout=0")
+                # a commit past SQLite's WAL limit would copy pages and sync files here, on
+                # the loop: ``SqliteUnits`` checkpoints on a database thread instead
+                driver.execute("PRAGMA wal_autocheckpoint=0")
             self._conns[write] = conn
         return conn
 
@@ -277,6 +284,16 @@ class _Worker(_Runner):
             started = time.perf_counter()
             return _drive(self._transaction(unit, write)), started, time.perf_counter()
 
+    def checkpoint(self) -> None:
+        """On the worker's thread: a checkpoint (it copies what no reader still needs from the
+        WAL to the database file) under the process's write lock. A writer that went on beside
+        it would keep the WAL from being fully copied, and SQLite starts the WAL over only then:
+        with short units coming at once behind each other it was seen growing without end. The
+        short units that find the lock taken meanwhile run on a database thread."""
+        conn = _drive(self._connection(False))
+        with self._write_lock:
+            _driver_of(conn).execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
     def _stop(self) -> None:
         _drive(self._dispose())
         asyncio.get_event_loop().close()
@@ -355,6 +372,9 @@ class SqliteUnits:
         ]
         #: the short write units' runner, made on the first thread that runs one (the loop's)
         self._on_loop: _OnLoop | None = None
+        #: short write units committed since the last checkpoint; the checkpoint running
+        self._since_checkpoint = 0
+        self._checkpointing: asyncio.Future[None] | None = None
         self._closed = False
 
     async def run(self, unit: Unit[T], *, write: bool, short: bool = False) -> T:
@@ -377,6 +397,12 @@ class SqliteUnits:
                     result, started, ended = ran
                     if self._observer is not None:
                         self._observer(write, started - called, ended - started, True)
+                    self._since_checkpoint += 1
+                    if (
+                        self._since_checkpoint >= CHECKPOINT_EVERY_UNITS
+                        and self._checkpointing is None
+                    ):
+                        self._checkpoint()
                     return result
         worker = min(self._workers, key=lambda w: w.busy)
         worker.busy += 1
@@ -391,6 +417,25 @@ class SqliteUnits:
         if self._observer is not None:
             self._observer(write, started - handed, ended - started, False)
         return result
+
+    def _checkpoint(self) -> None:
+        """Start a checkpoint on the least busy database thread, not waited for: the loop's
+        connection makes none itself (``_OnLoop``)."""
+        self._since_checkpoint = 0
+        worker = min(self._workers, key=lambda w: w.busy)
+        worker.busy += 1
+        running = asyncio.get_running_loop().run_in_executor(worker.executor, worker.checkpoint)
+        self._checkpointing = running
+
+        def done(future: asyncio.Future[None]) -> None:
+            worker.busy -= 1
+            self._checkpointing = None
+            # a checkpoint that failed (the file closed under it) is tried again after the
+            # next units; a busy one (another process's running) is no error, it stops short
+            if not future.cancelled():
+                future.exception()
+
+        running.add_done_callback(done)
 
     async def close(self) -> None:
         if self._closed:
