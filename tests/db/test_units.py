@@ -248,12 +248,12 @@ _COUNT_OTHER = Prepared(
 )
 
 
-async def test_a_short_unit_runs_on_a_database_thread_while_a_unit_there_holds_the_lock(
+async def test_a_short_unit_waits_on_the_loop_while_a_database_thread_holds_the_lock(
     db: Database, database_url: str
 ) -> None:
     """While a write unit on a database thread holds the process's write lock (here waiting
-    for another process's), a short unit does not take it on the loop: it queues behind it on
-    a database thread, and both commit once the other process's lock is let go."""
+    for another process's), a short unit waits for it without blocking the loop, then runs on
+    the loop's thread after it."""
     if not db.sqlite:
         pytest.skip("the process's write lock is the SQLite units'")
     path = database_url.partition(":///")[2]
@@ -268,23 +268,27 @@ async def test_a_short_unit_runs_on_a_database_thread_while_a_unit_there_holds_t
     assert other.stdin is not None and other.stdout is not None
     try:
         assert await other.stdout.readline() == b"holding\n"
-        order: list[str] = []
-        threads: set[int] = set()
+        ran: list[tuple[str, bool]] = []
 
         async def add(conn: AsyncConnection, name: str) -> None:
-            threads.add(threading.get_ident())
-            order.append(name)
+            ran.append((name, threading.get_ident() == loop_thread))
             await _INSERT.run(conn, {"id": f"id-{name}", "name": name})
 
+        loop_thread = threading.get_ident()
         long_unit = asyncio.create_task(db.unit(lambda c: add(c, "long"), write=True))
-        await asyncio.sleep(0.2)  # the long unit holds the process's lock, waiting at BEGIN
+        # the long unit holds the process's lock, waiting at BEGIN
+        for _ in range(3_000):
+            if db._units is not None and db._units.write_locked:
+                break
+            await asyncio.sleep(0.01)
+        assert db._units is not None and db._units.write_locked
         short_unit = asyncio.create_task(db.unit(lambda c: add(c, "short"), write=True, short=True))
-        await asyncio.sleep(0.2)
-        assert order == [] and not short_unit.done()
+        # the loop goes on meanwhile: a read unit is answered
+        assert await _count(db, "other") == 0
+        assert ran == [] and not short_unit.done()
         other.stdin.write(b"go\n")
         await asyncio.gather(long_unit, short_unit)
-        assert sorted(order) == ["long", "short"]
-        assert threading.get_ident() not in threads
+        assert ran == [("long", False), ("short", True)]
         assert [await _count(db, n) for n in ("other", "long", "short")] == [1, 1, 1]
     finally:
         if other.returncode is None:

@@ -174,7 +174,8 @@ class Database:
 
         ``short`` (a write or derived unit of a few indexed statements: a live ingest, a
         compute's claim or save): on a SQLite file it runs on this loop's thread, with no hop,
-        whenever no write lock is taken at once, and on a database thread otherwise (``units``).
+        once this process's write lock is free (waiting for it without blocking the loop), and
+        on a database thread when another process holds the file's (``units``).
         A unit that can run long (an import's batch, an aggregate over hours) must not say so:
         on the loop it would stop every request and socket while it runs."""
         if self._sqlite_file:
