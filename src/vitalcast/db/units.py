@@ -348,13 +348,16 @@ class _Worker(_Runner):
 
     def checkpoint(self) -> None:
         """On the worker's thread: a checkpoint (it copies what no reader still needs from the
-        WAL to the database file) under the process's write lock. A writer that went on beside
-        it would keep the WAL from being fully copied, and SQLite starts the WAL over only then:
-        with short units coming at once behind each other it was seen growing without end. The
-        short units that find the lock taken meanwhile run on a database thread."""
+        WAL to the database file), the bulk of it beside the writers, then what they wrote
+        meanwhile under the process's write lock. SQLite starts the WAL over only once it was
+        fully copied: with short units coming at once behind each other, checkpoints beside
+        them alone left the WAL growing without end. The short units that find the lock taken
+        meanwhile wait for it."""
         conn = _drive(self._connection(False))
+        driver = _driver_of(conn)
+        driver.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         with self._write_lock:
-            _driver_of(conn).execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            driver.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def _stop(self) -> None:
         _drive(self._dispose())
