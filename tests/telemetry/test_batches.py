@@ -243,9 +243,9 @@ def _units(db: Database) -> Iterator[list[bool]]:
     seen: list[bool] = []
     run = db.unit
 
-    async def counted(unit, *, write=False, derived=False, alone=False):
+    async def counted(unit, *, write=False, derived=False, alone=False, short=False):
         seen.append(write or derived)
-        return await run(unit, write=write, derived=derived, alone=alone)
+        return await run(unit, write=write, derived=derived, alone=alone, short=short)
 
     db.unit = counted  # type: ignore[method-assign]
     try:
