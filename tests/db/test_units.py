@@ -189,7 +189,9 @@ _HOLD_WRITE_LOCK = """
 import sqlite3, sys
 conn = sqlite3.connect(sys.argv[1], isolation_level=None)
 conn.execute("BEGIN IMMEDIATE")
-conn.execute("INSERT INTO users (id, name, created_at_ms, change_seq) VALUES ('id-o', 'other', 0, 0)")
+conn.execute(
+    "INSERT INTO users (id, name, created_at_ms, change_seq) VALUES ('id-o', 'other', 0, 0)"
+)
 print("holding", flush=True)
 sys.stdin.readline()
 conn.execute("COMMIT")

@@ -226,7 +226,7 @@ class _Refused(enum.Enum):
 
 
 class _Busy(Exception):
-    """SQLite refused a runner that does not wait its write lock at BEGIN: nothing of the unit
+    """SQLite refused a runner that does not wait for its write lock at BEGIN: nothing of the unit
     ran."""
 
 
@@ -304,7 +304,7 @@ class _Runner:
             self._conns.pop(write, None)
             await conn.close()
 
-    async def _dispose(self) -> None:
+    async def dispose(self) -> None:
         for conn in self._conns.values():
             await conn.close()
         self._conns.clear()
@@ -360,7 +360,7 @@ class _Worker(_Runner):
             driver.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def _stop(self) -> None:
-        _drive(self._dispose())
+        _drive(self.dispose())
         asyncio.get_event_loop().close()
 
     async def close(self) -> None:
@@ -515,7 +515,7 @@ class SqliteUnits:
         self._closed = True
         on_loop, self._on_loop = self._on_loop, None
         if on_loop is not None and on_loop.thread == threading.get_ident():
-            await on_loop._dispose()
+            await on_loop.dispose()
         await asyncio.gather(*(worker.close() for worker in self._workers))
 
 
