@@ -12,8 +12,8 @@ session of its own); only the imports were done before the fork. Nothing runs in
 imports: no event loop, no thread, no connection is inherited.
 
 Protocol (one Unix-socket connection per child): the caller sends one JSON line
-``{"module", "args", "env", "cwd", "stdout", "stderr", "append"}``; this server answers the
-child's pid, then, once it has ended, its exit code as ``subprocess`` reports it (negative: killed
+``{"module", "args", "env", "cwd"}`` with the child's stdout and stderr as two file descriptors
+(``SCM_RIGHTS``: the caller opens them, as for ``Popen``); this server answers the child's pid, then, once it has ended, its exit code as ``subprocess`` reports it (negative: killed
 by that signal), one line each. The ended child stays a zombie, its pid reserved, until the caller
 closes the connection, so a signal sent by pid never reaches another process (as with ``Popen``);
 a child still running when its caller's connection closes is SIGKILLed.
@@ -114,11 +114,15 @@ def _handle(conn: socket.socket) -> NoReturn:
     connection while the child runs (it died, or gave the child up) has the child SIGKILLed:
     a child never outlives the test process that started it."""
     try:
-        request = json.loads(conn.makefile("rb").readline())
+        line, fds, _flags, _address = socket.recv_fds(conn, 1 << 16, 2)
+        while not line.endswith(b"\n"):
+            line += conn.recv(1 << 16)
         pid = os.fork()
         if pid == 0:
             conn.close()
-            _exit(_run(request))
+            _exit(_run(json.loads(line), *fds))
+        for fd in fds:
+            os.close(fd)
         ended = os.pidfd_open(pid)
         conn.sendall(f"{pid}\n".encode())
         caller_gone = False
@@ -161,17 +165,14 @@ def _exit(code: int) -> NoReturn:
     os._exit(code)
 
 
-def _run(request: dict[str, Any]) -> int:
-    """Become ``python -m MODULE ARGS`` with the request's environment, directory and output;
-    its exit code."""
+def _run(request: dict[str, Any], stdout: int, stderr: int) -> int:
+    """Become ``python -m MODULE ARGS`` with the request's environment, directory and output
+    (``stdout``, ``stderr``: descriptors the caller sent); its exit code."""
     os.setsid()  # the caller signals the child alone, never this server
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if request.get("append") else os.O_TRUNC)
     null = os.open(os.devnull, os.O_RDONLY)
-    out = os.open(request["stdout"], flags, 0o600)
-    err = out if request["stderr"] == request["stdout"] else os.open(request["stderr"], flags, 0o600)
-    for fd, target in ((null, 0), (out, 1), (err, 2)):
+    for fd, target in ((null, 0), (stdout, 1), (stderr, 2)):
         os.dup2(fd, target)
-    for fd in {null, out, err}:
+    for fd in {null, stdout, stderr}:
         os.close(fd)
     os.environ.clear()
     os.environ.update(request["env"])

@@ -404,20 +404,18 @@ class Forks:
         append: bool = False,
     ) -> ForkedProcess:
         """``python -m MODULE ARGS`` with ``env`` in this process's directory, its output
-        written to ``stdout`` and ``stderr`` (appended with ``append``, else truncated)."""
-        request = {
-            "module": module,
-            "args": args,
-            "env": env,
-            "cwd": os.getcwd(),
-            "stdout": str(stdout),
-            "stderr": str(stderr),
-            "append": append,
-        }
+        written to ``stdout`` and ``stderr`` (appended with ``append``, else truncated; one
+        file when both are the same path)."""
+        request = {"module": module, "args": args, "env": env, "cwd": os.getcwd()}
+        mode = "ab" if append else "wb"
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            conn.connect(str(self.socket_path()))
-            conn.sendall(json.dumps(request).encode() + b"\n")
+            with contextlib.ExitStack() as files:
+                out = files.enter_context(stdout.open(mode))
+                err = out if stderr == stdout else files.enter_context(stderr.open(mode))
+                conn.connect(str(self.socket_path()))
+                line = json.dumps(request).encode() + b"\n"
+                socket.send_fds(conn, [line], [out.fileno(), err.fileno()])
             return ForkedProcess(conn, [module, *args])
         except BaseException:
             conn.close()
