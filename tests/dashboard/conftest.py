@@ -8,8 +8,6 @@ import asyncio
 import contextlib
 import random
 import re
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
