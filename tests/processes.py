@@ -332,18 +332,27 @@ class ForkedProcess:
 
     def wait(self, timeout: float | None = None) -> int:
         with self._lock:
-            if self.returncode is None:
-                line = self._line(timeout)
-                if line is None:
-                    raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
-                self.returncode = int(line)
-            return self.returncode
+            return self._wait(timeout)
+
+    def _wait(self, timeout: float | None) -> int:
+        if self.returncode is None:
+            line = self._line(timeout)
+            if line is None:
+                raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
+            self.returncode = int(line)
+        return self.returncode
 
     def poll(self) -> int | None:
+        """The exit code, or None while it runs (or while another thread waits for it, as
+        ``Popen.poll`` answers then)."""
+        if not self._lock.acquire(blocking=False):
+            return None
         try:
-            return self.wait(0)
+            return self._wait(0)
         except subprocess.TimeoutExpired:
             return None
+        finally:
+            self._lock.release()
 
     def send_signal(self, signum: int) -> None:
         if self.poll() is None:
