@@ -1,7 +1,8 @@
 """Real subprocesses for tests: ``python -m vitalcast`` children and a private ``redis-server``.
 
-Every child binds 127.0.0.1 on a free port, is stopped when its block exits and, through a
-watchdog, is SIGKILLed even when the test process itself dies without running any teardown.
+Every child binds 127.0.0.1 on a free port, is stopped when its block exits and is SIGKILLed
+even when the test process itself dies without running any teardown (a ``vitalcast`` child by
+the ``tests.forks`` handler that watches its caller, a daemon by a watchdog).
 Timeouts are parameters so that each caller keeps the bounds its tests were written against.
 """
 
@@ -12,6 +13,7 @@ import contextlib
 import json
 import os
 import random
+import select
 import signal
 import socket
 import ssl
@@ -134,7 +136,9 @@ def _wait_until(
     raise RuntimeError(f"{what} did not happen within {timeout_s} s")
 
 
-def stop_process(process: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEOUT_S) -> None:
+def stop_process(
+    process: subprocess.Popen[bytes] | ForkedProcess, timeout_s: float = STOP_TIMEOUT_S
+) -> None:
     """SIGTERM (a graceful shutdown), then SIGKILL if it is still running after ``timeout_s``."""
     if process.poll() is None:
         process.terminate()
@@ -149,7 +153,7 @@ def stop_process(process: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEO
 class Child:
     """One ``python -m vitalcast …`` subprocess with its stdout and stderr in a log file."""
 
-    process: subprocess.Popen[bytes]
+    process: ForkedProcess
     log_path: Path
 
     def log(self) -> str:
@@ -174,22 +178,15 @@ def spawn(
     module: str = "vitalcast",
 ) -> Iterator[Child]:
     """Run ``python -m MODULE ARGS`` (the ``vitalcast`` CLI unless a test entry point is named)
-    with its output appended to ``log_path``; on exit it is stopped with
+    with its output appended to ``log_path``, forked from ``tests.forks`` (its imports done
+    once per test process, not once per child); on exit it is stopped with
     ``stop_process(…, stop_timeout_s)``."""
-    with log_path.open("ab") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", module, *args],
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    reaper = reap_when_gone("kill", "-9", str(process.pid))
+    process = fork_child(module, args, env, log_path, log_path, append=True)
     try:
         yield Child(process, log_path)
     finally:
         stop_process(process, stop_timeout_s)
-        reaper.kill()
-        reaper.wait(5)
+        process.close()
 
 
 @dataclass
@@ -302,9 +299,80 @@ def serve_subprocess(
         yield server
 
 
-class CliForks:
-    """This test process's ``tests.cli_forks`` server, started at its first command and
-    SIGKILLed when this process is gone (``reap_when_gone``) or exits."""
+class ForkedProcess:
+    """A child of ``tests.forks`` with the part of ``subprocess.Popen`` that the suite uses:
+    ``pid``, ``returncode``, ``poll``, ``wait``, ``send_signal``, ``terminate``, ``kill``. The
+    fork server reports its exit code over ``conn``; until ``close``, an ended child stays a
+    zombie, so its pid is never another process's (as with a ``Popen`` not yet waited for)."""
+
+    def __init__(self, conn: socket.socket, args: list[str]) -> None:
+        self.args = args
+        self.returncode: int | None = None
+        self._conn = conn
+        self._buffer = b""
+        self._lock = threading.Lock()
+        pid = self._line(None)
+        assert pid is not None
+        self.pid = int(pid)
+
+    def _line(self, timeout_s: float | None) -> bytes | None:
+        """The server's next line, or None when none came within ``timeout_s``."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while b"\n" not in self._buffer:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            readable, _, _ = select.select([self._conn], [], [], remaining)
+            if not readable:
+                return None
+            data = self._conn.recv(64)
+            if not data:
+                raise RuntimeError(f"tests.forks lost the child {self.args}")
+            self._buffer += data
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line
+
+    def wait(self, timeout: float | None = None) -> int:
+        with self._lock:
+            return self._wait(timeout)
+
+    def _wait(self, timeout: float | None) -> int:
+        if self.returncode is None:
+            line = self._line(timeout)
+            if line is None:
+                raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
+            self.returncode = int(line)
+        return self.returncode
+
+    def poll(self) -> int | None:
+        """The exit code, or None while it runs (or while another thread waits for it, as
+        ``Popen.poll`` answers then)."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            return self._wait(0)
+        except subprocess.TimeoutExpired:
+            return None
+        finally:
+            self._lock.release()
+
+    def send_signal(self, signum: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, signum)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def close(self) -> None:
+        """Let the fork server reap the child, SIGKILLing it first if it still runs (so does
+        this test process's end: a child never outlives it)."""
+        self._conn.close()
+
+
+class Forks:
+    """This test process's ``tests.forks`` server, started at its first child and SIGKILLed
+    when this process is gone (``reap_when_gone``) or exits."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -319,10 +387,10 @@ class CliForks:
             return self._folder / "forks.sock"
 
     def _start(self) -> None:
-        self._folder = Path(tempfile.mkdtemp(prefix="vc-cli-forks-"))
+        self._folder = Path(tempfile.mkdtemp(prefix="vc-forks-"))
         env = {k: v for k, v in os.environ.items() if not k.startswith("VITALCAST_")}
         self._server = subprocess.Popen(
-            [sys.executable, "-m", "tests.cli_forks", str(self._folder / "forks.sock")],
+            [sys.executable, "-m", "tests.forks", str(self._folder / "forks.sock")],
             env=env,
             cwd=Path(__file__).parents[1],
             stdout=subprocess.PIPE,
@@ -331,42 +399,73 @@ class CliForks:
         reap_when_gone("kill", "-9", str(self._server.pid))
         assert self._server.stdout is not None
         if self._server.stdout.readline().strip() != b"ready":
-            raise RuntimeError("tests.cli_forks did not start")
+            raise RuntimeError("tests.forks did not start")
         atexit.register(self._server.kill)
+
+    def start(
+        self,
+        module: str,
+        args: list[str],
+        env: dict[str, str],
+        stdout: Path,
+        stderr: Path,
+        *,
+        append: bool = False,
+    ) -> ForkedProcess:
+        """``python -m MODULE ARGS`` with ``env`` in this process's directory, its output
+        written to ``stdout`` and ``stderr`` (appended with ``append``, else truncated; one
+        file when both are the same path)."""
+        request = {"module": module, "args": args, "env": env, "cwd": os.getcwd()}
+        mode = "ab" if append else "wb"
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            with contextlib.ExitStack() as files:
+                out = files.enter_context(stdout.open(mode))
+                err = out if stderr == stdout else files.enter_context(stderr.open(mode))
+                conn.connect(str(self.socket_path()))
+                line = json.dumps(request).encode() + b"\n"
+                socket.send_fds(conn, [line], [out.fileno(), err.fileno()])
+            return ForkedProcess(conn, [module, *args])
+        except BaseException:
+            conn.close()
+            raise
 
     def run(
         self, args: list[str], env: dict[str, str], timeout_s: float
     ) -> subprocess.CompletedProcess[str]:
         with tempfile.TemporaryDirectory(prefix="vc-cli-") as folder:
             out, err = Path(folder) / "stdout", Path(folder) / "stderr"
-            request = {
-                "args": args,
-                "env": env,
-                "cwd": os.getcwd(),
-                "stdout": str(out),
-                "stderr": str(err),
-            }
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-                conn.connect(str(self.socket_path()))
-                conn.sendall(json.dumps(request).encode() + b"\n")
-                answers = conn.makefile("rb")
-                pid = int(answers.readline())
-                conn.settimeout(timeout_s)
-                try:
-                    code = answers.readline()
-                except TimeoutError:
-                    os.killpg(pid, signal.SIGKILL)  # the command leads its group
-                    raise subprocess.TimeoutExpired(
-                        ["vitalcast", *args], timeout_s, out.read_bytes(), err.read_bytes()
-                    ) from None
-            if not code:
-                raise RuntimeError(f"tests.cli_forks lost the command {args}")
+            process = self.start("vitalcast", args, env, out, err)
+            try:
+                code = process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)  # the command leads its group
+                process.wait()
+                raise subprocess.TimeoutExpired(
+                    ["vitalcast", *args], timeout_s, out.read_bytes(), err.read_bytes()
+                ) from None
+            finally:
+                process.close()
             return subprocess.CompletedProcess(
-                ["vitalcast", *args], int(code), out.read_text(), err.read_text()
+                ["vitalcast", *args], code, out.read_text(), err.read_text()
             )
 
 
-_CLI_FORKS = CliForks()
+_FORKS = Forks()
+
+
+def fork_child(
+    module: str,
+    args: list[str],
+    env: dict[str, str],
+    stdout: Path,
+    stderr: Path,
+    *,
+    append: bool = False,
+) -> ForkedProcess:
+    """``python -m MODULE ARGS`` forked from ``tests.forks`` (see ``Forks.start``); the caller
+    stops it, then ``close``s it."""
+    return _FORKS.start(module, args, env, stdout, stderr, append=append)
 
 
 def run_cli(
@@ -374,9 +473,9 @@ def run_cli(
 ) -> subprocess.CompletedProcess[str]:
     """``python -m vitalcast ARGS`` to completion, output captured as text; the exit code is
     the caller's to check (killed and TimeoutExpired after ``timeout_s``). The command is a
-    process forked from ``tests.cli_forks``, which has imported the CLI's modules once (about
+    process forked from ``tests.forks``, which has imported the CLI's modules once (about
     0.6 s of CPU that each command's start-up no longer pays)."""
-    return _CLI_FORKS.run(args, env, timeout_s)
+    return _FORKS.run(args, env, timeout_s)
 
 
 #: ``python -c _MEASURED FILE PROGRAM…`` runs PROGRAM and writes its peak RSS (``ru_maxrss``,

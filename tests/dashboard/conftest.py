@@ -8,8 +8,6 @@ import asyncio
 import contextlib
 import random
 import re
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -25,7 +23,9 @@ from tests.conftest import service_missing
 from tests.processes import (
     ADDRESS_IN_USE,
     BIND_ATTEMPTS,
+    ForkedProcess,
     entry_point,
+    fork_child,
     free_port,
     run_cli,
     stop_process,
@@ -58,7 +58,7 @@ class Server:
 
     url: str
     env: dict[str, str]
-    process: subprocess.Popen[bytes]
+    process: ForkedProcess
     stdout_path: Path
     stderr_path: Path
 
@@ -74,6 +74,7 @@ class Server:
     def stop(self) -> None:
         """SIGTERM (a graceful shutdown), then SIGKILL if it hangs for 20 s."""
         stop_process(self.process, 20)
+        self.process.close()
 
 
 @contextlib.contextmanager
@@ -118,12 +119,8 @@ def _start_server(
     stem = f"serve-{time.monotonic_ns()}"
     out, err = logs / f"{stem}.out", logs / f"{stem}.err"
     args = ["serve", "--host", "127.0.0.1", "--port", str(port), *(["--demo"] if demo else [])]
-    with out.open("wb") as out_file, err.open("wb") as err_file:
-        command, module = entry_point(args, clock_file)
-        process = subprocess.Popen(
-            [sys.executable, "-m", module, *command], env=env, stdout=out_file, stderr=err_file
-        )
-    return Server("", env, process, out, err)
+    command, module = entry_point(args, clock_file)
+    return Server("", env, fork_child(module, command, env, out, err), out, err)
 
 
 def _listening_url(server: Server) -> str:

@@ -1,7 +1,8 @@
-"""The embedded server's Socket.IO manager indexes rooms by client (``RoomIndex``): the same
-rooms, callbacks and pending lists as python-socketio's own manager after any sequence of
-connects, joins, leaves, closed rooms and disconnects, without scanning every room per
-disconnect."""
+"""The servers' Socket.IO managers index rooms by client (``RoomIndex``): the same rooms,
+callbacks and pending lists as python-socketio's own manager after any sequence of connects,
+joins, leaves, closed rooms and disconnects, without scanning every room per disconnect; and
+they deliver a room's packet without a task per recipient (``QueuedEmit``), embedded and through
+Redis, to the same sockets as python-socketio."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from typing import Any
 import pytest
 import socketio
 
-from vitalcast.realtime.broadcaster import IndexedManager
+from tests.conftest import REDIS_URL
+from vitalcast.realtime.broadcaster import BoundedRedisManager, IndexedManager
 
 NAMESPACES = ("/", "/other")
 ROOMS = tuple(f"session:{i}" for i in range(6))
@@ -128,3 +130,45 @@ async def test_an_emit_reaches_the_sockets_python_socketio_reaches_in_the_same_o
     assert indexed.sent == stock.sent
     assert set(indexed.sent) == {"eio-0", "eio-1", "eio-2", "eio-4", "eio-5"}
     assert len(indexed.sent["eio-5"]) == 2
+
+
+class _Sender(BoundedRedisManager):
+    """A worker's write-only manager whose messages are kept instead of published."""
+
+    def __init__(self) -> None:
+        super().__init__(REDIS_URL, channel="unused", write_only=True)
+        self.published: list[Any] = []  # Any: python-socketio's pub/sub messages
+
+    async def _publish(self, data: Any) -> None:  # Any: as above
+        self.published.append(self.json.loads(self.json.dumps(data)))
+
+
+async def test_events_through_redis_reach_the_sockets_python_socketio_reaches() -> None:
+    """A scaled-out server delivers what arrives through Redis with ``QueuedEmit`` (no task per
+    recipient): a worker's messages, handed to python-socketio's Redis manager and to ours as
+    the pub/sub listener hands them, reach the same sockets with the same packets in the same
+    order, and a socket whose hand-over fails does not stop the others."""
+    sender = _Sender()
+    receiver = BoundedRedisManager(REDIS_URL, channel="unused")
+    stock = socketio.AsyncRedisManager(REDIS_URL, channel="unused")
+    try:
+        servers = [_Recording(stock), _Recording(receiver, failing=frozenset({"eio-3"}))]
+        for server in servers:
+            for n in range(6):
+                sid = await server.manager.connect(f"eio-{n}", "/")
+                await server.manager.enter_room(sid, "/", ROOMS[n % 3])
+        await sender.emit("session.updated", {"n": 1}, to=ROOMS[0], namespace="/")
+        await sender.emit("session.status", {"n": 2}, to=[ROOMS[1], ROOMS[2]], namespace="/")
+        await sender.emit("session.updated", ("a", 3), to=ROOMS[1], namespace="/")
+        await sender.emit("session.alert", None, to=ROOMS[2], namespace="/")
+        for message in sender.published:
+            for server in servers:
+                await server.manager._handle_emit(message)
+        theirs, ours = servers
+        assert theirs.sent.pop("eio-3")
+        assert ours.sent == theirs.sent
+        assert set(ours.sent) == {"eio-0", "eio-1", "eio-2", "eio-4", "eio-5"}
+        assert len(ours.sent["eio-4"]) == 2  # room 1: the status, the update with two arguments
+    finally:
+        await sender.aclose()
+        await receiver.aclose()

@@ -170,16 +170,17 @@ class RoomIndex:
         return [r for r in self._rooms_of.get((namespace, sid), ()) if r is not None]
 
 
-class IndexedManager(RoomIndex, socketio.AsyncManager):  # type: ignore[misc]
-    """The in-process manager of an embedded server, with its rooms indexed by client, and an
-    emit that hands a room's packet to its sockets one after another.
+class QueuedEmit(socketio.AsyncManager):  # type: ignore[misc]
+    """A manager's local delivery that hands a room's packet to its sockets one after another.
 
     python-socketio's emit encodes a room's packet once, then makes a task per recipient to
     queue it and waits for them all: a task, its scheduling and a done callback per watcher
     per event, for a hand-over that never waits (Engine.IO queues the packet on the socket's
     unbounded queue, and its writer task sends it). Queuing in a loop does the same without
     them, in the same order; a failed hand-over to one socket does not stop the others, as a
-    failed task did not. Emits that want acknowledgements keep the library's way.
+    failed task did not. Emits that want acknowledgements keep the library's way. Listed after
+    a pub/sub manager (``BoundedRedisManager``), it is the delivery of the events that arrive
+    through Redis on this node.
     """
 
     async def emit(
@@ -219,8 +220,15 @@ class IndexedManager(RoomIndex, socketio.AsyncManager):  # type: ignore[misc]
                     log.debug("realtime_send_failed", error=type(exc).__name__)
 
 
-class BoundedRedisManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[misc]
-    """``AsyncRedisManager`` on a bounded, blocking connection pool with no socket read timeout.
+class IndexedManager(RoomIndex, QueuedEmit):
+    """The in-process manager of an embedded server: rooms indexed by client (``RoomIndex``),
+    packets queued in a loop (``QueuedEmit``)."""
+
+
+class BoundedRedisManager(RoomIndex, socketio.AsyncRedisManager, QueuedEmit):  # type: ignore[misc]
+    """``AsyncRedisManager`` on a bounded, blocking connection pool with no socket read timeout,
+    whose events from Redis reach this node's sockets through ``QueuedEmit`` (after the pub/sub
+    manager in the method order, it is the ``AsyncManager`` the pub/sub manager delivers with).
 
     The stock manager's pool grows with concurrent publishes (or, when capped, fails them); this
     one caps connections and lets a publish wait briefly for a free one. The read timeout is off

@@ -152,17 +152,15 @@ def _claim_statement(dialect: str) -> Prepared:
             log.change_seq > c.source_watermark,
             log.change_seq <= s.source_watermark,
         )
-        session_columns += [
-            sa.select(sa.func.array_agg(postgresql.aggregate_order_by(column, log.change_seq)))
+        # One subquery, one scan of the entries: an array of (seq, prev, ranges) rows, which
+        # asyncpg hands over as tuples.
+        entry = sa.func.row(log.change_seq, log.prev_seq, log.ranges)
+        session_columns.append(
+            sa.select(sa.func.array_agg(postgresql.aggregate_order_by(entry, log.change_seq)))
             .where(after_stored)
             .scalar_subquery()
-            .label(name)
-            for name, column in (
-                ("log_seqs", log.change_seq),
-                ("log_prevs", log.prev_seq),
-                ("log_ranges", log.ranges),
-            )
-        ]
+            .label("log_entries")
+        )
         joined: list[sa.ColumnElement[bool]] = [s.id == c.session_id]
     else:
         # SQLite's RETURNING may not name the tables of UPDATE … FROM: a subquery each
@@ -215,13 +213,10 @@ def _log_of(row: Any, read: bool) -> changelog.Entries | None:  # Any: a claimed
     where the claim reads none (SQLite)."""
     if not read:
         return None
-    seqs: list[int] | None = row.log_seqs
-    if seqs is None:
+    entries: list[tuple[int, int, bytes | None]] | None = row.log_entries
+    if entries is None:
         return {}
-    return {
-        (row.session_id, seq): (prev, ranges)
-        for seq, prev, ranges in zip(seqs, row.log_prevs, row.log_ranges, strict=True)
-    }
+    return {(row.session_id, seq): (prev, ranges) for seq, prev, ranges in entries}
 
 
 @dataclass(frozen=True, slots=True)
