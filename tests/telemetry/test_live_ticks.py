@@ -8,7 +8,8 @@ from collections.abc import Collection
 from tests.telemetry.conftest import MINUTE, hr
 from tests.telemetry.test_live_windows import ready_payload, to_next_bucket
 from vitalcast.observability import Metrics
-from vitalcast.telemetry.run.live_ticks import TICK_GRACE_MS, LiveTicker
+from vitalcast.telemetry.grid import next_boundary_ms
+from vitalcast.telemetry.run.live_ticks import LOOK_GRID_MS, TICK_GRACE_MS, LiveTicker
 
 
 class Subscribed:
@@ -105,3 +106,33 @@ async def test_no_ticks_without_subscribers_or_for_ended_sessions(tc, users):
     await tc.settle()
     assert await tc.computes() == computes
     assert "ready" not in await tc.computes("live_tick")
+
+
+async def test_sessions_due_within_one_grid_step_are_looked_at_together(tc, users):
+    """Sessions started within one LOOK_GRID_MS step of the clock cross their boundaries in
+    that step: one look (one read) takes them all, at the grid point before their graces end,
+    still past their boundaries; a session started one step later waits for the next look."""
+    headers = await users.headers()
+    # boundaries 58 s, 58.999 s and 59 s after a whole second of now
+    base = tc.clock.now_ms() // LOOK_GRID_MS * LOOK_GRID_MS - 30 * MINUTE - 2 * LOOK_GRID_MS
+    starts = {"first": base, "same_step": base + LOOK_GRID_MS - 1, "next_step": base + LOOK_GRID_MS}
+    ids = []
+    for name, start in starts.items():
+        session_id = await tc.start_session(headers, start)
+        samples = [hr(f"{name}-{i}", start + i * 30_000, 70.0) for i in range(60)]
+        await tc.post_samples(headers, samples)
+        await ready_payload(tc, headers, session_id, resolution="1m")
+        ids.append(session_id)
+    watching = ticker(tc, Subscribed(*ids))
+    assert await watching.tick() == 0
+
+    boundary = next_boundary_ms(base, MINUTE, tc.clock.now_ms())
+    tc.clock.advance(boundary + TICK_GRACE_MS - tc.clock.now_ms())
+    assert await watching.tick() == 2  # "same_step" 999 ms before its grace ends, past its boundary
+    assert await watching.tick() == 0
+    tc.clock.advance(LOOK_GRID_MS - 1)
+    assert await watching.tick() == 0  # "next_step" is due on the next grid point
+    tc.clock.advance(1)
+    assert await watching.tick() == 1
+    await tc.settle()
+    assert (await tc.computes("live_tick"))["ready"] == 3

@@ -12,6 +12,16 @@ ingest recomputes the view on the new edge anyway, and a view already on the cur
 not ticked. Ticking at the boundary itself recomputed every subscribed view at the same instant,
 in front of the ingests that would have done it a moment later (the soak's p99 doubled).
 
+The looks are coalesced on a grid of ``LOOK_GRID_MS`` of the clock: a session is looked at on
+the last grid point at or before its boundary + ``TICK_GRACE_MS`` (still seconds after the
+boundary), so sessions whose boundaries fall within one grid step share one read. Sessions
+started within seconds of each other (a class, a team, the capacity benchmark's 1,000) cross
+their boundaries together but a few milliseconds apart; looked at one by one, each woke the
+ticker for a read unit of its own on a database thread: at 1,000 sessions about 170 reads a
+second for 6 s of every minute, one per second on the grid (``bench/capacity`` at 1,000
+sessions, same-run pairs against one read per session: p99 288 against 347 ms and 141 against
+172 ms).
+
 At most one compute per view per bucket across the cluster: each process asks once per boundary
 and only for views whose payload is on an older edge; the scheduler coalesces per key (the
 coordinator, the queue's per-key deduplication), and a compute that finds the payload already
@@ -40,6 +50,8 @@ log = get_logger(__name__)
 GRID_MS = Resolution.ONE_MINUTE.bucket_ms
 #: how long after a boundary the ticker looks: an ingest in this time makes the tick needless
 TICK_GRACE_MS = 10_000
+#: the looks' grid (milliseconds of the clock): the sessions due within one step, one read
+LOOK_GRID_MS = 1_000
 #: the ticker looks at the clock at least this often (milliseconds), so a clock that is stepped
 #: (NTP) or a session subscribed meanwhile is noticed soon
 MAX_SLEEP_MS = 1_000
@@ -111,8 +123,8 @@ class LiveTicker:
             self._next_check[session_id] = _NEVER
         asking: list[Submission] = []
         for view in views:
-            self._next_check[view.session_id] = (
-                next_boundary_ms(view.session_start_ms, GRID_MS, now) + TICK_GRACE_MS
+            self._next_check[view.session_id] = look_at_ms(
+                next_boundary_ms(view.session_start_ms, GRID_MS, now)
             )
             if view.resolution is None or view.window_minutes is None:
                 continue
@@ -138,3 +150,10 @@ class LiveTicker:
         await schedule_many(self._scheduler, asking)
         self._scheduled.inc(len(asking))
         return len(asking)
+
+
+def look_at_ms(boundary_ms: int) -> int:
+    """When the ticker looks at a session whose next boundary is ``boundary_ms``: the grid
+    point at or before its grace's end, so sessions due within one grid step are read together
+    (and never before the boundary: the grace is longer than a step)."""
+    return (boundary_ms + TICK_GRACE_MS) // LOOK_GRID_MS * LOOK_GRID_MS
