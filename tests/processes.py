@@ -454,18 +454,9 @@ class Forks:
 _FORKS = Forks()
 
 
-def fork_child(
-    module: str,
-    args: list[str],
-    env: dict[str, str],
-    stdout: Path,
-    stderr: Path,
-    *,
-    append: bool = False,
-) -> ForkedProcess:
-    """``python -m MODULE ARGS`` forked from ``tests.forks`` (see ``Forks.start``); the caller
-    stops it, then ``close``s it."""
-    return _FORKS.start(module, args, env, stdout, stderr, append=append)
+#: ``python -m MODULE ARGS`` forked from ``tests.forks`` (``Forks.start``); the caller stops
+#: it, then ``close``s it
+fork_child = _FORKS.start
 
 
 def run_cli(

@@ -4,8 +4,10 @@ raises; on a SQLite file it runs on a database thread (one hop), elsewhere on th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -69,6 +71,9 @@ async def test_units_in_parallel_all_commit_and_run_off_the_loop_thread_on_sqlit
     else:
         assert threads == {threading.get_ident()}
 
+
+#: a test of SQLite's own locks, WAL or the SQLite units (the write lock, the loop's runner)
+sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 _INSERT = Prepared(
     sa.insert(users).values(
@@ -199,26 +204,37 @@ print("committed", flush=True)
 """
 
 
+@contextlib.asynccontextmanager
+async def _holding_write_lock(database_url: str) -> AsyncIterator[asyncio.subprocess.Process]:
+    """Another process holding the SQLite file's write lock (``_HOLD_WRITE_LOCK``) until it is
+    told ``go``; killed if the test ends before."""
+    other = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _HOLD_WRITE_LOCK,
+        database_url.partition(":///")[2],
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert other.stdout is not None
+    try:
+        assert await other.stdout.readline() == b"holding\n"
+        yield other
+    finally:
+        if other.returncode is None:
+            other.kill()
+        await other.wait()
+
+
+@sqlite_only
 async def test_a_short_unit_waits_on_a_database_thread_while_another_process_writes(
     db: Database, database_url: str
 ) -> None:
     """When another process (a CLI command) holds the SQLite file's write lock, a short unit
     does not fail with SQLITE_BUSY on the loop: it runs on a database thread, which waits for
     the lock, and commits after the other process's transaction."""
-    if not db.sqlite:
-        pytest.skip("the file's write lock is SQLite's")
-    path = database_url.partition(":///")[2]
-    other = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        _HOLD_WRITE_LOCK,
-        path,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    assert other.stdin is not None and other.stdout is not None
-    try:
-        assert await other.stdout.readline() == b"holding\n"
+    async with _holding_write_lock(database_url) as other:
+        assert other.stdin is not None and other.stdout is not None
         ran_on: list[int] = []
         heard: list[bool] = []
         db.unit_observer = lambda _write, _waited, _ran, looped: heard.append(looped)
@@ -239,10 +255,6 @@ async def test_a_short_unit_waits_on_a_database_thread_while_another_process_wri
         assert ran_on and threading.get_ident() not in ran_on
         assert heard == [False]
         assert await _count(db, "after-other") == 1
-    finally:
-        if other.returncode is None:
-            other.kill()
-        await other.wait()
 
 
 _COUNT_OTHER = Prepared(
@@ -250,26 +262,15 @@ _COUNT_OTHER = Prepared(
 )
 
 
+@sqlite_only
 async def test_a_short_unit_waits_on_the_loop_while_a_database_thread_holds_the_lock(
     db: Database, database_url: str
 ) -> None:
     """While a write unit on a database thread holds the process's write lock (here waiting
     for another process's), a short unit waits for it without blocking the loop, then runs on
     the loop's thread after it."""
-    if not db.sqlite:
-        pytest.skip("the process's write lock is the SQLite units'")
-    path = database_url.partition(":///")[2]
-    other = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        _HOLD_WRITE_LOCK,
-        path,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    assert other.stdin is not None and other.stdout is not None
-    try:
-        assert await other.stdout.readline() == b"holding\n"
+    async with _holding_write_lock(database_url) as other:
+        assert other.stdin is not None and other.stdout is not None
         ran: list[tuple[str, bool]] = []
 
         async def add(conn: AsyncConnection, name: str) -> None:
@@ -292,20 +293,15 @@ async def test_a_short_unit_waits_on_the_loop_while_a_database_thread_holds_the_
         await asyncio.gather(long_unit, short_unit)
         assert ran == [("long", False), ("short", True)]
         assert [await _count(db, n) for n in ("other", "long", "short")] == [1, 1, 1]
-    finally:
-        if other.returncode is None:
-            other.kill()
-        await other.wait()
 
 
+@sqlite_only
 async def test_short_units_on_the_loop_keep_the_wal_checkpointed(
     db: Database, database_url: str
 ) -> None:
     """The loop's connection makes no checkpoint itself (it would copy pages and sync files on
     the loop): the database threads checkpoint behind it, so the WAL of many short writes stays
     a fraction of what they wrote instead of growing with every one."""
-    if not db.sqlite:
-        pytest.skip("the WAL is SQLite's")
     name = "x" * 16_000
     units = 1_500
     for i in range(units):
