@@ -7,13 +7,16 @@ import asyncio
 from typing import Any
 
 import httpx
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tests.alerts.helpers import bearer, heart_rate, ingest, live_session
 from tests.lifecycle.conftest import count
 from tests.realtime.conftest import ClientFactory, LiveServer
 from tests.realtime.test_socket_server import broadcast_updated, create_session
 from tests.telemetry.conftest import MINUTE, T0_MS, TelemetryClient, hr
-from vitalcast.db.engine import Database
+from vitalcast.db.engine import Database, create_engine
 from vitalcast.db.tables import (
     health_samples,
     session_alerts,
@@ -176,3 +179,61 @@ async def test_delete_takes_its_shares_their_access_log_and_alerts(
         assert (
             await http.get(f"/api/v1/sessions/{kept_sid}", headers=bearer(kept_token))
         ).status_code == 200
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_delete_waits_for_a_save_that_prunes_the_change_log_instead_of_deadlocking(
+    tc: TelemetryClient, users: Any, database_url: str
+) -> None:
+    """A compute's save holds the session's view rows (its compare-and-set UPDATE), then prunes
+    the change log in the same transaction. A DELETE arriving in between waits for it and then
+    removes everything; before, the delete took the change log first and the two deadlocked
+    (PostgreSQL ended one of them: a 500 for the user, seen under load)."""
+    user_id, token = await users.create()
+    auth = {"Authorization": f"Bearer {token}"}
+    session_id = await tc.start_session(auth, T0_MS - 30 * MINUTE)
+    await tc.post_samples(auth, [hr(f"r{i}", T0_MS - (25 - i) * MINUTE, 60 + i) for i in range(5)])
+    assert (await tc.get(auth, session_id)).status_code in (200, 202)
+    await tc.settle()
+    await tc.post_samples(auth, [hr("late", T0_MS - 10 * MINUTE, 99)])
+    await tc.settle()
+    assert await count(tc.db, telemetry_cache, telemetry_cache.c.session_id == session_id) >= 1
+    assert await count(tc.db, session_changes, session_changes.c.session_id == session_id) >= 1
+    where = {"session_id": session_id}
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as save, engine.connect() as watch:
+            await save.begin()
+            await save.execute(
+                sa.text(
+                    "UPDATE telemetry_cache SET updated_at_ms = updated_at_ms + 1 "
+                    "WHERE session_id = :session_id"
+                ),
+                where,
+            )
+            deleting = asyncio.create_task(tc.parts.sessions.delete(user_id, session_id))
+            await _until_a_backend_waits_for_a_lock(watch)
+            assert not deleting.done()
+            # the save's prune: with the delete holding none of the change log, it goes through
+            await save.execute(
+                sa.text("DELETE FROM session_changes WHERE session_id = :session_id"), where
+            )
+            await save.commit()
+            await asyncio.wait_for(deleting, 30)
+    finally:
+        await engine.dispose()
+    assert await count(tc.db, sessions, sessions.c.id == session_id) == 0
+    assert await count(tc.db, telemetry_cache, telemetry_cache.c.session_id == session_id) == 0
+
+
+async def _until_a_backend_waits_for_a_lock(watch: AsyncConnection) -> None:
+    waiting = sa.text(
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    for _ in range(3_000):
+        if await watch.scalar(waiting):
+            return
+        await watch.rollback()  # a fresh snapshot of the statistics at the next look
+        await asyncio.sleep(0.01)
+    raise AssertionError("the delete never waited for the save's lock")
