@@ -257,9 +257,9 @@ class Metrics:
         )
         self.sqlite_units_on_loop = Counter(
             "vitalcast_sqlite_units_on_loop",
-            "SQLite units of work (embedded) run on the event loop's thread (short writes that "
-            "found no write lock taken), writes and reads apart; the others ran on a database "
-            "thread.",
+            "SQLite units of work (embedded) run on the event loop's thread: short writes, "
+            "unless another process held the file's write lock (reads always run on a database "
+            'thread, so kind="read" stays 0); the others ran on a database thread.',
             ["kind"],
             registry=r,
         )
