@@ -103,13 +103,16 @@ async def start_sessions(
 ) -> list[dict[str, str]]:
     plan = []
     for _user, token in users:
+        started_ms = int(wall_ms()) - 60_000
         response = await http.post(
             "/api/v1/sessions",
-            json={"started_at": iso_ms(int(wall_ms()) - 60_000)},
+            json={"started_at": iso_ms(started_ms)},
             headers={"Authorization": f"Bearer {token}"},
         )
         response.raise_for_status()
-        plan.append({"token": token, "session_id": str(response.json()["id"])})
+        plan.append(
+            {"token": token, "session_id": str(response.json()["id"]), "started_ms": started_ms}
+        )
     return plan
 
 
@@ -303,11 +306,15 @@ async def open_loop(
 
 
 def judge(
-    sent: list[tuple[int, float, float, int | None]], receipts: list[list[Any]]
+    sent: list[tuple[int, float, float, int | None]],
+    receipts: list[list[Any]],
+    plan: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     """Per ingest: scheduled send → its last watcher's first event at its watermark or newer.
     ``late_by_second``: how many ingests went over the p99 limit, by the second of the step
-    they were scheduled in (a stall shows as a run of seconds, load as a spread)."""
+    they were scheduled in (a stall shows as a run of seconds, load as a spread);
+    ``boundaries_by_second``: how many of the step's sessions (of ``plan``) cross a minute of
+    their grid in each second of the step, to line the late ones up against."""
     by_watcher: dict[tuple[int, int], list[tuple[float, int]]] = {}
     for index, client, watermark, received in receipts:
         by_watcher.setdefault((index, client), []).append((received, watermark))
@@ -342,7 +349,28 @@ def judge(
         "ingest_sent_to_last_watcher": percentiles(latencies) if latencies else None,
         "send_lag_behind_schedule": percentiles([lag for _i, _s, lag, _q in sent]),
         "late_by_second": {str(k): v for k, v in sorted(late.items())},
+        "step_start_wall_ms": round(start),
+        "boundaries_by_second": boundaries_by_second(plan, sent, start),
     }
+
+
+def boundaries_by_second(
+    plan: Sequence[dict[str, Any]], sent: list[tuple[int, float, float, int | None]], start: float
+) -> dict[str, int]:
+    """Per second of the step, how many of its sessions cross a minute boundary of their grid
+    (sessions start on the minute grid of their ``started_ms``)."""
+    end = max((scheduled for _i, scheduled, _lag, _seq in sent), default=start)
+    counts: dict[int, int] = {}
+    for index in {i for i, _s, _lag, _seq in sent}:
+        started = plan[index].get("started_ms") if index < len(plan) else None
+        if started is None:
+            continue
+        boundary = started + -(-(start - started) // 60_000) * 60_000
+        while boundary <= end:
+            second = int((boundary - start) // 1000)
+            counts[second] = counts.get(second, 0) + 1
+            boundary += 60_000
+    return {str(k): v for k, v in sorted(counts.items())}
 
 
 GC_PAUSE = "vitalcast_gc_pause_seconds"
@@ -405,6 +433,16 @@ def server_pauses(before: dict[str, float], after: dict[str, float]) -> dict[str
             for stage in ("read", "aggregate", "assemble", "save", "push")
         },
     }
+
+
+async def until_boundaries_at(plan: Sequence[dict[str, Any]], at_s: float) -> None:
+    """Wait until a step starting now has the first of its sessions' minute boundaries
+    ``at_s`` seconds into it (``open_loop`` starts 0.5 s after it is called), so that runs put
+    the sessions' boundaries (started together, so crossed together) at the same point."""
+    first = min(int(entry["started_ms"]) for entry in plan)
+    start = wall_ms() + 500
+    boundary = first + -(-(start + at_s * 1000 - first) // 60_000) * 60_000
+    await asyncio.sleep(max(0.0, boundary - at_s * 1000 - start) / 1000)
 
 
 def cpu_of(pids: Sequence[int]) -> float:
@@ -523,6 +561,7 @@ async def capacity_part(
     ladder: Sequence[int],
     rounds: int,
     settle: bool = True,
+    boundaries_at_s: float | None = None,
 ) -> dict[str, Any]:
     steps = []
     own_pauses = GcPauses()
@@ -533,6 +572,8 @@ async def capacity_part(
         warmed = max(warmed, n)
         await load.receipts()
         await load.gc_pauses()
+        if boundaries_at_s is not None:
+            await until_boundaries_at(plan[:n], boundaries_at_s)
         if settle:
             settle_gc()
         own_pauses.take()
@@ -548,7 +589,7 @@ async def capacity_part(
         await asyncio.sleep(SETTLE_S)
         used = cpu_of(pids) - before
         elapsed = time.monotonic() - t0
-        result = judge(sent, await load.receipts())
+        result = judge(sent, await load.receipts(), plan)
         watcher_pauses = await load.gc_pauses()
         p99 = (result["ingest_sent_to_last_watcher"] or {}).get("p99_ms", float("inf"))
         passed = (
@@ -693,6 +734,7 @@ async def run(
                             ladder,
                             args.rounds,
                             not args.unsettled_drivers,
+                            args.boundaries_at,
                         )
                     return result
 
@@ -732,6 +774,13 @@ async def main(argv: Sequence[str]) -> None:
         metavar="VITALCAST_NAME=VALUE",
         help="a setting of the measured servers (repeatable; the baseline's too), to compare a "
         "setting's values in the same conditions",
+    )
+    parser.add_argument(
+        "--boundaries-at",
+        type=float,
+        metavar="SECONDS",
+        help="start each capacity step so that its sessions' first minute boundary falls this "
+        "many seconds into it (waits up to a minute): runs then meet the boundaries alike",
     )
     parser.add_argument("--load", nargs=3, metavar=("URL", "PLAN", "OUT"))
     parser.add_argument(
