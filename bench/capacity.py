@@ -392,11 +392,11 @@ def server_pauses(before: dict[str, float], after: dict[str, float]) -> dict[str
     def delta(key: str) -> float:
         return after.get(key, 0.0) - before.get(key, 0.0)
 
-    def gc_over(le: str) -> float:
+    def gc_over(le: str, generations: str = "012") -> float:
         return sum(
             delta(f'{GC_PAUSE}_count{{generation="{g}"}}')
             - delta(f'{GC_PAUSE}_bucket{{generation="{g}",le="{le}"}}')
-            for g in "012"
+            for g in generations
         )
 
     def lag_over(le: str) -> float:
@@ -415,6 +415,10 @@ def server_pauses(before: dict[str, float], after: dict[str, float]) -> dict[str
         "gc_total_ms": round(gc_s * 1000, 1),
         "gc_pauses_over_50ms": gc_over("0.05"),
         "gc_pauses_over_100ms": gc_over("0.1"),
+        "gc_pauses_over_50ms_by_generation": {g: gc_over("0.05", g) for g in "012"},
+        "gc_collections_by_generation": {
+            g: delta(f'{GC_PAUSE}_count{{generation="{g}"}}') for g in "012"
+        },
         "loop_lag_over_100ms": lag_over("0.1"),
         "loop_lag_over_250ms": lag_over("0.25"),
         "loop_lag_over_1s": lag_over("1.0"),
