@@ -32,6 +32,7 @@ from socketio import packet as sio_packet
 from vitalcast.alerts.models import SESSION_ALERT, Alert
 from vitalcast.json_types import JsonObject
 from vitalcast.observability import Metrics, get_logger
+from vitalcast.realtime import socket_writer
 from vitalcast.redis_connections import PUBSUB_MAX_CONNECTIONS, pubsub_client
 from vitalcast.sessions.changes import CachedView
 from vitalcast.sessions.models import Session
@@ -306,6 +307,7 @@ def socketio_server(settings: Settings) -> tuple[socketio.AsyncServer, BoundedRe
     manager through which its emits reach every node. Handlers are registered by
     ``realtime.server.RealtimeServer``; the broadcaster only emits through it."""
     manager = redis_manager(settings, write_only=False) if settings.redis_url else None
+    socket_writer.install()  # a WebSocket's writer waits without a timer (why: socket_writer)
     sio = socketio.AsyncServer(
         async_mode="asgi",
         client_manager=manager if manager is not None else IndexedManager(),
