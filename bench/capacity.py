@@ -266,7 +266,12 @@ async def warm(http: httpx.AsyncClient, plan: list[dict[str, str]], lo: int, hi:
 
 
 async def open_loop(
-    sender: aiohttp.ClientSession, plan: list[dict[str, str]], n: int, rounds: int, step: str
+    sender: aiohttp.ClientSession,
+    plan: list[dict[str, str]],
+    n: int,
+    rounds: int,
+    step: str,
+    answered: dict[tuple[int, float], float] | None = None,
 ) -> list[tuple[int, float, float, int | None]]:
     """``rounds`` periods of ``n`` sessions syncing on the fixed schedule; per ingest (session
     index, scheduled wall ms, lag of the actual send behind it, change_seq or None). The sends
@@ -289,6 +294,8 @@ async def open_loop(
         except (aiohttp.ClientError, TimeoutError):
             seq = None
         sent.append((i, scheduled, lag, seq))
+        if answered is not None:
+            answered[(i, scheduled)] = wall_ms() - scheduled
 
     tasks: list[asyncio.Task[None]] = []
     start = wall_ms() + 500
@@ -309,10 +316,13 @@ def judge(
     sent: list[tuple[int, float, float, int | None]],
     receipts: list[list[Any]],
     plan: Sequence[dict[str, Any]] = (),
+    answered: dict[tuple[int, float], float] | None = None,
 ) -> dict[str, Any]:
     """Per ingest: scheduled send → its last watcher's first event at its watermark or newer.
     ``late_by_second``: how many ingests went over the p99 limit, by the second of the step
-    they were scheduled in (a stall shows as a run of seconds, load as a spread);
+    they were scheduled in (a stall shows as a run of seconds, load as a spread), and with
+    ``answered`` (ms from schedule to the ingest's HTTP answer) how long the late ones and all
+    waited for their answer, so a late answer can be told from a late push;
     ``boundaries_by_second``: how many of the step's sessions (of ``plan``) cross a minute of
     their grid in each second of the step, to line the late ones up against."""
     by_watcher: dict[tuple[int, int], list[tuple[float, int]]] = {}
@@ -322,6 +332,7 @@ def judge(
         events.sort()
     latencies: list[float] = []
     late: dict[int, int] = {}
+    late_answers: list[float] = []
     start = min((scheduled for _i, scheduled, _lag, _seq in sent), default=0.0)
     missed = failed = 0
     for index, scheduled, _lag, seq in sent:
@@ -340,6 +351,8 @@ def judge(
         else:
             latencies.append(last - scheduled)
             if last - scheduled > CAPACITY_P99_MAX_MS:
+                if answered is not None and (index, scheduled) in answered:
+                    late_answers.append(answered[(index, scheduled)])
                 second = int((scheduled - start) // 1000)
                 late[second] = late.get(second, 0) + 1
     return {
@@ -350,6 +363,14 @@ def judge(
         "send_lag_behind_schedule": percentiles([lag for _i, _s, lag, _q in sent]),
         "late_by_second": {str(k): v for k, v in sorted(late.items())},
         "step_start_wall_ms": round(start),
+        **(
+            {
+                "ingest_answered": percentiles(list(answered.values())) if answered else None,
+                "late_ingests_answered": percentiles(late_answers) if late_answers else None,
+            }
+            if answered is not None
+            else {}
+        ),
         "boundaries_by_second": boundaries_by_second(plan, sent, start),
     }
 
@@ -585,7 +606,8 @@ async def capacity_part(
         metrics_before = await server_metrics(http)
         before, drivers_before = cpu_of(pids), [cpu_ms(pid) for pid in drivers]
         t0 = time.monotonic()
-        sent = await open_loop(sender, plan, n, rounds, f"cap{n}")
+        answered: dict[tuple[int, float], float] = {}
+        sent = await open_loop(sender, plan, n, rounds, f"cap{n}", answered)
         sending_s = time.monotonic() - t0
         pauses = server_pauses(metrics_before, await server_metrics(http))
         drivers_used = [cpu_ms(pid) - b for pid, b in zip(drivers, drivers_before, strict=True)]
@@ -593,7 +615,7 @@ async def capacity_part(
         await asyncio.sleep(SETTLE_S)
         used = cpu_of(pids) - before
         elapsed = time.monotonic() - t0
-        result = judge(sent, await load.receipts(), plan)
+        result = judge(sent, await load.receipts(), plan, answered)
         watcher_pauses = await load.gc_pauses()
         p99 = (result["ingest_sent_to_last_watcher"] or {}).get("p99_ms", float("inf"))
         passed = (
