@@ -12,11 +12,6 @@ from engineio import async_socket, packet
 from vitalcast.realtime import socket_writer
 
 
-def _timers() -> int:
-    """Timer handles alive in this process (asyncio's or uvloop's)."""
-    return sum(1 for o in gc.get_objects() if type(o).__name__ == "TimerHandle")
-
-
 def _sockets(n: int, *, upgraded: bool) -> list[async_socket.AsyncSocket]:
     server = engineio.AsyncServer(async_mode="asgi")
     sockets = []
@@ -27,35 +22,50 @@ def _sockets(n: int, *, upgraded: bool) -> list[async_socket.AsyncSocket]:
     return sockets
 
 
-async def _waiting_timers(sockets: list[async_socket.AsyncSocket]) -> int:
-    """How many more timers there are while every socket's poll waits for a packet."""
-    before = _timers()
-    polls = [asyncio.ensure_future(s.poll()) for s in sockets]
-    await asyncio.sleep(0)
-    waiting = _timers() - before
+async def _while_waiting(sockets: list[async_socket.AsyncSocket]) -> tuple[int, float]:
+    """While every socket's poll waits for a packet: how many timer handles (asyncio's or
+    uvloop's) and how many objects the garbage collector tracks per socket were made for the
+    waits (what is older is frozen out of the count)."""
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        polls = [asyncio.ensure_future(s.poll()) for s in sockets]
+        await asyncio.sleep(0)
+        young = gc.get_objects(0)
+        timers = sum(1 for o in young if type(o).__name__ == "TimerHandle")
+        per_socket = len(young) / len(sockets)
+        del young
+    finally:
+        gc.enable()
+        gc.unfreeze()
     for socket in sockets:
         await socket.queue.put(None)
     assert await asyncio.gather(*polls) == [[] for _ in sockets]
-    return waiting
+    return timers, per_socket
 
 
 async def test_a_websocket_writer_waits_without_a_timer() -> None:
-    """Fifty WebSockets waiting for their next packet hold no timer; with the library's poll
-    each held one (its wait_for), which the garbage collector tracked with a dozen more objects
-    per socket and event."""
+    """Fifty WebSockets waiting for their next packet hold no timer and a few tracked objects
+    each; with the library's poll each held a timer (its wait_for) and a dozen more objects,
+    renewed at every event the socket is sent."""
     socket_writer.install()
-    assert await _waiting_timers(_sockets(50, upgraded=True)) == 0
+    timers, lean = await _while_waiting(_sockets(50, upgraded=True))
+    assert timers == 0
     async_socket.AsyncSocket.poll = socket_writer._LIBRARY_POLL
     try:
-        assert await _waiting_timers(_sockets(50, upgraded=True)) >= 50
+        timers, library = await _while_waiting(_sockets(50, upgraded=True))
     finally:
         socket_writer.install()
+    assert timers == 50
+    assert library >= lean + 8, (lean, library)
 
 
 async def test_a_polling_transport_keeps_the_timed_wait() -> None:
     """A long-poll still waits with the library's timeout: one timer per waiting socket."""
     socket_writer.install()
-    assert await _waiting_timers(_sockets(20, upgraded=False)) >= 20
+    timers, _per_socket = await _while_waiting(_sockets(20, upgraded=False))
+    assert timers == 20
 
 
 async def test_a_websocket_poll_returns_what_was_queued_and_keeps_the_end() -> None:
