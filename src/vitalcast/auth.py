@@ -26,18 +26,19 @@ import asyncio
 import hashlib
 import uuid
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeVar
 
 import jwt
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vitalcast import credentials
 from vitalcast import shares as share_repository
 from vitalcast.clock import Clock, SystemClock
 from vitalcast.db.engine import Database
 from vitalcast.db.errors import DATABASE_RETRY_AFTER_S, is_outage, is_pool_timeout
-from vitalcast.db.units import Unit
 from vitalcast.errors import DependencyUnavailable, Unauthenticated
 from vitalcast.json_types import JsonObject
 
@@ -335,14 +336,13 @@ class Authenticator:
             issued_at_ms=share.created_at_ms,
         )
 
-    async def _query(self, run: Unit[T], *, write: bool = False) -> T:
-        """``run(conn)`` in one unit of work (``Database.unit``: on SQLite one hop to a database
-        thread and its BEGIN and COMMIT on ``sqlite3``); a database outage is
-        ``DependencyUnavailable``. Through ``Database.read`` a token's lookup cost 1.0-1.6 ms
-        of CPU (aiosqlite's hops for BEGIN, the statement and COMMIT), through a unit 0.25 ms:
-        every token in use is looked up again each time it leaves the cache."""
+    async def _query(
+        self, run: Callable[[AsyncConnection], Awaitable[T]], *, write: bool = False
+    ) -> T:
+        """``run(conn)`` in a transaction; a database outage is ``DependencyUnavailable``."""
         try:
-            return await self._db.unit(run, write=write)
+            async with self._db.write() if write else self._db.read() as conn:
+                return await run(conn)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
