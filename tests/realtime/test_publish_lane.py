@@ -34,7 +34,7 @@ async def test_events_go_out_in_order_on_one_kept_connection_and_survive_its_los
     try:
         for i in range(5):
             await manager._publish({"method": "emit", "n": i})
-        lane = manager._lane
+        lane = manager._lane.connection
         assert lane is not None
         assert [m["n"] for m in await _received(pubsub, 5)] == list(range(5))
         # the server drops the lane's connection: the next event still arrives, once
@@ -44,7 +44,7 @@ async def test_events_go_out_in_order_on_one_kept_connection_and_survive_its_los
         await manager._publish({"method": "emit", "n": 6})
         assert [m["n"] for m in await _received(pubsub, 2)] == [5, 6]
         # a lane again (the pool's connection, reconnected)
-        assert manager._lane is not None and manager._lane.is_connected
+        assert manager._lane.connection is not None and manager._lane.connection.is_connected
     finally:
         await manager.aclose()
         await pubsub.aclose()

@@ -9,7 +9,8 @@ pipeline, and the plain commands beside the scripts only read (or, in a worker's
 the queue's marker, which a fetch that finds jobs sets again).
 
 The commands are queued on a redis-py pipeline and sent on the client's *lane*
-(``_PipelineLane``): one connection of the client's pool kept for pipelines, one at a time.
+(``redis_connections.Lane``): one connection of the client's pool kept for pipelines, one at
+a time.
 redis-py 8's ``execute`` checked a connection out of the pool and back in (with its
 observability records and events) and walked its HIMPORT bookkeeping on every call: a
 two-command transaction cost 121 µs of CPU where its wire work costs about 20 (uvloop). A
@@ -31,6 +32,8 @@ from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from vitalcast.redis_connections import Lane
 
 #: queues a pipeline's commands (it may be called twice: see the module)
 Fill = Callable[[Pipeline], Awaitable[None]]
@@ -61,45 +64,30 @@ async def run_pipeline(
     raise AssertionError("unreachable")
 
 
-class _PipelineLane:
-    """A client's kept connection for pipelines (see the module), used by one at a time."""
-
-    def __init__(self) -> None:
-        self.connection: Connection | None = None
-        self.busy = False
-
-
-_lanes: weakref.WeakKeyDictionary[aioredis.Redis, _PipelineLane] = weakref.WeakKeyDictionary()
+_lanes: weakref.WeakKeyDictionary[aioredis.Redis, Lane] = weakref.WeakKeyDictionary()
 
 
 async def _execute(client: aioredis.Redis, pipe: Pipeline, transaction: bool) -> list[Any]:
     commands: list[tuple[tuple[Any, ...], Mapping[str, Any]]] = list(pipe.command_stack)
     lane = _lanes.get(client)
     if lane is None:
-        lane = _lanes[client] = _PipelineLane()
+        lane = _lanes[client] = Lane()
     stock = any(_STOCK_ONLY.intersection(options) for _args, options in commands)
-    if lane.busy or stock or not commands:
+    pool = client.connection_pool
+    conn = None if stock or not commands else await lane.take(pool)
+    if conn is None:
         answers: list[Any] = await pipe.execute()  # Any: Redis answers
         return answers
-    lane.busy = True
     try:
-        pool = client.connection_pool
-        conn = lane.connection
-        if conn is None:
-            conn = lane.connection = await pool.get_connection()  # type: ignore[no-untyped-call]
-        try:
-            replies = await _send_and_read(conn, [args for args, _ in commands], transaction)
-        except BaseException as exc:
-            # the replies may be partly unread: the connection cannot serve another pipeline
-            lane.connection = None
-            await conn.disconnect()
-            await pool.release(conn)
-            if isinstance(exc, _CONNECTION_ERRORS):
-                answers = await pipe.execute()
-                return answers
-            raise
-    finally:
-        lane.busy = False
+        replies = await _send_and_read(conn, [args for args, _ in commands], transaction)
+    except BaseException as exc:
+        # the replies may be partly unread: the connection cannot serve another pipeline
+        await lane.drop(pool)
+        if isinstance(exc, _CONNECTION_ERRORS):
+            answers = await pipe.execute()
+            return answers
+        raise
+    lane.give_back()
     return await _answers(client, commands, replies)
 
 
