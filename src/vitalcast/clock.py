@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import math
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -21,6 +23,25 @@ class Clock(Protocol):
 def now_ms() -> int:
     """The current wall-clock time in epoch milliseconds."""
     return time.time_ns() // 1_000_000
+
+
+def next_tick(loop: asyncio.AbstractEventLoop, period_s: float) -> float:
+    """The next whole multiple of ``period_s`` on the loop's clock (``loop.time()``), strictly
+    after now.
+
+    A server's periodic tasks (uvicorn's Date header, the loop-lag probe, the idle live ticker,
+    the share-access flush, the revocation look, the webhook dispatcher's fallback) sleep to
+    these ticks rather than ``period_s`` after they last ran, so tasks of the same or dividing
+    periods fall due at the same instant and wake in one iteration of the loop: on this kind
+    of VM every wake-up from idle costs about 0.1 ms of CPU (cold caches), and a dozen
+    unaligned timers a second were most of an idle server's CPU."""
+    return (math.floor(loop.time() / period_s) + 1) * period_s
+
+
+async def sleep_to_tick(period_s: float) -> None:
+    """Sleep until ``next_tick`` of ``period_s`` on the running loop."""
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(max(next_tick(loop, period_s) - loop.time(), 0.0))
 
 
 class SystemClock:

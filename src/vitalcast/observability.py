@@ -18,6 +18,8 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
 
+from vitalcast.clock import next_tick
+
 _FORBIDDEN_KEYS = frozenset(
     {"token", "authorization", "auth", "secret", "body", "value", "values", "samples", "payload"}
 )
@@ -335,8 +337,10 @@ class PauseWatch:
         self._metrics.gc_pause_seconds.labels(str(info["generation"])).observe(pause)
 
     def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
-        # a bare timer callback, not a task sleeping: an idle server pays a timer per probe
-        self._due = loop.time() + LAG_PROBE_S
+        # a bare timer callback, not a task sleeping: an idle server pays a timer per probe;
+        # on the loop clock's grid (clock.next_tick), where the server's other periodic tasks
+        # wake too, so that their wake-ups are one
+        self._due = next_tick(loop, LAG_PROBE_S)
         self._timer = loop.call_at(self._due, self._probe, loop)
 
     def _probe(self, loop: asyncio.AbstractEventLoop) -> None:

@@ -9,13 +9,16 @@ A process that is no server (the CLI) publishes with ``publish_once``.
 
 Two paths cover what pub/sub cannot: a revocation written by another process while Redis is down
 or absent (the embedded mode with the CLI) is found by ``RevocationPoll``, which every server runs
-over ``users.tokens_valid_after_ms`` (one indexed query per interval), and a missed message is
-bounded by the authenticator's cache lifetime, after which the database decides again.
+over ``users.tokens_valid_after_ms`` (one indexed query per interval; on a SQLite file only when
+something was committed since the last look, which ``PRAGMA data_version`` tells without a query
+or a hop to a database thread), and a missed message is bounded by the authenticator's cache
+lifetime, after which the database decides again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -25,9 +28,11 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from vitalcast.clock import sleep_to_tick
 from vitalcast.db.engine import Database
 from vitalcast.db.prepared import Prepared
 from vitalcast.db.tables import users
+from vitalcast.db.units import is_file_url
 from vitalcast.observability import get_logger
 from vitalcast.redis_connections import pubsub_client, short_call_client
 
@@ -186,10 +191,43 @@ async def _revoked_since(conn: AsyncConnection, seen_ms: int) -> list[tuple[str,
     return [(str(row.id), int(row.tokens_valid_after_ms)) for row in rows]
 
 
+class SqliteCommits:
+    """Whether anything was committed to a SQLite file since the last look, by any connection
+    of this process or another: ``PRAGMA data_version`` on a connection of its own, on the
+    caller's thread (about 8 us; it reads the WAL index, never a table, and never waits).
+
+    An idle embedded server looked for revocations with one query a second, a hop to a
+    database thread and back: most of its CPU with the webhook dispatcher's look and uvicorn's
+    ticks (each wake-up costs about 0.1 ms on this kind of VM). A revocation from another
+    process (the CLI) is a commit, so an unchanged version proves there is none to find."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._conn: sqlite3.Connection | None = None
+
+    def version(self) -> int | None:
+        """The file's data version now; None when SQLite could not tell (the caller looks)."""
+        try:
+            if self._conn is None:
+                self._conn = sqlite3.connect(self._path, timeout=0, isolation_level=None)
+            row = self._conn.execute("PRAGMA data_version").fetchone()
+        except sqlite3.Error:
+            self.close()
+            return None
+        return int(row[0]) if row is not None else None
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+
 class RevocationPoll:
     """Finds local-token revocations that another process wrote (``vitalcast token revoke``
     while the server runs embedded, or while Redis was down) and delivers them here: one
-    indexed query every ``interval_ms``, none when it is 0."""
+    indexed query every ``interval_ms`` (on a SQLite file only after a commit, ``SqliteCommits``),
+    none when it is 0. The looks fall on the loop clock's ticks (``clock.next_tick``), with the
+    server's other periodic tasks."""
 
     def __init__(self, db: Database, bus: RevocationBus, *, interval_ms: int) -> None:
         self._db = db
@@ -197,6 +235,16 @@ class RevocationPoll:
         self._interval_s = interval_ms / 1000
         self._task: asyncio.Task[None] | None = None
         self._seen_ms: int | None = None
+        url = db.engine.url
+        self._commits = (
+            SqliteCommits(url.database or "")
+            if url.get_backend_name() == "sqlite" and is_file_url(url)
+            else None
+        )
+        #: the data version the last query saw (before it ran)
+        self._version: int | None = None
+        #: queries run (a test's probe: an idle SQLite server runs none)
+        self.queries = 0
 
     async def start(self) -> None:
         if self._interval_s > 0 and self._task is None:
@@ -207,22 +255,32 @@ class RevocationPoll:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        if self._commits is not None:
+            self._commits.close()
 
     async def poll(self) -> list[Revocation]:
         """Deliver the revocations written since the last poll (the first poll only learns
         where the log stands: there is nothing cached yet to drop)."""
-        # a unit of work: this runs every interval, idle or not, and on SQLite a unit is one
-        # hop to a database thread rather than one per statement
+        # read before the query: a commit after this read changes the version, and the next
+        # look queries again
+        version = self._commits.version() if self._commits is not None else None
+        if version is not None and version == self._version:
+            return []
+        # a unit of work: on SQLite a unit is one hop to a database thread rather than one per
+        # statement
+        self.queries += 1
         if self._seen_ms is None:
             latest = await self._db.unit(
                 lambda conn: conn.scalar(sa.select(sa.func.max(users.c.tokens_valid_after_ms)))
             )
             self._seen_ms = int(latest or 0)
+            self._version = version
             return []
         seen_ms = self._seen_ms
         rows = await self._db.unit(
             lambda conn: _revoked_since(conn, seen_ms),
         )
+        self._version = version
         found = [Revocation(RevocationKind.USER, user_id, at_ms) for user_id, at_ms in rows]
         for revocation in found:
             self._seen_ms = max(self._seen_ms, revocation.at_ms)
@@ -237,4 +295,4 @@ class RevocationPoll:
                 raise
             except Exception as exc:
                 log.warning("revocation_poll_failed", error_type=type(exc).__name__)
-            await asyncio.sleep(self._interval_s)
+            await sleep_to_tick(self._interval_s)

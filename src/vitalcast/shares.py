@@ -20,7 +20,7 @@ from enum import StrEnum
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from vitalcast.clock import MINUTE_MS, Clock
+from vitalcast.clock import MINUTE_MS, Clock, sleep_to_tick
 from vitalcast.db.engine import Database
 from vitalcast.db.tables import share_access, shares
 from vitalcast.observability import get_logger
@@ -241,5 +241,6 @@ class ShareAccessLog:
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self._flush_s)
+            # on the loop's ticks, with the server's other periodic tasks (one wake-up)
+            await sleep_to_tick(self._flush_s)
             await self.flush()

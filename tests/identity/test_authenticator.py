@@ -13,7 +13,7 @@ from vitalcast import credentials
 from vitalcast import shares as share_repository
 from vitalcast.auth import Authenticator, PrincipalScope, issue_token
 from vitalcast.clock import ManualClock, now_ms
-from vitalcast.db.engine import Database
+from vitalcast.db.engine import Database, create_engine
 from vitalcast.errors import Unauthenticated
 from vitalcast.oidc import OidcVerifier
 from vitalcast.revocations import RevocationBus, RevocationPoll
@@ -211,3 +211,31 @@ async def test_the_poll_delivers_revocations_written_elsewhere(db: Database, use
     assert [r.id for r in await poll.poll()] == [user_id]
     assert await poll.poll() == []
     assert heard == [user_id]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_on_sqlite_a_look_while_nothing_was_committed_runs_no_query(
+    database_url: str, db: Database, users: Users
+) -> None:
+    """On a SQLite file the poll queries only after a commit (``PRAGMA data_version``): an idle
+    server's looks cost no statement and no hop to a database thread, and a revocation that
+    another connection to the file commits (as the CLI's process does) is found by the next
+    look, once."""
+    bus = RevocationBus()
+    poll = RevocationPoll(db, bus, interval_ms=1000)
+    user_id, _ = await users.create("quiet")
+    assert await poll.poll() == []
+    queries = poll.queries
+    for _ in range(5):
+        assert await poll.poll() == []
+    assert poll.queries == queries
+    elsewhere = Database(create_engine(database_url))
+    try:
+        async with elsewhere.write() as conn:
+            await credentials.revoke_local_tokens(conn, "quiet", now_ms=now_ms())
+    finally:
+        await elsewhere.dispose()
+    assert [r.id for r in await poll.poll()] == [user_id]
+    assert await poll.poll() == []
+    assert poll.queries == queries + 1
+    await poll.close()

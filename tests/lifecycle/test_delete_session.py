@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tests.alerts.helpers import bearer, heart_rate, ingest, live_session
 from tests.lifecycle.conftest import count
@@ -26,6 +26,7 @@ from vitalcast.db.tables import (
     shares,
     telemetry_cache,
 )
+from vitalcast.lifecycle import purge
 from vitalcast.telemetry.compute.memo import ViewMemo
 
 
@@ -181,14 +182,23 @@ async def test_delete_takes_its_shares_their_access_log_and_alerts(
         ).status_code == 200
 
 
+async def _purge_sessions(engine: AsyncEngine, user_id: str) -> None:
+    """An erasure's purge batch of the user's sessions (with what refers to them)."""
+    holder = next(h for h in purge.holders() if h.table is sessions)
+    async with engine.begin() as conn:
+        await purge.purge_batch(conn, holder, user_id)
+
+
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+@pytest.mark.parametrize("deleter", ["session_delete", "erasure_purge"])
 async def test_delete_waits_for_a_save_that_prunes_the_change_log_instead_of_deadlocking(
-    tc: TelemetryClient, users: Any, database_url: str
+    tc: TelemetryClient, users: Any, database_url: str, deleter: str
 ) -> None:
     """A compute's save holds the session's view rows (its compare-and-set UPDATE), then prunes
-    the change log in the same transaction. A DELETE arriving in between waits for it and then
-    removes everything; before, the delete took the change log first and the two deadlocked
-    (PostgreSQL ended one of them: a 500 for the user, seen under load)."""
+    the change log in the same transaction. A DELETE (or an erasure's purge) arriving in
+    between waits for it and then removes everything; before, the cascade took the change log
+    first and the two deadlocked (PostgreSQL ended one of them: a 500 for the user, seen under
+    load; a purge batch retried in the background)."""
     user_id, token = await users.create()
     auth = {"Authorization": f"Bearer {token}"}
     session_id = await tc.start_session(auth, T0_MS - 30 * MINUTE)
@@ -211,7 +221,11 @@ async def test_delete_waits_for_a_save_that_prunes_the_change_log_instead_of_dea
                 ),
                 where,
             )
-            deleting = asyncio.create_task(tc.parts.sessions.delete(user_id, session_id))
+            deleting = asyncio.create_task(
+                tc.parts.sessions.delete(user_id, session_id)
+                if deleter == "session_delete"
+                else _purge_sessions(engine, user_id)
+            )
             await _until_a_backend_waits_for_a_lock(watch)
             assert not deleting.done()
             # the save's prune: with the delete holding none of the change log, it goes through

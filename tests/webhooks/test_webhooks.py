@@ -348,3 +348,39 @@ async def test_a_slow_receiver_does_not_hold_the_sender(
         attempts = (await deliveries(running, headers, slow_endpoint["id"]))[0]["attempts"]
     assert attempts[0]["outcome"] == "timeout"
     assert attempts[0]["duration_ms"] < 5_000
+
+
+async def test_a_claimed_delivery_falls_due_when_its_claim_lapses(db, users: Users) -> None:
+    """The dispatcher sleeps until the next due time (or a wake) rather than looking every
+    second, so that time must be right: a pending delivery is due at its next attempt, and a
+    claimed one (its sender may have died) only once the claim lapsed, when ``claim_due`` may
+    take it over; a delivered one is due never."""
+    user_id, _ = await users.create()
+    now = now_ms()
+    assert await db.unit(repository.next_due_ms) is None
+    async with db.write() as conn:
+        await repository.create_endpoint(
+            conn,
+            user_id=user_id,
+            url="https://example.org/hook",
+            events=["session.alert"],
+            secret="whsec_dGVzdA==",
+            now_ms=now,
+        )
+        (delivery_id,) = await repository.enqueue(
+            conn, user_id=user_id, event_type="session.alert", body=b"{}", now_ms=now
+        )
+    due = await db.unit(repository.next_due_ms)
+    assert due is not None and due <= now_ms()
+    claimed = await db.unit(
+        lambda conn: repository.claim_due(conn, now_ms=now_ms(), lease_ms=60_000, limit=5),
+        write=True,
+    )
+    assert [d.id for d in claimed] == [delivery_id]
+    lapses = await db.unit(repository.next_due_ms)
+    assert lapses is not None and lapses > now_ms() + 50_000
+    async with db.write() as conn:
+        assert await repository.claim_due(conn, now_ms=lapses - 1, lease_ms=1, limit=5) == []
+    async with db.write() as conn:
+        taken = await repository.claim_due(conn, now_ms=lapses, lease_ms=60_000, limit=5)
+    assert [d.id for d in taken] == [delivery_id]

@@ -15,6 +15,15 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from vitalcast.db.tables import telemetry_cache
+
+#: tables whose rows a cascade locks before it deletes anything (PostgreSQL), in key order: the
+#: lock order of docs/design.md. A compute's save takes a session's view rows (its
+#: compare-and-set UPDATE) and then prunes the session's change log in the same transaction,
+#: while the cascade reaches the change log before the views (the schema's order); taken the
+#: other way round, a session's DELETE or an erasure's purge deadlocked with a save (40P01).
+LOCKED_FIRST = (telemetry_cache,)
+
 
 @dataclass(frozen=True, slots=True)
 class Reference:
@@ -69,9 +78,19 @@ def _plan(
 
 
 async def delete_tree(conn: AsyncConnection, table: sa.Table, where: sa.ColumnElement[bool]) -> int:
-    """Run ``plan`` in the caller's transaction; the number of rows removed from ``table``."""
+    """Run ``plan`` in the caller's transaction, the rows of ``LOCKED_FIRST`` it will delete
+    locked before any (PostgreSQL; SQLite's one writer needs no row order); the number of rows
+    removed from ``table``."""
+    statements = list(plan(table, where))
+    if conn.dialect.name == "postgresql":
+        for locked in LOCKED_FIRST:
+            key = list(locked.primary_key.columns)
+            for statement in statements:
+                if statement.table is locked and statement.whereclause is not None:
+                    query = sa.select(*key).where(statement.whereclause)
+                    await conn.execute(query.order_by(*key).with_for_update())
     removed = 0
-    for statement in plan(table, where):
+    for statement in statements:
         result = await conn.execute(statement)
         if statement.table is table:
             removed = result.rowcount

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vitalcast.db import cascade
 from vitalcast.db.prepared import Prepared
-from vitalcast.db.tables import erasures, sessions, telemetry_cache, users
+from vitalcast.db.tables import erasures, sessions, users
 from vitalcast.errors import Unauthenticated
 from vitalcast.sessions import changelog
 from vitalcast.sessions.models import WIDEST_PAD_MS, Session, SessionStatus
@@ -265,19 +265,8 @@ async def delete(conn: AsyncConnection, session: Session) -> None:
     partials, its change log, and whatever later tables point at a session), found from the
     schema. The caller holds the user's lock and the session's row lock: an ingest cannot move
     its watermark meanwhile, and a compute cannot insert a view row for it (PostgreSQL's foreign
-    key check waits for the lock, then finds the session gone).
-
-    On PostgreSQL the session's view rows are locked first, in key order: a compute's save takes
-    them (the compare-and-set UPDATE) before it prunes the session's change log in the same
-    transaction, while the cascade reaches the change log before the views (the schema's
-    order). Taken the other way round, the two deadlocked, and PostgreSQL ended the delete with
-    an error (seen as a 500 under load); now the delete waits for the save, whose result then
-    finds no row to land in."""
-    if conn.dialect.name == "postgresql":
-        await conn.execute(
-            sa.select(telemetry_cache.c.session_id)
-            .where(telemetry_cache.c.session_id == session.id)
-            .order_by(*telemetry_cache.primary_key.columns)
-            .with_for_update()
-        )
+    key check waits for the lock, then finds the session gone). The cascade locks the
+    session's view rows before it touches its change log, in the order a compute's save takes
+    them (``cascade.LOCKED_FIRST``): the delete waits for a save, whose result then finds no row
+    to land in."""
     await cascade.delete_tree(conn, sessions, sessions.c.id == session.id)

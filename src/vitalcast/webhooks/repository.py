@@ -176,10 +176,20 @@ _DUE = Prepared(
     .with_for_update(skip_locked=True)
 )
 #: when the earliest pending delivery is due
+#: a pending delivery is due at its next attempt, or once its claim lapsed if that is later
+#: (``claim_due`` takes it when ``lease_until_ms < now``)
 _NEXT_DUE = Prepared(
-    sa.select(sa.func.min(webhook_deliveries.c.next_attempt_ms)).where(
-        webhook_deliveries.c.status == PENDING
-    )
+    sa.select(
+        sa.func.min(
+            sa.case(
+                (
+                    webhook_deliveries.c.lease_until_ms >= webhook_deliveries.c.next_attempt_ms,
+                    webhook_deliveries.c.lease_until_ms + 1,
+                ),
+                else_=webhook_deliveries.c.next_attempt_ms,
+            )
+        )
+    ).where(webhook_deliveries.c.status == PENDING)
 )
 
 
@@ -260,7 +270,7 @@ async def overdue(conn: AsyncConnection, *, before_ms: int, limit: int) -> list[
 
 
 async def next_due_ms(conn: AsyncConnection) -> int | None:
-    """When the earliest pending delivery is due (None: nothing pending)."""
+    """When the earliest pending delivery is due, its claim lapsed (None: nothing pending)."""
     value = await _NEXT_DUE.scalar(conn)
     return None if value is None else int(value)
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Protocol
 
-from vitalcast.clock import Clock, iso_ms
+from vitalcast.clock import Clock, iso_ms, next_tick
 from vitalcast.db.engine import Database
 from vitalcast.errors import Conflict, InvalidInput, NotFound
 from vitalcast.observability import Metrics, get_logger
@@ -46,8 +46,15 @@ MAX_ENDPOINTS_PER_USER = 20
 RESOLVE_TIMEOUT_S = 5.0
 #: scaled out: how often the servers look for pending deliveries whose job went missing
 SWEEP_MS = 30_000
-#: how often a dispatcher looks for due deliveries when nothing woke it (other servers' work)
-POLL_MS = 1_000
+#: how often a dispatcher looks for due deliveries when nothing woke it and nothing it knows of
+#: falls due sooner. Embedded, every delivery is committed by the server itself, which wakes its
+#: dispatcher (``committed``), and a retry's or a lapsing claim's due time is known
+#: (``repository.next_due_ms``): this look only finds what another process left (a claim of a
+#: server that died is found at start-up, by the first look). It was 1 s with a claim (a write
+#: transaction) and a read each time: a large share of an idle embedded server's CPU.
+POLL_MS = 30_000
+#: how soon a dispatcher looks again after its look failed (the database was unavailable)
+RETRY_MS = 1_000
 
 
 class WebhookService:
@@ -208,40 +215,44 @@ class WebhookDispatcher:
         if self._jobs is not None:
             await self._sweep()
             return
+        loop = asyncio.get_running_loop()
         while True:
             self._wake.clear()
             free = self._concurrency - len(self._inflight)
             claimed: list[Delivery] = []
-            wait_ms = POLL_MS
+            # until a wake (a commit of this process, an attempt ending), the next due time,
+            # or the fallback look, on the loop's ticks with the other periodic tasks
+            wake_at = next_tick(loop, POLL_MS / 1000)
             try:
-                # units of work: this loop runs every second, idle or not, and on SQLite a
-                # unit is one hop to a database thread rather than one per statement
+                # units of work: on SQLite a unit is one hop to a database thread rather than
+                # one per statement; the write (the claim) only when something is due
                 if free > 0:
-                    claimed = await self._db.unit(
-                        partial(
-                            repository.claim_due,
-                            now_ms=self._clock.now_ms(),
-                            lease_ms=self._claim_ms,
-                            limit=free,
-                        ),
-                        write=True,
-                    )
-                if not claimed:
                     due = await self._db.unit(repository.next_due_ms)
-                    if due is not None:
-                        wait_ms = min(POLL_MS, max(due - self._clock.now_ms(), 10))
+                    now_ms = self._clock.now_ms()
+                    if due is not None and due <= now_ms:
+                        claimed = await self._db.unit(
+                            partial(
+                                repository.claim_due,
+                                now_ms=now_ms,
+                                lease_ms=self._claim_ms,
+                                limit=free,
+                            ),
+                            write=True,
+                        )
+                    elif due is not None:
+                        wake_at = min(wake_at, loop.time() + max(due - now_ms, 10) / 1000)
             except Exception as exc:
                 log.warning("webhook_claim_failed", error_type=type(exc).__name__)
+                wake_at = next_tick(loop, RETRY_MS / 1000)
             for delivery in claimed:
                 task = asyncio.create_task(self._deliver(delivery))
                 self._inflight.add(task)
                 task.add_done_callback(self._finished)
-            if claimed and len(claimed) == free:
-                wait_ms = POLL_MS  # a finishing attempt wakes us
-            elif claimed:
+            if claimed and len(claimed) < free:
                 continue
+            # all slots busy: a finishing attempt wakes us
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait_ms / 1000):
+                async with asyncio.timeout_at(wake_at):
                     await self._wake.wait()
 
     async def _sweep(self) -> None:

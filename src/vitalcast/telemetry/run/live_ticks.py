@@ -35,7 +35,7 @@ import asyncio
 import contextlib
 import sys
 
-from vitalcast.clock import Clock
+from vitalcast.clock import Clock, sleep_to_tick
 from vitalcast.db.engine import Database
 from vitalcast.observability import Metrics, get_logger
 from vitalcast.telemetry.grid import live_edge_moved, next_boundary_ms
@@ -99,7 +99,13 @@ class LiveTicker:
             except Exception as exc:
                 # The next wake tries again; a session's check time only moves once it was read.
                 log.warning("live_tick_failed", error_type=type(exc).__name__)
-            await asyncio.sleep(self._sleep_ms() / 1000)
+            sleep_ms = self._sleep_ms()
+            if sleep_ms < MAX_SLEEP_MS:
+                await asyncio.sleep(sleep_ms / 1000)
+            else:
+                # nothing due within a second (an idle server): look again on the loop's next
+                # second, where the server's other periodic tasks wake too (one wake-up)
+                await sleep_to_tick(MAX_SLEEP_MS / 1000)
 
     def _sleep_ms(self) -> int:
         now = self._clock.now_ms()
