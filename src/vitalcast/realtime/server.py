@@ -51,7 +51,6 @@ from vitalcast.errors import DependencyUnavailable, NotFound, Unauthenticated
 from vitalcast.json_types import JsonObject
 from vitalcast.observability import get_logger
 from vitalcast.ratelimit import SweptMemoryStorage, retry_after_s
-from vitalcast.realtime import engineio_poll  # noqa: F401  # installs the writers' poll
 from vitalcast.realtime.broadcaster import (
     SESSION_UPDATED,
     session_room,
