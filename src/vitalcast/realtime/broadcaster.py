@@ -34,6 +34,7 @@ from socketio import packet as sio_packet
 from vitalcast.alerts.models import SESSION_ALERT, Alert
 from vitalcast.json_types import JsonObject
 from vitalcast.observability import Metrics, get_logger
+from vitalcast.realtime.keepalive import TickedSocketIOServer
 from vitalcast.redis_connections import PUBSUB_MAX_CONNECTIONS, Lane, pubsub_client
 from vitalcast.sessions.changes import CachedView
 from vitalcast.sessions.models import Session
@@ -337,7 +338,8 @@ def socketio_server(settings: Settings) -> tuple[socketio.AsyncServer, BoundedRe
     manager through which its emits reach every node. Handlers are registered by
     ``realtime.server.RealtimeServer``; the broadcaster only emits through it."""
     manager = redis_manager(settings, write_only=False) if settings.redis_url else None
-    sio = socketio.AsyncServer(
+    # its keepalive (monitor and pings) on the loop's shared ticks: realtime/keepalive.py
+    sio = TickedSocketIOServer(
         async_mode="asgi",
         client_manager=manager if manager is not None else IndexedManager(),
         max_http_buffer_size=MAX_MESSAGE_BYTES,
