@@ -849,8 +849,9 @@ async def main(argv: Sequence[str]) -> None:
         "--boundaries-at",
         type=float,
         metavar="SECONDS",
-        help="start each capacity step so that its sessions' first minute boundary falls this "
-        "many seconds into it (waits up to a minute): runs then meet the boundaries alike",
+        help="start each capacity step so that its sessions' first minute boundary falls about "
+        "this many seconds into it (waits up to a minute; the step's own set-up after the wait "
+        "takes a few hundred ms more): runs then meet the boundaries alike",
     )
     parser.add_argument("--load", nargs=3, metavar=("URL", "PLAN", "OUT"))
     parser.add_argument(
