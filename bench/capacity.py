@@ -108,13 +108,16 @@ async def start_sessions(
 ) -> list[dict[str, str]]:
     plan = []
     for _user, token in users:
+        started_ms = int(wall_ms()) - 60_000
         response = await http.post(
             "/api/v1/sessions",
-            json={"started_at": iso_ms(int(wall_ms()) - 60_000)},
+            json={"started_at": iso_ms(started_ms)},
             headers={"Authorization": f"Bearer {token}"},
         )
         response.raise_for_status()
-        plan.append({"token": token, "session_id": str(response.json()["id"])})
+        plan.append(
+            {"token": token, "session_id": str(response.json()["id"]), "started_ms": started_ms}
+        )
     return plan
 
 
@@ -268,7 +271,12 @@ async def warm(http: httpx.AsyncClient, plan: list[dict[str, str]], lo: int, hi:
 
 
 async def open_loop(
-    sender: aiohttp.ClientSession, plan: list[dict[str, str]], n: int, rounds: int, step: str
+    sender: aiohttp.ClientSession,
+    plan: list[dict[str, str]],
+    n: int,
+    rounds: int,
+    step: str,
+    answered: dict[tuple[int, float], float] | None = None,
 ) -> list[tuple[int, float, float, int | None]]:
     """``rounds`` periods of ``n`` sessions syncing on the fixed schedule; per ingest (session
     index, scheduled wall ms, lag of the actual send behind it, change_seq or None). The sends
@@ -291,6 +299,8 @@ async def open_loop(
         except (aiohttp.ClientError, TimeoutError):
             seq = None
         sent.append((i, scheduled, lag, seq))
+        if answered is not None:
+            answered[(i, scheduled)] = wall_ms() - scheduled
 
     tasks: list[asyncio.Task[None]] = []
     start = wall_ms() + 500
@@ -308,11 +318,18 @@ async def open_loop(
 
 
 def judge(
-    sent: list[tuple[int, float, float, int | None]], receipts: list[list[Any]]
+    sent: list[tuple[int, float, float, int | None]],
+    receipts: list[list[Any]],
+    plan: Sequence[dict[str, Any]] = (),
+    answered: dict[tuple[int, float], float] | None = None,
 ) -> dict[str, Any]:
     """Per ingest: scheduled send → its last watcher's first event at its watermark or newer.
     ``late_by_second``: how many ingests went over the p99 limit, by the second of the step
-    they were scheduled in (a stall shows as a run of seconds, load as a spread)."""
+    they were scheduled in (a stall shows as a run of seconds, load as a spread), and with
+    ``answered`` (ms from schedule to the ingest's HTTP answer) how long the late ones and all
+    waited for their answer, so a late answer can be told from a late push;
+    ``boundaries_by_second``: how many of the step's sessions (of ``plan``) cross a minute of
+    their grid in each second of the step, to line the late ones up against."""
     by_watcher: dict[tuple[int, int], list[tuple[float, int]]] = {}
     for index, client, watermark, received in receipts:
         by_watcher.setdefault((index, client), []).append((received, watermark))
@@ -320,6 +337,7 @@ def judge(
         events.sort()
     latencies: list[float] = []
     late: dict[int, int] = {}
+    late_answers: list[float] = []
     start = min((scheduled for _i, scheduled, _lag, _seq in sent), default=0.0)
     missed = failed = 0
     for index, scheduled, _lag, seq in sent:
@@ -338,6 +356,8 @@ def judge(
         else:
             latencies.append(last - scheduled)
             if last - scheduled > CAPACITY_P99_MAX_MS:
+                if answered is not None and (index, scheduled) in answered:
+                    late_answers.append(answered[(index, scheduled)])
                 second = int((scheduled - start) // 1000)
                 late[second] = late.get(second, 0) + 1
     return {
@@ -347,7 +367,36 @@ def judge(
         "ingest_sent_to_last_watcher": percentiles(latencies) if latencies else None,
         "send_lag_behind_schedule": percentiles([lag for _i, _s, lag, _q in sent]),
         "late_by_second": {str(k): v for k, v in sorted(late.items())},
+        "step_start_wall_ms": round(start),
+        **(
+            {
+                "ingest_answered": percentiles(list(answered.values())) if answered else None,
+                "late_ingests_answered": percentiles(late_answers) if late_answers else None,
+            }
+            if answered is not None
+            else {}
+        ),
+        "boundaries_by_second": boundaries_by_second(plan, sent, start),
     }
+
+
+def boundaries_by_second(
+    plan: Sequence[dict[str, Any]], sent: list[tuple[int, float, float, int | None]], start: float
+) -> dict[str, int]:
+    """Per second of the step, how many of its sessions cross a minute boundary of their grid
+    (sessions start on the minute grid of their ``started_ms``)."""
+    end = max((scheduled for _i, scheduled, _lag, _seq in sent), default=start)
+    counts: dict[int, int] = {}
+    for index in {i for i, _s, _lag, _seq in sent}:
+        started = plan[index].get("started_ms") if index < len(plan) else None
+        if started is None:
+            continue
+        boundary = started + -(-(start - started) // 60_000) * 60_000
+        while boundary <= end:
+            second = int((boundary - start) // 1000)
+            counts[second] = counts.get(second, 0) + 1
+            boundary += 60_000
+    return {str(k): v for k, v in sorted(counts.items())}
 
 
 GC_PAUSE = "vitalcast_gc_pause_seconds"
@@ -369,11 +418,11 @@ def server_pauses(before: dict[str, float], after: dict[str, float]) -> dict[str
     def delta(key: str) -> float:
         return after.get(key, 0.0) - before.get(key, 0.0)
 
-    def gc_over(le: str) -> float:
+    def gc_over(le: str, generations: str = "012") -> float:
         return sum(
             delta(f'{GC_PAUSE}_count{{generation="{g}"}}')
             - delta(f'{GC_PAUSE}_bucket{{generation="{g}",le="{le}"}}')
-            for g in "012"
+            for g in generations
         )
 
     def lag_over(le: str) -> float:
@@ -392,6 +441,10 @@ def server_pauses(before: dict[str, float], after: dict[str, float]) -> dict[str
         "gc_total_ms": round(gc_s * 1000, 1),
         "gc_pauses_over_50ms": gc_over("0.05"),
         "gc_pauses_over_100ms": gc_over("0.1"),
+        "gc_pauses_over_50ms_by_generation": {g: gc_over("0.05", g) for g in "012"},
+        "gc_collections_by_generation": {
+            g: delta(f'{GC_PAUSE}_count{{generation="{g}"}}') for g in "012"
+        },
         "loop_lag_over_100ms": lag_over("0.1"),
         "loop_lag_over_250ms": lag_over("0.25"),
         "loop_lag_over_1s": lag_over("1.0"),
@@ -410,6 +463,16 @@ def server_pauses(before: dict[str, float], after: dict[str, float]) -> dict[str
             for stage in ("read", "aggregate", "assemble", "save", "push")
         },
     }
+
+
+async def until_boundaries_at(plan: Sequence[dict[str, Any]], at_s: float) -> None:
+    """Wait until a step starting now has the first of its sessions' minute boundaries
+    ``at_s`` seconds into it (``open_loop`` starts 0.5 s after it is called), so that runs put
+    the sessions' boundaries (started together, so crossed together) at the same point."""
+    first = min(int(entry["started_ms"]) for entry in plan)
+    start = wall_ms() + 500
+    boundary = first + -(-(start + at_s * 1000 - first) // 60_000) * 60_000
+    await asyncio.sleep(max(0.0, boundary - at_s * 1000 - start) / 1000)
 
 
 def cpu_of(pids: Sequence[int]) -> float:
@@ -555,6 +618,7 @@ async def capacity_part(
     ladder: Sequence[int],
     rounds: int,
     settle: bool = True,
+    boundaries_at_s: float | None = None,
 ) -> dict[str, Any]:
     steps = []
     own_pauses = GcPauses()
@@ -565,6 +629,8 @@ async def capacity_part(
         warmed = max(warmed, n)
         await load.receipts()
         await load.gc_pauses()
+        if boundaries_at_s is not None:
+            await until_boundaries_at(plan[:n], boundaries_at_s)
         if settle:
             settle_gc()
         own_pauses.take()
@@ -572,7 +638,8 @@ async def capacity_part(
         metrics_before = await server_metrics(http)
         before, drivers_before = cpu_of(pids), [cpu_ms(pid) for pid in drivers]
         t0 = time.monotonic()
-        sent = await open_loop(sender, plan, n, rounds, f"cap{n}")
+        answered: dict[tuple[int, float], float] = {}
+        sent = await open_loop(sender, plan, n, rounds, f"cap{n}", answered)
         sending_s = time.monotonic() - t0
         pauses = server_pauses(metrics_before, await server_metrics(http))
         drivers_used = [cpu_ms(pid) - b for pid, b in zip(drivers, drivers_before, strict=True)]
@@ -580,7 +647,7 @@ async def capacity_part(
         await asyncio.sleep(SETTLE_S)
         used = cpu_of(pids) - before
         elapsed = time.monotonic() - t0
-        result = judge(sent, await load.receipts())
+        result = judge(sent, await load.receipts(), plan, answered)
         watcher_pauses = await load.gc_pauses()
         p99 = (result["ingest_sent_to_last_watcher"] or {}).get("p99_ms", float("inf"))
         passed = (
@@ -732,6 +799,7 @@ async def run(
                             ladder,
                             args.rounds,
                             not args.unsettled_drivers,
+                            args.boundaries_at,
                         )
                     return result
 
@@ -776,6 +844,14 @@ async def main(argv: Sequence[str]) -> None:
         metavar="VITALCAST_NAME=VALUE",
         help="a setting of the measured servers (repeatable; the baseline's too), to compare a "
         "setting's values in the same conditions",
+    )
+    parser.add_argument(
+        "--boundaries-at",
+        type=float,
+        metavar="SECONDS",
+        help="start each capacity step so that its sessions' first minute boundary falls about "
+        "this many seconds into it (waits up to a minute; the step's own set-up after the wait "
+        "takes a few hundred ms more): runs then meet the boundaries alike",
     )
     parser.add_argument("--load", nargs=3, metavar=("URL", "PLAN", "OUT"))
     parser.add_argument(

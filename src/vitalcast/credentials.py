@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from vitalcast.db.prepared import Prepared
 from vitalcast.db.tables import erased_subjects, erasures, users
 
 #: user names are at most this long (``users.name``)
@@ -33,17 +34,20 @@ def _not_erasing() -> sa.ColumnElement[bool]:
     return ~sa.exists().where(erasures.c.user_id == users.c.id)
 
 
+_LOCAL_USER = Prepared(
+    sa.select(users.c.id, users.c.tokens_valid_after_ms).where(
+        users.c.id == sa.bindparam("user_id"), _not_erasing()
+    ),
+    read_only=True,
+)
+
+
 async def local_user(conn: AsyncConnection, user_id: str) -> LocalUser | None:
     """The user ``user_id`` and when its local tokens became valid, or None when absent (or
-    being erased)."""
-    row = (
-        await conn.execute(
-            sa.select(users.c.id, users.c.tokens_valid_after_ms).where(
-                users.c.id == user_id, _not_erasing()
-            )
-        )
-    ).first()
-    return None if row is None else LocalUser(row.id, row.tokens_valid_after_ms)
+    being erased). Built once (``db.prepared``): every token in use is read again each time it
+    leaves the authenticator's cache (at 1,000 live sessions about 40 a second)."""
+    rows = await _LOCAL_USER.rows(conn, {"user_id": user_id})
+    return None if not rows else LocalUser(rows[0].id, rows[0].tokens_valid_after_ms)
 
 
 async def revoke_local_tokens(conn: AsyncConnection, name: str, *, now_ms: int) -> str | None:

@@ -226,3 +226,34 @@ async def test_in_process_budget_starts_no_thread_per_request_and_keeps_its_wind
     assert other.allowed
     assert threading.active_count() == before
     await limiter.close()
+
+
+async def test_hits_on_the_lane_and_through_limits_spend_one_budget(tmp_path):
+    """A hit sent on the limiter's lane is limits' own moving window: the same key and count
+    as a hit that goes through limits (a busy lane, another node), and after Redis forgot the
+    script (a restart) the next hit loads it again and counts on. (A Redis of its own: the
+    test flushes its scripts.)"""
+    server = RedisServer(tmp_path, port=spare_port())
+    server.start()
+    rates = {Scope.INGEST: "4/minute", Scope.TELEMETRY: "100/minute"}
+    lane = RateLimiter(rates, redis_url=server.url, key_prefix="vc-lane")
+    stock = RateLimiter(rates, redis_url=server.url, key_prefix="vc-lane")
+    client = redis.Redis.from_url(server.url)
+    try:
+        assert (await lane.hit(Scope.INGEST, "u1")).allowed
+        assert lane._lane.connection is not None
+        assert (await stock.hit(Scope.INGEST, "u1")).allowed
+        stock._lane.busy = True  # its hits take limits' way
+        assert (await stock.hit(Scope.INGEST, "u1")).allowed
+        await client.script_flush()
+        assert (await lane.hit(Scope.INGEST, "u1")).allowed
+        refused = await lane.hit(Scope.INGEST, "u1")
+        assert not refused.allowed and refused.retry_after_s >= 1
+        assert not (await stock.hit(Scope.INGEST, "u1")).allowed
+        assert (await lane.hit(Scope.INGEST, "u2")).allowed
+        assert len([k async for k in client.scan_iter(match="vc-lane*")]) == 2
+    finally:
+        await client.aclose()
+        await lane.close()
+        await stock.close()
+        server.kill()

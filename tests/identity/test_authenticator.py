@@ -4,6 +4,9 @@ costs no statement), revocations drop what was remembered at once, local tokens 
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+
 import pytest
 
 from tests.conftest import TEST_SECRET, Users
@@ -11,7 +14,7 @@ from tests.identity.conftest import count_statements
 from tests.identity.issuer import AUDIENCE, serve_issuer
 from vitalcast import credentials
 from vitalcast import shares as share_repository
-from vitalcast.auth import Authenticator, PrincipalScope, issue_token
+from vitalcast.auth import Authenticator, PrincipalScope, issue_token, remembered_for_ms
 from vitalcast.clock import ManualClock, now_ms
 from vitalcast.db.engine import Database, create_engine
 from vitalcast.errors import Unauthenticated
@@ -85,6 +88,44 @@ async def test_remembering_ends_after_the_cache_lifetime(db: Database, users: Us
     with count_statements(db.engine) as seen:
         await auth.authenticate(token)
     assert len(seen) == 1
+
+
+def test_token_lifetimes_in_the_cache_spread_over_half_of_it() -> None:
+    """Each token is remembered between half and all of ``cache_s``, the same each time, and
+    tokens spread over that span: of 1,000 no fifth of the span holds more than a quarter."""
+    keys = [hashlib.sha256(f"token-{i}".encode()).digest() for i in range(1_000)]
+    lifetimes = [remembered_for_ms(key, 30_000) for key in keys]
+    assert all(15_000 < ms <= 30_000 for ms in lifetimes)
+    assert lifetimes == [remembered_for_ms(key, 30_000) for key in keys]
+    by_fifth = [0] * 5
+    for ms in lifetimes:
+        by_fifth[min(4, (ms - 15_000) // 3_000)] += 1
+    assert max(by_fifth) < 250, by_fifth
+    assert remembered_for_ms(keys[0], 0) == 0
+
+
+async def test_tokens_verified_together_are_not_verified_again_together(
+    db: Database, users: Users
+) -> None:
+    """Thirty tokens verified at one instant (sessions started together) come due at
+    different times: none within half the cache's lifetime, each exactly once by its end, and
+    no 5 s of it reads more than two thirds of them (one lifetime for all read all thirty at
+    once)."""
+    clock = ManualClock(now_ms())
+    auth = _authenticator(db, clock)
+    tokens = [(await users.create())[1] for _ in range(30)]
+    for token in tokens:
+        await auth.authenticate(token)
+    reads_per_step = []
+    for step in range(7):
+        clock.advance(15_000 if step == 0 else 2_500)
+        with count_statements(db.engine) as seen:
+            for token in tokens:
+                await auth.authenticate(token)
+        reads_per_step.append(len(seen))
+    assert reads_per_step[0] == 0
+    assert sum(reads_per_step) == 30  # each token read again once by the end of the lifetime
+    assert all(a + b <= 20 for a, b in itertools.pairwise(reads_per_step)), reads_per_step
 
 
 async def test_token_revocation_refuses_older_local_tokens_at_once(

@@ -150,7 +150,10 @@ def worker_subprocess(
     """``vitalcast worker`` consuming the env's queue, started (``worker_started`` logged); with
     ``hold_ms`` every compute first holds its lease that long, with ``hold_until`` until that
     file exists (``tests.held_worker``); with ``clock_file`` it runs on the test-set clock
-    (``tests.stepped_clock``)."""
+    (``tests.stepped_clock``). It logs at debug (unless the env asks for warning or above):
+    the tests read each job's ``job_done`` line."""
+    if env.get("VITALCAST_LOG_LEVEL", "info") == "info":
+        env = env | {"VITALCAST_LOG_LEVEL": "debug"}
     with contextlib.ExitStack() as stack:
         for attempt in range(1, BIND_ATTEMPTS + 1):
             port = free_port()

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import TEST_SECRET
+from tests.conftest import TEST_SECRET, service_missing
 from tests.telemetry.conftest import MINUTE, TelemetryClient, hr, telemetry_client
 from vitalcast.app import create_app
 from vitalcast.auth import issue_token
@@ -24,7 +24,7 @@ from vitalcast.telemetry.compute.payload import PackedPayload
 from vitalcast.telemetry.keys import Resolution, TelemetryKey
 from vitalcast.telemetry.read.delta_cache import MAX_KEPT_DELTAS, DeltaCache
 from vitalcast.telemetry.read.kept import KeptPayloads, PayloadId
-from vitalcast.telemetry.read.reader import CacheReader
+from vitalcast.telemetry.read.reader import CacheReader, PostgresCacheReader, open_reader
 from vitalcast.telemetry.store.rows import HotRow
 from vitalcast.wiring import Seams
 
@@ -307,3 +307,30 @@ def test_the_telemetry_parameters_are_documented(settings: Settings):
     }
     since = next(p for p in operation["get"]["parameters"] if p["name"] == "since_watermark")
     assert since["schema"]["anyOf"][0] == {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}
+
+
+async def test_the_postgres_hot_read_prepares_again_a_statement_postgres_no_longer_takes(
+    pg_database_url: str | None,
+) -> None:
+    """The PostgreSQL reader runs each kept connection's statements prepared; after a table it
+    reads was altered (a migration), the statement is prepared again and the read answers (as
+    asyncpg's own statement cache does), on the same connection."""
+    if pg_database_url is None:
+        service_missing("PostgreSQL")
+    assert pg_database_url is not None
+    reader = open_reader(pg_database_url)
+    assert isinstance(reader, PostgresCacheReader)
+    pool = await reader._get_pool()
+    conn = await pool.acquire()
+    try:
+        await conn.execute("CREATE TEMPORARY TABLE hot_read_probe (a text)")
+        await conn.execute("INSERT INTO hot_read_probe VALUES ('x')")
+        sql = "SELECT a FROM hot_read_probe"
+        assert tuple(await reader._fetchrow(conn, sql, ())) == ("x",)
+        first = reader._prepared[conn][sql]
+        await conn.execute("ALTER TABLE hot_read_probe ALTER COLUMN a TYPE varchar(10)")
+        assert tuple(await reader._fetchrow(conn, sql, ())) == ("x",)
+        assert reader._prepared[conn][sql] is not first
+    finally:
+        await pool.release(conn)
+        await reader.close()

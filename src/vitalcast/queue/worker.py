@@ -19,7 +19,7 @@ from typing import Any
 from bullmq.custom_errors import DelayedError, UnrecoverableError
 
 from vitalcast.clock import now_ms
-from vitalcast.observability import get_logger
+from vitalcast.observability import debug_enabled, get_logger
 from vitalcast.queue.fetching import FetchingWorker
 from vitalcast.queue.jobs import TelemetryJob
 from vitalcast.redis_connections import blocking_options
@@ -38,6 +38,8 @@ MAX_STALLED_COUNT = 2
 RUN_RETRY_DELAY_MS = 1_000
 #: seconds ``stop`` lets running jobs finish before it releases them back to the queue
 SHUTDOWN_GRACE_S = 8.0
+#: seconds between two ``jobs_done`` summary lines (at most; none while no job finished)
+SUMMARY_EVERY_S = 60.0
 
 
 class JobFailed(Exception):
@@ -60,6 +62,48 @@ class JobDeferred(Exception):
 
 JobHandler = Callable[[TelemetryJob], Awaitable[str]]
 """Runs one job; returns a short outcome label (stored as the job's return value)."""
+
+
+class JobSummary:
+    """What the jobs that finished did, written as one ``jobs_done`` info line per
+    ``every_s`` (the line of the first job finished after that much time, and ``flush`` at
+    stop): jobs by reason and outcome, their total and longest time.
+
+    One info line per job cost a scaled-out worker 58-150 µs of a live update's ~3 ms (the
+    structlog rendering and the write); each job's line is at debug now, and the counts of
+    computes and their times are on ``/metrics`` too. Checked when a job finishes, not on a
+    timer: an idle worker wakes for nothing."""
+
+    def __init__(self, every_s: float = SUMMARY_EVERY_S) -> None:
+        self._every_s = every_s
+        self._since = time.monotonic()
+        self._counts: dict[tuple[str, str], int] = {}
+        self._total_ms = 0.0
+        self._max_ms = 0.0
+
+    def add(self, reason: str, outcome: str, ms: float) -> None:
+        key = (reason, outcome)
+        self._counts[key] = self._counts.get(key, 0) + 1
+        self._total_ms += ms
+        self._max_ms = max(self._max_ms, ms)
+        if time.monotonic() - self._since >= self._every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the line (if any job finished since the last one) and start counting anew."""
+        now = time.monotonic()
+        if self._counts:
+            log.info(
+                "jobs_done",
+                jobs=sum(self._counts.values()),
+                by_reason_outcome={f"{r}/{o}": n for (r, o), n in sorted(self._counts.items())},
+                total_ms=round(self._total_ms, 1),
+                max_ms=round(self._max_ms, 1),
+                over_s=round(now - self._since, 1),
+            )
+        self._since = now
+        self._counts = {}
+        self._total_ms = self._max_ms = 0.0
 
 
 class TelemetryWorker:
@@ -89,6 +133,7 @@ class TelemetryWorker:
         # cancelAllJobs: once closing, BullMQ's run loop ends and clears its tracked jobs while
         # they still run (bullmq 3.4.4), so their abort signals can no longer be reached.
         self._release = asyncio.Event()
+        self._summary = JobSummary()
 
     async def start(self) -> None:
         """Connect and start consuming. The blocking connection learns the Redis version first:
@@ -140,6 +185,7 @@ class TelemetryWorker:
         if self._run_task is not None:
             with contextlib.suppress(Exception):
                 await self._run_task
+        self._summary.flush()
         log.info("worker_stopped", worker=self._name)
 
     async def _process(self, job: Any, token: str) -> str:  # Any: a bullmq Job (untyped)
@@ -177,7 +223,10 @@ class TelemetryWorker:
                 ms=ms,
             )
             raise
-        log.info("job_done", job_id=job.id, reason=request.reason.value, outcome=outcome, ms=ms)
+        reason = request.reason.value
+        if debug_enabled():
+            log.debug("job_done", job_id=job.id, reason=reason, outcome=outcome, ms=ms)
+        self._summary.add(reason, outcome, ms)
         return outcome
 
 
