@@ -588,13 +588,23 @@ async def test_a_kept_deltas_ready_answer_is_never_served_once_its_view_is_stale
     assert revalidated.status_code == 304 and revalidated.headers["etag"] == etag["If-None-Match"]
     tc.clock.advance(2 * MINUTE)
 
-    for extra in ({}, etag):
-        stale = await tc.get(headers | extra, session_id, since_watermark=since, **params)
-        body = stale.json()
-        assert stale.status_code == 200 and body["state"] == "stale", body
-        assert stale.headers["Retry-After"] == str(body["retry_after_seconds"])
-        assert "etag" not in stale.headers
-        assert apply_delta(base, body["delta"]) == saved
+    # the view's rows held by a write (PostgreSQL: their row locks; SQLite: the write lock), so
+    # the recompute the first stale answer calls for cannot save before the second request
+    async with tc.db.write() as holding:
+        await holding.execute(
+            sa.text(
+                "UPDATE telemetry_cache SET updated_at_ms = updated_at_ms "
+                "WHERE session_id = :session_id"
+            ),
+            {"session_id": session_id},
+        )
+        for extra in ({}, etag):
+            stale = await tc.get(headers | extra, session_id, since_watermark=since, **params)
+            body = stale.json()
+            assert stale.status_code == 200 and body["state"] == "stale", body
+            assert stale.headers["Retry-After"] == str(body["retry_after_seconds"])
+            assert "etag" not in stale.headers
+            assert apply_delta(base, body["delta"]) == saved
     await tc.settle()
     again = (await tc.get(headers, session_id, **params)).json()
     assert (
