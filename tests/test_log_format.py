@@ -85,3 +85,24 @@ def test_json_on_a_terminal_when_asked():
         "session_opened",
         "Uvicorn running on http://127.0.0.1:1",
     ]
+
+
+# Logging configured while stderr was another stream (as under pytest's capture), which is
+# closed before the next line: the line goes to the stderr of that moment.
+_SWAPPED = """
+import io, sys
+from vitalcast.observability import configure_logging, get_logger
+real, sys.stderr = sys.stderr, io.StringIO()
+configure_logging("info", "json")
+sys.stderr.close()
+sys.stderr = real
+get_logger("test").info("after_the_swap")
+"""
+
+
+def test_lines_go_to_the_stderr_of_the_moment_not_a_closed_one() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _SWAPPED], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "Logging error" not in done.stderr
+    assert [json.loads(line)["event"] for line in done.stderr.splitlines()] == ["after_the_swap"]

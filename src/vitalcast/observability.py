@@ -13,6 +13,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
+from typing import TextIO
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -48,6 +49,24 @@ class _RoutineConnections(logging.Filter):
         return logging.getLogger().isEnabledFor(logging.DEBUG)
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]  # TextIO stream
+    """Writes each record to ``sys.stderr`` as it is then, not as it was when logging was
+    configured: a process that swaps it (pytest captures it per test) would otherwise leave the
+    handler writing to a closed stream, an error on every later line of a thread that outlives
+    the swap."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: TextIO) -> None:
+        """``sys.stderr`` is read at each record; what the base class sets is not kept."""
+
+
 def configure_logging(level: str = "info", log_format: str = "auto") -> None:
     """Every log line (ours, uvicorn's, Alembic's) on stderr through one renderer: for a person
     at a terminal (structlog's console renderer: time, level, event, fields) when stderr is a
@@ -67,7 +86,7 @@ def configure_logging(level: str = "info", log_format: str = "auto") -> None:
         if console
         else [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
     )
-    handler = logging.StreamHandler(stream)
+    handler = _StderrHandler()
     handler.addFilter(_RoutineConnections())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
