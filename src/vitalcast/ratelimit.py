@@ -28,7 +28,7 @@ from redis.asyncio import ConnectionPool
 from redis.exceptions import NoScriptError
 
 from vitalcast.observability import get_logger
-from vitalcast.redis_connections import RATE_LIMIT_TIMEOUT_S, Lane, short_call_pool
+from vitalcast.redis_connections import RATE_LIMIT_TIMEOUT_S, Lane, LaneBusy, short_call_pool
 from vitalcast.settings import Settings
 
 log = get_logger(__name__)
@@ -163,11 +163,11 @@ class RateLimiter:
         as much CPU as the rest of a cached GET's read. A busy lane, or a script Redis has
         forgotten (limits loads it again), takes limits' own way."""
         pool, bridge = self._redis_pool, self._bridge
-        conn = None if pool is None or bridge is None else await self._lane.take(pool)
-        if conn is None or pool is None or bridge is None:
+        if pool is None or bridge is None:
             return await limiter.hit(item, user_id)
         try:
-            await conn.send_command(
+            acquired = await self._lane.call(
+                pool,
                 "EVALSHA",
                 bridge.lua_acquire_moving_window.sha,
                 1,
@@ -176,17 +176,9 @@ class RateLimiter:
                 item.amount,
                 item.get_expiry(),
                 1,
-                check_health=False,
             )
-            acquired = await conn.read_response()
-        except NoScriptError:
-            self._lane.give_back()
+        except (LaneBusy, NoScriptError):
             return await limiter.hit(item, user_id)
-        except BaseException:
-            # a reply may be left unread (a timeout, a cancel): the connection is unusable
-            await self._lane.drop(pool)
-            raise
-        self._lane.give_back()
         return bool(acquired)
 
     async def close(self) -> None:

@@ -16,15 +16,20 @@ Every asyncio Redis connection of the process packs its commands with hiredis (s
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
 import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection, Connection, ConnectionPool, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import DataError
+from redis.exceptions import DataError, ResponseError
 from redis.typing import EncodableT
 
 from vitalcast.json_types import JsonObject
+
+T = TypeVar("T")
 
 #: how long any connection attempt may take
 CONNECT_TIMEOUT_S = 2.0
@@ -112,6 +117,10 @@ def pubsub_client(url: str, *, max_connections: int = PUBSUB_MAX_CONNECTIONS) ->
     return aioredis.Redis.from_pool(pool)
 
 
+class LaneBusy(Exception):
+    """Another call holds the lane: take the client's way."""
+
+
 class Lane:
     """One connection of a pool kept for calls made one at a time on it, sent and read
     straight on the connection.
@@ -119,36 +128,46 @@ class Lane:
     Through a redis-py 8 client every call checks a connection out of the pool and back in
     (with its observability records and events) and walks the client's retry and bookkeeping:
     45-60 µs of CPU beside a call's own 20-30 (uvloop). The hot calls of a live update (a
-    worker's fetch and its events, a server's adds and rate-limit hits) take the lane instead;
-    a call that finds it ``busy`` takes the client's way. Whoever ``take``s it either
-    ``give_back``s it, its replies all read, or ``drop``s it: a connection whose replies may be
-    partly unread (an error on the wire, a timeout, a cancel) is closed and goes back to the
-    pool, which connects it again when it is next handed out."""
+    worker's fetch and its events, a server's adds and rate-limit hits) take the lane instead
+    (``use``, ``call``); a call that finds it ``busy`` gets ``LaneBusy`` and takes the client's
+    way. After an exchange whose replies were all read (an error reply is read too) the
+    connection is kept; after any other failure (an error on the wire, a timeout, a cancel) its
+    replies may be partly unread, so it is closed and goes back to the pool, which connects it
+    again when it is next handed out."""
 
     def __init__(self) -> None:
         self.connection: Connection | None = None
         self.busy = False
 
-    async def take(self, pool: ConnectionPool) -> Connection | None:
-        """The kept connection, now busy (taken from ``pool`` the first time); None while
-        another call holds it."""
+    async def use(self, pool: ConnectionPool, exchange: Callable[[Connection], Awaitable[T]]) -> T:
+        """``exchange`` run on the kept connection (taken from ``pool`` the first time);
+        ``LaneBusy`` while another call holds it."""
         if self.busy:
-            return None
+            raise LaneBusy
         self.busy = True
-        if self.connection is None:
-            try:
+        try:
+            if self.connection is None:
                 self.connection = await pool.get_connection()  # type: ignore[no-untyped-call]
-            except BaseException:
-                self.busy = False
-                raise
-        return self.connection
-
-    def give_back(self) -> None:
+            result = await exchange(self.connection)
+        except ResponseError:
+            self.busy = False
+            raise
+        except BaseException:
+            await self._drop(pool)
+            raise
         self.busy = False
+        return result
 
-    async def drop(self, pool: ConnectionPool) -> None:
-        """Close the kept connection and give it back to ``pool``; the next ``take`` gets one
-        again."""
+    async def call(self, pool: ConnectionPool, *args: EncodableT) -> Any:  # Any: a Redis reply
+        """One command's reply, sent on the lane (``use``)."""
+
+        async def exchange(connection: Connection) -> Any:  # Any: as above
+            await connection.send_command(*args, check_health=False)
+            return await connection.read_response()
+
+        return await self.use(pool, exchange)
+
+    async def _drop(self, pool: ConnectionPool) -> None:
         connection, self.connection = self.connection, None
         self.busy = False
         if connection is not None:

@@ -33,7 +33,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from vitalcast.redis_connections import Lane
+from vitalcast.redis_connections import Lane, LaneBusy
 
 #: queues a pipeline's commands (it may be called twice: see the module)
 Fill = Callable[[Pipeline], Awaitable[None]]
@@ -73,22 +73,18 @@ async def _execute(client: aioredis.Redis, pipe: Pipeline, transaction: bool) ->
     if lane is None:
         lane = _lanes[client] = Lane()
     stock = any(_STOCK_ONLY.intersection(options) for _args, options in commands)
-    pool = client.connection_pool
-    conn = None if stock or not commands else await lane.take(pool)
-    if conn is None:
-        answers: list[Any] = await pipe.execute()  # Any: Redis answers
-        return answers
-    try:
-        replies = await _send_and_read(conn, [args for args, _ in commands], transaction)
-    except BaseException as exc:
-        # the replies may be partly unread: the connection cannot serve another pipeline
-        await lane.drop(pool)
-        if isinstance(exc, _CONNECTION_ERRORS):
-            answers = await pipe.execute()
-            return answers
-        raise
-    lane.give_back()
-    return await _answers(client, commands, replies)
+    if not stock and commands:
+        wire = [args for args, _ in commands]
+        try:
+            replies = await lane.use(
+                client.connection_pool, lambda conn: _send_and_read(conn, wire, transaction)
+            )
+        except (LaneBusy, *_CONNECTION_ERRORS):
+            pass  # the lane's connection (if it failed) is closed: the stock way, as below
+        else:
+            return await _answers(client, commands, replies)
+    answers: list[Any] = await pipe.execute()  # Any: Redis answers
+    return answers
 
 
 async def _send_and_read(

@@ -36,7 +36,7 @@ from vitalcast.json_types import JsonObject
 from vitalcast.observability import Metrics, get_logger
 from vitalcast.realtime import socket_writer
 from vitalcast.realtime.keepalive import TickedSocketIOServer
-from vitalcast.redis_connections import PUBSUB_MAX_CONNECTIONS, Lane, pubsub_client
+from vitalcast.redis_connections import PUBSUB_MAX_CONNECTIONS, Lane, LaneBusy, pubsub_client
 from vitalcast.sessions.changes import CachedView
 from vitalcast.sessions.models import Session
 from vitalcast.settings import Settings
@@ -272,35 +272,21 @@ class BoundedRedisManager(RoomIndex, socketio.AsyncRedisManager, QueuedEmit):  #
     async def _publish(self, data: Any) -> Any:  # Any: overrides python-socketio's untyped one
         client = self.redis if self.connected else None
         if client is not None and not self._lane.busy:
-            with contextlib.suppress(RedisError, OSError):
-                return await self._publish_on_lane(client, self.json.dumps(data))
+            # PUBLISH on the lane (``redis_connections.Lane``): through the client a publish
+            # cost a worker 92 µs of CPU per event (the blocking pool's checkout and release),
+            # 48 on the lane (uvloop). A lane that fails is closed, and the stock publish
+            # (which retries and reconnects) sends the event: at least once, as the stock
+            # retry already was.
+            with contextlib.suppress(LaneBusy, RedisError, OSError):
+                return await self._lane.call(
+                    client.connection_pool, "PUBLISH", self.channel, self.json.dumps(data)
+                )
         # The stock publish logs and returns None when Redis stays unreachable after one retry.
         # A write-only manager (a worker) delivers through Redis alone, so that means nobody got
         # the event: raise, and the broadcaster logs it as failed instead of counting it emitted.
         sent = await super()._publish(data)
         if sent is None and self.write_only:
             raise RedisConnectionError("publish to Redis failed")
-        return sent
-
-    async def _publish_on_lane(self, client: aioredis.Redis, message: str) -> Any:  # Any: as above
-        """``PUBLISH`` on the lane (``redis_connections.Lane``): a publish through the client
-        cost a worker 92 µs of CPU per event (the blocking pool's checkout and release), 48 on
-        the lane (uvloop). One publish at a time uses it (the others take the client's way,
-        which waits for a pooled connection); a lane that fails is closed, and the stock
-        publish (which retries and reconnects) sends the event: at least once, as the stock
-        retry already was."""
-        pool = client.connection_pool
-        lane = await self._lane.take(pool)
-        if lane is None:  # not busy when asked (``_publish``), and nothing awaited since
-            raise RedisConnectionError("the publishing lane is busy")
-        try:
-            await lane.send_command("PUBLISH", self.channel, message, check_health=False)
-            sent = await lane.read_response()
-        except BaseException:
-            # a reply may be left unread (a timeout, a cancel): the connection is unusable
-            await self._lane.drop(pool)
-            raise
-        self._lane.give_back()
         return sent
 
     async def aclose(self) -> None:
