@@ -15,9 +15,10 @@ Three kinds of bearer token, told apart by their shape:
 A verified token is remembered for ``cache_s`` (never past its expiry), so a repeated token
 costs no signature check and no database read. Each token is remembered for its own share of
 ``cache_s`` (between ``1 - CACHE_SPREAD`` and all of it, fixed by the token's hash), so tokens
-verified together are not all verified again together (``remembered_for_ms``). ``revoke_user`` and ``revoke_share`` drop the
-remembered principals at once, here and on every other server (``revocations.py``), and the
-Socket.IO server closes their sockets; a lookup that raced a revocation is not remembered.
+verified together are not all verified again together (``remembered_for_ms``).
+``revoke_user`` and ``revoke_share`` drop the remembered principals at once, here and on every
+other server (``revocations.py``), and the Socket.IO server closes their sockets; a lookup that
+raced a revocation is not remembered.
 """
 
 from __future__ import annotations
