@@ -137,3 +137,51 @@ def test_times_merge_within_a_minute_and_stay_inside_the_window():
     assert changelog.ranges_of(times, 0, WIDEST_PAD_MS) == ((0, 60_011), (200_000, 200_002))
     assert changelog.ranges_of(times, 11, 200_001) == ((60_010, 60_011), (200_000, 200_001))
     assert changelog.ranges_of([], 0, 10) == ()
+
+
+async def test_a_batch_of_new_samples_logs_the_ranges_ranges_of_makes(users, db):
+    """A batch whose samples are all new (on PostgreSQL its change is recorded by the statement
+    that inserts it) logs, for each session whose widest window holds one of its times, the
+    ranges ``changelog.ranges_of`` makes of them: times a minute apart merge, a millisecond more
+    splits, a window's start is in and its end is out, a shared time counts once. A session
+    near the batch's times that holds none of them is not moved."""
+    user_id, _token = await users.create()
+    services = Services(db)
+    hour = 60 * MINUTE_MS
+    t0 = now_ms() - 30 * hour
+    a = await services.session(user_id, t0, t0 + hour)
+    b = await services.session(user_id, t0 + 10 * hour, t0 + 11 * hour)
+    c = await services.session(user_id, t0 + 20 * hour, t0 + 20 * hour + MINUTE_MS)
+    d = await services.session(user_id, t0 + 25 * hour)
+    a_lo, a_hi = a.widest_window(now_ms())
+    b_lo, b_hi = b.widest_window(now_ms())
+    times = [
+        a_lo,
+        a_lo + changelog.MERGE_MS,
+        a_lo + 2 * changelog.MERGE_MS + 1,
+        a_hi - 1,
+        a_hi,
+        b_lo,
+        b_lo + 30_000,
+        b_hi - 1,
+        t0 + 26 * hour,
+        t0 + 26 * hour,
+    ]
+    outcome = await services.ingest.ingest(
+        user_id, {"samples": [hr(f"n{i}", t) for i, t in enumerate(times)]}
+    )
+    assert outcome.status_code == 200
+    seq = orjson.loads(outcome.body)["change_seq"]
+    assert orjson.loads(outcome.body)["inserted"] == len(times)
+    assert sorted(s.id for s in outcome.touched) == sorted([a.id, b.id, d.id])
+    assert {s.source_watermark for s in outcome.touched} == {seq}
+    for session in (a, b, c, d):
+        expected = changelog.ranges_of(sorted(set(times)), *session.widest_window(now_ms()))
+        logged = [e for e in await _entries(db, session.id) if e.change_seq == seq]
+        if session is c:
+            assert expected == () and logged == []
+            continue
+        assert expected and [(e.prev_seq, e.ranges) for e in logged] == [
+            (session.source_watermark, expected)
+        ]
+    assert len(changelog.ranges_of(sorted(set(times)), a_lo, a_hi)) == 3

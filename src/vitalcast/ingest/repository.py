@@ -87,10 +87,10 @@ class WriteResult(WriteCounts):
 
     deleted: int = 0
     changed_times_ms: list[int] = field(default_factory=list)
-    #: read with the insert when every change was one (PostgreSQL, ``write_samples``): the
-    #: sessions whose widest window may hold a changed time, the counter already moved; None:
-    #: ``record_change`` reads them and moves it
-    candidates: list[Any] | None = None  # Any: rows carrying the session columns by name
+    #: the change recorded with the insert when every change was one (PostgreSQL,
+    #: ``write_samples``): the sessions it moved and their cached views, as ``record_change``
+    #: answers; None: the caller records the change (``record_change``)
+    recorded: tuple[list[Session], list[CachedView]] | None = None
 
     @property
     def changed(self) -> bool:
@@ -225,9 +225,18 @@ ONE_STATEMENT_MAX = 500
 
 # A live sync's samples are all new: with the user's lock held, each one's identity is inserted
 # unless it exists (the primary key decides, whatever the month), and the sample row of every
-# identity inserted goes in with it, in one statement and one round trip. The lookup and two
-# COPYs it replaces were five round trips (a COPY takes two) per ingest. Samples whose identity
-# existed are answered by nothing here: the caller looks them up and compares them as before.
+# identity inserted goes in with it. When every sample of the batch was new and the batch
+# deletes nothing (``:complete``), the same statement records the change as ``record_change``
+# does: it moves the user's counter, finds the sessions whose widest window holds a time of the
+# batch (``sessions.repository.touched_by``), moves their watermarks, writes their change-log
+# entries (the ranges of ``changelog.ranges_of``, packed as ``changelog.packed_ranges`` packs
+# them: little-endian int8 pairs) and starts their views' staleness clocks, and it answers
+# the sessions it moved with their cached views. One round trip where the insert and the move
+# were two (and the lookup and COPYs before them five). Every part of the statement sees the
+# snapshot taken after the user's lock (an earlier statement), as the separate statements
+# did; none reads what another part writes. Samples whose identity existed are answered by
+# nothing here: the caller looks them up and compares them as before, and records the change
+# itself.
 _PG_INSERT_NEW = Prepared(
     sa.text(
         """
@@ -254,16 +263,61 @@ _PG_INSERT_NEW = Prepared(
             UPDATE users SET change_seq = CAST(:change_seq AS bigint)
             WHERE id = CAST(:user_id AS text) AND EXISTS (SELECT 1 FROM ins)
         ), got AS (
-            SELECT array_agg(source) AS inserted_sources,
+            SELECT count(*) AS n, array_agg(source) AS inserted_sources,
                    array_agg(record_id) AS inserted_record_ids
-            FROM ins
+            FROM ids
+        ), cand AS (
+            SELECT s.* FROM sessions AS s
+            WHERE CAST(:complete AS boolean)
+              AND (SELECT n FROM got) = cardinality(CAST(:sources AS text[]))
+              AND s.user_id = CAST(:user_id AS text) AND s.archived_at_ms IS NULL
+              AND s.start_ms - CAST(:pad AS bigint) <= CAST(:hi AS bigint)
+              AND coalesce(s.end_ms, CAST(:now_ms AS bigint)) + CAST(:pad AS bigint)
+                  > CAST(:lo AS bigint)
+        ), hits AS (
+            SELECT cand.id, t.x,
+                   t.x - lag(t.x) OVER (PARTITION BY cand.id ORDER BY t.x) AS gap
+            FROM cand JOIN (SELECT DISTINCT x FROM unnest(CAST(:starts AS bigint[])) AS x) AS t
+                ON t.x >= cand.start_ms - CAST(:pad AS bigint)
+                AND t.x < coalesce(cand.end_ms, CAST(:now_ms AS bigint)) + CAST(:pad AS bigint)
+        ), islands AS (
+            SELECT id, x, count(*) FILTER (WHERE gap IS NULL OR gap > CAST(:merge_ms AS bigint))
+                OVER (PARTITION BY id ORDER BY x) AS k
+            FROM hits
+        ), ranges AS (
+            SELECT id, k, min(x) AS lo, max(x) + 1 AS hi FROM islands GROUP BY id, k
+        ), packed AS (
+            SELECT r.id,
+                   string_agg(substr(int8send(e.edge), 9 - b.i, 1), ''::bytea
+                              ORDER BY r.k, e.o, b.i) AS ranges
+            FROM ranges AS r
+            CROSS JOIN LATERAL (VALUES (1, r.lo), (2, r.hi)) AS e(o, edge)
+            CROSS JOIN generate_series(1, 8) AS b(i)
+            GROUP BY r.id
+        ), touched AS (
+            SELECT cand.*, packed.ranges AS changed_ranges
+            FROM cand JOIN packed ON packed.id = cand.id
+        ), moved AS (
+            UPDATE sessions SET source_watermark = CAST(:change_seq AS bigint)
+            WHERE id IN (SELECT id FROM touched)
+        ), logged AS (
+            INSERT INTO session_changes (session_id, change_seq, prev_seq, ranges)
+            SELECT id, CAST(:change_seq AS bigint), source_watermark, changed_ranges FROM touched
+        ), stale AS (
+            UPDATE telemetry_cache SET stale_since_ms = CAST(:now_ms AS bigint)
+            WHERE session_id IN (SELECT id FROM touched) AND stale_since_ms IS NULL
         )
-        SELECT got.inserted_sources, got.inserted_record_ids, SESSION_COLUMNS
-        FROM got LEFT JOIN sessions AS s
-            ON s.user_id = CAST(:user_id AS text) AND s.archived_at_ms IS NULL
-            AND s.start_ms - CAST(:pad AS bigint) <= CAST(:hi AS bigint)
-            AND coalesce(s.end_ms, CAST(:now_ms AS bigint)) + CAST(:pad AS bigint)
-                > CAST(:lo AS bigint)
+        SELECT got.n = cardinality(CAST(:sources AS text[])) AND CAST(:complete AS boolean)
+                   AS recorded,
+               got.inserted_sources, got.inserted_record_ids, SESSION_COLUMNS,
+               views.windows, views.resolutions, views.versions
+        FROM got
+        LEFT JOIN touched AS s ON true
+        LEFT JOIN LATERAL (
+            SELECT array_agg(window_minutes) AS windows, array_agg(resolution) AS resolutions,
+                   array_agg(compute_version) AS versions
+            FROM telemetry_cache WHERE session_id = s.id
+        ) AS views ON s.id IS NOT NULL
         """.replace("SESSION_COLUMNS", ", ".join(f"s.{column.name}" for column in sessions.c))
     ),
     read_only=False,
@@ -272,25 +326,33 @@ _PG_INSERT_NEW = Prepared(
 
 @dataclass(frozen=True, slots=True)
 class _InsertedNew:
-    """What ``_PG_INSERT_NEW`` did: the identities inserted, and the user's sessions whose
-    widest window may hold a time of the batch (rows of the session columns)."""
+    """What ``_PG_INSERT_NEW`` did: the identities inserted and, when it recorded the change
+    (every sample new, nothing deleted), the sessions it moved and their cached views."""
 
     identities: set[tuple[str, str]]
-    candidates: list[Any]  # Any: rows carrying the session columns by name
+    recorded: tuple[list[Session], list[CachedView]] | None
 
 
 async def _insert_new_pg(
-    conn: AsyncConnection, user_id: str, samples: Sequence[Sample], change_seq: int, now_ms: int
+    conn: AsyncConnection,
+    user_id: str,
+    samples: Sequence[Sample],
+    change_seq: int,
+    now_ms: int,
+    *,
+    complete: bool,
 ) -> _InsertedNew:
     """Insert the samples whose identity is new, move the user's counter to ``change_seq`` if
-    any was, and read the sessions a change at the batch's times may touch, in one statement
-    (``_PG_INSERT_NEW``)."""
+    any was and, with ``complete`` (the batch writes nothing else) when every one was new,
+    record the change, in one statement (``_PG_INSERT_NEW``)."""
     times = sorted({s.start_ms for s in samples})
     rows = await _PG_INSERT_NEW.rows(
         conn,
         session_repository.widest_window_params(user_id, times, now_ms)
         | {
             "pad": WIDEST_PAD_MS,
+            "merge_ms": changelog.MERGE_MS,
+            "complete": complete,
             "change_seq": change_seq,
             "sources": [s.source for s in samples],
             "record_ids": [s.record_id for s in samples],
@@ -306,7 +368,21 @@ async def _insert_new_pg(
     identities = set(
         zip(first.inserted_sources or (), first.inserted_record_ids or (), strict=True)
     )
-    return _InsertedNew(identities, [row for row in rows if row.id is not None])
+    if not first.recorded:
+        return _InsertedNew(identities, None)
+    touched: list[Session] = []
+    views: list[CachedView] = []
+    for row in rows:
+        if row.id is None:
+            continue
+        touched.append(replace(Session.from_row(row), source_watermark=change_seq))
+        views.extend(
+            CachedView(row.id, *view)
+            for view in zip(
+                row.windows or (), row.resolutions or (), row.versions or (), strict=True
+            )
+        )
+    return _InsertedNew(identities, (touched, views))
 
 
 # ``start_ms`` beside the id: on PostgreSQL it names the one partition the row is in. Built
@@ -330,8 +406,9 @@ async def write_samples(
 
     ``change_seq`` is the value the user's counter will take if anything changes; rows written
     carry it so a later reader can tell which ingest wrote them. With ``now_ms`` a PostgreSQL
-    batch of new samples also moves the counter and reads the sessions the change may touch
-    (``WriteResult.candidates``, for ``record_change``) in the statement that inserts them.
+    batch of new samples also moves the counter in the statement that inserts them and, when
+    they were all new and nothing is deleted, records the change there as ``record_change``
+    would (``WriteResult.recorded``).
     """
     result = WriteResult()
     if (
@@ -340,7 +417,9 @@ async def write_samples(
         and conn.dialect.name == "postgresql"
         and len(samples) <= ONE_STATEMENT_MAX
     ):
-        new = await _insert_new_pg(conn, user_id, samples, change_seq, now_ms)
+        new = await _insert_new_pg(
+            conn, user_id, samples, change_seq, now_ms, complete=not deletions
+        )
         inserted = new.identities
         result.inserted = len(inserted)
         result.changed_times_ms = [
@@ -348,8 +427,8 @@ async def write_samples(
         ]
         samples = [s for s in samples if (s.source, s.record_id) not in inserted]
         if not samples and not deletions:
-            # every change was an insert at the batch's times, the times the sessions were read for
-            result.candidates = new.candidates
+            # every change was an insert, and the statement recorded it
+            result.recorded = new.recorded
             return result
     existing = await _existing(
         conn, user_id, [(s.source, s.record_id) for s in samples] + list(deletions)
@@ -510,7 +589,6 @@ async def record_change(
     changed_times_ms: Sequence[int],
     *,
     now_ms: int,
-    candidates: list[Any] | None = None,  # Any: rows carrying the session columns by name
 ) -> tuple[list[Session], list[CachedView]]:
     """Stamp change ``seq`` (the user's counter, locked by the caller) into every session whose
     widest window holds one of ``changed_times_ms``; the sessions it moved and their cached
@@ -520,9 +598,7 @@ async def record_change(
     counter, the watermarks and the staleness clock of the cached views together.
     """
     if conn.dialect.name == "postgresql":
-        return await _record_change_pg(
-            conn, user_id, seq, changed_times_ms, now_ms=now_ms, candidates=candidates
-        )
+        return await _record_change_pg(conn, user_id, seq, changed_times_ms, now_ms=now_ms)
     await set_change_seq(conn, user_id, seq)
     touched = await session_repository.bump_watermarks(
         conn, user_id, change_seq=seq, changed_times_ms=changed_times_ms, now_ms=now_ms
@@ -584,19 +660,16 @@ async def _record_change_pg(
     changed_times_ms: Sequence[int],
     *,
     now_ms: int,
-    candidates: list[Any] | None,  # Any: as in record_change
 ) -> tuple[list[Session], list[CachedView]]:
-    """``record_change`` in two round trips (see ``_PG_SEQ_AND_CANDIDATES``), one when the
-    insert read the ``candidates`` and moved the counter."""
+    """``record_change`` in two round trips (see ``_PG_SEQ_AND_CANDIDATES``)."""
     times = sorted(set(changed_times_ms))
     if not times:
         await set_change_seq(conn, user_id, seq)
         return [], []
-    if candidates is None:
-        candidates = await _PG_SEQ_AND_CANDIDATES.rows(
-            conn,
-            session_repository.widest_window_params(user_id, times, now_ms) | {"change_seq": seq},
-        )
+    candidates = await _PG_SEQ_AND_CANDIDATES.rows(
+        conn,
+        session_repository.widest_window_params(user_id, times, now_ms) | {"change_seq": seq},
+    )
     touched, entries = session_repository.touched_by(
         candidates, times, change_seq=seq, now_ms=now_ms
     )

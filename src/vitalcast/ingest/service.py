@@ -144,13 +144,12 @@ class IngestService:
         views: list[CachedView] = []
         if written.changed:
             seq += 1
-            touched, views = await repository.record_change(
-                conn,
-                user_id,
-                seq,
-                written.changed_times_ms,
-                now_ms=now_ms,
-                candidates=written.candidates,
+            touched, views = (
+                written.recorded
+                if written.recorded is not None
+                else await repository.record_change(
+                    conn, user_id, seq, written.changed_times_ms, now_ms=now_ms
+                )
             )
         status = 207 if batch.rejected else 200
         response = orjson.dumps(
