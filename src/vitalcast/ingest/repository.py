@@ -21,7 +21,6 @@ from vitalcast.db.tables import (
     health_samples,
     ingest_requests,
     sample_identities,
-    sessions,
     telemetry_cache,
     users,
 )
@@ -220,140 +219,68 @@ def _same(row: Any, sample: Sample) -> bool:  # Any: as above
 
 
 #: a PostgreSQL batch up to this many samples inserts its new ones in one statement
-#: (``_insert_new_pg``); a larger one (an import) is looked up first and copied in
+#: (``insert_new_pg``); a larger one (an import) is looked up first and copied in
 ONE_STATEMENT_MAX = 500
 
 # A live sync's samples are all new: with the user's lock held, each one's identity is inserted
 # unless it exists (the primary key decides, whatever the month), and the sample row of every
-# identity inserted goes in with it. When every sample of the batch was new and the batch
-# deletes nothing (``:complete``), the same statement records the change as ``record_change``
-# does: it moves the user's counter, finds the sessions whose widest window holds a time of the
-# batch (``sessions.repository.touched_by``), moves their watermarks, writes their change-log
-# entries (the ranges of ``changelog.ranges_of``, packed as ``changelog.packed_ranges`` packs
-# them: little-endian int8 pairs) and starts their views' staleness clocks, and it answers
-# the sessions it moved with their cached views. One round trip where the insert and the move
-# were two (and the lookup and COPYs before them five). Every part of the statement sees the
-# snapshot taken after the user's lock (an earlier statement), as the separate statements
-# did; none reads what another part writes. Samples whose identity existed are answered by
-# nothing here: the caller looks them up and compares them as before, and records the change
-# itself.
-_PG_INSERT_NEW = Prepared(
+# identity inserted goes in with it; when every sample of the batch was new and the batch
+# writes nothing else, the change is recorded too (watermarks, change log, staleness clock,
+# the cached views read), all in one call of ``vitalcast_ingest_new`` (migration 0008, which
+# says how). The lookup, two COPYs and the change's statements it replaces were eight round
+# trips per ingest. Samples whose identity existed are answered by nothing here: the caller
+# looks them up and compares them as before, and records the change itself.
+_PG_INGEST_NEW = Prepared(
     sa.text(
         """
-        WITH v AS (
-            SELECT * FROM unnest(
-                CAST(:sources AS text[]), CAST(:record_ids AS text[]), CAST(:metrics AS text[]),
-                CAST(:vals AS float8[]), CAST(:units AS text[]), CAST(:starts AS bigint[]),
-                CAST(:ends AS bigint[]), CAST(:devices AS text[])
-            ) AS v(source, record_id, metric, value, unit, start_ms, end_ms, device)
-        ), ids AS (
-            INSERT INTO sample_identities (user_id, source, record_id, start_ms)
-            SELECT CAST(:user_id AS text), source, record_id, start_ms FROM v
-            ON CONFLICT DO NOTHING
-            RETURNING source, record_id
-        ), ins AS (
-            INSERT INTO health_samples
-                (user_id, source, record_id, metric, value, unit, start_ms, end_ms, device,
-                 deleted, change_seq)
-            SELECT CAST(:user_id AS text), v.source, v.record_id, v.metric, v.value, v.unit,
-                   v.start_ms, v.end_ms, v.device, false, CAST(:change_seq AS bigint)
-            FROM v JOIN ids ON ids.source = v.source AND ids.record_id = v.record_id
-            RETURNING source, record_id
-        ), seq AS (
-            UPDATE users SET change_seq = CAST(:change_seq AS bigint)
-            WHERE id = CAST(:user_id AS text) AND EXISTS (SELECT 1 FROM ins)
-        ), got AS (
-            SELECT count(*) AS n, array_agg(source) AS inserted_sources,
-                   array_agg(record_id) AS inserted_record_ids
-            FROM ids
-        ), cand AS (
-            SELECT s.* FROM sessions AS s
-            WHERE CAST(:complete AS boolean)
-              AND (SELECT n FROM got) = cardinality(CAST(:sources AS text[]))
-              AND s.user_id = CAST(:user_id AS text) AND s.archived_at_ms IS NULL
-              AND s.start_ms - CAST(:pad AS bigint) <= CAST(:hi AS bigint)
-              AND coalesce(s.end_ms, CAST(:now_ms AS bigint)) + CAST(:pad AS bigint)
-                  > CAST(:lo AS bigint)
-        ), hits AS (
-            SELECT cand.id, t.x,
-                   t.x - lag(t.x) OVER (PARTITION BY cand.id ORDER BY t.x) AS gap
-            FROM cand JOIN (SELECT DISTINCT x FROM unnest(CAST(:starts AS bigint[])) AS x) AS t
-                ON t.x >= cand.start_ms - CAST(:pad AS bigint)
-                AND t.x < coalesce(cand.end_ms, CAST(:now_ms AS bigint)) + CAST(:pad AS bigint)
-        ), islands AS (
-            SELECT id, x, count(*) FILTER (WHERE gap IS NULL OR gap > CAST(:merge_ms AS bigint))
-                OVER (PARTITION BY id ORDER BY x) AS k
-            FROM hits
-        ), ranges AS (
-            SELECT id, k, min(x) AS lo, max(x) + 1 AS hi FROM islands GROUP BY id, k
-        ), packed AS (
-            SELECT r.id,
-                   string_agg(substr(int8send(e.edge), 9 - b.i, 1), ''::bytea
-                              ORDER BY r.k, e.o, b.i) AS ranges
-            FROM ranges AS r
-            CROSS JOIN LATERAL (VALUES (1, r.lo), (2, r.hi)) AS e(o, edge)
-            CROSS JOIN generate_series(1, 8) AS b(i)
-            GROUP BY r.id
-        ), touched AS (
-            SELECT cand.*, packed.ranges AS changed_ranges
-            FROM cand JOIN packed ON packed.id = cand.id
-        ), moved AS (
-            UPDATE sessions SET source_watermark = CAST(:change_seq AS bigint)
-            WHERE id IN (SELECT id FROM touched)
-        ), logged AS (
-            INSERT INTO session_changes (session_id, change_seq, prev_seq, ranges)
-            SELECT id, CAST(:change_seq AS bigint), source_watermark, changed_ranges FROM touched
-        ), stale AS (
-            UPDATE telemetry_cache SET stale_since_ms = CAST(:now_ms AS bigint)
-            WHERE session_id IN (SELECT id FROM touched) AND stale_since_ms IS NULL
+        SELECT * FROM vitalcast_ingest_new(
+            CAST(:user_id AS text), CAST(:sources AS text[]), CAST(:record_ids AS text[]),
+            CAST(:metrics AS text[]), CAST(:vals AS float8[]), CAST(:units AS text[]),
+            CAST(:starts AS bigint[]), CAST(:ends AS bigint[]), CAST(:devices AS text[]),
+            CAST(:complete AS boolean), CAST(:all_or_nothing AS boolean),
+            CAST(:now_ms AS bigint), CAST(:pad AS bigint), CAST(:merge_ms AS bigint)
         )
-        SELECT got.n = cardinality(CAST(:sources AS text[])) AND CAST(:complete AS boolean)
-                   AS recorded,
-               got.inserted_sources, got.inserted_record_ids, SESSION_COLUMNS,
-               views.windows, views.resolutions, views.versions
-        FROM got
-        LEFT JOIN touched AS s ON true
-        LEFT JOIN LATERAL (
-            SELECT array_agg(window_minutes) AS windows, array_agg(resolution) AS resolutions,
-                   array_agg(compute_version) AS versions
-            FROM telemetry_cache WHERE session_id = s.id
-        ) AS views ON s.id IS NOT NULL
-        """.replace("SESSION_COLUMNS", ", ".join(f"s.{column.name}" for column in sessions.c))
+        """
     ),
     read_only=False,
 )
 
 
 @dataclass(frozen=True, slots=True)
-class _InsertedNew:
-    """What ``_PG_INSERT_NEW`` did: the identities inserted and, when it recorded the change
-    (every sample new, nothing deleted), the sessions it moved and their cached views."""
+class NewSamples:
+    """What ``insert_new_pg`` did."""
 
+    #: False: the user does not exist (nothing was written)
+    user_found: bool
+    #: the user's counter as locked, before this batch moved it (None without a user)
+    seq: int | None
+    #: False: some sample's identity existed and ``all_or_nothing`` wrote nothing
+    written: bool
+    #: the identities inserted
     identities: set[tuple[str, str]]
+    #: when the change was recorded (every sample new, the batch ``complete``): the sessions
+    #: it moved (at their new watermark) and their cached views, as ``record_change`` answers
     recorded: tuple[list[Session], list[CachedView]] | None
 
 
-async def _insert_new_pg(
+async def insert_new_pg(
     conn: AsyncConnection,
     user_id: str,
     samples: Sequence[Sample],
-    change_seq: int,
-    now_ms: int,
     *,
+    now_ms: int,
     complete: bool,
-) -> _InsertedNew:
-    """Insert the samples whose identity is new, move the user's counter to ``change_seq`` if
-    any was and, with ``complete`` (the batch writes nothing else) when every one was new,
-    record the change, in one statement (``_PG_INSERT_NEW``)."""
-    times = sorted({s.start_ms for s in samples})
-    rows = await _PG_INSERT_NEW.rows(
+    all_or_nothing: bool,
+) -> NewSamples:
+    """Lock the user, insert the samples whose identity is new, move the user's counter if any
+    was and, when every one was and the batch is ``complete`` (it writes nothing else), record
+    the change, in one statement (``vitalcast_ingest_new``, PostgreSQL). With
+    ``all_or_nothing`` a batch with any known identity writes nothing. Outside a transaction
+    the call is a whole ingest of new samples, atomic and committed by itself."""
+    rows = await _PG_INGEST_NEW.rows(
         conn,
-        session_repository.widest_window_params(user_id, times, now_ms)
-        | {
-            "pad": WIDEST_PAD_MS,
-            "merge_ms": changelog.MERGE_MS,
-            "complete": complete,
-            "change_seq": change_seq,
+        {
+            "user_id": user_id,
             "sources": [s.source for s in samples],
             "record_ids": [s.record_id for s in samples],
             "metrics": [s.metric for s in samples],
@@ -362,27 +289,34 @@ async def _insert_new_pg(
             "starts": [s.start_ms for s in samples],
             "ends": [s.end_ms for s in samples],
             "devices": [s.device for s in samples],
+            "complete": complete,
+            "all_or_nothing": all_or_nothing,
+            "now_ms": now_ms,
+            "pad": WIDEST_PAD_MS,
+            "merge_ms": changelog.MERGE_MS,
         },
     )
     first = rows[0]
     identities = set(
         zip(first.inserted_sources or (), first.inserted_record_ids or (), strict=True)
     )
-    if not first.recorded:
-        return _InsertedNew(identities, None)
-    touched: list[Session] = []
-    views: list[CachedView] = []
-    for row in rows:
-        if row.id is None:
-            continue
-        touched.append(replace(Session.from_row(row), source_watermark=change_seq))
-        views.extend(
-            CachedView(row.id, *view)
-            for view in zip(
-                row.windows or (), row.resolutions or (), row.versions or (), strict=True
+    recorded: tuple[list[Session], list[CachedView]] | None = None
+    if first.recorded:
+        moved_to = first.seq + 1
+        touched: list[Session] = []
+        views: list[CachedView] = []
+        for row in rows:
+            if row.id is None:
+                continue
+            touched.append(replace(Session.from_row(row), source_watermark=moved_to))
+            views.extend(
+                CachedView(row.id, *view)
+                for view in zip(
+                    row.windows or (), row.resolutions or (), row.versions or (), strict=True
+                )
             )
-        )
-    return _InsertedNew(identities, (touched, views))
+        recorded = (touched, views)
+    return NewSamples(first.user_found, first.seq, first.written, identities, recorded)
 
 
 # ``start_ms`` beside the id: on PostgreSQL it names the one partition the row is in. Built
@@ -417,9 +351,12 @@ async def write_samples(
         and conn.dialect.name == "postgresql"
         and len(samples) <= ONE_STATEMENT_MAX
     ):
-        new = await _insert_new_pg(
-            conn, user_id, samples, change_seq, now_ms, complete=not deletions
+        new = await insert_new_pg(
+            conn, user_id, samples, now_ms=now_ms, complete=not deletions, all_or_nothing=False
         )
+        if new.seq is None or new.seq + 1 != change_seq:
+            # the caller holds the user's lock and passed its counter + 1
+            raise AssertionError("write_samples: change_seq is not the locked counter + 1")
         inserted = new.identities
         result.inserted = len(inserted)
         result.changed_times_ms = [
