@@ -238,12 +238,26 @@ _PG_INGEST_NEW = Prepared(
             CAST(:metrics AS text[]), CAST(:vals AS float8[]), CAST(:units AS text[]),
             CAST(:starts AS bigint[]), CAST(:ends AS bigint[]), CAST(:devices AS text[]),
             CAST(:complete AS boolean), CAST(:all_or_nothing AS boolean),
-            CAST(:now_ms AS bigint), CAST(:pad AS bigint), CAST(:merge_ms AS bigint)
+            CAST(:now_ms AS bigint), CAST(:pad AS bigint), CAST(:merge_ms AS bigint),
+            CAST(:request_id AS text), CAST(:body_sha256 AS text), CAST(:status AS integer),
+            CAST(:response_head AS bytea)
         )
         """
     ),
     read_only=False,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRequest:
+    """An ingest request to record with its answer (``record_request``), whose change_seq is
+    known only once the user is locked: ``response_head`` is the answer up to the value of its
+    last key, ``change_seq``, and the answer is that head, the new change_seq and ``}``."""
+
+    request_id: str
+    body_sha256: str
+    status_code: int
+    response_head: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +275,9 @@ class NewSamples:
     #: when the change was recorded (every sample new, the batch ``complete``): the sessions
     #: it moved (at their new watermark) and their cached views, as ``record_change`` answers
     recorded: tuple[list[Session], list[CachedView]] | None
+    #: (body hash, status, response) stored for an earlier request of the ``request`` id
+    #: (``find_replay``); nothing was written
+    replay: tuple[str, int, bytes] | None = None
 
 
 async def insert_new_pg(
@@ -271,12 +288,16 @@ async def insert_new_pg(
     now_ms: int,
     complete: bool,
     all_or_nothing: bool,
+    request: PendingRequest | None = None,
 ) -> NewSamples:
     """Lock the user, insert the samples whose identity is new, move the user's counter if any
     was and, when every one was and the batch is ``complete`` (it writes nothing else), record
     the change, in one statement (``vitalcast_ingest_new``, PostgreSQL). With
-    ``all_or_nothing`` a batch with any known identity writes nothing. Outside a transaction
-    the call is a whole ingest of new samples, atomic and committed by itself."""
+    ``all_or_nothing`` a batch with any known identity writes nothing. With a ``request`` whose
+    id was recorded already nothing is written and the stored request is answered
+    (``NewSamples.replay``); otherwise, when every sample was new, the request is recorded.
+    Outside a transaction the call is a whole ingest of new samples, atomic and committed by
+    itself."""
     rows = await _PG_INGEST_NEW.rows(
         conn,
         {
@@ -294,9 +315,16 @@ async def insert_new_pg(
             "now_ms": now_ms,
             "pad": WIDEST_PAD_MS,
             "merge_ms": changelog.MERGE_MS,
+            "request_id": None if request is None else request.request_id,
+            "body_sha256": None if request is None else request.body_sha256,
+            "status": None if request is None else request.status_code,
+            "response_head": None if request is None else request.response_head,
         },
     )
     first = rows[0]
+    if first.replay_sha256 is not None:
+        replay = (first.replay_sha256, first.replay_status, bytes(first.replay_response))
+        return NewSamples(True, first.seq, False, set(), None, replay)
     identities = set(
         zip(first.inserted_sources or (), first.inserted_record_ids or (), strict=True)
     )

@@ -46,20 +46,34 @@ class IngestOutcome:
 _Applied = tuple[repository.WriteResult, list[Session], list[CachedView], int, int, bytes]
 
 
-def _answer(written: repository.WriteResult, batch: ValidatedBatch, seq: int) -> tuple[int, bytes]:
-    """The status and encoded body of an applied ingest."""
+def _answer_head(written: repository.WriteResult, batch: ValidatedBatch) -> tuple[int, bytes]:
+    """The status of an applied ingest, and its encoded body up to the value of its last key,
+    ``change_seq`` (``repository.PendingRequest``)."""
     status = 207 if batch.rejected else 200
-    response = orjson.dumps(
+    body = orjson.dumps(
         {
             "inserted": written.inserted,
             "updated": written.updated,
             "unchanged": written.unchanged,
             "deleted": written.deleted,
             "rejected": [r.as_dict() for r in batch.rejected],
-            "change_seq": seq,
         }
     )
-    return status, response
+    return status, body[:-1] + b',"change_seq":'
+
+
+def _answer(written: repository.WriteResult, batch: ValidatedBatch, seq: int) -> tuple[int, bytes]:
+    """The status and encoded body of an applied ingest."""
+    status, head = _answer_head(written, batch)
+    return status, head + b"%d}" % seq
+
+
+def _replayed(replay: tuple[str, int, bytes], fingerprint: str) -> IngestOutcome:
+    """The stored answer of a request replayed with the same body; ``Conflict`` for another."""
+    stored_hash, status, response = replay
+    if stored_hash != fingerprint:
+        raise Conflict("This request_id was used with another body.", code="REQUEST_ID_REUSED")
+    return IngestOutcome(status, response, [], [])
 
 
 def body_fingerprint(body: object) -> str:
@@ -128,18 +142,17 @@ class IngestService:
     async def _unit(
         self, user_id: str, batch: ValidatedBatch, fingerprint: str, now_ms: int, *, short: bool
     ) -> IngestOutcome | _Applied:
-        """The ingest's unit of work. A live sync on PostgreSQL (new samples, no deletions, no
-        ``request_id``) is first tried as one statement outside a transaction
-        (``_apply_new``); a batch it declines (a sample it already knows) then runs as a
-        transaction (``_apply``), as every other ingest does."""
+        """The ingest's unit of work. A live sync on PostgreSQL (new samples, no deletions) is
+        first tried as one statement outside a transaction (``_apply_new``); a batch it
+        declines (a sample it already knows) then runs as a transaction (``_apply``), as every
+        other ingest does."""
         if (
             self._one_statement
-            and batch.request_id is None
             and not batch.deletions
             and 0 < len(batch.samples) <= repository.ONE_STATEMENT_MAX
         ):
             done = await self._db.unit(
-                lambda conn: self._apply_new(conn, user_id, batch, now_ms),
+                lambda conn: self._apply_new(conn, user_id, batch, fingerprint, now_ms),
                 write=True,
                 alone=True,
                 short=short,
@@ -153,23 +166,42 @@ class IngestService:
         )
 
     async def _apply_new(
-        self, conn: AsyncConnection, user_id: str, batch: ValidatedBatch, now_ms: int
-    ) -> _Applied | None:
-        """A batch of new samples in one statement that locks the user, writes them and records
-        the change (``repository.insert_new_pg``), committed by itself; None when a sample's
-        identity existed (nothing was written)."""
+        self,
+        conn: AsyncConnection,
+        user_id: str,
+        batch: ValidatedBatch,
+        fingerprint: str,
+        now_ms: int,
+    ) -> IngestOutcome | _Applied | None:
+        """A batch of new samples in one statement that locks the user, answers a replayed
+        request, or writes the samples, records the change and the request
+        (``repository.insert_new_pg``), committed by itself; None when a sample's identity
+        existed (nothing was written)."""
+        written = repository.WriteResult(inserted=len(batch.samples))
+        status, head = _answer_head(written, batch)
+        request = (
+            None
+            if batch.request_id is None
+            else repository.PendingRequest(batch.request_id, fingerprint, status, head)
+        )
         new = await repository.insert_new_pg(
-            conn, user_id, batch.samples, now_ms=now_ms, complete=True, all_or_nothing=True
+            conn,
+            user_id,
+            batch.samples,
+            now_ms=now_ms,
+            complete=True,
+            all_or_nothing=True,
+            request=request,
         )
         if not new.user_found:
             raise Unauthenticated("The token's user does not exist.", code="TOKEN_INVALID")
+        if new.replay is not None:
+            return _replayed(new.replay, fingerprint)
         if not new.written or new.seq is None or new.recorded is None:
             return None
-        written = repository.WriteResult(inserted=len(new.identities))
         touched, views = new.recorded
         seq = new.seq + 1
-        status, response = _answer(written, batch, seq)
-        return written, touched, views, seq, status, response
+        return written, touched, views, seq, status, head + b"%d}" % seq
 
     async def _apply(
         self,
@@ -188,13 +220,7 @@ class IngestService:
         if batch.request_id is not None:
             replay = await repository.find_replay(conn, user_id, batch.request_id)
             if replay is not None:
-                stored_hash, status, response = replay
-                if stored_hash != fingerprint:
-                    raise Conflict(
-                        "This request_id was used with another body.",
-                        code="REQUEST_ID_REUSED",
-                    )
-                return IngestOutcome(status, response, [], [])
+                return _replayed(replay, fingerprint)
         written = await repository.write_samples(
             conn, user_id, batch.samples, batch.deletions, change_seq=seq + 1, now_ms=now_ms
         )

@@ -9,9 +9,12 @@ snapshot per statement), as the separate statements did. The lock cannot go into
 own statement: that statement's snapshot would be taken before the lock's wait, and an ingest
 that committed during the wait would be missed (wrong ``prev_seq``, a new session not moved).
 
-``vitalcast_ingest_new(user, samples..., complete, all_or_nothing, now_ms, pad, merge_ms)``:
+``vitalcast_ingest_new(user, samples..., complete, all_or_nothing, now_ms, pad, merge_ms,
+request_id, body_sha256, status, response_head)``:
 
 - the user's lock (no row: ``user_found`` false, nothing written);
+- with a ``request_id`` that was recorded already, nothing is written and the stored request
+  is answered (``replay_*``);
 - with ``all_or_nothing``, when any sample's identity exists already, nothing is written
   (``written`` false): the caller applies the batch the general way;
 - otherwise each new identity and its sample row are inserted, the user's counter moves to
@@ -20,6 +23,9 @@ that committed during the wait would be missed (wrong ``prev_seq``, a new sessio
   the watermarks of the sessions whose widest window holds a time of the batch, their
   change-log entries (``sessions.changelog.ranges_of``'s ranges, packed as ``packed_ranges``
   packs them: little-endian int8 pairs), the staleness clock of their cached views;
+- with a ``request_id``, when every sample was new, the request is recorded with the answer
+  ``response_head || (seq + 1) || '}'`` (the caller's answer up to its change_seq, the last
+  key), as ``ingest.repository.record_request`` records it;
 - one row per moved session (its columns as read, and its cached views as arrays), or one row
   with the session columns null; ``seq`` is the user's counter as locked, before the move.
 
@@ -43,27 +49,44 @@ CREATE OR REPLACE FUNCTION vitalcast_ingest_new(
     p_user_id text, p_sources text[], p_record_ids text[], p_metrics text[], p_vals float8[],
     p_units text[], p_starts bigint[], p_ends bigint[], p_devices text[],
     p_complete boolean, p_all_or_nothing boolean, p_now_ms bigint, p_pad bigint,
-    p_merge_ms bigint
+    p_merge_ms bigint, p_request_id text, p_body_sha256 text, p_status integer,
+    p_response_head bytea
 ) RETURNS TABLE (
     user_found boolean, seq bigint, written boolean, recorded boolean,
     inserted_sources text[], inserted_record_ids text[],
     id text, user_id text, client_session_id text, status text, start_ms bigint,
     end_ms bigint, notes text, source_watermark bigint, archived_at_ms bigint,
-    windows integer[], resolutions text[], versions integer[]
+    windows integer[], resolutions text[], versions integer[],
+    replay_sha256 text, replay_status integer, replay_response bytea
 ) LANGUAGE plpgsql VOLATILE AS $fn$
 #variable_conflict use_column
 DECLARE
     v_seq bigint;
     v_lo bigint;
     v_hi bigint;
+    v_sha256 text;
+    v_status integer;
+    v_response bytea;
 BEGIN
     SELECT u.change_seq INTO v_seq FROM users AS u WHERE u.id = p_user_id FOR UPDATE;
     IF NOT FOUND THEN
         RETURN QUERY SELECT false, NULL::bigint, false, false, NULL::text[], NULL::text[],
             NULL::text, NULL::text, NULL::text, NULL::text, NULL::bigint, NULL::bigint,
             NULL::text, NULL::bigint, NULL::bigint, NULL::integer[], NULL::text[],
-            NULL::integer[];
+            NULL::integer[], NULL::text, NULL::integer, NULL::bytea;
         RETURN;
+    END IF;
+    IF p_request_id IS NOT NULL THEN
+        SELECT r.body_sha256, r.status_code, r.response INTO v_sha256, v_status, v_response
+        FROM ingest_requests AS r
+        WHERE r.user_id = p_user_id AND r.request_id = p_request_id;
+        IF FOUND THEN
+            RETURN QUERY SELECT true, v_seq, false, false, NULL::text[], NULL::text[],
+                NULL::text, NULL::text, NULL::text, NULL::text, NULL::bigint, NULL::bigint,
+                NULL::text, NULL::bigint, NULL::bigint, NULL::integer[], NULL::text[],
+                NULL::integer[], v_sha256::text, v_status, v_response;
+            RETURN;
+        END IF;
     END IF;
     IF p_all_or_nothing AND EXISTS (
         SELECT 1 FROM sample_identities AS i
@@ -73,7 +96,7 @@ BEGIN
         RETURN QUERY SELECT true, v_seq, false, false, NULL::text[], NULL::text[],
             NULL::text, NULL::text, NULL::text, NULL::text, NULL::bigint, NULL::bigint,
             NULL::text, NULL::bigint, NULL::bigint, NULL::integer[], NULL::text[],
-            NULL::integer[];
+            NULL::integer[], NULL::text, NULL::integer, NULL::bytea;
         RETURN;
     END IF;
     SELECT min(x), max(x) INTO v_lo, v_hi FROM unnest(p_starts) AS x;
@@ -144,12 +167,19 @@ BEGIN
         UPDATE telemetry_cache SET stale_since_ms = p_now_ms
         WHERE telemetry_cache.session_id IN (SELECT touched.id FROM touched)
           AND telemetry_cache.stale_since_ms IS NULL
+    ), request AS (
+        INSERT INTO ingest_requests
+            (user_id, request_id, body_sha256, status_code, response, created_at_ms)
+        SELECT p_user_id, p_request_id, p_body_sha256, p_status,
+               p_response_head || convert_to((v_seq + 1)::text || '}', 'UTF8'), p_now_ms
+        WHERE p_request_id IS NOT NULL AND (SELECT got.n FROM got) = cardinality(p_sources)
     )
     SELECT true, v_seq, true, got.n = cardinality(p_sources) AND p_complete,
            got.sources, got.record_ids,
            s.id::text, s.user_id::text, s.client_session_id::text, s.status::text,
            s.start_ms, s.end_ms, s.notes::text, s.source_watermark, s.archived_at_ms,
-           views.windows, views.resolutions, views.versions
+           views.windows, views.resolutions, views.versions,
+           NULL::text, NULL::integer, NULL::bytea
     FROM got
     LEFT JOIN touched AS s ON true
     LEFT JOIN LATERAL (
@@ -164,7 +194,7 @@ $fn$
 
 SIGNATURE = (
     "vitalcast_ingest_new(text, text[], text[], text[], float8[], text[], bigint[], bigint[], "
-    "text[], boolean, boolean, bigint, bigint, bigint)"
+    "text[], boolean, boolean, bigint, bigint, bigint, text, text, integer, bytea)"
 )
 
 
