@@ -38,7 +38,13 @@ from vitalcast.json_types import JsonObject
 from vitalcast.observability import Metrics, get_logger
 from vitalcast.realtime import socket_writer
 from vitalcast.realtime.keepalive import TickedSocketIOServer
-from vitalcast.redis_connections import PUBSUB_MAX_CONNECTIONS, Lane, LaneBusy, pubsub_client
+from vitalcast.redis_connections import (
+    PUBSUB_MAX_CONNECTIONS,
+    HeldPublishes,
+    Lane,
+    LaneBusy,
+    pubsub_client,
+)
 from vitalcast.sessions.changes import CachedView
 from vitalcast.sessions.models import Session
 from vitalcast.settings import Settings
@@ -258,6 +264,7 @@ class BoundedRedisManager(RoomIndex, socketio.AsyncRedisManager, QueuedEmit):  #
         channel: str,
         write_only: bool = False,
         max_connections: int = PUBSUB_MAX_CONNECTIONS,
+        held: HeldPublishes | None = None,
     ) -> None:
         self.redis: aioredis.Redis | None = None
         self.pubsub: PubSub | None = None
@@ -266,6 +273,10 @@ class BoundedRedisManager(RoomIndex, socketio.AsyncRedisManager, QueuedEmit):  #
         self._lane = Lane()
         super().__init__(url, channel=channel, write_only=write_only)
         self._retired: set[asyncio.Task[None]] = set()
+        #: a queue worker's publishes, held to ride with its jobs' completions (write-only)
+        self._held = held if write_only else None
+        if self._held is not None:
+            self._held.attach(self._send_held)
 
     def _redis_connect(self) -> None:
         # Called again after a connection error: retire the previous client instead of leaking it.
@@ -280,6 +291,13 @@ class BoundedRedisManager(RoomIndex, socketio.AsyncRedisManager, QueuedEmit):  #
             task.add_done_callback(self._retired.discard)
 
     async def _publish(self, data: Any) -> Any:  # Any: overrides python-socketio's untyped one
+        message = self.json.dumps(data)
+        if self._held is not None and self._held.hold(self.channel, message):
+            # sent with the completion of the job whose compute made it (``HeldPublishes``)
+            return 0
+        return await self._publish_message(data, message)
+
+    async def _publish_message(self, data: Any, message: str) -> Any:  # Any: as _publish
         client = self.redis if self.connected else None
         if client is not None and not self._lane.busy:
             # PUBLISH on the lane (``redis_connections.Lane``): through the client a publish
@@ -289,7 +307,7 @@ class BoundedRedisManager(RoomIndex, socketio.AsyncRedisManager, QueuedEmit):  #
             # retry already was.
             with contextlib.suppress(LaneBusy, RedisError, OSError):
                 return await self._lane.call(
-                    client.connection_pool, "PUBLISH", self.channel, self.json.dumps(data)
+                    client.connection_pool, "PUBLISH", self.channel, message
                 )
         # The stock publish logs and returns None when Redis stays unreachable after one retry.
         # A write-only manager (a worker) delivers through Redis alone, so that means nobody got
@@ -348,6 +366,16 @@ class BoundedRedisManager(RoomIndex, socketio.AsyncRedisManager, QueuedEmit):  #
                     with contextlib.suppress(Exception):
                         await connection.disconnect()
 
+    async def _send_held(self, messages: list[tuple[str, str]]) -> None:
+        """Held publishes whose job did not complete (or whose completion failed), sent on
+        their own; one that cannot be sent is logged, as a failed emit is."""
+        for _channel, message in messages:
+            try:
+                async with asyncio.timeout(EMIT_TIMEOUT_S):
+                    await self._publish_message(self.json.loads(message), message)
+            except Exception as exc:
+                log.warning("realtime_emit_failed", held=True, error=type(exc).__name__)
+
     async def aclose(self) -> None:
         """Stop listening and close the Redis connections (idempotent)."""
         listener = getattr(self, "thread", None)
@@ -370,12 +398,15 @@ async def _close_quietly(client: Any) -> None:  # Any: redis-py clients and pubs
         log.debug("redis_close_failed")
 
 
-def redis_manager(settings: Settings, *, write_only: bool) -> BoundedRedisManager:
-    """The Socket.IO Redis manager of a server (``write_only=False``) or a worker."""
+def redis_manager(
+    settings: Settings, *, write_only: bool, held: HeldPublishes | None = None
+) -> BoundedRedisManager:
+    """The Socket.IO Redis manager of a server (``write_only=False``) or a worker (whose
+    publishes ``held`` may carry)."""
     if not settings.redis_url:
         raise ValueError("redis_url is required for a Socket.IO Redis manager")
     return BoundedRedisManager(
-        settings.redis_url, channel=settings.socketio_channel, write_only=write_only
+        settings.redis_url, channel=settings.socketio_channel, write_only=write_only, held=held
     )
 
 
@@ -424,11 +455,16 @@ class WebSocketBroadcaster:
 
     @classmethod
     def for_worker(
-        cls, settings: Settings, *, metrics: Metrics | None = None
+        cls,
+        settings: Settings,
+        *,
+        metrics: Metrics | None = None,
+        held: HeldPublishes | None = None,
     ) -> WebSocketBroadcaster:
         """A broadcaster for a process that is not a server: emits through a write-only Redis
-        manager on ``settings.socketio_channel``; every server on that channel delivers."""
-        manager = redis_manager(settings, write_only=True)
+        manager on ``settings.socketio_channel``; every server on that channel delivers. With
+        ``held``, a publish made while a queue job runs goes out with the job's completion."""
+        manager = redis_manager(settings, write_only=True, held=held)
         return cls(manager, metrics=metrics, owned_manager=manager)
 
     async def session_updated(self, update: TelemetryUpdate) -> None:
