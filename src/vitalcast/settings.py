@@ -51,6 +51,13 @@ class Settings(BaseSettings):
         le=256,
         description="Views one batch of computes holds at most (one claim, one GROUP BY, one save).",
     )
+    compute_linger_ms: int = Field(
+        20,
+        ge=0,
+        le=1_000,
+        description="How long a worker woken for a job waits for more before it fetches, so that "
+        "jobs arriving together run as one batch; only when arrivals are that frequent. 0 = off.",
+    )
     lease_ms: int = Field(
         30_000, ge=1_000, le=600_000, description="Compute lease; renewed while computing."
     )

@@ -157,6 +157,8 @@ class TelemetryWorker:
                 "name": self._name,
             },
             held=self._held,
+            linger_ms=self._settings.compute_linger_ms,
+            linger_max_jobs=self._settings.compute_batch_max_views,
         )
         worker.on("error", _log_worker_error)
         worker.on("stalled", lambda job_id, *_: log.warning("job_stalled", job_id=job_id))
