@@ -180,9 +180,7 @@ class FetchingWorker(Worker):  # type: ignore[misc]  # bullmq ships no type hint
                     await self._slot_freed.wait()
                     continue
                 asked = min(want, free)
-                jobs = await self.retryIfFailed(
-                    lambda asked=asked, free=free: self._next_jobs(asked, free), retry
-                )
+                jobs = await self.retryIfFailed(lambda asked=asked: self._next_jobs(asked), retry)
                 if not jobs:
                     want = FIRST_ROUND
                     continue
@@ -332,11 +330,12 @@ class FetchingWorker(Worker):  # type: ignore[misc]  # bullmq ships no type hint
         self.processing.discard(task)
         self._slot_freed.set()
 
-    async def _next_jobs(self, asked: int, free: int) -> list[Any]:  # Any: bullmq Jobs
+    async def _next_jobs(self, asked: int) -> list[Any]:  # Any: bullmq Jobs
         """Up to ``asked`` jobs in one round trip, after waiting on the marker when the last
         round found the queue empty (none when the wait was cut by ``close``/``pause`` or woke
         for a delayed job that is not due yet). After a wait that lingered (see the module), up
-        to the jobs expected in the window, within ``free``."""
+        to the jobs expected in the window, within the slots free by then (jobs that ran during
+        the wait have ended)."""
         if self._must_wait:
             self.waiting = asyncio.ensure_future(self.waitForJob())
             try:
@@ -359,6 +358,7 @@ class FetchingWorker(Worker):  # type: ignore[misc]  # bullmq ships no type hint
                     self._must_wait = False
                     self._marker_taken = True
                     return []
+                free = int(self.opts["concurrency"]) - len(self.processing)
                 asked = max(asked, min(free, self._linger_max_jobs, FIRST_ROUND + expected))
         # Should the round trip fail, it may or may not have taken the marker: fetch before
         # waiting again.
