@@ -58,6 +58,7 @@ from bench.common import (
     database,
     delete_keys,
     emit,
+    free_port,
     percentiles,
     process,
     server_env,
@@ -404,6 +405,22 @@ LOOP_LAG = "vitalcast_event_loop_lag_seconds"
 UNITS = "vitalcast_sqlite_unit_seconds"
 ON_LOOP = "vitalcast_sqlite_units_on_loop_total"
 STAGES = "vitalcast_compute_stage_seconds"
+BATCH_VIEWS = "vitalcast_compute_batch_views"
+#: a scaled-out worker's /metrics URL, by its pid (its compute batches' sizes)
+WORKER_METRICS: dict[int, str] = {}
+
+
+async def worker_batches(pid: int) -> tuple[float, float] | None:
+    """(batches, views) a scaled-out worker has computed so far; None without its /metrics."""
+    url = WORKER_METRICS.get(pid)
+    if url is None:
+        return None
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(url)).text
+    samples = dict(line.rsplit(" ", 1) for line in text.splitlines() if line[:1] not in ("", "#"))
+    return float(samples.get(f"{BATCH_VIEWS}_count", 0)), float(
+        samples.get(f"{BATCH_VIEWS}_sum", 0)
+    )
 
 
 def server_pauses(before: dict[str, float], after: dict[str, float]) -> dict[str, Any] | None:
@@ -571,6 +588,7 @@ async def cpu_part(
         name: round(ms["cpu_ms_per_update"] / IDLE_S, 3)
         for name, ms in per_process(names, pids, idle_before, 1).items()
     }
+    batches_before = await worker_batches(pids[-1])
     before = cpu_of(pids)
     threads_before = [threads_cpu(pid) for pid in pids]
     if cprofile:
@@ -587,6 +605,15 @@ async def cpu_part(
     if cprofile:
         profiling(pids, on=False)
     used = cpu_of(pids) - before
+    batches_after = await worker_batches(pids[-1])
+    batches = None
+    if batches_before is not None and batches_after is not None:
+        count, views = (a - b for a, b in zip(batches_after, batches_before, strict=True))
+        batches = {
+            "batches": count,
+            "views": views,
+            "views_per_batch": round(views / count, 2) if count else None,
+        }
     result = judge(sent, await load.receipts())
     per_update = round(used / max(1, len(sent)), 3)
     by_process = per_process(names, pids, threads_before, max(1, len(sent)))
@@ -598,6 +625,8 @@ async def cpu_part(
         **result,
         "cpu_ms_per_update": per_update,
         "by_process": by_process,
+        # a scaled-out worker's compute batches during the measurement (its /metrics)
+        "worker_batches": batches,
         "idle_cpu_ms_per_s": idle,
         "baseline_cpu_ms_per_healthz": healthz,
         "update_over_healthz": round(per_update / healthz, 1) if healthz else None,
@@ -739,7 +768,10 @@ async def deployment(
             )
             try:
                 async with serving(env | out("server"), module=module) as (base, pid):
-                    with process(["worker"], env | out("worker"), module=module) as worker:
+                    port = free_port()
+                    worker_args = ["worker", "--metrics-port", str(port)]
+                    with process(worker_args, env | out("worker"), module=module) as worker:
+                        WORKER_METRICS[worker.pid] = f"http://127.0.0.1:{port}/metrics"
                         yield base, [pid, worker.pid], made
             finally:
                 await delete_keys(f"{prefix}*")
