@@ -52,7 +52,7 @@ class Settings(BaseSettings):
         description="Views one batch of computes holds at most (one claim, one GROUP BY, one save).",
     )
     compute_linger_ms: int = Field(
-        20,
+        30,
         ge=0,
         le=1_000,
         description="How long a worker woken for a job waits for more before it fetches, so that "
