@@ -23,9 +23,8 @@ before it fetches, and then asks for the jobs it expects in the window as well (
 slots and ``linger_max_jobs``): jobs added meanwhile come in the same round trip and run as one
 ``ComputeBatcher`` batch. The wait costs latency and no CPU, so it is only taken when it is
 likely to catch a second job: when the estimated gap between arrivals (an EWMA over the add
-times of the jobs this worker took, the job that woke it included) is at most
-one linger (``LINGER_PAYS_GAPS``). A queue quiet for long, or a trickle, thus gets today's immediate
-fetch; a full round (jobs left) fetches at once, as before. ``close`` and ``pause`` cut the
+times of the jobs this worker took, the job that woke it included) is at most one linger
+(``LINGER_PAYS_GAPS``). A queue quiet for long, or a trickle, thus gets today's immediate fetch; a full round (jobs left) fetches at once, as before. ``close`` and ``pause`` cut the
 linger (the marker it took is given back, as after a full round).
 
 A job's end costs no round trip of its own either: a completed job's ``moveToFinished`` goes
@@ -382,7 +381,7 @@ class FetchingWorker(Worker):  # type: ignore[misc]  # bullmq ships no type hint
     def _expected_in_linger(self) -> int:
         """How many more jobs a linger is expected to catch (0: do not linger): the window over
         the estimated gap between arrivals, the gap since the newest arrival folded in (the
-        job that woke us came about now), when that gap is at most one linger (``LINGER_PAYS_GAPS``)."""
+        job that woke us came about now), when that gap is at most ``LINGER_PAYS_GAPS`` lingers."""
         if self._linger_s <= 0 or self._gap_ms is None or self._last_arrival_ms is None:
             return 0
         since = max(0.0, time.time() * 1000 - self._last_arrival_ms)
