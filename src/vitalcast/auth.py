@@ -32,6 +32,7 @@ from enum import StrEnum
 from typing import TypeVar
 
 import jwt
+
 from vitalcast import credentials
 from vitalcast import shares as share_repository
 from vitalcast.clock import Clock, SystemClock
