@@ -173,3 +173,49 @@ class Lane:
         if connection is not None:
             await connection.disconnect()
             await pool.release(connection)
+
+
+#: sends held publishes, (channel, message) pairs, on their own (``HeldPublishes.send``)
+PublishSender = Callable[[list[tuple[str, str]]], Awaitable[None]]
+
+
+class HeldPublishes:
+    """Publishes a queue worker holds back to send in the round trip that completes a job.
+
+    A worker's compute publishes ``session.updated`` (a round trip to Redis, and a wake-up when
+    its reply comes back), and its job completes right after (another round trip). While a
+    job's processor runs (``holders`` > 0), the worker's write-only Socket.IO manager hands its
+    publishes here instead (``hold``); when the processor returns, the worker sends every
+    publish held in the same pipeline as the job's completion, or on its own (``send``, the
+    manager's way) when the job ends any other way. A publish then waits at most until the end
+    of a processor that was running when it was made, and the messages are the manager's own.
+    """
+
+    def __init__(self) -> None:
+        #: processors running now: publishes are held while there is one
+        self.holders = 0
+        self._held: list[tuple[str, str]] = []
+        self._sender: PublishSender | None = None
+
+    def attach(self, sender: PublishSender) -> None:
+        """The manager whose publishes are held: ``send`` publishes through it."""
+        self._sender = sender
+
+    def hold(self, channel: str, message: str) -> bool:
+        """Keep a publish for the next completion; False (publish it now) while no processor
+        runs or no manager is attached."""
+        if self.holders <= 0 or self._sender is None:
+            return False
+        self._held.append((channel, message))
+        return True
+
+    def take(self) -> list[tuple[str, str]]:
+        """Every publish held, now the caller's to send."""
+        held, self._held = self._held, []
+        return held
+
+    async def send(self, messages: list[tuple[str, str]]) -> None:
+        """``messages`` published on their own, through the attached manager (which logs what
+        it could not send)."""
+        if messages and self._sender is not None:
+            await self._sender(messages)

@@ -42,6 +42,7 @@ from vitalcast.queue.service import SessionTelemetryQueueService
 from vitalcast.queue.webhooks import WebhookQueue
 from vitalcast.ratelimit import RateLimiter
 from vitalcast.realtime.subscriptions import SubscriptionRegistry
+from vitalcast.redis_connections import HeldPublishes
 from vitalcast.revocations import (
     Revocation,
     RevocationBus,
@@ -230,6 +231,8 @@ class WorkerParts:
     partition_keeper: PartitionKeeper
     #: the servers' revocations, heard so that the compute memo forgets deleted and erased data
     revocations: RevocationBus
+    #: the broadcaster's publishes, held to go out with the completions of telemetry jobs
+    held: HeldPublishes
 
     async def start(self) -> None:
         await self.partition_keeper.start()
@@ -587,7 +590,9 @@ def build_worker(settings: Settings, seams: Seams = NO_SEAMS) -> WorkerParts:
     clock = seams.clock or SystemClock()
     db = _database(settings)
     metrics = Metrics()
-    broadcaster = WebSocketBroadcaster.for_worker(settings, metrics=metrics)
+    # the telemetry consumer sends the publishes of its jobs' computes with their completions
+    held = HeldPublishes()
+    broadcaster = WebSocketBroadcaster.for_worker(settings, metrics=metrics, held=held)
     # As short as the job lock (settings.worker_lease_ms): when a worker dies, its job is
     # redelivered within seconds and the key must be free by then, not after the server's lease.
     lease_ms = min(settings.lease_ms, settings.worker_lease_ms)
@@ -619,6 +624,7 @@ def build_worker(settings: Settings, seams: Seams = NO_SEAMS) -> WorkerParts:
         webhook_jobs,
         PartitionKeeper(db.partitions, clock.now_ms),
         revocations,
+        held,
     )
 
 

@@ -4,9 +4,12 @@ widest window (old and new times of a moved sample); ending a session logs it wh
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
+import pytest
 import sqlalchemy as sa
 
 from tests.ingest.helpers import MINUTE_MS, hr, now_ms
@@ -137,3 +140,92 @@ def test_times_merge_within_a_minute_and_stay_inside_the_window():
     assert changelog.ranges_of(times, 0, WIDEST_PAD_MS) == ((0, 60_011), (200_000, 200_002))
     assert changelog.ranges_of(times, 11, 200_001) == ((60_010, 60_011), (200_000, 200_001))
     assert changelog.ranges_of([], 0, 10) == ()
+
+
+async def test_a_batch_of_new_samples_logs_the_ranges_ranges_of_makes(users, db):
+    """A batch whose samples are all new (on PostgreSQL its change is recorded by the statement
+    that inserts it) logs, for each session whose widest window holds one of its times, the
+    ranges ``changelog.ranges_of`` makes of them: times a minute apart merge, a millisecond more
+    splits, a window's start is in and its end is out, a shared time counts once. A session
+    near the batch's times that holds none of them is not moved."""
+    user_id, _token = await users.create()
+    services = Services(db)
+    hour = 60 * MINUTE_MS
+    t0 = now_ms() - 30 * hour
+    a = await services.session(user_id, t0, t0 + hour)
+    b = await services.session(user_id, t0 + 10 * hour, t0 + 11 * hour)
+    c = await services.session(user_id, t0 + 20 * hour, t0 + 20 * hour + MINUTE_MS)
+    d = await services.session(user_id, t0 + 25 * hour)
+    a_lo, a_hi = a.widest_window(now_ms())
+    b_lo, b_hi = b.widest_window(now_ms())
+    times = [
+        a_lo,
+        a_lo + changelog.MERGE_MS,
+        a_lo + 2 * changelog.MERGE_MS + 1,
+        a_hi - 1,
+        a_hi,
+        b_lo,
+        b_lo + 30_000,
+        b_hi - 1,
+        t0 + 26 * hour,
+        t0 + 26 * hour,
+    ]
+    outcome = await services.ingest.ingest(
+        user_id, {"samples": [hr(f"n{i}", t) for i, t in enumerate(times)]}
+    )
+    assert outcome.status_code == 200
+    seq = orjson.loads(outcome.body)["change_seq"]
+    assert orjson.loads(outcome.body)["inserted"] == len(times)
+    assert sorted(s.id for s in outcome.touched) == sorted([a.id, b.id, d.id])
+    assert {s.source_watermark for s in outcome.touched} == {seq}
+    for session in (a, b, c, d):
+        expected = changelog.ranges_of(sorted(set(times)), *session.widest_window(now_ms()))
+        logged = [e for e in await _entries(db, session.id) if e.change_seq == seq]
+        if session is c:
+            assert expected == () and logged == []
+            continue
+        assert expected and [(e.prev_seq, e.ranges) for e in logged] == [
+            (session.source_watermark, expected)
+        ]
+    assert len(changelog.ranges_of(sorted(set(times)), a_lo, a_hi)) == 3
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_a_live_sync_on_postgres_is_one_statement(users, db):
+    """A batch of new samples with a request_id is one statement on PostgreSQL (the user's
+    lock, the samples, the change, the request: ``vitalcast_ingest_new``), and so is its
+    replay; a re-send of known samples under another id runs as a transaction, answered as
+    before (every sample unchanged, the counter where it was)."""
+    user_id, _token = await users.create()
+    services = Services(db)
+    t0 = now_ms() - 60 * MINUTE_MS
+    session = await services.session(user_id, t0)
+    batch = [hr(f"live-{i}", t0 + i * 1_000) for i in range(5)]
+    await services.post(user_id, [hr("warm", t0)])  # this process learns the month's partition
+    with _statements() as first:
+        sent = await services.ingest.ingest(user_id, {"request_id": "r-1", "samples": batch})
+    assert len(first) == 1 and "vitalcast_ingest_new" in first[0]
+    assert [s.id for s in sent.touched] == [session.id]
+    with _statements() as again:
+        replayed = await services.ingest.ingest(user_id, {"request_id": "r-1", "samples": batch})
+    assert len(again) == 1 and replayed.body == sent.body and replayed.touched == []
+    with _statements() as known:
+        resent = await services.ingest.ingest(user_id, {"request_id": "r-2", "samples": batch})
+    assert len(known) > 1
+    answer = orjson.loads(resent.body)
+    assert (answer["unchanged"], answer["change_seq"]) == (5, orjson.loads(sent.body)["change_seq"])
+
+
+@contextlib.contextmanager
+def _statements() -> Iterator[list[str]]:
+    """The SQL statements any engine sends while the block runs."""
+    seen: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        seen.append(statement)
+
+    sa.event.listen(sa.engine.Engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        sa.event.remove(sa.engine.Engine, "before_cursor_execute", record)

@@ -167,10 +167,11 @@ class Database:
         unit runs on a database thread in one hop (``units``); elsewhere on this loop. A unit
         only talks to its connection: it must not wait for anything of the caller's loop.
 
-        ``alone`` (with ``derived``): the unit's prepared statements each stand alone (one
-        statement, or statements none of which needs another to have happened), so on
-        PostgreSQL each commits by itself and the unit costs no BEGIN and COMMIT round trips
-        (a compute's save is one statement). Elsewhere it is a transaction as any other.
+        ``alone`` (with ``derived`` or ``write``): the unit's prepared statements each stand
+        alone (one statement, or statements none of which needs another to have happened), so
+        on PostgreSQL each commits by itself and the unit costs no BEGIN and COMMIT round trips
+        (a compute's save, a live ingest's ``vitalcast_ingest_new``, are one statement).
+        Elsewhere it is a transaction as any other.
 
         ``short`` (a write or derived unit of a few indexed statements: a live ingest, a
         compute's claim or save): on a SQLite file it runs on this loop's thread, with no hop,
@@ -193,7 +194,11 @@ class Database:
             return await self._units.run(unit, write=write or derived, short=short)
         if self.engine.dialect.driver == "asyncpg":
             kind = (
-                (_DERIVED_ALONE if alone else _DERIVED) if derived else _WRITE if write else _READ
+                (_DERIVED_ALONE if alone else _DERIVED)
+                if derived
+                else (_WRITE_ALONE if alone else _WRITE)
+                if write
+                else _READ
             )
             return await self._kept.run(unit, kind)
         if derived:
@@ -214,6 +219,9 @@ class Database:
 _READ, _WRITE, _DERIVED = "read", "write", "derived"
 #: derived statements that each stand alone: no transaction around them (``Database.unit``)
 _DERIVED_ALONE = "derived-alone"
+#: write statements that each stand alone, committed as any write (``Database.unit``)
+_WRITE_ALONE = "write-alone"
+_ALONE = frozenset({_DERIVED_ALONE, _WRITE_ALONE})
 _SESSION_ASYNC_COMMIT = frozenset({_DERIVED, _DERIVED_ALONE})
 #: idle connections kept per kind of unit
 KEPT_PER_KIND = 2
@@ -246,6 +254,7 @@ class KeptConnections:
             _WRITE: [],
             _DERIVED: [],
             _DERIVED_ALONE: [],
+            _WRITE_ALONE: [],
         }
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -258,7 +267,7 @@ class KeptConnections:
         idle = self._idle[kind]
         conn = idle.pop() if idle else await self._open(kind)
         try:
-            if kind == _DERIVED_ALONE:
+            if kind in _ALONE:
                 result = await unit(conn)
                 # a statement through SQLAlchemy itself began its transaction as usual
                 if conn.in_transaction():
@@ -281,7 +290,7 @@ class KeptConnections:
         try:
             if kind != _READ:
                 await conn.execution_options(**{WRITE_OPTION: True})
-            if kind == _DERIVED_ALONE:
+            if kind in _ALONE:
                 await conn.execution_options(**{ALONE_OPTION: True})
             if kind in _SESSION_ASYNC_COMMIT:
                 await conn.exec_driver_sql("SET synchronous_commit TO OFF")

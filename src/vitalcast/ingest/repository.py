@@ -21,7 +21,6 @@ from vitalcast.db.tables import (
     health_samples,
     ingest_requests,
     sample_identities,
-    sessions,
     telemetry_cache,
     users,
 )
@@ -87,10 +86,10 @@ class WriteResult(WriteCounts):
 
     deleted: int = 0
     changed_times_ms: list[int] = field(default_factory=list)
-    #: read with the insert when every change was one (PostgreSQL, ``write_samples``): the
-    #: sessions whose widest window may hold a changed time, the counter already moved; None:
-    #: ``record_change`` reads them and moves it
-    candidates: list[Any] | None = None  # Any: rows carrying the session columns by name
+    #: the change recorded with the insert when every change was one (PostgreSQL,
+    #: ``write_samples``): the sessions it moved and their cached views, as ``record_change``
+    #: answers; None: the caller records the change (``record_change``)
+    recorded: tuple[list[Session], list[CachedView]] | None = None
 
     @property
     def changed(self) -> bool:
@@ -220,78 +219,89 @@ def _same(row: Any, sample: Sample) -> bool:  # Any: as above
 
 
 #: a PostgreSQL batch up to this many samples inserts its new ones in one statement
-#: (``_insert_new_pg``); a larger one (an import) is looked up first and copied in
+#: (``insert_new_pg``); a larger one (an import) is looked up first and copied in
 ONE_STATEMENT_MAX = 500
 
 # A live sync's samples are all new: with the user's lock held, each one's identity is inserted
 # unless it exists (the primary key decides, whatever the month), and the sample row of every
-# identity inserted goes in with it, in one statement and one round trip. The lookup and two
-# COPYs it replaces were five round trips (a COPY takes two) per ingest. Samples whose identity
-# existed are answered by nothing here: the caller looks them up and compares them as before.
-_PG_INSERT_NEW = Prepared(
+# identity inserted goes in with it; when every sample of the batch was new and the batch
+# writes nothing else, the change is recorded too (watermarks, change log, staleness clock,
+# the cached views read), all in one call of ``vitalcast_ingest_new`` (migration 0008, which
+# says how). The lookup, two COPYs and the change's statements it replaces were eight round
+# trips per ingest. Samples whose identity existed are answered by nothing here: the caller
+# looks them up and compares them as before, and records the change itself.
+_PG_INGEST_NEW = Prepared(
     sa.text(
         """
-        WITH v AS (
-            SELECT * FROM unnest(
-                CAST(:sources AS text[]), CAST(:record_ids AS text[]), CAST(:metrics AS text[]),
-                CAST(:vals AS float8[]), CAST(:units AS text[]), CAST(:starts AS bigint[]),
-                CAST(:ends AS bigint[]), CAST(:devices AS text[])
-            ) AS v(source, record_id, metric, value, unit, start_ms, end_ms, device)
-        ), ids AS (
-            INSERT INTO sample_identities (user_id, source, record_id, start_ms)
-            SELECT CAST(:user_id AS text), source, record_id, start_ms FROM v
-            ON CONFLICT DO NOTHING
-            RETURNING source, record_id
-        ), ins AS (
-            INSERT INTO health_samples
-                (user_id, source, record_id, metric, value, unit, start_ms, end_ms, device,
-                 deleted, change_seq)
-            SELECT CAST(:user_id AS text), v.source, v.record_id, v.metric, v.value, v.unit,
-                   v.start_ms, v.end_ms, v.device, false, CAST(:change_seq AS bigint)
-            FROM v JOIN ids ON ids.source = v.source AND ids.record_id = v.record_id
-            RETURNING source, record_id
-        ), seq AS (
-            UPDATE users SET change_seq = CAST(:change_seq AS bigint)
-            WHERE id = CAST(:user_id AS text) AND EXISTS (SELECT 1 FROM ins)
-        ), got AS (
-            SELECT array_agg(source) AS inserted_sources,
-                   array_agg(record_id) AS inserted_record_ids
-            FROM ins
+        SELECT * FROM vitalcast_ingest_new(
+            CAST(:user_id AS text), CAST(:sources AS text[]), CAST(:record_ids AS text[]),
+            CAST(:metrics AS text[]), CAST(:vals AS float8[]), CAST(:units AS text[]),
+            CAST(:starts AS bigint[]), CAST(:ends AS bigint[]), CAST(:devices AS text[]),
+            CAST(:complete AS boolean), CAST(:all_or_nothing AS boolean),
+            CAST(:now_ms AS bigint), CAST(:pad AS bigint), CAST(:merge_ms AS bigint),
+            CAST(:request_id AS text), CAST(:body_sha256 AS text), CAST(:status AS integer),
+            CAST(:response_head AS bytea)
         )
-        SELECT got.inserted_sources, got.inserted_record_ids, SESSION_COLUMNS
-        FROM got LEFT JOIN sessions AS s
-            ON s.user_id = CAST(:user_id AS text) AND s.archived_at_ms IS NULL
-            AND s.start_ms - CAST(:pad AS bigint) <= CAST(:hi AS bigint)
-            AND coalesce(s.end_ms, CAST(:now_ms AS bigint)) + CAST(:pad AS bigint)
-                > CAST(:lo AS bigint)
-        """.replace("SESSION_COLUMNS", ", ".join(f"s.{column.name}" for column in sessions.c))
+        """
     ),
     read_only=False,
 )
 
 
 @dataclass(frozen=True, slots=True)
-class _InsertedNew:
-    """What ``_PG_INSERT_NEW`` did: the identities inserted, and the user's sessions whose
-    widest window may hold a time of the batch (rows of the session columns)."""
+class PendingRequest:
+    """An ingest request to record with its answer (``record_request``), whose change_seq is
+    known only once the user is locked: ``response_head`` is the answer up to the value of its
+    last key, ``change_seq``, and the answer is that head, the new change_seq and ``}``."""
 
+    request_id: str
+    body_sha256: str
+    status_code: int
+    response_head: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class NewSamples:
+    """What ``insert_new_pg`` did."""
+
+    #: False: the user does not exist (nothing was written)
+    user_found: bool
+    #: the user's counter as locked, before this batch moved it (None without a user)
+    seq: int | None
+    #: False: some sample's identity existed and ``all_or_nothing`` wrote nothing
+    written: bool
+    #: the identities inserted
     identities: set[tuple[str, str]]
-    candidates: list[Any]  # Any: rows carrying the session columns by name
+    #: when the change was recorded (every sample new, the batch ``complete``): the sessions
+    #: it moved (at their new watermark) and their cached views, as ``record_change`` answers
+    recorded: tuple[list[Session], list[CachedView]] | None
+    #: (body hash, status, response) stored for an earlier request of the ``request`` id
+    #: (``find_replay``); nothing was written
+    replay: tuple[str, int, bytes] | None = None
 
 
-async def _insert_new_pg(
-    conn: AsyncConnection, user_id: str, samples: Sequence[Sample], change_seq: int, now_ms: int
-) -> _InsertedNew:
-    """Insert the samples whose identity is new, move the user's counter to ``change_seq`` if
-    any was, and read the sessions a change at the batch's times may touch, in one statement
-    (``_PG_INSERT_NEW``)."""
-    times = sorted({s.start_ms for s in samples})
-    rows = await _PG_INSERT_NEW.rows(
+async def insert_new_pg(
+    conn: AsyncConnection,
+    user_id: str,
+    samples: Sequence[Sample],
+    *,
+    now_ms: int,
+    complete: bool,
+    all_or_nothing: bool,
+    request: PendingRequest | None = None,
+) -> NewSamples:
+    """Lock the user, insert the samples whose identity is new, move the user's counter if any
+    was and, when every one was and the batch is ``complete`` (it writes nothing else), record
+    the change, in one statement (``vitalcast_ingest_new``, PostgreSQL). With
+    ``all_or_nothing`` a batch with any known identity writes nothing. With a ``request`` whose
+    id was recorded already nothing is written and the stored request is answered
+    (``NewSamples.replay``); otherwise, when every sample was new, the request is recorded.
+    Outside a transaction the call is a whole ingest of new samples, atomic and committed by
+    itself."""
+    rows = await _PG_INGEST_NEW.rows(
         conn,
-        session_repository.widest_window_params(user_id, times, now_ms)
-        | {
-            "pad": WIDEST_PAD_MS,
-            "change_seq": change_seq,
+        {
+            "user_id": user_id,
             "sources": [s.source for s in samples],
             "record_ids": [s.record_id for s in samples],
             "metrics": [s.metric for s in samples],
@@ -300,13 +310,41 @@ async def _insert_new_pg(
             "starts": [s.start_ms for s in samples],
             "ends": [s.end_ms for s in samples],
             "devices": [s.device for s in samples],
+            "complete": complete,
+            "all_or_nothing": all_or_nothing,
+            "now_ms": now_ms,
+            "pad": WIDEST_PAD_MS,
+            "merge_ms": changelog.MERGE_MS,
+            "request_id": None if request is None else request.request_id,
+            "body_sha256": None if request is None else request.body_sha256,
+            "status": None if request is None else request.status_code,
+            "response_head": None if request is None else request.response_head,
         },
     )
     first = rows[0]
+    if first.replay_sha256 is not None:
+        replay = (first.replay_sha256, first.replay_status, bytes(first.replay_response))
+        return NewSamples(True, first.seq, False, set(), None, replay)
     identities = set(
         zip(first.inserted_sources or (), first.inserted_record_ids or (), strict=True)
     )
-    return _InsertedNew(identities, [row for row in rows if row.id is not None])
+    recorded: tuple[list[Session], list[CachedView]] | None = None
+    if first.recorded:
+        moved_to = first.seq + 1
+        touched: list[Session] = []
+        views: list[CachedView] = []
+        for row in rows:
+            if row.id is None:
+                continue
+            touched.append(replace(Session.from_row(row), source_watermark=moved_to))
+            views.extend(
+                CachedView(row.id, *view)
+                for view in zip(
+                    row.windows or (), row.resolutions or (), row.versions or (), strict=True
+                )
+            )
+        recorded = (touched, views)
+    return NewSamples(first.user_found, first.seq, first.written, identities, recorded)
 
 
 # ``start_ms`` beside the id: on PostgreSQL it names the one partition the row is in. Built
@@ -330,8 +368,9 @@ async def write_samples(
 
     ``change_seq`` is the value the user's counter will take if anything changes; rows written
     carry it so a later reader can tell which ingest wrote them. With ``now_ms`` a PostgreSQL
-    batch of new samples also moves the counter and reads the sessions the change may touch
-    (``WriteResult.candidates``, for ``record_change``) in the statement that inserts them.
+    batch of new samples also moves the counter in the statement that inserts them and, when
+    they were all new and nothing is deleted, records the change there as ``record_change``
+    would (``WriteResult.recorded``).
     """
     result = WriteResult()
     if (
@@ -340,7 +379,12 @@ async def write_samples(
         and conn.dialect.name == "postgresql"
         and len(samples) <= ONE_STATEMENT_MAX
     ):
-        new = await _insert_new_pg(conn, user_id, samples, change_seq, now_ms)
+        new = await insert_new_pg(
+            conn, user_id, samples, now_ms=now_ms, complete=not deletions, all_or_nothing=False
+        )
+        if new.seq is None or new.seq + 1 != change_seq:
+            # the caller holds the user's lock and passed its counter + 1
+            raise AssertionError("write_samples: change_seq is not the locked counter + 1")
         inserted = new.identities
         result.inserted = len(inserted)
         result.changed_times_ms = [
@@ -348,8 +392,8 @@ async def write_samples(
         ]
         samples = [s for s in samples if (s.source, s.record_id) not in inserted]
         if not samples and not deletions:
-            # every change was an insert at the batch's times, the times the sessions were read for
-            result.candidates = new.candidates
+            # every change was an insert, and the statement recorded it
+            result.recorded = new.recorded
             return result
     existing = await _existing(
         conn, user_id, [(s.source, s.record_id) for s in samples] + list(deletions)
@@ -510,7 +554,6 @@ async def record_change(
     changed_times_ms: Sequence[int],
     *,
     now_ms: int,
-    candidates: list[Any] | None = None,  # Any: rows carrying the session columns by name
 ) -> tuple[list[Session], list[CachedView]]:
     """Stamp change ``seq`` (the user's counter, locked by the caller) into every session whose
     widest window holds one of ``changed_times_ms``; the sessions it moved and their cached
@@ -520,9 +563,7 @@ async def record_change(
     counter, the watermarks and the staleness clock of the cached views together.
     """
     if conn.dialect.name == "postgresql":
-        return await _record_change_pg(
-            conn, user_id, seq, changed_times_ms, now_ms=now_ms, candidates=candidates
-        )
+        return await _record_change_pg(conn, user_id, seq, changed_times_ms, now_ms=now_ms)
     await set_change_seq(conn, user_id, seq)
     touched = await session_repository.bump_watermarks(
         conn, user_id, change_seq=seq, changed_times_ms=changed_times_ms, now_ms=now_ms
@@ -584,19 +625,16 @@ async def _record_change_pg(
     changed_times_ms: Sequence[int],
     *,
     now_ms: int,
-    candidates: list[Any] | None,  # Any: as in record_change
 ) -> tuple[list[Session], list[CachedView]]:
-    """``record_change`` in two round trips (see ``_PG_SEQ_AND_CANDIDATES``), one when the
-    insert read the ``candidates`` and moved the counter."""
+    """``record_change`` in two round trips (see ``_PG_SEQ_AND_CANDIDATES``)."""
     times = sorted(set(changed_times_ms))
     if not times:
         await set_change_seq(conn, user_id, seq)
         return [], []
-    if candidates is None:
-        candidates = await _PG_SEQ_AND_CANDIDATES.rows(
-            conn,
-            session_repository.widest_window_params(user_id, times, now_ms) | {"change_seq": seq},
-        )
+    candidates = await _PG_SEQ_AND_CANDIDATES.rows(
+        conn,
+        session_repository.widest_window_params(user_id, times, now_ms) | {"change_seq": seq},
+    )
     touched, entries = session_repository.touched_by(
         candidates, times, change_seq=seq, now_ms=now_ms
     )

@@ -41,6 +41,41 @@ class IngestOutcome:
     views: list[CachedView]
 
 
+#: what an ingest's transaction did: what was written, the sessions touched, their cached views,
+#: the new change_seq, the status and the encoded answer
+_Applied = tuple[repository.WriteResult, list[Session], list[CachedView], int, int, bytes]
+
+
+def _answer_head(written: repository.WriteResult, batch: ValidatedBatch) -> tuple[int, bytes]:
+    """The status of an applied ingest, and its encoded body up to the value of its last key,
+    ``change_seq`` (``repository.PendingRequest``)."""
+    status = 207 if batch.rejected else 200
+    body = orjson.dumps(
+        {
+            "inserted": written.inserted,
+            "updated": written.updated,
+            "unchanged": written.unchanged,
+            "deleted": written.deleted,
+            "rejected": [r.as_dict() for r in batch.rejected],
+        }
+    )
+    return status, body[:-1] + b',"change_seq":'
+
+
+def _answer(written: repository.WriteResult, batch: ValidatedBatch, seq: int) -> tuple[int, bytes]:
+    """The status and encoded body of an applied ingest."""
+    status, head = _answer_head(written, batch)
+    return status, head + b"%d}" % seq
+
+
+def _replayed(replay: tuple[str, int, bytes], fingerprint: str) -> IngestOutcome:
+    """The stored answer of a request replayed with the same body; ``Conflict`` for another."""
+    stored_hash, status, response = replay
+    if stored_hash != fingerprint:
+        raise Conflict("This request_id was used with another body.", code="REQUEST_ID_REUSED")
+    return IngestOutcome(status, response, [], [])
+
+
 def body_fingerprint(body: object) -> str:
     """Hash of the decoded body with sorted keys: key order or spacing is not "another body"."""
     return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
@@ -56,6 +91,8 @@ class IngestService:
         self._db = db
         self._clock = clock
         self._listener = listener
+        #: a live sync may be one statement (``_unit``): PostgreSQL on asyncpg
+        self._one_statement = db.alone_units
         self._samples = {
             outcome: metrics.ingest_samples.labels(outcome=outcome)
             for outcome in ("inserted", "updated", "unchanged", "deleted", "rejected")
@@ -72,11 +109,7 @@ class IngestService:
         # Before the transaction: attaching a month waits for the locks a writer holds.
         await self._db.partitions.ensure(months)
         try:
-            applied = await self._db.unit(
-                lambda conn: self._apply(conn, user_id, batch, fingerprint, now_ms),
-                write=True,
-                short=short,
-            )
+            applied = await self._unit(user_id, batch, fingerprint, now_ms, short=short)
         except Exception as exc:
             if not is_missing_partition(exc):
                 raise
@@ -84,11 +117,7 @@ class IngestService:
             # nothing was written; look again, create it, and apply once more.
             self._db.partitions.forget()
             await self._db.partitions.ensure(months)
-            applied = await self._db.unit(
-                lambda conn: self._apply(conn, user_id, batch, fingerprint, now_ms),
-                write=True,
-                short=short,
-            )
+            applied = await self._unit(user_id, batch, fingerprint, now_ms, short=short)
         if isinstance(applied, IngestOutcome):
             log.info("ingest_replayed", user_id=user_id)
             return applied
@@ -110,6 +139,70 @@ class IngestService:
         await self._listener.sessions_changed(touched, views)
         return IngestOutcome(status, response, touched, views)
 
+    async def _unit(
+        self, user_id: str, batch: ValidatedBatch, fingerprint: str, now_ms: int, *, short: bool
+    ) -> IngestOutcome | _Applied:
+        """The ingest's unit of work. A live sync on PostgreSQL (new samples, no deletions) is
+        first tried as one statement outside a transaction (``_apply_new``); a batch it
+        declines (a sample it already knows) then runs as a transaction (``_apply``), as every
+        other ingest does."""
+        if (
+            self._one_statement
+            and not batch.deletions
+            and 0 < len(batch.samples) <= repository.ONE_STATEMENT_MAX
+        ):
+            done = await self._db.unit(
+                lambda conn: self._apply_new(conn, user_id, batch, fingerprint, now_ms),
+                write=True,
+                alone=True,
+                short=short,
+            )
+            if done is not None:
+                return done
+        return await self._db.unit(
+            lambda conn: self._apply(conn, user_id, batch, fingerprint, now_ms),
+            write=True,
+            short=short,
+        )
+
+    async def _apply_new(
+        self,
+        conn: AsyncConnection,
+        user_id: str,
+        batch: ValidatedBatch,
+        fingerprint: str,
+        now_ms: int,
+    ) -> IngestOutcome | _Applied | None:
+        """A batch of new samples in one statement that locks the user, answers a replayed
+        request, or writes the samples, records the change and the request
+        (``repository.insert_new_pg``), committed by itself; None when a sample's identity
+        existed (nothing was written)."""
+        written = repository.WriteResult(inserted=len(batch.samples))
+        status, head = _answer_head(written, batch)
+        request = (
+            None
+            if batch.request_id is None
+            else repository.PendingRequest(batch.request_id, fingerprint, status, head)
+        )
+        new = await repository.insert_new_pg(
+            conn,
+            user_id,
+            batch.samples,
+            now_ms=now_ms,
+            complete=True,
+            all_or_nothing=True,
+            request=request,
+        )
+        if not new.user_found:
+            raise Unauthenticated("The token's user does not exist.", code="TOKEN_INVALID")
+        if new.replay is not None:
+            return _replayed(new.replay, fingerprint)
+        if not new.written or new.seq is None or new.recorded is None:
+            return None
+        touched, views = new.recorded
+        seq = new.seq + 1
+        return written, touched, views, seq, status, head + b"%d}" % seq
+
     async def _apply(
         self,
         conn: AsyncConnection,
@@ -117,10 +210,7 @@ class IngestService:
         batch: ValidatedBatch,
         fingerprint: str,
         now_ms: int,
-    ) -> (
-        IngestOutcome
-        | tuple[repository.WriteResult, list[Session], list[CachedView], int, int, bytes]
-    ):
+    ) -> IngestOutcome | _Applied:
         """The transaction of one ingest (a unit: on SQLite it runs on a database thread in
         one hop): the stored answer of a replayed request, or what was written, the sessions
         touched, the new change_seq, the status and the encoded answer."""
@@ -130,13 +220,7 @@ class IngestService:
         if batch.request_id is not None:
             replay = await repository.find_replay(conn, user_id, batch.request_id)
             if replay is not None:
-                stored_hash, status, response = replay
-                if stored_hash != fingerprint:
-                    raise Conflict(
-                        "This request_id was used with another body.",
-                        code="REQUEST_ID_REUSED",
-                    )
-                return IngestOutcome(status, response, [], [])
+                return _replayed(replay, fingerprint)
         written = await repository.write_samples(
             conn, user_id, batch.samples, batch.deletions, change_seq=seq + 1, now_ms=now_ms
         )
@@ -144,25 +228,14 @@ class IngestService:
         views: list[CachedView] = []
         if written.changed:
             seq += 1
-            touched, views = await repository.record_change(
-                conn,
-                user_id,
-                seq,
-                written.changed_times_ms,
-                now_ms=now_ms,
-                candidates=written.candidates,
+            touched, views = (
+                written.recorded
+                if written.recorded is not None
+                else await repository.record_change(
+                    conn, user_id, seq, written.changed_times_ms, now_ms=now_ms
+                )
             )
-        status = 207 if batch.rejected else 200
-        response = orjson.dumps(
-            {
-                "inserted": written.inserted,
-                "updated": written.updated,
-                "unchanged": written.unchanged,
-                "deleted": written.deleted,
-                "rejected": [r.as_dict() for r in batch.rejected],
-                "change_seq": seq,
-            }
-        )
+        status, response = _answer(written, batch, seq)
         if batch.request_id is not None:
             await repository.record_request(
                 conn,

@@ -16,8 +16,13 @@ waits on the marker again. A full round may have left jobs: the next one fetches
 same turn of the loop, where the ``ComputeBatcher`` gathers them into one batch. A lone job costs
 one wait and one round trip (the first round asks for two).
 
+A job's end costs no round trip of its own either: a completed job's ``moveToFinished`` goes
+out in one pipeline with the Socket.IO publishes its compute made meanwhile (``HeldPublishes``:
+a publish was a round trip and a wake-up of its own), on the client's lane; the blocking wait on
+the marker is sent on a lane of the blocking client (``redis_connections.Lane``).
+
 The jobs, their states and the scripts that move them are bullmq's; only the loop that asks for
-them is ours. It reads the same options (``concurrency``, ``drainDelay``, ``lockDuration``,
+them, the wait and the completion's round trip are ours. It reads the same options (``concurrency``, ``drainDelay``, ``lockDuration``,
 ``runRetryDelay``) and keeps the attributes ``close`` and ``pause`` rely on (``processing``,
 ``waiting``, ``running``, ``closing``). ``close`` lets the loop end before bullmq's teardown
 closes the connections (see ``close``).
@@ -27,22 +32,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from typing import Any
 
 import msgpack
 from bullmq import Worker
+from bullmq.custom_errors import DelayedError, UnrecoverableError, WaitingChildrenError
 from bullmq.scripts import raw2NextJobData
 from bullmq.timer import Timer
 from redis.asyncio.client import Pipeline
+from redis.asyncio.connection import Connection
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from vitalcast.queue.pipelines import run_pipeline
+from vitalcast.redis_connections import HeldPublishes, Lane, LaneBusy
 
 #: jobs the first round after a wait asks for: one more than a lone job, so that the round that
 #: takes it also finds the queue empty
 FIRST_ROUND = 2
 #: the member of the queue's marker set that says "jobs wait" (a delayed job's marker is "1")
 BASE_MARKER = "0"
+#: seconds a wait cut by a connection error pauses before the run loop retries (bullmq's
+#: ``short_retry_delay``), so that an unreachable Redis does not spin the loop
+SHORT_RETRY_DELAY_S = 0.1
+#: failures after which held publishes may not have been sent: they are sent again on their own
+_CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 #: the keys of bullmq's ``moveToActive`` script, in its order
 _MOVE_TO_ACTIVE_KEYS = (
     "wait",
@@ -61,12 +77,23 @@ _MOVE_TO_ACTIVE_KEYS = (
 
 class FetchingWorker(Worker):  # type: ignore[misc]  # bullmq ships no type hints
     """A bullmq ``Worker`` whose run loop is one fetcher (see the module). Start it with
-    ``autorun=False`` and ``run()``; ``close()`` and ``pause()`` are bullmq's."""
+    ``autorun=False`` and ``run()``; ``close()`` and ``pause()`` are bullmq's. ``held``: the
+    publishes to send with the completions of its jobs."""
 
     running: bool
+    #: the marker wait under way (``close`` and ``pause`` cancel it)
+    waiting: asyncio.Task[int] | None
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:  # Any: Worker's own arguments
+    def __init__(
+        self,
+        *args: Any,  # Any: Worker's own arguments
+        held: HeldPublishes | None = None,
+        **kwargs: Any,  # Any: as above
+    ) -> None:
         super().__init__(*args, **kwargs)
+        self._held = held
+        #: the blocking client's connection kept for the marker wait
+        self._wait_lane = Lane()
         self._slot_freed = asyncio.Event()
         self._token_seq = 0
         #: the last round came back short: the queue was empty then, wait on the marker first
@@ -152,6 +179,125 @@ class FetchingWorker(Worker):  # type: ignore[misc]  # bullmq ships no type hint
                 self.processing.clear()
             self.stalledCheckTimer.stop()
             await self.lockManager.close()
+
+    async def processJob(self, job: Any, token: str) -> None:  # Any: a bullmq Job
+        """bullmq's ``processJob`` (3.4.4), but while the processor runs the manager's
+        publishes are held, and a completed job's ``moveToFinished`` takes them along in one
+        round trip (``_complete``); a job that ends any other way sends them on their own."""
+        held = self._held
+        try:
+            if "removeOnComplete" not in job.opts and "removeOnComplete" in self.opts:
+                job.opts["removeOnComplete"] = self.opts["removeOnComplete"]
+            if "removeOnFail" not in job.opts and "removeOnFail" in self.opts:
+                job.opts["removeOnFail"] = self.opts["removeOnFail"]
+            self.jobs.add((job, token))
+            controller = self.lockManager.track_job(
+                job.id,
+                token,
+                int(time.time() * 1000),
+                should_create_controller=self._processor_wants_signal,
+            )
+            if job.deferredFailure:
+                await job.moveToFailed(UnrecoverableError(job.deferredFailure), token)
+                self.emit("failed", job, UnrecoverableError(job.deferredFailure))
+                return
+            if held is not None:
+                held.holders += 1
+            try:
+                if controller is not None:
+                    result = await self.processor(job, token, controller.signal)
+                else:
+                    result = await self.processor(job, token)
+            finally:
+                if held is not None:
+                    held.holders -= 1
+            if not self.forceClosing:
+                await self._complete(job, result, token)
+                job.returnvalue = result
+                job.attemptsMade = job.attemptsMade + 1
+            self.emit("completed", job, result)
+        except (DelayedError, WaitingChildrenError):
+            return
+        except Exception as err:
+            try:
+                if not self.forceClosing:
+                    await job.moveToFailed(err, token)
+                self.emit("failed", job, err)
+            except Exception as failed_err:
+                self.emit("error", failed_err, job)
+        finally:
+            self.jobs.discard((job, token))
+            self.lockManager.untrack_job(job.id)
+            if held is not None:
+                await held.send(held.take())
+
+    async def _complete(self, job: Any, result: Any, token: str) -> None:  # Any: bullmq's
+        """bullmq's ``moveToCompleted`` (without fetching the next job), with every publish
+        held so far in the same pipeline. Only after a connection error may those not have gone
+        out: they are sent again on their own (a duplicate hint is harmless, a lost one not)."""
+        scripts = self.scripts
+        keys, args = scripts.moveToCompletedArgs(
+            job, result, job.opts.get("removeOnComplete", False), token, False
+        )
+        script = scripts.commands["moveToFinished"]
+        held = self._held
+        messages = held.take() if held is not None else []
+        queued = False
+
+        async def fill(pipe: Pipeline) -> None:
+            # queued once: a second fill follows a NOSCRIPT answer, after which they went out
+            nonlocal queued
+            await script(keys=keys, args=args, client=pipe)
+            if not queued:
+                queued = True
+                for channel, message in messages:
+                    pipe.execute_command("PUBLISH", channel, message)
+
+        try:
+            answers = await run_pipeline(self.client, fill)
+        except _CONNECTION_ERRORS:
+            if held is not None:
+                await held.send(messages)
+            raise
+        answer = answers[0]
+        if type(answer) is int and answer < 0:
+            raise scripts.finishedErrors(
+                {"code": answer, "jobId": job.id, "command": "moveToFinished", "state": "active"}
+            )
+
+    async def waitForJob(self) -> int:
+        """bullmq's ``waitForJob`` (3.4.4): the marker's score (a delayed job's time), or 0;
+        its ``BZPOPMIN`` sent on the kept connection of the blocking client."""
+        block_timeout = self.getBlockTimeout(self.blockUntil)
+        if not self.backend.capabilities.get("canDoubleTimeout", False):
+            block_timeout = math.ceil(block_timeout)
+        try:
+            result = await self._bzpopmin(block_timeout)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            if self.isConnectionError(err) and not self.closing and not self.closed:
+                await asyncio.sleep(SHORT_RETRY_DELAY_S)
+            raise
+        if result:
+            _key, member, score = result
+            return int(score) if member else 0
+        return 0
+
+    async def _bzpopmin(self, timeout_s: float) -> Any:  # Any: redis-py's BZPOPMIN answer
+        client = self.backend.bclient
+        marker = self.keys["marker"]
+
+        async def exchange(conn: Connection) -> Any:  # Any: a Redis reply
+            await conn.send_command("BZPOPMIN", marker, timeout_s, check_health=False)
+            return await conn.read_response()
+
+        try:
+            reply = await self._wait_lane.use(client.connection_pool, exchange)
+        except LaneBusy:
+            return await client.bzpopmin(marker, timeout_s)
+        parse = client.response_callbacks.get("BZPOPMIN")
+        return parse(reply) if parse is not None else reply
 
     def _job_done(self, task: asyncio.Future[Any]) -> None:  # Any: processJob's result
         self.processing.discard(task)

@@ -37,6 +37,7 @@ async def run_worker(
         settings,
         ComputeJobHandler(parts.computer, parts.clock, max_batch=settings.compute_batch_max_views),
         concurrency=concurrency,
+        held=parts.held,
     )
     erasures = ErasureWorker(settings, parts.erasure)
     webhooks = WebhookJobWorker(

@@ -22,7 +22,7 @@ from vitalcast.clock import now_ms
 from vitalcast.observability import debug_enabled, get_logger
 from vitalcast.queue.fetching import FetchingWorker
 from vitalcast.queue.jobs import TelemetryJob
-from vitalcast.redis_connections import blocking_options
+from vitalcast.redis_connections import HeldPublishes, blocking_options
 from vitalcast.settings import Settings
 
 log = get_logger(__name__)
@@ -119,6 +119,7 @@ class TelemetryWorker:
         *,
         concurrency: int,
         name: str | None = None,
+        held: HeldPublishes | None = None,
     ) -> None:
         if not settings.redis_url:
             raise ValueError("vitalcast worker needs VITALCAST_REDIS_URL")
@@ -126,13 +127,16 @@ class TelemetryWorker:
         self._handler = handler
         self._concurrency = concurrency
         self._name = name or f"vitalcast-{os.getpid()}"
+        self._held = held
         self._worker: FetchingWorker | None = None
         self._run_task: asyncio.Task[None] | None = None
         self._stopping: asyncio.Task[None] | None = None
-        # Set when the grace has passed: running jobs go back to the queue. Ours, not BullMQ's
-        # cancelAllJobs: once closing, BullMQ's run loop ends and clears its tracked jobs while
-        # they still run (bullmq 3.4.4), so their abort signals can no longer be reached.
+        # Set when the grace has passed: running jobs go back to the queue (their handlers,
+        # ``_running``, are cancelled). Ours, not BullMQ's cancelAllJobs: once closing, BullMQ's
+        # run loop ends and clears its tracked jobs while they still run (bullmq 3.4.4), so
+        # their abort signals can no longer be reached.
         self._release = asyncio.Event()
+        self._running: set[asyncio.Future[str]] = set()
         self._summary = JobSummary()
 
     async def start(self) -> None:
@@ -152,6 +156,7 @@ class TelemetryWorker:
                 "runRetryDelay": RUN_RETRY_DELAY_MS,
                 "name": self._name,
             },
+            held=self._held,
         )
         worker.on("error", _log_worker_error)
         worker.on("stalled", lambda job_id, *_: log.warning("job_stalled", job_id=job_id))
@@ -181,6 +186,8 @@ class TelemetryWorker:
         if not done:
             log.warning("worker_releasing_jobs", count=len(worker.jobs))
             self._release.set()
+            for work in list(self._running):
+                work.cancel()
             await closing
         if self._run_task is not None:
             with contextlib.suppress(Exception):
@@ -195,26 +202,25 @@ class TelemetryWorker:
             log.error("job_malformed", job_id=job.id)
             raise UnrecoverableError(f"malformed job: {type(exc).__name__}") from exc
         started = time.perf_counter()
+        # The handler runs in a task of its own, which a release cancels (``_stop``); no waiter
+        # of the release beside it: a job is short, and a task and a wait per job cost CPU.
         work = asyncio.ensure_future(self._handler(request))
-        released = asyncio.ensure_future(self._release.wait())
+        self._running.add(work)
         try:
-            await asyncio.wait({work, released}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            released.cancel()
-        if not work.done():
-            work.cancel()
-            await asyncio.gather(work, return_exceptions=True)
+            outcome = await work
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not self._release.is_set() or (task is not None and task.cancelling()):
+                raise
             await job.moveToDelayed(now_ms(), token)
             log.info("job_released", job_id=job.id)
-            raise DelayedError()
-        ms = round((time.perf_counter() - started) * 1000, 1)
-        try:
-            outcome = work.result()
+            raise DelayedError() from None
         except JobDeferred as deferred:
             await job.moveToDelayed(deferred.until_ms, token)
             log.info("job_deferred", job_id=job.id, until_ms=deferred.until_ms)
             raise DelayedError() from None
         except JobFailed as failed:
+            ms = _ms_since(started)
             log.warning(
                 "job_failed",
                 job_id=job.id,
@@ -223,11 +229,18 @@ class TelemetryWorker:
                 ms=ms,
             )
             raise
+        finally:
+            self._running.discard(work)
+        ms = _ms_since(started)
         reason = request.reason.value
         if debug_enabled():
             log.debug("job_done", job_id=job.id, reason=reason, outcome=outcome, ms=ms)
         self._summary.add(reason, outcome, ms)
         return outcome
+
+
+def _ms_since(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 1)
 
 
 def _log_worker_error(error: object, *_: object) -> None:

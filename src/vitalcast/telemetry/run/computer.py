@@ -23,7 +23,9 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+from prometheus_client.metrics import MetricWrapperBase
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from vitalcast.clock import Clock
@@ -135,6 +137,18 @@ class TelemetryComputer:
         self._aggregate = aggregator
         self._cache = cache
         self._memo = memo
+        # asked per batch: a property that walks SQLAlchemy's engine each time
+        self._alone_units = db.alone_units
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}  # Any: a metric's child
+
+    def _labelled(self, metric: MetricWrapperBase, *values: str) -> Any:  # Any: its child
+        """``metric.labels(*values)``, looked up once: ``labels`` validates and locks on every
+        call, about ten times per saved view."""
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     async def compute(self, key: TelemetryKey, *, reason: ScheduleReason) -> ComputeOutcome:
         """Run one compute of ``key`` under its lease: a batch of one. Never raises."""
@@ -157,7 +171,7 @@ class TelemetryComputer:
         # On PostgreSQL the claim and the reads stand alone (no BEGIN and COMMIT round trips):
         # under READ COMMITTED each statement read its own snapshot in the transaction too, and
         # the claim then holds when a read fails (see below).
-        alone = self._db.alone_units
+        alone = self._alone_units
         try:
             # short: a GROUP BY longer than a live update's runs in a read unit of its own
             read = await self._db.unit(
@@ -327,9 +341,10 @@ class TelemetryComputer:
             outcomes[key] = ComputeOutcome.COMPUTED
             if computed.on_saved is not None:
                 computed.on_saved()
-            self._metrics.computes.labels(computed.state.value, reason.value).inc()
-            self._metrics.compute_paths.labels(computed.path.value).inc()
-            self._metrics.compute_seconds.labels(reason.value).observe(pushing - started)
+            metrics = self._metrics
+            self._labelled(metrics.computes, computed.state.value, reason.value).inc()
+            self._labelled(metrics.compute_paths, computed.path.value).inc()
+            self._labelled(metrics.compute_seconds, reason.value).observe(pushing - started)
             stale = result.claim.stale_since_ms
             if stale is not None and stale <= read_started_ms:
                 self._metrics.freshness_lag_seconds.observe(max(now - stale, 0) / 1000)
@@ -351,7 +366,7 @@ class TelemetryComputer:
         # the read stage is the claim (lease and read in one statement) and the change-log read
         stages = batch.stage_seconds | {"save": save_s, "push": time.perf_counter() - pushing}
         for stage, seconds in stages.items():
-            self._metrics.compute_stage_seconds.labels(stage).observe(max(seconds, 0.0))
+            self._labelled(self._metrics.compute_stage_seconds, stage).observe(max(seconds, 0.0))
         return outcomes
 
     async def _save(
