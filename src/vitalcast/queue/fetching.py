@@ -94,6 +94,8 @@ class FetchingWorker(Worker):  # type: ignore[misc]  # bullmq ships no type hint
         self._held = held
         #: the blocking client's connection kept for the marker wait
         self._wait_lane = Lane()
+        #: the keys of ``moveToActive`` (the queue's own, fixed), built on the first fetch
+        self._active_keys: list[str] | None = None
         self._slot_freed = asyncio.Event()
         self._token_seq = 0
         #: the last round came back short: the queue was empty then, wait on the marker first
@@ -363,7 +365,9 @@ class FetchingWorker(Worker):  # type: ignore[misc]  # bullmq ships no type hint
         wait: this worker fetches again without waiting, and gives it back when it stops
         fetching with jobs possibly left (``_give_marker_back``)."""
         scripts = self.scripts
-        keys = scripts.getKeys(list(_MOVE_TO_ACTIVE_KEYS))
+        if self._active_keys is None:
+            self._active_keys = scripts.getKeys(list(_MOVE_TO_ACTIVE_KEYS))
+        keys = self._active_keys
         script = scripts.commands["moveToActive"]
         now_ms = round(time.time() * 1000)
         packed = [

@@ -17,6 +17,9 @@ JOB_ATTEMPTS = 3
 # Finished jobs stay visible (queue metrics, inspection) for a while, bounded in count.
 KEEP_COMPLETED = {"age": 3_600, "count": 1_000}
 KEEP_FAILED = {"age": 7 * 86_400, "count": 1_000}
+# a job's enums by value, looked up as a dict (an Enum's call costs several times more, per job)
+_RESOLUTIONS = {r.value: r for r in Resolution}
+_REASONS = {r.value: r for r in ScheduleReason}
 
 
 def job_id(key: TelemetryKey, watermark: int) -> str:
@@ -51,15 +54,16 @@ class TelemetryJob:
 
     @classmethod
     def from_data(cls, data: JsonObject) -> TelemetryJob:
-        """Decode job data; raises ``KeyError``/``ValueError`` on a malformed job."""
+        """Decode job data; raises ``KeyError``/``TypeError``/``ValueError`` on a malformed job."""
         key = TelemetryKey(
             session_id=str(data["session_id"]),
             window_minutes=int(data["window_minutes"]),
-            resolution=Resolution(data["resolution"]),
+            resolution=_RESOLUTIONS[data["resolution"]],
             compute_version=int(data["compute_version"]),
             user_id=str(data["user_id"]),
         )
-        return cls(key=key, watermark=int(data["watermark"]), reason=ScheduleReason(data["reason"]))
+        reason = _REASONS[data["reason"]]
+        return cls(key=key, watermark=int(data["watermark"]), reason=reason)
 
 
 def job_options(job: TelemetryJob, *, backoff_ms: int) -> JsonObject:

@@ -441,6 +441,8 @@ class WebSocketBroadcaster:
         self._emitter = emitter
         self._metrics = metrics
         self._owned_manager = owned_manager
+        #: ``events_emitted`` by event type, looked up once (``labels`` validates and locks)
+        self._emitted: dict[str, Any] = {}  # Any: a prometheus counter's child
 
     @classmethod
     def for_server(
@@ -521,4 +523,7 @@ class WebSocketBroadcaster:
             )
             return
         if self._metrics is not None:
-            self._metrics.events_emitted.labels(type=event).inc()
+            emitted = self._emitted.get(event)
+            if emitted is None:
+                emitted = self._emitted[event] = self._metrics.events_emitted.labels(type=event)
+            emitted.inc()
