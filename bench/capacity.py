@@ -13,7 +13,10 @@ send time to the *last* watcher's receipt.
    updates a second). Baselines in the same run: the CPU of one keep-alive ``GET /healthz``
    (the request stack and nothing else), back to back and sent on the updates' own schedule
    (at a few requests a second a server wakes from sleep for each, which costs this machine
-   about twice the back-to-back CPU: ``paced_healthz_cpu``).
+   about twice the back-to-back CPU: ``paced_healthz_cpu``). Scaled out, also the CPU of one
+   Redis round trip (a ``PING``) made on that schedule by a process of its own
+   (``paced_round_trip_cpu``): an update there is a chain of such exchanges (HTTP, PostgreSQL,
+   Redis, pub/sub, WebSocket), and this is what each costs this machine at that rate.
 2. ``capacity`` (embedded): open loop, N sessions each syncing every 5 s on a fixed schedule
    (session i at i·5 s/N into each period, whether or not earlier ingests were answered). N
    climbs ``--ladder``; the capacity is the largest N whose ingest sent → last watcher p99 stays
@@ -48,7 +51,9 @@ from typing import Any
 
 import aiohttp
 import httpx
+import redis.asyncio as aioredis
 import socketio
+import uvloop
 
 from bench.common import (
     REDIS_URL,
@@ -81,9 +86,11 @@ SETTLE_S = 10.0
 CONNECT_CONCURRENCY = 50
 #: seconds the cpu part measures the idle processes' CPU before its load
 IDLE_S = 3.0
-#: periods of /healthz on the updates' schedule (``paced_healthz_cpu``)
+#: periods of /healthz (and of Redis PINGs) on the updates' schedule (``paced_healthz_cpu``)
 PACED_HEALTHZ_ROUNDS = 2
 HTTP_CONNECTIONS = 200
+#: the command line of ``paced_round_trip_cpu``'s child
+PACED_PINGS = "--paced-pings"
 
 
 def wall_ms() -> float:
@@ -564,6 +571,44 @@ async def paced_healthz_cpu(
     return round((cpu_of(pids[:1]) - before) / max(1, sent), 3)
 
 
+async def paced_round_trip_cpu(n: int, rounds: int) -> float:
+    """CPU of one Redis round trip (``PING``) made by a process of its own (uvloop, as the
+    servers run) on the updates' open-loop schedule: ``n`` every 5 s for ``rounds`` periods.
+    That process does nothing else, so its CPU over the pings is the exchange's own cost,
+    wake-up from sleep included, as it is for each exchange of a paced live update."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.capacity",
+        PACED_PINGS,
+        str(n),
+        str(rounds),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await child.communicate()
+    if child.returncode != 0:
+        raise RuntimeError(f"the paced pings failed ({child.returncode})")
+    return round(float(out), 3)
+
+
+async def paced_pings(n: int, rounds: int) -> None:
+    """The child of ``paced_round_trip_cpu``: prints its CPU per PING in ms."""
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        await client.ping()
+        before = time.process_time()
+        start = wall_ms() + 200
+        for k in range(rounds):
+            for i in range(n):
+                delay = (start + k * SYNC_MS + i * SYNC_MS / n - wall_ms()) / 1000
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await client.ping()
+        print((time.process_time() - before) * 1000 / max(1, n * rounds))
+    finally:
+        await client.aclose()
+
+
 async def cpu_part(
     http: httpx.AsyncClient,
     sender: aiohttp.ClientSession,
@@ -580,6 +625,7 @@ async def cpu_part(
     await asyncio.sleep(1)
     healthz = await healthz_cpu(http, pids)
     paced = await paced_healthz_cpu(sender, pids, n, PACED_HEALTHZ_ROUNDS)
+    round_trip = await paced_round_trip_cpu(n, PACED_HEALTHZ_ROUNDS) if len(pids) > 1 else None
     await load.receipts()
     names = ["server", "worker"][: len(pids)]
     idle_before = [threads_cpu(pid) for pid in pids]
@@ -633,6 +679,7 @@ async def cpu_part(
         "updates_per_s": round(n * 1000 / SYNC_MS, 1),
         "paced_cpu_ms_per_healthz": paced,
         "update_over_paced_healthz": round(per_update / paced, 1) if paced else None,
+        "paced_cpu_ms_per_redis_round_trip": round_trip,
         "target_cpu_ms_per_update": CPU_PER_UPDATE_MAX_MS,
         "target_met": per_update <= CPU_PER_UPDATE_MAX_MS and result["missed"] == 0,
     }
@@ -930,4 +977,7 @@ async def run_parts(
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1:]))
+    if sys.argv[1:2] == [PACED_PINGS]:
+        uvloop.run(paced_pings(int(sys.argv[2]), int(sys.argv[3])))
+    else:
+        asyncio.run(main(sys.argv[1:]))

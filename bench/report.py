@@ -404,8 +404,15 @@ def _capacity(r: dict[str, Any]) -> Iterator[Row]:
                 else ""
             )
             paced = cpu.get("paced_cpu_ms_per_healthz")
+            round_trip = cpu.get("paced_cpu_ms_per_redis_round_trip")
             rate = (
-                f" ({cpu['updates_per_s']:g} updates/s: {paced:.2f} ms sent at that rate)"
+                f" ({cpu['updates_per_s']:g} updates/s: {paced:.2f} ms sent at that rate"
+                + (
+                    f"; one Redis round trip at that rate: {round_trip:.2f} ms"
+                    if round_trip is not None
+                    else ""
+                )
+                + ")"
                 if paced is not None
                 else ""
             )

@@ -279,8 +279,8 @@ class Metrics:
         self.sqlite_units_on_loop = Counter(
             "vitalcast_sqlite_units_on_loop",
             "SQLite units of work (embedded) run on the event loop's thread: short writes, "
-            "unless another process held the file's write lock (reads always run on a database "
-            'thread, so kind="read" stays 0); the others ran on a database thread.',
+            "unless another process held the file's write lock, and short reads (a token's "
+            "user), unless SQLite answered busy; the others ran on a database thread.",
             ["kind"],
             registry=r,
         )

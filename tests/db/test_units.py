@@ -257,6 +257,39 @@ async def test_a_short_unit_waits_on_a_database_thread_while_another_process_wri
         assert await _count(db, "after-other") == 1
 
 
+@sqlite_only
+async def test_a_short_read_unit_runs_on_the_loop_thread_while_another_process_writes(
+    db: Database, database_url: str
+) -> None:
+    """A short read unit (a token's user) runs on the caller's thread, no hop, and a writer
+    holding the file's write lock (another process) holds it up no more than a WAL reader:
+    it sees what was committed before, not the open transaction; the observer hears a read
+    run on the loop."""
+    heard: list[tuple[bool, bool]] = []
+    db.unit_observer = lambda write, _waited, _ran, looped: heard.append((write, looped))
+    await db.unit(lambda c: _INSERT.run(c, {"id": "id-r", "name": "read-me"}), write=True)
+    threads: list[int] = []
+
+    async def count(conn: AsyncConnection, name: str) -> int:
+        threads.append(threading.get_ident())
+        return int(
+            await conn.scalar(
+                sa.select(sa.func.count()).select_from(users).where(users.c.name == name)
+            )
+            or 0
+        )
+
+    async with _holding_write_lock(database_url) as other:
+        assert other.stdin is not None and other.stdout is not None
+        assert await db.unit(lambda c: count(c, "read-me"), short=True) == 1
+        assert await db.unit(lambda c: count(c, "other"), short=True) == 0
+        other.stdin.write(b"go\n")
+        assert await other.stdout.readline() == b"committed\n"
+    assert await db.unit(lambda c: count(c, "other"), short=True) == 1
+    assert threads == [threading.get_ident()] * 3
+    assert heard[1:] == [(False, True)] * 3
+
+
 _COUNT_OTHER = Prepared(
     sa.select(sa.func.count()).select_from(users).where(users.c.name == "other")
 )

@@ -17,16 +17,18 @@ __all__ = ["count_statements", "live", "socket_client"]
 
 @contextmanager
 def count_statements(engine: AsyncEngine) -> Iterator[list[str]]:
-    """Every SQL statement ``engine`` sends while the block runs (their text, for messages), but
+    """Every SQL statement sent to ``engine``'s database while the block runs (their text, for
+    messages), by ``engine`` or by the engines of its database threads (``db.units``), but
     SQLite's own ``BEGIN`` (``db.engine`` issues it as a statement; PostgreSQL's is implicit)."""
     seen: list[str] = []
+    url = engine.url
 
-    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if not statement.startswith("BEGIN"):
+    def record(conn: sa.Connection, _cursor: Any, statement: str, *_args: Any) -> None:
+        if conn.engine.url == url and not statement.startswith("BEGIN"):
             seen.append(statement)
 
-    sa.event.listen(engine.sync_engine, "before_cursor_execute", record)
+    sa.event.listen(sa.engine.Engine, "before_cursor_execute", record)
     try:
         yield seen
     finally:
-        sa.event.remove(engine.sync_engine, "before_cursor_execute", record)
+        sa.event.remove(sa.engine.Engine, "before_cursor_execute", record)

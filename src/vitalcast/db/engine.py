@@ -177,6 +177,9 @@ class Database:
         compute's claim or save): on a SQLite file it runs on this loop's thread, with no hop,
         once this process's write lock is free (waiting for it without blocking the loop), and
         on a database thread when another process holds the file's (``units``).
+        A short read (a few rows by their key: a token's user) runs on this loop's thread too,
+        beside the short writes (a WAL reader waits for no writer), and on a database thread
+        when SQLite answers busy; it must only read, since it may then run again.
         A unit that can run long (an import's batch, an aggregate over hours) must not say so:
         on the loop it would stop every request and socket while it runs."""
         if self._sqlite_file:

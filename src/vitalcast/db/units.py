@@ -32,6 +32,13 @@ answers busy (another process, e.g. a CLI command, holds the file's write lock),
 on a database thread as any other, which waits for it; nothing of it ran before. A long unit
 (an import's batch, a full aggregate) stays on the threads: on the loop it would stop every
 request and socket for its whole run.
+
+A *short* read unit (a few rows by their key: a token's user, on every token that left the
+authenticator's cache) runs on the loop's thread as well, on its own connection: a WAL reader
+waits for no writer, so it never waits for the process's write lock. Through aiosqlite such a
+lookup cost about 1 ms of CPU (hops for BEGIN, the statement and COMMIT); on a database thread it
+queued behind the computes' reads. When SQLite answers busy all the same (another connection
+resetting the log), it runs again on a database thread: a short read must only read.
 """
 
 from __future__ import annotations
@@ -61,6 +68,8 @@ UnitObserver = Callable[[bool, float, float, bool], None]
 UNIT_THREADS = 2
 #: SQLite's primary result code for a lock held by another connection (``SQLITE_BUSY``)
 _SQLITE_BUSY = 5
+#: and for a table locked within this connection's shared cache (``SQLITE_LOCKED``)
+_SQLITE_LOCKED = 6
 #: short write units run on the loop between two checkpoints on a database thread (a live
 #: update's units write a few pages each; SQLite's own default checkpoints at 1,000 pages)
 CHECKPOINT_EVERY_UNITS = 100
@@ -230,6 +239,14 @@ class _Busy(Exception):
     ran."""
 
 
+def _is_busy(exc: BaseException) -> bool:
+    """Whether ``exc`` (sqlite3's, or SQLAlchemy's around it) is SQLite answering that a lock is
+    held by another connection (``SQLITE_BUSY`` or ``SQLITE_LOCKED``)."""
+    orig = getattr(exc, "orig", exc)
+    code = getattr(orig, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
+
+
 class _Runner:
     """A thread's connections to the file (one per kind of unit: checking a connection out of
     a pool and resetting it cost more than a small unit) and how a unit runs on them, driven to
@@ -394,6 +411,19 @@ class _OnLoop(_Runner):
         finally:
             self._write_lock.release()
 
+    def try_read(self, unit: Unit[T]) -> tuple[T, float, float] | _Refused:
+        """The read unit in one transaction, with the times it started and ended; ``SQLITE_BUSY``
+        when SQLite would have made it wait (a WAL reader seldom waits: while another
+        connection resets the log), after which the caller runs it again elsewhere."""
+        started = time.perf_counter()
+        try:
+            result = _drive(self._transaction(unit, False))
+        except Exception as exc:
+            if _is_busy(exc):
+                return _Refused.SQLITE_BUSY
+            raise
+        return result, started, time.perf_counter()
+
 
 class SqliteUnits:
     """The database threads of one SQLite file; ``run`` hands a unit to the least busy one."""
@@ -444,19 +474,26 @@ class SqliteUnits:
 
     async def run(self, unit: Unit[T], *, write: bool, short: bool = False) -> T:
         """The unit's result, run in one transaction (``write``: taking SQLite's write lock at
-        BEGIN, as ``Database.write`` does) on a database thread, or (``short`` and ``write``)
-        on this thread once this process's write lock is free, unless another process holds
-        the file's (the module docstring); its exception if it raised (the transaction then
-        rolled back)."""
+        BEGIN, as ``Database.write`` does) on a database thread, or (``short``) on this thread:
+        a write once this process's write lock is free, unless another process holds the
+        file's, a read at once, unless SQLite answers busy (the module docstring); its
+        exception if it raised (the transaction then rolled back)."""
         if self._closed:
             raise RuntimeError("the database is closed")
-        if short and write:
+        if short:
             on_loop = self._on_loop
             if on_loop is None:
                 on_loop = self._on_loop = _OnLoop(
                     self._make_engine, self._write_option, self._write_lock
                 )
-            if on_loop.thread == threading.get_ident():
+            if not write and on_loop.thread == threading.get_ident():
+                read = on_loop.try_read(unit)
+                if not isinstance(read, _Refused):
+                    result, started, ended = read
+                    if self._observer is not None:
+                        self._observer(write, 0.0, ended - started, True)
+                    return result
+            elif on_loop.thread == threading.get_ident():
                 called = time.perf_counter()
                 while (ran := on_loop.try_run(unit)) is _Refused.LOCK_TAKEN:
                     await self._write_lock.released()

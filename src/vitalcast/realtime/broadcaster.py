@@ -36,7 +36,7 @@ from socketio import packet as sio_packet
 from vitalcast.alerts.models import SESSION_ALERT, Alert
 from vitalcast.json_types import JsonObject
 from vitalcast.observability import Metrics, get_logger
-from vitalcast.realtime import socket_writer
+from vitalcast.realtime import socket_reader, socket_writer
 from vitalcast.realtime.keepalive import TickedSocketIOServer
 from vitalcast.redis_connections import (
     PUBSUB_MAX_CONNECTIONS,
@@ -416,6 +416,7 @@ def socketio_server(settings: Settings) -> tuple[socketio.AsyncServer, BoundedRe
     ``realtime.server.RealtimeServer``; the broadcaster only emits through it."""
     manager = redis_manager(settings, write_only=False) if settings.redis_url else None
     socket_writer.install()  # a WebSocket's writer waits without a timer (why: socket_writer)
+    socket_reader.install()  # and its reader without a task and a timer per packet (why: there)
     # its keepalive (monitor and pings) on the loop's shared ticks: realtime/keepalive.py
     sio = TickedSocketIOServer(
         async_mode="asgi",

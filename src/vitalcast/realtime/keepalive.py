@@ -11,7 +11,7 @@ live sessions.
 ``TickedEngineServer`` keeps both on the loop clock's ticks (``clock.next_tick``), where the
 server's other periodic tasks wake: one pass over every socket each ``MONITOR_S`` (the same
 checks as python-engineio's monitor: a socket whose client missed its ping is closed, a closed
-one forgotten), and a socket's ping goes on the first tick of the loop-lag probe (0.2 s) after
+one forgotten and its WebSocket's writer ended), and a socket's ping goes on the first tick of the loop-lag probe (0.2 s) after
 ``ping_interval`` from its pong (clients wait ``ping_interval + ping_timeout``), with every ping
 due on that tick sent in the same pass, at most ``MAX_PINGS_PER_TICK`` of them (more go on the
 next ticks: sockets that connected together are not pinged, and do not answer, in one burst).
@@ -128,6 +128,10 @@ class TickedEngineServer(engineio.AsyncServer):  # type: ignore[misc]  # untyped
                     await asyncio.sleep(0)
                 if sock.closed:
                     self.sockets.pop(sid, None)
+                    if sock.upgraded:
+                        # its writer ends and closes the WebSocket, which ends its reader (a
+                        # WebSocket's read waits without a timeout: realtime/socket_reader)
+                        sock.queue.put_nowait(None)
                 elif not sock.closing:
                     try:
                         await sock.check_ping_timeout()
