@@ -10,8 +10,8 @@ import itertools
 import pytest
 
 from tests.conftest import TEST_SECRET, Users
-from tests.identity.conftest import count_statements
 from tests.identity.issuer import AUDIENCE, serve_issuer
+from tests.sql_statements import count_statements
 from vitalcast import credentials
 from vitalcast import shares as share_repository
 from vitalcast.auth import Authenticator, PrincipalScope, issue_token, remembered_for_ms

@@ -4,8 +4,6 @@ widest window (old and new times of a moved sample); ending a session logs it wh
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -13,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.ingest.helpers import MINUTE_MS, hr, now_ms
+from tests.sql_statements import count_statements
 from vitalcast.clock import SystemClock
 from vitalcast.db.engine import Database
 from vitalcast.db.tables import session_changes
@@ -202,30 +201,15 @@ async def test_a_live_sync_on_postgres_is_one_statement(users, db):
     session = await services.session(user_id, t0)
     batch = [hr(f"live-{i}", t0 + i * 1_000) for i in range(5)]
     await services.post(user_id, [hr("warm", t0)])  # this process learns the month's partition
-    with _statements() as first:
+    with count_statements(db.engine) as first:
         sent = await services.ingest.ingest(user_id, {"request_id": "r-1", "samples": batch})
     assert len(first) == 1 and "vitalcast_ingest_new" in first[0]
     assert [s.id for s in sent.touched] == [session.id]
-    with _statements() as again:
+    with count_statements(db.engine) as again:
         replayed = await services.ingest.ingest(user_id, {"request_id": "r-1", "samples": batch})
     assert len(again) == 1 and replayed.body == sent.body and replayed.touched == []
-    with _statements() as known:
+    with count_statements(db.engine) as known:
         resent = await services.ingest.ingest(user_id, {"request_id": "r-2", "samples": batch})
     assert len(known) > 1
     answer = orjson.loads(resent.body)
     assert (answer["unchanged"], answer["change_seq"]) == (5, orjson.loads(sent.body)["change_seq"])
-
-
-@contextlib.contextmanager
-def _statements() -> Iterator[list[str]]:
-    """The SQL statements any engine sends while the block runs."""
-    seen: list[str] = []
-
-    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        seen.append(statement)
-
-    sa.event.listen(sa.engine.Engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        sa.event.remove(sa.engine.Engine, "before_cursor_execute", record)

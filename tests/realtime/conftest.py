@@ -76,6 +76,28 @@ def serve_in_thread(settings: Settings, seams: Seams = NO_SEAMS) -> Iterator[Liv
         sock.close()
 
 
+@contextlib.asynccontextmanager
+async def serve_on_this_loop(sio: socketio.AsyncServer) -> AsyncIterator[int]:
+    """Serve ``sio`` alone (no app around it) by uvicorn on this test's own loop, on
+    127.0.0.1:<free port> (yielded) until the block exits, then shut it down: tests of
+    Engine.IO's sockets look at their tasks and waits from the loop that runs them."""
+    config = uvicorn.Config(
+        socketio.ASGIApp(sio), host="127.0.0.1", port=0, log_config=None, lifespan="off"
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and not task.done(), "uvicorn did not start"
+        await asyncio.sleep(0.05)
+    try:
+        yield server.servers[0].sockets[0].getsockname()[1]
+    finally:
+        await sio.shutdown()
+        server.should_exit = True
+        await task
+
+
 @pytest.fixture
 def live(settings: Settings) -> Iterator[LiveServer]:
     """The app on the test's settings, served in a thread for the whole test."""

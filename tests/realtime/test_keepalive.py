@@ -15,9 +15,9 @@ import httpx
 import orjson
 import pytest
 import socketio
-import uvicorn
 from engineio.async_socket import AsyncSocket
 
+from tests.realtime.conftest import serve_on_this_loop
 from vitalcast.realtime.keepalive import TickedEngineServer, TickedSocketIOServer
 
 #: seconds: short, so that the test sees several pings and a timeout (the timeout long enough
@@ -50,22 +50,8 @@ async def served() -> AsyncIterator[tuple[TickedSocketIOServer, str]]:
     sio = _CountingServer(
         async_mode="asgi", ping_interval=PING_INTERVAL_S, ping_timeout=PING_TIMEOUT_S
     )
-    config = uvicorn.Config(
-        socketio.ASGIApp(sio), host="127.0.0.1", port=0, log_config=None, lifespan="off"
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and not task.done(), "uvicorn did not start"
-        await asyncio.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
+    async with serve_on_this_loop(sio) as port:
         yield sio, f"http://127.0.0.1:{port}"
-    finally:
-        await sio.shutdown()
-        server.should_exit = True
-        await task
 
 
 def _ping_tasks() -> int:

@@ -11,11 +11,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 import socketio
-import uvicorn
 from engineio import async_socket
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from tests.realtime.conftest import serve_on_this_loop
 from vitalcast.realtime import keepalive, socket_reader, socket_writer
 from vitalcast.realtime.keepalive import TickedSocketIOServer
 
@@ -39,22 +39,8 @@ async def served(
     async def echo(_sid: str, data: str) -> str:
         return data
 
-    config = uvicorn.Config(
-        socketio.ASGIApp(sio), host="127.0.0.1", port=0, log_config=None, lifespan="off"
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and not task.done(), "uvicorn did not start"
-        await asyncio.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
+    async with serve_on_this_loop(sio) as port:
         yield sio, f"127.0.0.1:{port}"
-    finally:
-        await sio.shutdown()
-        server.should_exit = True
-        await task
 
 
 def _read_tasks() -> int:

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 
 from tests.conftest import TEST_SECRET, service_missing
+from tests.sql_statements import statements_where
 from tests.telemetry.conftest import MINUTE, TelemetryClient, hr, telemetry_client
 from vitalcast.app import create_app
 from vitalcast.auth import issue_token
@@ -31,25 +29,14 @@ from vitalcast.wiring import Seams
 HOUR = 60 * MINUTE
 
 
-@contextmanager
-def statements_of_this_task() -> Iterator[list[str]]:
+def statements_of_this_task() -> Any:  # Any: tests.sql_statements' context manager
     """Every SQL statement any engine sends from the running task, or from a database thread
     (``db.units``), while the block runs; the server's own background tasks (the revocation
-    poll, the webhook dispatcher) run on the loop in tasks of their own and are not counted.
-    SQLite's ``BEGIN`` is left out as in ``tests.identity.conftest.count_statements``."""
+    poll, the webhook dispatcher) run on the loop in tasks of their own and are not counted."""
     task, loop_thread = asyncio.current_task(), threading.get_ident()
-    seen: list[str] = []
-
-    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        ours = threading.get_ident() != loop_thread or asyncio.current_task() is task
-        if ours and not statement.startswith("BEGIN"):
-            seen.append(statement)
-
-    sa.event.listen(sa.engine.Engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        sa.event.remove(sa.engine.Engine, "before_cursor_execute", record)
+    return statements_where(
+        lambda _conn: threading.get_ident() != loop_thread or asyncio.current_task() is task
+    )
 
 
 @dataclass
