@@ -20,7 +20,7 @@ from tests.processes import START_TIMEOUT_S, RedisServer, serve_subprocess, spaw
 pytestmark = pytest.mark.slow
 
 UPDATE_TIMEOUT_S = 30.0
-# After Redis returns, the server's pub/sub listener resubscribes on its own backoff (1, 2, 4 … s).
+# After Redis returns, the server's pub/sub listener subscribes again on its backoff (1, 2, 4, 5 s).
 RECOVERY_TIMEOUT_S = 60.0
 OUTAGE_INGESTS = 3
 

@@ -60,8 +60,11 @@ NAMESPACE = "/"
 MAX_MESSAGE_BYTES = 16_384
 # A push is a hint; waiting longer than this for Redis would only delay the compute that emits it.
 EMIT_TIMEOUT_S = 2.0
-#: the longest pause of the pub/sub listener between two attempts to subscribe again
-LISTEN_RETRY_MAX_S = 60.0
+#: the longest pause of the pub/sub listener between two attempts to subscribe again: a
+#: server's fan-out from other processes returns at most this long after Redis does (the stock
+#: listener's 60 s left a server deaf for up to a minute after an outage of half a minute); an
+#: attempt on a Redis that is down costs a refused connection
+LISTEN_RETRY_MAX_S = 5.0
 
 
 def listener_name(channel: str) -> str:
@@ -319,8 +322,8 @@ class BoundedRedisManager(RoomIndex, socketio.AsyncRedisManager, QueuedEmit):  #
 
     async def _listen(self) -> AsyncIterator[bytes]:  # overrides python-socketio's
         """The channel's messages (as published: JSON bytes), read straight off a connection
-        of their own, subscribed again after a failure (after 1 s, doubling to 60 s, as the
-        stock listener waits; what was published meanwhile is lost, as it was).
+        of their own, subscribed again after a failure (after 1 s, doubling to
+        ``LISTEN_RETRY_MAX_S``; what was published meanwhile is lost, as it was).
 
         The stock listener reads through redis-py's ``PubSub`` (its retrying execute, a message
         dict per message, its handler lookup) and two generators over it: receiving one event
