@@ -5,8 +5,10 @@ a job that ends otherwise (deferred, failed) still goes out when it ends."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -45,20 +47,45 @@ async def _next_message(pubsub: Any) -> dict[str, Any]:  # Any: a redis-py PubSu
                 return dict(json.loads(message["data"]))
 
 
+@contextlib.asynccontextmanager
+async def _publishing(
+    settings: Settings,
+) -> AsyncIterator[tuple[Any, HeldPublishes, BoundedRedisManager]]:  # Any: a redis-py PubSub
+    """A worker's write-only manager whose publishes are held while a job runs, and a
+    subscriber to its channel."""
+    listener = aioredis.Redis.from_url(settings.redis_url or "")
+    pubsub = listener.pubsub()
+    await pubsub.subscribe(settings.socketio_channel)
+    held = HeldPublishes()
+    manager = BoundedRedisManager(
+        settings.redis_url or "", channel=settings.socketio_channel, write_only=True, held=held
+    )
+    try:
+        yield pubsub, held, manager
+    finally:
+        await manager.aclose()
+        await pubsub.aclose()
+        await listener.aclose()
+
+
 @pytest.mark.parametrize("ending", ["completed", "deferred", "failed"])
 async def test_a_jobs_publish_goes_out_when_the_job_ends(
     queue_settings: Settings, ending: str
 ) -> None:
     """Completed: the publish arrives with the job already completed (one pipeline, the
     completion first). Deferred or failed: it arrives all the same, once."""
-    channel = queue_settings.socketio_channel
-    listener = aioredis.Redis.from_url(queue_settings.redis_url or "")
-    pubsub = listener.pubsub()
-    await pubsub.subscribe(channel)
-    held = HeldPublishes()
-    manager = BoundedRedisManager(
-        queue_settings.redis_url or "", channel=channel, write_only=True, held=held
-    )
+    async with _publishing(queue_settings) as (pubsub, held, manager):
+        await _run_ending(queue_settings, ending, pubsub, held, manager)
+
+
+async def _run_ending(
+    queue_settings: Settings,
+    ending: str,
+    pubsub: Any,
+    held: HeldPublishes,
+    manager: BoundedRedisManager,
+) -> None:
+    """One job that ends as ``ending`` says, its handler publishing once per run."""
     service = SessionTelemetryQueueService(queue_settings, fallback=NoFallback(), metrics=Metrics())
     runs: list[int] = []
 
@@ -98,26 +125,11 @@ async def test_a_jobs_publish_goes_out_when_the_job_ends(
     finally:
         await worker.stop(grace_s=1.0)
         await service.close()
-        await manager.aclose()
-        await pubsub.aclose()
-        await listener.aclose()
 
 
 async def test_a_publish_made_while_no_job_runs_goes_out_at_once(queue_settings: Settings) -> None:
     """Outside a job nothing would carry it: sent on its own, as before."""
-    channel = queue_settings.socketio_channel
-    listener = aioredis.Redis.from_url(queue_settings.redis_url or "")
-    pubsub = listener.pubsub()
-    await pubsub.subscribe(channel)
-    held = HeldPublishes()
-    manager = BoundedRedisManager(
-        queue_settings.redis_url or "", channel=channel, write_only=True, held=held
-    )
-    try:
+    async with _publishing(queue_settings) as (pubsub, _held, manager):
         await manager.emit("session.status", {"n": 1}, room="r", namespace="/")
         message = await _next_message(pubsub)
         assert (message["event"], message["data"]) == ("session.status", [{"n": 1}])
-    finally:
-        await manager.aclose()
-        await pubsub.aclose()
-        await listener.aclose()
