@@ -62,10 +62,15 @@ def _answer_head(written: repository.WriteResult, batch: ValidatedBatch) -> tupl
     return status, body[:-1] + b',"change_seq":'
 
 
+def _answer_with(head: bytes, seq: int) -> bytes:
+    """An applied ingest's encoded body: its head (``_answer_head``) and its ``change_seq``."""
+    return head + b"%d}" % seq
+
+
 def _answer(written: repository.WriteResult, batch: ValidatedBatch, seq: int) -> tuple[int, bytes]:
     """The status and encoded body of an applied ingest."""
     status, head = _answer_head(written, batch)
-    return status, head + b"%d}" % seq
+    return status, _answer_with(head, seq)
 
 
 def _replayed(replay: tuple[str, int, bytes], fingerprint: str) -> IngestOutcome:
@@ -201,7 +206,7 @@ class IngestService:
             return None
         touched, views = new.recorded
         seq = new.seq + 1
-        return written, touched, views, seq, status, head + b"%d}" % seq
+        return written, touched, views, seq, status, _answer_with(head, seq)
 
     async def _apply(
         self,
