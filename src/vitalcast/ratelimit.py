@@ -5,8 +5,35 @@ every server node draws on one budget per user. A limiter outage must never beco
 the API: when Redis cannot answer within ``RATE_LIMIT_TIMEOUT_S`` the limiter counts in memory (a
 per-node budget) for ``fallback_s`` and then tries Redis again, one request at a time.
 
-A refusal's ``retry_after_s`` is the moment the oldest counted request leaves the window, i.e.
-when a retry is admitted again; the HTTP layer turns it into a 429 with ``Retry-After``.
+**Slices (scaled out).** A node does not ask Redis once per request: it takes a *slice* of a
+user's budget at a time, ``slice = max(1, ⌊limit × lease⌋)`` requests
+(``settings.rate_limit_lease``, 0.02: 12 of ``600/minute``), and admits from it without Redis.
+Taking a slice is limits' own moving-window acquire with ``cost``: the slice's entries are
+pushed into the user's one window in Redis, or nothing is when the window cannot hold them (then
+the node asks for a single entry, in the same round trip: near its limit a user costs a round
+trip per request again, and is decided exactly). A slice is spent only while its entries are in
+the window (``window`` seconds after it was taken); what is left then is dropped. A live user
+syncing every 5 s on ``600/minute`` costs one Redis round trip a minute, not twelve; an idle
+node keeps no timer. Concurrent requests of one user on one node wait for one slice, not one
+round trip each.
+
+What that costs, stated for one user and one scope:
+
+- *Over-admission*: entries are counted when a slice is taken, not when each request is
+  admitted, so a request may be admitted up to a window after its entry was counted. In any
+  window the user is admitted at most the limit plus ``nodes × (slice − 1)`` (each node's last
+  slice taken before the window began). With ``lease`` 0 the slice is 1, one round trip per
+  request, and the window is exact as before.
+- *Under-admission*: entries a node took but has not spent count against the user on every
+  node, so near the limit another node may refuse while this one still holds up to
+  ``slice − 1`` of them.
+- *Refusals* come from Redis only, so the 429's ``Retry-After`` is exact: the moment the oldest
+  entry leaves the window. Until then the window is full whatever any node does (entries only
+  leave it by age), so a node keeps the refusal in memory and answers a user who retries sooner
+  without Redis (as Envoy's rate-limit service does with its local cache of over-limit keys). A
+  refusal pushes no entry and spends nothing.
+- *Redis away*: a node spends what it holds, then counts in memory (a per-node budget) until
+  Redis answers again; the slices and refusals it holds are per node, as before.
 """
 
 from __future__ import annotations
@@ -19,22 +46,26 @@ from enum import StrEnum
 from typing import Any, cast
 
 import limits
+import redis.asyncio as aioredis
 from limits.aio.storage import RedisStorage
 from limits.aio.storage.redis.redispy import RedispyBridge
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter as LocalMovingWindowRateLimiter
 from redis.asyncio import ConnectionPool
-from redis.exceptions import NoScriptError
+from redis.asyncio.client import Pipeline
 
 from vitalcast.observability import get_logger
-from vitalcast.redis_connections import RATE_LIMIT_TIMEOUT_S, Lane, LaneBusy, short_call_pool
+from vitalcast.queue.pipelines import run_pipeline
+from vitalcast.redis_connections import RATE_LIMIT_TIMEOUT_S, short_call_pool
 from vitalcast.settings import Settings
 
 log = get_logger(__name__)
 
 #: seconds the limiter counts in memory after Redis failed, before it tries Redis again
 FALLBACK_S = 5.0
+#: the share of a budget one node takes from Redis at a time (``settings.rate_limit_lease``)
+LEASE = 0.02
 
 
 class Scope(StrEnum):
@@ -57,6 +88,8 @@ class Decision:
 
 #: how often the in-process rate-limit counters drop expired entries (seconds)
 SWEEP_S = 1.0
+#: how often a node drops the slices and refusals that ran out (seconds)
+HELD_SWEEP_S = 30.0
 
 
 class SweptMemoryStorage(MemoryStorage):
@@ -80,6 +113,19 @@ class SweptMemoryStorage(MemoryStorage):
             self._MemoryStorage__expire_events()  # type: ignore[attr-defined]
 
 
+@dataclass(slots=True)
+class _Slice:
+    """Requests of one user's budget this node took from Redis and may still admit."""
+
+    left: int
+    #: ``time.monotonic()`` when the slice's entries leave the window: unspent ones are dropped
+    until: float
+
+
+#: (scope, user id): what a node holds for one budget
+_Key = tuple["Scope", str]
+
+
 class RateLimiter:
     """Counts requests per (scope, user) and decides whether one more is allowed."""
 
@@ -90,18 +136,23 @@ class RateLimiter:
         redis_url: str | None = None,
         key_prefix: str = "vitalcast-ratelimit",
         fallback_s: float = FALLBACK_S,
+        lease: float = LEASE,
     ) -> None:
         self._items = {scope: limits.parse(rate) for scope, rate in rates.items()}
+        #: the entries one round trip takes, per scope: a slice (see the module)
+        self._slices = {
+            scope: max(1, int(item.amount * lease)) for scope, item in self._items.items()
+        }
         # The in-process counters use the synchronous strategy: it never leaves the loop, where
         # the async memory storage hands its expiry sweep to a thread after every request.
         self._memory = LocalMovingWindowRateLimiter(SweptMemoryStorage())
         self._redis_pool: ConnectionPool | None = None
+        self._client: aioredis.Redis | None = None
         self._redis: MovingWindowRateLimiter | None = None
         self._bridge: RedispyBridge | None = None
-        #: the connection the hits take (``_hit_redis``)
-        self._lane = Lane()
         if redis_url:
             self._redis_pool = short_call_pool(redis_url, RATE_LIMIT_TIMEOUT_S)
+            self._client = aioredis.Redis(connection_pool=self._redis_pool)
             storage = RedisStorage(
                 "async+" + redis_url,
                 implementation="redispy",
@@ -116,6 +167,12 @@ class RateLimiter:
         self._redis_healthy = True
         self._redis_down_until = 0.0
         self._probing = False
+        self._held: dict[_Key, _Slice] = {}
+        #: ``time.time()`` when a refused budget's oldest entry leaves its window
+        self._refused_until: dict[_Key, float] = {}
+        #: the slice being taken for a budget: its other requests wait for it
+        self._taking: dict[_Key, asyncio.Event] = {}
+        self._next_held_sweep = 0.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RateLimiter:
@@ -128,6 +185,7 @@ class RateLimiter:
             },
             redis_url=settings.redis_url,
             key_prefix=settings.rate_limit_prefix,
+            lease=settings.rate_limit_lease,
         )
 
     @property
@@ -138,48 +196,104 @@ class RateLimiter:
     async def hit(self, scope: Scope, user_id: str) -> Decision:
         """Count one request of ``user_id`` against ``scope`` unless its budget is spent."""
         item = self._items[scope]
-        if self._redis is not None and self._try_redis():
-            try:
-                async with asyncio.timeout(RATE_LIMIT_TIMEOUT_S * 2):
-                    allowed = await self._hit_redis(self._redis, item, user_id)
-                    stats = None if allowed else await self._redis.get_window_stats(item, user_id)
-            except Exception as exc:
-                self._redis_failed(exc)
-            else:
-                self._redis_recovered()
-                return _ALLOWED if stats is None else _refusal(stats)
-            finally:
-                self._probing = False
+        if self._redis is not None:
+            key = (scope, user_id)
+            while True:
+                decision = self._held_decision(key)
+                if decision is not None:
+                    return decision
+                taking = self._taking.get(key)
+                if taking is None:
+                    break
+                await taking.wait()
+            if self._try_redis():
+                taken = await self._take(self._redis, item, key)
+                if taken is not None:
+                    return taken
         if self._memory.hit(item, user_id):
             return _ALLOWED
         return _refusal(self._memory.get_window_stats(item, user_id))
 
-    async def _hit_redis(
-        self, limiter: MovingWindowRateLimiter, item: limits.RateLimitItem, user_id: str
-    ) -> bool:
-        """``limiter.hit`` (limits' moving window in Redis): the same script with the same key
-        and arguments, sent on the lane (``redis_connections.Lane``), since every request
-        spends a budget: through limits and the client a hit cost a scaled-out server about
-        as much CPU as the rest of a cached GET's read. A busy lane, or a script Redis has
-        forgotten (limits loads it again), takes limits' own way."""
-        pool, bridge = self._redis_pool, self._bridge
-        if pool is None or bridge is None:
-            return await limiter.hit(item, user_id)
+    def _held_decision(self, key: _Key) -> Decision | None:
+        """A request decided by what this node holds: a slice's request, or a refusal that
+        stands until its window frees an entry; None when Redis must be asked."""
+        self._sweep_held()
+        held = self._held.get(key)
+        if held is not None:
+            if held.until > time.monotonic():
+                held.left -= 1
+                if held.left == 0:
+                    del self._held[key]
+                return _ALLOWED
+            del self._held[key]
+        refused_until = self._refused_until.get(key)
+        if refused_until is not None:
+            if refused_until > time.time():
+                return Decision(allowed=False, retry_after_s=_seconds_until(refused_until))
+            del self._refused_until[key]
+        return None
+
+    async def _take(
+        self, limiter: MovingWindowRateLimiter, item: limits.RateLimitItem, key: _Key
+    ) -> Decision | None:
+        """One round trip for a slice of ``key``'s budget (its first request admitted from it),
+        or the refusal; None when Redis failed."""
+        taking = self._taking[key] = asyncio.Event()
         try:
-            acquired = await self._lane.call(
-                pool,
-                "EVALSHA",
-                bridge.lua_acquire_moving_window.sha,
-                1,
-                bridge.prefixed_key(item.key_for(user_id)),
-                time.time(),
-                item.amount,
-                item.get_expiry(),
-                1,
-            )
-        except (LaneBusy, NoScriptError):
-            return await limiter.hit(item, user_id)
-        return bool(acquired)
+            async with asyncio.timeout(RATE_LIMIT_TIMEOUT_S * 2):
+                taken = await self._acquire(item, key[1], self._slices[key[0]])
+                stats = None if taken else await limiter.get_window_stats(item, key[1])
+        except Exception as exc:
+            self._redis_failed(exc)
+            return None
+        finally:
+            self._probing = False
+            del self._taking[key]
+            taking.set()
+        self._redis_recovered()
+        if stats is not None:
+            if stats.remaining <= 0:
+                # the window is full until its oldest entry leaves it: the refusal stands
+                self._refused_until[key] = stats.reset_time
+            return _refusal(stats)
+        if taken > 1:
+            self._held[key] = _Slice(taken - 1, time.monotonic() + item.get_expiry())
+        return _ALLOWED
+
+    async def _acquire(self, item: limits.RateLimitItem, user_id: str, size: int) -> int:
+        """How many entries of ``user_id``'s window this node took: limits' moving-window
+        acquire script for ``size - 1`` entries and for one more, in one pipeline on the lane
+        (``queue.pipelines.run_pipeline``; both run, and the second decides a user near the
+        limit exactly): a slice of ``size``, or 1, or none. A Redis that forgot the script ran
+        neither, and the pipeline loads it and runs again."""
+        costs = [size - 1, 1] if size > 1 else [1]
+        client, bridge = self._client, self._bridge
+        if client is None or bridge is None:
+            raise AssertionError("acquire needs Redis")
+        script = bridge.lua_acquire_moving_window
+        redis_key = bridge.prefixed_key(item.key_for(user_id))
+
+        async def fill(pipe: Pipeline) -> None:
+            now = time.time()
+            pipe.scripts.add(script)  # loaded by ``run_pipeline`` if Redis forgot it
+            for cost in costs:
+                pipe.evalsha(script.sha, 1, redis_key, now, item.amount, item.get_expiry(), cost)
+
+        acquired = await run_pipeline(client, fill)
+        return sum(cost for cost, ok in zip(costs, acquired, strict=True) if ok)
+
+    def _sweep_held(self) -> None:
+        """Drops the slices and refusals that ran out, at most once per ``HELD_SWEEP_S``: a
+        node holds something only for the users it served in the last window or so."""
+        now = time.monotonic()
+        if now < self._next_held_sweep:
+            return
+        self._next_held_sweep = now + HELD_SWEEP_S
+        self._held = {key: held for key, held in self._held.items() if held.until > now}
+        wall = time.time()
+        self._refused_until = {
+            key: until for key, until in self._refused_until.items() if until > wall
+        }
 
     async def close(self) -> None:
         if self._redis_pool is not None:
@@ -209,9 +323,14 @@ class RateLimiter:
 _ALLOWED = Decision(allowed=True, retry_after_s=0)
 
 
+def _seconds_until(moment: float) -> int:
+    """Whole seconds from now until ``moment`` (``time.time()``), at least 1."""
+    return max(1, math.ceil(moment - time.time()))
+
+
 def retry_after_s(stats: limits.WindowStats) -> int:
     """Whole seconds until the oldest counted hit leaves the window (at least 1)."""
-    return max(1, math.ceil(stats.reset_time - time.time()))
+    return _seconds_until(stats.reset_time)
 
 
 def _refusal(stats: limits.WindowStats) -> Decision:

@@ -115,6 +115,15 @@ class Settings(BaseSettings):
     rate_limit_prefix: str = Field(
         "vitalcast-ratelimit", description="Redis key prefix of the rate-limit counters."
     )
+    rate_limit_lease: float = Field(
+        0.02,
+        ge=0,
+        le=0.5,
+        description="Scaled out, the share of a user's budget a server takes from Redis at a "
+        "time and admits without asking again (at least one request): one Redis round trip per "
+        "that many requests, for at most servers × (share × limit - 1) requests over the limit "
+        "in a window; 0 = one round trip per request, exact.",
+    )
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
     log_format: Literal["auto", "console", "json"] = Field(
         "auto",

@@ -4,6 +4,7 @@ and a limiter that falls back to memory (never a 5xx) while its Redis is away.""
 from __future__ import annotations
 
 import asyncio
+import random
 import shutil
 import threading
 from collections.abc import AsyncIterator
@@ -228,32 +229,140 @@ async def test_in_process_budget_starts_no_thread_per_request_and_keeps_its_wind
     await limiter.close()
 
 
-async def test_hits_on_the_lane_and_through_limits_spend_one_budget(tmp_path):
-    """A hit sent on the limiter's lane is limits' own moving window: the same key and count
-    as a hit that goes through limits (a busy lane, another node), and after Redis forgot the
-    script (a restart) the next hit loads it again and counts on. (A Redis of its own: the
-    test flushes its scripts.)"""
+@pytest.fixture
+async def own_redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
+    """A Redis of the test's own, so its command counts are the limiter's alone."""
     server = RedisServer(tmp_path, port=spare_port())
     server.start()
-    rates = {Scope.INGEST: "4/minute", Scope.TELEMETRY: "100/minute"}
-    lane = RateLimiter(rates, redis_url=server.url, key_prefix="vc-lane")
-    stock = RateLimiter(rates, redis_url=server.url, key_prefix="vc-lane")
-    client = redis.Redis.from_url(server.url)
     try:
-        assert (await lane.hit(Scope.INGEST, "u1")).allowed
-        assert lane._lane.connection is not None
-        assert (await stock.hit(Scope.INGEST, "u1")).allowed
-        stock._lane.busy = True  # its hits take limits' way
-        assert (await stock.hit(Scope.INGEST, "u1")).allowed
+        yield server
+    finally:
+        server.kill()
+
+
+async def _evalsha_calls(client: redis.Redis) -> int:
+    """Scripts Redis ran (INFO commandstats): every acquire and window read is one."""
+    stats = await client.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def test_a_slice_admits_many_requests_per_round_trip(own_redis):
+    """At 600/minute a node takes 12 entries (lease 0.02) per round trip, two acquires in one
+    pipeline: 36 requests cost 3 round trips, the last 35 two (4 scripts), and start no task; 20
+    concurrent requests of one user wait for one slice instead of asking each; the window in
+    Redis holds what was taken; after Redis forgot its scripts the next slice loads them."""
+    rates = {Scope.INGEST: "600/minute", Scope.TELEMETRY: "100/minute"}
+    limiter = RateLimiter(rates, redis_url=own_redis.url, key_prefix="vc-slice")
+    client = redis.Redis.from_url(own_redis.url)
+    key = "vc-slice:LIMITER/u1/600/1/minute"
+    try:
+        tasks = len(asyncio.all_tasks())
+        assert (await limiter.hit(Scope.INGEST, "u1")).allowed  # (loads the script)
+        before = await _evalsha_calls(client)
+        assert all([(await limiter.hit(Scope.INGEST, "u1")).allowed for _ in range(35)])
+        assert await _evalsha_calls(client) - before == 4
+        assert await client.llen(key) == 36
+        assert len(asyncio.all_tasks()) == tasks
+
+        before = await _evalsha_calls(client)
+        burst = await asyncio.gather(*(limiter.hit(Scope.INGEST, "u2") for _ in range(20)))
+        assert all(d.allowed for d in burst)
+        # 12 for the first and the 11 who waited for it, 12 more for the other 8
+        assert await _evalsha_calls(client) - before == 4
+
         await client.script_flush()
-        assert (await lane.hit(Scope.INGEST, "u1")).allowed
-        refused = await lane.hit(Scope.INGEST, "u1")
-        assert not refused.allowed and refused.retry_after_s >= 1
-        assert not (await stock.hit(Scope.INGEST, "u1")).allowed
-        assert (await lane.hit(Scope.INGEST, "u2")).allowed
-        assert len([k async for k in client.scan_iter(match="vc-lane*")]) == 2
+        assert all([(await limiter.hit(Scope.INGEST, "u1")).allowed for _ in range(7)])
+        assert await client.llen(key) == 48
     finally:
         await client.aclose()
-        await lane.close()
-        await stock.close()
+        await limiter.close()
+
+
+async def test_two_nodes_share_one_budget_in_slices(own_redis):
+    """Two limiters (two nodes) on one Redis, a user's requests spread over both in a random
+    order: together they admit at most the limit in the window (nothing beyond, since every
+    slice's entries are in it), and at least the limit less what each may hold unspent
+    (slice − 1 each); then both refuse with the same Retry-After, and a refusal adds no entry
+    to the window."""
+    rates = {Scope.INGEST: "100/minute", Scope.TELEMETRY: "100/minute"}
+    nodes = [
+        RateLimiter(rates, redis_url=own_redis.url, key_prefix="vc-two", lease=0.1)
+        for _ in range(2)
+    ]
+    client = redis.Redis.from_url(own_redis.url)
+    order = random.Random(22)
+    try:
+        admitted = 0
+        for _ in range(150):
+            admitted += (await order.choice(nodes).hit(Scope.INGEST, "u1")).allowed
+        assert 100 - 2 * 9 <= admitted <= 100
+        entries = await client.llen("vc-two:LIMITER/u1/100/1/minute")
+        assert entries == 100
+        refusals = [await node.hit(Scope.INGEST, "u1") for node in nodes for _ in range(3)]
+        assert not any(d.allowed for d in refusals)
+        assert len({d.retry_after_s for d in refusals}) == 1
+        assert 1 <= refusals[0].retry_after_s <= 60
+        assert await client.llen("vc-two:LIMITER/u1/100/1/minute") == entries
+        assert (await nodes[0].hit(Scope.INGEST, "u2")).allowed
+    finally:
+        await client.aclose()
+        for node in nodes:
+            await node.close()
+
+
+async def test_a_refusal_stands_until_retry_after_without_asking_redis(own_redis):
+    """Scaled out, the refusal's Retry-After is when the window frees an entry: a retry before
+    it is refused by the node itself (no script runs), a retry after it is admitted."""
+    rates = {Scope.INGEST: "2/second", Scope.TELEMETRY: "100/minute"}
+    limiter = RateLimiter(rates, redis_url=own_redis.url, key_prefix="vc-refusal")
+    client = redis.Redis.from_url(own_redis.url)
+    try:
+        assert (await limiter.hit(Scope.INGEST, "u1")).allowed
+        assert (await limiter.hit(Scope.INGEST, "u1")).allowed
+        refused = await limiter.hit(Scope.INGEST, "u1")
+        assert not refused.allowed and refused.retry_after_s == 1
+        before = await _evalsha_calls(client)
+        again = await limiter.hit(Scope.INGEST, "u1")
+        assert not again.allowed and again.retry_after_s == 1
+        assert await _evalsha_calls(client) == before
+        await asyncio.sleep(refused.retry_after_s)
+        assert (await limiter.hit(Scope.INGEST, "u1")).allowed
+    finally:
+        await client.aclose()
+        await limiter.close()
+
+
+async def test_a_held_slice_outlives_a_redis_outage_then_memory_then_redis(tmp_path):
+    """Redis gone while a node holds a slice: the slice is spent without Redis, then the node
+    counts in memory (answered, never an error), and after Redis is back it takes slices from
+    Redis again."""
+    server = RedisServer(tmp_path, port=spare_port())
+    server.start()
+    rates = {Scope.INGEST: "100/minute", Scope.TELEMETRY: "100/minute"}
+    limiter = RateLimiter(
+        rates, redis_url=server.url, key_prefix="vc-outage", fallback_s=0.2, lease=0.1
+    )
+    try:
+        assert (await limiter.hit(Scope.INGEST, "u1")).allowed
+        server.kill()
+        assert all([(await limiter.hit(Scope.INGEST, "u1")).allowed for _ in range(9)])
+        assert limiter.backend == "redis"  # nothing asked Redis yet
+        assert (await limiter.hit(Scope.INGEST, "u1")).allowed
+        assert limiter.backend == "memory"
+
+        server.start()
+        # a probe per fallback_s; one may still meet a pooled connection of the killed server
+        for _ in range(5):
+            await asyncio.sleep(0.3)
+            assert (await limiter.hit(Scope.INGEST, "u1")).allowed
+            if limiter.backend == "redis":
+                break
+        assert limiter.backend == "redis"
+        client = redis.Redis.from_url(server.url)
+        try:
+            assert await client.llen("vc-outage:LIMITER/u1/100/1/minute") == 10  # a new slice
+        finally:
+            await client.aclose()
+    finally:
+        await limiter.close()
         server.kill()
