@@ -6,7 +6,7 @@ the API: when Redis cannot answer within ``RATE_LIMIT_TIMEOUT_S`` the limiter co
 per-node budget) for ``fallback_s`` and then tries Redis again, one request at a time.
 
 **Slices (scaled out).** A node does not ask Redis once per request: it takes a *slice* of a
-user's budget at a time, ``slice = max(1, ⌊limit × lease⌋)`` requests
+user's budget at a time, ``slice = max(1, ⌊limit × lease⌋)`` requests, at most ``MAX_SLICE``
 (``settings.rate_limit_lease``, 0.02: 12 of ``600/minute``), and admits from it without Redis.
 Taking a slice is limits' own moving-window acquire with ``cost``: the slice's entries are
 pushed into the user's one window in Redis, or nothing is when the window cannot hold them (then
@@ -27,7 +27,7 @@ What that costs, stated for one user and one scope:
 - *Under-admission*: entries a node took but has not spent count against the user on every
   node, so near the limit another node may refuse while this one still holds up to
   ``slice − 1`` of them.
-- *Refusals* come from Redis only, so the 429's ``Retry-After`` is exact: the moment the oldest
+- *Refusals* (while Redis answers) come from Redis only, so the 429's ``Retry-After`` is exact: the moment the oldest
   entry leaves the window. Until then the window is full whatever any node does (entries only
   leave it by age), so a node keeps the refusal in memory and answers a user who retries sooner
   without Redis (as Envoy's rate-limit service does with its local cache of over-limit keys). A
@@ -66,6 +66,9 @@ log = get_logger(__name__)
 FALLBACK_S = 5.0
 #: the share of a budget one node takes from Redis at a time (``settings.rate_limit_lease``)
 LEASE = 0.02
+#: the most entries one slice takes: a moving window stores an entry per request (limits pushes
+#: them one by one), and a slice beyond what a user spends in a window is only held back
+MAX_SLICE = 100
 
 
 class Scope(StrEnum):
@@ -123,7 +126,7 @@ class _Slice:
 
 
 #: (scope, user id): what a node holds for one budget
-_Key = tuple["Scope", str]
+_Key = tuple[Scope, str]
 
 
 class RateLimiter:
@@ -141,7 +144,8 @@ class RateLimiter:
         self._items = {scope: limits.parse(rate) for scope, rate in rates.items()}
         #: the entries one round trip takes, per scope: a slice (see the module)
         self._slices = {
-            scope: max(1, int(item.amount * lease)) for scope, item in self._items.items()
+            scope: min(MAX_SLICE, max(1, int(item.amount * lease)))
+            for scope, item in self._items.items()
         }
         # The in-process counters use the synchronous strategy: it never leaves the loop, where
         # the async memory storage hands its expiry sweep to a thread after every request.
@@ -239,6 +243,8 @@ class RateLimiter:
         """One round trip for a slice of ``key``'s budget (its first request admitted from it),
         or the refusal; None when Redis failed."""
         taking = self._taking[key] = asyncio.Event()
+        # the slice's entries are stamped no earlier than this, so they outlast its ``until``
+        taken_at = time.monotonic()
         try:
             async with asyncio.timeout(RATE_LIMIT_TIMEOUT_S * 2):
                 taken = await self._acquire(item, key[1], self._slices[key[0]])
@@ -257,7 +263,7 @@ class RateLimiter:
                 self._refused_until[key] = stats.reset_time
             return _refusal(stats)
         if taken > 1:
-            self._held[key] = _Slice(taken - 1, time.monotonic() + item.get_expiry())
+            self._held[key] = _Slice(taken - 1, taken_at + item.get_expiry())
         return _ALLOWED
 
     async def _acquire(self, item: limits.RateLimitItem, user_id: str, size: int) -> int:

@@ -21,7 +21,7 @@ from tests.ingest.helpers import MINUTE_MS, hr, now_ms
 from tests.processes import RedisServer, spare_port
 from vitalcast.app import create_app
 from vitalcast.db.tables import health_samples
-from vitalcast.ratelimit import RateLimiter, Scope
+from vitalcast.ratelimit import MAX_SLICE, RateLimiter, Scope
 from vitalcast.settings import Settings
 
 
@@ -273,6 +273,20 @@ async def test_a_slice_admits_many_requests_per_round_trip(own_redis):
         await client.script_flush()
         assert all([(await limiter.hit(Scope.INGEST, "u1")).allowed for _ in range(7)])
         assert await client.llen(key) == 48
+    finally:
+        await client.aclose()
+        await limiter.close()
+
+
+async def test_a_slice_of_a_large_budget_takes_at_most_max_slice_entries(own_redis):
+    """A moving window stores one entry per request: at 1,000,000/minute a slice is 100
+    entries (MAX_SLICE), not 20,000."""
+    rates = {Scope.INGEST: "1000000/minute", Scope.TELEMETRY: "100/minute"}
+    limiter = RateLimiter(rates, redis_url=own_redis.url, key_prefix="vc-large")
+    client = redis.Redis.from_url(own_redis.url)
+    try:
+        assert (await limiter.hit(Scope.INGEST, "u1")).allowed
+        assert await client.llen("vc-large:LIMITER/u1/1000000/1/minute") == MAX_SLICE == 100
     finally:
         await client.aclose()
         await limiter.close()
