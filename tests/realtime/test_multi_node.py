@@ -9,13 +9,13 @@ import httpx
 import pytest
 
 from tests.accounts import new_user
-from tests.conftest import service_missing
 from tests.ingest.helpers import MINUTE_MS, hr, now_ms
 from tests.processes import serve_subprocesses, spawn, vitalcast_env
 from tests.realtime.conftest import ClientFactory
 from tests.realtime.test_end_to_end import ingest, next_update_at, wait_ready
 from tests.realtime.test_socket_server import create_session
 from tests.redis_keys import keys_deleted_after
+from tests.services import service_missing
 
 pytestmark = pytest.mark.slow
 
