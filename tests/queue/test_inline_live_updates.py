@@ -16,13 +16,14 @@ import pytest
 from bullmq import Job, Queue
 
 from tests.accounts import new_user
-from tests.conftest import TEST_SECRET, service_missing
+from tests.conftest import TEST_SECRET
 from tests.doubles import FailingFirst, held_while_aggregator
 from tests.ingest.helpers import MINUTE_MS, hr, iso, now_ms
 from tests.processes import FAST_QUEUE
 from tests.queue.helpers import metric_sum
 from tests.realtime.conftest import LiveServer, serve_in_thread
 from tests.redis_keys import delete_keys
+from tests.services import service_missing
 from tests.waits import eventually
 from vitalcast.queue.jobs import job_id
 from vitalcast.redis_connections import blocking_options

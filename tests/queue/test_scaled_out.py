@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from bullmq import Job, Queue
 
 from tests.accounts import new_user
-from tests.conftest import REDIS_URL, in_thread, service_missing
+from tests.conftest import REDIS_URL, in_thread
 from tests.ingest.helpers import MINUTE_MS, hr, iso, now_ms
 from tests.processes import (
     FAST_QUEUE,
@@ -47,6 +47,7 @@ from tests.queue.helpers import (
     scrape,
     worker_subprocess,
 )
+from tests.services import service_missing
 from vitalcast.db.engine import Database, create_engine
 from vitalcast.db.tables import telemetry_cache
 from vitalcast.queue.jobs import job_id

@@ -10,13 +10,13 @@ import pytest
 from bullmq import Job, Queue
 
 from tests.accounts import new_user
-from tests.conftest import service_missing
 from tests.ingest.helpers import MINUTE_MS, hr, now_ms
 from tests.processes import serve_subprocesses, spawn, vitalcast_env
 from tests.realtime.conftest import ClientFactory
 from tests.realtime.test_end_to_end import ingest, next_update_at, wait_ready
 from tests.realtime.test_socket_server import create_session
 from tests.redis_keys import keys_deleted_after
+from tests.services import service_missing
 from vitalcast.queue.jobs import job_id
 from vitalcast.redis_connections import blocking_options
 from vitalcast.telemetry.keys import Resolution, TelemetryKey
