@@ -126,8 +126,8 @@ class Settings(BaseSettings):
         ge=0,
         le=0.5,
         description="Scaled out, the share of a user's budget a server takes from Redis at a "
-        "time and admits without asking again (at least one request, at most 100): one Redis "
-        "round trip per that many requests, for at most servers × (share × limit - 1) requests over the limit "
+        "time and admits without asking again (a slice: at least one request, at most 100): one "
+        "Redis round trip per slice, for at most servers × (slice - 1) requests over the limit "
         "in a window; 0 = one round trip per request, exact.",
     )
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
