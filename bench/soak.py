@@ -9,7 +9,7 @@ transport failure, a refused or dropped socket, an ingest some subscriber never 
 The baseline is the run itself: the first minute after warm-up against the last minute (latency
 p99, server RSS), so that slow leaks and creeping latency show up as a ratio, not a guess.
 
-Computes are read from the computing process's /metrics (the server, or the worker when scaled
+Computes are read from the computing processes' /metrics (the server, and the worker when scaled
 out) at the end of warm-up and at the end, by reason: the ``live_tick`` recomputes of the live
 ticker (once per subscribed view per bucket, also while samples flow) next to the ingest-driven
 ``live_update`` ones, per minute and by their mean cost.
@@ -181,6 +181,17 @@ def by_label(
     return dict(sums)
 
 
+def summed(
+    *scraped: dict[tuple[str, tuple[tuple[str, str], ...]], float],
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Each series summed over several processes' scrapes."""
+    sums: dict[tuple[str, tuple[tuple[str, str], ...]], float] = defaultdict(float)
+    for one in scraped:
+        for series, value in one.items():
+            sums[series] += value
+    return dict(sums)
+
+
 def compute_figures(
     before: dict[tuple[str, tuple[tuple[str, str], ...]], float],
     after: dict[tuple[str, tuple[tuple[str, str], ...]], float],
@@ -332,7 +343,12 @@ async def soak(
     rss_after_warm_up = next((mb for at, mb in stats.rss if at >= measured_from), rss_end)
     first = window(stats, measured_from, measured_from + 60)
     last = window(stats, end_s - 60, end_s)
-    computes = compute_figures(scraped["before"], scraped["after"], minutes)
+    # scaled out, the servers compute their own ingests' live updates and the worker the rest
+    computes = compute_figures(
+        summed(scraped["before"], *([scraped["server_before"]] if scaled else [])),
+        summed(scraped["after"], *([scraped["server_after"]] if scaled else [])),
+        minutes,
+    )
     looks = [
         by_label(scraped[k], "vitalcast_live_ticks_total", "outcome")
         for k in ("server_before", "server_after")

@@ -29,7 +29,8 @@ from pathlib import Path
 import httpx
 import redis
 
-from tests.conftest import TEST_SECRET, executable
+from tests.conftest import TEST_SECRET
+from tests.services import executable
 
 # A child's start-up is mostly importing the app: seconds of CPU that a loaded 2-core machine
 # hands out slowly when several children start at once. The bound only matters on failure.

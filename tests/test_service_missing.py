@@ -1,7 +1,7 @@
 """A missing service or program skips a test locally and fails it in CI, never skips it there.
 
 The tests run pytest in a subprocess on a small test file that looks for ``redis-server`` and
-PostgreSQL's server programs the way the fixtures do (``tests/conftest.py``), with PATH emptied
+PostgreSQL's server programs the way the fixtures do (``tests/services.py``), with PATH emptied
 and the Debian program folders pointed at an empty directory, so that nothing can be found.
 """
 
@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 OUTCOMES = (("failure", "failed"), ("error", "error"), ("skipped", "skipped"))
 
 PROBE = """
-from tests.conftest import executable, postgres_bin_dir
+from tests.services import executable, postgres_bin_dir
 
 
 def test_redis_server():

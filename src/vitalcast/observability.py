@@ -215,6 +215,15 @@ class Metrics:
             "blocking lease ran out.",
             registry=r,
         )
+        self.live_update_routes = Counter(
+            "vitalcast_live_update_routes",
+            "Live updates of cached views after this server's own ingests, by where their "
+            "compute went: inline (this process), queued (to the workers: the local bound was "
+            "full or the server drains), handed_off (taken here, then queued: it failed, found "
+            "the view's lease held elsewhere, or the server stopped before it ran).",
+            ["route"],
+            registry=r,
+        )
         self.telemetry_responses = Counter(
             "vitalcast_telemetry_responses", "Telemetry answers by state.", ["state"], registry=r
         )

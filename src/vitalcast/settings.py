@@ -51,6 +51,12 @@ class Settings(BaseSettings):
         le=256,
         description="Views one batch of computes holds at most (one claim, one GROUP BY, one save).",
     )
+    inline_live_updates: bool = Field(
+        True,
+        description="Scaled out: a server computes the live updates of its own ingests (views "
+        "already cached) in process while its bound has room; the rest goes to the workers. "
+        "false = every compute goes to the workers.",
+    )
     # Off by default: at 40 updates a second 30 ms made two views a batch and saved about a
     # sixth of an update's CPU, but every live update then waited the linger (the scaled-out
     # soak's p99 read 54 ms against 21 without it), and the live path's latency may not regress.

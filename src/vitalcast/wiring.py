@@ -6,6 +6,8 @@ Server (``build_server``)::
     Socket.IO server ─▶ WebSocketBroadcaster ─▶ TelemetryComputer ─▶ BoundedComputeCoordinator
     SubscriptionRegistry (written by the Socket.IO handlers) ───────────────┤ (retries, fallback)
                              scheduler = SessionTelemetryQueueService (Redis) or the coordinator
+                                  │   (scaled out, live updates of cached views first offered
+                                  │    to the coordinator: InlineLiveUpdates)
                                   ├─▶ SessionTelemetryService (answers requests)
                                   ├─▶ LiveTicker (subscribed live views, once per bucket)
                                   ├─▶ InsightsService (compares sessions, schedules misses)
@@ -66,6 +68,7 @@ from vitalcast.telemetry.read.subscribe import SubscribeSupport
 from vitalcast.telemetry.run.batcher import MAX_BATCHES_IN_FLIGHT
 from vitalcast.telemetry.run.computer import TelemetryComputer
 from vitalcast.telemetry.run.coordinator import BoundedComputeCoordinator
+from vitalcast.telemetry.run.inline import InlineLiveUpdates
 from vitalcast.telemetry.run.insights_service import InsightsService
 from vitalcast.telemetry.run.live_ticks import LiveTicker
 from vitalcast.telemetry.run.triggers import TelemetryTriggers
@@ -129,6 +132,9 @@ class ServerParts:
     coordinator: BoundedComputeCoordinator
     #: None in the embedded mode
     queue: SessionTelemetryQueueService | None
+    #: scaled out: the live updates of this server's ingests computed here (None: embedded, or
+    #: ``Settings.inline_live_updates`` off)
+    inline: InlineLiveUpdates | None
     telemetry: SessionTelemetryService
     insights: InsightsService
     triggers: TelemetryTriggers
@@ -201,6 +207,8 @@ class ServerParts:
         await self.share_access.close()
         await self.revocation_poll.close()
         await self.authenticator.close()
+        if self.inline is not None:
+            await self.inline.drain()
         if self.queue is not None:
             await self.queue.close()
         await self.coordinator.stop()
@@ -375,8 +383,17 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
     scheduler: Scheduler = queue if queue is not None else coordinator
     if seams.scheduler_wrapper is not None:
         scheduler = seams.scheduler_wrapper(scheduler)
+    inline = (
+        InlineLiveUpdates(coordinator, scheduler, metrics)
+        if queue is not None and settings.inline_live_updates
+        else None
+    )
     triggers = TelemetryTriggers(
-        db, clock, scheduler, default_window_minutes=settings.default_window_minutes
+        db,
+        clock,
+        scheduler,
+        default_window_minutes=settings.default_window_minutes,
+        inline=inline,
     )
     changes = ChangeFanout(triggers, broadcaster)
     secret = settings.resolved_secret()
@@ -419,6 +436,7 @@ def build_server(settings: Settings, seams: Seams = NO_SEAMS) -> ServerParts:
         computer=computer,
         coordinator=coordinator,
         queue=queue,
+        inline=inline,
         telemetry=telemetry,
         insights=InsightsService(
             db, clock, scheduler, default_window_minutes=settings.default_window_minutes

@@ -19,7 +19,7 @@ from bullmq import Job, Queue
 
 from tests.accounts import new_user
 from tests.alerts.helpers import bearer, heart_rate, ingest, live_session, wait_view
-from tests.conftest import REDIS_URL, in_thread, service_missing
+from tests.conftest import REDIS_URL, in_thread
 from tests.processes import (
     CLIENT_TLS,
     ServerProcess,
@@ -31,6 +31,7 @@ from tests.processes import (
 from tests.queue.conftest import delete_prefix
 from tests.queue.helpers import START_TIMEOUT_S, STOP_TIMEOUT_S, worker_subprocess
 from tests.realtime.conftest import ClientFactory, SocketClient
+from tests.services import service_missing
 from tests.webhooks.receiver import Receiver
 from vitalcast.redis_connections import blocking_options
 

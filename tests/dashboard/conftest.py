@@ -19,7 +19,6 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, Page, async_playwright
 
-from tests.conftest import service_missing
 from tests.processes import (
     ADDRESS_IN_USE,
     BIND_ATTEMPTS,
@@ -31,6 +30,7 @@ from tests.processes import (
     stop_process,
     vitalcast_env,
 )
+from tests.services import service_missing
 from vitalcast.simulator import Api, Pace, SessionRunner
 from vitalcast.wearable import MINUTE_MS, Interval, Profile, SessionPlan, generate
 

@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from tests.conftest import service_missing
+from tests.services import service_missing
 from vitalcast.api.errors import unexpected_problem
 from vitalcast.db import engine as engine_module
 from vitalcast.db.engine import Database, create_engine

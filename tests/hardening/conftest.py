@@ -22,9 +22,10 @@ from typing import Any
 import pytest
 import socketio
 
-from tests.conftest import executable, in_thread, postgres_bin_dir, service_missing
+from tests.conftest import in_thread
 from tests.processes import RedisServer, reap_when_gone, spare_port
 from tests.redis_keys import delete_keys
+from tests.services import executable, postgres_bin_dir, service_missing
 from vitalcast.db.migrate import upgrade
 
 

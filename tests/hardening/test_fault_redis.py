@@ -67,13 +67,16 @@ async def test_redis_outage_keeps_local_subscribers_updated_and_recovers(
 ) -> None:
     """Redis killed mid-session: 3 ingests still reach the server's subscriber (computed in the
     server), GETs stay below 500, /readyz says degraded; Redis restarted: the next ingest is
-    computed by the worker and reaches the subscriber through the Redis fan-out."""
+    computed by the worker and reaches the subscriber through the Redis fan-out. (The server
+    computes no live update inline here, so that every compute outside the outage is the
+    worker's: ``tests/queue/test_inline_live_updates.py`` covers the server's own.)"""
     _user_id, token = await new_user(spare_pg_url, "live")
     env = vitalcast_env(
         tmp_path / "data",
         log_level="warning",
         database_url=spare_pg_url,
         redis_url=spare_redis.url,
+        inline_live_updates="false",
     )
     with (
         serve_subprocess(env, tmp_path / "server.log") as server,

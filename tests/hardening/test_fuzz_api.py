@@ -23,9 +23,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import PG_ADMIN_URL, TEST_SECRET, _pg_admin_sync, in_thread, service_missing
+from tests.conftest import PG_ADMIN_URL, TEST_SECRET, _pg_admin_sync, in_thread
 from tests.ingest.helpers import MINUTE_MS, hr, iso, now_ms
 from tests.processes import ServerProcess, serve_subprocess, vitalcast_env
+from tests.services import service_missing
 from vitalcast.auth import issue_token
 from vitalcast.db.engine import Database, create_engine
 from vitalcast.db.migrate import upgrade

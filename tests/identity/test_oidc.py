@@ -22,9 +22,10 @@ import pytest
 import sqlalchemy as sa
 from cryptography.hazmat.primitives import serialization
 
-from tests.conftest import Users, service_missing
+from tests.conftest import Users
 from tests.identity.issuer import ALGORITHMS, AUDIENCE, LocalIssuer, serve_issuer
 from tests.processes import serve_subprocesses, vitalcast_env
+from tests.services import service_missing
 from vitalcast.app import create_app
 from vitalcast.db.engine import Database, create_engine
 from vitalcast.db.tables import users as users_table

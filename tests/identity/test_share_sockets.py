@@ -14,13 +14,14 @@ import pytest
 import socketio
 
 from tests.accounts import new_user
-from tests.conftest import Users, service_missing
+from tests.conftest import Users
 from tests.ingest.helpers import MINUTE_MS, hr, now_ms
 from tests.processes import CLIENT_TLS, run_cli, serve_subprocesses, vitalcast_env
 from tests.realtime.conftest import ClientFactory, LiveServer, serve_in_thread
 from tests.realtime.test_end_to_end import ingest, next_update_at
 from tests.realtime.test_socket_server import create_session
 from tests.redis_keys import keys_deleted_after
+from tests.services import service_missing
 from vitalcast.clock import ManualClock
 from vitalcast.settings import Settings
 from vitalcast.wiring import Seams

@@ -10,8 +10,8 @@ import time
 import sqlalchemy as sa
 
 from tests.accounts import new_user
-from tests.conftest import service_missing
 from tests.ingest.helpers import MINUTE_MS, now_ms
+from tests.services import service_missing
 from vitalcast.clock import SystemClock
 from vitalcast.db.engine import Database, create_engine
 from vitalcast.ingest import repository as ingest_repository

@@ -1,6 +1,10 @@
 """Issue 4 acceptance: `vitalcast serve` and `vitalcast worker` as real subprocesses on PostgreSQL
 and Redis. The module shares one server (own queue prefix and Socket.IO channel); each test starts
-its own workers and works on its own user's sessions. The outage test has its own Redis."""
+its own workers and works on its own user's sessions. The outage test has its own Redis.
+
+The shared server computes nothing inline (``VITALCAST_INLINE_LIVE_UPDATES=false``): these tests
+prove the workers' side of every compute, live updates included (a failing worker, a killed one);
+``test_inline_live_updates`` proves what a server computes itself."""
 
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ import sqlalchemy as sa
 from bullmq import Job, Queue
 
 from tests.accounts import new_user
-from tests.conftest import REDIS_URL, in_thread, service_missing
+from tests.conftest import REDIS_URL, in_thread
 from tests.ingest.helpers import MINUTE_MS, hr, iso, now_ms
 from tests.processes import (
     FAST_QUEUE,
@@ -43,6 +47,7 @@ from tests.queue.helpers import (
     scrape,
     worker_subprocess,
 )
+from tests.services import service_missing
 from vitalcast.db.engine import Database, create_engine
 from vitalcast.db.tables import telemetry_cache
 from vitalcast.queue.jobs import job_id
@@ -82,6 +87,7 @@ def cluster(
         redis_url=REDIS_URL,
         queue_prefix=prefix,
         socketio_channel=f"{prefix}-sio",
+        inline_live_updates="false",
         **FAST_QUEUE,
     )
     try:

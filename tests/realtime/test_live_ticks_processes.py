@@ -16,12 +16,12 @@ import pytest
 from bullmq import Queue
 
 from tests.accounts import new_user
-from tests.conftest import service_missing
 from tests.ingest.helpers import MINUTE_MS, hr, iso, now_ms
 from tests.processes import serve_subprocesses, vitalcast_env
 from tests.queue.helpers import START_TIMEOUT_S, Api, metric_sum, scrape, worker_subprocess
 from tests.realtime.conftest import ClientFactory, SocketClient
 from tests.redis_keys import keys_deleted_after
+from tests.services import service_missing
 from tests.stepped_clock import set_time
 from vitalcast.redis_connections import blocking_options
 from vitalcast.telemetry.run.live_ticks import TICK_GRACE_MS

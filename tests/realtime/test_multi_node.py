@@ -7,15 +7,19 @@ from typing import Any
 
 import httpx
 import pytest
+from bullmq import Job, Queue
 
 from tests.accounts import new_user
-from tests.conftest import service_missing
 from tests.ingest.helpers import MINUTE_MS, hr, now_ms
 from tests.processes import serve_subprocesses, spawn, vitalcast_env
 from tests.realtime.conftest import ClientFactory
 from tests.realtime.test_end_to_end import ingest, next_update_at, wait_ready
 from tests.realtime.test_socket_server import create_session
 from tests.redis_keys import keys_deleted_after
+from tests.services import service_missing
+from vitalcast.queue.jobs import job_id
+from vitalcast.redis_connections import blocking_options
+from vitalcast.telemetry.keys import Resolution, TelemetryKey
 
 pytestmark = pytest.mark.slow
 
@@ -72,3 +76,57 @@ async def test_client_on_a_receives_update_for_ingest_via_b_computed_by_worker(
             assert worker.process.poll() is None, worker.log()
             assert await server_computes(node_a.url) == 0
             assert await server_computes(node_b.url) == 0
+
+
+async def test_a_live_update_computed_by_the_ingesting_server_reaches_both_servers(
+    pg_database_url: str | None,
+    redis_url: str,
+    unique_prefix: str,
+    tmp_path: Path,
+    socket_client: ClientFactory,
+) -> None:
+    """Once the session's view is cached (its first, cold compute is the worker's), the next
+    live update is computed by server B, which took the ingest: a watcher on B (delivered on
+    B's own node) and a watcher on A (through Redis) both get ``session.updated`` at its
+    watermark, and the worker ran no compute for it."""
+    if pg_database_url is None:
+        service_missing("PostgreSQL")
+    assert pg_database_url is not None
+    env = vitalcast_env(
+        tmp_path / "data",
+        database_url=pg_database_url,
+        redis_url=redis_url,
+        socketio_channel=f"{unique_prefix}-sio",
+        queue_prefix=unique_prefix,
+    )
+    user_id, token = await new_user(pg_database_url)
+    async with keys_deleted_after(redis_url, f"{unique_prefix}*"):
+        with (
+            spawn(["worker"], env, tmp_path / "worker.log") as worker,
+            serve_subprocesses(env, [tmp_path / "a.log", tmp_path / "b.log"]) as (node_a, node_b),
+        ):
+            session = await create_session(node_b.url, token)
+            watchers = [await socket_client(node.url, token) for node in (node_a, node_b)]
+            for watcher in watchers:
+                subscribed = await watcher.call("subscribe", {"session_id": session["id"]})
+                assert subscribed["ok"] is True
+            first = await ingest(node_b.url, token, [hr("c0", now_ms() - MINUTE_MS)])
+            await wait_ready(node_b.url, token, session["id"], first)
+            assert await server_computes(node_b.url) == 0
+
+            second = await ingest(node_b.url, token, [hr("c1", now_ms())])
+            for watcher in watchers:
+                event = await next_update_at(watcher, second, timeout_s=30)
+                assert (event["session_id"], event["source_watermark"]) == (session["id"], second)
+            assert await server_computes(node_b.url) == 1
+            assert await server_computes(node_a.url) == 0
+            assert worker.process.poll() is None, worker.log()
+            key = TelemetryKey(session["id"], 60, Resolution.ONE_MINUTE, user_id=user_id)
+            queue = Queue(
+                "session-telemetry",
+                {"connection": blocking_options(redis_url), "prefix": unique_prefix},
+            )
+            try:
+                assert await Job.fromId(queue, job_id(key, second)) is None
+            finally:
+                await queue.close()

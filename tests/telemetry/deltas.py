@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from tests.conftest import executable
+from tests.services import executable
 
 SCRIPT = Path(__file__).with_name("deltas.mjs")
 

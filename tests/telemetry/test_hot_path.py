@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import TEST_SECRET, service_missing
+from tests.conftest import TEST_SECRET
+from tests.services import service_missing
 from tests.sql_statements import statements_where
 from tests.telemetry.conftest import MINUTE, TelemetryClient, hr, telemetry_client
 from vitalcast.app import create_app

@@ -24,6 +24,12 @@ newest place (that compute is shed, or parked when a trigger asked for it). One 
 a hundred uncached views at once therefore delays another user's view by about one compute,
 not by the hundred (it slowed every other user's fresh views 8×).
 
+A scaled-out server also runs the live updates of its own ingests here (``offer``, from
+``telemetry.run.inline``): taken only while the bound has room (never parked, never making room
+by displacing another user's compute), and handed back (``Handoff``) instead of retried here
+when they fail or find a lease busy, or when the coordinator stops before they ran: the queue's
+workers then do them, as they do every compute this process did not take.
+
 Computes run through ``TelemetryComputer.compute_batch`` (one claim, one read, one save for all
 of a batch). Live updates run in at most ``max_batches`` batches at once; when one ends, the
 waiting live updates (at most ``max_batch``, in the fair order above) start together as the next
@@ -96,6 +102,14 @@ class ComputeRunner(Protocol):
     ) -> Mapping[TelemetryKey, ComputeOutcome]: ...
 
 
+class Handoff(Protocol):
+    """Where a compute taken by ``offer`` goes when it cannot finish here (it failed, found its
+    backoff or another holder's lease, or the coordinator stopped before it ran): the queue.
+    Synchronous, never raises: it starts whatever hand-over it needs."""
+
+    def __call__(self, key: TelemetryKey, watermark: int, reason: ScheduleReason) -> None: ...
+
+
 class RetryDelay(Protocol):
     """Milliseconds until a key that could not run may run again (0: nothing blocks it now),
     None when there is nothing left to compute (the session is gone). ``retries.RetryDelays``
@@ -114,11 +128,16 @@ class _Entry:
     #: how many times this compute was already submitted again after failing or being blocked
     retries: int = 0
     enqueued_at: float = field(default_factory=time.perf_counter)
+    #: taken by ``offer``: where it goes instead of a retry here (None: retried here)
+    handoff: Handoff | None = None
 
     def absorb(self, other: _Entry) -> None:
-        """Coalesce a later request for the same key: the newest watermark, any trigger."""
+        """Coalesce a later request for the same key: the newest watermark, any trigger. A
+        compute this process was asked to own (no hand-off) stays owned here."""
         self.watermark = max(self.watermark, other.watermark)
         self.triggered = self.triggered or other.triggered
+        if other.handoff is None:
+            self.handoff = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +230,9 @@ class BoundedComputeCoordinator:
         """Refuse new work, drop what waits, give running computes ``timeout_s`` to finish and
         cancel the rest (their leases expire and the computes are retried elsewhere)."""
         self._closed = True
+        # offered computes that never ran belong to the queue (usually released already)
+        for key, watermark, reason, handoff in self.release_offered():
+            handoff(key, watermark, reason)
         self._pending.clear()
         self._deferred.clear()
         retrying = [task for _entry, task in self._retrying.values()]
@@ -235,6 +257,37 @@ class BoundedComputeCoordinator:
         if not triggered:
             self._note_read(key)
         return self._admit(_Entry(key, reason, watermark, triggered), parkable=triggered)
+
+    def offer(
+        self, key: TelemetryKey, *, watermark: int, reason: ScheduleReason, handoff: Handoff
+    ) -> bool:
+        """Take a compute of ``key`` only if the bound has room for it now (or it coalesces
+        with one waiting); False otherwise, with nothing counted as shed, parked or displaced:
+        the caller sends it elsewhere. A taken compute that cannot finish here goes to
+        ``handoff`` (see ``Handoff``), never into a retry of this process."""
+        if self._closed:
+            return False
+        waiting = self._pending.get(key)
+        entry = _Entry(key, reason, watermark, triggered=True, handoff=handoff)
+        full = waiting is None and len(self._pending) >= self.max_pending
+        if full and not (self._can_start(entry) and key not in self._running):
+            return False
+        self._submitted += 1
+        return self._admit(entry, parkable=False)
+
+    def release_offered(self) -> list[tuple[TelemetryKey, int, ScheduleReason, Handoff]]:
+        """Remove the offered computes that wait (not yet running) and return them, so that a
+        server that drains hands them to the queue before it closes it."""
+        released: list[tuple[TelemetryKey, int, ScheduleReason, Handoff]] = []
+        for waiting in (self._pending, self._deferred):
+            for key, entry in list(waiting.items()):
+                if entry.handoff is not None:
+                    del waiting[key]
+                    released.append((key, entry.watermark, entry.reason, entry.handoff))
+        self._update_gauges()
+        if not self._running and not self._pending and not self._deferred:
+            self._idle.set()
+        return released
 
     def _admit(self, entry: _Entry, *, parkable: bool) -> bool:
         """Queue ``entry`` (or coalesce it); beyond the bound park it when ``parkable``, else
@@ -320,6 +373,9 @@ class BoundedComputeCoordinator:
         return read_at is not None and time.monotonic() - read_at <= self._recent_read_s
 
     def _plan_retry(self, entry: _Entry) -> None:
+        if entry.handoff is not None:
+            entry.handoff(entry.key, entry.watermark, entry.reason)
+            return
         retry_delay = self._retry_delay
         if retry_delay is None or self._closed:
             return

@@ -1,7 +1,9 @@
 """``TelemetryTriggers``: turns session changes into scheduled computes (a ``ChangeListener``).
 
 - Ingest moved sessions' watermarks: recompute every cached view of them and the default one
-  (``live_update`` while active, ``late_ingest`` once ended).
+  (``live_update`` while active, ``late_ingest`` once ended). On a scaled-out server the live
+  updates of views already cached are offered to the server's own coordinator first
+  (``inline``, see ``telemetry.run.inline``); what it does not take goes to the scheduler.
 - A session ended or was cancelled: precompute the default window at 1m and 5m, and refresh any
   other cached view (``session_completed``). Starting a session schedules nothing.
 
@@ -19,7 +21,8 @@ from vitalcast.observability import get_logger
 from vitalcast.sessions.changes import CachedView
 from vitalcast.sessions.models import Session
 from vitalcast.telemetry.keys import COMPUTE_VERSION, Resolution, ScheduleReason, TelemetryKey
-from vitalcast.telemetry.scheduling import Scheduler, schedule_many
+from vitalcast.telemetry.run.inline import InlineLiveUpdates
+from vitalcast.telemetry.scheduling import Scheduler, Submission, schedule_many
 from vitalcast.telemetry.store import queries
 
 log = get_logger(__name__)
@@ -29,11 +32,18 @@ class TelemetryTriggers:
     """Schedules the recomputes a session change calls for; never raises into its caller."""
 
     def __init__(
-        self, db: Database, clock: Clock, scheduler: Scheduler, *, default_window_minutes: int
+        self,
+        db: Database,
+        clock: Clock,
+        scheduler: Scheduler,
+        *,
+        default_window_minutes: int,
+        inline: InlineLiveUpdates | None = None,
     ) -> None:
         self._db = db
         self._clock = clock
         self._scheduler = scheduler
+        self._inline = inline
         self._window_minutes = default_window_minutes
 
     async def sessions_changed(
@@ -42,7 +52,7 @@ class TelemetryTriggers:
         """Ingest moved these sessions' watermarks; ``views`` are their cached views, as the
         ingest's transaction read them."""
         by_id = {session.id: session for session in sessions}
-        keys = {
+        cached = {
             TelemetryKey(
                 view.session_id,
                 view.window_minutes,
@@ -53,6 +63,7 @@ class TelemetryTriggers:
             for view in views
             if view.compute_version == COMPUTE_VERSION and view.session_id in by_id
         }
+        keys = set(cached)
         now_ms = self._clock.now_ms()
         for session in by_id.values():
             keys.add(
@@ -60,19 +71,24 @@ class TelemetryTriggers:
                     session, window_minutes=self._window_minutes, now_ms=now_ms
                 )
             )
-        await schedule_many(
-            self._scheduler,
-            [
-                (
-                    key,
-                    by_id[key.session_id].source_watermark,
-                    ScheduleReason.LIVE_UPDATE
-                    if by_id[key.session_id].live
-                    else ScheduleReason.LATE_INGEST,
-                )
-                for key in sorted(keys)
-            ],
-        )
+        submissions: list[Submission] = [
+            (
+                key,
+                by_id[key.session_id].source_watermark,
+                ScheduleReason.LIVE_UPDATE
+                if by_id[key.session_id].live
+                else ScheduleReason.LATE_INGEST,
+            )
+            for key in sorted(keys)
+        ]
+        if self._inline is not None:
+            warm = [s for s in submissions if s[2] is ScheduleReason.LIVE_UPDATE and s[0] in cached]
+            if warm:
+                taken = {
+                    s[0] for s, took in zip(warm, self._inline.offer(warm), strict=True) if took
+                }
+                submissions = [s for s in submissions if s[0] not in taken]
+        await schedule_many(self._scheduler, submissions)
 
     async def session_status(self, session: Session) -> None:
         """A session started, ended or was cancelled."""
