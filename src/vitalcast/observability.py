@@ -173,9 +173,10 @@ class Metrics:
         self.compute_stage_seconds = Histogram(
             "vitalcast_compute_stage_seconds",
             "Where a batch of computes' time went: the claim (lease and read of the views in "
-            "one statement) and the change-log read (read), the GROUP BY and merges "
-            "(aggregate), assembling and packing the payloads (assemble), the one save, and "
-            "the push to the sessions' rooms.",
+            "one statement; on PostgreSQL with their change logs and their live tails' GROUP "
+            "BY) and the change-log read (read), the GROUP BY of the ranges the claim did not "
+            "read and the merges (aggregate), assembling and packing the payloads (assemble), "
+            "the one save, and the push to the sessions' rooms.",
             ["stage"],
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
             registry=r,

@@ -4,6 +4,7 @@ of a session, compute paths from /metrics, and a counter of SQL statements over 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -13,9 +14,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.telemetry.conftest import TelemetryClient
 from vitalcast.db.tables import session_changes, telemetry_cache
-from vitalcast.telemetry.compute.incremental import ViewInput, compute_view, compute_views
+from vitalcast.telemetry.compute.aggregate import aggregate_rows
+from vitalcast.telemetry.compute.incremental import (
+    ViewInput,
+    compute_view,
+    compute_views,
+    guess_tails,
+)
 from vitalcast.telemetry.compute.memo import ViewMemo
-from vitalcast.telemetry.compute.results import ComputedTelemetry, StoredView
+from vitalcast.telemetry.compute.results import ComputedTelemetry, StoredView, TailRows
 from vitalcast.telemetry.keys import COMPUTE_VERSION, Resolution, TelemetryKey
 from vitalcast.testing import load_session
 
@@ -76,6 +83,25 @@ async def recompute(
         return await compute_view(conn, session, key, now_ms, stored, memo=memo)
 
 
+async def recompute_from_tail(
+    tc: TelemetryClient, key: TelemetryKey, now_ms: int, stored: StoredView, memo: ViewMemo
+) -> tuple[ComputedTelemetry, bool]:
+    """``recompute`` from ``stored`` with the tail ``memo`` guesses for ``key`` at ``now_ms``
+    and its rows, as a claim on PostgreSQL reads them (here on either database: the portable
+    GROUP BY of the tail's range), not saved; and whether a tail was guessed."""
+    tail = guess_tails([key], memo, now_ms).get(key)
+    if tail is None:
+        return await recompute(tc, key, now_ms, stored, memo=None), False
+    async with tc.db.read() as conn:
+        session = await load_session(conn, key)
+        assert session is not None
+        rows = await aggregate_rows(
+            conn, session.user_id, tail.window, tail.bucket_ms, [(tail.lo, tail.hi)]
+        )
+        tailed = dataclasses.replace(stored, tail=TailRows(tail, tuple(rows)))
+        return await compute_view(conn, session, key, now_ms, tailed, memo=None), True
+
+
 async def compute_paths(tc: TelemetryClient) -> dict[str, float]:
     """vitalcast_compute_paths_total by path, read from /metrics."""
     text = (await tc.http.get("/metrics")).text
@@ -99,13 +125,15 @@ async def log_seqs(tc: TelemetryClient, session_id: str) -> list[int]:
 
 
 class SampleQueries:
-    """Counts the SQL statements that read ``health_samples`` on an engine while active."""
+    """Counts the SQL statements that read ``health_samples`` on an engine while active, but a
+    compute's claim: on PostgreSQL it names the samples for a live view's tail, which it reads
+    only when a change was logged since the stored payload (``leases._claim_statement``)."""
 
     def __init__(self) -> None:
         self.count = 0
 
     def _seen(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if "health_samples" in statement:
+        if "health_samples" in statement and not Statements.KINDS["claim"](statement):
             self.count += 1
 
     @contextlib.contextmanager

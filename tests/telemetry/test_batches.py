@@ -1,7 +1,8 @@
 """Computes batched across views: a batch saves byte for byte what the same views computed one by
 one save (payload, partials, history), a poisoned view fails alone (its failure and backoff are
 recorded, every other view is saved and told once, and it is retried), and a batch of many due
-views costs one claim, one change-log read, one GROUP BY and one save statement.
+views costs one claim, one change-log read, one GROUP BY and one save statement (on PostgreSQL a
+live update the claim's tail covers: the claim and the save).
 
 Real app, real SQLite and PostgreSQL; the computes run only when a test asks the computer.
 """
@@ -255,21 +256,25 @@ def _units(db: Database) -> Iterator[list[bool]]:
 
 
 async def test_a_batch_of_due_views_is_one_claim_one_group_by_and_one_save(mtc, users):
-    """Six due views (three sessions, each with news) cost one claim, one change-log read (on
-    PostgreSQL none: the claim reads the logs), one GROUP BY and one save statement, and at most
-    one prune, in two units of work (the claim folded into the read, the save); one view alone
-    costs the same.
+    """Six due views (three sessions, each with news) cost one claim, one change-log read, one
+    GROUP BY and one save statement, and at most one prune, in two units of work (the claim
+    folded into the read, the save); one view alone costs the same. On PostgreSQL the claim
+    also reads the change logs and the GROUP BY rows of each view's tail, guessed from this
+    process's last save of it: a live update is two statements, the claim and the save. News
+    older than the tail costs its GROUP BY again, and is saved as a full compute gives it.
     /metrics shows each batch's size and its time per stage."""
     keys, headers_of = await _live_sessions(mtc, users)
     await mtc.parts.computer.compute_batch([(k, UPDATE) for k in keys])
+    pg = not mtc.db.sqlite
 
-    async def news(round_: int) -> None:
+    async def news(round_: int, ago_ms: int) -> None:
         for session_id, headers in headers_of.items():
             now = mtc.clock.now_ms()
-            await mtc.post_samples(headers, [hr(f"n{round_}-{session_id}", now - MINUTE, 77.0)])
+            await mtc.post_samples(headers, [hr(f"n{round_}-{session_id}", now - ago_ms, 77.0)])
 
-    for round_, batch in enumerate((keys, keys[:1])):
-        await news(round_)
+    rounds = ((keys, MINUTE, not pg), (keys[:1], MINUTE, not pg), (keys, 10 * MINUTE, True))
+    for round_, (batch, ago_ms, group_by) in enumerate(rounds):
+        await news(round_, ago_ms)
         with Statements().watching() as statements, _units(mtc.db) as units:
             outcomes = await mtc.parts.computer.compute_batch([(k, UPDATE) for k in batch])
         assert set(outcomes.values()) == {ComputeOutcome.COMPUTED}, outcomes
@@ -277,16 +282,19 @@ async def test_a_batch_of_due_views_is_one_claim_one_group_by_and_one_save(mtc, 
         assert units == [True, True], units
         counts = {kind: statements.count(kind) for kind in Statements.KINDS}
         assert counts["prune"] <= 1, counts
-        log_reads = 1 if mtc.db.sqlite else 0
         assert dataclasses.replace(_Counts(**counts), prune=0) == _Counts(
-            claim=1, save=1, group_by=1, log_read=log_reads, prune=0, cache_other=0
-        ), (len(batch), statements.seen)
-    # /metrics: the batches' sizes (6, 6 and 1 views) and where their time went
+            claim=1, save=1, group_by=int(group_by), log_read=int(not pg), prune=0, cache_other=0
+        ), (round_, statements.seen)
+        assert len(statements.seen) == 2 + 2 * (not pg) + (pg and group_by) + counts["prune"]
+        now = mtc.clock.now_ms()
+        for key, (payload, _partials, _history) in (await _rows(mtc, batch)).items():
+            assert payload == (await recompute(mtc, key, now, None)).blob, (round_, key)
+    # /metrics: the batches' sizes (6, 6, 1 and 6 views) and where their time went
     text = (await mtc.http.get("/metrics")).text
-    assert "vitalcast_compute_batch_views_count 3.0" in text
-    assert "vitalcast_compute_batch_views_sum 13.0" in text
+    assert "vitalcast_compute_batch_views_count 4.0" in text
+    assert "vitalcast_compute_batch_views_sum 19.0" in text
     for stage in ("read", "aggregate", "assemble", "save", "push"):
-        assert f'vitalcast_compute_stage_seconds_count{{stage="{stage}"}} 3.0' in text, stage
+        assert f'vitalcast_compute_stage_seconds_count{{stage="{stage}"}} 4.0' in text, stage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -301,9 +309,10 @@ class _Counts:
 
 async def test_a_read_failing_after_the_claim_records_its_failure_and_backoff(mtc, users):
     """The claim and the read are one unit of work: when the read fails (here the samples the
-    GROUP BY reads are out of reach), the failure and its backoff are still recorded under the leases (taken again
-    on SQLite, where the claim went with the unit; held on PostgreSQL, where the claim stands
-    alone), the payloads kept; after the backoff the views are saved."""
+    GROUP BY reads are out of reach), the failure and its backoff are still recorded under the
+    leases (taken again on SQLite, where the claim went with the unit; held on PostgreSQL, where
+    the claim stands alone: there the claim reading the views' tails fails with the samples, and
+    is taken again without them), the payloads kept; after the backoff the views are saved."""
     keys, headers_of = await _live_sessions(mtc, users)
     computer = mtc.parts.computer
     assert set((await computer.compute_batch([(k, UPDATE) for k in keys])).values()) == {
@@ -315,11 +324,14 @@ async def test_a_read_failing_after_the_claim_records_its_failure_and_backoff(mt
     async with mtc.db.write() as conn:
         await conn.exec_driver_sql("ALTER TABLE health_samples RENAME TO health_samples_away")
     try:
-        outcomes = await computer.compute_batch([(k, UPDATE) for k in keys])
+        with Statements().watching() as statements:
+            outcomes = await computer.compute_batch([(k, UPDATE) for k in keys])
     finally:
         async with mtc.db.write() as conn:
             await conn.exec_driver_sql("ALTER TABLE health_samples_away RENAME TO health_samples")
     assert outcomes == dict.fromkeys(keys, ComputeOutcome.FAILED)
+    # SQLite: the claim, then again to record the failures; PostgreSQL: with and without tails
+    assert statements.count("claim") == 2, statements.seen
     await _failed_once(mtc, keys)
     assert await _rows(mtc, keys) == kept
     again = await computer.compute_batch([(k, UPDATE) for k in keys])

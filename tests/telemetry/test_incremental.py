@@ -29,6 +29,7 @@ from tests.telemetry.incremental_helpers import (
     log_seqs,
     recompute,
     recompute_batch,
+    recompute_from_tail,
 )
 from vitalcast.catalog import ALL_CODES
 from vitalcast.db.tables import session_changes, telemetry_cache
@@ -241,6 +242,7 @@ async def test_incremental_payloads_equal_full_recomputes_and_deltas_rebuild_the
     data_steps_while_live = 0
     before = await compute_paths(tc)
     hits = view_memo.hits
+    tails = 0
     for step in program.steps:
         now = tc.clock.now_ms()
         result: dict[str, Any] = {}
@@ -294,9 +296,13 @@ async def test_incremental_payloads_equal_full_recomputes_and_deltas_rebuild_the
             warm = await recompute(tc, view.key, now, view.stored, memo=remembered)
             assert remembered.hits == 1, view.key  # the computer's last save, from memory
             full = await recompute(tc, view.key, now, None, memo=None)
-            assert later.blob == full.blob == warm.blob == together.blob, view.key
+            # and with the rows of the tail a claim reads for a live view this process saved
+            tailed, guessed = await recompute_from_tail(tc, view.key, now, view.stored, view_memo)
+            tails += guessed
+            assert later.blob == full.blob == warm.blob == together.blob == tailed.blob, view.key
             assert later.partials == full.partials == warm.partials == together.partials
-            assert later.history == warm.history == together.history, view.key
+            assert later.partials == tailed.partials, view.key
+            assert later.history == warm.history == together.history == tailed.history, view.key
         for client in clients:
             await client.refresh()
     after = await compute_paths(tc)
@@ -304,6 +310,8 @@ async def test_incremental_payloads_equal_full_recomputes_and_deltas_rebuild_the
     # every change while live recomputes both cached views from their partials, from memory
     assert incremental >= 2 * data_steps_while_live
     assert view_memo.hits - hits >= incremental
+    # while live, the views were recomputed from the tails their claims read, too
+    assert tails or not data_steps_while_live
 
 
 # -- when the log cannot prove completeness ---------------------------------------------------

@@ -52,6 +52,27 @@ _QUANTIZED = {
     "postgresql": "CAST(FLOOR(s.value * {scale} + 0.5) AS BIGINT)",
     "sqlite": "CAST(s.value * {scale} + 0.5 AS INTEGER)",
 }
+# The GROUP BY of samples against ranges of a relation ``{r}`` (columns lo, hi, window_start,
+# window_end, bucket_ms, session_start, session_end): the columns of a ``downsample.Row``, after
+# ``{lead}``. Written once for the two statements that aggregate: a batch's (below) and, on
+# PostgreSQL, a compute's claim, which aggregates a live view's guessed tail (``tail_rows_sql``).
+_GROUPED = """
+SELECT {lead}s.metric AS metric,
+       (s.start_ms - {r}.window_start) / {r}.bucket_ms AS bucket,
+       CASE WHEN s.start_ms >= {r}.window_end THEN {ahead}
+            WHEN s.start_ms < {r}.session_start THEN 0
+            WHEN s.start_ms < {r}.session_end THEN 1
+            ELSE 2 END AS phase,
+       COUNT(*) AS n, CAST(SUM({quantized}) AS BIGINT) AS total,
+       MIN(s.value) AS low, MAX(s.value) AS high,
+       MIN(s.start_ms) AS first_ms, MAX(s.start_ms) AS last_ms
+FROM {source}
+WHERE s.user_id = {user}
+  AND s.metric IN {metrics}
+  AND s.start_ms >= {r}.lo AND s.start_ms < {r}.hi
+  AND NOT s.deleted
+GROUP BY {ordinals}
+"""
 # One statement for a whole batch of views: the relation ``r`` holds one row per time range to
 # aggregate, with its view's index and grid (user, window start and end, bucket, phases), and each
 # sample is grouped with the range it falls in. A view's ranges are disjoint (``merge_ranges``),
@@ -60,22 +81,7 @@ _QUANTIZED = {
 # few ranges first and look samples up by index (user, metric, time) for each.
 _AGGREGATE = """
 WITH r(v, user_id, lo, hi, window_start, window_end, bucket_ms, session_start, session_end)
-AS (VALUES {values})
-SELECT r.v, s.metric,
-       (s.start_ms - r.window_start) / r.bucket_ms AS bucket,
-       CASE WHEN s.start_ms >= r.window_end THEN {ahead}
-            WHEN s.start_ms < r.session_start THEN 0
-            WHEN s.start_ms < r.session_end THEN 1
-            ELSE 2 END AS phase,
-       COUNT(*), CAST(SUM({quantized}) AS BIGINT),
-       MIN(s.value), MAX(s.value), MIN(s.start_ms), MAX(s.start_ms)
-FROM r CROSS JOIN health_samples s
-WHERE s.user_id = r.user_id
-  AND s.metric IN :metrics
-  AND s.start_ms >= r.lo AND s.start_ms < r.hi
-  AND NOT s.deleted
-GROUP BY 1, 2, 3, 4
-"""
+AS (VALUES {values})"""
 _RANGE_ROW = (
     "(CAST(:v{i} AS INTEGER), CAST(:u{i} AS VARCHAR(36)), CAST(:lo{i} AS BIGINT), "
     "CAST(:hi{i} AS BIGINT), CAST(:ws{i} AS BIGINT), CAST(:we{i} AS BIGINT), "
@@ -93,7 +99,16 @@ def _statement(dialect: str, n_ranges: int) -> Prepared:
     if statement is None:
         values = ", ".join(_RANGE_ROW.format(i=i) for i in range(n_ranges))
         quantized = _QUANTIZED[dialect].format(scale=SUM_SCALE)
-        text = _AGGREGATE.format(ahead=AHEAD, quantized=quantized, values=values)
+        text = _AGGREGATE.format(values=values) + _GROUPED.format(
+            lead="r.v, ",
+            r="r",
+            ahead=AHEAD,
+            quantized=quantized,
+            source="r CROSS JOIN health_samples s",
+            user="r.user_id",
+            metrics=":metrics",
+            ordinals="1, 2, 3, 4",
+        )
         statement = Prepared(
             sa.text(text).bindparams(sa.bindparam("metrics", expanding=True)), read_only=True
         )
@@ -227,3 +242,23 @@ def assemble(
         },
     }
     return Assembled(document, metrics, raw_count)
+
+
+def tail_rows_sql(r: str, user: str) -> str:
+    """The GROUP BY rows of the ranges of ``r`` (a relation of the PostgreSQL statement around
+    it, with the columns ``_GROUPED`` names) over the samples of ``user`` (an expression), as
+    one value: an array of ``downsample.Row`` records, NULL when no sample is in range. The
+    claim reads a live view's guessed tail with it (``incremental.guess_tails``)."""
+    assert all(code.isidentifier() for code in ALL_CODES)  # written into the SQL as they are
+    grouped = _GROUPED.format(
+        lead="",
+        r=r,
+        ahead=AHEAD,
+        quantized=_QUANTIZED["postgresql"].format(scale=SUM_SCALE),
+        source="health_samples s",
+        user=user,
+        metrics="(" + ", ".join(f"'{code}'" for code in ALL_CODES) + ")",
+        ordinals="1, 2, 3",
+    )
+    columns = "g.metric, g.bucket, g.phase, g.n, g.total, g.low, g.high, g.first_ms, g.last_ms"
+    return f"(SELECT array_agg(ROW({columns})) FROM ({grouped}) g)"

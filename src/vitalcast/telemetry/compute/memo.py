@@ -55,6 +55,12 @@ class ViewMemo:
                 self._entries.move_to_end(key)
         return entry
 
+    def last_partials(self, key: TelemetryKey) -> Partials | None:
+        """The partials of the last save this process made of ``key``, not checked against what
+        is stored: a guess made before the view's row is read (``incremental.guess_tails``)."""
+        entry = self._entries.get(key)
+        return None if entry is None else entry.partials
+
     def put(self, key: TelemetryKey, entry: RememberedView) -> None:
         with self._lock:
             self._entries[key] = entry

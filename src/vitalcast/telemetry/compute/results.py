@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from vitalcast.sessions import changelog
+from vitalcast.telemetry.compute.downsample import Row
 from vitalcast.telemetry.grid import TelemetryWindow
 from vitalcast.telemetry.keys import CacheState
 from vitalcast.telemetry.ports import AlertEpisode
@@ -38,6 +39,29 @@ class StoredView:
     #: the session's change-log entries after ``source_watermark`` up to its watermark, read
     #: with the claim (PostgreSQL), as ``changelog.walk`` takes them; None: the read asks for them
     log: changelog.Entries | None = None
+    #: the tail this process guessed for the view and its GROUP BY rows, read with the claim
+    #: (PostgreSQL, ``incremental.guess_tails``); None: no guess
+    tail: TailRows | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Tail:
+    """What a live view's incremental compute at a given time will most likely aggregate,
+    guessed before its claim (``incremental.guess_tails``): the window it will have and the
+    bucket-aligned time range ``[lo, hi)`` from a little before its last live edge on."""
+
+    window: TelemetryWindow
+    bucket_ms: int
+    lo: int
+    hi: int
+
+
+@dataclass(frozen=True, slots=True)
+class TailRows:
+    """A guessed ``tail`` and the GROUP BY rows of its range (``downsample.Row`` tuples)."""
+
+    tail: Tail
+    rows: tuple[Row, ...]
 
 
 @dataclass(frozen=True, slots=True)

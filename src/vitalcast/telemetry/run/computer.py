@@ -3,7 +3,10 @@
 A batch takes two units of work, whatever its size. The first *claims* the leases of all its keys,
 reading what their computes start from (one statement), and reads what they need: one read of
 the change logs and, for a live update, one GROUP BY over every dirty range (see
-``compute/incremental``; a full compute's longer GROUP BY runs in a read unit of its own). Each
+``compute/incremental``; a full compute's longer GROUP BY runs in a read unit of its own). On
+PostgreSQL the claim itself reads the change logs and the GROUP BY rows of each live view's
+guessed tail (``guess_tails``): a live update the tail covers is two statements, the claim and
+the save. Each
 view is then assembled on its own on the loop, and the second unit, one compare-and-set save,
 stores every result whose lease is still ours and prunes the change logs no cached view needs
 any more. Then, per saved view, the listener and the post-save hooks. A view whose compute raised
@@ -33,7 +36,13 @@ from vitalcast.db.engine import Database
 from vitalcast.observability import Metrics, get_logger
 from vitalcast.sessions import changelog
 from vitalcast.sessions.models import Session
-from vitalcast.telemetry.compute.incremental import Aggregator, BatchRead, ViewInput, read_views
+from vitalcast.telemetry.compute.incremental import (
+    Aggregator,
+    BatchRead,
+    ViewInput,
+    guess_tails,
+    read_views,
+)
 from vitalcast.telemetry.compute.memo import ViewMemo
 from vitalcast.telemetry.compute.results import ComputedTelemetry, ComputePath
 from vitalcast.telemetry.grid import payload_current
@@ -230,11 +239,24 @@ class TelemetryComputer:
     ) -> BatchRead | None:
         """The batch's one unit of work before its save: take the leases (giving back at once
         those whose payload is already current) and read what the due views' computes need:
-        change logs and, for a live update, the GROUP BY (``read_views``)."""
+        change logs and, for a live update, the GROUP BY (``read_views``). On PostgreSQL the
+        claim reads the change logs and the rows of the tails guessed for live views
+        (``guess_tails``): a live update the tail covers runs no other statement here."""
         started = time.perf_counter()
-        claims = await self._cache.claim(
-            conn, keys, owner=self.owner_id, now_ms=now, lease_ms=self._lease_ms
-        )
+        tails = guess_tails(keys, self._memo, now)
+        try:
+            claims = await self._cache.claim(
+                conn, keys, owner=self.owner_id, now_ms=now, lease_ms=self._lease_ms, tails=tails
+            )
+        except Exception:
+            if not tails or not self._alone_units:
+                raise
+            # The tails' GROUP BY failed with the claim (the samples out of reach): claim
+            # without them, so that the read fails after the claim as it would have, and its
+            # failure and backoff are recorded (see ``compute_batch``).
+            claims = await self._cache.claim(
+                conn, keys, owner=self.owner_id, now_ms=now, lease_ms=self._lease_ms
+            )
         due: list[Claim] = []
         fresh: list[TelemetryKey] = []
         for key, claim in claims.items():
@@ -363,7 +385,8 @@ class TelemetryComputer:
                         base_watermark=computed.base_watermark,
                     )
                 )
-        # the read stage is the claim (lease and read in one statement) and the change-log read
+        # the read stage is the claim (lease and read in one statement; on PostgreSQL with the
+        # change logs and the live tails' GROUP BY) and the change-log read
         stages = batch.stage_seconds | {"save": save_s, "push": time.perf_counter() - pushing}
         for stage, seconds in stages.items():
             self._labelled(self._metrics.compute_stage_seconds, stage).observe(max(seconds, 0.0))

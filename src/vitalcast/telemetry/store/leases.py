@@ -16,7 +16,7 @@ caller's transaction (``db.write()`` or a unit) and commits nothing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +29,8 @@ from vitalcast.db.prepared import Prepared
 from vitalcast.db.tables import session_changes, sessions, telemetry_cache
 from vitalcast.sessions import changelog
 from vitalcast.sessions.models import Session, SessionStatus
-from vitalcast.telemetry.compute.results import ComputedTelemetry, StoredView
+from vitalcast.telemetry.compute.aggregate import tail_rows_sql
+from vitalcast.telemetry.compute.results import ComputedTelemetry, StoredView, Tail, TailRows
 from vitalcast.telemetry.keys import CacheState, TelemetryKey
 from vitalcast.telemetry.store.queries import key_clause
 from vitalcast.telemetry.store.rows import Claim, Lease, LeaseRefusal
@@ -129,17 +130,58 @@ def _save_statement(dialect: str, n_rows: int) -> Prepared:
     return statement
 
 
-_CLAIMS: dict[str, Prepared] = {}
+_CLAIMS: dict[tuple[str, bool], Prepared] = {}
+#: the columns of the relation a PostgreSQL claim is bound as, one array parameter each: a key,
+#: then its guessed tail (``Tail``; NULL: none) as ``aggregate.tail_rows_sql`` reads it
+_WANTED = (
+    ("session_id", sa.String),
+    ("window_minutes", sa.Integer),
+    ("resolution", sa.String),
+    ("compute_version", sa.Integer),
+    ("lo", sa.BigInteger),
+    ("hi", sa.BigInteger),
+    ("window_start", sa.BigInteger),
+    ("window_end", sa.BigInteger),
+    ("bucket_ms", sa.BigInteger),
+    ("session_start", sa.BigInteger),
+    ("session_end", sa.BigInteger),
+)
+_NO_TAIL = (None,) * 7
 
 
-def _claim_statement(dialect: str) -> Prepared:
-    """The claim (see ``claim``), built once per dialect: bound are the keys, the owner, now
-    and the lease's expiry."""
-    statement = _CLAIMS.get(dialect)
+def _tail_values(tail: Tail | None) -> tuple[int | None, ...]:
+    if tail is None:
+        return _NO_TAIL
+    window = tail.window
+    session_end = window.end_ms if window.session_end_ms is None else window.session_end_ms
+    return (
+        tail.lo,
+        tail.hi,
+        window.start_ms,
+        window.end_ms,
+        tail.bucket_ms,
+        window.session_start_ms,
+        session_end,
+    )
+
+
+def _claim_statement(dialect: str, tails: bool) -> Prepared:
+    """The claim (see ``claim``), built once per dialect and ``tails`` (PostgreSQL: whether it
+    reads the GROUP BY rows of guessed tails): bound are the keys (on PostgreSQL, with their
+    tails, as one relation of array parameters: one statement text whatever the batch's size),
+    the owner, now and the lease's expiry."""
+    statement = _CLAIMS.get((dialect, tails))
     if statement is not None:
         return statement
     now = sa.bindparam("now", type_=sa.BigInteger)
     if dialect == "postgresql":
+        want = (
+            sa.func.unnest(
+                *(sa.bindparam(name, type_=postgresql.ARRAY(type_)) for name, type_ in _WANTED)
+            )
+            .table_valued(*(name for name, _t in _WANTED))
+            .render_derived(name="want")
+        )
         session_columns: list[Any] = [  # Any: columns of several types
             getattr(s, name).label(f"s_{name}") for name in _SESSION_FIELDS
         ]
@@ -161,7 +203,25 @@ def _claim_statement(dialect: str) -> Prepared:
             .scalar_subquery()
             .label("log_entries")
         )
-        joined: list[sa.ColumnElement[bool]] = [s.id == c.session_id]
+        # The GROUP BY rows of the view's guessed tail, from the statement's snapshot: a live
+        # update whose plan the tail covers needs no GROUP BY of its own (a round trip less,
+        # ``incremental.guess_tails``). NULL, and not even the subquery runs, without a guess or
+        # when nothing was logged since the stored payload (a live tick); an empty array when
+        # the tail holds no sample.
+        if tails:
+            tail_rows = tail_rows_sql("want", "sessions.user_id")
+            session_columns.append(
+                sa.literal_column(
+                    "CASE WHEN want.lo IS NULL"
+                    " OR sessions.source_watermark = telemetry_cache.source_watermark THEN NULL"
+                    f" ELSE COALESCE({tail_rows}, '{{}}') END"
+                ).label("tail_rows")
+            )
+        joined: list[sa.ColumnElement[bool]] = [
+            s.id == c.session_id,
+            *(getattr(want.c, column.name) == column for column in _KEY_COLUMNS),
+        ]
+        wanted: sa.ColumnElement[bool] = sa.true()
     else:
         # SQLite's RETURNING may not name the tables of UPDATE … FROM: a subquery each
         session_columns = [
@@ -172,15 +232,16 @@ def _claim_statement(dialect: str) -> Prepared:
             for name in _SESSION_FIELDS
         ]
         joined = []
-    keys = sa.bindparam(
-        "keys",
-        expanding=True,
-        type_=sa.TupleType(sa.String(), sa.Integer(), sa.String(), sa.Integer()),
-    )
-    statement = _CLAIMS[dialect] = Prepared(
+        keys = sa.bindparam(
+            "keys",
+            expanding=True,
+            type_=sa.TupleType(sa.String(), sa.Integer(), sa.String(), sa.Integer()),
+        )
+        wanted = sa.tuple_(*_KEY_COLUMNS).in_(keys)
+    statement = _CLAIMS[(dialect, tails)] = Prepared(
         sa.update(telemetry_cache)
         .where(
-            sa.tuple_(*_KEY_COLUMNS).in_(keys),
+            wanted,
             *joined,
             sa.or_(c.lease_owner.is_(None), c.lease_expires_ms <= now),
             sa.or_(c.next_attempt_ms.is_(None), c.next_attempt_ms <= now),
@@ -219,6 +280,15 @@ def _log_of(row: Any, read: bool) -> changelog.Entries | None:  # Any: a claimed
     return {(row.session_id, seq): (prev, ranges) for seq, prev, ranges in entries}
 
 
+def _tail_of(row: Any, tail: Tail | None) -> TailRows | None:  # Any: a claimed row
+    """The guessed ``tail`` with the GROUP BY rows the claimed ``row`` read for it (PostgreSQL:
+    records); None when it read none (see ``_claim_statement``)."""
+    records: list[Any] | None = row.tail_rows if tail is not None else None  # Any: records
+    if records is None or tail is None:
+        return None
+    return TailRows(tail, tuple(tuple(r) for r in records))
+
+
 @dataclass(frozen=True, slots=True)
 class ToSave:
     """One view's result to save under our lease, with what the claim returned for it."""
@@ -253,19 +323,23 @@ class SessionTelemetryCacheRepository:
         owner: str,
         now_ms: int,
         lease_ms: int,
+        tails: Mapping[TelemetryKey, Tail] | None = None,
     ) -> dict[TelemetryKey, Claim | LeaseRefusal]:
         """Take the lease of every key that is free or expired and whose failure backoff has
-        elapsed, and read what each compute starts from, in one UPDATE … RETURNING. Only keys
-        that did not come back cost more: missing rows are created (then claimed again), and
-        one read says why the others were refused."""
+        elapsed, and read what each compute starts from, in one UPDATE … RETURNING: on
+        PostgreSQL that includes the change-log entries the compute walks and the GROUP BY rows
+        of the key's guessed tail in ``tails`` (``incremental.guess_tails``). Only keys that
+        did not come back cost more: missing rows are created (then claimed again), and one
+        read says why the others were refused."""
         wanted = {key_tuple(k): k for k in keys}
-        found = await self._claim(conn, list(wanted.values()), owner, now_ms, lease_ms)
+        tails = tails or {}
+        found = await self._claim(conn, list(wanted.values()), owner, now_ms, lease_ms, tails)
         missing = [k for t, k in wanted.items() if t not in found]
         if missing:
             for key in missing:
                 # Missing (or just inserted by another node, or held): make sure it exists.
                 await self._insert_missing(conn, key, now_ms)
-            found |= await self._claim(conn, missing, owner, now_ms, lease_ms)
+            found |= await self._claim(conn, missing, owner, now_ms, lease_ms, tails)
         answers: dict[TelemetryKey, Claim | LeaseRefusal] = {}
         foreign: list[TelemetryKey] = []
         for t, key in wanted.items():
@@ -294,18 +368,19 @@ class SessionTelemetryCacheRepository:
         owner: str,
         now_ms: int,
         lease_ms: int,
+        tails: Mapping[TelemetryKey, Tail],
     ) -> dict[KeyTuple, Claim]:
         expires = now_ms + lease_ms
-        take = _claim_statement(conn.dialect.name)
-        params = {
-            "keys": [key_tuple(k) for k in keys],
-            "owner": owner,
-            "now": now_ms,
-            "expires": expires,
-        }
+        log_read = conn.dialect.name == "postgresql"
+        take = _claim_statement(conn.dialect.name, log_read and any(k in tails for k in keys))
+        params: dict[str, object] = {"owner": owner, "now": now_ms, "expires": expires}
+        if log_read:
+            wanted = [(*key_tuple(k), *_tail_values(tails.get(k))) for k in keys]
+            params |= {name: [w[i] for w in wanted] for i, (name, _t) in enumerate(_WANTED)}
+        else:
+            params["keys"] = [key_tuple(k) for k in keys]
         found: dict[KeyTuple, Claim] = {}
         by_tuple = {key_tuple(k): k for k in keys}
-        log_read = conn.dialect.name == "postgresql"
         for row in await take.rows(conn, params):
             t = (row.session_id, row.window_minutes, row.resolution, row.compute_version)
             if row.s_status is None:
@@ -331,11 +406,17 @@ class SessionTelemetryCacheRepository:
                 row.computed_at_ms,
                 row.attempts,
             )
-            stored = (
-                StoredView(row.source_watermark, row.partials, row.history, _log_of(row, log_read))
-                if has_payload
-                else None
-            )
+            stored = None
+            if has_payload:
+                key = by_tuple[t]
+                tail = tails.get(key) if log_read else None
+                stored = StoredView(
+                    row.source_watermark,
+                    row.partials,
+                    row.history,
+                    _log_of(row, log_read),
+                    _tail_of(row, tail),
+                )
             found[t] = Claim(by_tuple[t], lease, session, stored, row.stale_since_ms)
         return found
 
