@@ -27,11 +27,11 @@ What that costs, stated for one user and one scope:
 - *Under-admission*: entries a node took but has not spent count against the user on every
   node, so near the limit another node may refuse while this one still holds up to
   ``slice − 1`` of them.
-- *Refusals* (while Redis answers) come from Redis only, so the 429's ``Retry-After`` is exact: the moment the oldest
-  entry leaves the window. Until then the window is full whatever any node does (entries only
-  leave it by age), so a node keeps the refusal in memory and answers a user who retries sooner
-  without Redis (as Envoy's rate-limit service does with its local cache of over-limit keys). A
-  refusal pushes no entry and spends nothing.
+- *Refusals* (while Redis answers) come from Redis only, so the 429's ``Retry-After`` is
+  exact: the moment the oldest entry leaves the window. Until then the window is full whatever
+  any node does (entries only leave it by age), so a node keeps the refusal in memory and answers
+  a user who retries sooner without Redis (as Envoy's rate-limit service does with its local
+  cache of over-limit keys). A refusal pushes no entry and spends nothing.
 - *Redis away*: a node spends what it holds, then counts in memory (a per-node budget) until
   Redis answers again; the slices and refusals it holds are per node, as before.
 """

@@ -19,9 +19,9 @@ from its watermark ``a`` to the session's ``b``:
 
 A batch reads the change logs of all its views in one statement and runs one GROUP BY over the
 ranges of all of them (``aggregate.aggregate_many``), but those of the views whose rows the
-claim already read with a guessed tail (``guess_tails``, PostgreSQL); a view's rows are the ones it would get
-alone, so a batch is byte for byte its views computed one by one. Then each view is merged and
-assembled on its own, and a view whose assembly raises fails alone.
+claim already read with a guessed tail (``guess_tails``, PostgreSQL); a view's rows are the ones
+it would get alone, so a batch is byte for byte its views computed one by one. Then each view is
+merged and assembled on its own, and a view whose assembly raises fails alone.
 
 Either way the save is recorded in the view's history (``history``): which buckets and parts it
 changed, from the old and new rows and the digests of the old and new parts. What a process
