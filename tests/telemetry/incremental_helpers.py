@@ -3,6 +3,7 @@ of a session, compute paths from /metrics, and a counter of SQL statements over 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
@@ -178,10 +179,16 @@ class Statements:
         "cache_other": lambda s: "telemetry_cache" in s,
     }
 
-    def __init__(self) -> None:
+    def __init__(self, *, task: asyncio.Task[Any] | None = None) -> None:
         self.seen: list[str] = []
+        #: only the statements this task runs on the loop (the app's periodic work, such as the
+        #: revocation look or the webhook dispatcher, runs its own units meanwhile); those of a
+        #: database thread, which has no running loop, all count
+        self._task = task
 
     def _seen(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if self._task is not None and _running_task() not in (None, self._task):
+            return
         self.seen.append(statement.strip())
 
     def count(self, kind: str) -> int:
@@ -198,3 +205,11 @@ class Statements:
             yield self
         finally:
             sa.event.remove(sa.engine.Engine, "before_cursor_execute", self._seen)
+
+
+def _running_task() -> asyncio.Task[Any] | None:
+    """The task running on this thread's loop; None on a thread without a running loop."""
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None
