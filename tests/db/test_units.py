@@ -345,8 +345,11 @@ async def test_short_units_on_the_loop_keep_the_wal_checkpointed(
         )
         await asyncio.sleep(0)  # a server's loop turns between its requests
     wal = Path(database_url.partition(":///")[2] + "-wal")
-    # every unit wrote its row and its index entry: more than twice the names, in pages
-    assert await asyncio.to_thread(_size, wal) < units * len(name)
+    # Every unit wrote its row and its index entry: with no checkpoint the WAL holds 99 MB of
+    # them, on a quiet machine 10 MB (a checkpoint every 100 units). On a loaded one a
+    # checkpoint's copy and sync take longer while the loop writes on (27 MB seen in CI), so
+    # the bound is half of the uncheckpointed WAL, not the quiet figure.
+    assert await asyncio.to_thread(_size, wal) < 2 * units * len(name)
 
 
 def _size(path: Path) -> int:
