@@ -12,10 +12,10 @@ import time
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.accounts import new_user
 from tests.processes import serve_subprocess, vitalcast_env
+from tests.queue.helpers import metric_sum
 from vitalcast.clock import iso_ms, now_ms
 
 MINUTE_MS = 60_000
@@ -60,14 +60,7 @@ def _session(client: httpx.Client, token: str, start_ms: int, minutes: int, step
 
 def _computes(client: httpx.Client) -> float:
     """Computes the server has run so far, whatever their outcome or reason."""
-    families = text_string_to_metric_families(client.get("/metrics").text)
-    return sum(
-        sample.value
-        for family in families
-        if family.name == "vitalcast_computes"
-        for sample in family.samples
-        if sample.name == "vitalcast_computes_total"
-    )
+    return metric_sum(client.get("/metrics").text, "vitalcast_computes_total")
 
 
 def _fresh_view_s(client: httpx.Client, token: str, session_id: str, window: int) -> float:

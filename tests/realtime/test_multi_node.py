@@ -8,13 +8,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from bullmq import Job, Queue
 
 from tests.accounts import new_user
 from tests.ingest.helpers import MINUTE_MS, hr, now_ms
 from tests.processes import Child, ServerProcess, serve_subprocesses, spawn, vitalcast_env
+from tests.queue.helpers import computes
 from tests.realtime.conftest import ClientFactory
 from tests.realtime.test_end_to_end import ingest, next_update_at, wait_ready
 from tests.realtime.test_socket_server import create_session
@@ -55,17 +55,6 @@ async def _cluster(
             yield worker, node_a, node_b
 
 
-async def server_computes(url: str) -> float:
-    """Computes that ran inside this server process (sum over outcomes)."""
-    async with httpx.AsyncClient(base_url=url) as http:
-        text = (await http.get("/metrics")).text
-    return sum(
-        float(line.split()[-1])
-        for line in text.splitlines()
-        if line.startswith("vitalcast_computes_total{")
-    )
-
-
 async def test_client_on_a_receives_update_for_ingest_via_b_computed_by_worker(
     pg_database_url: str | None,
     redis_url: str,
@@ -92,8 +81,8 @@ async def test_client_on_a_receives_update_for_ingest_via_b_computed_by_worker(
         assert body["telemetry"]["source_watermark"] == seq
 
         assert worker.process.poll() is None, worker.log()
-        assert await server_computes(node_a.url) == 0
-        assert await server_computes(node_b.url) == 0
+        assert await computes(node_a.url) == 0
+        assert await computes(node_b.url) == 0
 
 
 async def test_a_live_update_computed_by_the_ingesting_server_reaches_both_servers(
@@ -117,14 +106,14 @@ async def test_a_live_update_computed_by_the_ingesting_server_reaches_both_serve
             assert subscribed["ok"] is True
         first = await ingest(node_b.url, token, [hr("c0", now_ms() - MINUTE_MS)])
         await wait_ready(node_b.url, token, session["id"], first)
-        assert await server_computes(node_b.url) == 0
+        assert await computes(node_b.url) == 0
 
         second = await ingest(node_b.url, token, [hr("c1", now_ms())])
         for watcher in watchers:
             event = await next_update_at(watcher, second, timeout_s=30)
             assert (event["session_id"], event["source_watermark"]) == (session["id"], second)
-        assert await server_computes(node_b.url) == 1
-        assert await server_computes(node_a.url) == 0
+        assert await computes(node_b.url) == 1
+        assert await computes(node_a.url) == 0
         assert worker.process.poll() is None, worker.log()
         key = TelemetryKey(session["id"], 60, Resolution.ONE_MINUTE, user_id=user_id)
         queue = Queue(
